@@ -1,0 +1,504 @@
+//! `HotDisk`: the local-disk tier.
+//!
+//! ## Layout
+//! ```text
+//! <root>/objects/ab/cd/abcd…   one file per object, named by its 64-hex blake3 id
+//! <root>/tmp/<pid>.<n>.tmp     objects being received; swept at start-up
+//! ```
+//!
+//! ## Crash-safe writes, with group sync
+//!
+//! An object is written to a tmp file, then [`HotDisk::persist_batch_blocking`] makes a
+//! whole batch of them durable at once:
+//!
+//! 1. the file data of every tmp file in the batch is flushed (`fdatasync` for a batch of
+//!    one, a single `syncfs(2)` of the hot filesystem for a larger batch — one journal
+//!    commit instead of one per file, which is what makes concurrent stores cheap);
+//! 2. each tmp file is renamed to its fan-out path (or dropped, if that id is present);
+//! 3. the directory entries are flushed (the parent directories' `fsync`, or again one
+//!    `syncfs`).
+//!
+//! A crash before step 3 completes leaves either a tmp file (swept at start-up) or a
+//! complete object at its final path; never a partial object under its id, because the
+//! rename happens only after the data is durable. The caller (the ingest pipeline)
+//! records the object in its index only after this returns.
+//!
+//! Every call here blocks; the `_blocking` suffix says so. Async callers go through the
+//! [`BlobStore`](crate::BlobStore) impl, which hops to the blocking pool.
+
+use crate::{check_content_address, check_range, BlobStore, ObjectId, ObjectMeta, PutOutcome, TierError};
+use bytes::Bytes;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::ops::Range;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// The hot local-disk tier. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct HotDisk {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    root: PathBuf,
+    objects: PathBuf,
+    tmp: PathBuf,
+    free_space_floor: u64,
+}
+
+/// An object being written. Its file is removed on drop unless it was persisted.
+#[derive(Debug)]
+pub struct TmpObject {
+    file: File,
+    path: PathBuf,
+    len: u64,
+    armed: bool,
+}
+
+impl TmpObject {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Appends bytes to the tmp file.
+    pub fn write_all_blocking(&mut self, buf: &[u8]) -> Result<(), TierError> {
+        self.file
+            .write_all(buf)
+            .map_err(|e| TierError::io("write", &self.path, e))?;
+        self.len += buf.len() as u64;
+        Ok(())
+    }
+
+    /// Opens the tmp file again for reading (e.g. to parse what was received).
+    pub fn reopen_blocking(&self) -> Result<File, TierError> {
+        File::open(&self.path).map_err(|e| TierError::io("reopen", &self.path, e))
+    }
+}
+
+impl Drop for TmpObject {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+impl HotDisk {
+    /// Opens (creating if needed) a hot tier rooted at `root`.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Self, TierError> {
+        let root = root.into();
+        let objects = root.join("objects");
+        let tmp = root.join("tmp");
+        for dir in [&root, &objects, &tmp] {
+            fs::create_dir_all(dir).map_err(|e| TierError::io("create directory", dir, e))?;
+        }
+        Ok(HotDisk {
+            inner: Arc::new(Inner {
+                root,
+                objects,
+                tmp,
+                free_space_floor: 0,
+            }),
+        })
+    }
+
+    /// Opens an existing hot tier without creating anything (for read-only tools).
+    pub fn open_existing(root: impl Into<PathBuf>) -> Result<Self, TierError> {
+        let root = root.into();
+        let objects = root.join("objects");
+        fs::metadata(&objects).map_err(|e| TierError::io("open", &objects, e))?;
+        Ok(HotDisk {
+            inner: Arc::new(Inner {
+                tmp: root.join("tmp"),
+                root,
+                objects,
+                free_space_floor: 0,
+            }),
+        })
+    }
+
+    /// Refuse new objects while fewer than `floor` bytes are free.
+    pub fn with_free_space_floor(self, floor: u64) -> Self {
+        let inner = &self.inner;
+        HotDisk {
+            inner: Arc::new(Inner {
+                root: inner.root.clone(),
+                objects: inner.objects.clone(),
+                tmp: inner.tmp.clone(),
+                free_space_floor: floor,
+            }),
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.inner.root
+    }
+
+    pub fn objects_dir(&self) -> &Path {
+        &self.inner.objects
+    }
+
+    /// Where the object with this id lives (whether or not it exists).
+    pub fn path_of(&self, id: &ObjectId) -> PathBuf {
+        self.inner.objects.join(id.fanout_path())
+    }
+
+    /// Free bytes available to us on the hot filesystem.
+    pub fn free_bytes_blocking(&self) -> Result<u64, TierError> {
+        let path = std::ffi::CString::new(self.inner.root.as_os_str().as_encoded_bytes())
+            .map_err(|_| TierError::io("statvfs", &self.inner.root, std::io::ErrorKind::InvalidInput.into()))?;
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: `path` is a valid NUL-terminated string and `st` a valid out-pointer.
+        let rc = unsafe { libc::statvfs(path.as_ptr(), &mut st) };
+        if rc != 0 {
+            return Err(TierError::io("statvfs", &self.inner.root, std::io::Error::last_os_error()));
+        }
+        Ok(st.f_bavail as u64 * st.f_frsize as u64)
+    }
+
+    /// Errors with [`TierError::BelowFreeSpaceFloor`] when free space is under the floor.
+    pub fn check_free_space_blocking(&self) -> Result<(), TierError> {
+        let floor = self.inner.free_space_floor;
+        if floor == 0 {
+            return Ok(());
+        }
+        let free = self.free_bytes_blocking()?;
+        if free < floor {
+            return Err(TierError::BelowFreeSpaceFloor {
+                path: self.inner.root.clone(),
+                free,
+                floor,
+            });
+        }
+        Ok(())
+    }
+
+    /// Removes every leftover tmp file (from a crash). Call only with exclusive access.
+    pub fn sweep_tmp_blocking(&self) -> Result<usize, TierError> {
+        let mut removed = 0;
+        let dir = &self.inner.tmp;
+        let entries = fs::read_dir(dir).map_err(|e| TierError::io("read directory", dir, e))?;
+        for entry in entries.flatten() {
+            if fs::remove_file(entry.path()).is_ok() {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Creates a new tmp file for an incoming object.
+    pub fn create_tmp_blocking(&self) -> Result<TmpObject, TierError> {
+        self.check_free_space_blocking()?;
+        let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+        let path = self.inner.tmp.join(format!("{}.{}.tmp", std::process::id(), n));
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| TierError::io("create tmp file", &path, e))?;
+        Ok(TmpObject {
+            file,
+            path,
+            len: 0,
+            armed: true,
+        })
+    }
+
+    /// Makes a batch of tmp objects durable under their ids (see the module docs).
+    /// Each item's result is reported separately; a failed sync fails the whole batch.
+    pub fn persist_batch_blocking(
+        &self,
+        items: Vec<(TmpObject, ObjectId)>,
+    ) -> Vec<Result<PutOutcome, TierError>> {
+        if items.is_empty() {
+            return Vec::new();
+        }
+        let single = items.len() == 1;
+        // 1. file data
+        let data_sync = if single {
+            items[0]
+                .0
+                .file
+                .sync_data()
+                .map_err(|e| TierError::io("fsync", &items[0].0.path, e))
+        } else {
+            self.syncfs_blocking()
+        };
+        if let Err(e) = data_sync {
+            let msg = e.to_string();
+            return items
+                .into_iter()
+                .map(|_| Err(TierError::io("sync", &self.inner.root, std::io::Error::other(msg.clone()))))
+                .collect();
+        }
+        // 2. renames
+        let mut touched_dirs: Vec<PathBuf> = Vec::new();
+        let mut results = Vec::with_capacity(items.len());
+        for (mut tmp, id) in items {
+            let dest = self.path_of(&id);
+            if dest.exists() {
+                results.push(Ok(PutOutcome::AlreadyPresent));
+                continue; // tmp removed on drop
+            }
+            let parent = dest.parent().expect("fan-out path has a parent").to_path_buf();
+            let result = create_fanout_dir(&self.inner.objects, &parent, &mut touched_dirs)
+                .and_then(|()| fs::rename(&tmp.path, &dest).map_err(|e| TierError::io("rename into place", &dest, e)));
+            match result {
+                Ok(()) => {
+                    tmp.armed = false;
+                    if !touched_dirs.contains(&parent) {
+                        touched_dirs.push(parent);
+                    }
+                    results.push(Ok(PutOutcome::Stored));
+                }
+                Err(e) => results.push(Err(e)),
+            }
+        }
+        // 3. directory entries
+        let dir_sync = if touched_dirs.is_empty() {
+            Ok(())
+        } else if touched_dirs.len() <= 2 {
+            touched_dirs.iter().try_for_each(|d| fsync_dir(d))
+        } else {
+            self.syncfs_blocking()
+        };
+        if let Err(e) = dir_sync {
+            let msg = e.to_string();
+            return results
+                .into_iter()
+                .map(|r| r.and(Err(TierError::io("sync", &self.inner.root, std::io::Error::other(msg.clone())))))
+                .collect();
+        }
+        results
+    }
+
+    fn syncfs_blocking(&self) -> Result<(), TierError> {
+        let dir = File::open(&self.inner.objects).map_err(|e| TierError::io("open", &self.inner.objects, e))?;
+        // SAFETY: `dir` is an open file descriptor for the duration of the call.
+        let rc = unsafe { libc::syncfs(dir.as_raw_fd()) };
+        if rc != 0 {
+            return Err(TierError::io("syncfs", &self.inner.root, std::io::Error::last_os_error()));
+        }
+        Ok(())
+    }
+
+    /// Opens a stored object for reading.
+    pub fn open_object_blocking(&self, id: &ObjectId) -> Result<File, TierError> {
+        let path = self.path_of(id);
+        File::open(&path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                TierError::NotFound { id: *id }
+            } else {
+                TierError::io("open", &path, e)
+            }
+        })
+    }
+
+    /// Re-hashes a stored object; returns the id its bytes hash to and its size.
+    pub fn rehash_blocking(&self, id: &ObjectId) -> Result<(ObjectId, u64), TierError> {
+        let mut file = self.open_object_blocking(id)?;
+        let mut hasher = blake3::Hasher::new();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut size = 0u64;
+        loop {
+            let n = file
+                .read(&mut buf)
+                .map_err(|e| TierError::io("read", self.path_of(id), e))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            size += n as u64;
+        }
+        Ok((ObjectId::from_hash(hasher.finalize()), size))
+    }
+
+    /// Every file under `objects/` whose name is a valid id at the right fan-out path;
+    /// anything else found there is returned as a stray path.
+    pub fn list_blocking(&self) -> Result<(Vec<ObjectId>, Vec<PathBuf>), TierError> {
+        let mut ids = Vec::new();
+        let mut strays = Vec::new();
+        let read = |dir: &Path| fs::read_dir(dir).map_err(|e| TierError::io("read directory", dir, e));
+        for l1 in read(&self.inner.objects)?.flatten() {
+            if !l1.path().is_dir() {
+                strays.push(l1.path());
+                continue;
+            }
+            for l2 in read(&l1.path())?.flatten() {
+                if !l2.path().is_dir() {
+                    strays.push(l2.path());
+                    continue;
+                }
+                for obj in read(&l2.path())?.flatten() {
+                    let name = obj.file_name();
+                    match name.to_str().and_then(ObjectId::from_hex) {
+                        Some(id) if self.path_of(&id) == obj.path() => ids.push(id),
+                        _ => strays.push(obj.path()),
+                    }
+                }
+            }
+        }
+        Ok((ids, strays))
+    }
+
+    fn put_blocking(&self, id: &ObjectId, bytes: &[u8]) -> Result<PutOutcome, TierError> {
+        check_content_address(id, bytes)?;
+        if self.path_of(id).exists() {
+            return Ok(PutOutcome::AlreadyPresent);
+        }
+        let mut tmp = self.create_tmp_blocking()?;
+        tmp.write_all_blocking(bytes)?;
+        self.persist_batch_blocking(vec![(tmp, *id)])
+            .pop()
+            .expect("one result per item")
+    }
+
+    fn get_range_blocking(&self, id: &ObjectId, range: Option<Range<u64>>) -> Result<Bytes, TierError> {
+        let mut file = self.open_object_blocking(id)?;
+        let path = self.path_of(id);
+        let size = file.metadata().map_err(|e| TierError::io("stat", &path, e))?.len();
+        let range = range.unwrap_or(0..size);
+        check_range(id, &range, size)?;
+        file.seek(SeekFrom::Start(range.start))
+            .map_err(|e| TierError::io("seek", &path, e))?;
+        let mut buf = vec![0u8; (range.end - range.start) as usize];
+        file.read_exact(&mut buf).map_err(|e| TierError::io("read", &path, e))?;
+        Ok(Bytes::from(buf))
+    }
+}
+
+fn create_fanout_dir(objects: &Path, parent: &Path, touched: &mut Vec<PathBuf>) -> Result<(), TierError> {
+    if parent.is_dir() {
+        return Ok(());
+    }
+    // Record every directory that gains an entry so its entry is synced too.
+    let mid = parent.parent().unwrap_or(objects).to_path_buf();
+    if !mid.is_dir() && !touched.contains(&objects.to_path_buf()) {
+        touched.push(objects.to_path_buf());
+    }
+    fs::create_dir_all(parent).map_err(|e| TierError::io("create directory", parent, e))?;
+    if !touched.contains(&mid) {
+        touched.push(mid);
+    }
+    Ok(())
+}
+
+fn fsync_dir(dir: &Path) -> Result<(), TierError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| TierError::io("fsync directory", dir, e))
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, TierError> + Send + 'static,
+) -> Result<T, TierError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| TierError::io("join blocking task", PathBuf::new(), std::io::Error::other(e)))?
+}
+
+#[async_trait::async_trait]
+impl BlobStore for HotDisk {
+    async fn put(&self, id: &ObjectId, bytes: Bytes) -> Result<PutOutcome, TierError> {
+        let (this, id) = (self.clone(), *id);
+        blocking(move || this.put_blocking(&id, &bytes)).await
+    }
+
+    async fn get(&self, id: &ObjectId) -> Result<Bytes, TierError> {
+        let (this, id) = (self.clone(), *id);
+        blocking(move || this.get_range_blocking(&id, None)).await
+    }
+
+    async fn get_range(&self, id: &ObjectId, range: Range<u64>) -> Result<Bytes, TierError> {
+        let (this, id) = (self.clone(), *id);
+        blocking(move || this.get_range_blocking(&id, Some(range))).await
+    }
+
+    async fn head(&self, id: &ObjectId) -> Result<ObjectMeta, TierError> {
+        let (this, id) = (self.clone(), *id);
+        blocking(move || {
+            let file = this.open_object_blocking(&id)?;
+            let size = file
+                .metadata()
+                .map_err(|e| TierError::io("stat", this.path_of(&id), e))?
+                .len();
+            Ok(ObjectMeta { id, size })
+        })
+        .await
+    }
+
+    async fn delete(&self, id: &ObjectId) -> Result<(), TierError> {
+        let (this, id) = (self.clone(), *id);
+        blocking(move || {
+            let path = this.path_of(&id);
+            match fs::remove_file(&path) {
+                Ok(()) => fsync_dir(path.parent().expect("fan-out parent")),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(TierError::io("delete", &path, e)),
+            }
+        })
+        .await
+    }
+
+    async fn list(&self) -> Result<Vec<ObjectId>, TierError> {
+        let this = self.clone();
+        blocking(move || this.list_blocking().map(|(ids, _)| ids)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn hot_disk_passes_conformance() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = HotDisk::open(dir.path()).unwrap();
+        crate::conformance::run_suite(&store).await;
+    }
+
+    #[test]
+    fn batch_persist_dedupes_and_leaves_no_tmp() {
+        let dir = tempfile::tempdir().unwrap();
+        let hot = HotDisk::open(dir.path()).unwrap();
+        let mut items = Vec::new();
+        for payload in [&b"one"[..], b"two", b"one"] {
+            let mut tmp = hot.create_tmp_blocking().unwrap();
+            tmp.write_all_blocking(payload).unwrap();
+            items.push((tmp, ObjectId::of_bytes(payload)));
+        }
+        let outcomes: Vec<_> = hot.persist_batch_blocking(items).into_iter().map(|r| r.unwrap()).collect();
+        assert_eq!(outcomes, vec![PutOutcome::Stored, PutOutcome::Stored, PutOutcome::AlreadyPresent]);
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+        let (ids, strays) = hot.list_blocking().unwrap();
+        assert_eq!(ids.len(), 2);
+        assert!(strays.is_empty());
+    }
+
+    #[test]
+    fn dropped_tmp_is_removed_and_floor_refuses() {
+        let dir = tempfile::tempdir().unwrap();
+        let hot = HotDisk::open(dir.path()).unwrap();
+        let tmp = hot.create_tmp_blocking().unwrap();
+        let path = tmp.path().to_path_buf();
+        drop(tmp);
+        assert!(!path.exists());
+        let full = hot.with_free_space_floor(u64::MAX);
+        let err = full.create_tmp_blocking().unwrap_err();
+        assert!(err.is_out_of_space(), "{err}");
+    }
+}
