@@ -1,0 +1,291 @@
+//! # One process owns an archive
+//!
+//! An archive directory holds `hot/` (objects), `index/` (RocksDB) and `strata.lock`.
+//! Commands that write ([`Archive::open_exclusive`]: `serve`, `import`, `reindex`) take an
+//! exclusive `flock` on `strata.lock` and write their pid and purpose into it, so a second
+//! writer is told plainly who holds the archive. Read-only commands
+//! ([`ReadOnlyArchive::open`]: `ls`, `show`, `export`, `verify`) take no lock and read the
+//! index as a RocksDB secondary, which is safe while `strata serve` runs.
+//!
+//! ## Start-up recovery
+//! Opening exclusively sweeps leftover tmp files. If the previous owner did not stop
+//! cleanly (no `clean-shutdown` marker), it also looks for complete objects the index
+//! lacks — a crash between rename and index commit leaves exactly those — re-hashes each,
+//! and adopts it into the index (provenance `recovered`); an object whose bytes do not
+//! match its name is moved to `quarantine/`, never deleted.
+
+use crate::config::Config;
+use crate::dicom::header::read_header_blocking;
+use crate::index::{CommitOutcome, Index, IndexError, NewObject, Provenance, RocksIndex};
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, Write};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use strata_tiers::{HotDisk, ObjectId};
+
+const LOCK_FILE: &str = "strata.lock";
+const CLEAN_MARKER: &str = "clean-shutdown";
+const QUARANTINE: &str = "quarantine";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ArchiveError {
+    #[error(
+        "the archive at {data_dir} is in use by pid {pid} ({holder}); stop it first (this command needs exclusive access)"
+    )]
+    InUse { data_dir: PathBuf, pid: String, holder: String },
+    #[error("no archive at {0} (nothing stored yet?)")]
+    Missing(PathBuf),
+    #[error("{action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Index(#[from] IndexError),
+    #[error(transparent)]
+    Tier(#[from] strata_tiers::TierError),
+}
+
+fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> ArchiveError {
+    let path = path.to_path_buf();
+    move |source| ArchiveError::Io { action, path, source }
+}
+
+/// The exclusive lock on an archive, held for the life of the value.
+#[derive(Debug)]
+pub struct ArchiveLock {
+    _file: File,
+}
+
+impl ArchiveLock {
+    pub fn acquire(data_dir: &Path, purpose: &str) -> Result<Self, ArchiveError> {
+        fs::create_dir_all(data_dir).map_err(io("create", data_dir))?;
+        let path = data_dir.join(LOCK_FILE);
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io("open", &path))?;
+        // SAFETY: flock on a file descriptor we own.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc != 0 {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            let mut parts = holder.trim().splitn(2, ' ');
+            return Err(ArchiveError::InUse {
+                data_dir: data_dir.to_path_buf(),
+                pid: parts.next().unwrap_or("?").to_string(),
+                holder: parts.next().unwrap_or("unknown").to_string(),
+            });
+        }
+        file.set_len(0).map_err(io("truncate", &path))?;
+        file.rewind().map_err(io("rewind", &path))?;
+        writeln!(file, "{} strata {}", std::process::id(), purpose).map_err(io("write", &path))?;
+        Ok(ArchiveLock { _file: file })
+    }
+}
+
+/// An archive opened for writing.
+pub struct Archive {
+    pub data_dir: PathBuf,
+    pub hot: HotDisk,
+    pub index: Arc<RocksIndex>,
+    _lock: ArchiveLock,
+}
+
+/// What start-up recovery did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RecoveryReport {
+    pub tmp_swept: usize,
+    pub adopted: usize,
+    pub quarantined: Vec<PathBuf>,
+}
+
+impl Archive {
+    /// Locks and opens the archive for writing, running start-up recovery.
+    pub fn open_exclusive(config: &Config, purpose: &str) -> Result<(Self, RecoveryReport), ArchiveError> {
+        let data_dir = config.archive.data_dir.clone();
+        let lock = ArchiveLock::acquire(&data_dir, purpose)?;
+        finish_interrupted_reindex(&data_dir)?;
+        let hot = HotDisk::open(config.hot_dir())?.with_free_space_floor(config.archive.min_free_space_mb * 1024 * 1024);
+        let index = Arc::new(RocksIndex::open_primary(&config.index_dir())?);
+        let mut report = RecoveryReport {
+            tmp_swept: hot.sweep_tmp_blocking()?,
+            ..Default::default()
+        };
+        let marker = data_dir.join(CLEAN_MARKER);
+        if !marker.exists() {
+            let (adopted, quarantined) = adopt_orphans_blocking(&data_dir, &hot, index.as_ref())?;
+            report.adopted = adopted;
+            report.quarantined = quarantined;
+        } else {
+            fs::remove_file(&marker).map_err(io("remove", &marker))?;
+            sync_dir(&data_dir)?;
+        }
+        Ok((
+            Archive {
+                data_dir,
+                hot,
+                index,
+                _lock: lock,
+            },
+            report,
+        ))
+    }
+
+    /// Records a clean stop, so the next start skips the orphan scan.
+    pub fn close_clean(self) -> Result<(), ArchiveError> {
+        let marker = self.data_dir.join(CLEAN_MARKER);
+        drop(self.index);
+        File::create(&marker)
+            .and_then(|f| f.sync_all())
+            .map_err(io("create", &marker))?;
+        sync_dir(&self.data_dir)
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), ArchiveError> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io("fsync", dir))
+}
+
+/// An archive opened for reading only, alongside a possibly running server.
+pub struct ReadOnlyArchive {
+    pub hot: HotDisk,
+    pub index: RocksIndex,
+}
+
+impl ReadOnlyArchive {
+    pub fn open(config: &Config) -> Result<Self, ArchiveError> {
+        let index_dir = config.index_dir();
+        if !index_dir.join("CURRENT").exists() {
+            return Err(ArchiveError::Missing(config.archive.data_dir.clone()));
+        }
+        let hot = HotDisk::open_existing(config.hot_dir())?;
+        let index = RocksIndex::open_secondary(&index_dir)?;
+        Ok(ReadOnlyArchive { hot, index })
+    }
+}
+
+/// Indexes existing hot objects (recovery and reindex). Each object is re-hashed first;
+/// objects whose bytes do not match their name are moved to `quarantine/`.
+/// Returns (indexed, quarantined paths).
+pub fn index_objects_blocking(
+    data_dir: &Path,
+    hot: &HotDisk,
+    index: &dyn Index,
+    ids: &[ObjectId],
+    calling_ae: &str,
+    mut progress: impl FnMut(),
+) -> Result<(usize, Vec<PathBuf>), ArchiveError> {
+    let mut quarantined = Vec::new();
+    let mut batch: Vec<NewObject> = Vec::new();
+    let mut indexed = 0;
+    let flush = |batch: &mut Vec<NewObject>| -> Result<usize, ArchiveError> {
+        let outcomes = index.commit(batch)?;
+        batch.clear();
+        Ok(outcomes.iter().filter(|o| **o != CommitOutcome::AlreadyPresent).count())
+    };
+    for id in ids {
+        progress();
+        let path = hot.path_of(id);
+        let (actual, size) = hot.rehash_blocking(id)?;
+        let attrs = if actual == *id {
+            read_header_blocking(&path).map_err(|e| e.to_string())
+        } else {
+            Err(format!("bytes hash to {actual}"))
+        };
+        let attrs = match attrs {
+            Ok(a) => a,
+            Err(why) => {
+                tracing::error!(path = %path.display(), %why, "moving an unusable object to quarantine");
+                quarantined.push(quarantine(data_dir, &path)?);
+                continue;
+            }
+        };
+        let received_at_ms = fs::metadata(&path)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        batch.push(NewObject {
+            id: *id,
+            size,
+            attrs,
+            provenance: Provenance {
+                received_at_ms,
+                calling_ae: calling_ae.into(),
+                source: String::new(),
+            },
+        });
+        if batch.len() >= 256 {
+            indexed += flush(&mut batch)?;
+        }
+    }
+    if !batch.is_empty() {
+        indexed += flush(&mut batch)?;
+    }
+    Ok((indexed, quarantined))
+}
+
+fn quarantine(data_dir: &Path, path: &Path) -> Result<PathBuf, ArchiveError> {
+    let dir = data_dir.join(QUARANTINE);
+    fs::create_dir_all(&dir).map_err(io("create", &dir))?;
+    let dest = dir.join(path.file_name().unwrap_or_default());
+    fs::rename(path, &dest).map_err(io("quarantine", path))?;
+    sync_dir(&dir)?;
+    Ok(dest)
+}
+
+fn adopt_orphans_blocking(
+    data_dir: &Path,
+    hot: &HotDisk,
+    index: &RocksIndex,
+) -> Result<(usize, Vec<PathBuf>), ArchiveError> {
+    let (ids, _strays) = hot.list_blocking()?;
+    let mut orphans = Vec::new();
+    for id in ids {
+        if !index.has_object(&id)? {
+            orphans.push(id);
+        }
+    }
+    if orphans.is_empty() {
+        return Ok((0, Vec::new()));
+    }
+    tracing::warn!(count = orphans.len(), "unclean stop: adopting objects the index lacks");
+    index_objects_blocking(data_dir, hot, index, &orphans, "recovered", || {})
+}
+
+/// Paths used by `strata reindex` to swap in a rebuilt index.
+pub fn rebuild_dirs(config: &Config) -> (PathBuf, PathBuf, PathBuf) {
+    let d = &config.archive.data_dir;
+    (d.join("index"), d.join("index.rebuild"), d.join("index.old"))
+}
+
+/// If a reindex was interrupted mid-swap, put the archive back in a consistent state:
+/// an `index.old` without `index` is restored; leftovers are removed.
+pub(crate) fn finish_interrupted_reindex(data_dir: &Path) -> Result<(), ArchiveError> {
+    let (index, rebuild, old) = (data_dir.join("index"), data_dir.join("index.rebuild"), data_dir.join("index.old"));
+    if !index.exists() && old.exists() {
+        fs::rename(&old, &index).map_err(io("restore", &old))?;
+        sync_dir(data_dir)?;
+    }
+    for leftover in [rebuild, old] {
+        if leftover.exists() {
+            fs::remove_dir_all(&leftover).map_err(io("remove", &leftover))?;
+        }
+    }
+    Ok(())
+}
+
+impl ReadOnlyArchive {
+    /// Every Study Instance UID in the archive.
+    pub fn index_studies(&self) -> Result<Vec<String>, ArchiveError> {
+        Ok(self.index.studies()?.into_iter().map(|(uid, _)| uid).collect())
+    }
+}

@@ -1,0 +1,252 @@
+//! Configuration: a TOML file read into [`Config`], every field defaulted, unknown keys an
+//! error (a misspelt key silently ignored is how a PACS admin loses an afternoon).
+//!
+//! Secrets never live here: later S3 credentials come from the environment. The
+//! documented example with every key is `config/strata.toml`; `strata config` prints the
+//! effective configuration.
+
+use serde::{Deserialize, Serialize};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub archive: ArchiveConfig,
+    pub dicom: DicomConfig,
+    pub http: HttpConfig,
+    pub ingest: IngestConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ArchiveConfig {
+    /// Root of the archive: `hot/` objects, `index/` (RocksDB), the lock file.
+    pub data_dir: PathBuf,
+    /// Refuse stores (0xA700) while the hot filesystem has fewer free MiB than this.
+    pub min_free_space_mb: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DicomConfig {
+    /// Our AE title; associations calling another AE title are rejected.
+    pub ae_title: String,
+    /// TCP port of the DICOM listener.
+    pub port: u16,
+    /// Address to listen on.
+    pub bind: IpAddr,
+    /// If not empty, only these calling AE titles may associate.
+    pub allowed_calling_ae_titles: Vec<String>,
+    /// If not empty, only these peer IP addresses may connect.
+    pub allowed_addresses: Vec<IpAddr>,
+    /// Cap on concurrent associations; extra ones are rejected (transient, local limit).
+    pub max_associations: usize,
+    /// Largest PDU we accept (bytes); longer PDUs abort the association.
+    pub max_pdu_length: u32,
+    /// Association negotiation and per-PDU read timeout.
+    #[serde(with = "humantime_serde")]
+    pub read_timeout: Duration,
+    /// Timeout for writing a PDU to the peer.
+    #[serde(with = "humantime_serde")]
+    pub write_timeout: Duration,
+    /// An association idle this long between messages is aborted.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Accept C-STORE for SOP classes that are not in the standard dictionary (private
+    /// vendor classes). Standard non-storage classes are never accepted for C-STORE.
+    pub accept_private_sop_classes: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// TCP port for `/metrics` and `/healthz`.
+    pub port: u16,
+    /// Address to listen on.
+    pub bind: IpAddr,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// Most instances made durable by one group commit (one sync, one index batch).
+    pub max_commit_batch: usize,
+    /// Parallel workers for `strata import` (0 = number of CPUs).
+    pub import_workers: usize,
+}
+
+impl Default for ArchiveConfig {
+    fn default() -> Self {
+        ArchiveConfig {
+            data_dir: PathBuf::from("./strata-data"),
+            min_free_space_mb: 1024,
+        }
+    }
+}
+
+impl Default for DicomConfig {
+    fn default() -> Self {
+        DicomConfig {
+            ae_title: "STRATA".into(),
+            port: 11112,
+            bind: IpAddr::from([0, 0, 0, 0]),
+            allowed_calling_ae_titles: Vec::new(),
+            allowed_addresses: Vec::new(),
+            max_associations: 64,
+            max_pdu_length: 262_144,
+            read_timeout: Duration::from_secs(60),
+            write_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(300),
+            accept_private_sop_classes: true,
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            port: 8080,
+            bind: IpAddr::from([0, 0, 0, 0]),
+        }
+    }
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            max_commit_batch: 64,
+            import_workers: 0,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: Box<toml::de::Error>,
+    },
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Reads and validates a config file; `None` gives the built-in defaults.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let config = match path {
+            None => Config::default(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+                Config::from_toml(&text).map_err(|e| match e {
+                    ConfigError::Parse { source, .. } => ConfigError::Parse {
+                        path: path.to_path_buf(),
+                        source,
+                    },
+                    other => other,
+                })?
+            }
+        };
+        Ok(config)
+    }
+
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|source| ConfigError::Parse {
+            path: PathBuf::new(),
+            source: Box::new(source),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let ae = &self.dicom.ae_title;
+        if ae.is_empty() || ae.len() > 16 || !ae.chars().all(|c| c.is_ascii_graphic() || c == ' ') || ae.contains('\\') {
+            return Err(ConfigError::Invalid(format!(
+                "[dicom] ae_title {ae:?} must be 1-16 printable ASCII characters without backslash"
+            )));
+        }
+        if self.dicom.max_pdu_length < 4096 {
+            return Err(ConfigError::Invalid("[dicom] max_pdu_length must be at least 4096".into()));
+        }
+        if self.dicom.max_associations == 0 {
+            return Err(ConfigError::Invalid("[dicom] max_associations must be at least 1".into()));
+        }
+        if self.ingest.max_commit_batch == 0 {
+            return Err(ConfigError::Invalid("[ingest] max_commit_batch must be at least 1".into()));
+        }
+        Ok(())
+    }
+
+    /// The effective configuration as TOML (what `strata config` prints).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("config serialises")
+    }
+
+    pub fn hot_dir(&self) -> PathBuf {
+        self.archive.data_dir.join("hot")
+    }
+
+    pub fn index_dir(&self) -> PathBuf {
+        self.archive.data_dir.join("index")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_documented_ones() {
+        let c = Config::from_toml("").unwrap();
+        assert_eq!(c.dicom.ae_title, "STRATA");
+        assert_eq!(c.dicom.port, 11112);
+        assert_eq!(c.http.port, 8080);
+        assert_eq!(c.archive.data_dir, PathBuf::from("./strata-data"));
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        assert!(Config::from_toml("[dicom]\nae_titel = \"X\"\n").is_err());
+        assert!(Config::from_toml("[nope]\n").is_err());
+    }
+
+    #[test]
+    fn printed_config_reads_back() {
+        let c = Config::from_toml("[dicom]\nae_title = \"ARCH\"\nread_timeout = \"5s\"\n").unwrap();
+        let again = Config::from_toml(&c.to_toml()).unwrap();
+        assert_eq!(again.dicom.ae_title, "ARCH");
+        assert_eq!(again.dicom.read_timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn example_config_is_complete_and_valid() {
+        let text = include_str!("../config/strata.toml");
+        let example = Config::from_toml(text).unwrap();
+        // every key of the effective config must be documented in the example
+        let effective: toml::Table = toml::from_str(&Config::default().to_toml()).unwrap();
+        let documented: toml::Table = toml::from_str(text).unwrap();
+        for (section, keys) in &effective {
+            let doc = documented.get(section).and_then(|v| v.as_table());
+            for key in keys.as_table().unwrap().keys() {
+                assert!(
+                    doc.is_some_and(|d| d.contains_key(key)),
+                    "config/strata.toml lacks [{section}] {key}"
+                );
+            }
+        }
+        assert_eq!(example.dicom.ae_title, "STRATA");
+    }
+}

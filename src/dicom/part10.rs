@@ -1,0 +1,232 @@
+//! # The stored object format (format version 1)
+//!
+//! Every object Strata stores is a DICOM Part-10 file whose bytes are a pure function of
+//! (SOP Class UID, SOP Instance UID, Transfer Syntax UID, dataset bytes as received):
+//!
+//! ```text
+//! 128 zero bytes | "DICM" | file meta group (explicit VR little endian) | dataset bytes
+//! ```
+//!
+//! The file meta group holds exactly these elements, in this order, each UI value padded
+//! to even length with one NUL byte when odd:
+//!
+//! | tag | VR | value |
+//! |---|---|---|
+//! | (0002,0000) | UL | byte length of the following meta elements |
+//! | (0002,0001) | OB | `00 01` |
+//! | (0002,0002) | UI | SOP Class UID |
+//! | (0002,0003) | UI | SOP Instance UID |
+//! | (0002,0010) | UI | Transfer Syntax UID of the dataset |
+//! | (0002,0012) | UI | [`IMPLEMENTATION_CLASS_UID`] (fixed) |
+//! | (0002,0013) | SH | [`IMPLEMENTATION_VERSION_NAME`] = `STRATA_1` (format version 1) |
+//!
+//! No receive time, sender AE or other per-transfer value is written: those are
+//! provenance and go to the index. So identical datasets sent twice produce identical
+//! bytes, and the object id (the blake3 of these bytes) deduplicates them. `b3sum` of an
+//! exported file equals its id. `docs/formats.md` repeats this for auditors.
+
+use std::fmt;
+
+/// Fixed implementation class UID written in every stored object's meta group.
+pub const IMPLEMENTATION_CLASS_UID: &str = "2.25.305828014042125329152440386003154178089";
+/// Implementation version name; the suffix is the object format version.
+pub const IMPLEMENTATION_VERSION_NAME: &str = "STRATA_1";
+
+/// The preamble, magic and meta group for an object (everything before the dataset).
+pub fn object_prefix(sop_class_uid: &str, sop_instance_uid: &str, transfer_syntax_uid: &str) -> Vec<u8> {
+    let mut meta = Vec::with_capacity(256);
+    put_element(&mut meta, 0x0001, b"OB", &[0x00, 0x01]);
+    put_element(&mut meta, 0x0002, b"UI", &pad_uid(sop_class_uid));
+    put_element(&mut meta, 0x0003, b"UI", &pad_uid(sop_instance_uid));
+    put_element(&mut meta, 0x0010, b"UI", &pad_uid(transfer_syntax_uid));
+    put_element(&mut meta, 0x0012, b"UI", &pad_uid(IMPLEMENTATION_CLASS_UID));
+    put_element(&mut meta, 0x0013, b"SH", IMPLEMENTATION_VERSION_NAME.as_bytes());
+
+    let mut out = Vec::with_capacity(132 + 12 + meta.len());
+    out.extend_from_slice(&[0u8; 128]);
+    out.extend_from_slice(b"DICM");
+    put_element(&mut out, 0x0000, b"UL", &(meta.len() as u32).to_le_bytes());
+    out.extend_from_slice(&meta);
+    out
+}
+
+fn pad_uid(uid: &str) -> Vec<u8> {
+    let mut v = uid.as_bytes().to_vec();
+    if v.len() % 2 == 1 {
+        v.push(0);
+    }
+    v
+}
+
+fn put_element(out: &mut Vec<u8>, element: u16, vr: &[u8; 2], value: &[u8]) {
+    out.extend_from_slice(&0x0002u16.to_le_bytes());
+    out.extend_from_slice(&element.to_le_bytes());
+    out.extend_from_slice(vr);
+    if long_length_vr(vr) {
+        out.extend_from_slice(&[0, 0]);
+        out.extend_from_slice(&(value.len() as u32).to_le_bytes());
+    } else {
+        out.extend_from_slice(&(value.len() as u16).to_le_bytes());
+    }
+    out.extend_from_slice(value);
+}
+
+fn long_length_vr(vr: &[u8; 2]) -> bool {
+    matches!(
+        vr,
+        b"OB" | b"OD" | b"OF" | b"OL" | b"OV" | b"OW" | b"SQ" | b"SV" | b"UC" | b"UN" | b"UR" | b"UT" | b"UV"
+    )
+}
+
+/// What the meta group of a foreign Part-10 file says, and where its dataset starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForeignMeta {
+    pub sop_class_uid: String,
+    pub sop_instance_uid: String,
+    pub transfer_syntax_uid: String,
+    pub dataset_offset: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MetaError {
+    NotPart10,
+    Truncated,
+    Missing(&'static str),
+    BadValue(&'static str),
+}
+
+impl fmt::Display for MetaError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MetaError::NotPart10 => f.write_str("not a DICOM Part-10 file (no \"DICM\" after a 128-byte preamble)"),
+            MetaError::Truncated => f.write_str("file meta group is truncated"),
+            MetaError::Missing(what) => write!(f, "file meta group lacks {what}"),
+            MetaError::BadValue(what) => write!(f, "file meta group has an invalid {what}"),
+        }
+    }
+}
+
+impl std::error::Error for MetaError {}
+
+/// Reads the meta group of a Part-10 file given (at least) its first bytes. `head` must
+/// contain the whole meta group; 64 KiB is always enough for real files.
+pub fn read_foreign_meta(head: &[u8]) -> Result<ForeignMeta, MetaError> {
+    if head.len() < 132 || &head[128..132] != b"DICM" {
+        return Err(MetaError::NotPart10);
+    }
+    let mut pos = 132;
+    let (mut class, mut instance, mut ts) = (None, None, None);
+    loop {
+        if pos == head.len() {
+            break; // meta group ends the input: an empty dataset follows
+        }
+        if pos + 8 > head.len() {
+            return Err(MetaError::Truncated);
+        }
+        let group = u16::from_le_bytes([head[pos], head[pos + 1]]);
+        if group != 0x0002 {
+            break;
+        }
+        let element = u16::from_le_bytes([head[pos + 2], head[pos + 3]]);
+        let vr = [head[pos + 4], head[pos + 5]];
+        let (len, header) = if long_length_vr(&vr) {
+            if pos + 12 > head.len() {
+                return Err(MetaError::Truncated);
+            }
+            (u32::from_le_bytes(head[pos + 8..pos + 12].try_into().expect("4 bytes")) as usize, 12)
+        } else {
+            (u16::from_le_bytes([head[pos + 6], head[pos + 7]]) as usize, 8)
+        };
+        let start = pos + header;
+        let end = start.checked_add(len).ok_or(MetaError::Truncated)?;
+        if end > head.len() {
+            return Err(MetaError::Truncated);
+        }
+        let value = || trim_value(&head[start..end]);
+        match element {
+            0x0002 => class = Some(value()),
+            0x0003 => instance = Some(value()),
+            0x0010 => ts = Some(value()),
+            _ => {}
+        }
+        pos = end;
+    }
+    let check = |v: Option<String>, what: &'static str| -> Result<String, MetaError> {
+        let v = v.ok_or(MetaError::Missing(what))?;
+        if is_valid_uid(&v) {
+            Ok(v)
+        } else {
+            Err(MetaError::BadValue(what))
+        }
+    };
+    Ok(ForeignMeta {
+        sop_class_uid: check(class, "MediaStorageSOPClassUID (0002,0002)")?,
+        sop_instance_uid: check(instance, "MediaStorageSOPInstanceUID (0002,0003)")?,
+        transfer_syntax_uid: check(ts, "TransferSyntaxUID (0002,0010)")?,
+        dataset_offset: pos,
+    })
+}
+
+/// Strips the trailing NUL/space padding of a DICOM string value.
+pub fn trim_value(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes)
+        .trim_end_matches(['\0', ' '])
+        .trim_start()
+        .to_string()
+}
+
+/// A syntactically valid UID: 1–64 characters of digits and dots, no empty component.
+pub fn is_valid_uid(uid: &str) -> bool {
+    !uid.is_empty()
+        && uid.len() <= 64
+        && uid.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+        && !uid.split('.').any(|c| c.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_is_deterministic_and_reads_back() {
+        let a = object_prefix("1.2.840.10008.5.1.4.1.1.2", "1.2.3.4.5", "1.2.840.10008.1.2.1");
+        let b = object_prefix("1.2.840.10008.5.1.4.1.1.2", "1.2.3.4.5", "1.2.840.10008.1.2.1");
+        assert_eq!(a, b);
+        let meta = read_foreign_meta(&a).unwrap();
+        assert_eq!(meta.sop_class_uid, "1.2.840.10008.5.1.4.1.1.2");
+        assert_eq!(meta.sop_instance_uid, "1.2.3.4.5");
+        assert_eq!(meta.transfer_syntax_uid, "1.2.840.10008.1.2.1");
+        assert_eq!(meta.dataset_offset, a.len());
+        // group length covers exactly the following meta elements
+        let group_len = u32::from_le_bytes(a[140..144].try_into().unwrap()) as usize;
+        assert_eq!(144 + group_len, a.len());
+    }
+
+    #[test]
+    fn meta_is_parsed_by_dicom_rs_too() {
+        let mut bytes = object_prefix("1.2.840.10008.5.1.4.1.1.7", "1.2.3", "1.2.840.10008.1.2");
+        // a tiny implicit VR LE dataset: SOPInstanceUID (0008,0018) = "1.2.3" + pad
+        bytes.extend_from_slice(&[0x08, 0x00, 0x18, 0x00, 6, 0, 0, 0]);
+        bytes.extend_from_slice(b"1.2.3\0");
+        let obj = dicom_object::from_reader(&bytes[128..]).unwrap();
+        assert_eq!(obj.meta().media_storage_sop_instance_uid(), "1.2.3");
+        assert_eq!(obj.meta().transfer_syntax(), "1.2.840.10008.1.2");
+        assert_eq!(obj.meta().implementation_version_name.as_deref(), Some(IMPLEMENTATION_VERSION_NAME));
+    }
+
+    #[test]
+    fn rejects_non_part10_and_truncation() {
+        assert_eq!(read_foreign_meta(b"garbage"), Err(MetaError::NotPart10));
+        let a = object_prefix("1.2", "1.3", "1.2.840.10008.1.2");
+        assert_eq!(read_foreign_meta(&a[..150]), Err(MetaError::Truncated));
+    }
+
+    #[test]
+    fn uid_syntax() {
+        assert!(is_valid_uid("1.2.840.10008.1.2"));
+        assert!(!is_valid_uid(""));
+        assert!(!is_valid_uid("1..2"));
+        assert!(!is_valid_uid("../etc"));
+        assert!(!is_valid_uid(&"1".repeat(65)));
+    }
+}

@@ -1,0 +1,76 @@
+//! # The metadata index
+//!
+//! The index answers "what do we hold, and where": patients, studies, series, instances,
+//! and per stored object its blake3 id, size, location and provenance. It is the fast
+//! source of truth while running, and it is *rebuildable*: every field except provenance
+//! (when and from whom an object came) is derived from the stored objects themselves, so
+//! `strata reindex` can reconstruct it from the hot directory alone (DESIGN promise 5).
+//!
+//! The [`Index`] trait keeps RocksDB out of the rest of the code: only
+//! [`rocks`] imports the `rocksdb` crate (TiKV's engine-traits rule).
+//!
+//! ## Consistency
+//! - All writes go through [`Index::commit`], which applies a whole group of new objects
+//!   in **one synced write batch** (atomic across column families, durable on return).
+//! - There is one writer per archive (the group committer thread of the process that
+//!   holds the archive lock), so the read-modify-write of study, series and patient
+//!   records inside `commit` needs no further locking.
+//! - Readers may be the same process or a RocksDB secondary in another process
+//!   (`strata ls` while `strata serve` runs); [`Index::catch_up`] refreshes a secondary.
+//!
+//! Every method blocks: call it from the blocking pool or a plain thread.
+
+pub mod records;
+pub mod rocks;
+
+pub use records::{
+    CommitOutcome, InstanceEntry, InstanceRecord, NewObject, ObjectRecord, PatientRecord, Provenance, SeriesRecord,
+    StudyRecord, Tier, VersionRef,
+};
+pub use rocks::RocksIndex;
+
+use strata_tiers::ObjectId;
+
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    #[error("index storage error: {0}")]
+    Storage(String),
+    #[error("index record in {cf} under {key:?} is unreadable: {reason}")]
+    Corrupt { cf: &'static str, key: String, reason: String },
+    #[error("the index at {path} is in use by another process: {detail}")]
+    Locked { path: String, detail: String },
+}
+
+/// The archive's metadata index. See the module docs for the consistency rules.
+pub trait Index: Send + Sync {
+    /// Applies a group of newly persisted objects in one synced, atomic batch and says,
+    /// per object, what it did. Objects already indexed are reported, not re-added.
+    fn commit(&self, objects: &[NewObject]) -> Result<Vec<CommitOutcome>, IndexError>;
+    /// Whether an object with this id is indexed.
+    fn has_object(&self, id: &ObjectId) -> Result<bool, IndexError>;
+    fn object(&self, id: &ObjectId) -> Result<Option<ObjectRecord>, IndexError>;
+    /// Visits every indexed object until `visit` returns false.
+    fn for_each_object(&self, visit: &mut dyn FnMut(ObjectId, ObjectRecord) -> bool) -> Result<(), IndexError>;
+    /// Every study, ordered by Study Instance UID.
+    fn studies(&self) -> Result<Vec<(String, StudyRecord)>, IndexError>;
+    fn study(&self, study_uid: &str) -> Result<Option<StudyRecord>, IndexError>;
+    fn series_of_study(&self, study_uid: &str) -> Result<Vec<(String, SeriesRecord)>, IndexError>;
+    fn instances_of_study(&self, study_uid: &str) -> Result<Vec<InstanceEntry>, IndexError>;
+    /// A series by its UID, with the study it belongs to.
+    fn series(&self, series_uid: &str) -> Result<Option<(String, SeriesRecord)>, IndexError>;
+    /// An instance by its SOP Instance UID.
+    fn instance(&self, sop_instance_uid: &str) -> Result<Option<InstanceEntry>, IndexError>;
+    /// Studies whose PatientID, StudyDate or AccessionNumber equals `value` (secondary
+    /// indexes; no scan).
+    fn studies_by(&self, key: SecondaryKey, value: &str) -> Result<Vec<String>, IndexError>;
+    /// For a read-only secondary: pick up what the primary wrote since. No-op otherwise.
+    fn catch_up(&self) -> Result<(), IndexError>;
+}
+
+/// The attributes with a secondary index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecondaryKey {
+    PatientId,
+    StudyDate,
+    AccessionNumber,
+}

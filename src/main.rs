@@ -1,0 +1,344 @@
+//! The `strata` command: thin glue from the command line to the library.
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use strata::archive::{Archive, ReadOnlyArchive};
+use strata::config::Config;
+use strata::ops;
+
+/// Strata: an open vendor-neutral archive for medical images.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Configuration file (TOML). Without it, the built-in defaults apply.
+    #[arg(long, global = true, env = "STRATA_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the DICOM service (C-ECHO, C-STORE) and the HTTP endpoint.
+    Serve,
+    /// Store Part-10 files and folders (recursively) into the archive (server stopped).
+    Import {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List studies, or the series and instances of one study.
+    Ls {
+        study_uid: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a study, series or instance: its objects' ids, sizes and locations.
+    Show {
+        uid: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write studies as Part-10 files to DIR/<study>/<series>/<sop>.dcm.
+    Export {
+        study_uids: Vec<String>,
+        /// Export every study.
+        #[arg(long, conflicts_with = "study_uids")]
+        all: bool,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Re-hash every object and check index and objects against each other.
+    Verify {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rebuild the index from the stored objects alone (server stopped).
+    Reindex,
+    /// Print the effective configuration, with every default.
+    Config,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    init_logging(matches!(cli.command, Command::Serve));
+    match run(cli) {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("strata: error: {e:#}");
+            std::process::exit(2);
+        }
+    }
+}
+
+fn init_logging(serving: bool) {
+    let default = if serving { "info,dicom_ul=warn" } else { "warn" };
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("STRATA_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+fn workers(config: &Config) -> usize {
+    match config.ingest.import_workers {
+        0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+        n => n,
+    }
+}
+
+fn progress_bar(len: u64, what: &str) -> indicatif::ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(len);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} {per_sec} eta {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_message(what.to_string());
+    bar
+}
+
+fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+fn run(cli: Cli) -> Result<i32> {
+    let config = Config::load(cli.config.as_deref())?;
+    match cli.command {
+        Command::Config => {
+            print!("{}", config.to_toml());
+            Ok(0)
+        }
+        Command::Serve => serve(config),
+        Command::Import { paths, json } => {
+            let files = ops::collect_files(&paths)?;
+            let (archive, recovery) = Archive::open_exclusive(&config, "import")?;
+            report_recovery(&recovery);
+            let ingest = strata::ingest::Ingest::start(
+                archive.hot.clone(),
+                archive.index.clone(),
+                config.ingest.max_commit_batch,
+                strata::metrics::Metrics::new(),
+            );
+            let bar = progress_bar(files.len() as u64, "importing");
+            let report = ops::import(&ingest, &files, workers(&config), &bar);
+            bar.finish_and_clear();
+            drop(ingest);
+            archive.close_clean()?;
+            if json {
+                print_json(&report)?;
+            } else {
+                println!(
+                    "{} files: {} stored, {} new versions, {} already present, {} rejected",
+                    report.files,
+                    report.stored,
+                    report.new_versions,
+                    report.already_present,
+                    report.rejected.len()
+                );
+                for r in &report.rejected {
+                    println!("  rejected {}: {}", r.path, r.reason);
+                }
+            }
+            Ok(if report.rejected.is_empty() { 0 } else { 1 })
+        }
+        Command::Ls { study_uid, json } => {
+            let archive = ReadOnlyArchive::open(&config)?;
+            match study_uid {
+                None => {
+                    let studies = ops::list_studies(&archive.index)?;
+                    if json {
+                        print_json(&studies)?;
+                    } else {
+                        println!(
+                            "{:<64}  {:<16} {:<24} {:<8} {:<8} {:>6} {:>9} {:>12}",
+                            "STUDY UID", "PATIENT ID", "PATIENT NAME", "DATE", "MODS", "SERIES", "INSTANCES", "BYTES"
+                        );
+                        for s in studies {
+                            println!(
+                                "{:<64}  {:<16} {:<24} {:<8} {:<8} {:>6} {:>9} {:>12}",
+                                s.study_uid,
+                                s.patient_id,
+                                s.patient_name,
+                                s.study_date,
+                                s.modalities.join("\\"),
+                                s.series,
+                                s.instances,
+                                s.bytes
+                            );
+                        }
+                    }
+                }
+                Some(uid) => {
+                    let view = ops::study_view(&archive.hot, &archive.index, &uid)?
+                        .with_context(|| format!("no study {uid} in the archive"))?;
+                    if json {
+                        print_json(&view)?;
+                    } else {
+                        println!(
+                            "study {} patient {} ({}) date {}: {} series, {} instances",
+                            view.study.study_uid,
+                            view.study.patient_id,
+                            view.study.patient_name,
+                            view.study.study_date,
+                            view.study.series,
+                            view.study.instances
+                        );
+                        for s in &view.series {
+                            println!(
+                                "  series {} #{} {} {:?}: {} instances",
+                                s.series_uid,
+                                s.series_number,
+                                s.modality,
+                                s.series_description,
+                                s.instances.len()
+                            );
+                            for i in &s.instances {
+                                let v = i.versions.last();
+                                println!(
+                                    "    {} #{} {} bytes{}",
+                                    i.sop_instance_uid,
+                                    i.instance_number,
+                                    v.map(|v| v.size).unwrap_or(0),
+                                    if i.versions.len() > 1 {
+                                        format!(" ({} versions)", i.versions.len())
+                                    } else {
+                                        String::new()
+                                    }
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+            Ok(0)
+        }
+        Command::Show { uid, json } => {
+            let archive = ReadOnlyArchive::open(&config)?;
+            let shown = ops::show(&archive.hot, &archive.index, &uid)?
+                .with_context(|| format!("no study, series or instance {uid} in the archive"))?;
+            if json {
+                print_json(&shown)?;
+            } else {
+                print!("{}", toml::to_string_pretty(&shown).unwrap_or_else(|_| format!("{shown:#?}\n")));
+            }
+            Ok(0)
+        }
+        Command::Export { study_uids, all, out } => {
+            let archive = ReadOnlyArchive::open(&config)?;
+            let studies = if all {
+                archive.index_studies()?
+            } else if study_uids.is_empty() {
+                bail!("name at least one study UID, or --all");
+            } else {
+                study_uids
+            };
+            let report = ops::export(&archive, &studies, &out)?;
+            println!(
+                "exported {} studies, {} files, {} bytes to {}",
+                report.studies,
+                report.files,
+                report.bytes,
+                out.display()
+            );
+            Ok(0)
+        }
+        Command::Verify { json } => {
+            let archive = ReadOnlyArchive::open(&config)?;
+            let report = ops::verify(&archive, workers(&config))?;
+            if json {
+                print_json(&report)?;
+            } else {
+                println!(
+                    "checked {} objects, {} bytes in {:.1}s: {} missing, {} corrupt, {} orphans, {} dangling, {} strays",
+                    report.objects_checked,
+                    report.bytes_checked,
+                    report.seconds,
+                    report.missing.len(),
+                    report.corrupt.len(),
+                    report.orphans.len(),
+                    report.dangling.len(),
+                    report.strays.len()
+                );
+                for (kind, list) in [
+                    ("missing", &report.missing),
+                    ("corrupt", &report.corrupt),
+                    ("orphan", &report.orphans),
+                    ("dangling", &report.dangling),
+                ] {
+                    for p in list {
+                        println!(
+                            "  {kind}: object {} study {} instance {} at {}: {}",
+                            p.id, p.study_uid, p.sop_instance_uid, p.path, p.detail
+                        );
+                    }
+                }
+                for s in &report.strays {
+                    println!("  stray file: {s}");
+                }
+            }
+            Ok(if report.is_clean() { 0 } else { 1 })
+        }
+        Command::Reindex => {
+            let bar = progress_bar(0, "reindexing");
+            let report = ops::reindex(&config, &bar)?;
+            bar.finish_and_clear();
+            println!(
+                "reindexed {} of {} objects into {} studies; {} quarantined",
+                report.indexed,
+                report.objects_found,
+                report.studies,
+                report.quarantined.len()
+            );
+            for q in &report.quarantined {
+                println!("  quarantined {q}");
+            }
+            Ok(if report.quarantined.is_empty() { 0 } else { 1 })
+        }
+    }
+}
+
+fn report_recovery(r: &strata::archive::RecoveryReport) {
+    if r.tmp_swept > 0 || r.adopted > 0 || !r.quarantined.is_empty() {
+        tracing::warn!(
+            tmp_swept = r.tmp_swept,
+            adopted = r.adopted,
+            quarantined = r.quarantined.len(),
+            "start-up recovery after an unclean stop"
+        );
+    }
+}
+
+fn serve(config: Config) -> Result<i32> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("start the async runtime")?;
+    runtime.block_on(async move {
+        let c = config.clone();
+        let (archive, recovery) = tokio::task::spawn_blocking(move || Archive::open_exclusive(&c, "serve")).await??;
+        report_recovery(&recovery);
+        let dicom = tokio::net::TcpListener::bind((config.dicom.bind, config.dicom.port))
+            .await
+            .with_context(|| format!("listen for DICOM on {}:{}", config.dicom.bind, config.dicom.port))?;
+        let http = tokio::net::TcpListener::bind((config.http.bind, config.http.port))
+            .await
+            .with_context(|| format!("listen for HTTP on {}:{}", config.http.bind, config.http.port))?;
+        strata::server::run(config, archive, dicom, http, shutdown_signal()).await?;
+        Ok::<_, anyhow::Error>(0)
+    })
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received"),
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+    }
+}
