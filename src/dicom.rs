@@ -5,6 +5,7 @@
 //! - [`dimse`]: DIMSE command sets (always Implicit VR Little Endian) and status codes.
 
 pub mod dimse;
+pub mod framing;
 pub mod header;
 pub mod part10;
 pub mod storage_classes;

@@ -15,6 +15,7 @@
 //! A crash before that leaves a tmp file (swept at start-up) or a complete object that
 //! the index lacks (adopted at start-up by [`crate::archive::recover_orphans_blocking`]).
 
+use crate::dicom::framing::{check_framing, Encoding};
 use crate::dicom::header::{read_header_blocking, InstanceAttrs};
 use crate::dicom::part10::{object_prefix, read_foreign_meta};
 use crate::index::{CommitOutcome, Index, NewObject, Provenance};
@@ -129,6 +130,7 @@ impl Ingest {
         provenance: Provenance,
     ) -> Result<Stored, IngestError> {
         let attrs = read_header_blocking(written.tmp.path()).map_err(|e| IngestError::Unparseable(e.to_string()))?;
+        check_dataset_framing(&written, &attrs.transfer_syntax_uid)?;
         if attrs.sop_instance_uid != expected_sop_instance_uid {
             return Err(IngestError::DatasetMismatch(format!(
                 "dataset SOP Instance UID {} differs from the announced {}",
@@ -214,6 +216,20 @@ impl Ingest {
         };
         self.admit_blocking(writer.finish(), &meta.sop_class_uid, &meta.sop_instance_uid, provenance)
     }
+}
+
+/// Refuses a dataset whose element framing is broken (e.g. truncated pixel data).
+fn check_dataset_framing(written: &WrittenObject, transfer_syntax_uid: &str) -> Result<(), IngestError> {
+    let Some(encoding) = Encoding::of_transfer_syntax(transfer_syntax_uid) else {
+        return Ok(());
+    };
+    let file = written.tmp.reopen_blocking()?;
+    let mut head = [0u8; 4096];
+    let n = (&file).read(&mut head).map_err(|e| IngestError::Storage(e.to_string()))?;
+    let start = read_foreign_meta(&head[..n])
+        .map_err(|e| IngestError::Unparseable(e.to_string()))?
+        .dataset_offset;
+    check_framing(file, start as u64, encoding).map_err(IngestError::Unparseable)
 }
 
 fn run_committer(rx: mpsc::Receiver<CommitJob>, hot: HotDisk, index: Arc<dyn Index>, max_batch: usize, metrics: Metrics) {

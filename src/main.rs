@@ -79,7 +79,11 @@ fn init_logging(serving: bool) {
     let default = if serving { "info,dicom_ul=warn" } else { "warn" };
     let filter =
         tracing_subscriber::EnvFilter::try_from_env("STRATA_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 fn workers(config: &Config) -> usize {

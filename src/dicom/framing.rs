@@ -1,0 +1,261 @@
+//! A structural check of a dataset's framing: every element header is read and every
+//! value skipped by its length — values are never decoded — so a truncated or mangled
+//! dataset is refused even though indexing parses only the header. Costs a few reads
+//! and seeks per object, whatever its size.
+//!
+//! Handles explicit and implicit VR little endian and explicit VR big endian, defined-
+//! and undefined-length sequences and items, and encapsulated pixel data. Deflated
+//! datasets are not walked (their header parse inflates what it reads).
+
+use std::io::{BufReader, Read, Seek};
+
+const ITEM: u32 = 0xFFFE_E000;
+const ITEM_END: u32 = 0xFFFE_E00D;
+const SEQUENCE_END: u32 = 0xFFFE_E0DD;
+const UNDEFINED: u32 = 0xFFFF_FFFF;
+const MAX_DEPTH: usize = 64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    ExplicitLittle,
+    ImplicitLittle,
+    ExplicitBig,
+}
+
+impl Encoding {
+    /// The encoding of a transfer syntax's dataset, or `None` when it cannot be walked
+    /// without decompressing (deflate) or is unknown.
+    pub fn of_transfer_syntax(uid: &str) -> Option<Encoding> {
+        match uid {
+            "1.2.840.10008.1.2" => Some(Encoding::ImplicitLittle),
+            "1.2.840.10008.1.2.2" => Some(Encoding::ExplicitBig),
+            "1.2.840.10008.1.2.1.99" | "1.2.840.10008.1.2.4.95" => None,
+            // every other standard syntax (native explicit LE, JPEG family, JPEG-LS,
+            // JPEG 2000, RLE, video, ...) encodes the dataset as explicit VR LE
+            _ if uid.starts_with("1.2.840.10008.1.2") => Some(Encoding::ExplicitLittle),
+            _ => None,
+        }
+    }
+}
+
+struct Walker<R> {
+    r: BufReader<R>,
+    pos: u64,
+    len: u64,
+    enc: Encoding,
+}
+
+type Res<T> = Result<T, String>;
+
+impl<R: Read + Seek> Walker<R> {
+    fn bytes<const N: usize>(&mut self) -> Res<[u8; N]> {
+        let mut b = [0u8; N];
+        self.r
+            .read_exact(&mut b)
+            .map_err(|_| format!("dataset truncated at byte {}", self.pos))?;
+        self.pos += N as u64;
+        Ok(b)
+    }
+
+    fn u16(&mut self) -> Res<u16> {
+        let b = self.bytes::<2>()?;
+        Ok(match self.enc {
+            Encoding::ExplicitBig => u16::from_be_bytes(b),
+            _ => u16::from_le_bytes(b),
+        })
+    }
+
+    fn u32(&mut self) -> Res<u32> {
+        let b = self.bytes::<4>()?;
+        Ok(match self.enc {
+            Encoding::ExplicitBig => u32::from_be_bytes(b),
+            _ => u32::from_le_bytes(b),
+        })
+    }
+
+    fn tag(&mut self) -> Res<u32> {
+        let g = self.u16()? as u32;
+        let e = self.u16()? as u32;
+        Ok((g << 16) | e)
+    }
+
+    fn skip(&mut self, n: u32) -> Res<()> {
+        let n = n as u64;
+        if self.pos + n > self.len {
+            return Err(format!(
+                "value of {n} bytes at byte {} runs past the end of the dataset ({} bytes)",
+                self.pos, self.len
+            ));
+        }
+        self.r
+            .seek_relative(n as i64)
+            .map_err(|e| format!("seek failed: {e}"))?;
+        self.pos += n;
+        Ok(())
+    }
+
+    /// Walks elements until the end (`end` = None at top level), a defined end offset,
+    /// or an item delimiter.
+    fn elements(&mut self, end: Option<u64>, depth: usize) -> Res<()> {
+        if depth > MAX_DEPTH {
+            return Err("sequences nested too deeply".into());
+        }
+        loop {
+            match end {
+                Some(e) if self.pos == e => return Ok(()),
+                Some(e) if self.pos > e => return Err(format!("item overruns its length at byte {}", self.pos)),
+                None if self.pos == self.len => return Ok(()),
+                _ => {}
+            }
+            let tag = self.tag()?;
+            if tag == ITEM_END {
+                self.u32()?;
+                return if end.is_none() && depth > 0 {
+                    Ok(())
+                } else {
+                    Err(format!("unexpected item delimiter at byte {}", self.pos))
+                };
+            }
+            let (vr, len) = match self.enc {
+                Encoding::ImplicitLittle => (None, self.u32()?),
+                _ => {
+                    let vr = self.bytes::<2>()?;
+                    let long = matches!(
+                        &vr,
+                        b"OB" | b"OD" | b"OF" | b"OL" | b"OV" | b"OW" | b"SQ" | b"SV" | b"UC" | b"UN" | b"UR" | b"UT" | b"UV"
+                    );
+                    let len = if long {
+                        self.bytes::<2>()?;
+                        self.u32()?
+                    } else {
+                        self.u16()? as u32
+                    };
+                    (Some(vr), len)
+                }
+            };
+            if len != UNDEFINED {
+                if vr == Some(*b"SQ") && len > 0 {
+                    let stop = self.pos + len as u64;
+                    self.items(Some(stop), depth + 1)?;
+                } else {
+                    self.skip(len)?;
+                }
+                continue;
+            }
+            match vr {
+                Some(v) if (v == *b"OB" || v == *b"OW") && tag == 0x7FE0_0010 => self.fragments()?,
+                _ => self.items(None, depth + 1)?,
+            }
+        }
+    }
+
+    /// Walks the items of a sequence (undefined length: until the sequence delimiter).
+    fn items(&mut self, end: Option<u64>, depth: usize) -> Res<()> {
+        loop {
+            if let Some(e) = end {
+                if self.pos == e {
+                    return Ok(());
+                }
+            }
+            let tag = self.tag()?;
+            let len = self.u32()?;
+            match tag {
+                SEQUENCE_END if end.is_none() => return Ok(()),
+                ITEM if len == UNDEFINED => self.elements(None, depth)?,
+                ITEM => {
+                    let stop = self.pos + len as u64;
+                    if stop > self.len {
+                        return Err(format!("item at byte {} runs past the end", self.pos));
+                    }
+                    self.elements(Some(stop), depth)?
+                }
+                other => return Err(format!("expected an item, found ({other:08X}) at byte {}", self.pos)),
+            }
+        }
+    }
+
+    fn fragments(&mut self) -> Res<()> {
+        loop {
+            let tag = self.tag()?;
+            let len = self.u32()?;
+            match tag {
+                SEQUENCE_END => return Ok(()),
+                ITEM if len != UNDEFINED => self.skip(len)?,
+                other => return Err(format!("bad pixel data fragment ({other:08X}) at byte {}", self.pos)),
+            }
+        }
+    }
+}
+
+/// Checks that the dataset in `reader` from `start` to its end is well framed.
+pub fn check_framing<R: Read + Seek>(mut reader: R, start: u64, enc: Encoding) -> Result<(), String> {
+    let len = reader.seek(std::io::SeekFrom::End(0)).map_err(|e| e.to_string())?;
+    reader.seek(std::io::SeekFrom::Start(start)).map_err(|e| e.to_string())?;
+    let mut w = Walker {
+        r: BufReader::with_capacity(16 * 1024, reader),
+        pos: start,
+        len,
+        enc,
+    };
+    w.elements(None, 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Cursor;
+
+    fn el(tag: u32, vr: &[u8; 2], value: &[u8]) -> Vec<u8> {
+        let mut v = Vec::new();
+        v.extend_from_slice(&((tag >> 16) as u16).to_le_bytes());
+        v.extend_from_slice(&((tag & 0xFFFF) as u16).to_le_bytes());
+        v.extend_from_slice(vr);
+        if matches!(vr, b"OB" | b"OW" | b"SQ") {
+            v.extend_from_slice(&[0, 0]);
+            v.extend_from_slice(&(value.len() as u32).to_le_bytes());
+        } else {
+            v.extend_from_slice(&(value.len() as u16).to_le_bytes());
+        }
+        v.extend_from_slice(value);
+        v
+    }
+
+    #[test]
+    fn accepts_well_framed_and_refuses_truncation() {
+        let mut ds = el(0x0008_0018, b"UI", b"1.2.3\0");
+        // undefined-length sequence with one undefined-length item
+        ds.extend_from_slice(&[0x08, 0x00, 0x15, 0x11, b'S', b'Q', 0, 0, 0xFF, 0xFF, 0xFF, 0xFF]);
+        ds.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0, 0xFF, 0xFF, 0xFF, 0xFF]);
+        ds.extend(el(0x0008_1150, b"UI", b"1.2\0"));
+        ds.extend_from_slice(&[0xFE, 0xFF, 0x0D, 0xE0, 0, 0, 0, 0]);
+        ds.extend_from_slice(&[0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0]);
+        // encapsulated pixel data: empty offset table + one fragment
+        ds.extend_from_slice(&[0xE0, 0x7F, 0x10, 0x00, b'O', b'B', 0, 0, 0xFF, 0xFF, 0xFF, 0xFF]);
+        ds.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0, 0, 0, 0, 0]);
+        ds.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0, 4, 0, 0, 0, 1, 2, 3, 4]);
+        ds.extend_from_slice(&[0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0]);
+        check_framing(Cursor::new(&ds), 0, Encoding::ExplicitLittle).unwrap();
+        for cut in [1, 7, 20, ds.len() - 5, ds.len() - 1] {
+            assert!(check_framing(Cursor::new(&ds[..cut]), 0, Encoding::ExplicitLittle).is_err(), "cut at {cut}");
+        }
+        let native = el(0x7FE0_0010, b"OW", &[0u8; 64]);
+        check_framing(Cursor::new(&native), 0, Encoding::ExplicitLittle).unwrap();
+        assert!(check_framing(Cursor::new(&native[..40]), 0, Encoding::ExplicitLittle).is_err());
+    }
+
+    #[test]
+    fn garbage_is_refused_without_panicking() {
+        let mut x: u32 = 12345;
+        for n in 0..200 {
+            let bytes: Vec<u8> = (0..n * 7)
+                .map(|_| {
+                    x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                    (x >> 16) as u8
+                })
+                .collect();
+            for enc in [Encoding::ExplicitLittle, Encoding::ImplicitLittle, Encoding::ExplicitBig] {
+                let _ = check_framing(Cursor::new(&bytes), 0, enc);
+            }
+        }
+    }
+}

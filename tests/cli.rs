@@ -1,0 +1,140 @@
+//! The CLI on its own: config, import (summary, exclusivity), show, verify finding each
+//! kind of damage, and reindex rebuilding the index from the objects alone.
+
+use crate::common::*;
+use std::path::PathBuf;
+
+#[test]
+fn config_prints_every_default_and_rejects_unknown_keys() {
+    let out = run_ok(std::process::Command::new(strata_bin()).arg("config"));
+    let text = String::from_utf8_lossy(&out.stdout);
+    for needle in ["[archive]", "data_dir = \"./strata-data\"", "[dicom]", "ae_title = \"STRATA\"", "port = 11112", "[http]", "port = 8080"] {
+        assert!(text.contains(needle), "missing {needle} in:\n{text}");
+    }
+    let dir = scratch("cli-config");
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[dicom]\nae_titel = \"X\"\n").unwrap();
+    let out = run(std::process::Command::new(strata_bin()).arg("--config").arg(&bad).arg("config"));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ae_titel"));
+}
+
+#[test]
+fn import_summarises_and_reindex_rebuilds_the_same_index() {
+    let archive = Archive::new("cli-import");
+    let ct = dcm_files(ct_study());
+    let (valid, broken) = pydicom_samples();
+    let samples = archive.dir.path().join("samples");
+    std::fs::create_dir_all(&samples).unwrap();
+    for (i, f) in valid.iter().chain(broken.iter()).enumerate() {
+        std::fs::copy(f, samples.join(format!("{i:03}-{}", f.file_name().unwrap().to_str().unwrap()))).unwrap();
+    }
+    std::fs::write(samples.join("README.txt"), "not dicom").unwrap();
+
+    let out = run(archive
+        .strata(&["import", "--json"])
+        .arg(ct_study())
+        .arg(&samples));
+    assert_eq!(out.status.code(), Some(1), "rejections make import exit 1");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let files = ct.len() + valid.len() + broken.len() + 1;
+    assert_eq!(report["files"].as_u64().unwrap() as usize, files);
+    let rejected = report["rejected"].as_array().unwrap();
+    assert!(rejected.iter().any(|r| r["path"].as_str().unwrap().ends_with("README.txt")
+        && r["reason"].as_str().unwrap().contains("not a DICOM Part-10 file")));
+    assert!(rejected.len() > broken.len() / 2, "most broken files are rejected: {rejected:?}");
+    for r in rejected {
+        assert!(!r["reason"].as_str().unwrap().is_empty());
+    }
+    let stored = report["stored"].as_u64().unwrap();
+    let versions = report["new_versions"].as_u64().unwrap();
+    let present = report["already_present"].as_u64().unwrap();
+    assert_eq!((stored + versions + present) as usize + rejected.len(), files);
+    assert_eq!(archive.total_instances(), stored);
+
+    // importing again: everything already present
+    let again: serde_json::Value =
+        serde_json::from_slice(&run(archive.strata(&["import", "--json"]).arg(ct_study())).stdout).unwrap();
+    assert_eq!(again["already_present"].as_u64().unwrap() as usize, ct.len());
+
+    // import needs exclusive access and says who holds the archive
+    let server = archive.start();
+    let busy = run(archive.strata(&["import"]).arg(ct_study()));
+    assert_eq!(busy.status.code(), Some(2));
+    let msg = String::from_utf8_lossy(&busy.stderr);
+    assert!(msg.contains(&format!("in use by pid {}", server.pid())) && msg.contains("serve"), "{msg}");
+    let before = archive.ls_json();
+    server.stop();
+
+    // reindex from the objects alone gives the same studies and counts
+    std::fs::remove_dir_all(archive.data_dir().join("index")).unwrap();
+    run_ok(&mut archive.strata(&["reindex"]));
+    let after = archive.ls_json();
+    let strip = |v: &serde_json::Value| -> Vec<(String, u64, u64, u64)> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                (
+                    s["study_uid"].as_str().unwrap().to_string(),
+                    s["instances"].as_u64().unwrap(),
+                    s["objects"].as_u64().unwrap(),
+                    s["bytes"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(strip(&before), strip(&after));
+    let (clean, report) = archive.verify_json();
+    assert!(clean, "{report}");
+}
+
+#[test]
+fn verify_finds_corrupt_missing_and_orphan_objects() {
+    let archive = Archive::new("cli-verify");
+    let ct: Vec<PathBuf> = dcm_files(ct_study()).into_iter().take(6).collect();
+    run_ok(archive.strata(&["import"]).args(&ct));
+    let (clean, _) = archive.verify_json();
+    assert!(clean);
+
+    let objects = walk(&archive.data_dir().join("hot/objects"));
+    assert_eq!(objects.len(), 6);
+    // flip one byte in the pixel data of one object
+    let mut bytes = std::fs::read(&objects[0]).unwrap();
+    let n = bytes.len();
+    bytes[n - 100] ^= 0x01;
+    std::fs::write(&objects[0], bytes).unwrap();
+    // delete another
+    std::fs::remove_file(&objects[1]).unwrap();
+    // and drop in an object the index does not know (valid name, valid content)
+    let orphan = b"an object nobody indexed";
+    let id = blake3::hash(orphan).to_hex().to_string();
+    let dir = archive.data_dir().join("hot/objects").join(&id[..2]).join(&id[2..4]);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(&id), orphan).unwrap();
+
+    let (clean, report) = archive.verify_json();
+    assert!(!clean);
+    let ids = |k: &str| -> Vec<String> {
+        report[k].as_array().unwrap().iter().map(|p| p["id"].as_str().unwrap().to_string()).collect()
+    };
+    let name = |p: &PathBuf| p.file_name().unwrap().to_str().unwrap().to_string();
+    assert_eq!(ids("corrupt"), vec![name(&objects[0])]);
+    assert_eq!(ids("missing"), vec![name(&objects[1])]);
+    assert_eq!(ids("orphans"), vec![id]);
+    let corrupt = &report["corrupt"][0];
+    assert!(corrupt["study_uid"].as_str().unwrap().len() > 5, "names the study: {corrupt}");
+    assert!(corrupt["sop_instance_uid"].as_str().unwrap().len() > 5);
+
+    // show names every kind of UID
+    let study = archive.ls_json()[0]["study_uid"].as_str().unwrap().to_string();
+    let shown: serde_json::Value =
+        serde_json::from_slice(&run_ok(&mut archive.strata(&["show", &study, "--json"])).stdout).unwrap();
+    assert_eq!(shown["kind"], "study");
+    let series = shown["series"][0]["series_uid"].as_str().unwrap().to_string();
+    let shown: serde_json::Value =
+        serde_json::from_slice(&run_ok(&mut archive.strata(&["show", &series, "--json"])).stdout).unwrap();
+    assert_eq!(shown["kind"], "series");
+    let missing = run(&mut archive.strata(&["show", "1.2.3.999"]));
+    assert_eq!(missing.status.code(), Some(2));
+}

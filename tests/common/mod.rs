@@ -1,0 +1,398 @@
+//! Test harness: start `strata serve` on free loopback ports in a temp dir, run the CLI,
+//! drive real peers (DCMTK by full path, pynetdicom scripts in `tests/peers/`), and a
+//! small raw DICOM client for inputs no well-behaved peer would send.
+//!
+//! Peers are installed by `scripts/install-peers.sh` (the README's test command runs it);
+//! a missing peer fails the test with that hint, it is never skipped silently.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub const CT_IMAGE_STORAGE: &str = "1.2.840.10008.5.1.4.1.1.2";
+pub const IMPLICIT_VR_LE: &str = "1.2.840.10008.1.2";
+pub const EXPLICIT_VR_LE: &str = "1.2.840.10008.1.2.1";
+
+pub fn strata_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_strata"))
+}
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn peer_script(name: &str) -> PathBuf {
+    repo_root().join("tests/peers").join(name)
+}
+
+/// A DCMTK tool by full path (pynetdicom installs same-named scripts), with Nagle off.
+pub fn dcmtk(tool: &str) -> Command {
+    let path = PathBuf::from("/usr/bin").join(tool);
+    assert!(path.exists(), "{} is missing: run scripts/install-peers.sh", path.display());
+    let mut cmd = Command::new(path);
+    cmd.env("TCP_NODELAY", "1");
+    cmd
+}
+
+pub fn python(script: &str) -> Command {
+    let mut cmd = Command::new("python3");
+    cmd.arg(peer_script(script));
+    cmd
+}
+
+pub fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    out
+}
+
+pub fn run_ok(cmd: &mut Command) -> Output {
+    let out = run(cmd);
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A scratch directory under the cargo target dir (kept small; removed on drop).
+pub fn scratch(name: &str) -> tempfile::TempDir {
+    let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    std::fs::create_dir_all(&base).unwrap();
+    tempfile::Builder::new().prefix(&format!("{name}-")).tempdir_in(base).unwrap()
+}
+
+/// An archive directory with a config file; servers and CLI runs use it.
+pub struct Archive {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub dicom_port: u16,
+    pub http_port: u16,
+}
+
+impl Archive {
+    pub fn new(name: &str) -> Self {
+        Self::with_config(name, "")
+    }
+
+    /// `extra` is appended inside the `[dicom]` section unless it opens its own sections.
+    pub fn with_config(name: &str, extra: &str) -> Self {
+        let dir = scratch(name);
+        let dicom_port = free_port();
+        let http_port = free_port();
+        let config = dir.path().join("strata.toml");
+        let text = format!(
+            "[archive]\ndata_dir = \"{}\"\nmin_free_space_mb = 0\n\n[http]\nport = {http_port}\nbind = \"127.0.0.1\"\n\n[dicom]\nport = {dicom_port}\nbind = \"127.0.0.1\"\nread_timeout = \"10s\"\n{extra}\n",
+            dir.path().join("data").display()
+        );
+        std::fs::write(&config, text).unwrap();
+        Archive {
+            dir,
+            config,
+            dicom_port,
+            http_port,
+        }
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn strata(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(strata_bin());
+        cmd.arg("--config").arg(&self.config).args(args);
+        cmd
+    }
+
+    pub fn start(&self) -> Server {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("serve.log"))
+            .unwrap();
+        let child = Command::new(strata_bin())
+            .arg("--config")
+            .arg(&self.config)
+            .arg("serve")
+            .env("STRATA_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let server = Server {
+            child: Some(child),
+            http_port: self.http_port,
+            dicom_port: self.dicom_port,
+            log: self.dir.path().join("serve.log"),
+        };
+        server.wait_healthy();
+        server
+    }
+
+    pub fn ls_json(&self) -> serde_json::Value {
+        let out = run_ok(&mut self.strata(&["ls", "--json"]));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    pub fn total_instances(&self) -> u64 {
+        self.ls_json()
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["instances"].as_u64().unwrap())
+            .sum()
+    }
+
+    pub fn verify_json(&self) -> (bool, serde_json::Value) {
+        let out = run(&mut self.strata(&["verify", "--json"]));
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|_| panic!("verify printed no JSON: {}", String::from_utf8_lossy(&out.stderr)));
+        (out.status.success(), report)
+    }
+
+    pub fn aet(&self) -> String {
+        format!("STRATA@127.0.0.1:{}", self.dicom_port)
+    }
+}
+
+pub struct Server {
+    child: Option<Child>,
+    pub http_port: u16,
+    pub dicom_port: u16,
+    pub log: PathBuf,
+}
+
+impl Server {
+    fn wait_healthy(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if http_get(self.http_port, "/healthz").is_some_and(|(code, _)| code == 200) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("strata serve did not become healthy; log:\n{}", self.log_text());
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn metrics(&self) -> String {
+        http_get(self.http_port, "/metrics").expect("metrics answer").1
+    }
+
+    /// Graceful stop (SIGTERM); asserts a clean exit.
+    pub fn stop(mut self) {
+        let mut child = self.child.take().unwrap();
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let status = child.wait().unwrap();
+        assert!(status.success(), "strata serve exited with {status}; log:\n{}", self.log_text());
+    }
+
+    /// Crash (SIGKILL).
+    pub fn kill9(mut self) {
+        let mut child = self.child.take().unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// Whether the server answers a C-ECHO (via DCMTK echoscu).
+    pub fn echo_ok(&self) -> bool {
+        dcmtk("echoscu")
+            .args(["-aec", "STRATA", "-to", "5", "127.0.0.1", &self.dicom_port.to_string()])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Minimal HTTP/1.0 GET on loopback: (status code, body).
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).ok()?;
+    let code = resp.split_whitespace().nth(1)?.parse().ok()?;
+    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Some((code, body))
+}
+
+/// The generated CT study (200 instances, 512x512x16 bit) shared by the tests.
+pub fn ct_study() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("ct-study-200");
+        if !dir.join(".complete").exists() {
+            let _ = std::fs::remove_dir_all(&dir);
+            run_ok(python("gen_ct.py").arg("--out").arg(&dir).args(["--instances", "200", "--seed", "7"]));
+            std::fs::write(dir.join(".complete"), b"").unwrap();
+        }
+        dir
+    })
+}
+
+/// Every `.dcm` file under `dir`, sorted.
+pub fn dcm_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = walk(dir).into_iter().filter(|p| p.extension().is_some_and(|e| e == "dcm")).collect();
+    files.sort();
+    files
+}
+
+pub fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// pydicom's sample files: (valid, broken), as classified by `tests/peers/sample_files.py`.
+pub fn pydicom_samples() -> &'static (Vec<PathBuf>, Vec<PathBuf>) {
+    static SAMPLES: OnceLock<(Vec<PathBuf>, Vec<PathBuf>)> = OnceLock::new();
+    SAMPLES.get_or_init(|| {
+        let out = run_ok(&mut python("sample_files.py"));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let list = |k: &str| {
+            v[k].as_array()
+                .unwrap()
+                .iter()
+                .map(|p| PathBuf::from(p.as_str().unwrap()))
+                .collect::<Vec<_>>()
+        };
+        (list("valid"), list("broken"))
+    })
+}
+
+// ---------------------------------------------------------------------------
+// A raw DICOM client for inputs no well-behaved peer sends.
+
+pub mod raw {
+    use dicom_ul::pdu::{PDataValue, PDataValueType, Pdu};
+    use dicom_ul::ClientAssociationOptions;
+    use std::time::Duration;
+
+    pub type Assoc = dicom_ul::association::ClientAssociation<std::net::TcpStream>;
+
+    pub fn associate(port: u16, called: &str, abstract_syntax: &str, ts: &str) -> Result<Assoc, String> {
+        ClientAssociationOptions::new()
+            .calling_ae_title("RAWSCU")
+            .called_ae_title(called)
+            .with_presentation_context(abstract_syntax, vec![ts])
+            .read_timeout(Duration::from_secs(20))
+            .establish_with(&format!("{called}@127.0.0.1:{port}"))
+            .map_err(|e| e.to_string())
+    }
+
+    fn element(out: &mut Vec<u8>, group: u16, elem: u16, value: &[u8]) {
+        out.extend_from_slice(&group.to_le_bytes());
+        out.extend_from_slice(&elem.to_le_bytes());
+        out.extend_from_slice(&(value.len() as u32).to_le_bytes());
+        out.extend_from_slice(value);
+    }
+
+    fn uid(v: &str) -> Vec<u8> {
+        let mut b = v.as_bytes().to_vec();
+        if b.len() % 2 == 1 {
+            b.push(0);
+        }
+        b
+    }
+
+    /// An Implicit VR LE C-STORE-RQ command set.
+    pub fn store_command(message_id: u16, sop_class: &str, sop_instance: &str) -> Vec<u8> {
+        let mut body = Vec::new();
+        element(&mut body, 0, 0x0002, &uid(sop_class));
+        element(&mut body, 0, 0x0100, &1u16.to_le_bytes());
+        element(&mut body, 0, 0x0110, &message_id.to_le_bytes());
+        element(&mut body, 0, 0x0700, &0u16.to_le_bytes());
+        element(&mut body, 0, 0x0800, &0u16.to_le_bytes());
+        element(&mut body, 0, 0x1000, &uid(sop_instance));
+        let mut out = Vec::new();
+        element(&mut out, 0, 0x0000, &(body.len() as u32).to_le_bytes());
+        out.extend_from_slice(&body);
+        out
+    }
+
+    /// Sends a C-STORE with `dataset` as the data set bytes; returns the response status.
+    pub fn store(a: &mut Assoc, sop_class: &str, sop_instance: &str, dataset: &[u8]) -> Result<u16, String> {
+        let pc = a.presentation_contexts()[0].id;
+        a.send(&Pdu::PData {
+            data: vec![PDataValue {
+                presentation_context_id: pc,
+                value_type: PDataValueType::Command,
+                is_last: true,
+                data: store_command(1, sop_class, sop_instance),
+            }],
+        })
+        .map_err(|e| e.to_string())?;
+        let chunks: Vec<&[u8]> = if dataset.is_empty() { vec![&[][..]] } else { dataset.chunks(16_000).collect() };
+        let n = chunks.len();
+        for (i, chunk) in chunks.into_iter().enumerate() {
+            a.send(&Pdu::PData {
+                data: vec![PDataValue {
+                    presentation_context_id: pc,
+                    value_type: PDataValueType::Data,
+                    is_last: i + 1 == n,
+                    data: chunk.to_vec(),
+                }],
+            })
+            .map_err(|e| e.to_string())?;
+        }
+        match a.receive().map_err(|e| e.to_string())? {
+            Pdu::PData { data } => {
+                let cmd = &data[0].data;
+                status_of(cmd).ok_or_else(|| "response without a status".to_string())
+            }
+            other => Err(format!("unexpected PDU {other:?}")),
+        }
+    }
+
+    /// Finds (0000,0900) Status in an Implicit VR LE command set.
+    pub fn status_of(cmd: &[u8]) -> Option<u16> {
+        let mut pos = 0;
+        while pos + 8 <= cmd.len() {
+            let g = u16::from_le_bytes([cmd[pos], cmd[pos + 1]]);
+            let e = u16::from_le_bytes([cmd[pos + 2], cmd[pos + 3]]);
+            let len = u32::from_le_bytes(cmd[pos + 4..pos + 8].try_into().unwrap()) as usize;
+            if g == 0 && e == 0x0900 && len == 2 {
+                return Some(u16::from_le_bytes([cmd[pos + 8], cmd[pos + 9]]));
+            }
+            pos += 8 + len;
+        }
+        None
+    }
+}

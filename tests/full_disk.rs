@@ -1,0 +1,101 @@
+//! Full disk: with the free-space floor above the free space, or the disk really full,
+//! stores get 0xA700, nothing half-written remains, and stores succeed again once space
+//! is back — without restarting. The hot tier sits on a small tmpfs mounted for the test
+//! (the test suite runs as root, as the project's scripts require).
+
+use crate::common::*;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+struct Mount(PathBuf);
+
+impl Mount {
+    fn tmpfs(dir: &Path, size_mb: u64) -> Mount {
+        std::fs::create_dir_all(dir).unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size_mb}m"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "cannot mount a tmpfs for the full-disk test (the suite must run as root): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Mount(dir.to_path_buf())
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+fn free_bytes(dir: &Path) -> u64 {
+    let c = std::ffi::CString::new(dir.to_str().unwrap()).unwrap();
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut st) }, 0);
+    st.f_bavail as u64 * st.f_frsize as u64
+}
+
+/// Fills `dir`'s filesystem until about `leave` bytes remain free.
+fn fill(dir: &Path, leave: u64) -> PathBuf {
+    let filler = dir.join("filler");
+    let free = free_bytes(dir);
+    assert!(free > leave);
+    std::fs::write(&filler, vec![0xAAu8; (free - leave) as usize]).unwrap();
+    filler
+}
+
+fn send(port: u16, files: &[&Path], expect: &str) {
+    let mut cmd = python("store_pynetdicom.py");
+    cmd.args(["--host", "127.0.0.1", "--port", &port.to_string(), "--called-ae", "STRATA", "--ts", "as-is"])
+        .args(["--expect-status", expect])
+        .args(files);
+    run_ok(&mut cmd);
+}
+
+fn assert_nothing_written(hot: &Path) {
+    let leftovers: Vec<PathBuf> = walk(hot).into_iter().filter(|p| !p.ends_with("filler")).collect();
+    assert!(leftovers.is_empty(), "half-written or stored files left behind: {leftovers:?}");
+}
+
+#[test]
+fn full_disk_refuses_with_a700_and_recovers_when_space_returns() {
+    let archive = Archive::with_config("full-disk", "");
+    // floor of 1 MiB on a 24 MiB hot tier
+    let text = std::fs::read_to_string(&archive.config).unwrap().replace("min_free_space_mb = 0", "min_free_space_mb = 1");
+    std::fs::write(&archive.config, text).unwrap();
+    let hot = archive.data_dir().join("hot");
+    let _mount = Mount::tmpfs(&hot, 24);
+    let server = archive.start();
+
+    let small = dcm_files(ct_study())[0].clone();
+    let big_dir = archive.dir.path().join("big");
+    run_ok(python("gen_ct.py").arg("--out").arg(&big_dir).args(["--instances", "1", "--rows", "1536", "--cols", "1536", "--seed", "9"]));
+    let big = dcm_files(&big_dir)[0].clone();
+    assert!(std::fs::metadata(&big).unwrap().len() > 4 << 20);
+
+    // 1. below the configured floor: refused before anything is written
+    let filler = fill(&hot, 512 << 10);
+    send(server.dicom_port, &[&small], "0xA700");
+    assert_nothing_written(&hot);
+
+    // 2. above the floor but too little room for the object: the write hits ENOSPC
+    std::fs::remove_file(&filler).unwrap();
+    let filler = fill(&hot, 2 << 20);
+    send(server.dicom_port, &[&big], "0xA700");
+    assert_nothing_written(&hot);
+    assert!(server.echo_ok());
+
+    // 3. space is back: the same stores succeed, no restart needed
+    std::fs::remove_file(&filler).unwrap();
+    send(server.dicom_port, &[&small, &big], "0x0000");
+    assert_eq!(archive.total_instances(), 2);
+    let metrics = server.metrics();
+    assert!(metrics.contains("strata_store_rejections_total{reason=\"out_of_space\"} 2"), "{metrics}");
+    let (clean, report) = archive.verify_json();
+    assert!(clean, "{report}");
+    server.stop();
+}

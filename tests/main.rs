@@ -1,0 +1,9 @@
+//! Strata's integration tests: one binary (ripgrep style), talking to real peers.
+
+mod common;
+
+mod bad_input;
+mod cli;
+mod crash;
+mod full_disk;
+mod store;

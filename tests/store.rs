@@ -1,0 +1,247 @@
+//! C-STORE from real peers: DCMTK storescu and pynetdicom, every transfer syntax family,
+//! concurrent associations; then ls counts, export byte-identity (`b3sum`) and dataset
+//! equality with what was sent.
+
+use crate::common::*;
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use strata::dicom::part10::read_foreign_meta;
+
+/// The storescu option proposing a file's own (compressed) transfer syntax.
+fn storescu_ts_option(ts: &str) -> Option<&'static str> {
+    Some(match ts {
+        "1.2.840.10008.1.2" | "1.2.840.10008.1.2.1" | "1.2.840.10008.1.2.2" => return None,
+        "1.2.840.10008.1.2.4.50" => "-xy",
+        "1.2.840.10008.1.2.4.51" => "-xx",
+        "1.2.840.10008.1.2.4.57" | "1.2.840.10008.1.2.4.70" => "-xs",
+        "1.2.840.10008.1.2.4.80" => "-xt",
+        "1.2.840.10008.1.2.4.81" => "-xu",
+        "1.2.840.10008.1.2.4.90" => "-xv",
+        "1.2.840.10008.1.2.4.91" => "-xw",
+        "1.2.840.10008.1.2.5" => "-xr",
+        "1.2.840.10008.1.2.1.99" => "-xd",
+        "1.2.840.10008.1.2.4.100" => "-xm",
+        "1.2.840.10008.1.2.4.101" => "-xh",
+        "1.2.840.10008.1.2.4.102" => "-xn",
+        "1.2.840.10008.1.2.4.103" => "-xl",
+        _ => return Some("-x="),
+    })
+}
+
+pub fn meta_of(path: &Path) -> strata::dicom::part10::ForeignMeta {
+    let bytes = std::fs::read(path).unwrap();
+    read_foreign_meta(&bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Sends files with storescu, one association per transfer-syntax group, proposing each
+/// file's own transfer syntax; asserts that every store succeeded.
+pub fn storescu_send(port: u16, files: &[PathBuf]) {
+    let mut groups: BTreeMap<Option<&str>, Vec<&PathBuf>> = BTreeMap::new();
+    for f in files {
+        groups.entry(storescu_ts_option(&meta_of(f).transfer_syntax_uid)).or_default().push(f);
+    }
+    for (option, group) in groups {
+        for chunk in group.chunks(400) {
+            let mut cmd = dcmtk("storescu");
+            cmd.args(["-R", "-nh", "-aec", "STRATA"]);
+            if let Some(o) = option {
+                cmd.arg(o);
+            }
+            cmd.arg("127.0.0.1").arg(port.to_string()).args(chunk.iter());
+            let out = run(&mut cmd);
+            let text = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+            let failures: Vec<&str> = text.lines().filter(|l| l.starts_with("E:") || l.starts_with("F:")).collect();
+            assert!(out.status.success() && failures.is_empty(), "storescu {option:?} failed:\n{}", failures.join("\n"));
+        }
+    }
+}
+
+/// For every exported file: `b3sum` equals the id the archive reports for it.
+pub fn assert_export_matches_ids(archive: &Archive, out: &Path) -> usize {
+    let studies = archive.ls_json();
+    let mut expected: BTreeMap<PathBuf, String> = BTreeMap::new();
+    for s in studies.as_array().unwrap() {
+        let uid = s["study_uid"].as_str().unwrap();
+        let o = run_ok(&mut archive.strata(&["ls", uid, "--json"]));
+        let view: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        for series in view["series"].as_array().unwrap() {
+            for inst in series["instances"].as_array().unwrap() {
+                let id = inst["versions"].as_array().unwrap().last().unwrap()["id"].as_str().unwrap();
+                let path = out
+                    .join(uid)
+                    .join(series["series_uid"].as_str().unwrap())
+                    .join(format!("{}.dcm", inst["sop_instance_uid"].as_str().unwrap()));
+                expected.insert(path, id.to_string());
+            }
+        }
+    }
+    let files = dcm_files(out);
+    assert_eq!(files.len(), expected.len(), "one exported file per instance");
+    for chunk in files.chunks(200) {
+        let o = run_ok(Command::new("b3sum").args(chunk));
+        for line in String::from_utf8_lossy(&o.stdout).lines() {
+            let (hash, path) = line.split_once("  ").unwrap();
+            let want = expected.get(Path::new(path)).unwrap_or_else(|| panic!("unexpected export {path}"));
+            assert_eq!(hash, want, "b3sum of {path} differs from its id");
+        }
+    }
+    files.len()
+}
+
+use std::process::Command;
+
+fn distinct_sops(files: &[PathBuf]) -> HashSet<String> {
+    files.iter().map(|f| meta_of(f).sop_instance_uid).collect()
+}
+
+#[test]
+fn storescu_ct_study_and_pydicom_samples_round_trip() {
+    let archive = Archive::new("store-round-trip");
+    let server = archive.start();
+    let ct: Vec<PathBuf> = dcm_files(ct_study());
+    assert!(ct.len() >= 200);
+    let (valid, _) = pydicom_samples();
+    storescu_send(server.dicom_port, &ct);
+    storescu_send(server.dicom_port, valid);
+
+    let mut all = ct.clone();
+    all.extend(valid.iter().cloned());
+    let sops = distinct_sops(&all);
+    assert_eq!(archive.total_instances() as usize, sops.len(), "ls counts one instance per SOP Instance UID");
+
+    // export while the server runs; every file's b3sum is its id
+    let out = archive.dir.path().join("export");
+    run_ok(&mut archive.strata(&["export", "--all", "--out", out.to_str().unwrap()]));
+    assert_eq!(assert_export_matches_ids(&archive, &out), sops.len());
+
+    // the CT study went over in its own transfer syntax: datasets are byte-identical
+    for f in &ct {
+        let sent = std::fs::read(f).unwrap();
+        let m = read_foreign_meta(&sent).unwrap();
+        let sent_meta = meta_of(f);
+        let study = find_study_dir(&out, &sent_meta.sop_instance_uid);
+        let got = std::fs::read(&study).unwrap();
+        let gm = read_foreign_meta(&got).unwrap();
+        assert!(sent[m.dataset_offset..] == got[gm.dataset_offset..], "{} dataset differs", f.display());
+    }
+    // every sample: the same dataset (values compared where storescu converted the
+    // syntax). Several samples are encodings of one SOP instance: those are kept as
+    // versions of it, and only the unambiguous ones are compared with the export.
+    let mut by_sop: BTreeMap<String, Vec<&PathBuf>> = BTreeMap::new();
+    for f in valid {
+        by_sop.entry(meta_of(f).sop_instance_uid).or_default().push(f);
+    }
+    let unique: Vec<&PathBuf> = by_sop.values().filter(|v| v.len() == 1).map(|v| v[0]).collect();
+    let mut cmd = python("compare_datasets.py");
+    cmd.arg("--exported").arg(&out).args(unique.iter());
+    run_ok(&mut cmd);
+    for (sop, files) in by_sop.iter().filter(|(_, v)| v.len() > 1) {
+        let o = run_ok(&mut archive.strata(&["show", sop, "--json"]));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let versions = v["versions"].as_array().unwrap().len();
+        assert!(versions >= 2 && versions <= files.len(), "{sop}: {versions} versions for {} encodings", files.len());
+    }
+
+    let (clean, report) = archive.verify_json();
+    assert!(clean, "verify: {report}");
+    assert!(server.metrics().contains("strata_instances_stored_total"));
+    server.stop();
+}
+
+fn find_study_dir(out: &Path, sop: &str) -> PathBuf {
+    walk(out)
+        .into_iter()
+        .find(|p| p.file_name().and_then(|n| n.to_str()) == Some(&format!("{sop}.dcm")))
+        .unwrap_or_else(|| panic!("{sop} not exported"))
+}
+
+#[test]
+fn pynetdicom_sends_explicit_implicit_jpeg_and_rle() {
+    let archive = Archive::new("store-pynetdicom");
+    let server = archive.start();
+    let port = server.dicom_port.to_string();
+    let ct: Vec<PathBuf> = dcm_files(ct_study()).into_iter().take(5).collect();
+    let picks = run_ok(&mut python("pick_compressed.py"));
+    let picks: serde_json::Value = serde_json::from_slice(&picks.stdout).unwrap();
+    let jpeg: Vec<String> = picks["jpeg_baseline"].as_array().unwrap().iter().take(3).map(|v| v.as_str().unwrap().into()).collect();
+    let rle: Vec<String> = picks["rle"].as_array().unwrap().iter().take(3).map(|v| v.as_str().unwrap().into()).collect();
+    assert!(!jpeg.is_empty() && !rle.is_empty());
+
+    let send = |ts: &str, files: &[String]| {
+        let mut cmd = python("store_pynetdicom.py");
+        cmd.args(["--host", "127.0.0.1", "--port", &port, "--called-ae", "STRATA", "--ts", ts]).args(files);
+        let out = run_ok(&mut cmd);
+        let used: HashSet<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["transfer_syntax"].as_str().unwrap().to_string())
+            .collect();
+        used
+    };
+    let ct_a: Vec<String> = ct[..2].iter().map(|p| p.display().to_string()).collect();
+    let ct_b: Vec<String> = ct[2..].iter().map(|p| p.display().to_string()).collect();
+    assert_eq!(send("explicit", &ct_a), HashSet::from([EXPLICIT_VR_LE.to_string()]));
+    assert_eq!(send("implicit", &ct_b), HashSet::from([IMPLICIT_VR_LE.to_string()]));
+    assert_eq!(send("as-is", &jpeg), HashSet::from(["1.2.840.10008.1.2.4.50".to_string()]));
+    assert_eq!(send("as-is", &rle), HashSet::from(["1.2.840.10008.1.2.5".to_string()]));
+
+    // stored in the syntax they were sent in
+    let expect_ts = [
+        (&ct_a, EXPLICIT_VR_LE),
+        (&ct_b, IMPLICIT_VR_LE),
+        (&jpeg, "1.2.840.10008.1.2.4.50"),
+        (&rle, "1.2.840.10008.1.2.5"),
+    ];
+    for (files, ts) in expect_ts {
+        for f in files.iter() {
+            let sop = meta_of(Path::new(f)).sop_instance_uid;
+            let o = run_ok(&mut archive.strata(&["show", &sop, "--json"]));
+            let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+            assert_eq!(v["kind"], "instance");
+            assert_eq!(v["transfer_syntax_uid"], ts, "{f}");
+        }
+    }
+    let total: usize = 5 + jpeg.len() + rle.len();
+    assert_eq!(archive.total_instances() as usize, total);
+    let out = archive.dir.path().join("export");
+    run_ok(&mut archive.strata(&["export", "--all", "--out", out.to_str().unwrap()]));
+    let mut cmd = python("compare_datasets.py");
+    cmd.arg("--exported").arg(&out).args(ct.iter()).args(jpeg.iter()).args(rle.iter());
+    run_ok(&mut cmd);
+    server.stop();
+}
+
+#[test]
+fn eight_concurrent_associations_store_correctly() {
+    let archive = Archive::new("store-concurrent");
+    let server = archive.start();
+    let ct = dcm_files(ct_study());
+    let chunks: Vec<Vec<PathBuf>> = ct.chunks(ct.len().div_ceil(8)).map(|c| c.to_vec()).collect();
+    assert_eq!(chunks.len(), 8);
+    let children: Vec<_> = chunks
+        .iter()
+        .map(|chunk| {
+            dcmtk("storescu")
+                .args(["-aec", "STRATA", "127.0.0.1", &server.dicom_port.to_string()])
+                .args(chunk)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "storescu: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    assert_eq!(archive.total_instances() as usize, ct.len());
+    // re-sending identical bytes is a no-op success: still stored once
+    storescu_send(server.dicom_port, &ct[..10]);
+    let studies = archive.ls_json();
+    assert_eq!(studies[0]["instances"].as_u64().unwrap() as usize, ct.len());
+    assert_eq!(studies[0]["objects"].as_u64().unwrap() as usize, ct.len(), "identical re-sends add no object");
+    let metrics = server.metrics();
+    assert!(metrics.contains("strata_duplicate_stores_total 10"), "{metrics}");
+    let (clean, report) = archive.verify_json();
+    assert!(clean, "{report}");
+    server.stop();
+}
