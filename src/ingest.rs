@@ -15,7 +15,6 @@
 //! A crash before that leaves a tmp file (swept at start-up) or a complete object that
 //! the index lacks (adopted at start-up by [`crate::archive::recover_orphans_blocking`]).
 
-use crate::dicom::framing::{check_framing, Encoding};
 use crate::dicom::header::{read_header_blocking, InstanceAttrs};
 use crate::dicom::part10::{object_prefix, read_foreign_meta};
 use crate::index::{CommitOutcome, Index, NewObject, Provenance};
@@ -85,6 +84,7 @@ pub struct Ingest {
     hot: HotDisk,
     jobs: mpsc::Sender<CommitJob>,
     metrics: Metrics,
+    committer: Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>,
 }
 
 impl Ingest {
@@ -93,7 +93,7 @@ impl Ingest {
         let (tx, rx) = mpsc::channel::<CommitJob>();
         let committer_hot = hot.clone();
         let committer_metrics = metrics.clone();
-        std::thread::Builder::new()
+        let handle = std::thread::Builder::new()
             .name("strata-committer".into())
             .spawn(move || run_committer(rx, committer_hot, index, max_batch.max(1), committer_metrics))
             .expect("spawn committer thread");
@@ -101,6 +101,19 @@ impl Ingest {
             hot,
             jobs: tx,
             metrics,
+            committer: Arc::new(std::sync::Mutex::new(Some(handle))),
+        }
+    }
+
+    /// Stops accepting work and waits until the committer has answered everything and
+    /// released the index. Call once every other clone is gone (their senders keep the
+    /// committer alive).
+    pub fn shutdown_blocking(self) {
+        let Ingest { jobs, committer, .. } = self;
+        drop(jobs);
+        let handle = committer.lock().expect("committer handle lock").take();
+        if let Some(handle) = handle {
+            let _ = handle.join();
         }
     }
 
@@ -130,7 +143,6 @@ impl Ingest {
         provenance: Provenance,
     ) -> Result<Stored, IngestError> {
         let attrs = read_header_blocking(written.tmp.path()).map_err(|e| IngestError::Unparseable(e.to_string()))?;
-        check_dataset_framing(&written, &attrs.transfer_syntax_uid)?;
         if attrs.sop_instance_uid != expected_sop_instance_uid {
             return Err(IngestError::DatasetMismatch(format!(
                 "dataset SOP Instance UID {} differs from the announced {}",
@@ -216,20 +228,6 @@ impl Ingest {
         };
         self.admit_blocking(writer.finish(), &meta.sop_class_uid, &meta.sop_instance_uid, provenance)
     }
-}
-
-/// Refuses a dataset whose element framing is broken (e.g. truncated pixel data).
-fn check_dataset_framing(written: &WrittenObject, transfer_syntax_uid: &str) -> Result<(), IngestError> {
-    let Some(encoding) = Encoding::of_transfer_syntax(transfer_syntax_uid) else {
-        return Ok(());
-    };
-    let file = written.tmp.reopen_blocking()?;
-    let mut head = [0u8; 4096];
-    let n = (&file).read(&mut head).map_err(|e| IngestError::Storage(e.to_string()))?;
-    let start = read_foreign_meta(&head[..n])
-        .map_err(|e| IngestError::Unparseable(e.to_string()))?
-        .dataset_offset;
-    check_framing(file, start as u64, encoding).map_err(IngestError::Unparseable)
 }
 
 fn run_committer(rx: mpsc::Receiver<CommitJob>, hot: HotDisk, index: Arc<dyn Index>, max_batch: usize, metrics: Metrics) {

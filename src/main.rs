@@ -133,7 +133,7 @@ fn run(cli: Cli) -> Result<i32> {
             let bar = progress_bar(files.len() as u64, "importing");
             let report = ops::import(&ingest, &files, workers(&config), &bar);
             bar.finish_and_clear();
-            drop(ingest);
+            ingest.shutdown_blocking();
             archive.close_clean()?;
             if json {
                 print_json(&report)?;

@@ -101,8 +101,11 @@ pub async fn run(
     }
     let _ = http_task.await;
     drop(ctx);
-    drop(ingest); // the committer thread ends when the last sender is gone
-    tokio::task::spawn_blocking(move || archive.close_clean()).await??;
+    tokio::task::spawn_blocking(move || {
+        ingest.shutdown_blocking();
+        archive.close_clean()
+    })
+    .await??;
     tracing::info!("stopped cleanly");
     Ok(())
 }

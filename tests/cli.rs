@@ -37,7 +37,8 @@ fn import_summarises_and_reindex_rebuilds_the_same_index() {
         .arg(&samples));
     assert_eq!(out.status.code(), Some(1), "rejections make import exit 1");
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let files = ct.len() + valid.len() + broken.len() + 1;
+    // the CT folder also holds the generator's `.complete` marker, rejected as non-DICOM
+    let files = walk(ct_study()).len() + valid.len() + broken.len() + 1;
     assert_eq!(report["files"].as_u64().unwrap() as usize, files);
     let rejected = report["rejected"].as_array().unwrap();
     assert!(rejected.iter().any(|r| r["path"].as_str().unwrap().ends_with("README.txt")

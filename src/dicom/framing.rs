@@ -7,6 +7,7 @@
 //! and undefined-length sequences and items, and encapsulated pixel data. Deflated
 //! datasets are not walked (their header parse inflates what it reads).
 
+use std::collections::BTreeMap;
 use std::io::{BufReader, Read, Seek};
 
 const ITEM: u32 = 0xFFFE_E000;
@@ -38,16 +39,22 @@ impl Encoding {
     }
 }
 
-struct Walker<R> {
+struct Walker<'c, R> {
     r: BufReader<R>,
     pos: u64,
     len: u64,
     enc: Encoding,
+    /// Top-level tags whose values are kept (at most [`MAX_CAPTURED`] bytes each).
+    wanted: &'c [u32],
+    captured: BTreeMap<u32, Vec<u8>>,
 }
+
+/// Longest value captured; longer values of wanted tags are an error.
+pub const MAX_CAPTURED: u32 = 4096;
 
 type Res<T> = Result<T, String>;
 
-impl<R: Read + Seek> Walker<R> {
+impl<R: Read + Seek> Walker<'_, R> {
     fn bytes<const N: usize>(&mut self) -> Res<[u8; N]> {
         let mut b = [0u8; N];
         self.r
@@ -134,7 +141,17 @@ impl<R: Read + Seek> Walker<R> {
                 }
             };
             if len != UNDEFINED {
-                if vr == Some(*b"SQ") && len > 0 {
+                if depth == 0 && self.wanted.contains(&tag) {
+                    if len > MAX_CAPTURED {
+                        return Err(format!("element ({tag:08X}) is {len} bytes long"));
+                    }
+                    let mut value = vec![0u8; len as usize];
+                    self.r
+                        .read_exact(&mut value)
+                        .map_err(|_| format!("dataset truncated at byte {}", self.pos))?;
+                    self.pos += len as u64;
+                    self.captured.insert(tag, value);
+                } else if vr == Some(*b"SQ") && len > 0 {
                     let stop = self.pos + len as u64;
                     self.items(Some(stop), depth + 1)?;
                 } else {
@@ -144,6 +161,13 @@ impl<R: Read + Seek> Walker<R> {
             }
             match vr {
                 Some(v) if (v == *b"OB" || v == *b"OW") && tag == 0x7FE0_0010 => self.fragments()?,
+                // UN of undefined length: a sequence encoded in implicit VR LE (PS3.5 6.2.2)
+                Some(v) if v == *b"UN" => {
+                    let outer = std::mem::replace(&mut self.enc, Encoding::ImplicitLittle);
+                    let walked = self.items(None, depth + 1);
+                    self.enc = outer;
+                    walked?
+                }
                 _ => self.items(None, depth + 1)?,
             }
         }
@@ -187,8 +211,14 @@ impl<R: Read + Seek> Walker<R> {
     }
 }
 
-/// Checks that the dataset in `reader` from `start` to its end is well framed.
-pub fn check_framing<R: Read + Seek>(mut reader: R, start: u64, enc: Encoding) -> Result<(), String> {
+/// Checks that the dataset in `reader` from `start` to its end is well framed, and
+/// returns the raw values of the `wanted` top-level elements found on the way.
+pub fn walk_dataset<R: Read + Seek>(
+    mut reader: R,
+    start: u64,
+    enc: Encoding,
+    wanted: &[u32],
+) -> Result<BTreeMap<u32, Vec<u8>>, String> {
     let len = reader.seek(std::io::SeekFrom::End(0)).map_err(|e| e.to_string())?;
     reader.seek(std::io::SeekFrom::Start(start)).map_err(|e| e.to_string())?;
     let mut w = Walker {
@@ -196,8 +226,16 @@ pub fn check_framing<R: Read + Seek>(mut reader: R, start: u64, enc: Encoding) -
         pos: start,
         len,
         enc,
+        wanted,
+        captured: BTreeMap::new(),
     };
-    w.elements(None, 0)
+    w.elements(None, 0)?;
+    Ok(w.captured)
+}
+
+/// Checks framing only.
+pub fn check_framing<R: Read + Seek>(reader: R, start: u64, enc: Encoding) -> Result<(), String> {
+    walk_dataset(reader, start, enc, &[]).map(|_| ())
 }
 
 #[cfg(test)]

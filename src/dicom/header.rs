@@ -1,17 +1,23 @@
-//! The attributes the index keeps, read from a stored object's header only: parsing stops
-//! before pixel data, so a 500 MB multi-frame costs what a 500 KB CT costs.
+//! The attributes the index keeps, read in one pass over a stored object that also
+//! checks its framing ([`super::framing`]): element headers are read and values skipped
+//! by length, only the few wanted top-level values are kept, and nothing is decoded. So a
+//! 500 MB multi-frame costs what a 500 KB CT costs, and malformed input never reaches a
+//! general-purpose parser. Deflated datasets (rare) go through dicom-rs instead, which
+//! inflates and parses up to the pixel data.
+//!
+//! Text values are decoded by SpecificCharacterSet: `ISO_IR 192` as UTF-8, the default
+//! repertoire and `ISO_IR 100` as Latin-1, anything else as lossy UTF-8 (good enough for
+//! listing; the stored bytes are never altered).
 
+use super::framing::{walk_dataset, Encoding};
+use super::part10::{is_valid_uid, read_foreign_meta};
 use dicom_core::Tag;
 use dicom_dictionary_std::tags;
-use dicom_object::{DefaultDicomObject, OpenFileOptions};
+use dicom_object::OpenFileOptions;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::io::Read;
 use std::path::Path;
-
-use super::part10::is_valid_uid;
-
-/// Parsing stops at the first root-level tag at or after this one: (7FE0,0008)
-/// FloatPixelData, which precedes DoublePixelData and PixelData.
-const STOP_AT: Tag = Tag(0x7FE0, 0x0008);
 
 /// What the index records about one instance, as found in its dataset.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,6 +45,10 @@ pub struct InstanceAttrs {
 
 #[derive(Debug, thiserror::Error)]
 pub enum HeaderError {
+    #[error("cannot read the object: {0}")]
+    Io(String),
+    #[error("malformed dataset: {0}")]
+    Malformed(String),
     #[error("cannot parse the dataset: {0}")]
     Parse(String),
     #[error("the dataset lacks {0}")]
@@ -47,23 +57,87 @@ pub enum HeaderError {
     InvalidUid { what: &'static str, value: String },
 }
 
-/// Parses the header of a Part-10 file (ours or a foreign one).
-pub fn read_header_blocking(path: &Path) -> Result<InstanceAttrs, HeaderError> {
-    let obj = OpenFileOptions::new()
-        .read_until(STOP_AT)
-        .open_file(path)
-        .map_err(|e| HeaderError::Parse(e.to_string()))?;
-    attrs_of(&obj)
+const WANTED: [Tag; 19] = [
+    tags::SPECIFIC_CHARACTER_SET,
+    tags::SOP_CLASS_UID,
+    tags::SOP_INSTANCE_UID,
+    tags::STUDY_DATE,
+    tags::STUDY_TIME,
+    tags::ACCESSION_NUMBER,
+    tags::MODALITY,
+    tags::REFERRING_PHYSICIAN_NAME,
+    tags::STUDY_DESCRIPTION,
+    tags::SERIES_DESCRIPTION,
+    tags::PATIENT_NAME,
+    tags::PATIENT_ID,
+    tags::PATIENT_BIRTH_DATE,
+    tags::PATIENT_SEX,
+    tags::STUDY_INSTANCE_UID,
+    tags::SERIES_INSTANCE_UID,
+    tags::STUDY_ID,
+    tags::SERIES_NUMBER,
+    tags::INSTANCE_NUMBER,
+];
+
+fn key(tag: Tag) -> u32 {
+    ((tag.group() as u32) << 16) | tag.element() as u32
 }
 
-fn attrs_of(obj: &DefaultDicomObject) -> Result<InstanceAttrs, HeaderError> {
-    let text = |tag: Tag| -> String {
-        obj.element_opt(tag)
-            .ok()
-            .flatten()
-            .and_then(|e| e.to_str().ok().map(|s| s.trim_matches(['\0', ' ']).to_string()))
-            .unwrap_or_default()
+/// Parses the header of a stored Part-10 object (and checks its framing).
+pub fn read_header_blocking(path: &Path) -> Result<InstanceAttrs, HeaderError> {
+    let mut file = std::fs::File::open(path).map_err(|e| HeaderError::Io(e.to_string()))?;
+    let mut head = vec![0u8; 16 * 1024];
+    let mut filled = 0;
+    while filled < head.len() {
+        match file.read(&mut head[filled..]).map_err(|e| HeaderError::Io(e.to_string()))? {
+            0 => break,
+            n => filled += n,
+        }
+    }
+    let meta = read_foreign_meta(&head[..filled]).map_err(|e| HeaderError::Malformed(e.to_string()))?;
+    let values: BTreeMap<u32, Vec<u8>> = match Encoding::of_transfer_syntax(&meta.transfer_syntax_uid) {
+        Some(encoding) => {
+            let wanted: Vec<u32> = WANTED.iter().map(|t| key(*t)).collect();
+            walk_dataset(file, meta.dataset_offset as u64, encoding, &wanted).map_err(HeaderError::Malformed)?
+        }
+        None => values_via_dicom_rs(path)?,
     };
+    attrs_of(&values, meta.transfer_syntax_uid)
+}
+
+fn values_via_dicom_rs(path: &Path) -> Result<BTreeMap<u32, Vec<u8>>, HeaderError> {
+    let obj = OpenFileOptions::new()
+        .read_until(tags::PIXEL_DATA)
+        .open_file(path)
+        .map_err(|e| HeaderError::Parse(e.to_string()))?;
+    let mut out = BTreeMap::new();
+    for tag in WANTED {
+        if let Ok(Some(e)) = obj.element_opt(tag) {
+            if let Ok(v) = e.to_str() {
+                out.insert(key(tag), v.as_bytes().to_vec());
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn decode_text(bytes: &[u8], charset: &str) -> String {
+    let text = if charset.contains("ISO_IR 192") || charset.is_empty() && std::str::from_utf8(bytes).is_ok() {
+        String::from_utf8_lossy(bytes).into_owned()
+    } else if charset.is_empty() || charset.contains("ISO_IR 100") || charset.contains("ISO_IR 6") {
+        bytes.iter().map(|&b| b as char).collect()
+    } else {
+        String::from_utf8_lossy(bytes).into_owned()
+    };
+    text.trim_matches(['\0', ' ']).to_string()
+}
+
+fn attrs_of(values: &BTreeMap<u32, Vec<u8>>, transfer_syntax_uid: String) -> Result<InstanceAttrs, HeaderError> {
+    let charset = values
+        .get(&key(tags::SPECIFIC_CHARACTER_SET))
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .unwrap_or_default();
+    let text = |tag: Tag| values.get(&key(tag)).map(|v| decode_text(v, &charset)).unwrap_or_default();
     let uid = |tag: Tag, what: &'static str| -> Result<String, HeaderError> {
         let value = text(tag);
         if value.is_empty() {
@@ -93,6 +167,19 @@ fn attrs_of(obj: &DefaultDicomObject) -> Result<InstanceAttrs, HeaderError> {
         sop_instance_uid: uid(tags::SOP_INSTANCE_UID, "SOPInstanceUID (0008,0018)")?,
         sop_class_uid: uid(tags::SOP_CLASS_UID, "SOPClassUID (0008,0016)")?,
         instance_number: text(tags::INSTANCE_NUMBER),
-        transfer_syntax_uid: obj.meta().transfer_syntax().trim_end_matches('\0').to_string(),
+        transfer_syntax_uid,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_decoding_by_charset() {
+        assert_eq!(decode_text(b"DOE^JOHN ", ""), "DOE^JOHN");
+        assert_eq!(decode_text(&[0x4D, 0xFC, 0x6C, 0x6C, 0x65, 0x72], "ISO_IR 100"), "Müller");
+        assert_eq!(decode_text("Müller".as_bytes(), "ISO_IR 192"), "Müller");
+        assert_eq!(decode_text(b"1.2.3\0", ""), "1.2.3");
+    }
 }
