@@ -33,7 +33,11 @@ pub enum ArchiveError {
     #[error(
         "the archive at {data_dir} is in use by pid {pid} ({holder}); stop it first (this command needs exclusive access)"
     )]
-    InUse { data_dir: PathBuf, pid: String, holder: String },
+    InUse {
+        data_dir: PathBuf,
+        pid: String,
+        holder: String,
+    },
     #[error("no archive at {0} (nothing stored yet?)")]
     Missing(PathBuf),
     #[error("{action} {path}: {source}")]
@@ -51,7 +55,11 @@ pub enum ArchiveError {
 
 fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> ArchiveError {
     let path = path.to_path_buf();
-    move |source| ArchiveError::Io { action, path, source }
+    move |source| ArchiveError::Io {
+        action,
+        path,
+        source,
+    }
 }
 
 /// The exclusive lock on an archive, held for the life of the value.
@@ -108,11 +116,15 @@ pub struct RecoveryReport {
 
 impl Archive {
     /// Locks and opens the archive for writing, running start-up recovery.
-    pub fn open_exclusive(config: &Config, purpose: &str) -> Result<(Self, RecoveryReport), ArchiveError> {
+    pub fn open_exclusive(
+        config: &Config,
+        purpose: &str,
+    ) -> Result<(Self, RecoveryReport), ArchiveError> {
         let data_dir = config.archive.data_dir.clone();
         let lock = ArchiveLock::acquire(&data_dir, purpose)?;
         finish_interrupted_reindex(&data_dir)?;
-        let hot = HotDisk::open(config.hot_dir())?.with_free_space_floor(config.archive.min_free_space_mb * 1024 * 1024);
+        let hot = HotDisk::open(config.hot_dir())?
+            .with_free_space_floor(config.archive.min_free_space_mb * 1024 * 1024);
         let index = Arc::new(RocksIndex::open_primary(&config.index_dir())?);
         let mut report = RecoveryReport {
             tmp_swept: hot.sweep_tmp_blocking()?,
@@ -150,7 +162,9 @@ impl Archive {
 }
 
 fn sync_dir(dir: &Path) -> Result<(), ArchiveError> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io("fsync", dir))
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io("fsync", dir))
 }
 
 /// An archive opened for reading only, alongside a possibly running server.
@@ -188,7 +202,10 @@ pub fn index_objects_blocking(
     let flush = |batch: &mut Vec<NewObject>| -> Result<usize, ArchiveError> {
         let outcomes = index.commit(batch)?;
         batch.clear();
-        Ok(outcomes.iter().filter(|o| **o != CommitOutcome::AlreadyPresent).count())
+        Ok(outcomes
+            .iter()
+            .filter(|o| **o != CommitOutcome::AlreadyPresent)
+            .count())
     };
     for id in ids {
         progress();
@@ -257,20 +274,31 @@ fn adopt_orphans_blocking(
     if orphans.is_empty() {
         return Ok((0, Vec::new()));
     }
-    tracing::warn!(count = orphans.len(), "unclean stop: adopting objects the index lacks");
+    tracing::warn!(
+        count = orphans.len(),
+        "unclean stop: adopting objects the index lacks"
+    );
     index_objects_blocking(data_dir, hot, index, &orphans, "recovered", || {})
 }
 
 /// Paths used by `strata reindex` to swap in a rebuilt index.
 pub fn rebuild_dirs(config: &Config) -> (PathBuf, PathBuf, PathBuf) {
     let d = &config.archive.data_dir;
-    (d.join("index"), d.join("index.rebuild"), d.join("index.old"))
+    (
+        d.join("index"),
+        d.join("index.rebuild"),
+        d.join("index.old"),
+    )
 }
 
 /// If a reindex was interrupted mid-swap, put the archive back in a consistent state:
 /// an `index.old` without `index` is restored; leftovers are removed.
 pub(crate) fn finish_interrupted_reindex(data_dir: &Path) -> Result<(), ArchiveError> {
-    let (index, rebuild, old) = (data_dir.join("index"), data_dir.join("index.rebuild"), data_dir.join("index.old"));
+    let (index, rebuild, old) = (
+        data_dir.join("index"),
+        data_dir.join("index.rebuild"),
+        data_dir.join("index.old"),
+    );
     if !index.exists() && old.exists() {
         fs::rename(&old, &index).map_err(io("restore", &old))?;
         sync_dir(data_dir)?;
@@ -286,6 +314,11 @@ pub(crate) fn finish_interrupted_reindex(data_dir: &Path) -> Result<(), ArchiveE
 impl ReadOnlyArchive {
     /// Every Study Instance UID in the archive.
     pub fn index_studies(&self) -> Result<Vec<String>, ArchiveError> {
-        Ok(self.index.studies()?.into_iter().map(|(uid, _)| uid).collect())
+        Ok(self
+            .index
+            .studies()?
+            .into_iter()
+            .map(|(uid, _)| uid)
+            .collect())
     }
 }

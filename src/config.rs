@@ -173,19 +173,29 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         let ae = &self.dicom.ae_title;
-        if ae.is_empty() || ae.len() > 16 || !ae.chars().all(|c| c.is_ascii_graphic() || c == ' ') || ae.contains('\\') {
+        if ae.is_empty()
+            || ae.len() > 16
+            || !ae.chars().all(|c| c.is_ascii_graphic() || c == ' ')
+            || ae.contains('\\')
+        {
             return Err(ConfigError::Invalid(format!(
                 "[dicom] ae_title {ae:?} must be 1-16 printable ASCII characters without backslash"
             )));
         }
         if self.dicom.max_pdu_length < 4096 {
-            return Err(ConfigError::Invalid("[dicom] max_pdu_length must be at least 4096".into()));
+            return Err(ConfigError::Invalid(
+                "[dicom] max_pdu_length must be at least 4096".into(),
+            ));
         }
         if self.dicom.max_associations == 0 {
-            return Err(ConfigError::Invalid("[dicom] max_associations must be at least 1".into()));
+            return Err(ConfigError::Invalid(
+                "[dicom] max_associations must be at least 1".into(),
+            ));
         }
         if self.ingest.max_commit_batch == 0 {
-            return Err(ConfigError::Invalid("[ingest] max_commit_batch must be at least 1".into()));
+            return Err(ConfigError::Invalid(
+                "[ingest] max_commit_batch must be at least 1".into(),
+            ));
         }
         Ok(())
     }

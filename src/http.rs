@@ -42,7 +42,10 @@ async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
         state.metrics.hot_free_bytes.set(free as i64);
     }
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         state.metrics.render(),
     )
 }
@@ -51,7 +54,10 @@ async fn healthz(State(state): State<HttpState>) -> impl IntoResponse {
     let hot = state.hot.clone();
     match tokio::task::spawn_blocking(move || hot.free_bytes_blocking()).await {
         Ok(Ok(_)) => (StatusCode::OK, "ok\n".to_string()),
-        Ok(Err(e)) => (StatusCode::SERVICE_UNAVAILABLE, format!("hot tier unavailable: {e}\n")),
+        Ok(Err(e)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("hot tier unavailable: {e}\n"),
+        ),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
     }
 }

@@ -24,8 +24,8 @@ pub mod records;
 pub mod rocks;
 
 pub use records::{
-    CommitOutcome, InstanceEntry, InstanceRecord, NewObject, ObjectRecord, PatientRecord, Provenance, SeriesRecord,
-    StudyRecord, Tier, VersionRef,
+    CommitOutcome, InstanceEntry, InstanceRecord, NewObject, ObjectRecord, PatientRecord,
+    Provenance, SeriesRecord, StudyRecord, Tier, VersionRef,
 };
 pub use rocks::RocksIndex;
 
@@ -36,7 +36,11 @@ pub enum IndexError {
     #[error("index storage error: {0}")]
     Storage(String),
     #[error("index record in {cf} under {key:?} is unreadable: {reason}")]
-    Corrupt { cf: &'static str, key: String, reason: String },
+    Corrupt {
+        cf: &'static str,
+        key: String,
+        reason: String,
+    },
     #[error("the index at {path} is in use by another process: {detail}")]
     Locked { path: String, detail: String },
 }
@@ -50,7 +54,10 @@ pub trait Index: Send + Sync {
     fn has_object(&self, id: &ObjectId) -> Result<bool, IndexError>;
     fn object(&self, id: &ObjectId) -> Result<Option<ObjectRecord>, IndexError>;
     /// Visits every indexed object until `visit` returns false.
-    fn for_each_object(&self, visit: &mut dyn FnMut(ObjectId, ObjectRecord) -> bool) -> Result<(), IndexError>;
+    fn for_each_object(
+        &self,
+        visit: &mut dyn FnMut(ObjectId, ObjectRecord) -> bool,
+    ) -> Result<(), IndexError>;
     /// Every study, ordered by Study Instance UID.
     fn studies(&self) -> Result<Vec<(String, StudyRecord)>, IndexError>;
     fn study(&self, study_uid: &str) -> Result<Option<StudyRecord>, IndexError>;

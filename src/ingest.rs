@@ -95,7 +95,15 @@ impl Ingest {
         let committer_metrics = metrics.clone();
         let handle = std::thread::Builder::new()
             .name("strata-committer".into())
-            .spawn(move || run_committer(rx, committer_hot, index, max_batch.max(1), committer_metrics))
+            .spawn(move || {
+                run_committer(
+                    rx,
+                    committer_hot,
+                    index,
+                    max_batch.max(1),
+                    committer_metrics,
+                )
+            })
             .expect("spawn committer thread");
         Ingest {
             hot,
@@ -109,7 +117,9 @@ impl Ingest {
     /// released the index. Call once every other clone is gone (their senders keep the
     /// committer alive).
     pub fn shutdown_blocking(self) {
-        let Ingest { jobs, committer, .. } = self;
+        let Ingest {
+            jobs, committer, ..
+        } = self;
         drop(jobs);
         let handle = committer.lock().expect("committer handle lock").take();
         if let Some(handle) = handle {
@@ -126,7 +136,12 @@ impl Ingest {
     }
 
     /// A writer for an object received over the network.
-    pub fn writer(&self, sop_class_uid: &str, sop_instance_uid: &str, transfer_syntax_uid: &str) -> ObjectWriter {
+    pub fn writer(
+        &self,
+        sop_class_uid: &str,
+        sop_instance_uid: &str,
+        transfer_syntax_uid: &str,
+    ) -> ObjectWriter {
         ObjectWriter::new(
             self.hot.clone(),
             object_prefix(sop_class_uid, sop_instance_uid, transfer_syntax_uid),
@@ -142,7 +157,8 @@ impl Ingest {
         expected_sop_instance_uid: &str,
         provenance: Provenance,
     ) -> Result<Stored, IngestError> {
-        let attrs = read_header_blocking(written.tmp.path()).map_err(|e| IngestError::Unparseable(e.to_string()))?;
+        let attrs = read_header_blocking(written.tmp.path())
+            .map_err(|e| IngestError::Unparseable(e.to_string()))?;
         if attrs.sop_instance_uid != expected_sop_instance_uid {
             return Err(IngestError::DatasetMismatch(format!(
                 "dataset SOP Instance UID {} differs from the announced {}",
@@ -183,7 +199,8 @@ impl Ingest {
     /// Stores a foreign Part-10 file (for `strata import`): re-frames it with our
     /// deterministic meta group, keeping the dataset bytes exactly.
     pub fn import_file_blocking(&self, path: &Path) -> Result<Stored, IngestError> {
-        let mut file = std::fs::File::open(path).map_err(|e| IngestError::Unparseable(format!("cannot open: {e}")))?;
+        let mut file = std::fs::File::open(path)
+            .map_err(|e| IngestError::Unparseable(format!("cannot open: {e}")))?;
         let mut head = vec![0u8; 64 * 1024];
         let mut filled = 0;
         while filled < head.len() {
@@ -208,7 +225,11 @@ impl Ingest {
         }
         let mut writer = BlockingObjectWriter::new(
             &self.hot,
-            object_prefix(&meta.sop_class_uid, &meta.sop_instance_uid, &meta.transfer_syntax_uid),
+            object_prefix(
+                &meta.sop_class_uid,
+                &meta.sop_instance_uid,
+                &meta.transfer_syntax_uid,
+            ),
         )?;
         writer.write(&head[meta.dataset_offset..])?;
         let mut buf = vec![0u8; FLUSH_AT];
@@ -226,11 +247,22 @@ impl Ingest {
             calling_ae: "import".into(),
             source: path.display().to_string(),
         };
-        self.admit_blocking(writer.finish(), &meta.sop_class_uid, &meta.sop_instance_uid, provenance)
+        self.admit_blocking(
+            writer.finish(),
+            &meta.sop_class_uid,
+            &meta.sop_instance_uid,
+            provenance,
+        )
     }
 }
 
-fn run_committer(rx: mpsc::Receiver<CommitJob>, hot: HotDisk, index: Arc<dyn Index>, max_batch: usize, metrics: Metrics) {
+fn run_committer(
+    rx: mpsc::Receiver<CommitJob>,
+    hot: HotDisk,
+    index: Arc<dyn Index>,
+    max_batch: usize,
+    metrics: Metrics,
+) {
     while let Ok(first) = rx.recv() {
         let mut jobs = vec![first];
         while jobs.len() < max_batch {
@@ -297,7 +329,9 @@ fn commit_group(jobs: Vec<CommitJob>, hot: &HotDisk, index: &dyn Index, metrics:
             // The files are durable but unindexed: start-up recovery adopts them.
             tracing::error!(error = %e, count = objects.len(), "index commit failed");
             for reply in replies {
-                let _ = reply.send(Err(IngestError::Storage(format!("index commit failed: {e}"))));
+                let _ = reply.send(Err(IngestError::Storage(format!(
+                    "index commit failed: {e}"
+                ))));
             }
         }
     }
@@ -345,17 +379,18 @@ impl ObjectWriter {
         let tmp = self.tmp.take();
         let mut hasher = std::mem::take(&mut self.hasher);
         let buf = std::mem::take(&mut self.buf);
-        let (tmp, hasher, mut buf) = tokio::task::spawn_blocking(move || -> Result<_, IngestError> {
-            let mut tmp = match tmp {
-                Some(t) => t,
-                None => hot.create_tmp_blocking()?,
-            };
-            hasher.update(&buf);
-            tmp.write_all_blocking(&buf)?;
-            Ok((tmp, hasher, buf))
-        })
-        .await
-        .map_err(|e| IngestError::Storage(format!("writer task failed: {e}")))??;
+        let (tmp, hasher, mut buf) =
+            tokio::task::spawn_blocking(move || -> Result<_, IngestError> {
+                let mut tmp = match tmp {
+                    Some(t) => t,
+                    None => hot.create_tmp_blocking()?,
+                };
+                hasher.update(&buf);
+                tmp.write_all_blocking(&buf)?;
+                Ok((tmp, hasher, buf))
+            })
+            .await
+            .map_err(|e| IngestError::Storage(format!("writer task failed: {e}")))??;
         buf.clear();
         self.tmp = Some(tmp);
         self.hasher = hasher;

@@ -76,9 +76,13 @@ fn main() {
 }
 
 fn init_logging(serving: bool) {
-    let default = if serving { "info,dicom_ul=warn" } else { "warn" };
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_env("STRATA_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let default = if serving {
+        "info,dicom_ul=warn"
+    } else {
+        "warn"
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("STRATA_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
@@ -88,7 +92,9 @@ fn init_logging(serving: bool) {
 
 fn workers(config: &Config) -> usize {
     match config.ingest.import_workers {
-        0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+        0 => std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2),
         n => n,
     }
 }
@@ -162,7 +168,14 @@ fn run(cli: Cli) -> Result<i32> {
                     } else {
                         println!(
                             "{:<64}  {:<16} {:<24} {:<8} {:<8} {:>6} {:>9} {:>12}",
-                            "STUDY UID", "PATIENT ID", "PATIENT NAME", "DATE", "MODS", "SERIES", "INSTANCES", "BYTES"
+                            "STUDY UID",
+                            "PATIENT ID",
+                            "PATIENT NAME",
+                            "DATE",
+                            "MODS",
+                            "SERIES",
+                            "INSTANCES",
+                            "BYTES"
                         );
                         for s in studies {
                             println!(
@@ -230,11 +243,18 @@ fn run(cli: Cli) -> Result<i32> {
             if json {
                 print_json(&shown)?;
             } else {
-                print!("{}", toml::to_string_pretty(&shown).unwrap_or_else(|_| format!("{shown:#?}\n")));
+                print!(
+                    "{}",
+                    toml::to_string_pretty(&shown).unwrap_or_else(|_| format!("{shown:#?}\n"))
+                );
             }
             Ok(0)
         }
-        Command::Export { study_uids, all, out } => {
+        Command::Export {
+            study_uids,
+            all,
+            out,
+        } => {
             let archive = ReadOnlyArchive::open(&config)?;
             let studies = if all {
                 archive.index_studies()?
@@ -326,21 +346,33 @@ fn serve(config: Config) -> Result<i32> {
         .context("start the async runtime")?;
     runtime.block_on(async move {
         let c = config.clone();
-        let (archive, recovery) = tokio::task::spawn_blocking(move || Archive::open_exclusive(&c, "serve")).await??;
+        let (archive, recovery) =
+            tokio::task::spawn_blocking(move || Archive::open_exclusive(&c, "serve")).await??;
         report_recovery(&recovery);
         let dicom = tokio::net::TcpListener::bind((config.dicom.bind, config.dicom.port))
             .await
-            .with_context(|| format!("listen for DICOM on {}:{}", config.dicom.bind, config.dicom.port))?;
+            .with_context(|| {
+                format!(
+                    "listen for DICOM on {}:{}",
+                    config.dicom.bind, config.dicom.port
+                )
+            })?;
         let http = tokio::net::TcpListener::bind((config.http.bind, config.http.port))
             .await
-            .with_context(|| format!("listen for HTTP on {}:{}", config.http.bind, config.http.port))?;
+            .with_context(|| {
+                format!(
+                    "listen for HTTP on {}:{}",
+                    config.http.bind, config.http.port
+                )
+            })?;
         strata::server::run(config, archive, dicom, http, shutdown_signal()).await?;
         Ok::<_, anyhow::Error>(0)
     })
 }
 
 async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received"),
         _ = term.recv() => tracing::info!("SIGTERM received"),

@@ -48,10 +48,14 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
-        let instances_stored =
-            IntCounter::new("strata_instances_stored_total", "Objects newly stored (instances and new versions)")
+        let instances_stored = IntCounter::new(
+            "strata_instances_stored_total",
+            "Objects newly stored (instances and new versions)",
+        )
+        .expect("metric");
+        let bytes_stored =
+            IntCounter::new("strata_stored_bytes_total", "Bytes of newly stored objects")
                 .expect("metric");
-        let bytes_stored = IntCounter::new("strata_stored_bytes_total", "Bytes of newly stored objects").expect("metric");
         let duplicates = IntCounter::new(
             "strata_duplicate_stores_total",
             "Stores of bytes already held (acknowledged, stored once)",
@@ -67,23 +71,37 @@ impl Metrics {
                 "strata_cstore_duration_seconds",
                 "C-STORE latency from the command's arrival to the response",
             )
-            .buckets(vec![0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0]),
+            .buckets(vec![
+                0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0,
+            ]),
         )
         .expect("metric");
         let commit_batch_size = Histogram::with_opts(
-            HistogramOpts::new("strata_commit_batch_size", "Objects made durable per group commit")
-                .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]),
+            HistogramOpts::new(
+                "strata_commit_batch_size",
+                "Objects made durable per group commit",
+            )
+            .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]),
         )
         .expect("metric");
-        let active_associations =
-            IntGauge::new("strata_active_associations", "DICOM associations currently open").expect("metric");
+        let active_associations = IntGauge::new(
+            "strata_active_associations",
+            "DICOM associations currently open",
+        )
+        .expect("metric");
         let associations_rejected = IntCounterVec::new(
-            Opts::new("strata_associations_rejected_total", "Associations refused, by reason"),
+            Opts::new(
+                "strata_associations_rejected_total",
+                "Associations refused, by reason",
+            ),
             &["reason"],
         )
         .expect("metric");
-        let hot_free_bytes =
-            IntGauge::new("strata_hot_free_bytes", "Free bytes on the hot tier's filesystem").expect("metric");
+        let hot_free_bytes = IntGauge::new(
+            "strata_hot_free_bytes",
+            "Free bytes on the hot tier's filesystem",
+        )
+        .expect("metric");
         for c in [
             Box::new(instances_stored.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(bytes_stored.clone()),

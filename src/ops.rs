@@ -2,7 +2,9 @@
 //! reindexing and importing. Each returns a serialisable report; `main.rs` prints it.
 //! All of them block (they run on plain threads in the CLI process).
 
-use crate::archive::{finish_interrupted_reindex, index_objects_blocking, rebuild_dirs, ArchiveLock, ReadOnlyArchive};
+use crate::archive::{
+    finish_interrupted_reindex, index_objects_blocking, rebuild_dirs, ArchiveLock, ReadOnlyArchive,
+};
 use crate::config::Config;
 use crate::dicom::part10::is_valid_uid;
 use crate::index::{Index, InstanceEntry, ObjectRecord, RocksIndex};
@@ -90,7 +92,11 @@ pub struct StudyView {
     pub series: Vec<SeriesView>,
 }
 
-fn version_views(hot: &HotDisk, index: &dyn Index, entry: &InstanceEntry) -> Result<Vec<VersionView>> {
+fn version_views(
+    hot: &HotDisk,
+    index: &dyn Index,
+    entry: &InstanceEntry,
+) -> Result<Vec<VersionView>> {
     entry
         .record
         .versions
@@ -104,7 +110,10 @@ fn version_views(hot: &HotDisk, index: &dyn Index, entry: &InstanceEntry) -> Res
                 received_at_ms: v.received_at_ms,
                 tier: "hot".into(),
                 location: hot.path_of(&id).display().to_string(),
-                calling_ae: rec.as_ref().map(|r| r.provenance.calling_ae.clone()).unwrap_or_default(),
+                calling_ae: rec
+                    .as_ref()
+                    .map(|r| r.provenance.calling_ae.clone())
+                    .unwrap_or_default(),
                 source: rec.map(|r| r.provenance.source).unwrap_or_default(),
             })
         })
@@ -152,7 +161,10 @@ pub fn study_view(hot: &HotDisk, index: &dyn Index, study_uid: &str) -> Result<O
             bytes: rec.bytes,
         });
     }
-    Ok(Some(StudyView { study: summary, series }))
+    Ok(Some(StudyView {
+        study: summary,
+        series,
+    }))
 }
 
 fn natural(n: &str) -> (i64, String) {
@@ -179,7 +191,10 @@ fn list_study(index: &dyn Index, study_uid: &str) -> Result<Option<StudySummary>
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Shown {
     Study(StudyView),
-    Series { study_uid: String, series: SeriesView },
+    Series {
+        study_uid: String,
+        series: SeriesView,
+    },
     Instance(InstanceView),
 }
 
@@ -189,7 +204,8 @@ pub fn show(hot: &HotDisk, index: &dyn Index, uid: &str) -> Result<Option<Shown>
         return Ok(Some(Shown::Study(view)));
     }
     if let Some((study_uid, _)) = index.series(uid)? {
-        let view = study_view(hot, index, &study_uid)?.context("series refers to a missing study")?;
+        let view =
+            study_view(hot, index, &study_uid)?.context("series refers to a missing study")?;
         if let Some(series) = view.series.into_iter().find(|s| s.series_uid == uid) {
             return Ok(Some(Shown::Series { study_uid, series }));
         }
@@ -221,7 +237,10 @@ pub fn export(archive: &ReadOnlyArchive, studies: &[String], out: &Path) -> Resu
             bail!("no study {study} in the archive");
         }
         for e in entries {
-            if !(is_valid_uid(&e.study_uid) && is_valid_uid(&e.series_uid) && is_valid_uid(&e.sop_instance_uid)) {
+            if !(is_valid_uid(&e.study_uid)
+                && is_valid_uid(&e.series_uid)
+                && is_valid_uid(&e.sop_instance_uid))
+            {
                 bail!("index entry with an invalid UID in study {study}; run `strata verify`");
             }
             let current = e.record.current().context("instance without versions")?;
@@ -231,8 +250,10 @@ pub fn export(archive: &ReadOnlyArchive, studies: &[String], out: &Path) -> Resu
             let dest = dir.join(format!("{}.dcm", e.sop_instance_uid));
             let tmp = dir.join(format!(".{}.dcm.partial", e.sop_instance_uid));
             let src = archive.hot.path_of(&id);
-            let copied = std::fs::copy(&src, &tmp).with_context(|| format!("copy {} (object {id})", src.display()))?;
-            std::fs::rename(&tmp, &dest).with_context(|| format!("rename into {}", dest.display()))?;
+            let copied = std::fs::copy(&src, &tmp)
+                .with_context(|| format!("copy {} (object {id})", src.display()))?;
+            std::fs::rename(&tmp, &dest)
+                .with_context(|| format!("rename into {}", dest.display()))?;
             report.files += 1;
             report.bytes += copied;
         }
@@ -300,7 +321,9 @@ pub fn verify(archive: &ReadOnlyArchive, workers: usize) -> Result<VerifyReport>
         for _ in 0..workers.max(1) {
             s.spawn(|| loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some((id, rec)) = objects.get(i) else { break };
+                let Some((id, rec)) = objects.get(i) else {
+                    break;
+                };
                 let outcome = hot.rehash_blocking(id);
                 let mut r = report.lock().expect("verify report lock");
                 r.objects_checked += 1;
@@ -308,12 +331,19 @@ pub fn verify(archive: &ReadOnlyArchive, workers: usize) -> Result<VerifyReport>
                     Ok((actual, size)) => {
                         r.bytes_checked += size;
                         if actual != *id {
-                            r.corrupt.push(problem(id, rec, format!("bytes hash to {actual}")));
+                            r.corrupt
+                                .push(problem(id, rec, format!("bytes hash to {actual}")));
                         } else if size != rec.size {
-                            r.corrupt.push(problem(id, rec, format!("size {size}, index says {}", rec.size)));
+                            r.corrupt.push(problem(
+                                id,
+                                rec,
+                                format!("size {size}, index says {}", rec.size),
+                            ));
                         }
                     }
-                    Err(e) if e.is_not_found() => r.missing.push(problem(id, rec, "file is missing".into())),
+                    Err(e) if e.is_not_found() => {
+                        r.missing.push(problem(id, rec, "file is missing".into()))
+                    }
                     Err(e) => r.corrupt.push(problem(id, rec, format!("unreadable: {e}"))),
                 }
             });
@@ -341,13 +371,17 @@ pub fn verify(archive: &ReadOnlyArchive, workers: usize) -> Result<VerifyReport>
             });
         }
     }
-    report.strays = strays.into_iter().map(|p| p.display().to_string()).collect();
+    report.strays = strays
+        .into_iter()
+        .map(|p| p.display().to_string())
+        .collect();
 
     // instance records that point nowhere
     for (study_uid, _) in index.studies()? {
         for e in index.instances_of_study(&study_uid)? {
             for v in &e.record.versions {
-                let ok = ObjectId::from_hex(&v.id).map(|id| known.contains(&id) || index.has_object(&id).unwrap_or(false));
+                let ok = ObjectId::from_hex(&v.id)
+                    .map(|id| known.contains(&id) || index.has_object(&id).unwrap_or(false));
                 if ok != Some(true) {
                     report.dangling.push(Problem {
                         id: v.id.clone(),
@@ -376,7 +410,10 @@ pub struct ReindexReport {
 pub fn reindex(config: &Config, progress: &indicatif::ProgressBar) -> Result<ReindexReport> {
     let data_dir = &config.archive.data_dir;
     if !config.hot_dir().join("objects").exists() {
-        bail!("no archive at {} (no hot/objects directory)", data_dir.display());
+        bail!(
+            "no archive at {} (no hot/objects directory)",
+            data_dir.display()
+        );
     }
     let _lock = ArchiveLock::acquire(data_dir, "reindex")?;
     finish_interrupted_reindex(data_dir)?;
@@ -394,9 +431,15 @@ pub fn reindex(config: &Config, progress: &indicatif::ProgressBar) -> Result<Rei
     };
     {
         let rebuilt = RocksIndex::open_primary(&rebuild_dir)?;
-        let (indexed, quarantined) = index_objects_blocking(data_dir, &hot, &rebuilt, &ids, "reindex", || progress.inc(1))?;
+        let (indexed, quarantined) =
+            index_objects_blocking(data_dir, &hot, &rebuilt, &ids, "reindex", || {
+                progress.inc(1)
+            })?;
         report.indexed = indexed;
-        report.quarantined = quarantined.iter().map(|p| p.display().to_string()).collect();
+        report.quarantined = quarantined
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
         report.studies = rebuilt.studies()?.len();
     }
     // swap: index -> index.old, index.rebuild -> index, then drop index.old
@@ -404,7 +447,9 @@ pub fn reindex(config: &Config, progress: &indicatif::ProgressBar) -> Result<Rei
         std::fs::rename(&index_dir, &old_dir).context("move the old index aside")?;
     }
     std::fs::rename(&rebuild_dir, &index_dir).context("move the rebuilt index into place")?;
-    std::fs::File::open(data_dir).and_then(|d| d.sync_all()).context("fsync the archive directory")?;
+    std::fs::File::open(data_dir)
+        .and_then(|d| d.sync_all())
+        .context("fsync the archive directory")?;
     if old_dir.exists() {
         std::fs::remove_dir_all(&old_dir).context("remove the old index")?;
     }
@@ -445,7 +490,12 @@ pub fn collect_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
 }
 
 /// Imports files in parallel through the same ingest pipeline as the network path.
-pub fn import(ingest: &Ingest, files: &[PathBuf], workers: usize, progress: &indicatif::ProgressBar) -> ImportReport {
+pub fn import(
+    ingest: &Ingest,
+    files: &[PathBuf],
+    workers: usize,
+    progress: &indicatif::ProgressBar,
+) -> ImportReport {
     let report = Mutex::new(ImportReport {
         files: files.len(),
         ..Default::default()

@@ -20,7 +20,9 @@ use crate::metrics::RejectReason;
 use dicom_dictionary_std::uids;
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
 use dicom_ul::association::server::{AccessControl, DefaultNegotiation};
-use dicom_ul::pdu::{AssociationRJServiceUserReason, PDataValue, PDataValueType, PresentationContextResultReason};
+use dicom_ul::pdu::{
+    AssociationRJServiceUserReason, PDataValue, PDataValueType, PresentationContextResultReason,
+};
 use dicom_ul::{Pdu, ServerAssociationOptions};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -46,11 +48,23 @@ impl AccessControl for StrataAccess {
         _user: Option<&dicom_ul::pdu::UserIdentity>,
     ) -> Result<(), AssociationRJServiceUserReason> {
         if called_ae_title.trim() != this_ae_title.trim() {
-            tracing::warn!(called = called_ae_title, calling = calling_ae_title, "rejected: wrong called AE title");
+            tracing::warn!(
+                called = called_ae_title,
+                calling = calling_ae_title,
+                "rejected: wrong called AE title"
+            );
             return Err(AssociationRJServiceUserReason::CalledAETitleNotRecognized);
         }
-        if !self.allowed_calling.is_empty() && !self.allowed_calling.iter().any(|a| a == calling_ae_title.trim()) {
-            tracing::warn!(calling = calling_ae_title, "rejected: calling AE title not allowed");
+        if !self.allowed_calling.is_empty()
+            && !self
+                .allowed_calling
+                .iter()
+                .any(|a| a == calling_ae_title.trim())
+        {
+            tracing::warn!(
+                calling = calling_ae_title,
+                "rejected: calling AE title not allowed"
+            );
             return Err(AssociationRJServiceUserReason::CallingAETitleNotRecognized);
         }
         Ok(())
@@ -72,7 +86,9 @@ pub const RJ_LOCAL_LIMIT_EXCEEDED: [u8; 10] = [0x03, 0, 0, 0, 0, 4, 0, 2, 3, 2];
 /// peers whose address is not allowed.
 pub const RJ_NOT_ALLOWED: [u8; 10] = [0x03, 0, 0, 0, 0, 4, 0, 1, 1, 1];
 
-fn server_options(config: &DicomConfig) -> ServerAssociationOptions<'static, StrataAccess, DefaultNegotiation> {
+fn server_options(
+    config: &DicomConfig,
+) -> ServerAssociationOptions<'static, StrataAccess, DefaultNegotiation> {
     let mut opts = ServerAssociationOptions::new()
         .ae_access_control(StrataAccess {
             allowed_calling: Arc::new(config.allowed_calling_ae_titles.clone()),
@@ -89,7 +105,10 @@ fn server_options(config: &DicomConfig) -> ServerAssociationOptions<'static, Str
     for (_, uid) in STORAGE_SOP_CLASSES {
         opts = opts.with_abstract_syntax(*uid);
     }
-    for ts in TransferSyntaxRegistry.iter().filter(|ts| !ts.is_unsupported()) {
+    for ts in TransferSyntaxRegistry
+        .iter()
+        .filter(|ts| !ts.is_unsupported())
+    {
         opts = opts.with_transfer_syntax(ts.uid());
     }
     opts
@@ -101,7 +120,9 @@ fn storable(sop_class: &str, config: &DicomConfig) -> bool {
     if is_storage_sop_class(sop_class) {
         return true;
     }
-    let standard = dicom_dictionary_std::StandardSopClassDictionary.by_uid(sop_class).is_some();
+    let standard = dicom_dictionary_std::StandardSopClassDictionary
+        .by_uid(sop_class)
+        .is_some();
     !standard && config.accept_private_sop_classes
 }
 
@@ -136,11 +157,17 @@ pub async fn serve_association(ctx: ScpContext, stream: TcpStream, peer: SocketA
         Ok(a) => a,
         Err(e) => {
             tracing::info!(%peer, error = %e, "association not established");
-            ctx.ingest.metrics().associations_rejected.with_label_values(&["negotiation"]).inc();
+            ctx.ingest
+                .metrics()
+                .associations_rejected
+                .with_label_values(&["negotiation"])
+                .inc();
             return;
         }
     };
-    let calling_ae = dicom_ul::association::Association::peer_ae_title(&assoc).trim().to_string();
+    let calling_ae = dicom_ul::association::Association::peer_ae_title(&assoc)
+        .trim()
+        .to_string();
     tracing::info!(%peer, calling_ae, "association established");
     let metrics = ctx.ingest.metrics().clone();
     metrics.active_associations.inc();
@@ -173,7 +200,11 @@ async fn run_messages(
     let mut pending: Option<Pending> = None;
     loop {
         let mid_message = pending.is_some() || !command_buf.is_empty();
-        let wait = if mid_message { ctx.config.read_timeout } else { ctx.config.idle_timeout };
+        let wait = if mid_message {
+            ctx.config.read_timeout
+        } else {
+            ctx.config.idle_timeout
+        };
         let pdu = tokio::select! {
             r = tokio::time::timeout(wait, assoc.receive()) => match r {
                 Err(_) => return Ok(End::Abort(format!("no PDU for {wait:?}"))),
@@ -188,17 +219,23 @@ async fn run_messages(
                     match pdv.value_type {
                         PDataValueType::Command => {
                             if pending.is_some() {
-                                return Ok(End::Abort("command received while a data set was expected".into()));
+                                return Ok(End::Abort(
+                                    "command received while a data set was expected".into(),
+                                ));
                             }
                             command_buf.extend_from_slice(&pdv.data);
                             if pdv.is_last {
                                 let bytes = std::mem::take(&mut command_buf);
-                                pending = start_message(ctx, assoc, pdv.presentation_context_id, &bytes).await?;
+                                pending =
+                                    start_message(ctx, assoc, pdv.presentation_context_id, &bytes)
+                                        .await?;
                             }
                         }
                         PDataValueType::Data => {
                             let Some(op) = pending.as_mut() else {
-                                return Ok(End::Abort("data set received without a command".into()));
+                                return Ok(End::Abort(
+                                    "data set received without a command".into(),
+                                ));
                             };
                             feed_data(op, &pdv).await?;
                             if pdv.is_last {
@@ -220,7 +257,12 @@ async fn run_messages(
                 return Ok(End::Released);
             }
             Pdu::AbortRQ { .. } => return Ok(End::PeerAborted),
-            other => return Ok(End::Abort(format!("unexpected PDU {}", other.short_description()))),
+            other => {
+                return Ok(End::Abort(format!(
+                    "unexpected PDU {}",
+                    other.short_description()
+                )))
+            }
         }
     }
 }
@@ -268,7 +310,9 @@ async fn start_message(
     let message_id = command.message_id().map_err(|e| e.to_string())?;
     let has_data = command.has_data_set().map_err(|e| e.to_string())?;
     let Some((abstract_syntax, transfer_syntax)) = presentation_context(assoc, pc_id) else {
-        return Err(format!("command on presentation context {pc_id}, which was not accepted"));
+        return Err(format!(
+            "command on presentation context {pc_id}, which was not accepted"
+        ));
     };
     match request {
         field::C_ECHO_RQ => {
@@ -318,17 +362,31 @@ async fn start_message(
                 let hot = ctx.ingest.hot().clone();
                 match tokio::task::spawn_blocking(move || hot.check_free_space_blocking()).await {
                     Ok(Ok(())) => None,
-                    Ok(Err(e)) => Some((status::OUT_OF_RESOURCES, RejectReason::OutOfSpace, e.to_string())),
-                    Err(e) => Some((status::OUT_OF_RESOURCES, RejectReason::InternalError, e.to_string())),
+                    Ok(Err(e)) => Some((
+                        status::OUT_OF_RESOURCES,
+                        RejectReason::OutOfSpace,
+                        e.to_string(),
+                    )),
+                    Err(e) => Some((
+                        status::OUT_OF_RESOURCES,
+                        RejectReason::InternalError,
+                        e.to_string(),
+                    )),
                 }
             };
             if op.refusal.is_none() {
-                op.writer = Some(ctx.ingest.writer(&sop_class, &sop_instance, &transfer_syntax));
+                op.writer = Some(
+                    ctx.ingest
+                        .writer(&sop_class, &sop_instance, &transfer_syntax),
+                );
             }
             Ok(Some(Pending::Store(op)))
         }
         other => {
-            tracing::info!(command = format!("{other:#06x}"), "unsupported DIMSE request");
+            tracing::info!(
+                command = format!("{other:#06x}"),
+                "unsupported DIMSE request"
+            );
             let discard = DiscardOp {
                 pc_id,
                 request_field: other,
@@ -392,35 +450,47 @@ async fn finish_message(
         Pending::Store(s) => s,
     };
     let metrics = ctx.ingest.metrics().clone();
-    let result: Result<(u16, Option<CommitOutcome>), (u16, RejectReason, String)> = match (op.refusal, op.writer) {
-        (Some(refusal), _) => Err(refusal),
-        (None, None) => Err((status::PROCESSING_FAILURE, RejectReason::InternalError, "no writer".into())),
-        (None, Some(writer)) => match writer.finish().await {
-            Err(e) => Err((status_for(&e), e.reason(), e.to_string())),
-            Ok(written) => {
-                let ingest = ctx.ingest.clone();
-                let (class, instance) = (op.sop_class.clone(), op.sop_instance.clone());
-                let provenance = Provenance {
-                    received_at_ms: crate::index::rocks::unix_ms_now(),
-                    calling_ae: calling_ae.to_string(),
-                    source: peer.to_string(),
-                };
-                let admitted =
-                    tokio::task::spawn_blocking(move || ingest.admit_blocking(written, &class, &instance, provenance))
-                        .await;
-                match admitted {
-                    Ok(Ok(stored)) => Ok((status::SUCCESS, Some(stored.outcome))),
-                    Ok(Err(e)) => Err((status_for(&e), e.reason(), e.to_string())),
-                    Err(e) => Err((status::PROCESSING_FAILURE, RejectReason::InternalError, e.to_string())),
+    let result: Result<(u16, Option<CommitOutcome>), (u16, RejectReason, String)> =
+        match (op.refusal, op.writer) {
+            (Some(refusal), _) => Err(refusal),
+            (None, None) => Err((
+                status::PROCESSING_FAILURE,
+                RejectReason::InternalError,
+                "no writer".into(),
+            )),
+            (None, Some(writer)) => match writer.finish().await {
+                Err(e) => Err((status_for(&e), e.reason(), e.to_string())),
+                Ok(written) => {
+                    let ingest = ctx.ingest.clone();
+                    let (class, instance) = (op.sop_class.clone(), op.sop_instance.clone());
+                    let provenance = Provenance {
+                        received_at_ms: crate::index::rocks::unix_ms_now(),
+                        calling_ae: calling_ae.to_string(),
+                        source: peer.to_string(),
+                    };
+                    let admitted = tokio::task::spawn_blocking(move || {
+                        ingest.admit_blocking(written, &class, &instance, provenance)
+                    })
+                    .await;
+                    match admitted {
+                        Ok(Ok(stored)) => Ok((status::SUCCESS, Some(stored.outcome))),
+                        Ok(Err(e)) => Err((status_for(&e), e.reason(), e.to_string())),
+                        Err(e) => Err((
+                            status::PROCESSING_FAILURE,
+                            RejectReason::InternalError,
+                            e.to_string(),
+                        )),
+                    }
                 }
-            }
-        },
-    };
+            },
+        };
     let mut error_comment = None;
     let status = match result {
         Ok((status, outcome)) => {
             tracing::debug!(sop = op.sop_instance, ?outcome, "stored");
-            metrics.store_seconds.observe(op.started.elapsed().as_secs_f64());
+            metrics
+                .store_seconds
+                .observe(op.started.elapsed().as_secs_f64());
             status
         }
         Err((status, reason, message)) => {

@@ -28,7 +28,12 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let metrics = Metrics::new();
     let index: Arc<dyn crate::index::Index> = archive.index.clone();
-    let ingest = Ingest::start(archive.hot.clone(), index, config.ingest.max_commit_batch, metrics.clone());
+    let ingest = Ingest::start(
+        archive.hot.clone(),
+        index,
+        config.ingest.max_commit_batch,
+        metrics.clone(),
+    );
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let ctx = ScpContext {
         config: Arc::new(config.dicom.clone()),
@@ -71,15 +76,23 @@ pub async fn run(
             },
         };
         let _ = stream.set_nodelay(true);
-        if !config.dicom.allowed_addresses.is_empty() && !config.dicom.allowed_addresses.contains(&peer.ip()) {
+        if !config.dicom.allowed_addresses.is_empty()
+            && !config.dicom.allowed_addresses.contains(&peer.ip())
+        {
             tracing::warn!(%peer, "rejected: address not allowed");
-            metrics.associations_rejected.with_label_values(&["address"]).inc();
+            metrics
+                .associations_rejected
+                .with_label_values(&["address"])
+                .inc();
             let _ = stream.write_all(&RJ_NOT_ALLOWED).await;
             continue;
         }
         let Ok(permit) = limit.clone().try_acquire_owned() else {
             tracing::warn!(%peer, max = config.dicom.max_associations, "rejected: too many associations");
-            metrics.associations_rejected.with_label_values(&["limit"]).inc();
+            metrics
+                .associations_rejected
+                .with_label_values(&["limit"])
+                .inc();
             let _ = stream.write_all(&RJ_LOCAL_LIMIT_EXCEEDED).await;
             continue;
         };
@@ -90,11 +103,16 @@ pub async fn run(
         });
     }
 
-    tracing::info!(open = associations.len(), "shutting down: no new associations");
+    tracing::info!(
+        open = associations.len(),
+        "shutting down: no new associations"
+    );
     let _ = shutdown_tx.send(true);
-    if tokio::time::timeout(DRAIN_TIMEOUT, async { while associations.join_next().await.is_some() {} })
-        .await
-        .is_err()
+    if tokio::time::timeout(DRAIN_TIMEOUT, async {
+        while associations.join_next().await.is_some() {}
+    })
+    .await
+    .is_err()
     {
         tracing::warn!("associations still open after {DRAIN_TIMEOUT:?}; aborting them");
         associations.shutdown().await;

@@ -14,7 +14,11 @@ const C000: u16 = 0xC000;
 fn hot_files(archive: &Archive) -> Vec<std::path::PathBuf> {
     let objects = archive.data_dir().join("hot/objects");
     let tmp = archive.data_dir().join("hot/tmp");
-    let mut all = if objects.exists() { walk(&objects) } else { vec![] };
+    let mut all = if objects.exists() {
+        walk(&objects)
+    } else {
+        vec![]
+    };
     if tmp.exists() {
         all.extend(walk(&tmp));
     }
@@ -25,7 +29,9 @@ fn hot_files(archive: &Archive) -> Vec<std::path::PathBuf> {
 fn dataset_bytes(path: &std::path::Path) -> (Vec<u8>, &'static str) {
     let bytes = std::fs::read(path).unwrap();
     match read_foreign_meta(&bytes) {
-        Ok(m) if m.transfer_syntax_uid == IMPLICIT_VR_LE => (bytes[m.dataset_offset..].to_vec(), IMPLICIT_VR_LE),
+        Ok(m) if m.transfer_syntax_uid == IMPLICIT_VR_LE => {
+            (bytes[m.dataset_offset..].to_vec(), IMPLICIT_VR_LE)
+        }
         Ok(m) => (bytes[m.dataset_offset..].to_vec(), EXPLICIT_VR_LE),
         Err(_) => (bytes, IMPLICIT_VR_LE),
     }
@@ -41,8 +47,13 @@ fn broken_pydicom_files_get_failure_statuses_and_nothing_is_stored() {
         let (dataset, ts) = dataset_bytes(file);
         let mut a = raw::associate(server.dicom_port, "STRATA", CT_IMAGE_STORAGE, ts).unwrap();
         // Claim a UID the file does not carry: whatever the file holds, it must not be stored.
-        let status = raw::store(&mut a, CT_IMAGE_STORAGE, &format!("1.2.826.0.1.3680043.99.{i}"), &dataset)
-            .unwrap_or_else(|e| panic!("{}: no response: {e}", file.display()));
+        let status = raw::store(
+            &mut a,
+            CT_IMAGE_STORAGE,
+            &format!("1.2.826.0.1.3680043.99.{i}"),
+            &dataset,
+        )
+        .unwrap_or_else(|e| panic!("{}: no response: {e}", file.display()));
         assert!(
             status == A900 || status == C000,
             "{}: status {status:#06x}, expected 0xA900 or 0xC000",
@@ -51,9 +62,16 @@ fn broken_pydicom_files_get_failure_statuses_and_nothing_is_stored() {
         let _ = a.release();
     }
     assert!(server.echo_ok(), "server must keep answering C-ECHO");
-    assert!(hot_files(&archive).is_empty(), "nothing may be written: {:?}", hot_files(&archive));
+    assert!(
+        hot_files(&archive).is_empty(),
+        "nothing may be written: {:?}",
+        hot_files(&archive)
+    );
     let metrics = server.metrics();
-    assert!(metrics.contains("strata_store_rejections_total"), "{metrics}");
+    assert!(
+        metrics.contains("strata_store_rejections_total"),
+        "{metrics}"
+    );
     server.stop();
 }
 
@@ -65,24 +83,62 @@ fn truncated_and_mismatched_datasets_are_refused_with_the_right_status() {
     let bytes = std::fs::read(&ct[0]).unwrap();
     let meta = read_foreign_meta(&bytes).unwrap();
     let dataset = &bytes[meta.dataset_offset..];
-    let mut a = raw::associate(server.dicom_port, "STRATA", CT_IMAGE_STORAGE, EXPLICIT_VR_LE).unwrap();
+    let mut a = raw::associate(
+        server.dicom_port,
+        "STRATA",
+        CT_IMAGE_STORAGE,
+        EXPLICIT_VR_LE,
+    )
+    .unwrap();
 
     // the SOP Instance UID in the dataset differs from the announced one
-    assert_eq!(raw::store(&mut a, CT_IMAGE_STORAGE, "1.2.3.4.5.6", dataset).unwrap(), A900);
+    assert_eq!(
+        raw::store(&mut a, CT_IMAGE_STORAGE, "1.2.3.4.5.6", dataset).unwrap(),
+        A900
+    );
     // the dataset's SOP class differs from the announced (and negotiated) one
-    let mut b = raw::associate(server.dicom_port, "STRATA", "1.2.840.10008.5.1.4.1.1.4", EXPLICIT_VR_LE).unwrap();
-    assert_eq!(raw::store(&mut b, "1.2.840.10008.5.1.4.1.1.4", &meta.sop_instance_uid, dataset).unwrap(), A900);
+    let mut b = raw::associate(
+        server.dicom_port,
+        "STRATA",
+        "1.2.840.10008.5.1.4.1.1.4",
+        EXPLICIT_VR_LE,
+    )
+    .unwrap();
+    assert_eq!(
+        raw::store(
+            &mut b,
+            "1.2.840.10008.5.1.4.1.1.4",
+            &meta.sop_instance_uid,
+            dataset
+        )
+        .unwrap(),
+        A900
+    );
     let _ = b.release();
     // truncated in the middle of the pixel data
     let cut = &dataset[..dataset.len() - 1000];
-    assert_eq!(raw::store(&mut a, CT_IMAGE_STORAGE, &meta.sop_instance_uid, cut).unwrap(), C000);
+    assert_eq!(
+        raw::store(&mut a, CT_IMAGE_STORAGE, &meta.sop_instance_uid, cut).unwrap(),
+        C000
+    );
     // pure garbage as a dataset
-    let garbage: Vec<u8> = (0..50_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
-    assert_eq!(raw::store(&mut a, CT_IMAGE_STORAGE, &meta.sop_instance_uid, &garbage).unwrap(), C000);
+    let garbage: Vec<u8> = (0..50_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    assert_eq!(
+        raw::store(&mut a, CT_IMAGE_STORAGE, &meta.sop_instance_uid, &garbage).unwrap(),
+        C000
+    );
     // an empty dataset
-    assert_eq!(raw::store(&mut a, CT_IMAGE_STORAGE, &meta.sop_instance_uid, &[]).unwrap(), C000);
+    assert_eq!(
+        raw::store(&mut a, CT_IMAGE_STORAGE, &meta.sop_instance_uid, &[]).unwrap(),
+        C000
+    );
     // and after all that, the real thing on the same association succeeds
-    assert_eq!(raw::store(&mut a, CT_IMAGE_STORAGE, &meta.sop_instance_uid, dataset).unwrap(), 0);
+    assert_eq!(
+        raw::store(&mut a, CT_IMAGE_STORAGE, &meta.sop_instance_uid, dataset).unwrap(),
+        0
+    );
     let _ = a.release();
     assert_eq!(archive.total_instances(), 1);
     let (clean, report) = archive.verify_json();
@@ -96,12 +152,22 @@ fn garbage_bytes_and_oversized_pdus_end_only_their_connection() {
     let server = archive.start();
     // random bytes instead of an A-ASSOCIATE-RQ
     let mut s = TcpStream::connect(("127.0.0.1", server.dicom_port)).unwrap();
-    let noise: Vec<u8> = (0..10_000u32).map(|i| (i.wrapping_mul(7919) % 251) as u8).collect();
+    let noise: Vec<u8> = (0..10_000u32)
+        .map(|i| (i.wrapping_mul(7919) % 251) as u8)
+        .collect();
     let _ = s.write_all(&noise);
     drop(s);
     // a P-DATA PDU announcing 1 GiB inside an established association
-    let mut a = raw::associate(server.dicom_port, "STRATA", CT_IMAGE_STORAGE, EXPLICIT_VR_LE).unwrap();
-    a.inner_stream().write_all(&[0x04, 0, 0x40, 0, 0, 0, 1, 2, 3, 4]).unwrap();
+    let mut a = raw::associate(
+        server.dicom_port,
+        "STRATA",
+        CT_IMAGE_STORAGE,
+        EXPLICIT_VR_LE,
+    )
+    .unwrap();
+    a.inner_stream()
+        .write_all(&[0x04, 0, 0x40, 0, 0, 0, 1, 2, 3, 4])
+        .unwrap();
     match a.receive() {
         Ok(dicom_ul::Pdu::AbortRQ { .. }) | Err(_) => {}
         Ok(other) => panic!("an oversized PDU must abort the association, got {other:?}"),
@@ -112,7 +178,10 @@ fn garbage_bytes_and_oversized_pdus_end_only_their_connection() {
     drop(s);
     std::thread::sleep(std::time::Duration::from_millis(300));
     assert!(server.echo_ok(), "server must keep answering C-ECHO");
-    assert!(server.log_text().contains("aborting association") || server.log_text().contains("not established"));
+    assert!(
+        server.log_text().contains("aborting association")
+            || server.log_text().contains("not established")
+    );
     server.stop();
 }
 
@@ -127,7 +196,8 @@ fn wrong_called_ae_and_unlisted_callers_are_rejected() {
     let wrong = run(dcmtk("echoscu").args(["-aec", "NOTSTRATA", "127.0.0.1", &port]));
     assert!(!wrong.status.success());
     assert!(String::from_utf8_lossy(&wrong.stderr).contains("Called AE Title Not Recognized"));
-    let stranger = run(dcmtk("echoscu").args(["-aet", "STRANGER", "-aec", "STRATA", "127.0.0.1", &port]));
+    let stranger =
+        run(dcmtk("echoscu").args(["-aet", "STRANGER", "-aec", "STRATA", "127.0.0.1", &port]));
     assert!(!stranger.status.success());
     assert!(String::from_utf8_lossy(&stranger.stderr).contains("Calling AE Title Not Recognized"));
     assert!(server.echo_ok());
@@ -136,7 +206,12 @@ fn wrong_called_ae_and_unlisted_callers_are_rejected() {
     // an address allow-list that excludes loopback
     let archive = Archive::with_config("bad-address", "allowed_addresses = [\"10.1.2.3\"]\n");
     let server = archive.start();
-    let refused = run(dcmtk("echoscu").args(["-aec", "STRATA", "127.0.0.1", &server.dicom_port.to_string()]));
+    let refused = run(dcmtk("echoscu").args([
+        "-aec",
+        "STRATA",
+        "127.0.0.1",
+        &server.dicom_port.to_string(),
+    ]));
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("Rejected"));
     server.stop();
@@ -146,11 +221,28 @@ fn wrong_called_ae_and_unlisted_callers_are_rejected() {
 fn association_cap_rejects_extra_associations_transiently() {
     let archive = Archive::with_config("bad-cap", "max_associations = 1\n");
     let server = archive.start();
-    let held = raw::associate(server.dicom_port, "STRATA", CT_IMAGE_STORAGE, EXPLICIT_VR_LE).unwrap();
-    let second = raw::associate(server.dicom_port, "STRATA", CT_IMAGE_STORAGE, EXPLICIT_VR_LE);
-    assert!(second.is_err(), "a second association must be rejected while one is open");
+    let held = raw::associate(
+        server.dicom_port,
+        "STRATA",
+        CT_IMAGE_STORAGE,
+        EXPLICIT_VR_LE,
+    )
+    .unwrap();
+    let second = raw::associate(
+        server.dicom_port,
+        "STRATA",
+        CT_IMAGE_STORAGE,
+        EXPLICIT_VR_LE,
+    );
+    assert!(
+        second.is_err(),
+        "a second association must be rejected while one is open"
+    );
     let _ = held.release();
     std::thread::sleep(std::time::Duration::from_millis(200));
-    assert!(server.echo_ok(), "after the first association ends, new ones are accepted");
+    assert!(
+        server.echo_ok(),
+        "after the first association ends, new ones are accepted"
+    );
     server.stop();
 }

@@ -8,13 +8,24 @@ use std::path::PathBuf;
 fn config_prints_every_default_and_rejects_unknown_keys() {
     let out = run_ok(std::process::Command::new(strata_bin()).arg("config"));
     let text = String::from_utf8_lossy(&out.stdout);
-    for needle in ["[archive]", "data_dir = \"./strata-data\"", "[dicom]", "ae_title = \"STRATA\"", "port = 11112", "[http]", "port = 8080"] {
+    for needle in [
+        "[archive]",
+        "data_dir = \"./strata-data\"",
+        "[dicom]",
+        "ae_title = \"STRATA\"",
+        "port = 11112",
+        "[http]",
+        "port = 8080",
+    ] {
         assert!(text.contains(needle), "missing {needle} in:\n{text}");
     }
     let dir = scratch("cli-config");
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "[dicom]\nae_titel = \"X\"\n").unwrap();
-    let out = run(std::process::Command::new(strata_bin()).arg("--config").arg(&bad).arg("config"));
+    let out = run(std::process::Command::new(strata_bin())
+        .arg("--config")
+        .arg(&bad)
+        .arg("config"));
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("ae_titel"));
 }
@@ -27,7 +38,14 @@ fn import_summarises_and_reindex_rebuilds_the_same_index() {
     let samples = archive.dir.path().join("samples");
     std::fs::create_dir_all(&samples).unwrap();
     for (i, f) in valid.iter().chain(broken.iter()).enumerate() {
-        std::fs::copy(f, samples.join(format!("{i:03}-{}", f.file_name().unwrap().to_str().unwrap()))).unwrap();
+        std::fs::copy(
+            f,
+            samples.join(format!(
+                "{i:03}-{}",
+                f.file_name().unwrap().to_str().unwrap()
+            )),
+        )
+        .unwrap();
     }
     std::fs::write(samples.join("README.txt"), "not dicom").unwrap();
 
@@ -41,29 +59,47 @@ fn import_summarises_and_reindex_rebuilds_the_same_index() {
     let files = walk(ct_study()).len() + valid.len() + broken.len() + 1;
     assert_eq!(report["files"].as_u64().unwrap() as usize, files);
     let rejected = report["rejected"].as_array().unwrap();
-    assert!(rejected.iter().any(|r| r["path"].as_str().unwrap().ends_with("README.txt")
-        && r["reason"].as_str().unwrap().contains("not a DICOM Part-10 file")));
-    assert!(rejected.len() > broken.len() / 2, "most broken files are rejected: {rejected:?}");
+    assert!(rejected
+        .iter()
+        .any(|r| r["path"].as_str().unwrap().ends_with("README.txt")
+            && r["reason"]
+                .as_str()
+                .unwrap()
+                .contains("not a DICOM Part-10 file")));
+    assert!(
+        rejected.len() > broken.len() / 2,
+        "most broken files are rejected: {rejected:?}"
+    );
     for r in rejected {
         assert!(!r["reason"].as_str().unwrap().is_empty());
     }
     let stored = report["stored"].as_u64().unwrap();
     let versions = report["new_versions"].as_u64().unwrap();
     let present = report["already_present"].as_u64().unwrap();
-    assert_eq!((stored + versions + present) as usize + rejected.len(), files);
+    assert_eq!(
+        (stored + versions + present) as usize + rejected.len(),
+        files
+    );
     assert_eq!(archive.total_instances(), stored);
 
     // importing again: everything already present
     let again: serde_json::Value =
-        serde_json::from_slice(&run(archive.strata(&["import", "--json"]).arg(ct_study())).stdout).unwrap();
-    assert_eq!(again["already_present"].as_u64().unwrap() as usize, ct.len());
+        serde_json::from_slice(&run(archive.strata(&["import", "--json"]).arg(ct_study())).stdout)
+            .unwrap();
+    assert_eq!(
+        again["already_present"].as_u64().unwrap() as usize,
+        ct.len()
+    );
 
     // import needs exclusive access and says who holds the archive
     let server = archive.start();
     let busy = run(archive.strata(&["import"]).arg(ct_study()));
     assert_eq!(busy.status.code(), Some(2));
     let msg = String::from_utf8_lossy(&busy.stderr);
-    assert!(msg.contains(&format!("in use by pid {}", server.pid())) && msg.contains("serve"), "{msg}");
+    assert!(
+        msg.contains(&format!("in use by pid {}", server.pid())) && msg.contains("serve"),
+        "{msg}"
+    );
     let before = archive.ls_json();
     server.stop();
 
@@ -110,31 +146,51 @@ fn verify_finds_corrupt_missing_and_orphan_objects() {
     // and drop in an object the index does not know (valid name, valid content)
     let orphan = b"an object nobody indexed";
     let id = blake3::hash(orphan).to_hex().to_string();
-    let dir = archive.data_dir().join("hot/objects").join(&id[..2]).join(&id[2..4]);
+    let dir = archive
+        .data_dir()
+        .join("hot/objects")
+        .join(&id[..2])
+        .join(&id[2..4]);
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join(&id), orphan).unwrap();
 
     let (clean, report) = archive.verify_json();
     assert!(!clean);
     let ids = |k: &str| -> Vec<String> {
-        report[k].as_array().unwrap().iter().map(|p| p["id"].as_str().unwrap().to_string()).collect()
+        report[k]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["id"].as_str().unwrap().to_string())
+            .collect()
     };
     let name = |p: &PathBuf| p.file_name().unwrap().to_str().unwrap().to_string();
     assert_eq!(ids("corrupt"), vec![name(&objects[0])]);
     assert_eq!(ids("missing"), vec![name(&objects[1])]);
     assert_eq!(ids("orphans"), vec![id]);
     let corrupt = &report["corrupt"][0];
-    assert!(corrupt["study_uid"].as_str().unwrap().len() > 5, "names the study: {corrupt}");
+    assert!(
+        corrupt["study_uid"].as_str().unwrap().len() > 5,
+        "names the study: {corrupt}"
+    );
     assert!(corrupt["sop_instance_uid"].as_str().unwrap().len() > 5);
 
     // show names every kind of UID
-    let study = archive.ls_json()[0]["study_uid"].as_str().unwrap().to_string();
+    let study = archive.ls_json()[0]["study_uid"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let shown: serde_json::Value =
-        serde_json::from_slice(&run_ok(&mut archive.strata(&["show", &study, "--json"])).stdout).unwrap();
+        serde_json::from_slice(&run_ok(&mut archive.strata(&["show", &study, "--json"])).stdout)
+            .unwrap();
     assert_eq!(shown["kind"], "study");
-    let series = shown["series"][0]["series_uid"].as_str().unwrap().to_string();
+    let series = shown["series"][0]["series_uid"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let shown: serde_json::Value =
-        serde_json::from_slice(&run_ok(&mut archive.strata(&["show", &series, "--json"])).stdout).unwrap();
+        serde_json::from_slice(&run_ok(&mut archive.strata(&["show", &series, "--json"])).stdout)
+            .unwrap();
     assert_eq!(shown["kind"], "series");
     let missing = run(&mut archive.strata(&["show", "1.2.3.999"]));
     assert_eq!(missing.status.code(), Some(2));

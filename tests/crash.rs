@@ -20,7 +20,16 @@ fn kill9_mid_send_loses_no_acknowledged_instance() {
     let mut children = Vec::new();
     for chunk in ct.chunks(ct.len() / 4) {
         let mut child = python("store_pynetdicom.py")
-            .args(["--host", "127.0.0.1", "--port", &port, "--called-ae", "STRATA", "--ts", "explicit"])
+            .args([
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &port,
+                "--called-ae",
+                "STRATA",
+                "--ts",
+                "explicit",
+            ])
             .args(chunk)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -30,9 +39,14 @@ fn kill9_mid_send_loses_no_acknowledged_instance() {
         let acked = acked.clone();
         readers.push(std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
+                let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+                    continue;
+                };
                 if v["status"].as_u64() == Some(0) {
-                    acked.lock().unwrap().insert(v["sop_instance_uid"].as_str().unwrap().to_string());
+                    acked
+                        .lock()
+                        .unwrap()
+                        .insert(v["sop_instance_uid"].as_str().unwrap().to_string());
                 }
             }
         }));
@@ -52,14 +66,19 @@ fn kill9_mid_send_loses_no_acknowledged_instance() {
         r.join().unwrap();
     }
     let acked = acked.lock().unwrap().clone();
-    assert!(acked.len() >= 40 && acked.len() < ct.len(), "the crash must land mid-send ({} acked)", acked.len());
+    assert!(
+        acked.len() >= 40 && acked.len() < ct.len(),
+        "the crash must land mid-send ({} acked)",
+        acked.len()
+    );
 
     // restart: start-up recovery runs, then every acknowledged instance must be present
     let server = archive.start();
     let studies = archive.ls_json();
     let study = studies[0]["study_uid"].as_str().unwrap().to_string();
     let view: serde_json::Value =
-        serde_json::from_slice(&run_ok(&mut archive.strata(&["ls", &study, "--json"])).stdout).unwrap();
+        serde_json::from_slice(&run_ok(&mut archive.strata(&["ls", &study, "--json"])).stdout)
+            .unwrap();
     let present: HashSet<String> = view["series"]
         .as_array()
         .unwrap()
@@ -68,13 +87,20 @@ fn kill9_mid_send_loses_no_acknowledged_instance() {
         .map(|i| i["sop_instance_uid"].as_str().unwrap().to_string())
         .collect();
     let lost: Vec<&String> = acked.difference(&present).collect();
-    assert!(lost.is_empty(), "acknowledged but lost after kill -9: {lost:?}");
+    assert!(
+        lost.is_empty(),
+        "acknowledged but lost after kill -9: {lost:?}"
+    );
     let (clean, report) = archive.verify_json();
     assert!(clean, "verify after crash: {report}");
     assert_eq!(report["corrupt"].as_array().unwrap().len(), 0);
     assert_eq!(report["dangling"].as_array().unwrap().len(), 0);
     let tmp = archive.data_dir().join("hot/tmp");
-    assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0, "tmp files are swept at start-up");
+    assert_eq!(
+        std::fs::read_dir(&tmp).unwrap().count(),
+        0,
+        "tmp files are swept at start-up"
+    );
 
     // and the archive keeps working: send everything again, all accounted for once
     crate::store::storescu_send(server.dicom_port, &ct);

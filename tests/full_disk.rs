@@ -50,22 +50,39 @@ fn fill(dir: &Path, leave: u64) -> PathBuf {
 
 fn send(port: u16, files: &[&Path], expect: &str) {
     let mut cmd = python("store_pynetdicom.py");
-    cmd.args(["--host", "127.0.0.1", "--port", &port.to_string(), "--called-ae", "STRATA", "--ts", "as-is"])
-        .args(["--expect-status", expect])
-        .args(files);
+    cmd.args([
+        "--host",
+        "127.0.0.1",
+        "--port",
+        &port.to_string(),
+        "--called-ae",
+        "STRATA",
+        "--ts",
+        "as-is",
+    ])
+    .args(["--expect-status", expect])
+    .args(files);
     run_ok(&mut cmd);
 }
 
 fn assert_nothing_written(hot: &Path) {
-    let leftovers: Vec<PathBuf> = walk(hot).into_iter().filter(|p| !p.ends_with("filler")).collect();
-    assert!(leftovers.is_empty(), "half-written or stored files left behind: {leftovers:?}");
+    let leftovers: Vec<PathBuf> = walk(hot)
+        .into_iter()
+        .filter(|p| !p.ends_with("filler"))
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "half-written or stored files left behind: {leftovers:?}"
+    );
 }
 
 #[test]
 fn full_disk_refuses_with_a700_and_recovers_when_space_returns() {
     let archive = Archive::with_config("full-disk", "");
     // floor of 1 MiB on a 24 MiB hot tier
-    let text = std::fs::read_to_string(&archive.config).unwrap().replace("min_free_space_mb = 0", "min_free_space_mb = 1");
+    let text = std::fs::read_to_string(&archive.config)
+        .unwrap()
+        .replace("min_free_space_mb = 0", "min_free_space_mb = 1");
     std::fs::write(&archive.config, text).unwrap();
     let hot = archive.data_dir().join("hot");
     let _mount = Mount::tmpfs(&hot, 24);
@@ -73,7 +90,16 @@ fn full_disk_refuses_with_a700_and_recovers_when_space_returns() {
 
     let small = dcm_files(ct_study())[0].clone();
     let big_dir = archive.dir.path().join("big");
-    run_ok(python("gen_ct.py").arg("--out").arg(&big_dir).args(["--instances", "1", "--rows", "1536", "--cols", "1536", "--seed", "9"]));
+    run_ok(python("gen_ct.py").arg("--out").arg(&big_dir).args([
+        "--instances",
+        "1",
+        "--rows",
+        "1536",
+        "--cols",
+        "1536",
+        "--seed",
+        "9",
+    ]));
     let big = dcm_files(&big_dir)[0].clone();
     assert!(std::fs::metadata(&big).unwrap().len() > 4 << 20);
 
@@ -94,7 +120,10 @@ fn full_disk_refuses_with_a700_and_recovers_when_space_returns() {
     send(server.dicom_port, &[&small, &big], "0x0000");
     assert_eq!(archive.total_instances(), 2);
     let metrics = server.metrics();
-    assert!(metrics.contains("strata_store_rejections_total{reason=\"out_of_space\"} 2"), "{metrics}");
+    assert!(
+        metrics.contains("strata_store_rejections_total{reason=\"out_of_space\"} 2"),
+        "{metrics}"
+    );
     let (clean, report) = archive.verify_json();
     assert!(clean, "{report}");
     server.stop();

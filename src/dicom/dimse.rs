@@ -85,9 +85,13 @@ impl Command {
             if group != 0 {
                 return Err(CommandError::WrongGroup(tag));
             }
-            let len = u32::from_le_bytes(bytes[pos + 4..pos + 8].try_into().expect("4 bytes")) as usize;
+            let len =
+                u32::from_le_bytes(bytes[pos + 4..pos + 8].try_into().expect("4 bytes")) as usize;
             let start = pos + 8;
-            let end = start.checked_add(len).filter(|&e| e <= bytes.len()).ok_or(CommandError::Truncated(pos))?;
+            let end = start
+                .checked_add(len)
+                .filter(|&e| e <= bytes.len())
+                .ok_or(CommandError::Truncated(pos))?;
             elements.insert(tag, bytes[start..end].to_vec());
             pos = end;
         }
@@ -103,7 +107,9 @@ impl Command {
     }
 
     fn text_of(&self, tag: u32) -> Option<String> {
-        self.elements.get(&tag).map(|v| super::part10::trim_value(v))
+        self.elements
+            .get(&tag)
+            .map(|v| super::part10::trim_value(v))
     }
 
     pub fn command_field(&self) -> Result<u16, CommandError> {
@@ -116,7 +122,10 @@ impl Command {
 
     /// Whether a data set follows the command.
     pub fn has_data_set(&self) -> Result<bool, CommandError> {
-        Ok(self.u16_of(tag::COMMAND_DATA_SET_TYPE, "CommandDataSetType (0000,0800)")? != NO_DATA_SET)
+        Ok(
+            self.u16_of(tag::COMMAND_DATA_SET_TYPE, "CommandDataSetType (0000,0800)")?
+                != NO_DATA_SET,
+        )
     }
 
     pub fn affected_sop_class_uid(&self) -> Option<String> {
@@ -219,9 +228,15 @@ mod tests {
 
     #[test]
     fn malformed_commands_are_errors() {
-        assert!(matches!(Command::decode(&[1, 2, 3]), Err(CommandError::Truncated(0))));
+        assert!(matches!(
+            Command::decode(&[1, 2, 3]),
+            Err(CommandError::Truncated(0))
+        ));
         assert!(Command::decode(&[0, 0, 0, 1, 0xFF, 0xFF, 0xFF, 0xFF]).is_err());
-        assert!(matches!(Command::decode(&[8, 0, 0, 1, 0, 0, 0, 0]), Err(CommandError::WrongGroup(_))));
+        assert!(matches!(
+            Command::decode(&[8, 0, 0, 1, 0, 0, 0, 0]),
+            Err(CommandError::WrongGroup(_))
+        ));
         let empty = Command::decode(&[]).unwrap();
         assert!(empty.command_field().is_err());
     }
@@ -232,10 +247,16 @@ mod tests {
         let bytes = ResponseBuilder::new(field::C_ECHO_RQ, 3, status::SUCCESS)
             .uid(tag::AFFECTED_SOP_CLASS_UID, "1.2.840.10008.1.1")
             .encode();
-        let obj =
-            dicom_object::InMemDicomObject::read_dataset_with_ts(&bytes[..], &IMPLICIT_VR_LITTLE_ENDIAN.erased())
-                .unwrap();
-        let field = obj.element(dicom_dictionary_std::tags::COMMAND_FIELD).unwrap().to_int::<u16>().unwrap();
+        let obj = dicom_object::InMemDicomObject::read_dataset_with_ts(
+            &bytes[..],
+            &IMPLICIT_VR_LITTLE_ENDIAN.erased(),
+        )
+        .unwrap();
+        let field = obj
+            .element(dicom_dictionary_std::tags::COMMAND_FIELD)
+            .unwrap()
+            .to_int::<u16>()
+            .unwrap();
         assert_eq!(field, field::C_ECHO_RSP);
     }
 }

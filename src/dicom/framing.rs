@@ -110,7 +110,9 @@ impl<R: Read + Seek> Walker<'_, R> {
         loop {
             match end {
                 Some(e) if self.pos == e => return Ok(()),
-                Some(e) if self.pos > e => return Err(format!("item overruns its length at byte {}", self.pos)),
+                Some(e) if self.pos > e => {
+                    return Err(format!("item overruns its length at byte {}", self.pos))
+                }
                 None if self.pos == self.len => return Ok(()),
                 _ => {}
             }
@@ -129,7 +131,19 @@ impl<R: Read + Seek> Walker<'_, R> {
                     let vr = self.bytes::<2>()?;
                     let long = matches!(
                         &vr,
-                        b"OB" | b"OD" | b"OF" | b"OL" | b"OV" | b"OW" | b"SQ" | b"SV" | b"UC" | b"UN" | b"UR" | b"UT" | b"UV"
+                        b"OB"
+                            | b"OD"
+                            | b"OF"
+                            | b"OL"
+                            | b"OV"
+                            | b"OW"
+                            | b"SQ"
+                            | b"SV"
+                            | b"UC"
+                            | b"UN"
+                            | b"UR"
+                            | b"UT"
+                            | b"UV"
                     );
                     let len = if long {
                         self.bytes::<2>()?;
@@ -160,7 +174,9 @@ impl<R: Read + Seek> Walker<'_, R> {
                 continue;
             }
             match vr {
-                Some(v) if (v == *b"OB" || v == *b"OW") && tag == 0x7FE0_0010 => self.fragments()?,
+                Some(v) if (v == *b"OB" || v == *b"OW") && tag == 0x7FE0_0010 => {
+                    self.fragments()?
+                }
                 // UN of undefined length: a sequence encoded in implicit VR LE (PS3.5 6.2.2)
                 Some(v) if v == *b"UN" => {
                     let outer = std::mem::replace(&mut self.enc, Encoding::ImplicitLittle);
@@ -193,7 +209,12 @@ impl<R: Read + Seek> Walker<'_, R> {
                     }
                     self.elements(Some(stop), depth)?
                 }
-                other => return Err(format!("expected an item, found ({other:08X}) at byte {}", self.pos)),
+                other => {
+                    return Err(format!(
+                        "expected an item, found ({other:08X}) at byte {}",
+                        self.pos
+                    ))
+                }
             }
         }
     }
@@ -205,7 +226,12 @@ impl<R: Read + Seek> Walker<'_, R> {
             match tag {
                 SEQUENCE_END => return Ok(()),
                 ITEM if len != UNDEFINED => self.skip(len)?,
-                other => return Err(format!("bad pixel data fragment ({other:08X}) at byte {}", self.pos)),
+                other => {
+                    return Err(format!(
+                        "bad pixel data fragment ({other:08X}) at byte {}",
+                        self.pos
+                    ))
+                }
             }
         }
     }
@@ -219,8 +245,12 @@ pub fn walk_dataset<R: Read + Seek>(
     enc: Encoding,
     wanted: &[u32],
 ) -> Result<BTreeMap<u32, Vec<u8>>, String> {
-    let len = reader.seek(std::io::SeekFrom::End(0)).map_err(|e| e.to_string())?;
-    reader.seek(std::io::SeekFrom::Start(start)).map_err(|e| e.to_string())?;
+    let len = reader
+        .seek(std::io::SeekFrom::End(0))
+        .map_err(|e| e.to_string())?;
+    reader
+        .seek(std::io::SeekFrom::Start(start))
+        .map_err(|e| e.to_string())?;
     let mut w = Walker {
         r: BufReader::with_capacity(16 * 1024, reader),
         pos: start,
@@ -262,19 +292,26 @@ mod tests {
     fn accepts_well_framed_and_refuses_truncation() {
         let mut ds = el(0x0008_0018, b"UI", b"1.2.3\0");
         // undefined-length sequence with one undefined-length item
-        ds.extend_from_slice(&[0x08, 0x00, 0x15, 0x11, b'S', b'Q', 0, 0, 0xFF, 0xFF, 0xFF, 0xFF]);
+        ds.extend_from_slice(&[
+            0x08, 0x00, 0x15, 0x11, b'S', b'Q', 0, 0, 0xFF, 0xFF, 0xFF, 0xFF,
+        ]);
         ds.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0, 0xFF, 0xFF, 0xFF, 0xFF]);
         ds.extend(el(0x0008_1150, b"UI", b"1.2\0"));
         ds.extend_from_slice(&[0xFE, 0xFF, 0x0D, 0xE0, 0, 0, 0, 0]);
         ds.extend_from_slice(&[0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0]);
         // encapsulated pixel data: empty offset table + one fragment
-        ds.extend_from_slice(&[0xE0, 0x7F, 0x10, 0x00, b'O', b'B', 0, 0, 0xFF, 0xFF, 0xFF, 0xFF]);
+        ds.extend_from_slice(&[
+            0xE0, 0x7F, 0x10, 0x00, b'O', b'B', 0, 0, 0xFF, 0xFF, 0xFF, 0xFF,
+        ]);
         ds.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0, 0, 0, 0, 0]);
         ds.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0, 4, 0, 0, 0, 1, 2, 3, 4]);
         ds.extend_from_slice(&[0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0]);
         check_framing(Cursor::new(&ds), 0, Encoding::ExplicitLittle).unwrap();
         for cut in [1, 7, 20, ds.len() - 5, ds.len() - 1] {
-            assert!(check_framing(Cursor::new(&ds[..cut]), 0, Encoding::ExplicitLittle).is_err(), "cut at {cut}");
+            assert!(
+                check_framing(Cursor::new(&ds[..cut]), 0, Encoding::ExplicitLittle).is_err(),
+                "cut at {cut}"
+            );
         }
         let native = el(0x7FE0_0010, b"OW", &[0u8; 64]);
         check_framing(Cursor::new(&native), 0, Encoding::ExplicitLittle).unwrap();
@@ -291,7 +328,11 @@ mod tests {
                     (x >> 16) as u8
                 })
                 .collect();
-            for enc in [Encoding::ExplicitLittle, Encoding::ImplicitLittle, Encoding::ExplicitBig] {
+            for enc in [
+                Encoding::ExplicitLittle,
+                Encoding::ImplicitLittle,
+                Encoding::ExplicitBig,
+            ] {
                 let _ = check_framing(Cursor::new(&bytes), 0, enc);
             }
         }

@@ -89,19 +89,25 @@ pub fn read_header_blocking(path: &Path) -> Result<InstanceAttrs, HeaderError> {
     let mut head = vec![0u8; 16 * 1024];
     let mut filled = 0;
     while filled < head.len() {
-        match file.read(&mut head[filled..]).map_err(|e| HeaderError::Io(e.to_string()))? {
+        match file
+            .read(&mut head[filled..])
+            .map_err(|e| HeaderError::Io(e.to_string()))?
+        {
             0 => break,
             n => filled += n,
         }
     }
-    let meta = read_foreign_meta(&head[..filled]).map_err(|e| HeaderError::Malformed(e.to_string()))?;
-    let values: BTreeMap<u32, Vec<u8>> = match Encoding::of_transfer_syntax(&meta.transfer_syntax_uid) {
-        Some(encoding) => {
-            let wanted: Vec<u32> = WANTED.iter().map(|t| key(*t)).collect();
-            walk_dataset(file, meta.dataset_offset as u64, encoding, &wanted).map_err(HeaderError::Malformed)?
-        }
-        None => values_via_dicom_rs(path)?,
-    };
+    let meta =
+        read_foreign_meta(&head[..filled]).map_err(|e| HeaderError::Malformed(e.to_string()))?;
+    let values: BTreeMap<u32, Vec<u8>> =
+        match Encoding::of_transfer_syntax(&meta.transfer_syntax_uid) {
+            Some(encoding) => {
+                let wanted: Vec<u32> = WANTED.iter().map(|t| key(*t)).collect();
+                walk_dataset(file, meta.dataset_offset as u64, encoding, &wanted)
+                    .map_err(HeaderError::Malformed)?
+            }
+            None => values_via_dicom_rs(path)?,
+        };
     attrs_of(&values, meta.transfer_syntax_uid)
 }
 
@@ -122,7 +128,9 @@ fn values_via_dicom_rs(path: &Path) -> Result<BTreeMap<u32, Vec<u8>>, HeaderErro
 }
 
 fn decode_text(bytes: &[u8], charset: &str) -> String {
-    let text = if charset.contains("ISO_IR 192") || charset.is_empty() && std::str::from_utf8(bytes).is_ok() {
+    let text = if charset.contains("ISO_IR 192")
+        || charset.is_empty() && std::str::from_utf8(bytes).is_ok()
+    {
         String::from_utf8_lossy(bytes).into_owned()
     } else if charset.is_empty() || charset.contains("ISO_IR 100") || charset.contains("ISO_IR 6") {
         bytes.iter().map(|&b| b as char).collect()
@@ -132,12 +140,20 @@ fn decode_text(bytes: &[u8], charset: &str) -> String {
     text.trim_matches(['\0', ' ']).to_string()
 }
 
-fn attrs_of(values: &BTreeMap<u32, Vec<u8>>, transfer_syntax_uid: String) -> Result<InstanceAttrs, HeaderError> {
+fn attrs_of(
+    values: &BTreeMap<u32, Vec<u8>>,
+    transfer_syntax_uid: String,
+) -> Result<InstanceAttrs, HeaderError> {
     let charset = values
         .get(&key(tags::SPECIFIC_CHARACTER_SET))
         .map(|v| String::from_utf8_lossy(v).into_owned())
         .unwrap_or_default();
-    let text = |tag: Tag| values.get(&key(tag)).map(|v| decode_text(v, &charset)).unwrap_or_default();
+    let text = |tag: Tag| {
+        values
+            .get(&key(tag))
+            .map(|v| decode_text(v, &charset))
+            .unwrap_or_default()
+    };
     let uid = |tag: Tag, what: &'static str| -> Result<String, HeaderError> {
         let value = text(tag);
         if value.is_empty() {
@@ -178,7 +194,10 @@ mod tests {
     #[test]
     fn text_decoding_by_charset() {
         assert_eq!(decode_text(b"DOE^JOHN ", ""), "DOE^JOHN");
-        assert_eq!(decode_text(&[0x4D, 0xFC, 0x6C, 0x6C, 0x65, 0x72], "ISO_IR 100"), "Müller");
+        assert_eq!(
+            decode_text(&[0x4D, 0xFC, 0x6C, 0x6C, 0x65, 0x72], "ISO_IR 100"),
+            "Müller"
+        );
         assert_eq!(decode_text("Müller".as_bytes(), "ISO_IR 192"), "Müller");
         assert_eq!(decode_text(b"1.2.3\0", ""), "1.2.3");
     }

@@ -33,14 +33,23 @@ pub const IMPLEMENTATION_CLASS_UID: &str = "2.25.3058280140421253291524403860031
 pub const IMPLEMENTATION_VERSION_NAME: &str = "STRATA_1";
 
 /// The preamble, magic and meta group for an object (everything before the dataset).
-pub fn object_prefix(sop_class_uid: &str, sop_instance_uid: &str, transfer_syntax_uid: &str) -> Vec<u8> {
+pub fn object_prefix(
+    sop_class_uid: &str,
+    sop_instance_uid: &str,
+    transfer_syntax_uid: &str,
+) -> Vec<u8> {
     let mut meta = Vec::with_capacity(256);
     put_element(&mut meta, 0x0001, b"OB", &[0x00, 0x01]);
     put_element(&mut meta, 0x0002, b"UI", &pad_uid(sop_class_uid));
     put_element(&mut meta, 0x0003, b"UI", &pad_uid(sop_instance_uid));
     put_element(&mut meta, 0x0010, b"UI", &pad_uid(transfer_syntax_uid));
     put_element(&mut meta, 0x0012, b"UI", &pad_uid(IMPLEMENTATION_CLASS_UID));
-    put_element(&mut meta, 0x0013, b"SH", IMPLEMENTATION_VERSION_NAME.as_bytes());
+    put_element(
+        &mut meta,
+        0x0013,
+        b"SH",
+        IMPLEMENTATION_VERSION_NAME.as_bytes(),
+    );
 
     let mut out = Vec::with_capacity(132 + 12 + meta.len());
     out.extend_from_slice(&[0u8; 128]);
@@ -74,7 +83,19 @@ fn put_element(out: &mut Vec<u8>, element: u16, vr: &[u8; 2], value: &[u8]) {
 fn long_length_vr(vr: &[u8; 2]) -> bool {
     matches!(
         vr,
-        b"OB" | b"OD" | b"OF" | b"OL" | b"OV" | b"OW" | b"SQ" | b"SV" | b"UC" | b"UN" | b"UR" | b"UT" | b"UV"
+        b"OB"
+            | b"OD"
+            | b"OF"
+            | b"OL"
+            | b"OV"
+            | b"OW"
+            | b"SQ"
+            | b"SV"
+            | b"UC"
+            | b"UN"
+            | b"UR"
+            | b"UT"
+            | b"UV"
     )
 }
 
@@ -98,7 +119,9 @@ pub enum MetaError {
 impl fmt::Display for MetaError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            MetaError::NotPart10 => f.write_str("not a DICOM Part-10 file (no \"DICM\" after a 128-byte preamble)"),
+            MetaError::NotPart10 => {
+                f.write_str("not a DICOM Part-10 file (no \"DICM\" after a 128-byte preamble)")
+            }
             MetaError::Truncated => f.write_str("file meta group is truncated"),
             MetaError::Missing(what) => write!(f, "file meta group lacks {what}"),
             MetaError::BadValue(what) => write!(f, "file meta group has an invalid {what}"),
@@ -133,9 +156,15 @@ pub fn read_foreign_meta(head: &[u8]) -> Result<ForeignMeta, MetaError> {
             if pos + 12 > head.len() {
                 return Err(MetaError::Truncated);
             }
-            (u32::from_le_bytes(head[pos + 8..pos + 12].try_into().expect("4 bytes")) as usize, 12)
+            (
+                u32::from_le_bytes(head[pos + 8..pos + 12].try_into().expect("4 bytes")) as usize,
+                12,
+            )
         } else {
-            (u16::from_le_bytes([head[pos + 6], head[pos + 7]]) as usize, 8)
+            (
+                u16::from_le_bytes([head[pos + 6], head[pos + 7]]) as usize,
+                8,
+            )
         };
         let start = pos + header;
         let end = start.checked_add(len).ok_or(MetaError::Truncated)?;
@@ -189,8 +218,16 @@ mod tests {
 
     #[test]
     fn prefix_is_deterministic_and_reads_back() {
-        let a = object_prefix("1.2.840.10008.5.1.4.1.1.2", "1.2.3.4.5", "1.2.840.10008.1.2.1");
-        let b = object_prefix("1.2.840.10008.5.1.4.1.1.2", "1.2.3.4.5", "1.2.840.10008.1.2.1");
+        let a = object_prefix(
+            "1.2.840.10008.5.1.4.1.1.2",
+            "1.2.3.4.5",
+            "1.2.840.10008.1.2.1",
+        );
+        let b = object_prefix(
+            "1.2.840.10008.5.1.4.1.1.2",
+            "1.2.3.4.5",
+            "1.2.840.10008.1.2.1",
+        );
         assert_eq!(a, b);
         let meta = read_foreign_meta(&a).unwrap();
         assert_eq!(meta.sop_class_uid, "1.2.840.10008.5.1.4.1.1.2");
@@ -211,7 +248,10 @@ mod tests {
         let obj = dicom_object::from_reader(&bytes[128..]).unwrap();
         assert_eq!(obj.meta().media_storage_sop_instance_uid(), "1.2.3");
         assert_eq!(obj.meta().transfer_syntax(), "1.2.840.10008.1.2");
-        assert_eq!(obj.meta().implementation_version_name.as_deref(), Some(IMPLEMENTATION_VERSION_NAME));
+        assert_eq!(
+            obj.meta().implementation_version_name.as_deref(),
+            Some(IMPLEMENTATION_VERSION_NAME)
+        );
     }
 
     #[test]

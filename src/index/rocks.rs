@@ -15,10 +15,12 @@
 
 use super::records::{decode, encode};
 use super::{
-    CommitOutcome, Index, IndexError, InstanceEntry, InstanceRecord, NewObject, ObjectRecord, PatientRecord,
-    SecondaryKey, SeriesRecord, StudyRecord, Tier, VersionRef,
+    CommitOutcome, Index, IndexError, InstanceEntry, InstanceRecord, NewObject, ObjectRecord,
+    PatientRecord, SecondaryKey, SeriesRecord, StudyRecord, Tier, VersionRef,
 };
-use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
+use rocksdb::{
+    ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB,
+};
 use serde::{de::DeserializeOwned, Serialize};
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -52,6 +54,9 @@ const ALL_CFS: [&str; 11] = [
     CF_IDX_ACCESSION,
 ];
 
+/// Called with each `(key, value)` of a scan; returns whether to go on.
+type EntryVisitor<'a> = dyn FnMut(&[u8], &[u8]) -> Result<bool, IndexError> + 'a;
+
 pub struct RocksIndex {
     db: DB,
     secondary: bool,
@@ -79,7 +84,9 @@ fn key3(a: &str, b: &str, c: &str) -> Vec<u8> {
 }
 
 fn split_key(key: &[u8]) -> Vec<String> {
-    key.split(|&b| b == 0).map(|p| String::from_utf8_lossy(p).into_owned()).collect()
+    key.split(|&b| b == 0)
+        .map(|p| String::from_utf8_lossy(p).into_owned())
+        .collect()
 }
 
 fn now_ms() -> u64 {
@@ -103,7 +110,9 @@ impl RocksIndex {
     /// second writer fail; the archive lock above it gives the friendlier message.
     pub fn open_primary(path: &Path) -> Result<Self, IndexError> {
         let opts = Self::options();
-        let cfs = ALL_CFS.iter().map(|n| ColumnFamilyDescriptor::new(*n, Options::default()));
+        let cfs = ALL_CFS
+            .iter()
+            .map(|n| ColumnFamilyDescriptor::new(*n, Options::default()));
         let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(|e| {
             if e.to_string().contains("lock") {
                 IndexError::Locked {
@@ -134,7 +143,9 @@ impl RocksIndex {
         let dir = tempfile::Builder::new()
             .prefix("strata-secondary-")
             .tempdir()
-            .map_err(|e| IndexError::Storage(format!("cannot create a secondary directory: {e}")))?;
+            .map_err(|e| {
+                IndexError::Storage(format!("cannot create a secondary directory: {e}"))
+            })?;
         let mut opts = Self::options();
         opts.set_max_open_files(-1);
         let db = DB::open_cf_as_secondary(&opts, path, dir.path(), ALL_CFS).map_err(storage)?;
@@ -176,10 +187,16 @@ impl RocksIndex {
     }
 
     fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
-        self.db.cf_handle(name).expect("column families are fixed at open")
+        self.db
+            .cf_handle(name)
+            .expect("column families are fixed at open")
     }
 
-    fn get<T: DeserializeOwned>(&self, cf: &'static str, key: &[u8]) -> Result<Option<T>, IndexError> {
+    fn get<T: DeserializeOwned>(
+        &self,
+        cf: &'static str,
+        key: &[u8],
+    ) -> Result<Option<T>, IndexError> {
         match self.db.get_pinned_cf(self.cf(cf), key).map_err(storage)? {
             None => Ok(None),
             Some(v) => decode(&v).map(Some).map_err(|reason| IndexError::Corrupt {
@@ -195,7 +212,7 @@ impl RocksIndex {
         &self,
         cf: &'static str,
         prefix: &[u8],
-        visit: &mut dyn FnMut(&[u8], &[u8]) -> Result<bool, IndexError>,
+        visit: &mut EntryVisitor<'_>,
     ) -> Result<(), IndexError> {
         let iter = self
             .db
@@ -239,7 +256,11 @@ struct PendingWrites<'a> {
 }
 
 impl<'a> PendingWrites<'a> {
-    fn get<T: DeserializeOwned>(&self, cf: &'static str, key: &[u8]) -> Result<Option<T>, IndexError> {
+    fn get<T: DeserializeOwned>(
+        &self,
+        cf: &'static str,
+        key: &[u8],
+    ) -> Result<Option<T>, IndexError> {
         match self.values.get(&(cf, key.to_vec())) {
             Some(v) => decode(v).map(Some).map_err(|reason| IndexError::Corrupt {
                 cf,
@@ -284,7 +305,9 @@ impl Index for RocksIndex {
         }
         let mut wo = WriteOptions::default();
         wo.set_sync(true);
-        self.db.write_opt(pending.into_batch(), &wo).map_err(storage)?;
+        self.db
+            .write_opt(pending.into_batch(), &wo)
+            .map_err(storage)?;
         Ok(outcomes)
     }
 
@@ -300,7 +323,10 @@ impl Index for RocksIndex {
         self.get(CF_OBJECTS, id.as_bytes())
     }
 
-    fn for_each_object(&self, visit: &mut dyn FnMut(ObjectId, ObjectRecord) -> bool) -> Result<(), IndexError> {
+    fn for_each_object(
+        &self,
+        visit: &mut dyn FnMut(ObjectId, ObjectRecord) -> bool,
+    ) -> Result<(), IndexError> {
         self.scan_prefix(CF_OBJECTS, b"", &mut |k, v| {
             let id = ObjectId::from_slice(k).ok_or_else(|| IndexError::Corrupt {
                 cf: CF_OBJECTS,
@@ -355,15 +381,25 @@ impl Index for RocksIndex {
     }
 
     fn series(&self, series_uid: &str) -> Result<Option<(String, SeriesRecord)>, IndexError> {
-        let Some(study) = self.db.get_cf(self.cf(CF_SERIES_INDEX), series_uid).map_err(storage)? else {
+        let Some(study) = self
+            .db
+            .get_cf(self.cf(CF_SERIES_INDEX), series_uid)
+            .map_err(storage)?
+        else {
             return Ok(None);
         };
         let study = String::from_utf8_lossy(&study).into_owned();
-        Ok(self.get(CF_SERIES, &key2(&study, series_uid))?.map(|r| (study, r)))
+        Ok(self
+            .get(CF_SERIES, &key2(&study, series_uid))?
+            .map(|r| (study, r)))
     }
 
     fn instance(&self, sop_instance_uid: &str) -> Result<Option<InstanceEntry>, IndexError> {
-        let Some(place) = self.db.get_cf(self.cf(CF_SOP_INDEX), sop_instance_uid).map_err(storage)? else {
+        let Some(place) = self
+            .db
+            .get_cf(self.cf(CF_SOP_INDEX), sop_instance_uid)
+            .map_err(storage)?
+        else {
             return Ok(None);
         };
         let parts = split_key(&place);
@@ -411,7 +447,10 @@ impl Index for RocksIndex {
 
 /// Adds one new object to the pending writes: the object record, its instance (new or a
 /// new version), and the series, study and patient records with their counters.
-fn apply_new_object(p: &mut PendingWrites<'_>, obj: &NewObject) -> Result<CommitOutcome, IndexError> {
+fn apply_new_object(
+    p: &mut PendingWrites<'_>,
+    obj: &NewObject,
+) -> Result<CommitOutcome, IndexError> {
     let a = &obj.attrs;
     let version = VersionRef {
         id: obj.id.to_hex(),
@@ -464,7 +503,11 @@ fn apply_new_object(p: &mut PendingWrites<'_>, obj: &NewObject) -> Result<Commit
         ),
     };
     p.put(CF_INSTANCES, instance_key, &instance);
-    p.put_raw(CF_SOP_INDEX, a.sop_instance_uid.as_bytes().to_vec(), key2(&a.study_uid, &a.series_uid));
+    p.put_raw(
+        CF_SOP_INDEX,
+        a.sop_instance_uid.as_bytes().to_vec(),
+        key2(&a.study_uid, &a.series_uid),
+    );
     let new_instance = outcome == CommitOutcome::Stored;
 
     // series
@@ -487,7 +530,11 @@ fn apply_new_object(p: &mut PendingWrites<'_>, obj: &NewObject) -> Result<Commit
     series.instances += new_instance as u64;
     series.bytes += obj.size;
     p.put(CF_SERIES, series_key, &series);
-    p.put_raw(CF_SERIES_INDEX, a.series_uid.as_bytes().to_vec(), a.study_uid.as_bytes().to_vec());
+    p.put_raw(
+        CF_SERIES_INDEX,
+        a.series_uid.as_bytes().to_vec(),
+        a.study_uid.as_bytes().to_vec(),
+    );
 
     // study
     let mut new_study = false;
@@ -534,12 +581,14 @@ fn apply_new_object(p: &mut PendingWrites<'_>, obj: &NewObject) -> Result<Commit
     }
 
     // patient
-    let mut patient: PatientRecord = p.get(CF_PATIENTS, a.patient_id.as_bytes())?.unwrap_or(PatientRecord {
-        patient_name: a.patient_name.clone(),
-        patient_birth_date: a.patient_birth_date.clone(),
-        patient_sex: a.patient_sex.clone(),
-        studies: 0,
-    });
+    let mut patient: PatientRecord =
+        p.get(CF_PATIENTS, a.patient_id.as_bytes())?
+            .unwrap_or(PatientRecord {
+                patient_name: a.patient_name.clone(),
+                patient_birth_date: a.patient_birth_date.clone(),
+                patient_sex: a.patient_sex.clone(),
+                studies: 0,
+            });
     patient.studies += new_study as u64;
     p.put(CF_PATIENTS, a.patient_id.as_bytes().to_vec(), &patient);
     Ok(outcome)
@@ -588,9 +637,22 @@ mod tests {
         let b = object("1.1", "1.1.1", "1.1.1.2", b"b", 2);
         let a2 = object("1.1", "1.1.1", "1.1.1.1", b"a-changed", 3);
         let outcomes = index.commit(&[a.clone(), b, a.clone()]).unwrap();
-        assert_eq!(outcomes, vec![CommitOutcome::Stored, CommitOutcome::Stored, CommitOutcome::AlreadyPresent]);
-        assert_eq!(index.commit(&[a.clone()]).unwrap(), vec![CommitOutcome::AlreadyPresent]);
-        assert_eq!(index.commit(&[a2.clone()]).unwrap(), vec![CommitOutcome::NewVersion]);
+        assert_eq!(
+            outcomes,
+            vec![
+                CommitOutcome::Stored,
+                CommitOutcome::Stored,
+                CommitOutcome::AlreadyPresent
+            ]
+        );
+        assert_eq!(
+            index.commit(std::slice::from_ref(&a)).unwrap(),
+            vec![CommitOutcome::AlreadyPresent]
+        );
+        assert_eq!(
+            index.commit(std::slice::from_ref(&a2)).unwrap(),
+            vec![CommitOutcome::NewVersion]
+        );
 
         let study = index.study("1.1").unwrap().unwrap();
         assert_eq!((study.series, study.instances, study.objects), (1, 2, 3));
@@ -600,15 +662,27 @@ mod tests {
         assert_eq!(inst.record.current().unwrap().id, a2.id.to_hex());
         assert_eq!(index.instances_of_study("1.1").unwrap().len(), 2);
         assert_eq!(index.series("1.1.1").unwrap().unwrap().0, "1.1");
-        assert_eq!(index.studies_by(SecondaryKey::PatientId, "P1").unwrap(), vec!["1.1"]);
-        assert_eq!(index.studies_by(SecondaryKey::AccessionNumber, "ACC1").unwrap(), vec!["1.1"]);
-        assert!(index.studies_by(SecondaryKey::StudyDate, "2024").unwrap().is_empty());
+        assert_eq!(
+            index.studies_by(SecondaryKey::PatientId, "P1").unwrap(),
+            vec!["1.1"]
+        );
+        assert_eq!(
+            index
+                .studies_by(SecondaryKey::AccessionNumber, "ACC1")
+                .unwrap(),
+            vec!["1.1"]
+        );
+        assert!(index
+            .studies_by(SecondaryKey::StudyDate, "2024")
+            .unwrap()
+            .is_empty());
         let mut n = 0;
-        index.for_each_object(&mut |_, _| {
-            n += 1;
-            true
-        })
-        .unwrap();
+        index
+            .for_each_object(&mut |_, _| {
+                n += 1;
+                true
+            })
+            .unwrap();
         assert_eq!(n, 3);
     }
 
@@ -616,12 +690,19 @@ mod tests {
     fn secondary_sees_primary_writes_after_catch_up() {
         let dir = tempfile::tempdir().unwrap();
         let primary = RocksIndex::open_primary(dir.path()).unwrap();
-        primary.commit(&[object("2.1", "2.1.1", "2.1.1.1", b"x", 1)]).unwrap();
+        primary
+            .commit(&[object("2.1", "2.1.1", "2.1.1.1", b"x", 1)])
+            .unwrap();
         let secondary = RocksIndex::open_secondary(dir.path()).unwrap();
         assert!(secondary.study("2.1").unwrap().is_some());
-        primary.commit(&[object("2.2", "2.2.1", "2.2.1.1", b"y", 2)]).unwrap();
+        primary
+            .commit(&[object("2.2", "2.2.1", "2.2.1.1", b"y", 2)])
+            .unwrap();
         secondary.catch_up().unwrap();
         assert!(secondary.study("2.2").unwrap().is_some());
-        assert!(RocksIndex::open_primary(dir.path()).is_err(), "a second writer must be refused");
+        assert!(
+            RocksIndex::open_primary(dir.path()).is_err(),
+            "a second writer must be refused"
+        );
     }
 }

@@ -33,7 +33,11 @@ pub fn peer_script(name: &str) -> PathBuf {
 /// A DCMTK tool by full path (pynetdicom installs same-named scripts), with Nagle off.
 pub fn dcmtk(tool: &str) -> Command {
     let path = PathBuf::from("/usr/bin").join(tool);
-    assert!(path.exists(), "{} is missing: run scripts/install-peers.sh", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/install-peers.sh",
+        path.display()
+    );
     let mut cmd = Command::new(path);
     cmd.env("TCP_NODELAY", "1");
     cmd
@@ -46,7 +50,9 @@ pub fn python(script: &str) -> Command {
 }
 
 pub fn run(cmd: &mut Command) -> Output {
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     out
 }
 
@@ -63,14 +69,21 @@ pub fn run_ok(cmd: &mut Command) -> Output {
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A scratch directory under the cargo target dir (kept small; removed on drop).
 pub fn scratch(name: &str) -> tempfile::TempDir {
     let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
     std::fs::create_dir_all(&base).unwrap();
-    tempfile::Builder::new().prefix(&format!("{name}-")).tempdir_in(base).unwrap()
+    tempfile::Builder::new()
+        .prefix(&format!("{name}-"))
+        .tempdir_in(base)
+        .unwrap()
 }
 
 /// An archive directory with a config file; servers and CLI runs use it.
@@ -156,8 +169,12 @@ impl Archive {
 
     pub fn verify_json(&self) -> (bool, serde_json::Value) {
         let out = run(&mut self.strata(&["verify", "--json"]));
-        let report: serde_json::Value = serde_json::from_slice(&out.stdout)
-            .unwrap_or_else(|_| panic!("verify printed no JSON: {}", String::from_utf8_lossy(&out.stderr)));
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+            panic!(
+                "verify printed no JSON: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
         (out.status.success(), report)
     }
 
@@ -182,7 +199,10 @@ impl Server {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("strata serve did not become healthy; log:\n{}", self.log_text());
+        panic!(
+            "strata serve did not become healthy; log:\n{}",
+            self.log_text()
+        );
     }
 
     pub fn pid(&self) -> u32 {
@@ -194,7 +214,9 @@ impl Server {
     }
 
     pub fn metrics(&self) -> String {
-        http_get(self.http_port, "/metrics").expect("metrics answer").1
+        http_get(self.http_port, "/metrics")
+            .expect("metrics answer")
+            .1
     }
 
     /// Graceful stop (SIGTERM); asserts a clean exit.
@@ -202,7 +224,11 @@ impl Server {
         let mut child = self.child.take().unwrap();
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
         let status = child.wait().unwrap();
-        assert!(status.success(), "strata serve exited with {status}; log:\n{}", self.log_text());
+        assert!(
+            status.success(),
+            "strata serve exited with {status}; log:\n{}",
+            self.log_text()
+        );
     }
 
     /// Crash (SIGKILL).
@@ -215,7 +241,14 @@ impl Server {
     /// Whether the server answers a C-ECHO (via DCMTK echoscu).
     pub fn echo_ok(&self) -> bool {
         dcmtk("echoscu")
-            .args(["-aec", "STRATA", "-to", "5", "127.0.0.1", &self.dicom_port.to_string()])
+            .args([
+                "-aec",
+                "STRATA",
+                "-to",
+                "5",
+                "127.0.0.1",
+                &self.dicom_port.to_string(),
+            ])
             .output()
             .map(|o| o.status.success())
             .unwrap_or(false)
@@ -239,7 +272,10 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     let mut resp = String::new();
     s.read_to_string(&mut resp).ok()?;
     let code = resp.split_whitespace().nth(1)?.parse().ok()?;
-    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     Some((code, body))
 }
 
@@ -250,7 +286,12 @@ pub fn ct_study() -> &'static Path {
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("ct-study-200");
         if !dir.join(".complete").exists() {
             let _ = std::fs::remove_dir_all(&dir);
-            run_ok(python("gen_ct.py").arg("--out").arg(&dir).args(["--instances", "200", "--seed", "7"]));
+            run_ok(python("gen_ct.py").arg("--out").arg(&dir).args([
+                "--instances",
+                "200",
+                "--seed",
+                "7",
+            ]));
             std::fs::write(dir.join(".complete"), b"").unwrap();
         }
         dir
@@ -259,7 +300,10 @@ pub fn ct_study() -> &'static Path {
 
 /// Every `.dcm` file under `dir`, sorted.
 pub fn dcm_files(dir: &Path) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = walk(dir).into_iter().filter(|p| p.extension().is_some_and(|e| e == "dcm")).collect();
+    let mut files: Vec<PathBuf> = walk(dir)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "dcm"))
+        .collect();
     files.sort();
     files
 }
@@ -307,7 +351,12 @@ pub mod raw {
 
     pub type Assoc = dicom_ul::association::ClientAssociation<std::net::TcpStream>;
 
-    pub fn associate(port: u16, called: &str, abstract_syntax: &str, ts: &str) -> Result<Assoc, String> {
+    pub fn associate(
+        port: u16,
+        called: &str,
+        abstract_syntax: &str,
+        ts: &str,
+    ) -> Result<Assoc, String> {
         ClientAssociationOptions::new()
             .calling_ae_title("RAWSCU")
             .called_ae_title(called)
@@ -348,7 +397,12 @@ pub mod raw {
     }
 
     /// Sends a C-STORE with `dataset` as the data set bytes; returns the response status.
-    pub fn store(a: &mut Assoc, sop_class: &str, sop_instance: &str, dataset: &[u8]) -> Result<u16, String> {
+    pub fn store(
+        a: &mut Assoc,
+        sop_class: &str,
+        sop_instance: &str,
+        dataset: &[u8],
+    ) -> Result<u16, String> {
         let pc = a.presentation_contexts()[0].id;
         a.send(&Pdu::PData {
             data: vec![PDataValue {
@@ -359,7 +413,11 @@ pub mod raw {
             }],
         })
         .map_err(|e| e.to_string())?;
-        let chunks: Vec<&[u8]> = if dataset.is_empty() { vec![&[][..]] } else { dataset.chunks(16_000).collect() };
+        let chunks: Vec<&[u8]> = if dataset.is_empty() {
+            vec![&[][..]]
+        } else {
+            dataset.chunks(16_000).collect()
+        };
         let n = chunks.len();
         for (i, chunk) in chunks.into_iter().enumerate() {
             a.send(&Pdu::PData {

@@ -11,7 +11,10 @@ pub enum TierError {
     #[error("object {id} not found")]
     NotFound { id: ObjectId },
     #[error("bytes hash to {actual}, not to the requested id {expected}")]
-    HashMismatch { expected: ObjectId, actual: ObjectId },
+    HashMismatch {
+        expected: ObjectId,
+        actual: ObjectId,
+    },
     #[error("range {start}..{end} is outside object {id} of {size} bytes")]
     InvalidRange {
         id: ObjectId,
@@ -20,7 +23,11 @@ pub enum TierError {
         size: u64,
     },
     #[error("out of space: {free} bytes free at {path}, floor is {floor}")]
-    BelowFreeSpaceFloor { path: PathBuf, free: u64, floor: u64 },
+    BelowFreeSpaceFloor {
+        path: PathBuf,
+        free: u64,
+        floor: u64,
+    },
     #[error("failed to {action} {path}: {source}")]
     Io {
         action: &'static str,
@@ -31,7 +38,11 @@ pub enum TierError {
 }
 
 impl TierError {
-    pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    pub(crate) fn io(
+        action: &'static str,
+        path: impl Into<PathBuf>,
+        source: std::io::Error,
+    ) -> Self {
         TierError::Io {
             action,
             path: path.into(),

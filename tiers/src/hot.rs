@@ -26,7 +26,9 @@
 //! Every call here blocks; the `_blocking` suffix says so. Async callers go through the
 //! [`BlobStore`](crate::BlobStore) impl, which hops to the blocking pool.
 
-use crate::{check_content_address, check_range, BlobStore, ObjectId, ObjectMeta, PutOutcome, TierError};
+use crate::{
+    check_content_address, check_range, BlobStore, ObjectId, ObjectMeta, PutOutcome, TierError,
+};
 use bytes::Bytes;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -159,13 +161,24 @@ impl HotDisk {
 
     /// Free bytes available to us on the hot filesystem.
     pub fn free_bytes_blocking(&self) -> Result<u64, TierError> {
-        let path = std::ffi::CString::new(self.inner.root.as_os_str().as_encoded_bytes())
-            .map_err(|_| TierError::io("statvfs", &self.inner.root, std::io::ErrorKind::InvalidInput.into()))?;
+        let path = std::ffi::CString::new(self.inner.root.as_os_str().as_encoded_bytes()).map_err(
+            |_| {
+                TierError::io(
+                    "statvfs",
+                    &self.inner.root,
+                    std::io::ErrorKind::InvalidInput.into(),
+                )
+            },
+        )?;
         let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
         // SAFETY: `path` is a valid NUL-terminated string and `st` a valid out-pointer.
         let rc = unsafe { libc::statvfs(path.as_ptr(), &mut st) };
         if rc != 0 {
-            return Err(TierError::io("statvfs", &self.inner.root, std::io::Error::last_os_error()));
+            return Err(TierError::io(
+                "statvfs",
+                &self.inner.root,
+                std::io::Error::last_os_error(),
+            ));
         }
         Ok(st.f_bavail as u64 * st.f_frsize as u64)
     }
@@ -204,7 +217,10 @@ impl HotDisk {
     pub fn create_tmp_blocking(&self) -> Result<TmpObject, TierError> {
         self.check_free_space_blocking()?;
         let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-        let path = self.inner.tmp.join(format!("{}.{}.tmp", std::process::id(), n));
+        let path = self
+            .inner
+            .tmp
+            .join(format!("{}.{}.tmp", std::process::id(), n));
         let file = OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -242,7 +258,13 @@ impl HotDisk {
             let msg = e.to_string();
             return items
                 .into_iter()
-                .map(|_| Err(TierError::io("sync", &self.inner.root, std::io::Error::other(msg.clone()))))
+                .map(|_| {
+                    Err(TierError::io(
+                        "sync",
+                        &self.inner.root,
+                        std::io::Error::other(msg.clone()),
+                    ))
+                })
                 .collect();
         }
         // 2. renames
@@ -254,9 +276,15 @@ impl HotDisk {
                 results.push(Ok(PutOutcome::AlreadyPresent));
                 continue; // tmp removed on drop
             }
-            let parent = dest.parent().expect("fan-out path has a parent").to_path_buf();
+            let parent = dest
+                .parent()
+                .expect("fan-out path has a parent")
+                .to_path_buf();
             let result = create_fanout_dir(&self.inner.objects, &parent, &mut touched_dirs)
-                .and_then(|()| fs::rename(&tmp.path, &dest).map_err(|e| TierError::io("rename into place", &dest, e)));
+                .and_then(|()| {
+                    fs::rename(&tmp.path, &dest)
+                        .map_err(|e| TierError::io("rename into place", &dest, e))
+                });
             match result {
                 Ok(()) => {
                     tmp.armed = false;
@@ -280,18 +308,29 @@ impl HotDisk {
             let msg = e.to_string();
             return results
                 .into_iter()
-                .map(|r| r.and(Err(TierError::io("sync", &self.inner.root, std::io::Error::other(msg.clone())))))
+                .map(|r| {
+                    r.and(Err(TierError::io(
+                        "sync",
+                        &self.inner.root,
+                        std::io::Error::other(msg.clone()),
+                    )))
+                })
                 .collect();
         }
         results
     }
 
     fn syncfs_blocking(&self) -> Result<(), TierError> {
-        let dir = File::open(&self.inner.objects).map_err(|e| TierError::io("open", &self.inner.objects, e))?;
+        let dir = File::open(&self.inner.objects)
+            .map_err(|e| TierError::io("open", &self.inner.objects, e))?;
         // SAFETY: `dir` is an open file descriptor for the duration of the call.
         let rc = unsafe { libc::syncfs(dir.as_raw_fd()) };
         if rc != 0 {
-            return Err(TierError::io("syncfs", &self.inner.root, std::io::Error::last_os_error()));
+            return Err(TierError::io(
+                "syncfs",
+                &self.inner.root,
+                std::io::Error::last_os_error(),
+            ));
         }
         Ok(())
     }
@@ -332,7 +371,8 @@ impl HotDisk {
     pub fn list_blocking(&self) -> Result<(Vec<ObjectId>, Vec<PathBuf>), TierError> {
         let mut ids = Vec::new();
         let mut strays = Vec::new();
-        let read = |dir: &Path| fs::read_dir(dir).map_err(|e| TierError::io("read directory", dir, e));
+        let read =
+            |dir: &Path| fs::read_dir(dir).map_err(|e| TierError::io("read directory", dir, e));
         for l1 in read(&self.inner.objects)?.flatten() {
             if !l1.path().is_dir() {
                 strays.push(l1.path());
@@ -367,21 +407,33 @@ impl HotDisk {
             .expect("one result per item")
     }
 
-    fn get_range_blocking(&self, id: &ObjectId, range: Option<Range<u64>>) -> Result<Bytes, TierError> {
+    fn get_range_blocking(
+        &self,
+        id: &ObjectId,
+        range: Option<Range<u64>>,
+    ) -> Result<Bytes, TierError> {
         let mut file = self.open_object_blocking(id)?;
         let path = self.path_of(id);
-        let size = file.metadata().map_err(|e| TierError::io("stat", &path, e))?.len();
+        let size = file
+            .metadata()
+            .map_err(|e| TierError::io("stat", &path, e))?
+            .len();
         let range = range.unwrap_or(0..size);
         check_range(id, &range, size)?;
         file.seek(SeekFrom::Start(range.start))
             .map_err(|e| TierError::io("seek", &path, e))?;
         let mut buf = vec![0u8; (range.end - range.start) as usize];
-        file.read_exact(&mut buf).map_err(|e| TierError::io("read", &path, e))?;
+        file.read_exact(&mut buf)
+            .map_err(|e| TierError::io("read", &path, e))?;
         Ok(Bytes::from(buf))
     }
 }
 
-fn create_fanout_dir(objects: &Path, parent: &Path, touched: &mut Vec<PathBuf>) -> Result<(), TierError> {
+fn create_fanout_dir(
+    objects: &Path,
+    parent: &Path,
+    touched: &mut Vec<PathBuf>,
+) -> Result<(), TierError> {
     if parent.is_dir() {
         return Ok(());
     }
@@ -406,9 +458,13 @@ fn fsync_dir(dir: &Path) -> Result<(), TierError> {
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, TierError> + Send + 'static,
 ) -> Result<T, TierError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| TierError::io("join blocking task", PathBuf::new(), std::io::Error::other(e)))?
+    tokio::task::spawn_blocking(f).await.map_err(|e| {
+        TierError::io(
+            "join blocking task",
+            PathBuf::new(),
+            std::io::Error::other(e),
+        )
+    })?
 }
 
 #[async_trait::async_trait]
@@ -481,8 +537,19 @@ mod tests {
             tmp.write_all_blocking(payload).unwrap();
             items.push((tmp, ObjectId::of_bytes(payload)));
         }
-        let outcomes: Vec<_> = hot.persist_batch_blocking(items).into_iter().map(|r| r.unwrap()).collect();
-        assert_eq!(outcomes, vec![PutOutcome::Stored, PutOutcome::Stored, PutOutcome::AlreadyPresent]);
+        let outcomes: Vec<_> = hot
+            .persist_batch_blocking(items)
+            .into_iter()
+            .map(|r| r.unwrap())
+            .collect();
+        assert_eq!(
+            outcomes,
+            vec![
+                PutOutcome::Stored,
+                PutOutcome::Stored,
+                PutOutcome::AlreadyPresent
+            ]
+        );
         assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
         let (ids, strays) = hot.list_blocking().unwrap();
         assert_eq!(ids.len(), 2);

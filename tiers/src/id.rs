@@ -84,7 +84,10 @@ mod tests {
         assert_eq!(ObjectId::from_hex(&hex), Some(id));
         assert_eq!(ObjectId::from_hex(&hex.to_uppercase()), Some(id));
         let p = id.fanout_path();
-        assert_eq!(p, PathBuf::from(format!("{}/{}/{}", &hex[..2], &hex[2..4], hex)));
+        assert_eq!(
+            p,
+            PathBuf::from(format!("{}/{}/{}", &hex[..2], &hex[2..4], hex))
+        );
     }
 
     #[test]

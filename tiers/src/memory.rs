@@ -1,7 +1,9 @@
 //! `MemoryStore`: an in-memory [`BlobStore`], for tests and as the simplest reading of
 //! the contract.
 
-use crate::{check_content_address, check_range, BlobStore, ObjectId, ObjectMeta, PutOutcome, TierError};
+use crate::{
+    check_content_address, check_range, BlobStore, ObjectId, ObjectMeta, PutOutcome, TierError,
+};
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::ops::Range;
@@ -19,7 +21,10 @@ impl MemoryStore {
 
     fn lookup(&self, id: &ObjectId) -> Result<Bytes, TierError> {
         let objects = self.objects.lock().expect("memory store lock poisoned");
-        objects.get(id).cloned().ok_or(TierError::NotFound { id: *id })
+        objects
+            .get(id)
+            .cloned()
+            .ok_or(TierError::NotFound { id: *id })
     }
 }
 
@@ -51,12 +56,21 @@ impl BlobStore for MemoryStore {
     }
 
     async fn delete(&self, id: &ObjectId) -> Result<(), TierError> {
-        self.objects.lock().expect("memory store lock poisoned").remove(id);
+        self.objects
+            .lock()
+            .expect("memory store lock poisoned")
+            .remove(id);
         Ok(())
     }
 
     async fn list(&self) -> Result<Vec<ObjectId>, TierError> {
-        Ok(self.objects.lock().expect("memory store lock poisoned").keys().copied().collect())
+        Ok(self
+            .objects
+            .lock()
+            .expect("memory store lock poisoned")
+            .keys()
+            .copied()
+            .collect())
     }
 }
 
