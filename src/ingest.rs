@@ -6,10 +6,11 @@
 //! 2. [`Ingest::admit_blocking`] parses only the header of the tmp file (stopping before
 //!    pixel data), checks it against what the sender claimed, and hands the object to
 //!    the group committer.
-//! 3. The committer thread takes every object waiting, makes their files durable with one
-//!    filesystem sync, renames them into place, syncs the directory entries, then
-//!    indexes all of them in one synced RocksDB batch, and only then answers each caller.
-//!    Concurrent stores thus share syncs: that is the group commit.
+//! 3. The group committer takes every object waiting, makes their files durable (sync,
+//!    rename into place, sync the directory entries), then indexes them in one synced
+//!    RocksDB batch, and only then answers each caller. Concurrent stores thus share
+//!    syncs: that is the group commit. Its two stages (files, index) run on two threads
+//!    as a pipeline, so one group's index sync overlaps the next group's file sync.
 //!
 //! Only after the committer answers may the caller acknowledge (C-STORE-RSP success).
 //! A crash before that leaves a tmp file (swept at start-up) or a complete object that
@@ -28,7 +29,7 @@ use strata_tiers::hot::TmpObject;
 use strata_tiers::{HotDisk, ObjectId, TierError};
 
 /// Buffered bytes that trigger a write to the tmp file.
-pub const FLUSH_AT: usize = 1 << 20;
+pub const FLUSH_AT: usize = 256 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
@@ -75,7 +76,7 @@ pub struct Stored {
 struct CommitJob {
     tmp: TmpObject,
     object: NewObject,
-    reply: tokio::sync::oneshot::Sender<Result<CommitOutcome, IngestError>>,
+    reply: Reply,
 }
 
 /// The ingest pipeline of one archive. Cheap to clone.
@@ -157,6 +158,25 @@ impl Ingest {
         expected_sop_instance_uid: &str,
         provenance: Provenance,
     ) -> Result<Stored, IngestError> {
+        self.submit_blocking(
+            written,
+            expected_sop_class_uid,
+            expected_sop_instance_uid,
+            provenance,
+        )?
+        .wait_blocking()
+    }
+
+    /// Checks a fully written tmp object (one pass: framing and header values) against
+    /// what the sender claimed and hands it to the group committer. The returned
+    /// [`PendingCommit`] resolves once the object is durable and indexed.
+    pub fn submit_blocking(
+        &self,
+        written: WrittenObject,
+        expected_sop_class_uid: &str,
+        expected_sop_instance_uid: &str,
+        provenance: Provenance,
+    ) -> Result<PendingCommit, IngestError> {
         let attrs = read_header_blocking(written.tmp.path())
             .map_err(|e| IngestError::Unparseable(e.to_string()))?;
         if attrs.sop_instance_uid != expected_sop_instance_uid {
@@ -185,14 +205,14 @@ impl Ingest {
                 reply,
             })
             .map_err(|_| IngestError::Storage("the committer has stopped".into()))?;
-        let outcome = answer
-            .blocking_recv()
-            .map_err(|_| IngestError::Storage("the committer dropped the request".into()))??;
-        Ok(Stored {
-            id: written.id,
-            size: written.size,
-            outcome,
-            attrs,
+        Ok(PendingCommit {
+            answer,
+            stored: Stored {
+                id: written.id,
+                size: written.size,
+                outcome: CommitOutcome::Stored,
+                attrs,
+            },
         })
     }
 
@@ -256,6 +276,19 @@ impl Ingest {
     }
 }
 
+/// Objects made durable on disk, on their way to the index stage.
+struct DurableGroup {
+    objects: Vec<NewObject>,
+    replies: Vec<Reply>,
+}
+
+type Reply = tokio::sync::oneshot::Sender<Result<CommitOutcome, IngestError>>;
+
+/// The group committer: two threads in a pipeline. The files stage makes each group of
+/// waiting objects durable (one sync, renames, one sync) and passes it on; the index
+/// stage merges every durable group waiting into one synced RocksDB batch and answers.
+/// Per object the order is always files, then index, then answer; across objects the two
+/// syncs overlap, so throughput is bounded by the slower stage, not by their sum.
 fn run_committer(
     rx: mpsc::Receiver<CommitJob>,
     hot: HotDisk,
@@ -263,6 +296,14 @@ fn run_committer(
     max_batch: usize,
     metrics: Metrics,
 ) {
+    let (durable_tx, durable_rx) = mpsc::channel::<DurableGroup>();
+    let index_stage = {
+        let (index, metrics) = (index.clone(), metrics.clone());
+        std::thread::Builder::new()
+            .name("strata-indexer".into())
+            .spawn(move || run_index_stage(durable_rx, index.as_ref(), max_batch, &metrics))
+            .expect("spawn index stage thread")
+    };
     while let Ok(first) = rx.recv() {
         let mut jobs = vec![first];
         while jobs.len() < max_batch {
@@ -272,12 +313,23 @@ fn run_committer(
             }
         }
         metrics.commit_batch_size.observe(jobs.len() as f64);
-        commit_group(jobs, &hot, index.as_ref(), &metrics);
+        if let Some(group) = persist_group(jobs, &hot, index.as_ref(), &metrics) {
+            if durable_tx.send(group).is_err() {
+                break;
+            }
+        }
     }
+    drop(durable_tx);
+    let _ = index_stage.join();
 }
 
-/// Persist files (one sync), then index (one synced batch), then answer.
-fn commit_group(jobs: Vec<CommitJob>, hot: &HotDisk, index: &dyn Index, metrics: &Metrics) {
+/// Files stage: skip objects already indexed, make the rest durable under their ids.
+fn persist_group(
+    jobs: Vec<CommitJob>,
+    hot: &HotDisk,
+    index: &dyn Index,
+    metrics: &Metrics,
+) -> Option<DurableGroup> {
     let mut to_persist = Vec::with_capacity(jobs.len());
     let mut waiting = Vec::with_capacity(jobs.len());
     for job in jobs {
@@ -295,14 +347,24 @@ fn commit_group(jobs: Vec<CommitJob>, hot: &HotDisk, index: &dyn Index, metrics:
             }
         }
     }
+    if to_persist.is_empty() {
+        return None;
+    }
+    let started = std::time::Instant::now();
     let persisted = hot.persist_batch_blocking(to_persist);
-    let mut objects = Vec::with_capacity(waiting.len());
-    let mut replies = Vec::with_capacity(waiting.len());
+    metrics
+        .commit_seconds
+        .with_label_values(&["files"])
+        .observe(started.elapsed().as_secs_f64());
+    let mut group = DurableGroup {
+        objects: Vec::with_capacity(waiting.len()),
+        replies: Vec::with_capacity(waiting.len()),
+    };
     for ((object, reply), result) in waiting.into_iter().zip(persisted) {
         match result {
             Ok(_) => {
-                objects.push(object);
-                replies.push(reply);
+                group.objects.push(object);
+                group.replies.push(reply);
             }
             Err(e) => {
                 tracing::error!(id = %object.id, error = %e, "could not make an object durable");
@@ -310,30 +372,84 @@ fn commit_group(jobs: Vec<CommitJob>, hot: &HotDisk, index: &dyn Index, metrics:
             }
         }
     }
-    if objects.is_empty() {
-        return;
-    }
-    match index.commit(&objects) {
-        Ok(outcomes) => {
-            for ((object, reply), outcome) in objects.iter().zip(replies).zip(outcomes) {
-                if outcome == CommitOutcome::AlreadyPresent {
-                    metrics.duplicates.inc();
-                } else {
-                    metrics.instances_stored.inc();
-                    metrics.bytes_stored.inc_by(object.size);
+    (!group.objects.is_empty()).then_some(group)
+}
+
+/// Index stage: one synced batch for every durable group waiting, then the answers.
+fn run_index_stage(
+    rx: mpsc::Receiver<DurableGroup>,
+    index: &dyn Index,
+    max_batch: usize,
+    metrics: &Metrics,
+) {
+    while let Ok(mut group) = rx.recv() {
+        while group.objects.len() < max_batch * 4 {
+            match rx.try_recv() {
+                Ok(more) => {
+                    group.objects.extend(more.objects);
+                    group.replies.extend(more.replies);
                 }
-                let _ = reply.send(Ok(outcome));
+                Err(_) => break,
             }
         }
-        Err(e) => {
-            // The files are durable but unindexed: start-up recovery adopts them.
-            tracing::error!(error = %e, count = objects.len(), "index commit failed");
-            for reply in replies {
-                let _ = reply.send(Err(IngestError::Storage(format!(
-                    "index commit failed: {e}"
-                ))));
+        let started = std::time::Instant::now();
+        let committed = index.commit(&group.objects);
+        metrics
+            .commit_seconds
+            .with_label_values(&["index"])
+            .observe(started.elapsed().as_secs_f64());
+        match committed {
+            Ok(outcomes) => {
+                for ((object, reply), outcome) in
+                    group.objects.iter().zip(group.replies).zip(outcomes)
+                {
+                    if outcome == CommitOutcome::AlreadyPresent {
+                        metrics.duplicates.inc();
+                    } else {
+                        metrics.instances_stored.inc();
+                        metrics.bytes_stored.inc_by(object.size);
+                    }
+                    let _ = reply.send(Ok(outcome));
+                }
+            }
+            Err(e) => {
+                // The files are durable but unindexed: start-up recovery adopts them.
+                tracing::error!(error = %e, count = group.objects.len(), "index commit failed");
+                for reply in group.replies {
+                    let _ = reply.send(Err(IngestError::Storage(format!(
+                        "index commit failed: {e}"
+                    ))));
+                }
             }
         }
+    }
+}
+
+/// An object handed to the committer; resolves when it is durable and indexed.
+pub struct PendingCommit {
+    answer: tokio::sync::oneshot::Receiver<Result<CommitOutcome, IngestError>>,
+    stored: Stored,
+}
+
+impl PendingCommit {
+    fn finish(
+        stored: Stored,
+        answer: Result<Result<CommitOutcome, IngestError>, tokio::sync::oneshot::error::RecvError>,
+    ) -> Result<Stored, IngestError> {
+        let outcome = answer
+            .map_err(|_| IngestError::Storage("the committer dropped the request".into()))??;
+        Ok(Stored { outcome, ..stored })
+    }
+
+    /// Waits from async code, without holding a thread.
+    pub async fn wait(self) -> Result<Stored, IngestError> {
+        let answer = self.answer.await;
+        Self::finish(self.stored, answer)
+    }
+
+    pub fn wait_blocking(self) -> Result<Stored, IngestError> {
+        let answer = self.answer.blocking_recv();
+        Self::finish(self.stored, answer)
     }
 }
 
@@ -345,30 +461,32 @@ pub struct WrittenObject {
     pub size: u64,
 }
 
-/// Streams an object into a tmp file from async code: bytes are buffered up to
-/// [`FLUSH_AT`], then hashed and written on the blocking pool.
+/// Streams an object into a tmp file from async code: received chunks are kept as they
+/// came (no copy) until [`FLUSH_AT`] bytes are waiting, then hashed and written on the
+/// blocking pool.
 pub struct ObjectWriter {
     hot: HotDisk,
     tmp: Option<TmpObject>,
     hasher: Box<blake3::Hasher>,
-    buf: Vec<u8>,
+    chunks: Vec<Vec<u8>>,
+    buffered: usize,
 }
 
 impl ObjectWriter {
     fn new(hot: HotDisk, prefix: Vec<u8>) -> Self {
-        let mut buf = Vec::with_capacity(FLUSH_AT + 64 * 1024);
-        buf.extend_from_slice(&prefix);
         ObjectWriter {
             hot,
             tmp: None,
             hasher: Box::new(blake3::Hasher::new()),
-            buf,
+            buffered: prefix.len(),
+            chunks: vec![prefix],
         }
     }
 
-    pub async fn write(&mut self, data: &[u8]) -> Result<(), IngestError> {
-        self.buf.extend_from_slice(data);
-        if self.buf.len() >= FLUSH_AT {
+    pub async fn write(&mut self, data: Vec<u8>) -> Result<(), IngestError> {
+        self.buffered += data.len();
+        self.chunks.push(data);
+        if self.buffered >= FLUSH_AT {
             self.flush().await?;
         }
         Ok(())
@@ -378,23 +496,23 @@ impl ObjectWriter {
         let hot = self.hot.clone();
         let tmp = self.tmp.take();
         let mut hasher = std::mem::take(&mut self.hasher);
-        let buf = std::mem::take(&mut self.buf);
-        let (tmp, hasher, mut buf) =
-            tokio::task::spawn_blocking(move || -> Result<_, IngestError> {
-                let mut tmp = match tmp {
-                    Some(t) => t,
-                    None => hot.create_tmp_blocking()?,
-                };
-                hasher.update(&buf);
-                tmp.write_all_blocking(&buf)?;
-                Ok((tmp, hasher, buf))
-            })
-            .await
-            .map_err(|e| IngestError::Storage(format!("writer task failed: {e}")))??;
-        buf.clear();
+        let chunks = std::mem::take(&mut self.chunks);
+        self.buffered = 0;
+        let (tmp, hasher) = tokio::task::spawn_blocking(move || -> Result<_, IngestError> {
+            let mut tmp = match tmp {
+                Some(t) => t,
+                None => hot.create_tmp_blocking()?,
+            };
+            for chunk in &chunks {
+                hasher.update(chunk);
+                tmp.write_all_blocking(chunk)?;
+            }
+            Ok((tmp, hasher))
+        })
+        .await
+        .map_err(|e| IngestError::Storage(format!("writer task failed: {e}")))??;
         self.tmp = Some(tmp);
         self.hasher = hasher;
-        self.buf = buf;
         Ok(())
     }
 

@@ -1,7 +1,9 @@
 //! Every Prometheus metric of the service, in one place. Names carry the `strata_` prefix
 //! and their unit; label values come from fixed enums, never from network input.
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+};
 
 #[derive(Clone)]
 pub struct Metrics {
@@ -12,6 +14,7 @@ pub struct Metrics {
     pub rejections: IntCounterVec,
     pub store_seconds: Histogram,
     pub commit_batch_size: Histogram,
+    pub commit_seconds: HistogramVec,
     pub active_associations: IntGauge,
     pub associations_rejected: IntCounterVec,
     pub hot_free_bytes: IntGauge,
@@ -84,6 +87,17 @@ impl Metrics {
             .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]),
         )
         .expect("metric");
+        let commit_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "strata_commit_phase_seconds",
+                "Time per group commit phase: files (sync + rename) and index (synced batch)",
+            )
+            .buckets(vec![
+                0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5,
+            ]),
+            &["phase"],
+        )
+        .expect("metric");
         let active_associations = IntGauge::new(
             "strata_active_associations",
             "DICOM associations currently open",
@@ -109,6 +123,7 @@ impl Metrics {
             Box::new(rejections.clone()),
             Box::new(store_seconds.clone()),
             Box::new(commit_batch_size.clone()),
+            Box::new(commit_seconds.clone()),
             Box::new(active_associations.clone()),
             Box::new(associations_rejected.clone()),
             Box::new(hot_free_bytes.clone()),
@@ -123,6 +138,7 @@ impl Metrics {
             rejections,
             store_seconds,
             commit_batch_size,
+            commit_seconds,
             active_associations,
             associations_rejected,
             hot_free_bytes,

@@ -237,8 +237,9 @@ async fn run_messages(
                                     "data set received without a command".into(),
                                 ));
                             };
-                            feed_data(op, &pdv).await?;
-                            if pdv.is_last {
+                            let is_last = pdv.is_last;
+                            feed_data(op, pdv).await?;
+                            if is_last {
                                 let op = pending.take().expect("checked above");
                                 finish_message(ctx, assoc, op, peer, calling_ae).await?;
                             }
@@ -408,7 +409,7 @@ async fn respond_discarded(assoc: &mut Association, op: DiscardOp) -> Result<(),
     send_command(assoc, op.pc_id, rsp).await
 }
 
-async fn feed_data(op: &mut Pending, pdv: &PDataValue) -> Result<(), String> {
+async fn feed_data(op: &mut Pending, pdv: PDataValue) -> Result<(), String> {
     let (pc_id, store) = match op {
         Pending::Store(s) => (s.pc_id, Some(s)),
         Pending::Discard(d) => (d.pc_id, None),
@@ -418,7 +419,7 @@ async fn feed_data(op: &mut Pending, pdv: &PDataValue) -> Result<(), String> {
     }
     if let Some(store) = store {
         if let Some(writer) = store.writer.as_mut() {
-            if let Err(e) = writer.write(&pdv.data).await {
+            if let Err(e) = writer.write(pdv.data).await {
                 let reason = e.reason();
                 let status = status_for(&e);
                 store.writer = None; // drops the tmp file
