@@ -14,7 +14,7 @@
 //!
 //! Only after the committer answers may the caller acknowledge (C-STORE-RSP success).
 //! A crash before that leaves a tmp file (swept at start-up) or a complete object that
-//! the index lacks (adopted at start-up by [`crate::archive::recover_orphans_blocking`]).
+//! the index lacks (adopted at start-up by start-up recovery in [`crate::archive`]).
 
 use crate::dicom::header::{read_header_blocking, InstanceAttrs};
 use crate::dicom::part10::{object_prefix, read_foreign_meta};

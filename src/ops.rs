@@ -7,7 +7,7 @@ use crate::archive::{
 };
 use crate::config::Config;
 use crate::dicom::part10::is_valid_uid;
-use crate::index::{Index, InstanceEntry, ObjectRecord, RocksIndex};
+use crate::index::{Index, InstanceEntry, ObjectRecord, RocksIndex, StudyRecord};
 use crate::ingest::{Ingest, IngestError};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
@@ -33,12 +33,10 @@ pub struct StudySummary {
     pub bytes: u64,
 }
 
-pub fn list_studies(index: &dyn Index) -> Result<Vec<StudySummary>> {
-    Ok(index
-        .studies()?
-        .into_iter()
-        .map(|(uid, s)| StudySummary {
-            study_uid: uid,
+impl StudySummary {
+    fn new(study_uid: String, s: StudyRecord) -> Self {
+        StudySummary {
+            study_uid,
             patient_id: s.patient_id,
             patient_name: s.patient_name,
             study_date: s.study_date,
@@ -49,7 +47,15 @@ pub fn list_studies(index: &dyn Index) -> Result<Vec<StudySummary>> {
             instances: s.instances,
             objects: s.objects,
             bytes: s.bytes,
-        })
+        }
+    }
+}
+
+pub fn list_studies(index: &dyn Index) -> Result<Vec<StudySummary>> {
+    Ok(index
+        .studies()?
+        .into_iter()
+        .map(|(uid, s)| StudySummary::new(uid, s))
         .collect())
 }
 
@@ -172,19 +178,9 @@ fn natural(n: &str) -> (i64, String) {
 }
 
 fn list_study(index: &dyn Index, study_uid: &str) -> Result<Option<StudySummary>> {
-    Ok(index.study(study_uid)?.map(|s| StudySummary {
-        study_uid: study_uid.to_string(),
-        patient_id: s.patient_id,
-        patient_name: s.patient_name,
-        study_date: s.study_date,
-        accession_number: s.accession_number,
-        study_description: s.study_description,
-        modalities: s.modalities,
-        series: s.series,
-        instances: s.instances,
-        objects: s.objects,
-        bytes: s.bytes,
-    }))
+    Ok(index
+        .study(study_uid)?
+        .map(|s| StudySummary::new(study_uid.to_string(), s)))
 }
 
 #[derive(Debug, Serialize)]

@@ -129,22 +129,7 @@ impl<R: Read + Seek> Walker<'_, R> {
                 Encoding::ImplicitLittle => (None, self.u32()?),
                 _ => {
                     let vr = self.bytes::<2>()?;
-                    let long = matches!(
-                        &vr,
-                        b"OB"
-                            | b"OD"
-                            | b"OF"
-                            | b"OL"
-                            | b"OV"
-                            | b"OW"
-                            | b"SQ"
-                            | b"SV"
-                            | b"UC"
-                            | b"UN"
-                            | b"UR"
-                            | b"UT"
-                            | b"UV"
-                    );
+                    let long = super::part10::long_length_vr(&vr);
                     let len = if long {
                         self.bytes::<2>()?;
                         self.u32()?

@@ -80,7 +80,8 @@ fn put_element(out: &mut Vec<u8>, element: u16, vr: &[u8; 2], value: &[u8]) {
     out.extend_from_slice(value);
 }
 
-fn long_length_vr(vr: &[u8; 2]) -> bool {
+/// VRs whose explicit-VR length field is 4 bytes (after 2 reserved bytes), PS3.5 7.1.2.
+pub(crate) fn long_length_vr(vr: &[u8; 2]) -> bool {
     matches!(
         vr,
         b"OB"
