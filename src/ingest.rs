@@ -461,13 +461,16 @@ pub struct WrittenObject {
     pub size: u64,
 }
 
-/// Streams an object into a tmp file from async code: received chunks are kept as they
-/// came (no copy) until [`FLUSH_AT`] bytes are waiting, then hashed and written on the
-/// blocking pool.
+/// Streams an object into a tmp file from async code. Received chunks are kept as they
+/// came (no copy) until [`FLUSH_AT`] bytes are waiting; they are then hashed and written
+/// on the blocking pool *while the next chunks arrive* (double buffering: at most one
+/// write in flight, plus one chunk set filling).
 pub struct ObjectWriter {
     hot: HotDisk,
-    tmp: Option<TmpObject>,
-    hasher: Box<blake3::Hasher>,
+    /// The tmp file and hasher, when no write is in flight.
+    idle: Option<(Option<TmpObject>, Box<blake3::Hasher>)>,
+    in_flight:
+        Option<tokio::task::JoinHandle<Result<(TmpObject, Box<blake3::Hasher>), IngestError>>>,
     chunks: Vec<Vec<u8>>,
     buffered: usize,
 }
@@ -476,8 +479,8 @@ impl ObjectWriter {
     fn new(hot: HotDisk, prefix: Vec<u8>) -> Self {
         ObjectWriter {
             hot,
-            tmp: None,
-            hasher: Box::new(blake3::Hasher::new()),
+            idle: Some((None, Box::new(blake3::Hasher::new()))),
+            in_flight: None,
             buffered: prefix.len(),
             chunks: vec![prefix],
         }
@@ -492,13 +495,24 @@ impl ObjectWriter {
         Ok(())
     }
 
+    /// Waits for the write in flight, if any, and takes back the file and hasher.
+    async fn settle(&mut self) -> Result<(Option<TmpObject>, Box<blake3::Hasher>), IngestError> {
+        if let Some(task) = self.in_flight.take() {
+            let (tmp, hasher) = task
+                .await
+                .map_err(|e| IngestError::Storage(format!("writer task failed: {e}")))??;
+            return Ok((Some(tmp), hasher));
+        }
+        Ok(self.idle.take().expect("writer state is idle or in flight"))
+    }
+
+    /// Starts writing the buffered chunks; returns once the previous write is done.
     async fn flush(&mut self) -> Result<(), IngestError> {
+        let (tmp, mut hasher) = self.settle().await?;
         let hot = self.hot.clone();
-        let tmp = self.tmp.take();
-        let mut hasher = std::mem::take(&mut self.hasher);
         let chunks = std::mem::take(&mut self.chunks);
         self.buffered = 0;
-        let (tmp, hasher) = tokio::task::spawn_blocking(move || -> Result<_, IngestError> {
+        self.in_flight = Some(tokio::task::spawn_blocking(move || {
             let mut tmp = match tmp {
                 Some(t) => t,
                 None => hot.create_tmp_blocking()?,
@@ -508,21 +522,18 @@ impl ObjectWriter {
                 tmp.write_all_blocking(chunk)?;
             }
             Ok((tmp, hasher))
-        })
-        .await
-        .map_err(|e| IngestError::Storage(format!("writer task failed: {e}")))??;
-        self.tmp = Some(tmp);
-        self.hasher = hasher;
+        }));
         Ok(())
     }
 
     /// Writes what is buffered and returns the complete tmp object.
     pub async fn finish(mut self) -> Result<WrittenObject, IngestError> {
         self.flush().await?;
-        let tmp = self.tmp.take().expect("flush creates the tmp file");
+        let (tmp, hasher) = self.settle().await?;
+        let tmp = tmp.expect("flush creates the tmp file");
         let size = tmp.len();
         Ok(WrittenObject {
-            id: ObjectId::from_hash(self.hasher.finalize()),
+            id: ObjectId::from_hash(hasher.finalize()),
             size,
             tmp,
         })

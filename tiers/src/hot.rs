@@ -108,6 +108,15 @@ impl HotDisk {
         for dir in [&root, &objects, &tmp] {
             fs::create_dir_all(dir).map_err(|e| TierError::io("create directory", dir, e))?;
         }
+        // The 256 first-level fan-out directories exist from the start, so storing an
+        // object creates at most one directory (`ab/cd`) and syncs at most two.
+        if !objects.join("ff").is_dir() {
+            for i in 0..=255u8 {
+                let d = objects.join(format!("{i:02x}"));
+                fs::create_dir_all(&d).map_err(|e| TierError::io("create directory", &d, e))?;
+            }
+            fsync_dir(&objects)?;
+        }
         Ok(HotDisk {
             inner: Arc::new(Inner {
                 root,
@@ -296,13 +305,12 @@ impl HotDisk {
                 Err(e) => results.push(Err(e)),
             }
         }
-        // 3. directory entries
-        let dir_sync = if touched_dirs.is_empty() {
-            Ok(())
-        } else if touched_dirs.len() <= 2 {
-            touched_dirs.iter().try_for_each(|d| fsync_dir(d))
-        } else {
-            self.syncfs_blocking()
+        // 3. directory entries: one fsync when only the objects' own directory changed,
+        //    else one syncfs (a flush per directory would cost more than one for all)
+        let dir_sync = match touched_dirs.as_slice() {
+            [] => Ok(()),
+            [only] => fsync_dir(only),
+            _ => self.syncfs_blocking(),
         };
         if let Err(e) = dir_sync {
             let msg = e.to_string();
