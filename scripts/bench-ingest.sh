@@ -218,6 +218,11 @@ run_storescp() {
     local -a fork=()
     (( nassoc > 1 )) && fork=(--fork)
     fresh_dir "$dir"
+    # storescp binds without SO_REUSEADDR: wait out TIME_WAIT sockets of an earlier run
+    for _ in $(seq 1 90); do
+        ss -Htan "sport = :$STORESCP_PORT" 2>/dev/null | grep -q . || break
+        sleep 1
+    done
     "$STORESCP" "${fork[@]}" -aet STORESCP -od "$dir" +xa "$STORESCP_PORT" \
         </dev/null >"$BENCH_ROOT/logs/$tag.log" 2>&1 &
     pid=$!

@@ -465,12 +465,14 @@ pub struct WrittenObject {
 /// came (no copy) until [`FLUSH_AT`] bytes are waiting; they are then hashed and written
 /// on the blocking pool *while the next chunks arrive* (double buffering: at most one
 /// write in flight, plus one chunk set filling).
+/// The tmp file and the hasher of an object being written.
+type WriterState = (TmpObject, Box<blake3::Hasher>);
+
 pub struct ObjectWriter {
     hot: HotDisk,
     /// The tmp file and hasher, when no write is in flight.
     idle: Option<(Option<TmpObject>, Box<blake3::Hasher>)>,
-    in_flight:
-        Option<tokio::task::JoinHandle<Result<(TmpObject, Box<blake3::Hasher>), IngestError>>>,
+    in_flight: Option<tokio::task::JoinHandle<Result<WriterState, IngestError>>>,
     chunks: Vec<Vec<u8>>,
     buffered: usize,
 }
@@ -526,17 +528,44 @@ impl ObjectWriter {
         Ok(())
     }
 
-    /// Writes what is buffered and returns the complete tmp object.
-    pub async fn finish(mut self) -> Result<WrittenObject, IngestError> {
-        self.flush().await?;
-        let (tmp, hasher) = self.settle().await?;
-        let tmp = tmp.expect("flush creates the tmp file");
-        let size = tmp.len();
-        Ok(WrittenObject {
-            id: ObjectId::from_hash(hasher.finalize()),
-            size,
-            tmp,
+    /// Writes what is buffered, then — in the same blocking task — checks the object and
+    /// hands it to the group committer ([`Ingest::submit_blocking`]); resolves once it is
+    /// durable and indexed.
+    pub async fn finish_and_commit(
+        mut self,
+        ingest: &Ingest,
+        expected_sop_class_uid: String,
+        expected_sop_instance_uid: String,
+        provenance: Provenance,
+    ) -> Result<Stored, IngestError> {
+        let (tmp, mut hasher) = self.settle().await?;
+        let hot = self.hot.clone();
+        let chunks = std::mem::take(&mut self.chunks);
+        let ingest = ingest.clone();
+        let pending = tokio::task::spawn_blocking(move || {
+            let mut tmp = match tmp {
+                Some(t) => t,
+                None => hot.create_tmp_blocking()?,
+            };
+            for chunk in &chunks {
+                hasher.update(chunk);
+                tmp.write_all_blocking(chunk)?;
+            }
+            let written = WrittenObject {
+                id: ObjectId::from_hash(hasher.finalize()),
+                size: tmp.len(),
+                tmp,
+            };
+            ingest.submit_blocking(
+                written,
+                &expected_sop_class_uid,
+                &expected_sop_instance_uid,
+                provenance,
+            )
         })
+        .await
+        .map_err(|e| IngestError::Storage(format!("writer task failed: {e}")))??;
+        pending.wait().await
     }
 }
 

@@ -459,31 +459,25 @@ async fn finish_message(
                 RejectReason::InternalError,
                 "no writer".into(),
             )),
-            (None, Some(writer)) => match writer.finish().await {
-                Err(e) => Err((status_for(&e), e.reason(), e.to_string())),
-                Ok(written) => {
-                    let ingest = ctx.ingest.clone();
-                    let (class, instance) = (op.sop_class.clone(), op.sop_instance.clone());
-                    let provenance = Provenance {
-                        received_at_ms: crate::index::rocks::unix_ms_now(),
-                        calling_ae: calling_ae.to_string(),
-                        source: peer.to_string(),
-                    };
-                    let admitted = tokio::task::spawn_blocking(move || {
-                        ingest.admit_blocking(written, &class, &instance, provenance)
-                    })
-                    .await;
-                    match admitted {
-                        Ok(Ok(stored)) => Ok((status::SUCCESS, Some(stored.outcome))),
-                        Ok(Err(e)) => Err((status_for(&e), e.reason(), e.to_string())),
-                        Err(e) => Err((
-                            status::PROCESSING_FAILURE,
-                            RejectReason::InternalError,
-                            e.to_string(),
-                        )),
-                    }
+            (None, Some(writer)) => {
+                let provenance = Provenance {
+                    received_at_ms: crate::index::rocks::unix_ms_now(),
+                    calling_ae: calling_ae.to_string(),
+                    source: peer.to_string(),
+                };
+                match writer
+                    .finish_and_commit(
+                        &ctx.ingest,
+                        op.sop_class.clone(),
+                        op.sop_instance.clone(),
+                        provenance,
+                    )
+                    .await
+                {
+                    Ok(stored) => Ok((status::SUCCESS, Some(stored.outcome))),
+                    Err(e) => Err((status_for(&e), e.reason(), e.to_string())),
                 }
-            },
+            }
         };
     let mut error_comment = None;
     let status = match result {
