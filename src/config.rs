@@ -26,6 +26,18 @@ pub struct ArchiveConfig {
     pub data_dir: PathBuf,
     /// Refuse stores (0xA700) while the hot filesystem has fewer free MiB than this.
     pub min_free_space_mb: u64,
+    /// What to do when a known SOP Instance UID arrives with different bytes.
+    pub on_conflicting_version: ConflictPolicy,
+}
+
+/// What to do when a known SOP Instance UID arrives with different bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConflictPolicy {
+    /// Store it as a new version; every version is kept and the newest is served.
+    Keep,
+    /// Refuse it (status 0x0111, Duplicate SOP Instance); the stored version stays.
+    Reject,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -82,6 +94,7 @@ impl Default for ArchiveConfig {
         ArchiveConfig {
             data_dir: PathBuf::from("./strata-data"),
             min_free_space_mb: 1024,
+            on_conflicting_version: ConflictPolicy::Keep,
         }
     }
 }

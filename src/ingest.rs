@@ -16,6 +16,7 @@
 //! A crash before that leaves a tmp file (swept at start-up) or a complete object that
 //! the index lacks (adopted at start-up by start-up recovery in [`crate::archive`]).
 
+use crate::config::ConflictPolicy;
 use crate::dicom::header::{read_header_blocking, InstanceAttrs};
 use crate::dicom::part10::{object_prefix, read_foreign_meta};
 use crate::index::{CommitOutcome, Index, NewObject, Provenance};
@@ -39,6 +40,8 @@ pub enum IngestError {
     DatasetMismatch(String),
     #[error("cannot understand the dataset: {0}")]
     Unparseable(String),
+    #[error("a different version of this instance is stored: {0}")]
+    ConflictingVersion(String),
     #[error("storage failure: {0}")]
     Storage(String),
 }
@@ -49,6 +52,7 @@ impl IngestError {
             IngestError::OutOfSpace(_) => RejectReason::OutOfSpace,
             IngestError::DatasetMismatch(_) => RejectReason::DatasetMismatch,
             IngestError::Unparseable(_) => RejectReason::Unparseable,
+            IngestError::ConflictingVersion(_) => RejectReason::ConflictingVersion,
             IngestError::Storage(_) => RejectReason::InternalError,
         }
     }
@@ -83,6 +87,8 @@ struct CommitJob {
 #[derive(Clone)]
 pub struct Ingest {
     hot: HotDisk,
+    index: Arc<dyn Index>,
+    conflicts: ConflictPolicy,
     jobs: mpsc::Sender<CommitJob>,
     metrics: Metrics,
     committer: Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>,
@@ -90,17 +96,24 @@ pub struct Ingest {
 
 impl Ingest {
     /// Starts the group committer thread. It stops when every `Ingest` clone is dropped.
-    pub fn start(hot: HotDisk, index: Arc<dyn Index>, max_batch: usize, metrics: Metrics) -> Self {
+    pub fn start(
+        hot: HotDisk,
+        index: Arc<dyn Index>,
+        conflicts: ConflictPolicy,
+        max_batch: usize,
+        metrics: Metrics,
+    ) -> Self {
         let (tx, rx) = mpsc::channel::<CommitJob>();
         let committer_hot = hot.clone();
         let committer_metrics = metrics.clone();
+        let committer_index = index.clone();
         let handle = std::thread::Builder::new()
             .name("strata-committer".into())
             .spawn(move || {
                 run_committer(
                     rx,
                     committer_hot,
-                    index,
+                    committer_index,
                     max_batch.max(1),
                     committer_metrics,
                 )
@@ -108,6 +121,8 @@ impl Ingest {
             .expect("spawn committer thread");
         Ingest {
             hot,
+            index,
+            conflicts,
             jobs: tx,
             metrics,
             committer: Arc::new(std::sync::Mutex::new(Some(handle))),
@@ -191,6 +206,9 @@ impl Ingest {
                 attrs.sop_class_uid, expected_sop_class_uid
             )));
         }
+        if self.conflicts == ConflictPolicy::Reject {
+            self.refuse_conflicting_version(&attrs, &written.id)?;
+        }
         let (reply, answer) = tokio::sync::oneshot::channel();
         let object = NewObject {
             id: written.id,
@@ -214,6 +232,31 @@ impl Ingest {
                 attrs,
             },
         })
+    }
+
+    /// With the `reject` policy: refuses an object whose SOP Instance UID is stored with
+    /// other bytes. (Two conflicting stores racing each other both become versions:
+    /// nothing is lost either way.)
+    fn refuse_conflicting_version(
+        &self,
+        attrs: &InstanceAttrs,
+        id: &ObjectId,
+    ) -> Result<(), IngestError> {
+        let existing = self
+            .index
+            .instance(&attrs.sop_instance_uid)
+            .map_err(|e| IngestError::Storage(e.to_string()))?;
+        match existing {
+            Some(entry) if !entry.record.versions.iter().any(|v| v.id == id.to_hex()) => {
+                Err(IngestError::ConflictingVersion(format!(
+                    "SOP Instance {} is stored as object {}; this one is {}",
+                    attrs.sop_instance_uid,
+                    entry.record.current().map(|v| v.id.as_str()).unwrap_or("?"),
+                    id
+                )))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Stores a foreign Part-10 file (for `strata import`): re-frames it with our

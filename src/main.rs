@@ -133,6 +133,7 @@ fn run(cli: Cli) -> Result<i32> {
             let ingest = strata::ingest::Ingest::start(
                 archive.hot.clone(),
                 archive.index.clone(),
+                config.archive.on_conflicting_version,
                 config.ingest.max_commit_batch,
                 strata::metrics::Metrics::new(),
             );

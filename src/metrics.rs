@@ -27,6 +27,7 @@ pub enum RejectReason {
     DatasetMismatch,
     Unparseable,
     SopClassNotSupported,
+    ConflictingVersion,
     InternalError,
 }
 
@@ -37,6 +38,7 @@ impl RejectReason {
             RejectReason::DatasetMismatch => "dataset_mismatch",
             RejectReason::Unparseable => "unparseable",
             RejectReason::SopClassNotSupported => "sop_class_not_supported",
+            RejectReason::ConflictingVersion => "conflicting_version",
             RejectReason::InternalError => "internal_error",
         }
     }

@@ -435,6 +435,7 @@ fn status_for(e: &IngestError) -> u16 {
         IngestError::OutOfSpace(_) => status::OUT_OF_RESOURCES,
         IngestError::DatasetMismatch(_) => status::DATASET_DOES_NOT_MATCH,
         IngestError::Unparseable(_) => status::CANNOT_UNDERSTAND,
+        IngestError::ConflictingVersion(_) => status::DUPLICATE_SOP_INSTANCE,
         IngestError::Storage(_) => status::OUT_OF_RESOURCES,
     }
 }

@@ -31,6 +31,7 @@ pub async fn run(
     let ingest = Ingest::start(
         archive.hot.clone(),
         index,
+        config.archive.on_conflicting_version,
         config.ingest.max_commit_batch,
         metrics.clone(),
     );

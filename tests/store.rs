@@ -359,3 +359,80 @@ fn eight_concurrent_associations_store_correctly() {
     assert!(clean, "{report}");
     server.stop();
 }
+
+/// Same SOP Instance UID, different bytes: a new version by default (both kept, the
+/// newest served); refused with 0x0111 under `on_conflicting_version = "reject"`.
+#[test]
+fn conflicting_versions_are_kept_or_refused_by_policy() {
+    use crate::common::raw;
+    let ct = dcm_files(ct_study());
+    let bytes = std::fs::read(&ct[0]).unwrap();
+    let meta = read_foreign_meta(&bytes).unwrap();
+    let original = bytes[meta.dataset_offset..].to_vec();
+    let mut changed = original.clone();
+    let n = changed.len();
+    changed[n - 10] ^= 0xFF; // one pixel differs
+    let sop = meta.sop_instance_uid.clone();
+
+    for (policy, second_status, versions) in [("keep", 0u16, 2usize), ("reject", 0x0111, 1)] {
+        let archive = Archive::new(&format!("versions-{policy}"));
+        let text = std::fs::read_to_string(&archive.config).unwrap().replace(
+            "min_free_space_mb = 0",
+            &format!("min_free_space_mb = 0\non_conflicting_version = \"{policy}\""),
+        );
+        std::fs::write(&archive.config, text).unwrap();
+        let server = archive.start();
+        let mut a = raw::associate(
+            server.dicom_port,
+            "STRATA",
+            CT_IMAGE_STORAGE,
+            EXPLICIT_VR_LE,
+        )
+        .unwrap();
+        assert_eq!(
+            raw::store(&mut a, CT_IMAGE_STORAGE, &sop, &original).unwrap(),
+            0
+        );
+        assert_eq!(
+            raw::store(&mut a, CT_IMAGE_STORAGE, &sop, &changed).unwrap(),
+            second_status,
+            "{policy}"
+        );
+        // identical bytes again: always a no-op success
+        assert_eq!(
+            raw::store(&mut a, CT_IMAGE_STORAGE, &sop, &original).unwrap(),
+            0
+        );
+        let _ = a.release();
+        let shown: serde_json::Value =
+            serde_json::from_slice(&run_ok(&mut archive.strata(&["show", &sop, "--json"])).stdout)
+                .unwrap();
+        assert_eq!(
+            shown["versions"].as_array().unwrap().len(),
+            versions,
+            "{policy}: {shown}"
+        );
+        assert_eq!(
+            archive.total_instances(),
+            1,
+            "versions do not count as instances"
+        );
+        // export serves the newest version
+        let out = archive.dir.path().join("export");
+        run_ok(&mut archive.strata(&["export", "--all", "--out", out.to_str().unwrap()]));
+        let exported = std::fs::read(find_study_dir(&out, &sop)).unwrap();
+        let em = read_foreign_meta(&exported).unwrap();
+        let want = if policy == "keep" {
+            &changed
+        } else {
+            &original
+        };
+        assert!(
+            exported[em.dataset_offset..] == want[..],
+            "{policy}: export serves the wrong version"
+        );
+        let (clean, report) = archive.verify_json();
+        assert!(clean, "{report}");
+        server.stop();
+    }
+}

@@ -32,6 +32,8 @@ pub mod status {
     pub const SOP_CLASS_NOT_SUPPORTED: u16 = 0x0122;
     /// Unrecognized operation.
     pub const UNRECOGNIZED_OPERATION: u16 = 0x0211;
+    /// Duplicate SOP instance (a different version is stored and the policy refuses it).
+    pub const DUPLICATE_SOP_INSTANCE: u16 = 0x0111;
     /// Processing failure.
     pub const PROCESSING_FAILURE: u16 = 0x0110;
 }
