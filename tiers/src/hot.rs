@@ -76,11 +76,22 @@ impl TmpObject {
         self.len == 0
     }
 
-    /// Appends bytes to the tmp file.
+    /// Appends bytes to the tmp file, and asks the kernel to start writing them to disk
+    /// now (`sync_file_range(SYNC_FILE_RANGE_WRITE)`, a hint that does not wait), so the
+    /// durability sync at commit finds most of the data already written.
     pub fn write_all_blocking(&mut self, buf: &[u8]) -> Result<(), TierError> {
         self.file
             .write_all(buf)
             .map_err(|e| TierError::io("write", &self.path, e))?;
+        // SAFETY: a plain syscall on a file descriptor we own; failure is harmless.
+        unsafe {
+            libc::sync_file_range(
+                self.file.as_raw_fd(),
+                self.len as libc::off64_t,
+                buf.len() as libc::off64_t,
+                libc::SYNC_FILE_RANGE_WRITE,
+            );
+        }
         self.len += buf.len() as u64;
         Ok(())
     }
