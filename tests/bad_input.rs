@@ -246,3 +246,75 @@ fn association_cap_rejects_extra_associations_transiently() {
     );
     server.stop();
 }
+
+#[test]
+fn non_storage_requests_and_sop_classes_get_failure_statuses() {
+    use dicom_ul::pdu::{PDataValue, PDataValueType, Pdu};
+    let archive = Archive::new("bad-sop-class");
+    let server = archive.start();
+    let ct = dcm_files(ct_study());
+    let bytes = std::fs::read(&ct[0]).unwrap();
+    let meta = read_foreign_meta(&bytes).unwrap();
+    let dataset = &bytes[meta.dataset_offset..];
+
+    // a C-STORE of a standard SOP class that is not a storage class: 0x0122
+    const WORKLIST_FIND: &str = "1.2.840.10008.5.1.4.31";
+    let mut a = raw::associate(server.dicom_port, "STRATA", WORKLIST_FIND, EXPLICIT_VR_LE).unwrap();
+    assert_eq!(
+        raw::store(&mut a, WORKLIST_FIND, "1.2.3.4", dataset).unwrap(),
+        0x0122
+    );
+
+    // a C-FIND (not offered yet) gets a failure response, and the association goes on
+    let pc = a.presentation_contexts()[0].id;
+    let mut cmd = Vec::new();
+    for (elem, value) in [
+        (0x0002u16, b"1.2.840.10008.5.1.4.31\0".to_vec()),
+        (0x0100, 0x0020u16.to_le_bytes().to_vec()),
+        (0x0110, 7u16.to_le_bytes().to_vec()),
+        (0x0700, 0u16.to_le_bytes().to_vec()),
+        (0x0800, 0x0101u16.to_le_bytes().to_vec()),
+    ] {
+        cmd.extend_from_slice(&0u16.to_le_bytes());
+        cmd.extend_from_slice(&elem.to_le_bytes());
+        cmd.extend_from_slice(&(value.len() as u32).to_le_bytes());
+        cmd.extend_from_slice(&value);
+    }
+    a.send(&Pdu::PData {
+        data: vec![PDataValue {
+            presentation_context_id: pc,
+            value_type: PDataValueType::Command,
+            is_last: true,
+            data: cmd,
+        }],
+    })
+    .unwrap();
+    match a.receive().unwrap() {
+        Pdu::PData { data } => assert_eq!(raw::status_of(&data[0].data), Some(0x0211)),
+        other => panic!("expected a C-FIND-RSP, got {other:?}"),
+    }
+    let _ = a.release();
+
+    // a private SOP class is accepted and stored (accept_private_sop_classes = true)
+    const PRIVATE: &str = "1.2.826.0.1.3680043.9.7.1";
+    let mut private = dataset.to_vec();
+    // rewrite the dataset's SOP Class UID (0008,0016) in place to the private UID
+    let pos = private
+        .windows(4)
+        .position(|w| w == [0x08, 0x00, 0x16, 0x00])
+        .expect("SOPClassUID element");
+    let len = u16::from_le_bytes([private[pos + 6], private[pos + 7]]) as usize;
+    let mut uid = PRIVATE.as_bytes().to_vec();
+    uid.resize(len, 0);
+    assert!(PRIVATE.len() <= len);
+    private[pos + 8..pos + 8 + len].copy_from_slice(&uid);
+    let mut b = raw::associate(server.dicom_port, "STRATA", PRIVATE, EXPLICIT_VR_LE).unwrap();
+    assert_eq!(
+        raw::store(&mut b, PRIVATE, &meta.sop_instance_uid, &private).unwrap(),
+        0
+    );
+    let _ = b.release();
+    assert_eq!(archive.total_instances(), 1);
+    assert!(server.echo_ok());
+    server.stop();
+}
