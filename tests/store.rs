@@ -436,3 +436,93 @@ fn conflicting_versions_are_kept_or_refused_by_policy() {
         server.stop();
     }
 }
+
+/// An explicit VR LE element with a short (2-byte) length.
+fn short_element(out: &mut Vec<u8>, group: u16, elem: u16, vr: &[u8; 2], value: &[u8]) {
+    let mut v = value.to_vec();
+    if v.len() % 2 == 1 {
+        v.push(if vr == b"UI" { 0 } else { b' ' });
+    }
+    out.extend_from_slice(&group.to_le_bytes());
+    out.extend_from_slice(&elem.to_le_bytes());
+    out.extend_from_slice(vr);
+    out.extend_from_slice(&(v.len() as u16).to_le_bytes());
+    out.extend_from_slice(&v);
+}
+
+/// A minimal dataset with encapsulated pixel data (empty offset table, one fragment).
+fn encapsulated_dataset(sop_class: &str, sop: &str, study: &str, series: &str) -> Vec<u8> {
+    let mut d = Vec::new();
+    short_element(&mut d, 0x0008, 0x0016, b"UI", sop_class.as_bytes());
+    short_element(&mut d, 0x0008, 0x0018, b"UI", sop.as_bytes());
+    short_element(&mut d, 0x0008, 0x0060, b"CS", b"ES");
+    short_element(&mut d, 0x0010, 0x0020, b"LO", b"VIDEO1");
+    short_element(&mut d, 0x0020, 0x000D, b"UI", study.as_bytes());
+    short_element(&mut d, 0x0020, 0x000E, b"UI", series.as_bytes());
+    d.extend_from_slice(&[
+        0xE0, 0x7F, 0x10, 0x00, b'O', b'B', 0, 0, 0xFF, 0xFF, 0xFF, 0xFF,
+    ]);
+    d.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0, 0, 0, 0, 0]);
+    d.extend_from_slice(&[
+        0xFE, 0xFF, 0x00, 0xE0, 8, 0, 0, 0, 0, 0, 1, 0xB3, 1, 2, 3, 4,
+    ]);
+    d.extend_from_slice(&[0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0]);
+    d
+}
+
+/// Every encapsulated family — JPEG-LS, JPEG 2000, HTJ2K, RLE, MPEG-2, H.264, HEVC — is
+/// negotiated and stored verbatim in the syntax it came in.
+#[test]
+fn encapsulated_and_video_transfer_syntaxes_are_stored_verbatim() {
+    use crate::common::raw;
+    let archive = Archive::new("store-video");
+    let server = archive.start();
+    const VIDEO_ENDOSCOPIC: &str = "1.2.840.10008.5.1.4.1.1.77.1.1.1";
+    let syntaxes = [
+        "1.2.840.10008.1.2.4.80",  // JPEG-LS lossless
+        "1.2.840.10008.1.2.4.90",  // JPEG 2000 lossless
+        "1.2.840.10008.1.2.4.201", // HTJ2K lossless
+        "1.2.840.10008.1.2.5",     // RLE lossless
+        "1.2.840.10008.1.2.4.100", // MPEG-2 MP@ML
+        "1.2.840.10008.1.2.4.102", // MPEG-4 AVC/H.264 HP@4.1
+        "1.2.840.10008.1.2.4.107", // HEVC/H.265 Main
+    ];
+    for (i, ts) in syntaxes.iter().enumerate() {
+        let sop = format!("1.2.826.0.1.3680043.9.99.{i}");
+        let dataset = encapsulated_dataset(
+            VIDEO_ENDOSCOPIC,
+            &sop,
+            "1.2.826.0.1.3680043.9.99",
+            "1.2.826.0.1.3680043.9.99.100",
+        );
+        let mut a = raw::associate(server.dicom_port, "STRATA", VIDEO_ENDOSCOPIC, ts)
+            .unwrap_or_else(|e| panic!("{ts} not negotiated: {e}"));
+        assert_eq!(
+            a.presentation_contexts()[0]
+                .transfer_syntax
+                .trim_end_matches('\0'),
+            *ts
+        );
+        assert_eq!(
+            raw::store(&mut a, VIDEO_ENDOSCOPIC, &sop, &dataset).unwrap(),
+            0,
+            "{ts}"
+        );
+        let _ = a.release();
+        let shown: serde_json::Value =
+            serde_json::from_slice(&run_ok(&mut archive.strata(&["show", &sop, "--json"])).stdout)
+                .unwrap();
+        assert_eq!(shown["transfer_syntax_uid"], *ts);
+        // the stored object holds exactly the bytes sent, after our meta group
+        let path = shown["versions"][0]["location"].as_str().unwrap();
+        let stored = std::fs::read(path).unwrap();
+        let m = read_foreign_meta(&stored).unwrap();
+        assert_eq!(m.transfer_syntax_uid, *ts);
+        assert!(
+            stored[m.dataset_offset..] == dataset[..],
+            "{ts}: not verbatim"
+        );
+    }
+    assert_eq!(archive.total_instances() as usize, syntaxes.len());
+    server.stop();
+}
