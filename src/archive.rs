@@ -98,6 +98,19 @@ impl ArchiveLock {
     }
 }
 
+/// Whether a writer (`serve`, `import`, `reindex`) holds the archive right now.
+pub fn writer_active(data_dir: &Path) -> bool {
+    let Ok(file) = File::open(data_dir.join(LOCK_FILE)) else {
+        return false;
+    };
+    // SAFETY: flock on a file descriptor we own; a shared lock is released at once.
+    let free = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } == 0;
+    if free {
+        unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_UN) };
+    }
+    !free
+}
+
 /// An archive opened for writing.
 pub struct Archive {
     pub data_dir: PathBuf,
@@ -150,10 +163,18 @@ impl Archive {
         ))
     }
 
-    /// Records a clean stop, so the next start skips the orphan scan.
-    pub fn close_clean(self) -> Result<(), ArchiveError> {
+    /// Records a clean stop, so the next start skips the orphan scan — unless `clean` is
+    /// false (a sync or index commit failed while running), in which case the next start
+    /// scans for files the index lacks.
+    pub fn close(self, clean: bool) -> Result<(), ArchiveError> {
         let marker = self.data_dir.join(CLEAN_MARKER);
         drop(self.index);
+        if !clean {
+            tracing::warn!(
+                "stopping after storage failures: the next start will scan for unindexed objects"
+            );
+            return Ok(());
+        }
         File::create(&marker)
             .and_then(|f| f.sync_all())
             .map_err(io("create", &marker))?;
@@ -169,6 +190,7 @@ fn sync_dir(dir: &Path) -> Result<(), ArchiveError> {
 
 /// An archive opened for reading only, alongside a possibly running server.
 pub struct ReadOnlyArchive {
+    pub data_dir: PathBuf,
     pub hot: HotDisk,
     pub index: RocksIndex,
 }
@@ -181,15 +203,19 @@ impl ReadOnlyArchive {
         }
         let hot = HotDisk::open_existing(config.hot_dir())?;
         let index = RocksIndex::open_secondary(&index_dir)?;
-        Ok(ReadOnlyArchive { hot, index })
+        Ok(ReadOnlyArchive {
+            data_dir: config.archive.data_dir.clone(),
+            hot,
+            index,
+        })
     }
 }
 
 /// Indexes existing hot objects (recovery and reindex). Each object is re-hashed first;
-/// objects whose bytes do not match their name are moved to `quarantine/`.
-/// Returns (indexed, quarantined paths).
+/// objects whose bytes do not match their name, or that cannot be indexed, are returned
+/// as unusable (the caller decides when to [`quarantine`] them).
+/// Returns (indexed, unusable paths).
 pub fn index_objects_blocking(
-    data_dir: &Path,
     hot: &HotDisk,
     index: &dyn Index,
     ids: &[ObjectId],
@@ -219,8 +245,8 @@ pub fn index_objects_blocking(
         let attrs = match attrs {
             Ok(a) => a,
             Err(why) => {
-                tracing::error!(path = %path.display(), %why, "moving an unusable object to quarantine");
-                quarantined.push(quarantine(data_dir, &path)?);
+                tracing::error!(path = %path.display(), %why, "object cannot be indexed");
+                quarantined.push(path);
                 continue;
             }
         };
@@ -250,12 +276,28 @@ pub fn index_objects_blocking(
     Ok((indexed, quarantined))
 }
 
-fn quarantine(data_dir: &Path, path: &Path) -> Result<PathBuf, ArchiveError> {
+/// Moves an unusable object to `quarantine/` (never deletes it); a name already there
+/// gets a numeric suffix.
+pub fn quarantine(data_dir: &Path, path: &Path) -> Result<PathBuf, ArchiveError> {
     let dir = data_dir.join(QUARANTINE);
     fs::create_dir_all(&dir).map_err(io("create", &dir))?;
-    let dest = dir.join(path.file_name().unwrap_or_default());
+    let name = path
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned();
+    let mut dest = dir.join(&name);
+    let mut n = 1;
+    while dest.exists() {
+        dest = dir.join(format!("{name}.{n}"));
+        n += 1;
+    }
     fs::rename(path, &dest).map_err(io("quarantine", path))?;
     sync_dir(&dir)?;
+    if let Some(parent) = path.parent() {
+        sync_dir(parent)?;
+    }
+    tracing::error!(from = %path.display(), to = %dest.display(), "object moved to quarantine");
     Ok(dest)
 }
 
@@ -278,7 +320,13 @@ fn adopt_orphans_blocking(
         count = orphans.len(),
         "unclean stop: adopting objects the index lacks"
     );
-    index_objects_blocking(data_dir, hot, index, &orphans, "recovered", || {})
+    let (adopted, unusable) = index_objects_blocking(hot, index, &orphans, "recovered", || {})?;
+    // Orphans are not in the index, so nothing refers to them: quarantine now.
+    let quarantined = unusable
+        .iter()
+        .map(|p| quarantine(data_dir, p))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((adopted, quarantined))
 }
 
 /// Paths used by `strata reindex` to swap in a rebuilt index.

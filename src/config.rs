@@ -66,6 +66,9 @@ pub struct DicomConfig {
     /// An association idle this long between messages is aborted.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
+    /// Largest object (data set) accepted over the network, in MiB; a larger one aborts
+    /// its association.
+    pub max_object_mb: u64,
     /// Accept C-STORE for SOP classes that are not in the standard dictionary (private
     /// vendor classes). Standard non-storage classes are never accepted for C-STORE.
     pub accept_private_sop_classes: bool,
@@ -112,6 +115,7 @@ impl Default for DicomConfig {
             read_timeout: Duration::from_secs(60),
             write_timeout: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(300),
+            max_object_mb: 4096,
             accept_private_sop_classes: true,
         }
     }

@@ -29,6 +29,18 @@ use std::sync::Arc;
 use strata_tiers::hot::TmpObject;
 use strata_tiers::{HotDisk, ObjectId, TierError};
 
+/// The tmp file to go on writing — after re-checking the free-space floor, so a long
+/// data set cannot fill the disk — or a new one.
+fn tmp_with_room(hot: &HotDisk, tmp: Option<TmpObject>) -> Result<TmpObject, IngestError> {
+    match tmp {
+        Some(t) => {
+            hot.check_free_space_blocking()?;
+            Ok(t)
+        }
+        None => Ok(hot.create_tmp_blocking()?),
+    }
+}
+
 /// Buffered bytes that trigger a write to the tmp file.
 pub const FLUSH_AT: usize = 256 * 1024;
 
@@ -88,6 +100,9 @@ struct CommitJob {
 pub struct Ingest {
     hot: HotDisk,
     index: Arc<dyn Index>,
+    /// Set when a sync or index commit failed: files may then be on disk unindexed, so
+    /// the next start must run the orphan scan (no clean-shutdown marker).
+    failures: Arc<std::sync::atomic::AtomicBool>,
     conflicts: ConflictPolicy,
     jobs: mpsc::Sender<CommitJob>,
     metrics: Metrics,
@@ -107,6 +122,8 @@ impl Ingest {
         let committer_hot = hot.clone();
         let committer_metrics = metrics.clone();
         let committer_index = index.clone();
+        let failures = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let committer_failures = failures.clone();
         let handle = std::thread::Builder::new()
             .name("strata-committer".into())
             .spawn(move || {
@@ -116,12 +133,14 @@ impl Ingest {
                     committer_index,
                     max_batch.max(1),
                     committer_metrics,
+                    committer_failures,
                 )
             })
             .expect("spawn committer thread");
         Ingest {
             hot,
             index,
+            failures,
             conflicts,
             jobs: tx,
             metrics,
@@ -141,6 +160,11 @@ impl Ingest {
         if let Some(handle) = handle {
             let _ = handle.join();
         }
+    }
+
+    /// Whether any sync or index commit failed since start (see `failures`).
+    pub fn had_failures(&self) -> bool {
+        self.failures.load(std::sync::atomic::Ordering::Acquire)
     }
 
     pub fn hot(&self) -> &HotDisk {
@@ -338,13 +362,16 @@ fn run_committer(
     index: Arc<dyn Index>,
     max_batch: usize,
     metrics: Metrics,
+    failures: Arc<std::sync::atomic::AtomicBool>,
 ) {
     let (durable_tx, durable_rx) = mpsc::channel::<DurableGroup>();
     let index_stage = {
-        let (index, metrics) = (index.clone(), metrics.clone());
+        let (index, metrics, failures) = (index.clone(), metrics.clone(), failures.clone());
         std::thread::Builder::new()
             .name("strata-indexer".into())
-            .spawn(move || run_index_stage(durable_rx, index.as_ref(), max_batch, &metrics))
+            .spawn(move || {
+                run_index_stage(durable_rx, index.as_ref(), max_batch, &metrics, &failures)
+            })
             .expect("spawn index stage thread")
     };
     while let Ok(first) = rx.recv() {
@@ -356,7 +383,7 @@ fn run_committer(
             }
         }
         metrics.commit_batch_size.observe(jobs.len() as f64);
-        if let Some(group) = persist_group(jobs, &hot, index.as_ref(), &metrics) {
+        if let Some(group) = persist_group(jobs, &hot, index.as_ref(), &metrics, &failures) {
             if durable_tx.send(group).is_err() {
                 break;
             }
@@ -372,16 +399,19 @@ fn persist_group(
     hot: &HotDisk,
     index: &dyn Index,
     metrics: &Metrics,
+    failures: &std::sync::atomic::AtomicBool,
 ) -> Option<DurableGroup> {
     let mut to_persist = Vec::with_capacity(jobs.len());
     let mut waiting = Vec::with_capacity(jobs.len());
     for job in jobs {
         match index.has_object(&job.object.id) {
-            Ok(true) => {
+            // indexed and on disk: a duplicate (if the file went missing, the new copy
+            // is persisted below and repairs it)
+            Ok(true) if hot.path_of(&job.object.id).exists() => {
                 metrics.duplicates.inc();
                 let _ = job.reply.send(Ok(CommitOutcome::AlreadyPresent));
             }
-            Ok(false) => {
+            Ok(_) => {
                 to_persist.push((job.tmp, job.object.id));
                 waiting.push((job.object, job.reply));
             }
@@ -411,6 +441,7 @@ fn persist_group(
             }
             Err(e) => {
                 tracing::error!(id = %object.id, error = %e, "could not make an object durable");
+                failures.store(true, std::sync::atomic::Ordering::Release);
                 let _ = reply.send(Err(e.into()));
             }
         }
@@ -424,6 +455,7 @@ fn run_index_stage(
     index: &dyn Index,
     max_batch: usize,
     metrics: &Metrics,
+    failures: &std::sync::atomic::AtomicBool,
 ) {
     while let Ok(mut group) = rx.recv() {
         while group.objects.len() < max_batch * 4 {
@@ -456,8 +488,10 @@ fn run_index_stage(
                 }
             }
             Err(e) => {
-                // The files are durable but unindexed: start-up recovery adopts them.
+                // The files are durable but unindexed: the next start's recovery adopts
+                // them (no clean-shutdown marker is written after a failure).
                 tracing::error!(error = %e, count = group.objects.len(), "index commit failed");
+                failures.store(true, std::sync::atomic::Ordering::Release);
                 for reply in group.replies {
                     let _ = reply.send(Err(IngestError::Storage(format!(
                         "index commit failed: {e}"
@@ -504,13 +538,13 @@ pub struct WrittenObject {
     pub size: u64,
 }
 
+/// The tmp file and the hasher of an object being written.
+type WriterState = (TmpObject, Box<blake3::Hasher>);
+
 /// Streams an object into a tmp file from async code. Received chunks are kept as they
 /// came (no copy) until [`FLUSH_AT`] bytes are waiting; they are then hashed and written
 /// on the blocking pool *while the next chunks arrive* (double buffering: at most one
 /// write in flight, plus one chunk set filling).
-/// The tmp file and the hasher of an object being written.
-type WriterState = (TmpObject, Box<blake3::Hasher>);
-
 pub struct ObjectWriter {
     hot: HotDisk,
     /// The tmp file and hasher, when no write is in flight.
@@ -558,10 +592,7 @@ impl ObjectWriter {
         let chunks = std::mem::take(&mut self.chunks);
         self.buffered = 0;
         self.in_flight = Some(tokio::task::spawn_blocking(move || {
-            let mut tmp = match tmp {
-                Some(t) => t,
-                None => hot.create_tmp_blocking()?,
-            };
+            let mut tmp = tmp_with_room(&hot, tmp)?;
             for chunk in &chunks {
                 hasher.update(chunk);
                 tmp.write_all_blocking(chunk)?;
@@ -586,10 +617,7 @@ impl ObjectWriter {
         let chunks = std::mem::take(&mut self.chunks);
         let ingest = ingest.clone();
         let pending = tokio::task::spawn_blocking(move || {
-            let mut tmp = match tmp {
-                Some(t) => t,
-                None => hot.create_tmp_blocking()?,
-            };
+            let mut tmp = tmp_with_room(&hot, tmp)?;
             for chunk in &chunks {
                 hasher.update(chunk);
                 tmp.write_all_blocking(chunk)?;

@@ -140,8 +140,9 @@ fn run(cli: Cli) -> Result<i32> {
             let bar = progress_bar(files.len() as u64, "importing");
             let report = ops::import(&ingest, &files, workers(&config), &bar);
             bar.finish_and_clear();
+            let clean = !ingest.had_failures();
             ingest.shutdown_blocking();
-            archive.close_clean()?;
+            archive.close(clean)?;
             if json {
                 print_json(&report)?;
             } else {

@@ -3,7 +3,8 @@
 //! All of them block (they run on plain threads in the CLI process).
 
 use crate::archive::{
-    finish_interrupted_reindex, index_objects_blocking, rebuild_dirs, ArchiveLock, ReadOnlyArchive,
+    finish_interrupted_reindex, index_objects_blocking, quarantine, rebuild_dirs, ArchiveLock,
+    ReadOnlyArchive,
 };
 use crate::config::Config;
 use crate::dicom::part10::is_valid_uid;
@@ -246,7 +247,10 @@ pub fn export(archive: &ReadOnlyArchive, studies: &[String], out: &Path) -> Resu
             let dest = dir.join(format!("{}.dcm", e.sop_instance_uid));
             let tmp = dir.join(format!(".{}.dcm.partial", e.sop_instance_uid));
             let src = archive.hot.path_of(&id);
-            let copied = std::fs::copy(&src, &tmp)
+            let copied = copy_durably(&src, &tmp)
+                .inspect_err(|_| {
+                    let _ = std::fs::remove_file(&tmp);
+                })
                 .with_context(|| format!("copy {} (object {id})", src.display()))?;
             std::fs::rename(&tmp, &dest)
                 .with_context(|| format!("rename into {}", dest.display()))?;
@@ -256,6 +260,13 @@ pub fn export(archive: &ReadOnlyArchive, studies: &[String], out: &Path) -> Resu
         report.studies += 1;
     }
     Ok(report)
+}
+
+/// Copies a file and fsyncs the copy (an export is meant to outlive the archive).
+fn copy_durably(src: &Path, dest: &Path) -> std::io::Result<u64> {
+    let copied = std::fs::copy(src, dest)?;
+    std::fs::File::open(dest)?.sync_all()?;
+    Ok(copied)
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -351,21 +362,36 @@ pub fn verify(archive: &ReadOnlyArchive, workers: usize) -> Result<VerifyReport>
     // which may have renamed an object into place just before committing its record.
     let known: HashSet<ObjectId> = objects.iter().map(|(id, _)| *id).collect();
     let (ids, strays) = hot.list_blocking()?;
-    let suspects: Vec<ObjectId> = ids.into_iter().filter(|id| !known.contains(id)).collect();
-    if !suspects.is_empty() {
+    let mut suspects: Vec<ObjectId> = ids.into_iter().filter(|id| !known.contains(id)).collect();
+    // A running server renames an object into place a little before its index record
+    // commits: catch up with the primary a few times before calling anything an orphan.
+    let retries = if crate::archive::writer_active(&archive.data_dir) {
+        10
+    } else {
+        0
+    };
+    for _ in 0..retries {
+        if suspects.is_empty() {
+            break;
+        }
         std::thread::sleep(std::time::Duration::from_millis(500));
         index.catch_up()?;
+        let mut still = Vec::with_capacity(suspects.len());
+        for id in suspects {
+            if !index.has_object(&id)? {
+                still.push(id);
+            }
+        }
+        suspects = still;
     }
     for id in suspects {
-        if !index.has_object(&id)? {
-            report.orphans.push(Problem {
-                id: id.to_hex(),
-                path: hot.path_of(&id).display().to_string(),
-                study_uid: String::new(),
-                sop_instance_uid: String::new(),
-                detail: "not in the index".into(),
-            });
-        }
+        report.orphans.push(Problem {
+            id: id.to_hex(),
+            path: hot.path_of(&id).display().to_string(),
+            study_uid: String::new(),
+            sop_instance_uid: String::new(),
+            detail: "not in the index".into(),
+        });
     }
     report.strays = strays
         .into_iter()
@@ -376,9 +402,11 @@ pub fn verify(archive: &ReadOnlyArchive, workers: usize) -> Result<VerifyReport>
     for (study_uid, _) in index.studies()? {
         for e in index.instances_of_study(&study_uid)? {
             for v in &e.record.versions {
-                let ok = ObjectId::from_hex(&v.id)
-                    .map(|id| known.contains(&id) || index.has_object(&id).unwrap_or(false));
-                if ok != Some(true) {
+                let ok = match ObjectId::from_hex(&v.id) {
+                    Some(id) => known.contains(&id) || index.has_object(&id)?,
+                    None => false,
+                };
+                if !ok {
                     report.dangling.push(Problem {
                         id: v.id.clone(),
                         path: String::new(),
@@ -425,17 +453,13 @@ pub fn reindex(config: &Config, progress: &indicatif::ProgressBar) -> Result<Rei
         objects_found: ids.len(),
         ..Default::default()
     };
+    let unusable;
     {
         let rebuilt = RocksIndex::open_primary(&rebuild_dir)?;
         let (indexed, quarantined) =
-            index_objects_blocking(data_dir, &hot, &rebuilt, &ids, "reindex", || {
-                progress.inc(1)
-            })?;
+            index_objects_blocking(&hot, &rebuilt, &ids, "reindex", || progress.inc(1))?;
         report.indexed = indexed;
-        report.quarantined = quarantined
-            .iter()
-            .map(|p| p.display().to_string())
-            .collect();
+        unusable = quarantined;
         report.studies = rebuilt.studies()?.len();
     }
     // swap: index -> index.old, index.rebuild -> index, then drop index.old
@@ -448,6 +472,13 @@ pub fn reindex(config: &Config, progress: &indicatif::ProgressBar) -> Result<Rei
         .context("fsync the archive directory")?;
     if old_dir.exists() {
         std::fs::remove_dir_all(&old_dir).context("remove the old index")?;
+    }
+    // Only now, with the rebuilt index (which lacks them) in place, move unusable
+    // objects aside: an interrupted reindex leaves the old index whole.
+    for path in unusable {
+        report
+            .quarantined
+            .push(quarantine(data_dir, &path)?.display().to_string());
     }
     Ok(report)
 }

@@ -135,6 +135,7 @@ struct StoreOp {
     started: Instant,
     writer: Option<ObjectWriter>,
     refusal: Option<(u16, RejectReason, String)>,
+    received: u64,
 }
 
 /// A request whose data set we read and discard before answering with a failure.
@@ -143,6 +144,7 @@ struct DiscardOp {
     request_field: u16,
     message_id: u16,
     status: u16,
+    received: u64,
 }
 
 enum Pending {
@@ -150,17 +152,43 @@ enum Pending {
     Discard(DiscardOp),
 }
 
+/// Longest command set accepted (real ones are a few hundred bytes).
+const MAX_COMMAND_BYTES: usize = 64 * 1024;
+
+impl Pending {
+    /// Counts data set bytes received for this message; returns the total so far.
+    fn add_received(&mut self, n: usize) -> u64 {
+        let total = match self {
+            Pending::Store(s) => &mut s.received,
+            Pending::Discard(d) => &mut d.received,
+        };
+        *total += n as u64;
+        *total
+    }
+}
+
 /// Serves one TCP connection until release, abort, error, timeout or shutdown.
 pub async fn serve_association(ctx: ScpContext, stream: TcpStream, peer: SocketAddr) {
     let opts = server_options(&ctx.config);
-    let mut assoc = match opts.establish_async(stream).await {
-        Ok(a) => a,
-        Err(e) => {
+    let negotiated =
+        tokio::time::timeout(ctx.config.read_timeout, opts.establish_async(stream)).await;
+    let mut assoc = match negotiated {
+        Ok(Ok(a)) => a,
+        Ok(Err(e)) => {
             tracing::info!(%peer, error = %e, "association not established");
             ctx.ingest
                 .metrics()
                 .associations_rejected
                 .with_label_values(&["negotiation"])
+                .inc();
+            return;
+        }
+        Err(_) => {
+            tracing::info!(%peer, "association not established: no A-ASSOCIATE-RQ within the read timeout");
+            ctx.ingest
+                .metrics()
+                .associations_rejected
+                .with_label_values(&["timeout"])
                 .inc();
             return;
         }
@@ -197,7 +225,9 @@ async fn run_messages(
 ) -> Result<End, String> {
     let mut shutdown = ctx.shutdown.clone();
     let mut command_buf: Vec<u8> = Vec::new();
+    let mut command_pc: Option<u8> = None;
     let mut pending: Option<Pending> = None;
+    let max_object = ctx.config.max_object_mb.saturating_mul(1024 * 1024);
     loop {
         let mid_message = pending.is_some() || !command_buf.is_empty();
         let wait = if mid_message {
@@ -223,8 +253,21 @@ async fn run_messages(
                                     "command received while a data set was expected".into(),
                                 ));
                             }
+                            if *command_pc.get_or_insert(pdv.presentation_context_id)
+                                != pdv.presentation_context_id
+                            {
+                                return Ok(End::Abort(
+                                    "command fragments on different presentation contexts".into(),
+                                ));
+                            }
+                            if command_buf.len() + pdv.data.len() > MAX_COMMAND_BYTES {
+                                return Ok(End::Abort(format!(
+                                    "command set longer than {MAX_COMMAND_BYTES} bytes"
+                                )));
+                            }
                             command_buf.extend_from_slice(&pdv.data);
                             if pdv.is_last {
+                                command_pc = None;
                                 let bytes = std::mem::take(&mut command_buf);
                                 pending =
                                     start_message(ctx, assoc, pdv.presentation_context_id, &bytes)
@@ -238,6 +281,12 @@ async fn run_messages(
                                 ));
                             };
                             let is_last = pdv.is_last;
+                            if op.add_received(pdv.data.len()) > max_object {
+                                return Ok(End::Abort(format!(
+                                    "data set larger than max_object_mb ({} MiB)",
+                                    ctx.config.max_object_mb
+                                )));
+                            }
                             feed_data(op, pdv).await?;
                             if is_last {
                                 let op = pending.take().expect("checked above");
@@ -340,6 +389,7 @@ async fn start_message(
                 started: Instant::now(),
                 writer: None,
                 refusal: None,
+                received: 0,
             };
             op.refusal = if !is_valid_uid(&sop_class) || !is_valid_uid(&sop_instance) {
                 Some((
@@ -393,6 +443,7 @@ async fn start_message(
                 request_field: other,
                 message_id,
                 status: status::UNRECOGNIZED_OPERATION,
+                received: 0,
             };
             if has_data {
                 Ok(Some(Pending::Discard(discard)))

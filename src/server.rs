@@ -121,8 +121,9 @@ pub async fn run(
     let _ = http_task.await;
     drop(ctx);
     tokio::task::spawn_blocking(move || {
+        let clean = !ingest.had_failures();
         ingest.shutdown_blocking();
-        archive.close_clean()
+        archive.close(clean)
     })
     .await??;
     tracing::info!("stopped cleanly");

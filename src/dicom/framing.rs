@@ -4,11 +4,82 @@
 //! and seeks per object, whatever its size.
 //!
 //! Handles explicit and implicit VR little endian and explicit VR big endian, defined-
-//! and undefined-length sequences and items, and encapsulated pixel data. Deflated
-//! datasets are not walked (their header parse inflates what it reads).
+//! and undefined-length sequences and items, and encapsulated pixel data. A deflated
+//! data set is walked through a streaming inflater with a cap on the inflated size
+//! ([`MAX_INFLATED`]), so a deflate bomb costs bounded time and no memory.
 
 use std::collections::BTreeMap;
 use std::io::{BufReader, Read, Seek};
+
+/// Largest inflated size of a deflated data set.
+pub const MAX_INFLATED: u64 = 1 << 30;
+
+/// Where a data set is read from: a file that can skip by seeking (and knows its length),
+/// or a stream that skips by reading.
+pub trait Source: Read {
+    /// Skips `n` bytes; an error if fewer remain.
+    fn skip(&mut self, n: u64) -> std::io::Result<()>;
+    /// The number of bytes from the start of the data set, when known.
+    fn len(&self) -> Option<u64>;
+}
+
+/// A seekable source (a stored object on disk).
+pub struct Seekable<R> {
+    r: BufReader<R>,
+    len: u64,
+}
+
+impl<R: Read + Seek> Seekable<R> {
+    /// Positions `reader` at `start`; the source ends where the reader ends.
+    pub fn new(mut reader: R, start: u64) -> std::io::Result<(Self, u64)> {
+        let len = reader.seek(std::io::SeekFrom::End(0))?;
+        reader.seek(std::io::SeekFrom::Start(start))?;
+        Ok((
+            Seekable {
+                r: BufReader::with_capacity(16 * 1024, reader),
+                len,
+            },
+            start,
+        ))
+    }
+}
+
+impl<R: Read> Read for Seekable<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.r.read(buf)
+    }
+}
+
+impl<R: Read + Seek> Source for Seekable<R> {
+    fn skip(&mut self, n: u64) -> std::io::Result<()> {
+        self.r.seek_relative(n as i64)
+    }
+    fn len(&self) -> Option<u64> {
+        Some(self.len)
+    }
+}
+
+/// A stream (an inflating reader); skipping reads and discards.
+pub struct Streamed<R>(pub R);
+
+impl<R: Read> Read for Streamed<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+impl<R: Read> Source for Streamed<R> {
+    fn skip(&mut self, n: u64) -> std::io::Result<()> {
+        let copied = std::io::copy(&mut (&mut self.0).take(n), &mut std::io::sink())?;
+        if copied < n {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        Ok(())
+    }
+    fn len(&self) -> Option<u64> {
+        None
+    }
+}
 
 const ITEM: u32 = 0xFFFE_E000;
 const ITEM_END: u32 = 0xFFFE_E00D;
@@ -24,13 +95,19 @@ pub enum Encoding {
 }
 
 impl Encoding {
-    /// The encoding of a transfer syntax's dataset, or `None` when it cannot be walked
-    /// without decompressing (deflate) or is unknown.
+    /// Whether the data set of this transfer syntax is deflated (RFC 1951).
+    pub fn is_deflated(uid: &str) -> bool {
+        matches!(uid, "1.2.840.10008.1.2.1.99" | "1.2.840.10008.1.2.4.95")
+    }
+
+    /// The encoding of a transfer syntax's dataset (after inflating, for deflated ones),
+    /// or `None` when the syntax is unknown.
     pub fn of_transfer_syntax(uid: &str) -> Option<Encoding> {
         match uid {
             "1.2.840.10008.1.2" => Some(Encoding::ImplicitLittle),
             "1.2.840.10008.1.2.2" => Some(Encoding::ExplicitBig),
-            "1.2.840.10008.1.2.1.99" | "1.2.840.10008.1.2.4.95" => None,
+            // deflated: walked after inflating, as explicit VR LE (see `is_deflated`)
+            "1.2.840.10008.1.2.1.99" | "1.2.840.10008.1.2.4.95" => Some(Encoding::ExplicitLittle),
             // every other standard syntax (native explicit LE, JPEG family, JPEG-LS,
             // JPEG 2000, RLE, video, ...) encodes the dataset as explicit VR LE
             _ if uid.starts_with("1.2.840.10008.1.2") => Some(Encoding::ExplicitLittle),
@@ -39,10 +116,11 @@ impl Encoding {
     }
 }
 
-struct Walker<'c, R> {
-    r: BufReader<R>,
+struct Walker<'c, S> {
+    r: S,
     pos: u64,
-    len: u64,
+    /// Absolute end offset, when the source knows it.
+    len: Option<u64>,
     enc: Encoding,
     /// Top-level tags whose values are kept (at most [`MAX_CAPTURED`] bytes each).
     wanted: &'c [u32],
@@ -54,7 +132,7 @@ pub const MAX_CAPTURED: u32 = 4096;
 
 type Res<T> = Result<T, String>;
 
-impl<R: Read + Seek> Walker<'_, R> {
+impl<S: Source> Walker<'_, S> {
     fn bytes<const N: usize>(&mut self) -> Res<[u8; N]> {
         let mut b = [0u8; N];
         self.r
@@ -86,17 +164,52 @@ impl<R: Read + Seek> Walker<'_, R> {
         Ok((g << 16) | e)
     }
 
+    /// The next tag, or `None` at a clean end of input (nothing left at all).
+    fn tag_or_end(&mut self) -> Res<Option<u32>> {
+        let mut first = [0u8; 1];
+        loop {
+            match self.r.read(&mut first) {
+                Ok(0) => return Ok(None),
+                Ok(_) => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(format!("read failed at byte {}: {e}", self.pos)),
+            }
+        }
+        let mut rest = [0u8; 3];
+        self.r
+            .read_exact(&mut rest)
+            .map_err(|_| format!("dataset truncated at byte {}", self.pos))?;
+        self.pos += 4;
+        let b = [first[0], rest[0], rest[1], rest[2]];
+        let (g, e) = match self.enc {
+            Encoding::ExplicitBig => (
+                u16::from_be_bytes([b[0], b[1]]),
+                u16::from_be_bytes([b[2], b[3]]),
+            ),
+            _ => (
+                u16::from_le_bytes([b[0], b[1]]),
+                u16::from_le_bytes([b[2], b[3]]),
+            ),
+        };
+        Ok(Some(((g as u32) << 16) | e as u32))
+    }
+
     fn skip(&mut self, n: u32) -> Res<()> {
         let n = n as u64;
-        if self.pos + n > self.len {
-            return Err(format!(
-                "value of {n} bytes at byte {} runs past the end of the dataset ({} bytes)",
-                self.pos, self.len
-            ));
+        if let Some(len) = self.len {
+            if self.pos + n > len {
+                return Err(format!(
+                    "value of {n} bytes at byte {} runs past the end of the dataset ({len} bytes)",
+                    self.pos
+                ));
+            }
         }
-        self.r
-            .seek_relative(n as i64)
-            .map_err(|e| format!("seek failed: {e}"))?;
+        self.r.skip(n).map_err(|e| {
+            format!(
+                "value of {n} bytes at byte {} cannot be skipped: {e}",
+                self.pos
+            )
+        })?;
         self.pos += n;
         Ok(())
     }
@@ -113,10 +226,23 @@ impl<R: Read + Seek> Walker<'_, R> {
                 Some(e) if self.pos > e => {
                     return Err(format!("item overruns its length at byte {}", self.pos))
                 }
-                None if self.pos == self.len => return Ok(()),
                 _ => {}
             }
-            let tag = self.tag()?;
+            // Only the top level may simply end; inside an undefined-length item the
+            // input must go on to the item delimiter.
+            let tag = if depth == 0 && end.is_none() {
+                match self.tag_or_end()? {
+                    Some(tag) => tag,
+                    None => return Ok(()),
+                }
+            } else {
+                self.tag()?
+            };
+            if depth == 0 && matches!(tag >> 16, 0x0000 | 0x0002) {
+                return Err(format!(
+                    "command or file meta element ({tag:08X}) inside the data set"
+                ));
+            }
             if tag == ITEM_END {
                 self.u32()?;
                 return if end.is_none() && depth > 0 {
@@ -141,6 +267,9 @@ impl<R: Read + Seek> Walker<'_, R> {
             };
             if len != UNDEFINED {
                 if depth == 0 && self.wanted.contains(&tag) {
+                    if self.captured.contains_key(&tag) {
+                        return Err(format!("element ({tag:08X}) occurs twice"));
+                    }
                     if len > MAX_CAPTURED {
                         return Err(format!("element ({tag:08X}) is {len} bytes long"));
                     }
@@ -189,7 +318,7 @@ impl<R: Read + Seek> Walker<'_, R> {
                 ITEM if len == UNDEFINED => self.elements(None, depth)?,
                 ITEM => {
                     let stop = self.pos + len as u64;
-                    if stop > self.len {
+                    if self.len.is_some_and(|l| stop > l) || end.is_some_and(|e| stop > e) {
                         return Err(format!("item at byte {} runs past the end", self.pos));
                     }
                     self.elements(Some(stop), depth)?
@@ -222,22 +351,17 @@ impl<R: Read + Seek> Walker<'_, R> {
     }
 }
 
-/// Checks that the dataset in `reader` from `start` to its end is well framed, and
-/// returns the raw values of the `wanted` top-level elements found on the way.
-pub fn walk_dataset<R: Read + Seek>(
-    mut reader: R,
+/// Checks that the data set in `source` (whose first byte is at offset `start`) is well
+/// framed to its end, and returns the raw values of the `wanted` top-level elements.
+pub fn walk_source<S: Source>(
+    source: S,
     start: u64,
     enc: Encoding,
     wanted: &[u32],
 ) -> Result<BTreeMap<u32, Vec<u8>>, String> {
-    let len = reader
-        .seek(std::io::SeekFrom::End(0))
-        .map_err(|e| e.to_string())?;
-    reader
-        .seek(std::io::SeekFrom::Start(start))
-        .map_err(|e| e.to_string())?;
+    let len = source.len();
     let mut w = Walker {
-        r: BufReader::with_capacity(16 * 1024, reader),
+        r: source,
         pos: start,
         len,
         enc,
@@ -246,6 +370,17 @@ pub fn walk_dataset<R: Read + Seek>(
     };
     w.elements(None, 0)?;
     Ok(w.captured)
+}
+
+/// [`walk_source`] over a seekable reader, from `start` to its end.
+pub fn walk_dataset<R: Read + Seek>(
+    reader: R,
+    start: u64,
+    enc: Encoding,
+    wanted: &[u32],
+) -> Result<BTreeMap<u32, Vec<u8>>, String> {
+    let (source, start) = Seekable::new(reader, start).map_err(|e| e.to_string())?;
+    walk_source(source, start, enc, wanted)
 }
 
 /// Checks framing only.

@@ -2,21 +2,20 @@
 //! checks its framing ([`super::framing`]): element headers are read and values skipped
 //! by length, only the few wanted top-level values are kept, and nothing is decoded. So a
 //! 500 MB multi-frame costs what a 500 KB CT costs, and malformed input never reaches a
-//! general-purpose parser. Deflated datasets (rare) go through dicom-rs instead, which
-//! inflates and parses up to the pixel data.
+//! general-purpose parser. Deflated data sets are inflated as a stream for the walk, with
+//! a cap on their inflated size.
 //!
 //! Text values are decoded by SpecificCharacterSet: `ISO_IR 192` as UTF-8, the default
 //! repertoire and `ISO_IR 100` as Latin-1, anything else as lossy UTF-8 (good enough for
 //! listing; the stored bytes are never altered).
 
-use super::framing::{walk_dataset, Encoding};
+use super::framing::{walk_dataset, walk_source, Encoding, Streamed, MAX_INFLATED};
 use super::part10::{is_valid_uid, read_foreign_meta};
 use dicom_core::Tag;
 use dicom_dictionary_std::tags;
-use dicom_object::OpenFileOptions;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::io::Read;
+use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::Path;
 
 /// What the index records about one instance, as found in its dataset.
@@ -99,32 +98,50 @@ pub fn read_header_blocking(path: &Path) -> Result<InstanceAttrs, HeaderError> {
     }
     let meta =
         read_foreign_meta(&head[..filled]).map_err(|e| HeaderError::Malformed(e.to_string()))?;
-    let values: BTreeMap<u32, Vec<u8>> =
-        match Encoding::of_transfer_syntax(&meta.transfer_syntax_uid) {
-            Some(encoding) => {
-                let wanted: Vec<u32> = WANTED.iter().map(|t| key(*t)).collect();
-                walk_dataset(file, meta.dataset_offset as u64, encoding, &wanted)
-                    .map_err(HeaderError::Malformed)?
-            }
-            None => values_via_dicom_rs(path)?,
+    let Some(encoding) = Encoding::of_transfer_syntax(&meta.transfer_syntax_uid) else {
+        return Err(HeaderError::Malformed(format!(
+            "unknown transfer syntax {}",
+            meta.transfer_syntax_uid
+        )));
+    };
+    let wanted: Vec<u32> = WANTED.iter().map(|t| key(*t)).collect();
+    let values: BTreeMap<u32, Vec<u8>> = if Encoding::is_deflated(&meta.transfer_syntax_uid) {
+        // inflate as a stream, never more than MAX_INFLATED bytes (deflate bombs)
+        file.seek(SeekFrom::Start(meta.dataset_offset as u64))
+            .map_err(|e| HeaderError::Io(e.to_string()))?;
+        let inflated =
+            flate2::read::DeflateDecoder::new(BufReader::new(file)).take(MAX_INFLATED + 1);
+        let mut counted = CountingReader {
+            inner: inflated,
+            read: 0,
         };
+        let values = walk_source(Streamed(&mut counted), 0, encoding, &wanted)
+            .map_err(HeaderError::Malformed)?;
+        if counted.read > MAX_INFLATED {
+            return Err(HeaderError::Malformed(format!(
+                "inflated data set exceeds {MAX_INFLATED} bytes"
+            )));
+        }
+        values
+    } else {
+        walk_dataset(file, meta.dataset_offset as u64, encoding, &wanted)
+            .map_err(HeaderError::Malformed)?
+    };
     attrs_of(&values, meta.transfer_syntax_uid)
 }
 
-fn values_via_dicom_rs(path: &Path) -> Result<BTreeMap<u32, Vec<u8>>, HeaderError> {
-    let obj = OpenFileOptions::new()
-        .read_until(tags::PIXEL_DATA)
-        .open_file(path)
-        .map_err(|e| HeaderError::Parse(e.to_string()))?;
-    let mut out = BTreeMap::new();
-    for tag in WANTED {
-        if let Ok(Some(e)) = obj.element_opt(tag) {
-            if let Ok(v) = e.to_str() {
-                out.insert(key(tag), v.as_bytes().to_vec());
-            }
-        }
+/// Counts the bytes read through it.
+struct CountingReader<R> {
+    inner: R,
+    read: u64,
+}
+
+impl<R: Read> Read for CountingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read += n as u64;
+        Ok(n)
     }
-    Ok(out)
 }
 
 fn decode_text(bytes: &[u8], charset: &str) -> String {

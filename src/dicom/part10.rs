@@ -140,8 +140,11 @@ pub fn read_foreign_meta(head: &[u8]) -> Result<ForeignMeta, MetaError> {
     }
     let mut pos = 132;
     let (mut class, mut instance, mut ts) = (None, None, None);
+    // With a group length (0002,0000), the meta group ends exactly where it says: group
+    // 0002 elements after it belong to the dataset (and are refused there), not here.
+    let mut meta_end = None;
     loop {
-        if pos == head.len() {
+        if pos == head.len() || meta_end == Some(pos) {
             break; // meta group ends the input: an empty dataset follows
         }
         if pos + 8 > head.len() {
@@ -173,6 +176,14 @@ pub fn read_foreign_meta(head: &[u8]) -> Result<ForeignMeta, MetaError> {
             return Err(MetaError::Truncated);
         }
         let value = || trim_value(&head[start..end]);
+        if element == 0x0000 && pos == 132 && len == 4 {
+            let group_len =
+                u32::from_le_bytes(head[start..end].try_into().expect("4 bytes")) as usize;
+            meta_end = Some(
+                end.checked_add(group_len)
+                    .ok_or(MetaError::BadValue("group length"))?,
+            );
+        }
         match element {
             0x0002 => class = Some(value()),
             0x0003 => instance = Some(value()),
@@ -180,6 +191,9 @@ pub fn read_foreign_meta(head: &[u8]) -> Result<ForeignMeta, MetaError> {
             _ => {}
         }
         pos = end;
+        if meta_end.is_some_and(|e| pos > e) {
+            return Err(MetaError::BadValue("group length (0002,0000)"));
+        }
     }
     let check = |v: Option<String>, what: &'static str| -> Result<String, MetaError> {
         let v = v.ok_or(MetaError::Missing(what))?;
@@ -253,6 +267,19 @@ mod tests {
             obj.meta().implementation_version_name.as_deref(),
             Some(IMPLEMENTATION_VERSION_NAME)
         );
+    }
+
+    #[test]
+    fn group_length_bounds_the_meta_group() {
+        let mut bytes = object_prefix("1.2.840.10008.5.1.4.1.1.7", "1.2.3", "1.2.840.10008.1.2.1");
+        let prefix_len = bytes.len();
+        // a dataset that (wrongly) starts with a group 0002 element
+        bytes.extend_from_slice(&[
+            0x02, 0x00, 0x10, 0x00, b'U', b'I', 4, 0, b'1', b'.', b'2', 0,
+        ]);
+        let meta = read_foreign_meta(&bytes).unwrap();
+        assert_eq!(meta.dataset_offset, prefix_len);
+        assert_eq!(meta.transfer_syntax_uid, "1.2.840.10008.1.2.1");
     }
 
     #[test]

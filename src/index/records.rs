@@ -33,7 +33,8 @@ pub enum Tier {
 }
 
 /// When and from whom an object came. Not derivable from the object; lost on reindex
-/// (which records the file's modification time and `calling_ae = ""`).
+/// (which records the file's modification time and `calling_ae = "reindex"`, or
+/// `"recovered"` for objects adopted by start-up recovery).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Provenance {
     pub received_at_ms: u64,

@@ -52,6 +52,10 @@ struct Inner {
     objects: PathBuf,
     tmp: PathBuf,
     free_space_floor: u64,
+    /// Held open for the tier's life: `syncfs(2)` (Linux ≥ 5.8) reports writeback errors
+    /// of the filesystem that happened since *this descriptor* was opened, so a fresh
+    /// descriptor per call would miss errors of writeback started earlier.
+    sync_handle: Arc<File>,
 }
 
 /// An object being written. Its file is removed on drop unless it was persisted.
@@ -117,7 +121,12 @@ impl HotDisk {
         let objects = root.join("objects");
         let tmp = root.join("tmp");
         for dir in [&root, &objects, &tmp] {
-            fs::create_dir_all(dir).map_err(|e| TierError::io("create directory", dir, e))?;
+            if !dir.is_dir() {
+                fs::create_dir_all(dir).map_err(|e| TierError::io("create directory", dir, e))?;
+                if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                    fsync_dir(parent)?;
+                }
+            }
         }
         // The 256 first-level fan-out directories exist from the start, so storing an
         // object creates at most one directory (`ab/cd`) and syncs at most two.
@@ -128,12 +137,15 @@ impl HotDisk {
             }
             fsync_dir(&objects)?;
         }
+        let sync_handle =
+            Arc::new(File::open(&objects).map_err(|e| TierError::io("open", &objects, e))?);
         Ok(HotDisk {
             inner: Arc::new(Inner {
                 root,
                 objects,
                 tmp,
                 free_space_floor: 0,
+                sync_handle,
             }),
         })
     }
@@ -142,13 +154,15 @@ impl HotDisk {
     pub fn open_existing(root: impl Into<PathBuf>) -> Result<Self, TierError> {
         let root = root.into();
         let objects = root.join("objects");
-        fs::metadata(&objects).map_err(|e| TierError::io("open", &objects, e))?;
+        let sync_handle =
+            Arc::new(File::open(&objects).map_err(|e| TierError::io("open", &objects, e))?);
         Ok(HotDisk {
             inner: Arc::new(Inner {
                 tmp: root.join("tmp"),
                 root,
                 objects,
                 free_space_floor: 0,
+                sync_handle,
             }),
         })
     }
@@ -162,6 +176,7 @@ impl HotDisk {
                 objects: inner.objects.clone(),
                 tmp: inner.tmp.clone(),
                 free_space_floor: floor,
+                sync_handle: inner.sync_handle.clone(),
             }),
         }
     }
@@ -293,6 +308,13 @@ impl HotDisk {
         for (mut tmp, id) in items {
             let dest = self.path_of(&id);
             if dest.exists() {
+                // Its entry may come from a batch whose directory sync failed: sync the
+                // directory again with this batch before anyone relies on it.
+                if let Some(parent) = dest.parent() {
+                    if !touched_dirs.iter().any(|d| d == parent) {
+                        touched_dirs.push(parent.to_path_buf());
+                    }
+                }
                 results.push(Ok(PutOutcome::AlreadyPresent));
                 continue; // tmp removed on drop
             }
@@ -340,10 +362,8 @@ impl HotDisk {
     }
 
     fn syncfs_blocking(&self) -> Result<(), TierError> {
-        let dir = File::open(&self.inner.objects)
-            .map_err(|e| TierError::io("open", &self.inner.objects, e))?;
-        // SAFETY: `dir` is an open file descriptor for the duration of the call.
-        let rc = unsafe { libc::syncfs(dir.as_raw_fd()) };
+        // SAFETY: the handle is an open file descriptor for the life of `self`.
+        let rc = unsafe { libc::syncfs(self.inner.sync_handle.as_raw_fd()) };
         if rc != 0 {
             return Err(TierError::io(
                 "syncfs",
