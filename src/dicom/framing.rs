@@ -20,7 +20,7 @@ pub trait Source: Read {
     /// Skips `n` bytes; an error if fewer remain.
     fn skip(&mut self, n: u64) -> std::io::Result<()>;
     /// The number of bytes from the start of the data set, when known.
-    fn len(&self) -> Option<u64>;
+    fn known_len(&self) -> Option<u64>;
 }
 
 /// A seekable source (a stored object on disk).
@@ -54,7 +54,7 @@ impl<R: Read + Seek> Source for Seekable<R> {
     fn skip(&mut self, n: u64) -> std::io::Result<()> {
         self.r.seek_relative(n as i64)
     }
-    fn len(&self) -> Option<u64> {
+    fn known_len(&self) -> Option<u64> {
         Some(self.len)
     }
 }
@@ -76,7 +76,7 @@ impl<R: Read> Source for Streamed<R> {
         }
         Ok(())
     }
-    fn len(&self) -> Option<u64> {
+    fn known_len(&self) -> Option<u64> {
         None
     }
 }
@@ -359,7 +359,7 @@ pub fn walk_source<S: Source>(
     enc: Encoding,
     wanted: &[u32],
 ) -> Result<BTreeMap<u32, Vec<u8>>, String> {
-    let len = source.len();
+    let len = source.known_len();
     let mut w = Walker {
         r: source,
         pos: start,
