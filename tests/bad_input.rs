@@ -318,3 +318,104 @@ fn non_storage_requests_and_sop_classes_get_failure_statuses() {
     assert!(server.echo_ok());
     server.stop();
 }
+
+/// Resource limits a hostile or broken peer runs into: an endless command set, a data
+/// set above `max_object_mb`, and a deflate bomb. Each ends only its own association or
+/// store, leaves nothing on disk, and the server keeps answering.
+#[test]
+fn endless_commands_oversized_objects_and_deflate_bombs_are_contained() {
+    use dicom_ul::pdu::{PDataValue, PDataValueType, Pdu};
+    let archive = Archive::with_config("bad-limits", "max_object_mb = 2\n");
+    let server = archive.start();
+
+    // 1. command fragments that never end
+    let mut a = raw::associate(
+        server.dicom_port,
+        "STRATA",
+        CT_IMAGE_STORAGE,
+        EXPLICIT_VR_LE,
+    )
+    .unwrap();
+    let pc = a.presentation_contexts()[0].id;
+    let mut aborted = false;
+    for _ in 0..100 {
+        let sent = a.send(&Pdu::PData {
+            data: vec![PDataValue {
+                presentation_context_id: pc,
+                value_type: PDataValueType::Command,
+                is_last: false,
+                data: vec![0u8; 8000],
+            }],
+        });
+        if sent.is_err() {
+            aborted = true;
+            break;
+        }
+    }
+    if !aborted {
+        aborted = matches!(a.receive(), Ok(Pdu::AbortRQ { .. }) | Err(_));
+    }
+    assert!(aborted, "an endless command set must abort the association");
+
+    // 2. a data set over max_object_mb (2 MiB): the association is aborted
+    let ct = dcm_files(ct_study());
+    let bytes = std::fs::read(&ct[0]).unwrap();
+    let meta = read_foreign_meta(&bytes).unwrap();
+    let mut big = bytes[meta.dataset_offset..].to_vec();
+    big.extend(std::iter::repeat_n(0u8, 2 << 20)); // framing is irrelevant: it never gets that far
+    let mut b = raw::associate(
+        server.dicom_port,
+        "STRATA",
+        CT_IMAGE_STORAGE,
+        EXPLICIT_VR_LE,
+    )
+    .unwrap();
+    assert!(
+        raw::store(&mut b, CT_IMAGE_STORAGE, &meta.sop_instance_uid, &big).is_err(),
+        "oversized object must abort"
+    );
+
+    // 3. a deflated data set that inflates past the cap (1 GiB of zeros in one element)
+    const DEFLATED: &str = "1.2.840.10008.1.2.1.99";
+    let out = run_ok(std::process::Command::new("python3").args([
+        "-c",
+        "import sys, zlib, struct\n\
+         c = zlib.compressobj(9, zlib.DEFLATED, -15)\n\
+         head = b'\\x08\\x00\\x16\\x00UI\\x1a\\x001.2.840.10008.5.1.4.1.1.2\\x00'\n\
+         head += struct.pack('<HH2sHI', 0x0009, 0x0010, b'OB', 0, (1 << 30) + 2)\n\
+         out = [c.compress(head)]\n\
+         z = bytes(1 << 24)\n\
+         for _ in range(65): out.append(c.compress(z))\n\
+         out.append(c.flush())\n\
+         sys.stdout.buffer.write(b''.join(out))",
+    ]));
+    let bomb = out.stdout;
+    assert!(
+        bomb.len() < 4 << 20,
+        "the bomb is small: {} bytes",
+        bomb.len()
+    );
+    let mut c = raw::associate(server.dicom_port, "STRATA", CT_IMAGE_STORAGE, DEFLATED).unwrap();
+    let started = std::time::Instant::now();
+    let status = raw::store(&mut c, CT_IMAGE_STORAGE, "1.2.826.0.1.3680043.9.5.1", &bomb).unwrap();
+    assert_eq!(status, C000);
+    assert!(started.elapsed() < std::time::Duration::from_secs(60));
+    let _ = c.release();
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let log = server.log_text();
+    assert!(
+        log.contains("inflated data set exceeds"),
+        "refused for its size: {log}"
+    );
+
+    assert!(server.echo_ok());
+    assert!(hot_files(&archive)
+        .iter()
+        .all(|p| !p.starts_with(archive.data_dir().join("hot/tmp"))));
+    assert_eq!(
+        hot_files(&archive).len(),
+        0,
+        "nothing stored or left behind"
+    );
+    server.stop();
+}

@@ -115,13 +115,13 @@ pub fn read_header_blocking(path: &Path) -> Result<InstanceAttrs, HeaderError> {
             inner: inflated,
             read: 0,
         };
-        let values = walk_source(Streamed(&mut counted), 0, encoding, &wanted)
-            .map_err(HeaderError::Malformed)?;
+        let walked = walk_source(Streamed(&mut counted), 0, encoding, &wanted);
         if counted.read > MAX_INFLATED {
             return Err(HeaderError::Malformed(format!(
                 "inflated data set exceeds {MAX_INFLATED} bytes"
             )));
         }
+        let values = walked.map_err(HeaderError::Malformed)?;
         values
     } else {
         walk_dataset(file, meta.dataset_offset as u64, encoding, &wanted)
