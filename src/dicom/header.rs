@@ -121,8 +121,7 @@ pub fn read_header_blocking(path: &Path) -> Result<InstanceAttrs, HeaderError> {
                 "inflated data set exceeds {MAX_INFLATED} bytes"
             )));
         }
-        let values = walked.map_err(HeaderError::Malformed)?;
-        values
+        walked.map_err(HeaderError::Malformed)?
     } else {
         walk_dataset(file, meta.dataset_offset as u64, encoding, &wanted)
             .map_err(HeaderError::Malformed)?
