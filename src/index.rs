@@ -70,6 +70,9 @@ pub trait Index: Send + Sync {
     /// Studies whose PatientID, StudyDate or AccessionNumber equals `value` (secondary
     /// indexes; no scan).
     fn studies_by(&self, key: SecondaryKey, value: &str) -> Result<Vec<String>, IndexError>;
+    /// Studies whose StudyDate lies in `from..=to` (`YYYYMMDD`; an empty bound is open),
+    /// from the StudyDate index without a scan of the studies.
+    fn studies_by_date_range(&self, from: &str, to: &str) -> Result<Vec<String>, IndexError>;
     /// For a read-only secondary: pick up what the primary wrote since. No-op otherwise.
     fn catch_up(&self) -> Result<(), IndexError>;
 }

@@ -15,6 +15,7 @@
 //! - [`server`]: the listener, association cap and graceful shutdown.
 //! - [`http`], [`metrics`]: `/metrics` and `/healthz`.
 //! - [`ops`]: ls, show, export, verify, reindex, import.
+//! - [`query`]: C-FIND matching over the index.
 //!
 //! Storage mechanics (the hot disk) live in the `strata-tiers` crate.
 
@@ -26,5 +27,7 @@ pub mod index;
 pub mod ingest;
 pub mod metrics;
 pub mod ops;
+pub mod query;
 pub mod scp;
+pub mod scp_find;
 pub mod server;

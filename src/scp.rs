@@ -17,6 +17,7 @@ use crate::dicom::storage_classes::{is_storage_sop_class, STORAGE_SOP_CLASSES};
 use crate::index::{CommitOutcome, Provenance};
 use crate::ingest::{Ingest, IngestError, ObjectWriter};
 use crate::metrics::RejectReason;
+use crate::query::Model;
 use dicom_dictionary_std::uids;
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
 use dicom_ul::association::server::{AccessControl, DefaultNegotiation};
@@ -30,7 +31,7 @@ use std::time::Instant;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-type Association = dicom_ul::association::server::AsyncServerAssociation<TcpStream>;
+pub(crate) type Association = dicom_ul::association::server::AsyncServerAssociation<TcpStream>;
 
 /// Access rule: the called AE must be ours; the calling AE must be on the allow-list
 /// when one is configured.
@@ -76,6 +77,7 @@ impl AccessControl for StrataAccess {
 pub struct ScpContext {
     pub config: Arc<DicomConfig>,
     pub ingest: Ingest,
+    pub index: Arc<dyn crate::index::Index>,
     pub shutdown: watch::Receiver<bool>,
 }
 
@@ -98,7 +100,9 @@ fn server_options(
         .max_pdu_length(config.max_pdu_length)
         .read_timeout(config.read_timeout.max(config.idle_timeout))
         .write_timeout(config.write_timeout)
-        .with_abstract_syntax(uids::VERIFICATION);
+        .with_abstract_syntax(uids::VERIFICATION)
+        .with_abstract_syntax(Model::PATIENT_ROOT_FIND)
+        .with_abstract_syntax(Model::STUDY_ROOT_FIND);
     if config.accept_private_sop_classes {
         opts = opts.promiscuous(true);
     }
@@ -150,7 +154,35 @@ struct DiscardOp {
 enum Pending {
     Store(StoreOp),
     Discard(DiscardOp),
+    Find(FindOp),
 }
+
+/// A C-FIND whose identifier is being received.
+struct FindOp {
+    pc_id: u8,
+    message_id: u16,
+    model: Model,
+    sop_class: String,
+    transfer_syntax: String,
+    identifier: Vec<u8>,
+    received: u64,
+}
+
+impl FindOp {
+    fn into_request(self) -> crate::scp_find::FindRequest {
+        crate::scp_find::FindRequest {
+            pc_id: self.pc_id,
+            message_id: self.message_id,
+            model: self.model,
+            sop_class: self.sop_class,
+            transfer_syntax: self.transfer_syntax,
+            identifier: self.identifier,
+        }
+    }
+}
+
+/// Longest C-FIND identifier accepted.
+const MAX_IDENTIFIER_BYTES: usize = 1 << 20;
 
 /// Longest command set accepted (real ones are a few hundred bytes).
 const MAX_COMMAND_BYTES: usize = 64 * 1024;
@@ -161,6 +193,7 @@ impl Pending {
         let total = match self {
             Pending::Store(s) => &mut s.received,
             Pending::Discard(d) => &mut d.received,
+            Pending::Find(f) => &mut f.received,
         };
         *total += n as u64;
         *total
@@ -331,7 +364,11 @@ fn presentation_context(assoc: &Association, pc_id: u8) -> Option<(String, Strin
         })
 }
 
-async fn send_command(assoc: &mut Association, pc_id: u8, bytes: Vec<u8>) -> Result<(), String> {
+pub(crate) async fn send_command(
+    assoc: &mut Association,
+    pc_id: u8,
+    bytes: Vec<u8>,
+) -> Result<(), String> {
     assoc
         .send(&Pdu::PData {
             data: vec![PDataValue {
@@ -374,6 +411,20 @@ async fn start_message(
                 .encode();
             send_command(assoc, pc_id, rsp).await?;
             Ok(None)
+        }
+        field::C_FIND_RQ if Model::of_sop_class(&abstract_syntax).is_some() => {
+            if !has_data {
+                return Err("C-FIND-RQ without an identifier".into());
+            }
+            Ok(Some(Pending::Find(FindOp {
+                pc_id,
+                message_id,
+                model: Model::of_sop_class(&abstract_syntax).expect("checked in the guard"),
+                sop_class: abstract_syntax,
+                transfer_syntax,
+                identifier: Vec::new(),
+                received: 0,
+            })))
         }
         field::C_STORE_RQ => {
             if !has_data {
@@ -461,9 +512,22 @@ async fn respond_discarded(assoc: &mut Association, op: DiscardOp) -> Result<(),
 }
 
 async fn feed_data(op: &mut Pending, pdv: PDataValue) -> Result<(), String> {
+    if let Pending::Find(f) = op {
+        if pdv.presentation_context_id != f.pc_id {
+            return Err("identifier on a different presentation context than its command".into());
+        }
+        if f.identifier.len() + pdv.data.len() > MAX_IDENTIFIER_BYTES {
+            return Err(format!(
+                "C-FIND identifier longer than {MAX_IDENTIFIER_BYTES} bytes"
+            ));
+        }
+        f.identifier.extend_from_slice(&pdv.data);
+        return Ok(());
+    }
     let (pc_id, store) = match op {
         Pending::Store(s) => (s.pc_id, Some(s)),
         Pending::Discard(d) => (d.pc_id, None),
+        Pending::Find(_) => unreachable!("handled above"),
     };
     if pdv.presentation_context_id != pc_id {
         return Err("data set on a different presentation context than its command".into());
@@ -500,6 +564,7 @@ async fn finish_message(
 ) -> Result<(), String> {
     let op = match op {
         Pending::Discard(d) => return respond_discarded(assoc, d).await,
+        Pending::Find(f) => return crate::scp_find::run_find(ctx, assoc, f.into_request()).await,
         Pending::Store(s) => s,
     };
     let metrics = ctx.ingest.metrics().clone();

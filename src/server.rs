@@ -39,6 +39,7 @@ pub async fn run(
     let ctx = ScpContext {
         config: Arc::new(config.dicom.clone()),
         ingest: ingest.clone(),
+        index: archive.index.clone(),
         shutdown: shutdown_rx.clone(),
     };
 

@@ -5,5 +5,6 @@ mod common;
 mod bad_input;
 mod cli;
 mod crash;
+mod find;
 mod full_disk;
 mod store;

@@ -125,6 +125,9 @@ struct Walker<'c, S> {
     /// Top-level tags whose values are kept (at most [`MAX_CAPTURED`] bytes each).
     wanted: &'c [u32],
     captured: BTreeMap<u32, Vec<u8>>,
+    /// Capture every top-level element with a defined length (identifiers), and its VR.
+    keep_all: bool,
+    vrs: BTreeMap<u32, [u8; 2]>,
 }
 
 /// Longest value captured; longer values of wanted tags are an error.
@@ -266,11 +269,21 @@ impl<S: Source> Walker<'_, S> {
                 }
             };
             if len != UNDEFINED {
-                if depth == 0 && self.wanted.contains(&tag) {
+                let keep = depth == 0
+                    && (self.keep_all && vr != Some(*b"SQ") || self.wanted.contains(&tag));
+                if keep {
+                    if let Some(vr) = vr {
+                        self.vrs.insert(tag, vr);
+                    }
                     if self.captured.contains_key(&tag) {
                         return Err(format!("element ({tag:08X}) occurs twice"));
                     }
-                    if len > MAX_CAPTURED {
+                    let cap = if self.keep_all {
+                        64 * 1024
+                    } else {
+                        MAX_CAPTURED
+                    };
+                    if len > cap {
                         return Err(format!("element ({tag:08X}) is {len} bytes long"));
                     }
                     let mut value = vec![0u8; len as usize];
@@ -367,9 +380,38 @@ pub fn walk_source<S: Source>(
         enc,
         wanted,
         captured: BTreeMap::new(),
+        keep_all: false,
+        vrs: BTreeMap::new(),
     };
     w.elements(None, 0)?;
     Ok(w.captured)
+}
+
+/// One top-level element of an identifier: tag, VR (explicit syntaxes only), raw value.
+pub type IdentifierElement = (u32, Option<[u8; 2]>, Vec<u8>);
+
+/// Reads a small data set (a query identifier) completely: checks its framing and returns
+/// every top-level element with a defined length and its raw value (sequences are walked
+/// but not returned).
+pub fn read_identifier(bytes: &[u8], enc: Encoding) -> Result<Vec<IdentifierElement>, String> {
+    let (source, start) =
+        Seekable::new(std::io::Cursor::new(bytes), 0).map_err(|e| e.to_string())?;
+    let mut w = Walker {
+        len: source.known_len(),
+        r: source,
+        pos: start,
+        enc,
+        wanted: &[],
+        captured: BTreeMap::new(),
+        keep_all: true,
+        vrs: BTreeMap::new(),
+    };
+    w.elements(None, 0)?;
+    let vrs = w.vrs;
+    Ok(w.captured
+        .into_iter()
+        .map(|(tag, value)| (tag, vrs.get(&tag).copied(), value))
+        .collect())
 }
 
 /// [`walk_source`] over a seekable reader, from `start` to its end.

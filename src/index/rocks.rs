@@ -437,6 +437,28 @@ impl Index for RocksIndex {
         Ok(out)
     }
 
+    fn studies_by_date_range(&self, from: &str, to: &str) -> Result<Vec<String>, IndexError> {
+        let mut out = Vec::new();
+        let iter = self.db.iterator_cf(
+            self.cf(CF_IDX_STUDY_DATE),
+            IteratorMode::From(from.as_bytes(), Direction::Forward),
+        );
+        for item in iter {
+            let (k, _) = item.map_err(storage)?;
+            let Some(sep) = k.iter().position(|&b| b == 0) else {
+                continue;
+            };
+            let date = &k[..sep];
+            if !to.is_empty() && date > to.as_bytes() {
+                break;
+            }
+            if !date.is_empty() {
+                out.push(String::from_utf8_lossy(&k[sep + 1..]).into_owned());
+            }
+        }
+        Ok(out)
+    }
+
     fn catch_up(&self) -> Result<(), IndexError> {
         if self.secondary {
             self.db.try_catch_up_with_primary().map_err(storage)?;

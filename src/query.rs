@@ -1,0 +1,478 @@
+//! # C-FIND matching (PS3.4 C.2.2.2) over the index
+//!
+//! A query is the identifier of a C-FIND-RQ: a QueryRetrieveLevel and a set of keys,
+//! each either empty (return it) or a value to match. Matching, per key:
+//!
+//! - **universal**: an empty value matches everything;
+//! - **single value**: exact, except that `*` (any run) and `?` (one character) are
+//!   wildcards for text VRs; PN values match **case-insensitively**, with trailing empty
+//!   `^` components ignored on both sides (so `DOE^JOHN` matches `Doe^John^^`);
+//! - **UID list**: a UI key with several values (`a\b\c`) matches any of them;
+//! - **ranges**: DA/TM/DT keys `from-to`, `-to` or `from-` (inclusive);
+//! - multi-valued attributes (ModalitiesInStudy) match if any value matches.
+//!
+//! Candidates come from the secondary indexes when the query allows it (PatientID,
+//! AccessionNumber or StudyDate as a single value or a date range, StudyInstanceUID as a
+//! UID list), otherwise from a scan. Series and image level queries are hierarchical: they
+//! need the Study (and, for images, Series) Instance UID.
+
+use crate::dicom::framing::{read_identifier, Encoding};
+use crate::index::{Index, IndexError, InstanceEntry, SecondaryKey, SeriesRecord, StudyRecord};
+use std::collections::BTreeMap;
+
+pub mod tags {
+    pub const SPECIFIC_CHARACTER_SET: u32 = 0x0008_0005;
+    pub const STUDY_DATE: u32 = 0x0008_0020;
+    pub const STUDY_TIME: u32 = 0x0008_0030;
+    pub const ACCESSION_NUMBER: u32 = 0x0008_0050;
+    pub const QUERY_RETRIEVE_LEVEL: u32 = 0x0008_0052;
+    pub const RETRIEVE_AE_TITLE: u32 = 0x0008_0054;
+    pub const MODALITIES_IN_STUDY: u32 = 0x0008_0061;
+    pub const MODALITY: u32 = 0x0008_0060;
+    pub const SOP_CLASS_UID: u32 = 0x0008_0016;
+    pub const SOP_INSTANCE_UID: u32 = 0x0008_0018;
+    pub const REFERRING_PHYSICIAN_NAME: u32 = 0x0008_0090;
+    pub const STUDY_DESCRIPTION: u32 = 0x0008_1030;
+    pub const SERIES_DESCRIPTION: u32 = 0x0008_103E;
+    pub const PATIENT_NAME: u32 = 0x0010_0010;
+    pub const PATIENT_ID: u32 = 0x0010_0020;
+    pub const PATIENT_BIRTH_DATE: u32 = 0x0010_0030;
+    pub const PATIENT_SEX: u32 = 0x0010_0040;
+    pub const NUMBER_OF_PATIENT_RELATED_STUDIES: u32 = 0x0020_1200;
+    pub const NUMBER_OF_PATIENT_RELATED_SERIES: u32 = 0x0020_1202;
+    pub const NUMBER_OF_PATIENT_RELATED_INSTANCES: u32 = 0x0020_1204;
+    pub const NUMBER_OF_STUDY_RELATED_SERIES: u32 = 0x0020_1206;
+    pub const NUMBER_OF_STUDY_RELATED_INSTANCES: u32 = 0x0020_1208;
+    pub const NUMBER_OF_SERIES_RELATED_INSTANCES: u32 = 0x0020_1209;
+    pub const STUDY_INSTANCE_UID: u32 = 0x0020_000D;
+    pub const SERIES_INSTANCE_UID: u32 = 0x0020_000E;
+    pub const STUDY_ID: u32 = 0x0020_0010;
+    pub const SERIES_NUMBER: u32 = 0x0020_0011;
+    pub const INSTANCE_NUMBER: u32 = 0x0020_0013;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Model {
+    PatientRoot,
+    StudyRoot,
+}
+
+impl Model {
+    pub const PATIENT_ROOT_FIND: &'static str = "1.2.840.10008.5.1.4.1.2.1.1";
+    pub const STUDY_ROOT_FIND: &'static str = "1.2.840.10008.5.1.4.1.2.2.1";
+
+    pub fn of_sop_class(uid: &str) -> Option<Model> {
+        match uid {
+            Self::PATIENT_ROOT_FIND => Some(Model::PatientRoot),
+            Self::STUDY_ROOT_FIND => Some(Model::StudyRoot),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    Patient,
+    Study,
+    Series,
+    Image,
+}
+
+/// One key of a query: its tag, VR and (decoded) value; empty means "return it".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Key {
+    pub tag: u32,
+    pub vr: [u8; 2],
+    pub value: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Query {
+    pub level: Level,
+    pub keys: Vec<Key>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum QueryError {
+    #[error("identifier is malformed: {0}")]
+    Malformed(String),
+    #[error("identifier lacks a valid QueryRetrieveLevel")]
+    MissingLevel,
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+/// The VR of an attribute, from the request (explicit syntaxes) or the dictionary.
+fn vr_of(tag: u32, given: Option<[u8; 2]>) -> [u8; 2] {
+    use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry};
+    if let Some(vr) = given {
+        return vr;
+    }
+    let t = dicom_core::Tag((tag >> 16) as u16, (tag & 0xFFFF) as u16);
+    dicom_dictionary_std::StandardDataDictionary
+        .by_tag(t)
+        .map(|e| {
+            let s = e.vr().relaxed().to_string();
+            let b = s.as_bytes();
+            [b[0], b[1]]
+        })
+        .unwrap_or(*b"UN")
+}
+
+impl Query {
+    /// Parses an identifier encoded in `ts` (the presentation context's syntax).
+    pub fn parse(bytes: &[u8], ts: &str) -> Result<Query, QueryError> {
+        let enc = match ts {
+            "1.2.840.10008.1.2" => Encoding::ImplicitLittle,
+            "1.2.840.10008.1.2.1" => Encoding::ExplicitLittle,
+            "1.2.840.10008.1.2.2" => Encoding::ExplicitBig,
+            other => {
+                return Err(QueryError::Unsupported(format!(
+                    "identifier in transfer syntax {other}"
+                )))
+            }
+        };
+        let elements = read_identifier(bytes, enc).map_err(QueryError::Malformed)?;
+        let mut level = None;
+        let mut keys = Vec::new();
+        for (tag, vr, raw) in elements {
+            let value = String::from_utf8_lossy(&raw)
+                .trim_matches(['\0', ' '])
+                .to_string();
+            match tag {
+                tags::QUERY_RETRIEVE_LEVEL => {
+                    level = Some(match value.as_str() {
+                        "PATIENT" => Level::Patient,
+                        "STUDY" => Level::Study,
+                        "SERIES" => Level::Series,
+                        "IMAGE" => Level::Image,
+                        _ => return Err(QueryError::MissingLevel),
+                    })
+                }
+                tags::SPECIFIC_CHARACTER_SET => {}
+                _ if tag >> 16 == 0 || tag >> 16 == 2 => {}
+                _ => keys.push(Key {
+                    tag,
+                    vr: vr_of(tag, vr),
+                    value,
+                }),
+            }
+        }
+        Ok(Query {
+            level: level.ok_or(QueryError::MissingLevel)?,
+            keys,
+        })
+    }
+
+    fn value(&self, tag: u32) -> Option<&str> {
+        self.keys
+            .iter()
+            .find(|k| k.tag == tag)
+            .map(|k| k.value.as_str())
+            .filter(|v| !v.is_empty())
+    }
+}
+
+/// `*` and `?` wildcard matching (iterative, no backtracking blow-up).
+fn wildcard(pattern: &[char], text: &[char]) -> bool {
+    let (mut p, mut t) = (0, 0);
+    let (mut star, mut mark) = (None, 0);
+    while t < text.len() {
+        if p < pattern.len() && (pattern[p] == '?' || pattern[p] == text[t]) {
+            p += 1;
+            t += 1;
+        } else if p < pattern.len() && pattern[p] == '*' {
+            star = Some(p);
+            p += 1;
+            mark = t;
+        } else if let Some(s) = star {
+            p = s + 1;
+            mark += 1;
+            t = mark;
+        } else {
+            return false;
+        }
+    }
+    while p < pattern.len() && pattern[p] == '*' {
+        p += 1;
+    }
+    p == pattern.len()
+}
+
+fn in_range(q: &str, v: &str, normalise: fn(&str) -> String) -> bool {
+    match q.split_once('-') {
+        Some((from, to)) => {
+            let v = normalise(v);
+            if v.is_empty() {
+                return false;
+            }
+            (from.is_empty() || v >= normalise(from)) && (to.is_empty() || v <= normalise(to))
+        }
+        None => normalise(v) == normalise(q),
+    }
+}
+
+fn time_norm(t: &str) -> String {
+    let digits: String = t.chars().filter(|c| c.is_ascii_digit()).take(6).collect();
+    format!("{digits:0<6}")
+}
+
+fn pn_norm(s: &str) -> String {
+    s.trim_end_matches('^').to_uppercase()
+}
+
+/// Whether a candidate `value` (possibly multi-valued) matches query `key`.
+pub fn matches(key: &Key, value: &str) -> bool {
+    let q = key.value.as_str();
+    if q.is_empty() {
+        return true;
+    }
+    let values: Vec<&str> = value.split('\\').collect();
+    let queries: Vec<&str> = q.split('\\').collect();
+    values.iter().any(|v| {
+        queries.iter().any(|q| match &key.vr {
+            b"UI" => *v == *q,
+            b"DA" => in_range(q, v, |s| s.replace('.', "")),
+            b"TM" => in_range(q, v, time_norm),
+            b"DT" => in_range(q, v, |s| s.to_string()),
+            b"PN" => {
+                let (p, t): (Vec<char>, Vec<char>) =
+                    (pn_norm(q).chars().collect(), pn_norm(v).chars().collect());
+                wildcard(&p, &t)
+            }
+            _ => {
+                let (p, t): (Vec<char>, Vec<char>) = (q.chars().collect(), v.chars().collect());
+                wildcard(&p, &t)
+            }
+        })
+    })
+}
+
+/// One match: the identifier's attributes (tag → value) to return.
+pub type Answer = BTreeMap<u32, String>;
+
+fn study_attrs(uid: &str, s: &StudyRecord) -> Answer {
+    BTreeMap::from([
+        (tags::STUDY_INSTANCE_UID, uid.to_string()),
+        (tags::STUDY_DATE, s.study_date.clone()),
+        (tags::STUDY_TIME, s.study_time.clone()),
+        (tags::ACCESSION_NUMBER, s.accession_number.clone()),
+        (tags::STUDY_ID, s.study_id.clone()),
+        (tags::STUDY_DESCRIPTION, s.study_description.clone()),
+        (
+            tags::REFERRING_PHYSICIAN_NAME,
+            s.referring_physician_name.clone(),
+        ),
+        (tags::MODALITIES_IN_STUDY, s.modalities.join("\\")),
+        (tags::NUMBER_OF_STUDY_RELATED_SERIES, s.series.to_string()),
+        (
+            tags::NUMBER_OF_STUDY_RELATED_INSTANCES,
+            s.instances.to_string(),
+        ),
+        (tags::PATIENT_ID, s.patient_id.clone()),
+        (tags::PATIENT_NAME, s.patient_name.clone()),
+        (tags::PATIENT_BIRTH_DATE, s.patient_birth_date.clone()),
+        (tags::PATIENT_SEX, s.patient_sex.clone()),
+    ])
+}
+
+fn series_attrs(study_uid: &str, uid: &str, s: &SeriesRecord) -> Answer {
+    BTreeMap::from([
+        (tags::STUDY_INSTANCE_UID, study_uid.to_string()),
+        (tags::SERIES_INSTANCE_UID, uid.to_string()),
+        (tags::MODALITY, s.modality.clone()),
+        (tags::SERIES_NUMBER, s.series_number.clone()),
+        (tags::SERIES_DESCRIPTION, s.series_description.clone()),
+        (
+            tags::NUMBER_OF_SERIES_RELATED_INSTANCES,
+            s.instances.to_string(),
+        ),
+    ])
+}
+
+fn image_attrs(e: &InstanceEntry) -> Answer {
+    BTreeMap::from([
+        (tags::STUDY_INSTANCE_UID, e.study_uid.clone()),
+        (tags::SERIES_INSTANCE_UID, e.series_uid.clone()),
+        (tags::SOP_INSTANCE_UID, e.sop_instance_uid.clone()),
+        (tags::SOP_CLASS_UID, e.record.sop_class_uid.clone()),
+        (tags::INSTANCE_NUMBER, e.record.instance_number.clone()),
+    ])
+}
+
+/// Whether every key the record knows matches (keys it does not know are only returned).
+fn all_match(query: &Query, attrs: &Answer) -> bool {
+    query
+        .keys
+        .iter()
+        .all(|k| attrs.get(&k.tag).is_none_or(|v| matches(k, v)))
+}
+
+/// The studies worth looking at: from a secondary index or a UID list when the query
+/// names one, else every study.
+fn candidate_studies(
+    index: &dyn Index,
+    query: &Query,
+) -> Result<Vec<(String, StudyRecord)>, IndexError> {
+    let exact = |tag| query.value(tag).filter(|v| !v.contains(['*', '?', '\\']));
+    let uids: Option<Vec<String>> = if let Some(list) = query.value(tags::STUDY_INSTANCE_UID) {
+        Some(list.split('\\').map(str::to_string).collect())
+    } else if let Some(pid) = exact(tags::PATIENT_ID) {
+        Some(index.studies_by(SecondaryKey::PatientId, pid)?)
+    } else if let Some(acc) = exact(tags::ACCESSION_NUMBER) {
+        Some(index.studies_by(SecondaryKey::AccessionNumber, acc)?)
+    } else if let Some(date) = query.value(tags::STUDY_DATE).filter(|d| !d.contains('\\')) {
+        Some(match date.split_once('-') {
+            Some((from, to)) => index.studies_by_date_range(from, to)?,
+            None => index.studies_by(SecondaryKey::StudyDate, date)?,
+        })
+    } else {
+        None
+    };
+    match uids {
+        Some(mut uids) => {
+            uids.sort();
+            uids.dedup();
+            let mut out = Vec::with_capacity(uids.len());
+            for uid in uids {
+                if let Some(s) = index.study(&uid)? {
+                    out.push((uid, s));
+                }
+            }
+            Ok(out)
+        }
+        None => index.studies(),
+    }
+}
+
+/// Runs a query against the index; answers are the full attribute maps of the matches.
+pub fn find(index: &dyn Index, model: Model, query: &Query) -> Result<Vec<Answer>, QueryError> {
+    let storage = |e: IndexError| QueryError::Unsupported(format!("index error: {e}"));
+    let mut answers = Vec::new();
+    match query.level {
+        Level::Patient => {
+            if model != Model::PatientRoot {
+                return Err(QueryError::Unsupported(
+                    "PATIENT level needs the Patient Root model".into(),
+                ));
+            }
+            let mut by_patient: BTreeMap<String, (StudyRecord, u64, u64, u64)> = BTreeMap::new();
+            for (_, s) in candidate_studies(index, query).map_err(storage)? {
+                let e = by_patient
+                    .entry(s.patient_id.clone())
+                    .or_insert((s.clone(), 0, 0, 0));
+                e.1 += 1;
+                e.2 += s.series;
+                e.3 += s.instances;
+            }
+            for (pid, (s, studies, series, instances)) in by_patient {
+                let attrs = BTreeMap::from([
+                    (tags::PATIENT_ID, pid),
+                    (tags::PATIENT_NAME, s.patient_name),
+                    (tags::PATIENT_BIRTH_DATE, s.patient_birth_date),
+                    (tags::PATIENT_SEX, s.patient_sex),
+                    (tags::NUMBER_OF_PATIENT_RELATED_STUDIES, studies.to_string()),
+                    (tags::NUMBER_OF_PATIENT_RELATED_SERIES, series.to_string()),
+                    (
+                        tags::NUMBER_OF_PATIENT_RELATED_INSTANCES,
+                        instances.to_string(),
+                    ),
+                ]);
+                if all_match(query, &attrs) {
+                    answers.push(attrs);
+                }
+            }
+        }
+        Level::Study => {
+            if model == Model::PatientRoot && query.value(tags::PATIENT_ID).is_none() {
+                return Err(QueryError::Unsupported(
+                    "Patient Root STUDY level needs a PatientID".into(),
+                ));
+            }
+            for (uid, s) in candidate_studies(index, query).map_err(storage)? {
+                let attrs = study_attrs(&uid, &s);
+                if all_match(query, &attrs) {
+                    answers.push(attrs);
+                }
+            }
+        }
+        Level::Series | Level::Image => {
+            let study_uids = query.value(tags::STUDY_INSTANCE_UID).ok_or_else(|| {
+                QueryError::Unsupported("SERIES and IMAGE levels need a StudyInstanceUID".into())
+            })?;
+            for study in study_uids.split('\\') {
+                if query.level == Level::Series {
+                    for (uid, rec) in index.series_of_study(study).map_err(storage)? {
+                        let attrs = series_attrs(study, &uid, &rec);
+                        if all_match(query, &attrs) {
+                            answers.push(attrs);
+                        }
+                    }
+                } else {
+                    if query.value(tags::SERIES_INSTANCE_UID).is_none() {
+                        return Err(QueryError::Unsupported(
+                            "IMAGE level needs a SeriesInstanceUID".into(),
+                        ));
+                    }
+                    for e in index.instances_of_study(study).map_err(storage)? {
+                        let attrs = image_attrs(&e);
+                        if all_match(query, &attrs) {
+                            answers.push(attrs);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(answers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(tag: u32, vr: &[u8; 2], value: &str) -> Key {
+        Key {
+            tag,
+            vr: *vr,
+            value: value.into(),
+        }
+    }
+
+    #[test]
+    fn matching_rules() {
+        assert!(matches(&key(0, b"LO", ""), "anything"));
+        assert!(matches(&key(0, b"LO", "AB*"), "ABC"));
+        assert!(matches(&key(0, b"LO", "A?C"), "ABC"));
+        assert!(!matches(&key(0, b"LO", "A?C"), "ABBC"));
+        assert!(matches(&key(0, b"LO", "*"), ""));
+        assert!(
+            !matches(&key(0, b"LO", "abc"), "ABC"),
+            "text is case-sensitive"
+        );
+        assert!(
+            matches(&key(0, b"PN", "doe^j*"), "DOE^JOHN^^"),
+            "PN is case-insensitive"
+        );
+        assert!(matches(&key(0, b"PN", "DOE^JOHN"), "Doe^John^^"));
+        assert!(matches(&key(0, b"UI", "1.2\\1.3"), "1.3"));
+        assert!(!matches(&key(0, b"UI", "1.2"), "1.2.3"));
+        assert!(matches(&key(0, b"DA", "20240101-20240131"), "20240115"));
+        assert!(!matches(&key(0, b"DA", "20240101-20240131"), "20240201"));
+        assert!(matches(&key(0, b"DA", "-20240131"), "19990101"));
+        assert!(matches(&key(0, b"DA", "20240101-"), "20250101"));
+        assert!(!matches(&key(0, b"DA", "20240101-"), ""));
+        assert!(matches(&key(0, b"TM", "0800-1200"), "101500.123"));
+        assert!(
+            matches(&key(0, b"CS", "MR"), "CT\\MR"),
+            "multi-valued attributes"
+        );
+        // many stars against a long text: linear-ish, and right
+        let long = "a".repeat(2000);
+        assert!(matches(&key(0, b"LO", "*a*b"), &format!("{long}b")));
+        assert!(!matches(
+            &key(0, b"LO", &"*a".repeat(50)),
+            &"b".repeat(2000)
+        ));
+    }
+}

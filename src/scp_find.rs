@@ -1,0 +1,225 @@
+//! The C-FIND SCP: runs a query (see [`crate::query`]) on the blocking pool, then streams
+//! one pending response (0xFF00) per match with its identifier, checking for C-CANCEL
+//! before each, and ends with 0x0000 (done), 0xFE00 (cancelled) or a failure status.
+
+use crate::dicom::dimse::{field, tag, ResponseBuilder};
+use crate::query::{self, Model, Query, QueryError};
+use crate::scp::{send_command, Association, ScpContext};
+use dicom_ul::pdu::{PDataValue, PDataValueType};
+use dicom_ul::Pdu;
+use std::time::Duration;
+
+const PENDING: u16 = 0xFF00;
+const CANCELLED: u16 = 0xFE00;
+const IDENTIFIER_DOES_NOT_MATCH: u16 = 0xA900;
+const UNABLE_TO_PROCESS: u16 = 0xC001;
+
+pub struct FindRequest {
+    pub pc_id: u8,
+    pub message_id: u16,
+    pub model: Model,
+    pub sop_class: String,
+    pub transfer_syntax: String,
+    pub identifier: Vec<u8>,
+}
+
+fn long_vr(vr: &[u8; 2]) -> bool {
+    matches!(
+        vr,
+        b"OB"
+            | b"OD"
+            | b"OF"
+            | b"OL"
+            | b"OV"
+            | b"OW"
+            | b"SQ"
+            | b"SV"
+            | b"UC"
+            | b"UN"
+            | b"UR"
+            | b"UT"
+            | b"UV"
+    )
+}
+
+/// Encodes a response identifier (explicit or implicit VR little endian).
+fn encode_identifier(elements: &[(u32, [u8; 2], String)], explicit: bool) -> Vec<u8> {
+    let mut out = Vec::with_capacity(512);
+    for (tag, vr, value) in elements {
+        let mut v = value.as_bytes().to_vec();
+        if v.len() % 2 == 1 {
+            v.push(if vr == b"UI" { 0 } else { b' ' });
+        }
+        out.extend_from_slice(&((tag >> 16) as u16).to_le_bytes());
+        out.extend_from_slice(&((tag & 0xFFFF) as u16).to_le_bytes());
+        if explicit {
+            out.extend_from_slice(vr);
+            if long_vr(vr) {
+                out.extend_from_slice(&[0, 0]);
+                out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+            } else {
+                out.extend_from_slice(&(v.len() as u16).to_le_bytes());
+            }
+        } else {
+            out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+        }
+        out.extend_from_slice(&v);
+    }
+    out
+}
+
+/// The identifier returned for one match: the level, then every requested key with its
+/// value (empty when unknown), sorted by tag.
+fn identifier_for(
+    query: &Query,
+    answer: &query::Answer,
+    level: &str,
+    ae_title: &str,
+) -> Vec<(u32, [u8; 2], String)> {
+    let mut elements: Vec<(u32, [u8; 2], String)> =
+        vec![(query::tags::QUERY_RETRIEVE_LEVEL, *b"CS", level.into())];
+    for key in &query.keys {
+        let value = match key.tag {
+            query::tags::RETRIEVE_AE_TITLE => ae_title.to_string(),
+            t => answer.get(&t).cloned().unwrap_or_default(),
+        };
+        let vr = if long_vr(&key.vr) && key.vr != *b"UT" && key.vr != *b"UC" {
+            *b"UN"
+        } else {
+            key.vr
+        };
+        // binary or sequence keys are returned empty
+        let value = if vr == *b"UN" { String::new() } else { value };
+        elements.push((key.tag, vr, value));
+    }
+    if elements.iter().any(|(_, _, v)| !v.is_ascii()) {
+        elements.push((
+            query::tags::SPECIFIC_CHARACTER_SET,
+            *b"CS",
+            "ISO_IR 192".into(),
+        ));
+    }
+    elements.sort_by_key(|(t, _, _)| *t);
+    elements.dedup_by_key(|(t, _, _)| *t);
+    elements
+}
+
+async fn send_data(assoc: &mut Association, pc_id: u8, bytes: Vec<u8>) -> Result<(), String> {
+    let max = match assoc.requestor_max_pdu_length() {
+        0 => usize::MAX,
+        n => (n as usize).saturating_sub(6).max(1),
+    };
+    let chunks: Vec<&[u8]> = if bytes.is_empty() {
+        vec![&[][..]]
+    } else {
+        bytes.chunks(max).collect()
+    };
+    let n = chunks.len();
+    for (i, chunk) in chunks.into_iter().enumerate() {
+        assoc
+            .send(&Pdu::PData {
+                data: vec![PDataValue {
+                    presentation_context_id: pc_id,
+                    value_type: PDataValueType::Data,
+                    is_last: i + 1 == n,
+                    data: chunk.to_vec(),
+                }],
+            })
+            .await
+            .map_err(|e| format!("send identifier: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Whether a C-CANCEL for this message arrived (without waiting for one).
+async fn cancelled(assoc: &mut Association, message_id: u16) -> Result<bool, String> {
+    match tokio::time::timeout(Duration::ZERO, assoc.receive()).await {
+        Err(_) => Ok(false),
+        Ok(Err(e)) => Err(format!("receive failed during C-FIND: {e}")),
+        Ok(Ok(Pdu::PData { data })) => {
+            for pdv in data {
+                if pdv.value_type == PDataValueType::Command {
+                    let cmd = crate::dicom::dimse::Command::decode(&pdv.data)
+                        .map_err(|e| e.to_string())?;
+                    if cmd.command_field().ok() == Some(field::C_CANCEL_RQ) {
+                        let _ = message_id; // one outstanding operation per association
+                        return Ok(true);
+                    }
+                }
+            }
+            Err("unexpected P-DATA during C-FIND".into())
+        }
+        Ok(Ok(Pdu::AbortRQ { .. })) => Err("peer aborted during C-FIND".into()),
+        Ok(Ok(other)) => Err(format!(
+            "unexpected {} during C-FIND",
+            other.short_description()
+        )),
+    }
+}
+
+pub async fn run_find(
+    ctx: &ScpContext,
+    assoc: &mut Association,
+    req: FindRequest,
+) -> Result<(), String> {
+    let final_rsp = |status: u16, comment: Option<&str>| {
+        let mut b = ResponseBuilder::new(field::C_FIND_RQ, req.message_id, status)
+            .uid(tag::AFFECTED_SOP_CLASS_UID, &req.sop_class);
+        if let Some(c) = comment {
+            b = b.text(tag::ERROR_COMMENT, c);
+        }
+        b.encode()
+    };
+    let query = match Query::parse(&req.identifier, &req.transfer_syntax) {
+        Ok(q) => q,
+        Err(e) => {
+            tracing::warn!(error = %e, "C-FIND refused");
+            return send_command(
+                assoc,
+                req.pc_id,
+                final_rsp(IDENTIFIER_DOES_NOT_MATCH, Some(&e.to_string())),
+            )
+            .await;
+        }
+    };
+    let level = match query.level {
+        query::Level::Patient => "PATIENT",
+        query::Level::Study => "STUDY",
+        query::Level::Series => "SERIES",
+        query::Level::Image => "IMAGE",
+    };
+    let index = ctx.index.clone();
+    let (model, q) = (req.model, query.clone());
+    let found = tokio::task::spawn_blocking(move || query::find(index.as_ref(), model, &q))
+        .await
+        .map_err(|e| format!("query task failed: {e}"))?;
+    let answers = match found {
+        Ok(a) => a,
+        Err(e) => {
+            let status = match e {
+                QueryError::Unsupported(ref m) if m.starts_with("index error") => UNABLE_TO_PROCESS,
+                _ => IDENTIFIER_DOES_NOT_MATCH,
+            };
+            tracing::warn!(error = %e, "C-FIND refused");
+            return send_command(assoc, req.pc_id, final_rsp(status, Some(&e.to_string()))).await;
+        }
+    };
+    tracing::info!(level, matches = answers.len(), "C-FIND");
+    let explicit = req.transfer_syntax != "1.2.840.10008.1.2";
+    for answer in &answers {
+        if cancelled(assoc, req.message_id).await? {
+            return send_command(assoc, req.pc_id, final_rsp(CANCELLED, None)).await;
+        }
+        let rsp = ResponseBuilder::new(field::C_FIND_RQ, req.message_id, PENDING)
+            .uid(tag::AFFECTED_SOP_CLASS_UID, &req.sop_class)
+            .u16(tag::COMMAND_DATA_SET_TYPE, 0x0001)
+            .encode();
+        send_command(assoc, req.pc_id, rsp).await?;
+        let id = encode_identifier(
+            &identifier_for(&query, answer, level, &ctx.config.ae_title),
+            explicit,
+        );
+        send_data(assoc, req.pc_id, id).await?;
+    }
+    send_command(assoc, req.pc_id, final_rsp(0x0000, None)).await
+}

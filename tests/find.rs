@@ -1,0 +1,277 @@
+//! C-FIND SCP against DCMTK findscu: both information models, all four levels,
+//! wildcards, date ranges, UID lists, computed attributes, and refusals.
+
+use crate::common::*;
+use std::path::PathBuf;
+use strata::dicom::header::read_header_blocking;
+
+/// Runs findscu with the given model flag (`-S` study root, `-P` patient root) and keys;
+/// returns (number of pending responses, whole output).
+fn findscu(port: u16, model: &str, keys: &[&str]) -> (usize, String) {
+    let mut cmd = dcmtk("findscu");
+    cmd.args(["-v", "-aec", "STRATA", model]);
+    for k in keys {
+        cmd.arg("-k").arg(k);
+    }
+    cmd.arg("127.0.0.1").arg(port.to_string());
+    let out = run(&mut cmd);
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let pending = text
+        .lines()
+        .filter(|l| l.contains("Find Response:") && l.contains("(Pending)"))
+        .count();
+    (pending, text)
+}
+
+/// The values findscu printed for `keyword`, in order.
+fn values(text: &str, keyword: &str) -> Vec<String> {
+    text.lines()
+        .filter(|l| l.trim_end().ends_with(keyword))
+        .filter_map(|l| Some(l.split_once('[')?.1.split_once(']')?.0.trim().to_string()))
+        .collect()
+}
+
+#[test]
+fn findscu_queries_every_level_of_both_models() {
+    let archive = Archive::new("find");
+    let ct: Vec<PathBuf> = dcm_files(ct_study());
+    let (valid, _) = pydicom_samples();
+    let mut files = ct.clone();
+    files.extend(valid.iter().take(30).cloned());
+    run(archive.strata(&["import"]).args(&files));
+    let server = archive.start();
+    let port = server.dicom_port;
+    let ct_attrs = read_header_blocking(&ct[0]).unwrap();
+    let studies = archive.ls_json();
+    let total_studies = studies.as_array().unwrap().len();
+    assert!(total_studies > 3);
+
+    // STUDY level, universal match: every study, with computed attributes
+    let (n, text) = findscu(
+        port,
+        "-S",
+        &[
+            "QueryRetrieveLevel=STUDY",
+            "StudyInstanceUID",
+            "NumberOfStudyRelatedInstances",
+        ],
+    );
+    assert_eq!(n, total_studies, "{text}");
+
+    // by PatientID (secondary index), with the computed counts and modalities
+    let (n, text) = findscu(
+        port,
+        "-S",
+        &[
+            "QueryRetrieveLevel=STUDY",
+            &format!("PatientID={}", ct_attrs.patient_id),
+            "StudyInstanceUID",
+            "ModalitiesInStudy",
+            "NumberOfStudyRelatedSeries",
+            "NumberOfStudyRelatedInstances",
+            "PatientName",
+            "AccessionNumber",
+        ],
+    );
+    assert_eq!(n, 1, "{text}");
+    assert_eq!(
+        values(&text, "StudyInstanceUID"),
+        vec![ct_attrs.study_uid.clone()]
+    );
+    assert_eq!(
+        values(&text, "NumberOfStudyRelatedInstances"),
+        vec![ct.len().to_string()]
+    );
+    assert_eq!(
+        values(&text, "NumberOfStudyRelatedSeries"),
+        vec!["1".to_string()]
+    );
+    assert_eq!(values(&text, "ModalitiesInStudy"), vec!["CT".to_string()]);
+    assert_eq!(
+        values(&text, "AccessionNumber"),
+        vec![ct_attrs.accession_number.clone()]
+    );
+
+    // by AccessionNumber, by exact date, by a date range that contains it and one that does not
+    let (n, _) = findscu(
+        port,
+        "-S",
+        &[
+            "QueryRetrieveLevel=STUDY",
+            &format!("AccessionNumber={}", ct_attrs.accession_number),
+        ],
+    );
+    assert_eq!(n, 1);
+    let (n, _) = findscu(
+        port,
+        "-S",
+        &[
+            "QueryRetrieveLevel=STUDY",
+            &format!("StudyDate={}", ct_attrs.study_date),
+            &format!("PatientID={}", ct_attrs.patient_id),
+        ],
+    );
+    assert_eq!(n, 1);
+    let year: i32 = ct_attrs.study_date[..4].parse().unwrap();
+    let (n, text) = findscu(
+        port,
+        "-S",
+        &[
+            "QueryRetrieveLevel=STUDY",
+            &format!("StudyDate={}0101-{}1231", year, year),
+            "StudyInstanceUID",
+        ],
+    );
+    assert!(
+        values(&text, "StudyInstanceUID").contains(&ct_attrs.study_uid),
+        "{text}"
+    );
+    assert!(n >= 1);
+    let (_, text) = findscu(
+        port,
+        "-S",
+        &[
+            "QueryRetrieveLevel=STUDY",
+            &format!("StudyDate=-{}1231", year - 1),
+            "StudyInstanceUID",
+        ],
+    );
+    assert!(!values(&text, "StudyInstanceUID").contains(&ct_attrs.study_uid));
+
+    // wildcards, and PN case-insensitively
+    let name = ct_attrs.patient_name.to_lowercase();
+    let (n, text) = findscu(
+        port,
+        "-S",
+        &[
+            "QueryRetrieveLevel=STUDY",
+            &format!("PatientName={}*", &name[..3]),
+            "StudyInstanceUID",
+        ],
+    );
+    assert!(
+        n >= 1 && values(&text, "StudyInstanceUID").contains(&ct_attrs.study_uid),
+        "{text}"
+    );
+    let (n, _) = findscu(
+        port,
+        "-S",
+        &["QueryRetrieveLevel=STUDY", "PatientName=NOBODY*"],
+    );
+    assert_eq!(n, 0);
+
+    // a UID list of two studies
+    let other = studies
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["study_uid"].as_str().unwrap().to_string())
+        .find(|u| *u != ct_attrs.study_uid)
+        .unwrap();
+    let (n, _) = findscu(
+        port,
+        "-S",
+        &[
+            "QueryRetrieveLevel=STUDY",
+            &format!("StudyInstanceUID={}\\{}", ct_attrs.study_uid, other),
+        ],
+    );
+    assert_eq!(n, 2);
+
+    // SERIES and IMAGE levels
+    let (n, text) = findscu(
+        port,
+        "-S",
+        &[
+            "QueryRetrieveLevel=SERIES",
+            &format!("StudyInstanceUID={}", ct_attrs.study_uid),
+            "SeriesInstanceUID",
+            "Modality",
+            "NumberOfSeriesRelatedInstances",
+        ],
+    );
+    assert_eq!(n, 1);
+    assert_eq!(
+        values(&text, "SeriesInstanceUID"),
+        vec![ct_attrs.series_uid.clone()]
+    );
+    assert_eq!(
+        values(&text, "NumberOfSeriesRelatedInstances"),
+        vec![ct.len().to_string()]
+    );
+    let (n, _) = findscu(
+        port,
+        "-S",
+        &[
+            "QueryRetrieveLevel=IMAGE",
+            &format!("StudyInstanceUID={}", ct_attrs.study_uid),
+            &format!("SeriesInstanceUID={}", ct_attrs.series_uid),
+            "SOPInstanceUID",
+        ],
+    );
+    assert_eq!(n, ct.len());
+    let (n, text) = findscu(
+        port,
+        "-S",
+        &[
+            "QueryRetrieveLevel=IMAGE",
+            &format!("StudyInstanceUID={}", ct_attrs.study_uid),
+            &format!("SeriesInstanceUID={}", ct_attrs.series_uid),
+            &format!("SOPInstanceUID={}", ct_attrs.sop_instance_uid),
+            "InstanceNumber",
+        ],
+    );
+    assert_eq!(n, 1);
+    assert_eq!(
+        values(&text, "InstanceNumber"),
+        vec![ct_attrs.instance_number.clone()]
+    );
+
+    // Patient Root: PATIENT level with computed counts, then STUDY under the patient
+    let (n, text) = findscu(
+        port,
+        "-P",
+        &[
+            "QueryRetrieveLevel=PATIENT",
+            &format!("PatientID={}", ct_attrs.patient_id),
+            "PatientName",
+            "NumberOfPatientRelatedStudies",
+            "NumberOfPatientRelatedInstances",
+        ],
+    );
+    assert_eq!(n, 1, "{text}");
+    assert_eq!(
+        values(&text, "NumberOfPatientRelatedInstances"),
+        vec![ct.len().to_string()]
+    );
+    let (n, _) = findscu(
+        port,
+        "-P",
+        &[
+            "QueryRetrieveLevel=STUDY",
+            &format!("PatientID={}", ct_attrs.patient_id),
+            "StudyInstanceUID",
+        ],
+    );
+    assert_eq!(n, 1);
+
+    // refusals: IMAGE without its series, no level at all; the server keeps serving
+    let (n, text) = findscu(
+        port,
+        "-S",
+        &[
+            "QueryRetrieveLevel=IMAGE",
+            &format!("StudyInstanceUID={}", ct_attrs.study_uid),
+        ],
+    );
+    assert_eq!(n, 0);
+    assert!(
+        text.contains("Final Find Response (Error: DataSetDoesNotMatchSOPClass)"),
+        "{text}"
+    );
+    let (n, _) = findscu(port, "-S", &["PatientID=X"]);
+    assert_eq!(n, 0);
+    assert!(server.echo_ok());
+    server.stop();
+}
