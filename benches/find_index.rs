@@ -1,0 +1,183 @@
+//! C-FIND study-level latency on a large index (issue 4's benchmark, in-process part):
+//! builds an index of 50,000 studies × 20 instances (1,000,000 instances) directly with
+//! `Index::commit` (a generator, not the network), then times 1,000 study-level queries
+//! each by PatientID, by a one-week StudyDate range and by AccessionNumber through
+//! `query::find`, printing p50 and p99.
+//!
+//! `cargo bench --bench find_index` (STUDIES=50000 INSTANCES=20 by default; the index is
+//! kept in /var/tmp/strata-find-bench and reused when it is complete).
+
+use std::time::Instant;
+use strata::dicom::header::InstanceAttrs;
+use strata::index::{Index, NewObject, Provenance, RocksIndex};
+use strata::query::{find, Key, Level, Model, Query};
+use strata_tiers::ObjectId;
+
+fn env(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn date_of(study: usize) -> String {
+    // studies spread over ~14 years, a dozen a day
+    let day = study / 12;
+    let (y, d) = (2010 + day / 365, day % 365);
+    format!("{y:04}{:02}{:02}", 1 + d / 31 % 12, 1 + d % 28)
+}
+
+fn build(index: &RocksIndex, studies: usize, per_study: usize) {
+    let started = Instant::now();
+    let mut batch = Vec::with_capacity(10_000);
+    for s in 0..studies {
+        let study_uid = format!("1.2.826.0.1.3680043.9.1000.{s}");
+        let series_uid = format!("{study_uid}.1");
+        for i in 0..per_study {
+            let sop = format!("{series_uid}.{i}");
+            batch.push(NewObject {
+                id: ObjectId::of_bytes(sop.as_bytes()),
+                size: 525_000,
+                attrs: InstanceAttrs {
+                    patient_id: format!("PID{:06}", s / 3),
+                    patient_name: format!("PATIENT^{:06}", s / 3),
+                    patient_birth_date: "19600101".into(),
+                    patient_sex: "O".into(),
+                    study_uid: study_uid.clone(),
+                    study_date: date_of(s),
+                    study_time: "101010".into(),
+                    accession_number: format!("ACC{s:07}"),
+                    study_id: format!("{s}"),
+                    study_description: "CT CHEST".into(),
+                    referring_physician_name: String::new(),
+                    series_uid: series_uid.clone(),
+                    series_number: "1".into(),
+                    modality: "CT".into(),
+                    series_description: "AXIAL".into(),
+                    sop_instance_uid: sop,
+                    sop_class_uid: "1.2.840.10008.5.1.4.1.1.2".into(),
+                    instance_number: format!("{}", i + 1),
+                    transfer_syntax_uid: "1.2.840.10008.1.2.1".into(),
+                },
+                provenance: Provenance {
+                    received_at_ms: 0,
+                    calling_ae: "BENCH".into(),
+                    source: String::new(),
+                },
+            });
+            if batch.len() == 10_000 {
+                index.commit(&batch).expect("commit");
+                batch.clear();
+            }
+        }
+    }
+    if !batch.is_empty() {
+        index.commit(&batch).expect("commit");
+    }
+    println!(
+        "built an index of {studies} studies, {} instances in {:.1} s",
+        studies * per_study,
+        started.elapsed().as_secs_f64()
+    );
+}
+
+fn study_query(keys: Vec<(u32, &[u8; 2], String)>) -> Query {
+    let mut all: Vec<Key> = keys
+        .into_iter()
+        .map(|(tag, vr, value)| Key {
+            tag,
+            vr: *vr,
+            value,
+        })
+        .collect();
+    for (tag, vr) in [
+        (0x0020_000Du32, b"UI"),
+        (0x0010_0010, b"PN"),
+        (0x0008_0061, b"CS"),
+        (0x0020_1208, b"IS"),
+    ] {
+        if !all.iter().any(|k| k.tag == tag) {
+            all.push(Key {
+                tag,
+                vr: *vr,
+                value: String::new(),
+            });
+        }
+    }
+    Query {
+        level: Level::Study,
+        keys: all,
+    }
+}
+
+fn percentiles(mut micros: Vec<f64>) -> (f64, f64) {
+    micros.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let at = |p: f64| micros[((micros.len() as f64 - 1.0) * p).round() as usize];
+    (at(0.5), at(0.99))
+}
+
+fn main() {
+    let studies = env("STUDIES", 50_000);
+    let per_study = env("INSTANCES", 20);
+    let dir = std::path::PathBuf::from(format!("/var/tmp/strata-find-bench-{studies}x{per_study}"));
+    let complete = dir.join("complete");
+    if !complete.exists() {
+        let _ = std::fs::remove_dir_all(&dir);
+        let index = RocksIndex::open_primary(&dir.join("index")).expect("open index");
+        build(&index, studies, per_study);
+        std::fs::write(&complete, b"").unwrap();
+    }
+    let index = RocksIndex::open_primary(&dir.join("index")).expect("open index");
+    let mut rng: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut next = |n: usize| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        (rng % n as u64) as usize
+    };
+    println!(
+        "\n| query (study level, {} instances) | matches/query | p50 | p99 |",
+        studies * per_study
+    );
+    println!("|---|---:|---:|---:|");
+    let kinds: [(&str, Box<dyn Fn(usize) -> Query>); 3] = [
+        (
+            "PatientID",
+            Box::new(|s| study_query(vec![(0x0010_0020, b"LO", format!("PID{:06}", s / 3))])),
+        ),
+        (
+            "StudyDate range (7 days)",
+            Box::new(|s| {
+                let from = date_of(s);
+                let to = format!(
+                    "{}{:02}",
+                    &from[..6],
+                    (from[6..].parse::<u32>().unwrap() + 6).min(31)
+                );
+                study_query(vec![(0x0008_0020, b"DA", format!("{from}-{to}"))])
+            }),
+        ),
+        (
+            "AccessionNumber",
+            Box::new(|s| study_query(vec![(0x0008_0050, b"SH", format!("ACC{s:07}"))])),
+        ),
+    ];
+    for (name, make) in kinds.iter() {
+        let mut times = Vec::with_capacity(1000);
+        let mut found = 0usize;
+        for _ in 0..1000 {
+            let q = make(next(studies));
+            let t = Instant::now();
+            let answers = find(&index, Model::StudyRoot, &q).expect("query");
+            times.push(t.elapsed().as_secs_f64() * 1e6);
+            found += answers.len();
+        }
+        let (p50, p99) = percentiles(times);
+        println!(
+            "| {name} | {:.1} | {:.2} ms | {:.2} ms |",
+            found as f64 / 1000.0,
+            p50 / 1000.0,
+            p99 / 1000.0
+        );
+    }
+}
