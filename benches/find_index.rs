@@ -110,6 +110,9 @@ fn study_query(keys: Vec<(u32, &[u8; 2], String)>) -> Query {
     }
 }
 
+/// Makes one query from a random study number.
+type QueryMaker = dyn Fn(usize) -> Query;
+
 fn percentiles(mut micros: Vec<f64>) -> (f64, f64) {
     micros.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let at = |p: f64| micros[((micros.len() as f64 - 1.0) * p).round() as usize];
@@ -140,7 +143,7 @@ fn main() {
         studies * per_study
     );
     println!("|---|---:|---:|---:|");
-    let kinds: [(&str, Box<dyn Fn(usize) -> Query>); 3] = [
+    let kinds: [(&str, Box<QueryMaker>); 3] = [
         (
             "PatientID",
             Box::new(|s| study_query(vec![(0x0010_0020, b"LO", format!("PID{:06}", s / 3))])),
