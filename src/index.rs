@@ -61,6 +61,12 @@ pub trait Index: Send + Sync {
     /// Every study, ordered by Study Instance UID.
     fn studies(&self) -> Result<Vec<(String, StudyRecord)>, IndexError>;
     fn study(&self, study_uid: &str) -> Result<Option<StudyRecord>, IndexError>;
+    /// Visits every study in Study Instance UID order until `visit` returns false,
+    /// without loading them all.
+    fn for_each_study(
+        &self,
+        visit: &mut dyn FnMut(&str, StudyRecord) -> bool,
+    ) -> Result<(), IndexError>;
     fn series_of_study(&self, study_uid: &str) -> Result<Vec<(String, SeriesRecord)>, IndexError>;
     fn instances_of_study(&self, study_uid: &str) -> Result<Vec<InstanceEntry>, IndexError>;
     /// A series by its UID, with the study it belongs to.

@@ -308,12 +308,14 @@ fn all_match(query: &Query, attrs: &Answer) -> bool {
         .all(|k| attrs.get(&k.tag).is_none_or(|v| matches(k, v)))
 }
 
-/// The studies worth looking at: from a secondary index or a UID list when the query
-/// names one, else every study.
-fn candidate_studies(
+/// Visits the studies worth looking at: from a secondary index or a UID list when the
+/// query names one, else every study (streamed from the index, never all in memory).
+/// `visit` returns false to stop.
+fn for_each_candidate_study(
     index: &dyn Index,
     query: &Query,
-) -> Result<Vec<(String, StudyRecord)>, IndexError> {
+    visit: &mut dyn FnMut(&str, StudyRecord) -> bool,
+) -> Result<(), IndexError> {
     let exact = |tag| query.value(tag).filter(|v| !v.contains(['*', '?', '\\']));
     let uids: Option<Vec<String>> = if let Some(list) = query.value(tags::STUDY_INSTANCE_UID) {
         Some(list.split('\\').map(str::to_string).collect())
@@ -333,22 +335,28 @@ fn candidate_studies(
         Some(mut uids) => {
             uids.sort();
             uids.dedup();
-            let mut out = Vec::with_capacity(uids.len());
             for uid in uids {
                 if let Some(s) = index.study(&uid)? {
-                    out.push((uid, s));
+                    if !visit(&uid, s) {
+                        break;
+                    }
                 }
             }
-            Ok(out)
+            Ok(())
         }
-        None => index.studies(),
+        None => index.for_each_study(visit),
     }
 }
 
-/// Runs a query against the index; answers are the full attribute maps of the matches.
-pub fn find(index: &dyn Index, model: Model, query: &Query) -> Result<Vec<Answer>, QueryError> {
+/// Runs a query against the index and hands each match to `emit` as it is found;
+/// `emit` returns false to stop (a cancelled C-FIND).
+pub fn find_each(
+    index: &dyn Index,
+    model: Model,
+    query: &Query,
+    emit: &mut dyn FnMut(Answer) -> bool,
+) -> Result<(), QueryError> {
     let storage = |e: IndexError| QueryError::Unsupported(format!("index error: {e}"));
-    let mut answers = Vec::new();
     match query.level {
         Level::Patient => {
             if model != Model::PatientRoot {
@@ -357,14 +365,16 @@ pub fn find(index: &dyn Index, model: Model, query: &Query) -> Result<Vec<Answer
                 ));
             }
             let mut by_patient: BTreeMap<String, (StudyRecord, u64, u64, u64)> = BTreeMap::new();
-            for (_, s) in candidate_studies(index, query).map_err(storage)? {
+            for_each_candidate_study(index, query, &mut |_, s| {
                 let e = by_patient
                     .entry(s.patient_id.clone())
                     .or_insert((s.clone(), 0, 0, 0));
                 e.1 += 1;
                 e.2 += s.series;
                 e.3 += s.instances;
-            }
+                true
+            })
+            .map_err(storage)?;
             for (pid, (s, studies, series, instances)) in by_patient {
                 let attrs = BTreeMap::from([
                     (tags::PATIENT_ID, pid),
@@ -378,8 +388,8 @@ pub fn find(index: &dyn Index, model: Model, query: &Query) -> Result<Vec<Answer
                         instances.to_string(),
                     ),
                 ]);
-                if all_match(query, &attrs) {
-                    answers.push(attrs);
+                if all_match(query, &attrs) && !emit(attrs) {
+                    break;
                 }
             }
         }
@@ -389,41 +399,50 @@ pub fn find(index: &dyn Index, model: Model, query: &Query) -> Result<Vec<Answer
                     "Patient Root STUDY level needs a PatientID".into(),
                 ));
             }
-            for (uid, s) in candidate_studies(index, query).map_err(storage)? {
-                let attrs = study_attrs(&uid, &s);
-                if all_match(query, &attrs) {
-                    answers.push(attrs);
-                }
-            }
+            for_each_candidate_study(index, query, &mut |uid, s| {
+                let attrs = study_attrs(uid, &s);
+                !all_match(query, &attrs) || emit(attrs)
+            })
+            .map_err(storage)?;
         }
         Level::Series | Level::Image => {
             let study_uids = query.value(tags::STUDY_INSTANCE_UID).ok_or_else(|| {
                 QueryError::Unsupported("SERIES and IMAGE levels need a StudyInstanceUID".into())
             })?;
-            for study in study_uids.split('\\') {
+            if query.level == Level::Image && query.value(tags::SERIES_INSTANCE_UID).is_none() {
+                return Err(QueryError::Unsupported(
+                    "IMAGE level needs a SeriesInstanceUID".into(),
+                ));
+            }
+            'studies: for study in study_uids.split('\\') {
                 if query.level == Level::Series {
                     for (uid, rec) in index.series_of_study(study).map_err(storage)? {
                         let attrs = series_attrs(study, &uid, &rec);
-                        if all_match(query, &attrs) {
-                            answers.push(attrs);
+                        if all_match(query, &attrs) && !emit(attrs) {
+                            break 'studies;
                         }
                     }
                 } else {
-                    if query.value(tags::SERIES_INSTANCE_UID).is_none() {
-                        return Err(QueryError::Unsupported(
-                            "IMAGE level needs a SeriesInstanceUID".into(),
-                        ));
-                    }
                     for e in index.instances_of_study(study).map_err(storage)? {
                         let attrs = image_attrs(&e);
-                        if all_match(query, &attrs) {
-                            answers.push(attrs);
+                        if all_match(query, &attrs) && !emit(attrs) {
+                            break 'studies;
                         }
                     }
                 }
             }
         }
     }
+    Ok(())
+}
+
+/// [`find_each`], collecting every match.
+pub fn find(index: &dyn Index, model: Model, query: &Query) -> Result<Vec<Answer>, QueryError> {
+    let mut answers = Vec::new();
+    find_each(index, model, query, &mut |a| {
+        answers.push(a);
+        true
+    })?;
     Ok(answers)
 }
 

@@ -1,6 +1,6 @@
-//! The C-FIND SCP: runs a query (see [`crate::query`]) on the blocking pool, then streams
-//! one pending response (0xFF00) per match with its identifier, checking for C-CANCEL
-//! before each, and ends with 0x0000 (done), 0xFE00 (cancelled) or a failure status.
+//! The C-FIND SCP: runs a query (see [`crate::query`]) on the blocking pool and streams
+//! one pending response (0xFF00) per match, as matches are found, checking for C-CANCEL
+//! before each; ends with 0x0000 (done), 0xFE00 (cancelled) or a failure status.
 
 use crate::dicom::dimse::{field, tag, ResponseBuilder};
 use crate::query::{self, Model, Query, QueryError};
@@ -188,26 +188,24 @@ pub async fn run_find(
         query::Level::Series => "SERIES",
         query::Level::Image => "IMAGE",
     };
+    // The query runs on the blocking pool and hands over matches as it finds them through
+    // a small bounded channel: results stream out without being collected, and a
+    // cancelled or failed C-FIND stops the query (its channel closes).
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<query::Answer>(32);
     let index = ctx.index.clone();
     let (model, q) = (req.model, query.clone());
-    let found = tokio::task::spawn_blocking(move || query::find(index.as_ref(), model, &q))
-        .await
-        .map_err(|e| format!("query task failed: {e}"))?;
-    let answers = match found {
-        Ok(a) => a,
-        Err(e) => {
-            let status = match e {
-                QueryError::Unsupported(ref m) if m.starts_with("index error") => UNABLE_TO_PROCESS,
-                _ => IDENTIFIER_DOES_NOT_MATCH,
-            };
-            tracing::warn!(error = %e, "C-FIND refused");
-            return send_command(assoc, req.pc_id, final_rsp(status, Some(&e.to_string()))).await;
-        }
-    };
-    tracing::info!(level, matches = answers.len(), "C-FIND");
+    let search = tokio::task::spawn_blocking(move || {
+        query::find_each(index.as_ref(), model, &q, &mut |answer| {
+            tx.blocking_send(answer).is_ok()
+        })
+    });
     let explicit = req.transfer_syntax != "1.2.840.10008.1.2";
-    for answer in &answers {
+    let mut sent = 0usize;
+    while let Some(answer) = rx.recv().await {
         if cancelled(assoc, req.message_id).await? {
+            drop(rx);
+            let _ = search.await;
+            tracing::info!(level, sent, "C-FIND cancelled");
             return send_command(assoc, req.pc_id, final_rsp(CANCELLED, None)).await;
         }
         let rsp = ResponseBuilder::new(field::C_FIND_RQ, req.message_id, PENDING)
@@ -216,10 +214,23 @@ pub async fn run_find(
             .encode();
         send_command(assoc, req.pc_id, rsp).await?;
         let id = encode_identifier(
-            &identifier_for(&query, answer, level, &ctx.config.ae_title),
+            &identifier_for(&query, &answer, level, &ctx.config.ae_title),
             explicit,
         );
         send_data(assoc, req.pc_id, id).await?;
+        sent += 1;
     }
+    let searched = search
+        .await
+        .map_err(|e| format!("query task failed: {e}"))?;
+    if let Err(e) = searched {
+        let status = match e {
+            QueryError::Unsupported(ref m) if m.starts_with("index error") => UNABLE_TO_PROCESS,
+            _ => IDENTIFIER_DOES_NOT_MATCH,
+        };
+        tracing::warn!(error = %e, "C-FIND refused");
+        return send_command(assoc, req.pc_id, final_rsp(status, Some(&e.to_string()))).await;
+    }
+    tracing::info!(level, matches = sent, "C-FIND");
     send_command(assoc, req.pc_id, final_rsp(0x0000, None)).await
 }

@@ -275,3 +275,55 @@ fn findscu_queries_every_level_of_both_models() {
     assert!(server.echo_ok());
     server.stop();
 }
+
+/// A C-CANCEL in the middle of a large result stream stops it with 0xFE00 (Cancel), long
+/// before all matches were sent, and the association goes on to release.
+#[test]
+fn c_cancel_stops_a_streaming_c_find() {
+    use strata::index::{Index, NewObject, Provenance, RocksIndex};
+    let archive = Archive::new("find-cancel");
+    // an index of 20,000 studies, written directly (this test is about the stream)
+    {
+        let index = RocksIndex::open_primary(&archive.data_dir().join("index")).unwrap();
+        let mut batch = Vec::new();
+        for s in 0..20_000 {
+            let uid = format!("1.2.826.0.1.3680043.9.2000.{s}");
+            batch.push(NewObject {
+                id: strata_tiers::ObjectId::of_bytes(uid.as_bytes()),
+                size: 1,
+                attrs: strata::dicom::header::InstanceAttrs {
+                    patient_id: format!("P{s}"),
+                    study_uid: uid.clone(),
+                    series_uid: format!("{uid}.1"),
+                    sop_instance_uid: format!("{uid}.1.1"),
+                    sop_class_uid: CT_IMAGE_STORAGE.into(),
+                    transfer_syntax_uid: EXPLICIT_VR_LE.into(),
+                    ..Default::default()
+                },
+                provenance: Provenance {
+                    received_at_ms: 0,
+                    calling_ae: "TEST".into(),
+                    source: String::new(),
+                },
+            });
+            if batch.len() == 5000 {
+                index.commit(&batch).unwrap();
+                batch.clear();
+            }
+        }
+    }
+    std::fs::write(archive.data_dir().join("clean-shutdown"), b"").unwrap();
+    let server = archive.start();
+    let out = run_ok(python("find_cancel.py").args([
+        "--port",
+        &server.dicom_port.to_string(),
+        "--after",
+        "3",
+    ]));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["final_status"].as_u64(), Some(0xFE00), "{v}");
+    let pending = v["pending"].as_u64().unwrap();
+    assert!((3..20_000).contains(&pending), "cancelled mid-stream: {v}");
+    assert!(server.echo_ok());
+    server.stop();
+}

@@ -350,6 +350,21 @@ impl Index for RocksIndex {
             .collect())
     }
 
+    fn for_each_study(
+        &self,
+        visit: &mut dyn FnMut(&str, StudyRecord) -> bool,
+    ) -> Result<(), IndexError> {
+        self.scan_prefix(CF_STUDIES, b"", &mut |k, v| {
+            let uid = String::from_utf8_lossy(k);
+            let rec = decode(v).map_err(|reason| IndexError::Corrupt {
+                cf: CF_STUDIES,
+                key: uid.to_string(),
+                reason,
+            })?;
+            Ok(visit(&uid, rec))
+        })
+    }
+
     fn study(&self, study_uid: &str) -> Result<Option<StudyRecord>, IndexError> {
         self.get(CF_STUDIES, study_uid.as_bytes())
     }
