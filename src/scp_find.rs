@@ -7,7 +7,7 @@ use crate::query::{self, Model, Query, QueryError};
 use crate::scp::{send_command, Association, ScpContext};
 use dicom_ul::pdu::{PDataValue, PDataValueType};
 use dicom_ul::Pdu;
-use std::time::Duration;
+use std::future::Future;
 
 const PENDING: u16 = 0xFF00;
 const CANCELLED: u16 = 0xFE00;
@@ -133,10 +133,18 @@ async fn send_data(assoc: &mut Association, pc_id: u8, bytes: Vec<u8>) -> Result
 
 /// Whether a C-CANCEL for this message arrived (without waiting for one).
 async fn cancelled(assoc: &mut Association, message_id: u16) -> Result<bool, String> {
-    match tokio::time::timeout(Duration::ZERO, assoc.receive()).await {
-        Err(_) => Ok(false),
-        Ok(Err(e)) => Err(format!("receive failed during C-FIND: {e}")),
-        Ok(Ok(Pdu::PData { data })) => {
+    // Poll the receive once, without a timer (a zero timeout would wait for the timer
+    // wheel's next tick, ~1 ms per response). dicom-ul's receive is cancel-safe.
+    let mut receive = std::pin::pin!(assoc.receive());
+    let polled = std::future::poll_fn(|cx| match receive.as_mut().poll(cx) {
+        std::task::Poll::Ready(r) => std::task::Poll::Ready(Some(r)),
+        std::task::Poll::Pending => std::task::Poll::Ready(None),
+    })
+    .await;
+    match polled {
+        None => Ok(false),
+        Some(Err(e)) => Err(format!("receive failed during C-FIND: {e}")),
+        Some(Ok(Pdu::PData { data })) => {
             for pdv in data {
                 if pdv.value_type == PDataValueType::Command {
                     let cmd = crate::dicom::dimse::Command::decode(&pdv.data)
@@ -149,8 +157,8 @@ async fn cancelled(assoc: &mut Association, message_id: u16) -> Result<bool, Str
             }
             Err("unexpected P-DATA during C-FIND".into())
         }
-        Ok(Ok(Pdu::AbortRQ { .. })) => Err("peer aborted during C-FIND".into()),
-        Ok(Ok(other)) => Err(format!(
+        Some(Ok(Pdu::AbortRQ { .. })) => Err("peer aborted during C-FIND".into()),
+        Some(Ok(other)) => Err(format!(
             "unexpected {} during C-FIND",
             other.short_description()
         )),
