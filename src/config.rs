@@ -69,9 +69,20 @@ pub struct DicomConfig {
     /// Largest object (data set) accepted over the network, in MiB; a larger one aborts
     /// its association.
     pub max_object_mb: u64,
+    /// Known DICOM nodes: the C-MOVE destinations (`[[dicom.peers]]`).
+    pub peers: Vec<PeerConfig>,
     /// Accept C-STORE for SOP classes that are not in the standard dictionary (private
     /// vendor classes). Standard non-storage classes are never accepted for C-STORE.
     pub accept_private_sop_classes: bool,
+}
+
+/// A DICOM node Strata may open associations to (a C-MOVE destination).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    pub ae_title: String,
+    pub host: String,
+    pub port: u16,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -116,6 +127,7 @@ impl Default for DicomConfig {
             write_timeout: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(300),
             max_object_mb: 4096,
+            peers: Vec::new(),
             accept_private_sop_classes: true,
         }
     }

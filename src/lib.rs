@@ -30,4 +30,5 @@ pub mod ops;
 pub mod query;
 pub mod scp;
 pub mod scp_find;
+pub mod scp_move;
 pub mod server;

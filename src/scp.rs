@@ -102,7 +102,9 @@ fn server_options(
         .write_timeout(config.write_timeout)
         .with_abstract_syntax(uids::VERIFICATION)
         .with_abstract_syntax(Model::PATIENT_ROOT_FIND)
-        .with_abstract_syntax(Model::STUDY_ROOT_FIND);
+        .with_abstract_syntax(Model::STUDY_ROOT_FIND)
+        .with_abstract_syntax(PATIENT_ROOT_MOVE)
+        .with_abstract_syntax(STUDY_ROOT_MOVE);
     if config.accept_private_sop_classes {
         opts = opts.promiscuous(true);
     }
@@ -159,6 +161,8 @@ enum Pending {
 
 /// A C-FIND whose identifier is being received.
 struct FindOp {
+    /// Set for a C-MOVE (its destination AE); a C-FIND otherwise.
+    move_destination: Option<String>,
     pc_id: u8,
     message_id: u16,
     model: Model,
@@ -180,6 +184,9 @@ impl FindOp {
         }
     }
 }
+
+const PATIENT_ROOT_MOVE: &str = "1.2.840.10008.5.1.4.1.2.1.2";
+const STUDY_ROOT_MOVE: &str = "1.2.840.10008.5.1.4.1.2.2.2";
 
 /// Longest C-FIND identifier accepted.
 const MAX_IDENTIFIER_BYTES: usize = 1 << 20;
@@ -417,9 +424,31 @@ async fn start_message(
                 return Err("C-FIND-RQ without an identifier".into());
             }
             Ok(Some(Pending::Find(FindOp {
+                move_destination: None,
                 pc_id,
                 message_id,
                 model: Model::of_sop_class(&abstract_syntax).expect("checked in the guard"),
+                sop_class: abstract_syntax,
+                transfer_syntax,
+                identifier: Vec::new(),
+                received: 0,
+            })))
+        }
+        field::C_MOVE_RQ
+            if abstract_syntax == PATIENT_ROOT_MOVE || abstract_syntax == STUDY_ROOT_MOVE =>
+        {
+            if !has_data {
+                return Err("C-MOVE-RQ without an identifier".into());
+            }
+            Ok(Some(Pending::Find(FindOp {
+                move_destination: Some(command.move_destination().unwrap_or_default()),
+                pc_id,
+                message_id,
+                model: if abstract_syntax == PATIENT_ROOT_MOVE {
+                    Model::PatientRoot
+                } else {
+                    Model::StudyRoot
+                },
                 sop_class: abstract_syntax,
                 transfer_syntax,
                 identifier: Vec::new(),
@@ -564,7 +593,23 @@ async fn finish_message(
 ) -> Result<(), String> {
     let op = match op {
         Pending::Discard(d) => return respond_discarded(assoc, d).await,
-        Pending::Find(f) => return crate::scp_find::run_find(ctx, assoc, f.into_request()).await,
+        Pending::Find(f) => {
+            return match f.move_destination.clone() {
+                Some(destination) => {
+                    let r = f.into_request();
+                    let req = crate::scp_move::MoveRequest {
+                        pc_id: r.pc_id,
+                        message_id: r.message_id,
+                        sop_class: r.sop_class,
+                        transfer_syntax: r.transfer_syntax,
+                        destination,
+                        identifier: r.identifier,
+                    };
+                    crate::scp_move::run_move(ctx, assoc, req).await
+                }
+                None => crate::scp_find::run_find(ctx, assoc, f.into_request()).await,
+            }
+        }
         Pending::Store(s) => s,
     };
     let metrics = ctx.ingest.metrics().clone();

@@ -43,7 +43,7 @@ fn long_vr(vr: &[u8; 2]) -> bool {
 }
 
 /// Encodes a response identifier (explicit or implicit VR little endian).
-fn encode_identifier(elements: &[(u32, [u8; 2], String)], explicit: bool) -> Vec<u8> {
+pub(crate) fn encode_identifier(elements: &[(u32, [u8; 2], String)], explicit: bool) -> Vec<u8> {
     let mut out = Vec::with_capacity(512);
     for (tag, vr, value) in elements {
         let mut v = value.as_bytes().to_vec();
@@ -104,7 +104,11 @@ fn identifier_for(
     elements
 }
 
-async fn send_data(assoc: &mut Association, pc_id: u8, bytes: Vec<u8>) -> Result<(), String> {
+pub(crate) async fn send_data(
+    assoc: &mut Association,
+    pc_id: u8,
+    bytes: Vec<u8>,
+) -> Result<(), String> {
     let max = match assoc.requestor_max_pdu_length() {
         0 => usize::MAX,
         n => (n as usize).saturating_sub(6).max(1),

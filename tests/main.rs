@@ -7,4 +7,5 @@ mod cli;
 mod crash;
 mod find;
 mod full_disk;
+mod retrieve;
 mod store;

@@ -48,6 +48,11 @@ pub mod tag {
     pub const STATUS: u32 = 0x0000_0900;
     pub const ERROR_COMMENT: u32 = 0x0000_0902;
     pub const AFFECTED_SOP_INSTANCE_UID: u32 = 0x0000_1000;
+    pub const MOVE_DESTINATION: u32 = 0x0000_0600;
+    pub const REMAINING_SUB_OPERATIONS: u32 = 0x0000_1020;
+    pub const COMPLETED_SUB_OPERATIONS: u32 = 0x0000_1021;
+    pub const FAILED_SUB_OPERATIONS: u32 = 0x0000_1022;
+    pub const WARNING_SUB_OPERATIONS: u32 = 0x0000_1023;
     pub const MOVE_ORIGINATOR_AE: u32 = 0x0000_1030;
     pub const MOVE_ORIGINATOR_MESSAGE_ID: u32 = 0x0000_1031;
 }
@@ -138,6 +143,15 @@ impl Command {
         self.text_of(tag::AFFECTED_SOP_INSTANCE_UID)
     }
 
+    /// (0000,0900) Status, in a response.
+    pub fn status(&self) -> Option<u16> {
+        self.u16_of(tag::STATUS, "Status (0000,0900)").ok()
+    }
+
+    pub fn move_destination(&self) -> Option<String> {
+        self.text_of(tag::MOVE_DESTINATION)
+    }
+
     pub fn move_originator_ae(&self) -> Option<String> {
         self.text_of(tag::MOVE_ORIGINATOR_AE)
     }
@@ -161,6 +175,20 @@ impl ResponseBuilder {
             .u16(tag::COMMAND_DATA_SET_TYPE, NO_DATA_SET)
             .u16(tag::STATUS, status);
         b
+    }
+
+    /// A request command set (e.g. a C-STORE-RQ sent as a C-MOVE sub-operation).
+    pub fn request(command_field: u16, message_id: u16, with_data: bool) -> Self {
+        ResponseBuilder {
+            elements: BTreeMap::new(),
+        }
+        .u16(tag::COMMAND_FIELD, command_field)
+        .u16(tag::MESSAGE_ID, message_id)
+        .u16(tag::PRIORITY, 0)
+        .u16(
+            tag::COMMAND_DATA_SET_TYPE,
+            if with_data { 0x0000 } else { NO_DATA_SET },
+        )
     }
 
     pub fn u16(mut self, tag: u32, value: u16) -> Self {

@@ -1,0 +1,421 @@
+//! The C-MOVE SCP: resolves the identifier (PATIENT, STUDY, SERIES or IMAGE level, by
+//! UID lists or PatientID) to the served version of each instance, opens a new
+//! association to the destination named in the request — which must be one of the
+//! configured `[[dicom.peers]]`, else 0xA801 — and sends every instance with C-STORE in
+//! its stored transfer syntax, reporting pending responses with the four sub-operation
+//! counters. Ends with 0x0000, 0xB000 (some failed; FailedSOPInstanceUIDList in the
+//! identifier), 0xA702 (none could be sent), or 0xFE00 when cancelled.
+//!
+//! Not yet: converting between native transfer syntaxes when the destination does not
+//! accept the stored one (such an instance fails its sub-operation, with a log line).
+
+use crate::dicom::dimse::{field, tag, Command, ResponseBuilder};
+use crate::dicom::part10::read_foreign_meta;
+use crate::index::{Index, InstanceEntry, SecondaryKey};
+use crate::query::{tags as qtags, Level, Query};
+use crate::scp::{send_command, Association, ScpContext};
+use dicom_ul::pdu::{PDataValue, PDataValueType, PresentationContextResultReason};
+use dicom_ul::{ClientAssociationOptions, Pdu};
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::time::Duration;
+use strata_tiers::ObjectId;
+
+const PENDING: u16 = 0xFF00;
+const CANCELLED: u16 = 0xFE00;
+const DESTINATION_UNKNOWN: u16 = 0xA801;
+const UNABLE_TO_PERFORM: u16 = 0xA702;
+const SOME_FAILED: u16 = 0xB000;
+const IDENTIFIER_DOES_NOT_MATCH: u16 = 0xA900;
+const FAILED_SOP_INSTANCE_UID_LIST: u32 = 0x0008_0058;
+
+pub struct MoveRequest {
+    pub pc_id: u8,
+    pub message_id: u16,
+    pub sop_class: String,
+    pub transfer_syntax: String,
+    pub destination: String,
+    pub identifier: Vec<u8>,
+}
+
+/// One instance to send: its served object and what the C-STORE needs.
+struct Item {
+    sop_instance_uid: String,
+    sop_class_uid: String,
+    transfer_syntax_uid: String,
+    id: ObjectId,
+}
+
+/// The served version of every instance the identifier names.
+fn resolve(index: &dyn Index, query: &Query) -> Result<Vec<Item>, String> {
+    let value = |t| {
+        query
+            .keys
+            .iter()
+            .find(|k| k.tag == t)
+            .map(|k| k.value.clone())
+            .filter(|v| !v.is_empty())
+    };
+    let list = |t| value(t).map(|v| v.split('\\').map(str::to_string).collect::<Vec<_>>());
+    let e = |e: crate::index::IndexError| e.to_string();
+    let mut entries: Vec<InstanceEntry> = Vec::new();
+    match query.level {
+        Level::Patient => {
+            let pid = value(qtags::PATIENT_ID).ok_or("PATIENT level needs a PatientID")?;
+            for study in index.studies_by(SecondaryKey::PatientId, &pid).map_err(e)? {
+                entries.extend(index.instances_of_study(&study).map_err(e)?);
+            }
+        }
+        Level::Study => {
+            for study in
+                list(qtags::STUDY_INSTANCE_UID).ok_or("STUDY level needs StudyInstanceUID")?
+            {
+                entries.extend(index.instances_of_study(&study).map_err(e)?);
+            }
+        }
+        Level::Series => {
+            let wanted: BTreeSet<String> = list(qtags::SERIES_INSTANCE_UID)
+                .ok_or("SERIES level needs SeriesInstanceUID")?
+                .into_iter()
+                .collect();
+            let studies: BTreeSet<String> = wanted
+                .iter()
+                .filter_map(|s| index.series(s).ok().flatten().map(|(study, _)| study))
+                .collect();
+            for study in studies {
+                entries.extend(
+                    index
+                        .instances_of_study(&study)
+                        .map_err(e)?
+                        .into_iter()
+                        .filter(|i| wanted.contains(&i.series_uid)),
+                );
+            }
+        }
+        Level::Image => {
+            for sop in list(qtags::SOP_INSTANCE_UID).ok_or("IMAGE level needs SOPInstanceUID")? {
+                entries.extend(index.instance(&sop).map_err(e)?);
+            }
+        }
+    }
+    entries
+        .into_iter()
+        .map(|i| {
+            let current = i.record.current().ok_or("instance without versions")?;
+            Ok(Item {
+                id: ObjectId::from_hex(&current.id).ok_or("malformed object id in the index")?,
+                sop_instance_uid: i.sop_instance_uid,
+                sop_class_uid: i.record.sop_class_uid,
+                transfer_syntax_uid: i.record.transfer_syntax_uid,
+            })
+        })
+        .collect()
+}
+
+#[derive(Default)]
+struct Counters {
+    remaining: u16,
+    completed: u16,
+    failed: u16,
+    warning: u16,
+}
+
+fn move_rsp(req: &MoveRequest, status: u16, c: &Counters, with_data: bool) -> Vec<u8> {
+    let mut b = ResponseBuilder::new(field::C_MOVE_RQ, req.message_id, status)
+        .uid(tag::AFFECTED_SOP_CLASS_UID, &req.sop_class)
+        .u16(tag::COMPLETED_SUB_OPERATIONS, c.completed)
+        .u16(tag::FAILED_SUB_OPERATIONS, c.failed)
+        .u16(tag::WARNING_SUB_OPERATIONS, c.warning);
+    if status == PENDING {
+        b = b.u16(tag::REMAINING_SUB_OPERATIONS, c.remaining);
+    }
+    if with_data {
+        b = b.u16(tag::COMMAND_DATA_SET_TYPE, 0x0001);
+    }
+    b.encode()
+}
+
+/// Polls once for a C-CANCEL from the requester (no timer; receive is cancel-safe).
+async fn cancelled(assoc: &mut Association) -> Result<bool, String> {
+    let mut receive = std::pin::pin!(assoc.receive());
+    let polled = std::future::poll_fn(|cx| match receive.as_mut().poll(cx) {
+        std::task::Poll::Ready(r) => std::task::Poll::Ready(Some(r)),
+        std::task::Poll::Pending => std::task::Poll::Ready(None),
+    })
+    .await;
+    match polled {
+        None => Ok(false),
+        Some(Ok(Pdu::PData { data })) => Ok(data.iter().any(|pdv| {
+            pdv.value_type == PDataValueType::Command
+                && Command::decode(&pdv.data)
+                    .ok()
+                    .and_then(|c| c.command_field().ok())
+                    == Some(field::C_CANCEL_RQ)
+        })),
+        Some(Ok(other)) => Err(format!(
+            "unexpected {} during C-MOVE",
+            other.short_description()
+        )),
+        Some(Err(e)) => Err(format!("receive failed during C-MOVE: {e}")),
+    }
+}
+
+type Destination = dicom_ul::association::AsyncClientAssociation<tokio::net::TcpStream>;
+
+/// Sends one stored object with C-STORE on `dest`; returns the response status.
+async fn store_one(
+    dest: &mut Destination,
+    pc_id: u8,
+    message_id: u16,
+    item: &Item,
+    bytes: &[u8],
+    our_ae: &str,
+    move_message_id: u16,
+) -> Result<u16, String> {
+    let meta = read_foreign_meta(bytes).map_err(|e| e.to_string())?;
+    let dataset = &bytes[meta.dataset_offset..];
+    let cmd = ResponseBuilder::request(field::C_STORE_RQ, message_id, true)
+        .uid(tag::AFFECTED_SOP_CLASS_UID, &item.sop_class_uid)
+        .uid(tag::AFFECTED_SOP_INSTANCE_UID, &item.sop_instance_uid)
+        .text(tag::MOVE_ORIGINATOR_AE, our_ae)
+        .u16(tag::MOVE_ORIGINATOR_MESSAGE_ID, move_message_id)
+        .encode();
+    dest.send(&Pdu::PData {
+        data: vec![PDataValue {
+            presentation_context_id: pc_id,
+            value_type: PDataValueType::Command,
+            is_last: true,
+            data: cmd,
+        }],
+    })
+    .await
+    .map_err(|e| format!("send C-STORE-RQ: {e}"))?;
+    let max = match dest.acceptor_max_pdu_length() {
+        0 => 256 * 1024,
+        n => (n as usize).saturating_sub(6).clamp(1, 256 * 1024),
+    };
+    let chunks: Vec<&[u8]> = if dataset.is_empty() {
+        vec![&[][..]]
+    } else {
+        dataset.chunks(max).collect()
+    };
+    let n = chunks.len();
+    for (i, chunk) in chunks.into_iter().enumerate() {
+        dest.send(&Pdu::PData {
+            data: vec![PDataValue {
+                presentation_context_id: pc_id,
+                value_type: PDataValueType::Data,
+                is_last: i + 1 == n,
+                data: chunk.to_vec(),
+            }],
+        })
+        .await
+        .map_err(|e| format!("send data set: {e}"))?;
+    }
+    match tokio::time::timeout(Duration::from_secs(120), dest.receive()).await {
+        Err(_) => Err("no C-STORE-RSP within 120 s".into()),
+        Ok(Err(e)) => Err(format!("receive C-STORE-RSP: {e}")),
+        Ok(Ok(Pdu::PData { data })) => {
+            let cmd = data
+                .iter()
+                .find(|p| p.value_type == PDataValueType::Command)
+                .ok_or("response without command")?;
+            let cmd = Command::decode(&cmd.data).map_err(|e| e.to_string())?;
+            cmd.status()
+                .ok_or_else(|| "C-STORE-RSP without a status".to_string())
+        }
+        Ok(Ok(other)) => Err(format!("unexpected {}", other.short_description())),
+    }
+}
+
+pub async fn run_move(
+    ctx: &ScpContext,
+    assoc: &mut Association,
+    req: MoveRequest,
+) -> Result<(), String> {
+    let mut counters = Counters::default();
+    let fail = |status: u16, c: &Counters, comment: &str| {
+        let mut b = ResponseBuilder::new(field::C_MOVE_RQ, req.message_id, status)
+            .uid(tag::AFFECTED_SOP_CLASS_UID, &req.sop_class)
+            .u16(tag::COMPLETED_SUB_OPERATIONS, c.completed)
+            .u16(tag::FAILED_SUB_OPERATIONS, c.failed)
+            .u16(tag::WARNING_SUB_OPERATIONS, c.warning);
+        if !comment.is_empty() {
+            b = b.text(tag::ERROR_COMMENT, comment);
+        }
+        b.encode()
+    };
+    let Some(peer) = ctx
+        .config
+        .peers
+        .iter()
+        .find(|p| p.ae_title == req.destination)
+        .cloned()
+    else {
+        tracing::warn!(
+            destination = req.destination,
+            "C-MOVE to an unknown destination"
+        );
+        let msg = format!(
+            "move destination {} is not in [[dicom.peers]]",
+            req.destination
+        );
+        return send_command(assoc, req.pc_id, fail(DESTINATION_UNKNOWN, &counters, &msg)).await;
+    };
+    let query = match Query::parse(&req.identifier, &req.transfer_syntax) {
+        Ok(q) => q,
+        Err(e) => {
+            return send_command(
+                assoc,
+                req.pc_id,
+                fail(IDENTIFIER_DOES_NOT_MATCH, &counters, &e.to_string()),
+            )
+            .await
+        }
+    };
+    let index = ctx.index.clone();
+    let q = query.clone();
+    let items = match tokio::task::spawn_blocking(move || resolve(index.as_ref(), &q)).await {
+        Ok(Ok(items)) => items,
+        Ok(Err(e)) => {
+            return send_command(
+                assoc,
+                req.pc_id,
+                fail(IDENTIFIER_DOES_NOT_MATCH, &counters, &e),
+            )
+            .await
+        }
+        Err(e) => return Err(format!("resolve task failed: {e}")),
+    };
+    counters.remaining = items.len().min(u16::MAX as usize) as u16;
+    if items.is_empty() {
+        return send_command(assoc, req.pc_id, fail(0x0000, &counters, "")).await;
+    }
+
+    // one presentation context per (SOP class, stored transfer syntax), at most 128
+    let contexts: BTreeSet<(String, String)> = items
+        .iter()
+        .map(|i| (i.sop_class_uid.clone(), i.transfer_syntax_uid.clone()))
+        .collect();
+    let mut options = ClientAssociationOptions::new()
+        .calling_ae_title(ctx.config.ae_title.clone())
+        .called_ae_title(peer.ae_title.clone())
+        .max_pdu_length(ctx.config.max_pdu_length)
+        .connection_timeout(Duration::from_secs(10))
+        .read_timeout(ctx.config.read_timeout);
+    for (class, ts) in contexts.iter().take(128) {
+        options = options.with_presentation_context(class.clone(), vec![ts.clone()]);
+    }
+    let address = format!("{}@{}:{}", peer.ae_title, peer.host, peer.port);
+    let mut dest = match options.establish_with_async(&address).await {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::warn!(destination = %address, error = %e, "C-MOVE destination unreachable");
+            counters.failed = counters.remaining;
+            counters.remaining = 0;
+            return send_command(
+                assoc,
+                req.pc_id,
+                fail(
+                    UNABLE_TO_PERFORM,
+                    &counters,
+                    &format!("cannot reach {address}: {e}"),
+                ),
+            )
+            .await;
+        }
+    };
+    let accepted: Vec<(u8, String, String)> = dest
+        .presentation_contexts()
+        .iter()
+        .filter(|pc| pc.reason == PresentationContextResultReason::Acceptance)
+        .map(|pc| {
+            (
+                pc.id,
+                pc.abstract_syntax.trim_end_matches('\0').to_string(),
+                pc.transfer_syntax.trim_end_matches('\0').to_string(),
+            )
+        })
+        .collect();
+
+    let mut failed_uids: Vec<String> = Vec::new();
+    let mut message_id: u16 = 0;
+    for item in &items {
+        if cancelled(assoc).await? {
+            let _ = dest.release().await;
+            return send_command(assoc, req.pc_id, fail(CANCELLED, &counters, "")).await;
+        }
+        message_id = message_id.wrapping_add(1);
+        let pc = accepted
+            .iter()
+            .find(|(_, a, t)| *a == item.sop_class_uid && *t == item.transfer_syntax_uid);
+        let outcome = match pc {
+            None => Err(format!(
+                "destination accepts neither {} in {}",
+                item.sop_class_uid, item.transfer_syntax_uid
+            )),
+            Some((pc_id, _, _)) => {
+                let hot = ctx.ingest.hot().clone();
+                let id = item.id;
+                let bytes = tokio::task::spawn_blocking(move || std::fs::read(hot.path_of(&id)))
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r.map_err(|e| format!("read object {id}: {e}")));
+                match bytes {
+                    Ok(bytes) => {
+                        store_one(
+                            &mut dest,
+                            *pc_id,
+                            message_id,
+                            item,
+                            &bytes,
+                            &ctx.config.ae_title,
+                            req.message_id,
+                        )
+                        .await
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+        };
+        counters.remaining -= 1;
+        match outcome {
+            Ok(0x0000) => counters.completed += 1,
+            Ok(s) if s & 0xF000 == 0xB000 => counters.warning += 1,
+            Ok(s) => {
+                tracing::warn!(
+                    sop = item.sop_instance_uid,
+                    status = format!("{s:#06x}"),
+                    "C-MOVE sub-operation refused"
+                );
+                counters.failed += 1;
+                failed_uids.push(item.sop_instance_uid.clone());
+            }
+            Err(e) => {
+                tracing::warn!(sop = item.sop_instance_uid, error = %e, "C-MOVE sub-operation failed");
+                counters.failed += 1;
+                failed_uids.push(item.sop_instance_uid.clone());
+            }
+        }
+        if counters.remaining > 0 {
+            send_command(assoc, req.pc_id, move_rsp(&req, PENDING, &counters, false)).await?;
+        }
+    }
+    let _ = dest.release().await;
+    tracing::info!(destination = %address, completed = counters.completed, failed = counters.failed, "C-MOVE");
+    if counters.failed == 0 {
+        return send_command(assoc, req.pc_id, move_rsp(&req, 0x0000, &counters, false)).await;
+    }
+    let status = if counters.completed + counters.warning == 0 {
+        UNABLE_TO_PERFORM
+    } else {
+        SOME_FAILED
+    };
+    send_command(assoc, req.pc_id, move_rsp(&req, status, &counters, true)).await?;
+    let explicit = req.transfer_syntax != "1.2.840.10008.1.2";
+    let identifier = crate::scp_find::encode_identifier(
+        &[(FAILED_SOP_INSTANCE_UID_LIST, *b"UI", failed_uids.join("\\"))],
+        explicit,
+    );
+    crate::scp_find::send_data(assoc, req.pc_id, identifier).await
+}
