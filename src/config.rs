@@ -69,6 +69,8 @@ pub struct DicomConfig {
     /// Largest object (data set) accepted over the network, in MiB; a larger one aborts
     /// its association.
     pub max_object_mb: u64,
+    /// Associations a C-MOVE opens to its destination at once, sharing the instances.
+    pub move_associations: usize,
     /// Known DICOM nodes: the C-MOVE destinations (`[[dicom.peers]]`).
     pub peers: Vec<PeerConfig>,
     /// Accept C-STORE for SOP classes that are not in the standard dictionary (private
@@ -127,6 +129,7 @@ impl Default for DicomConfig {
             write_timeout: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(300),
             max_object_mb: 4096,
+            move_associations: 4,
             peers: Vec::new(),
             accept_private_sop_classes: true,
         }

@@ -162,6 +162,120 @@ async fn cancelled(assoc: &mut Association) -> Result<bool, String> {
 
 type Destination = dicom_ul::association::AsyncClientAssociation<tokio::net::TcpStream>;
 
+/// One association's worth of sub-operations.
+struct Sender {
+    our_ae: String,
+    max_pdu: u32,
+    read_timeout: Duration,
+    address: String,
+    called: String,
+    hot: strata_tiers::HotDisk,
+    move_message_id: u16,
+}
+
+impl Sender {
+    /// Sends `mine` (indexes into `items`) over one new association, reporting each
+    /// outcome; stops early when `stop` is set (C-CANCEL).
+    async fn run(
+        &self,
+        items: &[Item],
+        mine: &[usize],
+        tx: &tokio::sync::mpsc::Sender<(usize, Result<u16, String>)>,
+        stop: &std::sync::atomic::AtomicBool,
+    ) {
+        // one presentation context per (SOP class, stored transfer syntax), at most 128
+        let contexts: BTreeSet<(String, String)> = mine
+            .iter()
+            .map(|&i| {
+                (
+                    items[i].sop_class_uid.clone(),
+                    items[i].transfer_syntax_uid.clone(),
+                )
+            })
+            .collect();
+        let mut options = ClientAssociationOptions::new()
+            .calling_ae_title(self.our_ae.clone())
+            .called_ae_title(self.called.clone())
+            .max_pdu_length(self.max_pdu)
+            .connection_timeout(Duration::from_secs(10))
+            .read_timeout(self.read_timeout);
+        for (class, ts) in contexts.iter().take(128) {
+            options = options.with_presentation_context(class.clone(), vec![ts.clone()]);
+        }
+        let mut dest = match options.establish_with_async(&self.address).await {
+            Ok(d) => d,
+            Err(e) => {
+                for &i in mine {
+                    let _ = tx
+                        .send((i, Err(format!("cannot reach {}: {e}", self.address))))
+                        .await;
+                }
+                return;
+            }
+        };
+        // Nagle would hold each small command PDU for the peer's delayed ACK (~40 ms)
+        let _ = dest.inner_stream().set_nodelay(true);
+        let accepted: Vec<(u8, String, String)> = dest
+            .presentation_contexts()
+            .iter()
+            .filter(|pc| pc.reason == PresentationContextResultReason::Acceptance)
+            .map(|pc| {
+                (
+                    pc.id,
+                    pc.abstract_syntax.trim_end_matches('\0').to_string(),
+                    pc.transfer_syntax.trim_end_matches('\0').to_string(),
+                )
+            })
+            .collect();
+        let mut message_id: u16 = 0;
+        for &i in mine {
+            if stop.load(std::sync::atomic::Ordering::Acquire) {
+                break;
+            }
+            let item = &items[i];
+            message_id = message_id.wrapping_add(1);
+            let pc = accepted
+                .iter()
+                .find(|(_, a, t)| *a == item.sop_class_uid && *t == item.transfer_syntax_uid);
+            let outcome = match pc {
+                None => Err(format!(
+                    "destination accepts neither {} in {}",
+                    item.sop_class_uid, item.transfer_syntax_uid
+                )),
+                Some((pc_id, _, _)) => {
+                    let hot = self.hot.clone();
+                    let id = item.id;
+                    let bytes =
+                        tokio::task::spawn_blocking(move || std::fs::read(hot.path_of(&id)))
+                            .await
+                            .map_err(|e| e.to_string())
+                            .and_then(|r| r.map_err(|e| format!("read object {id}: {e}")));
+                    match bytes {
+                        Ok(bytes) => {
+                            store_one(
+                                &mut dest,
+                                *pc_id,
+                                message_id,
+                                item,
+                                &bytes,
+                                &self.our_ae,
+                                self.move_message_id,
+                            )
+                            .await
+                        }
+                        Err(e) => Err(e),
+                    }
+                }
+            };
+            let broken = matches!(&outcome, Err(e) if e.starts_with("send") || e.starts_with("receive") || e.starts_with("no C-STORE-RSP"));
+            if tx.send((i, outcome)).await.is_err() || broken {
+                break;
+            }
+        }
+        let _ = dest.release().await;
+    }
+}
+
 /// Sends one stored object with C-STORE on `dest`; returns the response status.
 async fn store_one(
     dest: &mut Destination,
@@ -292,93 +406,40 @@ pub async fn run_move(
         return send_command(assoc, req.pc_id, fail(0x0000, &counters, "")).await;
     }
 
-    // one presentation context per (SOP class, stored transfer syntax), at most 128
-    let contexts: BTreeSet<(String, String)> = items
-        .iter()
-        .map(|i| (i.sop_class_uid.clone(), i.transfer_syntax_uid.clone()))
-        .collect();
-    let mut options = ClientAssociationOptions::new()
-        .calling_ae_title(ctx.config.ae_title.clone())
-        .called_ae_title(peer.ae_title.clone())
-        .max_pdu_length(ctx.config.max_pdu_length)
-        .connection_timeout(Duration::from_secs(10))
-        .read_timeout(ctx.config.read_timeout);
-    for (class, ts) in contexts.iter().take(128) {
-        options = options.with_presentation_context(class.clone(), vec![ts.clone()]);
-    }
+    // Sub-operations run over several associations at once (as many as
+    // `move_associations`, when the destination accepts them), each sending its share of
+    // the instances in turn; results come back here, where the counters and pending
+    // responses live.
     let address = format!("{}@{}:{}", peer.ae_title, peer.host, peer.port);
-    let mut dest = match options.establish_with_async(&address).await {
-        Ok(d) => d,
-        Err(e) => {
-            tracing::warn!(destination = %address, error = %e, "C-MOVE destination unreachable");
-            counters.failed = counters.remaining;
-            counters.remaining = 0;
-            return send_command(
-                assoc,
-                req.pc_id,
-                fail(
-                    UNABLE_TO_PERFORM,
-                    &counters,
-                    &format!("cannot reach {address}: {e}"),
-                ),
-            )
-            .await;
-        }
-    };
-    let accepted: Vec<(u8, String, String)> = dest
-        .presentation_contexts()
-        .iter()
-        .filter(|pc| pc.reason == PresentationContextResultReason::Acceptance)
-        .map(|pc| {
-            (
-                pc.id,
-                pc.abstract_syntax.trim_end_matches('\0').to_string(),
-                pc.transfer_syntax.trim_end_matches('\0').to_string(),
-            )
-        })
-        .collect();
+    let items = std::sync::Arc::new(items);
+    let lanes = ctx.config.move_associations.clamp(1, 16).min(items.len());
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(usize, Result<u16, String>)>(64);
+    for lane in 0..lanes {
+        let (items, tx, stop) = (items.clone(), tx.clone(), stop.clone());
+        let sender = Sender {
+            our_ae: ctx.config.ae_title.clone(),
+            max_pdu: ctx.config.max_pdu_length,
+            read_timeout: ctx.config.read_timeout,
+            address: address.clone(),
+            called: peer.ae_title.clone(),
+            hot: ctx.ingest.hot().clone(),
+            move_message_id: req.message_id,
+        };
+        tokio::spawn(async move {
+            let mine: Vec<usize> = (lane..items.len()).step_by(lanes).collect();
+            sender.run(&items, &mine, &tx, &stop).await;
+        });
+    }
+    drop(tx);
 
     let mut failed_uids: Vec<String> = Vec::new();
-    let mut message_id: u16 = 0;
-    for item in &items {
-        if cancelled(assoc).await? {
-            let _ = dest.release().await;
-            return send_command(assoc, req.pc_id, fail(CANCELLED, &counters, "")).await;
-        }
-        message_id = message_id.wrapping_add(1);
-        let pc = accepted
-            .iter()
-            .find(|(_, a, t)| *a == item.sop_class_uid && *t == item.transfer_syntax_uid);
-        let outcome = match pc {
-            None => Err(format!(
-                "destination accepts neither {} in {}",
-                item.sop_class_uid, item.transfer_syntax_uid
-            )),
-            Some((pc_id, _, _)) => {
-                let hot = ctx.ingest.hot().clone();
-                let id = item.id;
-                let bytes = tokio::task::spawn_blocking(move || std::fs::read(hot.path_of(&id)))
-                    .await
-                    .map_err(|e| e.to_string())
-                    .and_then(|r| r.map_err(|e| format!("read object {id}: {e}")));
-                match bytes {
-                    Ok(bytes) => {
-                        store_one(
-                            &mut dest,
-                            *pc_id,
-                            message_id,
-                            item,
-                            &bytes,
-                            &ctx.config.ae_title,
-                            req.message_id,
-                        )
-                        .await
-                    }
-                    Err(e) => Err(e),
-                }
-            }
-        };
-        counters.remaining -= 1;
+    let mut unreachable = 0usize;
+    let mut reported = vec![false; items.len()];
+    while let Some((i, outcome)) = rx.recv().await {
+        let item = &items[i];
+        reported[i] = true;
+        counters.remaining = counters.remaining.saturating_sub(1);
         match outcome {
             Ok(0x0000) => counters.completed += 1,
             Ok(s) if s & 0xF000 == 0xB000 => counters.warning += 1,
@@ -392,16 +453,34 @@ pub async fn run_move(
                 failed_uids.push(item.sop_instance_uid.clone());
             }
             Err(e) => {
-                tracing::warn!(sop = item.sop_instance_uid, error = %e, "C-MOVE sub-operation failed");
+                if e.starts_with("cannot reach") {
+                    unreachable += 1;
+                    if unreachable == 1 {
+                        tracing::warn!(destination = %address, error = %e, "C-MOVE destination unreachable");
+                    }
+                } else {
+                    tracing::warn!(sop = item.sop_instance_uid, error = %e, "C-MOVE sub-operation failed");
+                }
                 counters.failed += 1;
                 failed_uids.push(item.sop_instance_uid.clone());
             }
         }
         if counters.remaining > 0 {
+            if cancelled(assoc).await? {
+                stop.store(true, std::sync::atomic::Ordering::Release);
+                return send_command(assoc, req.pc_id, fail(CANCELLED, &counters, "")).await;
+            }
             send_command(assoc, req.pc_id, move_rsp(&req, PENDING, &counters, false)).await?;
         }
     }
-    let _ = dest.release().await;
+    // a lane whose association broke leaves its remaining instances unsent: failures
+    for (i, done) in reported.iter().enumerate() {
+        if !done {
+            counters.failed += 1;
+            failed_uids.push(items[i].sop_instance_uid.clone());
+        }
+    }
+    counters.remaining = 0;
     tracing::info!(destination = %address, completed = counters.completed, failed = counters.failed, "C-MOVE");
     if counters.failed == 0 {
         return send_command(assoc, req.pc_id, move_rsp(&req, 0x0000, &counters, false)).await;
