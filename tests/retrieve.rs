@@ -141,3 +141,97 @@ fn movescu_moves_studies_and_images_to_a_configured_destination() {
     assert!(server.echo_ok());
     server.stop();
 }
+
+fn curl(args: &[&str]) -> String {
+    let out = run_ok(std::process::Command::new("curl").arg("-sf").args(args));
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// Orthanc, configured with Strata as a modality, finds a study in Strata through its
+/// REST API (`/modalities/{name}/query`, i.e. C-FIND to Strata) and pulls it into itself
+/// (C-MOVE to Strata with Orthanc as the destination).
+#[test]
+fn orthanc_finds_and_pulls_a_study_from_strata() {
+    let orthanc_dicom = free_port();
+    let orthanc_http = free_port();
+    let archive = Archive::with_config(
+        "retrieve-orthanc",
+        &format!("\n[[dicom.peers]]\nae_title = \"ORTHANC\"\nhost = \"127.0.0.1\"\nport = {orthanc_dicom}\n"),
+    );
+    let ct: Vec<PathBuf> = dcm_files(ct_study());
+    run(archive.strata(&["import"]).args(&ct));
+    let server = archive.start();
+    let attrs = read_header_blocking(&ct[0]).unwrap();
+
+    let orthanc_dir = archive.dir.path().join("orthanc");
+    run_ok(
+        std::process::Command::new(repo_root().join("scripts/start-orthanc.sh"))
+            .arg(&orthanc_dir)
+            .arg(orthanc_dicom.to_string())
+            .arg(orthanc_http.to_string())
+            .arg("ORTHANC"),
+    );
+    let pid: i32 = std::fs::read_to_string(orthanc_dir.join("orthanc.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    struct Kill(i32);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            unsafe { libc::kill(self.0, libc::SIGTERM) };
+        }
+    }
+    let _orthanc = Kill(pid);
+    let api = format!("http://127.0.0.1:{orthanc_http}");
+    curl(&[
+        "-X",
+        "PUT",
+        &format!("{api}/modalities/STRATA"),
+        "-d",
+        &format!(
+            "{{\"AET\":\"STRATA\",\"Host\":\"127.0.0.1\",\"Port\":{}}}",
+            server.dicom_port
+        ),
+    ]);
+
+    // C-FIND from Orthanc into Strata
+    let query = curl(&[
+        "-X",
+        "POST",
+        &format!("{api}/modalities/STRATA/query"),
+        "-d",
+        &format!(
+            "{{\"Level\":\"Study\",\"Query\":{{\"PatientID\":\"{}\",\"StudyInstanceUID\":\"\"}}}}",
+            attrs.patient_id
+        ),
+    ]);
+    let query: serde_json::Value = serde_json::from_str(&query).unwrap();
+    let id = query["ID"].as_str().unwrap().to_string();
+    let answers: serde_json::Value =
+        serde_json::from_str(&curl(&[&format!("{api}/queries/{id}/answers?expand")])).unwrap();
+    let answers = answers.as_array().unwrap();
+    assert_eq!(answers.len(), 1, "{answers:?}");
+    assert!(
+        answers[0].to_string().contains(&attrs.study_uid),
+        "{answers:?}"
+    );
+
+    // C-MOVE: Orthanc asks Strata to send the study to Orthanc itself
+    curl(&[
+        "-X",
+        "POST",
+        &format!("{api}/queries/{id}/retrieve"),
+        "-d",
+        "{\"TargetAet\":\"ORTHANC\",\"Synchronous\":true}",
+    ]);
+    let stats: serde_json::Value =
+        serde_json::from_str(&curl(&[&format!("{api}/statistics")])).unwrap();
+    assert_eq!(
+        stats["CountInstances"].as_u64(),
+        Some(ct.len() as u64),
+        "{stats}"
+    );
+    assert_eq!(stats["CountStudies"].as_u64(), Some(1));
+    server.stop();
+}
