@@ -371,6 +371,43 @@ fn presentation_context(assoc: &Association, pc_id: u8) -> Option<(String, Strin
         })
 }
 
+/// Whether the requester sent a C-CANCEL (checked between pending responses of a C-FIND
+/// or C-MOVE, without waiting: the receive is polled once, with no timer — a zero
+/// timeout would wait for the timer wheel's next tick, ~1 ms per response; dicom-ul's
+/// receive is cancel-safe). Anything but a C-CANCEL here is a protocol error.
+pub(crate) async fn cancel_requested(assoc: &mut Association) -> Result<bool, String> {
+    use std::future::Future;
+    let mut receive = std::pin::pin!(assoc.receive());
+    let polled = std::future::poll_fn(|cx| match receive.as_mut().poll(cx) {
+        std::task::Poll::Ready(r) => std::task::Poll::Ready(Some(r)),
+        std::task::Poll::Pending => std::task::Poll::Ready(None),
+    })
+    .await;
+    match polled {
+        None => Ok(false),
+        Some(Ok(Pdu::PData { data })) => {
+            let cancel = data.iter().any(|pdv| {
+                pdv.value_type == PDataValueType::Command
+                    && Command::decode(&pdv.data)
+                        .ok()
+                        .and_then(|c| c.command_field().ok())
+                        == Some(field::C_CANCEL_RQ)
+            });
+            if cancel {
+                Ok(true)
+            } else {
+                Err("unexpected P-DATA while responses were pending".into())
+            }
+        }
+        Some(Ok(Pdu::AbortRQ { .. })) => Err("peer aborted while responses were pending".into()),
+        Some(Ok(other)) => Err(format!(
+            "unexpected {} while responses were pending",
+            other.short_description()
+        )),
+        Some(Err(e)) => Err(format!("receive failed: {e}")),
+    }
+}
+
 pub(crate) async fn send_command(
     assoc: &mut Association,
     pc_id: u8,

@@ -2,17 +2,17 @@
 //! one pending response (0xFF00) per match, as matches are found, checking for C-CANCEL
 //! before each; ends with 0x0000 (done), 0xFE00 (cancelled) or a failure status.
 
-use crate::dicom::dimse::{field, tag, ResponseBuilder};
+use crate::dicom::dimse::{field, status, tag, ResponseBuilder};
+use crate::dicom::part10::long_length_vr;
 use crate::query::{self, Model, Query, QueryError};
-use crate::scp::{send_command, Association, ScpContext};
+use crate::scp::{cancel_requested, send_command, Association, ScpContext};
 use dicom_ul::pdu::{PDataValue, PDataValueType};
 use dicom_ul::Pdu;
-use std::future::Future;
 
-const PENDING: u16 = 0xFF00;
-const CANCELLED: u16 = 0xFE00;
-const IDENTIFIER_DOES_NOT_MATCH: u16 = 0xA900;
-const UNABLE_TO_PROCESS: u16 = 0xC001;
+const PENDING: u16 = status::PENDING;
+const CANCELLED: u16 = status::CANCEL;
+const IDENTIFIER_DOES_NOT_MATCH: u16 = status::DATASET_DOES_NOT_MATCH;
+const UNABLE_TO_PROCESS: u16 = status::UNABLE_TO_PROCESS;
 
 pub struct FindRequest {
     pub pc_id: u8,
@@ -21,25 +21,6 @@ pub struct FindRequest {
     pub sop_class: String,
     pub transfer_syntax: String,
     pub identifier: Vec<u8>,
-}
-
-fn long_vr(vr: &[u8; 2]) -> bool {
-    matches!(
-        vr,
-        b"OB"
-            | b"OD"
-            | b"OF"
-            | b"OL"
-            | b"OV"
-            | b"OW"
-            | b"SQ"
-            | b"SV"
-            | b"UC"
-            | b"UN"
-            | b"UR"
-            | b"UT"
-            | b"UV"
-    )
 }
 
 /// Encodes a response identifier (explicit or implicit VR little endian).
@@ -54,7 +35,7 @@ pub(crate) fn encode_identifier(elements: &[(u32, [u8; 2], String)], explicit: b
         out.extend_from_slice(&((tag & 0xFFFF) as u16).to_le_bytes());
         if explicit {
             out.extend_from_slice(vr);
-            if long_vr(vr) {
+            if long_length_vr(vr) {
                 out.extend_from_slice(&[0, 0]);
                 out.extend_from_slice(&(v.len() as u32).to_le_bytes());
             } else {
@@ -83,7 +64,7 @@ fn identifier_for(
             query::tags::RETRIEVE_AE_TITLE => ae_title.to_string(),
             t => answer.get(&t).cloned().unwrap_or_default(),
         };
-        let vr = if long_vr(&key.vr) && key.vr != *b"UT" && key.vr != *b"UC" {
+        let vr = if long_length_vr(&key.vr) && key.vr != *b"UT" && key.vr != *b"UC" {
             *b"UN"
         } else {
             key.vr
@@ -135,40 +116,6 @@ pub(crate) async fn send_data(
     Ok(())
 }
 
-/// Whether a C-CANCEL for this message arrived (without waiting for one).
-async fn cancelled(assoc: &mut Association, message_id: u16) -> Result<bool, String> {
-    // Poll the receive once, without a timer (a zero timeout would wait for the timer
-    // wheel's next tick, ~1 ms per response). dicom-ul's receive is cancel-safe.
-    let mut receive = std::pin::pin!(assoc.receive());
-    let polled = std::future::poll_fn(|cx| match receive.as_mut().poll(cx) {
-        std::task::Poll::Ready(r) => std::task::Poll::Ready(Some(r)),
-        std::task::Poll::Pending => std::task::Poll::Ready(None),
-    })
-    .await;
-    match polled {
-        None => Ok(false),
-        Some(Err(e)) => Err(format!("receive failed during C-FIND: {e}")),
-        Some(Ok(Pdu::PData { data })) => {
-            for pdv in data {
-                if pdv.value_type == PDataValueType::Command {
-                    let cmd = crate::dicom::dimse::Command::decode(&pdv.data)
-                        .map_err(|e| e.to_string())?;
-                    if cmd.command_field().ok() == Some(field::C_CANCEL_RQ) {
-                        let _ = message_id; // one outstanding operation per association
-                        return Ok(true);
-                    }
-                }
-            }
-            Err("unexpected P-DATA during C-FIND".into())
-        }
-        Some(Ok(Pdu::AbortRQ { .. })) => Err("peer aborted during C-FIND".into()),
-        Some(Ok(other)) => Err(format!(
-            "unexpected {} during C-FIND",
-            other.short_description()
-        )),
-    }
-}
-
 pub async fn run_find(
     ctx: &ScpContext,
     assoc: &mut Association,
@@ -214,7 +161,7 @@ pub async fn run_find(
     let explicit = req.transfer_syntax != "1.2.840.10008.1.2";
     let mut sent = 0usize;
     while let Some(answer) = rx.recv().await {
-        if cancelled(assoc, req.message_id).await? {
+        if cancel_requested(assoc).await? {
             drop(rx);
             let _ = search.await;
             tracing::info!(level, sent, "C-FIND cancelled");

@@ -9,24 +9,23 @@
 //! Not yet: converting between native transfer syntaxes when the destination does not
 //! accept the stored one (such an instance fails its sub-operation, with a log line).
 
-use crate::dicom::dimse::{field, tag, Command, ResponseBuilder};
+use crate::dicom::dimse::{field, status, tag, Command, ResponseBuilder};
 use crate::dicom::part10::read_foreign_meta;
 use crate::index::{Index, InstanceEntry, SecondaryKey};
 use crate::query::{tags as qtags, Level, Query};
-use crate::scp::{send_command, Association, ScpContext};
+use crate::scp::{cancel_requested, send_command, Association, ScpContext};
 use dicom_ul::pdu::{PDataValue, PDataValueType, PresentationContextResultReason};
 use dicom_ul::{ClientAssociationOptions, Pdu};
 use std::collections::BTreeSet;
-use std::future::Future;
 use std::time::Duration;
 use strata_tiers::ObjectId;
 
-const PENDING: u16 = 0xFF00;
-const CANCELLED: u16 = 0xFE00;
-const DESTINATION_UNKNOWN: u16 = 0xA801;
-const UNABLE_TO_PERFORM: u16 = 0xA702;
-const SOME_FAILED: u16 = 0xB000;
-const IDENTIFIER_DOES_NOT_MATCH: u16 = 0xA900;
+const PENDING: u16 = status::PENDING;
+const CANCELLED: u16 = status::CANCEL;
+const DESTINATION_UNKNOWN: u16 = status::MOVE_DESTINATION_UNKNOWN;
+const UNABLE_TO_PERFORM: u16 = status::UNABLE_TO_PERFORM_SUB_OPERATIONS;
+const SOME_FAILED: u16 = status::SUB_OPERATIONS_FAILED;
+const IDENTIFIER_DOES_NOT_MATCH: u16 = status::DATASET_DOES_NOT_MATCH;
 const FAILED_SOP_INSTANCE_UID_LIST: u32 = 0x0008_0058;
 
 pub struct MoveRequest {
@@ -133,31 +132,6 @@ fn move_rsp(req: &MoveRequest, status: u16, c: &Counters, with_data: bool) -> Ve
         b = b.u16(tag::COMMAND_DATA_SET_TYPE, 0x0001);
     }
     b.encode()
-}
-
-/// Polls once for a C-CANCEL from the requester (no timer; receive is cancel-safe).
-async fn cancelled(assoc: &mut Association) -> Result<bool, String> {
-    let mut receive = std::pin::pin!(assoc.receive());
-    let polled = std::future::poll_fn(|cx| match receive.as_mut().poll(cx) {
-        std::task::Poll::Ready(r) => std::task::Poll::Ready(Some(r)),
-        std::task::Poll::Pending => std::task::Poll::Ready(None),
-    })
-    .await;
-    match polled {
-        None => Ok(false),
-        Some(Ok(Pdu::PData { data })) => Ok(data.iter().any(|pdv| {
-            pdv.value_type == PDataValueType::Command
-                && Command::decode(&pdv.data)
-                    .ok()
-                    .and_then(|c| c.command_field().ok())
-                    == Some(field::C_CANCEL_RQ)
-        })),
-        Some(Ok(other)) => Err(format!(
-            "unexpected {} during C-MOVE",
-            other.short_description()
-        )),
-        Some(Err(e)) => Err(format!("receive failed during C-MOVE: {e}")),
-    }
 }
 
 type Destination = dicom_ul::association::AsyncClientAssociation<tokio::net::TcpStream>;
@@ -466,7 +440,7 @@ pub async fn run_move(
             }
         }
         if counters.remaining > 0 {
-            if cancelled(assoc).await? {
+            if cancel_requested(assoc).await? {
                 stop.store(true, std::sync::atomic::Ordering::Release);
                 return send_command(assoc, req.pc_id, fail(CANCELLED, &counters, "")).await;
             }

@@ -36,6 +36,18 @@ pub mod status {
     pub const DUPLICATE_SOP_INSTANCE: u16 = 0x0111;
     /// Processing failure.
     pub const PROCESSING_FAILURE: u16 = 0x0110;
+    /// Pending (C-FIND match, C-MOVE sub-operations going on).
+    pub const PENDING: u16 = 0xFF00;
+    /// Cancelled by C-CANCEL.
+    pub const CANCEL: u16 = 0xFE00;
+    /// C-MOVE: move destination unknown.
+    pub const MOVE_DESTINATION_UNKNOWN: u16 = 0xA801;
+    /// C-MOVE: unable to perform sub-operations.
+    pub const UNABLE_TO_PERFORM_SUB_OPERATIONS: u16 = 0xA702;
+    /// C-MOVE: sub-operations complete, one or more failures.
+    pub const SUB_OPERATIONS_FAILED: u16 = 0xB000;
+    /// C-FIND: unable to process.
+    pub const UNABLE_TO_PROCESS: u16 = 0xC001;
 }
 
 pub mod tag {
