@@ -14,6 +14,7 @@ use crate::dicom::part10::read_foreign_meta;
 use crate::index::{Index, InstanceEntry, SecondaryKey};
 use crate::query::{tags as qtags, Level, Query};
 use crate::scp::{cancel_requested, send_command, Association, ScpContext};
+use dicom_ul::association::AsyncAssociation;
 use dicom_ul::pdu::{PDataValue, PDataValueType, PresentationContextResultReason};
 use dicom_ul::{ClientAssociationOptions, Pdu};
 use std::collections::BTreeSet;
@@ -134,8 +135,6 @@ fn move_rsp(req: &MoveRequest, status: u16, c: &Counters, with_data: bool) -> Ve
     b.encode()
 }
 
-type Destination = dicom_ul::association::AsyncClientAssociation<tokio::net::TcpStream>;
-
 /// One association's worth of sub-operations.
 struct Sender {
     our_ae: String,
@@ -226,14 +225,17 @@ impl Sender {
                             .and_then(|r| r.map_err(|e| format!("read object {id}: {e}")));
                     match bytes {
                         Ok(bytes) => {
+                            let max = pdv_limit(dest.acceptor_max_pdu_length());
+                            let mut ignored = false;
                             store_one(
                                 &mut dest,
                                 *pc_id,
                                 message_id,
                                 item,
                                 &bytes,
-                                &self.our_ae,
-                                self.move_message_id,
+                                Some((&self.our_ae, self.move_message_id)),
+                                max,
+                                &mut ignored,
                             )
                             .await
                         }
@@ -250,38 +252,42 @@ impl Sender {
     }
 }
 
-/// Sends one stored object with C-STORE on `dest`; returns the response status.
-async fn store_one(
-    dest: &mut Destination,
+/// Sends one stored object with C-STORE on `dest` (a new association for C-MOVE, the
+/// requester's own for C-GET) in PDVs of at most `max` bytes; returns the response
+/// status. A C-CANCEL arriving meanwhile (C-GET) sets `cancel_seen`.
+#[allow(clippy::too_many_arguments)]
+async fn store_one<A: AsyncAssociation<tokio::net::TcpStream> + Send>(
+    dest: &mut A,
     pc_id: u8,
     message_id: u16,
     item: &Item,
     bytes: &[u8],
-    our_ae: &str,
-    move_message_id: u16,
+    originator: Option<(&str, u16)>,
+    max: usize,
+    cancel_seen: &mut bool,
 ) -> Result<u16, String> {
     let meta = read_foreign_meta(bytes).map_err(|e| e.to_string())?;
     let dataset = &bytes[meta.dataset_offset..];
-    let cmd = ResponseBuilder::request(field::C_STORE_RQ, message_id, true)
+    let mut cmd = ResponseBuilder::request(field::C_STORE_RQ, message_id, true)
         .uid(tag::AFFECTED_SOP_CLASS_UID, &item.sop_class_uid)
-        .uid(tag::AFFECTED_SOP_INSTANCE_UID, &item.sop_instance_uid)
-        .text(tag::MOVE_ORIGINATOR_AE, our_ae)
-        .u16(tag::MOVE_ORIGINATOR_MESSAGE_ID, move_message_id)
-        .encode();
-    dest.send(&Pdu::PData {
+        .uid(tag::AFFECTED_SOP_INSTANCE_UID, &item.sop_instance_uid);
+    if let Some((ae, id)) = originator {
+        cmd = cmd
+            .text(tag::MOVE_ORIGINATOR_AE, ae)
+            .u16(tag::MOVE_ORIGINATOR_MESSAGE_ID, id);
+    }
+    let command = Pdu::PData {
         data: vec![PDataValue {
             presentation_context_id: pc_id,
             value_type: PDataValueType::Command,
             is_last: true,
-            data: cmd,
+            data: cmd.encode(),
         }],
-    })
-    .await
-    .map_err(|e| format!("send C-STORE-RQ: {e}"))?;
-    let max = match dest.acceptor_max_pdu_length() {
-        0 => 256 * 1024,
-        n => (n as usize).saturating_sub(6).clamp(1, 256 * 1024),
     };
+    AsyncAssociation::send(dest, &command)
+        .await
+        .map_err(|e| format!("send C-STORE-RQ: {e}"))?;
+    let max = max.clamp(1, 256 * 1024);
     let chunks: Vec<&[u8]> = if dataset.is_empty() {
         vec![&[][..]]
     } else {
@@ -289,30 +295,47 @@ async fn store_one(
     };
     let n = chunks.len();
     for (i, chunk) in chunks.into_iter().enumerate() {
-        dest.send(&Pdu::PData {
+        let pdu = Pdu::PData {
             data: vec![PDataValue {
                 presentation_context_id: pc_id,
                 value_type: PDataValueType::Data,
                 is_last: i + 1 == n,
                 data: chunk.to_vec(),
             }],
-        })
-        .await
-        .map_err(|e| format!("send data set: {e}"))?;
+        };
+        AsyncAssociation::send(dest, &pdu)
+            .await
+            .map_err(|e| format!("send data set: {e}"))?;
     }
-    match tokio::time::timeout(Duration::from_secs(120), dest.receive()).await {
-        Err(_) => Err("no C-STORE-RSP within 120 s".into()),
-        Ok(Err(e)) => Err(format!("receive C-STORE-RSP: {e}")),
-        Ok(Ok(Pdu::PData { data })) => {
-            let cmd = data
-                .iter()
-                .find(|p| p.value_type == PDataValueType::Command)
-                .ok_or("response without command")?;
-            let cmd = Command::decode(&cmd.data).map_err(|e| e.to_string())?;
-            cmd.status()
-                .ok_or_else(|| "C-STORE-RSP without a status".to_string())
+    loop {
+        match tokio::time::timeout(Duration::from_secs(120), AsyncAssociation::receive(dest)).await
+        {
+            Err(_) => return Err("no C-STORE-RSP within 120 s".into()),
+            Ok(Err(e)) => return Err(format!("receive C-STORE-RSP: {e}")),
+            Ok(Ok(Pdu::PData { data })) => {
+                let cmd = data
+                    .iter()
+                    .find(|p| p.value_type == PDataValueType::Command)
+                    .ok_or("response without command")?;
+                let cmd = Command::decode(&cmd.data).map_err(|e| e.to_string())?;
+                if cmd.command_field().ok() == Some(field::C_CANCEL_RQ) {
+                    *cancel_seen = true;
+                    continue;
+                }
+                return cmd
+                    .status()
+                    .ok_or_else(|| "C-STORE-RSP without a status".to_string());
+            }
+            Ok(Ok(other)) => return Err(format!("unexpected {}", other.short_description())),
         }
-        Ok(Ok(other)) => Err(format!("unexpected {}", other.short_description())),
+    }
+}
+
+/// The largest PDV payload a peer accepts (its announced maximum PDU length).
+fn pdv_limit(max_pdu: u32) -> usize {
+    match max_pdu {
+        0 => 256 * 1024,
+        n => (n as usize).saturating_sub(6),
     }
 }
 
