@@ -20,7 +20,7 @@ use crate::metrics::RejectReason;
 use crate::query::Model;
 use dicom_dictionary_std::uids;
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
-use dicom_ul::association::server::{AccessControl, DefaultNegotiation};
+use dicom_ul::association::server::AccessControl;
 use dicom_ul::pdu::{
     AssociationRJServiceUserReason, PDataValue, PDataValueType, PresentationContextResultReason,
 };
@@ -72,6 +72,27 @@ impl AccessControl for StrataAccess {
     }
 }
 
+/// Role selection: a C-GET requester proposes the SCP role for the storage classes it
+/// wants to receive; accept whatever roles it proposes for those.
+#[derive(Debug, Clone, Copy)]
+pub struct StrataNegotiation;
+
+impl dicom_ul::association::server::Negotiation for StrataNegotiation {
+    fn negotiate_roles(
+        &self,
+        sop_class_uid: &str,
+        scu_role: bool,
+        scp_role: bool,
+    ) -> Option<dicom_ul::pdu::RequestorRoles> {
+        is_storage_sop_class(sop_class_uid.trim_end_matches('\0')).then_some(
+            dicom_ul::pdu::RequestorRoles {
+                scu: scu_role,
+                scp: scp_role,
+            },
+        )
+    }
+}
+
 /// Everything an association task needs.
 #[derive(Clone)]
 pub struct ScpContext {
@@ -90,7 +111,7 @@ pub const RJ_NOT_ALLOWED: [u8; 10] = [0x03, 0, 0, 0, 0, 4, 0, 1, 1, 1];
 
 fn server_options(
     config: &DicomConfig,
-) -> ServerAssociationOptions<'static, StrataAccess, DefaultNegotiation> {
+) -> ServerAssociationOptions<'static, StrataAccess, StrataNegotiation> {
     let mut opts = ServerAssociationOptions::new()
         .ae_access_control(StrataAccess {
             allowed_calling: Arc::new(config.allowed_calling_ae_titles.clone()),
@@ -104,7 +125,10 @@ fn server_options(
         .with_abstract_syntax(Model::PATIENT_ROOT_FIND)
         .with_abstract_syntax(Model::STUDY_ROOT_FIND)
         .with_abstract_syntax(PATIENT_ROOT_MOVE)
-        .with_abstract_syntax(STUDY_ROOT_MOVE);
+        .with_abstract_syntax(STUDY_ROOT_MOVE)
+        .with_abstract_syntax(PATIENT_ROOT_GET)
+        .with_abstract_syntax(STUDY_ROOT_GET)
+        .with_negotiation(StrataNegotiation);
     if config.accept_private_sop_classes {
         opts = opts.promiscuous(true);
     }
@@ -161,7 +185,7 @@ enum Pending {
 
 /// A C-FIND whose identifier is being received.
 struct FindOp {
-    /// Set for a C-MOVE (its destination AE); a C-FIND otherwise.
+    /// Set for a C-MOVE (its destination AE) or a C-GET (empty); a C-FIND otherwise.
     move_destination: Option<String>,
     pc_id: u8,
     message_id: u16,
@@ -187,6 +211,8 @@ impl FindOp {
 
 const PATIENT_ROOT_MOVE: &str = "1.2.840.10008.5.1.4.1.2.1.2";
 const STUDY_ROOT_MOVE: &str = "1.2.840.10008.5.1.4.1.2.2.2";
+const PATIENT_ROOT_GET: &str = "1.2.840.10008.5.1.4.1.2.1.3";
+const STUDY_ROOT_GET: &str = "1.2.840.10008.5.1.4.1.2.2.3";
 
 /// Longest C-FIND identifier accepted.
 const MAX_IDENTIFIER_BYTES: usize = 1 << 20;
@@ -492,6 +518,27 @@ async fn start_message(
                 received: 0,
             })))
         }
+        field::C_GET_RQ
+            if abstract_syntax == PATIENT_ROOT_GET || abstract_syntax == STUDY_ROOT_GET =>
+        {
+            if !has_data {
+                return Err("C-GET-RQ without an identifier".into());
+            }
+            Ok(Some(Pending::Find(FindOp {
+                move_destination: Some(String::new()),
+                pc_id,
+                message_id,
+                model: if abstract_syntax == PATIENT_ROOT_GET {
+                    Model::PatientRoot
+                } else {
+                    Model::StudyRoot
+                },
+                sop_class: abstract_syntax,
+                transfer_syntax,
+                identifier: Vec::new(),
+                received: 0,
+            })))
+        }
         field::C_STORE_RQ => {
             if !has_data {
                 return Err("C-STORE-RQ without a data set".into());
@@ -642,7 +689,11 @@ async fn finish_message(
                         destination,
                         identifier: r.identifier,
                     };
-                    crate::scp_move::run_move(ctx, assoc, req).await
+                    if req.destination.is_empty() {
+                        crate::scp_move::run_get(ctx, assoc, req).await
+                    } else {
+                        crate::scp_move::run_move(ctx, assoc, req).await
+                    }
                 }
                 None => crate::scp_find::run_find(ctx, assoc, f.into_request()).await,
             }

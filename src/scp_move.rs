@@ -121,7 +121,12 @@ struct Counters {
 }
 
 fn move_rsp(req: &MoveRequest, status: u16, c: &Counters, with_data: bool) -> Vec<u8> {
-    let mut b = ResponseBuilder::new(field::C_MOVE_RQ, req.message_id, status)
+    let request = if req.destination.is_empty() {
+        field::C_GET_RQ
+    } else {
+        field::C_MOVE_RQ
+    };
+    let mut b = ResponseBuilder::new(request, req.message_id, status)
         .uid(tag::AFFECTED_SOP_CLASS_UID, &req.sop_class)
         .u16(tag::COMPLETED_SUB_OPERATIONS, c.completed)
         .u16(tag::FAILED_SUB_OPERATIONS, c.failed)
@@ -479,6 +484,142 @@ pub async fn run_move(
     }
     counters.remaining = 0;
     tracing::info!(destination = %address, completed = counters.completed, failed = counters.failed, "C-MOVE");
+    if counters.failed == 0 {
+        return send_command(assoc, req.pc_id, move_rsp(&req, 0x0000, &counters, false)).await;
+    }
+    let status = if counters.completed + counters.warning == 0 {
+        UNABLE_TO_PERFORM
+    } else {
+        SOME_FAILED
+    };
+    send_command(assoc, req.pc_id, move_rsp(&req, status, &counters, true)).await?;
+    let explicit = req.transfer_syntax != "1.2.840.10008.1.2";
+    let identifier = crate::scp_find::encode_identifier(
+        &[(FAILED_SOP_INSTANCE_UID_LIST, *b"UI", failed_uids.join("\\"))],
+        explicit,
+    );
+    crate::scp_find::send_data(assoc, req.pc_id, identifier).await
+}
+
+/// C-GET: like C-MOVE, but the instances go back over the requester's own association,
+/// on the storage presentation contexts it proposed with the SCP role (role selection).
+pub async fn run_get(
+    ctx: &ScpContext,
+    assoc: &mut Association,
+    req: MoveRequest,
+) -> Result<(), String> {
+    let mut counters = Counters::default();
+    let query = match Query::parse(&req.identifier, &req.transfer_syntax) {
+        Ok(q) => q,
+        Err(e) => {
+            let rsp =
+                ResponseBuilder::new(field::C_GET_RQ, req.message_id, IDENTIFIER_DOES_NOT_MATCH)
+                    .uid(tag::AFFECTED_SOP_CLASS_UID, &req.sop_class)
+                    .text(tag::ERROR_COMMENT, &e.to_string())
+                    .encode();
+            return send_command(assoc, req.pc_id, rsp).await;
+        }
+    };
+    let index = ctx.index.clone();
+    let items = match tokio::task::spawn_blocking(move || resolve(index.as_ref(), &query)).await {
+        Ok(Ok(items)) => items,
+        Ok(Err(e)) => {
+            let rsp =
+                ResponseBuilder::new(field::C_GET_RQ, req.message_id, IDENTIFIER_DOES_NOT_MATCH)
+                    .uid(tag::AFFECTED_SOP_CLASS_UID, &req.sop_class)
+                    .text(tag::ERROR_COMMENT, &e)
+                    .encode();
+            return send_command(assoc, req.pc_id, rsp).await;
+        }
+        Err(e) => return Err(format!("resolve task failed: {e}")),
+    };
+    counters.remaining = items.len().min(u16::MAX as usize) as u16;
+    let accepted: Vec<(u8, String, String)> = assoc
+        .presentation_contexts()
+        .iter()
+        .filter(|pc| pc.reason == PresentationContextResultReason::Acceptance)
+        .map(|pc| {
+            (
+                pc.id,
+                pc.abstract_syntax.trim_end_matches('\0').to_string(),
+                pc.transfer_syntax.trim_end_matches('\0').to_string(),
+            )
+        })
+        .collect();
+    let max = pdv_limit(assoc.requestor_max_pdu_length());
+    let mut failed_uids = Vec::new();
+    let mut cancel_seen = false;
+    let mut message_id: u16 = 0;
+    for item in &items {
+        if cancel_seen || cancel_requested(assoc).await? {
+            let rsp = move_rsp(&req, CANCELLED, &counters, false);
+            return send_command(assoc, req.pc_id, rsp).await;
+        }
+        message_id = message_id.wrapping_add(1);
+        let pc = accepted
+            .iter()
+            .find(|(_, a, t)| *a == item.sop_class_uid && *t == item.transfer_syntax_uid);
+        let outcome = match pc {
+            None => Err(format!(
+                "the requester offered no context for {} in {}",
+                item.sop_class_uid, item.transfer_syntax_uid
+            )),
+            Some((pc_id, _, _)) => {
+                let hot = ctx.ingest.hot().clone();
+                let id = item.id;
+                let bytes = tokio::task::spawn_blocking(move || std::fs::read(hot.path_of(&id)))
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r.map_err(|e| format!("read object {id}: {e}")));
+                match bytes {
+                    Ok(bytes) => {
+                        store_one(
+                            assoc,
+                            *pc_id,
+                            message_id,
+                            item,
+                            &bytes,
+                            None,
+                            max,
+                            &mut cancel_seen,
+                        )
+                        .await
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+        };
+        counters.remaining -= 1;
+        match outcome {
+            Ok(0x0000) => counters.completed += 1,
+            Ok(s) if s & 0xF000 == 0xB000 => counters.warning += 1,
+            Ok(s) => {
+                tracing::warn!(
+                    sop = item.sop_instance_uid,
+                    status = format!("{s:#06x}"),
+                    "C-GET sub-operation refused"
+                );
+                counters.failed += 1;
+                failed_uids.push(item.sop_instance_uid.clone());
+            }
+            Err(e) => {
+                tracing::warn!(sop = item.sop_instance_uid, error = %e, "C-GET sub-operation failed");
+                if e.starts_with("send") || e.starts_with("receive") {
+                    return Err(e);
+                }
+                counters.failed += 1;
+                failed_uids.push(item.sop_instance_uid.clone());
+            }
+        }
+        if counters.remaining > 0 {
+            send_command(assoc, req.pc_id, move_rsp(&req, PENDING, &counters, false)).await?;
+        }
+    }
+    tracing::info!(
+        completed = counters.completed,
+        failed = counters.failed,
+        "C-GET"
+    );
     if counters.failed == 0 {
         return send_command(assoc, req.pc_id, move_rsp(&req, 0x0000, &counters, false)).await;
     }

@@ -235,3 +235,62 @@ fn orthanc_finds_and_pulls_a_study_from_strata() {
     assert_eq!(stats["CountStudies"].as_u64(), Some(1));
     server.stop();
 }
+
+/// C-GET with DCMTK getscu: the study comes back over getscu's own association
+/// (SCP role negotiated for the storage classes), every instance once.
+#[test]
+fn getscu_gets_a_study_over_its_own_association() {
+    let archive = Archive::new("retrieve-get");
+    let ct: Vec<PathBuf> = dcm_files(ct_study());
+    run(archive.strata(&["import"]).args(&ct));
+    let server = archive.start();
+    let attrs = read_header_blocking(&ct[0]).unwrap();
+    let out_dir = archive.dir.path().join("got");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let out = run(dcmtk("getscu")
+        .args(["-v", "-S", "-aec", "STRATA", "-od"])
+        .arg(&out_dir)
+        .args([
+            "-k",
+            "QueryRetrieveLevel=STUDY",
+            "-k",
+            &format!("StudyInstanceUID={}", attrs.study_uid),
+        ])
+        .arg("127.0.0.1")
+        .arg(server.dicom_port.to_string()));
+    let text =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("Number of Failed Suboperations    : 0"),
+        "{text}"
+    );
+    let sent: BTreeSet<String> = ct
+        .iter()
+        .map(|p| read_header_blocking(p).unwrap().sop_instance_uid)
+        .collect();
+    assert_eq!(received_sops(&out_dir), sent);
+    // an IMAGE-level get of one instance, and a get of an unknown study (nothing, success)
+    let one = archive.dir.path().join("one");
+    std::fs::create_dir_all(&one).unwrap();
+    run(dcmtk("getscu")
+        .args(["-S", "-aec", "STRATA", "-od"])
+        .arg(&one)
+        .args([
+            "-k",
+            "QueryRetrieveLevel=IMAGE",
+            "-k",
+            &format!("StudyInstanceUID={}", attrs.study_uid),
+            "-k",
+            &format!("SeriesInstanceUID={}", attrs.series_uid),
+            "-k",
+            &format!("SOPInstanceUID={}", attrs.sop_instance_uid),
+        ])
+        .arg("127.0.0.1")
+        .arg(server.dicom_port.to_string()));
+    assert_eq!(
+        received_sops(&one),
+        BTreeSet::from([attrs.sop_instance_uid.clone()])
+    );
+    assert!(server.echo_ok());
+    server.stop();
+}
