@@ -29,6 +29,7 @@ pub mod metrics;
 pub mod ops;
 pub mod query;
 pub mod scp;
+pub mod scp_commit;
 pub mod scp_find;
 pub mod scp_move;
 pub mod server;

@@ -128,6 +128,7 @@ fn server_options(
         .with_abstract_syntax(STUDY_ROOT_MOVE)
         .with_abstract_syntax(PATIENT_ROOT_GET)
         .with_abstract_syntax(STUDY_ROOT_GET)
+        .with_abstract_syntax(crate::scp_commit::STORAGE_COMMITMENT_PUSH)
         .with_negotiation(StrataNegotiation);
     if config.accept_private_sop_classes {
         opts = opts.promiscuous(true);
@@ -187,6 +188,8 @@ enum Pending {
 struct FindOp {
     /// Set for a C-MOVE (its destination AE) or a C-GET (empty); a C-FIND otherwise.
     move_destination: Option<String>,
+    /// Set for a storage commitment N-ACTION (its ActionTypeID).
+    commit_action: Option<u16>,
     pc_id: u8,
     message_id: u16,
     model: Model,
@@ -487,6 +490,7 @@ async fn start_message(
                 return Err("C-FIND-RQ without an identifier".into());
             }
             Ok(Some(Pending::Find(FindOp {
+                commit_action: None,
                 move_destination: None,
                 pc_id,
                 message_id,
@@ -504,6 +508,7 @@ async fn start_message(
                 return Err("C-MOVE-RQ without an identifier".into());
             }
             Ok(Some(Pending::Find(FindOp {
+                commit_action: None,
                 move_destination: Some(command.move_destination().unwrap_or_default()),
                 pc_id,
                 message_id,
@@ -525,6 +530,7 @@ async fn start_message(
                 return Err("C-GET-RQ without an identifier".into());
             }
             Ok(Some(Pending::Find(FindOp {
+                commit_action: None,
                 move_destination: Some(String::new()),
                 pc_id,
                 message_id,
@@ -533,6 +539,22 @@ async fn start_message(
                 } else {
                     Model::StudyRoot
                 },
+                sop_class: abstract_syntax,
+                transfer_syntax,
+                identifier: Vec::new(),
+                received: 0,
+            })))
+        }
+        field::N_ACTION_RQ if abstract_syntax == crate::scp_commit::STORAGE_COMMITMENT_PUSH => {
+            if !has_data {
+                return Err("N-ACTION-RQ without a data set".into());
+            }
+            Ok(Some(Pending::Find(FindOp {
+                commit_action: Some(command.action_type_id().unwrap_or(0)),
+                move_destination: None,
+                pc_id,
+                message_id,
+                model: Model::StudyRoot,
                 sop_class: abstract_syntax,
                 transfer_syntax,
                 identifier: Vec::new(),
@@ -677,6 +699,16 @@ async fn finish_message(
 ) -> Result<(), String> {
     let op = match op {
         Pending::Discard(d) => return respond_discarded(assoc, d).await,
+        Pending::Find(f) if f.commit_action.is_some() => {
+            let req = crate::scp_commit::CommitRequest {
+                pc_id: f.pc_id,
+                message_id: f.message_id,
+                transfer_syntax: f.transfer_syntax,
+                action_type: f.commit_action.unwrap_or(0),
+                dataset: f.identifier,
+            };
+            return crate::scp_commit::run_commit(ctx, assoc, req).await;
+        }
         Pending::Find(f) => {
             return match f.move_destination.clone() {
                 Some(destination) => {

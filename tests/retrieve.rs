@@ -294,3 +294,62 @@ fn getscu_gets_a_study_over_its_own_association() {
     assert!(server.echo_ok());
     server.stop();
 }
+
+/// Storage commitment with pynetdicom as SCU: stored instances are committed, an unknown
+/// UID fails with 0x0112, and an instance whose object was corrupted on disk fails with
+/// 0x0110 — the bytes are re-hashed, not just looked up.
+#[test]
+fn storage_commitment_rehashes_before_committing() {
+    let archive = Archive::new("commit");
+    let ct: Vec<PathBuf> = dcm_files(ct_study()).into_iter().take(4).collect();
+    run(archive.strata(&["import"]).args(&ct));
+    let server = archive.start();
+    let sops: Vec<String> = ct
+        .iter()
+        .map(|p| read_header_blocking(p).unwrap().sop_instance_uid)
+        .collect();
+
+    // corrupt the object of the last instance
+    let shown: serde_json::Value =
+        serde_json::from_slice(&run_ok(&mut archive.strata(&["show", &sops[3], "--json"])).stdout)
+            .unwrap();
+    let path = shown["versions"][0]["location"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut bytes = std::fs::read(&path).unwrap();
+    let n = bytes.len();
+    bytes[n - 7] ^= 0x40;
+    std::fs::write(&path, bytes).unwrap();
+
+    let mut cmd = python("commit_scu.py");
+    cmd.args(["--port", &server.dicom_port.to_string()]);
+    for sop in &sops {
+        cmd.arg(format!("{CT_IMAGE_STORAGE}:{sop}"));
+    }
+    cmd.arg(format!("{CT_IMAGE_STORAGE}:1.2.826.0.1.3680043.9.404.1"));
+    let out = run_ok(&mut cmd);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["action_status"], 0, "{v}");
+    assert_eq!(v["event_type"], 2, "failures present: {v}");
+    let committed: BTreeSet<String> = v["committed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(committed, sops[..3].iter().cloned().collect());
+    let failed: Vec<(String, u64)> = v["failed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| (f[0].as_str().unwrap().to_string(), f[1].as_u64().unwrap()))
+        .collect();
+    assert!(failed.contains(&(sops[3].clone(), 0x0110)), "{v}");
+    assert!(
+        failed.contains(&("1.2.826.0.1.3680043.9.404.1".to_string(), 0x0112)),
+        "{v}"
+    );
+    assert!(server.echo_ok());
+    server.stop();
+}

@@ -15,6 +15,9 @@ pub mod field {
     pub const C_ECHO_RQ: u16 = 0x0030;
     pub const C_ECHO_RSP: u16 = 0x8030;
     pub const C_CANCEL_RQ: u16 = 0x0FFF;
+    pub const N_EVENT_REPORT_RQ: u16 = 0x0100;
+    pub const N_EVENT_REPORT_RSP: u16 = 0x8100;
+    pub const N_ACTION_RQ: u16 = 0x0130;
     /// A response's command field is its request's with the high bit set.
     pub const RESPONSE_BIT: u16 = 0x8000;
 }
@@ -60,6 +63,10 @@ pub mod tag {
     pub const STATUS: u32 = 0x0000_0900;
     pub const ERROR_COMMENT: u32 = 0x0000_0902;
     pub const AFFECTED_SOP_INSTANCE_UID: u32 = 0x0000_1000;
+    pub const REQUESTED_SOP_CLASS_UID: u32 = 0x0000_0003;
+    pub const REQUESTED_SOP_INSTANCE_UID: u32 = 0x0000_1001;
+    pub const EVENT_TYPE_ID: u32 = 0x0000_1002;
+    pub const ACTION_TYPE_ID: u32 = 0x0000_1008;
     pub const MOVE_DESTINATION: u32 = 0x0000_0600;
     pub const REMAINING_SUB_OPERATIONS: u32 = 0x0000_1020;
     pub const COMPLETED_SUB_OPERATIONS: u32 = 0x0000_1021;
@@ -158,6 +165,11 @@ impl Command {
     /// (0000,0900) Status, in a response.
     pub fn status(&self) -> Option<u16> {
         self.u16_of(tag::STATUS, "Status (0000,0900)").ok()
+    }
+
+    pub fn action_type_id(&self) -> Option<u16> {
+        self.u16_of(tag::ACTION_TYPE_ID, "ActionTypeID (0000,1008)")
+            .ok()
     }
 
     pub fn move_destination(&self) -> Option<String> {
