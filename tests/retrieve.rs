@@ -353,3 +353,39 @@ fn storage_commitment_rehashes_before_committing() {
     assert!(server.echo_ok());
     server.stop();
 }
+
+/// A C-CANCEL in the middle of a C-MOVE: final status 0xFE00 with the counters so far,
+/// fewer instances delivered than the study holds, and the server keeps serving.
+#[test]
+fn c_cancel_stops_a_move_midway() {
+    let dest_port = free_port();
+    let archive = Archive::with_config(
+        "retrieve-cancel",
+        &format!("move_associations = 1\n\n[[dicom.peers]]\nae_title = \"DEST\"\nhost = \"127.0.0.1\"\nport = {dest_port}\n"),
+    );
+    let ct: Vec<PathBuf> = dcm_files(ct_study());
+    run(archive.strata(&["import"]).args(&ct));
+    let server = archive.start();
+    let attrs = read_header_blocking(&ct[0]).unwrap();
+    let recv = archive.dir.path().join("received");
+    let _scp = Storescp::start(dest_port, &recv);
+    let out = run_ok(python("move_cancel.py").args([
+        "--port",
+        &server.dicom_port.to_string(),
+        "--study",
+        &attrs.study_uid,
+        "--dest",
+        "DEST",
+        "--after",
+        "3",
+    ]));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["final_status"].as_u64(), Some(0xFE00), "{v}");
+    let delivered = walk(&recv).len(); // files, not parsed: one may still be being written
+    assert!(
+        delivered >= 3 && delivered < ct.len(),
+        "cancelled midway: {delivered} delivered, {v}"
+    );
+    assert!(server.echo_ok());
+    server.stop();
+}
