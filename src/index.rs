@@ -79,6 +79,11 @@ pub trait Index: Send + Sync {
     /// Studies whose StudyDate lies in `from..=to` (`YYYYMMDD`; an empty bound is open),
     /// from the StudyDate index without a scan of the studies.
     fn studies_by_date_range(&self, from: &str, to: &str) -> Result<Vec<String>, IndexError>;
+    /// Records that these studies were accessed (retrieved) at `at_ms`, for the tiering
+    /// policy. Not synced: an access time lost in a crash only delays aging.
+    fn record_access(&self, study_uids: &[String], at_ms: u64) -> Result<(), IndexError>;
+    /// When the study was last stored into or retrieved, if ever recorded.
+    fn last_access(&self, study_uid: &str) -> Result<Option<u64>, IndexError>;
     /// For a read-only secondary: pick up what the primary wrote since. No-op otherwise.
     fn catch_up(&self) -> Result<(), IndexError>;
 }

@@ -32,11 +32,14 @@ pub struct StudySummary {
     pub instances: u64,
     pub objects: u64,
     pub bytes: u64,
+    /// Last store or retrieval (ms since the epoch), for the tiering policy.
+    pub last_access_ms: Option<u64>,
 }
 
 impl StudySummary {
     fn new(study_uid: String, s: StudyRecord) -> Self {
         StudySummary {
+            last_access_ms: None,
             study_uid,
             patient_id: s.patient_id,
             patient_name: s.patient_name,
@@ -53,11 +56,17 @@ impl StudySummary {
 }
 
 pub fn list_studies(index: &dyn Index) -> Result<Vec<StudySummary>> {
-    Ok(index
+    index
         .studies()?
         .into_iter()
-        .map(|(uid, s)| StudySummary::new(uid, s))
-        .collect())
+        .map(|(uid, s)| {
+            let last_access_ms = index.last_access(&uid)?;
+            Ok(StudySummary {
+                last_access_ms,
+                ..StudySummary::new(uid, s)
+            })
+        })
+        .collect()
 }
 
 #[derive(Debug, Serialize)]

@@ -40,6 +40,7 @@ pub struct MoveRequest {
 
 /// One instance to send: its served object and what the C-STORE needs.
 struct Item {
+    study_uid: String,
     sop_instance_uid: String,
     sop_class_uid: String,
     transfer_syntax_uid: String,
@@ -104,6 +105,7 @@ fn resolve(index: &dyn Index, query: &Query) -> Result<Vec<Item>, String> {
             let current = i.record.current().ok_or("instance without versions")?;
             Ok(Item {
                 id: ObjectId::from_hex(&current.id).ok_or("malformed object id in the index")?,
+                study_uid: i.study_uid,
                 sop_instance_uid: i.sop_instance_uid,
                 sop_class_uid: i.record.sop_class_uid,
                 transfer_syntax_uid: i.record.transfer_syntax_uid,
@@ -483,6 +485,7 @@ pub async fn run_move(
         }
     }
     counters.remaining = 0;
+    record_retrieval(ctx, studies_of(&items)).await;
     tracing::info!(destination = %address, completed = counters.completed, failed = counters.failed, "C-MOVE");
     if counters.failed == 0 {
         return send_command(assoc, req.pc_id, move_rsp(&req, 0x0000, &counters, false)).await;
@@ -499,6 +502,23 @@ pub async fn run_move(
         explicit,
     );
     crate::scp_find::send_data(assoc, req.pc_id, identifier).await
+}
+
+/// The distinct studies of these items.
+fn studies_of(items: &[Item]) -> Vec<String> {
+    let set: BTreeSet<&str> = items.iter().map(|i| i.study_uid.as_str()).collect();
+    set.into_iter().map(str::to_string).collect()
+}
+
+/// Records a retrieval of the studies these instances belong to (tiering's last access).
+async fn record_retrieval(ctx: &ScpContext, studies: Vec<String>) {
+    let index = ctx.index.clone();
+    let at = crate::index::rocks::unix_ms_now();
+    match tokio::task::spawn_blocking(move || index.record_access(&studies, at)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "could not record a study's last access"),
+        Err(e) => tracing::warn!(error = %e, "could not record a study's last access"),
+    }
 }
 
 /// C-GET: like C-MOVE, but the instances go back over the requester's own association,

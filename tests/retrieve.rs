@@ -73,6 +73,15 @@ fn movescu_moves_studies_and_images_to_a_configured_destination() {
     let recv = archive.dir.path().join("received");
     let scp = Storescp::start(dest_port, &recv);
 
+    let last_access = || -> u64 {
+        let studies = archive.ls_json();
+        studies.as_array().unwrap()[0]["last_access_ms"]
+            .as_u64()
+            .expect("stores record an access")
+    };
+    let stored_at = last_access();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+
     // a whole study
     let text = movescu(
         server.dicom_port,
@@ -91,6 +100,10 @@ fn movescu_moves_studies_and_images_to_a_configured_destination() {
     assert!(
         text.contains("Pending"),
         "pending responses with counters: {text}"
+    );
+    assert!(
+        last_access() > stored_at,
+        "a retrieval updates the study's last access"
     );
 
     // one image

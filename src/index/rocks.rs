@@ -12,6 +12,7 @@
 //! | `studies` | `study` | `StudyRecord` |
 //! | `patients` | `patient_id` | `PatientRecord` |
 //! | `idx_patient_id`, `idx_study_date`, `idx_accession` | `value\0study` | empty |
+//! | `study_access` | `study` | last store or retrieval, ms since the epoch (u64 LE) |
 
 use super::records::{decode, encode};
 use super::{
@@ -39,8 +40,9 @@ const CF_PATIENTS: &str = "patients";
 const CF_IDX_PATIENT_ID: &str = "idx_patient_id";
 const CF_IDX_STUDY_DATE: &str = "idx_study_date";
 const CF_IDX_ACCESSION: &str = "idx_accession";
+const CF_STUDY_ACCESS: &str = "study_access";
 
-const ALL_CFS: [&str; 11] = [
+const ALL_CFS: [&str; 12] = [
     CF_META,
     CF_OBJECTS,
     CF_INSTANCES,
@@ -52,6 +54,7 @@ const ALL_CFS: [&str; 11] = [
     CF_IDX_PATIENT_ID,
     CF_IDX_STUDY_DATE,
     CF_IDX_ACCESSION,
+    CF_STUDY_ACCESS,
 ];
 
 /// Called with each `(key, value)` of a scan; returns whether to go on.
@@ -474,6 +477,27 @@ impl Index for RocksIndex {
         Ok(out)
     }
 
+    fn record_access(&self, study_uids: &[String], at_ms: u64) -> Result<(), IndexError> {
+        let mut batch = WriteBatch::default();
+        for uid in study_uids {
+            batch.put_cf(
+                self.cf(CF_STUDY_ACCESS),
+                uid.as_bytes(),
+                at_ms.to_le_bytes(),
+            );
+        }
+        self.db.write(batch).map_err(storage)
+    }
+
+    fn last_access(&self, study_uid: &str) -> Result<Option<u64>, IndexError> {
+        Ok(self
+            .db
+            .get_pinned_cf(self.cf(CF_STUDY_ACCESS), study_uid)
+            .map_err(storage)?
+            .and_then(|v| <[u8; 8]>::try_from(&v[..]).ok())
+            .map(u64::from_le_bytes))
+    }
+
     fn catch_up(&self) -> Result<(), IndexError> {
         if self.secondary {
             self.db.try_catch_up_with_primary().map_err(storage)?;
@@ -607,6 +631,15 @@ fn apply_new_object(
     study.objects += 1;
     study.bytes += obj.size;
     p.put(CF_STUDIES, a.study_uid.as_bytes().to_vec(), &study);
+    p.put_raw(
+        CF_STUDY_ACCESS,
+        a.study_uid.as_bytes().to_vec(),
+        obj.provenance
+            .received_at_ms
+            .max(now_ms())
+            .to_le_bytes()
+            .to_vec(),
+    );
     // Secondary indexes: the study's own values, plus any differing value an instance
     // carries (a query on either finds the study).
     for (cf, value) in [
