@@ -6,8 +6,9 @@
 //! counters. Ends with 0x0000, 0xB000 (some failed; FailedSOPInstanceUIDList in the
 //! identifier), 0xA702 (none could be sent), or 0xFE00 when cancelled.
 //!
-//! Not yet: converting between native transfer syntaxes when the destination does not
-//! accept the stored one (such an instance fails its sub-operation, with a log line).
+//! Objects go in their stored transfer syntax; when the destination does not accept it,
+//! native syntaxes (implicit/explicit VR little endian, explicit big endian) are
+//! re-encoded among themselves, and anything else fails its sub-operation with a log line.
 
 use crate::dicom::dimse::{field, status, tag, Command, ResponseBuilder};
 use crate::dicom::part10::read_foreign_meta;
@@ -39,6 +40,7 @@ pub struct MoveRequest {
 }
 
 /// One instance to send: its served object and what the C-STORE needs.
+#[derive(Clone)]
 struct Item {
     study_uid: String,
     sop_instance_uid: String,
@@ -180,7 +182,7 @@ impl Sender {
             .connection_timeout(Duration::from_secs(10))
             .read_timeout(self.read_timeout);
         for (class, ts) in contexts.iter().take(128) {
-            options = options.with_presentation_context(class.clone(), vec![ts.clone()]);
+            options = options.with_presentation_context(class.clone(), proposals(ts));
         }
         let mut dest = match options.establish_with_async(&self.address).await {
             Ok(d) => d,
@@ -214,24 +216,21 @@ impl Sender {
             }
             let item = &items[i];
             message_id = message_id.wrapping_add(1);
-            let pc = accepted
-                .iter()
-                .find(|(_, a, t)| *a == item.sop_class_uid && *t == item.transfer_syntax_uid);
-            let outcome = match pc {
+            let outcome = match context_for(&accepted, item) {
                 None => Err(format!(
-                    "destination accepts neither {} in {}",
+                    "destination accepts neither {} in {} nor a native syntax to convert to",
                     item.sop_class_uid, item.transfer_syntax_uid
                 )),
-                Some((pc_id, _, _)) => {
-                    let hot = self.hot.clone();
-                    let id = item.id;
-                    let bytes =
-                        tokio::task::spawn_blocking(move || std::fs::read(hot.path_of(&id)))
-                            .await
-                            .map_err(|e| e.to_string())
-                            .and_then(|r| r.map_err(|e| format!("read object {id}: {e}")));
-                    match bytes {
-                        Ok(bytes) => {
+                Some((pc_id, _, target)) => {
+                    let (hot, it, target) = (self.hot.clone(), item.clone(), target.clone());
+                    let dataset = tokio::task::spawn_blocking(move || {
+                        dataset_for_blocking(&hot, &it, &target)
+                    })
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r);
+                    match dataset {
+                        Ok(dataset) => {
                             let max = pdv_limit(dest.acceptor_max_pdu_length());
                             let mut ignored = false;
                             store_one(
@@ -239,7 +238,7 @@ impl Sender {
                                 *pc_id,
                                 message_id,
                                 item,
-                                &bytes,
+                                &dataset,
                                 Some((&self.our_ae, self.move_message_id)),
                                 max,
                                 &mut ignored,
@@ -268,13 +267,11 @@ async fn store_one<A: AsyncAssociation<tokio::net::TcpStream> + Send>(
     pc_id: u8,
     message_id: u16,
     item: &Item,
-    bytes: &[u8],
+    dataset: &[u8],
     originator: Option<(&str, u16)>,
     max: usize,
     cancel_seen: &mut bool,
 ) -> Result<u16, String> {
-    let meta = read_foreign_meta(bytes).map_err(|e| e.to_string())?;
-    let dataset = &bytes[meta.dataset_offset..];
     let mut cmd = ResponseBuilder::request(field::C_STORE_RQ, message_id, true)
         .uid(tag::AFFECTED_SOP_CLASS_UID, &item.sop_class_uid)
         .uid(tag::AFFECTED_SOP_INSTANCE_UID, &item.sop_instance_uid);
@@ -336,6 +333,78 @@ async fn store_one<A: AsyncAssociation<tokio::net::TcpStream> + Send>(
             Ok(Ok(other)) => return Err(format!("unexpected {}", other.short_description())),
         }
     }
+}
+
+const NATIVE: [&str; 3] = [
+    "1.2.840.10008.1.2.1",
+    "1.2.840.10008.1.2",
+    "1.2.840.10008.1.2.2",
+];
+
+/// The transfer syntaxes to propose for objects stored in `stored`: that one first, and
+/// for a native syntax the other native ones too (we convert among those).
+fn proposals(stored: &str) -> Vec<String> {
+    let mut out = vec![stored.to_string()];
+    if NATIVE.contains(&stored) {
+        out.extend(
+            NATIVE
+                .iter()
+                .filter(|t| **t != stored)
+                .map(|t| t.to_string()),
+        );
+    }
+    out
+}
+
+/// Reads a stored object and returns its data set in `target` syntax: verbatim when it
+/// is the stored one, re-encoded when both are native, else an error.
+fn dataset_for_blocking(
+    hot: &strata_tiers::HotDisk,
+    item: &Item,
+    target: &str,
+) -> Result<Vec<u8>, String> {
+    let bytes = std::fs::read(hot.path_of(&item.id))
+        .map_err(|e| format!("read object {}: {e}", item.id))?;
+    let meta = read_foreign_meta(&bytes).map_err(|e| e.to_string())?;
+    let dataset = &bytes[meta.dataset_offset..];
+    if target == item.transfer_syntax_uid {
+        return Ok(dataset.to_vec());
+    }
+    if !(NATIVE.contains(&target) && NATIVE.contains(&item.transfer_syntax_uid.as_str())) {
+        return Err(format!(
+            "cannot convert {} to {target} (only native syntaxes are converted)",
+            item.transfer_syntax_uid
+        ));
+    }
+    use dicom_encoding::transfer_syntax::TransferSyntaxIndex;
+    let registry = dicom_transfer_syntax_registry::TransferSyntaxRegistry;
+    let from = registry
+        .get(&item.transfer_syntax_uid)
+        .ok_or("unknown stored syntax")?;
+    let to = registry.get(target).ok_or("unknown target syntax")?;
+    let obj = dicom_object::InMemDicomObject::read_dataset_with_ts(dataset, from)
+        .map_err(|e| e.to_string())?;
+    let mut out = Vec::with_capacity(dataset.len());
+    obj.write_dataset_with_ts(&mut out, to)
+        .map_err(|e| e.to_string())?;
+    Ok(out)
+}
+
+/// The accepted context to send `item` on: the same SOP class, preferably in its stored
+/// syntax, else a native syntax we can convert to.
+fn context_for<'a>(
+    accepted: &'a [(u8, String, String)],
+    item: &Item,
+) -> Option<&'a (u8, String, String)> {
+    let same_class = || accepted.iter().filter(|(_, a, _)| *a == item.sop_class_uid);
+    same_class()
+        .find(|(_, _, t)| *t == item.transfer_syntax_uid)
+        .or_else(|| {
+            NATIVE
+                .contains(&item.transfer_syntax_uid.as_str())
+                .then(|| same_class().find(|(_, _, t)| NATIVE.contains(&t.as_str())))
+                .flatten()
+        })
 }
 
 /// The largest PDV payload a peer accepts (its announced maximum PDU length).
@@ -576,29 +645,26 @@ pub async fn run_get(
             return send_command(assoc, req.pc_id, rsp).await;
         }
         message_id = message_id.wrapping_add(1);
-        let pc = accepted
-            .iter()
-            .find(|(_, a, t)| *a == item.sop_class_uid && *t == item.transfer_syntax_uid);
-        let outcome = match pc {
+        let outcome = match context_for(&accepted, item) {
             None => Err(format!(
-                "the requester offered no context for {} in {}",
+                "the requester offered no context for {} in {} or a native syntax",
                 item.sop_class_uid, item.transfer_syntax_uid
             )),
-            Some((pc_id, _, _)) => {
-                let hot = ctx.ingest.hot().clone();
-                let id = item.id;
-                let bytes = tokio::task::spawn_blocking(move || std::fs::read(hot.path_of(&id)))
-                    .await
-                    .map_err(|e| e.to_string())
-                    .and_then(|r| r.map_err(|e| format!("read object {id}: {e}")));
-                match bytes {
-                    Ok(bytes) => {
+            Some((pc_id, _, target)) => {
+                let (hot, it, target) = (ctx.ingest.hot().clone(), item.clone(), target.clone());
+                let dataset =
+                    tokio::task::spawn_blocking(move || dataset_for_blocking(&hot, &it, &target))
+                        .await
+                        .map_err(|e| e.to_string())
+                        .and_then(|r| r);
+                match dataset {
+                    Ok(dataset) => {
                         store_one(
                             assoc,
                             *pc_id,
                             message_id,
                             item,
-                            &bytes,
+                            &dataset,
                             None,
                             max,
                             &mut cancel_seen,

@@ -12,9 +12,14 @@ struct Storescp(Child);
 
 impl Storescp {
     fn start(port: u16, dir: &Path) -> Storescp {
+        Self::start_with(port, dir, "+xa")
+    }
+
+    /// `syntaxes` is storescp's transfer syntax option (`+xa` all, `+xi` implicit only).
+    fn start_with(port: u16, dir: &Path, syntaxes: &str) -> Storescp {
         std::fs::create_dir_all(dir).unwrap();
         let child = dcmtk("storescp")
-            .args(["-aet", "DEST", "+xa", "-od"])
+            .args(["-aet", "DEST", syntaxes, "-od"])
             .arg(dir)
             .arg(port.to_string())
             .stdout(Stdio::null())
@@ -400,5 +405,46 @@ fn c_cancel_stops_a_move_midway() {
         "cancelled midway: {delivered} delivered, {v}"
     );
     assert!(server.echo_ok());
+    server.stop();
+}
+
+/// A destination that accepts only Implicit VR Little Endian still gets a study stored
+/// in Explicit VR Little Endian: native syntaxes are converted among themselves.
+#[test]
+fn move_converts_native_syntaxes_for_a_destination_that_needs_it() {
+    let dest_port = free_port();
+    let archive = Archive::with_config(
+        "retrieve-convert",
+        &format!(
+            "\n[[dicom.peers]]\nae_title = \"DEST\"\nhost = \"127.0.0.1\"\nport = {dest_port}\n"
+        ),
+    );
+    let ct: Vec<PathBuf> = dcm_files(ct_study()).into_iter().take(20).collect();
+    run(archive.strata(&["import"]).args(&ct));
+    let server = archive.start();
+    let attrs = read_header_blocking(&ct[0]).unwrap();
+    let recv = archive.dir.path().join("received");
+    let scp = Storescp::start_with(dest_port, &recv, "+xi");
+    let text = movescu(
+        server.dicom_port,
+        "DEST",
+        &[
+            "QueryRetrieveLevel=STUDY",
+            &format!("StudyInstanceUID={}", attrs.study_uid),
+        ],
+    );
+    assert!(text.contains("Final Move Response (Success)"), "{text}");
+    drop(scp);
+    let files = walk(&recv);
+    assert_eq!(files.len(), ct.len());
+    for f in &files {
+        let meta = strata::dicom::part10::read_foreign_meta(&std::fs::read(f).unwrap()).unwrap();
+        assert_eq!(meta.transfer_syntax_uid, IMPLICIT_VR_LE, "{}", f.display());
+    }
+    let sent: BTreeSet<String> = ct
+        .iter()
+        .map(|p| read_header_blocking(p).unwrap().sop_instance_uid)
+        .collect();
+    assert_eq!(received_sops(&recv), sent);
     server.stop();
 }
