@@ -107,6 +107,7 @@ fn study_query(keys: Vec<(u32, &[u8; 2], String)>) -> Query {
     Query {
         level: Level::Study,
         keys: all,
+        relational: false,
     }
 }
 

@@ -90,6 +90,9 @@ pub struct Key {
 pub struct Query {
     pub level: Level,
     pub keys: Vec<Key>,
+    /// Relational queries were negotiated (extended negotiation): SERIES and IMAGE
+    /// levels may then omit the higher-level unique keys.
+    pub relational: bool,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -161,6 +164,7 @@ impl Query {
         Ok(Query {
             level: level.ok_or(QueryError::MissingLevel)?,
             keys,
+            relational: false,
         })
     }
 
@@ -406,30 +410,67 @@ pub fn find_each(
             .map_err(storage)?;
         }
         Level::Series | Level::Image => {
-            let study_uids = query.value(tags::STUDY_INSTANCE_UID).ok_or_else(|| {
-                QueryError::Unsupported("SERIES and IMAGE levels need a StudyInstanceUID".into())
-            })?;
-            if query.level == Level::Image && query.value(tags::SERIES_INSTANCE_UID).is_none() {
+            let hierarchical = query.value(tags::STUDY_INSTANCE_UID).is_some()
+                && (query.level == Level::Series
+                    || query.value(tags::SERIES_INSTANCE_UID).is_some());
+            if !hierarchical && !query.relational {
                 return Err(QueryError::Unsupported(
-                    "IMAGE level needs a SeriesInstanceUID".into(),
+                    "SERIES level needs a StudyInstanceUID, IMAGE level a SeriesInstanceUID too \
+                     (or negotiate relational queries)"
+                        .into(),
                 ));
             }
-            'studies: for study in study_uids.split('\\') {
-                if query.level == Level::Series {
-                    for (uid, rec) in index.series_of_study(study).map_err(storage)? {
-                        let attrs = series_attrs(study, &uid, &rec);
-                        if all_match(query, &attrs) && !emit(attrs) {
-                            break 'studies;
+            // Walk the candidate studies (from the UID list, a secondary index or a scan);
+            // relational answers carry the study and series attributes as well.
+            let mut failure = None;
+            for_each_candidate_study(index, query, &mut |study_uid, study| {
+                let study_level = study_attrs(study_uid, &study);
+                if !all_match(query, &study_level) {
+                    return true;
+                }
+                let series = match index.series_of_study(study_uid) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        failure = Some(storage(e));
+                        return false;
+                    }
+                };
+                let instances = if query.level == Level::Image {
+                    match index.instances_of_study(study_uid) {
+                        Ok(i) => i,
+                        Err(e) => {
+                            failure = Some(storage(e));
+                            return false;
                         }
                     }
                 } else {
-                    for e in index.instances_of_study(study).map_err(storage)? {
-                        let attrs = image_attrs(&e);
-                        if all_match(query, &attrs) && !emit(attrs) {
-                            break 'studies;
+                    Vec::new()
+                };
+                for (series_uid, rec) in series {
+                    let mut attrs = study_level.clone();
+                    attrs.extend(series_attrs(study_uid, &series_uid, &rec));
+                    if !all_match(query, &attrs) {
+                        continue;
+                    }
+                    if query.level == Level::Series {
+                        if !emit(attrs) {
+                            return false;
+                        }
+                        continue;
+                    }
+                    for e in instances.iter().filter(|e| e.series_uid == series_uid) {
+                        let mut image = attrs.clone();
+                        image.extend(image_attrs(e));
+                        if all_match(query, &image) && !emit(image) {
+                            return false;
                         }
                     }
                 }
+                true
+            })
+            .map_err(storage)?;
+            if let Some(e) = failure {
+                return Err(e);
             }
         }
     }

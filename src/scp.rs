@@ -78,6 +78,18 @@ impl AccessControl for StrataAccess {
 pub struct StrataNegotiation;
 
 impl dicom_ul::association::server::Negotiation for StrataNegotiation {
+    /// Query/Retrieve extended negotiation: relational queries (byte 0) are supported;
+    /// date-time matching, fuzzy semantic matching and timezone adjustment are not.
+    fn extended_negotiation(&self, sop_class_uid: &str, input: &[u8]) -> Option<Vec<u8>> {
+        let uid = sop_class_uid.trim_end_matches('\0');
+        if Model::of_sop_class(uid).is_none() || input.is_empty() {
+            return None;
+        }
+        let mut out = vec![0u8; input.len()];
+        out[0] = input[0] & 1;
+        Some(out)
+    }
+
     fn negotiate_roles(
         &self,
         sop_class_uid: &str,

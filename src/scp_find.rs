@@ -116,6 +116,16 @@ pub(crate) async fn send_data(
     Ok(())
 }
 
+/// Whether the requester asked for relational queries on this SOP class (extended
+/// negotiation, byte 0), which [`crate::scp::StrataNegotiation`] always grants.
+fn relational_negotiated(assoc: &Association, sop_class: &str) -> bool {
+    use dicom_ul::association::Association as _;
+    assoc.user_variables().iter().any(|v| {
+        matches!(v, dicom_ul::pdu::UserVariableItem::SopClassExtendedNegotiationSubItem(uid, data)
+            if uid.trim_end_matches('\0') == sop_class && data.first() == Some(&1))
+    })
+}
+
 pub async fn run_find(
     ctx: &ScpContext,
     assoc: &mut Association,
@@ -130,7 +140,10 @@ pub async fn run_find(
         b.encode()
     };
     let query = match Query::parse(&req.identifier, &req.transfer_syntax) {
-        Ok(q) => q,
+        Ok(mut q) => {
+            q.relational = relational_negotiated(assoc, &req.sop_class);
+            q
+        }
         Err(e) => {
             tracing::warn!(error = %e, "C-FIND refused");
             return send_command(

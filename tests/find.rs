@@ -327,3 +327,43 @@ fn c_cancel_stops_a_streaming_c_find() {
     assert!(server.echo_ok());
     server.stop();
 }
+
+/// Relational queries (extended negotiation): with them, an IMAGE-level query may name
+/// only study-level keys; without them, it is refused (hierarchical model).
+#[test]
+fn relational_queries_when_negotiated() {
+    let archive = Archive::new("find-relational");
+    let ct: Vec<PathBuf> = dcm_files(ct_study()).into_iter().take(10).collect();
+    run(archive.strata(&["import"]).args(&ct));
+    let server = archive.start();
+    let attrs = read_header_blocking(&ct[0]).unwrap();
+    let port = server.dicom_port.to_string();
+    let find = |relational: bool, keys: &[&str]| -> serde_json::Value {
+        let mut cmd = python("find_relational.py");
+        cmd.args(["--port", &port]);
+        if relational {
+            cmd.arg("--relational");
+        }
+        cmd.args(keys);
+        serde_json::from_slice(&run_ok(&mut cmd).stdout).unwrap()
+    };
+    let keys = [
+        "--level",
+        "IMAGE",
+        &format!("PatientID={}", attrs.patient_id),
+        "SOPInstanceUID=",
+        "Modality=CT",
+        "StudyInstanceUID=",
+    ];
+    let related = find(true, &keys);
+    assert_eq!(related["status"], 0, "{related}");
+    let matches = related["matches"].as_array().unwrap();
+    assert_eq!(matches.len(), ct.len(), "{related}");
+    assert!(matches
+        .iter()
+        .all(|m| m["StudyInstanceUID"] == attrs.study_uid.as_str()));
+    let hierarchical = find(false, &keys);
+    assert_eq!(hierarchical["status"], 0xA900, "{hierarchical}");
+    assert!(hierarchical["matches"].as_array().unwrap().is_empty());
+    server.stop();
+}
