@@ -6,6 +6,10 @@
 //!
 //! `cargo bench --bench find_index` (STUDIES=50000 INSTANCES=20 by default; the index is
 //! kept in /var/tmp/strata-find-bench and reused when it is complete).
+//!
+//! With `FIND_PORT=<port>` set (a `strata serve` on that index, as `scripts/bench-find.sh`
+//! starts), the same queries also go over DICOM from a minimal dicom-ul client on one
+//! association — end-to-end latency without a heavyweight client's decoding cost.
 
 use std::time::Instant;
 use strata::dicom::header::InstanceAttrs;
@@ -120,6 +124,77 @@ fn percentiles(mut micros: Vec<f64>) -> (f64, f64) {
     (at(0.5), at(0.99))
 }
 
+/// Implicit VR LE identifier for a study-level query with one matching key.
+fn identifier(key: (u16, u16, &str)) -> Vec<u8> {
+    let mut elements: Vec<(u16, u16, Vec<u8>)> = vec![
+        (0x0008, 0x0052, b"STUDY ".to_vec()),
+        (0x0010, 0x0010, Vec::new()),
+        (0x0020, 0x000D, Vec::new()),
+        (0x0020, 0x1208, Vec::new()),
+    ];
+    let mut v = key.2.as_bytes().to_vec();
+    if v.len() % 2 == 1 {
+        v.push(b' ');
+    }
+    elements.push((key.0, key.1, v));
+    elements.sort();
+    let mut out = Vec::new();
+    for (g, e, v) in elements {
+        out.extend_from_slice(&g.to_le_bytes());
+        out.extend_from_slice(&e.to_le_bytes());
+        out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+        out.extend_from_slice(&v);
+    }
+    out
+}
+
+/// Sends one C-FIND over `assoc` and reads responses to the final one; returns matches.
+fn find_over_dicom(
+    assoc: &mut dicom_ul::association::ClientAssociation<std::net::TcpStream>,
+    msg: u16,
+    id: Vec<u8>,
+) -> usize {
+    use dicom_ul::pdu::{PDataValue, PDataValueType, Pdu};
+    let pc = assoc.presentation_contexts()[0].id;
+    let cmd = strata::dicom::dimse::ResponseBuilder::request(0x0020, msg, true)
+        .uid(0x0000_0002, "1.2.840.10008.5.1.4.1.2.2.1")
+        .encode();
+    assoc
+        .send(&Pdu::PData {
+            data: vec![
+                PDataValue {
+                    presentation_context_id: pc,
+                    value_type: PDataValueType::Command,
+                    is_last: true,
+                    data: cmd,
+                },
+                PDataValue {
+                    presentation_context_id: pc,
+                    value_type: PDataValueType::Data,
+                    is_last: true,
+                    data: id,
+                },
+            ],
+        })
+        .expect("send C-FIND");
+    let mut matches = 0;
+    loop {
+        let Pdu::PData { data } = assoc.receive().expect("receive") else {
+            panic!("unexpected PDU")
+        };
+        for pdv in data {
+            if pdv.value_type == PDataValueType::Command {
+                let c = strata::dicom::dimse::Command::decode(&pdv.data).expect("command");
+                match c.status() {
+                    Some(0xFF00) | Some(0xFF01) => matches += 1,
+                    Some(_) => return matches,
+                    None => panic!("response without status"),
+                }
+            }
+        }
+    }
+}
+
 fn main() {
     let studies = env("STUDIES", 50_000);
     let per_study = env("INSTANCES", 20);
@@ -131,7 +206,8 @@ fn main() {
         build(&index, studies, per_study);
         std::fs::write(&complete, b"").unwrap();
     }
-    let index = RocksIndex::open_primary(&dir.join("index")).expect("open index");
+    // a secondary: works alongside a `strata serve` holding the index
+    let index = RocksIndex::open_secondary(&dir.join("index")).expect("open index");
     let mut rng: u64 = 0x9E37_79B9_7F4A_7C15;
     let mut next = |n: usize| {
         rng ^= rng << 13;
@@ -184,4 +260,60 @@ fn main() {
             p99 / 1000.0
         );
     }
+
+    let Ok(port) = std::env::var("FIND_PORT") else {
+        return;
+    };
+    let mut assoc = dicom_ul::ClientAssociationOptions::new()
+        .calling_ae_title("FINDBENCH")
+        .with_presentation_context("1.2.840.10008.5.1.4.1.2.2.1", vec!["1.2.840.10008.1.2"])
+        .establish_with(&format!("STRATA@127.0.0.1:{port}"))
+        .expect("associate");
+    println!("\n| over DICOM (one association, minimal client) | matches/query | p50 | p99 |");
+    println!("|---|---:|---:|---:|");
+    let dicom_kinds: [(&str, Box<KeyMaker>); 3] = [
+        (
+            "PatientID",
+            Box::new(|s| (0x0010, 0x0020, format!("PID{:06}", s / 3))),
+        ),
+        (
+            "StudyDate range (7 days)",
+            Box::new(|s| {
+                let from = date_of(s);
+                let to = format!(
+                    "{}{:02}",
+                    &from[..6],
+                    (from[6..].parse::<u32>().unwrap() + 6).min(31)
+                );
+                (0x0008, 0x0020, format!("{from}-{to}"))
+            }),
+        ),
+        (
+            "AccessionNumber",
+            Box::new(|s| (0x0008, 0x0050, format!("ACC{s:07}"))),
+        ),
+    ];
+    let mut msg = 0u16;
+    for (name, make) in dicom_kinds.iter() {
+        let mut times = Vec::with_capacity(1000);
+        let mut found = 0usize;
+        for _ in 0..1000 {
+            let (g, e, v) = make(next(studies));
+            msg = msg.wrapping_add(1);
+            let t = Instant::now();
+            found += find_over_dicom(&mut assoc, msg, identifier((g, e, &v)));
+            times.push(t.elapsed().as_secs_f64() * 1e6);
+        }
+        let (p50, p99) = percentiles(times);
+        println!(
+            "| {name} | {:.1} | {:.2} ms | {:.2} ms |",
+            found as f64 / 1000.0,
+            p50 / 1000.0,
+            p99 / 1000.0
+        );
+    }
+    let _ = assoc.release();
 }
+
+/// Makes one (group, element, value) matching key from a random study number.
+type KeyMaker = dyn Fn(usize) -> (u16, u16, String);

@@ -44,6 +44,9 @@ scripts/start-orthanc.sh "$WORK/orthanc" 41402 41403 ORTHANC >/dev/null
 pids+=("$(cat "$WORK/orthanc/orthanc.pid")")
 TCP_NODELAY=1 /usr/bin/storescu -aec ORTHANC +sd +r 127.0.0.1 41402 "$WORK/small" >/dev/null 2>&1
 
+# the same queries from a minimal dicom-ul client on one association (no client decoding)
+FIND_PORT=41400 cargo bench --locked --bench find_index 2>/dev/null | sed -n '/over DICOM/,$p'
+echo
 echo "| target | query (study level) | studies | matches/query | p50 | p99 |"
 echo "|---|---|---:|---:|---:|---:|"
 python3 scripts/bench_find.py --port 41400 --called-ae STRATA --queries "$Q" --label "Strata, 1,000,000 instances"
