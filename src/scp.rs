@@ -212,6 +212,29 @@ struct FindOp {
 }
 
 impl FindOp {
+    /// A C-FIND, C-MOVE, C-GET or N-ACTION whose data set is about to arrive.
+    fn new(
+        pc_id: u8,
+        message_id: u16,
+        model: Model,
+        sop_class: String,
+        transfer_syntax: String,
+        move_destination: Option<String>,
+        commit_action: Option<u16>,
+    ) -> Self {
+        FindOp {
+            move_destination,
+            commit_action,
+            pc_id,
+            message_id,
+            model,
+            sop_class,
+            transfer_syntax,
+            identifier: Vec::new(),
+            received: 0,
+        }
+    }
+
     fn into_request(self) -> crate::scp_find::FindRequest {
         crate::scp_find::FindRequest {
             pc_id: self.pc_id,
@@ -501,17 +524,15 @@ async fn start_message(
             if !has_data {
                 return Err("C-FIND-RQ without an identifier".into());
             }
-            Ok(Some(Pending::Find(FindOp {
-                commit_action: None,
-                move_destination: None,
+            Ok(Some(Pending::Find(FindOp::new(
                 pc_id,
                 message_id,
-                model: Model::of_sop_class(&abstract_syntax).expect("checked in the guard"),
-                sop_class: abstract_syntax,
+                Model::of_sop_class(&abstract_syntax).expect("checked in the guard"),
+                abstract_syntax,
                 transfer_syntax,
-                identifier: Vec::new(),
-                received: 0,
-            })))
+                None,
+                None,
+            ))))
         }
         field::C_MOVE_RQ
             if abstract_syntax == PATIENT_ROOT_MOVE || abstract_syntax == STUDY_ROOT_MOVE =>
@@ -519,21 +540,19 @@ async fn start_message(
             if !has_data {
                 return Err("C-MOVE-RQ without an identifier".into());
             }
-            Ok(Some(Pending::Find(FindOp {
-                commit_action: None,
-                move_destination: Some(command.move_destination().unwrap_or_default()),
+            Ok(Some(Pending::Find(FindOp::new(
                 pc_id,
                 message_id,
-                model: if abstract_syntax == PATIENT_ROOT_MOVE {
+                if abstract_syntax == PATIENT_ROOT_MOVE {
                     Model::PatientRoot
                 } else {
                     Model::StudyRoot
                 },
-                sop_class: abstract_syntax,
+                abstract_syntax,
                 transfer_syntax,
-                identifier: Vec::new(),
-                received: 0,
-            })))
+                Some(command.move_destination().unwrap_or_default()),
+                None,
+            ))))
         }
         field::C_GET_RQ
             if abstract_syntax == PATIENT_ROOT_GET || abstract_syntax == STUDY_ROOT_GET =>
@@ -541,37 +560,33 @@ async fn start_message(
             if !has_data {
                 return Err("C-GET-RQ without an identifier".into());
             }
-            Ok(Some(Pending::Find(FindOp {
-                commit_action: None,
-                move_destination: Some(String::new()),
+            Ok(Some(Pending::Find(FindOp::new(
                 pc_id,
                 message_id,
-                model: if abstract_syntax == PATIENT_ROOT_GET {
+                if abstract_syntax == PATIENT_ROOT_GET {
                     Model::PatientRoot
                 } else {
                     Model::StudyRoot
                 },
-                sop_class: abstract_syntax,
+                abstract_syntax,
                 transfer_syntax,
-                identifier: Vec::new(),
-                received: 0,
-            })))
+                Some(String::new()),
+                None,
+            ))))
         }
         field::N_ACTION_RQ if abstract_syntax == crate::scp_commit::STORAGE_COMMITMENT_PUSH => {
             if !has_data {
                 return Err("N-ACTION-RQ without a data set".into());
             }
-            Ok(Some(Pending::Find(FindOp {
-                commit_action: Some(command.action_type_id().unwrap_or(0)),
-                move_destination: None,
+            Ok(Some(Pending::Find(FindOp::new(
                 pc_id,
                 message_id,
-                model: Model::StudyRoot,
-                sop_class: abstract_syntax,
+                Model::StudyRoot,
+                abstract_syntax,
                 transfer_syntax,
-                identifier: Vec::new(),
-                received: 0,
-            })))
+                None,
+                Some(command.action_type_id().unwrap_or(0)),
+            ))))
         }
         field::C_STORE_RQ => {
             if !has_data {

@@ -556,15 +556,26 @@ pub async fn run_move(
     counters.remaining = 0;
     record_retrieval(ctx, studies_of(&items)).await;
     tracing::info!(destination = %address, completed = counters.completed, failed = counters.failed, "C-MOVE");
+    final_response(assoc, &req, &counters, &failed_uids).await
+}
+
+/// The final C-MOVE/C-GET response: success, or 0xB000 / 0xA702 with the
+/// FailedSOPInstanceUIDList in an identifier.
+async fn final_response(
+    assoc: &mut Association,
+    req: &MoveRequest,
+    counters: &Counters,
+    failed_uids: &[String],
+) -> Result<(), String> {
     if counters.failed == 0 {
-        return send_command(assoc, req.pc_id, move_rsp(&req, 0x0000, &counters, false)).await;
+        return send_command(assoc, req.pc_id, move_rsp(req, 0x0000, counters, false)).await;
     }
     let status = if counters.completed + counters.warning == 0 {
         UNABLE_TO_PERFORM
     } else {
         SOME_FAILED
     };
-    send_command(assoc, req.pc_id, move_rsp(&req, status, &counters, true)).await?;
+    send_command(assoc, req.pc_id, move_rsp(req, status, counters, true)).await?;
     let explicit = req.transfer_syntax != "1.2.840.10008.1.2";
     let identifier = crate::scp_find::encode_identifier(
         &[(FAILED_SOP_INSTANCE_UID_LIST, *b"UI", failed_uids.join("\\"))],
@@ -706,19 +717,5 @@ pub async fn run_get(
         failed = counters.failed,
         "C-GET"
     );
-    if counters.failed == 0 {
-        return send_command(assoc, req.pc_id, move_rsp(&req, 0x0000, &counters, false)).await;
-    }
-    let status = if counters.completed + counters.warning == 0 {
-        UNABLE_TO_PERFORM
-    } else {
-        SOME_FAILED
-    };
-    send_command(assoc, req.pc_id, move_rsp(&req, status, &counters, true)).await?;
-    let explicit = req.transfer_syntax != "1.2.840.10008.1.2";
-    let identifier = crate::scp_find::encode_identifier(
-        &[(FAILED_SOP_INSTANCE_UID_LIST, *b"UI", failed_uids.join("\\"))],
-        explicit,
-    );
-    crate::scp_find::send_data(assoc, req.pc_id, identifier).await
+    final_response(assoc, &req, &counters, &failed_uids).await
 }
