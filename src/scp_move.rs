@@ -124,6 +124,39 @@ struct Counters {
     warning: u16,
 }
 
+impl Counters {
+    /// Counts one sub-operation's outcome; a failure also lists its instance.
+    fn count(
+        &mut self,
+        item: &Item,
+        outcome: &Result<u16, String>,
+        op: &str,
+        failed: &mut Vec<String>,
+    ) {
+        self.remaining = self.remaining.saturating_sub(1);
+        match outcome {
+            Ok(0x0000) => self.completed += 1,
+            Ok(s) if s & 0xF000 == 0xB000 => self.warning += 1,
+            Ok(s) => {
+                tracing::warn!(
+                    sop = item.sop_instance_uid,
+                    status = format!("{s:#06x}"),
+                    "{op} sub-operation refused"
+                );
+                self.failed += 1;
+                failed.push(item.sop_instance_uid.clone());
+            }
+            Err(e) => {
+                if !e.starts_with("cannot reach") {
+                    tracing::warn!(sop = item.sop_instance_uid, error = %e, "{op} sub-operation failed");
+                }
+                self.failed += 1;
+                failed.push(item.sop_instance_uid.clone());
+            }
+        }
+    }
+}
+
 fn move_rsp(req: &MoveRequest, status: u16, c: &Counters, with_data: bool) -> Vec<u8> {
     let request = if req.destination.is_empty() {
         field::C_GET_RQ
@@ -512,32 +545,15 @@ pub async fn run_move(
     while let Some((i, outcome)) = rx.recv().await {
         let item = &items[i];
         reported[i] = true;
-        counters.remaining = counters.remaining.saturating_sub(1);
-        match outcome {
-            Ok(0x0000) => counters.completed += 1,
-            Ok(s) if s & 0xF000 == 0xB000 => counters.warning += 1,
-            Ok(s) => {
-                tracing::warn!(
-                    sop = item.sop_instance_uid,
-                    status = format!("{s:#06x}"),
-                    "C-MOVE sub-operation refused"
-                );
-                counters.failed += 1;
-                failed_uids.push(item.sop_instance_uid.clone());
-            }
-            Err(e) => {
-                if e.starts_with("cannot reach") {
-                    unreachable += 1;
-                    if unreachable == 1 {
-                        tracing::warn!(destination = %address, error = %e, "C-MOVE destination unreachable");
-                    }
-                } else {
-                    tracing::warn!(sop = item.sop_instance_uid, error = %e, "C-MOVE sub-operation failed");
+        if let Err(e) = &outcome {
+            if e.starts_with("cannot reach") {
+                unreachable += 1;
+                if unreachable == 1 {
+                    tracing::warn!(destination = %address, error = %e, "C-MOVE destination unreachable");
                 }
-                counters.failed += 1;
-                failed_uids.push(item.sop_instance_uid.clone());
             }
         }
+        counters.count(item, &outcome, "C-MOVE", &mut failed_uids);
         if counters.remaining > 0 {
             if cancel_requested(assoc).await? {
                 stop.store(true, std::sync::atomic::Ordering::Release);
@@ -686,28 +702,13 @@ pub async fn run_get(
                 }
             }
         };
-        counters.remaining -= 1;
-        match outcome {
-            Ok(0x0000) => counters.completed += 1,
-            Ok(s) if s & 0xF000 == 0xB000 => counters.warning += 1,
-            Ok(s) => {
-                tracing::warn!(
-                    sop = item.sop_instance_uid,
-                    status = format!("{s:#06x}"),
-                    "C-GET sub-operation refused"
-                );
-                counters.failed += 1;
-                failed_uids.push(item.sop_instance_uid.clone());
-            }
-            Err(e) => {
-                tracing::warn!(sop = item.sop_instance_uid, error = %e, "C-GET sub-operation failed");
-                if e.starts_with("send") || e.starts_with("receive") {
-                    return Err(e);
-                }
-                counters.failed += 1;
-                failed_uids.push(item.sop_instance_uid.clone());
+        if let Err(e) = &outcome {
+            if e.starts_with("send") || e.starts_with("receive") {
+                tracing::warn!(sop = item.sop_instance_uid, error = %e, "C-GET association broken");
+                return Err(e.clone());
             }
         }
+        counters.count(item, &outcome, "C-GET", &mut failed_uids);
         if counters.remaining > 0 {
             send_command(assoc, req.pc_id, move_rsp(&req, PENDING, &counters, false)).await?;
         }
