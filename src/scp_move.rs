@@ -230,18 +230,7 @@ impl Sender {
         };
         // Nagle would hold each small command PDU for the peer's delayed ACK (~40 ms)
         let _ = dest.inner_stream().set_nodelay(true);
-        let accepted: Vec<(u8, String, String)> = dest
-            .presentation_contexts()
-            .iter()
-            .filter(|pc| pc.reason == PresentationContextResultReason::Acceptance)
-            .map(|pc| {
-                (
-                    pc.id,
-                    pc.abstract_syntax.trim_end_matches('\0').to_string(),
-                    pc.transfer_syntax.trim_end_matches('\0').to_string(),
-                )
-            })
-            .collect();
+        let accepted = accepted_contexts(dest.presentation_contexts());
         let mut message_id: u16 = 0;
         for &i in mine {
             if stop.load(std::sync::atomic::Ordering::Acquire) {
@@ -254,33 +243,24 @@ impl Sender {
                     "destination accepts neither {} in {} nor a native syntax to convert to",
                     item.sop_class_uid, item.transfer_syntax_uid
                 )),
-                Some((pc_id, _, target)) => {
-                    let (hot, it, target) = (self.hot.clone(), item.clone(), target.clone());
-                    let dataset = tokio::task::spawn_blocking(move || {
-                        dataset_for_blocking(&hot, &it, &target)
-                    })
-                    .await
-                    .map_err(|e| e.to_string())
-                    .and_then(|r| r);
-                    match dataset {
-                        Ok(dataset) => {
-                            let max = pdv_limit(dest.acceptor_max_pdu_length());
-                            let mut ignored = false;
-                            store_one(
-                                &mut dest,
-                                *pc_id,
-                                message_id,
-                                item,
-                                &dataset,
-                                Some((&self.our_ae, self.move_message_id)),
-                                max,
-                                &mut ignored,
-                            )
-                            .await
-                        }
-                        Err(e) => Err(e),
+                Some((pc_id, _, target)) => match dataset_for(&self.hot, item, target).await {
+                    Ok(dataset) => {
+                        let max = pdv_limit(dest.acceptor_max_pdu_length());
+                        let mut ignored = false;
+                        store_one(
+                            &mut dest,
+                            *pc_id,
+                            message_id,
+                            item,
+                            &dataset,
+                            Some((&self.our_ae, self.move_message_id)),
+                            max,
+                            &mut ignored,
+                        )
+                        .await
                     }
-                }
+                    Err(e) => Err(e),
+                },
             };
             let broken = matches!(&outcome, Err(e) if e.starts_with("send") || e.starts_with("receive") || e.starts_with("no C-STORE-RSP"));
             if tx.send((i, outcome)).await.is_err() || broken {
@@ -421,6 +401,34 @@ fn dataset_for_blocking(
     obj.write_dataset_with_ts(&mut out, to)
         .map_err(|e| e.to_string())?;
     Ok(out)
+}
+
+/// [`dataset_for_blocking`] on the blocking pool.
+async fn dataset_for(
+    hot: &strata_tiers::HotDisk,
+    item: &Item,
+    target: &str,
+) -> Result<Vec<u8>, String> {
+    let (hot, item, target) = (hot.clone(), item.clone(), target.to_string());
+    tokio::task::spawn_blocking(move || dataset_for_blocking(&hot, &item, &target))
+        .await
+        .map_err(|e| e.to_string())?
+}
+
+/// The accepted presentation contexts as (id, abstract syntax, transfer syntax).
+fn accepted_contexts(
+    pcs: &[dicom_ul::pdu::PresentationContextNegotiated],
+) -> Vec<(u8, String, String)> {
+    pcs.iter()
+        .filter(|pc| pc.reason == PresentationContextResultReason::Acceptance)
+        .map(|pc| {
+            (
+                pc.id,
+                pc.abstract_syntax.trim_end_matches('\0').to_string(),
+                pc.transfer_syntax.trim_end_matches('\0').to_string(),
+            )
+        })
+        .collect()
 }
 
 /// The accepted context to send `item` on: the same SOP class, preferably in its stored
@@ -650,18 +658,7 @@ pub async fn run_get(
         Err(e) => return Err(format!("resolve task failed: {e}")),
     };
     counters.remaining = items.len().min(u16::MAX as usize) as u16;
-    let accepted: Vec<(u8, String, String)> = assoc
-        .presentation_contexts()
-        .iter()
-        .filter(|pc| pc.reason == PresentationContextResultReason::Acceptance)
-        .map(|pc| {
-            (
-                pc.id,
-                pc.abstract_syntax.trim_end_matches('\0').to_string(),
-                pc.transfer_syntax.trim_end_matches('\0').to_string(),
-            )
-        })
-        .collect();
+    let accepted = accepted_contexts(assoc.presentation_contexts());
     let max = pdv_limit(assoc.requestor_max_pdu_length());
     let mut failed_uids = Vec::new();
     let mut cancel_seen = false;
@@ -677,30 +674,22 @@ pub async fn run_get(
                 "the requester offered no context for {} in {} or a native syntax",
                 item.sop_class_uid, item.transfer_syntax_uid
             )),
-            Some((pc_id, _, target)) => {
-                let (hot, it, target) = (ctx.ingest.hot().clone(), item.clone(), target.clone());
-                let dataset =
-                    tokio::task::spawn_blocking(move || dataset_for_blocking(&hot, &it, &target))
-                        .await
-                        .map_err(|e| e.to_string())
-                        .and_then(|r| r);
-                match dataset {
-                    Ok(dataset) => {
-                        store_one(
-                            assoc,
-                            *pc_id,
-                            message_id,
-                            item,
-                            &dataset,
-                            None,
-                            max,
-                            &mut cancel_seen,
-                        )
-                        .await
-                    }
-                    Err(e) => Err(e),
+            Some((pc_id, _, target)) => match dataset_for(ctx.ingest.hot(), item, target).await {
+                Ok(dataset) => {
+                    store_one(
+                        assoc,
+                        *pc_id,
+                        message_id,
+                        item,
+                        &dataset,
+                        None,
+                        max,
+                        &mut cancel_seen,
+                    )
+                    .await
                 }
-            }
+                Err(e) => Err(e),
+            },
         };
         if let Err(e) = &outcome {
             if e.starts_with("send") || e.starts_with("receive") {
