@@ -17,12 +17,14 @@
 use crate::config::Config;
 use crate::dicom::header::read_header_blocking;
 use crate::index::{CommitOutcome, Index, IndexError, NewObject, Provenance, RocksIndex};
+use crate::tiering::reader::ObjectReader;
+use crate::tiering::Tiering;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, Write};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use strata_tiers::{HotDisk, ObjectId};
+use strata_tiers::{ColdStore, HotDisk, ObjectId};
 
 const LOCK_FILE: &str = "strata.lock";
 const CLEAN_MARKER: &str = "clean-shutdown";
@@ -115,7 +117,9 @@ pub fn writer_active(data_dir: &Path) -> bool {
 pub struct Archive {
     pub data_dir: PathBuf,
     pub hot: HotDisk,
+    pub cold: ColdStore,
     pub index: Arc<RocksIndex>,
+    config: Arc<Config>,
     _lock: ArchiveLock,
 }
 
@@ -139,6 +143,7 @@ impl Archive {
         let hot = HotDisk::open(config.hot_dir())?
             .with_free_space_floor(config.archive.min_free_space_mb * 1024 * 1024);
         let index = Arc::new(RocksIndex::open_primary(&config.index_dir())?);
+        let cold = ColdStore::open(&config.cold_spec())?;
         let mut report = RecoveryReport {
             tmp_swept: hot.sweep_tmp_blocking()?,
             ..Default::default()
@@ -156,11 +161,23 @@ impl Archive {
             Archive {
                 data_dir,
                 hot,
+                cold,
                 index,
+                config: Arc::new(config.clone()),
                 _lock: lock,
             },
             report,
         ))
+    }
+
+    /// The tiering policy over this archive's tiers.
+    pub fn tiering(&self) -> Tiering {
+        Tiering::new(
+            self.hot.clone(),
+            self.cold.clone(),
+            self.index.clone(),
+            self.config.clone(),
+        )
     }
 
     /// Records a clean stop, so the next start skips the orphan scan — unless `clean` is
@@ -192,7 +209,9 @@ fn sync_dir(dir: &Path) -> Result<(), ArchiveError> {
 pub struct ReadOnlyArchive {
     pub data_dir: PathBuf,
     pub hot: HotDisk,
-    pub index: RocksIndex,
+    pub cold: ColdStore,
+    pub index: Arc<RocksIndex>,
+    config: Arc<Config>,
 }
 
 impl ReadOnlyArchive {
@@ -202,12 +221,33 @@ impl ReadOnlyArchive {
             return Err(ArchiveError::Missing(config.archive.data_dir.clone()));
         }
         let hot = HotDisk::open_existing(config.hot_dir())?;
-        let index = RocksIndex::open_secondary(&index_dir)?;
+        let index = Arc::new(RocksIndex::open_secondary(&index_dir)?);
         Ok(ReadOnlyArchive {
             data_dir: config.archive.data_dir.clone(),
             hot,
+            cold: ColdStore::open(&config.cold_spec())?,
             index,
+            config: Arc::new(config.clone()),
         })
+    }
+
+    /// Reads objects from whichever tier holds them.
+    pub fn reader(&self) -> ObjectReader {
+        ObjectReader {
+            hot: self.hot.clone(),
+            cold: self.cold.clone(),
+            index: self.index.clone(),
+        }
+    }
+
+    /// The tiering view of this archive (read-only uses: status).
+    pub fn tiering(&self) -> Tiering {
+        Tiering::new(
+            self.hot.clone(),
+            self.cold.clone(),
+            self.index.clone(),
+            self.config.clone(),
+        )
     }
 }
 

@@ -17,6 +17,8 @@ pub struct Config {
     pub dicom: DicomConfig,
     pub http: HttpConfig,
     pub ingest: IngestConfig,
+    pub cold: ColdConfig,
+    pub tiering: TieringConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -103,6 +105,93 @@ pub struct IngestConfig {
     pub max_commit_batch: usize,
     /// Parallel workers for `strata import` (0 = number of CPUs).
     pub import_workers: usize,
+}
+
+/// The cold tier: where study packs go. Credentials are never read from here: they come
+/// from the standard AWS environment variables and credential chain.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ColdConfig {
+    /// `s3://bucket/prefix` or `file:///path`; empty means `<data_dir>/cold`.
+    pub url: String,
+    /// S3 endpoint of an S3-compatible server; empty means AWS.
+    pub endpoint: String,
+    pub region: String,
+    /// Allow plain HTTP to the endpoint (loopback test servers only).
+    pub allow_http: bool,
+    /// Path-style requests (`endpoint/bucket/key`), as most S3-compatible servers need.
+    pub path_style: bool,
+    /// Storage class of new packs (S3 only): STANDARD, STANDARD_IA, GLACIER_IR, GLACIER
+    /// or DEEP_ARCHIVE.
+    pub storage_class: String,
+    /// Timeout of one request to the cold tier.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+}
+
+/// When studies move between tiers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TieringConfig {
+    /// Run the tiering worker inside `strata serve`.
+    pub enabled: bool,
+    /// A study not accessed (stored, retrieved, exported) for this long moves to cold.
+    #[serde(with = "humantime_serde")]
+    pub hot_max_age: Duration,
+    /// How often the worker looks for due work.
+    #[serde(with = "humantime_serde")]
+    pub scan_interval: Duration,
+    /// Above this use of the hot filesystem (percent), the least recently accessed
+    /// studies move to cold early, until use is below `hot_low_watermark_percent`.
+    pub hot_high_watermark_percent: u8,
+    pub hot_low_watermark_percent: u8,
+    /// A study whose objects exceed this many MiB spans several packs.
+    pub pack_max_mb: u64,
+    /// zstd level for pack members (1-19); members that do not shrink are stored raw.
+    pub zstd_level: i32,
+    /// Packs older than this move to `archive_storage_class` (S3 only); "0s" disables.
+    #[serde(with = "humantime_serde")]
+    pub archive_after: Duration,
+    pub archive_storage_class: String,
+    /// Uploads nobody recorded (a crash between upload and record) older than this are
+    /// deleted from the cold tier.
+    #[serde(with = "humantime_serde")]
+    pub orphan_grace: Duration,
+    /// Longest wait between retries while the cold tier fails.
+    #[serde(with = "humantime_serde")]
+    pub max_backoff: Duration,
+}
+
+impl Default for ColdConfig {
+    fn default() -> Self {
+        ColdConfig {
+            url: String::new(),
+            endpoint: String::new(),
+            region: "us-east-1".into(),
+            allow_http: false,
+            path_style: true,
+            storage_class: "STANDARD".into(),
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Default for TieringConfig {
+    fn default() -> Self {
+        TieringConfig {
+            enabled: true,
+            hot_max_age: Duration::from_secs(30 * 86400),
+            scan_interval: Duration::from_secs(60),
+            hot_high_watermark_percent: 90,
+            hot_low_watermark_percent: 80,
+            pack_max_mb: 1024,
+            zstd_level: 3,
+            archive_after: Duration::ZERO,
+            archive_storage_class: "DEEP_ARCHIVE".into(),
+            orphan_grace: Duration::from_secs(3600),
+            max_backoff: Duration::from_secs(300),
+        }
+    }
 }
 
 impl Default for ArchiveConfig {
@@ -224,6 +313,33 @@ impl Config {
                 "[dicom] max_associations must be at least 1".into(),
             ));
         }
+        for (key, class) in [
+            ("[cold] storage_class", &self.cold.storage_class),
+            (
+                "[tiering] archive_storage_class",
+                &self.tiering.archive_storage_class,
+            ),
+        ] {
+            if !strata_tiers::cold::STORAGE_CLASSES.contains(&class.as_str()) {
+                return Err(ConfigError::Invalid(format!(
+                    "{key} {class:?} is not one of {:?}",
+                    strata_tiers::cold::STORAGE_CLASSES
+                )));
+            }
+        }
+        let t = &self.tiering;
+        if t.hot_low_watermark_percent > t.hot_high_watermark_percent
+            || t.hot_high_watermark_percent > 100
+        {
+            return Err(ConfigError::Invalid(
+                "[tiering] watermarks: need low <= high <= 100".into(),
+            ));
+        }
+        if !(1..=19).contains(&t.zstd_level) || t.pack_max_mb == 0 {
+            return Err(ConfigError::Invalid(
+                "[tiering] zstd_level must be 1-19 and pack_max_mb at least 1".into(),
+            ));
+        }
         if self.ingest.max_commit_batch == 0 {
             return Err(ConfigError::Invalid(
                 "[ingest] max_commit_batch must be at least 1".into(),
@@ -243,6 +359,33 @@ impl Config {
 
     pub fn index_dir(&self) -> PathBuf {
         self.archive.data_dir.join("index")
+    }
+
+    /// Scratch space for packs being built (on the hot filesystem).
+    pub fn pack_tmp_dir(&self) -> PathBuf {
+        self.archive.data_dir.join("tmp-packs")
+    }
+
+    /// The cold tier as `strata-tiers` wants it; the embedded default is
+    /// `<data_dir>/cold` on the local filesystem.
+    pub fn cold_spec(&self) -> strata_tiers::ColdSpec {
+        let c = &self.cold;
+        let url = if c.url.is_empty() {
+            let dir = self.archive.data_dir.join("cold");
+            let dir = std::path::absolute(&dir).unwrap_or(dir);
+            format!("file://{}", dir.display())
+        } else {
+            c.url.clone()
+        };
+        strata_tiers::ColdSpec {
+            url,
+            endpoint: (!c.endpoint.is_empty()).then(|| c.endpoint.clone()),
+            region: (!c.region.is_empty()).then(|| c.region.clone()),
+            allow_http: c.allow_http,
+            path_style: c.path_style,
+            timeout: c.request_timeout,
+            max_retries: 2,
+        }
     }
 }
 

@@ -24,8 +24,8 @@ pub mod records;
 pub mod rocks;
 
 pub use records::{
-    CommitOutcome, InstanceEntry, InstanceRecord, NewObject, ObjectRecord, PatientRecord,
-    Provenance, SeriesRecord, StudyRecord, Tier, VersionRef,
+    ColdCopy, CommitOutcome, InstanceEntry, InstanceRecord, NewObject, ObjectRecord, PackRecord,
+    PackedObject, PatientRecord, Provenance, SeriesRecord, StudyRecord, Tier, VersionRef,
 };
 pub use rocks::RocksIndex;
 
@@ -84,6 +84,32 @@ pub trait Index: Send + Sync {
     fn record_access(&self, study_uids: &[String], at_ms: u64) -> Result<(), IndexError>;
     /// When the study was last stored into or retrieved, if ever recorded.
     fn last_access(&self, study_uid: &str) -> Result<Option<u64>, IndexError>;
+    /// Records a verified pack and its members' cold copies in one synced batch. Members
+    /// not yet indexed are added from their `new` attributes as cold-only objects
+    /// (reindex); a copy already recorded is not added twice.
+    fn record_pack(
+        &self,
+        pack_id: &ObjectId,
+        pack: &PackRecord,
+        members: &[PackedObject],
+    ) -> Result<(), IndexError>;
+    /// Rewrites a pack record (its storage class after an archive move).
+    fn update_pack(&self, pack_id: &ObjectId, pack: &PackRecord) -> Result<(), IndexError>;
+    fn pack(&self, pack_id: &ObjectId) -> Result<Option<PackRecord>, IndexError>;
+    /// Every recorded pack.
+    fn packs(&self) -> Result<Vec<(ObjectId, PackRecord)>, IndexError>;
+    /// Marks objects as having (`Hot`) or no longer having (`Cold`) a hot copy; synced.
+    fn set_tier(&self, ids: &[ObjectId], tier: Tier) -> Result<(), IndexError>;
+    /// The access queue, oldest first: `(last access ms, study)` for entries accessed
+    /// before `before_ms`, at most `limit`. An entry whose time is older than the study's
+    /// [`Index::last_access`] is stale (the study was accessed again).
+    fn accessed_before(
+        &self,
+        before_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, String)>, IndexError>;
+    /// Removes one access-queue entry (its work is done, or it is stale).
+    fn dequeue(&self, at_ms: u64, study_uid: &str) -> Result<(), IndexError>;
     /// For a read-only secondary: pick up what the primary wrote since. No-op otherwise.
     fn catch_up(&self) -> Result<(), IndexError>;
 }

@@ -33,3 +33,4 @@ pub mod scp_commit;
 pub mod scp_find;
 pub mod scp_move;
 pub mod server;
+pub mod tiering;

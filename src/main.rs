@@ -20,6 +20,23 @@ struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+enum TierCommand {
+    /// Studies, objects and bytes per tier; queue lengths; the oldest item waiting.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run one policy pass now (age, watermarks, archive class, orphan uploads).
+    Run,
+    /// Force one study to a tier now.
+    Move {
+        study_uid: String,
+        #[arg(long, value_parser = ["cold", "hot", "archive"])]
+        to: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum Command {
     /// Run the DICOM service (C-ECHO, C-STORE) and the HTTP endpoint.
     Serve,
@@ -56,6 +73,14 @@ enum Command {
     Verify {
         #[arg(long)]
         json: bool,
+        /// Which tiers to check: hot files, cold packs, or both.
+        #[arg(long, value_enum, default_value = "all")]
+        tier: ops::VerifyScope,
+    },
+    /// Tiering: where studies are, and moving them between hot and cold.
+    Tier {
+        #[command(subcommand)]
+        command: TierCommand,
     },
     /// Rebuild the index from the stored objects alone (server stopped).
     Reindex,
@@ -164,7 +189,7 @@ fn run(cli: Cli) -> Result<i32> {
             let archive = ReadOnlyArchive::open(&config)?;
             match study_uid {
                 None => {
-                    let studies = ops::list_studies(&archive.index)?;
+                    let studies = ops::list_studies(archive.index.as_ref())?;
                     if json {
                         print_json(&studies)?;
                     } else {
@@ -195,8 +220,9 @@ fn run(cli: Cli) -> Result<i32> {
                     }
                 }
                 Some(uid) => {
-                    let view = ops::study_view(&archive.hot, &archive.index, &uid)?
-                        .with_context(|| format!("no study {uid} in the archive"))?;
+                    let view =
+                        ops::study_view(ops::Tiers::of(&archive), archive.index.as_ref(), &uid)?
+                            .with_context(|| format!("no study {uid} in the archive"))?;
                     if json {
                         print_json(&view)?;
                     } else {
@@ -240,7 +266,7 @@ fn run(cli: Cli) -> Result<i32> {
         }
         Command::Show { uid, json } => {
             let archive = ReadOnlyArchive::open(&config)?;
-            let shown = ops::show(&archive.hot, &archive.index, &uid)?
+            let shown = ops::show(ops::Tiers::of(&archive), archive.index.as_ref(), &uid)?
                 .with_context(|| format!("no study, series or instance {uid} in the archive"))?;
             if json {
                 print_json(&shown)?;
@@ -275,9 +301,10 @@ fn run(cli: Cli) -> Result<i32> {
             );
             Ok(0)
         }
-        Command::Verify { json } => {
+        Command::Tier { command } => tier(&config, command),
+        Command::Verify { json, tier } => {
             let archive = ReadOnlyArchive::open(&config)?;
-            let report = ops::verify(&archive, workers(&config))?;
+            let report = ops::verify(&archive, workers(&config), tier)?;
             if json {
                 print_json(&report)?;
             } else {
@@ -308,6 +335,38 @@ fn run(cli: Cli) -> Result<i32> {
                 for s in &report.strays {
                     println!("  stray file: {s}");
                 }
+                if tier != ops::VerifyScope::Hot {
+                    println!(
+                        "checked {} packs, {} bytes: {} bad, {} unreachable objects, {} unrecorded uploads",
+                        report.packs_checked,
+                        report.pack_bytes_checked,
+                        report.bad_packs.len(),
+                        report.unreachable.len(),
+                        report.unrecorded_packs.len()
+                    );
+                }
+                for p in &report.bad_packs {
+                    println!(
+                        "  bad pack: {} ({}) study {} instances {}: {}",
+                        p.pack,
+                        p.key,
+                        p.study_uid,
+                        p.instances.join(","),
+                        p.detail
+                    );
+                }
+                for p in &report.unreachable {
+                    println!(
+                        "  unreachable: object {} study {} instance {}: {}",
+                        p.id, p.study_uid, p.sop_instance_uid, p.detail
+                    );
+                }
+                if report.pending_eviction > 0 {
+                    println!(
+                        "  {} objects await the end of an interrupted move (cold copies verified)",
+                        report.pending_eviction
+                    );
+                }
             }
             Ok(if report.is_clean() { 0 } else { 1 })
         }
@@ -316,18 +375,146 @@ fn run(cli: Cli) -> Result<i32> {
             let report = ops::reindex(&config, &bar)?;
             bar.finish_and_clear();
             println!(
-                "reindexed {} of {} objects into {} studies; {} quarantined",
+                "reindexed {} of {} hot objects and {} cold packs ({} objects only in cold) into {} studies; {} quarantined, {} packs skipped",
                 report.indexed,
                 report.objects_found,
+                report.packs,
+                report.cold_only_objects,
                 report.studies,
-                report.quarantined.len()
+                report.quarantined.len(),
+                report.packs_skipped.len()
             );
             for q in &report.quarantined {
                 println!("  quarantined {q}");
             }
-            Ok(if report.quarantined.is_empty() { 0 } else { 1 })
+            for (pack, reason) in &report.packs_skipped {
+                println!("  pack skipped {pack}: {reason}");
+            }
+            Ok(
+                if report.quarantined.is_empty() && report.packs_skipped.is_empty() {
+                    0
+                } else {
+                    1
+                },
+            )
         }
     }
+}
+
+/// `strata tier ...`: through the running server's admin routes when one holds the
+/// archive, else directly (with the archive locked for the moves).
+fn tier(config: &Config, command: TierCommand) -> Result<i32> {
+    let data_dir = &config.archive.data_dir;
+    if strata::archive::writer_active(data_dir) {
+        let (method, path) = match &command {
+            TierCommand::Status { .. } => ("GET", "/tier/status".to_string()),
+            TierCommand::Run => ("POST", "/tier/run".to_string()),
+            TierCommand::Move { study_uid, to } => {
+                if !strata::dicom::part10::is_valid_uid(study_uid) {
+                    bail!("{study_uid:?} is not a valid Study Instance UID");
+                }
+                ("POST", format!("/tier/move/{study_uid}/{to}"))
+            }
+        };
+        let body = admin_request(config, method, &path)?;
+        match command {
+            TierCommand::Status { json: false } => {
+                let status: serde_json::Value = serde_json::from_str(&body)?;
+                print_status_value(&status);
+            }
+            _ => println!("{body}"),
+        }
+        return Ok(0);
+    }
+    match command {
+        TierCommand::Status { json } => {
+            let archive = ReadOnlyArchive::open(config)?;
+            let status = archive.tiering().status_blocking()?;
+            if json {
+                print_json(&status)?;
+            } else {
+                print_status_value(&serde_json::to_value(&status)?);
+            }
+            Ok(0)
+        }
+        TierCommand::Run | TierCommand::Move { .. } => {
+            let (archive, recovery) = Archive::open_exclusive(config, "tier")?;
+            report_recovery(&recovery);
+            let tiering = archive.tiering();
+            let rt = ops::runtime()?;
+            let (printed, ok) = match command {
+                TierCommand::Run => {
+                    let report = rt.block_on(tiering.run_pass())?;
+                    let ok = report.failed.is_empty();
+                    (serde_json::to_string_pretty(&report)?, ok)
+                }
+                TierCommand::Move { study_uid, to } => {
+                    let report = rt.block_on(strata::tiering::worker::force_move(
+                        &tiering, &study_uid, &to,
+                    ))?;
+                    (serde_json::to_string_pretty(&report)?, true)
+                }
+                TierCommand::Status { .. } => unreachable!("handled above"),
+            };
+            drop(tiering);
+            drop(rt);
+            archive.close(true)?;
+            println!("{printed}");
+            Ok(if ok { 0 } else { 1 })
+        }
+    }
+}
+
+fn print_status_value(s: &serde_json::Value) {
+    let n = |k: &str| s.get(k).cloned().unwrap_or_default();
+    println!("cold tier: {}", n("cold_url"));
+    println!(
+        "hot:  {} objects, {} bytes ({} studies only hot); hot filesystem {:.1}% used",
+        n("hot_objects"),
+        n("hot_bytes"),
+        n("studies_hot"),
+        n("hot_fs_used_percent").as_f64().unwrap_or(0.0)
+    );
+    println!(
+        "cold: {} objects only in cold, {} bytes ({} studies only cold, {} in both); {} packs, {} bytes, by class {}",
+        n("cold_only_objects"),
+        n("cold_only_bytes"),
+        n("studies_cold"),
+        n("studies_mixed"),
+        n("packs"),
+        n("pack_bytes"),
+        n("packs_by_storage_class")
+    );
+    println!(
+        "queue: {} studies, {} due now, oldest due since {}",
+        n("queue_length"),
+        n("queue_due"),
+        n("oldest_due_since_ms")
+    );
+}
+
+/// One request to the running server's loopback admin routes; returns the body or the
+/// server's error.
+fn admin_request(config: &Config, method: &str, path: &str) -> Result<String> {
+    use std::io::{Read, Write};
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], config.http.port));
+    let mut stream = std::net::TcpStream::connect(addr).with_context(|| {
+        format!("the archive is held by a running server, but its HTTP port {addr} does not answer")
+    })?;
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .context("malformed HTTP response from the server")?;
+    let status = head.split_whitespace().nth(1).unwrap_or("");
+    if status != "200" {
+        bail!("the server answered {status}: {}", body.trim());
+    }
+    Ok(body.to_string())
 }
 
 fn report_recovery(r: &strata::archive::RecoveryReport) {

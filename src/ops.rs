@@ -8,7 +8,7 @@ use crate::archive::{
 };
 use crate::config::Config;
 use crate::dicom::part10::is_valid_uid;
-use crate::index::{Index, InstanceEntry, ObjectRecord, RocksIndex, StudyRecord};
+use crate::index::{Index, InstanceEntry, ObjectRecord, RocksIndex, StudyRecord, Tier};
 use crate::ingest::{Ingest, IngestError};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
-use strata_tiers::{HotDisk, ObjectId};
+use strata_tiers::{ColdStore, HotDisk, ObjectId};
 
 #[derive(Debug, Serialize)]
 pub struct StudySummary {
@@ -74,10 +74,39 @@ pub struct VersionView {
     pub id: String,
     pub size: u64,
     pub received_at_ms: u64,
+    /// `hot` (a file on hot disk) or `cold` (only in packs).
     pub tier: String,
+    /// The hot file, or the first cold copy as `key@offset`.
     pub location: String,
+    /// Every verified copy in a cold pack.
+    pub cold_copies: Vec<ColdCopyView>,
     pub calling_ae: String,
     pub source: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ColdCopyView {
+    pub pack: String,
+    pub key: String,
+    pub offset: u64,
+    pub stored_size: u64,
+    pub compression: crate::tiering::pack::Compression,
+}
+
+/// Where the archive's tiers are, for the views that name locations.
+#[derive(Clone, Copy)]
+pub struct Tiers<'a> {
+    pub hot: &'a HotDisk,
+    pub cold: &'a ColdStore,
+}
+
+impl<'a> Tiers<'a> {
+    pub fn of(archive: &'a ReadOnlyArchive) -> Self {
+        Tiers {
+            hot: &archive.hot,
+            cold: &archive.cold,
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -109,7 +138,7 @@ pub struct StudyView {
 }
 
 fn version_views(
-    hot: &HotDisk,
+    tiers: Tiers<'_>,
     index: &dyn Index,
     entry: &InstanceEntry,
 ) -> Result<Vec<VersionView>> {
@@ -120,12 +149,32 @@ fn version_views(
         .map(|v| {
             let id = ObjectId::from_hex(&v.id).context("index holds a malformed object id")?;
             let rec: Option<ObjectRecord> = index.object(&id)?;
+            let cold_copies: Vec<ColdCopyView> = rec
+                .iter()
+                .flat_map(|r| r.cold.iter())
+                .map(|c| ColdCopyView {
+                    key: c
+                        .pack_id()
+                        .map(|p| tiers.cold.key_of(&p))
+                        .unwrap_or_default(),
+                    pack: c.pack.clone(),
+                    offset: c.offset,
+                    stored_size: c.stored_size,
+                    compression: c.compression,
+                })
+                .collect();
+            let hot_copy = rec.as_ref().is_none_or(|r| r.tier == Tier::Hot);
+            let location = match (hot_copy, cold_copies.first()) {
+                (false, Some(c)) => format!("{}@{}", c.key, c.offset),
+                _ => tiers.hot.path_of(&id).display().to_string(),
+            };
             Ok(VersionView {
                 id: v.id.clone(),
                 size: v.size,
                 received_at_ms: v.received_at_ms,
-                tier: "hot".into(),
-                location: hot.path_of(&id).display().to_string(),
+                tier: if hot_copy { "hot" } else { "cold" }.into(),
+                location,
+                cold_copies,
                 calling_ae: rec
                     .as_ref()
                     .map(|r| r.provenance.calling_ae.clone())
@@ -136,7 +185,7 @@ fn version_views(
         .collect()
 }
 
-fn instance_view(hot: &HotDisk, index: &dyn Index, e: &InstanceEntry) -> Result<InstanceView> {
+fn instance_view(tiers: Tiers<'_>, index: &dyn Index, e: &InstanceEntry) -> Result<InstanceView> {
     Ok(InstanceView {
         sop_instance_uid: e.sop_instance_uid.clone(),
         series_uid: e.series_uid.clone(),
@@ -144,12 +193,16 @@ fn instance_view(hot: &HotDisk, index: &dyn Index, e: &InstanceEntry) -> Result<
         sop_class_uid: e.record.sop_class_uid.clone(),
         instance_number: e.record.instance_number.clone(),
         transfer_syntax_uid: e.record.transfer_syntax_uid.clone(),
-        versions: version_views(hot, index, e)?,
+        versions: version_views(tiers, index, e)?,
     })
 }
 
 /// A study with its series and instances (`ls STUDY`, `show STUDY`).
-pub fn study_view(hot: &HotDisk, index: &dyn Index, study_uid: &str) -> Result<Option<StudyView>> {
+pub fn study_view(
+    tiers: Tiers<'_>,
+    index: &dyn Index,
+    study_uid: &str,
+) -> Result<Option<StudyView>> {
     let Some(summary) = list_study(index, study_uid)? else {
         return Ok(None);
     };
@@ -158,7 +211,7 @@ pub fn study_view(hot: &HotDisk, index: &dyn Index, study_uid: &str) -> Result<O
         by_series
             .entry(e.series_uid.clone())
             .or_default()
-            .push(instance_view(hot, index, &e)?);
+            .push(instance_view(tiers, index, &e)?);
     }
     let mut series = Vec::new();
     for (series_uid, rec) in index.series_of_study(study_uid)? {
@@ -205,19 +258,19 @@ pub enum Shown {
 }
 
 /// Whatever `uid` names: a study, a series or an instance.
-pub fn show(hot: &HotDisk, index: &dyn Index, uid: &str) -> Result<Option<Shown>> {
-    if let Some(view) = study_view(hot, index, uid)? {
+pub fn show(tiers: Tiers<'_>, index: &dyn Index, uid: &str) -> Result<Option<Shown>> {
+    if let Some(view) = study_view(tiers, index, uid)? {
         return Ok(Some(Shown::Study(view)));
     }
     if let Some((study_uid, _)) = index.series(uid)? {
         let view =
-            study_view(hot, index, &study_uid)?.context("series refers to a missing study")?;
+            study_view(tiers, index, &study_uid)?.context("series refers to a missing study")?;
         if let Some(series) = view.series.into_iter().find(|s| s.series_uid == uid) {
             return Ok(Some(Shown::Series { study_uid, series }));
         }
     }
     if let Some(entry) = index.instance(uid)? {
-        return Ok(Some(Shown::Instance(instance_view(hot, index, &entry)?)));
+        return Ok(Some(Shown::Instance(instance_view(tiers, index, &entry)?)));
     }
     Ok(None)
 }
@@ -230,9 +283,13 @@ pub struct ExportReport {
 }
 
 /// Writes `out/<study>/<series>/<sop>.dcm` for the served version of every instance,
-/// byte-identical to the stored object (so `b3sum` of each file equals its id).
+/// byte-identical to the stored object (so `b3sum` of each file equals its id). Objects
+/// in the cold tier are read from their packs, one streamed GET per pack; an object
+/// whose pack awaits a restore fails the export with "pending restore".
 pub fn export(archive: &ReadOnlyArchive, studies: &[String], out: &Path) -> Result<ExportReport> {
-    let index = &archive.index;
+    let index = archive.index.as_ref();
+    let reader = archive.reader();
+    let rt = runtime()?;
     let mut report = ExportReport::default();
     for study in studies {
         if !is_valid_uid(study) {
@@ -242,6 +299,7 @@ pub fn export(archive: &ReadOnlyArchive, studies: &[String], out: &Path) -> Resu
         if entries.is_empty() {
             bail!("no study {study} in the archive");
         }
+        let mut dest_of: BTreeMap<ObjectId, PathBuf> = BTreeMap::new();
         for e in entries {
             if !(is_valid_uid(&e.study_uid)
                 && is_valid_uid(&e.series_uid)
@@ -253,29 +311,55 @@ pub fn export(archive: &ReadOnlyArchive, studies: &[String], out: &Path) -> Resu
             let id = ObjectId::from_hex(&current.id).context("malformed object id in index")?;
             let dir = out.join(&e.study_uid).join(&e.series_uid);
             std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
-            let dest = dir.join(format!("{}.dcm", e.sop_instance_uid));
-            let tmp = dir.join(format!(".{}.dcm.partial", e.sop_instance_uid));
-            let src = archive.hot.path_of(&id);
-            let copied = copy_durably(&src, &tmp)
-                .inspect_err(|_| {
-                    let _ = std::fs::remove_file(&tmp);
-                })
-                .with_context(|| format!("copy {} (object {id})", src.display()))?;
-            std::fs::rename(&tmp, &dest)
-                .with_context(|| format!("rename into {}", dest.display()))?;
+            dest_of.insert(id, dir.join(format!("{}.dcm", e.sop_instance_uid)));
+        }
+        let ids: Vec<ObjectId> = dest_of.keys().copied().collect();
+        let failed = rt.block_on(reader.read_many(&ids, &mut |id, bytes| {
+            let dest = &dest_of[&id];
+            write_durably(dest, &bytes).map_err(|e| {
+                crate::tiering::TieringError::Other(format!("write {}: {e}", dest.display()))
+            })?;
             report.files += 1;
-            report.bytes += copied;
+            report.bytes += bytes.len() as u64;
+            Ok(())
+        }))?;
+        if let Some((id, e)) = failed.first() {
+            bail!(
+                "{} object(s) of study {study} could not be read; first: {id}: {e}",
+                failed.len()
+            );
         }
         report.studies += 1;
     }
     Ok(report)
 }
 
-/// Copies a file and fsyncs the copy (an export is meant to outlive the archive).
-fn copy_durably(src: &Path, dest: &Path) -> std::io::Result<u64> {
-    let copied = std::fs::copy(src, dest)?;
-    std::fs::File::open(dest)?.sync_all()?;
-    Ok(copied)
+/// A small runtime for the CLI's calls to the cold tier.
+pub fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("start a runtime")
+}
+
+/// Writes a file through a temporary name and fsyncs it (an export is meant to outlive
+/// the archive).
+fn write_durably(dest: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dest.with_file_name(format!(".{name}.partial"));
+    let result = std::fs::File::create(&tmp).and_then(|mut f| {
+        use std::io::Write;
+        f.write_all(bytes)?;
+        f.sync_all()
+    });
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    std::fs::rename(&tmp, dest)
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -302,6 +386,37 @@ pub struct VerifyReport {
     pub dangling: Vec<Problem>,
     /// Files under `objects/` whose name or place is not an object id's.
     pub strays: Vec<String>,
+    /// Objects recorded hot whose file is gone but which have a verified cold copy (a
+    /// move to cold that stopped mid-delete; the next tiering pass finishes it).
+    pub pending_eviction: usize,
+    pub packs_checked: usize,
+    pub pack_bytes_checked: u64,
+    /// Recorded packs that are missing from the cold tier, or whose bytes, structure,
+    /// manifest or members do not check out.
+    pub bad_packs: Vec<PackProblem>,
+    /// Cold-only objects without a cold copy, or whose copies name no recorded pack.
+    pub unreachable: Vec<Problem>,
+    /// Packs in the cold tier that no record names (uploads cut short by a crash;
+    /// the tiering worker deletes them after `orphan_grace`). Not a loss.
+    pub unrecorded_packs: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PackProblem {
+    pub pack: String,
+    pub key: String,
+    pub study_uid: String,
+    pub detail: String,
+    /// SOP Instance UIDs of the objects with a copy in this pack.
+    pub instances: Vec<String>,
+}
+
+/// Which tiers `verify` checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum VerifyScope {
+    Hot,
+    Cold,
+    All,
 }
 
 impl VerifyReport {
@@ -311,19 +426,181 @@ impl VerifyReport {
             && self.orphans.is_empty()
             && self.dangling.is_empty()
             && self.strays.is_empty()
+            && self.bad_packs.is_empty()
+            && self.unreachable.is_empty()
     }
 }
 
-/// Re-hashes every indexed object and checks index ↔ objects both ways.
-pub fn verify(archive: &ReadOnlyArchive, workers: usize) -> Result<VerifyReport> {
+/// Re-hashes every indexed object (hot files, cold packs or both) and checks index ↔
+/// objects both ways.
+pub fn verify(
+    archive: &ReadOnlyArchive,
+    workers: usize,
+    scope: VerifyScope,
+) -> Result<VerifyReport> {
     let started = Instant::now();
-    let index = &archive.index;
-    let hot = &archive.hot;
-    let mut objects: Vec<(ObjectId, ObjectRecord)> = Vec::new();
+    let index = archive.index.as_ref();
+    let mut all: Vec<(ObjectId, ObjectRecord)> = Vec::new();
     index.for_each_object(&mut |id, rec| {
-        objects.push((id, rec));
+        all.push((id, rec));
         true
     })?;
+    let known: HashSet<ObjectId> = all.iter().map(|(id, _)| *id).collect();
+    let mut report = if scope == VerifyScope::Cold {
+        VerifyReport::default()
+    } else {
+        verify_hot(archive, workers, &all, &known)?
+    };
+    if scope != VerifyScope::Hot {
+        verify_cold(archive, &all, &mut report)?;
+    }
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// The cold half of `verify`: every recorded pack read back whole, its blake3 checked
+/// against its id and every member against the manifest's blake3 and sha256; every
+/// cold copy must name a recorded pack and a member at its offset.
+fn verify_cold(
+    archive: &ReadOnlyArchive,
+    all: &[(ObjectId, ObjectRecord)],
+    report: &mut VerifyReport,
+) -> Result<()> {
+    let index = archive.index.as_ref();
+    let rt = runtime()?;
+    let packs: BTreeMap<ObjectId, crate::index::PackRecord> = index.packs()?.into_iter().collect();
+    // pack -> (object, offset, sop)
+    let mut copies: BTreeMap<ObjectId, Vec<(ObjectId, u64, String)>> = BTreeMap::new();
+    for (id, rec) in all {
+        for c in &rec.cold {
+            match c.pack_id().filter(|p| packs.contains_key(p)) {
+                Some(p) => {
+                    copies
+                        .entry(p)
+                        .or_default()
+                        .push((*id, c.offset, rec.sop_instance_uid.clone()))
+                }
+                None => report.unreachable.push(Problem {
+                    id: id.to_hex(),
+                    path: c.pack.clone(),
+                    study_uid: rec.study_uid.clone(),
+                    sop_instance_uid: rec.sop_instance_uid.clone(),
+                    detail: format!("cold copy names pack {} that is not recorded", c.pack),
+                }),
+            }
+        }
+        if rec.tier == Tier::Cold && rec.cold.is_empty() {
+            report.unreachable.push(Problem {
+                id: id.to_hex(),
+                path: String::new(),
+                study_uid: rec.study_uid.clone(),
+                sop_instance_uid: rec.sop_instance_uid.clone(),
+                detail: "recorded cold-only but has no cold copy".into(),
+            });
+        }
+    }
+    let tmp_dir = archive.data_dir.join("tmp-packs");
+    std::fs::create_dir_all(&tmp_dir).ok();
+    for (pack_id, record) in &packs {
+        let members = copies.get(pack_id).cloned().unwrap_or_default();
+        let problem = |detail: String| PackProblem {
+            pack: pack_id.to_hex(),
+            key: archive.cold.key_of(pack_id),
+            study_uid: record.study_uid.clone(),
+            detail,
+            instances: members.iter().map(|m| m.2.clone()).collect(),
+        };
+        match check_pack(archive, &rt, pack_id, &tmp_dir) {
+            Ok((size, manifest)) => {
+                report.packs_checked += 1;
+                report.pack_bytes_checked += size;
+                let listed: HashSet<(String, u64)> = manifest
+                    .members
+                    .iter()
+                    .map(|m| (m.blake3.clone(), m.offset))
+                    .collect();
+                if let Some((id, offset, _)) = members
+                    .iter()
+                    .find(|(id, o, _)| !listed.contains(&(id.to_hex(), *o)))
+                {
+                    report.bad_packs.push(problem(format!(
+                        "the index places object {id} at offset {offset}, the manifest does not"
+                    )));
+                } else if size != record.size {
+                    report.bad_packs.push(problem(format!(
+                        "{size} bytes, the index says {}",
+                        record.size
+                    )));
+                }
+            }
+            Err(detail) => report.bad_packs.push(problem(detail)),
+        }
+    }
+    for (id, _, _) in rt.block_on(archive.cold.list_detailed())? {
+        if !packs.contains_key(&id) && index.pack(&id)?.is_none() {
+            report.unrecorded_packs.push(archive.cold.key_of(&id));
+        }
+    }
+    Ok(())
+}
+
+/// Downloads a pack to a temporary file, hashing it, then reads it through
+/// [`pack::read_all`](crate::tiering::pack::read_all). Returns its size and manifest,
+/// or what is wrong with it.
+fn check_pack(
+    archive: &ReadOnlyArchive,
+    rt: &tokio::runtime::Runtime,
+    pack_id: &ObjectId,
+    tmp_dir: &Path,
+) -> std::result::Result<(u64, crate::tiering::pack::Manifest), String> {
+    let file = download_pack(&archive.cold, rt, pack_id, tmp_dir)?;
+    let size = file.as_file().metadata().map_err(|e| e.to_string())?.len();
+    let reader = std::io::BufReader::new(file.reopen().map_err(|e| e.to_string())?);
+    let manifest =
+        crate::tiering::pack::read_all(reader, &mut |_, _| Ok(())).map_err(|e| e.to_string())?;
+    Ok((size, manifest))
+}
+
+/// Streams a pack into a temporary file and checks its blake3 against its id.
+fn download_pack(
+    cold: &ColdStore,
+    rt: &tokio::runtime::Runtime,
+    pack_id: &ObjectId,
+    tmp_dir: &Path,
+) -> std::result::Result<tempfile::NamedTempFile, String> {
+    use futures::StreamExt;
+    use std::io::Write;
+    let mut file = tempfile::NamedTempFile::new_in(tmp_dir).map_err(|e| e.to_string())?;
+    let hash = rt.block_on(async {
+        let mut stream = cold
+            .stream_range(pack_id, None)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut hasher = blake3::Hasher::new();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| e.to_string())?;
+            hasher.update(&chunk);
+            file.write_all(&chunk).map_err(|e| e.to_string())?;
+        }
+        Ok::<_, String>(ObjectId::from_hash(hasher.finalize()))
+    })?;
+    if &hash != pack_id {
+        return Err(format!("the pack's bytes hash to {hash}, not to its id"));
+    }
+    Ok(file)
+}
+
+/// The hot half of `verify`.
+fn verify_hot(
+    archive: &ReadOnlyArchive,
+    workers: usize,
+    all: &[(ObjectId, ObjectRecord)],
+    known: &HashSet<ObjectId>,
+) -> Result<VerifyReport> {
+    let index = archive.index.as_ref();
+    let hot = &archive.hot;
+    let objects: Vec<&(ObjectId, ObjectRecord)> =
+        all.iter().filter(|(_, r)| r.tier == Tier::Hot).collect();
     let report = Mutex::new(VerifyReport::default());
     let next = AtomicUsize::new(0);
     let problem = |id: &ObjectId, rec: &ObjectRecord, detail: String| Problem {
@@ -337,7 +614,7 @@ pub fn verify(archive: &ReadOnlyArchive, workers: usize) -> Result<VerifyReport>
         for _ in 0..workers.max(1) {
             s.spawn(|| loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some((id, rec)) = objects.get(i) else {
+                let Some((id, rec)) = objects.get(i).copied() else {
                     break;
                 };
                 let outcome = hot.rehash_blocking(id);
@@ -357,6 +634,7 @@ pub fn verify(archive: &ReadOnlyArchive, workers: usize) -> Result<VerifyReport>
                             ));
                         }
                     }
+                    Err(e) if e.is_not_found() && !rec.cold.is_empty() => r.pending_eviction += 1,
                     Err(e) if e.is_not_found() => {
                         r.missing.push(problem(id, rec, "file is missing".into()))
                     }
@@ -367,9 +645,6 @@ pub fn verify(archive: &ReadOnlyArchive, workers: usize) -> Result<VerifyReport>
     });
     let mut report = report.into_inner().expect("verify report lock");
 
-    // files the index does not know; re-check after catching up with a running server,
-    // which may have renamed an object into place just before committing its record.
-    let known: HashSet<ObjectId> = objects.iter().map(|(id, _)| *id).collect();
     let (ids, strays) = hot.list_blocking()?;
     let mut suspects: Vec<ObjectId> = ids.into_iter().filter(|id| !known.contains(id)).collect();
     // A running server renames an object into place a little before its index record
@@ -427,7 +702,6 @@ pub fn verify(archive: &ReadOnlyArchive, workers: usize) -> Result<VerifyReport>
             }
         }
     }
-    report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
 }
 
@@ -437,17 +711,20 @@ pub struct ReindexReport {
     pub indexed: usize,
     pub quarantined: Vec<String>,
     pub studies: usize,
+    /// Cold packs read and recorded.
+    pub packs: usize,
+    /// Objects indexed from cold packs alone (no hot file).
+    pub cold_only_objects: usize,
+    /// Packs that could not be used (unreadable, corrupt, or awaiting a restore), with
+    /// the reason. Their objects are indexed only if another copy exists.
+    pub packs_skipped: Vec<(String, String)>,
 }
 
-/// Rebuilds the index from the hot objects alone, then swaps it in atomically.
+/// Rebuilds the index from the hot objects and the cold packs alone, then swaps it in
+/// atomically.
 pub fn reindex(config: &Config, progress: &indicatif::ProgressBar) -> Result<ReindexReport> {
     let data_dir = &config.archive.data_dir;
-    if !config.hot_dir().join("objects").exists() {
-        bail!(
-            "no archive at {} (no hot/objects directory)",
-            data_dir.display()
-        );
-    }
+    std::fs::create_dir_all(data_dir).with_context(|| format!("create {}", data_dir.display()))?;
     let _lock = ArchiveLock::acquire(data_dir, "reindex")?;
     finish_interrupted_reindex(data_dir)?;
     let hot = HotDisk::open(config.hot_dir())?;
@@ -469,6 +746,7 @@ pub fn reindex(config: &Config, progress: &indicatif::ProgressBar) -> Result<Rei
             index_objects_blocking(&hot, &rebuilt, &ids, "reindex", || progress.inc(1))?;
         report.indexed = indexed;
         unusable = quarantined;
+        reindex_cold(config, &rebuilt, &mut report)?;
         report.studies = rebuilt.studies()?.len();
     }
     // swap: index -> index.old, index.rebuild -> index, then drop index.old
@@ -490,6 +768,94 @@ pub fn reindex(config: &Config, progress: &indicatif::ProgressBar) -> Result<Rei
             .push(quarantine(data_dir, &path)?.display().to_string());
     }
     Ok(report)
+}
+
+/// Adds every pack in the cold tier to a rebuilt index: members already indexed from a
+/// hot file gain their cold copy; the others are indexed from the pack alone.
+fn reindex_cold(config: &Config, rebuilt: &RocksIndex, report: &mut ReindexReport) -> Result<()> {
+    use crate::index::{NewObject, Provenance};
+    let cold = ColdStore::open(&config.cold_spec())?;
+    let rt = runtime()?;
+    let tmp_dir = config.pack_tmp_dir();
+    std::fs::create_dir_all(&tmp_dir).with_context(|| format!("create {}", tmp_dir.display()))?;
+    let listed = rt
+        .block_on(cold.list_detailed())
+        .with_context(|| format!("list the cold tier {}", cold.describe()))?;
+    for (pack_id, _size, modified_ms) in listed {
+        let key = cold.key_of(&pack_id);
+        let file = match download_pack(&cold, &rt, &pack_id, &tmp_dir) {
+            Ok(file) => file,
+            Err(reason) => {
+                tracing::warn!(pack = %key, %reason, "reindex: pack skipped");
+                report.packs_skipped.push((key, reason));
+                continue;
+            }
+        };
+        let size = file.as_file().metadata()?.len();
+        let mut news: BTreeMap<ObjectId, NewObject> = BTreeMap::new();
+        let scratch = tmp_dir.join(format!("member-{}", std::process::id()));
+        let read = crate::tiering::pack::read_all(
+            std::io::BufReader::new(file.reopen()?),
+            &mut |member, bytes| {
+                let Some(id) = ObjectId::from_hex(&member.blake3) else {
+                    return Ok(());
+                };
+                if rebuilt.has_object(&id).unwrap_or(false) {
+                    return Ok(());
+                }
+                std::fs::write(&scratch, &bytes).map_err(|e| {
+                    crate::tiering::pack::PackError::Malformed(format!("scratch file: {e}"))
+                })?;
+                let attrs = crate::dicom::header::read_header_blocking(&scratch).map_err(|e| {
+                    crate::tiering::pack::PackError::CorruptMember {
+                        name: member.name.clone(),
+                        reason: e.to_string(),
+                    }
+                })?;
+                news.insert(
+                    id,
+                    NewObject {
+                        id,
+                        size: bytes.len() as u64,
+                        attrs,
+                        provenance: Provenance {
+                            received_at_ms: modified_ms.max(0) as u64,
+                            calling_ae: "reindex".into(),
+                            source: format!("cold:{key}"),
+                        },
+                    },
+                );
+                Ok(())
+            },
+        );
+        let _ = std::fs::remove_file(&scratch);
+        let manifest = match read {
+            Ok(manifest) => manifest,
+            Err(e) => {
+                tracing::warn!(pack = %key, error = %e, "reindex: pack skipped");
+                report.packs_skipped.push((key, e.to_string()));
+                continue;
+            }
+        };
+        let storage_class = rt
+            .block_on(cold.storage_class(&pack_id))
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| "STANDARD".into());
+        let record = crate::tiering::mover::pack_record(
+            &manifest,
+            size,
+            &storage_class,
+            modified_ms.max(0) as u64,
+        );
+        report.cold_only_objects += news.len();
+        let members = crate::tiering::mover::packed_objects(&pack_id, &manifest, &mut |m| {
+            ObjectId::from_hex(&m.blake3).and_then(|id| news.remove(&id))
+        });
+        rebuilt.record_pack(&pack_id, &record, &members)?;
+        report.packs += 1;
+    }
+    Ok(())
 }
 
 #[derive(Debug, Default, Serialize)]

@@ -111,6 +111,8 @@ pub struct ScpContext {
     pub config: Arc<DicomConfig>,
     pub ingest: Ingest,
     pub index: Arc<dyn crate::index::Index>,
+    /// Reads stored objects from whichever tier holds them (C-MOVE, C-GET).
+    pub reader: crate::tiering::reader::ObjectReader,
     pub shutdown: watch::Receiver<bool>,
 }
 

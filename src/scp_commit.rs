@@ -59,13 +59,17 @@ fn check_blocking(
             out.failed.push((class, sop, 0x0119));
             continue;
         }
+        // A hot object is re-hashed now; a cold-only one is durable through its
+        // recorded pack copies, which were read back and verified before being recorded.
         let durable = entry
             .record
             .current()
             .and_then(|v| ObjectId::from_hex(&v.id))
-            .is_some_and(|id| {
-                hot.rehash_blocking(&id)
-                    .is_ok_and(|(actual, _)| actual == id)
+            .is_some_and(|id| match ctx_index.object(&id) {
+                Ok(Some(r)) if r.tier == crate::index::Tier::Cold => !r.cold.is_empty(),
+                _ => hot
+                    .rehash_blocking(&id)
+                    .is_ok_and(|(actual, _)| actual == id),
             });
         if durable {
             out.committed.push((class, sop));

@@ -15,6 +15,7 @@ use crate::dicom::part10::read_foreign_meta;
 use crate::index::{Index, InstanceEntry, SecondaryKey};
 use crate::query::{tags as qtags, Level, Query};
 use crate::scp::{cancel_requested, send_command, Association, ScpContext};
+use crate::tiering::reader::ObjectReader;
 use dicom_ul::association::AsyncAssociation;
 use dicom_ul::pdu::{PDataValue, PDataValueType, PresentationContextResultReason};
 use dicom_ul::{ClientAssociationOptions, Pdu};
@@ -184,7 +185,7 @@ struct Sender {
     read_timeout: Duration,
     address: String,
     called: String,
-    hot: strata_tiers::HotDisk,
+    reader: ObjectReader,
     move_message_id: u16,
 }
 
@@ -243,7 +244,7 @@ impl Sender {
                     "destination accepts neither {} in {} nor a native syntax to convert to",
                     item.sop_class_uid, item.transfer_syntax_uid
                 )),
-                Some((pc_id, _, target)) => match dataset_for(&self.hot, item, target).await {
+                Some((pc_id, _, target)) => match dataset_for(&self.reader, item, target).await {
                     Ok(dataset) => {
                         let max = pdv_limit(dest.acceptor_max_pdu_length());
                         let mut ignored = false;
@@ -369,15 +370,9 @@ fn proposals(stored: &str) -> Vec<String> {
     out
 }
 
-/// Reads a stored object and returns its data set in `target` syntax: verbatim when it
-/// is the stored one, re-encoded when both are native, else an error.
-fn dataset_for_blocking(
-    hot: &strata_tiers::HotDisk,
-    item: &Item,
-    target: &str,
-) -> Result<Vec<u8>, String> {
-    let bytes = std::fs::read(hot.path_of(&item.id))
-        .map_err(|e| format!("read object {}: {e}", item.id))?;
+/// Returns a stored object's data set in `target` syntax: verbatim when it is the
+/// stored one, re-encoded when both are native, else an error.
+fn dataset_for_blocking(bytes: Vec<u8>, item: &Item, target: &str) -> Result<Vec<u8>, String> {
     let meta = read_foreign_meta(&bytes).map_err(|e| e.to_string())?;
     let dataset = &bytes[meta.dataset_offset..];
     if target == item.transfer_syntax_uid {
@@ -403,14 +398,15 @@ fn dataset_for_blocking(
     Ok(out)
 }
 
-/// [`dataset_for_blocking`] on the blocking pool.
-async fn dataset_for(
-    hot: &strata_tiers::HotDisk,
-    item: &Item,
-    target: &str,
-) -> Result<Vec<u8>, String> {
-    let (hot, item, target) = (hot.clone(), item.clone(), target.to_string());
-    tokio::task::spawn_blocking(move || dataset_for_blocking(&hot, &item, &target))
+/// Reads the object from its tier (hot file, or one ranged GET of its cold pack member),
+/// then [`dataset_for_blocking`] on the blocking pool.
+async fn dataset_for(reader: &ObjectReader, item: &Item, target: &str) -> Result<Vec<u8>, String> {
+    let bytes = reader
+        .read(&item.id)
+        .await
+        .map_err(|e| format!("read object {}: {e}", item.id))?;
+    let (item, target) = (item.clone(), target.to_string());
+    tokio::task::spawn_blocking(move || dataset_for_blocking(bytes, &item, &target))
         .await
         .map_err(|e| e.to_string())?
 }
@@ -537,7 +533,7 @@ pub async fn run_move(
             read_timeout: ctx.config.read_timeout,
             address: address.clone(),
             called: peer.ae_title.clone(),
-            hot: ctx.ingest.hot().clone(),
+            reader: ctx.reader.clone(),
             move_message_id: req.message_id,
         };
         tokio::spawn(async move {
@@ -674,7 +670,7 @@ pub async fn run_get(
                 "the requester offered no context for {} in {} or a native syntax",
                 item.sop_class_uid, item.transfer_syntax_uid
             )),
-            Some((pc_id, _, target)) => match dataset_for(ctx.ingest.hot(), item, target).await {
+            Some((pc_id, _, target)) => match dataset_for(&ctx.reader, item, target).await {
                 Ok(dataset) => {
                     store_one(
                         assoc,

@@ -36,18 +36,31 @@ pub async fn run(
         metrics.clone(),
     );
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let tiering = archive.tiering();
     let ctx = ScpContext {
         config: Arc::new(config.dicom.clone()),
         ingest: ingest.clone(),
         index: archive.index.clone(),
+        reader: tiering.reader(),
         shutdown: shutdown_rx.clone(),
     };
+
+    // The tiering worker: ingest never waits on it, and it stops with the server.
+    let tier_trigger = Arc::new(tokio::sync::Notify::new());
+    let tier_task = config.tiering.enabled.then(|| {
+        tokio::spawn(crate::tiering::worker::run_worker(
+            tiering.clone(),
+            tier_trigger.clone(),
+            shutdown_rx.clone(),
+        ))
+    });
 
     let http_task = tokio::spawn(http::serve(
         http_listener,
         http::HttpState {
             metrics: metrics.clone(),
             hot: archive.hot.clone(),
+            tiering: tiering.clone(),
         },
         shutdown_rx.clone(),
     ));
@@ -120,7 +133,13 @@ pub async fn run(
         associations.shutdown().await;
     }
     let _ = http_task.await;
+    if let Some(task) = tier_task {
+        // A move in progress is abandoned at its next await; every step is resumable.
+        task.abort();
+        let _ = task.await;
+    }
     drop(ctx);
+    drop(tiering);
     tokio::task::spawn_blocking(move || {
         let clean = !ingest.had_failures();
         ingest.shutdown_blocking();

@@ -3,8 +3,11 @@
 //! Every value is stored as one format-version byte followed by the record's JSON. A
 //! reader accepts each version it knows (only 1 so far) and refuses others with a clear
 //! error instead of guessing. JSON keeps records inspectable with `ldb`; they are small.
+//! Within a version, fields are only ever added, with a default for records written
+//! before them (`ObjectRecord::cold`); a change of meaning takes a new version.
 
 use crate::dicom::header::InstanceAttrs;
+pub use crate::tiering::pack::Compression;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use strata_tiers::ObjectId;
 
@@ -25,11 +28,53 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
     }
 }
 
-/// Where an object's bytes live.
+/// Whether an object has a hot copy. Cold copies are listed in [`ObjectRecord::cold`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Tier {
+    /// The object's file is on hot disk (it may also have cold copies).
     Hot,
+    /// Only cold copies remain.
+    Cold,
+}
+
+/// Where a copy of an object sits in a cold study pack: one ranged read away.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ColdCopy {
+    /// Pack id (64 hex digits, the blake3 of the pack).
+    pub pack: String,
+    /// Offset of the member's data in the pack.
+    pub offset: u64,
+    pub stored_size: u64,
+    pub compression: Compression,
+}
+
+impl ColdCopy {
+    pub fn pack_id(&self) -> Option<ObjectId> {
+        ObjectId::from_hex(&self.pack)
+    }
+}
+
+/// A study pack in the cold tier.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PackRecord {
+    pub study_uid: String,
+    pub size: u64,
+    pub members: u64,
+    /// Sum of the members' Part-10 sizes.
+    pub original_bytes: u64,
+    /// Storage class asked for at upload or by a later archive move (`STANDARD` when none).
+    pub storage_class: String,
+    pub created_ms: u64,
+}
+
+/// An object recorded as a member of a pack. `new` carries the object's attributes for
+/// `reindex`, when the object may not be indexed yet.
+#[derive(Debug, Clone)]
+pub struct PackedObject {
+    pub id: ObjectId,
+    pub copy: ColdCopy,
+    pub new: Option<NewObject>,
 }
 
 /// When and from whom an object came. Not derivable from the object; lost on reindex
@@ -67,6 +112,9 @@ pub enum CommitOutcome {
 pub struct ObjectRecord {
     pub size: u64,
     pub tier: Tier,
+    /// Verified copies in cold packs (absent in records written before tiering: empty).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cold: Vec<ColdCopy>,
     pub study_uid: String,
     pub series_uid: String,
     pub sop_instance_uid: String,

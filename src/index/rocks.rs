@@ -13,11 +13,14 @@
 //! | `patients` | `patient_id` | `PatientRecord` |
 //! | `idx_patient_id`, `idx_study_date`, `idx_accession` | `value\0study` | empty |
 //! | `study_access` | `study` | last store or retrieval, ms since the epoch (u64 LE) |
+//! | `access_queue` | last access (u64 BE) `study` | empty: the tiering queue, oldest first |
+//! | `packs` | 32-byte pack id | `PackRecord` |
 
 use super::records::{decode, encode};
 use super::{
-    CommitOutcome, Index, IndexError, InstanceEntry, InstanceRecord, NewObject, ObjectRecord,
-    PatientRecord, SecondaryKey, SeriesRecord, StudyRecord, Tier, VersionRef,
+    ColdCopy, CommitOutcome, Index, IndexError, InstanceEntry, InstanceRecord, NewObject,
+    ObjectRecord, PackRecord, PackedObject, PatientRecord, SecondaryKey, SeriesRecord, StudyRecord,
+    Tier, VersionRef,
 };
 use rocksdb::{
     ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB,
@@ -41,8 +44,10 @@ const CF_IDX_PATIENT_ID: &str = "idx_patient_id";
 const CF_IDX_STUDY_DATE: &str = "idx_study_date";
 const CF_IDX_ACCESSION: &str = "idx_accession";
 const CF_STUDY_ACCESS: &str = "study_access";
+const CF_ACCESS_QUEUE: &str = "access_queue";
+const CF_PACKS: &str = "packs";
 
-const ALL_CFS: [&str; 12] = [
+const ALL_CFS: [&str; 14] = [
     CF_META,
     CF_OBJECTS,
     CF_INSTANCES,
@@ -55,6 +60,8 @@ const ALL_CFS: [&str; 12] = [
     CF_IDX_STUDY_DATE,
     CF_IDX_ACCESSION,
     CF_STUDY_ACCESS,
+    CF_ACCESS_QUEUE,
+    CF_PACKS,
 ];
 
 /// Called with each `(key, value)` of a scan; returns whether to go on.
@@ -84,6 +91,12 @@ fn key3(a: &str, b: &str, c: &str) -> Vec<u8> {
     k.push(0);
     k.extend_from_slice(c.as_bytes());
     k
+}
+
+fn queue_key(at_ms: u64, study_uid: &str) -> Vec<u8> {
+    let mut key = at_ms.to_be_bytes().to_vec();
+    key.extend_from_slice(study_uid.as_bytes());
+    key
 }
 
 fn split_key(key: &[u8]) -> Vec<String> {
@@ -255,7 +268,8 @@ impl RocksIndex {
 /// the same batch, flushed into one `WriteBatch` at the end.
 struct PendingWrites<'a> {
     index: &'a RocksIndex,
-    values: HashMap<(&'static str, Vec<u8>), Vec<u8>>,
+    /// `None` is a pending delete.
+    values: HashMap<(&'static str, Vec<u8>), Option<Vec<u8>>>,
 }
 
 impl<'a> PendingWrites<'a> {
@@ -265,29 +279,77 @@ impl<'a> PendingWrites<'a> {
         key: &[u8],
     ) -> Result<Option<T>, IndexError> {
         match self.values.get(&(cf, key.to_vec())) {
-            Some(v) => decode(v).map(Some).map_err(|reason| IndexError::Corrupt {
+            Some(Some(v)) => decode(v).map(Some).map_err(|reason| IndexError::Corrupt {
                 cf,
                 key: String::from_utf8_lossy(key).into_owned(),
                 reason,
             }),
+            Some(None) => Ok(None),
             None => self.index.get(cf, key),
         }
     }
 
+    fn get_raw(&self, cf: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>, IndexError> {
+        match self.values.get(&(cf, key.to_vec())) {
+            Some(v) => Ok(v.clone()),
+            None => self
+                .index
+                .db
+                .get_cf(self.index.cf(cf), key)
+                .map_err(storage),
+        }
+    }
+
     fn put<T: Serialize>(&mut self, cf: &'static str, key: Vec<u8>, record: &T) {
-        self.values.insert((cf, key), encode(record));
+        self.values.insert((cf, key), Some(encode(record)));
     }
 
     fn put_raw(&mut self, cf: &'static str, key: Vec<u8>, value: Vec<u8>) {
-        self.values.insert((cf, key), value);
+        self.values.insert((cf, key), Some(value));
+    }
+
+    fn delete(&mut self, cf: &'static str, key: Vec<u8>) {
+        self.values.insert((cf, key), None);
+    }
+
+    /// Moves a study's access time (and its access-queue entry) to `at_ms`; an older
+    /// time never replaces a newer one.
+    fn touch_study(&mut self, study_uid: &str, at_ms: u64) -> Result<(), IndexError> {
+        let previous = self
+            .get_raw(CF_STUDY_ACCESS, study_uid.as_bytes())?
+            .and_then(|v| <[u8; 8]>::try_from(&v[..]).ok())
+            .map(u64::from_le_bytes);
+        if let Some(previous) = previous {
+            if previous >= at_ms {
+                return Ok(());
+            }
+            self.delete(CF_ACCESS_QUEUE, queue_key(previous, study_uid));
+        }
+        self.put_raw(
+            CF_STUDY_ACCESS,
+            study_uid.as_bytes().to_vec(),
+            at_ms.to_le_bytes().to_vec(),
+        );
+        self.put_raw(CF_ACCESS_QUEUE, queue_key(at_ms, study_uid), Vec::new());
+        Ok(())
     }
 
     fn into_batch(self) -> WriteBatch {
         let mut batch = WriteBatch::default();
         for ((cf, key), value) in self.values {
-            batch.put_cf(self.index.cf(cf), key, value);
+            match value {
+                Some(value) => batch.put_cf(self.index.cf(cf), key, value),
+                None => batch.delete_cf(self.index.cf(cf), key),
+            }
         }
         batch
+    }
+
+    fn write_synced(self) -> Result<(), IndexError> {
+        let db = &self.index.db;
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        db.write_opt(self.into_batch(), &wo).map_err(storage)
     }
 }
 
@@ -304,13 +366,9 @@ impl Index for RocksIndex {
                 outcomes.push(CommitOutcome::AlreadyPresent);
                 continue;
             }
-            outcomes.push(apply_new_object(&mut pending, obj)?);
+            outcomes.push(apply_new_object(&mut pending, obj, Tier::Hot, Vec::new())?);
         }
-        let mut wo = WriteOptions::default();
-        wo.set_sync(true);
-        self.db
-            .write_opt(pending.into_batch(), &wo)
-            .map_err(storage)?;
+        pending.write_synced()?;
         Ok(outcomes)
     }
 
@@ -478,15 +536,117 @@ impl Index for RocksIndex {
     }
 
     fn record_access(&self, study_uids: &[String], at_ms: u64) -> Result<(), IndexError> {
-        let mut batch = WriteBatch::default();
+        let mut pending = PendingWrites {
+            index: self,
+            values: HashMap::new(),
+        };
         for uid in study_uids {
-            batch.put_cf(
-                self.cf(CF_STUDY_ACCESS),
-                uid.as_bytes(),
-                at_ms.to_le_bytes(),
-            );
+            pending.touch_study(uid, at_ms)?;
         }
-        self.db.write(batch).map_err(storage)
+        self.db.write(pending.into_batch()).map_err(storage)
+    }
+
+    fn record_pack(
+        &self,
+        pack_id: &ObjectId,
+        pack: &PackRecord,
+        members: &[PackedObject],
+    ) -> Result<(), IndexError> {
+        let mut pending = PendingWrites {
+            index: self,
+            values: HashMap::new(),
+        };
+        for member in members {
+            let key = member.id.as_bytes().to_vec();
+            match pending.get::<ObjectRecord>(CF_OBJECTS, &key)? {
+                Some(mut record) => {
+                    if !record.cold.contains(&member.copy) {
+                        record.cold.push(member.copy.clone());
+                        pending.put(CF_OBJECTS, key, &record);
+                    }
+                }
+                None => match &member.new {
+                    Some(new) => {
+                        apply_new_object(&mut pending, new, Tier::Cold, vec![member.copy.clone()])?;
+                    }
+                    None => {
+                        return Err(IndexError::Storage(format!(
+                            "pack member {} is not an indexed object",
+                            member.id
+                        )))
+                    }
+                },
+            }
+        }
+        pending.put(CF_PACKS, pack_id.as_bytes().to_vec(), pack);
+        pending.write_synced()
+    }
+
+    fn update_pack(&self, pack_id: &ObjectId, pack: &PackRecord) -> Result<(), IndexError> {
+        let mut pending = PendingWrites {
+            index: self,
+            values: HashMap::new(),
+        };
+        pending.put(CF_PACKS, pack_id.as_bytes().to_vec(), pack);
+        pending.write_synced()
+    }
+
+    fn pack(&self, pack_id: &ObjectId) -> Result<Option<PackRecord>, IndexError> {
+        self.get(CF_PACKS, pack_id.as_bytes())
+    }
+
+    fn packs(&self) -> Result<Vec<(ObjectId, PackRecord)>, IndexError> {
+        Ok(self
+            .scan_records::<PackRecord>(CF_PACKS, b"")?
+            .into_iter()
+            .filter_map(|(k, v)| ObjectId::from_slice(&k).map(|id| (id, v)))
+            .collect())
+    }
+
+    fn set_tier(&self, ids: &[ObjectId], tier: Tier) -> Result<(), IndexError> {
+        let mut pending = PendingWrites {
+            index: self,
+            values: HashMap::new(),
+        };
+        for id in ids {
+            let key = id.as_bytes().to_vec();
+            if let Some(mut record) = pending.get::<ObjectRecord>(CF_OBJECTS, &key)? {
+                if record.tier != tier {
+                    record.tier = tier;
+                    pending.put(CF_OBJECTS, key, &record);
+                }
+            }
+        }
+        pending.write_synced()
+    }
+
+    fn accessed_before(
+        &self,
+        before_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, String)>, IndexError> {
+        let mut out = Vec::new();
+        for item in self
+            .db
+            .iterator_cf(self.cf(CF_ACCESS_QUEUE), IteratorMode::Start)
+        {
+            let (key, _) = item.map_err(storage)?;
+            if key.len() < 8 || out.len() >= limit {
+                break;
+            }
+            let at = u64::from_be_bytes(key[..8].try_into().expect("8 bytes"));
+            if at >= before_ms {
+                break;
+            }
+            out.push((at, String::from_utf8_lossy(&key[8..]).into_owned()));
+        }
+        Ok(out)
+    }
+
+    fn dequeue(&self, at_ms: u64, study_uid: &str) -> Result<(), IndexError> {
+        self.db
+            .delete_cf(self.cf(CF_ACCESS_QUEUE), queue_key(at_ms, study_uid))
+            .map_err(storage)
     }
 
     fn last_access(&self, study_uid: &str) -> Result<Option<u64>, IndexError> {
@@ -511,6 +671,8 @@ impl Index for RocksIndex {
 fn apply_new_object(
     p: &mut PendingWrites<'_>,
     obj: &NewObject,
+    tier: Tier,
+    cold: Vec<ColdCopy>,
 ) -> Result<CommitOutcome, IndexError> {
     let a = &obj.attrs;
     let version = VersionRef {
@@ -523,7 +685,8 @@ fn apply_new_object(
         obj.id.as_bytes().to_vec(),
         &ObjectRecord {
             size: obj.size,
-            tier: Tier::Hot,
+            tier,
+            cold,
             study_uid: a.study_uid.clone(),
             series_uid: a.series_uid.clone(),
             sop_instance_uid: a.sop_instance_uid.clone(),
@@ -631,15 +794,7 @@ fn apply_new_object(
     study.objects += 1;
     study.bytes += obj.size;
     p.put(CF_STUDIES, a.study_uid.as_bytes().to_vec(), &study);
-    p.put_raw(
-        CF_STUDY_ACCESS,
-        a.study_uid.as_bytes().to_vec(),
-        obj.provenance
-            .received_at_ms
-            .max(now_ms())
-            .to_le_bytes()
-            .to_vec(),
-    );
+    p.touch_study(&a.study_uid, obj.provenance.received_at_ms.max(now_ms()))?;
     // Secondary indexes: the study's own values, plus any differing value an instance
     // carries (a query on either finds the study).
     for (cf, value) in [

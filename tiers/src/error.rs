@@ -28,6 +28,20 @@ pub enum TierError {
         free: u64,
         floor: u64,
     },
+    #[error("remote object {key} not found")]
+    RemoteNotFound { key: String },
+    #[error("cold tier: failed to {action} {key}: {detail}")]
+    Remote {
+        action: &'static str,
+        key: String,
+        detail: String,
+    },
+    #[error("object {id} is in an archive storage class; a restore was requested and is pending, try again later")]
+    PendingRestore { id: ObjectId },
+    #[error("not supported: {0}")]
+    Unsupported(String),
+    #[error("configuration: {0}")]
+    Config(String),
     #[error("failed to {action} {path}: {source}")]
     Io {
         action: &'static str,
@@ -50,8 +64,34 @@ impl TierError {
         }
     }
 
+    pub(crate) fn config(detail: impl Into<String>) -> Self {
+        TierError::Config(detail.into())
+    }
+
+    /// Names the object in a remote not-found error, for the id-keyed API.
+    pub(crate) fn for_id(self, id: &ObjectId) -> Self {
+        match self {
+            TierError::RemoteNotFound { .. } => TierError::NotFound { id: *id },
+            other => other,
+        }
+    }
+
     pub fn is_not_found(&self) -> bool {
-        matches!(self, TierError::NotFound { .. })
+        matches!(
+            self,
+            TierError::NotFound { .. } | TierError::RemoteNotFound { .. }
+        )
+    }
+
+    /// True when the object exists but sits in an archive class awaiting a restore.
+    pub fn is_pending_restore(&self) -> bool {
+        matches!(self, TierError::PendingRestore { .. })
+    }
+
+    /// True when a remote store could not be reached or answered with an error: the
+    /// caller should back off and try again.
+    pub fn is_remote(&self) -> bool {
+        matches!(self, TierError::Remote { .. })
     }
 
     /// True when the failure is a lack of space (ENOSPC, EDQUOT or the configured floor):

@@ -196,6 +196,11 @@ impl HotDisk {
 
     /// Free bytes available to us on the hot filesystem.
     pub fn free_bytes_blocking(&self) -> Result<u64, TierError> {
+        self.space_blocking().map(|(free, _)| free)
+    }
+
+    /// `(free bytes available to us, total bytes)` of the hot filesystem.
+    pub fn space_blocking(&self) -> Result<(u64, u64), TierError> {
         let path = std::ffi::CString::new(self.inner.root.as_os_str().as_encoded_bytes()).map_err(
             |_| {
                 TierError::io(
@@ -215,7 +220,10 @@ impl HotDisk {
                 std::io::Error::last_os_error(),
             ));
         }
-        Ok(st.f_bavail as u64 * st.f_frsize as u64)
+        Ok((
+            st.f_bavail as u64 * st.f_frsize as u64,
+            st.f_blocks as u64 * st.f_frsize as u64,
+        ))
     }
 
     /// Errors with [`TierError::BelowFreeSpaceFloor`] when free space is under the floor.

@@ -26,7 +26,10 @@
 //! - [`error`]: `TierError`, one enum for every implementation.
 //! - [`hot`]: `HotDisk`, the local-disk tier with crash-safe writes and group sync.
 //! - [`memory`]: `MemoryStore`, an in-memory tier for tests.
+//! - [`cold`]: `ColdStore`, the cold tier over `object_store` (S3-compatible, local
+//!   filesystem, memory), with S3 storage classes and restores through `aws-sdk-s3`.
 
+pub mod cold;
 pub mod error;
 pub mod hot;
 pub mod id;
@@ -35,6 +38,7 @@ pub mod memory;
 #[cfg(any(test, feature = "testing"))]
 pub mod conformance;
 
+pub use cold::{ColdSpec, ColdStore};
 pub use error::TierError;
 pub use hot::HotDisk;
 pub use id::ObjectId;

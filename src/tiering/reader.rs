@@ -1,0 +1,218 @@
+//! Reading objects from whichever tier holds them.
+//!
+//! The hot file is tried first (it is the fast copy, and a study being evicted may still
+//! be marked hot for a moment after its file went). Otherwise the object's cold copies
+//! are tried in order: one ranged GET of the pack member, decompressed, and checked
+//! against the object id before anything is returned. A pack in an archive storage
+//! class answers [`TierError::PendingRestore`](strata_tiers::TierError) after asking
+//! for a restore.
+//!
+//! A whole study ([`ObjectReader::read_many`]) is read per pack with one streamed GET
+//! spanning the wanted members, not one request per instance.
+
+use super::pack::unpack_member;
+use super::{blocking, TieringError};
+use crate::index::{ColdCopy, Index};
+use futures::StreamExt;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use strata_tiers::{ColdStore, HotDisk, ObjectId, TierError};
+
+#[derive(Clone)]
+pub struct ObjectReader {
+    pub hot: HotDisk,
+    pub cold: ColdStore,
+    pub index: Arc<dyn Index>,
+}
+
+/// Reads a hot file; `Ok(None)` when it is not there.
+fn read_hot_blocking(hot: &HotDisk, id: &ObjectId) -> Result<Option<Vec<u8>>, TieringError> {
+    let path = hot.path_of(id);
+    match std::fs::read(&path) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(TieringError::Unreadable {
+            id: id.to_hex(),
+            detail: format!("{}: {e}", path.display()),
+        }),
+    }
+}
+
+impl ObjectReader {
+    /// The object's Part-10 bytes, from hot disk or its cold pack.
+    pub async fn read(&self, id: &ObjectId) -> Result<Vec<u8>, TieringError> {
+        let (hot, index, oid) = (self.hot.clone(), self.index.clone(), *id);
+        let (bytes, copies) = blocking(move || {
+            if let Some(bytes) = read_hot_blocking(&hot, &oid)? {
+                return Ok((Some(bytes), Vec::new()));
+            }
+            let record = index
+                .object(&oid)?
+                .ok_or_else(|| TieringError::Unreadable {
+                    id: oid.to_hex(),
+                    detail: "not in the index".into(),
+                })?;
+            Ok((None, record.cold))
+        })
+        .await?;
+        if let Some(bytes) = bytes {
+            return Ok(bytes);
+        }
+        self.read_cold(id, &copies).await
+    }
+
+    /// Reads an object from its cold copies, trying each in turn.
+    pub async fn read_cold(
+        &self,
+        id: &ObjectId,
+        copies: &[ColdCopy],
+    ) -> Result<Vec<u8>, TieringError> {
+        let mut last = format!("no hot file and no cold copy of {id}");
+        for copy in copies {
+            match self.read_copy(id, copy).await {
+                Ok(bytes) => return Ok(bytes),
+                Err(e) if e.is_pending_restore() || e.is_transient() => return Err(e),
+                Err(e) => {
+                    tracing::warn!(object = %id, pack = %copy.pack, error = %e, "cold copy unreadable");
+                    last = e.to_string();
+                }
+            }
+        }
+        Err(TieringError::Unreadable {
+            id: id.to_hex(),
+            detail: last,
+        })
+    }
+
+    /// One ranged GET of a pack member, decompressed and checked against `id`.
+    pub async fn read_copy(&self, id: &ObjectId, copy: &ColdCopy) -> Result<Vec<u8>, TieringError> {
+        let pack = copy
+            .pack_id()
+            .ok_or_else(|| TieringError::Other(format!("bad pack id {:?}", copy.pack)))?;
+        let stored = self
+            .cold
+            .read_range(&pack, copy.offset..copy.offset + copy.stored_size)
+            .await?;
+        let (oid, compression) = (*id, copy.compression);
+        blocking(move || Ok(unpack_member(&oid, &stored, compression, None)?)).await
+    }
+
+    /// Reads many objects (a study), handing each to `visit` as it arrives: hot files
+    /// first, then per pack one streamed GET over the span of the wanted members.
+    /// Objects that cannot be read are reported in the returned list, with the reason,
+    /// and do not stop the others.
+    pub async fn read_many(
+        &self,
+        ids: &[ObjectId],
+        visit: &mut (dyn FnMut(ObjectId, Vec<u8>) -> Result<(), TieringError> + Send),
+    ) -> Result<Vec<(ObjectId, TieringError)>, TieringError> {
+        let mut failed = Vec::new();
+        // pack -> (offset, id, copy), for objects with no hot file
+        let mut by_pack: BTreeMap<ObjectId, Vec<(u64, ObjectId, ColdCopy)>> = BTreeMap::new();
+        for id in ids {
+            let (hot, index, oid) = (self.hot.clone(), self.index.clone(), *id);
+            let found = blocking(move || {
+                if let Some(bytes) = read_hot_blocking(&hot, &oid)? {
+                    return Ok(Ok(bytes));
+                }
+                Ok(Err(index.object(&oid)?.map(|r| r.cold).unwrap_or_default()))
+            })
+            .await?;
+            match found {
+                Ok(bytes) => visit(*id, bytes)?,
+                Err(copies) => match copies.first().and_then(|c| c.pack_id().map(|p| (p, c))) {
+                    Some((pack, copy)) => {
+                        by_pack
+                            .entry(pack)
+                            .or_default()
+                            .push((copy.offset, *id, copy.clone()))
+                    }
+                    None => failed.push((
+                        *id,
+                        TieringError::Unreadable {
+                            id: id.to_hex(),
+                            detail: "no hot file and no cold copy".into(),
+                        },
+                    )),
+                },
+            }
+        }
+        for (pack, mut members) in by_pack {
+            members.sort_by_key(|m| m.0);
+            if let Err(e) = self.stream_members(&pack, &members, visit).await {
+                if e.is_pending_restore() || e.is_transient() {
+                    return Err(e);
+                }
+                // Fall back to the other copies one by one.
+                tracing::warn!(pack = %pack, error = %e, "pack stream failed; reading members singly");
+                for (_, id, _) in &members {
+                    let (hot, index, oid) = (self.hot.clone(), self.index.clone(), *id);
+                    let copies = blocking(move || {
+                        let _ = hot;
+                        Ok(index.object(&oid)?.map(|r| r.cold).unwrap_or_default())
+                    })
+                    .await?;
+                    match self.read_cold(id, &copies).await {
+                        Ok(bytes) => visit(*id, bytes)?,
+                        Err(e) => failed.push((*id, e)),
+                    }
+                }
+            }
+        }
+        Ok(failed)
+    }
+
+    /// Streams the span of a pack covering `members` (sorted by offset) and hands each
+    /// member, checked, to `visit`.
+    async fn stream_members(
+        &self,
+        pack: &ObjectId,
+        members: &[(u64, ObjectId, ColdCopy)],
+        visit: &mut (dyn FnMut(ObjectId, Vec<u8>) -> Result<(), TieringError> + Send),
+    ) -> Result<(), TieringError> {
+        let (Some(first), Some(last)) = (members.first(), members.last()) else {
+            return Ok(());
+        };
+        let start = first.0;
+        let end = last.0 + last.2.stored_size;
+        let mut stream = self.cold.stream_range(pack, Some(start..end)).await?;
+        let mut buf: Vec<u8> = Vec::new();
+        let mut buf_start = start; // pack offset of buf[0]
+        let mut next = 0;
+        while next < members.len() {
+            let (offset, id, copy) = &members[next];
+            let member_end = offset + copy.stored_size;
+            if buf_start + (buf.len() as u64) >= member_end {
+                let from = (offset - buf_start) as usize;
+                let to = (member_end - buf_start) as usize;
+                let stored = buf[from..to].to_vec();
+                let (oid, compression) = (*id, copy.compression);
+                let bytes =
+                    blocking(move || Ok(unpack_member(&oid, &stored, compression, None)?)).await?;
+                visit(*id, bytes)?;
+                // drop what no later member needs
+                let keep_from = members
+                    .get(next + 1)
+                    .map(|m| m.0)
+                    .unwrap_or(member_end)
+                    .min(buf_start + buf.len() as u64);
+                buf.drain(..(keep_from - buf_start) as usize);
+                buf_start = keep_from;
+                next += 1;
+                continue;
+            }
+            match stream.next().await {
+                Some(chunk) => buf.extend_from_slice(&chunk?),
+                None => {
+                    return Err(TieringError::Tier(TierError::InvalidRange {
+                        id: *pack,
+                        start,
+                        end,
+                        size: buf_start + buf.len() as u64,
+                    }))
+                }
+            }
+        }
+        Ok(())
+    }
+}

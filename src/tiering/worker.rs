@@ -1,0 +1,315 @@
+//! The tiering policy: one pass ([`Tiering::run_pass`]) and the background loop that runs
+//! passes in `strata serve` ([`run_worker`]).
+//!
+//! A pass:
+//! 1. **Age**: takes the access queue (studies ordered by last access, persisted in the
+//!    index) up to `now - hot_max_age`; an entry older than its study's last access is
+//!    stale and dropped; a due study is moved to cold and its entry removed only once
+//!    the move completed. So nothing is lost or repeated across restarts.
+//! 2. **Watermarks**: while the hot filesystem is fuller than the high watermark, moves
+//!    the least recently accessed studies to cold (same copy-verify-record-delete path)
+//!    until it is below the low watermark.
+//! 3. **Archive class**: packs older than `archive_after` move to the archive storage
+//!    class in place (S3 only).
+//! 4. **Orphan uploads**: packs in the cold tier that no index record names and that are
+//!    older than `orphan_grace` are deleted.
+//!
+//! A failing cold tier stops the pass with a transient error; the loop backs off
+//! (doubling up to `max_backoff`) and tries again. Ingest never waits on any of this.
+
+use super::mover::MoveReport;
+use super::{blocking, Tiering, TieringError};
+use crate::index::rocks::unix_ms_now;
+use crate::index::Tier;
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+use strata_tiers::BlobStore;
+use tokio::sync::{watch, Notify};
+
+/// What one pass did.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct PassReport {
+    pub moved: Vec<MoveReport>,
+    pub stale_entries: usize,
+    pub packs_archived: usize,
+    pub orphans_deleted: usize,
+    /// Studies that could not be moved, with the reason (they stay queued).
+    pub failed: Vec<(String, String)>,
+}
+
+/// Where the tiers stand (`strata tier status`).
+#[derive(Debug, Default, serde::Serialize)]
+pub struct TierStatus {
+    pub hot_objects: u64,
+    pub hot_bytes: u64,
+    /// Objects with only cold copies.
+    pub cold_only_objects: u64,
+    pub cold_only_bytes: u64,
+    /// Objects with a cold copy (hot or not).
+    pub objects_with_cold_copy: u64,
+    pub studies_hot: u64,
+    pub studies_cold: u64,
+    /// Studies with objects in both tiers.
+    pub studies_mixed: u64,
+    pub packs: u64,
+    pub pack_bytes: u64,
+    pub packs_by_storage_class: std::collections::BTreeMap<String, u64>,
+    pub queue_length: u64,
+    /// Queue entries whose study is due for aging now.
+    pub queue_due: u64,
+    /// When the longest-waiting due entry became due (ms since the epoch).
+    pub oldest_due_since_ms: Option<u64>,
+    pub hot_fs_used_percent: f64,
+    pub cold_url: String,
+}
+
+impl Tiering {
+    fn hot_used_percent_blocking(&self) -> Result<f64, TieringError> {
+        let (free, total) = self.hot.space_blocking()?;
+        Ok(if total == 0 {
+            0.0
+        } else {
+            100.0 * (total - free.min(total)) as f64 / total as f64
+        })
+    }
+
+    /// One policy pass now. A transient cold-tier failure ends it with an error.
+    pub async fn run_pass(&self) -> Result<PassReport, TieringError> {
+        let _busy = self.busy.lock().await;
+        let mut report = PassReport::default();
+        let now = unix_ms_now();
+        let max_age = self.config.tiering.hot_max_age.as_millis() as u64;
+        let mut handled: HashSet<String> = HashSet::new();
+
+        // 1. age
+        let index = self.index.clone();
+        let due = blocking(move || Ok(index.accessed_before(now.saturating_sub(max_age), 10_000)?))
+            .await?;
+        for (at, study) in due {
+            self.age_entry(at, &study, &mut report, &mut handled)
+                .await?;
+        }
+
+        // 2. watermarks
+        let t = &self.config.tiering;
+        let this = self.clone();
+        if blocking(move || this.hot_used_percent_blocking()).await?
+            > t.hot_high_watermark_percent as f64
+        {
+            let index = self.index.clone();
+            let oldest = blocking(move || Ok(index.accessed_before(u64::MAX, 10_000)?)).await?;
+            for (at, study) in oldest {
+                let this = self.clone();
+                if blocking(move || this.hot_used_percent_blocking()).await?
+                    <= t.hot_low_watermark_percent as f64
+                {
+                    break;
+                }
+                tracing::info!(study = %study, "hot disk above the high watermark: moving early");
+                self.age_entry(at, &study, &mut report, &mut handled)
+                    .await?;
+            }
+        }
+
+        // 3. archive class
+        if !t.archive_after.is_zero() && self.cold.supports_storage_classes() {
+            let archive_before = now.saturating_sub(t.archive_after.as_millis() as u64);
+            let index = self.index.clone();
+            let packs = blocking(move || Ok(index.packs()?)).await?;
+            let class = &t.archive_storage_class;
+            let mut studies: Vec<String> = packs
+                .into_iter()
+                .filter(|(_, p)| p.created_ms <= archive_before && &p.storage_class != class)
+                .map(|(_, p)| p.study_uid)
+                .collect();
+            studies.dedup();
+            for study in studies {
+                report.packs_archived += self.move_to_archive_class(&study, class).await?;
+            }
+        }
+
+        // 4. orphan uploads
+        report.orphans_deleted = self.collect_orphans(now).await?;
+        Ok(report)
+    }
+
+    async fn age_entry(
+        &self,
+        at: u64,
+        study: &str,
+        report: &mut PassReport,
+        handled: &mut HashSet<String>,
+    ) -> Result<(), TieringError> {
+        let index = self.index.clone();
+        let uid = study.to_string();
+        let last = blocking(move || Ok(index.last_access(&uid)?)).await?;
+        if last.is_some_and(|last| last > at) || !handled.insert(study.to_string()) {
+            let index = self.index.clone();
+            let uid = study.to_string();
+            blocking(move || Ok(index.dequeue(at, &uid)?)).await?;
+            report.stale_entries += 1;
+            return Ok(());
+        }
+        match self.move_to_cold(study).await {
+            Ok(moved) => {
+                if moved.packs_recorded + moved.objects_evicted > 0 {
+                    tracing::info!(
+                        study = %study,
+                        packs = moved.packs_recorded,
+                        objects = moved.objects_packed,
+                        bytes = moved.bytes_uploaded,
+                        evicted = moved.objects_evicted,
+                        "study moved to cold"
+                    );
+                    report.moved.push(moved);
+                }
+                let index = self.index.clone();
+                let uid = study.to_string();
+                blocking(move || Ok(index.dequeue(at, &uid)?)).await?;
+                Ok(())
+            }
+            Err(e) if e.is_transient() => Err(e),
+            Err(TieringError::UnknownStudy(_)) => {
+                let index = self.index.clone();
+                let uid = study.to_string();
+                blocking(move || Ok(index.dequeue(at, &uid)?)).await?;
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(study = %study, error = %e, "study could not be moved to cold; it stays hot and queued");
+                report.failed.push((study.to_string(), e.to_string()));
+                Ok(())
+            }
+        }
+    }
+
+    /// Deletes cold packs that no index record names, once older than the grace period.
+    pub async fn collect_orphans(&self, now_ms: u64) -> Result<usize, TieringError> {
+        let grace = self.config.tiering.orphan_grace.as_millis() as i64;
+        let listed = self.cold.list_detailed().await?;
+        let index = self.index.clone();
+        let candidates: Vec<_> = listed
+            .into_iter()
+            .filter(|(_, _, modified)| (now_ms as i64) - modified >= grace)
+            .collect();
+        let orphans = blocking(move || {
+            let mut out = Vec::new();
+            for (id, size, _) in candidates {
+                if index.pack(&id)?.is_none() {
+                    out.push((id, size));
+                }
+            }
+            Ok(out)
+        })
+        .await?;
+        for (id, size) in &orphans {
+            tracing::warn!(pack = %id, size, "deleting an unrecorded upload (orphan pack)");
+            self.cold.delete(id).await?;
+        }
+        Ok(orphans.len())
+    }
+
+    /// Counts per tier and the queue, from the index (blocking).
+    pub fn status_blocking(&self) -> Result<TierStatus, TieringError> {
+        let mut s = TierStatus {
+            cold_url: self.cold.describe().to_string(),
+            ..Default::default()
+        };
+        let mut studies: std::collections::HashMap<String, (bool, bool)> = Default::default();
+        self.index.for_each_object(&mut |_, r| {
+            let entry = studies.entry(r.study_uid.clone()).or_default();
+            match r.tier {
+                Tier::Hot => {
+                    s.hot_objects += 1;
+                    s.hot_bytes += r.size;
+                    entry.0 = true;
+                }
+                Tier::Cold => {
+                    s.cold_only_objects += 1;
+                    s.cold_only_bytes += r.size;
+                    entry.1 = true;
+                }
+            }
+            s.objects_with_cold_copy += (!r.cold.is_empty()) as u64;
+            true
+        })?;
+        for (hot, cold) in studies.values() {
+            match (hot, cold) {
+                (true, false) => s.studies_hot += 1,
+                (false, true) => s.studies_cold += 1,
+                _ => s.studies_mixed += 1,
+            }
+        }
+        for (_, p) in self.index.packs()? {
+            s.packs += 1;
+            s.pack_bytes += p.size;
+            *s.packs_by_storage_class.entry(p.storage_class).or_default() += 1;
+        }
+        let now = unix_ms_now();
+        let max_age = self.config.tiering.hot_max_age.as_millis() as u64;
+        let queue = self.index.accessed_before(u64::MAX, usize::MAX)?;
+        s.queue_length = queue.len() as u64;
+        let due: Vec<_> = queue.iter().filter(|(at, _)| at + max_age <= now).collect();
+        s.queue_due = due.len() as u64;
+        s.oldest_due_since_ms = due.first().map(|(at, _)| at + max_age);
+        s.hot_fs_used_percent = self.hot_used_percent_blocking()?;
+        Ok(s)
+    }
+}
+
+/// `strata tier move STUDY --to cold|hot|archive`: forces one study's move now.
+pub async fn force_move(
+    tiering: &Tiering,
+    study_uid: &str,
+    to: &str,
+) -> Result<MoveReport, TieringError> {
+    let _busy = tiering.busy.lock().await;
+    match to {
+        "cold" => tiering.move_to_cold(study_uid).await,
+        "hot" => tiering.move_to_hot(study_uid).await,
+        "archive" => {
+            let class = tiering.config.tiering.archive_storage_class.clone();
+            let mut report = tiering.move_to_cold(study_uid).await?;
+            report.packs_archived = tiering.move_to_archive_class(study_uid, &class).await?;
+            Ok(report)
+        }
+        other => Err(TieringError::Other(format!(
+            "unknown tier {other:?}: expected cold, hot or archive"
+        ))),
+    }
+}
+
+/// The background loop of `strata serve`: a pass every `scan_interval`, or at once when
+/// `trigger` is notified, with backoff while the cold tier fails; stops when `stop`
+/// turns true.
+pub async fn run_worker(tiering: Tiering, trigger: Arc<Notify>, mut stop: watch::Receiver<bool>) {
+    let interval = tiering.config.tiering.scan_interval;
+    let max_backoff = tiering.config.tiering.max_backoff;
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        let wait = match tiering.run_pass().await {
+            Ok(report) => {
+                backoff = Duration::from_secs(1);
+                for (study, reason) in &report.failed {
+                    tracing::warn!(study = %study, reason = %reason, "tiering: study not moved");
+                }
+                interval
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "tiering pass failed; backing off");
+                let wait = backoff;
+                backoff = (backoff * 2).min(max_backoff);
+                wait
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = trigger.notified() => {}
+            _ = stop.changed() => {}
+        }
+        if *stop.borrow() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,727 @@
+//! `ColdStore`: the cold tier, content-addressed objects in an object store.
+//!
+//! The data plane goes through `object_store` (S3-compatible endpoints, the local
+//! filesystem, or memory for tests); the S3-only control plane (storage class of an
+//! existing object, the restore flow of archive classes) through `aws-sdk-s3`, which is
+//! present only when the cold URL is `s3://`.
+//!
+//! ## Keys
+//! An object with id `abcd…` lives at `<prefix>/packs/ab/abcd….tar`: the key is derived
+//! from the id alone, never from a caller-supplied string, and a retried upload of the
+//! same bytes lands on the same key (so a crash between upload and record leaves at most
+//! one stray object, which `list` finds). The `.tar` suffix says what the caller stores
+//! here (study packs); this module does not look inside.
+//!
+//! ## Durability and trust
+//! `put` and [`ColdStore::put_file`] refuse bytes that do not hash to the id. Nothing here
+//! trusts an upload call's success: [`ColdStore::verify`] reads the object back and
+//! re-hashes it, which is what the mover does before it deletes a hot copy.
+//!
+//! ## Archive classes
+//! Reading an object in an archive class (GLACIER, DEEP_ARCHIVE) that has not been
+//! restored gives [`TierError::PendingRestore`] after asking the store to restore it; a
+//! later read succeeds once the restore completed.
+
+use crate::{check_content_address, BlobStore, ObjectId, ObjectMeta, PutOutcome, TierError};
+use bytes::Bytes;
+use futures::stream::{BoxStream, StreamExt, TryStreamExt};
+use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::local::LocalFileSystem;
+use object_store::memory::InMemory;
+use object_store::path::Path as StorePath;
+use object_store::{
+    Attribute, Attributes, BackoffConfig, GetOptions, GetRange, ObjectStore, ObjectStoreExt,
+    PutMode, PutMultipartOptions, PutOptions, PutPayload, RetryConfig, WriteMultipart,
+};
+use std::io::Read;
+use std::ops::Range;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Objects at or above this size are uploaded in parts.
+pub const MULTIPART_THRESHOLD: u64 = 16 * 1024 * 1024;
+/// Part size of multipart uploads.
+const PART_SIZE: usize = 8 * 1024 * 1024;
+/// Parts in flight per multipart upload.
+const PARTS_IN_FLIGHT: usize = 4;
+
+/// Where the cold tier lives. `url` is `file:///path`, `s3://bucket/prefix` or `memory:`.
+#[derive(Debug, Clone, Default)]
+pub struct ColdSpec {
+    pub url: String,
+    /// S3 endpoint for S3-compatible servers (`http://127.0.0.1:9000`); AWS when unset.
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    /// Allow plain HTTP (loopback test servers).
+    pub allow_http: bool,
+    /// Path-style requests (`endpoint/bucket/key`), needed by most S3-compatible servers.
+    pub path_style: bool,
+    /// Request timeout; a stopped endpoint fails within it instead of hanging the mover.
+    pub timeout: Duration,
+    /// Retries of one request inside object_store before the caller sees the error.
+    pub max_retries: usize,
+}
+
+/// The S3 archive storage classes, whose objects must be restored before they are read.
+pub fn is_archive_class(class: &str) -> bool {
+    matches!(class, "GLACIER" | "DEEP_ARCHIVE")
+}
+
+/// The storage classes Strata knows how to ask for.
+pub const STORAGE_CLASSES: [&str; 5] = [
+    "STANDARD",
+    "STANDARD_IA",
+    "GLACIER_IR",
+    "GLACIER",
+    "DEEP_ARCHIVE",
+];
+
+#[derive(Clone)]
+struct S3Control {
+    client: aws_sdk_s3::Client,
+    bucket: String,
+}
+
+impl std::fmt::Debug for S3Control {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Control")
+            .field("bucket", &self.bucket)
+            .finish()
+    }
+}
+
+/// The cold tier. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct ColdStore {
+    store: Arc<dyn ObjectStore>,
+    prefix: StorePath,
+    s3: Option<S3Control>,
+    describe: String,
+}
+
+fn remote(action: &'static str, key: &StorePath, e: object_store::Error) -> TierError {
+    match e {
+        object_store::Error::NotFound { .. } => TierError::RemoteNotFound {
+            key: key.to_string(),
+        },
+        other => TierError::Remote {
+            action,
+            key: key.to_string(),
+            detail: error_chain(&other),
+        },
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
+fn sdk_error<E: std::error::Error + 'static>(action: &'static str, key: &str, e: E) -> TierError {
+    TierError::Remote {
+        action,
+        key: key.to_string(),
+        detail: error_chain(&e),
+    }
+}
+
+impl ColdStore {
+    /// Opens the cold tier a spec names. Creates a `file://` directory if missing.
+    pub fn open(spec: &ColdSpec) -> Result<Self, TierError> {
+        let url = spec.url.trim();
+        if let Some(path) = url.strip_prefix("file://") {
+            let dir = Path::new(path);
+            std::fs::create_dir_all(dir).map_err(|e| TierError::io("create", dir, e))?;
+            let fs = LocalFileSystem::new_with_prefix(dir)
+                .map_err(|e| TierError::config(format!("cold directory {path}: {e}")))?
+                .with_fsync(true);
+            return Ok(ColdStore {
+                store: Arc::new(fs),
+                prefix: StorePath::default(),
+                s3: None,
+                describe: url.to_string(),
+            });
+        }
+        if url == "memory:" {
+            return Ok(Self::in_memory());
+        }
+        let Some(rest) = url.strip_prefix("s3://") else {
+            return Err(TierError::config(format!(
+                "cold url {url:?}: expected file:///path, s3://bucket/prefix or memory:"
+            )));
+        };
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(TierError::config(format!(
+                "cold url {url:?} names no bucket"
+            )));
+        }
+        let region = spec.region.clone().unwrap_or_else(|| "us-east-1".into());
+        let retry = RetryConfig {
+            backoff: BackoffConfig {
+                init_backoff: Duration::from_millis(100),
+                max_backoff: Duration::from_secs(2),
+                base: 2.0,
+            },
+            max_retries: spec.max_retries,
+            retry_timeout: spec.timeout * 2,
+        };
+        // Credentials come from the environment and the standard AWS chain, never from
+        // the config file.
+        let mut builder = AmazonS3Builder::from_env()
+            .with_bucket_name(bucket)
+            .with_region(&region)
+            .with_allow_http(spec.allow_http)
+            .with_virtual_hosted_style_request(!spec.path_style)
+            .with_retry(retry)
+            .with_client_options(
+                object_store::ClientOptions::new()
+                    .with_timeout(spec.timeout)
+                    .with_connect_timeout(Duration::from_secs(5))
+                    .with_allow_http(spec.allow_http),
+            );
+        if let Some(endpoint) = &spec.endpoint {
+            builder = builder.with_endpoint(endpoint);
+        }
+        let s3: AmazonS3 = builder
+            .build()
+            .map_err(|e| TierError::config(format!("cold url {url:?}: {e}")))?;
+        let control = S3Control {
+            client: sdk_client(spec, &region, &s3),
+            bucket: bucket.to_string(),
+        };
+        Ok(ColdStore {
+            store: Arc::new(s3),
+            prefix: StorePath::from(prefix.trim_matches('/')),
+            s3: Some(control),
+            describe: url.to_string(),
+        })
+    }
+
+    /// A cold tier in memory (tests).
+    pub fn in_memory() -> Self {
+        ColdStore {
+            store: Arc::new(InMemory::new()),
+            prefix: StorePath::default(),
+            s3: None,
+            describe: "memory:".into(),
+        }
+    }
+
+    /// The URL this store was opened from, for logs and `tier status`.
+    pub fn describe(&self) -> &str {
+        &self.describe
+    }
+
+    /// Whether storage classes and restores are available (S3 only).
+    pub fn supports_storage_classes(&self) -> bool {
+        self.s3.is_some()
+    }
+
+    fn key(&self, id: &ObjectId) -> StorePath {
+        let hex = id.to_hex();
+        let name = format!("packs/{}/{hex}.tar", &hex[..2]);
+        if self.prefix.as_ref().is_empty() {
+            StorePath::from(name)
+        } else {
+            StorePath::from(format!("{}/{name}", self.prefix))
+        }
+    }
+
+    /// The key of an object, as shown to operators (`strata show`).
+    pub fn key_of(&self, id: &ObjectId) -> String {
+        self.key(id).to_string()
+    }
+
+    fn id_of_key(key: &StorePath) -> Option<ObjectId> {
+        let name = key.filename()?;
+        ObjectId::from_hex(name.strip_suffix(".tar")?)
+    }
+
+    fn class_attributes(&self, storage_class: Option<&str>) -> Attributes {
+        let mut attributes = Attributes::new();
+        if let (Some(class), Some(_)) = (storage_class, &self.s3) {
+            attributes.insert(Attribute::StorageClass, class.to_string().into());
+        }
+        attributes
+    }
+
+    /// Uploads `head` followed by the contents of `body` as object `id`, in parts when
+    /// large, checking on the way that the bytes hash to `id`. An object already present
+    /// under `id` is left alone. `storage_class` applies on S3 only.
+    pub async fn put_file(
+        &self,
+        id: &ObjectId,
+        head: Bytes,
+        body: &Path,
+        storage_class: Option<&str>,
+    ) -> Result<PutOutcome, TierError> {
+        let key = self.key(id);
+        if self.exists(&key).await? {
+            return Ok(PutOutcome::AlreadyPresent);
+        }
+        let body_len = std::fs::metadata(body)
+            .map_err(|e| TierError::io("stat", body, e))?
+            .len();
+        let total = head.len() as u64 + body_len;
+        let mut file = std::fs::File::open(body).map_err(|e| TierError::io("open", body, e))?;
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(&head);
+        if total < MULTIPART_THRESHOLD {
+            let mut bytes = Vec::with_capacity(total as usize);
+            bytes.extend_from_slice(&head);
+            file.read_to_end(&mut bytes)
+                .map_err(|e| TierError::io("read", body, e))?;
+            let bytes = Bytes::from(bytes);
+            check_content_address(id, &bytes)?;
+            return self
+                .put_with(&key, bytes, storage_class)
+                .await
+                .map(|()| PutOutcome::Stored);
+        }
+        let upload = self
+            .store
+            .put_multipart_opts(
+                &key,
+                PutMultipartOptions {
+                    attributes: self.class_attributes(storage_class),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| remote("start upload of", &key, e))?;
+        let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
+        writer.put(head);
+        let mut buf = vec![0u8; PART_SIZE];
+        loop {
+            // File reads are short and local; a part upload is what takes the time.
+            let n = file
+                .read(&mut buf)
+                .map_err(|e| TierError::io("read", body, e))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            writer
+                .wait_for_capacity(PARTS_IN_FLIGHT)
+                .await
+                .map_err(|e| remote("upload", &key, e))?;
+            writer.write(&buf[..n]);
+        }
+        let actual = ObjectId::from_bytes(*hasher.finalize().as_bytes());
+        if &actual != id {
+            writer.abort().await.ok();
+            return Err(TierError::HashMismatch {
+                expected: *id,
+                actual,
+            });
+        }
+        writer
+            .finish()
+            .await
+            .map_err(|e| remote("complete upload of", &key, e))?;
+        Ok(PutOutcome::Stored)
+    }
+
+    async fn exists(&self, key: &StorePath) -> Result<bool, TierError> {
+        match self.store.head(key).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(remote("look up", key, e)),
+        }
+    }
+
+    async fn put_with(
+        &self,
+        key: &StorePath,
+        bytes: Bytes,
+        storage_class: Option<&str>,
+    ) -> Result<(), TierError> {
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            attributes: self.class_attributes(storage_class),
+            ..Default::default()
+        };
+        match self
+            .store
+            .put_opts(key, PutPayload::from_bytes(bytes), opts)
+            .await
+        {
+            // Same key, same bytes: someone (a retried request) got there first.
+            Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => Ok(()),
+            Err(e) => Err(remote("upload", key, e)),
+        }
+    }
+
+    /// Reads the whole object back and re-hashes it: the check that makes a remote copy
+    /// trustworthy, independent of what the upload call said. Returns the size.
+    pub async fn verify(&self, id: &ObjectId) -> Result<u64, TierError> {
+        let key = self.key(id);
+        let mut stream = self.get_stream(&key, None).await?;
+        let mut hasher = blake3::Hasher::new();
+        let mut size = 0u64;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            size += chunk.len() as u64;
+            hasher.update(&chunk);
+        }
+        let actual = ObjectId::from_bytes(*hasher.finalize().as_bytes());
+        if &actual != id {
+            return Err(TierError::HashMismatch {
+                expected: *id,
+                actual,
+            });
+        }
+        Ok(size)
+    }
+
+    /// Streams `range` of the object (or all of it). Archive-class objects that are not
+    /// restored start a restore and give [`TierError::PendingRestore`].
+    pub async fn stream_range(
+        &self,
+        id: &ObjectId,
+        range: Option<Range<u64>>,
+    ) -> Result<BoxStream<'static, Result<Bytes, TierError>>, TierError> {
+        let key = self.key(id);
+        match self.get_stream(&key, range).await {
+            Err(TierError::Remote { detail, .. }) if detail.contains("InvalidObjectState") => {
+                Err(self.start_restore(id).await?)
+            }
+            other => other,
+        }
+    }
+
+    async fn get_stream(
+        &self,
+        key: &StorePath,
+        range: Option<Range<u64>>,
+    ) -> Result<BoxStream<'static, Result<Bytes, TierError>>, TierError> {
+        let opts = GetOptions {
+            range: range.map(GetRange::Bounded),
+            ..Default::default()
+        };
+        let result = self
+            .store
+            .get_opts(key, opts)
+            .await
+            .map_err(|e| remote("read", key, e))?;
+        let key = key.clone();
+        Ok(result
+            .into_stream()
+            .map_err(move |e| remote("read", &key, e))
+            .boxed())
+    }
+
+    /// Reads `range` exactly: one ranged GET.
+    pub async fn read_range(&self, id: &ObjectId, range: Range<u64>) -> Result<Bytes, TierError> {
+        if range.start > range.end {
+            return Err(TierError::InvalidRange {
+                id: *id,
+                start: range.start,
+                end: range.end,
+                size: 0,
+            });
+        }
+        if range.is_empty() {
+            self.head(id).await?;
+            return Ok(Bytes::new());
+        }
+        let want = range.end - range.start;
+        let mut stream = self.stream_range(id, Some(range.clone())).await?;
+        let mut out = Vec::with_capacity(want as usize);
+        while let Some(chunk) = stream.next().await {
+            out.extend_from_slice(&chunk?);
+        }
+        if out.len() as u64 != want {
+            return Err(TierError::InvalidRange {
+                id: *id,
+                start: range.start,
+                end: range.end,
+                size: range.start + out.len() as u64,
+            });
+        }
+        Ok(Bytes::from(out))
+    }
+
+    /// The object's storage class (S3 only; `None` elsewhere or when the store reports
+    /// none, which S3 does for STANDARD).
+    pub async fn storage_class(&self, id: &ObjectId) -> Result<Option<String>, TierError> {
+        let Some(s3) = &self.s3 else { return Ok(None) };
+        let key = self.key(id).to_string();
+        let head = s3
+            .client
+            .head_object()
+            .bucket(&s3.bucket)
+            .key(&key)
+            .send()
+            .await
+            .map_err(|e| sdk_error("look up", &key, e))?;
+        Ok(head.storage_class().map(|c| c.as_str().to_string()))
+    }
+
+    /// Changes the storage class of a stored object in place (S3 CopyObject onto itself).
+    pub async fn set_storage_class(&self, id: &ObjectId, class: &str) -> Result<(), TierError> {
+        let Some(s3) = &self.s3 else {
+            return Err(TierError::Unsupported(format!(
+                "storage class {class}: the cold tier {} is not S3",
+                self.describe
+            )));
+        };
+        let key = self.key(id).to_string();
+        s3.client
+            .copy_object()
+            .bucket(&s3.bucket)
+            .key(&key)
+            .copy_source(format!("{}/{}", s3.bucket, key))
+            .storage_class(aws_sdk_s3::types::StorageClass::from(class))
+            .metadata_directive(aws_sdk_s3::types::MetadataDirective::Copy)
+            .send()
+            .await
+            .map_err(|e| sdk_error("change the storage class of", &key, e))?;
+        Ok(())
+    }
+
+    /// Asks S3 to restore an archived object for `days`, and says it is pending. A
+    /// restore already in progress is not an error.
+    async fn start_restore(&self, id: &ObjectId) -> Result<TierError, TierError> {
+        let Some(s3) = &self.s3 else {
+            return Ok(TierError::PendingRestore { id: *id });
+        };
+        let key = self.key(id).to_string();
+        let request = aws_sdk_s3::types::RestoreRequest::builder()
+            .days(7)
+            .glacier_job_parameters(
+                aws_sdk_s3::types::GlacierJobParameters::builder()
+                    .tier(aws_sdk_s3::types::Tier::Standard)
+                    .build()
+                    .map_err(|e| sdk_error("restore", &key, e))?,
+            )
+            .build();
+        match s3
+            .client
+            .restore_object()
+            .bucket(&s3.bucket)
+            .key(&key)
+            .restore_request(request)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(TierError::PendingRestore { id: *id }),
+            Err(e) if error_chain(&e).contains("RestoreAlreadyInProgress") => {
+                Ok(TierError::PendingRestore { id: *id })
+            }
+            Err(e) => Err(sdk_error("restore", &key, e)),
+        }
+    }
+
+    /// Every object in the tier with its size and modification time (ms since the epoch).
+    /// Keys that are not Strata objects are skipped.
+    pub async fn list_detailed(&self) -> Result<Vec<(ObjectId, u64, i64)>, TierError> {
+        let prefix = if self.prefix.as_ref().is_empty() {
+            StorePath::from("packs")
+        } else {
+            StorePath::from(format!("{}/packs", self.prefix))
+        };
+        let metas: Vec<_> = self
+            .store
+            .list(Some(&prefix))
+            .try_collect()
+            .await
+            .map_err(|e| remote("list", &prefix, e))?;
+        Ok(metas
+            .into_iter()
+            .filter_map(|m| {
+                Self::id_of_key(&m.location)
+                    .map(|id| (id, m.size, m.last_modified.timestamp_millis()))
+            })
+            .collect())
+    }
+}
+
+/// Builds the aws-sdk-s3 client for the control plane, with the same endpoint, region
+/// and credentials as the data plane (object_store's credential chain).
+fn sdk_client(spec: &ColdSpec, region: &str, s3: &AmazonS3) -> aws_sdk_s3::Client {
+    use aws_sdk_s3::config::{
+        Region, RequestChecksumCalculation, ResponseChecksumValidation,
+        StalledStreamProtectionConfig,
+    };
+    let mut config = aws_sdk_s3::config::Builder::new()
+        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+        .region(Region::new(region.to_string()))
+        .force_path_style(spec.path_style)
+        .credentials_provider(BridgedCredentials(s3.credentials().clone()))
+        .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+        .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
+        .stalled_stream_protection(StalledStreamProtectionConfig::disabled())
+        .timeout_config(
+            aws_sdk_s3::config::timeout::TimeoutConfig::builder()
+                .operation_timeout(spec.timeout)
+                .build(),
+        );
+    if let Some(endpoint) = &spec.endpoint {
+        config = config.endpoint_url(endpoint);
+    }
+    aws_sdk_s3::Client::from_conf(config.build())
+}
+
+/// object_store's AWS credential chain (environment, web identity, ECS, IMDS) offered to
+/// aws-sdk-s3, so both planes sign with the same credentials.
+#[derive(Debug)]
+struct BridgedCredentials(object_store::aws::AwsCredentialProvider);
+
+impl aws_sdk_s3::config::ProvideCredentials for BridgedCredentials {
+    fn provide_credentials<'a>(
+        &'a self,
+    ) -> aws_credential_types::provider::future::ProvideCredentials<'a>
+    where
+        Self: 'a,
+    {
+        aws_credential_types::provider::future::ProvideCredentials::new(async move {
+            let c = self.0.get_credential().await.map_err(|e| {
+                aws_credential_types::provider::error::CredentialsError::provider_error(e)
+            })?;
+            Ok(aws_sdk_s3::config::Credentials::new(
+                c.key_id.clone(),
+                c.secret_key.clone(),
+                c.token.clone(),
+                None,
+                "object_store",
+            ))
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl BlobStore for ColdStore {
+    async fn put(&self, id: &ObjectId, bytes: Bytes) -> Result<PutOutcome, TierError> {
+        check_content_address(id, &bytes)?;
+        let key = self.key(id);
+        if self.exists(&key).await? {
+            return Ok(PutOutcome::AlreadyPresent);
+        }
+        self.put_with(&key, bytes, None).await?;
+        Ok(PutOutcome::Stored)
+    }
+
+    async fn get(&self, id: &ObjectId) -> Result<Bytes, TierError> {
+        let mut stream = self
+            .stream_range(id, None)
+            .await
+            .map_err(|e| e.for_id(id))?;
+        let mut out = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            out.extend_from_slice(&chunk?);
+        }
+        Ok(Bytes::from(out))
+    }
+
+    async fn get_range(&self, id: &ObjectId, range: Range<u64>) -> Result<Bytes, TierError> {
+        self.read_range(id, range).await.map_err(|e| e.for_id(id))
+    }
+
+    async fn head(&self, id: &ObjectId) -> Result<ObjectMeta, TierError> {
+        let key = self.key(id);
+        let meta = self
+            .store
+            .head(&key)
+            .await
+            .map_err(|e| remote("look up", &key, e).for_id(id))?;
+        Ok(ObjectMeta {
+            id: *id,
+            size: meta.size,
+        })
+    }
+
+    async fn delete(&self, id: &ObjectId) -> Result<(), TierError> {
+        let key = self.key(id);
+        match self.store.delete(&key).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(remote("delete", &key, e)),
+        }
+    }
+
+    async fn list(&self) -> Result<Vec<ObjectId>, TierError> {
+        Ok(self
+            .list_detailed()
+            .await?
+            .into_iter()
+            .map(|(id, _, _)| id)
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn in_memory_cold_store_passes_conformance() {
+        crate::conformance::run_suite(&ColdStore::in_memory()).await;
+    }
+
+    #[tokio::test]
+    async fn local_filesystem_cold_store_passes_conformance() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = ColdSpec {
+            url: format!("file://{}", dir.path().join("cold").display()),
+            ..Default::default()
+        };
+        crate::conformance::run_suite(&ColdStore::open(&spec).unwrap()).await;
+    }
+
+    #[tokio::test]
+    async fn put_file_uploads_in_parts_and_refuses_a_wrong_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = ColdSpec {
+            url: format!("file://{}", dir.path().join("cold").display()),
+            ..Default::default()
+        };
+        let store = ColdStore::open(&spec).unwrap();
+        let head = Bytes::from_static(b"head of the object");
+        let body: Vec<u8> = (0..(MULTIPART_THRESHOLD as usize + 12345))
+            .map(|i| (i % 253) as u8)
+            .collect();
+        let body_path = dir.path().join("body");
+        std::fs::write(&body_path, &body).unwrap();
+        let mut whole = head.to_vec();
+        whole.extend_from_slice(&body);
+        let id = ObjectId::of_bytes(&whole);
+
+        let wrong = ObjectId::of_bytes(b"not it");
+        assert!(matches!(
+            store
+                .put_file(&wrong, head.clone(), &body_path, None)
+                .await
+                .unwrap_err(),
+            TierError::HashMismatch { .. }
+        ));
+        assert!(store.list().await.unwrap().is_empty());
+
+        assert_eq!(
+            store
+                .put_file(&id, head.clone(), &body_path, None)
+                .await
+                .unwrap(),
+            PutOutcome::Stored
+        );
+        assert_eq!(
+            store.put_file(&id, head, &body_path, None).await.unwrap(),
+            PutOutcome::AlreadyPresent
+        );
+        assert_eq!(store.verify(&id).await.unwrap(), whole.len() as u64);
+        assert_eq!(
+            store.read_range(&id, 5..100).await.unwrap(),
+            Bytes::copy_from_slice(&whole[5..100])
+        );
+    }
+}
