@@ -9,3 +9,4 @@ mod find;
 mod full_disk;
 mod retrieve;
 mod store;
+mod tiering;

@@ -23,6 +23,7 @@ use super::pack::{self, Source};
 use super::{blocking, failpoint, Tiering, TieringError};
 use crate::index::rocks::unix_ms_now;
 use crate::index::{ColdCopy, NewObject, ObjectRecord, PackRecord, PackedObject, Tier};
+use strata_tiers::cold::is_archive_class;
 use strata_tiers::{BlobStore, ObjectId};
 
 /// What a move did.
@@ -142,21 +143,30 @@ impl Tiering {
             // Recorded by an earlier pass that stopped before its deletes.
             return Ok((built.size, built.manifest.members.len()));
         }
-        let class = &self.config.cold.storage_class;
-        let class = self
-            .cold
-            .supports_storage_classes()
-            .then_some(class.as_str());
+        // An object in an archive class cannot be read back, so such packs are
+        // uploaded in STANDARD, verified and recorded, and only then moved to their class.
+        let wanted = &self.config.cold.storage_class;
+        let class = (self.cold.supports_storage_classes() && !is_archive_class(wanted))
+            .then_some(wanted.as_str());
         self.cold
             .put_file(&built.id, built.head.clone(), built.body.path(), class)
             .await?;
         failpoint("after-upload");
 
-        let size = self.cold.verify(&built.id).await?;
-        if size != built.size {
+        let checked = match self.cold.verify(&built.id).await {
+            Ok(size) if size == built.size => Ok(()),
+            Ok(size) => Err(format!("it reads back as {size} bytes, not {}", built.size)),
+            Err(e) if e.is_remote() => return Err(e.into()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(why) = checked {
+            // Never trusted, never recorded: remove it so that the next pass uploads
+            // a good copy; the hot copies stay.
+            tracing::error!(pack = %built.id, study = study_uid, %why, "uploaded pack failed verification; deleting it, hot copies kept");
+            self.cold.delete(&built.id).await?;
             return Err(TieringError::Other(format!(
-                "pack {} reads back as {size} bytes, expected {}",
-                built.id, built.size
+                "pack {} failed verification ({why}); hot copies kept, the next pass uploads it again",
+                built.id
             )));
         }
         failpoint("after-verify");
@@ -171,6 +181,10 @@ impl Tiering {
         let (index, pack_id) = (self.index.clone(), built.id);
         blocking(move || Ok(index.record_pack(&pack_id, &record, &members)?)).await?;
         failpoint("after-commit");
+        if self.cold.supports_storage_classes() && is_archive_class(wanted) {
+            // A crash before this is repaired by the next pass (see the worker).
+            self.set_pack_class(&built.id, wanted).await?;
+        }
         Ok((built.size, built.manifest.members.len()))
     }
 
@@ -215,6 +229,21 @@ impl Tiering {
         })
     }
 
+    /// Moves one pack to `class` in place (S3 only) and records it.
+    pub async fn set_pack_class(&self, pack: &ObjectId, class: &str) -> Result<(), TieringError> {
+        let (index, id) = (self.index.clone(), *pack);
+        let Some(mut record) = blocking(move || Ok(index.pack(&id)?)).await? else {
+            return Err(TieringError::Other(format!("pack {pack} is not recorded")));
+        };
+        if record.storage_class == class {
+            return Ok(());
+        }
+        self.cold.set_storage_class(pack, class).await?;
+        record.storage_class = class.to_string();
+        let (index, id) = (self.index.clone(), *pack);
+        blocking(move || Ok(index.update_pack(&id, &record)?)).await
+    }
+
     /// Moves a study's packs to `class` in place (S3 only) and records it.
     pub async fn move_to_archive_class(
         &self,
@@ -224,15 +253,11 @@ impl Tiering {
         let index = self.index.clone();
         let packs = blocking(move || Ok(index.packs()?)).await?;
         let mut moved = 0;
-        for (id, mut record) in packs.into_iter().filter(|(_, r)| r.study_uid == study_uid) {
-            if record.storage_class == class {
-                continue;
+        for (id, record) in packs.into_iter().filter(|(_, r)| r.study_uid == study_uid) {
+            if record.storage_class != class {
+                self.set_pack_class(&id, class).await?;
+                moved += 1;
             }
-            self.cold.set_storage_class(&id, class).await?;
-            record.storage_class = class.to_string();
-            let index = self.index.clone();
-            blocking(move || Ok(index.update_pack(&id, &record)?)).await?;
-            moved += 1;
         }
         Ok(moved)
     }

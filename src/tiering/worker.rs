@@ -24,6 +24,7 @@ use crate::index::Tier;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
+use strata_tiers::cold::is_archive_class;
 use strata_tiers::BlobStore;
 use tokio::sync::{watch, Notify};
 
@@ -112,20 +113,24 @@ impl Tiering {
             }
         }
 
-        // 3. archive class
-        if !t.archive_after.is_zero() && self.cold.supports_storage_classes() {
-            let archive_before = now.saturating_sub(t.archive_after.as_millis() as u64);
+        // 3. archive class: packs past `archive_after`, and packs whose move to an
+        // archive class [cold] storage_class was cut short by a crash
+        if self.cold.supports_storage_classes() {
+            let archive_before = (!t.archive_after.is_zero())
+                .then(|| now.saturating_sub(t.archive_after.as_millis() as u64));
             let index = self.index.clone();
             let packs = blocking(move || Ok(index.packs()?)).await?;
-            let class = &t.archive_storage_class;
-            let mut studies: Vec<String> = packs
-                .into_iter()
-                .filter(|(_, p)| p.created_ms <= archive_before && &p.storage_class != class)
-                .map(|(_, p)| p.study_uid)
-                .collect();
-            studies.dedup();
-            for study in studies {
-                report.packs_archived += self.move_to_archive_class(&study, class).await?;
+            for (id, pack) in packs {
+                let target = if archive_before.is_some_and(|before| pack.created_ms <= before) {
+                    &t.archive_storage_class
+                } else {
+                    &self.config.cold.storage_class
+                };
+                // only ever towards an archive class: an archived pack cannot be copied
+                if is_archive_class(target) && !is_archive_class(&pack.storage_class) {
+                    self.set_pack_class(&id, target).await?;
+                    report.packs_archived += 1;
+                }
             }
         }
 

@@ -125,6 +125,7 @@ impl Archive {
     pub fn strata(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(strata_bin());
         cmd.arg("--config").arg(&self.config).args(args);
+        with_test_credentials(&mut cmd);
         cmd
     }
 
@@ -134,7 +135,7 @@ impl Archive {
             .append(true)
             .open(self.dir.path().join("serve.log"))
             .unwrap();
-        let child = Command::new(strata_bin())
+        let child = with_test_credentials(&mut Command::new(strata_bin()))
             .arg("--config")
             .arg(&self.config)
             .arg("serve")
@@ -453,4 +454,112 @@ pub mod raw {
         }
         None
     }
+}
+
+/// S3 credentials for the moto server (it accepts any); set on every Strata process so
+/// that none of them probes the instance-metadata endpoint.
+pub fn with_test_credentials(cmd: &mut Command) -> &mut Command {
+    cmd.env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+}
+
+/// moto's S3-compatible server on loopback (in memory), stopped by pid on drop.
+pub struct Moto {
+    child: Option<Child>,
+    pub port: u16,
+}
+
+impl Moto {
+    pub fn start() -> Self {
+        Self::start_on(free_port())
+    }
+
+    pub fn start_on(port: u16) -> Self {
+        let child = Command::new("python3")
+            .args([
+                "-m",
+                "moto.server",
+                "-H",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start moto_server (scripts/install-peers.sh installs moto[server])");
+        let moto = Moto {
+            child: Some(child),
+            port,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while http_get(port, "/").is_none() {
+            assert!(Instant::now() < deadline, "moto_server did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        moto
+    }
+
+    /// Creates a bucket (moto needs no signature for it).
+    pub fn create_bucket(&self, bucket: &str) {
+        let (code, body) =
+            http_request(self.port, "PUT", &format!("/{bucket}")).expect("moto answers");
+        assert_eq!(
+            code,
+            200,
+            "create bucket {bucket}: {}",
+            String::from_utf8_lossy(&body)
+        );
+    }
+
+    /// The `[cold]` section of a Strata config pointing at `bucket` on this server.
+    pub fn cold_section(&self, bucket: &str, extra: &str) -> String {
+        format!(
+            "[cold]\nurl = \"s3://{bucket}/strata\"\nendpoint = \"http://127.0.0.1:{}\"\nallow_http = true\nrequest_timeout = \"5s\"\n{extra}\n",
+            self.port
+        )
+    }
+
+    /// Downloads an object with an independent client (boto3), as an auditor would.
+    pub fn download(&self, bucket: &str, key: &str, dest: &Path) {
+        let script = format!(
+            "import boto3; boto3.client('s3', endpoint_url='http://127.0.0.1:{}', \
+             aws_access_key_id='testing', aws_secret_access_key='testing', \
+             region_name='us-east-1').download_file('{bucket}', '{key}', '{}')",
+            self.port,
+            dest.display()
+        );
+        run_ok(Command::new("python3").args(["-c", &script]));
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Minimal HTTP/1.0 request on loopback with a binary body: (status code, body).
+pub fn http_request(port: u16, method: &str, path: &str) -> Option<(u16, Vec<u8>)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n\r\n"
+    )
+    .ok()?;
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).ok()?;
+    let split = resp.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(&resp[..split]).to_string();
+    let code = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((code, resp[split + 4..].to_vec()))
 }

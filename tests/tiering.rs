@@ -1,0 +1,463 @@
+//! Tiering against the local-filesystem default and a real S3-compatible server (moto):
+//! studies age to cold and come back byte-identical, packs verify with standard tools
+//! alone, the index rebuilds from the cold tier alone, `kill -9` at each step of a move
+//! loses nothing, a failing endpoint only delays aging, bad packs are never trusted, and
+//! archive-class packs answer "pending restore" before they are read.
+
+use crate::common::*;
+use std::collections::BTreeMap;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// The first `n` files of the generated CT study.
+fn small_study(n: usize) -> Vec<PathBuf> {
+    dcm_files(ct_study()).into_iter().take(n).collect()
+}
+
+fn only_study(archive: &Archive) -> String {
+    let ls = archive.ls_json();
+    let studies = ls.as_array().unwrap();
+    assert_eq!(studies.len(), 1, "{ls}");
+    studies[0]["study_uid"].as_str().unwrap().to_string()
+}
+
+/// SOP Instance UID -> object id of the served version, from `strata show`.
+fn object_ids(archive: &Archive, study: &str) -> BTreeMap<String, String> {
+    let out = run_ok(&mut archive.strata(&["show", study, "--json"]));
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut ids = BTreeMap::new();
+    for series in shown["series"].as_array().unwrap() {
+        for instance in series["instances"].as_array().unwrap() {
+            let version = instance["versions"].as_array().unwrap().last().unwrap();
+            ids.insert(
+                instance["sop_instance_uid"].as_str().unwrap().to_string(),
+                version["id"].as_str().unwrap().to_string(),
+            );
+        }
+    }
+    ids
+}
+
+/// Exports the study and checks with Debian's `b3sum` that every file hashes to its id.
+fn export_matches_ids(archive: &Archive, study: &str, ids: &BTreeMap<String, String>) {
+    let out = archive.dir.path().join(format!("export-{}", rand_suffix()));
+    run_ok(archive.strata(&["export", study, "--out"]).arg(&out));
+    let files = walk(&out);
+    assert_eq!(files.len(), ids.len(), "exported files");
+    let b3 = run_ok(std::process::Command::new("b3sum").args(&files));
+    for line in String::from_utf8_lossy(&b3.stdout).lines() {
+        let (hash, path) = line.split_once("  ").unwrap();
+        let sop = Path::new(path).file_stem().unwrap().to_string_lossy();
+        assert_eq!(
+            ids.get(sop.as_ref()).map(String::as_str),
+            Some(hash),
+            "{path}"
+        );
+    }
+    std::fs::remove_dir_all(&out).unwrap();
+}
+
+fn rand_suffix() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+/// `tar -x`, `zstd -d`, `b3sum -c` and `sha256sum -c` on a pack: no Strata involved.
+fn pack_verifies_with_standard_tools(pack: &Path, members: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let script = format!(
+        "set -e; cd {dir}; tar -xf {pack}; test \"$(head -c 1 manifest.json)\" = '{{'; \
+         find objects -name '*.zst' -exec zstd -q -d --rm {{}} +; \
+         b3sum -c BLAKE3SUMS; sha256sum -c SHA256SUMS",
+        dir = dir.path().display(),
+        pack = pack.display()
+    );
+    let out = run_ok(std::process::Command::new("bash").args(["-c", &script]));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.matches(": OK").count(), 2 * members, "{text}");
+    // the manifest is the first member
+    let listing = run_ok(std::process::Command::new("tar").arg("-tf").arg(pack));
+    let first = String::from_utf8_lossy(&listing.stdout);
+    assert_eq!(first.lines().next(), Some("manifest.json"));
+}
+
+fn local_packs(archive: &Archive) -> Vec<PathBuf> {
+    let dir = archive.data_dir().join("cold").join("packs");
+    if !dir.exists() {
+        return Vec::new();
+    }
+    walk(&dir)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "tar"))
+        .collect()
+}
+
+fn hot_files(archive: &Archive) -> usize {
+    walk(&archive.data_dir().join("hot").join("objects")).len()
+}
+
+fn tier_status(archive: &Archive) -> serde_json::Value {
+    let out = run_ok(&mut archive.strata(&["tier", "status", "--json"]));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn move_study(archive: &Archive, study: &str, to: &str) -> serde_json::Value {
+    let out = run_ok(&mut archive.strata(&["tier", "move", study, "--to", to]));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+#[test]
+fn local_cold_round_trip_and_reindex_from_the_cold_tier_alone() {
+    let archive = Archive::new("tier-local");
+    let ct = dcm_files(ct_study());
+    run_ok(archive.strata(&["import"]).args(&ct));
+    let study = only_study(&archive);
+    let ids = object_ids(&archive, &study);
+    assert_eq!(ids.len(), ct.len());
+
+    let moved = move_study(&archive, &study, "cold");
+    assert_eq!(moved["packs_recorded"], 1, "{moved}");
+    assert_eq!(moved["objects_evicted"].as_u64(), Some(ct.len() as u64));
+    assert_eq!(
+        hot_files(&archive),
+        0,
+        "hot copies are deleted after the move"
+    );
+    let status = tier_status(&archive);
+    assert_eq!(status["cold_only_objects"].as_u64(), Some(ct.len() as u64));
+    assert_eq!(status["hot_objects"], 0);
+    assert_eq!(status["packs"], 1);
+
+    // show names the pack and the offset of each instance
+    let (sop, id) = ids.iter().next().unwrap();
+    let shown = run_ok(&mut archive.strata(&["show", sop, "--json"]));
+    let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+    let version = &shown["versions"][0];
+    assert_eq!(version["id"].as_str(), Some(id.as_str()));
+    assert_eq!(version["tier"], "cold");
+    assert!(version["cold_copies"][0]["key"]
+        .as_str()
+        .unwrap()
+        .starts_with("packs/"));
+    assert!(version["cold_copies"][0]["offset"].as_u64().unwrap() > 0);
+
+    // byte-identical recall, and a pack that verifies without Strata
+    export_matches_ids(&archive, &study, &ids);
+    let packs = local_packs(&archive);
+    assert_eq!(packs.len(), 1);
+    pack_verifies_with_standard_tools(&packs[0], ct.len());
+    let (clean, report) = archive.verify_json();
+    assert!(clean, "{report}");
+    assert_eq!(report["packs_checked"], 1);
+
+    // empty index and no hot objects: the cold tier alone restores every study
+    std::fs::remove_dir_all(archive.data_dir().join("index")).unwrap();
+    std::fs::remove_dir_all(archive.data_dir().join("hot")).unwrap();
+    run_ok(&mut archive.strata(&["reindex"]));
+    assert_eq!(archive.total_instances(), ct.len() as u64);
+    assert_eq!(object_ids(&archive, &study), ids);
+    export_matches_ids(&archive, &study, &ids);
+    let (clean, report) = archive.verify_json();
+    assert!(clean, "{report}");
+
+    // and back to hot
+    let back = move_study(&archive, &study, "hot");
+    assert_eq!(back["objects_recalled"].as_u64(), Some(ct.len() as u64));
+    assert_eq!(hot_files(&archive), ct.len());
+    let (clean, report) = archive.verify_json();
+    assert!(clean, "{report}");
+}
+
+#[test]
+fn s3_policy_ages_studies_and_retrieval_reads_them_from_packs() {
+    let moto = Moto::start();
+    moto.create_bucket("archive");
+    let archive = Archive::with_config(
+        "tier-s3",
+        &format!(
+            "{}\n[tiering]\nhot_max_age = \"2s\"\nscan_interval = \"1s\"\n",
+            moto.cold_section("archive", "")
+        ),
+    );
+    let server = archive.start();
+    let ct = small_study(40);
+    crate::store::storescu_send(server.dicom_port, &ct);
+    let study = only_study(&archive);
+    let ids = object_ids(&archive, &study);
+    assert_eq!(ids.len(), ct.len());
+
+    wait_for("the study to age to cold", Duration::from_secs(60), || {
+        tier_status(&archive)["cold_only_objects"].as_u64() == Some(ct.len() as u64)
+    });
+    assert_eq!(hot_files(&archive), 0);
+
+    // C-GET reads every instance back from the pack
+    let got = archive.dir.path().join("got");
+    std::fs::create_dir_all(&got).unwrap();
+    let out = run(dcmtk("getscu")
+        .args(["-v", "-S", "-aec", "STRATA", "-od"])
+        .arg(&got)
+        .args([
+            "-k",
+            "QueryRetrieveLevel=STUDY",
+            "-k",
+            &format!("StudyInstanceUID={study}"),
+        ])
+        .arg("127.0.0.1")
+        .arg(server.dicom_port.to_string()));
+    let text = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        text.contains("Number of Failed Suboperations    : 0"),
+        "{text}\n{}",
+        server.log_text()
+    );
+    assert_eq!(walk(&got).len(), ct.len());
+    export_matches_ids(&archive, &study, &ids);
+
+    // the pack, fetched with a plain GET, verifies with standard tools
+    let shown = run_ok(&mut archive.strata(&["show", ids.keys().next().unwrap(), "--json"]));
+    let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+    let key = shown["versions"][0]["cold_copies"][0]["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(key.starts_with("strata/packs/"), "{key}");
+    let pack = archive.dir.path().join("downloaded.tar");
+    moto.download("archive", &key, &pack);
+    pack_verifies_with_standard_tools(&pack, ct.len());
+    let (clean, report) = archive.verify_json();
+    assert!(clean, "{report}");
+    server.stop();
+}
+
+/// `kill -9` (the failpoint SIGKILLs the process) after upload, after verify, after the
+/// index commit and in the middle of the deletes; the next run completes the move with
+/// exactly one pack and every instance intact.
+#[test]
+fn kill9_at_each_step_of_a_move_loses_nothing() {
+    let ct = small_study(20);
+    for step in ["after-upload", "after-verify", "after-commit", "mid-delete"] {
+        let archive = Archive::new(&format!("tier-kill-{step}"));
+        run_ok(archive.strata(&["import"]).args(&ct));
+        let study = only_study(&archive);
+        let ids = object_ids(&archive, &study);
+
+        let out = run(archive
+            .strata(&["tier", "move", &study, "--to", "cold"])
+            .env("STRATA_FAILPOINT", step));
+        assert_eq!(out.status.signal(), Some(9), "{step}: {out:?}");
+        // between the crash and the restart every instance is still readable
+        export_matches_ids(&archive, &study, &ids);
+
+        move_study(&archive, &study, "cold");
+        assert_eq!(
+            local_packs(&archive).len(),
+            1,
+            "{step}: one pack, no duplicate"
+        );
+        let status = tier_status(&archive);
+        assert_eq!(status["packs"], 1, "{step}: {status}");
+        assert_eq!(status["cold_only_objects"].as_u64(), Some(ct.len() as u64));
+        assert_eq!(hot_files(&archive), 0, "{step}");
+        let (clean, report) = archive.verify_json();
+        assert!(clean, "{step}: {report}");
+        export_matches_ids(&archive, &study, &ids);
+    }
+}
+
+/// The S3 endpoint goes away while a study is due: stores still succeed, aging backs
+/// off, and it completes once the endpoint is back.
+#[test]
+fn a_cold_tier_outage_only_delays_aging() {
+    let mut moto = Moto::start();
+    moto.create_bucket("archive");
+    let archive = Archive::with_config(
+        "tier-outage",
+        &format!(
+            "{}\n[tiering]\nhot_max_age = \"1s\"\nscan_interval = \"1s\"\nmax_backoff = \"2s\"\n",
+            moto.cold_section("archive", "")
+        ),
+    );
+    let server = archive.start();
+    let port = moto.port;
+    moto.stop();
+    let ct = small_study(20);
+    crate::store::storescu_send(server.dicom_port, &ct);
+    assert_eq!(archive.total_instances(), ct.len() as u64, "ingest goes on");
+    std::thread::sleep(Duration::from_secs(4));
+    let status = tier_status(&archive);
+    assert_eq!(
+        status["hot_objects"].as_u64(),
+        Some(ct.len() as u64),
+        "{status}"
+    );
+    assert_eq!(status["packs"], 0);
+    assert!(
+        server.log_text().contains("backing off"),
+        "{}",
+        server.log_text()
+    );
+
+    let moto = Moto::start_on(port);
+    moto.create_bucket("archive");
+    wait_for("aging to resume", Duration::from_secs(60), || {
+        tier_status(&archive)["cold_only_objects"].as_u64() == Some(ct.len() as u64)
+    });
+    let study = only_study(&archive);
+    let ids = object_ids(&archive, &study);
+    export_matches_ids(&archive, &study, &ids);
+    let (clean, report) = archive.verify_json();
+    assert!(clean, "{report}");
+    server.stop();
+}
+
+/// A truncated upload is never trusted for deleting the hot copies; a recorded pack
+/// that is later damaged is named by `verify` with its study and instances.
+#[test]
+fn damaged_packs_are_detected_and_never_trusted() {
+    let archive = Archive::new("tier-bad-pack");
+    let ct = small_study(20);
+    run_ok(archive.strata(&["import"]).args(&ct));
+    let study = only_study(&archive);
+    let ids = object_ids(&archive, &study);
+
+    let out = run(archive
+        .strata(&["tier", "move", &study, "--to", "cold"])
+        .env("STRATA_FAILPOINT", "after-upload"));
+    assert_eq!(out.status.signal(), Some(9));
+    let packs = local_packs(&archive);
+    assert_eq!(packs.len(), 1);
+    let len = std::fs::metadata(&packs[0]).unwrap().len();
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&packs[0])
+        .unwrap();
+    file.set_len(len / 2).unwrap();
+    drop(file);
+
+    let out = run(&mut archive.strata(&["tier", "move", &study, "--to", "cold"]));
+    assert!(!out.status.success(), "a truncated pack must fail the move");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("verification"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(hot_files(&archive), ct.len(), "hot copies kept");
+    assert!(
+        local_packs(&archive).is_empty(),
+        "the bad upload is removed"
+    );
+    let (clean, report) = archive.verify_json();
+    assert!(clean, "{report}");
+
+    // the next attempt uploads a good pack
+    move_study(&archive, &study, "cold");
+    export_matches_ids(&archive, &study, &ids);
+
+    // one flipped byte in the recorded pack
+    let pack = local_packs(&archive).remove(0);
+    let mut bytes = std::fs::read(&pack).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x55;
+    std::fs::write(&pack, &bytes).unwrap();
+    let out = run(&mut archive.strata(&["verify", "--tier", "cold", "--json"]));
+    assert!(!out.status.success());
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let bad = &report["bad_packs"][0];
+    assert_eq!(bad["study_uid"].as_str(), Some(study.as_str()), "{report}");
+    assert_eq!(bad["instances"].as_array().unwrap().len(), ct.len());
+    assert!(bad["key"]
+        .as_str()
+        .unwrap()
+        .contains(&bad["pack"].as_str().unwrap()[..16]));
+}
+
+/// Packs in DEEP_ARCHIVE: the first read asks for a restore and says so; once the
+/// restore completed (at once on moto) the read succeeds.
+#[test]
+fn deep_archive_reads_report_pending_restore_then_succeed() {
+    let moto = Moto::start();
+    moto.create_bucket("deep");
+    let archive = Archive::with_config(
+        "tier-deep",
+        &moto.cold_section("deep", "storage_class = \"DEEP_ARCHIVE\""),
+    );
+    let ct = small_study(5);
+    run_ok(archive.strata(&["import"]).args(&ct));
+    let study = only_study(&archive);
+    let ids = object_ids(&archive, &study);
+    move_study(&archive, &study, "cold");
+    assert_eq!(
+        tier_status(&archive)["packs_by_storage_class"]["DEEP_ARCHIVE"],
+        1
+    );
+
+    let out = archive.dir.path().join("first");
+    let first = run(archive.strata(&["export", &study, "--out"]).arg(&out));
+    assert!(
+        !first.status.success(),
+        "an archived pack cannot be read yet"
+    );
+    let err = String::from_utf8_lossy(&first.stderr);
+    assert!(err.contains("pending"), "{err}");
+    export_matches_ids(&archive, &study, &ids);
+}
+
+/// The tier contract suite (the one the hot disk, memory and local-filesystem stores
+/// pass) against the real S3-compatible server, plus a multipart upload.
+#[test]
+fn cold_store_on_s3_passes_the_conformance_suite() {
+    let moto = Moto::start();
+    moto.create_bucket("conformance");
+    let mut cmd = std::process::Command::new("true");
+    with_test_credentials(&mut cmd);
+    for (k, v) in cmd.get_envs() {
+        // SAFETY: set before any thread of this test reads the environment.
+        unsafe { std::env::set_var(k, v.unwrap()) };
+    }
+    let spec = strata_tiers::ColdSpec {
+        url: "s3://conformance/suite".into(),
+        endpoint: Some(format!("http://127.0.0.1:{}", moto.port)),
+        region: Some("us-east-1".into()),
+        allow_http: true,
+        path_style: true,
+        timeout: Duration::from_secs(10),
+        max_retries: 2,
+    };
+    let store = strata_tiers::ColdStore::open(&spec).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        strata_tiers::conformance::run_suite(&store).await;
+        // a pack above the multipart threshold, uploaded in parts and read back
+        let dir = tempfile::tempdir().unwrap();
+        let body: Vec<u8> = (0..strata_tiers::cold::MULTIPART_THRESHOLD as usize + 4096)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let path = dir.path().join("body");
+        std::fs::write(&path, &body).unwrap();
+        let head = bytes::Bytes::from_static(b"head");
+        let mut whole = head.to_vec();
+        whole.extend_from_slice(&body);
+        let id = strata_tiers::ObjectId::of_bytes(&whole);
+        store.put_file(&id, head, &path, None).await.unwrap();
+        assert_eq!(store.verify(&id).await.unwrap(), whole.len() as u64);
+        assert_eq!(
+            store.read_range(&id, 1000..2000).await.unwrap(),
+            bytes::Bytes::copy_from_slice(&whole[1000..2000])
+        );
+    });
+}
