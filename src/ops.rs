@@ -336,7 +336,8 @@ pub fn export(archive: &ReadOnlyArchive, studies: &[String], out: &Path) -> Resu
 
 /// A small runtime for the CLI's calls to the cold tier.
 pub fn runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread()
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
         .enable_all()
         .build()
         .context("start a runtime")

@@ -18,6 +18,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use strata_tiers::{ColdStore, HotDisk, ObjectId, TierError};
 
+/// Pack members being decompressed at once while a study streams.
+const UNPACK_AHEAD: usize = 4;
+
 #[derive(Clone)]
 pub struct ObjectReader {
     pub hot: HotDisk,
@@ -176,9 +179,21 @@ impl ObjectReader {
         let start = first.0;
         let end = last.0 + last.2.stored_size;
         let mut stream = self.cold.stream_range(pack, Some(start..end)).await?;
+        // Keep the download going while members are decompressed, checked and handed
+        // out: a separate task drains the response into a bounded channel.
+        let (tx, mut rx) = tokio::sync::mpsc::channel(256);
+        let download = tokio::spawn(async move {
+            while let Some(chunk) = stream.next().await {
+                if tx.send(chunk).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let _abort_on_drop = AbortOnDrop(download);
         let mut buf: Vec<u8> = Vec::new();
         let mut buf_start = start; // pack offset of buf[0]
         let mut next = 0;
+        let mut unpacking = futures::stream::FuturesOrdered::new();
         while next < members.len() {
             let (offset, id, copy) = &members[next];
             let member_end = offset + copy.stored_size;
@@ -187,9 +202,17 @@ impl ObjectReader {
                 let to = (member_end - buf_start) as usize;
                 let stored = buf[from..to].to_vec();
                 let (oid, compression) = (*id, copy.compression);
-                let bytes =
-                    blocking(move || Ok(unpack_member(&oid, &stored, compression, None)?)).await?;
-                visit(*id, bytes)?;
+                // members decompress and check on the blocking pool, a few at once,
+                // and are handed out in pack order
+                unpacking.push_back(blocking(move || {
+                    Ok((oid, unpack_member(&oid, &stored, compression, None)?))
+                }));
+                if unpacking.len() >= UNPACK_AHEAD {
+                    if let Some(done) = unpacking.next().await {
+                        let (oid, bytes) = done?;
+                        visit(oid, bytes)?;
+                    }
+                }
                 // drop what no later member needs
                 let keep_from = members
                     .get(next + 1)
@@ -201,7 +224,7 @@ impl ObjectReader {
                 next += 1;
                 continue;
             }
-            match stream.next().await {
+            match rx.recv().await {
                 Some(chunk) => buf.extend_from_slice(&chunk?),
                 None => {
                     return Err(TieringError::Tier(TierError::InvalidRange {
@@ -213,6 +236,19 @@ impl ObjectReader {
                 }
             }
         }
+        while let Some(done) = unpacking.next().await {
+            let (oid, bytes) = done?;
+            visit(oid, bytes)?;
+        }
         Ok(())
+    }
+}
+
+/// Aborts a task when dropped (an early return stops the download).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
