@@ -237,6 +237,7 @@ impl ReadOnlyArchive {
             hot: self.hot.clone(),
             cold: self.cold.clone(),
             index: self.index.clone(),
+            metrics: None,
         }
     }
 

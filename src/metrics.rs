@@ -2,7 +2,8 @@
 //! and their unit; label values come from fixed enums, never from network input.
 
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
 };
 
 #[derive(Clone)]
@@ -18,6 +19,97 @@ pub struct Metrics {
     pub active_associations: IntGauge,
     pub associations_rejected: IntCounterVec,
     pub hot_free_bytes: IntGauge,
+    pub tier: TierMetrics,
+}
+
+/// The tiering worker's and the cold reader's metrics.
+#[derive(Clone)]
+pub struct TierMetrics {
+    /// Objects per tier (`hot`: with a hot file; `cold_only`), as of the last pass.
+    pub objects: IntGaugeVec,
+    /// Bytes per tier (`hot`, `cold_only`: Part-10 bytes; `packs`: bytes in the bucket).
+    pub bytes: IntGaugeVec,
+    pub packs: IntGauge,
+    pub queue_length: IntGauge,
+    pub queue_due: IntGauge,
+    pub uploads: IntCounter,
+    pub uploaded_bytes: IntCounter,
+    pub evicted_objects: IntCounter,
+    /// Failed passes (`transient`: the cold tier failed) and studies not moved (`study`).
+    pub failures: IntCounterVec,
+    pub recall_seconds: Histogram,
+}
+
+impl TierMetrics {
+    fn new(registry: &Registry) -> Self {
+        let gauge_vec = |name: &str, help: &str| {
+            IntGaugeVec::new(Opts::new(name, help), &["tier"]).expect("metric")
+        };
+        let t = TierMetrics {
+            objects: gauge_vec(
+                "strata_tier_objects",
+                "Objects per tier, as of the last pass",
+            ),
+            bytes: gauge_vec("strata_tier_bytes", "Bytes per tier, as of the last pass"),
+            packs: IntGauge::new("strata_tier_packs", "Study packs in the cold tier")
+                .expect("metric"),
+            queue_length: IntGauge::new("strata_tier_queue_length", "Studies in the access queue")
+                .expect("metric"),
+            queue_due: IntGauge::new(
+                "strata_tier_queue_due",
+                "Studies in the access queue that are due for aging",
+            )
+            .expect("metric"),
+            uploads: IntCounter::new(
+                "strata_tier_pack_uploads_total",
+                "Packs uploaded, verified and recorded",
+            )
+            .expect("metric"),
+            uploaded_bytes: IntCounter::new(
+                "strata_tier_uploaded_bytes_total",
+                "Bytes of packs uploaded, verified and recorded",
+            )
+            .expect("metric"),
+            evicted_objects: IntCounter::new(
+                "strata_tier_evicted_objects_total",
+                "Hot copies deleted after their cold copy was recorded",
+            )
+            .expect("metric"),
+            failures: IntCounterVec::new(
+                Opts::new(
+                    "strata_tier_failures_total",
+                    "Tiering failures: transient (cold tier failing) or study (not moved)",
+                ),
+                &["kind"],
+            )
+            .expect("metric"),
+            recall_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "strata_tier_recall_duration_seconds",
+                    "Time to read one object or one pack span from the cold tier",
+                )
+                .buckets(vec![
+                    0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 20.0,
+                ]),
+            )
+            .expect("metric"),
+        };
+        for c in [
+            Box::new(t.objects.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(t.bytes.clone()),
+            Box::new(t.packs.clone()),
+            Box::new(t.queue_length.clone()),
+            Box::new(t.queue_due.clone()),
+            Box::new(t.uploads.clone()),
+            Box::new(t.uploaded_bytes.clone()),
+            Box::new(t.evicted_objects.clone()),
+            Box::new(t.failures.clone()),
+            Box::new(t.recall_seconds.clone()),
+        ] {
+            registry.register(c).expect("unique metric names");
+        }
+        t
+    }
 }
 
 /// Why a store was refused (the `reason` label of `strata_store_rejections_total`).
@@ -133,7 +225,6 @@ impl Metrics {
             registry.register(c).expect("unique metric names");
         }
         Metrics {
-            registry,
             instances_stored,
             bytes_stored,
             duplicates,
@@ -144,6 +235,8 @@ impl Metrics {
             active_associations,
             associations_rejected,
             hot_free_bytes,
+            tier: TierMetrics::new(&registry),
+            registry,
         }
     }
 

@@ -36,7 +36,7 @@ pub async fn run(
         metrics.clone(),
     );
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let tiering = archive.tiering();
+    let tiering = archive.tiering().with_metrics(metrics.tier.clone());
     let ctx = ScpContext {
         config: Arc::new(config.dicom.clone()),
         ingest: ingest.clone(),

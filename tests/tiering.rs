@@ -201,6 +201,14 @@ fn s3_policy_ages_studies_and_retrieval_reads_them_from_packs() {
         tier_status(&archive)["cold_only_objects"].as_u64() == Some(ct.len() as u64)
     });
     assert_eq!(hot_files(&archive), 0);
+    wait_for("the tier metrics", Duration::from_secs(20), || {
+        let m = server.metrics();
+        m.contains("strata_tier_pack_uploads_total 1")
+            && m.contains(&format!(
+                "strata_tier_objects{{tier=\"cold_only\"}} {}",
+                ct.len()
+            ))
+    });
 
     // C-GET reads every instance back from the pack
     let got = archive.dir.path().join("got");
@@ -238,7 +246,17 @@ fn s3_policy_ages_studies_and_retrieval_reads_them_from_packs() {
     pack_verifies_with_standard_tools(&pack, ct.len());
     let (clean, report) = archive.verify_json();
     assert!(clean, "{report}");
+    assert!(server
+        .metrics()
+        .contains("strata_tier_recall_duration_seconds_count"));
     server.stop();
+
+    // the cold bucket alone (no index, no hot objects) restores the study
+    std::fs::remove_dir_all(archive.data_dir().join("index")).unwrap();
+    std::fs::remove_dir_all(archive.data_dir().join("hot")).unwrap();
+    run_ok(&mut archive.strata(&["reindex"]));
+    assert_eq!(object_ids(&archive, &study), ids);
+    export_matches_ids(&archive, &study, &ids);
 }
 
 /// `kill -9` (the failpoint SIGKILLs the process) after upload, after verify, after the
@@ -460,4 +478,52 @@ fn cold_store_on_s3_passes_the_conformance_suite() {
             bytes::Bytes::copy_from_slice(&whole[1000..2000])
         );
     });
+}
+
+/// A study larger than the pack limit spans several packs; instances arriving after the
+/// study went cold go into a further pack; an upload nobody recorded is collected.
+#[test]
+fn pack_limit_late_instances_and_orphan_uploads() {
+    let archive = Archive::with_config(
+        "tier-packs",
+        "[tiering]\npack_max_mb = 2\norphan_grace = \"0s\"\nhot_max_age = \"1000days\"\n",
+    );
+    let ct = dcm_files(ct_study());
+    let (first, late) = (&ct[..20], &ct[20..24]);
+    run_ok(archive.strata(&["import"]).args(first));
+    let study = only_study(&archive);
+
+    // 20 instances of ~525 kB, at most 2 MiB of them per pack: 3 per pack, 7 packs
+    let moved = move_study(&archive, &study, "cold");
+    assert_eq!(moved["packs_recorded"], 7, "{moved}");
+    assert_eq!(local_packs(&archive).len(), 7);
+
+    // late instances: a further pack of the same study
+    run_ok(archive.strata(&["import"]).args(late));
+    let moved = move_study(&archive, &study, "cold");
+    assert_eq!(moved["packs_recorded"], 2, "{moved}");
+    assert_eq!(moved["objects_packed"], late.len());
+    let ids = object_ids(&archive, &study);
+    assert_eq!(ids.len(), 24);
+    export_matches_ids(&archive, &study, &ids);
+
+    // an upload cut short before its record, for objects that then changed: an orphan
+    run_ok(archive.strata(&["import"]).arg(&ct[24]));
+    let out = run(archive
+        .strata(&["tier", "move", &study, "--to", "cold"])
+        .env("STRATA_FAILPOINT", "after-upload"));
+    assert_eq!(out.status.signal(), Some(9));
+    let orphan: Vec<PathBuf> = local_packs(&archive);
+    assert_eq!(orphan.len(), 10);
+    run_ok(archive.strata(&["import"]).arg(&ct[25]));
+    let out = run_ok(&mut archive.strata(&["tier", "run"]));
+    let pass: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(pass["orphans_deleted"], 1, "{pass}");
+    move_study(&archive, &study, "cold");
+    let (clean, report) = archive.verify_json();
+    assert!(clean, "{report}");
+    assert!(report["unrecorded_packs"].as_array().unwrap().is_empty());
+    let ids = object_ids(&archive, &study);
+    assert_eq!(ids.len(), 26);
+    export_matches_ids(&archive, &study, &ids);
 }

@@ -21,6 +21,7 @@ pub mod worker;
 
 use crate::config::Config;
 use crate::index::{Index, IndexError};
+use crate::metrics::TierMetrics;
 use std::sync::Arc;
 use strata_tiers::{ColdStore, HotDisk, TierError};
 
@@ -61,6 +62,8 @@ pub struct Tiering {
     /// Held by a policy pass or a forced move, so that two never work at once (clones
     /// share it).
     pub busy: Arc<tokio::sync::Mutex<()>>,
+    /// Where moves and recalls are counted (`strata serve`); absent in the CLI.
+    pub metrics: Option<TierMetrics>,
 }
 
 impl Tiering {
@@ -71,7 +74,13 @@ impl Tiering {
             index,
             config,
             busy: Arc::new(tokio::sync::Mutex::new(())),
+            metrics: None,
         }
+    }
+
+    pub fn with_metrics(mut self, metrics: TierMetrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     pub fn reader(&self) -> reader::ObjectReader {
@@ -79,6 +88,7 @@ impl Tiering {
             hot: self.hot.clone(),
             cold: self.cold.clone(),
             index: self.index.clone(),
+            metrics: self.metrics.clone(),
         }
     }
 }

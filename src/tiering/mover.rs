@@ -111,6 +111,11 @@ impl Tiering {
         let (index, ids) = (self.index.clone(), evict.clone());
         blocking(move || Ok(index.set_tier(&ids, Tier::Cold)?)).await?;
         report.objects_evicted = evict.len();
+        if let Some(m) = &self.metrics {
+            m.uploads.inc_by(report.packs_recorded as u64);
+            m.uploaded_bytes.inc_by(report.bytes_uploaded);
+            m.evicted_objects.inc_by(report.objects_evicted as u64);
+        }
         Ok(report)
     }
 

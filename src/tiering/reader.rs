@@ -13,6 +13,7 @@
 use super::pack::unpack_member;
 use super::{blocking, TieringError};
 use crate::index::{ColdCopy, Index};
+use crate::metrics::TierMetrics;
 use futures::StreamExt;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -26,6 +27,7 @@ pub struct ObjectReader {
     pub hot: HotDisk,
     pub cold: ColdStore,
     pub index: Arc<dyn Index>,
+    pub metrics: Option<TierMetrics>,
 }
 
 /// Reads a hot file; `Ok(None)` when it is not there.
@@ -42,6 +44,12 @@ fn read_hot_blocking(hot: &HotDisk, id: &ObjectId) -> Result<Option<Vec<u8>>, Ti
 }
 
 impl ObjectReader {
+    fn observe_recall(&self, started: std::time::Instant) {
+        if let Some(m) = &self.metrics {
+            m.recall_seconds.observe(started.elapsed().as_secs_f64());
+        }
+    }
+
     /// The object's Part-10 bytes, from hot disk or its cold pack.
     pub async fn read(&self, id: &ObjectId) -> Result<Vec<u8>, TieringError> {
         let (hot, index, oid) = (self.hot.clone(), self.index.clone(), *id);
@@ -92,10 +100,12 @@ impl ObjectReader {
         let pack = copy
             .pack_id()
             .ok_or_else(|| TieringError::Other(format!("bad pack id {:?}", copy.pack)))?;
+        let started = std::time::Instant::now();
         let stored = self
             .cold
             .read_range(&pack, copy.offset..copy.offset + copy.stored_size)
             .await?;
+        self.observe_recall(started);
         let (oid, compression) = (*id, copy.compression);
         blocking(move || Ok(unpack_member(&oid, &stored, compression, None)?)).await
     }
@@ -178,6 +188,7 @@ impl ObjectReader {
         };
         let start = first.0;
         let end = last.0 + last.2.stored_size;
+        let started = std::time::Instant::now();
         let mut stream = self.cold.stream_range(pack, Some(start..end)).await?;
         // Keep the download going while members are decompressed, checked and handed
         // out: a separate task drains the response into a bounded channel.
@@ -240,6 +251,7 @@ impl ObjectReader {
             let (oid, bytes) = done?;
             visit(oid, bytes)?;
         }
+        self.observe_recall(started);
         Ok(())
     }
 }

@@ -215,6 +215,27 @@ impl Tiering {
         Ok(orphans.len())
     }
 
+    /// Sets the per-tier gauges from a status.
+    fn publish(&self, s: &TierStatus) {
+        let Some(m) = &self.metrics else { return };
+        m.objects
+            .with_label_values(&["hot"])
+            .set(s.hot_objects as i64);
+        m.objects
+            .with_label_values(&["cold_only"])
+            .set(s.cold_only_objects as i64);
+        m.bytes.with_label_values(&["hot"]).set(s.hot_bytes as i64);
+        m.bytes
+            .with_label_values(&["cold_only"])
+            .set(s.cold_only_bytes as i64);
+        m.bytes
+            .with_label_values(&["packs"])
+            .set(s.pack_bytes as i64);
+        m.packs.set(s.packs as i64);
+        m.queue_length.set(s.queue_length as i64);
+        m.queue_due.set(s.queue_due as i64);
+    }
+
     /// Counts per tier and the queue, from the index (blocking).
     pub fn status_blocking(&self) -> Result<TierStatus, TieringError> {
         let mut s = TierStatus {
@@ -299,9 +320,23 @@ pub async fn run_worker(tiering: Tiering, trigger: Arc<Notify>, mut stop: watch:
                 for (study, reason) in &report.failed {
                     tracing::warn!(study = %study, reason = %reason, "tiering: study not moved");
                 }
+                if let Some(m) = &tiering.metrics {
+                    m.failures
+                        .with_label_values(&["study"])
+                        .inc_by(report.failed.len() as u64);
+                }
+                let t = tiering.clone();
+                match tokio::task::spawn_blocking(move || t.status_blocking()).await {
+                    Ok(Ok(status)) => tiering.publish(&status),
+                    Ok(Err(e)) => tracing::warn!(error = %e, "tier status for metrics failed"),
+                    Err(e) => tracing::warn!(error = %e, "tier status task failed"),
+                }
                 interval
             }
             Err(e) => {
+                if let Some(m) = &tiering.metrics {
+                    m.failures.with_label_values(&["transient"]).inc();
+                }
                 tracing::warn!(error = %e, retry_in = ?backoff, "tiering pass failed; backing off");
                 let wait = backoff;
                 backoff = (backoff * 2).min(max_backoff);
