@@ -338,6 +338,7 @@ pub fn export(archive: &ReadOnlyArchive, studies: &[String], out: &Path) -> Resu
 pub fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .max_blocking_threads(8)
         .enable_all()
         .build()
         .context("start a runtime")

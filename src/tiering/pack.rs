@@ -28,6 +28,8 @@ use strata_tiers::ObjectId;
 pub const MANIFEST_VERSION: u32 = 1;
 pub const MANIFEST_FORMAT: &str = "strata-study-pack";
 const BLOCK: u64 = 512;
+/// Largest member decompressed in one allocation of its declared size.
+const MAX_MEMBER_BYTES: u64 = 4 << 30;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PackError {
@@ -347,15 +349,29 @@ pub fn unpack_member(
     let bytes = match compression {
         Compression::None => stored.to_vec(),
         Compression::Zstd => {
-            let cap = original_size.unwrap_or(0).max(stored.len() as u64 * 4) as usize;
-            let mut out = Vec::with_capacity(cap);
-            zstd::stream::read::Decoder::new(stored)
-                .and_then(|mut d| d.read_to_end(&mut out))
-                .map_err(|e| PackError::CorruptMember {
-                    name: name.clone(),
-                    reason: format!("zstd: {e}"),
-                })?;
-            out
+            let corrupt = |e: std::io::Error| PackError::CorruptMember {
+                name: name.clone(),
+                reason: format!("zstd: {e}"),
+            };
+            // One allocation of the exact size when it is known (our frames carry it);
+            // a claimed size is only a capacity, and the bytes are hashed below anyway.
+            let known = original_size.or_else(|| {
+                zstd::zstd_safe::get_frame_content_size(stored)
+                    .ok()
+                    .flatten()
+            });
+            match known {
+                Some(size) if size <= MAX_MEMBER_BYTES => {
+                    zstd::bulk::decompress(stored, size as usize).map_err(corrupt)?
+                }
+                _ => {
+                    let mut out = Vec::with_capacity(stored.len() * 4);
+                    zstd::stream::read::Decoder::new(stored)
+                        .and_then(|mut d| d.read_to_end(&mut out))
+                        .map_err(corrupt)?;
+                    out
+                }
+            }
         }
     };
     let actual = ObjectId::of_bytes(&bytes);

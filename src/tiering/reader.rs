@@ -20,7 +20,7 @@ use std::sync::Arc;
 use strata_tiers::{ColdStore, HotDisk, ObjectId, TierError};
 
 /// Pack members being decompressed at once while a study streams.
-const UNPACK_AHEAD: usize = 4;
+const UNPACK_AHEAD: usize = 8;
 
 #[derive(Clone)]
 pub struct ObjectReader {
