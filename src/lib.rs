@@ -32,5 +32,6 @@ pub mod scp;
 pub mod scp_commit;
 pub mod scp_find;
 pub mod scp_move;
+pub mod scu;
 pub mod server;
 pub mod tiering;

@@ -179,6 +179,16 @@ impl Command {
     pub fn move_originator_ae(&self) -> Option<String> {
         self.text_of(tag::MOVE_ORIGINATOR_AE)
     }
+
+    /// Any US element of the command (sub-operation counters, for instance).
+    pub fn u16_at(&self, tag: u32) -> Option<u16> {
+        self.u16_of(tag, "US element").ok()
+    }
+
+    /// Any text element of the command (ErrorComment, for instance).
+    pub fn text_at(&self, tag: u32) -> Option<String> {
+        self.text_of(tag)
+    }
 }
 
 /// Builds a response command set.

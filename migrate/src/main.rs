@@ -1,0 +1,273 @@
+//! `strata-migrate`: moves a whole legacy PACS into Strata (or any DICOM archive) over
+//! C-FIND/C-MOVE — inventory, move, verify, report — resumable at any point from its
+//! state directory. See the README's "Migrating from a legacy PACS".
+
+mod ledger;
+mod plan;
+mod report;
+mod run;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use strata::scu::RemoteAe;
+
+/// Migrate a legacy PACS into Strata over C-FIND/C-MOVE.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// State directory: the durable ledger of the migration.
+    #[arg(long)]
+    state: PathBuf,
+    /// Timeout of each DICOM association and response.
+    #[arg(long, default_value = "60s", value_parser = humantime_duration)]
+    timeout: Duration,
+    #[command(subcommand)]
+    command: Command,
+}
+
+fn humantime_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = n.parse().map_err(|_| format!("{s:?}: expected e.g. 60s"))?;
+    match unit {
+        "" | "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        "ms" => Ok(Duration::from_millis(n)),
+        _ => Err(format!("{s:?}: expected s, m or ms")),
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Enumerate the source's studies into the ledger (repeatable: adds new ones).
+    Plan {
+        /// The legacy PACS: AE@HOST:PORT.
+        #[arg(long)]
+        source: RemoteAe,
+        /// Our AE title towards the source (the source must allow it to query and move).
+        #[arg(long, default_value = "STRATA_MIGRATE")]
+        calling_ae: String,
+        /// First StudyDate (YYYYMMDD); default 19000101.
+        #[arg(long)]
+        from: Option<String>,
+        /// Last StudyDate (YYYYMMDD); default today.
+        #[arg(long)]
+        to: Option<String>,
+        /// Only studies with these modalities (repeatable).
+        #[arg(long)]
+        modality: Vec<String>,
+        /// The source's C-FIND result cap, when known (detected otherwise).
+        #[arg(long)]
+        source_limit: Option<usize>,
+    },
+    /// Move and verify every study not verified yet; resumable; Ctrl-C finishes the
+    /// studies in flight and stops.
+    Run {
+        /// The destination AE title the source sends to (it must know it).
+        #[arg(long)]
+        dest_ae: String,
+        /// Where the destination answers C-FIND for verification: HOST:PORT.
+        #[arg(long)]
+        dest: String,
+        /// Studies in flight.
+        #[arg(long, default_value_t = 2)]
+        parallel: usize,
+        /// Only start studies between these local times, e.g. 19:00-07:00.
+        #[arg(long, value_parser = run::parse_window)]
+        window: Option<(chrono::NaiveTime, chrono::NaiveTime)>,
+        /// Most instances per second (by the source's counts).
+        #[arg(long)]
+        max_rate: Option<f64>,
+        /// Retries of a C-MOVE or C-FIND that cannot reach the source.
+        #[arg(long, default_value_t = 5)]
+        retries: u32,
+    },
+    /// Where the migration stands.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write the reconciliation report (instances.csv, summary.json, summary.txt).
+    Report {
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+fn main() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("STRATA_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match real_main(cli) {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("strata-migrate: error: {e:#}");
+            std::process::exit(2);
+        }
+    }
+}
+
+fn date(s: Option<&str>, default: chrono::NaiveDate) -> Result<chrono::NaiveDate> {
+    match s {
+        None => Ok(default),
+        Some(s) => chrono::NaiveDate::parse_from_str(s, "%Y%m%d")
+            .with_context(|| format!("{s:?} is not a YYYYMMDD date")),
+    }
+}
+
+fn real_main(cli: Cli) -> Result<i32> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    match cli.command {
+        Command::Plan {
+            source,
+            calling_ae,
+            from,
+            to,
+            modality,
+            source_limit,
+        } => {
+            let header = ledger::Header {
+                format: ledger::FORMAT.into(),
+                version: ledger::VERSION,
+                source: source.clone(),
+                calling_ae: calling_ae.clone(),
+            };
+            let mut ledger = ledger::Ledger::create_or_open(&cli.state, header)?;
+            let from = date(
+                from.as_deref(),
+                chrono::NaiveDate::from_ymd_opt(1900, 1, 1).expect("valid date"),
+            )?;
+            let to = date(to.as_deref(), chrono::Local::now().date_naive())?;
+            if from > to {
+                bail!("--from is after --to");
+            }
+            let opts = plan::PlanOptions {
+                calling_ae,
+                source,
+                from,
+                to,
+                modalities: modality,
+                source_limit,
+                timeout: cli.timeout,
+            };
+            let report = rt.block_on(plan::plan(&mut ledger, &opts))?;
+            println!(
+                "{} studies found ({} new) with {} C-FIND queries, {} windows split{}",
+                report.studies_found,
+                report.studies_new,
+                report.queries,
+                report.windows_split,
+                report
+                    .detected_cap
+                    .map(|c| format!("; the source caps answers at {c}"))
+                    .unwrap_or_default()
+            );
+            for w in &report.incomplete_windows {
+                println!("  WARNING: window {w} is still capped at one minute: studies may be missing there");
+            }
+            Ok(if report.incomplete_windows.is_empty() {
+                0
+            } else {
+                1
+            })
+        }
+        Command::Run {
+            dest_ae,
+            dest,
+            parallel,
+            window,
+            max_rate,
+            retries,
+        } => {
+            let ledger = ledger::Ledger::open(&cli.state)?;
+            let dest: RemoteAe = format!("{dest_ae}@{dest}")
+                .parse()
+                .map_err(|e: String| anyhow::anyhow!(e))?;
+            let opts = run::RunOptions {
+                calling_ae: ledger.header.calling_ae.clone(),
+                dest_ae,
+                dest,
+                parallel,
+                window,
+                max_rate,
+                retries,
+                timeout: cli.timeout,
+                progress: std::io::stderr().is_terminal(),
+            };
+            let stop = Arc::new(AtomicBool::new(false));
+            let summary = rt.block_on(async {
+                let flag = stop.clone();
+                tokio::spawn(async move {
+                    if tokio::signal::ctrl_c().await.is_ok() {
+                        eprintln!("interrupted: finishing the studies in flight, then stopping (Ctrl-C again to abort)");
+                        flag.store(true, Ordering::Release);
+                        if tokio::signal::ctrl_c().await.is_ok() {
+                            std::process::exit(130);
+                        }
+                    }
+                });
+                run::run(ledger, opts, stop.clone()).await
+            })?;
+            println!(
+                "{} verified, {} failed, {} already verified{}",
+                summary.verified,
+                summary.failed,
+                summary.skipped_verified,
+                if summary.stopped_early {
+                    "; stopped early: run again to continue"
+                } else {
+                    ""
+                }
+            );
+            Ok(if summary.failed == 0 && !summary.stopped_early {
+                0
+            } else {
+                1
+            })
+        }
+        Command::Status { json } => {
+            let ledger = ledger::Ledger::open(&cli.state)?;
+            let totals = report::totals(&ledger);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&totals)?);
+            } else {
+                println!("migration from {}", ledger.header.source);
+                println!("studies: {}", totals.studies);
+                for (state, n) in &totals.by_state {
+                    println!("  {state}: {n}");
+                }
+                println!(
+                    "instances: {} in the source, {} in the archive, {} missing",
+                    totals.source_instances, totals.archived_instances, totals.missing_instances
+                );
+            }
+            Ok(0)
+        }
+        Command::Report { out } => {
+            let ledger = ledger::Ledger::open(&cli.state)?;
+            let totals = report::write(&ledger, &out)?;
+            println!(
+                "report written to {}: {}",
+                out.display(),
+                if totals.complete {
+                    "complete"
+                } else {
+                    "NOT complete"
+                }
+            );
+            Ok(if totals.complete { 0 } else { 1 })
+        }
+    }
+}

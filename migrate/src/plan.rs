@@ -1,0 +1,257 @@
+//! Inventory: enumerate the source's studies with Study Root C-FIND at STUDY level over
+//! StudyDate windows, splitting a window whenever its answer may be truncated.
+//!
+//! Old PACS cap C-FIND answers: some fail with 0xA700 or another error, some (Orthanc's
+//! `LimitFindResults`) silently stop at N matches. A window is split in two when the
+//! answer is not a success, or when it holds at least the source's cap. The cap is given
+//! (`--source-limit`) or detected: the whole range is asked for, then its two halves; if
+//! the halves together hold more studies than the whole did, the whole was truncated and
+//! its count is the cap. A single day that is still capped is split by StudyTime, down
+//! to one minute; what is still capped there is reported, never silently dropped.
+
+use crate::ledger::{Ledger, Study};
+use anyhow::{Context, Result};
+use chrono::NaiveDate;
+use dicom_core::VR;
+use dicom_dictionary_std::tags;
+use std::collections::BTreeMap;
+use std::time::Duration;
+use strata::scu::{self, RemoteAe, Scu};
+
+/// A StudyDate window, optionally narrowed to a StudyTime range (seconds of the day).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    pub from: NaiveDate,
+    pub to: NaiveDate,
+    pub time: Option<(u32, u32)>,
+}
+
+impl Window {
+    fn describe(&self) -> String {
+        let mut s = format!(
+            "{}-{}",
+            self.from.format("%Y%m%d"),
+            self.to.format("%Y%m%d")
+        );
+        if let Some((a, b)) = self.time {
+            s.push_str(&format!(" {}-{}", hhmmss(a), hhmmss(b)));
+        }
+        s
+    }
+
+    /// Two halves, or `None` when the window cannot be split further.
+    fn split(&self) -> Option<(Window, Window)> {
+        if self.from < self.to {
+            let days = (self.to - self.from).num_days();
+            let mid = self.from + chrono::Days::new((days / 2) as u64);
+            let next = mid.succ_opt()?;
+            return Some((
+                Window {
+                    from: self.from,
+                    to: mid,
+                    time: None,
+                },
+                Window {
+                    from: next,
+                    to: self.to,
+                    time: None,
+                },
+            ));
+        }
+        let (a, b) = self.time.unwrap_or((0, 86_399));
+        if b - a < 60 {
+            return None;
+        }
+        let mid = a + (b - a) / 2;
+        Some((
+            Window {
+                time: Some((a, mid)),
+                ..*self
+            },
+            Window {
+                time: Some((mid + 1, b)),
+                ..*self
+            },
+        ))
+    }
+}
+
+fn hhmmss(secs: u32) -> String {
+    format!("{:02}{:02}{:02}", secs / 3600, secs / 60 % 60, secs % 60)
+}
+
+pub struct PlanOptions {
+    pub calling_ae: String,
+    pub source: RemoteAe,
+    pub from: NaiveDate,
+    pub to: NaiveDate,
+    pub modalities: Vec<String>,
+    pub source_limit: Option<usize>,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Default, serde::Serialize)]
+pub struct PlanReport {
+    pub queries: usize,
+    pub windows_split: usize,
+    pub detected_cap: Option<usize>,
+    pub studies_found: usize,
+    pub studies_new: usize,
+    /// Windows still capped at one minute: studies may be missing there.
+    pub incomplete_windows: Vec<String>,
+}
+
+/// One STUDY-level C-FIND over a window: (final status, matches).
+async fn find_window(
+    scu: &mut Scu,
+    window: &Window,
+    modalities: &[String],
+) -> Result<(u16, Vec<Study>)> {
+    let date = format!(
+        "{}-{}",
+        window.from.format("%Y%m%d"),
+        window.to.format("%Y%m%d")
+    );
+    let time = window
+        .time
+        .map(|(a, b)| format!("{}-{}", hhmmss(a), hhmmss(b)))
+        .unwrap_or_default();
+    let modality = modalities.join("\\");
+    let identifier = scu::identifier(&[
+        (tags::QUERY_RETRIEVE_LEVEL, VR::CS, "STUDY"),
+        (tags::STUDY_INSTANCE_UID, VR::UI, ""),
+        (tags::PATIENT_ID, VR::LO, ""),
+        (tags::PATIENT_NAME, VR::PN, ""),
+        (tags::STUDY_DATE, VR::DA, &date),
+        (tags::STUDY_TIME, VR::TM, &time),
+        (tags::MODALITIES_IN_STUDY, VR::CS, &modality),
+        (tags::NUMBER_OF_STUDY_RELATED_INSTANCES, VR::IS, ""),
+    ]);
+    let mut found = Vec::new();
+    let status = scu
+        .find(&identifier, &mut |m| {
+            let uid = scu::text(&m, tags::STUDY_INSTANCE_UID);
+            if uid.is_empty() {
+                return;
+            }
+            let mut s = Study::planned(uid);
+            s.patient_id = scu::text(&m, tags::PATIENT_ID);
+            s.patient_name = scu::text(&m, tags::PATIENT_NAME);
+            s.study_date = scu::text(&m, tags::STUDY_DATE);
+            s.modalities = scu::text(&m, tags::MODALITIES_IN_STUDY);
+            s.planned_instances = scu::text(&m, tags::NUMBER_OF_STUDY_RELATED_INSTANCES)
+                .parse()
+                .ok();
+            found.push(s);
+        })
+        .await
+        .with_context(|| format!("C-FIND over {}", window.describe()))?;
+    Ok((status, found))
+}
+
+/// Enumerates the source into the ledger. Re-running adds new studies and leaves the
+/// state of known ones alone.
+pub async fn plan(ledger: &mut Ledger, opts: &PlanOptions) -> Result<PlanReport> {
+    let mut report = PlanReport::default();
+    let mut scu = Scu::connect(
+        &opts.calling_ae,
+        &opts.source,
+        scu::STUDY_ROOT_FIND,
+        opts.timeout,
+    )
+    .await?;
+    let mut found: BTreeMap<String, Study> = BTreeMap::new();
+    let whole = Window {
+        from: opts.from,
+        to: opts.to,
+        time: None,
+    };
+    let mut cap = opts.source_limit;
+    let mut queue = vec![whole];
+    let mut first = true;
+    while let Some(window) = queue.pop() {
+        let (status, studies) = find_window(&mut scu, &window, &opts.modalities).await?;
+        report.queries += 1;
+        let n = studies.len();
+        let mut truncated = status != 0 || cap.is_some_and(|c| n >= c);
+        if first && !truncated && n > 0 {
+            // detect a silent cap: do the halves hold more than the whole?
+            if let Some((a, b)) = window.split() {
+                let (sa, la) = find_window(&mut scu, &a, &opts.modalities).await?;
+                let (sb, lb) = find_window(&mut scu, &b, &opts.modalities).await?;
+                report.queries += 2;
+                let mut union: BTreeMap<String, ()> = BTreeMap::new();
+                for s in la.iter().chain(lb.iter()) {
+                    union.insert(s.study_uid.clone(), ());
+                }
+                if sa != 0 || sb != 0 || union.len() > n {
+                    cap = Some(n);
+                    report.detected_cap = Some(n);
+                    truncated = true;
+                }
+            }
+        }
+        first = false;
+        if truncated {
+            match window.split() {
+                Some((a, b)) => {
+                    report.windows_split += 1;
+                    queue.push(b);
+                    queue.push(a);
+                    continue;
+                }
+                None => {
+                    tracing::warn!(window = window.describe(), status, n, "window still capped");
+                    report.incomplete_windows.push(window.describe());
+                }
+            }
+        }
+        for s in studies {
+            found.entry(s.study_uid.clone()).or_insert(s);
+        }
+    }
+    scu.release().await;
+    report.studies_found = found.len();
+    for (uid, study) in found {
+        if !ledger.studies.contains_key(&uid) {
+            ledger.put(study)?;
+            report.studies_new += 1;
+        }
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_split_by_day_then_by_time() {
+        let d = |s| NaiveDate::parse_from_str(s, "%Y%m%d").unwrap();
+        let w = Window {
+            from: d("20240101"),
+            to: d("20240110"),
+            time: None,
+        };
+        let (a, b) = w.split().unwrap();
+        assert_eq!(
+            (a.from, a.to, b.from, b.to),
+            (d("20240101"), d("20240105"), d("20240106"), d("20240110"))
+        );
+        let day = Window {
+            from: d("20240101"),
+            to: d("20240101"),
+            time: None,
+        };
+        let (a, b) = day.split().unwrap();
+        assert_eq!(
+            (a.time, b.time),
+            (Some((0, 43_199)), Some((43_200, 86_399)))
+        );
+        let minute = Window {
+            time: Some((60, 100)),
+            ..day
+        };
+        assert!(minute.split().is_none());
+    }
+}

@@ -1,0 +1,184 @@
+//! The reconciliation report a clinic signs off on: `instances.csv` (one row per source
+//! instance, plus archive extras), `summary.json` (per study and totals) and
+//! `summary.txt` (the same for people), all from the ledger.
+
+use crate::ledger::{Ledger, State, Study};
+use anyhow::{Context, Result};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+
+#[derive(Debug, Default, Serialize)]
+pub struct Totals {
+    pub studies: usize,
+    pub by_state: BTreeMap<String, usize>,
+    /// Instances the source listed at verification.
+    pub source_instances: u64,
+    /// Of those, instances the archive holds.
+    pub archived_instances: u64,
+    pub missing_instances: u64,
+    /// Instances the source counted at planning but no longer listed when verified.
+    pub vanished_from_source: u64,
+    pub extra_in_archive: u64,
+    pub complete: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct StudyLine<'a> {
+    pub study_uid: &'a str,
+    pub patient_id: &'a str,
+    pub patient_name: &'a str,
+    pub study_date: &'a str,
+    pub modalities: &'a str,
+    pub status: &'static str,
+    pub attempts: u32,
+    pub planned_instances: Option<u32>,
+    pub source_instances: usize,
+    pub archive_instances: u32,
+    pub missing: &'a [String],
+    pub extra: &'a [String],
+    /// Instances counted at planning that the source no longer lists.
+    pub vanished_from_source: u64,
+    pub failure: Option<&'a str>,
+}
+
+fn vanished(s: &Study) -> u64 {
+    match (s.planned_instances, s.state) {
+        (Some(planned), State::Verified | State::Failed) => {
+            (planned as u64).saturating_sub(s.source_sops.len() as u64)
+        }
+        _ => 0,
+    }
+}
+
+pub fn totals(ledger: &Ledger) -> Totals {
+    let mut t = Totals {
+        studies: ledger.studies.len(),
+        ..Default::default()
+    };
+    for s in ledger.studies.values() {
+        *t.by_state.entry(s.state.as_str().into()).or_default() += 1;
+        t.source_instances += s.source_sops.len() as u64;
+        t.archived_instances += s.archive_count as u64;
+        t.missing_instances += s.missing.len() as u64;
+        t.extra_in_archive += s.extra.len() as u64;
+        t.vanished_from_source += vanished(s);
+    }
+    t.complete =
+        ledger.studies.values().all(|s| s.state == State::Verified) && t.missing_instances == 0;
+    t
+}
+
+/// Writes the report into `out`; returns the totals.
+pub fn write(ledger: &Ledger, out: &Path) -> Result<Totals> {
+    std::fs::create_dir_all(out).with_context(|| format!("create {}", out.display()))?;
+    let totals = totals(ledger);
+
+    let mut csv = std::fs::File::create(out.join("instances.csv"))?;
+    writeln!(
+        csv,
+        "study_uid,sop_instance_uid,in_source,in_archive,status"
+    )?;
+    for s in ledger.studies.values() {
+        let missing: std::collections::BTreeSet<&String> = s.missing.iter().collect();
+        for sop in &s.source_sops {
+            let arrived = !missing.contains(sop);
+            writeln!(
+                csv,
+                "{},{},yes,{},{}",
+                s.study_uid,
+                sop,
+                if arrived { "yes" } else { "no" },
+                if arrived { "arrived" } else { "missing" }
+            )?;
+        }
+        for sop in &s.extra {
+            writeln!(csv, "{},{},no,yes,extra_in_archive", s.study_uid, sop)?;
+        }
+        if s.source_sops.is_empty() {
+            writeln!(csv, "{},,,,study_{}", s.study_uid, s.state.as_str())?;
+        }
+    }
+    csv.sync_all()?;
+
+    let studies: Vec<StudyLine> = ledger
+        .studies
+        .values()
+        .map(|s| StudyLine {
+            study_uid: &s.study_uid,
+            patient_id: &s.patient_id,
+            patient_name: &s.patient_name,
+            study_date: &s.study_date,
+            modalities: &s.modalities,
+            status: s.state.as_str(),
+            attempts: s.attempts,
+            planned_instances: s.planned_instances,
+            source_instances: s.source_sops.len(),
+            archive_instances: s.archive_count,
+            missing: &s.missing,
+            extra: &s.extra,
+            vanished_from_source: vanished(s),
+            failure: s.last_error.as_deref(),
+        })
+        .collect();
+    let json = serde_json::json!({
+        "source": ledger.header.source.to_string(),
+        "totals": &totals,
+        "studies": studies,
+    });
+    std::fs::write(out.join("summary.json"), serde_json::to_vec_pretty(&json)?)?;
+
+    let mut txt = String::new();
+    txt.push_str(&format!(
+        "Migration from {} — reconciliation report\n\n",
+        ledger.header.source
+    ));
+    txt.push_str(&format!("Studies: {}\n", totals.studies));
+    for (state, n) in &totals.by_state {
+        txt.push_str(&format!("  {state}: {n}\n"));
+    }
+    txt.push_str(&format!(
+        "Instances listed by the source: {}\nInstances present in the archive: {}\nMissing from the archive: {}\nCounted at planning but gone from the source before verification: {}\nIn the archive but not in the source: {}\n\n",
+        totals.source_instances,
+        totals.archived_instances,
+        totals.missing_instances,
+        totals.vanished_from_source,
+        totals.extra_in_archive
+    ));
+    txt.push_str(if totals.complete {
+        "RESULT: COMPLETE. Every instance the source lists is in the archive.\n\n"
+    } else {
+        "RESULT: NOT COMPLETE. See the studies below and instances.csv.\n\n"
+    });
+    for s in ledger.studies.values() {
+        let v = vanished(s);
+        if s.state != State::Verified || v > 0 || !s.missing.is_empty() {
+            txt.push_str(&format!(
+                "study {} ({} {}): {} after {} attempt(s); source {} archive {} missing {}{}{}\n",
+                s.study_uid,
+                s.patient_id,
+                s.study_date,
+                s.state.as_str(),
+                s.attempts,
+                s.source_sops.len(),
+                s.archive_count,
+                s.missing.len(),
+                if v > 0 {
+                    format!("; {v} instance(s) counted at planning are no longer in the source")
+                } else {
+                    String::new()
+                },
+                s.last_error
+                    .as_ref()
+                    .map(|e| format!("; {e}"))
+                    .unwrap_or_default()
+            ));
+        }
+    }
+    txt.push_str(
+        "\nChecked by: ____________________   Date: ____________   Signature: ____________\n",
+    );
+    std::fs::write(out.join("summary.txt"), txt)?;
+    Ok(totals)
+}

@@ -1,0 +1,497 @@
+//! Moving and verifying: each study goes planned → moving → moved → verified, or
+//! failed (with the reason and the number of attempts).
+//!
+//! - **Move**: C-MOVE at STUDY level to the source with the destination AE, N studies in
+//!   flight, retried with a doubling backoff when the source cannot be reached or drops
+//!   the association. 0xA801 (destination unknown to the source) stops the whole run at
+//!   once with what to configure.
+//! - **Verify**: the source's SOP Instance UIDs (C-FIND at IMAGE level) against the
+//!   archive's (the same query to the destination). Missing instances are moved again,
+//!   series by series at IMAGE level, once; what is still missing fails the study.
+//! - Every state change is in the ledger (fsynced) before the next step, so a run killed
+//!   at any moment resumes where it stopped; verified studies are never moved again.
+//! - Time windows (`--window 19:00-07:00`, local time) and an instance-rate cap
+//!   (`--max-rate`) hold back the start of each study.
+
+use crate::ledger::{Ledger, State, Study};
+use anyhow::{anyhow, Context, Result};
+use chrono::{Local, NaiveTime};
+use dicom_core::VR;
+use dicom_dictionary_std::tags;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use strata::scu::{self, MoveOutcome, RemoteAe, Scu, ScuError};
+
+const DESTINATION_UNKNOWN: u16 = 0xA801;
+
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub calling_ae: String,
+    pub dest_ae: String,
+    /// Where to query the destination for verification.
+    pub dest: RemoteAe,
+    pub parallel: usize,
+    /// Local times between which studies may start (may wrap past midnight).
+    pub window: Option<(NaiveTime, NaiveTime)>,
+    /// Most instances per second started (by the source's planned counts).
+    pub max_rate: Option<f64>,
+    pub retries: u32,
+    pub timeout: Duration,
+    pub progress: bool,
+}
+
+#[derive(Debug, Default, serde::Serialize)]
+pub struct RunSummary {
+    pub verified: usize,
+    pub failed: usize,
+    pub skipped_verified: usize,
+    pub stopped_early: bool,
+}
+
+/// Parses `HH:MM-HH:MM`.
+pub fn parse_window(s: &str) -> Result<(NaiveTime, NaiveTime), String> {
+    let (a, b) = s
+        .split_once('-')
+        .ok_or_else(|| format!("{s:?}: expected HH:MM-HH:MM"))?;
+    let t =
+        |x: &str| NaiveTime::parse_from_str(x.trim(), "%H:%M").map_err(|e| format!("{x:?}: {e}"));
+    Ok((t(a)?, t(b)?))
+}
+
+fn in_window(now: NaiveTime, (a, b): (NaiveTime, NaiveTime)) -> bool {
+    if a <= b {
+        now >= a && now < b
+    } else {
+        now >= a || now < b
+    }
+}
+
+struct Shared {
+    ledger: Mutex<Ledger>,
+    opts: RunOptions,
+    source: RemoteAe,
+    stop: Arc<AtomicBool>,
+    fatal: Mutex<Option<String>>,
+    rate_next: Mutex<Instant>,
+    instances_done: AtomicU64,
+    bar: indicatif::ProgressBar,
+}
+
+impl Shared {
+    /// Records a study durably (off the async threads).
+    async fn record(self: &Arc<Self>, study: Study) -> Result<()> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.ledger.lock().expect("ledger lock").put(study))
+            .await
+            .map_err(|e| anyhow!("ledger task: {e}"))?
+    }
+
+    fn log(&self, line: String) {
+        if self.opts.progress {
+            self.bar.println(line);
+        } else {
+            eprintln!("{line}");
+        }
+    }
+
+    async fn wait_turn(&self, instances: u32) {
+        if let Some(window) = self.opts.window {
+            let mut said = false;
+            while !in_window(Local::now().time(), window) && !self.stop.load(Ordering::Acquire) {
+                if !said {
+                    self.log(format!(
+                        "outside the window {}-{}: waiting",
+                        window.0.format("%H:%M"),
+                        window.1.format("%H:%M")
+                    ));
+                    said = true;
+                }
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        }
+        if let Some(rate) = self.opts.max_rate {
+            let wait = {
+                let mut next = self.rate_next.lock().expect("rate lock");
+                let now = Instant::now();
+                let start = (*next).max(now);
+                *next = start + Duration::from_secs_f64(instances.max(1) as f64 / rate);
+                start - now
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+/// Moves and verifies every study not verified yet. Stops starting new studies when
+/// `stop` is set (Ctrl-C) and lets those in flight finish.
+pub async fn run(ledger: Ledger, opts: RunOptions, stop: Arc<AtomicBool>) -> Result<RunSummary> {
+    let source = ledger.header.source.clone();
+    let todo: Vec<Study> = ledger
+        .studies
+        .values()
+        .filter(|s| s.state != State::Verified)
+        .cloned()
+        .collect();
+    let mut summary = RunSummary {
+        skipped_verified: ledger.studies.len() - todo.len(),
+        ..Default::default()
+    };
+    let total_instances: u64 = todo
+        .iter()
+        .map(|s| s.planned_instances.unwrap_or(0) as u64)
+        .sum();
+    let bar = if opts.progress {
+        let bar = indicatif::ProgressBar::new(total_instances);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{msg} [{bar:30}] {pos}/{len} instances {per_sec} eta {eta}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        bar
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let shared = Arc::new(Shared {
+        ledger: Mutex::new(ledger),
+        opts: opts.clone(),
+        source,
+        stop: stop.clone(),
+        fatal: Mutex::new(None),
+        rate_next: Mutex::new(Instant::now()),
+        instances_done: AtomicU64::new(0),
+        bar,
+    });
+    let total = todo.len();
+    let limit = Arc::new(tokio::sync::Semaphore::new(opts.parallel.max(1)));
+    let mut tasks = tokio::task::JoinSet::new();
+    let done = Arc::new(AtomicU64::new(0));
+    for study in todo {
+        let permit = limit.clone().acquire_owned().await.expect("semaphore open");
+        if stop.load(Ordering::Acquire) {
+            summary.stopped_early = true;
+            break;
+        }
+        let (task_shared, done) = (shared.clone(), done.clone());
+        tasks.spawn(async move {
+            let uid = study.study_uid.clone();
+            let outcome = migrate_study(&task_shared, study).await;
+            let n = done.fetch_add(1, Ordering::AcqRel) + 1;
+            task_shared.bar.set_message(format!("studies {n}/{total}"));
+            drop(permit);
+            (uid, outcome)
+        });
+        // reap finished tasks as we go (keeps the set small)
+        while let Some(Ok((uid, outcome))) = tasks.try_join_next() {
+            tally(&shared, &mut summary, uid, outcome);
+        }
+    }
+    while let Some(joined) = tasks.join_next().await {
+        if let Ok((uid, outcome)) = joined {
+            tally(&shared, &mut summary, uid, outcome);
+        }
+    }
+    shared.bar.finish_and_clear();
+    if let Some(fatal) = shared.fatal.lock().expect("fatal lock").take() {
+        return Err(anyhow!(fatal));
+    }
+    Ok(summary)
+}
+
+fn tally(shared: &Shared, summary: &mut RunSummary, uid: String, outcome: Result<State>) {
+    match outcome {
+        Ok(State::Verified) => summary.verified += 1,
+        Ok(_) => summary.failed += 1,
+        Err(e) => {
+            summary.failed += 1;
+            shared.log(format!("study {uid}: {e:#}"));
+        }
+    }
+}
+
+async fn migrate_study(shared: &Arc<Shared>, mut study: Study) -> Result<State> {
+    if shared.stop.load(Ordering::Acquire) {
+        return Ok(study.state);
+    }
+    shared.wait_turn(study.planned_instances.unwrap_or(1)).await;
+    if shared.stop.load(Ordering::Acquire) {
+        return Ok(study.state);
+    }
+    let started = Instant::now();
+    study.state = State::Moving;
+    study.attempts += 1;
+    shared.record(study.clone()).await?;
+
+    let identifier = scu::identifier(&[
+        (tags::QUERY_RETRIEVE_LEVEL, VR::CS, "STUDY"),
+        (tags::STUDY_INSTANCE_UID, VR::UI, &study.study_uid),
+    ]);
+    let moved = match move_with_retries(shared, &identifier).await {
+        Ok(outcome) => outcome,
+        Err(e) => {
+            study.state = State::Failed;
+            study.last_error = Some(format!("{e:#}"));
+            shared.record(study.clone()).await?;
+            shared.log(format!("study {} failed: {e:#}", study.study_uid));
+            return Ok(State::Failed);
+        }
+    };
+    study.moved_completed = moved.completed;
+    study.moved_failed = moved.failed;
+    study.moved_warning = moved.warning;
+    study.state = State::Moved;
+    study.last_error = (moved.status != 0).then(|| {
+        format!(
+            "C-MOVE ended with status {:#06X} ({} completed, {} failed{})",
+            moved.status,
+            moved.completed,
+            moved.failed,
+            moved
+                .error_comment
+                .as_ref()
+                .map(|c| format!(": {c}"))
+                .unwrap_or_default()
+        )
+    });
+    shared.record(study.clone()).await?;
+
+    // verify, moving again only what is missing, once
+    let mut state = verify(shared, &mut study).await?;
+    if state != State::Verified && !study.missing.is_empty() {
+        remove_missing(shared, &study).await?;
+        state = verify(shared, &mut study).await?;
+    }
+    study.state = state;
+    if state == State::Failed && study.last_error.is_none() {
+        study.last_error = Some(format!(
+            "{} instance(s) still missing from the archive after moving them again",
+            study.missing.len()
+        ));
+    }
+    if state == State::Verified {
+        study.last_error = None;
+    }
+    shared.record(study.clone()).await?;
+    let instances = study.source_sops.len() as u64;
+    shared.instances_done.fetch_add(instances, Ordering::AcqRel);
+    shared.bar.inc(instances);
+    if !shared.opts.progress {
+        shared.log(format!(
+            "study {} {}: source {} archive {} missing {} in {:.1}s (attempt {})",
+            study.study_uid,
+            state.as_str(),
+            study.source_sops.len(),
+            study.archive_count,
+            study.missing.len(),
+            started.elapsed().as_secs_f64(),
+            study.attempts
+        ));
+    }
+    Ok(state)
+}
+
+/// One C-MOVE with retries on network failures. 0xA801 is fatal for the whole run.
+async fn move_with_retries(
+    shared: &Arc<Shared>,
+    identifier: &dicom_object::InMemDicomObject,
+) -> Result<MoveOutcome> {
+    let opts = &shared.opts;
+    let mut backoff = Duration::from_secs(1);
+    let mut attempt = 0;
+    loop {
+        let result: Result<MoveOutcome, ScuError> = async {
+            let mut scu = Scu::connect(
+                &opts.calling_ae,
+                &shared.source,
+                scu::STUDY_ROOT_MOVE,
+                opts.timeout,
+            )
+            .await?;
+            let outcome = scu.move_to(&opts.dest_ae, identifier, &mut |_| {}).await?;
+            scu.release().await;
+            Ok(outcome)
+        }
+        .await;
+        match result {
+            Ok(outcome) if outcome.status == DESTINATION_UNKNOWN => {
+                let message = format!(
+                    "the source {} does not know the destination AE {:?} (C-MOVE status 0xA801). \
+                     Configure it on the source first: add AE title {:?} at {}:{} to its DICOM \
+                     nodes (Orthanc: \"DicomModalities\" or PUT /modalities/{}), then run again.",
+                    shared.source,
+                    opts.dest_ae,
+                    opts.dest_ae,
+                    opts.dest.host,
+                    opts.dest.port,
+                    opts.dest_ae
+                );
+                shared.stop.store(true, Ordering::Release);
+                shared
+                    .fatal
+                    .lock()
+                    .expect("fatal lock")
+                    .get_or_insert(message.clone());
+                return Err(anyhow!(message));
+            }
+            Ok(outcome) => return Ok(outcome),
+            Err(e)
+                if attempt < opts.retries
+                    && transient(&e)
+                    && !shared.stop.load(Ordering::Acquire) =>
+            {
+                shared.log(format!("C-MOVE failed ({e}); retrying in {backoff:?}"));
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(60));
+                attempt += 1;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Whether a failure may go away by itself (the peer unreachable, restarting, slow).
+fn transient(e: &ScuError) -> bool {
+    matches!(
+        e,
+        ScuError::Associate { .. } | ScuError::Network { .. } | ScuError::Timeout { .. }
+    )
+}
+
+/// SOP Instance UID -> Series Instance UID of a study, as `remote` lists them.
+async fn list_instances(
+    shared: &Shared,
+    remote: &RemoteAe,
+    study_uid: &str,
+) -> Result<BTreeMap<String, String>> {
+    let opts = &shared.opts;
+    let mut backoff = Duration::from_secs(1);
+    let mut attempt = 0;
+    loop {
+        let result: Result<BTreeMap<String, String>, ScuError> = async {
+            let mut scu =
+                Scu::connect(&opts.calling_ae, remote, scu::STUDY_ROOT_FIND, opts.timeout).await?;
+            let failed = |status: u16, level: &str| ScuError::Protocol {
+                peer: remote.to_string(),
+                detail: format!("{level}-level C-FIND ended with status {status:#06X}"),
+            };
+            // hierarchical: the series first, then each series' instances
+            let mut series = Vec::new();
+            let identifier = scu::identifier(&[
+                (tags::QUERY_RETRIEVE_LEVEL, VR::CS, "SERIES"),
+                (tags::STUDY_INSTANCE_UID, VR::UI, study_uid),
+                (tags::SERIES_INSTANCE_UID, VR::UI, ""),
+            ]);
+            let status = scu
+                .find(&identifier, &mut |m| {
+                    let uid = scu::text(&m, tags::SERIES_INSTANCE_UID);
+                    if !uid.is_empty() {
+                        series.push(uid);
+                    }
+                })
+                .await?;
+            if status != 0 {
+                return Err(failed(status, "SERIES"));
+            }
+            let mut out = BTreeMap::new();
+            for series_uid in series {
+                let identifier = scu::identifier(&[
+                    (tags::QUERY_RETRIEVE_LEVEL, VR::CS, "IMAGE"),
+                    (tags::STUDY_INSTANCE_UID, VR::UI, study_uid),
+                    (tags::SERIES_INSTANCE_UID, VR::UI, &series_uid),
+                    (tags::SOP_INSTANCE_UID, VR::UI, ""),
+                ]);
+                let status = scu
+                    .find(&identifier, &mut |m| {
+                        let sop = scu::text(&m, tags::SOP_INSTANCE_UID);
+                        if !sop.is_empty() {
+                            out.insert(sop, series_uid.clone());
+                        }
+                    })
+                    .await?;
+                if status != 0 {
+                    return Err(failed(status, "IMAGE"));
+                }
+            }
+            scu.release().await;
+            Ok(out)
+        }
+        .await;
+        match result {
+            Ok(out) => return Ok(out),
+            Err(e) if attempt < opts.retries && transient(&e) => {
+                shared.log(format!(
+                    "C-FIND to {remote} failed ({e}); retrying in {backoff:?}"
+                ));
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(60));
+                attempt += 1;
+            }
+            Err(e) => return Err(e).with_context(|| format!("list the instances on {remote}")),
+        }
+    }
+}
+
+/// Compares the source's instances with the archive's and records the result.
+async fn verify(shared: &Shared, study: &mut Study) -> Result<State> {
+    let source = list_instances(shared, &shared.source, &study.study_uid).await?;
+    let archive = list_instances(shared, &shared.opts.dest, &study.study_uid).await?;
+    let in_source: BTreeSet<&String> = source.keys().collect();
+    let in_archive: BTreeSet<&String> = archive.keys().collect();
+    study.source_sops = source.keys().cloned().collect();
+    study.archive_count = in_source.intersection(&in_archive).count() as u32;
+    study.missing = in_source
+        .difference(&in_archive)
+        .map(|s| s.to_string())
+        .collect();
+    study.extra = in_archive
+        .difference(&in_source)
+        .map(|s| s.to_string())
+        .collect();
+    Ok(if study.missing.is_empty() {
+        State::Verified
+    } else {
+        State::Failed
+    })
+}
+
+/// Moves the missing instances again, one IMAGE-level C-MOVE per series.
+async fn remove_missing(shared: &Arc<Shared>, study: &Study) -> Result<()> {
+    let source = list_instances(shared, &shared.source, &study.study_uid).await?;
+    let mut by_series: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for sop in &study.missing {
+        if let Some(series) = source.get(sop) {
+            by_series.entry(series).or_default().push(sop);
+        }
+    }
+    for (series, sops) in by_series {
+        let list = sops.join("\\");
+        let identifier = scu::identifier(&[
+            (tags::QUERY_RETRIEVE_LEVEL, VR::CS, "IMAGE"),
+            (tags::STUDY_INSTANCE_UID, VR::UI, &study.study_uid),
+            (tags::SERIES_INSTANCE_UID, VR::UI, series),
+            (tags::SOP_INSTANCE_UID, VR::UI, &list),
+        ]);
+        move_with_retries(shared, &identifier).await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_may_wrap_past_midnight() {
+        let night = parse_window("19:00-07:00").unwrap();
+        let t = |h, m| NaiveTime::from_hms_opt(h, m, 0).unwrap();
+        assert!(in_window(t(23, 0), night));
+        assert!(in_window(t(6, 59), night));
+        assert!(!in_window(t(12, 0), night));
+        let day = parse_window("08:00-18:00").unwrap();
+        assert!(in_window(t(8, 0), day) && !in_window(t(18, 0), day));
+        assert!(parse_window("8-18").is_err());
+    }
+}
