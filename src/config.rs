@@ -335,6 +335,13 @@ impl Config {
                 "[tiering] watermarks: need low <= high <= 100".into(),
             ));
         }
+        let archive_class = strata_tiers::cold::is_archive_class(&self.cold.storage_class)
+            || !t.archive_after.is_zero();
+        if archive_class && t.pack_max_mb > 5000 {
+            return Err(ConfigError::Invalid(
+                "[tiering] pack_max_mb must be at most 5000 with an archive storage class (S3 changes the class of objects up to 5 GiB in place)".into(),
+            ));
+        }
         if !(1..=19).contains(&t.zstd_level) || t.pack_max_mb == 0 {
             return Err(ConfigError::Invalid(
                 "[tiering] zstd_level must be 1-19 and pack_max_mb at least 1".into(),

@@ -527,3 +527,38 @@ fn pack_limit_late_instances_and_orphan_uploads() {
     assert_eq!(ids.len(), 26);
     export_matches_ids(&archive, &study, &ids);
 }
+
+/// An instance sent again after its study went cold has its hot copy back on record;
+/// a pack that `reindex` could not read is never collected as an orphan.
+#[test]
+fn resent_cold_instances_and_unreadable_packs_are_kept() {
+    let archive = Archive::with_config(
+        "tier-keep",
+        "[tiering]\norphan_grace = \"0s\"\nhot_max_age = \"1000days\"\n",
+    );
+    let ct = small_study(6);
+    run_ok(archive.strata(&["import"]).args(&ct));
+    let study = only_study(&archive);
+    move_study(&archive, &study, "cold");
+    run_ok(archive.strata(&["import"]).arg(&ct[0]));
+    let status = tier_status(&archive);
+    assert_eq!(status["hot_objects"], 1, "{status}");
+    assert_eq!(hot_files(&archive), 1);
+    let (clean, report) = archive.verify_json();
+    assert!(clean, "{report}");
+
+    // damage one member, rebuild the index from the cold tier alone: the pack is
+    // skipped, and a policy pass must not delete it as an orphan
+    let pack = local_packs(&archive).remove(0);
+    let mut bytes = std::fs::read(&pack).unwrap();
+    let at = bytes.len() - 4096;
+    bytes[at] ^= 0x01;
+    std::fs::write(&pack, &bytes).unwrap();
+    std::fs::remove_dir_all(archive.data_dir().join("index")).unwrap();
+    std::fs::remove_dir_all(archive.data_dir().join("hot")).unwrap();
+    let out = run(&mut archive.strata(&["reindex"]));
+    assert!(!out.status.success(), "a skipped pack must fail reindex");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("pack skipped"));
+    run_ok(&mut archive.strata(&["tier", "run"]));
+    assert!(pack.exists(), "the only copy must not be collected");
+}

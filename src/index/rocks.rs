@@ -362,7 +362,18 @@ impl Index for RocksIndex {
         let mut seen: HashSet<ObjectId> = HashSet::new();
         let mut outcomes = Vec::with_capacity(objects.len());
         for obj in objects {
-            if !seen.insert(obj.id) || self.has_object(&obj.id)? {
+            if !seen.insert(obj.id) {
+                outcomes.push(CommitOutcome::AlreadyPresent);
+                continue;
+            }
+            let key = obj.id.as_bytes().to_vec();
+            if let Some(mut existing) = pending.get::<ObjectRecord>(CF_OBJECTS, &key)? {
+                // Every committed object was just made durable on hot disk: a cold-only
+                // object sent again has its hot copy back.
+                if existing.tier == Tier::Cold {
+                    existing.tier = Tier::Hot;
+                    pending.put(CF_OBJECTS, key, &existing);
+                }
                 outcomes.push(CommitOutcome::AlreadyPresent);
                 continue;
             }

@@ -206,27 +206,34 @@ impl Tiering {
             .map(|(id, _)| *id)
             .collect();
         let reader = self.reader();
-        let hot = self.hot.clone();
-        let mut fetched = Vec::new();
-        let failed = reader
-            .read_many(&cold_only, &mut |id, bytes| {
-                fetched.push((id, bytes));
-                Ok(())
-            })
-            .await?;
-        if let Some((id, e)) = failed.into_iter().next() {
-            return Err(TieringError::Unreadable {
-                id: id.to_hex(),
-                detail: e.to_string(),
-            });
-        }
         let mut recalled = Vec::new();
-        for (id, bytes) in fetched {
-            hot.put(&id, bytes::Bytes::from(bytes)).await?;
-            recalled.push(id);
+        // in batches, so that a large study is never held in memory whole
+        for batch in cold_only.chunks(64) {
+            let mut fetched = Vec::new();
+            let failed = reader
+                .read_many(batch, &mut |id, bytes| {
+                    fetched.push((id, bytes));
+                    Ok(())
+                })
+                .await?;
+            if let Some((id, e)) = failed.into_iter().next() {
+                return Err(TieringError::Unreadable {
+                    id: id.to_hex(),
+                    detail: e.to_string(),
+                });
+            }
+            let mut ids = Vec::new();
+            for (id, bytes) in fetched {
+                self.hot.put(&id, bytes::Bytes::from(bytes)).await?;
+                ids.push(id);
+            }
+            let (index, marked) = (self.index.clone(), ids.clone());
+            blocking(move || Ok(index.set_tier(&marked, Tier::Hot)?)).await?;
+            recalled.extend(ids);
         }
-        let (index, ids) = (self.index.clone(), recalled.clone());
-        blocking(move || Ok(index.set_tier(&ids, Tier::Hot)?)).await?;
+        // back in the access queue: it ages again from now
+        let (index, study) = (self.index.clone(), study_uid.to_string());
+        blocking(move || Ok(index.record_access(&[study], unix_ms_now())?)).await?;
         Ok(MoveReport {
             study_uid: study_uid.to_string(),
             objects_recalled: recalled.len(),

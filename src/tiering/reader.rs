@@ -30,16 +30,22 @@ pub struct ObjectReader {
     pub metrics: Option<TierMetrics>,
 }
 
-/// Reads a hot file; `Ok(None)` when it is not there.
-fn read_hot_blocking(hot: &HotDisk, id: &ObjectId) -> Result<Option<Vec<u8>>, TieringError> {
+/// Reads a hot file and checks it against its id. `None` when it is missing, unreadable
+/// or corrupt (logged): the caller then reads a cold copy. Hot bytes are never served
+/// unchecked.
+fn read_hot_blocking(hot: &HotDisk, id: &ObjectId) -> Option<Vec<u8>> {
     let path = hot.path_of(id);
     match std::fs::read(&path) {
-        Ok(bytes) => Ok(Some(bytes)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(TieringError::Unreadable {
-            id: id.to_hex(),
-            detail: format!("{}: {e}", path.display()),
-        }),
+        Ok(bytes) if ObjectId::of_bytes(&bytes) == *id => Some(bytes),
+        Ok(_) => {
+            tracing::error!(object = %id, path = %path.display(), "hot copy is corrupt (its bytes do not hash to its id); reading a cold copy");
+            None
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => {
+            tracing::error!(object = %id, path = %path.display(), error = %e, "hot copy unreadable; reading a cold copy");
+            None
+        }
     }
 }
 
@@ -54,7 +60,7 @@ impl ObjectReader {
     pub async fn read(&self, id: &ObjectId) -> Result<Vec<u8>, TieringError> {
         let (hot, index, oid) = (self.hot.clone(), self.index.clone(), *id);
         let (bytes, copies) = blocking(move || {
-            if let Some(bytes) = read_hot_blocking(&hot, &oid)? {
+            if let Some(bytes) = read_hot_blocking(&hot, &oid) {
                 return Ok((Some(bytes), Vec::new()));
             }
             let record = index
@@ -125,7 +131,7 @@ impl ObjectReader {
         for id in ids {
             let (hot, index, oid) = (self.hot.clone(), self.index.clone(), *id);
             let found = blocking(move || {
-                if let Some(bytes) = read_hot_blocking(&hot, &oid)? {
+                if let Some(bytes) = read_hot_blocking(&hot, &oid) {
                     return Ok(Ok(bytes));
                 }
                 Ok(Err(index.object(&oid)?.map(|r| r.cold).unwrap_or_default()))
@@ -152,13 +158,17 @@ impl ObjectReader {
         }
         for (pack, mut members) in by_pack {
             members.sort_by_key(|m| m.0);
-            if let Err(e) = self.stream_members(&pack, &members, visit).await {
+            let mut delivered = std::collections::HashSet::new();
+            if let Err(e) = self
+                .stream_members(&pack, &members, visit, &mut delivered)
+                .await
+            {
                 if e.is_pending_restore() || e.is_transient() {
                     return Err(e);
                 }
-                // Fall back to the other copies one by one.
-                tracing::warn!(pack = %pack, error = %e, "pack stream failed; reading members singly");
-                for (_, id, _) in &members {
+                // Fall back to the other copies, one by one, for what was not delivered.
+                tracing::warn!(pack = %pack, error = %e, "pack stream failed; reading the remaining members singly");
+                for (_, id, _) in members.iter().filter(|m| !delivered.contains(&m.1)) {
                     let (hot, index, oid) = (self.hot.clone(), self.index.clone(), *id);
                     let copies = blocking(move || {
                         let _ = hot;
@@ -182,6 +192,7 @@ impl ObjectReader {
         pack: &ObjectId,
         members: &[(u64, ObjectId, ColdCopy)],
         visit: &mut (dyn FnMut(ObjectId, Vec<u8>) -> Result<(), TieringError> + Send),
+        delivered: &mut std::collections::HashSet<ObjectId>,
     ) -> Result<(), TieringError> {
         let (Some(first), Some(last)) = (members.first(), members.last()) else {
             return Ok(());
@@ -222,6 +233,7 @@ impl ObjectReader {
                     if let Some(done) = unpacking.next().await {
                         let (oid, bytes) = done?;
                         visit(oid, bytes)?;
+                        delivered.insert(oid);
                     }
                 }
                 // drop what no later member needs
@@ -234,6 +246,12 @@ impl ObjectReader {
                 buf_start = keep_from;
                 next += 1;
                 continue;
+            }
+            if buf_start < *offset {
+                // bytes between wanted members are never kept
+                let gap = ((offset - buf_start) as usize).min(buf.len());
+                buf.drain(..gap);
+                buf_start += gap as u64;
             }
             match rx.recv().await {
                 Some(chunk) => buf.extend_from_slice(&chunk?),
@@ -250,6 +268,7 @@ impl ObjectReader {
         while let Some(done) = unpacking.next().await {
             let (oid, bytes) = done?;
             visit(oid, bytes)?;
+            delivered.insert(oid);
         }
         self.observe_recall(started);
         Ok(())

@@ -146,17 +146,25 @@ impl Tiering {
         report: &mut PassReport,
         handled: &mut HashSet<String>,
     ) -> Result<(), TieringError> {
+        if handled.contains(study) {
+            // dealt with earlier in this pass (moved, or failed and left queued)
+            return Ok(());
+        }
         let index = self.index.clone();
         let uid = study.to_string();
         let last = blocking(move || Ok(index.last_access(&uid)?)).await?;
-        if last.is_some_and(|last| last > at) || !handled.insert(study.to_string()) {
+        if last.is_some_and(|last| last > at) {
             let index = self.index.clone();
             let uid = study.to_string();
             blocking(move || Ok(index.dequeue(at, &uid)?)).await?;
             report.stale_entries += 1;
             return Ok(());
         }
-        match self.move_to_cold(study).await {
+        let outcome = self.move_to_cold(study).await;
+        if !matches!(&outcome, Err(e) if e.is_transient()) {
+            handled.insert(study.to_string());
+        }
+        match outcome {
             Ok(moved) => {
                 if moved.packs_recorded + moved.objects_evicted > 0 {
                     tracing::info!(
@@ -198,7 +206,7 @@ impl Tiering {
             .into_iter()
             .filter(|(_, _, modified)| (now_ms as i64) - modified >= grace)
             .collect();
-        let orphans = blocking(move || {
+        let unrecorded = blocking(move || {
             let mut out = Vec::new();
             for (id, size, _) in candidates {
                 if index.pack(&id)?.is_none() {
@@ -208,11 +216,45 @@ impl Tiering {
             Ok(out)
         })
         .await?;
-        for (id, size) in &orphans {
+        let mut deleted = 0;
+        for (id, size) in unrecorded {
+            // An unrecorded pack may still hold the only copy of something (a pack that
+            // `reindex` could not read, say): delete it only when every member has a hot
+            // copy or a copy in a recorded pack.
+            let manifest = match self.read_manifest(&id).await {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(pack = %id, error = %e, "unrecorded pack kept: its manifest cannot be read");
+                    continue;
+                }
+            };
+            let (index, pack_hex) = (self.index.clone(), id.to_hex());
+            let safe = blocking(move || {
+                for m in &manifest.members {
+                    let Some(member) = strata_tiers::ObjectId::from_hex(&m.blake3) else {
+                        return Ok(false);
+                    };
+                    let Some(record) = index.object(&member)? else {
+                        return Ok(false);
+                    };
+                    let elsewhere =
+                        record.tier == Tier::Hot || record.cold.iter().any(|c| c.pack != pack_hex);
+                    if !elsewhere {
+                        return Ok(false);
+                    }
+                }
+                Ok(true)
+            })
+            .await?;
+            if !safe {
+                tracing::warn!(pack = %id, "unrecorded pack kept: it holds objects with no other copy (run `strata reindex`)");
+                continue;
+            }
             tracing::warn!(pack = %id, size, "deleting an unrecorded upload (orphan pack)");
-            self.cold.delete(id).await?;
+            self.cold.delete(&id).await?;
+            deleted += 1;
         }
-        Ok(orphans.len())
+        Ok(deleted)
     }
 
     /// Sets the per-tier gauges from a status.
@@ -234,6 +276,24 @@ impl Tiering {
         m.packs.set(s.packs as i64);
         m.queue_length.set(s.queue_length as i64);
         m.queue_due.set(s.queue_due as i64);
+    }
+
+    /// Reads a pack's manifest: the first tar header, then the manifest member (two
+    /// ranged reads).
+    pub async fn read_manifest(
+        &self,
+        pack: &strata_tiers::ObjectId,
+    ) -> Result<super::pack::Manifest, TieringError> {
+        let header = self.cold.read_range(pack, 0..512).await?;
+        let (name, size) = super::pack::parse_tar_header(&header)?
+            .ok_or_else(|| TieringError::Other("empty pack".into()))?;
+        if name != "manifest.json" {
+            return Err(TieringError::Other(format!(
+                "first member of pack {pack} is {name:?}"
+            )));
+        }
+        let json = self.cold.read_range(pack, 512..512 + size).await?;
+        Ok(super::pack::Manifest::parse(&json)?)
     }
 
     /// Counts per tier and the queue, from the index (blocking).
