@@ -12,6 +12,9 @@
 # port accepts connections.  Prints the pid on stdout and exits 0 when ready;
 # on failure kills the Orthanc it started, shows the log tail and exits 1.
 #
+# ORTHANC_EXTRA_JSON, when set, is a JSON object of settings merged over the template
+# (LimitFindResults, DicomModalities, ...).
+#
 # An existing DIR (database and storage) is reused as is; remove it first for
 # an empty archive.  If DIR/orthanc.pid names a still-running Orthanc that
 # was started on DIR/orthanc.json, that process is stopped first.
@@ -66,7 +69,12 @@ esc = lambda s: json.dumps(s)[1:-1]  # JSON string body
 for key, val in (("@DIR@", esc(d)), ("@AET@", esc(aet)),
                  ("@DICOM_PORT@", str(int(dport))), ("@HTTP_PORT@", str(int(hport)))):
     text = text.replace(key, val)
-open(config + ".tmp", "w", encoding="utf-8").write(text)
+# ORTHANC_EXTRA_JSON (a JSON object) overrides or adds settings, e.g.
+# '{"LimitFindResults": 5, "DicomModalities": {"STRATA": ["STRATA", "127.0.0.1", 11112]}}'
+import os
+settings = json.loads(text)
+settings.update(json.loads(os.environ.get("ORTHANC_EXTRA_JSON") or "{}"))
+open(config + ".tmp", "w", encoding="utf-8").write(json.dumps(settings, indent=2))
 EOF
 mv "$config.tmp" "$config"
 

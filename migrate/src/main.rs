@@ -64,6 +64,10 @@ enum Command {
         /// The source's C-FIND result cap, when known (detected otherwise).
         #[arg(long)]
         source_limit: Option<usize>,
+        /// Skip the sweep by PatientID that finds studies without a StudyDate (faster
+        /// on a large, capped source whose studies all carry a date).
+        #[arg(long)]
+        skip_undated: bool,
     },
     /// Move and verify every study not verified yet; resumable; Ctrl-C finishes the
     /// studies in flight and stops.
@@ -137,6 +141,7 @@ fn real_main(cli: Cli) -> Result<i32> {
             to,
             modality,
             source_limit,
+            skip_undated,
         } => {
             let header = ledger::Header {
                 format: ledger::FORMAT.into(),
@@ -160,6 +165,7 @@ fn real_main(cli: Cli) -> Result<i32> {
                 to,
                 modalities: modality,
                 source_limit,
+                skip_undated,
                 timeout: cli.timeout,
             };
             let report = rt.block_on(plan::plan(&mut ledger, &opts))?;

@@ -8,6 +8,10 @@
 //! the halves together hold more studies than the whole did, the whole was truncated and
 //! its count is the cap. A single day that is still capped is split by StudyTime, down
 //! to one minute; what is still capped there is reported, never silently dropped.
+//!
+//! Studies without a StudyDate match no date range, so a second sweep asks for every
+//! study regardless of date, split by PatientID prefix (`A*`, then `A` exactly and
+//! `AA*`, `AB*`, ...) while capped; what it finds is merged with the dated studies.
 
 use crate::ledger::{Ledger, Study};
 use anyhow::{Context, Result};
@@ -87,6 +91,8 @@ pub struct PlanOptions {
     pub to: NaiveDate,
     pub modalities: Vec<String>,
     pub source_limit: Option<usize>,
+    /// Skip the sweep by PatientID that finds studies without a StudyDate.
+    pub skip_undated: bool,
     pub timeout: Duration,
 }
 
@@ -101,26 +107,82 @@ pub struct PlanReport {
     pub incomplete_windows: Vec<String>,
 }
 
-/// One STUDY-level C-FIND over a window: (final status, matches).
+/// What one STUDY-level query asks for: a date window, or (the sweep that also finds
+/// studies without a StudyDate) every study whose PatientID starts with a prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Query {
+    Dates(Window),
+    /// PatientID starting with the prefix (all studies when empty).
+    Patients(String),
+    /// PatientID exactly this value.
+    Patient(String),
+}
+
+/// First characters PatientID prefixes are split by.
+/// (PatientIDs are matched case-sensitively by the standard, but upper case and digits
+/// are what PACS issue; a lower-case first character under a capped prefix is reported
+/// as an incomplete query, not guessed.)
+const PREFIX_CHARS: &str = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ-_.^";
+
+impl Query {
+    fn describe(&self) -> String {
+        match self {
+            Query::Dates(w) => w.describe(),
+            Query::Patients(p) => format!("PatientID {p:?}*"),
+            Query::Patient(p) => format!("PatientID {p:?}"),
+        }
+    }
+
+    fn split(&self) -> Option<Vec<Query>> {
+        match self {
+            Query::Dates(w) => w
+                .split()
+                .map(|(a, b)| vec![Query::Dates(a), Query::Dates(b)]),
+            // LO holds at most 64 characters
+            Query::Patients(p) if p.chars().count() < 64 => Some(
+                (!p.is_empty())
+                    .then(|| Query::Patient(p.clone()))
+                    .into_iter()
+                    .chain(
+                        PREFIX_CHARS
+                            .chars()
+                            .map(|c| Query::Patients(format!("{p}{c}"))),
+                    )
+                    .collect(),
+            ),
+            Query::Patients(_) | Query::Patient(_) => None,
+        }
+    }
+}
+
+/// One STUDY-level C-FIND: (final status, matches).
 async fn find_window(
     scu: &mut Scu,
-    window: &Window,
+    query: &Query,
     modalities: &[String],
 ) -> Result<(u16, Vec<Study>)> {
-    let date = format!(
-        "{}-{}",
-        window.from.format("%Y%m%d"),
-        window.to.format("%Y%m%d")
-    );
-    let time = window
-        .time
-        .map(|(a, b)| format!("{}-{}", hhmmss(a), hhmmss(b)))
-        .unwrap_or_default();
+    let (date, time, patient) = match query {
+        Query::Dates(window) => (
+            format!(
+                "{}-{}",
+                window.from.format("%Y%m%d"),
+                window.to.format("%Y%m%d")
+            ),
+            window
+                .time
+                .map(|(a, b)| format!("{}-{}", hhmmss(a), hhmmss(b)))
+                .unwrap_or_default(),
+            String::new(),
+        ),
+        Query::Patients(p) if p.is_empty() => (String::new(), String::new(), String::new()),
+        Query::Patients(p) => (String::new(), String::new(), format!("{p}*")),
+        Query::Patient(p) => (String::new(), String::new(), p.clone()),
+    };
     let modality = modalities.join("\\");
     let identifier = scu::identifier(&[
         (tags::QUERY_RETRIEVE_LEVEL, VR::CS, "STUDY"),
         (tags::STUDY_INSTANCE_UID, VR::UI, ""),
-        (tags::PATIENT_ID, VR::LO, ""),
+        (tags::PATIENT_ID, VR::LO, &patient),
         (tags::PATIENT_NAME, VR::PN, ""),
         (tags::STUDY_DATE, VR::DA, &date),
         (tags::STUDY_TIME, VR::TM, &time),
@@ -145,7 +207,7 @@ async fn find_window(
             found.push(s);
         })
         .await
-        .with_context(|| format!("C-FIND over {}", window.describe()))?;
+        .with_context(|| format!("C-FIND over {}", query.describe()))?;
     Ok((status, found))
 }
 
@@ -167,43 +229,61 @@ pub async fn plan(ledger: &mut Ledger, opts: &PlanOptions) -> Result<PlanReport>
         time: None,
     };
     let mut cap = opts.source_limit;
-    let mut queue = vec![whole];
+    // date windows first, then the sweep by PatientID that also finds undated studies
+    let mut queue = vec![Query::Dates(whole)];
+    if !opts.skip_undated {
+        queue.insert(0, Query::Patients(String::new()));
+    }
     let mut first = true;
-    while let Some(window) = queue.pop() {
-        let (status, studies) = find_window(&mut scu, &window, &opts.modalities).await?;
+    while let Some(query) = queue.pop() {
+        let (status, studies) = find_window(&mut scu, &query, &opts.modalities).await?;
         report.queries += 1;
         let n = studies.len();
-        let mut truncated = status != 0 || cap.is_some_and(|c| n >= c);
+        // Orthanc ends a capped answer with 0xFE00; an empty 0xFE00 answer is not capped
+        let failed = status != 0 && !(status == 0xFE00 && n == 0);
+        let mut truncated = failed || cap.is_some_and(|c| n >= c);
+        if first && failed && n > 0 && cap.is_none() {
+            // the source says it stopped early (Orthanc: 0xFE00): what it gave is its cap
+            cap = Some(n);
+            report.detected_cap = Some(n);
+        }
         if first && !truncated && n > 0 {
             // detect a silent cap: do the halves hold more than the whole?
-            if let Some((a, b)) = window.split() {
-                let (sa, la) = find_window(&mut scu, &a, &opts.modalities).await?;
-                let (sb, lb) = find_window(&mut scu, &b, &opts.modalities).await?;
-                report.queries += 2;
-                let mut union: BTreeMap<String, ()> = BTreeMap::new();
-                for s in la.iter().chain(lb.iter()) {
-                    union.insert(s.study_uid.clone(), ());
-                }
-                if sa != 0 || sb != 0 || union.len() > n {
-                    cap = Some(n);
-                    report.detected_cap = Some(n);
-                    truncated = true;
+            if let Query::Dates(window) = &query {
+                if let Some((a, b)) = window.split() {
+                    let (sa, la) =
+                        find_window(&mut scu, &Query::Dates(a), &opts.modalities).await?;
+                    let (sb, lb) =
+                        find_window(&mut scu, &Query::Dates(b), &opts.modalities).await?;
+                    report.queries += 2;
+                    let union: std::collections::BTreeSet<&String> =
+                        la.iter().chain(lb.iter()).map(|s| &s.study_uid).collect();
+                    if sa != 0 || sb != 0 || union.len() > n {
+                        cap = Some(n);
+                        report.detected_cap = Some(n);
+                        truncated = true;
+                    }
                 }
             }
         }
         first = false;
         if truncated {
-            match window.split() {
-                Some((a, b)) => {
+            match query.split() {
+                Some(parts) => {
                     report.windows_split += 1;
-                    queue.push(b);
-                    queue.push(a);
+                    queue.extend(parts.into_iter().rev());
                     continue;
                 }
                 None => {
-                    tracing::warn!(window = window.describe(), status, n, "window still capped");
-                    report.incomplete_windows.push(window.describe());
+                    tracing::warn!(query = query.describe(), status, n, "query still capped");
+                    report.incomplete_windows.push(query.describe());
                 }
+            }
+            if query == Query::Patients(String::new()) {
+                report.incomplete_windows.push(
+                    "studies with neither a StudyDate nor a PatientID (a capped source cannot list them)"
+                        .into(),
+                );
             }
         }
         for s in studies {

@@ -146,10 +146,15 @@ pub fn write(ledger: &Ledger, out: &Path) -> Result<Totals> {
         totals.vanished_from_source,
         totals.extra_in_archive
     ));
-    txt.push_str(if totals.complete {
-        "RESULT: COMPLETE. Every instance the source lists is in the archive.\n\n"
+    txt.push_str(&if totals.complete && totals.vanished_from_source > 0 {
+        format!(
+            "RESULT: COMPLETE. Every instance the source lists is in the archive; {} instance(s) counted at planning were removed from the source before they could be moved (studies below).\n\n",
+            totals.vanished_from_source
+        )
+    } else if totals.complete {
+        "RESULT: COMPLETE. Every instance the source lists is in the archive.\n\n".to_string()
     } else {
-        "RESULT: NOT COMPLETE. See the studies below and instances.csv.\n\n"
+        "RESULT: NOT COMPLETE. See the studies below and instances.csv.\n\n".to_string()
     });
     for s in ledger.studies.values() {
         let v = vanished(s);

@@ -316,12 +316,21 @@ async fn move_with_retries(
         }
         .await;
         match result {
-            Ok(outcome) if outcome.status == DESTINATION_UNKNOWN => {
+            Ok(outcome) if refused_destination(&outcome) => {
                 let message = format!(
-                    "the source {} does not know the destination AE {:?} (C-MOVE status 0xA801). \
-                     Configure it on the source first: add AE title {:?} at {}:{} to its DICOM \
-                     nodes (Orthanc: \"DicomModalities\" or PUT /modalities/{}), then run again.",
+                    "the source {} refused to move to {:?} (C-MOVE status {:#06X}{}, no \
+                     sub-operation attempted): it most likely does not know the destination AE \
+                     {:?}. Configure it on the source first: add AE title {:?} at {}:{} to its \
+                     DICOM nodes (Orthanc: \"DicomModalities\" or PUT /modalities/{}), then \
+                     run again.",
                     shared.source,
+                    opts.dest_ae,
+                    outcome.status,
+                    outcome
+                        .error_comment
+                        .as_ref()
+                        .map(|c| format!(": {c}"))
+                        .unwrap_or_default(),
                     opts.dest_ae,
                     opts.dest_ae,
                     opts.dest.host,
@@ -350,6 +359,14 @@ async fn move_with_retries(
             Err(e) => return Err(e.into()),
         }
     }
+}
+
+/// 0xA801 (Move Destination Unknown), or a failure before any sub-operation (Orthanc
+/// answers 0xC000 for an unknown destination): the source will not send anywhere.
+fn refused_destination(outcome: &MoveOutcome) -> bool {
+    let failure = matches!(outcome.status >> 12, 0xA | 0xC) && outcome.status != 0xA702;
+    outcome.status == DESTINATION_UNKNOWN
+        || (failure && outcome.completed + outcome.failed + outcome.warning == 0)
 }
 
 /// Whether a failure may go away by itself (the peer unreachable, restarting, slow).
