@@ -245,7 +245,7 @@ async fn migrate_study(shared: &Arc<Shared>, mut study: Study) -> Result<State> 
     study.state = State::Moved;
     study.last_error = (moved.status != 0).then(|| {
         format!(
-            "C-MOVE ended with status {:#06X} ({} completed, {} failed{})",
+            "C-MOVE ended with status {:#06X} ({} completed, {} failed{}{})",
             moved.status,
             moved.completed,
             moved.failed,
@@ -253,7 +253,15 @@ async fn migrate_study(shared: &Arc<Shared>, mut study: Study) -> Result<State> 
                 .error_comment
                 .as_ref()
                 .map(|c| format!(": {c}"))
-                .unwrap_or_default()
+                .unwrap_or_default(),
+            if moved.failed_uids.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; the source could not send {}",
+                    moved.failed_uids.join(", ")
+                )
+            }
         )
     });
     shared.record(study.clone()).await?;
@@ -310,7 +318,16 @@ async fn move_with_retries(
                 opts.timeout,
             )
             .await?;
-            let outcome = scu.move_to(&opts.dest_ae, identifier, &mut |_| {}).await?;
+            // the pending counters drive the progress line of the study in flight
+            let bar = shared.bar.clone();
+            let outcome = scu
+                .move_to(&opts.dest_ae, identifier, &mut |p| {
+                    bar.set_message(format!(
+                        "moving: {} sent, {} failed, {} left",
+                        p.completed, p.failed, p.remaining
+                    ));
+                })
+                .await?;
             scu.release().await;
             Ok(outcome)
         }
