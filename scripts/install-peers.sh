@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the real peers the tests and benchmarks talk to (see ../shared/reference/peers.md):
 # DCMTK, Orthanc, b3sum, zstd, curl and bc from Debian; pydicom, pynetdicom, numpy and
-# moto (its S3 server mode, with boto3) from PyPI.
+# moto (its S3 server mode, with boto3), bagit and blake3 from PyPI.
 # Idempotent; needs root.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -15,7 +15,7 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
-if ! python3 -c 'import pydicom, pynetdicom, numpy, moto, moto.server, boto3; assert pydicom.__version__ == "3.0.2"' 2>/dev/null; then
+if ! python3 -c 'import pydicom, pynetdicom, numpy, moto, moto.server, boto3, bagit, blake3; assert pydicom.__version__ == "3.0.2"' 2>/dev/null; then
   echo "installing Python peers" >&2
-  python3 -m pip install -q --root-user-action=ignore 'pydicom==3.0.2' pynetdicom numpy 'moto[server]'
+  python3 -m pip install -q --root-user-action=ignore 'pydicom==3.0.2' pynetdicom numpy 'moto[server]' bagit blake3
 fi

@@ -69,6 +69,16 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Write studies as a BagIt bag for auditors: the export under DIR/data plus sha256
+    /// and blake3 manifests, a tag manifest and a summary.
+    Manifest {
+        study_uids: Vec<String>,
+        /// Every study.
+        #[arg(long, conflicts_with = "study_uids")]
+        all: bool,
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Re-hash every object and check index and objects against each other.
     Verify {
         #[arg(long)]
@@ -284,13 +294,7 @@ fn run(cli: Cli) -> Result<i32> {
             out,
         } => {
             let archive = ReadOnlyArchive::open(&config)?;
-            let studies = if all {
-                archive.index_studies()?
-            } else if study_uids.is_empty() {
-                bail!("name at least one study UID, or --all");
-            } else {
-                study_uids
-            };
+            let studies = selected_studies(&archive, study_uids, all)?;
             let report = ops::export(&archive, &studies, &out)?;
             println!(
                 "exported {} studies, {} files, {} bytes to {}",
@@ -302,6 +306,24 @@ fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::Tier { command } => tier(&config, command),
+        Command::Manifest {
+            study_uids,
+            all,
+            out,
+        } => {
+            let archive = ReadOnlyArchive::open(&config)?;
+            let studies = selected_studies(&archive, study_uids, all)?;
+            let report = ops::manifest(&archive, &studies, &out)?;
+            println!(
+                "bag written to {}: {} studies, {} files, {} bytes; sha256 of manifest-sha256.txt {}",
+                out.display(),
+                report.studies,
+                report.files,
+                report.bytes,
+                report.manifest_sha256
+            );
+            Ok(0)
+        }
         Command::Verify { json, tier } => {
             let archive = ReadOnlyArchive::open(&config)?;
             let report = ops::verify(&archive, workers(&config), tier)?;
@@ -515,6 +537,21 @@ fn admin_request(config: &Config, method: &str, path: &str) -> Result<String> {
         bail!("the server answered {status}: {}", body.trim());
     }
     Ok(body.to_string())
+}
+
+/// The studies a command names, or every study with `--all`.
+fn selected_studies(
+    archive: &ReadOnlyArchive,
+    study_uids: Vec<String>,
+    all: bool,
+) -> Result<Vec<String>> {
+    if all {
+        Ok(archive.index_studies()?)
+    } else if study_uids.is_empty() {
+        bail!("name at least one study UID, or --all");
+    } else {
+        Ok(study_uids)
+    }
 }
 
 fn report_recovery(r: &strata::archive::RecoveryReport) {

@@ -933,3 +933,121 @@ pub fn import(
 fn describe(e: &IngestError) -> String {
     e.to_string()
 }
+
+#[derive(Debug, Default, Serialize)]
+pub struct ManifestReport {
+    pub studies: usize,
+    pub files: usize,
+    pub bytes: u64,
+    /// sha256 of `manifest-sha256.txt` and of `manifest-blake3.txt`.
+    pub manifest_sha256: String,
+    pub manifest_blake3_sha256: String,
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Writes a BagIt bag (RFC 8493) of the studies into `out`: the export under `data/`,
+/// `manifest-sha256.txt` and `manifest-blake3.txt` (also in the `sha256sum -c` / `b3sum
+/// -c` format), `bagit.txt`, `bag-info.txt`, `strata-summary.txt` (counts, bytes and the
+/// manifests' own sha256, with a sign-off line) and `tagmanifest-sha256.txt`. Every file
+/// is fsynced. `out` must not exist or be empty.
+pub fn manifest(
+    archive: &ReadOnlyArchive,
+    studies: &[String],
+    out: &Path,
+) -> Result<ManifestReport> {
+    if out.exists() && std::fs::read_dir(out)?.next().is_some() {
+        bail!(
+            "{} is not empty: a bag goes into a new directory",
+            out.display()
+        );
+    }
+    let data = out.join("data");
+    let exported = export(archive, studies, &data)?;
+    // every payload file, sorted, hashed from what is on disk now
+    let mut files: Vec<PathBuf> = walkdir::WalkDir::new(&data)
+        .into_iter()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_file())
+        .map(|e| e.into_path())
+        .collect();
+    files.sort();
+    let mut sha_lines = String::new();
+    let mut b3_lines = String::new();
+    let mut bytes = 0u64;
+    for path in &files {
+        let content = std::fs::read(path).with_context(|| format!("read {}", path.display()))?;
+        let rel = path
+            .strip_prefix(out)
+            .expect("payload under the bag")
+            .to_string_lossy()
+            .replace('\\', "/");
+        sha_lines.push_str(&format!("{}  {rel}\n", sha256_hex(&content)));
+        b3_lines.push_str(&format!("{}  {rel}\n", blake3::hash(&content).to_hex()));
+        bytes += content.len() as u64;
+    }
+    let date = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    let day = &date[..10];
+    let write = |name: &str, text: &str| -> Result<()> {
+        let path = out.join(name);
+        let mut f =
+            std::fs::File::create(&path).with_context(|| format!("create {}", path.display()))?;
+        use std::io::Write;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        Ok(())
+    };
+    write("manifest-sha256.txt", &sha_lines)?;
+    write("manifest-blake3.txt", &b3_lines)?;
+    write(
+        "bagit.txt",
+        "BagIt-Version: 1.0\nTag-File-Character-Encoding: UTF-8\n",
+    )?;
+    write(
+        "bag-info.txt",
+        &format!(
+            "Bag-Software-Agent: strata {}\nBagging-Date: {day}\nPayload-Oxum: {bytes}.{}\nExternal-Description: {} studies exported from Strata; each file's blake3 is its object id\n",
+            env!("CARGO_PKG_VERSION"),
+            files.len(),
+            exported.studies
+        ),
+    )?;
+    let report = ManifestReport {
+        studies: exported.studies,
+        files: files.len(),
+        bytes,
+        manifest_sha256: sha256_hex(sha_lines.as_bytes()),
+        manifest_blake3_sha256: sha256_hex(b3_lines.as_bytes()),
+    };
+    let mut summary = format!(
+        "Strata export manifest\n\nCreated: {date}\nStudies: {}\nFiles: {}\nBytes: {}\nsha256 of manifest-sha256.txt: {}\nsha256 of manifest-blake3.txt: {}\n\nStudies:\n",
+        report.studies, report.files, report.bytes, report.manifest_sha256, report.manifest_blake3_sha256
+    );
+    for s in studies {
+        summary.push_str(&format!("  {s}\n"));
+    }
+    summary.push_str(
+        "\nCheck with: sha256sum -c manifest-sha256.txt; b3sum -c manifest-blake3.txt; or any BagIt validator.\n\nChecked by: ____________________   Date: ____________   Signature: ____________\n",
+    );
+    write("strata-summary.txt", &summary)?;
+    let mut tags = String::new();
+    for name in [
+        "bagit.txt",
+        "bag-info.txt",
+        "manifest-sha256.txt",
+        "manifest-blake3.txt",
+        "strata-summary.txt",
+    ] {
+        let content = std::fs::read(out.join(name))?;
+        tags.push_str(&format!("{}  {name}\n", sha256_hex(&content)));
+    }
+    write("tagmanifest-sha256.txt", &tags)?;
+    std::fs::File::open(out).and_then(|d| d.sync_all())?;
+    Ok(report)
+}

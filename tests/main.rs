@@ -7,6 +7,7 @@ mod cli;
 mod crash;
 mod find;
 mod full_disk;
+mod integrity;
 mod migrate;
 mod retrieve;
 mod store;
