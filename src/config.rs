@@ -19,6 +19,27 @@ pub struct Config {
     pub ingest: IngestConfig,
     pub cold: ColdConfig,
     pub tiering: TieringConfig,
+    pub audit: AuditConfig,
+}
+
+/// The audit log.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// Record every store, query, retrieve, export, tier move and verify.
+    pub enabled: bool,
+    /// How often `strata serve` copies the chain head to the cold tier (and at stop).
+    #[serde(with = "humantime_serde")]
+    pub anchor_interval: Duration,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            enabled: true,
+            anchor_interval: Duration::from_secs(600),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -117,6 +117,7 @@ impl Ingest {
         conflicts: ConflictPolicy,
         max_batch: usize,
         metrics: Metrics,
+        audit: Option<crate::audit::AuditLog>,
     ) -> Self {
         let (tx, rx) = mpsc::channel::<CommitJob>();
         let committer_hot = hot.clone();
@@ -134,6 +135,7 @@ impl Ingest {
                     max_batch.max(1),
                     committer_metrics,
                     committer_failures,
+                    audit,
                 )
             })
             .expect("spawn committer thread");
@@ -363,6 +365,7 @@ fn run_committer(
     max_batch: usize,
     metrics: Metrics,
     failures: Arc<std::sync::atomic::AtomicBool>,
+    audit: Option<crate::audit::AuditLog>,
 ) {
     let (durable_tx, durable_rx) = mpsc::channel::<DurableGroup>();
     let index_stage = {
@@ -370,7 +373,14 @@ fn run_committer(
         std::thread::Builder::new()
             .name("strata-indexer".into())
             .spawn(move || {
-                run_index_stage(durable_rx, index.as_ref(), max_batch, &metrics, &failures)
+                run_index_stage(
+                    durable_rx,
+                    index.as_ref(),
+                    max_batch,
+                    &metrics,
+                    &failures,
+                    audit.as_ref(),
+                )
             })
             .expect("spawn index stage thread")
     };
@@ -391,6 +401,34 @@ fn run_committer(
     }
     drop(durable_tx);
     let _ = index_stage.join();
+}
+
+/// The audit record of one store.
+fn store_event(object: &NewObject, outcome: CommitOutcome) -> crate::audit::Event {
+    let p = &object.provenance;
+    let actor = if p.calling_ae == "import" {
+        crate::audit::Actor {
+            address: p.source.clone(),
+            ..crate::audit::Actor::cli()
+        }
+    } else {
+        crate::audit::Actor::dicom(&p.calling_ae, &p.source)
+    };
+    let a = &object.attrs;
+    crate::audit::Event {
+        actor,
+        action: "store",
+        uids: vec![
+            a.study_uid.clone(),
+            a.series_uid.clone(),
+            a.sop_instance_uid.clone(),
+        ],
+        outcome: match outcome {
+            CommitOutcome::Stored => format!("stored {}", object.id),
+            CommitOutcome::NewVersion => format!("stored {} as a new version", object.id),
+            CommitOutcome::AlreadyPresent => format!("already stored {}", object.id),
+        },
+    }
 }
 
 /// Files stage: skip objects already indexed, make the rest durable under their ids.
@@ -456,6 +494,7 @@ fn run_index_stage(
     max_batch: usize,
     metrics: &Metrics,
     failures: &std::sync::atomic::AtomicBool,
+    audit: Option<&crate::audit::AuditLog>,
 ) {
     while let Ok(mut group) = rx.recv() {
         while group.objects.len() < max_batch * 4 {
@@ -475,6 +514,16 @@ fn run_index_stage(
             .observe(started.elapsed().as_secs_f64());
         match committed {
             Ok(outcomes) => {
+                // audited before acknowledged: every store has its record
+                if let Some(log) = audit {
+                    let events: Vec<crate::audit::Event> = group
+                        .objects
+                        .iter()
+                        .zip(&outcomes)
+                        .map(|(o, outcome)| store_event(o, *outcome))
+                        .collect();
+                    log.record(&events);
+                }
                 for ((object, reply), outcome) in
                     group.objects.iter().zip(group.replies).zip(outcomes)
                 {

@@ -20,6 +20,7 @@
 //! Storage mechanics (the hot disk) live in the `strata-tiers` crate.
 
 pub mod archive;
+pub mod audit;
 pub mod config;
 pub mod dicom;
 pub mod http;

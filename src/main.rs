@@ -20,6 +20,29 @@ struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Check the hash chain of the whole log and the chain heads anchored in the cold
+    /// tier; names the first bad record. Exit 1 when anything is wrong.
+    Verify {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print records, oldest first.
+    Log {
+        /// Only records newer than this (e.g. "2h", "7days").
+        #[arg(long, value_parser = humantime::parse_duration)]
+        since: Option<std::time::Duration>,
+        /// Only records naming this UID.
+        #[arg(long)]
+        study: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Copy the current chain head to the cold tier now.
+    Anchor,
+}
+
+#[derive(Debug, Subcommand)]
 enum TierCommand {
     /// Studies, objects and bytes per tier; queue lengths; the oldest item waiting.
     Status {
@@ -86,6 +109,11 @@ enum Command {
         /// Which tiers to check: hot files, cold packs, or both.
         #[arg(long, value_enum, default_value = "all")]
         tier: ops::VerifyScope,
+    },
+    /// The hash-chained audit log: verify it, read it, anchor its head.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
     },
     /// Tiering: where studies are, and moving them between hot and cold.
     Tier {
@@ -171,6 +199,11 @@ fn run(cli: Cli) -> Result<i32> {
                 config.archive.on_conflicting_version,
                 config.ingest.max_commit_batch,
                 strata::metrics::Metrics::new(),
+                config
+                    .audit
+                    .enabled
+                    .then(|| strata::audit::AuditLog::open(&config.archive.data_dir))
+                    .transpose()?,
             );
             let bar = progress_bar(files.len() as u64, "importing");
             let report = ops::import(&ingest, &files, workers(&config), &bar);
@@ -295,7 +328,9 @@ fn run(cli: Cli) -> Result<i32> {
         } => {
             let archive = ReadOnlyArchive::open(&config)?;
             let studies = selected_studies(&archive, study_uids, all)?;
-            let report = ops::export(&archive, &studies, &out)?;
+            let report = ops::export(&archive, &studies, &out);
+            cli_audit(&config, "export", &studies, &report);
+            let report = report?;
             println!(
                 "exported {} studies, {} files, {} bytes to {}",
                 report.studies,
@@ -306,6 +341,7 @@ fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::Tier { command } => tier(&config, command),
+        Command::Audit { command } => audit(&config, command),
         Command::Manifest {
             study_uids,
             all,
@@ -313,7 +349,9 @@ fn run(cli: Cli) -> Result<i32> {
         } => {
             let archive = ReadOnlyArchive::open(&config)?;
             let studies = selected_studies(&archive, study_uids, all)?;
-            let report = ops::manifest(&archive, &studies, &out)?;
+            let report = ops::manifest(&archive, &studies, &out);
+            cli_audit(&config, "manifest", &studies, &report);
+            let report = report?;
             println!(
                 "bag written to {}: {} studies, {} files, {} bytes; sha256 of manifest-sha256.txt {}",
                 out.display(),
@@ -327,6 +365,17 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Verify { json, tier } => {
             let archive = ReadOnlyArchive::open(&config)?;
             let report = ops::verify(&archive, workers(&config), tier)?;
+            let outcome: Result<String> = Ok(if report.is_clean() {
+                "clean".to_string()
+            } else {
+                format!(
+                    "{} missing, {} corrupt, {} bad packs",
+                    report.missing.len(),
+                    report.corrupt.len(),
+                    report.bad_packs.len()
+                )
+            });
+            cli_audit(&config, "verify", &[], &outcome);
             if json {
                 print_json(&report)?;
             } else {
@@ -537,6 +586,114 @@ fn admin_request(config: &Config, method: &str, path: &str) -> Result<String> {
         bail!("the server answered {status}: {}", body.trim());
     }
     Ok(body.to_string())
+}
+
+/// Records a CLI access in the audit log (a failure to do so is printed, not fatal:
+/// the access already happened).
+fn cli_audit<T: std::fmt::Debug>(
+    config: &Config,
+    action: &'static str,
+    uids: &[String],
+    result: &Result<T>,
+) {
+    if !config.audit.enabled {
+        return;
+    }
+    let outcome = match result {
+        Ok(_) => "ok".to_string(),
+        Err(e) => format!("failed: {e:#}"),
+    };
+    match strata::audit::AuditLog::open(&config.archive.data_dir) {
+        Ok(log) => {
+            log.record(&[strata::audit::Event {
+                actor: strata::audit::Actor::cli(),
+                action,
+                uids: uids.to_vec(),
+                outcome,
+            }]);
+            let _ = log.sync();
+        }
+        Err(e) => eprintln!("strata: AUDIT RECORD NOT WRITTEN: {e}"),
+    }
+}
+
+/// `strata audit ...`.
+fn audit(config: &Config, command: AuditCommand) -> Result<i32> {
+    let path = strata::audit::log_path(&config.archive.data_dir);
+    match command {
+        AuditCommand::Verify { json } => {
+            let cold = strata_tiers::ColdStore::open(&config.cold_spec())?;
+            let anchors = ops::runtime()?
+                .block_on(strata::audit::anchors(&cold))
+                .map_err(|e| anyhow::anyhow!(e))?;
+            let report = strata::audit::verify(&path, &anchors)?;
+            if json {
+                print_json(&report)?;
+            } else {
+                match &report.first_bad {
+                    None => println!(
+                        "audit log intact: {} records, {} anchors in the cold tier match",
+                        report.records, report.anchors_checked
+                    ),
+                    Some((line, seq, why)) => {
+                        println!("AUDIT LOG BROKEN at line {line} (record {seq}): {why}")
+                    }
+                }
+            }
+            Ok(if report.first_bad.is_none() { 0 } else { 1 })
+        }
+        AuditCommand::Log { since, study, json } => {
+            let from = since
+                .map(|d| strata::index::rocks::unix_ms_now().saturating_sub(d.as_millis() as u64))
+                .unwrap_or(0);
+            let records: Vec<_> = strata::audit::read_all(&path)?
+                .into_iter()
+                .filter(|r| r.body.time_ms >= from)
+                .filter(|r| study.as_ref().is_none_or(|s| r.body.uids.contains(s)))
+                .collect();
+            if json {
+                print_json(&records)?;
+            } else {
+                for r in &records {
+                    let b = &r.body;
+                    let who = if b.actor.kind == "dicom" {
+                        format!("{}@{}", b.actor.ae_title, b.actor.address)
+                    } else {
+                        format!("{}:{}", b.actor.kind, b.actor.user)
+                    };
+                    println!(
+                        "{} #{} {} {} [{}] {}",
+                        humantime::format_rfc3339_millis(
+                            std::time::UNIX_EPOCH + std::time::Duration::from_millis(b.time_ms)
+                        ),
+                        b.seq,
+                        who,
+                        b.action,
+                        b.uids.join(" "),
+                        b.outcome
+                    );
+                }
+            }
+            Ok(0)
+        }
+        AuditCommand::Anchor => {
+            let cold = strata_tiers::ColdStore::open(&config.cold_spec())?;
+            let log = strata::audit::AuditLog::open(&config.archive.data_dir)?;
+            match ops::runtime()?
+                .block_on(strata::audit::anchor(&log, &cold))
+                .map_err(|e| anyhow::anyhow!(e))?
+            {
+                Some(a) => println!(
+                    "anchored record {} ({}) in {}",
+                    a.seq,
+                    a.hash,
+                    cold.describe()
+                ),
+                None => println!("the audit log is empty: nothing to anchor"),
+            }
+            Ok(0)
+        }
+    }
 }
 
 /// The studies a command names, or every study with `--all`.

@@ -114,6 +114,24 @@ pub struct ScpContext {
     /// Reads stored objects from whichever tier holds them (C-MOVE, C-GET).
     pub reader: crate::tiering::reader::ObjectReader,
     pub shutdown: watch::Receiver<bool>,
+    pub audit: Option<crate::audit::AuditLog>,
+    /// Who this association is (set once it is established), for the audit log.
+    pub actor: crate::audit::Actor,
+}
+
+impl ScpContext {
+    /// Appends an audit record for this association's peer.
+    pub async fn audit(&self, action: &'static str, uids: Vec<String>, outcome: String) {
+        if let Some(log) = &self.audit {
+            log.record_async(vec![crate::audit::Event {
+                actor: self.actor.clone(),
+                action,
+                uids,
+                outcome,
+            }])
+            .await;
+        }
+    }
 }
 
 /// A-ASSOCIATE-RJ: rejected-transient (2), service-provider presentation related (3),
@@ -274,7 +292,7 @@ impl Pending {
 }
 
 /// Serves one TCP connection until release, abort, error, timeout or shutdown.
-pub async fn serve_association(ctx: ScpContext, stream: TcpStream, peer: SocketAddr) {
+pub async fn serve_association(mut ctx: ScpContext, stream: TcpStream, peer: SocketAddr) {
     let opts = server_options(&ctx.config);
     let negotiated =
         tokio::time::timeout(ctx.config.read_timeout, opts.establish_async(stream)).await;
@@ -303,6 +321,7 @@ pub async fn serve_association(ctx: ScpContext, stream: TcpStream, peer: SocketA
         .trim()
         .to_string();
     tracing::info!(%peer, calling_ae, "association established");
+    ctx.actor = crate::audit::Actor::dicom(&calling_ae, &peer.to_string());
     let metrics = ctx.ingest.metrics().clone();
     metrics.active_associations.inc();
     let outcome = run_messages(&ctx, &mut assoc, peer, &calling_ae).await;

@@ -204,5 +204,13 @@ pub async fn run_find(
         return send_command(assoc, req.pc_id, final_rsp(status, Some(&e.to_string()))).await;
     }
     tracing::info!(level, matches = sent, "C-FIND");
+    let keys: Vec<String> = query
+        .keys
+        .iter()
+        .filter(|k| !k.value.is_empty())
+        .map(|k| format!("({:04X},{:04X})={}", k.tag >> 16, k.tag & 0xFFFF, k.value))
+        .collect();
+    ctx.audit("query", keys, format!("{level}: {sent} matches"))
+        .await;
     send_command(assoc, req.pc_id, final_rsp(0x0000, None)).await
 }

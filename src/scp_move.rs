@@ -576,6 +576,15 @@ pub async fn run_move(
     counters.remaining = 0;
     record_retrieval(ctx, studies_of(&items)).await;
     tracing::info!(destination = %address, completed = counters.completed, failed = counters.failed, "C-MOVE");
+    ctx.audit(
+        "retrieve",
+        studies_of(&items),
+        format!(
+            "C-MOVE to {}: {} sent, {} failed",
+            req.destination, counters.completed, counters.failed
+        ),
+    )
+    .await;
     final_response(assoc, &req, &counters, &failed_uids).await
 }
 
@@ -703,5 +712,14 @@ pub async fn run_get(
         failed = counters.failed,
         "C-GET"
     );
+    ctx.audit(
+        "retrieve",
+        studies_of(&items),
+        format!(
+            "C-GET: {} sent, {} failed",
+            counters.completed, counters.failed
+        ),
+    )
+    .await;
     final_response(assoc, &req, &counters, &failed_uids).await
 }

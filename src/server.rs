@@ -28,22 +28,53 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let metrics = Metrics::new();
     let index: Arc<dyn crate::index::Index> = archive.index.clone();
+    let audit = config
+        .audit
+        .enabled
+        .then(|| crate::audit::AuditLog::open(&config.archive.data_dir))
+        .transpose()?;
     let ingest = Ingest::start(
         archive.hot.clone(),
         index,
         config.archive.on_conflicting_version,
         config.ingest.max_commit_batch,
         metrics.clone(),
+        audit.clone(),
     );
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let tiering = archive.tiering().with_metrics(metrics.tier.clone());
+    let mut tiering = archive.tiering().with_metrics(metrics.tier.clone());
+    tiering.audit = audit.clone();
     let ctx = ScpContext {
         config: Arc::new(config.dicom.clone()),
         ingest: ingest.clone(),
         index: archive.index.clone(),
         reader: tiering.reader(),
         shutdown: shutdown_rx.clone(),
+        audit: audit.clone(),
+        actor: crate::audit::Actor::default(),
     };
+    // the audit chain head goes to the cold tier from time to time, and at the end
+    let anchor_task = audit.clone().map(|log| {
+        let (cold, every, mut stop) = (
+            archive.cold.clone(),
+            config.audit.anchor_interval,
+            shutdown_rx.clone(),
+        );
+        tokio::spawn(async move {
+            loop {
+                if let Err(e) = crate::audit::anchor(&log, &cold).await {
+                    tracing::warn!(error = %e, "could not anchor the audit chain head");
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = stop.changed() => {
+                        let _ = crate::audit::anchor(&log, &cold).await;
+                        return;
+                    }
+                }
+            }
+        })
+    });
 
     // The tiering worker: ingest never waits on it, and it stops with the server.
     let tier_trigger = Arc::new(tokio::sync::Notify::new());
@@ -133,6 +164,9 @@ pub async fn run(
         associations.shutdown().await;
     }
     let _ = http_task.await;
+    if let Some(task) = anchor_task {
+        let _ = task.await;
+    }
     if let Some(task) = tier_task {
         // A move in progress is abandoned at its next await; every step is resumable.
         task.abort();

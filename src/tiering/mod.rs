@@ -64,10 +64,17 @@ pub struct Tiering {
     pub busy: Arc<tokio::sync::Mutex<()>>,
     /// Where moves and recalls are counted (`strata serve`); absent in the CLI.
     pub metrics: Option<TierMetrics>,
+    /// Where tier moves are recorded.
+    pub audit: Option<crate::audit::AuditLog>,
 }
 
 impl Tiering {
     pub fn new(hot: HotDisk, cold: ColdStore, index: Arc<dyn Index>, config: Arc<Config>) -> Self {
+        let audit = config
+            .audit
+            .enabled
+            .then(|| crate::audit::AuditLog::open(&config.archive.data_dir).ok())
+            .flatten();
         Tiering {
             hot,
             cold,
@@ -75,6 +82,7 @@ impl Tiering {
             config,
             busy: Arc::new(tokio::sync::Mutex::new(())),
             metrics: None,
+            audit,
         }
     }
 

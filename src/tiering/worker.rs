@@ -161,6 +161,9 @@ impl Tiering {
             return Ok(());
         }
         let outcome = self.move_to_cold(study).await;
+        if !matches!(&outcome, Ok(m) if m.packs_recorded + m.objects_evicted == 0) {
+            self.audit_move(study, "aged to cold", &outcome).await;
+        }
         if !matches!(&outcome, Err(e) if e.is_transient()) {
             handled.insert(study.to_string());
         }
@@ -257,6 +260,31 @@ impl Tiering {
         Ok(deleted)
     }
 
+    /// Records a tier move in the audit log.
+    pub async fn audit_move(
+        &self,
+        study: &str,
+        why: &str,
+        outcome: &Result<MoveReport, TieringError>,
+    ) {
+        if let Some(log) = &self.audit {
+            let outcome = match outcome {
+                Ok(m) => format!(
+                    "{why}: {} packs, {} objects packed, {} evicted, {} recalled",
+                    m.packs_recorded, m.objects_packed, m.objects_evicted, m.objects_recalled
+                ),
+                Err(e) => format!("{why}: failed: {e}"),
+            };
+            log.record_async(vec![crate::audit::Event {
+                actor: crate::audit::Actor::system("tiering"),
+                action: "tier_move",
+                uids: vec![study.to_string()],
+                outcome,
+            }])
+            .await;
+        }
+    }
+
     /// Sets the per-tier gauges from a status.
     fn publish(&self, s: &TierStatus) {
         let Some(m) = &self.metrics else { return };
@@ -351,6 +379,18 @@ pub async fn force_move(
     to: &str,
 ) -> Result<MoveReport, TieringError> {
     let _busy = tiering.busy.lock().await;
+    let result = force_move_locked(tiering, study_uid, to).await;
+    tiering
+        .audit_move(study_uid, &format!("forced to {to}"), &result)
+        .await;
+    result
+}
+
+async fn force_move_locked(
+    tiering: &Tiering,
+    study_uid: &str,
+    to: &str,
+) -> Result<MoveReport, TieringError> {
     match to {
         "cold" => tiering.move_to_cold(study_uid).await,
         "hot" => tiering.move_to_hot(study_uid).await,

@@ -524,6 +524,46 @@ impl ColdStore {
         }
     }
 
+    fn named_key(&self, name: &str) -> StorePath {
+        if self.prefix.as_ref().is_empty() {
+            StorePath::from(name)
+        } else {
+            StorePath::from(format!("{}/{name}", self.prefix))
+        }
+    }
+
+    /// Stores a small named object (`audit/heads/…`): names come from the caller's code,
+    /// never from the network. An existing object of that name is left as it is.
+    pub async fn put_named(&self, name: &str, bytes: Bytes) -> Result<(), TierError> {
+        let key = self.named_key(name);
+        self.put_with(&key, bytes, None).await
+    }
+
+    /// Every named object under `prefix`, with its content, in key order.
+    pub async fn get_named_under(&self, prefix: &str) -> Result<Vec<(String, Bytes)>, TierError> {
+        let key = self.named_key(prefix);
+        let mut metas: Vec<_> = self
+            .store
+            .list(Some(&key))
+            .try_collect()
+            .await
+            .map_err(|e| remote("list", &key, e))?;
+        metas.sort_by(|a, b| a.location.cmp(&b.location));
+        let mut out = Vec::new();
+        for m in metas {
+            let bytes = self
+                .store
+                .get(&m.location)
+                .await
+                .map_err(|e| remote("read", &m.location, e))?
+                .bytes()
+                .await
+                .map_err(|e| remote("read", &m.location, e))?;
+            out.push((m.location.to_string(), bytes));
+        }
+        Ok(out)
+    }
+
     /// Every object in the tier with its size and modification time (ms since the epoch).
     /// Keys that are not Strata objects are skipped.
     pub async fn list_detailed(&self) -> Result<Vec<(ObjectId, u64, i64)>, TierError> {

@@ -1,0 +1,511 @@
+//! The audit log: every access, appended to a hash-chained, append-only file
+//! (DESIGN promise 8).
+//!
+//! `<data_dir>/audit/audit.log` holds one JSON record per line (format version 1):
+//! `seq` (1, 2, …), `time_ms`, `actor` (calling AE and address, or the CLI user), `action`,
+//! `uids`, `outcome`, `prev` (the previous record's `hash`; 64 zeros for the first) and
+//! `hash` = sha256 of `prev`, a newline, and the record's JSON without `hash`. Editing,
+//! removing, inserting or reordering a record breaks the chain at that record, which
+//! [`verify`] names. A consistent rewrite of the whole file is caught by the **anchors**:
+//! the chain head (seq and hash) copied from time to time to the cold tier
+//! (`audit/heads/<seq>.json`), which the log's record at that seq must still match.
+//!
+//! Several processes may append (the server, CLI commands): each append takes an
+//! exclusive `flock` on the file, reads the current head from its tail, writes, and
+//! releases. Records reach the file (the page cache) before the operation they record
+//! is acknowledged; a background flusher fdatasyncs them every 100 ms, so a power loss
+//! can lose at most that window, and a killed process loses nothing.
+
+use serde::{Deserialize, Serialize};
+use sha2::Digest;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+pub const FORMAT_VERSION: u32 = 1;
+const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Actor {
+    /// `dicom`, `cli` or `system` (the server's own workers).
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub ae_title: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub address: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub user: String,
+}
+
+impl Actor {
+    pub fn dicom(ae_title: &str, address: &str) -> Self {
+        Actor {
+            kind: "dicom".into(),
+            ae_title: ae_title.into(),
+            address: address.into(),
+            ..Default::default()
+        }
+    }
+
+    /// The user running this CLI process.
+    pub fn cli() -> Self {
+        let user = std::env::var("SUDO_USER")
+            .or_else(|_| std::env::var("USER"))
+            .unwrap_or_else(|_| format!("uid {}", unsafe { libc::getuid() }));
+        Actor {
+            kind: "cli".into(),
+            user,
+            ..Default::default()
+        }
+    }
+
+    pub fn system(what: &str) -> Self {
+        Actor {
+            kind: "system".into(),
+            user: what.into(),
+            ..Default::default()
+        }
+    }
+}
+
+/// One thing to record.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub actor: Actor,
+    /// store, query, retrieve, export, manifest, tier_move, restore, verify, repair,
+    /// delete.
+    pub action: &'static str,
+    pub uids: Vec<String>,
+    pub outcome: String,
+}
+
+/// A record as written (without `hash` for hashing).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Body {
+    pub v: u32,
+    pub seq: u64,
+    pub time_ms: u64,
+    pub actor: Actor,
+    pub action: String,
+    pub uids: Vec<String>,
+    pub outcome: String,
+    pub prev: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    #[serde(flatten)]
+    pub body: Body,
+    pub hash: String,
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The chain hash of a record body.
+pub fn chain_hash(body: &Body) -> String {
+    let mut h = sha2::Sha256::new();
+    h.update(body.prev.as_bytes());
+    h.update(b"\n");
+    h.update(serde_json::to_vec(body).expect("audit body serialises"));
+    hex(&h.finalize())
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error("audit log {path}: {detail}")]
+    Io { path: PathBuf, detail: String },
+}
+
+struct Head {
+    seq: u64,
+    hash: String,
+    len: u64,
+}
+
+struct Inner {
+    file: File,
+    head: Option<Head>,
+}
+
+/// An open audit log. Cheap to clone.
+#[derive(Clone)]
+pub struct AuditLog {
+    path: PathBuf,
+    inner: Arc<Mutex<Inner>>,
+    dirty: Arc<AtomicBool>,
+}
+
+pub fn log_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("audit").join("audit.log")
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Reads the last complete record of the file: (seq, hash).
+fn tail_head(file: &mut File, len: u64) -> std::io::Result<Option<(u64, String)>> {
+    if len == 0 {
+        return Ok(None);
+    }
+    let take = len.min(64 * 1024);
+    file.seek(SeekFrom::Start(len - take))?;
+    let mut buf = vec![0u8; take as usize];
+    file.read_exact(&mut buf)?;
+    let text = String::from_utf8_lossy(&buf);
+    for line in text.lines().rev() {
+        if let Ok(r) = serde_json::from_str::<Record>(line) {
+            return Ok(Some((r.body.seq, r.hash)));
+        }
+    }
+    Ok(None)
+}
+
+impl AuditLog {
+    /// Opens (creating) the log of an archive, and starts its flusher thread.
+    pub fn open(data_dir: &Path) -> Result<AuditLog, AuditError> {
+        let path = log_path(data_dir);
+        let err = |e: std::io::Error| AuditError::Io {
+            path: path.clone(),
+            detail: e.to_string(),
+        };
+        std::fs::create_dir_all(path.parent().expect("audit dir")).map_err(err)?;
+        let file = OpenOptions::new()
+            .create(true)
+            .read(true)
+            .append(true)
+            .open(&path)
+            .map_err(err)?;
+        let log = AuditLog {
+            path: path.clone(),
+            inner: Arc::new(Mutex::new(Inner { file, head: None })),
+            dirty: Arc::new(AtomicBool::new(false)),
+        };
+        let (inner, dirty) = (Arc::downgrade(&log.inner), log.dirty.clone());
+        std::thread::Builder::new()
+            .name("audit-flush".into())
+            .spawn(move || loop {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                let Some(inner) = inner.upgrade() else { return };
+                if dirty.swap(false, Ordering::AcqRel) {
+                    let file = inner.lock().expect("audit lock").file.try_clone();
+                    if let Ok(f) = file {
+                        let _ = f.sync_data();
+                    }
+                }
+            })
+            .map_err(err)?;
+        Ok(log)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends events as chained records. Blocking (file lock and write).
+    pub fn append(&self, events: &[Event]) -> Result<(), AuditError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let err = |e: std::io::Error| AuditError::Io {
+            path: self.path.clone(),
+            detail: e.to_string(),
+        };
+        let mut inner = self.inner.lock().expect("audit lock");
+        let fd = inner.file.as_raw_fd();
+        // SAFETY: flock on an fd we own; released below (and on close).
+        if unsafe { libc::flock(fd, libc::LOCK_EX) } != 0 {
+            return Err(err(std::io::Error::last_os_error()));
+        }
+        let result = (|| {
+            let len = inner.file.metadata()?.len();
+            let (mut seq, mut prev) = match &inner.head {
+                Some(h) if h.len == len => (h.seq, h.hash.clone()),
+                _ => tail_head(&mut inner.file, len)?.unwrap_or((0, GENESIS.to_string())),
+            };
+            let mut out = String::new();
+            let time_ms = now_ms();
+            for e in events {
+                seq += 1;
+                let body = Body {
+                    v: FORMAT_VERSION,
+                    seq,
+                    time_ms,
+                    actor: e.actor.clone(),
+                    action: e.action.to_string(),
+                    uids: e.uids.clone(),
+                    outcome: e.outcome.clone(),
+                    prev: prev.clone(),
+                };
+                let hash = chain_hash(&body);
+                out.push_str(&serde_json::to_string(&Record {
+                    body,
+                    hash: hash.clone(),
+                })?);
+                out.push('\n');
+                prev = hash;
+            }
+            inner.file.write_all(out.as_bytes())?;
+            inner.head = Some(Head {
+                seq,
+                hash: prev,
+                len: len + out.len() as u64,
+            });
+            Ok::<_, std::io::Error>(())
+        })();
+        unsafe { libc::flock(fd, libc::LOCK_UN) };
+        self.dirty.store(true, Ordering::Release);
+        result.map_err(err)
+    }
+
+    /// Makes every appended record durable now.
+    pub fn sync(&self) -> Result<(), AuditError> {
+        let inner = self.inner.lock().expect("audit lock");
+        inner.file.sync_data().map_err(|e| AuditError::Io {
+            path: self.path.clone(),
+            detail: e.to_string(),
+        })
+    }
+
+    /// Appends, logging instead of failing (the access already happened; a failed
+    /// audit write is reported loudly).
+    pub fn record(&self, events: &[Event]) {
+        if let Err(e) = self.append(events) {
+            tracing::error!(error = %e, "AUDIT RECORD NOT WRITTEN");
+        }
+    }
+
+    /// Appends from async code (on the blocking pool).
+    pub async fn record_async(&self, events: Vec<Event>) {
+        let this = self.clone();
+        let _ = tokio::task::spawn_blocking(move || this.record(&events)).await;
+    }
+}
+
+/// The chain head as anchored in the cold tier.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Anchor {
+    pub seq: u64,
+    pub hash: String,
+    pub time_ms: u64,
+}
+
+/// The current head of a log file (its last record), if any.
+pub fn head_of(path: &Path) -> Result<Option<Anchor>, AuditError> {
+    let mut file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(AuditError::Io {
+                path: path.into(),
+                detail: e.to_string(),
+            })
+        }
+    };
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    Ok(tail_head(&mut file, len)
+        .map_err(|e| AuditError::Io {
+            path: path.into(),
+            detail: e.to_string(),
+        })?
+        .map(|(seq, hash)| Anchor {
+            seq,
+            hash,
+            time_ms: now_ms(),
+        }))
+}
+
+/// What `strata audit verify` found.
+#[derive(Debug, Default, Serialize)]
+pub struct VerifyReport {
+    pub records: u64,
+    pub anchors_checked: usize,
+    /// The first record that breaks the chain or an anchor: (line, seq, reason).
+    pub first_bad: Option<(u64, u64, String)>,
+}
+
+/// Checks the chain of the whole log, then each anchor against it.
+pub fn verify(path: &Path, anchors: &[Anchor]) -> Result<VerifyReport, AuditError> {
+    let file = File::open(path).map_err(|e| AuditError::Io {
+        path: path.into(),
+        detail: e.to_string(),
+    })?;
+    let mut report = VerifyReport::default();
+    let mut prev = GENESIS.to_string();
+    let mut by_seq = std::collections::HashMap::new();
+    for (i, line) in BufReader::new(file).lines().enumerate() {
+        let line_no = i as u64 + 1;
+        // records are numbered from 1, one per line
+        let expected_seq = line_no;
+        let line = line.map_err(|e| AuditError::Io {
+            path: path.into(),
+            detail: e.to_string(),
+        })?;
+        let bad = |seq: u64, why: String| Some((line_no, seq, why));
+        let record: Record = match serde_json::from_str(&line) {
+            Ok(r) => r,
+            Err(e) => {
+                report.first_bad = bad(expected_seq, format!("unreadable record: {e}"));
+                return Ok(report);
+            }
+        };
+        let seq = record.body.seq;
+        if record.hash != chain_hash(&record.body) {
+            report.first_bad = bad(seq, "its content does not match its hash (edited)".into());
+            return Ok(report);
+        }
+        if seq != expected_seq {
+            report.first_bad = bad(
+                seq,
+                format!("sequence {seq} where {expected_seq} was due (removed, inserted or reordered records)"),
+            );
+            return Ok(report);
+        }
+        if record.body.prev != prev {
+            report.first_bad = bad(
+                seq,
+                "it does not chain to the record before it (removed, inserted or reordered records)"
+                    .into(),
+            );
+            return Ok(report);
+        }
+        by_seq.insert(seq, (line_no, record.hash.clone()));
+        prev = record.hash;
+        report.records += 1;
+    }
+    for anchor in anchors {
+        report.anchors_checked += 1;
+        match by_seq.get(&anchor.seq) {
+            Some((_, hash)) if *hash == anchor.hash => {}
+            Some((line, _)) => {
+                report.first_bad = Some((
+                    *line,
+                    anchor.seq,
+                    "differs from the chain head anchored in the cold tier (the log was rewritten)"
+                        .into(),
+                ));
+                return Ok(report);
+            }
+            None => {
+                report.first_bad = Some((
+                    report.records + 1,
+                    anchor.seq,
+                    "is anchored in the cold tier but missing from the log (the log was truncated or rewritten)"
+                        .into(),
+                ));
+                return Ok(report);
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// Every record, for `strata audit log`.
+pub fn read_all(path: &Path) -> Result<Vec<Record>, AuditError> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => {
+            return Err(AuditError::Io {
+                path: path.into(),
+                detail: e.to_string(),
+            })
+        }
+    };
+    Ok(BufReader::new(file)
+        .lines()
+        .map_while(Result::ok)
+        .filter_map(|l| serde_json::from_str(&l).ok())
+        .collect())
+}
+
+/// Copies the log's current chain head to the cold tier as `audit/heads/<seq>.json`.
+pub async fn anchor(
+    log: &AuditLog,
+    cold: &strata_tiers::ColdStore,
+) -> Result<Option<Anchor>, String> {
+    log.sync().map_err(|e| e.to_string())?;
+    let path = log.path().to_path_buf();
+    let head = tokio::task::spawn_blocking(move || head_of(&path))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    let Some(head) = head else { return Ok(None) };
+    cold.put_named(
+        &format!("audit/heads/{:020}.json", head.seq),
+        bytes::Bytes::from(serde_json::to_vec(&head).expect("anchor serialises")),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    Ok(Some(head))
+}
+
+/// Every anchor in the cold tier.
+pub async fn anchors(cold: &strata_tiers::ColdStore) -> Result<Vec<Anchor>, String> {
+    let listed = cold
+        .get_named_under("audit/heads")
+        .await
+        .map_err(|e| e.to_string())?;
+    listed
+        .into_iter()
+        .map(|(key, bytes)| {
+            serde_json::from_slice(&bytes).map_err(|e| format!("anchor {key} unreadable: {e}"))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(n: usize) -> Event {
+        Event {
+            actor: Actor::dicom("MODALITY", "127.0.0.1:1"),
+            action: "store",
+            uids: vec![format!("1.2.{n}")],
+            outcome: "ok".into(),
+        }
+    }
+
+    #[test]
+    fn edits_removals_insertions_and_reorders_are_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = AuditLog::open(dir.path()).unwrap();
+        log.append(&(0..5).map(event).collect::<Vec<_>>()).unwrap();
+        log.append(&[event(5)]).unwrap();
+        let path = log_path(dir.path());
+        assert_eq!(verify(&path, &[]).unwrap().first_bad, None);
+        assert_eq!(verify(&path, &[]).unwrap().records, 6);
+        let lines: Vec<String> = std::fs::read_to_string(&path)
+            .unwrap()
+            .lines()
+            .map(String::from)
+            .collect();
+        let check = |ls: Vec<String>| {
+            std::fs::write(&path, ls.join("\n") + "\n").unwrap();
+            verify(&path, &[]).unwrap().first_bad.map(|b| b.0)
+        };
+        let mut edited = lines.clone();
+        edited[2] = edited[2].replace("1.2.2", "1.2.9");
+        assert_eq!(check(edited), Some(3));
+        let mut removed = lines.clone();
+        removed.remove(3);
+        assert_eq!(check(removed), Some(4));
+        let mut inserted = lines.clone();
+        inserted.insert(2, lines[1].clone());
+        assert_eq!(check(inserted), Some(3));
+        let mut reordered = lines.clone();
+        reordered.swap(1, 2);
+        assert_eq!(check(reordered), Some(2));
+        std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+        assert_eq!(verify(&path, &[]).unwrap().first_bad, None);
+    }
+}
