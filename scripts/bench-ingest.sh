@@ -36,6 +36,7 @@
 #   BENCH_TIMEOUT    seconds allowed per storescu process, default 1800
 #   BENCH_RECEIVERS  space-separated subset/order, default "strata orthanc storescp"
 #   KEEP_RUNS=1      keep each run's received data (default: deleted once counted)
+#   STRATA_EXTRA_TOML  more sections for Strata's config (e.g. an [audit] section)
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -280,6 +281,8 @@ bind = "127.0.0.1"
 [http]
 port = $STRATA_HTTP_PORT
 bind = "127.0.0.1"
+
+${STRATA_EXTRA_TOML:-}
 EOF
     "$STRATA_BIN" --config "$cfg" serve </dev/null >"$BENCH_ROOT/logs/$tag.log" 2>&1 &
     pid=$!
