@@ -350,9 +350,17 @@ fn adopt_orphans_blocking(
     let (ids, _strays) = hot.list_blocking()?;
     let mut orphans = Vec::new();
     for id in ids {
-        if !index.has_object(&id)? {
-            orphans.push(id);
+        if index.has_object(&id)? {
+            continue;
         }
+        if let Some(study) = index.deleted_object(&id)? {
+            // a deletion interrupted after its tombstone: finish it, never adopt
+            let path = hot.path_of(&id);
+            tracing::warn!(object = %id, study, "finishing an interrupted deletion");
+            fs::remove_file(&path).map_err(io("remove", &path))?;
+            continue;
+        }
+        orphans.push(id);
     }
     if orphans.is_empty() {
         return Ok((0, Vec::new()));

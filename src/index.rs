@@ -24,8 +24,9 @@ pub mod records;
 pub mod rocks;
 
 pub use records::{
-    ColdCopy, CommitOutcome, InstanceEntry, InstanceRecord, NewObject, ObjectRecord, PackRecord,
-    PackedObject, PatientRecord, Provenance, SeriesRecord, StudyRecord, Tier, VersionRef,
+    ColdCopy, CommitOutcome, HoldRecord, InstanceEntry, InstanceRecord, NewObject, ObjectRecord,
+    PackRecord, PackedObject, PatientRecord, Provenance, SeriesRecord, StudyRecord, Tier,
+    Tombstone, VersionRef,
 };
 pub use rocks::RocksIndex;
 
@@ -110,6 +111,18 @@ pub trait Index: Send + Sync {
     ) -> Result<Vec<(u64, String)>, IndexError>;
     /// Removes one access-queue entry (its work is done, or it is stale).
     fn dequeue(&self, at_ms: u64, study_uid: &str) -> Result<(), IndexError>;
+    /// Removes a study from the index in one synced batch, leaving `tombstone` (and each
+    /// of its objects marked deleted) in its place.
+    fn tombstone_study(&self, tombstone: &Tombstone) -> Result<(), IndexError>;
+    fn tombstones(&self) -> Result<Vec<Tombstone>, IndexError>;
+    /// Writes a tombstone and its deleted-object marks as they are (reindex carries
+    /// them over from the old index).
+    fn restore_tombstone(&self, tombstone: &Tombstone) -> Result<(), IndexError>;
+    /// The study an object was deleted with, if it was.
+    fn deleted_object(&self, id: &ObjectId) -> Result<Option<String>, IndexError>;
+    /// Places (`Some`) or lifts (`None`) a legal hold; synced.
+    fn set_hold(&self, study_uid: &str, hold: Option<&HoldRecord>) -> Result<(), IndexError>;
+    fn hold(&self, study_uid: &str) -> Result<Option<HoldRecord>, IndexError>;
     /// For a read-only secondary: pick up what the primary wrote since. No-op otherwise.
     fn catch_up(&self) -> Result<(), IndexError>;
 }

@@ -110,6 +110,27 @@ enum Command {
         #[arg(long, value_enum, default_value = "all")]
         tier: ops::VerifyScope,
     },
+    /// Delete a study from every tier (server stopped): audited, tombstoned, refused
+    /// under a legal hold.
+    Delete {
+        study_uid: String,
+        /// Why: kept in the tombstone and the audit log.
+        #[arg(long)]
+        reason: String,
+    },
+    /// Place (or with --release lift) a legal hold on a study (server stopped).
+    Hold {
+        study_uid: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+        #[arg(long)]
+        release: bool,
+    },
+    /// Deleted studies: what, who, why, when.
+    Tombstones {
+        #[arg(long)]
+        json: bool,
+    },
     /// The hash-chained audit log: verify it, read it, anchor its head.
     Audit {
         #[command(subcommand)]
@@ -342,6 +363,51 @@ fn run(cli: Cli) -> Result<i32> {
         }
         Command::Tier { command } => tier(&config, command),
         Command::Audit { command } => audit(&config, command),
+        Command::Delete { study_uid, reason } => {
+            let report = ops::delete(&config, &study_uid, &reason)?;
+            println!(
+                "deleted study {}: {} objects, {} hot files, {} packs; tombstone kept",
+                report.study_uid, report.objects, report.hot_files_deleted, report.packs_deleted
+            );
+            Ok(0)
+        }
+        Command::Hold {
+            study_uid,
+            reason,
+            release,
+        } => {
+            ops::hold(&config, &study_uid, &reason, release)?;
+            println!(
+                "legal hold {} on study {study_uid}",
+                if release { "lifted" } else { "placed" }
+            );
+            Ok(0)
+        }
+        Command::Tombstones { json } => {
+            let archive = ReadOnlyArchive::open(&config)?;
+            use strata::index::Index;
+            let tombstones = archive.index.tombstones()?;
+            if json {
+                print_json(&tombstones)?;
+            } else {
+                for t in &tombstones {
+                    println!(
+                        "{} (patient {}): {} objects, {} packs, deleted by {} at {}: {}",
+                        t.study_uid,
+                        t.patient_id,
+                        t.objects.len(),
+                        t.packs.len(),
+                        t.who,
+                        humantime::format_rfc3339_seconds(
+                            std::time::UNIX_EPOCH
+                                + std::time::Duration::from_millis(t.deleted_at_ms)
+                        ),
+                        t.why
+                    );
+                }
+            }
+            Ok(0)
+        }
         Command::Manifest {
             study_uids,
             all,
@@ -596,24 +662,12 @@ fn cli_audit<T: std::fmt::Debug>(
     uids: &[String],
     result: &Result<T>,
 ) {
-    if !config.audit.enabled {
-        return;
-    }
     let outcome = match result {
         Ok(_) => "ok".to_string(),
         Err(e) => format!("failed: {e:#}"),
     };
-    match strata::audit::AuditLog::open(&config.archive.data_dir) {
-        Ok(log) => {
-            log.record(&[strata::audit::Event {
-                actor: strata::audit::Actor::cli(),
-                action,
-                uids: uids.to_vec(),
-                outcome,
-            }]);
-            let _ = log.sync();
-        }
-        Err(e) => eprintln!("strata: AUDIT RECORD NOT WRITTEN: {e}"),
+    if let Err(e) = ops::audit_cli(config, action, uids.to_vec(), outcome) {
+        eprintln!("strata: AUDIT RECORD NOT WRITTEN: {e:#}");
     }
 }
 

@@ -391,6 +391,9 @@ pub struct VerifyReport {
     /// Objects recorded hot whose file is gone but which have a verified cold copy (a
     /// move to cold that stopped mid-delete; the next tiering pass finishes it).
     pub pending_eviction: usize,
+    /// Files of deleted studies not removed yet (a deletion interrupted after its
+    /// tombstone; the next start finishes it). Not a loss.
+    pub pending_deletion: usize,
     pub packs_checked: usize,
     pub pack_bytes_checked: u64,
     /// Recorded packs that are missing from the cold tier, or whose bytes, structure,
@@ -671,6 +674,10 @@ fn verify_hot(
         suspects = still;
     }
     for id in suspects {
+        if index.deleted_object(&id)?.is_some() {
+            report.pending_deletion += 1;
+            continue;
+        }
         report.orphans.push(Problem {
             id: id.to_hex(),
             path: hot.path_of(&id).display().to_string(),
@@ -717,6 +724,10 @@ pub struct ReindexReport {
     pub packs: usize,
     /// Objects indexed from cold packs alone (no hot file).
     pub cold_only_objects: usize,
+    /// Files of deleted studies removed (a deletion interrupted after its tombstone).
+    pub deleted_files: usize,
+    /// Cold packs of deleted studies, skipped.
+    pub deleted_packs: usize,
     /// Packs that could not be used (unreadable, corrupt, or awaiting a restore), with
     /// the reason. Their objects are indexed only if another copy exists.
     pub packs_skipped: Vec<(String, String)>,
@@ -741,11 +752,43 @@ pub fn reindex(config: &Config, progress: &indicatif::ProgressBar) -> Result<Rei
         objects_found: ids.len(),
         ..Default::default()
     };
+    // tombstones and holds are not derivable from the objects: carry them over
+    let (tombstones, holds) = if index_dir.join("CURRENT").exists() {
+        let old = RocksIndex::open_primary(&index_dir)?;
+        let tombstones = old.tombstones()?;
+        let mut holds = Vec::new();
+        for (study, _) in old.studies()? {
+            if let Some(h) = old.hold(&study)? {
+                holds.push((study, h));
+            }
+        }
+        (tombstones, holds)
+    } else {
+        (Vec::new(), Vec::new())
+    };
     let unusable;
     {
         let rebuilt = RocksIndex::open_primary(&rebuild_dir)?;
+        for t in &tombstones {
+            rebuilt.restore_tombstone(t)?;
+        }
+        for (study, h) in &holds {
+            rebuilt.set_hold(study, Some(h))?;
+        }
+        let mut live = Vec::with_capacity(ids.len());
+        for id in ids {
+            if rebuilt.deleted_object(&id)?.is_some() {
+                let path = hot.path_of(&id);
+                tracing::warn!(object = %id, "finishing an interrupted deletion");
+                std::fs::remove_file(&path)
+                    .with_context(|| format!("remove {}", path.display()))?;
+                report.deleted_files += 1;
+            } else {
+                live.push(id);
+            }
+        }
         let (indexed, quarantined) =
-            index_objects_blocking(&hot, &rebuilt, &ids, "reindex", || progress.inc(1))?;
+            index_objects_blocking(&hot, &rebuilt, &live, "reindex", || progress.inc(1))?;
         report.indexed = indexed;
         unusable = quarantined;
         reindex_cold(config, &rebuilt, &mut report)?;
@@ -832,6 +875,17 @@ fn reindex_cold(config: &Config, rebuilt: &RocksIndex, report: &mut ReindexRepor
         );
         let _ = std::fs::remove_file(&scratch);
         let manifest = match read {
+            Ok(manifest)
+                if !manifest.members.is_empty()
+                    && manifest.members.iter().all(|m| {
+                        ObjectId::from_hex(&m.blake3)
+                            .and_then(|id| rebuilt.deleted_object(&id).ok().flatten())
+                            .is_some()
+                    }) =>
+            {
+                report.deleted_packs += 1;
+                continue;
+            }
             Ok(manifest) => manifest,
             Err(e) => {
                 tracing::warn!(pack = %key, error = %e, "reindex: pack skipped");
@@ -1050,4 +1104,166 @@ pub fn manifest(
     write("tagmanifest-sha256.txt", &tags)?;
     std::fs::File::open(out).and_then(|d| d.sync_all())?;
     Ok(report)
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct DeleteReport {
+    pub study_uid: String,
+    pub objects: usize,
+    pub hot_files_deleted: usize,
+    pub packs_deleted: usize,
+}
+
+pub fn audit_cli(
+    config: &Config,
+    action: &'static str,
+    uids: Vec<String>,
+    outcome: String,
+) -> Result<()> {
+    if !config.audit.enabled {
+        return Ok(());
+    }
+    let log = crate::audit::AuditLog::open(&config.archive.data_dir)?;
+    log.append(&[crate::audit::Event {
+        actor: crate::audit::Actor::cli(),
+        action,
+        uids,
+        outcome,
+    }])?;
+    log.sync()?;
+    Ok(())
+}
+
+/// Deletes a study from every tier (server stopped), unless it is under a legal hold:
+/// the request is audited first, then one synced index batch replaces the study by a
+/// tombstone (UIDs, object ids, who, why, when), and only then are its hot files and
+/// cold packs removed. A crash after the tombstone is finished by the next start (or
+/// reindex), never undone.
+pub fn delete(config: &Config, study_uid: &str, reason: &str) -> Result<DeleteReport> {
+    use crate::index::Tombstone;
+    if !is_valid_uid(study_uid) {
+        bail!("{study_uid:?} is not a valid Study Instance UID");
+    }
+    if reason.trim().is_empty() {
+        bail!("say why with --reason: it is kept in the tombstone and the audit log");
+    }
+    let (archive, _recovery) = crate::archive::Archive::open_exclusive(config, "delete")?;
+    let index = archive.index.clone();
+    let who = crate::audit::Actor::cli().user;
+    if let Some(hold) = index.hold(study_uid)? {
+        audit_cli(
+            config,
+            "delete",
+            vec![study_uid.into()],
+            format!("refused: under legal hold ({})", hold.why),
+        )?;
+        archive.close(true)?;
+        bail!(
+            "study {study_uid} is under legal hold (placed by {} at {}: {}); lift it first with `strata hold {study_uid} --release`",
+            hold.who,
+            humantime::format_rfc3339_seconds(
+                std::time::UNIX_EPOCH + std::time::Duration::from_millis(hold.since_ms)
+            ),
+            hold.why
+        );
+    }
+    let study = index
+        .study(study_uid)?
+        .with_context(|| format!("no study {study_uid} in the archive"))?;
+    let mut objects = Vec::new();
+    for e in index.instances_of_study(study_uid)? {
+        for v in &e.record.versions {
+            objects.push((
+                e.series_uid.clone(),
+                e.sop_instance_uid.clone(),
+                v.id.clone(),
+            ));
+        }
+    }
+    let packs: Vec<ObjectId> = index
+        .packs()?
+        .into_iter()
+        .filter(|(_, p)| p.study_uid == study_uid)
+        .map(|(id, _)| id)
+        .collect();
+    let tombstone = Tombstone {
+        study_uid: study_uid.to_string(),
+        patient_id: study.patient_id.clone(),
+        objects,
+        packs: packs.iter().map(|p| p.to_hex()).collect(),
+        who: who.clone(),
+        why: reason.to_string(),
+        deleted_at_ms: crate::index::rocks::unix_ms_now(),
+    };
+    audit_cli(
+        config,
+        "delete",
+        vec![study_uid.into()],
+        format!("requested: {reason}"),
+    )?;
+    index.tombstone_study(&tombstone)?;
+    crate::tiering::failpoint("delete-after-tombstone");
+    let mut report = DeleteReport {
+        study_uid: study_uid.to_string(),
+        objects: tombstone.objects.len(),
+        ..Default::default()
+    };
+    for (_, _, id) in &tombstone.objects {
+        let Some(id) = ObjectId::from_hex(id) else {
+            continue;
+        };
+        let path = archive.hot.path_of(&id);
+        match std::fs::remove_file(&path) {
+            Ok(()) => report.hot_files_deleted += 1,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("remove {}", path.display())),
+        }
+    }
+    let rt = runtime()?;
+    for pack in &packs {
+        use strata_tiers::BlobStore;
+        rt.block_on(archive.cold.delete(pack))
+            .with_context(|| format!("delete pack {pack}"))?;
+        report.packs_deleted += 1;
+    }
+    audit_cli(
+        config,
+        "delete",
+        vec![study_uid.into()],
+        format!(
+            "done: {} objects, {} hot files, {} packs",
+            report.objects, report.hot_files_deleted, report.packs_deleted
+        ),
+    )?;
+    archive.close(true)?;
+    Ok(report)
+}
+
+/// Places or lifts a legal hold (server stopped); audited.
+pub fn hold(config: &Config, study_uid: &str, reason: &str, release: bool) -> Result<()> {
+    let (archive, _recovery) = crate::archive::Archive::open_exclusive(config, "hold")?;
+    if archive.index.study(study_uid)?.is_none() {
+        archive.close(true)?;
+        bail!("no study {study_uid} in the archive");
+    }
+    let record = crate::index::HoldRecord {
+        who: crate::audit::Actor::cli().user,
+        why: reason.to_string(),
+        since_ms: crate::index::rocks::unix_ms_now(),
+    };
+    archive
+        .index
+        .set_hold(study_uid, (!release).then_some(&record))?;
+    audit_cli(
+        config,
+        "hold",
+        vec![study_uid.into()],
+        if release {
+            "released".into()
+        } else {
+            format!("placed: {reason}")
+        },
+    )?;
+    archive.close(true)?;
+    Ok(())
 }

@@ -167,3 +167,120 @@ fn the_audit_log_records_accesses_and_detects_tampering() {
     std::fs::write(&log, original).unwrap();
     assert!(audit_verify(&archive).0);
 }
+
+/// A deleted study leaves a tombstone, is gone from C-FIND, and verify and reindex stay
+/// clean; a held study cannot be deleted; a deletion killed after its tombstone is
+/// finished at the next start, never undone.
+#[test]
+fn deletion_tombstones_and_legal_holds() {
+    use std::os::unix::process::ExitStatusExt;
+    let archive = Archive::new("integrity-delete");
+    let gen = archive.dir.path().join("gen");
+    run_ok(python("gen_ct.py").arg("--out").arg(&gen).args([
+        "--studies",
+        "3",
+        "--instances",
+        "3",
+        "--rows",
+        "64",
+        "--cols",
+        "64",
+        "--seed",
+        "21",
+    ]));
+    run_ok(archive.strata(&["import"]).arg(&gen));
+    let studies: Vec<String> = archive
+        .ls_json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["study_uid"].as_str().unwrap().to_string())
+        .collect();
+    let (a, b, c) = (&studies[0], &studies[1], &studies[2]);
+    // A also has a cold pack
+    run_ok(&mut archive.strata(&["tier", "move", a, "--to", "cold"]));
+    assert_eq!(walk(&archive.data_dir().join("cold")).len(), 1);
+
+    // a held study cannot be deleted
+    run_ok(&mut archive.strata(&["hold", b, "--reason", "litigation 2026-17"]));
+    let out = run(&mut archive.strata(&["delete", b, "--reason", "cleanup"]));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("legal hold"));
+    assert_eq!(archive.total_instances(), 9);
+
+    // delete A: gone from every tier, tombstoned
+    run_ok(&mut archive.strata(&["delete", a, "--reason", "patient request"]));
+    assert!(
+        walk(&archive.data_dir().join("cold")).is_empty(),
+        "pack deleted"
+    );
+    let out = run_ok(&mut archive.strata(&["tombstones", "--json"]));
+    let tombs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(tombs[0]["study_uid"].as_str(), Some(a.as_str()));
+    assert_eq!(tombs[0]["why"], "patient request");
+    assert_eq!(tombs[0]["objects"].as_array().unwrap().len(), 3);
+    assert_eq!(archive.total_instances(), 6);
+    let (clean, report) = archive.verify_json();
+    assert!(clean, "{report}");
+
+    // a deletion killed right after its tombstone: finished at the next start
+    let out = run(archive
+        .strata(&["delete", c, "--reason", "duplicate study"])
+        .env("STRATA_FAILPOINT", "delete-after-tombstone"));
+    assert_eq!(out.status.signal(), Some(9));
+    let (clean, report) = archive.verify_json();
+    assert!(clean, "{report}");
+    assert_eq!(report["pending_deletion"], 3, "{report}");
+    let server = archive.start();
+    let (clean, report) = archive.verify_json();
+    assert!(clean && report["pending_deletion"] == 0, "{report}");
+    // C-FIND no longer finds the deleted studies, and still finds B
+    for (uid, expected) in [(a, 0), (c, 0), (b, 1)] {
+        let out = run_ok(dcmtk("findscu").args([
+            "-v",
+            "-S",
+            "-aec",
+            "STRATA",
+            "-k",
+            "QueryRetrieveLevel=STUDY",
+            "-k",
+            &format!("StudyInstanceUID={uid}"),
+            "127.0.0.1",
+            &server.dicom_port.to_string(),
+        ]));
+        let text = String::from_utf8_lossy(&out.stderr).to_string();
+        assert_eq!(text.matches("(Pending)").count(), expected, "{text}");
+    }
+    server.stop();
+
+    // reindex keeps the tombstones and the hold, and brings nothing back
+    run_ok(&mut archive.strata(&["reindex"]));
+    assert_eq!(archive.total_instances(), 3);
+    let out = run_ok(&mut archive.strata(&["tombstones", "--json"]));
+    let tombs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(tombs.as_array().unwrap().len(), 2);
+    let out = run(&mut archive.strata(&["delete", b, "--reason", "cleanup"]));
+    assert!(!out.status.success(), "the hold survives reindex");
+    let (clean, report) = archive.verify_json();
+    assert!(clean, "{report}");
+    let log = run_ok(&mut archive.strata(&["audit", "log", "--json", "--study", a]));
+    let log: serde_json::Value = serde_json::from_slice(&log.stdout).unwrap();
+    let outcomes: Vec<&str> = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["action"] == "delete")
+        .map(|r| r["outcome"].as_str().unwrap())
+        .collect();
+    assert!(
+        outcomes.iter().any(|o| o.starts_with("requested")),
+        "{outcomes:?}"
+    );
+    assert!(
+        outcomes.iter().any(|o| o.starts_with("done")),
+        "{outcomes:?}"
+    );
+    assert!(run(&mut archive.strata(&["audit", "verify"]))
+        .status
+        .success());
+}

@@ -68,6 +68,29 @@ pub struct PackRecord {
     pub created_ms: u64,
 }
 
+/// What remains of a deleted study: enough to tell a deletion from a loss.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tombstone {
+    pub study_uid: String,
+    pub patient_id: String,
+    /// (series UID, SOP Instance UID, object id) of every deleted object version.
+    pub objects: Vec<(String, String, String)>,
+    /// Cold packs of the study, deleted with it.
+    pub packs: Vec<String>,
+    /// Who asked (CLI user, or "retention").
+    pub who: String,
+    pub why: String,
+    pub deleted_at_ms: u64,
+}
+
+/// A legal hold: the study cannot be deleted while it stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HoldRecord {
+    pub who: String,
+    pub why: String,
+    pub since_ms: u64,
+}
+
 /// An object recorded as a member of a pack. `new` carries the object's attributes for
 /// `reindex`, when the object may not be indexed yet.
 #[derive(Debug, Clone)]

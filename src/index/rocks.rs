@@ -15,12 +15,15 @@
 //! | `study_access` | `study` | last store or retrieval, ms since the epoch (u64 LE) |
 //! | `access_queue` | last access (u64 BE) `study` | empty: the tiering queue, oldest first |
 //! | `packs` | 32-byte pack id | `PackRecord` |
+//! | `tombstones` | `study` | `Tombstone` (a deleted study: UIDs, ids, who, why, when) |
+//! | `deleted_objects` | 32-byte object id | the study it was deleted with |
+//! | `holds` | `study` | `HoldRecord` (legal hold) |
 
 use super::records::{decode, encode};
 use super::{
-    ColdCopy, CommitOutcome, Index, IndexError, InstanceEntry, InstanceRecord, NewObject,
-    ObjectRecord, PackRecord, PackedObject, PatientRecord, SecondaryKey, SeriesRecord, StudyRecord,
-    Tier, VersionRef,
+    ColdCopy, CommitOutcome, HoldRecord, Index, IndexError, InstanceEntry, InstanceRecord,
+    NewObject, ObjectRecord, PackRecord, PackedObject, PatientRecord, SecondaryKey, SeriesRecord,
+    StudyRecord, Tier, Tombstone, VersionRef,
 };
 use rocksdb::{
     ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB,
@@ -46,8 +49,11 @@ const CF_IDX_ACCESSION: &str = "idx_accession";
 const CF_STUDY_ACCESS: &str = "study_access";
 const CF_ACCESS_QUEUE: &str = "access_queue";
 const CF_PACKS: &str = "packs";
+const CF_TOMBSTONES: &str = "tombstones";
+const CF_DELETED_OBJECTS: &str = "deleted_objects";
+const CF_HOLDS: &str = "holds";
 
-const ALL_CFS: [&str; 14] = [
+const ALL_CFS: [&str; 17] = [
     CF_META,
     CF_OBJECTS,
     CF_INSTANCES,
@@ -62,6 +68,9 @@ const ALL_CFS: [&str; 14] = [
     CF_STUDY_ACCESS,
     CF_ACCESS_QUEUE,
     CF_PACKS,
+    CF_TOMBSTONES,
+    CF_DELETED_OBJECTS,
+    CF_HOLDS,
 ];
 
 /// Called with each `(key, value)` of a scan; returns whether to go on.
@@ -629,6 +638,125 @@ impl Index for RocksIndex {
             }
         }
         pending.write_synced()
+    }
+
+    fn tombstone_study(&self, t: &Tombstone) -> Result<(), IndexError> {
+        let study = &t.study_uid;
+        let mut batch = WriteBatch::default();
+        let Some(record) = self.get::<StudyRecord>(CF_STUDIES, study.as_bytes())? else {
+            return Err(IndexError::Storage(format!(
+                "no study {study} in the index"
+            )));
+        };
+        for e in self.instances_of_study(study)? {
+            batch.delete_cf(
+                self.cf(CF_INSTANCES),
+                key3(&e.study_uid, &e.series_uid, &e.sop_instance_uid),
+            );
+            // the SOP index may point at another copy of this SOP in another study
+            if self
+                .db
+                .get_cf(self.cf(CF_SOP_INDEX), &e.sop_instance_uid)
+                .map_err(storage)?
+                .is_some_and(|v| split_key(&v).first() == Some(study))
+            {
+                batch.delete_cf(self.cf(CF_SOP_INDEX), &e.sop_instance_uid);
+            }
+            for v in &e.record.versions {
+                if let Some(id) = ObjectId::from_hex(&v.id) {
+                    batch.delete_cf(self.cf(CF_OBJECTS), id.as_bytes());
+                    batch.put_cf(self.cf(CF_DELETED_OBJECTS), id.as_bytes(), study.as_bytes());
+                }
+            }
+        }
+        for (series_uid, _) in self.series_of_study(study)? {
+            batch.delete_cf(self.cf(CF_SERIES), key2(study, &series_uid));
+            batch.delete_cf(self.cf(CF_SERIES_INDEX), &series_uid);
+        }
+        for (cf, value) in [
+            (CF_IDX_PATIENT_ID, &record.patient_id),
+            (CF_IDX_STUDY_DATE, &record.study_date),
+            (CF_IDX_ACCESSION, &record.accession_number),
+        ] {
+            batch.delete_cf(self.cf(cf), key2(value, study));
+        }
+        for pack in &t.packs {
+            if let Some(id) = ObjectId::from_hex(pack) {
+                batch.delete_cf(self.cf(CF_PACKS), id.as_bytes());
+            }
+        }
+        if let Some(mut patient) =
+            self.get::<PatientRecord>(CF_PATIENTS, record.patient_id.as_bytes())?
+        {
+            patient.studies = patient.studies.saturating_sub(1);
+            if patient.studies == 0 {
+                batch.delete_cf(self.cf(CF_PATIENTS), record.patient_id.as_bytes());
+            } else {
+                batch.put_cf(
+                    self.cf(CF_PATIENTS),
+                    record.patient_id.as_bytes(),
+                    encode(&patient),
+                );
+            }
+        }
+        if let Some(at) = self.last_access(study)? {
+            batch.delete_cf(self.cf(CF_ACCESS_QUEUE), queue_key(at, study));
+        }
+        batch.delete_cf(self.cf(CF_STUDY_ACCESS), study.as_bytes());
+        batch.delete_cf(self.cf(CF_STUDIES), study.as_bytes());
+        batch.put_cf(self.cf(CF_TOMBSTONES), study.as_bytes(), encode(t));
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        self.db.write_opt(batch, &wo).map_err(storage)
+    }
+
+    fn tombstones(&self) -> Result<Vec<Tombstone>, IndexError> {
+        Ok(self
+            .scan_records::<Tombstone>(CF_TOMBSTONES, b"")?
+            .into_iter()
+            .map(|(_, t)| t)
+            .collect())
+    }
+
+    fn restore_tombstone(&self, t: &Tombstone) -> Result<(), IndexError> {
+        let mut batch = WriteBatch::default();
+        for (_, _, id) in &t.objects {
+            if let Some(id) = ObjectId::from_hex(id) {
+                batch.put_cf(
+                    self.cf(CF_DELETED_OBJECTS),
+                    id.as_bytes(),
+                    t.study_uid.as_bytes(),
+                );
+            }
+        }
+        batch.put_cf(self.cf(CF_TOMBSTONES), t.study_uid.as_bytes(), encode(t));
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        self.db.write_opt(batch, &wo).map_err(storage)
+    }
+
+    fn deleted_object(&self, id: &ObjectId) -> Result<Option<String>, IndexError> {
+        Ok(self
+            .db
+            .get_cf(self.cf(CF_DELETED_OBJECTS), id.as_bytes())
+            .map_err(storage)?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    fn set_hold(&self, study_uid: &str, hold: Option<&HoldRecord>) -> Result<(), IndexError> {
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        match hold {
+            Some(h) => self
+                .db
+                .put_cf_opt(self.cf(CF_HOLDS), study_uid, encode(h), &wo),
+            None => self.db.delete_cf_opt(self.cf(CF_HOLDS), study_uid, &wo),
+        }
+        .map_err(storage)
+    }
+
+    fn hold(&self, study_uid: &str) -> Result<Option<HoldRecord>, IndexError> {
+        self.get(CF_HOLDS, study_uid.as_bytes())
     }
 
     fn accessed_before(

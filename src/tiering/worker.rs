@@ -237,6 +237,9 @@ impl Tiering {
                     let Some(member) = strata_tiers::ObjectId::from_hex(&m.blake3) else {
                         return Ok(false);
                     };
+                    if index.deleted_object(&member)?.is_some() {
+                        continue; // its study was deleted on purpose
+                    }
                     let Some(record) = index.object(&member)? else {
                         return Ok(false);
                     };
