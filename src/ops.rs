@@ -1114,6 +1114,7 @@ pub struct DeleteReport {
     pub packs_deleted: usize,
 }
 
+/// Appends one CLI access to the audit log, synced.
 pub fn audit_cli(
     config: &Config,
     action: &'static str,
