@@ -94,6 +94,9 @@ pub trait Index: Send + Sync {
         pack: &PackRecord,
         members: &[PackedObject],
     ) -> Result<(), IndexError>;
+    /// Forgets a pack: its record and every object's copy in it (repair, after the
+    /// objects were found to have other good copies); synced.
+    fn drop_pack(&self, pack_id: &ObjectId) -> Result<(), IndexError>;
     /// Rewrites a pack record (its storage class after an archive move).
     fn update_pack(&self, pack_id: &ObjectId, pack: &PackRecord) -> Result<(), IndexError>;
     fn pack(&self, pack_id: &ObjectId) -> Result<Option<PackRecord>, IndexError>;

@@ -109,6 +109,10 @@ enum Command {
         /// Which tiers to check: hot files, cold packs, or both.
         #[arg(long, value_enum, default_value = "all")]
         tier: ops::VerifyScope,
+        /// Restore corrupt or missing copies from other verified copies (server
+        /// stopped); says what it did, and what it could not do.
+        #[arg(long)]
+        repair: bool,
     },
     /// Delete a study from every tier (server stopped): audited, tombstoned, refused
     /// under a legal hold.
@@ -428,7 +432,28 @@ fn run(cli: Cli) -> Result<i32> {
             );
             Ok(0)
         }
-        Command::Verify { json, tier } => {
+        Command::Verify {
+            json,
+            tier: _,
+            repair: true,
+        } => {
+            let (found, report) = ops::repair(&config, workers(&config))?;
+            if json {
+                print_json(&serde_json::json!({"found": found, "repair": report}))?;
+            } else {
+                for line in &report.repaired {
+                    println!("repaired: {line}");
+                }
+                for line in &report.unrepairable {
+                    println!("NO GOOD COPY LEFT, NOTHING CHANGED: {line}");
+                }
+                if report.repaired.is_empty() && report.unrepairable.is_empty() {
+                    println!("nothing to repair");
+                }
+            }
+            Ok(if report.unrepairable.is_empty() { 0 } else { 1 })
+        }
+        Command::Verify { json, tier, .. } => {
             let archive = ReadOnlyArchive::open(&config)?;
             let report = ops::verify(&archive, workers(&config), tier)?;
             let outcome: Result<String> = Ok(if report.is_clean() {

@@ -1268,3 +1268,152 @@ pub fn hold(config: &Config, study_uid: &str, reason: &str, release: bool) -> Re
     archive.close(true)?;
     Ok(())
 }
+
+#[derive(Debug, Default, Serialize)]
+pub struct RepairReport {
+    /// What was fixed, one line each.
+    pub repaired: Vec<String>,
+    /// What could not be fixed because no good copy is left (nothing was changed).
+    pub unrepairable: Vec<String>,
+}
+
+/// `strata verify --repair` (server stopped): finds the problems `verify` finds, then
+/// restores each corrupt or missing copy from another verified copy — a hot object from
+/// its cold pack member (the corrupt file is quarantined, never deleted), a bad pack by
+/// re-packing its members from their hot copies. With no good copy left it says so and
+/// changes nothing for that object.
+pub fn repair(config: &Config, workers: usize) -> Result<(VerifyReport, RepairReport)> {
+    let (archive, _recovery) = crate::archive::Archive::open_exclusive(config, "repair")?;
+    let readonly = ReadOnlyArchive::open(config)?;
+    let found = verify(&readonly, workers, VerifyScope::All)?;
+    let tiering = archive.tiering();
+    let reader = readonly.reader();
+    let rt = runtime()?;
+    let mut report = RepairReport::default();
+    let index = archive.index.clone();
+
+    // hot copies: corrupt or missing, restored from a cold copy; that includes files
+    // recorded hot whose cold copy is safe (verify counts those as pending eviction)
+    let mut gone_with_cold_copy = Vec::new();
+    index.for_each_object(&mut |id, r| {
+        if r.tier == crate::index::Tier::Hot
+            && !r.cold.is_empty()
+            && !archive.hot.path_of(&id).exists()
+        {
+            gone_with_cold_copy.push(Problem {
+                id: id.to_hex(),
+                path: archive.hot.path_of(&id).display().to_string(),
+                study_uid: r.study_uid.clone(),
+                sop_instance_uid: r.sop_instance_uid.clone(),
+                detail: "hot file is missing".into(),
+            });
+        }
+        true
+    })?;
+    for p in found
+        .corrupt
+        .iter()
+        .chain(found.missing.iter())
+        .chain(gone_with_cold_copy.iter())
+    {
+        let Some(id) = ObjectId::from_hex(&p.id) else {
+            continue;
+        };
+        let copies = index.object(&id)?.map(|r| r.cold).unwrap_or_default();
+        match rt.block_on(reader.read_cold(&id, &copies)) {
+            Ok(bytes) => {
+                let path = archive.hot.path_of(&id);
+                if path.exists() {
+                    quarantine(&archive.data_dir, &path)?;
+                }
+                use strata_tiers::BlobStore;
+                rt.block_on(archive.hot.put(&id, bytes::Bytes::from(bytes)))?;
+                report.repaired.push(format!(
+                    "object {id} (study {}, instance {}): hot copy restored from its cold pack ({})",
+                    p.study_uid, p.sop_instance_uid, p.detail
+                ));
+            }
+            Err(e) => report.unrepairable.push(format!(
+                "object {id} (study {}, instance {}): {} and no good cold copy ({e})",
+                p.study_uid, p.sop_instance_uid, p.detail
+            )),
+        }
+    }
+
+    // bad packs: re-packed from the members' hot copies when every member has one
+    for bad in &found.bad_packs {
+        let Some(pack) = ObjectId::from_hex(&bad.pack) else {
+            continue;
+        };
+        let mut members = Vec::new();
+        index.for_each_object(&mut |id, r| {
+            if r.cold.iter().any(|c| c.pack == bad.pack) {
+                members.push((id, r));
+            }
+            true
+        })?;
+        let without_copy: Vec<String> = members
+            .iter()
+            .filter(|(id, r)| {
+                let hot_ok = r.tier == crate::index::Tier::Hot
+                    && archive
+                        .hot
+                        .rehash_blocking(id)
+                        .is_ok_and(|(actual, _)| actual == *id);
+                let other_pack = r.cold.iter().any(|c| c.pack != bad.pack);
+                !(hot_ok || other_pack)
+            })
+            .map(|(_, r)| r.sop_instance_uid.clone())
+            .collect();
+        if !without_copy.is_empty() {
+            report.unrepairable.push(format!(
+                "pack {} (study {}): {}; {} instance(s) have no other good copy: {}",
+                bad.pack,
+                bad.study_uid,
+                bad.detail,
+                without_copy.len(),
+                without_copy.join(", ")
+            ));
+            continue;
+        }
+        index.drop_pack(&pack)?;
+        {
+            use strata_tiers::BlobStore;
+            rt.block_on(archive.cold.delete(&pack))?;
+        }
+        let hot_members: Vec<_> = members
+            .into_iter()
+            .filter(|(_, r)| r.tier == crate::index::Tier::Hot)
+            .map(|(id, mut r)| {
+                r.cold.retain(|c| c.pack != bad.pack);
+                (id, r)
+            })
+            .filter(|(_, r)| r.cold.is_empty())
+            .collect();
+        if !hot_members.is_empty() {
+            rt.block_on(tiering.pack_and_record(&bad.study_uid, &hot_members))?;
+        }
+        report.repaired.push(format!(
+            "pack {} (study {}): {}; replaced by a new pack of its {} members' hot copies",
+            bad.pack,
+            bad.study_uid,
+            bad.detail,
+            hot_members.len()
+        ));
+    }
+    for line in &report.repaired {
+        audit_cli(config, "repair", Vec::new(), format!("repaired: {line}"))?;
+    }
+    for line in &report.unrepairable {
+        audit_cli(
+            config,
+            "repair",
+            Vec::new(),
+            format!("NOT repaired: {line}"),
+        )?;
+    }
+    drop(readonly);
+    drop(tiering);
+    archive.close(true)?;
+    Ok((found, report))
+}

@@ -284,3 +284,99 @@ fn deletion_tombstones_and_legal_holds() {
         .status
         .success());
 }
+
+fn repair(archive: &Archive) -> (bool, String) {
+    let out = run(&mut archive.strata(&["verify", "--repair"]));
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+    )
+}
+
+fn flip(path: &std::path::Path, at: usize) {
+    let mut bytes = std::fs::read(path).unwrap();
+    bytes[at] ^= 0x20;
+    std::fs::write(path, &bytes).unwrap();
+}
+
+/// A flipped byte in a hot object, a deleted hot file, a flipped byte in a pack, a
+/// deleted pack and a truncated pack are each found by verify with the object or pack
+/// and its study; `verify --repair` fixes every case with a good copy elsewhere, and
+/// says loudly, changing nothing, when there is none.
+#[test]
+fn verify_finds_damage_and_repair_restores_from_the_other_tier() {
+    let archive = Archive::new("integrity-repair");
+    let ct: Vec<_> = dcm_files(ct_study()).into_iter().take(4).collect();
+    run_ok(archive.strata(&["import"]).args(&ct));
+    let study = archive.ls_json()[0]["study_uid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // both tiers hold every object
+    run_ok(&mut archive.strata(&["tier", "move", &study, "--to", "cold"]));
+    run_ok(&mut archive.strata(&["tier", "move", &study, "--to", "hot"]));
+    let hot = walk(&archive.data_dir().join("hot/objects"));
+    assert_eq!(hot.len(), 4);
+    let packs = || walk(&archive.data_dir().join("cold/packs"));
+
+    // hot damage: one flipped byte, one deleted file
+    flip(&hot[0], 5000);
+    std::fs::remove_file(&hot[1]).unwrap();
+    let (clean, report) = archive.verify_json();
+    assert!(!clean);
+    assert_eq!(
+        report["corrupt"][0]["study_uid"].as_str(),
+        Some(study.as_str())
+    );
+    // the deleted file still has its cold copy: not a loss, but not as recorded either
+    assert_eq!(report["pending_eviction"], 1, "{report}");
+    let (ok, text) = repair(&archive);
+    assert!(ok, "{text}");
+    assert_eq!(text.matches("hot copy restored").count(), 2, "{text}");
+    assert!(archive.verify_json().0);
+
+    // cold damage, each repaired from the hot copies: a flipped byte, a truncated pack,
+    // a deleted pack
+    for damage in ["flip", "truncate", "delete"] {
+        let pack = packs().remove(0);
+        match damage {
+            "flip" => flip(&pack, 20_000),
+            "truncate" => {
+                let len = std::fs::metadata(&pack).unwrap().len();
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&pack)
+                    .unwrap()
+                    .set_len(len / 3)
+                    .unwrap();
+            }
+            _ => std::fs::remove_file(&pack).unwrap(),
+        }
+        let (clean, report) = archive.verify_json();
+        assert!(!clean, "{damage}");
+        let bad = &report["bad_packs"][0];
+        assert_eq!(
+            bad["study_uid"].as_str(),
+            Some(study.as_str()),
+            "{damage}: {report}"
+        );
+        assert_eq!(bad["instances"].as_array().unwrap().len(), 4);
+        let (ok, text) = repair(&archive);
+        assert!(ok, "{damage}: {text}");
+        assert!(text.contains("replaced by a new pack"), "{damage}: {text}");
+        let (clean, report) = archive.verify_json();
+        assert!(clean, "{damage}: {report}");
+        assert_eq!(packs().len(), 1);
+    }
+
+    // no good copy left: cold only, then the pack is damaged
+    run_ok(&mut archive.strata(&["tier", "move", &study, "--to", "cold"]));
+    let pack = packs().remove(0);
+    flip(&pack, 20_000);
+    let before = std::fs::read(&pack).unwrap();
+    let (ok, text) = repair(&archive);
+    assert!(!ok, "{text}");
+    assert!(text.contains("NO GOOD COPY LEFT"), "{text}");
+    assert_eq!(std::fs::read(&pack).unwrap(), before, "nothing changed");
+    assert!(!archive.verify_json().0);
+}

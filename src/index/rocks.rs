@@ -602,6 +602,32 @@ impl Index for RocksIndex {
         pending.write_synced()
     }
 
+    fn drop_pack(&self, pack_id: &ObjectId) -> Result<(), IndexError> {
+        let hex = pack_id.to_hex();
+        let mut pending = PendingWrites {
+            index: self,
+            values: HashMap::new(),
+        };
+        let mut changed = Vec::new();
+        self.scan_prefix(CF_OBJECTS, b"", &mut |k, v| {
+            let mut record: ObjectRecord = decode(v).map_err(|reason| IndexError::Corrupt {
+                cf: CF_OBJECTS,
+                key: String::from_utf8_lossy(k).into_owned(),
+                reason,
+            })?;
+            if record.cold.iter().any(|c| c.pack == hex) {
+                record.cold.retain(|c| c.pack != hex);
+                changed.push((k.to_vec(), record));
+            }
+            Ok(true)
+        })?;
+        for (k, record) in changed {
+            pending.put(CF_OBJECTS, k, &record);
+        }
+        pending.delete(CF_PACKS, pack_id.as_bytes().to_vec());
+        pending.write_synced()
+    }
+
     fn update_pack(&self, pack_id: &ObjectId, pack: &PackRecord) -> Result<(), IndexError> {
         let mut pending = PendingWrites {
             index: self,

@@ -120,7 +120,7 @@ impl Tiering {
     }
 
     /// Steps 1-4 for one pack's worth of objects. Returns (pack bytes, members).
-    async fn pack_and_record(
+    pub(crate) async fn pack_and_record(
         &self,
         study_uid: &str,
         objects: &[(ObjectId, ObjectRecord)],
