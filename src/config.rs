@@ -20,6 +20,29 @@ pub struct Config {
     pub cold: ColdConfig,
     pub tiering: TieringConfig,
     pub audit: AuditConfig,
+    pub scrub: ScrubConfig,
+}
+
+/// The continuous fixity check of `strata serve`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScrubConfig {
+    pub enabled: bool,
+    /// Every object in every tier is re-hashed once per cycle.
+    #[serde(with = "humantime_serde")]
+    pub cycle: Duration,
+    /// Reads never exceed this many MB/s (10^6 bytes).
+    pub max_mb_per_s: u64,
+}
+
+impl Default for ScrubConfig {
+    fn default() -> Self {
+        ScrubConfig {
+            enabled: true,
+            cycle: Duration::from_secs(30 * 86400),
+            max_mb_per_s: 50,
+        }
+    }
 }
 
 /// The audit log.

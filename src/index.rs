@@ -24,9 +24,9 @@ pub mod records;
 pub mod rocks;
 
 pub use records::{
-    ColdCopy, CommitOutcome, HoldRecord, InstanceEntry, InstanceRecord, NewObject, ObjectRecord,
-    PackRecord, PackedObject, PatientRecord, Provenance, SeriesRecord, StudyRecord, Tier,
-    Tombstone, VersionRef,
+    ColdCopy, CommitOutcome, FixityRecord, HoldRecord, InstanceEntry, InstanceRecord, NewObject,
+    ObjectRecord, PackRecord, PackedObject, PatientRecord, Provenance, SeriesRecord, StudyRecord,
+    Tier, Tombstone, VersionRef,
 };
 pub use rocks::RocksIndex;
 
@@ -123,6 +123,10 @@ pub trait Index: Send + Sync {
     fn restore_tombstone(&self, tombstone: &Tombstone) -> Result<(), IndexError>;
     /// The study an object was deleted with, if it was.
     fn deleted_object(&self, id: &ObjectId) -> Result<Option<String>, IndexError>;
+    /// Records the scrubber's latest check of an object (not synced: a lost record only
+    /// means the object is checked again).
+    fn record_fixity(&self, id: &ObjectId, record: &FixityRecord) -> Result<(), IndexError>;
+    fn fixity(&self, id: &ObjectId) -> Result<Option<FixityRecord>, IndexError>;
     /// Places (`Some`) or lifts (`None`) a legal hold; synced.
     fn set_hold(&self, study_uid: &str, hold: Option<&HoldRecord>) -> Result<(), IndexError>;
     fn hold(&self, study_uid: &str) -> Result<Option<HoldRecord>, IndexError>;

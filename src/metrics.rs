@@ -38,6 +38,11 @@ pub struct TierMetrics {
     /// Failed passes (`transient`: the cold tier failed) and studies not moved (`study`).
     pub failures: IntCounterVec,
     pub recall_seconds: Histogram,
+    pub scrub_objects: IntCounter,
+    pub scrub_bytes: IntCounter,
+    pub scrub_failures: IntCounter,
+    /// Fraction of the current scrub cycle done.
+    pub scrub_progress: prometheus::Gauge,
 }
 
 impl TierMetrics {
@@ -93,9 +98,33 @@ impl TierMetrics {
                 ]),
             )
             .expect("metric"),
+            scrub_objects: IntCounter::new(
+                "strata_scrub_objects_total",
+                "Objects re-hashed by the scrubber",
+            )
+            .expect("metric"),
+            scrub_bytes: IntCounter::new(
+                "strata_scrub_bytes_total",
+                "Bytes re-hashed by the scrubber",
+            )
+            .expect("metric"),
+            scrub_failures: IntCounter::new(
+                "strata_scrub_failures_total",
+                "Objects whose hot or cold copy failed the scrubber's check",
+            )
+            .expect("metric"),
+            scrub_progress: prometheus::Gauge::new(
+                "strata_scrub_cycle_progress",
+                "Fraction of the current scrub cycle done",
+            )
+            .expect("metric"),
         };
         for c in [
-            Box::new(t.objects.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(t.scrub_objects.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(t.scrub_bytes.clone()),
+            Box::new(t.scrub_failures.clone()),
+            Box::new(t.scrub_progress.clone()),
+            Box::new(t.objects.clone()),
             Box::new(t.bytes.clone()),
             Box::new(t.packs.clone()),
             Box::new(t.queue_length.clone()),

@@ -80,6 +80,8 @@ pub struct VersionView {
     pub location: String,
     /// Every verified copy in a cold pack.
     pub cold_copies: Vec<ColdCopyView>,
+    /// The scrubber's latest check of this object.
+    pub last_verified: Option<crate::index::FixityRecord>,
     pub calling_ae: String,
     pub source: String,
 }
@@ -175,6 +177,7 @@ fn version_views(
                 tier: if hot_copy { "hot" } else { "cold" }.into(),
                 location,
                 cold_copies,
+                last_verified: index.fixity(&id)?,
                 calling_ae: rec
                     .as_ref()
                     .map(|r| r.provenance.calling_ae.clone())

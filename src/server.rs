@@ -86,6 +86,13 @@ pub async fn run(
         ))
     });
 
+    let scrub_task = config.scrub.enabled.then(|| {
+        tokio::spawn(crate::tiering::scrub::run_scrubber(
+            tiering.clone(),
+            shutdown_rx.clone(),
+        ))
+    });
+
     let http_task = tokio::spawn(http::serve(
         http_listener,
         http::HttpState {
@@ -165,6 +172,10 @@ pub async fn run(
     }
     let _ = http_task.await;
     if let Some(task) = anchor_task {
+        let _ = task.await;
+    }
+    if let Some(task) = scrub_task {
+        task.abort();
         let _ = task.await;
     }
     if let Some(task) = tier_task {

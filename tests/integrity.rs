@@ -285,6 +285,21 @@ fn deletion_tombstones_and_legal_holds() {
         .success());
 }
 
+/// Imports 4 CT instances and gives every one a copy in both tiers; returns the study
+/// and the hot files.
+fn study_in_both_tiers(archive: &Archive) -> (String, Vec<std::path::PathBuf>) {
+    let ct: Vec<_> = dcm_files(ct_study()).into_iter().take(4).collect();
+    run_ok(archive.strata(&["import"]).args(&ct));
+    let study = archive.ls_json()[0]["study_uid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    run_ok(&mut archive.strata(&["tier", "move", &study, "--to", "cold"]));
+    run_ok(&mut archive.strata(&["tier", "move", &study, "--to", "hot"]));
+    let hot = walk(&archive.data_dir().join("hot/objects"));
+    (study, hot)
+}
+
 fn repair(archive: &Archive) -> (bool, String) {
     let out = run(&mut archive.strata(&["verify", "--repair"]));
     (
@@ -306,16 +321,7 @@ fn flip(path: &std::path::Path, at: usize) {
 #[test]
 fn verify_finds_damage_and_repair_restores_from_the_other_tier() {
     let archive = Archive::new("integrity-repair");
-    let ct: Vec<_> = dcm_files(ct_study()).into_iter().take(4).collect();
-    run_ok(archive.strata(&["import"]).args(&ct));
-    let study = archive.ls_json()[0]["study_uid"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    // both tiers hold every object
-    run_ok(&mut archive.strata(&["tier", "move", &study, "--to", "cold"]));
-    run_ok(&mut archive.strata(&["tier", "move", &study, "--to", "hot"]));
-    let hot = walk(&archive.data_dir().join("hot/objects"));
+    let (study, hot) = study_in_both_tiers(&archive);
     assert_eq!(hot.len(), 4);
     let packs = || walk(&archive.data_dir().join("cold/packs"));
 
@@ -379,4 +385,55 @@ fn verify_finds_damage_and_repair_restores_from_the_other_tier() {
     assert!(text.contains("NO GOOD COPY LEFT"), "{text}");
     assert_eq!(std::fs::read(&pack).unwrap(), before, "nothing changed");
     assert!(!archive.verify_json().0);
+}
+
+/// The scrubber re-hashes every object of every tier on its cycle, records the outcome
+/// per object, counts failures in /metrics and logs them with the object and study.
+#[test]
+fn the_scrubber_finds_and_records_damage() {
+    let archive = Archive::with_config(
+        "integrity-scrub",
+        "[scrub]\ncycle = \"2s\"\nmax_mb_per_s = 1000\n",
+    );
+    let (study, hot) = study_in_both_tiers(&archive);
+    flip(&hot[0], 4000);
+    let damaged = hot[0].file_name().unwrap().to_string_lossy().to_string();
+    let server = archive.start();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let m = server.metrics();
+        if m.contains("strata_scrub_objects_total 4") || m.contains("strata_scrub_objects_total 5")
+        {
+            assert!(m.contains("strata_scrub_failures_total 1"), "{m}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the scrubber did not finish a cycle"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let log = server.log_text();
+    assert!(
+        log.contains("FIXITY FAILURE") && log.contains(&damaged) && log.contains(&study),
+        "{log}"
+    );
+    server.stop();
+    let shown = run_ok(&mut archive.strata(&["show", &study, "--json"]));
+    let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+    let versions: Vec<&serde_json::Value> = shown["series"][0]["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| &i["versions"][0])
+        .collect();
+    let bad: Vec<_> = versions
+        .iter()
+        .filter(|v| v["last_verified"]["ok"] == false)
+        .collect();
+    assert_eq!(bad.len(), 1, "{shown}");
+    assert_eq!(bad[0]["id"].as_str(), Some(damaged.as_str()));
+    assert!(versions
+        .iter()
+        .all(|v| v["last_verified"]["verified_at_ms"].as_u64().is_some()));
 }

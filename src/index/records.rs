@@ -83,6 +83,15 @@ pub struct Tombstone {
     pub deleted_at_ms: u64,
 }
 
+/// When an object was last re-hashed by the scrubber, and what came out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FixityRecord {
+    pub verified_at_ms: u64,
+    pub ok: bool,
+    /// `hot` or the pack id the copy was read from, and what was wrong, if anything.
+    pub detail: String,
+}
+
 /// A legal hold: the study cannot be deleted while it stands.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HoldRecord {

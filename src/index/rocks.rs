@@ -18,12 +18,13 @@
 //! | `tombstones` | `study` | `Tombstone` (a deleted study: UIDs, ids, who, why, when) |
 //! | `deleted_objects` | 32-byte object id | the study it was deleted with |
 //! | `holds` | `study` | `HoldRecord` (legal hold) |
+//! | `fixity` | 32-byte object id | `FixityRecord` (the scrubber's last check) |
 
 use super::records::{decode, encode};
 use super::{
-    ColdCopy, CommitOutcome, HoldRecord, Index, IndexError, InstanceEntry, InstanceRecord,
-    NewObject, ObjectRecord, PackRecord, PackedObject, PatientRecord, SecondaryKey, SeriesRecord,
-    StudyRecord, Tier, Tombstone, VersionRef,
+    ColdCopy, CommitOutcome, FixityRecord, HoldRecord, Index, IndexError, InstanceEntry,
+    InstanceRecord, NewObject, ObjectRecord, PackRecord, PackedObject, PatientRecord, SecondaryKey,
+    SeriesRecord, StudyRecord, Tier, Tombstone, VersionRef,
 };
 use rocksdb::{
     ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB,
@@ -52,8 +53,9 @@ const CF_PACKS: &str = "packs";
 const CF_TOMBSTONES: &str = "tombstones";
 const CF_DELETED_OBJECTS: &str = "deleted_objects";
 const CF_HOLDS: &str = "holds";
+const CF_FIXITY: &str = "fixity";
 
-const ALL_CFS: [&str; 17] = [
+const ALL_CFS: [&str; 18] = [
     CF_META,
     CF_OBJECTS,
     CF_INSTANCES,
@@ -71,6 +73,7 @@ const ALL_CFS: [&str; 17] = [
     CF_TOMBSTONES,
     CF_DELETED_OBJECTS,
     CF_HOLDS,
+    CF_FIXITY,
 ];
 
 /// Called with each `(key, value)` of a scan; returns whether to go on.
@@ -779,6 +782,16 @@ impl Index for RocksIndex {
             None => self.db.delete_cf_opt(self.cf(CF_HOLDS), study_uid, &wo),
         }
         .map_err(storage)
+    }
+
+    fn record_fixity(&self, id: &ObjectId, record: &FixityRecord) -> Result<(), IndexError> {
+        self.db
+            .put_cf(self.cf(CF_FIXITY), id.as_bytes(), encode(record))
+            .map_err(storage)
+    }
+
+    fn fixity(&self, id: &ObjectId) -> Result<Option<FixityRecord>, IndexError> {
+        self.get(CF_FIXITY, id.as_bytes())
     }
 
     fn hold(&self, study_uid: &str) -> Result<Option<HoldRecord>, IndexError> {

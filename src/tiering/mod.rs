@@ -17,6 +17,7 @@
 pub mod mover;
 pub mod pack;
 pub mod reader;
+pub mod scrub;
 pub mod worker;
 
 use crate::config::Config;

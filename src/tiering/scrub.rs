@@ -1,0 +1,133 @@
+//! The scrubber: a background worker of `strata serve` that re-hashes every object in
+//! every tier once per `[scrub] cycle`, never reading faster than `max_mb_per_s`.
+//!
+//! A hot object is re-hashed from its file; an object with cold copies also has each
+//! copy read (one ranged GET of its pack member) and checked against its id. Each check
+//! is recorded in the index (`fixity`: when, ok or not, what was wrong) and counted in
+//! the metrics; a failure is logged with the object, its location and its study, for
+//! `strata verify --repair` to act on. The scrubber never changes data.
+
+use super::{blocking, Tiering, TieringError};
+use crate::index::rocks::unix_ms_now;
+use crate::index::{FixityRecord, ObjectRecord, Tier};
+use std::time::{Duration, Instant};
+use strata_tiers::ObjectId;
+use tokio::sync::watch;
+
+/// Checks one object in each tier that holds it; `Err` lists what is wrong.
+async fn check(t: &Tiering, id: &ObjectId, record: &ObjectRecord) -> (u64, Result<(), String>) {
+    let mut problems = Vec::new();
+    let mut bytes = 0;
+    if record.tier == Tier::Hot {
+        let (hot, oid) = (t.hot.clone(), *id);
+        match blocking(move || Ok(hot.rehash_blocking(&oid)?)).await {
+            Ok((actual, size)) => {
+                bytes += size;
+                if actual != *id {
+                    problems.push(format!(
+                        "hot copy {} hashes to {actual}",
+                        t.hot.path_of(id).display()
+                    ));
+                }
+            }
+            Err(e) => problems.push(format!("hot copy {}: {e}", t.hot.path_of(id).display())),
+        }
+    }
+    let reader = t.reader();
+    for copy in &record.cold {
+        match reader.read_copy(id, copy).await {
+            Ok(b) => bytes += b.len() as u64,
+            Err(e) if e.is_pending_restore() => {} // archived: checked when restored
+            Err(e) => problems.push(format!(
+                "cold copy in pack {} at {}: {e}",
+                copy.pack, copy.offset
+            )),
+        }
+    }
+    (
+        bytes,
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("; "))
+        },
+    )
+}
+
+/// Runs cycles until `stop` turns true.
+pub async fn run_scrubber(t: Tiering, mut stop: watch::Receiver<bool>) {
+    let cfg = t.config.scrub.clone();
+    let cap = (cfg.max_mb_per_s.max(1) * 1_000_000) as f64;
+    loop {
+        let index = t.index.clone();
+        let objects = match blocking(move || {
+            let mut all = Vec::new();
+            index.for_each_object(&mut |id, r| {
+                all.push((id, r));
+                true
+            })?;
+            Ok::<_, TieringError>(all)
+        })
+        .await
+        {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::warn!(error = %e, "scrubber: cannot list objects");
+                Vec::new()
+            }
+        };
+        let cycle_started = Instant::now();
+        let per_object = cfg.cycle.div_f64(objects.len().max(1) as f64);
+        for (n, (id, record)) in objects.iter().enumerate() {
+            let started = Instant::now();
+            let (bytes, outcome) = check(&t, id, record).await;
+            if let Some(m) = &t.metrics {
+                m.scrub_objects.inc();
+                m.scrub_bytes.inc_by(bytes);
+                m.scrub_progress
+                    .set((n + 1) as f64 / objects.len().max(1) as f64);
+                if outcome.is_err() {
+                    m.scrub_failures.inc();
+                }
+            }
+            if let Err(detail) = &outcome {
+                tracing::error!(
+                    object = %id,
+                    study = %record.study_uid,
+                    instance = %record.sop_instance_uid,
+                    %detail,
+                    "FIXITY FAILURE: run `strata verify --repair`"
+                );
+            }
+            let fixity = FixityRecord {
+                verified_at_ms: unix_ms_now(),
+                ok: outcome.is_ok(),
+                detail: outcome.err().unwrap_or_default(),
+            };
+            let (index, oid) = (t.index.clone(), *id);
+            let _ = blocking(move || Ok(index.record_fixity(&oid, &fixity)?)).await;
+            // pace: never above the bandwidth cap, and spread over the cycle
+            let wait = Duration::from_secs_f64(bytes as f64 / cap)
+                .max(per_object)
+                .saturating_sub(started.elapsed());
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = stop.changed() => return,
+            }
+        }
+        tracing::info!(
+            objects = objects.len(),
+            seconds = cycle_started.elapsed().as_secs(),
+            "scrub cycle complete"
+        );
+        if objects.is_empty() {
+            tokio::select! {
+                _ = tokio::time::sleep(cfg.cycle.min(Duration::from_secs(60))) => {}
+                _ = stop.changed() => return,
+            }
+        }
+        if *stop.borrow() {
+            return;
+        }
+    }
+}
