@@ -462,6 +462,89 @@ pub async fn anchors(cold: &strata_tiers::ColdStore) -> Result<Vec<Anchor>, Stri
         .collect()
 }
 
+/// DICOM PS3.15 Annex A.5 audit message codes (DCM, RFC 3881 / IHE ATNA) for an action:
+/// (EventID code, its meaning, EventActionCode).
+fn atna_event(action: &str) -> (&'static str, &'static str, &'static str) {
+    match action {
+        "store" => ("110104", "DICOM Instances Transferred", "C"),
+        "query" => ("110112", "Query", "E"),
+        "retrieve" => ("110104", "DICOM Instances Transferred", "R"),
+        "export" | "manifest" => ("110106", "Export", "R"),
+        "delete" => ("110105", "DICOM Study Deleted", "D"),
+        "tier_move" | "verify" | "repair" | "hold" => ("110100", "Application Activity", "E"),
+        _ => ("110100", "Application Activity", "E"),
+    }
+}
+
+fn xml_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&apos;")
+}
+
+/// One record as a DICOM audit message (PS3.15 A.5.1 schema, the IHE ATNA format) that
+/// a SIEM or audit repository accepts.
+pub fn to_dicom_xml(record: &Record, source_ae: &str) -> String {
+    let b = &record.body;
+    let (code, meaning, action_code) = atna_event(&b.action);
+    let failed = b.outcome.starts_with("failed")
+        || b.outcome.starts_with("refused")
+        || b.outcome.starts_with("NOT");
+    let when = humantime::format_rfc3339_millis(
+        std::time::UNIX_EPOCH + std::time::Duration::from_millis(b.time_ms),
+    );
+    let user = if b.actor.kind == "dicom" {
+        b.actor.ae_title.clone()
+    } else {
+        format!("{}:{}", b.actor.kind, b.actor.user)
+    };
+    let mut xml = format!(
+        "<AuditMessage>\
+<EventIdentification EventActionCode=\"{action_code}\" EventDateTime=\"{when}\" EventOutcomeIndicator=\"{}\">\
+<EventID csd-code=\"{code}\" codeSystemName=\"DCM\" originalText=\"{meaning}\"/>\
+<EventOutcomeDescription>{}</EventOutcomeDescription>\
+</EventIdentification>\
+<ActiveParticipant UserID=\"{}\" UserIsRequestor=\"true\"{}/>\
+<ActiveParticipant UserID=\"{}\" UserIsRequestor=\"false\" AlternativeUserID=\"strata\"/>\
+<AuditSourceIdentification AuditSourceID=\"{}\"/>",
+        if failed { 4 } else { 0 },
+        xml_escape(&b.outcome),
+        xml_escape(&user),
+        if b.actor.address.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " NetworkAccessPointID=\"{}\" NetworkAccessPointTypeCode=\"2\"",
+                xml_escape(b.actor.address.split(':').next().unwrap_or(""))
+            )
+        },
+        xml_escape(source_ae),
+        xml_escape(source_ae),
+    );
+    for uid in &b.uids {
+        if uid.contains('=') {
+            // a query key: the query itself is the participant object
+            xml.push_str(&format!(
+                "<ParticipantObjectIdentification ParticipantObjectID=\"{}\" ParticipantObjectTypeCode=\"2\" ParticipantObjectTypeCodeRole=\"24\">\
+<ParticipantObjectIDTypeCode csd-code=\"110112\" codeSystemName=\"DCM\" originalText=\"Query\"/>\
+</ParticipantObjectIdentification>",
+                xml_escape(uid)
+            ));
+        } else {
+            xml.push_str(&format!(
+                "<ParticipantObjectIdentification ParticipantObjectID=\"{}\" ParticipantObjectTypeCode=\"2\" ParticipantObjectTypeCodeRole=\"3\">\
+<ParticipantObjectIDTypeCode csd-code=\"110180\" codeSystemName=\"DCM\" originalText=\"Study Instance UID\"/>\
+</ParticipantObjectIdentification>",
+                xml_escape(uid)
+            ));
+        }
+    }
+    xml.push_str("</AuditMessage>");
+    xml
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -40,6 +40,14 @@ enum AuditCommand {
     },
     /// Copy the current chain head to the cold tier now.
     Anchor,
+    /// Write the records for a SIEM: `--format dicom` gives one DICOM PS3.15 audit
+    /// message (IHE ATNA XML) per line.
+    Export {
+        #[arg(long, value_parser = ["dicom", "json"])]
+        format: String,
+        #[arg(long, value_parser = humantime::parse_duration)]
+        since: Option<std::time::Duration>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -751,6 +759,25 @@ fn audit(config: &Config, command: AuditCommand) -> Result<i32> {
                         b.uids.join(" "),
                         b.outcome
                     );
+                }
+            }
+            Ok(0)
+        }
+        AuditCommand::Export { format, since } => {
+            let from = since
+                .map(|d| strata::index::rocks::unix_ms_now().saturating_sub(d.as_millis() as u64))
+                .unwrap_or(0);
+            for r in strata::audit::read_all(&path)?
+                .into_iter()
+                .filter(|r| r.body.time_ms >= from)
+            {
+                if format == "dicom" {
+                    println!(
+                        "{}",
+                        strata::audit::to_dicom_xml(&r, &config.dicom.ae_title)
+                    );
+                } else {
+                    println!("{}", serde_json::to_string(&r)?);
                 }
             }
             Ok(0)

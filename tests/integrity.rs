@@ -164,8 +164,40 @@ fn the_audit_log_records_accesses_and_detects_tampering() {
             .contains("anchored"),
         "{report}"
     );
-    std::fs::write(&log, original).unwrap();
+    std::fs::write(&log, &original).unwrap();
     assert!(audit_verify(&archive).0);
+
+    // for a SIEM: one DICOM audit message (PS3.15 A.5, IHE ATNA) per record
+    let out = run_ok(&mut archive.strata(&["audit", "export", "--format", "dicom"]));
+    let check = "import sys, xml.etree.ElementTree as ET\n\
+        n = 0\n\
+        for line in sys.stdin:\n\
+        \tm = ET.fromstring(line)\n\
+        \tassert m.tag == 'AuditMessage'\n\
+        \tev = m.find('EventIdentification')\n\
+        \tassert ev.get('EventActionCode') and ev.get('EventDateTime')\n\
+        \tassert ev.find('EventID').get('codeSystemName') == 'DCM'\n\
+        \tassert m.find('ActiveParticipant') is not None\n\
+        \tassert m.find('AuditSourceIdentification').get('AuditSourceID') == 'STRATA'\n\
+        \tn += 1\n\
+        print(n)\n";
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", check])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(&out.stdout).unwrap();
+    let parsed = child.wait_with_output().unwrap();
+    assert!(
+        parsed.status.success(),
+        "audit messages are not well-formed"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&parsed.stdout).trim(),
+        original.lines().count().to_string()
+    );
 }
 
 /// A deleted study leaves a tombstone, is gone from C-FIND, and verify and reindex stay
