@@ -21,6 +21,26 @@ pub struct Config {
     pub tiering: TieringConfig,
     pub audit: AuditConfig,
     pub scrub: ScrubConfig,
+    pub retention: RetentionConfig,
+}
+
+/// Retention rules (off by default): `strata retention run` deletes, with a tombstone
+/// and an audit record each, the studies they select, never one under a legal hold.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Studies whose StudyDate is older than this are deleted; "0s" disables. Studies
+    /// without a valid StudyDate are never deleted by retention.
+    #[serde(with = "humantime_serde")]
+    pub study_age: Duration,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig {
+            study_age: Duration::ZERO,
+        }
+    }
 }
 
 /// The continuous fixity check of `strata serve`.

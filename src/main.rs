@@ -138,6 +138,13 @@ enum Command {
         #[arg(long)]
         release: bool,
     },
+    /// Apply the [retention] rule (server stopped): delete the studies it selects,
+    /// except those under a legal hold.
+    Retention {
+        /// Only list what would be deleted.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Deleted studies: what, who, why, when.
     Tombstones {
         #[arg(long)]
@@ -392,6 +399,26 @@ fn run(cli: Cli) -> Result<i32> {
             println!(
                 "legal hold {} on study {study_uid}",
                 if release { "lifted" } else { "placed" }
+            );
+            Ok(0)
+        }
+        Command::Retention { dry_run } => {
+            let report = ops::retention(&config, dry_run)?;
+            for (uid, date) in &report.due {
+                let what = if report.held.contains(uid) {
+                    "kept (legal hold)"
+                } else if dry_run {
+                    "would be deleted"
+                } else {
+                    "deleted"
+                };
+                println!("{uid} (StudyDate {date}): {what}");
+            }
+            println!(
+                "{} studies due, {} deleted, {} held",
+                report.due.len(),
+                report.deleted.len(),
+                report.held.len()
             );
             Ok(0)
         }

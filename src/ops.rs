@@ -1420,3 +1420,74 @@ pub fn repair(config: &Config, workers: usize) -> Result<(VerifyReport, RepairRe
     archive.close(true)?;
     Ok((found, report))
 }
+
+#[derive(Debug, Default, Serialize)]
+pub struct RetentionReport {
+    /// (study, StudyDate) of the studies the rule selects.
+    pub due: Vec<(String, String)>,
+    pub deleted: Vec<String>,
+    /// Selected but under a legal hold: kept.
+    pub held: Vec<String>,
+}
+
+/// Applies `[retention]` (server stopped): deletes the studies older than the rule,
+/// except those under a legal hold; with `dry_run`, only says which.
+pub fn retention(config: &Config, dry_run: bool) -> Result<RetentionReport> {
+    let age = config.retention.study_age;
+    if age.is_zero() {
+        bail!("[retention] study_age is 0s: retention is off");
+    }
+    let cutoff_secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs()
+        .saturating_sub(age.as_secs());
+    // YYYYMMDD of the cutoff (civil date from days since the epoch)
+    let days = (cutoff_secs / 86_400) as i64;
+    let (y, m, d) = civil_from_days(days);
+    let cutoff = format!("{y:04}{m:02}{d:02}");
+    let mut report = RetentionReport::default();
+    {
+        let archive = ReadOnlyArchive::open(config)?;
+        for (uid, s) in archive.index.studies()? {
+            let date = s.study_date.trim();
+            if date.len() == 8 && date.bytes().all(|b| b.is_ascii_digit()) && *date < *cutoff {
+                if archive.index.hold(&uid)?.is_some() {
+                    report.held.push(uid.clone());
+                }
+                report.due.push((uid, date.to_string()));
+            }
+        }
+    }
+    if dry_run {
+        return Ok(report);
+    }
+    for (uid, date) in &report.due {
+        if report.held.contains(uid) {
+            continue;
+        }
+        delete(
+            config,
+            uid,
+            &format!(
+                "retention: StudyDate {date} is older than {}",
+                humantime::format_duration(age)
+            ),
+        )?;
+        report.deleted.push(uid.clone());
+    }
+    Ok(report)
+}
+
+/// Proleptic Gregorian (year, month, day) of a day count since 1970-01-01.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}

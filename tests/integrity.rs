@@ -469,3 +469,68 @@ fn the_scrubber_finds_and_records_damage() {
         .iter()
         .all(|v| v["last_verified"]["verified_at_ms"].as_u64().is_some()));
 }
+
+/// Retention (off by default) deletes the studies older than its rule, each with a
+/// tombstone, and keeps a held one.
+#[test]
+fn retention_deletes_old_studies_except_held_ones() {
+    let archive = Archive::with_config(
+        "integrity-retention",
+        "[retention]\nstudy_age = \"365days\"\n",
+    );
+    let gen = archive.dir.path().join("gen");
+    run_ok(python("gen_ct.py").arg("--out").arg(&gen).args([
+        "--studies",
+        "3",
+        "--instances",
+        "2",
+        "--rows",
+        "64",
+        "--cols",
+        "64",
+        "--seed",
+        "23",
+        "--start-date",
+        "20190101",
+    ]));
+    let recent = archive.dir.path().join("recent");
+    run_ok(python("gen_ct.py").arg("--out").arg(&recent).args([
+        "--studies",
+        "1",
+        "--instances",
+        "2",
+        "--rows",
+        "64",
+        "--cols",
+        "64",
+        "--seed",
+        "24",
+        "--start-date",
+        "20991231",
+    ]));
+    run_ok(archive.strata(&["import"]).arg(&gen).arg(&recent));
+    let held = archive
+        .ls_json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["study_date"].as_str().unwrap().starts_with("2019"))
+        .unwrap()["study_uid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    run_ok(&mut archive.strata(&["hold", &held, "--reason", "audit"]));
+    let out = run_ok(&mut archive.strata(&["retention", "--dry-run"]));
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(text.contains("3 studies due, 0 deleted, 1 held"), "{text}");
+    assert_eq!(archive.ls_json().as_array().unwrap().len(), 4);
+    let out = run_ok(&mut archive.strata(&["retention"]));
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(text.contains("3 studies due, 2 deleted, 1 held"), "{text}");
+    assert_eq!(archive.ls_json().as_array().unwrap().len(), 2);
+    let out = run_ok(&mut archive.strata(&["tombstones", "--json"]));
+    let tombs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(tombs.as_array().unwrap().len(), 2);
+    assert!(tombs[0]["why"].as_str().unwrap().starts_with("retention"));
+    assert!(archive.verify_json().0);
+}
