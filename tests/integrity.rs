@@ -207,19 +207,7 @@ fn the_audit_log_records_accesses_and_detects_tampering() {
 fn deletion_tombstones_and_legal_holds() {
     use std::os::unix::process::ExitStatusExt;
     let archive = Archive::new("integrity-delete");
-    let gen = archive.dir.path().join("gen");
-    run_ok(python("gen_ct.py").arg("--out").arg(&gen).args([
-        "--studies",
-        "3",
-        "--instances",
-        "3",
-        "--rows",
-        "64",
-        "--cols",
-        "64",
-        "--seed",
-        "21",
-    ]));
+    let gen = small_ct_studies(&archive, "gen", 3, 3, 21, "20240102");
     run_ok(archive.strata(&["import"]).arg(&gen));
     let studies: Vec<String> = archive
         .ls_json()
@@ -330,6 +318,34 @@ fn study_in_both_tiers(archive: &Archive) -> (String, Vec<std::path::PathBuf>) {
     run_ok(&mut archive.strata(&["tier", "move", &study, "--to", "hot"]));
     let hot = walk(&archive.data_dir().join("hot/objects"));
     (study, hot)
+}
+
+/// `studies` generated CT studies of `instances` 64x64 slices, one every 9 days from
+/// `start_date`, under the archive's directory.
+fn small_ct_studies(
+    archive: &Archive,
+    name: &str,
+    studies: usize,
+    instances: usize,
+    seed: u32,
+    start_date: &str,
+) -> std::path::PathBuf {
+    let dir = archive.dir.path().join(name);
+    run_ok(python("gen_ct.py").arg("--out").arg(&dir).args([
+        "--studies",
+        &studies.to_string(),
+        "--instances",
+        &instances.to_string(),
+        "--rows",
+        "64",
+        "--cols",
+        "64",
+        "--seed",
+        &seed.to_string(),
+        "--start-date",
+        start_date,
+    ]));
+    dir
 }
 
 fn repair(archive: &Archive) -> (bool, String) {
@@ -478,36 +494,8 @@ fn retention_deletes_old_studies_except_held_ones() {
         "integrity-retention",
         "[retention]\nstudy_age = \"365days\"\n",
     );
-    let gen = archive.dir.path().join("gen");
-    run_ok(python("gen_ct.py").arg("--out").arg(&gen).args([
-        "--studies",
-        "3",
-        "--instances",
-        "2",
-        "--rows",
-        "64",
-        "--cols",
-        "64",
-        "--seed",
-        "23",
-        "--start-date",
-        "20190101",
-    ]));
-    let recent = archive.dir.path().join("recent");
-    run_ok(python("gen_ct.py").arg("--out").arg(&recent).args([
-        "--studies",
-        "1",
-        "--instances",
-        "2",
-        "--rows",
-        "64",
-        "--cols",
-        "64",
-        "--seed",
-        "24",
-        "--start-date",
-        "20991231",
-    ]));
+    let gen = small_ct_studies(&archive, "gen", 3, 2, 23, "20190101");
+    let recent = small_ct_studies(&archive, "recent", 1, 2, 24, "20991231");
     run_ok(archive.strata(&["import"]).arg(&gen).arg(&recent));
     let held = archive
         .ls_json()
