@@ -238,6 +238,12 @@ impl ReadOnlyArchive {
             cold: self.cold.clone(),
             index: self.index.clone(),
             metrics: None,
+            audit: self
+                .config
+                .audit
+                .enabled
+                .then(|| crate::audit::AuditLog::open(&self.data_dir).ok())
+                .flatten(),
         }
     }
 

@@ -558,10 +558,16 @@ fn run(cli: Cli) -> Result<i32> {
                         p.id, p.study_uid, p.sop_instance_uid, p.detail
                     );
                 }
-                if report.pending_eviction > 0 {
+                for p in &report.pending_eviction {
+                    println!(
+                        "  hot file missing, cold copy safe: object {} study {} instance {} at {}",
+                        p.id, p.study_uid, p.sop_instance_uid, p.path
+                    );
+                }
+                if !report.pending_eviction.is_empty() {
                     println!(
                         "  {} objects await the end of an interrupted move (cold copies verified)",
-                        report.pending_eviction
+                        report.pending_eviction.len()
                     );
                 }
             }

@@ -393,7 +393,7 @@ pub struct VerifyReport {
     pub strays: Vec<String>,
     /// Objects recorded hot whose file is gone but which have a verified cold copy (a
     /// move to cold that stopped mid-delete; the next tiering pass finishes it).
-    pub pending_eviction: usize,
+    pub pending_eviction: Vec<Problem>,
     /// Files of deleted studies not removed yet (a deletion interrupted after its
     /// tombstone; the next start finishes it). Not a loss.
     pub pending_deletion: usize,
@@ -642,7 +642,13 @@ fn verify_hot(
                             ));
                         }
                     }
-                    Err(e) if e.is_not_found() && !rec.cold.is_empty() => r.pending_eviction += 1,
+                    Err(e) if e.is_not_found() && !rec.cold.is_empty() => {
+                        r.pending_eviction.push(problem(
+                            id,
+                            rec,
+                            "hot file is missing; its cold copy is verified".into(),
+                        ))
+                    }
                     Err(e) if e.is_not_found() => {
                         r.missing.push(problem(id, rec, "file is missing".into()))
                     }

@@ -383,7 +383,12 @@ fn verify_finds_damage_and_repair_restores_from_the_other_tier() {
         Some(study.as_str())
     );
     // the deleted file still has its cold copy: not a loss, but not as recorded either
-    assert_eq!(report["pending_eviction"], 1, "{report}");
+    let gone = &report["pending_eviction"][0];
+    assert_eq!(
+        gone["id"].as_str().unwrap(),
+        hot[1].file_name().unwrap().to_str().unwrap()
+    );
+    assert_eq!(gone["study_uid"].as_str(), Some(study.as_str()));
     let (ok, text) = repair(&archive);
     assert!(ok, "{text}");
     assert_eq!(text.matches("hot copy restored").count(), 2, "{text}");

@@ -429,6 +429,11 @@ fn deep_archive_reads_report_pending_restore_then_succeed() {
     );
     let err = String::from_utf8_lossy(&first.stderr);
     assert!(err.contains("pending"), "{err}");
+    let log = run_ok(&mut archive.strata(&["audit", "log", "--json"]));
+    assert!(
+        String::from_utf8_lossy(&log.stdout).contains("\"action\": \"restore\""),
+        "the restore request is audited"
+    );
     export_matches_ids(&archive, &study, &ids);
 }
 

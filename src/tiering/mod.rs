@@ -98,6 +98,7 @@ impl Tiering {
             cold: self.cold.clone(),
             index: self.index.clone(),
             metrics: self.metrics.clone(),
+            audit: self.audit.clone(),
         }
     }
 }

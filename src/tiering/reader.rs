@@ -28,6 +28,8 @@ pub struct ObjectReader {
     pub cold: ColdStore,
     pub index: Arc<dyn Index>,
     pub metrics: Option<TierMetrics>,
+    /// Where restores of archived packs are recorded.
+    pub audit: Option<crate::audit::AuditLog>,
 }
 
 /// Reads a hot file and checks it against its id. `None` when it is missing, unreadable
@@ -50,6 +52,19 @@ fn read_hot_blocking(hot: &HotDisk, id: &ObjectId) -> Option<Vec<u8>> {
 }
 
 impl ObjectReader {
+    /// Records that reading `pack` asked S3 to restore it (an archived pack).
+    async fn note_restore(&self, pack: &ObjectId, pending: bool) {
+        if let (true, Some(log)) = (pending, &self.audit) {
+            log.record_async(vec![crate::audit::Event {
+                actor: crate::audit::Actor::system("reader"),
+                action: "restore",
+                uids: Vec::new(),
+                outcome: format!("restore of pack {pack} requested; pending"),
+            }])
+            .await;
+        }
+    }
+
     fn observe_recall(&self, started: std::time::Instant) {
         if let Some(m) = &self.metrics {
             m.recall_seconds.observe(started.elapsed().as_secs_f64());
@@ -110,7 +125,10 @@ impl ObjectReader {
         let stored = self
             .cold
             .read_range(&pack, copy.offset..copy.offset + copy.stored_size)
-            .await?;
+            .await;
+        let pending = matches!(&stored, Err(e) if e.is_pending_restore());
+        self.note_restore(&pack, pending).await;
+        let stored = stored?;
         self.observe_recall(started);
         let (oid, compression) = (*id, copy.compression);
         blocking(move || Ok(unpack_member(&oid, &stored, compression, None)?)).await
@@ -200,7 +218,10 @@ impl ObjectReader {
         let start = first.0;
         let end = last.0 + last.2.stored_size;
         let started = std::time::Instant::now();
-        let mut stream = self.cold.stream_range(pack, Some(start..end)).await?;
+        let stream = self.cold.stream_range(pack, Some(start..end)).await;
+        let pending = matches!(&stream, Err(e) if e.is_pending_restore());
+        self.note_restore(pack, pending).await;
+        let mut stream = stream?;
         // Keep the download going while members are decompressed, checked and handed
         // out: a separate task drains the response into a bounded channel.
         let (tx, mut rx) = tokio::sync::mpsc::channel(256);
