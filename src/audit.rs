@@ -431,6 +431,7 @@ pub fn read_all(path: &Path) -> Result<Vec<Record>, AuditError> {
 pub async fn anchor(
     log: &AuditLog,
     cold: &strata_tiers::ColdStore,
+    lock_days: u32,
 ) -> Result<Option<Anchor>, String> {
     log.sync().map_err(|e| e.to_string())?;
     let path = log.path().to_path_buf();
@@ -439,12 +440,18 @@ pub async fn anchor(
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
     let Some(head) = head else { return Ok(None) };
-    cold.put_named(
-        &format!("audit/heads/{:020}.json", head.seq),
-        bytes::Bytes::from(serde_json::to_vec(&head).expect("anchor serialises")),
-    )
-    .await
-    .map_err(|e| e.to_string())?;
+    let name = format!("audit/heads/{:020}.json", head.seq);
+    let bytes = bytes::Bytes::from(serde_json::to_vec(&head).expect("anchor serialises"));
+    if lock_days > 0 {
+        let until = now_ms() as i64 + lock_days as i64 * 86_400_000;
+        cold.put_named_locked(&name, bytes, until)
+            .await
+            .map_err(|e| e.to_string())?;
+    } else {
+        cold.put_named(&name, bytes)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
     Ok(Some(head))
 }
 

@@ -74,6 +74,9 @@ pub struct AuditConfig {
     /// How often `strata serve` copies the chain head to the cold tier (and at stop).
     #[serde(with = "humantime_serde")]
     pub anchor_interval: Duration,
+    /// Keep each anchor under S3 Object Lock (COMPLIANCE) for this many days, where the
+    /// bucket has Object Lock enabled; 0: no lock.
+    pub anchor_lock_days: u32,
 }
 
 impl Default for AuditConfig {
@@ -81,6 +84,7 @@ impl Default for AuditConfig {
         AuditConfig {
             enabled: true,
             anchor_interval: Duration::from_secs(600),
+            anchor_lock_days: 0,
         }
     }
 }

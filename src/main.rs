@@ -819,7 +819,11 @@ fn audit(config: &Config, command: AuditCommand) -> Result<i32> {
             let cold = strata_tiers::ColdStore::open(&config.cold_spec())?;
             let log = strata::audit::AuditLog::open(&config.archive.data_dir)?;
             match ops::runtime()?
-                .block_on(strata::audit::anchor(&log, &cold))
+                .block_on(strata::audit::anchor(
+                    &log,
+                    &cold,
+                    config.audit.anchor_lock_days,
+                ))
                 .map_err(|e| anyhow::anyhow!(e))?
             {
                 Some(a) => println!(

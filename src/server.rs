@@ -55,20 +55,21 @@ pub async fn run(
     };
     // the audit chain head goes to the cold tier from time to time, and at the end
     let anchor_task = audit.clone().map(|log| {
-        let (cold, every, mut stop) = (
+        let (cold, every, lock_days, mut stop) = (
             archive.cold.clone(),
             config.audit.anchor_interval,
+            config.audit.anchor_lock_days,
             shutdown_rx.clone(),
         );
         tokio::spawn(async move {
             loop {
-                if let Err(e) = crate::audit::anchor(&log, &cold).await {
+                if let Err(e) = crate::audit::anchor(&log, &cold, lock_days).await {
                     tracing::warn!(error = %e, "could not anchor the audit chain head");
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(every) => {}
                     _ = stop.changed() => {
-                        let _ = crate::audit::anchor(&log, &cold).await;
+                        let _ = crate::audit::anchor(&log, &cold, lock_days).await;
                         return;
                     }
                 }

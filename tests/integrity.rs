@@ -527,3 +527,49 @@ fn retention_deletes_old_studies_except_held_ones() {
     assert!(tombs[0]["why"].as_str().unwrap().starts_with("retention"));
     assert!(archive.verify_json().0);
 }
+
+/// Chain heads anchored in an S3 bucket with Object Lock are kept under a COMPLIANCE
+/// retention, and `audit verify` checks the log against them.
+#[test]
+fn audit_anchors_are_locked_in_an_object_lock_bucket() {
+    let moto = Moto::start();
+    let boto = |code: &str| {
+        let script = format!(
+            "import boto3\ns3 = boto3.client('s3', endpoint_url='http://127.0.0.1:{}', aws_access_key_id='testing', aws_secret_access_key='testing', region_name='us-east-1')\n{code}",
+            moto.port
+        );
+        run_ok(std::process::Command::new("python3").args(["-c", &script]))
+    };
+    boto("s3.create_bucket(Bucket='locked', ObjectLockEnabledForBucket=True)");
+    let archive = Archive::with_config(
+        "integrity-lock",
+        &format!(
+            "{}\n[audit]\nanchor_lock_days = 1\n",
+            moto.cold_section("locked", "")
+        ),
+    );
+    let ct: Vec<_> = dcm_files(ct_study()).into_iter().take(2).collect();
+    run_ok(archive.strata(&["import"]).args(&ct));
+    let out = run_ok(&mut archive.strata(&["audit", "anchor"]));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("anchored record 2"));
+    // locked: COMPLIANCE mode, and even a versioned delete is refused
+    let out = boto(
+        "k = s3.list_objects_v2(Bucket='locked', Prefix='strata/audit/heads/')['Contents'][0]['Key']\n\
+         h = s3.head_object(Bucket='locked', Key=k)\n\
+         print(h.get('ObjectLockMode'))\n\
+         try:\n\
+         \ts3.delete_object(Bucket='locked', Key=k, VersionId=h.get('VersionId'))\n\
+         \tprint('deleted')\n\
+         except Exception as e:\n\
+         \tprint('refused')",
+    );
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(
+        text.split_whitespace().collect::<Vec<_>>(),
+        ["COMPLIANCE", "refused"],
+        "{text}"
+    );
+    let (ok, report) = audit_verify(&archive);
+    assert!(ok, "{report}");
+    assert_eq!(report["anchors_checked"], 1);
+}

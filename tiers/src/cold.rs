@@ -539,6 +539,42 @@ impl ColdStore {
         self.put_with(&key, bytes, None).await
     }
 
+    /// Stores a small named object under S3 Object Lock (COMPLIANCE mode) until
+    /// `retain_until_ms`, so that nobody can overwrite or delete it before then. Returns
+    /// `false`, having stored it without a lock, where the store cannot lock (not S3, or
+    /// a bucket without Object Lock).
+    pub async fn put_named_locked(
+        &self,
+        name: &str,
+        bytes: Bytes,
+        retain_until_ms: i64,
+    ) -> Result<bool, TierError> {
+        let Some(s3) = &self.s3 else {
+            self.put_named(name, bytes).await?;
+            return Ok(false);
+        };
+        let key = self.named_key(name).to_string();
+        let locked = s3
+            .client
+            .put_object()
+            .bucket(&s3.bucket)
+            .key(&key)
+            .body(bytes.clone().into())
+            .checksum_algorithm(aws_sdk_s3::types::ChecksumAlgorithm::Sha256)
+            .object_lock_mode(aws_sdk_s3::types::ObjectLockMode::Compliance)
+            .object_lock_retain_until_date(aws_smithy_types::DateTime::from_millis(retain_until_ms))
+            .send()
+            .await;
+        match locked {
+            Ok(_) => Ok(true),
+            Err(e) => {
+                tracing::warn!(key, error = %error_chain(&e), "object lock refused; storing without it");
+                self.put_named(name, bytes).await?;
+                Ok(false)
+            }
+        }
+    }
+
     /// Every named object under `prefix`, with its content, in key order.
     pub async fn get_named_under(&self, prefix: &str) -> Result<Vec<(String, Bytes)>, TierError> {
         let key = self.named_key(prefix);
