@@ -762,7 +762,8 @@ pub fn reindex(config: &Config, progress: &indicatif::ProgressBar) -> Result<Rei
         ..Default::default()
     };
     // tombstones and holds are not derivable from the objects: carry them over
-    let (tombstones, holds) = if index_dir.join("CURRENT").exists() {
+    // (objects of a tombstone that were stored again since are live, not deleted)
+    let (tombstones, holds, live_again) = if index_dir.join("CURRENT").exists() {
         let old = RocksIndex::open_primary(&index_dir)?;
         let tombstones = old.tombstones()?;
         let mut holds = Vec::new();
@@ -771,9 +772,19 @@ pub fn reindex(config: &Config, progress: &indicatif::ProgressBar) -> Result<Rei
                 holds.push((study, h));
             }
         }
-        (tombstones, holds)
+        let mut live_again = HashSet::new();
+        for t in &tombstones {
+            for (_, _, id) in &t.objects {
+                if let Some(id) = ObjectId::from_hex(id) {
+                    if old.has_object(&id)? {
+                        live_again.insert(id);
+                    }
+                }
+            }
+        }
+        (tombstones, holds, live_again)
     } else {
-        (Vec::new(), Vec::new())
+        (Vec::new(), Vec::new(), HashSet::new())
     };
     let unusable;
     {
@@ -786,7 +797,7 @@ pub fn reindex(config: &Config, progress: &indicatif::ProgressBar) -> Result<Rei
         }
         let mut live = Vec::with_capacity(ids.len());
         for id in ids {
-            if rebuilt.deleted_object(&id)?.is_some() {
+            if rebuilt.deleted_object(&id)?.is_some() && !live_again.contains(&id) {
                 let path = hot.path_of(&id);
                 tracing::warn!(object = %id, "finishing an interrupted deletion");
                 std::fs::remove_file(&path)

@@ -283,6 +283,14 @@ fn deletion_tombstones_and_legal_holds() {
     assert!(!out.status.success(), "the hold survives reindex");
     let (clean, report) = archive.verify_json();
     assert!(clean, "{report}");
+
+    // a deleted study sent again lives again, also through a reindex
+    run_ok(archive.strata(&["import"]).arg(&gen));
+    assert_eq!(archive.total_instances(), 9);
+    run_ok(&mut archive.strata(&["reindex"]));
+    assert_eq!(archive.total_instances(), 9, "{}", archive.ls_json());
+    assert!(archive.verify_json().0);
+
     let log = run_ok(&mut archive.strata(&["audit", "log", "--json", "--study", a]));
     let log: serde_json::Value = serde_json::from_slice(&log.stdout).unwrap();
     let outcomes: Vec<&str> = log

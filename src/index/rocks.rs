@@ -389,6 +389,9 @@ impl Index for RocksIndex {
                 outcomes.push(CommitOutcome::AlreadyPresent);
                 continue;
             }
+            // stored again after its study was deleted: it lives again, and a later
+            // reindex or recovery must not take it for a deletion to finish
+            pending.delete(CF_DELETED_OBJECTS, obj.id.as_bytes().to_vec());
             outcomes.push(apply_new_object(&mut pending, obj, Tier::Hot, Vec::new())?);
         }
         pending.write_synced()?;
