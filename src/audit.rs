@@ -156,17 +156,59 @@ fn tail_head(file: &mut File, len: u64) -> std::io::Result<Option<(u64, String)>
     if len == 0 {
         return Ok(None);
     }
-    let take = len.min(64 * 1024);
+    // the last complete line, however long: read growing windows from the end
+    let mut take = len.min(64 * 1024);
+    loop {
+        file.seek(SeekFrom::Start(len - take))?;
+        let mut buf = vec![0u8; take as usize];
+        file.read_exact(&mut buf)?;
+        let text = String::from_utf8_lossy(&buf);
+        let complete = if take == len {
+            &text[..]
+        } else {
+            // the first line of a window may be cut
+            text.split_once('\n').map(|(_, rest)| rest).unwrap_or("")
+        };
+        if let Some(line) = complete.lines().rev().find(|l| !l.trim().is_empty()) {
+            return match serde_json::from_str::<Record>(line) {
+                Ok(r) => Ok(Some((r.body.seq, r.hash))),
+                Err(e) => Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("the last audit record is unreadable ({e}); run `strata audit verify`"),
+                )),
+            };
+        }
+        if take == len {
+            return Ok(None);
+        }
+        take = (take * 4).min(len);
+    }
+}
+
+/// Cuts a torn last line (a short write) so that the next record starts a line of its
+/// own. Called with the file lock held.
+fn cut_torn_tail(file: &mut File, len: u64) -> std::io::Result<u64> {
+    if len == 0 {
+        return Ok(0);
+    }
+    let mut last = [0u8; 1];
+    file.seek(SeekFrom::Start(len - 1))?;
+    file.read_exact(&mut last)?;
+    if last[0] == b'\n' {
+        return Ok(len);
+    }
+    let take = len.min(1 << 20);
     file.seek(SeekFrom::Start(len - take))?;
     let mut buf = vec![0u8; take as usize];
     file.read_exact(&mut buf)?;
-    let text = String::from_utf8_lossy(&buf);
-    for line in text.lines().rev() {
-        if let Ok(r) = serde_json::from_str::<Record>(line) {
-            return Ok(Some((r.body.seq, r.hash)));
-        }
-    }
-    Ok(None)
+    let keep = match buf.iter().rposition(|&b| b == b'\n') {
+        Some(i) => len - take + i as u64 + 1,
+        None if take == len => 0,
+        None => return Ok(len),
+    };
+    tracing::warn!(bytes = len - keep, "cutting a torn last audit record");
+    file.set_len(keep)?;
+    Ok(keep)
 }
 
 impl AuditLog {
@@ -227,6 +269,7 @@ impl AuditLog {
         }
         let result = (|| {
             let len = inner.file.metadata()?.len();
+            let len = cut_torn_tail(&mut inner.file, len)?;
             let (mut seq, mut prev) = match &inner.head {
                 Some(h) if h.len == len => (h.seq, h.hash.clone()),
                 _ => tail_head(&mut inner.file, len)?.unwrap_or((0, GENESIS.to_string())),
@@ -597,5 +640,26 @@ mod tests {
         assert_eq!(check(reordered), Some(2));
         std::fs::write(&path, lines.join("\n") + "\n").unwrap();
         assert_eq!(verify(&path, &[]).unwrap().first_bad, None);
+    }
+
+    #[test]
+    fn a_torn_tail_is_cut_and_long_records_chain_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = AuditLog::open(dir.path()).unwrap();
+        let mut big = event(0);
+        big.uids = (0..5000).map(|i| format!("1.2.3.{i}")).collect(); // > 64 KiB
+        log.append(&[big]).unwrap();
+        let path = log_path(dir.path());
+        // another process appends a torn line
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(b"{\"v\":1,\"seq\":2,\"ti")
+            .unwrap();
+        let other = AuditLog::open(dir.path()).unwrap();
+        other.append(&[event(1)]).unwrap();
+        let report = verify(&path, &[]).unwrap();
+        assert_eq!((report.records, report.first_bad), (2, None));
     }
 }

@@ -118,9 +118,10 @@ pub trait Index: Send + Sync {
     /// of its objects marked deleted) in its place.
     fn tombstone_study(&self, tombstone: &Tombstone) -> Result<(), IndexError>;
     fn tombstones(&self) -> Result<Vec<Tombstone>, IndexError>;
-    /// Writes a tombstone and its deleted-object marks as they are (reindex carries
-    /// them over from the old index).
-    fn restore_tombstone(&self, tombstone: &Tombstone) -> Result<(), IndexError>;
+    /// Writes a tombstone and its deleted-object marks (reindex carries them over from
+    /// the old index), except for the objects in `live`, stored again since.
+    fn restore_tombstone(&self, tombstone: &Tombstone, live: &[ObjectId])
+        -> Result<(), IndexError>;
     /// The study an object was deleted with, if it was.
     fn deleted_object(&self, id: &ObjectId) -> Result<Option<String>, IndexError>;
     /// Records the scrubber's latest check of an object (not synced: a lost record only

@@ -789,8 +789,9 @@ pub fn reindex(config: &Config, progress: &indicatif::ProgressBar) -> Result<Rei
     let unusable;
     {
         let rebuilt = RocksIndex::open_primary(&rebuild_dir)?;
+        let live: Vec<ObjectId> = live_again.iter().copied().collect();
         for t in &tombstones {
-            rebuilt.restore_tombstone(t)?;
+            rebuilt.restore_tombstone(t, &live)?;
         }
         for (study, h) in &holds {
             rebuilt.set_hold(study, Some(h))?;
@@ -1467,7 +1468,7 @@ pub fn retention(config: &Config, dry_run: bool) -> Result<RetentionReport> {
         let archive = ReadOnlyArchive::open(config)?;
         for (uid, s) in archive.index.studies()? {
             let date = s.study_date.trim();
-            if date.len() == 8 && date.bytes().all(|b| b.is_ascii_digit()) && *date < *cutoff {
+            if valid_study_date(date) && *date < *cutoff {
                 if archive.index.hold(&uid)?.is_some() {
                     report.held.push(uid.clone());
                 }
@@ -1495,6 +1496,28 @@ pub fn retention(config: &Config, dry_run: bool) -> Result<RetentionReport> {
     Ok(report)
 }
 
+/// A real calendar date `YYYYMMDD` from 1900 on (placeholders such as `00000000` or
+/// `19000000` are not dates, and retention never acts on them).
+fn valid_study_date(date: &str) -> bool {
+    if date.len() != 8 || !date.bytes().all(|b| b.is_ascii_digit()) {
+        return false;
+    }
+    let (y, m, d): (u32, u32, u32) = (
+        date[..4].parse().unwrap_or(0),
+        date[4..6].parse().unwrap_or(0),
+        date[6..].parse().unwrap_or(0),
+    );
+    let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    let days = match m {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if leap => 29,
+        2 => 28,
+        _ => return false,
+    };
+    y >= 1900 && (1..=days).contains(&d)
+}
+
 /// Proleptic Gregorian (year, month, day) of a day count since 1970-01-01.
 fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;
@@ -1507,4 +1530,23 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
     let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
     (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retention_acts_only_on_real_dates() {
+        for good in ["19000101", "20240229", "20231231"] {
+            assert!(valid_study_date(good), "{good}");
+        }
+        for bad in [
+            "00000000", "19000000", "20230229", "20241301", "18991231", "2024011", "",
+        ] {
+            assert!(!valid_study_date(bad), "{bad}");
+        }
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(19_782), (2024, 2, 29));
+    }
 }

@@ -703,15 +703,32 @@ impl Index for RocksIndex {
         }
         for (series_uid, _) in self.series_of_study(study)? {
             batch.delete_cf(self.cf(CF_SERIES), key2(study, &series_uid));
-            batch.delete_cf(self.cf(CF_SERIES_INDEX), &series_uid);
+            // the series index may point at the same series UID in another study
+            if self
+                .db
+                .get_cf(self.cf(CF_SERIES_INDEX), &series_uid)
+                .map_err(storage)?
+                .is_some_and(|v| v == study.as_bytes())
+            {
+                batch.delete_cf(self.cf(CF_SERIES_INDEX), &series_uid);
+            }
         }
-        for (cf, value) in [
-            (CF_IDX_PATIENT_ID, &record.patient_id),
-            (CF_IDX_STUDY_DATE, &record.study_date),
-            (CF_IDX_ACCESSION, &record.accession_number),
-        ] {
-            batch.delete_cf(self.cf(cf), key2(value, study));
+        // every secondary-index entry of the study: its own values and any differing
+        // value one of its instances carried
+        let suffix = {
+            let mut s = vec![0u8];
+            s.extend_from_slice(study.as_bytes());
+            s
+        };
+        for cf in [CF_IDX_PATIENT_ID, CF_IDX_STUDY_DATE, CF_IDX_ACCESSION] {
+            for item in self.db.iterator_cf(self.cf(cf), IteratorMode::Start) {
+                let (key, _) = item.map_err(storage)?;
+                if key.ends_with(&suffix) {
+                    batch.delete_cf(self.cf(cf), &key);
+                }
+            }
         }
+        let _ = &record;
         for pack in &t.packs {
             if let Some(id) = ObjectId::from_hex(pack) {
                 batch.delete_cf(self.cf(CF_PACKS), id.as_bytes());
@@ -750,10 +767,10 @@ impl Index for RocksIndex {
             .collect())
     }
 
-    fn restore_tombstone(&self, t: &Tombstone) -> Result<(), IndexError> {
+    fn restore_tombstone(&self, t: &Tombstone, live: &[ObjectId]) -> Result<(), IndexError> {
         let mut batch = WriteBatch::default();
         for (_, _, id) in &t.objects {
-            if let Some(id) = ObjectId::from_hex(id) {
+            if let Some(id) = ObjectId::from_hex(id).filter(|id| !live.contains(id)) {
                 batch.put_cf(
                     self.cf(CF_DELETED_OBJECTS),
                     id.as_bytes(),

@@ -78,8 +78,14 @@ pub async fn run_scrubber(t: Tiering, mut stop: watch::Receiver<bool>) {
         };
         let cycle_started = Instant::now();
         let per_object = cfg.cycle.div_f64(objects.len().max(1) as f64);
-        for (n, (id, record)) in objects.iter().enumerate() {
+        for (n, (id, _)) in objects.iter().enumerate() {
             let started = Instant::now();
+            // the list is as old as the cycle: take the object as it is now
+            let (index, oid) = (t.index.clone(), *id);
+            let Ok(Some(record)) = blocking(move || Ok(index.object(&oid)?)).await else {
+                continue; // deleted since
+            };
+            let record = &record;
             let (bytes, outcome) = check(&t, id, record).await;
             if let Some(m) = &t.metrics {
                 m.scrub_objects.inc();

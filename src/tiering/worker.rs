@@ -231,7 +231,7 @@ impl Tiering {
                     continue;
                 }
             };
-            let (index, pack_hex) = (self.index.clone(), id.to_hex());
+            let (index, pack_hex, hot) = (self.index.clone(), id.to_hex(), self.hot.clone());
             let safe = blocking(move || {
                 for m in &manifest.members {
                     let Some(member) = strata_tiers::ObjectId::from_hex(&m.blake3) else {
@@ -243,8 +243,11 @@ impl Tiering {
                     let Some(record) = index.object(&member)? else {
                         return Ok(false);
                     };
-                    let elsewhere =
-                        record.tier == Tier::Hot || record.cold.iter().any(|c| c.pack != pack_hex);
+                    let hot_ok = record.tier == Tier::Hot
+                        && hot
+                            .rehash_blocking(&member)
+                            .is_ok_and(|(actual, _)| actual == member);
+                    let elsewhere = hot_ok || record.cold.iter().any(|c| c.pack != pack_hex);
                     if !elsewhere {
                         return Ok(false);
                     }
