@@ -169,10 +169,15 @@ impl Scu {
         }
     }
 
-    fn encode(&self, identifier: &InMemDicomObject) -> Result<Vec<u8>, ScuError> {
-        let ts = dicom_transfer_syntax_registry::TransferSyntaxRegistry
+    /// The accepted transfer syntax, for identifiers.
+    fn syntax(&self) -> Result<&'static dicom_encoding::TransferSyntax, ScuError> {
+        dicom_transfer_syntax_registry::TransferSyntaxRegistry
             .get(&self.transfer_syntax)
-            .ok_or_else(|| self.protocol(format!("unknown syntax {}", self.transfer_syntax)))?;
+            .ok_or_else(|| self.protocol(format!("unknown syntax {}", self.transfer_syntax)))
+    }
+
+    fn encode(&self, identifier: &InMemDicomObject) -> Result<Vec<u8>, ScuError> {
+        let ts = self.syntax()?;
         let mut out = Vec::new();
         identifier
             .write_dataset_with_ts(&mut out, ts)
@@ -181,9 +186,7 @@ impl Scu {
     }
 
     fn decode(&self, bytes: &[u8]) -> Result<InMemDicomObject, ScuError> {
-        let ts = dicom_transfer_syntax_registry::TransferSyntaxRegistry
-            .get(&self.transfer_syntax)
-            .ok_or_else(|| self.protocol(format!("unknown syntax {}", self.transfer_syntax)))?;
+        let ts = self.syntax()?;
         InMemDicomObject::read_dataset_with_ts(bytes, ts)
             .map_err(|e| self.protocol(format!("decode identifier: {e}")))
     }
@@ -210,6 +213,17 @@ impl Scu {
             self.assoc.send(&pdu).await.map_err(|e| self.net(e))?;
         }
         Ok(())
+    }
+
+    /// Sends a request command followed by its identifier.
+    async fn send_request(
+        &mut self,
+        command: Vec<u8>,
+        identifier: &InMemDicomObject,
+    ) -> Result<(), ScuError> {
+        let data = self.encode(identifier)?;
+        self.send_pdv(PDataValueType::Command, command).await?;
+        self.send_pdv(PDataValueType::Data, data).await
     }
 
     /// Reads one whole message: the command and, if it announces one, the data set.
@@ -293,9 +307,7 @@ impl Scu {
             .uid(tag::AFFECTED_SOP_CLASS_UID, STUDY_ROOT_FIND)
             .u16(tag::PRIORITY, 0)
             .encode();
-        let data = self.encode(identifier)?;
-        self.send_pdv(PDataValueType::Command, cmd).await?;
-        self.send_pdv(PDataValueType::Data, data).await?;
+        self.send_request(cmd, identifier).await?;
         loop {
             let (rsp, data) = self.receive_message().await?;
             let st = rsp
@@ -325,9 +337,7 @@ impl Scu {
             .u16(tag::PRIORITY, 0)
             .text(tag::MOVE_DESTINATION, destination)
             .encode();
-        let data = self.encode(identifier)?;
-        self.send_pdv(PDataValueType::Command, cmd).await?;
-        self.send_pdv(PDataValueType::Data, data).await?;
+        self.send_request(cmd, identifier).await?;
         loop {
             let (rsp, data) = self.receive_message().await?;
             let st = rsp

@@ -301,80 +301,103 @@ async fn migrate_study(shared: &Arc<Shared>, mut study: Study) -> Result<State> 
     Ok(state)
 }
 
+/// Runs `op` again, with a doubling backoff, while it fails in a way that may go away
+/// by itself (see [`transient`]), at most `--retries` times; with `honour_stop`, not once
+/// Ctrl-C was pressed.
+async fn retrying<T, Fut>(
+    shared: &Shared,
+    what: &str,
+    honour_stop: bool,
+    mut op: impl FnMut() -> Fut,
+) -> Result<T, ScuError>
+where
+    Fut: std::future::Future<Output = Result<T, ScuError>>,
+{
+    let mut backoff = Duration::from_secs(1);
+    let mut attempt = 0;
+    loop {
+        match op().await {
+            Err(e)
+                if attempt < shared.opts.retries
+                    && transient(&e)
+                    && !(honour_stop && shared.stop.load(Ordering::Acquire)) =>
+            {
+                shared.log(format!("{what} failed ({e}); retrying in {backoff:?}"));
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(60));
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// One C-MOVE on a new association.
+async fn move_once(
+    shared: &Shared,
+    identifier: &dicom_object::InMemDicomObject,
+) -> Result<MoveOutcome, ScuError> {
+    let opts = &shared.opts;
+    let mut scu = Scu::connect(
+        &opts.calling_ae,
+        &shared.source,
+        scu::STUDY_ROOT_MOVE,
+        opts.timeout,
+    )
+    .await?;
+    // the pending counters drive the progress line of the study in flight
+    let bar = shared.bar.clone();
+    let outcome = scu
+        .move_to(&opts.dest_ae, identifier, &mut |p| {
+            bar.set_message(format!(
+                "moving: {} sent, {} failed, {} left",
+                p.completed, p.failed, p.remaining
+            ));
+        })
+        .await?;
+    scu.release().await;
+    Ok(outcome)
+}
+
 /// One C-MOVE with retries on network failures. 0xA801 is fatal for the whole run.
 async fn move_with_retries(
     shared: &Arc<Shared>,
     identifier: &dicom_object::InMemDicomObject,
 ) -> Result<MoveOutcome> {
     let opts = &shared.opts;
-    let mut backoff = Duration::from_secs(1);
-    let mut attempt = 0;
-    loop {
-        let result: Result<MoveOutcome, ScuError> = async {
-            let mut scu = Scu::connect(
-                &opts.calling_ae,
-                &shared.source,
-                scu::STUDY_ROOT_MOVE,
-                opts.timeout,
-            )
-            .await?;
-            // the pending counters drive the progress line of the study in flight
-            let bar = shared.bar.clone();
-            let outcome = scu
-                .move_to(&opts.dest_ae, identifier, &mut |p| {
-                    bar.set_message(format!(
-                        "moving: {} sent, {} failed, {} left",
-                        p.completed, p.failed, p.remaining
-                    ));
-                })
-                .await?;
-            scu.release().await;
-            Ok(outcome)
-        }
-        .await;
-        match result {
-            Ok(outcome) if refused_destination(&outcome) => {
-                let message = format!(
-                    "the source {} refused to move to {:?} (C-MOVE status {:#06X}{}, no \
+    let result = retrying(shared, "C-MOVE", true, || move_once(shared, identifier)).await;
+    match result {
+        Ok(outcome) if refused_destination(&outcome) => {
+            let message = format!(
+                "the source {} refused to move to {:?} (C-MOVE status {:#06X}{}, no \
                      sub-operation attempted): it most likely does not know the destination AE \
                      {:?}. Configure it on the source first: add AE title {:?} at {}:{} to its \
                      DICOM nodes (Orthanc: \"DicomModalities\" or PUT /modalities/{}), then \
                      run again.",
-                    shared.source,
-                    opts.dest_ae,
-                    outcome.status,
-                    outcome
-                        .error_comment
-                        .as_ref()
-                        .map(|c| format!(": {c}"))
-                        .unwrap_or_default(),
-                    opts.dest_ae,
-                    opts.dest_ae,
-                    opts.dest.host,
-                    opts.dest.port,
-                    opts.dest_ae
-                );
-                shared.stop.store(true, Ordering::Release);
-                shared
-                    .fatal
-                    .lock()
-                    .expect("fatal lock")
-                    .get_or_insert(message.clone());
-                return Err(anyhow!(message));
-            }
-            Ok(outcome) => return Ok(outcome),
-            Err(e)
-                if attempt < opts.retries
-                    && transient(&e)
-                    && !shared.stop.load(Ordering::Acquire) =>
-            {
-                shared.log(format!("C-MOVE failed ({e}); retrying in {backoff:?}"));
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(60));
-                attempt += 1;
-            }
-            Err(e) => return Err(e.into()),
+                shared.source,
+                opts.dest_ae,
+                outcome.status,
+                outcome
+                    .error_comment
+                    .as_ref()
+                    .map(|c| format!(": {c}"))
+                    .unwrap_or_default(),
+                opts.dest_ae,
+                opts.dest_ae,
+                opts.dest.host,
+                opts.dest.port,
+                opts.dest_ae
+            );
+            shared.stop.store(true, Ordering::Release);
+            shared
+                .fatal
+                .lock()
+                .expect("fatal lock")
+                .get_or_insert(message.clone());
+            Err(anyhow!(message))
         }
+        Ok(outcome) => Ok(outcome),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -400,72 +423,66 @@ async fn list_instances(
     remote: &RemoteAe,
     study_uid: &str,
 ) -> Result<BTreeMap<String, String>> {
-    let opts = &shared.opts;
-    let mut backoff = Duration::from_secs(1);
-    let mut attempt = 0;
-    loop {
-        let result: Result<BTreeMap<String, String>, ScuError> = async {
-            let mut scu =
-                Scu::connect(&opts.calling_ae, remote, scu::STUDY_ROOT_FIND, opts.timeout).await?;
-            let failed = |status: u16, level: &str| ScuError::Protocol {
-                peer: remote.to_string(),
-                detail: format!("{level}-level C-FIND ended with status {status:#06X}"),
-            };
-            // hierarchical: the series first, then each series' instances
-            let mut series = Vec::new();
-            let identifier = scu::identifier(&[
-                (tags::QUERY_RETRIEVE_LEVEL, VR::CS, "SERIES"),
-                (tags::STUDY_INSTANCE_UID, VR::UI, study_uid),
-                (tags::SERIES_INSTANCE_UID, VR::UI, ""),
-            ]);
-            let status = scu
-                .find(&identifier, &mut |m| {
-                    let uid = scu::text(&m, tags::SERIES_INSTANCE_UID);
-                    if !uid.is_empty() {
-                        series.push(uid);
-                    }
-                })
-                .await?;
-            if status != 0 {
-                return Err(failed(status, "SERIES"));
+    retrying(shared, &format!("C-FIND to {remote}"), false, || {
+        list_once(&shared.opts, remote, study_uid)
+    })
+    .await
+    .with_context(|| format!("list the instances on {remote}"))
+}
+
+/// One listing of a study's instances on a new association: the series first, then
+/// each series' instances (hierarchical queries).
+async fn list_once(
+    opts: &RunOptions,
+    remote: &RemoteAe,
+    study_uid: &str,
+) -> Result<BTreeMap<String, String>, ScuError> {
+    let mut scu =
+        Scu::connect(&opts.calling_ae, remote, scu::STUDY_ROOT_FIND, opts.timeout).await?;
+    let failed = |status: u16, level: &str| ScuError::Protocol {
+        peer: remote.to_string(),
+        detail: format!("{level}-level C-FIND ended with status {status:#06X}"),
+    };
+    // hierarchical: the series first, then each series' instances
+    let mut series = Vec::new();
+    let identifier = scu::identifier(&[
+        (tags::QUERY_RETRIEVE_LEVEL, VR::CS, "SERIES"),
+        (tags::STUDY_INSTANCE_UID, VR::UI, study_uid),
+        (tags::SERIES_INSTANCE_UID, VR::UI, ""),
+    ]);
+    let status = scu
+        .find(&identifier, &mut |m| {
+            let uid = scu::text(&m, tags::SERIES_INSTANCE_UID);
+            if !uid.is_empty() {
+                series.push(uid);
             }
-            let mut out = BTreeMap::new();
-            for series_uid in series {
-                let identifier = scu::identifier(&[
-                    (tags::QUERY_RETRIEVE_LEVEL, VR::CS, "IMAGE"),
-                    (tags::STUDY_INSTANCE_UID, VR::UI, study_uid),
-                    (tags::SERIES_INSTANCE_UID, VR::UI, &series_uid),
-                    (tags::SOP_INSTANCE_UID, VR::UI, ""),
-                ]);
-                let status = scu
-                    .find(&identifier, &mut |m| {
-                        let sop = scu::text(&m, tags::SOP_INSTANCE_UID);
-                        if !sop.is_empty() {
-                            out.insert(sop, series_uid.clone());
-                        }
-                    })
-                    .await?;
-                if status != 0 {
-                    return Err(failed(status, "IMAGE"));
+        })
+        .await?;
+    if status != 0 {
+        return Err(failed(status, "SERIES"));
+    }
+    let mut out = BTreeMap::new();
+    for series_uid in series {
+        let identifier = scu::identifier(&[
+            (tags::QUERY_RETRIEVE_LEVEL, VR::CS, "IMAGE"),
+            (tags::STUDY_INSTANCE_UID, VR::UI, study_uid),
+            (tags::SERIES_INSTANCE_UID, VR::UI, &series_uid),
+            (tags::SOP_INSTANCE_UID, VR::UI, ""),
+        ]);
+        let status = scu
+            .find(&identifier, &mut |m| {
+                let sop = scu::text(&m, tags::SOP_INSTANCE_UID);
+                if !sop.is_empty() {
+                    out.insert(sop, series_uid.clone());
                 }
-            }
-            scu.release().await;
-            Ok(out)
-        }
-        .await;
-        match result {
-            Ok(out) => return Ok(out),
-            Err(e) if attempt < opts.retries && transient(&e) => {
-                shared.log(format!(
-                    "C-FIND to {remote} failed ({e}); retrying in {backoff:?}"
-                ));
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(60));
-                attempt += 1;
-            }
-            Err(e) => return Err(e).with_context(|| format!("list the instances on {remote}")),
+            })
+            .await?;
+        if status != 0 {
+            return Err(failed(status, "IMAGE"));
         }
     }
+    scu.release().await;
+    Ok(out)
 }
 
 /// Compares the source's instances with the archive's and records the result.
