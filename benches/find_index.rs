@@ -156,7 +156,7 @@ fn find_over_dicom(
 ) -> usize {
     use dicom_ul::pdu::{PDataValue, PDataValueType, Pdu};
     let pc = assoc.presentation_contexts()[0].id;
-    let cmd = strata::dicom::dimse::ResponseBuilder::request(0x0020, msg, true)
+    let cmd = strata::dimse::command::ResponseBuilder::request(0x0020, msg, true)
         .uid(0x0000_0002, "1.2.840.10008.5.1.4.1.2.2.1")
         .encode();
     assoc
@@ -184,7 +184,7 @@ fn find_over_dicom(
         };
         for pdv in data {
             if pdv.value_type == PDataValueType::Command {
-                let c = strata::dicom::dimse::Command::decode(&pdv.data).expect("command");
+                let c = strata::dimse::command::Command::decode(&pdv.data).expect("command");
                 match c.status() {
                     Some(0xFF00) | Some(0xFF01) => matches += 1,
                     Some(_) => return matches,

@@ -1,427 +1,264 @@
-//! # One process owns an archive
+//! # The application layer: one use case per thing a caller can ask of the archive
 //!
-//! An archive directory holds `hot/` (objects), `index/` (RocksDB) and `strata.lock`.
-//! Commands that write ([`Archive::open_exclusive`]: `serve`, `import`, `reindex`) take an
-//! exclusive `flock` on `strata.lock` and write their pid and purpose into it, so a second
-//! writer is told plainly who holds the archive. Read-only commands
-//! ([`ReadOnlyArchive::open`]: `ls`, `show`, `export`, `verify`) take no lock and read the
-//! index as a RocksDB secondary, which is safe while `strata serve` runs.
+//! Every adapter — the DIMSE service ([`crate::dimse`]), the HTTP routes
+//! ([`crate::http`]), the `strata` command line, later DICOMweb, FHIR and HL7 — calls the
+//! use cases here, never the index, ingest or the tiers directly. Each use case:
 //!
-//! ## Start-up recovery
-//! Opening exclusively sweeps leftover tmp files. If the previous owner did not stop
-//! cleanly (no `clean-shutdown` marker), it also looks for complete objects the index
-//! lacks — a crash between rename and index commit leaves exactly those — re-hashes each,
-//! and adopts it into the index (provenance `recovered`); an object whose bytes do not
-//! match its name is moved to `quarantine/`, never deleted.
+//! - takes the caller's identity, a [`Principal`] (a DICOM peer's AE title and address, a
+//!   command-line user, the server's own workers; later a token subject or a TLS
+//!   certificate), so that what it does is attributed;
+//! - writes its own audit record (DESIGN promise 8), so an adapter cannot forget one: a
+//!   store is audited by the group committer before it is acknowledged, a query by the
+//!   search task when it ends, a retrieval when its handle finishes or is dropped, and
+//!   every governance action (delete, hold, retention, repair, tier move) before it
+//!   returns;
+//! - returns a typed [`Error`] that each adapter maps to its own status
+//!   ([`Error::dimse_status`], [`Error::http_status`]).
+//!
+//! | use case | module | adapters today |
+//! |---|---|---|
+//! | store (a C-STORE stream; a Part-10 byte stream) | [`store`] | C-STORE, `strata import` (later STOW-RS) |
+//! | find (a typed [`crate::query::Query`]) | [`find`] | C-FIND (later QIDO-RS) |
+//! | retrieve (resolve, read, audit) | [`retrieve`] | C-MOVE, C-GET, storage commitment |
+//! | list and show | [`catalog`] | `strata ls`, `strata show` |
+//! | export, BagIt manifest | [`export`] | `strata export`, `strata manifest` |
+//! | verify, repair | [`integrity`] | `strata verify [--repair]`, admin API |
+//! | delete, hold, retention | [`governance`] | `strata delete/hold/retention`, admin API |
+//! | tier status, pass, forced move | [`tier`] | `strata tier`, admin API |
+//!
+//! An [`Archive`] is a cheap handle (clone it into tasks). It is opened in one of three
+//! ways: by `strata serve` over the storage it owns ([`Archive::serving`]), by a CLI
+//! command that owns the archive for a moment ([`Archive::exclusive`]), or read-only
+//! beside a running server ([`Archive::read_only`]).
 
+pub mod catalog;
+pub mod error;
+pub mod export;
+pub mod find;
+pub mod governance;
+pub mod integrity;
+pub mod principal;
+pub mod retrieve;
+pub mod store;
+pub mod tier;
+
+pub use error::Error;
+pub use principal::Principal;
+
+use crate::audit::{AuditLog, Event};
 use crate::config::Config;
-use crate::dicom::header::read_header_blocking;
-use crate::index::{CommitOutcome, Index, IndexError, NewObject, Provenance, RocksIndex};
+use crate::index::Index;
+use crate::ingest::Ingest;
+use crate::metrics::Metrics;
+use crate::storage::{ReadOnlyStorage, Storage};
 use crate::tiering::reader::ObjectReader;
 use crate::tiering::Tiering;
-use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Seek, Write};
-use std::os::unix::io::AsRawFd;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
-use strata_tiers::{ColdStore, HotDisk, ObjectId};
+use strata_tiers::{ColdStore, HotDisk};
 
-const LOCK_FILE: &str = "strata.lock";
-const CLEAN_MARKER: &str = "clean-shutdown";
-const QUARANTINE: &str = "quarantine";
-
-#[derive(Debug, thiserror::Error)]
-pub enum ArchiveError {
-    #[error(
-        "the archive at {data_dir} is in use by pid {pid} ({holder}); stop it first (this command needs exclusive access)"
-    )]
-    InUse {
-        data_dir: PathBuf,
-        pid: String,
-        holder: String,
-    },
-    #[error("no archive at {0} (nothing stored yet?)")]
-    Missing(PathBuf),
-    #[error("{action} {path}: {source}")]
-    Io {
-        action: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error(transparent)]
-    Index(#[from] IndexError),
-    #[error(transparent)]
-    Tier(#[from] strata_tiers::TierError),
-}
-
-fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> ArchiveError {
-    let path = path.to_path_buf();
-    move |source| ArchiveError::Io {
-        action,
-        path,
-        source,
-    }
-}
-
-/// The exclusive lock on an archive, held for the life of the value.
-#[derive(Debug)]
-pub struct ArchiveLock {
-    _file: File,
-}
-
-impl ArchiveLock {
-    pub fn acquire(data_dir: &Path, purpose: &str) -> Result<Self, ArchiveError> {
-        fs::create_dir_all(data_dir).map_err(io("create", data_dir))?;
-        let path = data_dir.join(LOCK_FILE);
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(io("open", &path))?;
-        // SAFETY: flock on a file descriptor we own.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if rc != 0 {
-            let mut holder = String::new();
-            let _ = file.read_to_string(&mut holder);
-            let mut parts = holder.trim().splitn(2, ' ');
-            return Err(ArchiveError::InUse {
-                data_dir: data_dir.to_path_buf(),
-                pid: parts.next().unwrap_or("?").to_string(),
-                holder: parts.next().unwrap_or("unknown").to_string(),
-            });
-        }
-        file.set_len(0).map_err(io("truncate", &path))?;
-        file.rewind().map_err(io("rewind", &path))?;
-        writeln!(file, "{} strata {}", std::process::id(), purpose).map_err(io("write", &path))?;
-        Ok(ArchiveLock { _file: file })
-    }
-}
-
-/// Whether a writer (`serve`, `import`, `reindex`) holds the archive right now.
-pub fn writer_active(data_dir: &Path) -> bool {
-    let Ok(file) = File::open(data_dir.join(LOCK_FILE)) else {
-        return false;
-    };
-    // SAFETY: flock on a file descriptor we own; a shared lock is released at once.
-    let free = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } == 0;
-    if free {
-        unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_UN) };
-    }
-    !free
-}
-
-/// An archive opened for writing.
+/// The archive as its callers see it. Cheap to clone.
+#[derive(Clone)]
 pub struct Archive {
-    pub data_dir: PathBuf,
-    pub hot: HotDisk,
-    pub cold: ColdStore,
-    pub index: Arc<RocksIndex>,
-    config: Arc<Config>,
-    _lock: ArchiveLock,
-}
-
-/// What start-up recovery did.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct RecoveryReport {
-    pub tmp_swept: usize,
-    pub adopted: usize,
-    pub quarantined: Vec<PathBuf>,
+    pub(crate) config: Arc<Config>,
+    pub(crate) data_dir: PathBuf,
+    pub(crate) hot: HotDisk,
+    pub(crate) cold: ColdStore,
+    pub(crate) index: Arc<dyn Index>,
+    pub(crate) tiering: Tiering,
+    pub(crate) reader: ObjectReader,
+    pub(crate) audit: Option<AuditLog>,
+    /// The ingest pipeline; absent in a read-only archive.
+    pub(crate) ingest: Option<Ingest>,
+    pub(crate) metrics: Metrics,
 }
 
 impl Archive {
-    /// Locks and opens the archive for writing, running start-up recovery.
-    pub fn open_exclusive(
-        config: &Config,
-        purpose: &str,
-    ) -> Result<(Self, RecoveryReport), ArchiveError> {
-        let data_dir = config.archive.data_dir.clone();
-        let lock = ArchiveLock::acquire(&data_dir, purpose)?;
-        finish_interrupted_reindex(&data_dir)?;
-        let hot = HotDisk::open(config.hot_dir())?
-            .with_free_space_floor(config.archive.min_free_space_mb * 1024 * 1024);
-        let index = Arc::new(RocksIndex::open_primary(&config.index_dir())?);
-        let cold = ColdStore::open(&config.cold_spec())?;
-        let mut report = RecoveryReport {
-            tmp_swept: hot.sweep_tmp_blocking()?,
-            ..Default::default()
-        };
-        let marker = data_dir.join(CLEAN_MARKER);
-        if !marker.exists() {
-            let (adopted, quarantined) = adopt_orphans_blocking(&data_dir, &hot, index.as_ref())?;
-            report.adopted = adopted;
-            report.quarantined = quarantined;
-        } else {
-            fs::remove_file(&marker).map_err(io("remove", &marker))?;
-            sync_dir(&data_dir)?;
-        }
-        Ok((
-            Archive {
-                data_dir,
-                hot,
-                cold,
-                index,
-                config: Arc::new(config.clone()),
-                _lock: lock,
-            },
-            report,
-        ))
+    /// The archive of `strata serve`: ingest (group committer) started, tiering counted
+    /// in `metrics`, every access audited when `[audit] enabled`.
+    pub fn serving(config: &Config, storage: &Storage, metrics: Metrics) -> Result<Self, Error> {
+        Self::writable(config, storage, metrics)
     }
 
-    /// The tiering policy over this archive's tiers.
-    pub fn tiering(&self) -> Tiering {
-        Tiering::new(
-            self.hot.clone(),
-            self.cold.clone(),
-            self.index.clone(),
-            self.config.clone(),
+    /// The archive of a CLI command that holds the archive lock for its duration
+    /// (import, reindex, and governance while no server runs).
+    pub fn exclusive(config: &Config, storage: &Storage) -> Result<Self, Error> {
+        Self::writable(config, storage, Metrics::new())
+    }
+
+    fn writable(config: &Config, storage: &Storage, metrics: Metrics) -> Result<Self, Error> {
+        let audit = open_audit(config)?;
+        let index: Arc<dyn Index> = storage.index.clone();
+        let ingest = Ingest::start(
+            storage.hot.clone(),
+            index.clone(),
+            config.archive.on_conflicting_version,
+            config.ingest.max_commit_batch,
+            metrics.clone(),
+            audit.clone(),
+        );
+        let mut tiering = Tiering::new(
+            storage.hot.clone(),
+            storage.cold.clone(),
+            index.clone(),
+            Arc::new(config.clone()),
         )
-    }
-
-    /// Records a clean stop, so the next start skips the orphan scan — unless `clean` is
-    /// false (a sync or index commit failed while running), in which case the next start
-    /// scans for files the index lacks.
-    pub fn close(self, clean: bool) -> Result<(), ArchiveError> {
-        let marker = self.data_dir.join(CLEAN_MARKER);
-        drop(self.index);
-        if !clean {
-            tracing::warn!(
-                "stopping after storage failures: the next start will scan for unindexed objects"
-            );
-            return Ok(());
-        }
-        File::create(&marker)
-            .and_then(|f| f.sync_all())
-            .map_err(io("create", &marker))?;
-        sync_dir(&self.data_dir)
-    }
-}
-
-fn sync_dir(dir: &Path) -> Result<(), ArchiveError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io("fsync", dir))
-}
-
-/// An archive opened for reading only, alongside a possibly running server.
-pub struct ReadOnlyArchive {
-    pub data_dir: PathBuf,
-    pub hot: HotDisk,
-    pub cold: ColdStore,
-    pub index: Arc<RocksIndex>,
-    config: Arc<Config>,
-}
-
-impl ReadOnlyArchive {
-    pub fn open(config: &Config) -> Result<Self, ArchiveError> {
-        let index_dir = config.index_dir();
-        if !index_dir.join("CURRENT").exists() {
-            return Err(ArchiveError::Missing(config.archive.data_dir.clone()));
-        }
-        let hot = HotDisk::open_existing(config.hot_dir())?;
-        let index = Arc::new(RocksIndex::open_secondary(&index_dir)?);
-        Ok(ReadOnlyArchive {
-            data_dir: config.archive.data_dir.clone(),
-            hot,
-            cold: ColdStore::open(&config.cold_spec())?,
-            index,
+        .with_metrics(metrics.tier.clone());
+        tiering.audit = audit.clone();
+        Ok(Archive {
             config: Arc::new(config.clone()),
+            data_dir: storage.data_dir.clone(),
+            hot: storage.hot.clone(),
+            cold: storage.cold.clone(),
+            reader: tiering.reader(),
+            tiering,
+            index,
+            audit,
+            ingest: Some(ingest),
+            metrics,
         })
     }
 
-    /// Reads objects from whichever tier holds them.
-    pub fn reader(&self) -> ObjectReader {
-        ObjectReader {
-            hot: self.hot.clone(),
-            cold: self.cold.clone(),
-            index: self.index.clone(),
-            metrics: None,
-            audit: self
-                .config
-                .audit
-                .enabled
-                .then(|| crate::audit::AuditLog::open(&self.data_dir).ok())
-                .flatten(),
+    /// An archive opened read-only beside a possibly running server (its index as a
+    /// RocksDB secondary): listing, showing, export, verify.
+    pub fn read_only(config: &Config) -> Result<Self, Error> {
+        let storage = ReadOnlyStorage::open(config)?;
+        let audit = open_audit(config)?;
+        let index: Arc<dyn Index> = storage.index.clone();
+        let mut tiering = Tiering::new(
+            storage.hot.clone(),
+            storage.cold.clone(),
+            index.clone(),
+            Arc::new(config.clone()),
+        );
+        tiering.audit = audit.clone();
+        Ok(Archive {
+            config: Arc::new(config.clone()),
+            data_dir: storage.data_dir.clone(),
+            hot: storage.hot.clone(),
+            cold: storage.cold.clone(),
+            reader: tiering.reader(),
+            tiering,
+            index,
+            audit,
+            ingest: None,
+            metrics: Metrics::new(),
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    pub fn hot(&self) -> &HotDisk {
+        &self.hot
+    }
+
+    /// The tiering policy over this archive (the background worker and scrubber).
+    pub fn tiering(&self) -> &Tiering {
+        &self.tiering
+    }
+
+    /// The ingest pipeline, or [`Error::ReadOnly`].
+    pub(crate) fn ingest(&self) -> Result<&Ingest, Error> {
+        self.ingest.as_ref().ok_or(Error::ReadOnly)
+    }
+
+    /// Whether a store failed to sync or index since start (the next start must then
+    /// scan for unindexed objects).
+    pub fn had_failures(&self) -> bool {
+        self.ingest.as_ref().is_some_and(|i| i.had_failures())
+    }
+
+    /// Stops ingest once every other clone of this archive is gone (their committer
+    /// handles keep it alive), and says whether everything stored was also indexed.
+    pub fn shutdown_blocking(self) -> bool {
+        let clean = !self.had_failures();
+        if let Some(ingest) = self.ingest {
+            ingest.shutdown_blocking();
+        }
+        clean
+    }
+
+    /// Appends one audit record and makes it durable before returning (governance
+    /// actions: the record must exist before the action's effects do).
+    pub(crate) fn audit_synced(
+        &self,
+        principal: &Principal,
+        action: &'static str,
+        uids: Vec<String>,
+        outcome: String,
+    ) -> Result<(), Error> {
+        if let Some(log) = &self.audit {
+            log.append(&[Event {
+                actor: principal.actor(),
+                action,
+                uids,
+                outcome,
+            }])?;
+            log.sync()?;
+        }
+        Ok(())
+    }
+
+    /// Appends one audit record; a failure is logged loudly, not returned (the access
+    /// already happened). Blocking.
+    pub(crate) fn audit_blocking(
+        &self,
+        principal: &Principal,
+        action: &'static str,
+        uids: Vec<String>,
+        outcome: String,
+    ) {
+        if let Some(log) = &self.audit {
+            log.record(&[Event {
+                actor: principal.actor(),
+                action,
+                uids,
+                outcome,
+            }]);
         }
     }
 
-    /// The tiering view of this archive (read-only uses: status).
-    pub fn tiering(&self) -> Tiering {
-        Tiering::new(
-            self.hot.clone(),
-            self.cold.clone(),
-            self.index.clone(),
-            self.config.clone(),
-        )
-    }
-}
-
-/// Indexes existing hot objects (recovery and reindex). Each object is re-hashed first;
-/// objects whose bytes do not match their name, or that cannot be indexed, are returned
-/// as unusable (the caller decides when to [`quarantine`] them).
-/// Returns (indexed, unusable paths).
-pub fn index_objects_blocking(
-    hot: &HotDisk,
-    index: &dyn Index,
-    ids: &[ObjectId],
-    calling_ae: &str,
-    mut progress: impl FnMut(),
-) -> Result<(usize, Vec<PathBuf>), ArchiveError> {
-    let mut quarantined = Vec::new();
-    let mut batch: Vec<NewObject> = Vec::new();
-    let mut indexed = 0;
-    let flush = |batch: &mut Vec<NewObject>| -> Result<usize, ArchiveError> {
-        let outcomes = index.commit(batch)?;
-        batch.clear();
-        Ok(outcomes
-            .iter()
-            .filter(|o| **o != CommitOutcome::AlreadyPresent)
-            .count())
-    };
-    for id in ids {
-        progress();
-        let path = hot.path_of(id);
-        let (actual, size) = hot.rehash_blocking(id)?;
-        let attrs = if actual == *id {
-            read_header_blocking(&path).map_err(|e| e.to_string())
-        } else {
-            Err(format!("bytes hash to {actual}"))
-        };
-        let attrs = match attrs {
-            Ok(a) => a,
-            Err(why) => {
-                tracing::error!(path = %path.display(), %why, "object cannot be indexed");
-                quarantined.push(path);
-                continue;
-            }
-        };
-        let received_at_ms = fs::metadata(&path)
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
-        batch.push(NewObject {
-            id: *id,
-            size,
-            attrs,
-            provenance: Provenance {
-                received_at_ms,
-                calling_ae: calling_ae.into(),
-                source: String::new(),
-            },
-        });
-        if batch.len() >= 256 {
-            indexed += flush(&mut batch)?;
+    /// [`Archive::audit_blocking`] from async code.
+    pub(crate) async fn audit(
+        &self,
+        principal: &Principal,
+        action: &'static str,
+        uids: Vec<String>,
+        outcome: String,
+    ) {
+        if let Some(log) = &self.audit {
+            log.record_async(vec![Event {
+                actor: principal.actor(),
+                action,
+                uids,
+                outcome,
+            }])
+            .await;
         }
     }
-    if !batch.is_empty() {
-        indexed += flush(&mut batch)?;
-    }
-    Ok((indexed, quarantined))
 }
 
-/// Moves an unusable object to `quarantine/` (never deletes it); a name already there
-/// gets a numeric suffix.
-pub fn quarantine(data_dir: &Path, path: &Path) -> Result<PathBuf, ArchiveError> {
-    let dir = data_dir.join(QUARANTINE);
-    fs::create_dir_all(&dir).map_err(io("create", &dir))?;
-    let name = path
-        .file_name()
-        .unwrap_or_default()
-        .to_string_lossy()
-        .into_owned();
-    let mut dest = dir.join(&name);
-    let mut n = 1;
-    while dest.exists() {
-        dest = dir.join(format!("{name}.{n}"));
-        n += 1;
-    }
-    fs::rename(path, &dest).map_err(io("quarantine", path))?;
-    sync_dir(&dir)?;
-    if let Some(parent) = path.parent() {
-        sync_dir(parent)?;
-    }
-    tracing::error!(from = %path.display(), to = %dest.display(), "object moved to quarantine");
-    Ok(dest)
+fn open_audit(config: &Config) -> Result<Option<AuditLog>, Error> {
+    Ok(config
+        .audit
+        .enabled
+        .then(|| AuditLog::open(&config.archive.data_dir))
+        .transpose()?)
 }
 
-fn adopt_orphans_blocking(
-    data_dir: &Path,
-    hot: &HotDisk,
-    index: &RocksIndex,
-) -> Result<(usize, Vec<PathBuf>), ArchiveError> {
-    let (ids, _strays) = hot.list_blocking()?;
-    let mut orphans = Vec::new();
-    for id in ids {
-        if index.has_object(&id)? {
-            continue;
-        }
-        if let Some(study) = index.deleted_object(&id)? {
-            // a deletion interrupted after its tombstone: finish it, never adopt
-            let path = hot.path_of(&id);
-            tracing::warn!(object = %id, study, "finishing an interrupted deletion");
-            fs::remove_file(&path).map_err(io("remove", &path))?;
-            continue;
-        }
-        orphans.push(id);
-    }
-    if orphans.is_empty() {
-        return Ok((0, Vec::new()));
-    }
-    tracing::warn!(
-        count = orphans.len(),
-        "unclean stop: adopting objects the index lacks"
-    );
-    let (adopted, unusable) = index_objects_blocking(hot, index, &orphans, "recovered", || {})?;
-    // Orphans are not in the index, so nothing refers to them: quarantine now.
-    let quarantined = unusable
-        .iter()
-        .map(|p| quarantine(data_dir, p))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok((adopted, quarantined))
-}
-
-/// Paths used by `strata reindex` to swap in a rebuilt index.
-pub fn rebuild_dirs(config: &Config) -> (PathBuf, PathBuf, PathBuf) {
-    let d = &config.archive.data_dir;
-    (
-        d.join("index"),
-        d.join("index.rebuild"),
-        d.join("index.old"),
-    )
-}
-
-/// If a reindex was interrupted mid-swap, put the archive back in a consistent state:
-/// an `index.old` without `index` is restored; leftovers are removed.
-pub(crate) fn finish_interrupted_reindex(data_dir: &Path) -> Result<(), ArchiveError> {
-    let (index, rebuild, old) = (
-        data_dir.join("index"),
-        data_dir.join("index.rebuild"),
-        data_dir.join("index.old"),
-    );
-    if !index.exists() && old.exists() {
-        fs::rename(&old, &index).map_err(io("restore", &old))?;
-        sync_dir(data_dir)?;
-    }
-    for leftover in [rebuild, old] {
-        if leftover.exists() {
-            fs::remove_dir_all(&leftover).map_err(io("remove", &leftover))?;
-        }
-    }
-    Ok(())
-}
-
-impl ReadOnlyArchive {
-    /// Every Study Instance UID in the archive.
-    pub fn index_studies(&self) -> Result<Vec<String>, ArchiveError> {
-        Ok(self
-            .index
-            .studies()?
-            .into_iter()
-            .map(|(uid, _)| uid)
-            .collect())
-    }
+/// Runs blocking work (index, files, hashing) on the blocking pool.
+pub(crate) async fn blocking<T, F>(f: F) -> Result<T, Error>
+where
+    F: FnOnce() -> Result<T, Error> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Internal(format!("blocking task failed: {e}")))?
 }

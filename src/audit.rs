@@ -50,18 +50,6 @@ impl Actor {
         }
     }
 
-    /// The user running this CLI process.
-    pub fn cli() -> Self {
-        let user = std::env::var("SUDO_USER")
-            .or_else(|_| std::env::var("USER"))
-            .unwrap_or_else(|_| format!("uid {}", unsafe { libc::getuid() }));
-        Actor {
-            kind: "cli".into(),
-            user,
-            ..Default::default()
-        }
-    }
-
     pub fn system(what: &str) -> Self {
         Actor {
             kind: "system".into(),

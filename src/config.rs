@@ -428,6 +428,17 @@ impl Config {
         toml::to_string_pretty(self).expect("config serialises")
     }
 
+    /// Threads for parallel work over many files (import, verify):
+    /// `[ingest] import_workers`, or the number of CPUs when it is 0.
+    pub fn workers(&self) -> usize {
+        match self.ingest.import_workers {
+            0 => std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
+            n => n,
+        }
+    }
+
     pub fn hot_dir(&self) -> PathBuf {
         self.archive.data_dir.join("hot")
     }

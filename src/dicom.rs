@@ -1,11 +1,18 @@
 //! DICOM formats Strata reads and writes itself, apart from the network service:
 //! - [`part10`]: the deterministic Part-10 framing that makes an object's id reproducible,
 //!   and the reader of foreign Part-10 files (for `strata import`);
+//! - [`framing`]: the one-pass walker that checks a data set's framing (stored objects,
+//!   query identifiers);
 //! - [`header`]: the attributes the index keeps, parsed from the header only;
-//! - [`dimse`]: DIMSE command sets (always Implicit VR Little Endian) and status codes.
+//! - [`da`]: DA (date) values;
+//! - [`status`]: DIMSE status codes;
+//! - [`storage_classes`]: the storage SOP classes (PS3.4 Annex B).
+//!
+//! The DIMSE command codec lives with the network service, in [`crate::dimse::command`].
 
-pub mod dimse;
+pub mod da;
 pub mod framing;
 pub mod header;
 pub mod part10;
+pub mod status;
 pub mod storage_classes;

@@ -133,6 +133,15 @@ pub trait Index: Send + Sync {
     fn hold(&self, study_uid: &str) -> Result<Option<HoldRecord>, IndexError>;
     /// For a read-only secondary: pick up what the primary wrote since. No-op otherwise.
     fn catch_up(&self) -> Result<(), IndexError>;
+    /// TEMPORARY (replaced by the index-traits merge).
+    fn refresh(&self) -> Result<(), IndexError> {
+        self.catch_up()
+    }
+}
+
+/// TEMPORARY (replaced by the index-traits merge).
+pub mod prelude {
+    pub use super::Index;
 }
 
 /// The attributes with a secondary index.

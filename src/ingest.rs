@@ -16,6 +16,7 @@
 //! A crash before that leaves a tmp file (swept at start-up) or a complete object that
 //! the index lacks (adopted at start-up by start-up recovery in [`crate::archive`]).
 
+use crate::audit::Actor;
 use crate::config::ConflictPolicy;
 use crate::dicom::header::{read_header_blocking, InstanceAttrs};
 use crate::dicom::part10::{object_prefix, read_foreign_meta};
@@ -23,7 +24,6 @@ use crate::index::{CommitOutcome, Index, NewObject, Provenance};
 use crate::metrics::{Metrics, RejectReason};
 use dicom_encoding::transfer_syntax::TransferSyntaxIndex;
 use std::io::Read;
-use std::path::Path;
 use std::sync::mpsc;
 use std::sync::Arc;
 use strata_tiers::hot::TmpObject;
@@ -92,6 +92,8 @@ pub struct Stored {
 struct CommitJob {
     tmp: TmpObject,
     object: NewObject,
+    /// Who stored it, for the audit record the committer writes before the answer.
+    actor: Actor,
     reply: Reply,
 }
 
@@ -198,25 +200,29 @@ impl Ingest {
         expected_sop_class_uid: &str,
         expected_sop_instance_uid: &str,
         provenance: Provenance,
+        actor: Actor,
     ) -> Result<Stored, IngestError> {
         self.submit_blocking(
             written,
             expected_sop_class_uid,
             expected_sop_instance_uid,
             provenance,
+            actor,
         )?
         .wait_blocking()
     }
 
     /// Checks a fully written tmp object (one pass: framing and header values) against
     /// what the sender claimed and hands it to the group committer. The returned
-    /// [`PendingCommit`] resolves once the object is durable and indexed.
+    /// [`PendingCommit`] resolves once the object is durable, indexed and audited (as
+    /// stored by `actor`).
     pub fn submit_blocking(
         &self,
         written: WrittenObject,
         expected_sop_class_uid: &str,
         expected_sop_instance_uid: &str,
         provenance: Provenance,
+        actor: Actor,
     ) -> Result<PendingCommit, IngestError> {
         let attrs = read_header_blocking(written.tmp.path())
             .map_err(|e| IngestError::Unparseable(e.to_string()))?;
@@ -246,6 +252,7 @@ impl Ingest {
             .send(CommitJob {
                 tmp: written.tmp,
                 object,
+                actor,
                 reply,
             })
             .map_err(|_| IngestError::Storage("the committer has stopped".into()))?;
@@ -285,15 +292,20 @@ impl Ingest {
         }
     }
 
-    /// Stores a foreign Part-10 file (for `strata import`): re-frames it with our
-    /// deterministic meta group, keeping the dataset bytes exactly.
-    pub fn import_file_blocking(&self, path: &Path) -> Result<Stored, IngestError> {
-        let mut file = std::fs::File::open(path)
-            .map_err(|e| IngestError::Unparseable(format!("cannot open: {e}")))?;
+    /// Stores a Part-10 byte stream (a file for `strata import`, later a STOW-RS part):
+    /// re-frames it with our deterministic meta group, keeping the data set bytes
+    /// exactly, streaming it to a tmp file in chunks. Blocks until the object is
+    /// durable, indexed and audited.
+    pub fn store_part10_blocking(
+        &self,
+        reader: &mut dyn Read,
+        provenance: Provenance,
+        actor: Actor,
+    ) -> Result<Stored, IngestError> {
         let mut head = vec![0u8; 64 * 1024];
         let mut filled = 0;
         while filled < head.len() {
-            let n = file
+            let n = reader
                 .read(&mut head[filled..])
                 .map_err(|e| IngestError::Unparseable(format!("cannot read: {e}")))?;
             if n == 0 {
@@ -323,7 +335,7 @@ impl Ingest {
         writer.write(&head[meta.dataset_offset..])?;
         let mut buf = vec![0u8; FLUSH_AT];
         loop {
-            let n = file
+            let n = reader
                 .read(&mut buf)
                 .map_err(|e| IngestError::Unparseable(format!("cannot read: {e}")))?;
             if n == 0 {
@@ -331,16 +343,12 @@ impl Ingest {
             }
             writer.write(&buf[..n])?;
         }
-        let provenance = Provenance {
-            received_at_ms: crate::index::rocks::unix_ms_now(),
-            calling_ae: "import".into(),
-            source: path.display().to_string(),
-        };
         self.admit_blocking(
             writer.finish(),
             &meta.sop_class_uid,
             &meta.sop_instance_uid,
             provenance,
+            actor,
         )
     }
 }
@@ -348,6 +356,7 @@ impl Ingest {
 /// Objects made durable on disk, on their way to the index stage.
 struct DurableGroup {
     objects: Vec<NewObject>,
+    actors: Vec<Actor>,
     replies: Vec<Reply>,
 }
 
@@ -404,16 +413,7 @@ fn run_committer(
 }
 
 /// The audit record of one store.
-fn store_event(object: &NewObject, outcome: CommitOutcome) -> crate::audit::Event {
-    let p = &object.provenance;
-    let actor = if p.calling_ae == "import" {
-        crate::audit::Actor {
-            address: p.source.clone(),
-            ..crate::audit::Actor::cli()
-        }
-    } else {
-        crate::audit::Actor::dicom(&p.calling_ae, &p.source)
-    };
+fn store_event(object: &NewObject, actor: Actor, outcome: CommitOutcome) -> crate::audit::Event {
     let a = &object.attrs;
     crate::audit::Event {
         actor,
@@ -451,7 +451,7 @@ fn persist_group(
             }
             Ok(_) => {
                 to_persist.push((job.tmp, job.object.id));
-                waiting.push((job.object, job.reply));
+                waiting.push((job.object, job.actor, job.reply));
             }
             Err(e) => {
                 let _ = job.reply.send(Err(IngestError::Storage(e.to_string())));
@@ -469,12 +469,14 @@ fn persist_group(
         .observe(started.elapsed().as_secs_f64());
     let mut group = DurableGroup {
         objects: Vec::with_capacity(waiting.len()),
+        actors: Vec::with_capacity(waiting.len()),
         replies: Vec::with_capacity(waiting.len()),
     };
-    for ((object, reply), result) in waiting.into_iter().zip(persisted) {
+    for ((object, actor, reply), result) in waiting.into_iter().zip(persisted) {
         match result {
             Ok(_) => {
                 group.objects.push(object);
+                group.actors.push(actor);
                 group.replies.push(reply);
             }
             Err(e) => {
@@ -501,6 +503,7 @@ fn run_index_stage(
             match rx.try_recv() {
                 Ok(more) => {
                     group.objects.extend(more.objects);
+                    group.actors.extend(more.actors);
                     group.replies.extend(more.replies);
                 }
                 Err(_) => break,
@@ -519,8 +522,9 @@ fn run_index_stage(
                     let events: Vec<crate::audit::Event> = group
                         .objects
                         .iter()
+                        .zip(std::mem::take(&mut group.actors))
                         .zip(&outcomes)
-                        .map(|(o, outcome)| store_event(o, *outcome))
+                        .map(|((o, actor), outcome)| store_event(o, actor, *outcome))
                         .collect();
                     log.record(&events);
                 }
@@ -660,6 +664,7 @@ impl ObjectWriter {
         expected_sop_class_uid: String,
         expected_sop_instance_uid: String,
         provenance: Provenance,
+        actor: Actor,
     ) -> Result<Stored, IngestError> {
         let (tmp, mut hasher) = self.settle().await?;
         let hot = self.hot.clone();
@@ -681,6 +686,7 @@ impl ObjectWriter {
                 &expected_sop_class_uid,
                 &expected_sop_instance_uid,
                 provenance,
+                actor,
             )
         })
         .await

@@ -1,38 +1,56 @@
 //! # Strata: an open vendor-neutral archive for medical images
 //!
 //! PACS and modalities store into Strata over DICOM; every instance is written
-//! content-addressed (blake3) to the hot disk, made durable and indexed in RocksDB before
-//! it is acknowledged. See `docs/architecture.md` for the whole picture and
-//! `../shared/DESIGN.md` for the promises this code keeps.
+//! content-addressed (blake3) to the hot disk, made durable and indexed before it is
+//! acknowledged, aged to cold study packs, and given back over DICOM. See
+//! `docs/architecture.md` for the whole picture and `../shared/DESIGN.md` for the
+//! promises this code keeps.
 //!
 //! # Layout
-//! - [`config`]: the TOML configuration, validated, every key defaulted.
-//! - [`dicom`]: the stored object format (Part-10 framing), header parsing, DIMSE codec.
-//! - [`index`]: the metadata index trait and its RocksDB implementation.
-//! - [`ingest`]: received bytes → durable, indexed object, with group commit.
-//! - [`archive`]: opening an archive (exclusive lock, start-up recovery, read-only mode).
-//! - [`scp`]: the DICOM association handler (C-ECHO, C-STORE).
-//! - [`server`]: the listener, association cap and graceful shutdown.
-//! - [`http`], [`metrics`]: `/metrics` and `/healthz`.
-//! - [`ops`]: ls, show, export, verify, reindex, import.
-//! - [`query`]: C-FIND matching over the index.
+//! The crate is layered; data and calls flow one way, top to bottom, and no module
+//! imports one that imports it back (`python3 ../shared/tools/import_cycles.py src`
+//! finds none):
 //!
-//! Storage mechanics (the hot disk) live in the `strata-tiers` crate.
+//! ```text
+//! adapters     dimse/ (DICOM upper layer, SCP and SCU)   http/ (metrics, health, admin API)
+//!              the `strata` binary's cli/ (clap, one module per command group)
+//!              server (composes the adapters and the workers for `strata serve`)
+//!                 │ call only ↓
+//! application  archive/: store, find, retrieve, catalog, export, integrity (verify,
+//!              repair, commitment), governance (delete, hold, retention), tier moves;
+//!              each takes a Principal and audits itself
+//!                 │
+//! core         ingest (durable group commit), index (small traits; RocksDB, memory),
+//!              tiering (packs, mover, reader, worker, scrubber), storage (the archive
+//!              directory: lock, recovery, reindex), audit (hash-chained log), query
+//!              (C-FIND matching), config, metrics
+//!                 │
+//! formats and  dicom/ (Part-10, framing walker, header, DA values, DIMSE statuses,
+//! mechanics    storage classes); the `strata-tiers` crate (hot disk, object stores)
+//! ```
+//!
+//! - [`dimse`]: the DICOM service and client; [`http`]: the HTTP endpoint and admin
+//!   API; [`server`]: `strata serve`.
+//! - [`archive`]: the application layer, the only thing adapters call.
+//! - [`ingest`], [`index`], [`tiering`], [`storage`], [`audit`], [`query`],
+//!   [`config`], [`metrics`]: the core.
+//! - [`dicom`]: formats Strata reads and writes itself.
+//!
+//! Storage mechanics (the hot disk, the cold object stores) live in the `strata-tiers`
+//! crate; `strata-migrate` (in `migrate/`) uses [`dimse::scu`].
 
 pub mod archive;
 pub mod audit;
 pub mod config;
 pub mod dicom;
+pub mod dimse;
 pub mod http;
 pub mod index;
 pub mod ingest;
 pub mod metrics;
-pub mod ops;
 pub mod query;
-pub mod scp;
-pub mod scp_commit;
-pub mod scp_find;
-pub mod scp_move;
-pub mod scu;
 pub mod server;
+pub mod storage;
 pub mod tiering;
+
+pub use archive::{Error, Principal};

@@ -78,6 +78,18 @@ pub enum Level {
     Image,
 }
 
+impl Level {
+    /// The QueryRetrieveLevel (0008,0052) value (PS3.4 C.6).
+    pub fn keyword(self) -> &'static str {
+        match self {
+            Level::Patient => "PATIENT",
+            Level::Study => "STUDY",
+            Level::Series => "SERIES",
+            Level::Image => "IMAGE",
+        }
+    }
+}
+
 /// One key of a query: its tag, VR and (decoded) value; empty means "return it".
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Key {
@@ -95,7 +107,7 @@ pub struct Query {
     pub relational: bool,
 }
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error)]
 pub enum QueryError {
     #[error("identifier is malformed: {0}")]
     Malformed(String),
@@ -103,6 +115,9 @@ pub enum QueryError {
     MissingLevel,
     #[error("{0}")]
     Unsupported(String),
+    /// The index could not be read: not the requester's fault.
+    #[error("index error: {0}")]
+    Index(#[from] IndexError),
 }
 
 /// The VR of an attribute, from the request (explicit syntaxes) or the dictionary.
@@ -123,6 +138,24 @@ fn vr_of(tag: u32, given: Option<[u8; 2]>) -> [u8; 2] {
 }
 
 impl Query {
+    /// A query built from attribute values rather than an encoded identifier (the way
+    /// URL parameters build one, e.g. QIDO-RS): each `(tag, value)` becomes a key with
+    /// the dictionary's VR; an empty value asks for the attribute to be returned.
+    pub fn from_keys(level: Level, keys: &[(u32, &str)]) -> Query {
+        Query {
+            level,
+            keys: keys
+                .iter()
+                .map(|(tag, value)| Key {
+                    tag: *tag,
+                    vr: vr_of(*tag, None),
+                    value: value.to_string(),
+                })
+                .collect(),
+            relational: false,
+        }
+    }
+
     /// Parses an identifier encoded in `ts` (the presentation context's syntax).
     pub fn parse(bytes: &[u8], ts: &str) -> Result<Query, QueryError> {
         let enc = match ts {
@@ -360,7 +393,7 @@ pub fn find_each(
     query: &Query,
     emit: &mut dyn FnMut(Answer) -> bool,
 ) -> Result<(), QueryError> {
-    let storage = |e: IndexError| QueryError::Unsupported(format!("index error: {e}"));
+    let storage = QueryError::Index;
     match query.level {
         Level::Patient => {
             if model != Model::PatientRoot {

@@ -1,60 +1,34 @@
-//! `strata serve`: the DICOM listener and the HTTP endpoint, with a mini-redis skeleton —
-//! a semaphore caps associations, a watch channel broadcasts shutdown, and `run` waits for
-//! every association to drain before returning.
+//! `strata serve`: composes the archive and its adapters in one process — the DICOM
+//! listener ([`crate::dimse::listener`]), the HTTP endpoint ([`crate::http`]), and the
+//! background workers (tiering policy, scrubber, audit anchoring) — over one
+//! [`Archive`]. A watch channel broadcasts shutdown; `run` waits for every association
+//! to drain and every worker to stop before it closes the archive.
 
-use crate::archive::Archive;
+use crate::archive::{Archive, Error};
 use crate::config::Config;
+use crate::dimse::association::AssocContext;
 use crate::http;
-use crate::ingest::Ingest;
 use crate::metrics::Metrics;
-use crate::scp::{serve_association, ScpContext, RJ_LOCAL_LIMIT_EXCEEDED, RJ_NOT_ALLOWED};
+use crate::storage::Storage;
 use std::sync::Arc;
-use std::time::Duration;
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
-use tokio::task::JoinSet;
+use tokio::sync::watch;
 
-/// How long a graceful shutdown waits for open associations.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Runs the server until `shutdown` resolves, then drains and returns.
+/// Runs the server until `shutdown` resolves, then drains and closes the archive
+/// (recording a clean stop unless a store failed to sync or index).
 pub async fn run(
     config: Config,
-    archive: Archive,
+    storage: Storage,
     dicom_listener: TcpListener,
     http_listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()>,
-) -> anyhow::Result<()> {
+) -> Result<(), Error> {
     let metrics = Metrics::new();
-    let index: Arc<dyn crate::index::Index> = archive.index.clone();
-    let audit = config
-        .audit
-        .enabled
-        .then(|| crate::audit::AuditLog::open(&config.archive.data_dir))
-        .transpose()?;
-    let ingest = Ingest::start(
-        archive.hot.clone(),
-        index,
-        config.archive.on_conflicting_version,
-        config.ingest.max_commit_batch,
-        metrics.clone(),
-        audit.clone(),
-    );
+    let archive = Archive::serving(&config, &storage, metrics)?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let mut tiering = archive.tiering().with_metrics(metrics.tier.clone());
-    tiering.audit = audit.clone();
-    let ctx = ScpContext {
-        config: Arc::new(config.dicom.clone()),
-        ingest: ingest.clone(),
-        index: archive.index.clone(),
-        reader: tiering.reader(),
-        shutdown: shutdown_rx.clone(),
-        audit: audit.clone(),
-        actor: crate::audit::Actor::default(),
-    };
+
     // the audit chain head goes to the cold tier from time to time, and at the end
-    let anchor_task = audit.clone().map(|log| {
+    let anchor_task = archive.audit.clone().map(|log| {
         let (cold, every, lock_days, mut stop) = (
             archive.cold.clone(),
             config.audit.anchor_interval,
@@ -81,96 +55,44 @@ pub async fn run(
     let tier_trigger = Arc::new(tokio::sync::Notify::new());
     let tier_task = config.tiering.enabled.then(|| {
         tokio::spawn(crate::tiering::worker::run_worker(
-            tiering.clone(),
+            archive.tiering().clone(),
             tier_trigger.clone(),
             shutdown_rx.clone(),
         ))
     });
-
     let scrub_task = config.scrub.enabled.then(|| {
         tokio::spawn(crate::tiering::scrub::run_scrubber(
-            tiering.clone(),
+            archive.tiering().clone(),
             shutdown_rx.clone(),
         ))
     });
 
     let http_task = tokio::spawn(http::serve(
         http_listener,
-        http::HttpState {
-            metrics: metrics.clone(),
-            hot: archive.hot.clone(),
-            tiering: tiering.clone(),
-        },
+        archive.clone(),
         shutdown_rx.clone(),
     ));
-
-    let limit = Arc::new(Semaphore::new(config.dicom.max_associations));
-    let mut associations = JoinSet::new();
-    tokio::pin!(shutdown);
     tracing::info!(
         ae_title = config.dicom.ae_title,
-        dicom = %dicom_listener.local_addr()?,
+        dicom = ?dicom_listener.local_addr().ok(),
         http = %http::local_addr_display(&config),
         data_dir = %config.archive.data_dir.display(),
         "strata serving"
     );
-    let mut accept_backoff = Duration::from_millis(10);
-    loop {
-        let (mut stream, peer) = tokio::select! {
-            _ = &mut shutdown => break,
-            Some(_) = associations.join_next(), if !associations.is_empty() => continue,
-            accepted = dicom_listener.accept() => match accepted {
-                Ok(conn) => { accept_backoff = Duration::from_millis(10); conn }
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(accept_backoff).await;
-                    accept_backoff = (accept_backoff * 2).min(Duration::from_secs(1));
-                    continue;
-                }
-            },
-        };
-        let _ = stream.set_nodelay(true);
-        if !config.dicom.allowed_addresses.is_empty()
-            && !config.dicom.allowed_addresses.contains(&peer.ip())
-        {
-            tracing::warn!(%peer, "rejected: address not allowed");
-            metrics
-                .associations_rejected
-                .with_label_values(&["address"])
-                .inc();
-            let _ = stream.write_all(&RJ_NOT_ALLOWED).await;
-            continue;
-        }
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, max = config.dicom.max_associations, "rejected: too many associations");
-            metrics
-                .associations_rejected
-                .with_label_values(&["limit"])
-                .inc();
-            let _ = stream.write_all(&RJ_LOCAL_LIMIT_EXCEEDED).await;
-            continue;
-        };
-        let ctx = ctx.clone();
-        associations.spawn(async move {
-            serve_association(ctx, stream, peer).await;
-            drop(permit);
-        });
-    }
+    let dicom_task = tokio::spawn(crate::dimse::listener::run(
+        dicom_listener,
+        AssocContext {
+            config: Arc::new(config.dicom.clone()),
+            archive: archive.clone(),
+            shutdown: shutdown_rx.clone(),
+            principal: crate::archive::Principal::system("dimse"),
+        },
+        shutdown_rx.clone(),
+    ));
 
-    tracing::info!(
-        open = associations.len(),
-        "shutting down: no new associations"
-    );
+    shutdown.await;
     let _ = shutdown_tx.send(true);
-    if tokio::time::timeout(DRAIN_TIMEOUT, async {
-        while associations.join_next().await.is_some() {}
-    })
-    .await
-    .is_err()
-    {
-        tracing::warn!("associations still open after {DRAIN_TIMEOUT:?}; aborting them");
-        associations.shutdown().await;
-    }
+    let _ = dicom_task.await;
     let _ = http_task.await;
     if let Some(task) = anchor_task {
         let _ = task.await;
@@ -184,14 +106,12 @@ pub async fn run(
         task.abort();
         let _ = task.await;
     }
-    drop(ctx);
-    drop(tiering);
     tokio::task::spawn_blocking(move || {
-        let clean = !ingest.had_failures();
-        ingest.shutdown_blocking();
-        archive.close(clean)
+        let clean = archive.shutdown_blocking();
+        storage.close(clean)
     })
-    .await??;
+    .await
+    .map_err(|e| Error::Internal(format!("shutdown task failed: {e}")))??;
     tracing::info!("stopped cleanly");
     Ok(())
 }

@@ -330,7 +330,7 @@ fn study_in_both_tiers(archive: &Archive) -> (String, Vec<std::path::PathBuf>) {
 
 /// `studies` generated CT studies of `instances` 64x64 slices, one every 9 days from
 /// `start_date`, under the archive's directory.
-fn small_ct_studies(
+pub(crate) fn small_ct_studies(
     archive: &Archive,
     name: &str,
     studies: usize,

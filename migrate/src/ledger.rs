@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use strata::scu::RemoteAe;
+use strata::dimse::scu::RemoteAe;
 
 pub const FORMAT: &str = "strata-migrate-ledger";
 pub const VERSION: u32 = 1;

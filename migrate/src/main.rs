@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use strata::scu::RemoteAe;
+use strata::dimse::scu::RemoteAe;
 
 /// Migrate a legacy PACS into Strata over C-FIND/C-MOVE.
 #[derive(Debug, Parser)]

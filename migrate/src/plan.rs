@@ -20,7 +20,7 @@ use dicom_core::VR;
 use dicom_dictionary_std::tags;
 use std::collections::BTreeMap;
 use std::time::Duration;
-use strata::scu::{self, RemoteAe, Scu};
+use strata::dimse::scu::{self, RemoteAe, Scu};
 
 /// A StudyDate window, optionally narrowed to a StudyTime range (seconds of the day).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

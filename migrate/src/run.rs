@@ -22,7 +22,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use strata::scu::{self, MoveOutcome, RemoteAe, Scu, ScuError};
+use strata::dimse::scu::{self, MoveOutcome, RemoteAe, Scu, ScuError};
 
 const DESTINATION_UNKNOWN: u16 = 0xA801;
 

@@ -27,7 +27,7 @@ use strata_tiers::cold::is_archive_class;
 use strata_tiers::{BlobStore, ObjectId};
 
 /// What a move did.
-#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct MoveReport {
     pub study_uid: String,
     /// Packs uploaded by this move (a pack found already uploaded counts here once,

@@ -16,6 +16,7 @@ use crate::index::{ColdCopy, Index};
 use crate::metrics::TierMetrics;
 use futures::StreamExt;
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::Arc;
 use strata_tiers::{ColdStore, HotDisk, ObjectId, TierError};
 
@@ -294,6 +295,36 @@ impl ObjectReader {
         self.observe_recall(started);
         Ok(())
     }
+}
+
+/// Streams a whole pack into a temporary file and checks its blake3 against its id (verify, reindex).
+/// Blocking: `rt` runs the download.
+pub fn download_pack_blocking(
+    cold: &ColdStore,
+    rt: &tokio::runtime::Handle,
+    pack_id: &ObjectId,
+    tmp_dir: &Path,
+) -> std::result::Result<tempfile::NamedTempFile, String> {
+    use futures::StreamExt;
+    use std::io::Write;
+    let mut file = tempfile::NamedTempFile::new_in(tmp_dir).map_err(|e| e.to_string())?;
+    let hash = rt.block_on(async {
+        let mut stream = cold
+            .stream_range(pack_id, None)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut hasher = blake3::Hasher::new();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| e.to_string())?;
+            hasher.update(&chunk);
+            file.write_all(&chunk).map_err(|e| e.to_string())?;
+        }
+        Ok::<_, String>(ObjectId::from_hash(hasher.finalize()))
+    })?;
+    if &hash != pack_id {
+        return Err(format!("the pack's bytes hash to {hash}, not to its id"));
+    }
+    Ok(file)
 }
 
 /// Aborts a task when dropped (an early return stops the download).

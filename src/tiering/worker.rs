@@ -29,7 +29,7 @@ use strata_tiers::BlobStore;
 use tokio::sync::{watch, Notify};
 
 /// What one pass did.
-#[derive(Debug, Default, serde::Serialize)]
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct PassReport {
     pub moved: Vec<MoveReport>,
     pub stale_entries: usize,
@@ -40,7 +40,7 @@ pub struct PassReport {
 }
 
 /// Where the tiers stand (`strata tier status`).
-#[derive(Debug, Default, serde::Serialize)]
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct TierStatus {
     pub hot_objects: u64,
     pub hot_bytes: u64,
@@ -162,7 +162,13 @@ impl Tiering {
         }
         let outcome = self.move_to_cold(study).await;
         if !matches!(&outcome, Ok(m) if m.packs_recorded + m.objects_evicted == 0) {
-            self.audit_move(study, "aged to cold", &outcome).await;
+            self.audit_move(
+                crate::audit::Actor::system("tiering"),
+                study,
+                "aged to cold",
+                &outcome,
+            )
+            .await;
         }
         if !matches!(&outcome, Err(e) if e.is_transient()) {
             handled.insert(study.to_string());
@@ -269,6 +275,7 @@ impl Tiering {
     /// Records a tier move in the audit log.
     pub async fn audit_move(
         &self,
+        actor: crate::audit::Actor,
         study: &str,
         why: &str,
         outcome: &Result<MoveReport, TieringError>,
@@ -282,7 +289,7 @@ impl Tiering {
                 Err(e) => format!("{why}: failed: {e}"),
             };
             log.record_async(vec![crate::audit::Event {
-                actor: crate::audit::Actor::system("tiering"),
+                actor,
                 action: "tier_move",
                 uids: vec![study.to_string()],
                 outcome,
@@ -378,21 +385,9 @@ impl Tiering {
     }
 }
 
-/// `strata tier move STUDY --to cold|hot|archive`: forces one study's move now.
-pub async fn force_move(
-    tiering: &Tiering,
-    study_uid: &str,
-    to: &str,
-) -> Result<MoveReport, TieringError> {
-    let _busy = tiering.busy.lock().await;
-    let result = force_move_locked(tiering, study_uid, to).await;
-    tiering
-        .audit_move(study_uid, &format!("forced to {to}"), &result)
-        .await;
-    result
-}
-
-async fn force_move_locked(
+/// Forces one study to `to` (`cold`, `hot` or `archive`) now; the caller holds
+/// [`Tiering::busy`] and writes the audit record ([`Tiering::audit_move`]).
+pub async fn force_move_locked(
     tiering: &Tiering,
     study_uid: &str,
     to: &str,

@@ -394,11 +394,38 @@ impl ColdStore {
     ) -> Result<BoxStream<'static, Result<Bytes, TierError>>, TierError> {
         let key = self.key(id);
         match self.get_stream(&key, range).await {
-            Err(TierError::Remote { detail, .. }) if detail.contains("InvalidObjectState") => {
-                Err(self.start_restore(id).await?)
-            }
+            // S3 refuses a GET of an archived object (InvalidObjectState); which one it
+            // is, is asked of S3's typed HEAD answer, not read from the error's text
+            Err(e @ TierError::Remote { .. }) => match self.awaits_restore(id).await {
+                Ok(true) => Err(self.start_restore(id).await?),
+                _ => Err(e),
+            },
             other => other,
         }
+    }
+
+    /// Whether the object sits in an archive storage class (GLACIER, DEEP_ARCHIVE)
+    /// without a completed restore: S3's HEAD reports the class in
+    /// `x-amz-storage-class` and a restore in `x-amz-restore`
+    /// (`ongoing-request="false"` once the copy is readable).
+    async fn awaits_restore(&self, id: &ObjectId) -> Result<bool, TierError> {
+        let Some(s3) = &self.s3 else { return Ok(false) };
+        let key = self.key(id).to_string();
+        let head = s3
+            .client
+            .head_object()
+            .bucket(&s3.bucket)
+            .key(&key)
+            .send()
+            .await
+            .map_err(|e| sdk_error("look up", &key, e))?;
+        let archived = head
+            .storage_class()
+            .is_some_and(|c| is_archive_class(c.as_str()));
+        let restored = head
+            .restore()
+            .is_some_and(|r| r.contains("ongoing-request=\"false\""));
+        Ok(archived && !restored)
     }
 
     async fn get_stream(
@@ -494,6 +521,7 @@ impl ColdStore {
     /// Asks S3 to restore an archived object for `days`, and says it is pending. A
     /// restore already in progress is not an error.
     async fn start_restore(&self, id: &ObjectId) -> Result<TierError, TierError> {
+        use aws_sdk_s3::error::ProvideErrorMetadata;
         let Some(s3) = &self.s3 else {
             return Ok(TierError::PendingRestore { id: *id });
         };
@@ -517,7 +545,8 @@ impl ColdStore {
             .await
         {
             Ok(_) => Ok(TierError::PendingRestore { id: *id }),
-            Err(e) if error_chain(&e).contains("RestoreAlreadyInProgress") => {
+            // the SDK's typed error metadata (S3 error code, RestoreObject API reference)
+            Err(e) if e.code() == Some("RestoreAlreadyInProgress") => {
                 Ok(TierError::PendingRestore { id: *id })
             }
             Err(e) => Err(sdk_error("restore", &key, e)),

@@ -8,12 +8,12 @@
 //! fragment until their last PDV, command and data set alike. Identifiers are encoded
 //! and decoded with dicom-object (they are small).
 
-use crate::dicom::dimse::{field, status, tag, Command, ResponseBuilder};
+use super::command::{field, status, tag, Command, ResponseBuilder};
 use dicom_core::{DataElement, PrimitiveValue, Tag, VR};
 use dicom_encoding::transfer_syntax::TransferSyntaxIndex;
 use dicom_object::InMemDicomObject;
 use dicom_ul::association::client::AsyncClientAssociation;
-use dicom_ul::pdu::{PDataValue, PDataValueType};
+use dicom_ul::pdu::PDataValueType;
 use dicom_ul::{ClientAssociationOptions, Pdu};
 use std::time::Duration;
 use tokio::net::TcpStream;
@@ -191,30 +191,6 @@ impl Scu {
             .map_err(|e| self.protocol(format!("decode identifier: {e}")))
     }
 
-    async fn send_pdv(&mut self, kind: PDataValueType, data: Vec<u8>) -> Result<(), ScuError> {
-        let max = (self.assoc.acceptor_max_pdu_length() as usize)
-            .saturating_sub(64)
-            .clamp(1024, 256 * 1024);
-        let chunks: Vec<Vec<u8>> = if data.is_empty() {
-            vec![Vec::new()]
-        } else {
-            data.chunks(max).map(|c| c.to_vec()).collect()
-        };
-        let n = chunks.len();
-        for (i, chunk) in chunks.into_iter().enumerate() {
-            let pdu = Pdu::PData {
-                data: vec![PDataValue {
-                    presentation_context_id: self.pc_id,
-                    value_type: kind.clone(),
-                    is_last: i + 1 == n,
-                    data: chunk,
-                }],
-            };
-            self.assoc.send(&pdu).await.map_err(|e| self.net(e))?;
-        }
-        Ok(())
-    }
-
     /// Sends a request command followed by its identifier.
     async fn send_request(
         &mut self,
@@ -222,8 +198,13 @@ impl Scu {
         identifier: &InMemDicomObject,
     ) -> Result<(), ScuError> {
         let data = self.encode(identifier)?;
-        self.send_pdv(PDataValueType::Command, command).await?;
-        self.send_pdv(PDataValueType::Data, data).await
+        let max = super::pdv::pdv_limit(self.assoc.acceptor_max_pdu_length());
+        let sent = async {
+            super::pdv::send_command(&mut self.assoc, self.pc_id, command).await?;
+            super::pdv::send_data(&mut self.assoc, self.pc_id, &data, max).await
+        }
+        .await;
+        sent.map_err(|e| self.net(e))
     }
 
     /// Reads one whole message: the command and, if it announces one, the data set.
@@ -289,7 +270,9 @@ impl Scu {
         let cmd = ResponseBuilder::request(field::C_ECHO_RQ, id, false)
             .uid(tag::AFFECTED_SOP_CLASS_UID, VERIFICATION)
             .encode();
-        self.send_pdv(PDataValueType::Command, cmd).await?;
+        super::pdv::send_command(&mut self.assoc, self.pc_id, cmd)
+            .await
+            .map_err(|e| self.net(e))?;
         let (rsp, _) = self.receive_message().await?;
         rsp.status()
             .ok_or_else(|| self.protocol("C-ECHO-RSP without a status"))

@@ -1,85 +1,23 @@
-//! Storage Commitment Push Model SCP (N-ACTION → N-EVENT-REPORT on the same association).
+//! Storage Commitment Push Model SCP (PS3.4 J.3): N-ACTION → N-ACTION-RSP, then the
+//! N-EVENT-REPORT on the same association (the requester negotiates the SCP role).
 //!
-//! An instance is committed only if it is indexed under the requested SOP class *and*
-//! the bytes of its served object re-hash to its id right now — not merely because the
-//! database knows it. The report lists committed instances in ReferencedSOPSequence and
-//! the others in FailedSOPSequence with FailureReason 0x0112 (no such object instance),
-//! 0x0119 (class/instance conflict) or 0x0110 (processing failure: the object is
-//! missing or corrupt on disk).
+//! Which instances are committed is the application layer's answer
+//! ([`Archive::commitment`](crate::archive::Archive::commitment)): only those indexed
+//! under the requested SOP class whose served object is durable right now. The report
+//! lists them in ReferencedSOPSequence and the others in FailedSOPSequence with their
+//! FailureReason.
 
-use crate::dicom::dimse::{field, tag, Command, ResponseBuilder};
-use crate::scp::{send_command, Association, ScpContext};
+use super::association::{AssocContext, Association, Message};
+use super::command::{field, tag, Command, ResponseBuilder};
+use super::pdv::{pdv_limit, send_command, send_data};
+use super::request::sop::{STORAGE_COMMITMENT_INSTANCE, STORAGE_COMMITMENT_PUSH};
+use super::AssocError;
 use dicom_core::Tag;
 use dicom_dictionary_std::tags;
 use dicom_object::InMemDicomObject;
-use dicom_ul::pdu::{PDataValue, PDataValueType};
+use dicom_ul::pdu::PDataValueType;
 use dicom_ul::Pdu;
 use std::time::Duration;
-use strata_tiers::ObjectId;
-
-pub const STORAGE_COMMITMENT_PUSH: &str = "1.2.840.10008.1.20.1";
-pub const STORAGE_COMMITMENT_INSTANCE: &str = "1.2.840.10008.1.20.1.1";
-
-pub struct CommitRequest {
-    pub pc_id: u8,
-    pub message_id: u16,
-    pub transfer_syntax: String,
-    pub action_type: u16,
-    pub dataset: Vec<u8>,
-}
-
-/// (SOP class, SOP instance) pairs with, for failures, the reason.
-struct Outcome {
-    committed: Vec<(String, String)>,
-    failed: Vec<(String, String, u16)>,
-}
-
-fn check_blocking(
-    ctx_index: &dyn crate::index::Index,
-    hot: &strata_tiers::HotDisk,
-    refs: Vec<(String, String)>,
-) -> Outcome {
-    let mut out = Outcome {
-        committed: Vec::new(),
-        failed: Vec::new(),
-    };
-    for (class, sop) in refs {
-        let entry = match ctx_index.instance(&sop) {
-            Ok(Some(e)) => e,
-            Ok(None) => {
-                out.failed.push((class, sop, 0x0112));
-                continue;
-            }
-            Err(_) => {
-                out.failed.push((class, sop, 0x0110));
-                continue;
-            }
-        };
-        if entry.record.sop_class_uid != class {
-            out.failed.push((class, sop, 0x0119));
-            continue;
-        }
-        // A hot object is re-hashed now; a cold-only one is durable through its
-        // recorded pack copies, which were read back and verified before being recorded.
-        let durable = entry
-            .record
-            .current()
-            .and_then(|v| ObjectId::from_hex(&v.id))
-            .is_some_and(|id| match ctx_index.object(&id) {
-                Ok(Some(r)) if r.tier == crate::index::Tier::Cold => !r.cold.is_empty(),
-                _ => hot
-                    .rehash_blocking(&id)
-                    .is_ok_and(|(actual, _)| actual == id),
-            });
-        if durable {
-            out.committed.push((class, sop));
-        } else {
-            tracing::error!(sop, "storage commitment refused: object missing or corrupt");
-            out.failed.push((class, sop, 0x0110));
-        }
-    }
-    out
-}
 
 /// Defined-length explicit/implicit VR LE encoding of the event report data set.
 struct Writer {
@@ -183,24 +121,25 @@ fn parse_request(dataset: &[u8], ts: &str) -> Result<(String, Vec<(String, Strin
 }
 
 pub async fn run_commit(
-    ctx: &ScpContext,
+    ctx: &AssocContext,
     assoc: &mut Association,
-    req: CommitRequest,
-) -> Result<(), String> {
+    req: Message,
+    action_type_id: u16,
+) -> Result<(), AssocError> {
     let rsp = |status: u16, comment: Option<&str>| {
-        let mut b = ResponseBuilder::new(field::N_ACTION_RQ, req.message_id, status)
+        let mut b = ResponseBuilder::new(field::N_ACTION_RQ, req.incoming.message_id, status)
             .uid(tag::AFFECTED_SOP_CLASS_UID, STORAGE_COMMITMENT_PUSH)
             .uid(tag::AFFECTED_SOP_INSTANCE_UID, STORAGE_COMMITMENT_INSTANCE)
-            .u16(tag::ACTION_TYPE_ID, req.action_type);
+            .u16(tag::ACTION_TYPE_ID, action_type_id);
         if let Some(c) = comment {
             b = b.text(tag::ERROR_COMMENT, c);
         }
         b.encode()
     };
-    if req.action_type != 1 {
+    if action_type_id != 1 {
         return send_command(assoc, req.pc_id, rsp(0x0123, Some("no such action"))).await;
     }
-    let (transaction, refs) = match parse_request(&req.dataset, &req.transfer_syntax) {
+    let (transaction, refs) = match parse_request(&req.data, &req.transfer_syntax) {
         Ok(r) => r,
         Err(e) => {
             tracing::warn!(error = %e, "storage commitment request refused");
@@ -209,10 +148,21 @@ pub async fn run_commit(
     };
     send_command(assoc, req.pc_id, rsp(0x0000, None)).await?;
 
-    let (index, hot) = (ctx.index.clone(), ctx.ingest.hot().clone());
-    let outcome = tokio::task::spawn_blocking(move || check_blocking(index.as_ref(), &hot, refs))
+    let outcome = match ctx
+        .archive
+        .commitment(&ctx.principal, &transaction, refs.clone())
         .await
-        .map_err(|e| format!("commitment check failed: {e}"))?;
+    {
+        Ok(outcome) => outcome,
+        Err(e) => {
+            // the check itself failed: nothing is committed (PS3.4 J.3.3.1.1, 0x0110)
+            tracing::error!(error = %e, "storage commitment check failed");
+            crate::archive::integrity::Commitment {
+                committed: Vec::new(),
+                failed: refs.into_iter().map(|(c, s)| (c, s, 0x0110)).collect(),
+            }
+        }
+    };
     tracing::info!(
         transaction,
         committed = outcome.committed.len(),
@@ -254,17 +204,8 @@ pub async fn run_commit(
         .u16(tag::EVENT_TYPE_ID, event_type)
         .encode();
     send_command(assoc, req.pc_id, cmd).await?;
-    assoc
-        .send(&Pdu::PData {
-            data: vec![PDataValue {
-                presentation_context_id: req.pc_id,
-                value_type: PDataValueType::Data,
-                is_last: true,
-                data: w.out,
-            }],
-        })
-        .await
-        .map_err(|e| format!("send event report: {e}"))?;
+    let max = pdv_limit(assoc.requestor_max_pdu_length());
+    send_data(assoc, req.pc_id, &w.out, max).await?;
     match tokio::time::timeout(Duration::from_secs(30), assoc.receive()).await {
         Ok(Ok(Pdu::PData { data })) => {
             let answer = data
@@ -280,13 +221,17 @@ pub async fn run_commit(
         }
         Ok(Ok(Pdu::ReleaseRQ)) => {
             let _ = assoc.send(&Pdu::ReleaseRP).await;
-            Err("released before the event report was answered".into())
+            Err(AssocError::protocol(
+                "released before the event report was answered",
+            ))
         }
-        Ok(Ok(other)) => Err(format!(
+        Ok(Ok(other)) => Err(AssocError::protocol(format!(
             "unexpected {} after the event report",
             other.short_description()
+        ))),
+        Ok(Err(e)) => Err(AssocError::Receive(format!("N-EVENT-REPORT-RSP: {e}"))),
+        Err(_) => Err(AssocError::Receive(
+            "no N-EVENT-REPORT-RSP within 30 s".into(),
         )),
-        Ok(Err(e)) => Err(format!("receive N-EVENT-REPORT-RSP: {e}")),
-        Err(_) => Err("no N-EVENT-REPORT-RSP within 30 s".into()),
     }
 }

@@ -22,36 +22,7 @@ pub mod field {
     pub const RESPONSE_BIT: u16 = 0x8000;
 }
 
-/// DIMSE status codes Strata sends.
-pub mod status {
-    pub const SUCCESS: u16 = 0x0000;
-    /// Refused: out of resources (disk full or below the free-space floor).
-    pub const OUT_OF_RESOURCES: u16 = 0xA700;
-    /// Error: data set does not match SOP class (or the affected SOP instance).
-    pub const DATASET_DOES_NOT_MATCH: u16 = 0xA900;
-    /// Error: cannot understand.
-    pub const CANNOT_UNDERSTAND: u16 = 0xC000;
-    /// Refused: SOP class not supported.
-    pub const SOP_CLASS_NOT_SUPPORTED: u16 = 0x0122;
-    /// Unrecognized operation.
-    pub const UNRECOGNIZED_OPERATION: u16 = 0x0211;
-    /// Duplicate SOP instance (a different version is stored and the policy refuses it).
-    pub const DUPLICATE_SOP_INSTANCE: u16 = 0x0111;
-    /// Processing failure.
-    pub const PROCESSING_FAILURE: u16 = 0x0110;
-    /// Pending (C-FIND match, C-MOVE sub-operations going on).
-    pub const PENDING: u16 = 0xFF00;
-    /// Cancelled by C-CANCEL.
-    pub const CANCEL: u16 = 0xFE00;
-    /// C-MOVE: move destination unknown.
-    pub const MOVE_DESTINATION_UNKNOWN: u16 = 0xA801;
-    /// C-MOVE: unable to perform sub-operations.
-    pub const UNABLE_TO_PERFORM_SUB_OPERATIONS: u16 = 0xA702;
-    /// C-MOVE: sub-operations complete, one or more failures.
-    pub const SUB_OPERATIONS_FAILED: u16 = 0xB000;
-    /// C-FIND: unable to process.
-    pub const UNABLE_TO_PROCESS: u16 = 0xC001;
-}
+pub use crate::dicom::status;
 
 pub mod tag {
     pub const AFFECTED_SOP_CLASS_UID: u32 = 0x0000_0002;
@@ -135,7 +106,7 @@ impl Command {
     fn text_of(&self, tag: u32) -> Option<String> {
         self.elements
             .get(&tag)
-            .map(|v| super::part10::trim_value(v))
+            .map(|v| crate::dicom::part10::trim_value(v))
     }
 
     pub fn command_field(&self) -> Result<u16, CommandError> {

@@ -1,0 +1,257 @@
+//! Governance: deleting studies, legal holds and the retention rule (DESIGN promises 3
+//! and 8: nothing is deleted except by an explicit, audited request or the retention
+//! policy).
+//!
+//! Each use case needs a writable archive — the server's (reached through the admin
+//! API while it runs) or a CLI command's own — and holds the tiering lock while it
+//! works, so no move of the same study runs meanwhile. Index writes are serialised by
+//! the index itself, so stores may go on: an instance stored again after its study was
+//! deleted lives again.
+//!
+//! ## Crash consistency of a delete
+//! The request is audited (synced) first, then one synced index batch replaces the study
+//! by a tombstone (UIDs, object ids, who, why, when), and only then are its hot files
+//! and cold packs removed. A crash after the tombstone is finished by the next start (or
+//! reindex), never undone; a crash before it leaves the study whole.
+
+use super::{blocking, Archive, Error, Principal};
+use crate::dicom::da;
+use crate::dicom::part10::is_valid_uid;
+use crate::index::{HoldRecord, Tombstone};
+use serde::Serialize;
+use strata_tiers::{BlobStore, ObjectId};
+
+type Result<T> = std::result::Result<T, Error>;
+
+#[derive(Debug, Default, Serialize, serde::Deserialize)]
+pub struct DeleteReport {
+    pub study_uid: String,
+    pub objects: usize,
+    pub hot_files_deleted: usize,
+    pub packs_deleted: usize,
+}
+
+#[derive(Debug, Default, Serialize, serde::Deserialize)]
+pub struct RetentionReport {
+    /// (study, StudyDate) of the studies the rule selects.
+    pub due: Vec<(String, String)>,
+    pub deleted: Vec<String>,
+    /// Selected but under a legal hold: kept.
+    pub held: Vec<String>,
+}
+
+fn rfc3339(ms: u64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
+        .to_string()
+}
+
+impl Archive {
+    /// Deletes a study from every tier, unless it is under a legal hold ([`Error::Held`],
+    /// audited as refused). `reason` is kept in the tombstone and the audit log.
+    pub async fn delete_study(
+        &self,
+        principal: &Principal,
+        study_uid: &str,
+        reason: &str,
+    ) -> Result<DeleteReport> {
+        self.ingest()?;
+        if !is_valid_uid(study_uid) {
+            return Err(Error::InvalidRequest(format!(
+                "{study_uid:?} is not a valid Study Instance UID"
+            )));
+        }
+        if reason.trim().is_empty() {
+            return Err(Error::InvalidRequest(
+                "say why with --reason: it is kept in the tombstone and the audit log".into(),
+            ));
+        }
+        let _busy = self.tiering.busy.lock().await;
+        let (this, p, study, why) = (
+            self.clone(),
+            principal.clone(),
+            study_uid.to_string(),
+            reason.to_string(),
+        );
+        let (tombstone, packs) =
+            blocking(move || this.tombstone_blocking(&p, &study, &why)).await?;
+        crate::tiering::failpoint("delete-after-tombstone");
+        let mut report = DeleteReport {
+            study_uid: study_uid.to_string(),
+            objects: tombstone.objects.len(),
+            ..Default::default()
+        };
+        let (hot, ids) = (
+            self.hot.clone(),
+            tombstone
+                .objects
+                .iter()
+                .filter_map(|(_, _, id)| ObjectId::from_hex(id))
+                .collect::<Vec<_>>(),
+        );
+        report.hot_files_deleted = blocking(move || {
+            let mut deleted = 0;
+            for id in ids {
+                let path = hot.path_of(&id);
+                match std::fs::remove_file(&path) {
+                    Ok(()) => deleted += 1,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(Error::io("remove", &path)(e)),
+                }
+            }
+            Ok(deleted)
+        })
+        .await?;
+        for pack in &packs {
+            self.cold.delete(pack).await?;
+            report.packs_deleted += 1;
+        }
+        let (this, p, study) = (self.clone(), principal.clone(), study_uid.to_string());
+        let outcome = format!(
+            "done: {} objects, {} hot files, {} packs",
+            report.objects, report.hot_files_deleted, report.packs_deleted
+        );
+        blocking(move || this.audit_synced(&p, "delete", vec![study], outcome)).await?;
+        Ok(report)
+    }
+
+    /// The synced part of a delete: the hold check, the audit record of the request and
+    /// the tombstone. Returns the tombstone and the study's packs.
+    fn tombstone_blocking(
+        &self,
+        principal: &Principal,
+        study_uid: &str,
+        reason: &str,
+    ) -> Result<(Tombstone, Vec<ObjectId>)> {
+        let index = self.index.as_ref();
+        if let Some(hold) = index.hold(study_uid)? {
+            self.audit_synced(
+                principal,
+                "delete",
+                vec![study_uid.into()],
+                format!("refused: under legal hold ({})", hold.why),
+            )?;
+            return Err(Error::Held {
+                study_uid: study_uid.to_string(),
+                who: hold.who,
+                since: rfc3339(hold.since_ms),
+                why: hold.why,
+            });
+        }
+        let study = index
+            .study(study_uid)?
+            .ok_or_else(|| Error::NotFound(format!("no study {study_uid} in the archive")))?;
+        let mut objects = Vec::new();
+        for e in index.instances_of_study(study_uid)? {
+            for v in &e.record.versions {
+                objects.push((
+                    e.series_uid.clone(),
+                    e.sop_instance_uid.clone(),
+                    v.id.clone(),
+                ));
+            }
+        }
+        let packs: Vec<ObjectId> = index
+            .packs()?
+            .into_iter()
+            .filter(|(_, p)| p.study_uid == study_uid)
+            .map(|(id, _)| id)
+            .collect();
+        let tombstone = Tombstone {
+            study_uid: study_uid.to_string(),
+            patient_id: study.patient_id.clone(),
+            objects,
+            packs: packs.iter().map(|p| p.to_hex()).collect(),
+            who: principal.name(),
+            why: reason.to_string(),
+            deleted_at_ms: crate::index::rocks::unix_ms_now(),
+        };
+        self.audit_synced(
+            principal,
+            "delete",
+            vec![study_uid.into()],
+            format!("requested: {reason}"),
+        )?;
+        index.tombstone_study(&tombstone)?;
+        Ok((tombstone, packs))
+    }
+
+    /// Places (or with `release` lifts) a legal hold on a study; synced and audited.
+    pub fn hold_blocking(
+        &self,
+        principal: &Principal,
+        study_uid: &str,
+        reason: &str,
+        release: bool,
+    ) -> Result<()> {
+        self.ingest()?;
+        if self.index.study(study_uid)?.is_none() {
+            return Err(Error::NotFound(format!(
+                "no study {study_uid} in the archive"
+            )));
+        }
+        let record = HoldRecord {
+            who: principal.name(),
+            why: reason.to_string(),
+            since_ms: crate::index::rocks::unix_ms_now(),
+        };
+        self.index
+            .set_hold(study_uid, (!release).then_some(&record))?;
+        self.audit_synced(
+            principal,
+            "hold",
+            vec![study_uid.into()],
+            if release {
+                "released".into()
+            } else {
+                format!("placed: {reason}")
+            },
+        )
+    }
+
+    /// Applies `[retention] study_age`: deletes the studies whose StudyDate is older,
+    /// except those under a legal hold; with `dry_run`, only says which. Studies without
+    /// a real StudyDate are never selected.
+    pub async fn retention(&self, principal: &Principal, dry_run: bool) -> Result<RetentionReport> {
+        let age = self.config.retention.study_age;
+        if age.is_zero() {
+            return Err(Error::InvalidRequest(
+                "[retention] study_age is 0s: retention is off".into(),
+            ));
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let cutoff = da::date_of_unix_secs(now.saturating_sub(age.as_secs()));
+        let index = self.index.clone();
+        let mut report = blocking(move || {
+            let mut report = RetentionReport::default();
+            for (uid, s) in index.studies()? {
+                let date = s.study_date.trim();
+                if da::is_valid_date(date) && *date < *cutoff {
+                    if index.hold(&uid)?.is_some() {
+                        report.held.push(uid.clone());
+                    }
+                    report.due.push((uid, date.to_string()));
+                }
+            }
+            Ok(report)
+        })
+        .await?;
+        if dry_run {
+            return Ok(report);
+        }
+        for (uid, date) in report.due.clone() {
+            if report.held.contains(&uid) {
+                continue;
+            }
+            let why = format!(
+                "retention: StudyDate {date} is older than {}",
+                humantime::format_duration(age)
+            );
+            self.delete_study(principal, &uid, &why).await?;
+            report.deleted.push(uid);
+        }
+        Ok(report)
+    }
+}

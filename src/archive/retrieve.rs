@@ -1,0 +1,201 @@
+//! Retrieve: which instances a request names, their bytes from whichever tier holds
+//! them, and the record of the retrieval.
+//!
+//! [`Archive::retrieve`] resolves a retrieve identifier (PATIENT level by PatientID;
+//! STUDY, SERIES and IMAGE levels by UID lists, PS3.4 C.4.2.2.1) to the served version
+//! of each instance, and returns a [`Retrieval`]: the adapter (C-MOVE, C-GET, later
+//! WADO-RS) sends the items its own way, reading each through
+//! [`RetrievalReader::read`], and ends with [`Retrieval::finish`], which records the
+//! studies' last access (for the tiering policy) and writes the audit record. A
+//! retrieval dropped without `finish` (a broken association) is audited as interrupted.
+//!
+//! Reads return the object's Part-10 bytes whole, checked against its id; streaming
+//! them in bounded memory is the subject of the correctness issue.
+
+use super::{blocking, Archive, Error, Principal};
+use crate::index::{Index, InstanceEntry, SecondaryKey};
+use crate::query::{tags as qtags, Level, Query};
+use crate::tiering::reader::ObjectReader;
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use strata_tiers::ObjectId;
+
+/// One instance to send: its served object and what a C-STORE of it needs.
+#[derive(Debug, Clone)]
+pub struct RetrieveItem {
+    pub study_uid: String,
+    pub sop_instance_uid: String,
+    pub sop_class_uid: String,
+    pub transfer_syntax_uid: String,
+    pub id: ObjectId,
+}
+
+/// Reads the objects of a [`Retrieval`]; cheap to clone into sending tasks.
+#[derive(Clone)]
+pub struct RetrievalReader {
+    reader: ObjectReader,
+}
+
+impl RetrievalReader {
+    /// The object's Part-10 bytes, from hot disk or its cold pack, checked against its
+    /// id. An archived pack answers [`Error::is_pending_restore`].
+    pub async fn read(&self, id: &ObjectId) -> Result<Vec<u8>, Error> {
+        Ok(self.reader.read(id).await?)
+    }
+}
+
+/// A retrieval in progress; see the module docs.
+pub struct Retrieval {
+    archive: Archive,
+    principal: Principal,
+    what: String,
+    items: Arc<Vec<RetrieveItem>>,
+    finished: bool,
+}
+
+impl Archive {
+    /// Resolves `query` (a C-MOVE or C-GET identifier, or its URL equivalent) for
+    /// `principal`; `what` describes the request in the audit record ("C-MOVE to
+    /// ARCHIVE2", "C-GET"). An identifier that names nothing it can resolve is
+    /// [`Error::InvalidRequest`].
+    pub async fn retrieve(
+        &self,
+        principal: &Principal,
+        query: &Query,
+        what: &str,
+    ) -> Result<Retrieval, Error> {
+        let (index, q) = (self.index.clone(), query.clone());
+        let items = blocking(move || resolve(index.as_ref(), &q)).await?;
+        Ok(Retrieval {
+            archive: self.clone(),
+            principal: principal.clone(),
+            what: what.to_string(),
+            items: Arc::new(items),
+            finished: false,
+        })
+    }
+}
+
+impl Retrieval {
+    pub fn items(&self) -> &Arc<Vec<RetrieveItem>> {
+        &self.items
+    }
+
+    pub fn reader(&self) -> RetrievalReader {
+        RetrievalReader {
+            reader: self.archive.reader.clone(),
+        }
+    }
+
+    /// The distinct studies of the items.
+    pub fn studies(&self) -> Vec<String> {
+        let set: BTreeSet<&str> = self.items.iter().map(|i| i.study_uid.as_str()).collect();
+        set.into_iter().map(str::to_string).collect()
+    }
+
+    /// Ends the retrieval: records the studies' last access and the audit record.
+    pub async fn finish(mut self, completed: usize, failed: usize) {
+        self.finished = true;
+        let studies = self.studies();
+        let index = self.archive.index.clone();
+        let at = crate::index::rocks::unix_ms_now();
+        let touched = studies.clone();
+        match tokio::task::spawn_blocking(move || index.record_access(&touched, at)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "could not record a study's last access"),
+            Err(e) => tracing::warn!(error = %e, "could not record a study's last access"),
+        }
+        let outcome = format!("{}: {completed} sent, {failed} failed", self.what);
+        self.archive
+            .audit(&self.principal, "retrieve", studies, outcome)
+            .await;
+    }
+}
+
+impl Drop for Retrieval {
+    fn drop(&mut self) {
+        if self.finished || self.archive.audit.is_none() {
+            return;
+        }
+        let (archive, principal) = (self.archive.clone(), self.principal.clone());
+        let (studies, outcome) = (self.studies(), format!("{}: interrupted", self.what));
+        let record = move || archive.audit_blocking(&principal, "retrieve", studies, outcome);
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => drop(rt.spawn_blocking(record)),
+            Err(_) => record(),
+        }
+    }
+}
+
+/// The served version of every instance the identifier names.
+fn resolve(index: &dyn Index, query: &Query) -> Result<Vec<RetrieveItem>, Error> {
+    let value = |t| {
+        query
+            .keys
+            .iter()
+            .find(|k| k.tag == t)
+            .map(|k| k.value.clone())
+            .filter(|v| !v.is_empty())
+    };
+    let list = |t| value(t).map(|v| v.split('\\').map(str::to_string).collect::<Vec<_>>());
+    let needs = |what: &str| Error::InvalidRequest(what.to_string());
+    let mut entries: Vec<InstanceEntry> = Vec::new();
+    match query.level {
+        Level::Patient => {
+            let pid =
+                value(qtags::PATIENT_ID).ok_or_else(|| needs("PATIENT level needs a PatientID"))?;
+            for study in index.studies_by(SecondaryKey::PatientId, &pid)? {
+                entries.extend(index.instances_of_study(&study)?);
+            }
+        }
+        Level::Study => {
+            for study in list(qtags::STUDY_INSTANCE_UID)
+                .ok_or_else(|| needs("STUDY level needs StudyInstanceUID"))?
+            {
+                entries.extend(index.instances_of_study(&study)?);
+            }
+        }
+        Level::Series => {
+            let wanted: BTreeSet<String> = list(qtags::SERIES_INSTANCE_UID)
+                .ok_or_else(|| needs("SERIES level needs SeriesInstanceUID"))?
+                .into_iter()
+                .collect();
+            let studies: BTreeSet<String> = wanted
+                .iter()
+                .filter_map(|s| index.series(s).ok().flatten().map(|(study, _)| study))
+                .collect();
+            for study in studies {
+                entries.extend(
+                    index
+                        .instances_of_study(&study)?
+                        .into_iter()
+                        .filter(|i| wanted.contains(&i.series_uid)),
+                );
+            }
+        }
+        Level::Image => {
+            for sop in list(qtags::SOP_INSTANCE_UID)
+                .ok_or_else(|| needs("IMAGE level needs SOPInstanceUID"))?
+            {
+                entries.extend(index.instance(&sop)?);
+            }
+        }
+    }
+    entries
+        .into_iter()
+        .map(|i| {
+            let current = i
+                .record
+                .current()
+                .ok_or_else(|| Error::Internal("instance without versions".into()))?;
+            Ok(RetrieveItem {
+                id: ObjectId::from_hex(&current.id)
+                    .ok_or_else(|| Error::Internal("malformed object id in the index".into()))?,
+                study_uid: i.study_uid,
+                sop_instance_uid: i.sop_instance_uid,
+                sop_class_uid: i.record.sop_class_uid,
+                transfer_syntax_uid: i.record.transfer_syntax_uid,
+            })
+        })
+        .collect()
+}

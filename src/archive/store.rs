@@ -1,0 +1,205 @@
+//! Store: one instance in, durable, indexed and audited before the caller may
+//! acknowledge it (DESIGN promises 1–3 and 8).
+//!
+//! Two entry points reach the same ingest pipeline ([`crate::ingest`]):
+//! - [`Archive::begin_store`] for a data set arriving in chunks (C-STORE today): a
+//!   [`StoreStream`] takes each chunk as it comes and [`StoreStream::finish`] resolves once
+//!   the group committer has made the object durable, indexed it and written its audit
+//!   record;
+//! - [`Archive::store_part10_blocking`] for a Part-10 byte stream (`strata import` today,
+//!   STOW-RS next), re-framed with the archive's deterministic meta group.
+//!
+//! The audit record of a store is written by the group committer, in the same group as
+//! the index batch, attributed to the [`Principal`] given here.
+
+use super::{blocking, Archive, Error, Principal};
+use crate::index::{CommitOutcome, Provenance};
+use crate::ingest::{ObjectWriter, Stored};
+use serde::Serialize;
+use std::io::Read;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+/// An instance being received in chunks; see [`Archive::begin_store`].
+pub struct StoreStream {
+    archive: Archive,
+    principal: Principal,
+    sop_class_uid: String,
+    sop_instance_uid: String,
+    writer: ObjectWriter,
+}
+
+/// The provenance of an object stored by `principal` (kept in the index, not in the
+/// object's bytes).
+fn provenance(principal: &Principal, source: &str) -> Provenance {
+    let (calling_ae, source) = match principal {
+        Principal::Dicom { ae_title, address } => (ae_title.clone(), address.clone()),
+        Principal::Cli { .. } => ("import".to_string(), source.to_string()),
+        Principal::System { worker } => (worker.clone(), source.to_string()),
+    };
+    Provenance {
+        received_at_ms: crate::index::rocks::unix_ms_now(),
+        calling_ae,
+        source,
+    }
+}
+
+impl Archive {
+    /// Begins storing one instance whose data set (in `transfer_syntax_uid`) will arrive
+    /// in chunks. Refuses at once, before any byte is written, when the hot disk is
+    /// below its free-space floor ([`crate::ingest::IngestError::OutOfSpace`]).
+    pub async fn begin_store(
+        &self,
+        principal: &Principal,
+        sop_class_uid: &str,
+        sop_instance_uid: &str,
+        transfer_syntax_uid: &str,
+    ) -> Result<StoreStream, Error> {
+        let ingest = self.ingest()?.clone();
+        let hot = ingest.hot().clone();
+        blocking(move || Ok(hot.check_free_space_blocking()?)).await?;
+        Ok(StoreStream {
+            archive: self.clone(),
+            principal: principal.clone(),
+            sop_class_uid: sop_class_uid.to_string(),
+            sop_instance_uid: sop_instance_uid.to_string(),
+            writer: ingest.writer(sop_class_uid, sop_instance_uid, transfer_syntax_uid),
+        })
+    }
+
+    /// Stores a Part-10 byte stream read from `reader` (`source` names it in the
+    /// provenance: a path, a request). Blocks until the object is durable, indexed and
+    /// audited.
+    pub fn store_part10_blocking(
+        &self,
+        principal: &Principal,
+        reader: &mut dyn Read,
+        source: &str,
+    ) -> Result<Stored, Error> {
+        Ok(self.ingest()?.store_part10_blocking(
+            reader,
+            provenance(principal, source),
+            principal.actor(),
+        )?)
+    }
+
+    /// Imports files (as [`Archive::store_part10_blocking`]) with `workers` threads;
+    /// `progress` is called once per file.
+    pub fn import_blocking(
+        &self,
+        principal: &Principal,
+        files: &[PathBuf],
+        workers: usize,
+        progress: &(dyn Fn() + Sync),
+    ) -> ImportReport {
+        let report = Mutex::new(ImportReport {
+            files: files.len(),
+            ..Default::default()
+        });
+        let next = AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..workers.max(1) {
+                s.spawn(|| loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(path) = files.get(i) else { break };
+                    let result = std::fs::File::open(path)
+                        .map_err(|e| {
+                            Error::Ingest(crate::ingest::IngestError::Unparseable(format!(
+                                "cannot open: {e}"
+                            )))
+                        })
+                        .and_then(|mut f| {
+                            self.store_part10_blocking(
+                                principal,
+                                &mut f,
+                                &path.display().to_string(),
+                            )
+                        });
+                    progress();
+                    let mut r = report.lock().expect("import report lock");
+                    match result {
+                        Ok(stored) => match stored.outcome {
+                            CommitOutcome::Stored => r.stored += 1,
+                            CommitOutcome::NewVersion => r.new_versions += 1,
+                            CommitOutcome::AlreadyPresent => r.already_present += 1,
+                        },
+                        Err(e) => r.rejected.push(Rejected {
+                            path: path.display().to_string(),
+                            reason: e.to_string(),
+                        }),
+                    }
+                });
+            }
+        });
+        report.into_inner().expect("import report lock")
+    }
+}
+
+impl StoreStream {
+    /// Takes the next chunk of the data set (kept as received; written to the tmp file
+    /// on the blocking pool once enough is waiting).
+    pub async fn write(&mut self, chunk: Vec<u8>) -> Result<(), Error> {
+        Ok(self.writer.write(chunk).await?)
+    }
+
+    /// Ends the data set: checks it against the announced SOP class and instance, makes
+    /// it durable, indexes and audits it. Only after `Ok` may the caller acknowledge.
+    pub async fn finish(self) -> Result<Stored, Error> {
+        let ingest = self.archive.ingest()?.clone();
+        let source = match &self.principal {
+            Principal::Dicom { address, .. } => address.clone(),
+            _ => String::new(),
+        };
+        Ok(self
+            .writer
+            .finish_and_commit(
+                &ingest,
+                self.sop_class_uid,
+                self.sop_instance_uid,
+                provenance(&self.principal, &source),
+                self.principal.actor(),
+            )
+            .await?)
+    }
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct ImportReport {
+    pub files: usize,
+    pub stored: usize,
+    pub new_versions: usize,
+    pub already_present: usize,
+    pub rejected: Vec<Rejected>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Rejected {
+    pub path: String,
+    pub reason: String,
+}
+
+/// Every regular file under `paths` (files as given, folders recursively), sorted.
+pub fn collect_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, Error> {
+    let mut files = Vec::new();
+    for p in paths {
+        if !p.exists() {
+            return Err(Error::InvalidRequest(format!(
+                "{} does not exist",
+                p.display()
+            )));
+        }
+        for entry in walkdir::WalkDir::new(p).follow_links(true) {
+            let entry = entry.map_err(|e| Error::Io {
+                action: "walk",
+                path: p.clone(),
+                source: e.into(),
+            })?;
+            if entry.file_type().is_file() {
+                files.push(entry.into_path());
+            }
+        }
+    }
+    files.sort();
+    Ok(files)
+}

@@ -1,0 +1,360 @@
+//! The command line: clap definitions (their doc comments are `strata --help`), and the
+//! dispatch of each command to its module — one module per command group, each calling
+//! the application layer ([`strata::archive`]) and printing what it returns.
+//!
+//! Commands that change the archive go through the running server's admin API when a
+//! server holds the archive ([`strata::http::admin::AdminClient`]), and otherwise open
+//! the archive exclusively for their duration. Read-only commands open it read-only,
+//! beside a running server if there is one.
+
+mod audit;
+mod catalog;
+mod export;
+mod governance;
+mod integrity;
+mod print;
+mod store;
+mod tier;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use strata::archive::integrity::VerifyScope;
+use strata::archive::{Archive, Principal};
+use strata::config::Config;
+use strata::storage::Storage;
+
+/// Strata: an open vendor-neutral archive for medical images.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+pub struct Cli {
+    /// Configuration file (TOML). Without it, the built-in defaults apply.
+    #[arg(long, global = true, env = "STRATA_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check the hash chain of the whole log and the chain heads anchored in the cold
+    /// tier; names the first bad record. Exit 1 when anything is wrong.
+    Verify {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print records, oldest first.
+    Log {
+        /// Only records newer than this (e.g. "2h", "7days").
+        #[arg(long, value_parser = humantime::parse_duration)]
+        since: Option<std::time::Duration>,
+        /// Only records naming this UID.
+        #[arg(long)]
+        study: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Copy the current chain head to the cold tier now.
+    Anchor,
+    /// Write the records for a SIEM: `--format dicom` gives one DICOM PS3.15 audit
+    /// message (IHE ATNA XML) per line.
+    Export {
+        #[arg(long, value_parser = ["dicom", "json"])]
+        format: String,
+        #[arg(long, value_parser = humantime::parse_duration)]
+        since: Option<std::time::Duration>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TierCommand {
+    /// Studies, objects and bytes per tier; queue lengths; the oldest item waiting.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run one policy pass now (age, watermarks, archive class, orphan uploads).
+    Run,
+    /// Force one study to a tier now.
+    Move {
+        study_uid: String,
+        #[arg(long, value_parser = ["cold", "hot", "archive"])]
+        to: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the archive: the DICOM service (C-ECHO, C-STORE, C-FIND, C-MOVE, C-GET,
+    /// storage commitment), the HTTP endpoint (/metrics, /healthz, the admin API) and
+    /// the background tiering, scrubbing and audit anchoring.
+    Serve,
+    /// Store Part-10 files and folders (recursively) into the archive (server stopped).
+    Import {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List studies, or the series and instances of one study.
+    Ls {
+        study_uid: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a study, series or instance: its objects' ids, sizes and locations.
+    Show {
+        uid: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write studies as Part-10 files to DIR/<study>/<series>/<sop>.dcm.
+    Export {
+        study_uids: Vec<String>,
+        /// Export every study.
+        #[arg(long, conflicts_with = "study_uids")]
+        all: bool,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Write studies as a BagIt bag for auditors: the export under DIR/data plus sha256
+    /// and blake3 manifests, a tag manifest and a summary.
+    Manifest {
+        study_uids: Vec<String>,
+        /// Every study.
+        #[arg(long, conflicts_with = "study_uids")]
+        all: bool,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Re-hash every object and check index and objects against each other.
+    Verify {
+        #[arg(long)]
+        json: bool,
+        /// Which tiers to check: hot files, cold packs, or both.
+        #[arg(long, value_enum, default_value = "all")]
+        tier: VerifyScope,
+        /// Restore corrupt or missing copies from other verified copies (through the
+        /// running server, or directly when none runs); says what it did, and what it
+        /// could not do.
+        #[arg(long)]
+        repair: bool,
+    },
+    /// Delete a study from every tier: audited, tombstoned, refused under a legal hold
+    /// (through the running server, or directly when none runs).
+    Delete {
+        study_uid: String,
+        /// Why: kept in the tombstone and the audit log.
+        #[arg(long)]
+        reason: String,
+    },
+    /// Place (or with --release lift) a legal hold on a study (through the running
+    /// server, or directly when none runs).
+    Hold {
+        study_uid: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+        #[arg(long)]
+        release: bool,
+    },
+    /// Apply the [retention] rule: delete the studies it selects, except those under a
+    /// legal hold (through the running server, or directly when none runs).
+    Retention {
+        /// Only list what would be deleted.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Deleted studies: what, who, why, when.
+    Tombstones {
+        #[arg(long)]
+        json: bool,
+    },
+    /// The hash-chained audit log: verify it, read it, anchor its head.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// Tiering: where studies are, and moving them between hot and cold.
+    Tier {
+        #[command(subcommand)]
+        command: TierCommand,
+    },
+    /// Rebuild the index from the stored objects alone (server stopped).
+    Reindex,
+    /// Print the effective configuration, with every default.
+    Config,
+}
+
+pub fn init_logging(serving: bool) {
+    let default = if serving {
+        "info,dicom_ul=warn"
+    } else {
+        "warn"
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("STRATA_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Runs a command; its exit code (0 fine, 1 problems found).
+pub fn run(cli: Cli) -> Result<i32> {
+    let config = Config::load(cli.config.as_deref())?;
+    match cli.command {
+        Command::Config => {
+            print!("{}", config.to_toml());
+            Ok(0)
+        }
+        Command::Serve => serve(config),
+        Command::Import { paths, json } => store::import(&config, &paths, json),
+        Command::Ls { study_uid, json } => catalog::ls(&config, study_uid, json),
+        Command::Show { uid, json } => catalog::show(&config, &uid, json),
+        Command::Tombstones { json } => catalog::tombstones(&config, json),
+        Command::Export {
+            study_uids,
+            all,
+            out,
+        } => export::export(&config, study_uids, all, &out),
+        Command::Manifest {
+            study_uids,
+            all,
+            out,
+        } => export::manifest(&config, study_uids, all, &out),
+        Command::Verify {
+            json, repair: true, ..
+        } => integrity::repair(&config, json),
+        Command::Verify { json, tier, .. } => integrity::verify(&config, json, tier),
+        Command::Reindex => integrity::reindex(&config),
+        Command::Delete { study_uid, reason } => governance::delete(&config, &study_uid, &reason),
+        Command::Hold {
+            study_uid,
+            reason,
+            release,
+        } => governance::hold(&config, &study_uid, &reason, release),
+        Command::Retention { dry_run } => governance::retention(&config, dry_run),
+        Command::Tier { command } => tier::tier(&config, command),
+        Command::Audit { command } => audit::audit(&config, command),
+    }
+}
+
+/// A runtime for the command line's calls into the archive (the cold tier, the admin
+/// API): two workers, a bounded blocking pool.
+pub fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(8)
+        .enable_all()
+        .build()
+        .context("start a runtime")
+}
+
+/// Runs blocking archive work on `rt`'s blocking pool (where the use cases that read
+/// the cold tier find the runtime's handle).
+pub fn on_pool<T: Send + 'static>(
+    rt: &tokio::runtime::Runtime,
+    f: impl FnOnce() -> Result<T, strata::archive::Error> + Send + 'static,
+) -> Result<T> {
+    Ok(rt.block_on(tokio::task::spawn_blocking(f))??)
+}
+
+/// Whether a server holds the archive (its changes then go through the admin API).
+pub fn server_running(config: &Config) -> bool {
+    strata::storage::writer_active(&config.archive.data_dir)
+}
+
+/// The admin API of the server holding the archive, acting for this process's user.
+pub fn admin_client(config: &Config) -> Result<strata::http::admin::AdminClient> {
+    Ok(strata::http::admin::AdminClient::new(
+        config.http.port,
+        &Principal::cli_user().name(),
+    )?)
+}
+
+/// Opens the archive exclusively (no server runs), runs `f` with a runtime, then shuts
+/// ingest down and closes the archive (a clean stop unless a store failed).
+pub fn with_exclusive<T>(
+    config: &Config,
+    purpose: &str,
+    f: impl FnOnce(&tokio::runtime::Runtime, &Archive) -> Result<T>,
+) -> Result<T> {
+    let (storage, recovery) = Storage::open_exclusive(config, purpose)?;
+    report_recovery(&recovery);
+    let archive = Archive::exclusive(config, &storage)?;
+    let rt = runtime()?;
+    let result = f(&rt, &archive);
+    drop(rt);
+    let clean = archive.shutdown_blocking();
+    storage.close(clean)?;
+    result
+}
+
+pub fn report_recovery(r: &strata::storage::RecoveryReport) {
+    if r.tmp_swept > 0 || r.adopted > 0 || !r.quarantined.is_empty() {
+        tracing::warn!(
+            tmp_swept = r.tmp_swept,
+            adopted = r.adopted,
+            quarantined = r.quarantined.len(),
+            "start-up recovery after an unclean stop"
+        );
+    }
+}
+
+/// The studies a command names, or every study with `--all`.
+pub fn selected_studies(
+    archive: &Archive,
+    study_uids: Vec<String>,
+    all: bool,
+) -> Result<Vec<String>> {
+    if all {
+        Ok(archive.study_uids_blocking()?)
+    } else if study_uids.is_empty() {
+        anyhow::bail!("name at least one study UID, or --all");
+    } else {
+        Ok(study_uids)
+    }
+}
+
+fn serve(config: Config) -> Result<i32> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("start the async runtime")?;
+    runtime.block_on(async move {
+        let c = config.clone();
+        let (storage, recovery) =
+            tokio::task::spawn_blocking(move || Storage::open_exclusive(&c, "serve")).await??;
+        report_recovery(&recovery);
+        let dicom = tokio::net::TcpListener::bind((config.dicom.bind, config.dicom.port))
+            .await
+            .with_context(|| {
+                format!(
+                    "listen for DICOM on {}:{}",
+                    config.dicom.bind, config.dicom.port
+                )
+            })?;
+        let http = tokio::net::TcpListener::bind((config.http.bind, config.http.port))
+            .await
+            .with_context(|| {
+                format!(
+                    "listen for HTTP on {}:{}",
+                    config.http.bind, config.http.port
+                )
+            })?;
+        strata::server::run(config, storage, dicom, http, shutdown_signal()).await?;
+        Ok::<_, anyhow::Error>(0)
+    })
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received"),
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+    }
+}

@@ -1,0 +1,65 @@
+//! `strata delete`, `strata hold`, `strata retention`: through the running server's
+//! admin API when a server holds the archive (no downtime), else on the archive opened
+//! exclusively. Either way the same use case runs and audits the command-line user.
+
+use super::{admin_client, runtime, server_running, with_exclusive};
+use anyhow::Result;
+use strata::archive::Principal;
+use strata::config::Config;
+
+pub fn delete(config: &Config, study_uid: &str, reason: &str) -> Result<i32> {
+    let report = if server_running(config) {
+        runtime()?.block_on(admin_client(config)?.delete(study_uid, reason))?
+    } else {
+        with_exclusive(config, "delete", |rt, archive| {
+            Ok(rt.block_on(archive.delete_study(&Principal::cli_user(), study_uid, reason))?)
+        })?
+    };
+    println!(
+        "deleted study {}: {} objects, {} hot files, {} packs; tombstone kept",
+        report.study_uid, report.objects, report.hot_files_deleted, report.packs_deleted
+    );
+    Ok(0)
+}
+
+pub fn hold(config: &Config, study_uid: &str, reason: &str, release: bool) -> Result<i32> {
+    if server_running(config) {
+        runtime()?.block_on(admin_client(config)?.hold(study_uid, reason, release))?;
+    } else {
+        with_exclusive(config, "hold", |_, archive| {
+            Ok(archive.hold_blocking(&Principal::cli_user(), study_uid, reason, release)?)
+        })?;
+    }
+    println!(
+        "legal hold {} on study {study_uid}",
+        if release { "lifted" } else { "placed" }
+    );
+    Ok(0)
+}
+
+pub fn retention(config: &Config, dry_run: bool) -> Result<i32> {
+    let report = if server_running(config) {
+        runtime()?.block_on(admin_client(config)?.retention(dry_run))?
+    } else {
+        with_exclusive(config, "retention", |rt, archive| {
+            Ok(rt.block_on(archive.retention(&Principal::cli_user(), dry_run))?)
+        })?
+    };
+    for (uid, date) in &report.due {
+        let what = if report.held.contains(uid) {
+            "kept (legal hold)"
+        } else if dry_run {
+            "would be deleted"
+        } else {
+            "deleted"
+        };
+        println!("{uid} (StudyDate {date}): {what}");
+    }
+    println!(
+        "{} studies due, {} deleted, {} held",
+        report.due.len(),
+        report.deleted.len(),
+        report.held.len()
+    );
+    Ok(0)
+}

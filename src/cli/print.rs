@@ -1,0 +1,51 @@
+//! Printers shared by the command groups: JSON, progress bars, the tier status.
+
+use anyhow::Result;
+use std::io::IsTerminal;
+
+pub fn progress_bar(len: u64, what: &str) -> indicatif::ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(len);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} {per_sec} eta {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_message(what.to_string());
+    bar
+}
+
+pub fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+pub fn print_status_value(s: &serde_json::Value) {
+    let n = |k: &str| s.get(k).cloned().unwrap_or_default();
+    println!("cold tier: {}", n("cold_url"));
+    println!(
+        "hot:  {} objects, {} bytes ({} studies only hot); hot filesystem {:.1}% used",
+        n("hot_objects"),
+        n("hot_bytes"),
+        n("studies_hot"),
+        n("hot_fs_used_percent").as_f64().unwrap_or(0.0)
+    );
+    println!(
+        "cold: {} objects only in cold, {} bytes ({} studies only cold, {} in both); {} packs, {} bytes, by class {}",
+        n("cold_only_objects"),
+        n("cold_only_bytes"),
+        n("studies_cold"),
+        n("studies_mixed"),
+        n("packs"),
+        n("pack_bytes"),
+        n("packs_by_storage_class")
+    );
+    println!(
+        "queue: {} studies, {} due now, oldest due since {}",
+        n("queue_length"),
+        n("queue_due"),
+        n("oldest_due_since_ms")
+    );
+}

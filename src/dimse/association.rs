@@ -1,0 +1,418 @@
+//! # One task per association
+//!
+//! [`serve_association`] negotiates an association on dicom-ul (async, see
+//! [`super::negotiation`]), then reads PDUs and assembles DIMSE messages: command PDVs
+//! are collected until their last fragment and decoded into a [`Request`]; the data set
+//! that follows is streamed straight into the store use case for a C-STORE (never
+//! buffered whole) and collected (bounded) for the other services. Each complete message
+//! goes to its service module, which calls the application layer with this
+//! association's [`Principal`] and answers.
+//!
+//! Bad input never hurts (DESIGN promise 7): a malformed command or a protocol violation
+//! aborts this association only; a bad data set gets its DIMSE status and the
+//! association goes on. Nothing is written under an id before the whole object was
+//! received, hashed, parsed and made durable.
+
+use super::command::{field, status, Command, ResponseBuilder};
+use super::negotiation::server_options;
+use super::pdv::send_command;
+use super::request::{Incoming, Request};
+use super::store::Receiving;
+use super::AssocError;
+use crate::archive::{Archive, Principal};
+use crate::config::DicomConfig;
+use dicom_ul::pdu::{PDataValueType, PresentationContextResultReason};
+use dicom_ul::Pdu;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+pub(crate) type Association = dicom_ul::association::server::AsyncServerAssociation<TcpStream>;
+
+/// Everything an association task needs.
+#[derive(Clone)]
+pub struct AssocContext {
+    pub config: Arc<DicomConfig>,
+    pub archive: Archive,
+    pub shutdown: watch::Receiver<bool>,
+    /// Who this association is (set once it is established).
+    pub principal: Principal,
+}
+
+/// Longest identifier (C-FIND, C-MOVE, C-GET) or N-ACTION data set accepted.
+const MAX_IDENTIFIER_BYTES: usize = 1 << 20;
+
+/// Longest command set accepted (real ones are a few hundred bytes).
+const MAX_COMMAND_BYTES: usize = 64 * 1024;
+
+/// A request whose data set is arriving.
+enum Pending {
+    /// A C-STORE: its data set streams into the store use case.
+    Store(Receiving),
+    /// A query, retrieve or commitment request: its data set is collected.
+    Collect(Message),
+    /// An unsupported request: its data set is read and dropped, then answered.
+    Discard(Message),
+}
+
+/// A complete (or collecting) message of a service other than C-STORE.
+pub struct Message {
+    pub incoming: Incoming,
+    pub pc_id: u8,
+    /// The presentation context's abstract syntax (the request's SOP class).
+    pub sop_class: String,
+    pub transfer_syntax: String,
+    pub data: Vec<u8>,
+    received: u64,
+}
+
+impl Pending {
+    fn pc_id(&self) -> u8 {
+        match self {
+            Pending::Store(s) => s.pc_id,
+            Pending::Collect(m) | Pending::Discard(m) => m.pc_id,
+        }
+    }
+
+    /// Counts data set bytes received for this message; returns the total so far.
+    fn add_received(&mut self, n: usize) -> u64 {
+        let total = match self {
+            Pending::Store(s) => &mut s.received,
+            Pending::Collect(m) | Pending::Discard(m) => &mut m.received,
+        };
+        *total += n as u64;
+        *total
+    }
+}
+
+/// Serves one TCP connection until release, abort, error, timeout or shutdown.
+pub async fn serve_association(mut ctx: AssocContext, stream: TcpStream, peer: SocketAddr) {
+    let opts = server_options(&ctx.config);
+    let metrics = ctx.archive.metrics().clone();
+    let negotiated =
+        tokio::time::timeout(ctx.config.read_timeout, opts.establish_async(stream)).await;
+    let mut assoc = match negotiated {
+        Ok(Ok(a)) => a,
+        Ok(Err(e)) => {
+            tracing::info!(%peer, error = %e, "association not established");
+            metrics
+                .associations_rejected
+                .with_label_values(&["negotiation"])
+                .inc();
+            return;
+        }
+        Err(_) => {
+            tracing::info!(%peer, "association not established: no A-ASSOCIATE-RQ within the read timeout");
+            metrics
+                .associations_rejected
+                .with_label_values(&["timeout"])
+                .inc();
+            return;
+        }
+    };
+    let calling_ae = dicom_ul::association::Association::peer_ae_title(&assoc)
+        .trim()
+        .to_string();
+    tracing::info!(%peer, calling_ae, "association established");
+    ctx.principal = Principal::dicom(&calling_ae, &peer.to_string());
+    metrics.active_associations.inc();
+    let outcome = run_messages(&ctx, &mut assoc, peer).await;
+    metrics.active_associations.dec();
+    match outcome {
+        Ok(End::Released) => tracing::info!(%peer, calling_ae, "association released"),
+        Ok(End::PeerAborted) => tracing::info!(%peer, calling_ae, "association aborted by peer"),
+        Ok(End::Abort(why)) => {
+            tracing::warn!(%peer, calling_ae, reason = %why, "aborting association");
+            let _ = assoc.abort().await;
+        }
+        Err(e) => {
+            tracing::warn!(%peer, calling_ae, reason = %e, "aborting association");
+            let _ = assoc.abort().await;
+        }
+    }
+}
+
+enum End {
+    Released,
+    PeerAborted,
+    Abort(String),
+}
+
+async fn run_messages(
+    ctx: &AssocContext,
+    assoc: &mut Association,
+    peer: SocketAddr,
+) -> Result<End, AssocError> {
+    let mut shutdown = ctx.shutdown.clone();
+    let mut command_buf: Vec<u8> = Vec::new();
+    let mut command_pc: Option<u8> = None;
+    let mut pending: Option<Pending> = None;
+    let max_object = ctx.config.max_object_mb.saturating_mul(1024 * 1024);
+    loop {
+        let mid_message = pending.is_some() || !command_buf.is_empty();
+        let wait = if mid_message {
+            ctx.config.read_timeout
+        } else {
+            ctx.config.idle_timeout
+        };
+        let pdu = tokio::select! {
+            r = tokio::time::timeout(wait, assoc.receive()) => match r {
+                Err(_) => return Ok(End::Abort(format!("no PDU for {wait:?}"))),
+                Ok(Err(e)) => return Err(AssocError::Receive(e.to_string())),
+                Ok(Ok(pdu)) => pdu,
+            },
+            _ = shutdown.changed(), if !mid_message => return Ok(End::Abort("server shutting down".into())),
+        };
+        match pdu {
+            Pdu::PData { data } => {
+                for pdv in data {
+                    match pdv.value_type {
+                        PDataValueType::Command => {
+                            if pending.is_some() {
+                                return Ok(End::Abort(
+                                    "command received while a data set was expected".into(),
+                                ));
+                            }
+                            if *command_pc.get_or_insert(pdv.presentation_context_id)
+                                != pdv.presentation_context_id
+                            {
+                                return Ok(End::Abort(
+                                    "command fragments on different presentation contexts".into(),
+                                ));
+                            }
+                            if command_buf.len() + pdv.data.len() > MAX_COMMAND_BYTES {
+                                return Ok(End::Abort(format!(
+                                    "command set longer than {MAX_COMMAND_BYTES} bytes"
+                                )));
+                            }
+                            command_buf.extend_from_slice(&pdv.data);
+                            if pdv.is_last {
+                                command_pc = None;
+                                let bytes = std::mem::take(&mut command_buf);
+                                pending =
+                                    start_message(ctx, assoc, pdv.presentation_context_id, &bytes)
+                                        .await?;
+                            }
+                        }
+                        PDataValueType::Data => {
+                            let Some(op) = pending.as_mut() else {
+                                return Ok(End::Abort(
+                                    "data set received without a command".into(),
+                                ));
+                            };
+                            if pdv.presentation_context_id != op.pc_id() {
+                                return Err(AssocError::protocol(
+                                    "data set on a different presentation context than its command",
+                                ));
+                            }
+                            let is_last = pdv.is_last;
+                            if op.add_received(pdv.data.len()) > max_object {
+                                return Ok(End::Abort(format!(
+                                    "data set larger than max_object_mb ({} MiB)",
+                                    ctx.config.max_object_mb
+                                )));
+                            }
+                            feed_data(op, pdv.data).await?;
+                            if is_last {
+                                let op = pending.take().expect("checked above");
+                                finish_message(ctx, assoc, op, peer).await?;
+                            }
+                        }
+                    }
+                }
+            }
+            Pdu::ReleaseRQ => {
+                if pending.is_some() {
+                    tracing::warn!(%peer, "release requested in the middle of a message");
+                }
+                assoc
+                    .send(&Pdu::ReleaseRP)
+                    .await
+                    .map_err(AssocError::send("A-RELEASE-RP"))?;
+                return Ok(End::Released);
+            }
+            Pdu::AbortRQ { .. } => return Ok(End::PeerAborted),
+            other => {
+                return Ok(End::Abort(format!(
+                    "unexpected PDU {}",
+                    other.short_description()
+                )))
+            }
+        }
+    }
+}
+
+/// Returns the accepted presentation context `pc_id` as (abstract syntax, transfer syntax).
+fn presentation_context(assoc: &Association, pc_id: u8) -> Option<(String, String)> {
+    assoc
+        .presentation_contexts()
+        .iter()
+        .find(|pc| pc.id == pc_id && pc.reason == PresentationContextResultReason::Acceptance)
+        .map(|pc| {
+            (
+                pc.abstract_syntax.trim_end_matches('\0').to_string(),
+                pc.transfer_syntax.trim_end_matches('\0').to_string(),
+            )
+        })
+}
+
+/// Whether the requester sent a C-CANCEL (checked between pending responses of a C-FIND
+/// or C-MOVE, without waiting: the receive is polled once, with no timer — a zero
+/// timeout would wait for the timer wheel's next tick, ~1 ms per response; dicom-ul's
+/// receive is cancel-safe). Anything but a C-CANCEL here is a protocol error.
+pub(crate) async fn cancel_requested(assoc: &mut Association) -> Result<bool, AssocError> {
+    use std::future::Future;
+    let mut receive = std::pin::pin!(assoc.receive());
+    let polled = std::future::poll_fn(|cx| match receive.as_mut().poll(cx) {
+        std::task::Poll::Ready(r) => std::task::Poll::Ready(Some(r)),
+        std::task::Poll::Pending => std::task::Poll::Ready(None),
+    })
+    .await;
+    match polled {
+        None => Ok(false),
+        Some(Ok(Pdu::PData { data })) => {
+            let cancel = data.iter().any(|pdv| {
+                pdv.value_type == PDataValueType::Command
+                    && Command::decode(&pdv.data)
+                        .ok()
+                        .and_then(|c| c.command_field().ok())
+                        == Some(field::C_CANCEL_RQ)
+            });
+            if cancel {
+                Ok(true)
+            } else {
+                Err(AssocError::protocol(
+                    "unexpected P-DATA while responses were pending",
+                ))
+            }
+        }
+        Some(Ok(Pdu::AbortRQ { .. })) => Err(AssocError::Receive(
+            "peer aborted while responses were pending".into(),
+        )),
+        Some(Ok(other)) => Err(AssocError::protocol(format!(
+            "unexpected {} while responses were pending",
+            other.short_description()
+        ))),
+        Some(Err(e)) => Err(AssocError::Receive(e.to_string())),
+    }
+}
+
+/// Handles a complete command set; returns what to do with the data set that follows.
+async fn start_message(
+    ctx: &AssocContext,
+    assoc: &mut Association,
+    pc_id: u8,
+    bytes: &[u8],
+) -> Result<Option<Pending>, AssocError> {
+    let Some((abstract_syntax, transfer_syntax)) = presentation_context(assoc, pc_id) else {
+        // a C-CANCEL may come on any context; anything else must use an accepted one
+        if Command::decode(bytes)
+            .ok()
+            .and_then(|c| c.command_field().ok())
+            == Some(field::C_CANCEL_RQ)
+        {
+            return Ok(None);
+        }
+        return Err(AssocError::protocol(format!(
+            "command on presentation context {pc_id}, which was not accepted"
+        )));
+    };
+    let incoming = Incoming::decode(bytes, &abstract_syntax)?;
+    let message = |incoming: Incoming| Message {
+        incoming,
+        pc_id,
+        sop_class: abstract_syntax.clone(),
+        transfer_syntax: transfer_syntax.clone(),
+        data: Vec::new(),
+        received: 0,
+    };
+    match &incoming.request {
+        Request::Cancel => Ok(None), // nothing outstanding; C-CANCEL has no response
+        Request::Echo => {
+            super::echo::answer(assoc, pc_id, incoming.message_id).await?;
+            Ok(None)
+        }
+        Request::Store {
+            sop_class_uid,
+            sop_instance_uid,
+        } => Ok(Some(Pending::Store(
+            super::store::begin(
+                ctx,
+                pc_id,
+                incoming.message_id,
+                sop_class_uid,
+                sop_instance_uid,
+                &abstract_syntax,
+                &transfer_syntax,
+            )
+            .await,
+        ))),
+        Request::Find { .. }
+        | Request::Move { .. }
+        | Request::Get { .. }
+        | Request::Commit { .. } => Ok(Some(Pending::Collect(message(incoming)))),
+        Request::Unsupported { command_field } => {
+            tracing::info!(
+                command = format!("{command_field:#06x}"),
+                "unsupported DIMSE request"
+            );
+            if incoming.has_data_set {
+                Ok(Some(Pending::Discard(message(incoming))))
+            } else {
+                respond_unsupported(assoc, &message(incoming)).await?;
+                Ok(None)
+            }
+        }
+    }
+}
+
+/// 0x0211 (unrecognized operation) for a request Strata does not answer.
+async fn respond_unsupported(assoc: &mut Association, m: &Message) -> Result<(), AssocError> {
+    let rsp = ResponseBuilder::new(
+        m.incoming.command_field,
+        m.incoming.message_id,
+        status::UNRECOGNIZED_OPERATION,
+    )
+    .encode();
+    send_command(assoc, m.pc_id, rsp).await
+}
+
+async fn feed_data(op: &mut Pending, data: Vec<u8>) -> Result<(), AssocError> {
+    match op {
+        Pending::Store(s) => s.write(data).await?,
+        Pending::Collect(m) => {
+            if m.data.len() + data.len() > MAX_IDENTIFIER_BYTES {
+                return Err(AssocError::protocol(format!(
+                    "identifier longer than {MAX_IDENTIFIER_BYTES} bytes"
+                )));
+            }
+            m.data.extend_from_slice(&data);
+        }
+        Pending::Discard(_) => {}
+    }
+    Ok(())
+}
+
+async fn finish_message(
+    ctx: &AssocContext,
+    assoc: &mut Association,
+    op: Pending,
+    peer: SocketAddr,
+) -> Result<(), AssocError> {
+    match op {
+        Pending::Discard(m) => respond_unsupported(assoc, &m).await,
+        Pending::Store(s) => s.finish(ctx, assoc, peer).await,
+        Pending::Collect(m) => match m.incoming.request.clone() {
+            Request::Find { model } => super::find::run_find(ctx, assoc, m, model).await,
+            Request::Move { model, destination } => {
+                super::retrieve::run_move(ctx, assoc, m, model, &destination).await
+            }
+            Request::Get { model } => super::retrieve::run_get(ctx, assoc, m, model).await,
+            Request::Commit { action_type_id } => {
+                super::commit::run_commit(ctx, assoc, m, action_type_id).await
+            }
+            _ => unreachable!("only these requests collect a data set"),
+        },
+    }
+}

@@ -1,0 +1,152 @@
+//! The C-FIND SCP (PS3.4 C.4.1): parses the identifier into a typed query, runs it
+//! through the find use case ([`Archive::find`](crate::archive::Archive::find)) and
+//! streams one pending response (0xFF00) per match, as matches are found, checking for
+//! C-CANCEL before each; ends with 0x0000 (done), 0xFE00 (cancelled) or a failure
+//! status. The use case audits the query.
+
+use super::association::{cancel_requested, AssocContext, Association, Message};
+use super::command::{field, status, tag, ResponseBuilder};
+use super::pdv::{pdv_limit, send_command, send_data};
+use super::AssocError;
+use crate::archive::Error;
+use crate::dicom::part10::long_length_vr;
+use crate::query::{self, Model, Query};
+
+/// Encodes a response identifier (explicit or implicit VR little endian).
+pub(crate) fn encode_identifier(elements: &[(u32, [u8; 2], String)], explicit: bool) -> Vec<u8> {
+    let mut out = Vec::with_capacity(512);
+    for (tag, vr, value) in elements {
+        let mut v = value.as_bytes().to_vec();
+        if v.len() % 2 == 1 {
+            v.push(if vr == b"UI" { 0 } else { b' ' });
+        }
+        out.extend_from_slice(&((tag >> 16) as u16).to_le_bytes());
+        out.extend_from_slice(&((tag & 0xFFFF) as u16).to_le_bytes());
+        if explicit {
+            out.extend_from_slice(vr);
+            if long_length_vr(vr) {
+                out.extend_from_slice(&[0, 0]);
+                out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+            } else {
+                out.extend_from_slice(&(v.len() as u16).to_le_bytes());
+            }
+        } else {
+            out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+        }
+        out.extend_from_slice(&v);
+    }
+    out
+}
+
+/// The identifier returned for one match: the level, then every requested key with its
+/// value (empty when unknown), sorted by tag.
+fn identifier_for(
+    query: &Query,
+    answer: &query::Answer,
+    level: &str,
+    ae_title: &str,
+) -> Vec<(u32, [u8; 2], String)> {
+    let mut elements: Vec<(u32, [u8; 2], String)> =
+        vec![(query::tags::QUERY_RETRIEVE_LEVEL, *b"CS", level.into())];
+    for key in &query.keys {
+        let value = match key.tag {
+            query::tags::RETRIEVE_AE_TITLE => ae_title.to_string(),
+            t => answer.get(&t).cloned().unwrap_or_default(),
+        };
+        let vr = if long_length_vr(&key.vr) && key.vr != *b"UT" && key.vr != *b"UC" {
+            *b"UN"
+        } else {
+            key.vr
+        };
+        // binary or sequence keys are returned empty
+        let value = if vr == *b"UN" { String::new() } else { value };
+        elements.push((key.tag, vr, value));
+    }
+    if elements.iter().any(|(_, _, v)| !v.is_ascii()) {
+        elements.push((
+            query::tags::SPECIFIC_CHARACTER_SET,
+            *b"CS",
+            "ISO_IR 192".into(),
+        ));
+    }
+    elements.sort_by_key(|(t, _, _)| *t);
+    elements.dedup_by_key(|(t, _, _)| *t);
+    elements
+}
+
+/// Whether the requester asked for relational queries on this SOP class (extended
+/// negotiation, byte 0), which [`super::negotiation::StrataNegotiation`] always grants.
+fn relational_negotiated(assoc: &Association, sop_class: &str) -> bool {
+    use dicom_ul::association::Association as _;
+    assoc.user_variables().iter().any(|v| {
+        matches!(v, dicom_ul::pdu::UserVariableItem::SopClassExtendedNegotiationSubItem(uid, data)
+            if uid.trim_end_matches('\0') == sop_class && data.first() == Some(&1))
+    })
+}
+
+pub async fn run_find(
+    ctx: &AssocContext,
+    assoc: &mut Association,
+    req: Message,
+    model: Model,
+) -> Result<(), AssocError> {
+    let message_id = req.incoming.message_id;
+    let final_rsp = |status: u16, comment: Option<&str>| {
+        let mut b = ResponseBuilder::new(field::C_FIND_RQ, message_id, status)
+            .uid(tag::AFFECTED_SOP_CLASS_UID, &req.sop_class);
+        if let Some(c) = comment {
+            b = b.text(tag::ERROR_COMMENT, c);
+        }
+        b.encode()
+    };
+    let query = match Query::parse(&req.data, &req.transfer_syntax) {
+        Ok(mut q) => {
+            q.relational = relational_negotiated(assoc, &req.sop_class);
+            q
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "C-FIND refused");
+            let e = Error::Query(e);
+            return send_command(
+                assoc,
+                req.pc_id,
+                final_rsp(e.dimse_status(), Some(&e.to_string())),
+            )
+            .await;
+        }
+    };
+    let level = query.level.keyword();
+    let mut found = ctx.archive.find(&ctx.principal, model, query.clone());
+    let explicit = req.transfer_syntax != "1.2.840.10008.1.2";
+    let max_pdv = pdv_limit(assoc.requestor_max_pdu_length());
+    let mut sent = 0usize;
+    while let Some(answer) = found.next().await {
+        if cancel_requested(assoc).await? {
+            found.cancel().await;
+            tracing::info!(level, sent, "C-FIND cancelled");
+            return send_command(assoc, req.pc_id, final_rsp(status::CANCEL, None)).await;
+        }
+        let rsp = ResponseBuilder::new(field::C_FIND_RQ, message_id, status::PENDING)
+            .uid(tag::AFFECTED_SOP_CLASS_UID, &req.sop_class)
+            .u16(tag::COMMAND_DATA_SET_TYPE, 0x0001)
+            .encode();
+        send_command(assoc, req.pc_id, rsp).await?;
+        let id = encode_identifier(
+            &identifier_for(&query, &answer, level, &ctx.config.ae_title),
+            explicit,
+        );
+        send_data(assoc, req.pc_id, &id, max_pdv).await?;
+        sent += 1;
+    }
+    if let Err(e) = found.finish().await {
+        tracing::warn!(error = %e, "C-FIND refused");
+        return send_command(
+            assoc,
+            req.pc_id,
+            final_rsp(e.dimse_status(), Some(&e.to_string())),
+        )
+        .await;
+    }
+    tracing::info!(level, matches = sent, "C-FIND");
+    send_command(assoc, req.pc_id, final_rsp(status::SUCCESS, None)).await
+}

@@ -1,0 +1,101 @@
+//! Sending DIMSE messages: a command set in one PDV, a data set fragmented into PDVs
+//! that fit the peer's maximum PDU length (PS3.8 9.3.1: the PDU length includes the
+//! 6-byte PDV header; 0 means no limit), each in its own P-DATA-TF.
+//!
+//! One sender for every message Strata sends — C-FIND identifiers, C-MOVE/C-GET
+//! sub-operation data sets, N-EVENT-REPORT data sets — on the server's association or
+//! on one it opened, so the peer's limit is honoured everywhere.
+
+use super::AssocError;
+use dicom_ul::association::AsyncAssociation;
+use dicom_ul::pdu::{PDataValue, PDataValueType};
+use dicom_ul::Pdu;
+use tokio::net::TcpStream;
+
+/// Largest PDV payload we send when the peer sets no limit (max PDU length 0).
+pub const UNLIMITED_PDV: usize = 256 * 1024;
+
+/// The largest PDV payload a peer accepts, from its announced maximum PDU length
+/// (PS3.8 D.1: 0 means unlimited; we then send [`UNLIMITED_PDV`]).
+pub fn pdv_limit(max_pdu: u32) -> usize {
+    match max_pdu {
+        0 => UNLIMITED_PDV,
+        n => (n as usize).saturating_sub(6).max(1),
+    }
+}
+
+/// Sends a command set (always one PDV: command sets are small).
+pub async fn send_command<A: AsyncAssociation<TcpStream> + Send>(
+    assoc: &mut A,
+    pc_id: u8,
+    bytes: Vec<u8>,
+) -> Result<(), AssocError> {
+    AsyncAssociation::send(
+        assoc,
+        &Pdu::PData {
+            data: vec![PDataValue {
+                presentation_context_id: pc_id,
+                value_type: PDataValueType::Command,
+                is_last: true,
+                data: bytes,
+            }],
+        },
+    )
+    .await
+    .map_err(AssocError::send("command"))
+}
+
+/// Sends a data set in PDVs of at most `max_pdv` bytes (see [`pdv_limit`]); the last
+/// one carries the last-fragment flag. An empty data set is one empty last PDV.
+pub async fn send_data<A: AsyncAssociation<TcpStream> + Send>(
+    assoc: &mut A,
+    pc_id: u8,
+    bytes: &[u8],
+    max_pdv: usize,
+) -> Result<(), AssocError> {
+    let max = max_pdv.clamp(1, UNLIMITED_PDV);
+    let mut chunks = bytes.chunks(max).peekable();
+    if chunks.peek().is_none() {
+        return send_pdv(assoc, pc_id, Vec::new(), true).await;
+    }
+    while let Some(chunk) = chunks.next() {
+        let last = chunks.peek().is_none();
+        send_pdv(assoc, pc_id, chunk.to_vec(), last).await?;
+    }
+    Ok(())
+}
+
+async fn send_pdv<A: AsyncAssociation<TcpStream> + Send>(
+    assoc: &mut A,
+    pc_id: u8,
+    data: Vec<u8>,
+    is_last: bool,
+) -> Result<(), AssocError> {
+    AsyncAssociation::send(
+        assoc,
+        &Pdu::PData {
+            data: vec![PDataValue {
+                presentation_context_id: pc_id,
+                value_type: PDataValueType::Data,
+                is_last,
+                data,
+            }],
+        },
+    )
+    .await
+    .map_err(AssocError::send("data set"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pdv_payloads_fit_the_peers_max_pdu() {
+        // PS3.8 9.3.1: a P-DATA-TF of max length L carries a PDV of L - 6 payload bytes
+        // (4 length + 1 context id + 1 control header).
+        assert_eq!(pdv_limit(16_384), 16_378);
+        assert_eq!(pdv_limit(0), UNLIMITED_PDV);
+        assert_eq!(pdv_limit(4), 1);
+    }
+}

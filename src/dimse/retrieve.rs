@@ -1,0 +1,647 @@
+//! The C-MOVE and C-GET SCPs (PS3.4 C.4.2, C.4.3): the identifier (PATIENT, STUDY,
+//! SERIES or IMAGE level) is resolved by the retrieve use case
+//! ([`Archive::retrieve`](crate::archive::Archive::retrieve)) to the served version of
+//! each instance; each is sent with a C-STORE sub-operation in its stored transfer
+//! syntax, with pending responses carrying the four sub-operation counters. Ends with
+//! 0x0000, 0xB000 (some failed; FailedSOPInstanceUIDList in the identifier), 0xA702
+//! (none could be sent), or 0xFE00 when cancelled. The use case audits the retrieval.
+//!
+//! - C-MOVE opens new associations to the destination named in the request — which
+//!   must be one of the configured `[[dicom.peers]]`, else 0xA801 — `move_associations`
+//!   of them at once, each sending its share of the instances.
+//! - C-GET sends over the requester's own association, on the storage contexts it
+//!   proposed with the SCP role (role selection).
+//!
+//! Objects go in their stored transfer syntax; when the receiver does not accept it,
+//! native syntaxes (implicit/explicit VR little endian, explicit big endian) are
+//! re-encoded among themselves (dicom-rs), and anything else fails its sub-operation.
+
+use super::association::{cancel_requested, AssocContext, Association, Message};
+use super::command::{field, status, tag, Command, ResponseBuilder};
+use super::pdv::{pdv_limit, send_command, send_data};
+use super::AssocError;
+use crate::archive::retrieve::{RetrievalReader, RetrieveItem};
+use crate::archive::Error;
+use crate::dicom::part10::read_foreign_meta;
+use crate::query::{Model, Query};
+use dicom_ul::association::AsyncAssociation;
+use dicom_ul::pdu::{PDataValueType, PresentationContextResultReason};
+use dicom_ul::{ClientAssociationOptions, Pdu};
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+const FAILED_SOP_INSTANCE_UID_LIST: u32 = 0x0008_0058;
+
+/// How long a C-STORE sub-operation may wait for its response.
+const SUB_OPERATION_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Why one C-STORE sub-operation did not succeed.
+#[derive(Debug, thiserror::Error)]
+enum SubOpError {
+    /// The C-MOVE destination could not be associated with.
+    #[error("cannot reach {address}: {detail}")]
+    Unreachable { address: String, detail: String },
+    /// The association carrying the sub-operations broke: the rest cannot be sent on it.
+    #[error(transparent)]
+    Broken(#[from] AssocError),
+    /// No accepted presentation context fits the object.
+    #[error(
+        "no accepted context for {sop_class} in {transfer_syntax} or a native syntax to convert to"
+    )]
+    NoContext {
+        sop_class: String,
+        transfer_syntax: String,
+    },
+    /// The object could not be read or converted.
+    #[error("{0}")]
+    Object(String),
+}
+
+impl SubOpError {
+    /// Whether the association carrying the sub-operations is gone.
+    fn breaks_association(&self) -> bool {
+        matches!(self, SubOpError::Broken(_))
+    }
+}
+
+#[derive(Default)]
+struct Counters {
+    remaining: u16,
+    completed: u16,
+    failed: u16,
+    warning: u16,
+}
+
+impl Counters {
+    /// Counts one sub-operation's outcome; a failure also lists its instance.
+    fn count(
+        &mut self,
+        item: &RetrieveItem,
+        outcome: &Result<u16, SubOpError>,
+        op: &str,
+        failed: &mut Vec<String>,
+    ) {
+        self.remaining = self.remaining.saturating_sub(1);
+        match outcome {
+            Ok(status::SUCCESS) => self.completed += 1,
+            Ok(s) if s & 0xF000 == 0xB000 => self.warning += 1,
+            Ok(s) => {
+                tracing::warn!(
+                    sop = item.sop_instance_uid,
+                    status = format!("{s:#06x}"),
+                    "{op} sub-operation refused"
+                );
+                self.failed += 1;
+                failed.push(item.sop_instance_uid.clone());
+            }
+            Err(e) => {
+                if !matches!(e, SubOpError::Unreachable { .. }) {
+                    tracing::warn!(sop = item.sop_instance_uid, error = %e, "{op} sub-operation failed");
+                }
+                self.failed += 1;
+                failed.push(item.sop_instance_uid.clone());
+            }
+        }
+    }
+}
+
+/// A C-MOVE or C-GET response with the counters (PS3.7 9.3.4.2, 9.3.3.2).
+fn retrieve_rsp(
+    req: &Message,
+    status: u16,
+    c: &Counters,
+    with_data: bool,
+    comment: &str,
+) -> Vec<u8> {
+    let request = req.incoming.command_field;
+    let mut b = ResponseBuilder::new(request, req.incoming.message_id, status)
+        .uid(tag::AFFECTED_SOP_CLASS_UID, &req.sop_class)
+        .u16(tag::COMPLETED_SUB_OPERATIONS, c.completed)
+        .u16(tag::FAILED_SUB_OPERATIONS, c.failed)
+        .u16(tag::WARNING_SUB_OPERATIONS, c.warning);
+    if status == status::PENDING {
+        b = b.u16(tag::REMAINING_SUB_OPERATIONS, c.remaining);
+    }
+    if with_data {
+        b = b.u16(tag::COMMAND_DATA_SET_TYPE, 0x0001);
+    }
+    if !comment.is_empty() {
+        b = b.text(tag::ERROR_COMMENT, comment);
+    }
+    b.encode()
+}
+
+/// One association's worth of C-MOVE sub-operations.
+struct Lane {
+    our_ae: String,
+    max_pdu: u32,
+    read_timeout: Duration,
+    address: String,
+    called: String,
+    reader: RetrievalReader,
+    move_message_id: u16,
+}
+
+impl Lane {
+    /// Sends `mine` (indexes into `items`) over one new association, reporting each
+    /// outcome; stops early when `stop` is set (C-CANCEL).
+    async fn run(
+        &self,
+        items: &[RetrieveItem],
+        mine: &[usize],
+        tx: &tokio::sync::mpsc::Sender<(usize, Result<u16, SubOpError>)>,
+        stop: &AtomicBool,
+    ) {
+        // one presentation context per (SOP class, stored transfer syntax), at most 128
+        let contexts: BTreeSet<(String, String)> = mine
+            .iter()
+            .map(|&i| {
+                (
+                    items[i].sop_class_uid.clone(),
+                    items[i].transfer_syntax_uid.clone(),
+                )
+            })
+            .collect();
+        let mut options = ClientAssociationOptions::new()
+            .calling_ae_title(self.our_ae.clone())
+            .called_ae_title(self.called.clone())
+            .max_pdu_length(self.max_pdu)
+            .connection_timeout(Duration::from_secs(10))
+            .read_timeout(self.read_timeout);
+        for (class, ts) in contexts.iter().take(128) {
+            options = options.with_presentation_context(class.clone(), proposals(ts));
+        }
+        let mut dest = match options.establish_with_async(&self.address).await {
+            Ok(d) => d,
+            Err(e) => {
+                for &i in mine {
+                    let unreachable = SubOpError::Unreachable {
+                        address: self.address.clone(),
+                        detail: e.to_string(),
+                    };
+                    let _ = tx.send((i, Err(unreachable))).await;
+                }
+                return;
+            }
+        };
+        // Nagle would hold each small command PDU for the peer's delayed ACK (~40 ms)
+        let _ = dest.inner_stream().set_nodelay(true);
+        let accepted = accepted_contexts(dest.presentation_contexts());
+        let max = pdv_limit(dest.acceptor_max_pdu_length());
+        let mut message_id: u16 = 0;
+        for &i in mine {
+            if stop.load(Ordering::Acquire) {
+                break;
+            }
+            let item = &items[i];
+            message_id = message_id.wrapping_add(1);
+            let mut ignored = false;
+            let outcome = send_item(
+                &mut dest,
+                &self.reader,
+                &accepted,
+                item,
+                message_id,
+                Some((&self.our_ae, self.move_message_id)),
+                max,
+                &mut ignored,
+            )
+            .await;
+            let broken = matches!(&outcome, Err(e) if e.breaks_association());
+            if tx.send((i, outcome)).await.is_err() || broken {
+                break;
+            }
+        }
+        let _ = dest.release().await;
+    }
+}
+
+/// Sends one item as a C-STORE sub-operation on `dest`: picks the context, reads the
+/// object (converting among native syntaxes when needed), sends it, and returns the
+/// response status.
+#[allow(clippy::too_many_arguments)]
+async fn send_item<A: AsyncAssociation<tokio::net::TcpStream> + Send>(
+    dest: &mut A,
+    reader: &RetrievalReader,
+    accepted: &[(u8, String, String)],
+    item: &RetrieveItem,
+    message_id: u16,
+    originator: Option<(&str, u16)>,
+    max_pdv: usize,
+    cancel_seen: &mut bool,
+) -> Result<u16, SubOpError> {
+    let (pc_id, _, target) = context_for(accepted, item).ok_or_else(|| SubOpError::NoContext {
+        sop_class: item.sop_class_uid.clone(),
+        transfer_syntax: item.transfer_syntax_uid.clone(),
+    })?;
+    let dataset = dataset_for(reader, item, target).await?;
+    Ok(store_one(
+        dest,
+        *pc_id,
+        message_id,
+        item,
+        &dataset,
+        originator,
+        max_pdv,
+        cancel_seen,
+    )
+    .await?)
+}
+
+/// Sends one stored object with C-STORE on `dest` (a new association for C-MOVE, the
+/// requester's own for C-GET) in PDVs of at most `max_pdv` bytes; returns the response
+/// status. A C-CANCEL arriving meanwhile (C-GET) sets `cancel_seen`.
+#[allow(clippy::too_many_arguments)]
+async fn store_one<A: AsyncAssociation<tokio::net::TcpStream> + Send>(
+    dest: &mut A,
+    pc_id: u8,
+    message_id: u16,
+    item: &RetrieveItem,
+    dataset: &[u8],
+    originator: Option<(&str, u16)>,
+    max_pdv: usize,
+    cancel_seen: &mut bool,
+) -> Result<u16, AssocError> {
+    let mut cmd = ResponseBuilder::request(field::C_STORE_RQ, message_id, true)
+        .uid(tag::AFFECTED_SOP_CLASS_UID, &item.sop_class_uid)
+        .uid(tag::AFFECTED_SOP_INSTANCE_UID, &item.sop_instance_uid);
+    if let Some((ae, id)) = originator {
+        cmd = cmd
+            .text(tag::MOVE_ORIGINATOR_AE, ae)
+            .u16(tag::MOVE_ORIGINATOR_MESSAGE_ID, id);
+    }
+    send_command(dest, pc_id, cmd.encode()).await?;
+    send_data(dest, pc_id, dataset, max_pdv).await?;
+    loop {
+        match tokio::time::timeout(SUB_OPERATION_TIMEOUT, AsyncAssociation::receive(dest)).await {
+            Err(_) => {
+                return Err(AssocError::Receive(format!(
+                    "no C-STORE-RSP within {SUB_OPERATION_TIMEOUT:?}"
+                )))
+            }
+            Ok(Err(e)) => return Err(AssocError::Receive(format!("C-STORE-RSP: {e}"))),
+            Ok(Ok(Pdu::PData { data })) => {
+                let cmd = data
+                    .iter()
+                    .find(|p| p.value_type == PDataValueType::Command)
+                    .ok_or_else(|| AssocError::protocol("response without command"))?;
+                let cmd =
+                    Command::decode(&cmd.data).map_err(|e| AssocError::protocol(e.to_string()))?;
+                if cmd.command_field().ok() == Some(field::C_CANCEL_RQ) {
+                    *cancel_seen = true;
+                    continue;
+                }
+                return cmd
+                    .status()
+                    .ok_or_else(|| AssocError::protocol("C-STORE-RSP without a status"));
+            }
+            Ok(Ok(other)) => {
+                return Err(AssocError::protocol(format!(
+                    "unexpected {}",
+                    other.short_description()
+                )))
+            }
+        }
+    }
+}
+
+const NATIVE: [&str; 3] = [
+    "1.2.840.10008.1.2.1",
+    "1.2.840.10008.1.2",
+    "1.2.840.10008.1.2.2",
+];
+
+/// The transfer syntaxes to propose for objects stored in `stored`: that one first, and
+/// for a native syntax the other native ones too (we convert among those).
+fn proposals(stored: &str) -> Vec<String> {
+    let mut out = vec![stored.to_string()];
+    if NATIVE.contains(&stored) {
+        out.extend(
+            NATIVE
+                .iter()
+                .filter(|t| **t != stored)
+                .map(|t| t.to_string()),
+        );
+    }
+    out
+}
+
+/// Returns a stored object's data set in `target` syntax: verbatim when it is the
+/// stored one, re-encoded when both are native, else an error.
+fn dataset_for_blocking(
+    bytes: Vec<u8>,
+    item: &RetrieveItem,
+    target: &str,
+) -> Result<Vec<u8>, String> {
+    let meta = read_foreign_meta(&bytes).map_err(|e| e.to_string())?;
+    let dataset = &bytes[meta.dataset_offset..];
+    if target == item.transfer_syntax_uid {
+        return Ok(dataset.to_vec());
+    }
+    if !(NATIVE.contains(&target) && NATIVE.contains(&item.transfer_syntax_uid.as_str())) {
+        return Err(format!(
+            "cannot convert {} to {target} (only native syntaxes are converted)",
+            item.transfer_syntax_uid
+        ));
+    }
+    use dicom_encoding::transfer_syntax::TransferSyntaxIndex;
+    let registry = dicom_transfer_syntax_registry::TransferSyntaxRegistry;
+    let from = registry
+        .get(&item.transfer_syntax_uid)
+        .ok_or("unknown stored syntax")?;
+    let to = registry.get(target).ok_or("unknown target syntax")?;
+    let obj = dicom_object::InMemDicomObject::read_dataset_with_ts(dataset, from)
+        .map_err(|e| e.to_string())?;
+    let mut out = Vec::with_capacity(dataset.len());
+    obj.write_dataset_with_ts(&mut out, to)
+        .map_err(|e| e.to_string())?;
+    Ok(out)
+}
+
+/// Reads the object through the retrieval (hot file, or one ranged GET of its cold
+/// pack member), then [`dataset_for_blocking`] on the blocking pool.
+async fn dataset_for(
+    reader: &RetrievalReader,
+    item: &RetrieveItem,
+    target: &str,
+) -> Result<Vec<u8>, SubOpError> {
+    let bytes = reader
+        .read(&item.id)
+        .await
+        .map_err(|e| SubOpError::Object(format!("read object {}: {e}", item.id)))?;
+    let (item, target) = (item.clone(), target.to_string());
+    tokio::task::spawn_blocking(move || dataset_for_blocking(bytes, &item, &target))
+        .await
+        .map_err(|e| SubOpError::Object(e.to_string()))?
+        .map_err(SubOpError::Object)
+}
+
+/// The accepted presentation contexts as (id, abstract syntax, transfer syntax).
+fn accepted_contexts(
+    pcs: &[dicom_ul::pdu::PresentationContextNegotiated],
+) -> Vec<(u8, String, String)> {
+    pcs.iter()
+        .filter(|pc| pc.reason == PresentationContextResultReason::Acceptance)
+        .map(|pc| {
+            (
+                pc.id,
+                pc.abstract_syntax.trim_end_matches('\0').to_string(),
+                pc.transfer_syntax.trim_end_matches('\0').to_string(),
+            )
+        })
+        .collect()
+}
+
+/// The accepted context to send `item` on: the same SOP class, preferably in its stored
+/// syntax, else a native syntax we can convert to.
+fn context_for<'a>(
+    accepted: &'a [(u8, String, String)],
+    item: &RetrieveItem,
+) -> Option<&'a (u8, String, String)> {
+    let same_class = || accepted.iter().filter(|(_, a, _)| *a == item.sop_class_uid);
+    same_class()
+        .find(|(_, _, t)| *t == item.transfer_syntax_uid)
+        .or_else(|| {
+            NATIVE
+                .contains(&item.transfer_syntax_uid.as_str())
+                .then(|| same_class().find(|(_, _, t)| NATIVE.contains(&t.as_str())))
+                .flatten()
+        })
+}
+
+/// The request's identifier as a query, or the failure response already sent.
+async fn parse_identifier(
+    assoc: &mut Association,
+    req: &Message,
+) -> Result<Option<Query>, AssocError> {
+    match Query::parse(&req.data, &req.transfer_syntax) {
+        Ok(q) => Ok(Some(q)),
+        Err(e) => {
+            let e = Error::Query(e);
+            let rsp = retrieve_rsp(
+                req,
+                e.dimse_status(),
+                &Counters::default(),
+                false,
+                &e.to_string(),
+            );
+            send_command(assoc, req.pc_id, rsp).await?;
+            Ok(None)
+        }
+    }
+}
+
+pub async fn run_move(
+    ctx: &AssocContext,
+    assoc: &mut Association,
+    req: Message,
+    _model: Model,
+    destination: &str,
+) -> Result<(), AssocError> {
+    let mut counters = Counters::default();
+    let Some(peer) = ctx
+        .config
+        .peers
+        .iter()
+        .find(|p| p.ae_title == destination)
+        .cloned()
+    else {
+        tracing::warn!(destination, "C-MOVE to an unknown destination");
+        let msg = format!("move destination {destination} is not in [[dicom.peers]]");
+        let rsp = retrieve_rsp(
+            &req,
+            status::MOVE_DESTINATION_UNKNOWN,
+            &counters,
+            false,
+            &msg,
+        );
+        return send_command(assoc, req.pc_id, rsp).await;
+    };
+    let Some(query) = parse_identifier(assoc, &req).await? else {
+        return Ok(());
+    };
+    let what = format!("C-MOVE to {destination}");
+    let retrieval = match ctx.archive.retrieve(&ctx.principal, &query, &what).await {
+        Ok(r) => r,
+        Err(e) => {
+            let rsp = retrieve_rsp(&req, e.dimse_status(), &counters, false, &e.to_string());
+            return send_command(assoc, req.pc_id, rsp).await;
+        }
+    };
+    let items = retrieval.items().clone();
+    counters.remaining = items.len().min(u16::MAX as usize) as u16;
+    if items.is_empty() {
+        retrieval.finish(0, 0).await;
+        let rsp = retrieve_rsp(&req, status::SUCCESS, &counters, false, "");
+        return send_command(assoc, req.pc_id, rsp).await;
+    }
+
+    // Sub-operations run over several associations at once (as many as
+    // `move_associations`, when the destination accepts them), each sending its share of
+    // the instances in turn; results come back here, where the counters and pending
+    // responses live.
+    let address = format!("{}@{}:{}", peer.ae_title, peer.host, peer.port);
+    let lanes = ctx.config.move_associations.clamp(1, 16).min(items.len());
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(usize, Result<u16, SubOpError>)>(64);
+    for lane in 0..lanes {
+        let (items, tx, stop) = (items.clone(), tx.clone(), stop.clone());
+        let sender = Lane {
+            our_ae: ctx.config.ae_title.clone(),
+            max_pdu: ctx.config.max_pdu_length,
+            read_timeout: ctx.config.read_timeout,
+            address: address.clone(),
+            called: peer.ae_title.clone(),
+            reader: retrieval.reader(),
+            move_message_id: req.incoming.message_id,
+        };
+        tokio::spawn(async move {
+            let mine: Vec<usize> = (lane..items.len()).step_by(lanes).collect();
+            sender.run(&items, &mine, &tx, &stop).await;
+        });
+    }
+    drop(tx);
+
+    let mut failed_uids: Vec<String> = Vec::new();
+    let mut unreachable = 0usize;
+    let mut reported = vec![false; items.len()];
+    while let Some((i, outcome)) = rx.recv().await {
+        let item = &items[i];
+        reported[i] = true;
+        if let Err(e @ SubOpError::Unreachable { .. }) = &outcome {
+            unreachable += 1;
+            if unreachable == 1 {
+                tracing::warn!(destination = %address, error = %e, "C-MOVE destination unreachable");
+            }
+        }
+        counters.count(item, &outcome, "C-MOVE", &mut failed_uids);
+        if counters.remaining > 0 {
+            if cancel_requested(assoc).await? {
+                stop.store(true, Ordering::Release);
+                let (completed, failed) = (counters.completed, counters.failed);
+                retrieval.finish(completed.into(), failed.into()).await;
+                let rsp = retrieve_rsp(&req, status::CANCEL, &counters, false, "");
+                return send_command(assoc, req.pc_id, rsp).await;
+            }
+            let rsp = retrieve_rsp(&req, status::PENDING, &counters, false, "");
+            send_command(assoc, req.pc_id, rsp).await?;
+        }
+    }
+    // a lane whose association broke leaves its remaining instances unsent: failures
+    for (i, done) in reported.iter().enumerate() {
+        if !done {
+            counters.failed += 1;
+            failed_uids.push(items[i].sop_instance_uid.clone());
+        }
+    }
+    counters.remaining = 0;
+    tracing::info!(destination = %address, completed = counters.completed, failed = counters.failed, "C-MOVE");
+    retrieval
+        .finish(counters.completed.into(), counters.failed.into())
+        .await;
+    final_response(assoc, &req, &counters, &failed_uids).await
+}
+
+/// The final C-MOVE/C-GET response: success, or 0xB000 / 0xA702 with the
+/// FailedSOPInstanceUIDList in an identifier.
+async fn final_response(
+    assoc: &mut Association,
+    req: &Message,
+    counters: &Counters,
+    failed_uids: &[String],
+) -> Result<(), AssocError> {
+    if counters.failed == 0 {
+        let rsp = retrieve_rsp(req, status::SUCCESS, counters, false, "");
+        return send_command(assoc, req.pc_id, rsp).await;
+    }
+    let status = if counters.completed + counters.warning == 0 {
+        status::UNABLE_TO_PERFORM_SUB_OPERATIONS
+    } else {
+        status::SUB_OPERATIONS_FAILED
+    };
+    send_command(
+        assoc,
+        req.pc_id,
+        retrieve_rsp(req, status, counters, true, ""),
+    )
+    .await?;
+    let explicit = req.transfer_syntax != "1.2.840.10008.1.2";
+    let identifier = super::find::encode_identifier(
+        &[(FAILED_SOP_INSTANCE_UID_LIST, *b"UI", failed_uids.join("\\"))],
+        explicit,
+    );
+    let max = pdv_limit(assoc.requestor_max_pdu_length());
+    send_data(assoc, req.pc_id, &identifier, max).await
+}
+
+/// C-GET: like C-MOVE, but the instances go back over the requester's own association,
+/// on the storage presentation contexts it proposed with the SCP role (role selection).
+pub async fn run_get(
+    ctx: &AssocContext,
+    assoc: &mut Association,
+    req: Message,
+    _model: Model,
+) -> Result<(), AssocError> {
+    let mut counters = Counters::default();
+    let Some(query) = parse_identifier(assoc, &req).await? else {
+        return Ok(());
+    };
+    let retrieval = match ctx.archive.retrieve(&ctx.principal, &query, "C-GET").await {
+        Ok(r) => r,
+        Err(e) => {
+            let rsp = retrieve_rsp(&req, e.dimse_status(), &counters, false, &e.to_string());
+            return send_command(assoc, req.pc_id, rsp).await;
+        }
+    };
+    let items = retrieval.items().clone();
+    let reader = retrieval.reader();
+    counters.remaining = items.len().min(u16::MAX as usize) as u16;
+    let accepted = accepted_contexts(assoc.presentation_contexts());
+    let max = pdv_limit(assoc.requestor_max_pdu_length());
+    let mut failed_uids = Vec::new();
+    let mut cancel_seen = false;
+    let mut message_id: u16 = 0;
+    for item in items.iter() {
+        if cancel_seen || cancel_requested(assoc).await? {
+            retrieval
+                .finish(counters.completed.into(), counters.failed.into())
+                .await;
+            let rsp = retrieve_rsp(&req, status::CANCEL, &counters, false, "");
+            return send_command(assoc, req.pc_id, rsp).await;
+        }
+        message_id = message_id.wrapping_add(1);
+        let outcome = send_item(
+            assoc,
+            &reader,
+            &accepted,
+            item,
+            message_id,
+            None,
+            max,
+            &mut cancel_seen,
+        )
+        .await;
+        match outcome {
+            Err(SubOpError::Broken(e)) => {
+                tracing::warn!(sop = item.sop_instance_uid, error = %e, "C-GET association broken");
+                return Err(e);
+            }
+            outcome => counters.count(item, &outcome, "C-GET", &mut failed_uids),
+        }
+        if counters.remaining > 0 {
+            let rsp = retrieve_rsp(&req, status::PENDING, &counters, false, "");
+            send_command(assoc, req.pc_id, rsp).await?;
+        }
+    }
+    tracing::info!(
+        completed = counters.completed,
+        failed = counters.failed,
+        "C-GET"
+    );
+    retrieval
+        .finish(counters.completed.into(), counters.failed.into())
+        .await;
+    final_response(assoc, &req, &counters, &failed_uids).await
+}

@@ -1,0 +1,236 @@
+//! `strata reindex`: rebuilds the index from the hot objects and the cold packs alone
+//! (DESIGN promise 5), then swaps it in atomically. Tombstones and legal holds, which
+//! the objects do not carry, are carried over from the old index when there is one.
+//!
+//! ## Crash consistency
+//! The new index is built beside the old one (`index.rebuild`), then `index` becomes
+//! `index.old`, `index.rebuild` becomes `index`, the directory is synced and `index.old`
+//! removed; [`super::finish_interrupted_reindex`] completes or undoes an interrupted
+//! swap at the next opening. Unusable objects are quarantined only after the swap.
+
+use super::{
+    finish_interrupted_reindex, index_objects_blocking, io, quarantine, rebuild_dirs, ArchiveLock,
+    StorageError,
+};
+use crate::config::Config;
+use crate::index::prelude::*;
+use crate::index::RocksIndex;
+use crate::tiering::reader::download_pack_blocking;
+use serde::Serialize;
+use std::collections::{BTreeMap, HashSet};
+use strata_tiers::{ColdStore, HotDisk, ObjectId};
+
+type Result<T> = std::result::Result<T, StorageError>;
+
+#[derive(Debug, Default, Serialize)]
+pub struct ReindexReport {
+    pub objects_found: usize,
+    pub indexed: usize,
+    pub quarantined: Vec<String>,
+    pub studies: usize,
+    /// Cold packs read and recorded.
+    pub packs: usize,
+    /// Objects indexed from cold packs alone (no hot file).
+    pub cold_only_objects: usize,
+    /// Files of deleted studies removed (a deletion interrupted after its tombstone).
+    pub deleted_files: usize,
+    /// Cold packs of deleted studies, skipped.
+    pub deleted_packs: usize,
+    /// Packs that could not be used (unreadable, corrupt, or awaiting a restore), with
+    /// the reason. Their objects are indexed only if another copy exists.
+    pub packs_skipped: Vec<(String, String)>,
+}
+
+/// Rebuilds the index from the hot objects and the cold packs alone, then swaps it in
+/// atomically.
+pub fn reindex(config: &Config, progress: &indicatif::ProgressBar) -> Result<ReindexReport> {
+    let data_dir = &config.archive.data_dir;
+    std::fs::create_dir_all(data_dir).map_err(io("create", data_dir))?;
+    let _lock = ArchiveLock::acquire(data_dir, "reindex")?;
+    finish_interrupted_reindex(data_dir)?;
+    let hot = HotDisk::open(config.hot_dir())?;
+    hot.sweep_tmp_blocking()?;
+    let (index_dir, rebuild_dir, old_dir) = rebuild_dirs(config);
+    let (ids, strays) = hot.list_blocking()?;
+    for stray in strays {
+        tracing::warn!(path = %stray.display(), "ignoring a file that is not an object");
+    }
+    progress.set_length(ids.len() as u64);
+    let mut report = ReindexReport {
+        objects_found: ids.len(),
+        ..Default::default()
+    };
+    // tombstones and holds are not derivable from the objects: carry them over
+    // (objects of a tombstone that were stored again since are live, not deleted)
+    let (tombstones, holds, live_again) = if index_dir.join("CURRENT").exists() {
+        let old = RocksIndex::open_primary(&index_dir)?;
+        let tombstones = old.tombstones()?;
+        let mut holds = Vec::new();
+        for (study, _) in old.studies()? {
+            if let Some(h) = old.hold(&study)? {
+                holds.push((study, h));
+            }
+        }
+        let mut live_again = HashSet::new();
+        for t in &tombstones {
+            for (_, _, id) in &t.objects {
+                if let Some(id) = ObjectId::from_hex(id) {
+                    if old.has_object(&id)? {
+                        live_again.insert(id);
+                    }
+                }
+            }
+        }
+        (tombstones, holds, live_again)
+    } else {
+        (Vec::new(), Vec::new(), HashSet::new())
+    };
+    let unusable;
+    {
+        let rebuilt = RocksIndex::open_primary(&rebuild_dir)?;
+        let live: Vec<ObjectId> = live_again.iter().copied().collect();
+        for t in &tombstones {
+            rebuilt.restore_tombstone(t, &live)?;
+        }
+        for (study, h) in &holds {
+            rebuilt.set_hold(study, Some(h))?;
+        }
+        let mut live = Vec::with_capacity(ids.len());
+        for id in ids {
+            if rebuilt.deleted_object(&id)?.is_some() && !live_again.contains(&id) {
+                let path = hot.path_of(&id);
+                tracing::warn!(object = %id, "finishing an interrupted deletion");
+                std::fs::remove_file(&path).map_err(io("remove", &path))?;
+                report.deleted_files += 1;
+            } else {
+                live.push(id);
+            }
+        }
+        let (indexed, quarantined) =
+            index_objects_blocking(&hot, &rebuilt, &live, "reindex", || progress.inc(1))?;
+        report.indexed = indexed;
+        unusable = quarantined;
+        reindex_cold(config, &rebuilt, &mut report)?;
+        report.studies = rebuilt.studies()?.len();
+    }
+    // swap: index -> index.old, index.rebuild -> index, then drop index.old
+    if index_dir.exists() {
+        std::fs::rename(&index_dir, &old_dir).map_err(io("move aside", &index_dir))?;
+    }
+    std::fs::rename(&rebuild_dir, &index_dir).map_err(io("move into place", &rebuild_dir))?;
+    std::fs::File::open(data_dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io("fsync", data_dir))?;
+    if old_dir.exists() {
+        std::fs::remove_dir_all(&old_dir).map_err(io("remove", &old_dir))?;
+    }
+    // Only now, with the rebuilt index (which lacks them) in place, move unusable
+    // objects aside: an interrupted reindex leaves the old index whole.
+    for path in unusable {
+        report
+            .quarantined
+            .push(quarantine(data_dir, &path)?.display().to_string());
+    }
+    Ok(report)
+}
+
+/// Adds every pack in the cold tier to a rebuilt index: members already indexed from a
+/// hot file gain their cold copy; the others are indexed from the pack alone.
+fn reindex_cold(config: &Config, rebuilt: &RocksIndex, report: &mut ReindexReport) -> Result<()> {
+    use crate::index::{NewObject, Provenance};
+    let cold = ColdStore::open(&config.cold_spec())?;
+    let rt = super::runtime()?;
+    let tmp_dir = config.pack_tmp_dir();
+    std::fs::create_dir_all(&tmp_dir).map_err(io("create", &tmp_dir))?;
+    let listed = rt.block_on(cold.list_detailed())?;
+    for (pack_id, _size, modified_ms) in listed {
+        let key = cold.key_of(&pack_id);
+        let file = match download_pack_blocking(&cold, rt.handle(), &pack_id, &tmp_dir) {
+            Ok(file) => file,
+            Err(reason) => {
+                tracing::warn!(pack = %key, %reason, "reindex: pack skipped");
+                report.packs_skipped.push((key, reason));
+                continue;
+            }
+        };
+        let size = file
+            .as_file()
+            .metadata()
+            .map_err(io("stat", file.path()))?
+            .len();
+        let mut news: BTreeMap<ObjectId, NewObject> = BTreeMap::new();
+        let scratch = tmp_dir.join(format!("member-{}", std::process::id()));
+        let read = crate::tiering::pack::read_all(
+            std::io::BufReader::new(file.reopen().map_err(io("open", file.path()))?),
+            &mut |member, bytes| {
+                let Some(id) = ObjectId::from_hex(&member.blake3) else {
+                    return Ok(());
+                };
+                if rebuilt.has_object(&id).unwrap_or(false) {
+                    return Ok(());
+                }
+                std::fs::write(&scratch, &bytes).map_err(|e| {
+                    crate::tiering::pack::PackError::Malformed(format!("scratch file: {e}"))
+                })?;
+                let attrs = crate::dicom::header::read_header_blocking(&scratch).map_err(|e| {
+                    crate::tiering::pack::PackError::CorruptMember {
+                        name: member.name.clone(),
+                        reason: e.to_string(),
+                    }
+                })?;
+                news.insert(
+                    id,
+                    NewObject {
+                        id,
+                        size: bytes.len() as u64,
+                        attrs,
+                        provenance: Provenance {
+                            received_at_ms: modified_ms.max(0) as u64,
+                            calling_ae: "reindex".into(),
+                            source: format!("cold:{key}"),
+                        },
+                    },
+                );
+                Ok(())
+            },
+        );
+        let _ = std::fs::remove_file(&scratch);
+        let manifest = match read {
+            Ok(manifest)
+                if !manifest.members.is_empty()
+                    && manifest.members.iter().all(|m| {
+                        ObjectId::from_hex(&m.blake3)
+                            .and_then(|id| rebuilt.deleted_object(&id).ok().flatten())
+                            .is_some()
+                    }) =>
+            {
+                report.deleted_packs += 1;
+                continue;
+            }
+            Ok(manifest) => manifest,
+            Err(e) => {
+                tracing::warn!(pack = %key, error = %e, "reindex: pack skipped");
+                report.packs_skipped.push((key, e.to_string()));
+                continue;
+            }
+        };
+        let storage_class = rt
+            .block_on(cold.storage_class(&pack_id))
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| "STANDARD".into());
+        let record = crate::tiering::mover::pack_record(
+            &manifest,
+            size,
+            &storage_class,
+            modified_ms.max(0) as u64,
+        );
+        report.cold_only_objects += news.len();
+        let members = crate::tiering::mover::packed_objects(&pack_id, &manifest, &mut |m| {
+            ObjectId::from_hex(&m.blake3).and_then(|id| news.remove(&id))
+        });
+        rebuilt.record_pack(&pack_id, &record, &members)?;
+        report.packs += 1;
+    }
+    Ok(())
+}

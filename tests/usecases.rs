@@ -1,0 +1,151 @@
+//! The application layer without any adapter: every use case, called directly with a
+//! caller identity, writes its own audit record naming that caller (DESIGN promise 8;
+//! issue "One application layer": a use case audits itself, so no adapter can forget).
+
+use crate::common::*;
+use strata::archive::tier::TierTarget;
+use strata::archive::{Archive, Principal};
+use strata::config::Config;
+use strata::query::{Level, Model, Query};
+use strata::storage::Storage;
+
+const STUDY_INSTANCE_UID: u32 = 0x0020_000D;
+const PATIENT_ID: u32 = 0x0010_0020;
+
+#[test]
+fn each_use_case_audits_itself() {
+    let dir = scratch("usecases-audit");
+    let data = dir.path().join("data");
+    let config = Config::from_toml(&format!(
+        "[archive]\ndata_dir = \"{}\"\nmin_free_space_mb = 0\n",
+        data.display()
+    ))
+    .unwrap();
+    let (storage, _) = Storage::open_exclusive(&config, "test").unwrap();
+    let archive = Archive::exclusive(&config, &storage).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let who = Principal::cli_via("auditor-test", "library");
+
+    // store, from a Part-10 byte stream
+    let files: Vec<_> = dcm_files(ct_study()).into_iter().take(3).collect();
+    for f in &files {
+        let mut file = std::fs::File::open(f).unwrap();
+        archive
+            .store_part10_blocking(&who, &mut file, &f.display().to_string())
+            .unwrap();
+    }
+    let study = archive.study_uids_blocking().unwrap().remove(0);
+
+    // find, from a typed query built without an identifier (as URL parameters would)
+    let matches = rt.block_on(async {
+        let query = Query::from_keys(
+            Level::Study,
+            &[(STUDY_INSTANCE_UID, study.as_str()), (PATIENT_ID, "")],
+        );
+        let mut found = archive.find(&who, Model::StudyRoot, query);
+        let mut n = 0;
+        while found.next().await.is_some() {
+            n += 1;
+        }
+        found.finish().await.unwrap();
+        n
+    });
+    assert_eq!(matches, 1);
+
+    // retrieve: resolve, read every object back, finish
+    rt.block_on(async {
+        let query = Query::from_keys(Level::Study, &[(STUDY_INSTANCE_UID, study.as_str())]);
+        let retrieval = archive
+            .retrieve(&who, &query, "library read")
+            .await
+            .unwrap();
+        let reader = retrieval.reader();
+        assert_eq!(retrieval.items().len(), 3);
+        for item in retrieval.items().iter() {
+            let bytes = reader.read(&item.id).await.unwrap();
+            assert_eq!(strata_tiers::ObjectId::of_bytes(&bytes), item.id);
+        }
+        retrieval.finish(3, 0).await;
+    });
+
+    // export and verify (blocking use cases, on the runtime's blocking pool)
+    let out = dir.path().join("export");
+    let (a, s, o) = (archive.clone(), vec![study.clone()], out.clone());
+    let w = who.clone();
+    let exported = rt
+        .block_on(tokio::task::spawn_blocking(move || {
+            a.export_blocking(&w, &s, &o)
+        }))
+        .unwrap()
+        .unwrap();
+    assert_eq!(exported.files, 3);
+    let (a, w) = (archive.clone(), who.clone());
+    let verified = rt
+        .block_on(tokio::task::spawn_blocking(move || {
+            a.verify_blocking(&w, 1, strata::archive::integrity::VerifyScope::All)
+        }))
+        .unwrap()
+        .unwrap();
+    assert!(verified.is_clean());
+
+    // storage commitment
+    let refs = vec![(
+        CT_IMAGE_STORAGE.to_string(),
+        "1.2.3.4.5.6.7.8.9".to_string(),
+    )];
+    let commitment = rt
+        .block_on(archive.commitment(&who, "1.2.3.999", refs))
+        .unwrap();
+    assert_eq!(
+        commitment.failed[0].2, 0x0112,
+        "no such instance (PS3.4 J.3.3.1.1)"
+    );
+
+    // governance: a hold refuses a delete; tier moves; delete
+    archive
+        .hold_blocking(&who, &study, "library test", false)
+        .unwrap();
+    let refused = rt.block_on(archive.delete_study(&who, &study, "cleanup"));
+    assert!(
+        matches!(refused, Err(strata::Error::Held { .. })),
+        "{refused:?}"
+    );
+    archive.hold_blocking(&who, &study, "", true).unwrap();
+    rt.block_on(archive.tier_move(&who, &study, TierTarget::Cold))
+        .unwrap();
+    rt.block_on(archive.delete_study(&who, &study, "library test"))
+        .unwrap();
+    drop(rt);
+    assert!(archive.shutdown_blocking());
+    storage.close(true).unwrap();
+
+    let records = strata::audit::read_all(&strata::audit::log_path(&data)).unwrap();
+    for action in [
+        "store",
+        "query",
+        "retrieve",
+        "export",
+        "verify",
+        "commitment",
+        "hold",
+        "tier_move",
+        "delete",
+    ] {
+        let mine: Vec<_> = records.iter().filter(|r| r.body.action == action).collect();
+        assert!(!mine.is_empty(), "no {action} record");
+        for r in mine {
+            assert_eq!(
+                (r.body.actor.kind.as_str(), r.body.actor.user.as_str()),
+                ("cli", "auditor-test"),
+                "{action} attributed to {:?}",
+                r.body.actor
+            );
+        }
+    }
+    let stores = records.iter().filter(|r| r.body.action == "store").count();
+    assert_eq!(stores, 3);
+    let refused = records
+        .iter()
+        .any(|r| r.body.action == "delete" && r.body.outcome.starts_with("refused"));
+    assert!(refused, "the refused delete is on record too");
+}
