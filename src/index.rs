@@ -6,31 +6,75 @@
 //! (when and from whom an object came) is derived from the stored objects themselves, so
 //! `strata reindex` can reconstruct it from the hot directory alone (DESIGN promise 5).
 //!
-//! The [`Index`] trait keeps RocksDB out of the rest of the code: only
-//! [`rocks`] imports the `rocksdb` crate (TiKV's engine-traits rule).
+//! ## Small traits
+//! Callers see the index through four small traits, one per kind of work, each with its
+//! own contract:
+//! - [`Catalog`]: what is stored (objects, studies, series, instances, the secondary
+//!   indexes), written by the group committer's [`Catalog::commit`];
+//! - [`Placement`]: where the copies are (cold packs, hot or cold tier, fixity checks),
+//!   written by the tiering worker, repair and the scrubber;
+//! - [`WorkQueue`]: the tiering policy's access queue;
+//! - [`Governance`]: deletions (tombstones) and legal holds.
+//!
+//! [`Index`] is all four (blanket-implemented), so `Arc<dyn Index>` goes everywhere; a
+//! caller brings the methods into scope with `use crate::index::prelude::*;`.
+//!
+//! ## One logic, several engines
+//! The logic (record layout, counters, secondary indexes, queue) lives once, in
+//! [`kv::KvIndex`], over a small ordered key-value [`kv::KvEngine`]: RocksDB
+//! ([`rocks`], the embedded default and the only module that imports the `rocksdb`
+//! crate, TiKV's engine-traits rule) and an in-memory engine for tests ([`memory`]).
+//! One conformance suite (`conformance`, tests only) runs against each.
 //!
 //! ## Consistency
-//! - All writes go through [`Index::commit`], which applies a whole group of new objects
-//!   in **one synced write batch** (atomic across column families, durable on return).
-//! - There is one writer per archive (the group committer thread of the process that
-//!   holds the archive lock), so the read-modify-write of study, series and patient
-//!   records inside `commit` needs no further locking.
+//! - Every write is one atomic batch (across column families); the methods documented
+//!   as *synced* are durable on return, the others (access times, fixity, dequeue) may be
+//!   lost in a crash, which only delays or repeats work.
+//! - Several threads of one process write: the group committer, the tiering worker,
+//!   deletes, repair. Every write method of [`kv::KvIndex`] runs under one write mutex, so
+//!   the read-modify-write of shared records (an object record touched by `commit`,
+//!   `record_pack` and `set_tier`; a study's counters) never loses an update. Reads take
+//!   no lock. A backend shared by several processes (PostgreSQL) must give the same
+//!   guarantee with transactions.
 //! - Readers may be the same process or a RocksDB secondary in another process
-//!   (`strata ls` while `strata serve` runs); [`Index::catch_up`] refreshes a secondary.
+//!   (`strata ls` while `strata serve` runs); [`Catalog::refresh`] brings a secondary up
+//!   to date.
 //!
 //! Every method blocks: call it from the blocking pool or a plain thread.
 
+pub mod kv;
+pub mod memory;
 pub mod records;
 pub mod rocks;
 
+#[cfg(test)]
+pub mod conformance;
+
+pub use kv::{KvEngine, KvIndex};
+pub use memory::{MemoryEngine, MemoryIndex};
 pub use records::{
-    ColdCopy, CommitOutcome, FixityRecord, HoldRecord, InstanceEntry, InstanceRecord, NewObject,
-    ObjectRecord, PackRecord, PackedObject, PatientRecord, Provenance, SeriesRecord, StudyRecord,
-    Tier, Tombstone, VersionRef,
+    ColdCopy, CommitOutcome, Compression, FixityRecord, HoldRecord, InstanceEntry, InstanceRecord,
+    NewObject, ObjectRecord, PackRecord, PackedObject, PatientRecord, Provenance, SeriesRecord,
+    StudyRecord, Tier, Tombstone, VersionRef,
 };
-pub use rocks::RocksIndex;
+pub use rocks::{RocksEngine, RocksIndex};
 
 use strata_tiers::ObjectId;
+
+/// Brings every index trait into scope, to call methods on `dyn Index`:
+/// `use crate::index::prelude::*;`.
+pub mod prelude {
+    pub use super::{Catalog, Governance, Index, Placement, WorkQueue};
+}
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it), for provenance and
+/// access times. Also reachable as `index::rocks::unix_ms_now`.
+pub fn unix_ms_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum IndexError {
@@ -46,8 +90,19 @@ pub enum IndexError {
     Locked { path: String, detail: String },
 }
 
-/// The archive's metadata index. See the module docs for the consistency rules.
-pub trait Index: Send + Sync {
+/// What the archive holds: objects, and the patient / study / series / instance
+/// hierarchy with its secondary indexes.
+///
+/// Contract:
+/// - [`Catalog::commit`] applies a whole group of new objects in **one synced, atomic
+///   batch**: durable on return, all or nothing. It is this trait's only writer
+///   ([`Placement::record_pack`] also adds objects known only from a pack, for reindex).
+/// - A study's, series' and patient's counters count what was committed into them
+///   (instances are distinct SOP Instance UIDs, objects are stored versions), with no
+///   update lost when other writers run at the same time.
+/// - Reads see every write that returned before them (on a primary); a read replica sees
+///   them after [`Catalog::refresh`].
+pub trait Catalog {
     /// Applies a group of newly persisted objects in one synced, atomic batch and says,
     /// per object, what it did. Objects already indexed are reported, not re-added.
     fn commit(&self, objects: &[NewObject]) -> Result<Vec<CommitOutcome>, IndexError>;
@@ -80,11 +135,24 @@ pub trait Index: Send + Sync {
     /// Studies whose StudyDate lies in `from..=to` (`YYYYMMDD`; an empty bound is open),
     /// from the StudyDate index without a scan of the studies.
     fn studies_by_date_range(&self, from: &str, to: &str) -> Result<Vec<String>, IndexError>;
-    /// Records that these studies were accessed (retrieved) at `at_ms`, for the tiering
-    /// policy. Not synced: an access time lost in a crash only delays aging.
-    fn record_access(&self, study_uids: &[String], at_ms: u64) -> Result<(), IndexError>;
-    /// When the study was last stored into or retrieved, if ever recorded.
-    fn last_access(&self, study_uid: &str) -> Result<Option<u64>, IndexError>;
+    /// For a read replica, e.g. a RocksDB secondary: picks up what the primary wrote
+    /// since. A no-op for an index that reads its own writes.
+    fn refresh(&self) -> Result<(), IndexError> {
+        Ok(())
+    }
+}
+
+/// Where the copies of objects are: cold study packs, whether a hot copy remains, and
+/// the scrubber's latest fixity check.
+///
+/// Contract:
+/// - [`Placement::record_pack`], [`Placement::drop_pack`], [`Placement::update_pack`]
+///   and [`Placement::set_tier`] are each **one synced, atomic batch**; the tiering
+///   worker relies on it for "copy, verify, record, then delete" (DESIGN promise 4).
+/// - They read object records and write them back; no concurrent writer (a `commit`
+///   giving a cold object its hot copy back, another pack) loses its update.
+/// - [`Placement::record_fixity`] is not synced.
+pub trait Placement {
     /// Records a verified pack and its members' cold copies in one synced batch. Members
     /// not yet indexed are added from their `new` attributes as cold-only objects
     /// (reindex); a copy already recorded is not added twice.
@@ -104,9 +172,28 @@ pub trait Index: Send + Sync {
     fn packs(&self) -> Result<Vec<(ObjectId, PackRecord)>, IndexError>;
     /// Marks objects as having (`Hot`) or no longer having (`Cold`) a hot copy; synced.
     fn set_tier(&self, ids: &[ObjectId], tier: Tier) -> Result<(), IndexError>;
+    /// Records the scrubber's latest check of an object (not synced: a lost record only
+    /// means the object is checked again).
+    fn record_fixity(&self, id: &ObjectId, record: &FixityRecord) -> Result<(), IndexError>;
+    fn fixity(&self, id: &ObjectId) -> Result<Option<FixityRecord>, IndexError>;
+}
+
+/// The tiering policy's access queue: when each study was last stored into or
+/// retrieved, and the studies ordered by that time, oldest first.
+///
+/// Contract:
+/// - Nothing here is synced: an access time lost in a crash only delays aging.
+/// - A study has at most one queue entry, at its [`WorkQueue::last_access`]; an older
+///   access time never replaces a newer one. `commit` touches the studies it stores into.
+pub trait WorkQueue {
+    /// Records that these studies were accessed (retrieved) at `at_ms`, for the tiering
+    /// policy. Not synced: an access time lost in a crash only delays aging.
+    fn record_access(&self, study_uids: &[String], at_ms: u64) -> Result<(), IndexError>;
+    /// When the study was last stored into or retrieved, if ever recorded.
+    fn last_access(&self, study_uid: &str) -> Result<Option<u64>, IndexError>;
     /// The access queue, oldest first: `(last access ms, study)` for entries accessed
     /// before `before_ms`, at most `limit`. An entry whose time is older than the study's
-    /// [`Index::last_access`] is stale (the study was accessed again).
+    /// [`WorkQueue::last_access`] is stale (the study was accessed again).
     fn accessed_before(
         &self,
         before_ms: u64,
@@ -114,6 +201,17 @@ pub trait Index: Send + Sync {
     ) -> Result<Vec<(u64, String)>, IndexError>;
     /// Removes one access-queue entry (its work is done, or it is stale).
     fn dequeue(&self, at_ms: u64, study_uid: &str) -> Result<(), IndexError>;
+}
+
+/// Deletions and legal holds.
+///
+/// Contract:
+/// - [`Governance::tombstone_study`], [`Governance::restore_tombstone`] and
+///   [`Governance::set_hold`] are each **one synced, atomic batch**.
+/// - A tombstoned study is gone from the catalog (its study, series, instances, object
+///   records, secondary-index entries, access-queue entry and packs), and each of its
+///   objects is marked deleted with it until stored again.
+pub trait Governance {
     /// Removes a study from the index in one synced batch, leaving `tombstone` (and each
     /// of its objects marked deleted) in its place.
     fn tombstone_study(&self, tombstone: &Tombstone) -> Result<(), IndexError>;
@@ -124,25 +222,16 @@ pub trait Index: Send + Sync {
         -> Result<(), IndexError>;
     /// The study an object was deleted with, if it was.
     fn deleted_object(&self, id: &ObjectId) -> Result<Option<String>, IndexError>;
-    /// Records the scrubber's latest check of an object (not synced: a lost record only
-    /// means the object is checked again).
-    fn record_fixity(&self, id: &ObjectId, record: &FixityRecord) -> Result<(), IndexError>;
-    fn fixity(&self, id: &ObjectId) -> Result<Option<FixityRecord>, IndexError>;
     /// Places (`Some`) or lifts (`None`) a legal hold; synced.
     fn set_hold(&self, study_uid: &str, hold: Option<&HoldRecord>) -> Result<(), IndexError>;
     fn hold(&self, study_uid: &str) -> Result<Option<HoldRecord>, IndexError>;
-    /// For a read-only secondary: pick up what the primary wrote since. No-op otherwise.
-    fn catch_up(&self) -> Result<(), IndexError>;
-    /// TEMPORARY (replaced by the index-traits merge).
-    fn refresh(&self) -> Result<(), IndexError> {
-        self.catch_up()
-    }
 }
 
-/// TEMPORARY (replaced by the index-traits merge).
-pub mod prelude {
-    pub use super::Index;
-}
+/// The archive's metadata index: all four traits. See the module docs for the
+/// consistency rules; `use crate::index::prelude::*;` to call its methods.
+pub trait Index: Catalog + Placement + WorkQueue + Governance + Send + Sync {}
+
+impl<T: Catalog + Placement + WorkQueue + Governance + Send + Sync + ?Sized> Index for T {}
 
 /// The attributes with a secondary index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -7,7 +7,6 @@
 //! before them (`ObjectRecord::cold`); a change of meaning takes a new version.
 
 use crate::dicom::header::InstanceAttrs;
-pub use crate::tiering::pack::Compression;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use strata_tiers::ObjectId;
 
@@ -26,6 +25,16 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
         Some((v, _)) => Err(format!("unknown record format version {v}")),
         None => Err("empty record".into()),
     }
+}
+
+/// How a member is stored in a study pack. Defined here rather than in
+/// `tiering::pack` (which re-exports it) so that the index does not import the tiering
+/// layer that imports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    None,
+    Zstd,
 }
 
 /// Whether an object has a hot copy. Cold copies are listed in [`ObjectRecord::cold`].

@@ -1,0 +1,1098 @@
+//! The conformance suite every [`Index`] runs (object_store's `integration.rs` idea, as in
+//! `strata_tiers::conformance`). Each check gets a fresh, empty index from the caller's
+//! factory and panics with a message naming the broken rule.
+//!
+//! Tests only: the root crate has no `testing` feature yet to export it to other crates.
+
+use super::prelude::*;
+use super::{
+    ColdCopy, CommitOutcome, Compression, FixityRecord, HoldRecord, NewObject, PackRecord,
+    PackedObject, Provenance, SecondaryKey, Tier, Tombstone,
+};
+use crate::dicom::header::InstanceAttrs;
+use strata_tiers::ObjectId;
+
+/// Makes a fresh, empty index; the directory (if any) lives as long as the index is used.
+pub type MakeIndex<'a> = dyn Fn() -> (Box<dyn Index>, Option<tempfile::TempDir>) + 'a;
+
+/// One check of the suite, run against a fresh index.
+type Check = fn(&dyn Index);
+
+/// Runs every check, each against a fresh index from `make`.
+pub fn run_suite(make: &MakeIndex<'_>) {
+    let checks: [(&str, Check); 14] = [
+        (
+            "commit_counts_instances_versions_and_duplicates",
+            commit_counts_instances_versions_and_duplicates,
+        ),
+        (
+            "counters_across_series_and_studies",
+            counters_across_series_and_studies,
+        ),
+        ("lookups", lookups),
+        ("secondary_indexes", secondary_indexes),
+        ("date_ranges", date_ranges),
+        ("for_each_stops_early", for_each_stops_early),
+        ("access_queue", access_queue),
+        ("packs_and_tiers", packs_and_tiers),
+        (
+            "record_pack_adds_cold_only_objects",
+            record_pack_adds_cold_only_objects,
+        ),
+        ("fixity", fixity),
+        ("tombstone_study", tombstone_study),
+        ("restore_tombstone", restore_tombstone),
+        ("holds", holds),
+        (
+            "concurrent_writers_lose_no_update",
+            concurrent_writers_lose_no_update,
+        ),
+    ];
+    for (name, check) in checks {
+        let (index, _dir) = make();
+        eprintln!("index conformance: {name}");
+        check(index.as_ref());
+    }
+}
+
+/// A new object of patient `P1`, CT, StudyDate 20240101, accession `ACC1`; its id is the
+/// hash of `payload`.
+pub fn object(study: &str, series: &str, sop: &str, payload: &[u8], at: u64) -> NewObject {
+    NewObject {
+        id: ObjectId::of_bytes(payload),
+        size: payload.len() as u64,
+        attrs: InstanceAttrs {
+            patient_id: "P1".into(),
+            study_uid: study.into(),
+            series_uid: series.into(),
+            sop_instance_uid: sop.into(),
+            sop_class_uid: "1.2.840.10008.5.1.4.1.1.2".into(),
+            modality: "CT".into(),
+            study_date: "20240101".into(),
+            accession_number: "ACC1".into(),
+            transfer_syntax_uid: "1.2.840.10008.1.2.1".into(),
+            ..Default::default()
+        },
+        provenance: Provenance {
+            received_at_ms: at,
+            calling_ae: "TEST".into(),
+            source: "127.0.0.1:1".into(),
+        },
+    }
+}
+
+/// [`object`] with another patient, study date and accession number.
+fn object_of(
+    study: &str,
+    sop: &str,
+    patient: &str,
+    date: &str,
+    accession: &str,
+    payload: &[u8],
+) -> NewObject {
+    let mut o = object(study, &format!("{study}.1"), sop, payload, 1);
+    o.attrs.patient_id = patient.into();
+    o.attrs.study_date = date.into();
+    o.attrs.accession_number = accession.into();
+    o
+}
+
+fn copy_in(pack: &ObjectId, offset: u64) -> ColdCopy {
+    ColdCopy {
+        pack: pack.to_hex(),
+        offset,
+        stored_size: 10,
+        compression: Compression::Zstd,
+    }
+}
+
+fn pack_record(study: &str, members: u64) -> PackRecord {
+    PackRecord {
+        study_uid: study.into(),
+        size: 1000,
+        members,
+        original_bytes: 2000,
+        storage_class: "STANDARD".into(),
+        created_ms: 5,
+    }
+}
+
+fn sorted(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v
+}
+
+/// The former `rocks.rs` unit test, every assertion kept.
+fn commit_counts_instances_versions_and_duplicates(index: &dyn Index) {
+    let a = object("1.1", "1.1.1", "1.1.1.1", b"a", 1);
+    let b = object("1.1", "1.1.1", "1.1.1.2", b"b", 2);
+    let a2 = object("1.1", "1.1.1", "1.1.1.1", b"a-changed", 3);
+    let outcomes = index.commit(&[a.clone(), b, a.clone()]).unwrap();
+    assert_eq!(
+        outcomes,
+        vec![
+            CommitOutcome::Stored,
+            CommitOutcome::Stored,
+            CommitOutcome::AlreadyPresent
+        ],
+        "a duplicate within one group is AlreadyPresent"
+    );
+    assert_eq!(
+        index.commit(std::slice::from_ref(&a)).unwrap(),
+        vec![CommitOutcome::AlreadyPresent],
+        "identical bytes again are AlreadyPresent"
+    );
+    assert_eq!(
+        index.commit(std::slice::from_ref(&a2)).unwrap(),
+        vec![CommitOutcome::NewVersion],
+        "other bytes under a known SOP Instance UID are a NewVersion"
+    );
+
+    let study = index.study("1.1").unwrap().unwrap();
+    assert_eq!((study.series, study.instances, study.objects), (1, 2, 3));
+    assert_eq!(study.bytes, 1 + 1 + 9);
+    let inst = index.instance("1.1.1.1").unwrap().unwrap();
+    assert_eq!(inst.record.versions.len(), 2);
+    assert_eq!(inst.record.current().unwrap().id, a2.id.to_hex());
+    assert_eq!(index.instances_of_study("1.1").unwrap().len(), 2);
+    assert_eq!(index.series("1.1.1").unwrap().unwrap().0, "1.1");
+    assert_eq!(
+        index.studies_by(SecondaryKey::PatientId, "P1").unwrap(),
+        vec!["1.1"]
+    );
+    assert_eq!(
+        index
+            .studies_by(SecondaryKey::AccessionNumber, "ACC1")
+            .unwrap(),
+        vec!["1.1"]
+    );
+    assert!(
+        index
+            .studies_by(SecondaryKey::StudyDate, "2024")
+            .unwrap()
+            .is_empty(),
+        "a secondary index matches whole values, not prefixes"
+    );
+    let mut n = 0;
+    index
+        .for_each_object(&mut |_, _| {
+            n += 1;
+            true
+        })
+        .unwrap();
+    assert_eq!(n, 3);
+}
+
+fn counters_across_series_and_studies(index: &dyn Index) {
+    // an older version arriving late is kept but not served
+    let new = object("3.1", "3.1.1", "3.1.1.1", b"new", 20);
+    let old = object("3.1", "3.1.1", "3.1.1.1", b"older", 10);
+    let mut mr = object("3.1", "3.1.2", "3.1.2.1", b"mr", 30);
+    mr.attrs.modality = "MR".into();
+    let other = object("3.2", "3.2.1", "3.2.1.1", b"other study", 40);
+    index.commit(&[new.clone(), mr]).unwrap();
+    assert_eq!(
+        index.commit(std::slice::from_ref(&old)).unwrap(),
+        vec![CommitOutcome::NewVersion]
+    );
+    index.commit(&[other]).unwrap();
+
+    let study = index.study("3.1").unwrap().unwrap();
+    assert_eq!(
+        (study.series, study.instances, study.objects, study.bytes),
+        (2, 2, 3, 3 + 5 + 2),
+        "study counters: series, distinct instances, objects, bytes"
+    );
+    assert_eq!(
+        study.modalities,
+        vec!["CT", "MR"],
+        "modalities sorted, distinct"
+    );
+    assert_eq!(study.patient_id, "P1");
+    let series = index.series_of_study("3.1").unwrap();
+    assert_eq!(
+        series
+            .iter()
+            .map(|(uid, _)| uid.as_str())
+            .collect::<Vec<_>>(),
+        vec!["3.1.1", "3.1.2"]
+    );
+    let (_, ct) = &series[0];
+    assert_eq!(
+        (ct.instances, ct.bytes, ct.modality.as_str()),
+        (1, 8, "CT"),
+        "series counters: distinct instances, bytes of every version"
+    );
+    let inst = index.instance("3.1.1.1").unwrap().unwrap();
+    assert_eq!(
+        inst.record
+            .versions
+            .iter()
+            .map(|v| v.received_at_ms)
+            .collect::<Vec<_>>(),
+        vec![10, 20],
+        "versions ordered by receive time"
+    );
+    assert_eq!(
+        inst.record.current().unwrap().id,
+        new.id.to_hex(),
+        "the newest version is served, not the latest arrival"
+    );
+    // both studies belong to P1
+    assert_eq!(
+        sorted(index.studies_by(SecondaryKey::PatientId, "P1").unwrap()),
+        vec!["3.1", "3.2"]
+    );
+    let studies = index.studies().unwrap();
+    assert_eq!(
+        studies
+            .iter()
+            .map(|(uid, _)| uid.as_str())
+            .collect::<Vec<_>>(),
+        vec!["3.1", "3.2"],
+        "studies ordered by UID"
+    );
+    assert_eq!(studies[1].1.instances, 1);
+}
+
+fn lookups(index: &dyn Index) {
+    let a = object("4.1", "4.1.1", "4.1.1.1", b"lookup a", 7);
+    let b = object("4.1", "4.1.2", "4.1.2.1", b"lookup b", 8);
+    assert!(!index.has_object(&a.id).unwrap());
+    assert!(index.object(&a.id).unwrap().is_none());
+    assert!(index.study("4.1").unwrap().is_none());
+    assert!(index.instance("4.1.1.1").unwrap().is_none());
+    assert!(index.series("4.1.1").unwrap().is_none());
+    assert!(index.series_of_study("4.1").unwrap().is_empty());
+    assert!(index.instances_of_study("4.1").unwrap().is_empty());
+    index.refresh().unwrap();
+
+    index.commit(&[a.clone(), b.clone()]).unwrap();
+    assert!(index.has_object(&a.id).unwrap());
+    let rec = index.object(&a.id).unwrap().unwrap();
+    assert_eq!(rec.size, a.size);
+    assert_eq!(rec.tier, Tier::Hot, "a committed object is hot");
+    assert!(rec.cold.is_empty());
+    assert_eq!(
+        (
+            rec.study_uid.as_str(),
+            rec.series_uid.as_str(),
+            rec.sop_instance_uid.as_str()
+        ),
+        ("4.1", "4.1.1", "4.1.1.1")
+    );
+    assert_eq!(rec.transfer_syntax_uid, "1.2.840.10008.1.2.1");
+    assert_eq!(rec.provenance, a.provenance);
+
+    let inst = index.instance("4.1.2.1").unwrap().unwrap();
+    assert_eq!(
+        (inst.study_uid.as_str(), inst.series_uid.as_str()),
+        ("4.1", "4.1.2")
+    );
+    assert_eq!(inst.sop_instance_uid, "4.1.2.1");
+    assert_eq!(inst.record.sop_class_uid, "1.2.840.10008.5.1.4.1.1.2");
+    assert_eq!(inst.record.current().unwrap().id, b.id.to_hex());
+    assert_eq!(inst.record.current().unwrap().size, b.size);
+
+    let (study, series) = index.series("4.1.2").unwrap().unwrap();
+    assert_eq!(study, "4.1");
+    assert_eq!(series.study_uid, "4.1");
+    assert_eq!(series.instances, 1);
+    let entries = index.instances_of_study("4.1").unwrap();
+    assert_eq!(
+        entries
+            .iter()
+            .map(|e| (e.series_uid.as_str(), e.sop_instance_uid.as_str()))
+            .collect::<Vec<_>>(),
+        vec![("4.1.1", "4.1.1.1"), ("4.1.2", "4.1.2.1")]
+    );
+    // a study UID that is a prefix of another is not mixed up with it
+    index
+        .commit(&[object("4.10", "4.10.1", "4.10.1.1", b"lookup c", 9)])
+        .unwrap();
+    assert_eq!(index.instances_of_study("4.1").unwrap().len(), 2);
+    assert_eq!(index.series_of_study("4.1").unwrap().len(), 2);
+    assert_eq!(index.instances_of_study("4.10").unwrap().len(), 1);
+}
+
+fn secondary_indexes(index: &dyn Index) {
+    index
+        .commit(&[
+            object_of("5.1", "5.1.1.1", "PA", "20230101", "A1", b"s1"),
+            object_of("5.2", "5.2.1.1", "PA", "20240202", "A2", b"s2"),
+            object_of("5.3", "5.3.1.1", "PB", "20240202", "A3", b"s3"),
+        ])
+        .unwrap();
+    assert_eq!(
+        sorted(index.studies_by(SecondaryKey::PatientId, "PA").unwrap()),
+        vec!["5.1", "5.2"]
+    );
+    assert_eq!(
+        index.studies_by(SecondaryKey::PatientId, "PB").unwrap(),
+        vec!["5.3"]
+    );
+    assert!(index
+        .studies_by(SecondaryKey::PatientId, "P")
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        sorted(
+            index
+                .studies_by(SecondaryKey::StudyDate, "20240202")
+                .unwrap()
+        ),
+        vec!["5.2", "5.3"]
+    );
+    assert_eq!(
+        index
+            .studies_by(SecondaryKey::AccessionNumber, "A3")
+            .unwrap(),
+        vec!["5.3"]
+    );
+    // a later instance with a differing value makes the study findable by both
+    index
+        .commit(&[object_of(
+            "5.3", "5.3.1.2", "PB", "20240202", "A3-bis", b"s3b",
+        )])
+        .unwrap();
+    assert_eq!(
+        index
+            .studies_by(SecondaryKey::AccessionNumber, "A3-bis")
+            .unwrap(),
+        vec!["5.3"]
+    );
+    assert_eq!(
+        index
+            .studies_by(SecondaryKey::AccessionNumber, "A3")
+            .unwrap(),
+        vec!["5.3"]
+    );
+    assert_eq!(
+        index.study("5.3").unwrap().unwrap().accession_number,
+        "A3",
+        "the study keeps the first value it was stored with"
+    );
+}
+
+fn date_ranges(index: &dyn Index) {
+    index
+        .commit(&[
+            object_of("6.1", "6.1.1.1", "P", "20230101", "A", b"d1"),
+            object_of("6.2", "6.2.1.1", "P", "20240101", "A", b"d2"),
+            object_of("6.3", "6.3.1.1", "P", "20240615", "A", b"d3"),
+            object_of("6.4", "6.4.1.1", "P", "20250101", "A", b"d4"),
+            object_of("6.5", "6.5.1.1", "P", "", "A", b"d5 (no date)"),
+        ])
+        .unwrap();
+    assert_eq!(
+        index.studies_by_date_range("", "").unwrap(),
+        vec!["6.1", "6.2", "6.3", "6.4"],
+        "both bounds open: every dated study, in date order; undated ones never"
+    );
+    assert_eq!(
+        index.studies_by_date_range("20240101", "").unwrap(),
+        vec!["6.2", "6.3", "6.4"],
+        "open upper bound; the lower bound is inclusive"
+    );
+    assert_eq!(
+        index.studies_by_date_range("", "20240101").unwrap(),
+        vec!["6.1", "6.2"],
+        "open lower bound; the upper bound is inclusive"
+    );
+    assert_eq!(
+        index.studies_by_date_range("20240102", "20241231").unwrap(),
+        vec!["6.3"]
+    );
+    assert_eq!(
+        index.studies_by_date_range("20240615", "20240615").unwrap(),
+        vec!["6.3"],
+        "a one-day range"
+    );
+    assert!(index
+        .studies_by_date_range("20260101", "")
+        .unwrap()
+        .is_empty());
+    assert!(index
+        .studies_by_date_range("20240102", "20240614")
+        .unwrap()
+        .is_empty());
+}
+
+fn for_each_stops_early(index: &dyn Index) {
+    let objects: Vec<NewObject> = (0..5)
+        .map(|i| {
+            object(
+                &format!("7.{i}"),
+                &format!("7.{i}.1"),
+                &format!("7.{i}.1.1"),
+                format!("each {i}").as_bytes(),
+                1,
+            )
+        })
+        .collect();
+    index.commit(&objects).unwrap();
+
+    let mut seen = Vec::new();
+    index
+        .for_each_study(&mut |uid, rec| {
+            assert_eq!(rec.instances, 1);
+            seen.push(uid.to_string());
+            seen.len() < 2
+        })
+        .unwrap();
+    assert_eq!(
+        seen,
+        vec!["7.0", "7.1"],
+        "for_each_study stops when told, in UID order"
+    );
+    let mut all = Vec::new();
+    index
+        .for_each_study(&mut |uid, _| {
+            all.push(uid.to_string());
+            true
+        })
+        .unwrap();
+    assert_eq!(all, vec!["7.0", "7.1", "7.2", "7.3", "7.4"]);
+
+    let mut n = 0;
+    index
+        .for_each_object(&mut |_, _| {
+            n += 1;
+            n < 3
+        })
+        .unwrap();
+    assert_eq!(n, 3, "for_each_object stops when told");
+    let mut ids = Vec::new();
+    index
+        .for_each_object(&mut |id, rec| {
+            assert_eq!(rec.tier, Tier::Hot);
+            ids.push(id);
+            true
+        })
+        .unwrap();
+    let mut expected: Vec<ObjectId> = objects.iter().map(|o| o.id).collect();
+    expected.sort();
+    ids.sort();
+    assert_eq!(ids, expected, "for_each_object visits every object once");
+    // a visitor may read the index
+    index
+        .for_each_object(&mut |id, _| index.object(&id).unwrap().is_some())
+        .unwrap();
+}
+
+fn access_queue(index: &dyn Index) {
+    assert!(index.last_access("q.1").unwrap().is_none());
+    assert!(index.accessed_before(u64::MAX, 10).unwrap().is_empty());
+    index.record_access(&["q.2".into()], 200).unwrap();
+    index
+        .record_access(&["q.1".into(), "q.3".into()], 100)
+        .unwrap();
+    index.record_access(&["q.3".into()], 300).unwrap();
+    assert_eq!(index.last_access("q.1").unwrap(), Some(100));
+    assert_eq!(index.last_access("q.3").unwrap(), Some(300));
+    assert_eq!(
+        index.accessed_before(250, 10).unwrap(),
+        vec![(100, "q.1".to_string()), (200, "q.2".to_string())],
+        "oldest first, only entries before the bound, one entry per study"
+    );
+    assert_eq!(
+        index.accessed_before(250, 1).unwrap(),
+        vec![(100, "q.1".to_string())],
+        "at most `limit`"
+    );
+    assert!(
+        index.accessed_before(100, 10).unwrap().is_empty(),
+        "the bound is exclusive"
+    );
+
+    // an older access never replaces a newer one
+    index.record_access(&["q.3".into()], 50).unwrap();
+    assert_eq!(index.last_access("q.3").unwrap(), Some(300));
+    // a newer one moves the study to the back of the queue
+    index.record_access(&["q.1".into()], 400).unwrap();
+    assert_eq!(index.last_access("q.1").unwrap(), Some(400));
+    assert_eq!(
+        index.accessed_before(u64::MAX, 10).unwrap(),
+        vec![
+            (200, "q.2".to_string()),
+            (300, "q.3".to_string()),
+            (400, "q.1".to_string())
+        ]
+    );
+    // an entry older than the study's last access is stale
+    for (at, study) in index.accessed_before(u64::MAX, 10).unwrap() {
+        assert!(at >= index.last_access(&study).unwrap().unwrap());
+    }
+
+    index.dequeue(200, "q.2").unwrap();
+    index.dequeue(12345, "q.2").unwrap(); // not queued: no error
+    assert_eq!(
+        index.accessed_before(u64::MAX, 10).unwrap(),
+        vec![(300, "q.3".to_string()), (400, "q.1".to_string())]
+    );
+    assert_eq!(
+        index.last_access("q.2").unwrap(),
+        Some(200),
+        "dequeue keeps the access time"
+    );
+
+    // storing into a study counts as an access, no older than now
+    let before = crate::index::unix_ms_now();
+    index
+        .commit(&[object("q.4", "q.4.1", "q.4.1.1", b"queued", 1)])
+        .unwrap();
+    let at = index
+        .last_access("q.4")
+        .unwrap()
+        .expect("commit touches the study");
+    assert!(at >= before);
+    assert!(index
+        .accessed_before(u64::MAX, 10)
+        .unwrap()
+        .contains(&(at, "q.4".to_string())));
+}
+
+fn packs_and_tiers(index: &dyn Index) {
+    let a = object("8.1", "8.1.1", "8.1.1.1", b"pack a", 1);
+    let b = object("8.1", "8.1.1", "8.1.1.2", b"pack b", 2);
+    index.commit(&[a.clone(), b.clone()]).unwrap();
+    let p1 = ObjectId::of_bytes(b"pack one");
+    let p2 = ObjectId::of_bytes(b"pack two");
+    assert!(index.pack(&p1).unwrap().is_none());
+    assert!(index.packs().unwrap().is_empty());
+
+    let members = |pack: &ObjectId| -> Vec<PackedObject> {
+        vec![
+            PackedObject {
+                id: a.id,
+                copy: copy_in(pack, 512),
+                new: None,
+            },
+            PackedObject {
+                id: b.id,
+                copy: copy_in(pack, 2048),
+                new: None,
+            },
+        ]
+    };
+    index
+        .record_pack(&p1, &pack_record("8.1", 2), &members(&p1))
+        .unwrap();
+    assert_eq!(index.pack(&p1).unwrap(), Some(pack_record("8.1", 2)));
+    let rec = index.object(&a.id).unwrap().unwrap();
+    assert_eq!(
+        rec.cold,
+        vec![copy_in(&p1, 512)],
+        "record_pack adds the cold copy"
+    );
+    assert_eq!(rec.cold[0].pack_id(), Some(p1));
+    assert_eq!(rec.tier, Tier::Hot, "record_pack leaves the hot copy");
+    // recorded again: no second copy
+    index
+        .record_pack(&p1, &pack_record("8.1", 2), &members(&p1))
+        .unwrap();
+    assert_eq!(index.object(&a.id).unwrap().unwrap().cold.len(), 1);
+    index
+        .record_pack(&p2, &pack_record("8.1", 2), &members(&p2))
+        .unwrap();
+    assert_eq!(
+        index.object(&b.id).unwrap().unwrap().cold,
+        vec![copy_in(&p1, 2048), copy_in(&p2, 2048)]
+    );
+    let mut packs = index.packs().unwrap();
+    packs.sort_by_key(|(id, _)| *id);
+    let mut expected = vec![(p1, pack_record("8.1", 2)), (p2, pack_record("8.1", 2))];
+    expected.sort_by_key(|(id, _)| *id);
+    assert_eq!(packs, expected);
+
+    // a member that is not indexed, without attributes, is refused
+    let stranger = ObjectId::of_bytes(b"not indexed");
+    assert!(index
+        .record_pack(
+            &ObjectId::of_bytes(b"pack three"),
+            &pack_record("8.1", 1),
+            &[PackedObject {
+                id: stranger,
+                copy: copy_in(&p1, 0),
+                new: None,
+            }],
+        )
+        .is_err());
+    assert!(!index.has_object(&stranger).unwrap());
+
+    // update_pack rewrites the record only
+    let mut moved = pack_record("8.1", 2);
+    moved.storage_class = "DEEP_ARCHIVE".into();
+    index.update_pack(&p1, &moved).unwrap();
+    assert_eq!(
+        index.pack(&p1).unwrap().unwrap().storage_class,
+        "DEEP_ARCHIVE"
+    );
+    assert_eq!(index.pack(&p2).unwrap(), Some(pack_record("8.1", 2)));
+    assert_eq!(
+        index.object(&a.id).unwrap().unwrap().cold,
+        vec![copy_in(&p1, 512), copy_in(&p2, 512)],
+        "update_pack leaves the object records"
+    );
+
+    // set_tier
+    index.set_tier(&[a.id, b.id, stranger], Tier::Cold).unwrap();
+    assert_eq!(index.object(&a.id).unwrap().unwrap().tier, Tier::Cold);
+    assert_eq!(index.object(&b.id).unwrap().unwrap().tier, Tier::Cold);
+    assert!(
+        !index.has_object(&stranger).unwrap(),
+        "set_tier ignores unknown objects"
+    );
+    assert_eq!(
+        index.object(&a.id).unwrap().unwrap().cold,
+        vec![copy_in(&p1, 512), copy_in(&p2, 512)],
+        "set_tier keeps the cold copies"
+    );
+    // a cold object stored again has its hot copy back
+    assert_eq!(
+        index.commit(std::slice::from_ref(&a)).unwrap(),
+        vec![CommitOutcome::AlreadyPresent]
+    );
+    assert_eq!(index.object(&a.id).unwrap().unwrap().tier, Tier::Hot);
+    assert_eq!(index.object(&a.id).unwrap().unwrap().cold.len(), 2);
+    assert_eq!(
+        index.study("8.1").unwrap().unwrap().objects,
+        2,
+        "a re-stored cold object is not counted twice"
+    );
+    index.set_tier(&[a.id], Tier::Hot).unwrap();
+    assert_eq!(index.object(&a.id).unwrap().unwrap().tier, Tier::Hot);
+
+    // drop_pack forgets the pack and its copies, not the other pack's
+    index.drop_pack(&p1).unwrap();
+    assert!(index.pack(&p1).unwrap().is_none());
+    assert_eq!(index.packs().unwrap().len(), 1);
+    assert_eq!(
+        index.object(&a.id).unwrap().unwrap().cold,
+        vec![copy_in(&p2, 512)]
+    );
+    assert_eq!(
+        index.object(&b.id).unwrap().unwrap().cold,
+        vec![copy_in(&p2, 2048)]
+    );
+    assert_eq!(
+        index.object(&b.id).unwrap().unwrap().tier,
+        Tier::Cold,
+        "drop_pack leaves the tier"
+    );
+    index.drop_pack(&p2).unwrap();
+    assert!(index.packs().unwrap().is_empty());
+    assert!(index.object(&b.id).unwrap().unwrap().cold.is_empty());
+    assert!(
+        index.has_object(&b.id).unwrap(),
+        "drop_pack keeps the object"
+    );
+}
+
+fn record_pack_adds_cold_only_objects(index: &dyn Index) {
+    // reindex from the cold tier: members not yet indexed come with their attributes
+    let a = object("9.1", "9.1.1", "9.1.1.1", b"cold a", 1);
+    let b = object("9.1", "9.1.2", "9.1.2.1", b"cold b", 2);
+    index.commit(std::slice::from_ref(&a)).unwrap();
+    let p = ObjectId::of_bytes(b"reindexed pack");
+    index
+        .record_pack(
+            &p,
+            &pack_record("9.1", 2),
+            &[
+                PackedObject {
+                    id: a.id,
+                    copy: copy_in(&p, 512),
+                    new: Some(a.clone()),
+                },
+                PackedObject {
+                    id: b.id,
+                    copy: copy_in(&p, 4096),
+                    new: Some(b.clone()),
+                },
+            ],
+        )
+        .unwrap();
+    let rec = index.object(&b.id).unwrap().unwrap();
+    assert_eq!(
+        rec.tier,
+        Tier::Cold,
+        "an object known only from a pack is cold"
+    );
+    assert_eq!(rec.cold, vec![copy_in(&p, 4096)]);
+    assert_eq!(rec.provenance, b.provenance);
+    let rec = index.object(&a.id).unwrap().unwrap();
+    assert_eq!(rec.tier, Tier::Hot, "an indexed member keeps its record");
+    assert_eq!(rec.cold, vec![copy_in(&p, 512)]);
+    let study = index.study("9.1").unwrap().unwrap();
+    assert_eq!(
+        (study.series, study.instances, study.objects),
+        (2, 2, 2),
+        "a cold-only object counts like a stored one"
+    );
+    assert_eq!(
+        index.instance("9.1.2.1").unwrap().unwrap().series_uid,
+        "9.1.2"
+    );
+    assert_eq!(index.series("9.1.2").unwrap().unwrap().0, "9.1");
+    // stored again over DICOM, it is hot again and not a new instance
+    assert_eq!(
+        index.commit(std::slice::from_ref(&b)).unwrap(),
+        vec![CommitOutcome::AlreadyPresent]
+    );
+    assert_eq!(index.object(&b.id).unwrap().unwrap().tier, Tier::Hot);
+    assert_eq!(index.study("9.1").unwrap().unwrap().objects, 2);
+}
+
+fn fixity(index: &dyn Index) {
+    let a = object("10.1", "10.1.1", "10.1.1.1", b"fixity", 1);
+    index.commit(std::slice::from_ref(&a)).unwrap();
+    assert!(index.fixity(&a.id).unwrap().is_none());
+    let ok = FixityRecord {
+        verified_at_ms: 10,
+        ok: true,
+        detail: "hot".into(),
+    };
+    index.record_fixity(&a.id, &ok).unwrap();
+    assert_eq!(index.fixity(&a.id).unwrap(), Some(ok));
+    let bad = FixityRecord {
+        verified_at_ms: 20,
+        ok: false,
+        detail: "hot: blake3 mismatch".into(),
+    };
+    index.record_fixity(&a.id, &bad).unwrap();
+    assert_eq!(
+        index.fixity(&a.id).unwrap(),
+        Some(bad),
+        "the latest check wins"
+    );
+    assert_eq!(
+        index.object(&a.id).unwrap().unwrap().tier,
+        Tier::Hot,
+        "fixity leaves the object record"
+    );
+}
+
+fn tombstone_for(index: &dyn Index, study: &str, packs: &[ObjectId]) -> Tombstone {
+    let record = index.study(study).unwrap().unwrap();
+    Tombstone {
+        study_uid: study.into(),
+        patient_id: record.patient_id,
+        objects: index
+            .instances_of_study(study)
+            .unwrap()
+            .into_iter()
+            .flat_map(|e| {
+                e.record
+                    .versions
+                    .iter()
+                    .map(|v| {
+                        (
+                            e.series_uid.clone(),
+                            e.sop_instance_uid.clone(),
+                            v.id.clone(),
+                        )
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect(),
+        packs: packs.iter().map(|p| p.to_hex()).collect(),
+        who: "tester".into(),
+        why: "conformance".into(),
+        deleted_at_ms: 99,
+    }
+}
+
+fn tombstone_study(index: &dyn Index) {
+    let a = object_of("11.1", "11.1.1.1", "PT", "20200101", "ACC-T", b"tomb a");
+    let mut a2 = a.clone();
+    a2.id = ObjectId::of_bytes(b"tomb a v2");
+    a2.provenance.received_at_ms = 5;
+    let mut b = object_of("11.1", "11.1.2.1", "PT", "20200101", "ACC-T", b"tomb b");
+    b.attrs.series_uid = "11.1.2".into();
+    // another study of the same patient, sharing a SOP Instance UID and a series UID
+    let mut keep = object_of("11.2", "11.1.2.1", "PT", "20200101", "ACC-K", b"keep");
+    keep.attrs.series_uid = "11.2.1".into();
+    let mut keep2 = object_of("11.2", "11.2.9.9", "PT", "20200101", "ACC-K", b"keep 2");
+    keep2.attrs.series_uid = "11.1.1".into();
+    index.commit(&[a.clone(), b.clone()]).unwrap();
+    index.commit(&[a2.clone()]).unwrap();
+    index.commit(&[keep.clone(), keep2.clone()]).unwrap();
+    let p = ObjectId::of_bytes(b"tomb pack");
+    let other_pack = ObjectId::of_bytes(b"keep pack");
+    index
+        .record_pack(
+            &p,
+            &pack_record("11.1", 1),
+            &[PackedObject {
+                id: a.id,
+                copy: copy_in(&p, 512),
+                new: None,
+            }],
+        )
+        .unwrap();
+    index
+        .record_pack(
+            &other_pack,
+            &pack_record("11.2", 1),
+            &[PackedObject {
+                id: keep.id,
+                copy: copy_in(&other_pack, 512),
+                new: None,
+            }],
+        )
+        .unwrap();
+    assert!(index.last_access("11.1").unwrap().is_some());
+
+    let t = tombstone_for(index, "11.1", &[p]);
+    assert_eq!(t.objects.len(), 3);
+    index.tombstone_study(&t).unwrap();
+
+    assert!(index.study("11.1").unwrap().is_none(), "the study is gone");
+    assert!(index.series_of_study("11.1").unwrap().is_empty());
+    assert!(index.instances_of_study("11.1").unwrap().is_empty());
+    assert!(index.instance("11.1.1.1").unwrap().is_none());
+    for o in [&a, &a2, &b] {
+        assert!(!index.has_object(&o.id).unwrap(), "its objects are gone");
+        assert_eq!(
+            index.deleted_object(&o.id).unwrap().as_deref(),
+            Some("11.1"),
+            "each object is marked deleted with its study"
+        );
+    }
+    assert!(index.pack(&p).unwrap().is_none(), "its packs are dropped");
+    assert_eq!(index.packs().unwrap().len(), 1);
+    assert_eq!(index.tombstones().unwrap(), vec![t.clone()]);
+    assert!(index.last_access("11.1").unwrap().is_none());
+    assert!(!index
+        .accessed_before(u64::MAX, 100)
+        .unwrap()
+        .iter()
+        .any(|(_, s)| s == "11.1"));
+    assert!(index
+        .studies_by(SecondaryKey::AccessionNumber, "ACC-T")
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        index.studies_by(SecondaryKey::PatientId, "PT").unwrap(),
+        vec!["11.2"]
+    );
+    assert_eq!(
+        index
+            .studies_by(SecondaryKey::StudyDate, "20200101")
+            .unwrap(),
+        vec!["11.2"]
+    );
+
+    // the other study is untouched, including the UIDs it shares
+    assert!(index.study("11.2").unwrap().is_some());
+    assert_eq!(
+        index.instance("11.1.2.1").unwrap().unwrap().study_uid,
+        "11.2",
+        "a SOP index entry of another study stays"
+    );
+    assert_eq!(
+        index.series("11.1.1").unwrap().unwrap().0,
+        "11.2",
+        "a series index entry of another study stays"
+    );
+    assert!(index.has_object(&keep.id).unwrap());
+    assert!(index.deleted_object(&keep.id).unwrap().is_none());
+    assert_eq!(index.object(&keep.id).unwrap().unwrap().cold.len(), 1);
+
+    assert!(
+        index.tombstone_study(&t).is_err(),
+        "tombstoning a study that is not indexed is an error"
+    );
+
+    // stored again after the deletion: it lives again
+    assert_eq!(
+        index.commit(std::slice::from_ref(&a)).unwrap(),
+        vec![CommitOutcome::Stored]
+    );
+    assert!(index.deleted_object(&a.id).unwrap().is_none());
+    assert_eq!(
+        index.deleted_object(&b.id).unwrap().as_deref(),
+        Some("11.1")
+    );
+    let study = index.study("11.1").unwrap().unwrap();
+    assert_eq!((study.instances, study.objects), (1, 1));
+}
+
+fn restore_tombstone(index: &dyn Index) {
+    let live = ObjectId::of_bytes(b"stored again");
+    let gone = ObjectId::of_bytes(b"still deleted");
+    let t = Tombstone {
+        study_uid: "12.1".into(),
+        patient_id: "P1".into(),
+        objects: vec![
+            ("12.1.1".into(), "12.1.1.1".into(), gone.to_hex()),
+            ("12.1.1".into(), "12.1.1.2".into(), live.to_hex()),
+        ],
+        packs: vec![],
+        who: "tester".into(),
+        why: "reindex".into(),
+        deleted_at_ms: 3,
+    };
+    index.restore_tombstone(&t, &[live]).unwrap();
+    assert_eq!(index.tombstones().unwrap(), vec![t]);
+    assert_eq!(
+        index.deleted_object(&gone).unwrap().as_deref(),
+        Some("12.1")
+    );
+    assert!(
+        index.deleted_object(&live).unwrap().is_none(),
+        "an object in `live` is not marked deleted"
+    );
+}
+
+fn holds(index: &dyn Index) {
+    assert!(index.hold("13.1").unwrap().is_none());
+    let h = HoldRecord {
+        who: "legal".into(),
+        why: "case 42".into(),
+        since_ms: 1,
+    };
+    index.set_hold("13.1", Some(&h)).unwrap();
+    assert_eq!(index.hold("13.1").unwrap(), Some(h.clone()));
+    assert!(index.hold("13.2").unwrap().is_none());
+    let h2 = HoldRecord {
+        why: "case 43".into(),
+        ..h
+    };
+    index.set_hold("13.1", Some(&h2)).unwrap();
+    assert_eq!(index.hold("13.1").unwrap(), Some(h2));
+    index.set_hold("13.1", None).unwrap();
+    assert!(
+        index.hold("13.1").unwrap().is_none(),
+        "a lifted hold is gone"
+    );
+    index.set_hold("13.1", None).unwrap(); // lifting again is fine
+}
+
+/// Threads doing `commit`, `set_tier`, `record_pack` and `record_access` on the same
+/// records at once; afterwards every update must be there.
+fn concurrent_writers_lose_no_update(index: &dyn Index) {
+    const BASE: usize = 8;
+    const COMMITTERS: usize = 3;
+    const PER_COMMITTER: usize = 15;
+    const PACKERS: usize = 3;
+    const ROUNDS: usize = 10;
+    let base: Vec<NewObject> = (0..BASE)
+        .map(|i| {
+            object(
+                "14.1",
+                "14.1.1",
+                &format!("14.1.1.{i}"),
+                format!("base {i}").as_bytes(),
+                1,
+            )
+        })
+        .collect();
+    index.commit(&base).unwrap();
+    let ids: Vec<ObjectId> = base.iter().map(|o| o.id).collect();
+    let pack_of = |packer: usize, round: usize| {
+        ObjectId::of_bytes(format!("pack {packer} {round}").as_bytes())
+    };
+
+    std::thread::scope(|s| {
+        for c in 0..COMMITTERS {
+            s.spawn(move || {
+                for n in 0..PER_COMMITTER {
+                    let sop = format!("14.1.{}.{n}", c + 2);
+                    let o = object("14.1", &format!("14.1.{}", c + 2), &sop, sop.as_bytes(), 1);
+                    assert_eq!(index.commit(&[o]).unwrap(), vec![CommitOutcome::Stored]);
+                }
+            });
+        }
+        for p in 0..PACKERS {
+            let ids = &ids;
+            s.spawn(move || {
+                for round in 0..ROUNDS {
+                    let pack = pack_of(p, round);
+                    let members: Vec<PackedObject> = ids
+                        .iter()
+                        .map(|id| PackedObject {
+                            id: *id,
+                            copy: copy_in(&pack, 512),
+                            new: None,
+                        })
+                        .collect();
+                    index
+                        .record_pack(&pack, &pack_record("14.1", BASE as u64), &members)
+                        .unwrap();
+                }
+            });
+        }
+        let ids = &ids;
+        s.spawn(move || {
+            // ends on Cold: nothing else changes the tier, so every base object must be
+            // cold afterwards
+            for round in 0..ROUNDS * 2 {
+                let tier = if round % 2 == 0 {
+                    Tier::Hot
+                } else {
+                    Tier::Cold
+                };
+                index.set_tier(ids, tier).unwrap();
+            }
+        });
+        s.spawn(move || {
+            for at in 1..=ROUNDS as u64 * 4 {
+                index
+                    .record_access(&["14.1".into(), "14.9".into()], u64::MAX - 1000 + at)
+                    .unwrap();
+            }
+        });
+    });
+
+    let study = index.study("14.1").unwrap().unwrap();
+    let total = (BASE + COMMITTERS * PER_COMMITTER) as u64;
+    assert_eq!(
+        (study.instances, study.objects, study.series),
+        (total, total, 1 + COMMITTERS as u64),
+        "concurrent commits must not lose study counter updates"
+    );
+    assert_eq!(
+        index.instances_of_study("14.1").unwrap().len() as u64,
+        total
+    );
+    for (uid, series) in index.series_of_study("14.1").unwrap() {
+        let expected = if uid == "14.1.1" { BASE } else { PER_COMMITTER } as u64;
+        assert_eq!(series.instances, expected, "series {uid} lost an update");
+    }
+    for id in &ids {
+        let rec = index.object(id).unwrap().unwrap();
+        assert_eq!(
+            rec.tier,
+            Tier::Cold,
+            "a concurrent record_pack must not undo set_tier"
+        );
+        assert_eq!(
+            rec.cold.len(),
+            PACKERS * ROUNDS,
+            "concurrent set_tier or record_pack must not lose a cold copy"
+        );
+        for p in 0..PACKERS {
+            for round in 0..ROUNDS {
+                assert!(rec.cold.contains(&copy_in(&pack_of(p, round), 512)));
+            }
+        }
+    }
+    assert_eq!(index.packs().unwrap().len(), PACKERS * ROUNDS);
+    assert_eq!(
+        index.last_access("14.1").unwrap(),
+        Some(u64::MAX - 1000 + ROUNDS as u64 * 4)
+    );
+    let queued: Vec<_> = index
+        .accessed_before(u64::MAX, 100)
+        .unwrap()
+        .into_iter()
+        .filter(|(_, s)| s == "14.1")
+        .collect();
+    assert_eq!(
+        queued.len(),
+        1,
+        "one queue entry per study, whoever touched it"
+    );
+}

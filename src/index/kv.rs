@@ -1,0 +1,1030 @@
+//! `KvIndex`: the index logic, once, over any ordered key-value engine (garage's `db`
+//! idea; TiKV's engine traits).
+//!
+//! The index is a handful of record types laid out in column families of sorted keys.
+//! Everything that gives the layout its meaning (counters, versions, secondary indexes,
+//! the access queue, tombstones) lives here, in [`KvIndex`]; an engine only has to get a
+//! value, scan a column family in key order from a start key, and write a batch of puts
+//! and deletes atomically, optionally synced. [`super::rocks::RocksEngine`] does it on
+//! RocksDB (the only module importing `rocksdb`), [`super::memory::MemoryEngine`] on
+//! `BTreeMap`s for tests. The layout below is the on-disk format of every archive: it
+//! changes only with [`SCHEMA_VERSION`].
+//!
+//! ## Column families and keys (`\0` separates UIDs; UIDs never contain it)
+//! | CF | key | value |
+//! |---|---|---|
+//! | `meta` | `schema` | index schema version (u32 LE) |
+//! | `objects` | 32-byte object id | `ObjectRecord` |
+//! | `instances` | `study\0series\0sop` | `InstanceRecord` |
+//! | `sop_index` | `sop` | `study\0series` |
+//! | `series` | `study\0series` | `SeriesRecord` |
+//! | `series_index` | `series` | `study` |
+//! | `studies` | `study` | `StudyRecord` |
+//! | `patients` | `patient_id` | `PatientRecord` |
+//! | `idx_patient_id`, `idx_study_date`, `idx_accession` | `value\0study` | empty |
+//! | `study_access` | `study` | last store or retrieval, ms since the epoch (u64 LE) |
+//! | `access_queue` | last access (u64 BE) `study` | empty: the tiering queue, oldest first |
+//! | `packs` | 32-byte pack id | `PackRecord` |
+//! | `tombstones` | `study` | `Tombstone` (a deleted study: UIDs, ids, who, why, when) |
+//! | `deleted_objects` | 32-byte object id | the study it was deleted with |
+//! | `holds` | `study` | `HoldRecord` (legal hold) |
+//! | `fixity` | 32-byte object id | `FixityRecord` (the scrubber's last check) |
+//!
+//! ## Why every write takes one mutex
+//! Several threads of one process write the index: the group committer (`commit`), the
+//! tiering worker (`record_pack`, `set_tier`, `record_access`, `dequeue`), deletes
+//! (`tombstone_study`), repair (`drop_pack`), holds. Most writes read records and write
+//! them back (an object record gets a cold copy from `record_pack`, its tier from
+//! `set_tier`, its hot copy back from `commit`; a study's counters grow with each
+//! `commit`). An engine's atomic batch makes each write all-or-nothing but does not stop
+//! two read-modify-writes from interleaving, and the second would silently undo the
+//! first. So every write method of [`KvIndex`] runs under one write mutex, held from its
+//! first read to the end of its batch: within one process no update is ever lost.
+//!
+//! Reads take no lock: an engine's single get or scan sees whole batches (RocksDB
+//! iterators read from an implicit snapshot; the memory engine copies on write).
+//!
+//! The price is that writers wait for each other, including for a synced `commit`'s
+//! fsync; writes are few and short next to the fsync the group committer already
+//! batches. A mutex only serialises one process: the RocksDB index has exactly one
+//! writing process (RocksDB's LOCK file and the archive lock see to it). A backend shared
+//! by several processes or nodes, such as PostgreSQL, must give the same guarantee itself,
+//! with transactions (`SERIALIZABLE`, or `SELECT ... FOR UPDATE` on the rows a write
+//! reads), and retry on conflict.
+//!
+//! A write that panics leaves nothing behind (its batch was never written), so a poisoned
+//! mutex is taken over rather than propagated.
+
+use super::records::{decode, encode};
+use super::{
+    unix_ms_now, Catalog, ColdCopy, CommitOutcome, FixityRecord, Governance, HoldRecord,
+    IndexError, InstanceEntry, InstanceRecord, NewObject, ObjectRecord, PackRecord, PackedObject,
+    PatientRecord, Placement, SecondaryKey, SeriesRecord, StudyRecord, Tier, Tombstone, VersionRef,
+    WorkQueue,
+};
+use serde::{de::DeserializeOwned, Serialize};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Mutex, MutexGuard};
+use strata_tiers::ObjectId;
+
+/// The version of the key layout above, stored under `meta`/`schema`.
+pub const SCHEMA_VERSION: u32 = 1;
+
+pub const CF_META: &str = "meta";
+pub const CF_OBJECTS: &str = "objects";
+pub const CF_INSTANCES: &str = "instances";
+pub const CF_SOP_INDEX: &str = "sop_index";
+pub const CF_SERIES: &str = "series";
+pub const CF_SERIES_INDEX: &str = "series_index";
+pub const CF_STUDIES: &str = "studies";
+pub const CF_PATIENTS: &str = "patients";
+pub const CF_IDX_PATIENT_ID: &str = "idx_patient_id";
+pub const CF_IDX_STUDY_DATE: &str = "idx_study_date";
+pub const CF_IDX_ACCESSION: &str = "idx_accession";
+pub const CF_STUDY_ACCESS: &str = "study_access";
+pub const CF_ACCESS_QUEUE: &str = "access_queue";
+pub const CF_PACKS: &str = "packs";
+pub const CF_TOMBSTONES: &str = "tombstones";
+pub const CF_DELETED_OBJECTS: &str = "deleted_objects";
+pub const CF_HOLDS: &str = "holds";
+pub const CF_FIXITY: &str = "fixity";
+
+/// Every column family; an engine creates them all when it creates a store.
+pub const ALL_CFS: [&str; 18] = [
+    CF_META,
+    CF_OBJECTS,
+    CF_INSTANCES,
+    CF_SOP_INDEX,
+    CF_SERIES,
+    CF_SERIES_INDEX,
+    CF_STUDIES,
+    CF_PATIENTS,
+    CF_IDX_PATIENT_ID,
+    CF_IDX_STUDY_DATE,
+    CF_IDX_ACCESSION,
+    CF_STUDY_ACCESS,
+    CF_ACCESS_QUEUE,
+    CF_PACKS,
+    CF_TOMBSTONES,
+    CF_DELETED_OBJECTS,
+    CF_HOLDS,
+    CF_FIXITY,
+];
+
+/// Called with each `(key, value)` of a scan; returns whether to go on.
+pub type EntryVisitor<'a> = dyn FnMut(&[u8], &[u8]) -> Result<bool, IndexError> + 'a;
+
+/// One change of a [`Batch`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BatchOp {
+    Put {
+        cf: &'static str,
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    Delete {
+        cf: &'static str,
+        key: Vec<u8>,
+    },
+}
+
+/// Puts and deletes across column families, applied atomically and in order by
+/// [`KvEngine::write`] (a later change of the same key wins).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Batch {
+    ops: Vec<BatchOp>,
+}
+
+impl Batch {
+    pub fn put(&mut self, cf: &'static str, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
+        self.ops.push(BatchOp::Put {
+            cf,
+            key: key.into(),
+            value: value.into(),
+        });
+    }
+
+    pub fn delete(&mut self, cf: &'static str, key: impl Into<Vec<u8>>) {
+        self.ops.push(BatchOp::Delete {
+            cf,
+            key: key.into(),
+        });
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+
+    /// The changes, in the order they were added.
+    pub fn into_ops(self) -> Vec<BatchOp> {
+        self.ops
+    }
+}
+
+/// An ordered key-value store with column families: all [`KvIndex`] needs of a storage
+/// engine. Column families are the names in [`ALL_CFS`].
+///
+/// Contract (the conformance suite checks it through [`KvIndex`]):
+/// - [`KvEngine::get`] and [`KvEngine::scan`] see every [`KvEngine::write`] that returned
+///   before them, and never half of one batch within one column family;
+/// - [`KvEngine::scan`] visits keys in ascending byte order, from the first key `>=`
+///   `from`, until the visitor returns `false` or the column family ends, and lets the
+///   visitor call back into the engine (it holds no lock while visiting);
+/// - [`KvEngine::write`] applies the whole batch or nothing; with `sync`, it is on stable
+///   storage when the call returns.
+pub trait KvEngine: Send + Sync {
+    /// The value under `key` in `cf`.
+    fn get(&self, cf: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>, IndexError>;
+    /// Visits `cf` in key order from `from` (inclusive) until `visit` returns false.
+    fn scan(
+        &self,
+        cf: &'static str,
+        from: &[u8],
+        visit: &mut EntryVisitor<'_>,
+    ) -> Result<(), IndexError>;
+    /// Applies `batch` atomically; durable on return if `sync`.
+    fn write(&self, batch: Batch, sync: bool) -> Result<(), IndexError>;
+    /// For a read replica: picks up what the primary wrote since. No-op by default.
+    fn refresh(&self) -> Result<(), IndexError> {
+        Ok(())
+    }
+}
+
+/// The index over an engine: implements [`Catalog`], [`Placement`], [`WorkQueue`] and
+/// [`Governance`] (hence [`super::Index`]). See the module docs for the write mutex.
+pub struct KvIndex<E: KvEngine> {
+    engine: E,
+    /// Held by every write method from its first read to its batch's write.
+    write_lock: Mutex<()>,
+}
+
+fn corrupt(cf: &'static str, key: &[u8], reason: String) -> IndexError {
+    IndexError::Corrupt {
+        cf,
+        key: String::from_utf8_lossy(key).into_owned(),
+        reason,
+    }
+}
+
+fn decode_at<T: DeserializeOwned>(
+    cf: &'static str,
+    key: &[u8],
+    value: &[u8],
+) -> Result<T, IndexError> {
+    decode(value).map_err(|reason| corrupt(cf, key, reason))
+}
+
+fn key2(a: &str, b: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(a.len() + b.len() + 1);
+    k.extend_from_slice(a.as_bytes());
+    k.push(0);
+    k.extend_from_slice(b.as_bytes());
+    k
+}
+
+fn key3(a: &str, b: &str, c: &str) -> Vec<u8> {
+    let mut k = key2(a, b);
+    k.push(0);
+    k.extend_from_slice(c.as_bytes());
+    k
+}
+
+fn queue_key(at_ms: u64, study_uid: &str) -> Vec<u8> {
+    let mut key = at_ms.to_be_bytes().to_vec();
+    key.extend_from_slice(study_uid.as_bytes());
+    key
+}
+
+fn split_key(key: &[u8]) -> Vec<String> {
+    key.split(|&b| b == 0)
+        .map(|p| String::from_utf8_lossy(p).into_owned())
+        .collect()
+}
+
+fn decode_ms(v: &[u8]) -> Option<u64> {
+    <[u8; 8]>::try_from(v).ok().map(u64::from_le_bytes)
+}
+
+impl<E: KvEngine> KvIndex<E> {
+    /// Wraps an engine and checks its schema version. A `writable` index initialises the
+    /// version of an empty store; a read replica accepts an empty one as it is.
+    pub fn open(engine: E, writable: bool) -> Result<Self, IndexError> {
+        let index = KvIndex {
+            engine,
+            write_lock: Mutex::new(()),
+        };
+        index.check_schema(writable)?;
+        Ok(index)
+    }
+
+    /// The engine underneath.
+    pub fn engine(&self) -> &E {
+        &self.engine
+    }
+
+    fn check_schema(&self, may_initialise: bool) -> Result<(), IndexError> {
+        match self.engine.get(CF_META, b"schema")? {
+            Some(v) if v.len() == 4 => {
+                let found = u32::from_le_bytes(v[..4].try_into().expect("4 bytes"));
+                if found != SCHEMA_VERSION {
+                    return Err(IndexError::Storage(format!(
+                        "index schema version {found} is not supported (this build reads {SCHEMA_VERSION})"
+                    )));
+                }
+                Ok(())
+            }
+            Some(_) => Err(IndexError::Corrupt {
+                cf: CF_META,
+                key: "schema".into(),
+                reason: "bad length".into(),
+            }),
+            None if may_initialise => {
+                let mut batch = Batch::default();
+                batch.put(CF_META, &b"schema"[..], SCHEMA_VERSION.to_le_bytes());
+                self.engine.write(batch, true)
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Takes the write mutex (see the module docs). A poisoned mutex is taken over: the
+    /// write that panicked wrote nothing.
+    fn writer(&self) -> MutexGuard<'_, ()> {
+        self.write_lock
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn pending(&self) -> PendingWrites<'_, E> {
+        PendingWrites {
+            engine: &self.engine,
+            values: HashMap::new(),
+        }
+    }
+
+    fn get<T: DeserializeOwned>(
+        &self,
+        cf: &'static str,
+        key: &[u8],
+    ) -> Result<Option<T>, IndexError> {
+        match self.engine.get(cf, key)? {
+            None => Ok(None),
+            Some(v) => decode_at(cf, key, &v).map(Some),
+        }
+    }
+
+    /// Visits `(key, value)` of every entry whose key starts with `prefix`.
+    fn scan_prefix(
+        &self,
+        cf: &'static str,
+        prefix: &[u8],
+        visit: &mut EntryVisitor<'_>,
+    ) -> Result<(), IndexError> {
+        self.engine.scan(cf, prefix, &mut |k, v| {
+            if !k.starts_with(prefix) {
+                return Ok(false);
+            }
+            visit(k, v)
+        })
+    }
+
+    fn scan_records<T: DeserializeOwned>(
+        &self,
+        cf: &'static str,
+        prefix: &[u8],
+    ) -> Result<Vec<(Vec<u8>, T)>, IndexError> {
+        let mut out = Vec::new();
+        self.scan_prefix(cf, prefix, &mut |k, v| {
+            out.push((k.to_vec(), decode_at(cf, k, v)?));
+            Ok(true)
+        })?;
+        Ok(out)
+    }
+}
+
+/// Read-modify-write cache for one write: records read from the engine or written earlier
+/// in the same batch, flushed into one [`Batch`] at the end.
+struct PendingWrites<'a, E: KvEngine> {
+    engine: &'a E,
+    /// `None` is a pending delete.
+    values: HashMap<(&'static str, Vec<u8>), Option<Vec<u8>>>,
+}
+
+impl<E: KvEngine> PendingWrites<'_, E> {
+    fn get<T: DeserializeOwned>(
+        &self,
+        cf: &'static str,
+        key: &[u8],
+    ) -> Result<Option<T>, IndexError> {
+        match self.get_raw(cf, key)? {
+            Some(v) => decode_at(cf, key, &v).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn get_raw(&self, cf: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>, IndexError> {
+        match self.values.get(&(cf, key.to_vec())) {
+            Some(v) => Ok(v.clone()),
+            None => self.engine.get(cf, key),
+        }
+    }
+
+    fn put<T: Serialize>(&mut self, cf: &'static str, key: Vec<u8>, record: &T) {
+        self.values.insert((cf, key), Some(encode(record)));
+    }
+
+    fn put_raw(&mut self, cf: &'static str, key: Vec<u8>, value: Vec<u8>) {
+        self.values.insert((cf, key), Some(value));
+    }
+
+    fn delete(&mut self, cf: &'static str, key: Vec<u8>) {
+        self.values.insert((cf, key), None);
+    }
+
+    /// Moves a study's access time (and its access-queue entry) to `at_ms`; an older
+    /// time never replaces a newer one.
+    fn touch_study(&mut self, study_uid: &str, at_ms: u64) -> Result<(), IndexError> {
+        let previous = self
+            .get_raw(CF_STUDY_ACCESS, study_uid.as_bytes())?
+            .and_then(|v| decode_ms(&v));
+        if let Some(previous) = previous {
+            if previous >= at_ms {
+                return Ok(());
+            }
+            self.delete(CF_ACCESS_QUEUE, queue_key(previous, study_uid));
+        }
+        self.put_raw(
+            CF_STUDY_ACCESS,
+            study_uid.as_bytes().to_vec(),
+            at_ms.to_le_bytes().to_vec(),
+        );
+        self.put_raw(CF_ACCESS_QUEUE, queue_key(at_ms, study_uid), Vec::new());
+        Ok(())
+    }
+
+    fn into_batch(self) -> Batch {
+        let mut batch = Batch::default();
+        for ((cf, key), value) in self.values {
+            match value {
+                Some(value) => batch.put(cf, key, value),
+                None => batch.delete(cf, key),
+            }
+        }
+        batch
+    }
+
+    fn write(self, sync: bool) -> Result<(), IndexError> {
+        let engine = self.engine;
+        engine.write(self.into_batch(), sync)
+    }
+}
+
+impl<E: KvEngine> Catalog for KvIndex<E> {
+    fn commit(&self, objects: &[NewObject]) -> Result<Vec<CommitOutcome>, IndexError> {
+        let _writer = self.writer();
+        let mut pending = self.pending();
+        let mut seen: HashSet<ObjectId> = HashSet::new();
+        let mut outcomes = Vec::with_capacity(objects.len());
+        for obj in objects {
+            if !seen.insert(obj.id) {
+                outcomes.push(CommitOutcome::AlreadyPresent);
+                continue;
+            }
+            let key = obj.id.as_bytes().to_vec();
+            if let Some(mut existing) = pending.get::<ObjectRecord>(CF_OBJECTS, &key)? {
+                // Every committed object was just made durable on hot disk: a cold-only
+                // object sent again has its hot copy back.
+                if existing.tier == Tier::Cold {
+                    existing.tier = Tier::Hot;
+                    pending.put(CF_OBJECTS, key, &existing);
+                }
+                outcomes.push(CommitOutcome::AlreadyPresent);
+                continue;
+            }
+            // stored again after its study was deleted: it lives again, and a later
+            // reindex or recovery must not take it for a deletion to finish
+            pending.delete(CF_DELETED_OBJECTS, obj.id.as_bytes().to_vec());
+            outcomes.push(apply_new_object(&mut pending, obj, Tier::Hot, Vec::new())?);
+        }
+        pending.write(true)?;
+        Ok(outcomes)
+    }
+
+    fn has_object(&self, id: &ObjectId) -> Result<bool, IndexError> {
+        Ok(self.engine.get(CF_OBJECTS, id.as_bytes())?.is_some())
+    }
+
+    fn object(&self, id: &ObjectId) -> Result<Option<ObjectRecord>, IndexError> {
+        self.get(CF_OBJECTS, id.as_bytes())
+    }
+
+    fn for_each_object(
+        &self,
+        visit: &mut dyn FnMut(ObjectId, ObjectRecord) -> bool,
+    ) -> Result<(), IndexError> {
+        self.scan_prefix(CF_OBJECTS, b"", &mut |k, v| {
+            let id = ObjectId::from_slice(k).ok_or_else(|| IndexError::Corrupt {
+                cf: CF_OBJECTS,
+                key: format!("{k:02x?}"),
+                reason: "key is not a 32-byte id".into(),
+            })?;
+            let rec = decode(v).map_err(|reason| IndexError::Corrupt {
+                cf: CF_OBJECTS,
+                key: id.to_hex(),
+                reason,
+            })?;
+            Ok(visit(id, rec))
+        })
+    }
+
+    fn studies(&self) -> Result<Vec<(String, StudyRecord)>, IndexError> {
+        Ok(self
+            .scan_records(CF_STUDIES, b"")?
+            .into_iter()
+            .map(|(k, r)| (String::from_utf8_lossy(&k).into_owned(), r))
+            .collect())
+    }
+
+    fn study(&self, study_uid: &str) -> Result<Option<StudyRecord>, IndexError> {
+        self.get(CF_STUDIES, study_uid.as_bytes())
+    }
+
+    fn for_each_study(
+        &self,
+        visit: &mut dyn FnMut(&str, StudyRecord) -> bool,
+    ) -> Result<(), IndexError> {
+        self.scan_prefix(CF_STUDIES, b"", &mut |k, v| {
+            let uid = String::from_utf8_lossy(k);
+            let rec = decode_at(CF_STUDIES, k, v)?;
+            Ok(visit(&uid, rec))
+        })
+    }
+
+    fn series_of_study(&self, study_uid: &str) -> Result<Vec<(String, SeriesRecord)>, IndexError> {
+        let prefix = key2(study_uid, "");
+        Ok(self
+            .scan_records(CF_SERIES, &prefix)?
+            .into_iter()
+            .map(|(k, r)| (String::from_utf8_lossy(&k[prefix.len()..]).into_owned(), r))
+            .collect())
+    }
+
+    fn instances_of_study(&self, study_uid: &str) -> Result<Vec<InstanceEntry>, IndexError> {
+        let prefix = key2(study_uid, "");
+        Ok(self
+            .scan_records::<InstanceRecord>(CF_INSTANCES, &prefix)?
+            .into_iter()
+            .map(|(k, record)| {
+                let parts = split_key(&k);
+                InstanceEntry {
+                    study_uid: parts.first().cloned().unwrap_or_default(),
+                    series_uid: parts.get(1).cloned().unwrap_or_default(),
+                    sop_instance_uid: parts.get(2).cloned().unwrap_or_default(),
+                    record,
+                }
+            })
+            .collect())
+    }
+
+    fn series(&self, series_uid: &str) -> Result<Option<(String, SeriesRecord)>, IndexError> {
+        let Some(study) = self.engine.get(CF_SERIES_INDEX, series_uid.as_bytes())? else {
+            return Ok(None);
+        };
+        let study = String::from_utf8_lossy(&study).into_owned();
+        Ok(self
+            .get(CF_SERIES, &key2(&study, series_uid))?
+            .map(|r| (study, r)))
+    }
+
+    fn instance(&self, sop_instance_uid: &str) -> Result<Option<InstanceEntry>, IndexError> {
+        let Some(place) = self.engine.get(CF_SOP_INDEX, sop_instance_uid.as_bytes())? else {
+            return Ok(None);
+        };
+        let parts = split_key(&place);
+        let (study, series) = match parts.as_slice() {
+            [a, b] => (a.clone(), b.clone()),
+            _ => {
+                return Err(IndexError::Corrupt {
+                    cf: CF_SOP_INDEX,
+                    key: sop_instance_uid.into(),
+                    reason: "value is not study\\0series".into(),
+                })
+            }
+        };
+        let record = self.get(CF_INSTANCES, &key3(&study, &series, sop_instance_uid))?;
+        Ok(record.map(|record| InstanceEntry {
+            study_uid: study,
+            series_uid: series,
+            sop_instance_uid: sop_instance_uid.into(),
+            record,
+        }))
+    }
+
+    fn studies_by(&self, key: SecondaryKey, value: &str) -> Result<Vec<String>, IndexError> {
+        let cf = match key {
+            SecondaryKey::PatientId => CF_IDX_PATIENT_ID,
+            SecondaryKey::StudyDate => CF_IDX_STUDY_DATE,
+            SecondaryKey::AccessionNumber => CF_IDX_ACCESSION,
+        };
+        let prefix = key2(value, "");
+        let mut out = Vec::new();
+        self.scan_prefix(cf, &prefix, &mut |k, _| {
+            out.push(String::from_utf8_lossy(&k[prefix.len()..]).into_owned());
+            Ok(true)
+        })?;
+        Ok(out)
+    }
+
+    fn studies_by_date_range(&self, from: &str, to: &str) -> Result<Vec<String>, IndexError> {
+        let mut out = Vec::new();
+        self.engine
+            .scan(CF_IDX_STUDY_DATE, from.as_bytes(), &mut |k, _| {
+                let Some(sep) = k.iter().position(|&b| b == 0) else {
+                    return Ok(true);
+                };
+                let date = &k[..sep];
+                if !to.is_empty() && date > to.as_bytes() {
+                    return Ok(false);
+                }
+                if !date.is_empty() {
+                    out.push(String::from_utf8_lossy(&k[sep + 1..]).into_owned());
+                }
+                Ok(true)
+            })?;
+        Ok(out)
+    }
+
+    fn refresh(&self) -> Result<(), IndexError> {
+        self.engine.refresh()
+    }
+}
+
+impl<E: KvEngine> WorkQueue for KvIndex<E> {
+    fn record_access(&self, study_uids: &[String], at_ms: u64) -> Result<(), IndexError> {
+        let _writer = self.writer();
+        let mut pending = self.pending();
+        for uid in study_uids {
+            pending.touch_study(uid, at_ms)?;
+        }
+        pending.write(false)
+    }
+
+    fn last_access(&self, study_uid: &str) -> Result<Option<u64>, IndexError> {
+        Ok(self
+            .engine
+            .get(CF_STUDY_ACCESS, study_uid.as_bytes())?
+            .and_then(|v| decode_ms(&v)))
+    }
+
+    fn accessed_before(
+        &self,
+        before_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, String)>, IndexError> {
+        let mut out = Vec::new();
+        self.engine.scan(CF_ACCESS_QUEUE, b"", &mut |key, _| {
+            if key.len() < 8 || out.len() >= limit {
+                return Ok(false);
+            }
+            let at = u64::from_be_bytes(key[..8].try_into().expect("8 bytes"));
+            if at >= before_ms {
+                return Ok(false);
+            }
+            out.push((at, String::from_utf8_lossy(&key[8..]).into_owned()));
+            Ok(true)
+        })?;
+        Ok(out)
+    }
+
+    fn dequeue(&self, at_ms: u64, study_uid: &str) -> Result<(), IndexError> {
+        // A blind delete, but under the mutex all the same: it must not interleave with a
+        // `touch_study` moving the same study's entry.
+        let _writer = self.writer();
+        let mut batch = Batch::default();
+        batch.delete(CF_ACCESS_QUEUE, queue_key(at_ms, study_uid));
+        self.engine.write(batch, false)
+    }
+}
+
+impl<E: KvEngine> Placement for KvIndex<E> {
+    fn record_pack(
+        &self,
+        pack_id: &ObjectId,
+        pack: &PackRecord,
+        members: &[PackedObject],
+    ) -> Result<(), IndexError> {
+        let _writer = self.writer();
+        let mut pending = self.pending();
+        for member in members {
+            let key = member.id.as_bytes().to_vec();
+            match pending.get::<ObjectRecord>(CF_OBJECTS, &key)? {
+                Some(mut record) => {
+                    if !record.cold.contains(&member.copy) {
+                        record.cold.push(member.copy.clone());
+                        pending.put(CF_OBJECTS, key, &record);
+                    }
+                }
+                None => match &member.new {
+                    Some(new) => {
+                        apply_new_object(&mut pending, new, Tier::Cold, vec![member.copy.clone()])?;
+                    }
+                    None => {
+                        return Err(IndexError::Storage(format!(
+                            "pack member {} is not an indexed object",
+                            member.id
+                        )))
+                    }
+                },
+            }
+        }
+        pending.put(CF_PACKS, pack_id.as_bytes().to_vec(), pack);
+        pending.write(true)
+    }
+
+    fn drop_pack(&self, pack_id: &ObjectId) -> Result<(), IndexError> {
+        let _writer = self.writer();
+        let hex = pack_id.to_hex();
+        let mut pending = self.pending();
+        let mut changed = Vec::new();
+        self.scan_prefix(CF_OBJECTS, b"", &mut |k, v| {
+            let mut record: ObjectRecord = decode_at(CF_OBJECTS, k, v)?;
+            if record.cold.iter().any(|c| c.pack == hex) {
+                record.cold.retain(|c| c.pack != hex);
+                changed.push((k.to_vec(), record));
+            }
+            Ok(true)
+        })?;
+        for (k, record) in changed {
+            pending.put(CF_OBJECTS, k, &record);
+        }
+        pending.delete(CF_PACKS, pack_id.as_bytes().to_vec());
+        pending.write(true)
+    }
+
+    fn update_pack(&self, pack_id: &ObjectId, pack: &PackRecord) -> Result<(), IndexError> {
+        let _writer = self.writer();
+        let mut pending = self.pending();
+        pending.put(CF_PACKS, pack_id.as_bytes().to_vec(), pack);
+        pending.write(true)
+    }
+
+    fn pack(&self, pack_id: &ObjectId) -> Result<Option<PackRecord>, IndexError> {
+        self.get(CF_PACKS, pack_id.as_bytes())
+    }
+
+    fn packs(&self) -> Result<Vec<(ObjectId, PackRecord)>, IndexError> {
+        Ok(self
+            .scan_records::<PackRecord>(CF_PACKS, b"")?
+            .into_iter()
+            .filter_map(|(k, v)| ObjectId::from_slice(&k).map(|id| (id, v)))
+            .collect())
+    }
+
+    fn set_tier(&self, ids: &[ObjectId], tier: Tier) -> Result<(), IndexError> {
+        let _writer = self.writer();
+        let mut pending = self.pending();
+        for id in ids {
+            let key = id.as_bytes().to_vec();
+            if let Some(mut record) = pending.get::<ObjectRecord>(CF_OBJECTS, &key)? {
+                if record.tier != tier {
+                    record.tier = tier;
+                    pending.put(CF_OBJECTS, key, &record);
+                }
+            }
+        }
+        pending.write(true)
+    }
+
+    fn record_fixity(&self, id: &ObjectId, record: &FixityRecord) -> Result<(), IndexError> {
+        let _writer = self.writer();
+        let mut batch = Batch::default();
+        batch.put(CF_FIXITY, id.as_bytes().to_vec(), encode(record));
+        self.engine.write(batch, false)
+    }
+
+    fn fixity(&self, id: &ObjectId) -> Result<Option<FixityRecord>, IndexError> {
+        self.get(CF_FIXITY, id.as_bytes())
+    }
+}
+
+impl<E: KvEngine> Governance for KvIndex<E> {
+    fn tombstone_study(&self, t: &Tombstone) -> Result<(), IndexError> {
+        let _writer = self.writer();
+        let study = &t.study_uid;
+        let mut batch = Batch::default();
+        let Some(record) = self.get::<StudyRecord>(CF_STUDIES, study.as_bytes())? else {
+            return Err(IndexError::Storage(format!(
+                "no study {study} in the index"
+            )));
+        };
+        for e in self.instances_of_study(study)? {
+            batch.delete(
+                CF_INSTANCES,
+                key3(&e.study_uid, &e.series_uid, &e.sop_instance_uid),
+            );
+            // the SOP index may point at another copy of this SOP in another study
+            if self
+                .engine
+                .get(CF_SOP_INDEX, e.sop_instance_uid.as_bytes())?
+                .is_some_and(|v| split_key(&v).first() == Some(study))
+            {
+                batch.delete(CF_SOP_INDEX, e.sop_instance_uid.as_bytes());
+            }
+            for v in &e.record.versions {
+                if let Some(id) = ObjectId::from_hex(&v.id) {
+                    batch.delete(CF_OBJECTS, id.as_bytes());
+                    batch.put(CF_DELETED_OBJECTS, id.as_bytes(), study.as_bytes());
+                }
+            }
+        }
+        for (series_uid, _) in self.series_of_study(study)? {
+            batch.delete(CF_SERIES, key2(study, &series_uid));
+            // the series index may point at the same series UID in another study
+            if self
+                .engine
+                .get(CF_SERIES_INDEX, series_uid.as_bytes())?
+                .is_some_and(|v| v == study.as_bytes())
+            {
+                batch.delete(CF_SERIES_INDEX, series_uid.as_bytes());
+            }
+        }
+        // every secondary-index entry of the study: its own values and any differing
+        // value one of its instances carried
+        let suffix = {
+            let mut s = vec![0u8];
+            s.extend_from_slice(study.as_bytes());
+            s
+        };
+        for cf in [CF_IDX_PATIENT_ID, CF_IDX_STUDY_DATE, CF_IDX_ACCESSION] {
+            self.engine.scan(cf, b"", &mut |key, _| {
+                if key.ends_with(&suffix) {
+                    batch.delete(cf, key);
+                }
+                Ok(true)
+            })?;
+        }
+        for pack in &t.packs {
+            if let Some(id) = ObjectId::from_hex(pack) {
+                batch.delete(CF_PACKS, id.as_bytes());
+            }
+        }
+        if let Some(mut patient) =
+            self.get::<PatientRecord>(CF_PATIENTS, record.patient_id.as_bytes())?
+        {
+            patient.studies = patient.studies.saturating_sub(1);
+            if patient.studies == 0 {
+                batch.delete(CF_PATIENTS, record.patient_id.as_bytes());
+            } else {
+                batch.put(CF_PATIENTS, record.patient_id.as_bytes(), encode(&patient));
+            }
+        }
+        if let Some(at) = self.last_access(study)? {
+            batch.delete(CF_ACCESS_QUEUE, queue_key(at, study));
+        }
+        batch.delete(CF_STUDY_ACCESS, study.as_bytes());
+        batch.delete(CF_STUDIES, study.as_bytes());
+        batch.put(CF_TOMBSTONES, study.as_bytes(), encode(t));
+        self.engine.write(batch, true)
+    }
+
+    fn tombstones(&self) -> Result<Vec<Tombstone>, IndexError> {
+        Ok(self
+            .scan_records::<Tombstone>(CF_TOMBSTONES, b"")?
+            .into_iter()
+            .map(|(_, t)| t)
+            .collect())
+    }
+
+    fn restore_tombstone(&self, t: &Tombstone, live: &[ObjectId]) -> Result<(), IndexError> {
+        let _writer = self.writer();
+        let mut batch = Batch::default();
+        for (_, _, id) in &t.objects {
+            if let Some(id) = ObjectId::from_hex(id).filter(|id| !live.contains(id)) {
+                batch.put(CF_DELETED_OBJECTS, id.as_bytes(), t.study_uid.as_bytes());
+            }
+        }
+        batch.put(CF_TOMBSTONES, t.study_uid.as_bytes(), encode(t));
+        self.engine.write(batch, true)
+    }
+
+    fn deleted_object(&self, id: &ObjectId) -> Result<Option<String>, IndexError> {
+        Ok(self
+            .engine
+            .get(CF_DELETED_OBJECTS, id.as_bytes())?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    fn set_hold(&self, study_uid: &str, hold: Option<&HoldRecord>) -> Result<(), IndexError> {
+        let _writer = self.writer();
+        let mut batch = Batch::default();
+        match hold {
+            Some(h) => batch.put(CF_HOLDS, study_uid.as_bytes(), encode(h)),
+            None => batch.delete(CF_HOLDS, study_uid.as_bytes()),
+        }
+        self.engine.write(batch, true)
+    }
+
+    fn hold(&self, study_uid: &str) -> Result<Option<HoldRecord>, IndexError> {
+        self.get(CF_HOLDS, study_uid.as_bytes())
+    }
+}
+
+/// Adds one new object to the pending writes: the object record, its instance (new or a
+/// new version), and the series, study and patient records with their counters.
+fn apply_new_object<E: KvEngine>(
+    p: &mut PendingWrites<'_, E>,
+    obj: &NewObject,
+    tier: Tier,
+    cold: Vec<ColdCopy>,
+) -> Result<CommitOutcome, IndexError> {
+    let a = &obj.attrs;
+    let version = VersionRef {
+        id: obj.id.to_hex(),
+        size: obj.size,
+        received_at_ms: obj.provenance.received_at_ms,
+    };
+    p.put(
+        CF_OBJECTS,
+        obj.id.as_bytes().to_vec(),
+        &ObjectRecord {
+            size: obj.size,
+            tier,
+            cold,
+            study_uid: a.study_uid.clone(),
+            series_uid: a.series_uid.clone(),
+            sop_instance_uid: a.sop_instance_uid.clone(),
+            sop_class_uid: a.sop_class_uid.clone(),
+            transfer_syntax_uid: a.transfer_syntax_uid.clone(),
+            provenance: obj.provenance.clone(),
+        },
+    );
+
+    // instance
+    let instance_key = key3(&a.study_uid, &a.series_uid, &a.sop_instance_uid);
+    let existing: Option<InstanceRecord> = p.get(CF_INSTANCES, &instance_key)?;
+    let (outcome, instance) = match existing {
+        Some(mut rec) => {
+            // Keep versions ordered by receive time; the newest is served.
+            let at = rec
+                .versions
+                .iter()
+                .position(|v| v.received_at_ms > version.received_at_ms)
+                .unwrap_or(rec.versions.len());
+            let newest = at == rec.versions.len();
+            rec.versions.insert(at, version);
+            if newest {
+                rec.transfer_syntax_uid = a.transfer_syntax_uid.clone();
+                rec.sop_class_uid = a.sop_class_uid.clone();
+                rec.instance_number = a.instance_number.clone();
+            }
+            (CommitOutcome::NewVersion, rec)
+        }
+        None => (
+            CommitOutcome::Stored,
+            InstanceRecord {
+                sop_class_uid: a.sop_class_uid.clone(),
+                instance_number: a.instance_number.clone(),
+                transfer_syntax_uid: a.transfer_syntax_uid.clone(),
+                versions: vec![version],
+            },
+        ),
+    };
+    p.put(CF_INSTANCES, instance_key, &instance);
+    p.put_raw(
+        CF_SOP_INDEX,
+        a.sop_instance_uid.as_bytes().to_vec(),
+        key2(&a.study_uid, &a.series_uid),
+    );
+    let new_instance = outcome == CommitOutcome::Stored;
+
+    // series
+    let series_key = key2(&a.study_uid, &a.series_uid);
+    let mut new_series = false;
+    let mut series: SeriesRecord = match p.get(CF_SERIES, &series_key)? {
+        Some(s) => s,
+        None => {
+            new_series = true;
+            SeriesRecord {
+                study_uid: a.study_uid.clone(),
+                modality: a.modality.clone(),
+                series_number: a.series_number.clone(),
+                series_description: a.series_description.clone(),
+                instances: 0,
+                bytes: 0,
+            }
+        }
+    };
+    series.instances += new_instance as u64;
+    series.bytes += obj.size;
+    p.put(CF_SERIES, series_key, &series);
+    p.put_raw(
+        CF_SERIES_INDEX,
+        a.series_uid.as_bytes().to_vec(),
+        a.study_uid.as_bytes().to_vec(),
+    );
+
+    // study
+    let mut new_study = false;
+    let mut study: StudyRecord = match p.get(CF_STUDIES, a.study_uid.as_bytes())? {
+        Some(s) => s,
+        None => {
+            new_study = true;
+            StudyRecord {
+                patient_id: a.patient_id.clone(),
+                patient_name: a.patient_name.clone(),
+                patient_birth_date: a.patient_birth_date.clone(),
+                patient_sex: a.patient_sex.clone(),
+                study_date: a.study_date.clone(),
+                study_time: a.study_time.clone(),
+                accession_number: a.accession_number.clone(),
+                study_id: a.study_id.clone(),
+                study_description: a.study_description.clone(),
+                referring_physician_name: a.referring_physician_name.clone(),
+                modalities: Vec::new(),
+                series: 0,
+                instances: 0,
+                objects: 0,
+                bytes: 0,
+            }
+        }
+    };
+    if !a.modality.is_empty() && !study.modalities.contains(&a.modality) {
+        study.modalities.push(a.modality.clone());
+        study.modalities.sort();
+    }
+    study.series += new_series as u64;
+    study.instances += new_instance as u64;
+    study.objects += 1;
+    study.bytes += obj.size;
+    p.put(CF_STUDIES, a.study_uid.as_bytes().to_vec(), &study);
+    p.touch_study(
+        &a.study_uid,
+        obj.provenance.received_at_ms.max(unix_ms_now()),
+    )?;
+    // Secondary indexes: the study's own values, plus any differing value an instance
+    // carries (a query on either finds the study).
+    for (cf, value) in [
+        (CF_IDX_PATIENT_ID, &a.patient_id),
+        (CF_IDX_STUDY_DATE, &a.study_date),
+        (CF_IDX_ACCESSION, &a.accession_number),
+    ] {
+        p.put_raw(cf, key2(value, &a.study_uid), Vec::new());
+    }
+
+    // patient
+    let mut patient: PatientRecord =
+        p.get(CF_PATIENTS, a.patient_id.as_bytes())?
+            .unwrap_or(PatientRecord {
+                patient_name: a.patient_name.clone(),
+                patient_birth_date: a.patient_birth_date.clone(),
+                patient_sex: a.patient_sex.clone(),
+                studies: 0,
+            });
+    patient.studies += new_study as u64;
+    p.put(CF_PATIENTS, a.patient_id.as_bytes().to_vec(), &patient);
+    Ok(outcome)
+}
