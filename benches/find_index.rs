@@ -13,7 +13,8 @@
 
 use std::time::Instant;
 use strata::dicom::header::InstanceAttrs;
-use strata::index::{Index, NewObject, Provenance, RocksIndex};
+use strata::index::prelude::*;
+use strata::index::{NewObject, Provenance, RocksIndex};
 use strata::query::{find, Key, Level, Model, Query};
 use strata_tiers::ObjectId;
 

@@ -97,26 +97,8 @@ impl Archive {
             metrics.clone(),
             audit.clone(),
         );
-        let mut tiering = Tiering::new(
-            storage.hot.clone(),
-            storage.cold.clone(),
-            index.clone(),
-            Arc::new(config.clone()),
-        )
-        .with_metrics(metrics.tier.clone());
-        tiering.audit = audit.clone();
-        Ok(Archive {
-            config: Arc::new(config.clone()),
-            data_dir: storage.data_dir.clone(),
-            hot: storage.hot.clone(),
-            cold: storage.cold.clone(),
-            reader: tiering.reader(),
-            tiering,
-            index,
-            audit,
-            ingest: Some(ingest),
-            metrics,
-        })
+        let tiers = (&storage.data_dir, &storage.hot, &storage.cold, index);
+        Ok(Self::assemble(config, tiers, audit, Some(ingest), metrics))
     }
 
     /// An archive opened read-only beside a possibly running server (its index as a
@@ -125,25 +107,35 @@ impl Archive {
         let storage = ReadOnlyStorage::open(config)?;
         let audit = open_audit(config)?;
         let index: Arc<dyn Index> = storage.index.clone();
-        let mut tiering = Tiering::new(
-            storage.hot.clone(),
-            storage.cold.clone(),
-            index.clone(),
-            Arc::new(config.clone()),
-        );
+        let tiers = (&storage.data_dir, &storage.hot, &storage.cold, index);
+        Ok(Self::assemble(config, tiers, audit, None, Metrics::new()))
+    }
+
+    fn assemble(
+        config: &Config,
+        (data_dir, hot, cold, index): (&PathBuf, &HotDisk, &ColdStore, Arc<dyn Index>),
+        audit: Option<AuditLog>,
+        ingest: Option<Ingest>,
+        metrics: Metrics,
+    ) -> Self {
+        let config = Arc::new(config.clone());
+        let mut tiering = Tiering::new(hot.clone(), cold.clone(), index.clone(), config.clone());
+        if ingest.is_some() {
+            tiering = tiering.with_metrics(metrics.tier.clone());
+        }
         tiering.audit = audit.clone();
-        Ok(Archive {
-            config: Arc::new(config.clone()),
-            data_dir: storage.data_dir.clone(),
-            hot: storage.hot.clone(),
-            cold: storage.cold.clone(),
+        Archive {
+            config,
+            data_dir: data_dir.clone(),
+            hot: hot.clone(),
+            cold: cold.clone(),
             reader: tiering.reader(),
             tiering,
             index,
             audit,
-            ingest: None,
-            metrics: Metrics::new(),
-        })
+            ingest,
+            metrics,
+        }
     }
 
     pub fn config(&self) -> &Config {

@@ -259,7 +259,7 @@ pub fn on_pool<T: Send + 'static>(
     rt: &tokio::runtime::Runtime,
     f: impl FnOnce() -> Result<T, strata::archive::Error> + Send + 'static,
 ) -> Result<T> {
-    Ok(rt.block_on(tokio::task::spawn_blocking(f))??)
+    Ok(rt.block_on(rt.spawn_blocking(f))??)
 }
 
 /// Whether a server holds the archive (its changes then go through the admin API).

@@ -10,6 +10,8 @@
 //! - [`listener`]: the DICOM listener: association cap, address allow-list, shutdown.
 //! - [`association`]: one task per association: negotiation ([`negotiation`]), the
 //!   message loop, and the dispatch of each [`request::Request`] to its service module.
+//! - [`context`]: what every service handler works with (the association, the
+//!   archive and caller, the message, the C-CANCEL check).
 //! - [`command`]: the DIMSE command set codec (always Implicit VR Little Endian) and the
 //!   status, field and tag constants.
 //! - [`pdv`]: sending command and data PDVs, data fragmented to the peer's max PDU.
@@ -26,6 +28,7 @@
 pub mod association;
 pub mod command;
 pub mod commit;
+pub mod context;
 pub mod echo;
 pub mod find;
 pub mod listener;

@@ -14,7 +14,7 @@
 //!
 //! Only after the committer answers may the caller acknowledge (C-STORE-RSP success).
 //! A crash before that leaves a tmp file (swept at start-up) or a complete object that
-//! the index lacks (adopted at start-up by start-up recovery in [`crate::archive`]).
+//! the index lacks (adopted at start-up by start-up recovery in [`crate::storage`]).
 
 use crate::audit::Actor;
 use crate::config::ConflictPolicy;

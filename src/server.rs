@@ -6,7 +6,7 @@
 
 use crate::archive::{Archive, Error};
 use crate::config::Config;
-use crate::dimse::association::AssocContext;
+use crate::dimse::context::AssocContext;
 use crate::http;
 use crate::metrics::Metrics;
 use crate::storage::Storage;

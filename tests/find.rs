@@ -280,7 +280,8 @@ fn findscu_queries_every_level_of_both_models() {
 /// before all matches were sent, and the association goes on to release.
 #[test]
 fn c_cancel_stops_a_streaming_c_find() {
-    use strata::index::{Index, NewObject, Provenance, RocksIndex};
+    use strata::index::prelude::*;
+    use strata::index::{NewObject, Provenance, RocksIndex};
     let archive = Archive::new("find-cancel");
     // an index of 20,000 studies, written directly (this test is about the stream)
     {

@@ -4,22 +4,14 @@
 //! command-line user.
 
 use crate::common::*;
-use crate::integrity::small_ct_studies;
+use crate::integrity::imported_ct_studies;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 #[test]
 fn hold_delete_and_repair_work_while_the_server_runs_under_store_load() {
     let archive = Archive::new("governance-live");
-    let gen = small_ct_studies(&archive, "gen", 3, 3, 31, "20240301");
-    run_ok(archive.strata(&["import"]).arg(&gen));
-    let studies: Vec<String> = archive
-        .ls_json()
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["study_uid"].as_str().unwrap().to_string())
-        .collect();
+    let (_, studies) = imported_ct_studies(&archive, 31, "20240301");
     let (a, b, c) = (studies[0].clone(), studies[1].clone(), studies[2].clone());
     // A gets a cold copy, then one of its hot files is damaged: repair has work to do
     run_ok(&mut archive.strata(&["tier", "move", &a, "--to", "cold"]));

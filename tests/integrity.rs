@@ -207,15 +207,7 @@ fn the_audit_log_records_accesses_and_detects_tampering() {
 fn deletion_tombstones_and_legal_holds() {
     use std::os::unix::process::ExitStatusExt;
     let archive = Archive::new("integrity-delete");
-    let gen = small_ct_studies(&archive, "gen", 3, 3, 21, "20240102");
-    run_ok(archive.strata(&["import"]).arg(&gen));
-    let studies: Vec<String> = archive
-        .ls_json()
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["study_uid"].as_str().unwrap().to_string())
-        .collect();
+    let (gen, studies) = imported_ct_studies(&archive, 21, "20240102");
     let (a, b, c) = (&studies[0], &studies[1], &studies[2]);
     // A also has a cold pack
     run_ok(&mut archive.strata(&["tier", "move", a, "--to", "cold"]));
@@ -328,9 +320,28 @@ fn study_in_both_tiers(archive: &Archive) -> (String, Vec<std::path::PathBuf>) {
     (study, hot)
 }
 
+/// Generates three small CT studies of three instances (see [`small_ct_studies`]),
+/// imports them, and returns their folder and Study Instance UIDs (in `ls` order).
+pub(crate) fn imported_ct_studies(
+    archive: &Archive,
+    seed: u32,
+    start_date: &str,
+) -> (std::path::PathBuf, Vec<String>) {
+    let gen = small_ct_studies(archive, "gen", 3, 3, seed, start_date);
+    run_ok(archive.strata(&["import"]).arg(&gen));
+    let studies = archive
+        .ls_json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["study_uid"].as_str().unwrap().to_string())
+        .collect();
+    (gen, studies)
+}
+
 /// `studies` generated CT studies of `instances` 64x64 slices, one every 9 days from
 /// `start_date`, under the archive's directory.
-pub(crate) fn small_ct_studies(
+fn small_ct_studies(
     archive: &Archive,
     name: &str,
     studies: usize,

@@ -73,15 +73,13 @@ fn each_use_case_audits_itself() {
     let (a, s, o) = (archive.clone(), vec![study.clone()], out.clone());
     let w = who.clone();
     let exported = rt
-        .block_on(tokio::task::spawn_blocking(move || {
-            a.export_blocking(&w, &s, &o)
-        }))
+        .block_on(rt.spawn_blocking(move || a.export_blocking(&w, &s, &o)))
         .unwrap()
         .unwrap();
     assert_eq!(exported.files, 3);
     let (a, w) = (archive.clone(), who.clone());
     let verified = rt
-        .block_on(tokio::task::spawn_blocking(move || {
+        .block_on(rt.spawn_blocking(move || {
             a.verify_blocking(&w, 1, strata::archive::integrity::VerifyScope::All)
         }))
         .unwrap()

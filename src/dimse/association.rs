@@ -14,31 +14,17 @@
 //! received, hashed, parsed and made durable.
 
 use super::command::{field, status, Command, ResponseBuilder};
+use super::context::{AssocContext, Association, Message};
 use super::negotiation::server_options;
 use super::pdv::send_command;
 use super::request::{Incoming, Request};
 use super::store::Receiving;
 use super::AssocError;
-use crate::archive::{Archive, Principal};
-use crate::config::DicomConfig;
+use crate::archive::Principal;
 use dicom_ul::pdu::{PDataValueType, PresentationContextResultReason};
 use dicom_ul::Pdu;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use tokio::net::TcpStream;
-use tokio::sync::watch;
-
-pub(crate) type Association = dicom_ul::association::server::AsyncServerAssociation<TcpStream>;
-
-/// Everything an association task needs.
-#[derive(Clone)]
-pub struct AssocContext {
-    pub config: Arc<DicomConfig>,
-    pub archive: Archive,
-    pub shutdown: watch::Receiver<bool>,
-    /// Who this association is (set once it is established).
-    pub principal: Principal,
-}
 
 /// Longest identifier (C-FIND, C-MOVE, C-GET) or N-ACTION data set accepted.
 const MAX_IDENTIFIER_BYTES: usize = 1 << 20;
@@ -48,23 +34,13 @@ const MAX_COMMAND_BYTES: usize = 64 * 1024;
 
 /// A request whose data set is arriving.
 enum Pending {
-    /// A C-STORE: its data set streams into the store use case.
-    Store(Receiving),
+    /// A C-STORE: its data set streams into the store use case (boxed: the writer's
+    /// state is large, and one is pending at a time).
+    Store(Box<Receiving>),
     /// A query, retrieve or commitment request: its data set is collected.
     Collect(Message),
     /// An unsupported request: its data set is read and dropped, then answered.
     Discard(Message),
-}
-
-/// A complete (or collecting) message of a service other than C-STORE.
-pub struct Message {
-    pub incoming: Incoming,
-    pub pc_id: u8,
-    /// The presentation context's abstract syntax (the request's SOP class).
-    pub sop_class: String,
-    pub transfer_syntax: String,
-    pub data: Vec<u8>,
-    received: u64,
 }
 
 impl Pending {
@@ -257,47 +233,6 @@ fn presentation_context(assoc: &Association, pc_id: u8) -> Option<(String, Strin
         })
 }
 
-/// Whether the requester sent a C-CANCEL (checked between pending responses of a C-FIND
-/// or C-MOVE, without waiting: the receive is polled once, with no timer — a zero
-/// timeout would wait for the timer wheel's next tick, ~1 ms per response; dicom-ul's
-/// receive is cancel-safe). Anything but a C-CANCEL here is a protocol error.
-pub(crate) async fn cancel_requested(assoc: &mut Association) -> Result<bool, AssocError> {
-    use std::future::Future;
-    let mut receive = std::pin::pin!(assoc.receive());
-    let polled = std::future::poll_fn(|cx| match receive.as_mut().poll(cx) {
-        std::task::Poll::Ready(r) => std::task::Poll::Ready(Some(r)),
-        std::task::Poll::Pending => std::task::Poll::Ready(None),
-    })
-    .await;
-    match polled {
-        None => Ok(false),
-        Some(Ok(Pdu::PData { data })) => {
-            let cancel = data.iter().any(|pdv| {
-                pdv.value_type == PDataValueType::Command
-                    && Command::decode(&pdv.data)
-                        .ok()
-                        .and_then(|c| c.command_field().ok())
-                        == Some(field::C_CANCEL_RQ)
-            });
-            if cancel {
-                Ok(true)
-            } else {
-                Err(AssocError::protocol(
-                    "unexpected P-DATA while responses were pending",
-                ))
-            }
-        }
-        Some(Ok(Pdu::AbortRQ { .. })) => Err(AssocError::Receive(
-            "peer aborted while responses were pending".into(),
-        )),
-        Some(Ok(other)) => Err(AssocError::protocol(format!(
-            "unexpected {} while responses were pending",
-            other.short_description()
-        ))),
-        Some(Err(e)) => Err(AssocError::Receive(e.to_string())),
-    }
-}
-
 /// Handles a complete command set; returns what to do with the data set that follows.
 async fn start_message(
     ctx: &AssocContext,
@@ -336,7 +271,7 @@ async fn start_message(
         Request::Store {
             sop_class_uid,
             sop_instance_uid,
-        } => Ok(Some(Pending::Store(
+        } => Ok(Some(Pending::Store(Box::new(
             super::store::begin(
                 ctx,
                 pc_id,
@@ -347,7 +282,7 @@ async fn start_message(
                 &transfer_syntax,
             )
             .await,
-        ))),
+        )))),
         Request::Find { .. }
         | Request::Move { .. }
         | Request::Get { .. }
@@ -402,7 +337,7 @@ async fn finish_message(
 ) -> Result<(), AssocError> {
     match op {
         Pending::Discard(m) => respond_unsupported(assoc, &m).await,
-        Pending::Store(s) => s.finish(ctx, assoc, peer).await,
+        Pending::Store(s) => (*s).finish(ctx, assoc, peer).await,
         Pending::Collect(m) => match m.incoming.request.clone() {
             Request::Find { model } => super::find::run_find(ctx, assoc, m, model).await,
             Request::Move { model, destination } => {

@@ -7,8 +7,8 @@
 //! lists them in ReferencedSOPSequence and the others in FailedSOPSequence with their
 //! FailureReason.
 
-use super::association::{AssocContext, Association, Message};
 use super::command::{field, tag, Command, ResponseBuilder};
+use super::context::{AssocContext, Association, Message};
 use super::pdv::{pdv_limit, send_command, send_data};
 use super::request::sop::{STORAGE_COMMITMENT_INSTANCE, STORAGE_COMMITMENT_PUSH};
 use super::AssocError;

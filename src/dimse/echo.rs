@@ -1,7 +1,7 @@
 //! C-ECHO SCP (PS3.4 A.4, PS3.7 9.1.5): verification answers success.
 
-use super::association::Association;
 use super::command::{field, status, tag, ResponseBuilder};
+use super::context::Association;
 use super::pdv::send_command;
 use super::AssocError;
 use dicom_dictionary_std::uids;

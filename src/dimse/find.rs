@@ -4,8 +4,8 @@
 //! C-CANCEL before each; ends with 0x0000 (done), 0xFE00 (cancelled) or a failure
 //! status. The use case audits the query.
 
-use super::association::{cancel_requested, AssocContext, Association, Message};
 use super::command::{field, status, tag, ResponseBuilder};
+use super::context::{cancel_requested, AssocContext, Association, Message};
 use super::pdv::{pdv_limit, send_command, send_data};
 use super::AssocError;
 use crate::archive::Error;

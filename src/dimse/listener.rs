@@ -4,7 +4,8 @@
 //! shutdown: stop accepting, let open associations drain for up to [`DRAIN_TIMEOUT`],
 //! then abort the rest.
 
-use super::association::{serve_association, AssocContext};
+use super::association::serve_association;
+use super::context::AssocContext;
 use super::negotiation::{RJ_LOCAL_LIMIT_EXCEEDED, RJ_NOT_ALLOWED};
 use std::sync::Arc;
 use std::time::Duration;

@@ -30,19 +30,9 @@ pub async fn send_command<A: AsyncAssociation<TcpStream> + Send>(
     pc_id: u8,
     bytes: Vec<u8>,
 ) -> Result<(), AssocError> {
-    AsyncAssociation::send(
-        assoc,
-        &Pdu::PData {
-            data: vec![PDataValue {
-                presentation_context_id: pc_id,
-                value_type: PDataValueType::Command,
-                is_last: true,
-                data: bytes,
-            }],
-        },
-    )
-    .await
-    .map_err(AssocError::send("command"))
+    send_pdv(assoc, pc_id, PDataValueType::Command, bytes, true)
+        .await
+        .map_err(AssocError::send("command"))
 }
 
 /// Sends a data set in PDVs of at most `max_pdv` bytes (see [`pdv_limit`]); the last
@@ -55,35 +45,38 @@ pub async fn send_data<A: AsyncAssociation<TcpStream> + Send>(
 ) -> Result<(), AssocError> {
     let max = max_pdv.clamp(1, UNLIMITED_PDV);
     let mut chunks = bytes.chunks(max).peekable();
+    let data = PDataValueType::Data;
     if chunks.peek().is_none() {
-        return send_pdv(assoc, pc_id, Vec::new(), true).await;
+        return send_pdv(assoc, pc_id, data, Vec::new(), true)
+            .await
+            .map_err(AssocError::send("data set"));
     }
     while let Some(chunk) = chunks.next() {
         let last = chunks.peek().is_none();
-        send_pdv(assoc, pc_id, chunk.to_vec(), last).await?;
+        send_pdv(assoc, pc_id, data.clone(), chunk.to_vec(), last)
+            .await
+            .map_err(AssocError::send("data set"))?;
     }
     Ok(())
 }
 
+/// One PDV in one P-DATA-TF.
 async fn send_pdv<A: AsyncAssociation<TcpStream> + Send>(
     assoc: &mut A,
     pc_id: u8,
+    value_type: PDataValueType,
     data: Vec<u8>,
     is_last: bool,
-) -> Result<(), AssocError> {
-    AsyncAssociation::send(
-        assoc,
-        &Pdu::PData {
-            data: vec![PDataValue {
-                presentation_context_id: pc_id,
-                value_type: PDataValueType::Data,
-                is_last,
-                data,
-            }],
-        },
-    )
-    .await
-    .map_err(AssocError::send("data set"))
+) -> Result<(), dicom_ul::association::Error> {
+    let pdu = Pdu::PData {
+        data: vec![PDataValue {
+            presentation_context_id: pc_id,
+            value_type,
+            is_last,
+            data,
+        }],
+    };
+    AsyncAssociation::send(assoc, &pdu).await
 }
 
 #[cfg(test)]

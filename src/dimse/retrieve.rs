@@ -16,8 +16,8 @@
 //! native syntaxes (implicit/explicit VR little endian, explicit big endian) are
 //! re-encoded among themselves (dicom-rs), and anything else fails its sub-operation.
 
-use super::association::{cancel_requested, AssocContext, Association, Message};
 use super::command::{field, status, tag, Command, ResponseBuilder};
+use super::context::{cancel_requested, AssocContext, Association, Message};
 use super::pdv::{pdv_limit, send_command, send_data};
 use super::AssocError;
 use crate::archive::retrieve::{RetrievalReader, RetrieveItem};

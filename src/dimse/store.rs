@@ -8,8 +8,8 @@
 //! data set read — and dropped — before the failure response, so the association goes
 //! on.
 
-use super::association::{AssocContext, Association};
 use super::command::{field, status, tag, ResponseBuilder};
+use super::context::{AssocContext, Association};
 use super::negotiation::storable;
 use super::pdv::send_command;
 use super::AssocError;

@@ -409,16 +409,9 @@ impl ColdStore {
     /// `x-amz-storage-class` and a restore in `x-amz-restore`
     /// (`ongoing-request="false"` once the copy is readable).
     async fn awaits_restore(&self, id: &ObjectId) -> Result<bool, TierError> {
-        let Some(s3) = &self.s3 else { return Ok(false) };
-        let key = self.key(id).to_string();
-        let head = s3
-            .client
-            .head_object()
-            .bucket(&s3.bucket)
-            .key(&key)
-            .send()
-            .await
-            .map_err(|e| sdk_error("look up", &key, e))?;
+        let Some(head) = self.s3_head(id).await? else {
+            return Ok(false);
+        };
         let archived = head
             .storage_class()
             .is_some_and(|c| is_archive_class(c.as_str()));
@@ -483,6 +476,16 @@ impl ColdStore {
     /// The object's storage class (S3 only; `None` elsewhere or when the store reports
     /// none, which S3 does for STANDARD).
     pub async fn storage_class(&self, id: &ObjectId) -> Result<Option<String>, TierError> {
+        let head = self.s3_head(id).await?;
+        Ok(head.and_then(|h| h.storage_class().map(|c| c.as_str().to_string())))
+    }
+
+    /// S3's HEAD of the object (typed: storage class, restore status); `None` when the
+    /// store is not S3.
+    async fn s3_head(
+        &self,
+        id: &ObjectId,
+    ) -> Result<Option<aws_sdk_s3::operation::head_object::HeadObjectOutput>, TierError> {
         let Some(s3) = &self.s3 else { return Ok(None) };
         let key = self.key(id).to_string();
         let head = s3
@@ -493,7 +496,7 @@ impl ColdStore {
             .send()
             .await
             .map_err(|e| sdk_error("look up", &key, e))?;
-        Ok(head.storage_class().map(|c| c.as_str().to_string()))
+        Ok(Some(head))
     }
 
     /// Changes the storage class of a stored object in place (S3 CopyObject onto itself).

@@ -1,0 +1,80 @@
+//! What every DIMSE service handler works with: the association, its context (the
+//! archive, the configuration, the caller), the message being answered, and the check
+//! for a C-CANCEL between pending responses. Shared by [`super::association`] (which
+//! builds them) and the service modules (which use them), so that neither imports the
+//! other.
+
+use super::command::{field, Command};
+use super::request::Incoming;
+use super::AssocError;
+use crate::archive::{Archive, Principal};
+use crate::config::DicomConfig;
+use dicom_ul::pdu::PDataValueType;
+use dicom_ul::Pdu;
+use std::sync::Arc;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+pub(crate) type Association = dicom_ul::association::server::AsyncServerAssociation<TcpStream>;
+
+/// Everything an association task needs.
+#[derive(Clone)]
+pub struct AssocContext {
+    pub config: Arc<DicomConfig>,
+    pub archive: Archive,
+    pub shutdown: watch::Receiver<bool>,
+    /// Who this association is (set once it is established).
+    pub principal: Principal,
+}
+
+/// A complete (or collecting) message of a service other than C-STORE.
+pub struct Message {
+    pub incoming: Incoming,
+    pub pc_id: u8,
+    /// The presentation context's abstract syntax (the request's SOP class).
+    pub sop_class: String,
+    pub transfer_syntax: String,
+    pub data: Vec<u8>,
+    pub(crate) received: u64,
+}
+
+/// Whether the requester sent a C-CANCEL (checked between pending responses of a C-FIND
+/// or C-MOVE, without waiting: the receive is polled once, with no timer — a zero
+/// timeout would wait for the timer wheel's next tick, ~1 ms per response; dicom-ul's
+/// receive is cancel-safe). Anything but a C-CANCEL here is a protocol error.
+pub(crate) async fn cancel_requested(assoc: &mut Association) -> Result<bool, AssocError> {
+    use std::future::Future;
+    let mut receive = std::pin::pin!(assoc.receive());
+    let polled = std::future::poll_fn(|cx| match receive.as_mut().poll(cx) {
+        std::task::Poll::Ready(r) => std::task::Poll::Ready(Some(r)),
+        std::task::Poll::Pending => std::task::Poll::Ready(None),
+    })
+    .await;
+    match polled {
+        None => Ok(false),
+        Some(Ok(Pdu::PData { data })) => {
+            let cancel = data.iter().any(|pdv| {
+                pdv.value_type == PDataValueType::Command
+                    && Command::decode(&pdv.data)
+                        .ok()
+                        .and_then(|c| c.command_field().ok())
+                        == Some(field::C_CANCEL_RQ)
+            });
+            if cancel {
+                Ok(true)
+            } else {
+                Err(AssocError::protocol(
+                    "unexpected P-DATA while responses were pending",
+                ))
+            }
+        }
+        Some(Ok(Pdu::AbortRQ { .. })) => Err(AssocError::Receive(
+            "peer aborted while responses were pending".into(),
+        )),
+        Some(Ok(other)) => Err(AssocError::protocol(format!(
+            "unexpected {} while responses were pending",
+            other.short_description()
+        ))),
+        Some(Err(e)) => Err(AssocError::Receive(e.to_string())),
+    }
+}
