@@ -71,13 +71,18 @@ pub struct Archive {
     /// The ingest pipeline; absent in a read-only archive.
     pub(crate) ingest: Option<Ingest>,
     pub(crate) metrics: Metrics,
+    /// Sync every audit record as it is written (a short-lived command-line process
+    /// may exit before the log's flusher runs); the server leaves it to the flusher.
+    pub(crate) sync_each_audit: bool,
 }
 
 impl Archive {
     /// The archive of `strata serve`: ingest (group committer) started, tiering counted
     /// in `metrics`, every access audited when `[audit] enabled`.
     pub fn serving(config: &Config, storage: &Storage, metrics: Metrics) -> Result<Self, Error> {
-        Self::writable(config, storage, metrics)
+        let mut archive = Self::writable(config, storage, metrics)?;
+        archive.sync_each_audit = false;
+        Ok(archive)
     }
 
     /// The archive of a CLI command that holds the archive lock for its duration
@@ -105,7 +110,12 @@ impl Archive {
     /// RocksDB secondary): listing, showing, export, verify.
     pub fn read_only(config: &Config) -> Result<Self, Error> {
         let storage = ReadOnlyStorage::open(config)?;
-        let audit = open_audit(config)?;
+        // a read-only command still works when the log cannot be opened; each access
+        // it makes is then reported as not audited
+        let audit = open_audit(config).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "AUDIT LOG UNAVAILABLE: accesses will not be recorded");
+            None
+        });
         let index: Arc<dyn Index> = storage.index.clone();
         let tiers = (&storage.data_dir, &storage.hot, &storage.cold, index);
         Ok(Self::assemble(config, tiers, audit, None, Metrics::new()))
@@ -135,6 +145,7 @@ impl Archive {
             audit,
             ingest,
             metrics,
+            sync_each_audit: true,
         }
     }
 
@@ -213,6 +224,11 @@ impl Archive {
                 uids,
                 outcome,
             }]);
+            if self.sync_each_audit {
+                if let Err(e) = log.sync() {
+                    tracing::error!(error = %e, "AUDIT RECORD NOT MADE DURABLE");
+                }
+            }
         }
     }
 
@@ -224,13 +240,11 @@ impl Archive {
         uids: Vec<String>,
         outcome: String,
     ) {
-        if let Some(log) = &self.audit {
-            log.record_async(vec![Event {
-                actor: principal.actor(),
-                action,
-                uids,
-                outcome,
-            }])
+        if self.audit.is_some() {
+            let (this, principal) = (self.clone(), principal.clone());
+            let _ = tokio::task::spawn_blocking(move || {
+                this.audit_blocking(&principal, action, uids, outcome)
+            })
             .await;
         }
     }
@@ -242,6 +256,14 @@ fn open_audit(config: &Config) -> Result<Option<AuditLog>, Error> {
         .enabled
         .then(|| AuditLog::open(&config.archive.data_dir))
         .transpose()?)
+}
+
+/// The runtime the calling thread belongs to: the blocking use cases that read the cold
+/// tier run on a runtime's blocking pool and use its handle.
+pub(crate) fn current_runtime() -> Result<tokio::runtime::Handle, Error> {
+    tokio::runtime::Handle::try_current().map_err(|_| {
+        Error::Internal("call this use case on a tokio runtime's blocking pool".into())
+    })
 }
 
 /// Runs blocking work (index, files, hashing) on the blocking pool.

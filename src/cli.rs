@@ -262,9 +262,10 @@ pub fn on_pool<T: Send + 'static>(
     Ok(rt.block_on(rt.spawn_blocking(f))??)
 }
 
-/// Whether a server holds the archive (its changes then go through the admin API).
+/// Whether `strata serve` holds the archive (changes then go through its admin API; any
+/// other writer, such as an import, makes them fail with who holds the archive).
 pub fn server_running(config: &Config) -> bool {
-    strata::storage::writer_active(&config.archive.data_dir)
+    strata::storage::writer_purpose(&config.archive.data_dir).as_deref() == Some("serve")
 }
 
 /// The admin API of the server holding the archive, acting for this process's user.

@@ -88,6 +88,9 @@ pub enum IndexError {
     },
     #[error("the index at {path} is in use by another process: {detail}")]
     Locked { path: String, detail: String },
+    /// A legal hold forbids the write (a study's tombstone).
+    #[error("study {study_uid} is under legal hold")]
+    Held { study_uid: String, hold: HoldRecord },
 }
 
 /// What the archive holds: objects, and the patient / study / series / instance
@@ -212,9 +215,15 @@ pub trait WorkQueue {
 ///   records, secondary-index entries, access-queue entry and packs), and each of its
 ///   objects is marked deleted with it until stored again.
 pub trait Governance {
-    /// Removes a study from the index in one synced batch, leaving `tombstone` (and each
-    /// of its objects marked deleted) in its place.
-    fn tombstone_study(&self, tombstone: &Tombstone) -> Result<(), IndexError>;
+    /// Removes a study from the index in one synced batch, leaving a tombstone (and each
+    /// of its objects marked deleted) in its place, and returns that tombstone.
+    /// `tombstone` gives who, why and when, and packs the caller knows of; its objects
+    /// — and the packs holding their cold copies — are read here, under the write
+    /// serialisation, so that an instance stored while the delete runs is either in the
+    /// tombstone or not deleted. A study under a legal hold is refused
+    /// ([`IndexError::Held`]), checked under the same serialisation; an unknown study is
+    /// an error.
+    fn tombstone_study(&self, tombstone: &Tombstone) -> Result<Tombstone, IndexError>;
     fn tombstones(&self) -> Result<Vec<Tombstone>, IndexError>;
     /// Writes a tombstone and its deleted-object marks (reindex carries them over from
     /// the old index), except for the objects in `live`, stored again since.

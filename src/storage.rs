@@ -129,6 +129,17 @@ pub fn writer_active(data_dir: &Path) -> bool {
     !free
 }
 
+/// What the writer holding the archive right now is doing (`serve`, `import`, …, as it
+/// wrote into the lock file), or `None` when no writer holds it.
+pub fn writer_purpose(data_dir: &Path) -> Option<String> {
+    if !writer_active(data_dir) {
+        return None;
+    }
+    let text = fs::read_to_string(data_dir.join(LOCK_FILE)).ok()?;
+    // "<pid> strata <purpose>"
+    text.trim().splitn(3, ' ').nth(2).map(str::to_string)
+}
+
 /// An archive opened for writing.
 pub struct Storage {
     pub data_dir: PathBuf,

@@ -28,6 +28,13 @@ pub enum Error {
         since: String,
         why: String,
     },
+    /// Some objects of a request could not be read; `source` is the first failure.
+    #[error("{what}: {source}")]
+    Unreadable {
+        what: String,
+        #[source]
+        source: TieringError,
+    },
     /// This archive was opened read-only (a CLI command beside a running server).
     #[error("the archive is open read-only")]
     ReadOnly,
@@ -109,7 +116,9 @@ impl Error {
     /// an archived pack is being restored, or the hot disk is full.
     pub fn is_transient(&self) -> bool {
         match self {
-            Error::Tiering(e) => e.is_transient() || e.is_pending_restore(),
+            Error::Tiering(e) | Error::Unreadable { source: e, .. } => {
+                e.is_transient() || e.is_pending_restore()
+            }
             Error::Tier(e) => e.is_remote() || e.is_pending_restore() || e.is_out_of_space(),
             Error::Ingest(IngestError::OutOfSpace(_)) => true,
             _ => false,
@@ -119,7 +128,7 @@ impl Error {
     /// Whether an archived pack must first be restored (S3 RestoreObject pending).
     pub fn is_pending_restore(&self) -> bool {
         match self {
-            Error::Tiering(e) => e.is_pending_restore(),
+            Error::Tiering(e) | Error::Unreadable { source: e, .. } => e.is_pending_restore(),
             Error::Tier(e) => e.is_pending_restore(),
             _ => false,
         }

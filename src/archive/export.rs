@@ -74,7 +74,7 @@ pub struct ExportReport {
 fn export(archive: &Archive, studies: &[String], out: &Path) -> Result<ExportReport> {
     let index = archive.index.as_ref();
     let reader = &archive.reader;
-    let rt = tokio::runtime::Handle::current();
+    let rt = super::current_runtime()?;
     let mut report = ExportReport::default();
     for study in studies {
         if !is_valid_uid(study) {
@@ -120,14 +120,12 @@ fn export(archive: &Archive, studies: &[String], out: &Path) -> Result<ExportRep
             report.bytes += bytes.len() as u64;
             Ok(())
         }))?;
-        if let Some((id, e)) = failed.first() {
-            return Err(Error::Tiering(crate::tiering::TieringError::Unreadable {
-                id: id.to_hex(),
-                detail: format!(
-                    "{} object(s) of study {study} could not be read; first: {e}",
-                    failed.len()
-                ),
-            }));
+        let count = failed.len();
+        if let Some((id, e)) = failed.into_iter().next() {
+            return Err(Error::Unreadable {
+                what: format!("{count} object(s) of study {study} could not be read; first: {id}"),
+                source: e,
+            });
         }
         report.studies += 1;
     }

@@ -4,9 +4,12 @@
 //! the same query; [`Archive::find`] runs it on the blocking pool ([`crate::query`]'s
 //! matching, PS3.4 C.2.2.2) and hands each match through a small bounded channel, so
 //! results are never collected whole and a caller that stops reading (C-CANCEL, a closed
-//! connection) stops the search. The search task writes the audit record when it ends —
-//! with the keys asked and the number of matches handed over — whether the caller read
-//! everything, cancelled, or went away.
+//! connection) stops the search.
+//!
+//! The stream writes the audit record when it ends — with the keys asked and the number
+//! of matches delivered to the caller — whether the caller read everything
+//! ([`FindStream::finish`]), cancelled ([`FindStream::cancel`]) or went away (dropped:
+//! recorded as interrupted).
 
 use super::{Archive, Error, Principal};
 use crate::query::{self, Answer, Model, Query};
@@ -17,8 +20,14 @@ const AHEAD: usize = 32;
 
 /// A running query; see [`Archive::find`].
 pub struct FindStream {
-    answers: mpsc::Receiver<Answer>,
-    search: tokio::task::JoinHandle<Result<usize, query::QueryError>>,
+    answers: Option<mpsc::Receiver<Answer>>,
+    search: Option<tokio::task::JoinHandle<Result<(), query::QueryError>>>,
+    archive: Archive,
+    principal: Principal,
+    keys: Vec<String>,
+    level: &'static str,
+    delivered: usize,
+    audited: bool,
 }
 
 impl Archive {
@@ -26,51 +35,94 @@ impl Archive {
     /// called within a tokio runtime.
     pub fn find(&self, principal: &Principal, model: Model, query: Query) -> FindStream {
         let (tx, answers) = mpsc::channel::<Answer>(AHEAD);
-        let this = self.clone();
-        let principal = principal.clone();
+        let keys: Vec<String> = query
+            .keys
+            .iter()
+            .filter(|k| !k.value.is_empty())
+            .map(|k| format!("({:04X},{:04X})={}", k.tag >> 16, k.tag & 0xFFFF, k.value))
+            .collect();
+        let level = query.level.keyword();
+        let index = self.index.clone();
         let search = tokio::task::spawn_blocking(move || {
-            let mut found = 0usize;
-            let result = query::find_each(this.index.as_ref(), model, &query, &mut |answer| {
-                let sent = tx.blocking_send(answer).is_ok();
-                found += sent as usize;
-                sent
-            });
-            let keys: Vec<String> = query
-                .keys
-                .iter()
-                .filter(|k| !k.value.is_empty())
-                .map(|k| format!("({:04X},{:04X})={}", k.tag >> 16, k.tag & 0xFFFF, k.value))
-                .collect();
-            let level = query.level.keyword();
-            let outcome = match &result {
-                Ok(()) => format!("{level}: {found} matches"),
-                Err(e) => format!("{level}: failed: {e}"),
-            };
-            this.audit_blocking(&principal, "query", keys, outcome);
-            result.map(|()| found)
+            query::find_each(index.as_ref(), model, &query, &mut |answer| {
+                tx.blocking_send(answer).is_ok()
+            })
         });
-        FindStream { answers, search }
+        FindStream {
+            answers: Some(answers),
+            search: Some(search),
+            archive: self.clone(),
+            principal: principal.clone(),
+            keys,
+            level,
+            delivered: 0,
+            audited: false,
+        }
     }
 }
 
 impl FindStream {
     /// The next match, or `None` when the search has ended (see [`FindStream::finish`]).
     pub async fn next(&mut self) -> Option<Answer> {
-        self.answers.recv().await
+        let answer = self.answers.as_mut()?.recv().await;
+        self.delivered += answer.is_some() as usize;
+        answer
     }
 
-    /// Stops the search (its channel closes) and waits for it to end.
-    pub async fn cancel(self) {
-        drop(self.answers);
-        let _ = self.search.await;
+    /// Stops the search (its channel closes), waits for it to end, and records the
+    /// query as cancelled.
+    pub async fn cancel(mut self) {
+        self.answers = None;
+        if let Some(search) = self.search.take() {
+            let _ = search.await;
+        }
+        let outcome = format!("{}: cancelled after {} matches", self.level, self.delivered);
+        self.record(outcome).await;
     }
 
-    /// Waits for the search to end; the number of matches, or why it failed.
-    pub async fn finish(self) -> Result<usize, Error> {
-        drop(self.answers);
-        self.search
-            .await
-            .map_err(|e| Error::Internal(format!("query task failed: {e}")))?
-            .map_err(Error::Query)
+    /// Waits for the search to end (call once [`FindStream::next`] gave `None`) and
+    /// records it; the number of matches delivered, or why the search failed.
+    pub async fn finish(mut self) -> Result<usize, Error> {
+        self.answers = None;
+        let result = match self.search.take() {
+            Some(search) => search
+                .await
+                .map_err(|e| Error::Internal(format!("query task failed: {e}")))
+                .and_then(|r| r.map_err(Error::Query)),
+            None => Ok(()),
+        };
+        let outcome = match &result {
+            Ok(()) => format!("{}: {} matches", self.level, self.delivered),
+            Err(e) => format!("{}: failed: {e}", self.level),
+        };
+        self.record(outcome).await;
+        result.map(|()| self.delivered)
+    }
+
+    async fn record(&mut self, outcome: String) {
+        self.audited = true;
+        let keys = std::mem::take(&mut self.keys);
+        self.archive
+            .audit(&self.principal, "query", keys, outcome)
+            .await;
+    }
+}
+
+impl Drop for FindStream {
+    fn drop(&mut self) {
+        if self.audited || self.archive.audit.is_none() {
+            return;
+        }
+        let (archive, principal) = (self.archive.clone(), self.principal.clone());
+        let keys = std::mem::take(&mut self.keys);
+        let outcome = format!(
+            "{}: interrupted after {} matches",
+            self.level, self.delivered
+        );
+        let record = move || archive.audit_blocking(&principal, "query", keys, outcome);
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => drop(rt.spawn_blocking(record)),
+            Err(_) => record(),
+        }
     }
 }

@@ -17,7 +17,7 @@
 use super::{blocking, Archive, Error, Principal};
 use crate::dicom::da;
 use crate::dicom::part10::is_valid_uid;
-use crate::index::{HoldRecord, Tombstone};
+use crate::index::{HoldRecord, IndexError, Tombstone};
 use serde::Serialize;
 use strata_tiers::{BlobStore, ObjectId};
 
@@ -115,7 +115,9 @@ impl Archive {
     }
 
     /// The synced part of a delete: the hold check, the audit record of the request and
-    /// the tombstone. Returns the tombstone and the study's packs.
+    /// the tombstone (whose objects and packs the index reads under its write
+    /// serialisation, where it also checks the hold again). Returns the tombstone and
+    /// the study's packs.
     fn tombstone_blocking(
         &self,
         principal: &Principal,
@@ -123,44 +125,37 @@ impl Archive {
         reason: &str,
     ) -> Result<(Tombstone, Vec<ObjectId>)> {
         let index = self.index.as_ref();
-        if let Some(hold) = index.hold(study_uid)? {
+        let refuse = |hold: HoldRecord| -> Result<(Tombstone, Vec<ObjectId>)> {
             self.audit_synced(
                 principal,
                 "delete",
                 vec![study_uid.into()],
                 format!("refused: under legal hold ({})", hold.why),
             )?;
-            return Err(Error::Held {
+            Err(Error::Held {
                 study_uid: study_uid.to_string(),
                 who: hold.who,
                 since: rfc3339(hold.since_ms),
                 why: hold.why,
-            });
+            })
+        };
+        if let Some(hold) = index.hold(study_uid)? {
+            return refuse(hold);
         }
         let study = index
             .study(study_uid)?
             .ok_or_else(|| Error::NotFound(format!("no study {study_uid} in the archive")))?;
-        let mut objects = Vec::new();
-        for e in index.instances_of_study(study_uid)? {
-            for v in &e.record.versions {
-                objects.push((
-                    e.series_uid.clone(),
-                    e.sop_instance_uid.clone(),
-                    v.id.clone(),
-                ));
-            }
-        }
-        let packs: Vec<ObjectId> = index
+        let packs: Vec<String> = index
             .packs()?
             .into_iter()
             .filter(|(_, p)| p.study_uid == study_uid)
-            .map(|(id, _)| id)
+            .map(|(id, _)| id.to_hex())
             .collect();
-        let tombstone = Tombstone {
+        let asked = Tombstone {
             study_uid: study_uid.to_string(),
             patient_id: study.patient_id.clone(),
-            objects,
-            packs: packs.iter().map(|p| p.to_hex()).collect(),
+            objects: Vec::new(),
+            packs,
             who: principal.name(),
             why: reason.to_string(),
             deleted_at_ms: crate::index::rocks::unix_ms_now(),
@@ -171,7 +166,17 @@ impl Archive {
             vec![study_uid.into()],
             format!("requested: {reason}"),
         )?;
-        index.tombstone_study(&tombstone)?;
+        let tombstone = match index.tombstone_study(&asked) {
+            Ok(t) => t,
+            // a hold placed since the check above
+            Err(IndexError::Held { hold, .. }) => return refuse(hold),
+            Err(e) => return Err(e.into()),
+        };
+        let packs = tombstone
+            .packs
+            .iter()
+            .filter_map(|p| ObjectId::from_hex(p))
+            .collect();
         Ok((tombstone, packs))
     }
 

@@ -183,7 +183,7 @@ fn verify_cold(
     report: &mut VerifyReport,
 ) -> Result<()> {
     let index = archive.index.as_ref();
-    let rt = tokio::runtime::Handle::current();
+    let rt = super::current_runtime()?;
     let packs: BTreeMap<ObjectId, crate::index::PackRecord> = index.packs()?.into_iter().collect();
     // pack -> (object, offset, sop)
     let mut copies: BTreeMap<ObjectId, Vec<(ObjectId, u64, String)>> = BTreeMap::new();
@@ -419,7 +419,7 @@ fn repair(archive: &Archive, workers: usize) -> Result<(VerifyReport, RepairRepo
     let found = verify(archive, workers, VerifyScope::All)?;
     let tiering = &archive.tiering;
     let reader = &archive.reader;
-    let rt = tokio::runtime::Handle::current();
+    let rt = super::current_runtime()?;
     let mut report = RepairReport::default();
     let index = archive.index.clone();
 

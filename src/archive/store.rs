@@ -77,11 +77,14 @@ impl Archive {
         reader: &mut dyn Read,
         source: &str,
     ) -> Result<Stored, Error> {
-        Ok(self.ingest()?.store_part10_blocking(
-            reader,
-            provenance(principal, source),
-            principal.actor(),
-        )?)
+        let mut actor = principal.actor();
+        if let Principal::Cli { via: None, .. } = principal {
+            // an import: the audit record names the file (audit format 1)
+            actor.address = source.to_string();
+        }
+        Ok(self
+            .ingest()?
+            .store_part10_blocking(reader, provenance(principal, source), actor)?)
     }
 
     /// Imports files (as [`Archive::store_part10_blocking`]) with `workers` threads;

@@ -51,6 +51,7 @@ impl Archive {
     /// One policy pass now (age, watermarks, archive class, orphan uploads); each move
     /// it makes is audited as the tiering worker's, and the pass as `principal`'s.
     pub async fn tier_pass(&self, principal: &Principal) -> Result<PassReport> {
+        self.ingest()?;
         let report = self.tiering.run_pass().await;
         let outcome = match &report {
             Ok(r) => format!(
@@ -72,6 +73,7 @@ impl Archive {
         study_uid: &str,
         to: TierTarget,
     ) -> Result<MoveReport> {
+        self.ingest()?;
         if !crate::dicom::part10::is_valid_uid(study_uid) {
             return Err(Error::InvalidRequest(format!(
                 "{study_uid:?} is not a valid Study Instance UID"

@@ -4,7 +4,7 @@
 
 use super::{admin_client, runtime, server_running, with_exclusive};
 use anyhow::Result;
-use strata::archive::Principal;
+use strata::archive::{Archive, Principal};
 use strata::config::Config;
 
 pub fn delete(config: &Config, study_uid: &str, reason: &str) -> Result<i32> {
@@ -38,11 +38,18 @@ pub fn hold(config: &Config, study_uid: &str, reason: &str, release: bool) -> Re
 }
 
 pub fn retention(config: &Config, dry_run: bool) -> Result<i32> {
+    if config.retention.study_age.is_zero() {
+        anyhow::bail!("[retention] study_age is 0s: retention is off");
+    }
     let report = if server_running(config) {
         runtime()?.block_on(admin_client(config)?.retention(dry_run))?
+    } else if dry_run {
+        // only reads: beside any other command, without the archive lock
+        let archive = Archive::read_only(config)?;
+        runtime()?.block_on(archive.retention(&Principal::cli_user(), true))?
     } else {
         with_exclusive(config, "retention", |rt, archive| {
-            Ok(rt.block_on(archive.retention(&Principal::cli_user(), dry_run))?)
+            Ok(rt.block_on(archive.retention(&Principal::cli_user(), false))?)
         })?
     };
     for (uid, date) in &report.due {

@@ -57,12 +57,20 @@ enum SubOpError {
     /// The object could not be read or converted.
     #[error("{0}")]
     Object(String),
+    /// The receiver did not answer the C-STORE-RQ in time.
+    #[error("no C-STORE-RSP within {0:?}")]
+    NoResponse(Duration),
+    /// The receiver answered with something that is not a C-STORE-RSP with a status.
+    #[error("bad C-STORE-RSP: {0}")]
+    BadResponse(String),
 }
 
 impl SubOpError {
-    /// Whether the association carrying the sub-operations is gone.
-    fn breaks_association(&self) -> bool {
-        matches!(self, SubOpError::Broken(_))
+    /// Whether a C-MOVE lane stops sending on its association: it is gone, or its
+    /// receiver stopped answering (a late answer would be taken for the next one's). A
+    /// C-GET ends only when its association is gone ([`SubOpError::Broken`]).
+    fn stops_lane(&self) -> bool {
+        matches!(self, SubOpError::Broken(_) | SubOpError::NoResponse(_))
     }
 }
 
@@ -209,8 +217,8 @@ impl Lane {
                 &mut ignored,
             )
             .await;
-            let broken = matches!(&outcome, Err(e) if e.breaks_association());
-            if tx.send((i, outcome)).await.is_err() || broken {
+            let stop_lane = matches!(&outcome, Err(e) if e.stops_lane());
+            if tx.send((i, outcome)).await.is_err() || stop_lane {
                 break;
             }
         }
@@ -237,7 +245,7 @@ async fn send_item<A: AsyncAssociation<tokio::net::TcpStream> + Send>(
         transfer_syntax: item.transfer_syntax_uid.clone(),
     })?;
     let dataset = dataset_for(reader, item, target).await?;
-    Ok(store_one(
+    store_one(
         dest,
         *pc_id,
         message_id,
@@ -247,12 +255,14 @@ async fn send_item<A: AsyncAssociation<tokio::net::TcpStream> + Send>(
         max_pdv,
         cancel_seen,
     )
-    .await?)
+    .await
 }
 
 /// Sends one stored object with C-STORE on `dest` (a new association for C-MOVE, the
 /// requester's own for C-GET) in PDVs of at most `max_pdv` bytes; returns the response
-/// status. A C-CANCEL arriving meanwhile (C-GET) sets `cancel_seen`.
+/// status. A C-CANCEL arriving meanwhile (C-GET) sets `cancel_seen`. A failure to send
+/// or receive breaks the association; a missing or malformed answer fails this
+/// sub-operation only.
 #[allow(clippy::too_many_arguments)]
 async fn store_one<A: AsyncAssociation<tokio::net::TcpStream> + Send>(
     dest: &mut A,
@@ -263,7 +273,7 @@ async fn store_one<A: AsyncAssociation<tokio::net::TcpStream> + Send>(
     originator: Option<(&str, u16)>,
     max_pdv: usize,
     cancel_seen: &mut bool,
-) -> Result<u16, AssocError> {
+) -> Result<u16, SubOpError> {
     let mut cmd = ResponseBuilder::request(field::C_STORE_RQ, message_id, true)
         .uid(tag::AFFECTED_SOP_CLASS_UID, &item.sop_class_uid)
         .uid(tag::AFFECTED_SOP_INSTANCE_UID, &item.sop_instance_uid);
@@ -274,35 +284,28 @@ async fn store_one<A: AsyncAssociation<tokio::net::TcpStream> + Send>(
     }
     send_command(dest, pc_id, cmd.encode()).await?;
     send_data(dest, pc_id, dataset, max_pdv).await?;
+    let bad = |detail: String| SubOpError::BadResponse(detail);
     loop {
         match tokio::time::timeout(SUB_OPERATION_TIMEOUT, AsyncAssociation::receive(dest)).await {
-            Err(_) => {
-                return Err(AssocError::Receive(format!(
-                    "no C-STORE-RSP within {SUB_OPERATION_TIMEOUT:?}"
-                )))
+            Err(_) => return Err(SubOpError::NoResponse(SUB_OPERATION_TIMEOUT)),
+            Ok(Err(e)) => {
+                return Err(AssocError::Receive(format!("C-STORE-RSP: {e}")).into());
             }
-            Ok(Err(e)) => return Err(AssocError::Receive(format!("C-STORE-RSP: {e}"))),
             Ok(Ok(Pdu::PData { data })) => {
                 let cmd = data
                     .iter()
                     .find(|p| p.value_type == PDataValueType::Command)
-                    .ok_or_else(|| AssocError::protocol("response without command"))?;
-                let cmd =
-                    Command::decode(&cmd.data).map_err(|e| AssocError::protocol(e.to_string()))?;
+                    .ok_or_else(|| bad("response without command".into()))?;
+                let cmd = Command::decode(&cmd.data).map_err(|e| bad(e.to_string()))?;
                 if cmd.command_field().ok() == Some(field::C_CANCEL_RQ) {
                     *cancel_seen = true;
                     continue;
                 }
                 return cmd
                     .status()
-                    .ok_or_else(|| AssocError::protocol("C-STORE-RSP without a status"));
+                    .ok_or_else(|| bad("C-STORE-RSP without a status".into()));
             }
-            Ok(Ok(other)) => {
-                return Err(AssocError::protocol(format!(
-                    "unexpected {}",
-                    other.short_description()
-                )))
-            }
+            Ok(Ok(other)) => return Err(bad(format!("unexpected {}", other.short_description()))),
         }
     }
 }

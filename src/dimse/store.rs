@@ -101,6 +101,7 @@ pub async fn begin(
                     RejectReason::OutOfSpace,
                     t.to_string(),
                 ),
+                Error::Internal(m) => (status::OUT_OF_RESOURCES, RejectReason::InternalError, m),
                 e => refusal(e),
             }),
         }

@@ -245,6 +245,8 @@ impl AdminClient {
         let base = format!("http://127.0.0.1:{port}");
         let http = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
+            // loopback only: never through an HTTP_PROXY from the environment
+            .no_proxy()
             .build()
             .map_err(|e| AdminError::Unreachable {
                 url: base.clone(),

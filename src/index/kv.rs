@@ -752,16 +752,48 @@ impl<E: KvEngine> Placement for KvIndex<E> {
 }
 
 impl<E: KvEngine> Governance for KvIndex<E> {
-    fn tombstone_study(&self, t: &Tombstone) -> Result<(), IndexError> {
+    fn tombstone_study(&self, given: &Tombstone) -> Result<Tombstone, IndexError> {
         let _writer = self.writer();
-        let study = &t.study_uid;
+        let study = &given.study_uid;
+        if let Some(hold) = self.get::<HoldRecord>(CF_HOLDS, study.as_bytes())? {
+            return Err(IndexError::Held {
+                study_uid: study.clone(),
+                hold,
+            });
+        }
         let mut batch = Batch::default();
         let Some(record) = self.get::<StudyRecord>(CF_STUDIES, study.as_bytes())? else {
             return Err(IndexError::Storage(format!(
                 "no study {study} in the index"
             )));
         };
-        for e in self.instances_of_study(study)? {
+        // what the tombstone names is read now, under the write lock
+        let mut t = Tombstone {
+            objects: Vec::new(),
+            ..given.clone()
+        };
+        let instances = self.instances_of_study(study)?;
+        for e in &instances {
+            for v in &e.record.versions {
+                t.objects.push((
+                    e.series_uid.clone(),
+                    e.sop_instance_uid.clone(),
+                    v.id.clone(),
+                ));
+                let copies = ObjectId::from_hex(&v.id)
+                    .map(|id| self.get::<ObjectRecord>(CF_OBJECTS, id.as_bytes()))
+                    .transpose()?
+                    .flatten()
+                    .map(|r| r.cold)
+                    .unwrap_or_default();
+                for c in copies {
+                    if !t.packs.contains(&c.pack) {
+                        t.packs.push(c.pack);
+                    }
+                }
+            }
+        }
+        for e in instances {
             batch.delete(
                 CF_INSTANCES,
                 key3(&e.study_uid, &e.series_uid, &e.sop_instance_uid),
@@ -827,8 +859,9 @@ impl<E: KvEngine> Governance for KvIndex<E> {
         }
         batch.delete(CF_STUDY_ACCESS, study.as_bytes());
         batch.delete(CF_STUDIES, study.as_bytes());
-        batch.put(CF_TOMBSTONES, study.as_bytes(), encode(t));
-        self.engine.write(batch, true)
+        batch.put(CF_TOMBSTONES, study.as_bytes(), encode(&t));
+        self.engine.write(batch, true)?;
+        Ok(t)
     }
 
     fn tombstones(&self) -> Result<Vec<Tombstone>, IndexError> {
