@@ -232,6 +232,26 @@ impl Archive {
         }
     }
 
+    /// [`Archive::audit_blocking`] from a `Drop` (a use case's handle dropped before it
+    /// finished): on the blocking pool when there is a runtime, else right here.
+    pub(crate) fn audit_on_drop(
+        &self,
+        principal: &Principal,
+        action: &'static str,
+        uids: Vec<String>,
+        outcome: String,
+    ) {
+        if self.audit.is_none() {
+            return;
+        }
+        let (this, principal) = (self.clone(), principal.clone());
+        let record = move || this.audit_blocking(&principal, action, uids, outcome);
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => drop(rt.spawn_blocking(record)),
+            Err(_) => record(),
+        }
+    }
+
     /// [`Archive::audit_blocking`] from async code.
     pub(crate) async fn audit(
         &self,

@@ -110,19 +110,14 @@ impl FindStream {
 
 impl Drop for FindStream {
     fn drop(&mut self) {
-        if self.audited || self.archive.audit.is_none() {
-            return;
-        }
-        let (archive, principal) = (self.archive.clone(), self.principal.clone());
-        let keys = std::mem::take(&mut self.keys);
-        let outcome = format!(
-            "{}: interrupted after {} matches",
-            self.level, self.delivered
-        );
-        let record = move || archive.audit_blocking(&principal, "query", keys, outcome);
-        match tokio::runtime::Handle::try_current() {
-            Ok(rt) => drop(rt.spawn_blocking(record)),
-            Err(_) => record(),
+        if !self.audited {
+            let outcome = format!(
+                "{}: interrupted after {} matches",
+                self.level, self.delivered
+            );
+            let keys = std::mem::take(&mut self.keys);
+            self.archive
+                .audit_on_drop(&self.principal, "query", keys, outcome);
         }
     }
 }

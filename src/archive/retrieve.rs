@@ -114,15 +114,10 @@ impl Retrieval {
 
 impl Drop for Retrieval {
     fn drop(&mut self) {
-        if self.finished || self.archive.audit.is_none() {
-            return;
-        }
-        let (archive, principal) = (self.archive.clone(), self.principal.clone());
-        let (studies, outcome) = (self.studies(), format!("{}: interrupted", self.what));
-        let record = move || archive.audit_blocking(&principal, "retrieve", studies, outcome);
-        match tokio::runtime::Handle::try_current() {
-            Ok(rt) => drop(rt.spawn_blocking(record)),
-            Err(_) => record(),
+        if !self.finished {
+            let outcome = format!("{}: interrupted", self.what);
+            self.archive
+                .audit_on_drop(&self.principal, "retrieve", self.studies(), outcome);
         }
     }
 }
