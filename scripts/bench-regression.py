@@ -17,8 +17,10 @@ Prints every round's figures, then per measure the median of the new/base ratios
 computed within each round (throughput: >1 is faster; latency: <1 is faster).
 
 Usage: scripts/bench-regression.py BASE_REV [N_INSTANCES=1000] [ROUNDS=3] [QUERIES=300]
-Environment: BENCH_ROOT (default /var/tmp/strata-bench), CARGO_TARGET_DIR (default
-/var/tmp/strata-target). Exit status non-zero if any run failed.
+Environment: BENCH_ROOT (default /var/tmp/strata-bench; a tmpfs there measures the
+software alone, with fsync free), BENCH_PARTS ("ingest find" by default, or one of
+them), CARGO_TARGET_DIR (default /var/tmp/strata-target). Exit status non-zero if any
+run failed.
 """
 
 import os
@@ -66,7 +68,8 @@ if os.path.exists(base_src):
 else:
     run(["git", "-C", repo, "worktree", "add", "--detach", base_src, base_rev])
 binaries = {"base": build(base_src, "strata-base"), "new": build(repo, "strata-new")}
-if not os.path.exists(os.path.join(INDEX_DIR, "index", "CURRENT")):
+parts = os.environ.get("BENCH_PARTS", "ingest find").split()
+if "find" in parts and not os.path.exists(os.path.join(INDEX_DIR, "index", "CURRENT")):
     run(["cargo", "bench", "--locked", "--bench", "find_index"], cwd=repo, stdout=sys.stderr)
 
 
@@ -128,7 +131,12 @@ for r in range(rounds):
     got = {}
     for who in order:
         figures = {}
-        for part in (ingest(binaries[who], r), find(binaries[who])):
+        runs = []
+        if "ingest" in parts:
+            runs.append(ingest(binaries[who], r))
+        if "find" in parts:
+            runs.append(find(binaries[who]))
+        for part in runs:
             if part is None:
                 failed = True
             else:
