@@ -361,6 +361,14 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        if self.cold.url.trim() == "memory:" {
+            return Err(ConfigError::Invalid(
+                "[cold] url = \"memory:\" keeps packs only in this process's memory: a study moved \
+                 to cold would lose its only copy at the next restart. Use file:///path or \
+                 s3://bucket/prefix"
+                    .into(),
+            ));
+        }
         let ae = &self.dicom.ae_title;
         if ae.is_empty()
             || ae.len() > 16
@@ -478,6 +486,17 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cold_tier_that_forgets_on_restart_is_refused() {
+        // issue 12: `memory:` would receive the only copy of cold studies and lose it
+        let e = Config::from_toml("[cold]\nurl = \"memory:\"\n").unwrap_err();
+        assert!(
+            e.to_string().contains("only in this process's memory"),
+            "{e}"
+        );
+        assert!(Config::from_toml("[cold]\nurl = \"s3://bucket/p\"\n").is_ok());
+    }
 
     #[test]
     fn defaults_match_the_documented_ones() {

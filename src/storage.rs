@@ -17,6 +17,7 @@
 //! [`reindex`] rebuilds the index from the hot objects and the cold packs alone
 //! (DESIGN promise 5).
 
+pub mod cold_tier;
 pub mod reindex;
 
 use crate::config::Config;
@@ -59,6 +60,16 @@ pub enum StorageError {
     Tier(#[from] strata_tiers::TierError),
     #[error("cannot start a runtime for the cold tier: {0}")]
     Runtime(#[source] std::io::Error),
+    #[error(
+        "this archive's packs are in the cold tier {recorded}, but the configuration names {configured}; \
+         run with the configuration that names {recorded} (its [cold] section), or, to move the archive, \
+         copy every pack to the new tier first and then edit {}", record.display()
+    )]
+    ColdTierMismatch {
+        recorded: String,
+        configured: String,
+        record: PathBuf,
+    },
 }
 
 /// A small runtime for the offline commands' calls to the cold tier (reindex).
@@ -169,6 +180,7 @@ impl Storage {
         let hot = HotDisk::open(config.hot_dir())?
             .with_free_space_floor(config.archive.min_free_space_mb * 1024 * 1024);
         let index = Arc::new(RocksIndex::open_primary(&config.index_dir())?);
+        cold_tier::check(config, true, || Ok(!index.packs()?.is_empty()))?;
         let cold = ColdStore::open(&config.cold_spec())?;
         let mut report = RecoveryReport {
             tmp_swept: hot.sweep_tmp_blocking()?,
@@ -236,6 +248,7 @@ impl ReadOnlyStorage {
         }
         let hot = HotDisk::open_existing(config.hot_dir())?;
         let index = Arc::new(RocksIndex::open_secondary(&index_dir)?);
+        cold_tier::check(config, false, || Ok(!index.packs()?.is_empty()))?;
         Ok(ReadOnlyStorage {
             data_dir: config.archive.data_dir.clone(),
             hot,

@@ -592,3 +592,53 @@ fn audit_anchors_are_locked_in_an_object_lock_bucket() {
     assert!(ok, "{report}");
     assert_eq!(report["anchors_checked"], 1);
 }
+
+/// Issue 12: the archive records which cold tier holds its packs. A configuration that
+/// names another one (or none: the local default) is refused by every command, with
+/// both named, instead of taking the packs for lost and "repairing" them.
+#[test]
+fn another_cold_tier_is_refused_not_taken_for_lost_packs() {
+    let archive = Archive::new("integrity-cold-identity");
+    let (_study, _) = study_in_both_tiers(&archive);
+    let other = archive.dir.path().join("other.toml");
+    let text = std::fs::read_to_string(&archive.config).unwrap()
+        + &format!(
+            "\n[cold]\nurl = \"file://{}\"\n",
+            archive.dir.path().join("elsewhere").display()
+        );
+    std::fs::write(&other, text).unwrap();
+    let with_other = |args: &[&str]| {
+        let mut cmd = std::process::Command::new(strata_bin());
+        cmd.arg("--config").arg(&other).args(args);
+        cmd
+    };
+    for args in [&["verify", "--json"][..], &["verify", "--repair"], &["ls"]] {
+        let out = run(&mut with_other(args));
+        assert_eq!(out.status.code(), Some(2), "{args:?} must be refused");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("packs are in the cold tier default") && err.contains("elsewhere"),
+            "{args:?}: {err}"
+        );
+    }
+    let mut serve = with_other(&["serve"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = serve.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            serve.kill().unwrap();
+            panic!("serve started against another cold tier");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert_eq!(status.code(), Some(2));
+    // nothing was touched: with its own configuration the archive is whole
+    let (clean, report) = archive.verify_json();
+    assert!(clean, "{report}");
+    assert!(report["packs_checked"].as_u64().unwrap() >= 1, "{report}");
+}

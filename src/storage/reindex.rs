@@ -48,6 +48,14 @@ pub fn reindex(config: &Config, progress: &indicatif::ProgressBar) -> Result<Rei
     std::fs::create_dir_all(data_dir).map_err(io("create", data_dir))?;
     let _lock = ArchiveLock::acquire(data_dir, "reindex")?;
     finish_interrupted_reindex(data_dir)?;
+    // the packs of a lost index are unknown: a recorded cold tier must be the configured one
+    super::cold_tier::check(config, true, || {
+        let index_dir = config.index_dir();
+        if !index_dir.join("CURRENT").exists() {
+            return Ok(true);
+        }
+        Ok(!RocksIndex::open_primary(&index_dir)?.packs()?.is_empty())
+    })?;
     let hot = HotDisk::open(config.hot_dir())?;
     hot.sweep_tmp_blocking()?;
     let (index_dir, rebuild_dir, old_dir) = rebuild_dirs(config);

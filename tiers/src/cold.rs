@@ -157,7 +157,7 @@ impl ColdStore {
         }
         let Some(rest) = url.strip_prefix("s3://") else {
             return Err(TierError::config(format!(
-                "cold url {url:?}: expected file:///path, s3://bucket/prefix or memory:"
+                "cold url {url:?}: expected file:///path or s3://bucket/prefix"
             )));
         };
         let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
