@@ -70,6 +70,8 @@ pub struct Archive {
     pub(crate) audit: Option<AuditLog>,
     /// The ingest pipeline; absent in a read-only archive.
     pub(crate) ingest: Option<Ingest>,
+    /// Holds and tombstones, kept outside the index too (promise 5).
+    pub(crate) governance: crate::storage::governance_log::GovernanceLog,
     pub(crate) metrics: Metrics,
     /// Sync every audit record as it is written (a short-lived command-line process
     /// may exit before the log's flusher runs); the server leaves it to the flusher.
@@ -136,6 +138,7 @@ impl Archive {
         tiering.audit = audit.clone();
         Archive {
             config,
+            governance: crate::storage::governance_log::GovernanceLog::new(data_dir),
             data_dir: data_dir.clone(),
             hot: hot.clone(),
             cold: cold.clone(),

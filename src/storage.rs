@@ -15,9 +15,10 @@
 //! match its name is moved to `quarantine/`, never deleted.
 //!
 //! [`reindex`] rebuilds the index from the hot objects and the cold packs alone
-//! (DESIGN promise 5).
+//! (DESIGN promise 5), with the holds and tombstones of the [`governance_log`].
 
 pub mod cold_tier;
+pub mod governance_log;
 pub mod reindex;
 
 use crate::config::Config;
@@ -140,6 +141,43 @@ pub fn writer_active(data_dir: &Path) -> bool {
     !free
 }
 
+/// Archives from before the governance log keep their holds and tombstones only in the
+/// index: copy them into the log once (a marker file says it was done).
+fn backfill_governance_log(data_dir: &Path, index: &dyn Index) -> Result<(), StorageError> {
+    use governance_log::{GovernanceLog, GovernanceRecord};
+    let marker = data_dir.join("governance").join("backfilled-v1");
+    if marker.exists() {
+        return Ok(());
+    }
+    let log = GovernanceLog::new(data_dir);
+    let logged = log.read()?;
+    for t in index.tombstones()? {
+        let record = GovernanceRecord::Tombstone(t);
+        if !logged.contains(&record) {
+            log.append(record)?;
+        }
+    }
+    let mut held = Vec::new();
+    index.for_each_study(&mut |uid, _| {
+        held.push(uid.to_string());
+        true
+    })?;
+    for study_uid in held {
+        if let Some(hold) = index.hold(&study_uid)? {
+            let record = GovernanceRecord::Hold { study_uid, hold };
+            if !logged.contains(&record) {
+                log.append(record)?;
+            }
+        }
+    }
+    let dir = marker.parent().expect("marker directory");
+    std::fs::create_dir_all(dir).map_err(io("create", dir))?;
+    File::create(&marker)
+        .and_then(|f| f.sync_all())
+        .map_err(io("create", &marker))?;
+    sync_dir(dir)
+}
+
 /// What the writer holding the archive right now is doing (`serve`, `import`, …, as it
 /// wrote into the lock file), or `None` when no writer holds it.
 pub fn writer_purpose(data_dir: &Path) -> Option<String> {
@@ -181,6 +219,7 @@ impl Storage {
             .with_free_space_floor(config.archive.min_free_space_mb * 1024 * 1024);
         let index = Arc::new(RocksIndex::open_primary(&config.index_dir())?);
         cold_tier::check(config, true, || Ok(!index.packs()?.is_empty()))?;
+        backfill_governance_log(&data_dir, index.as_ref())?;
         let cold = ColdStore::open(&config.cold_spec())?;
         let mut report = RecoveryReport {
             tmp_swept: hot.sweep_tmp_blocking()?,

@@ -642,3 +642,58 @@ fn another_cold_tier_is_refused_not_taken_for_lost_packs() {
     assert!(clean, "{report}");
     assert!(report["packs_checked"].as_u64().unwrap() >= 1, "{report}");
 }
+
+/// Issue 12 (DESIGN promise 5): legal holds and tombstones live in the governance log
+/// too, so a lost index forgets neither which studies are held nor which were deleted —
+/// nor brings back the files of a deletion cut short — and a study stored again after
+/// its deletion still lives again.
+#[test]
+fn holds_and_tombstones_survive_a_lost_index() {
+    use std::os::unix::process::ExitStatusExt;
+    let archive = Archive::new("integrity-lost-index");
+    let (gen, studies) = imported_ct_studies(&archive, 41, "20240501");
+    let (a, b, c) = (&studies[0], &studies[1], &studies[2]);
+    run_ok(&mut archive.strata(&["hold", b, "--reason", "litigation 2026-41"]));
+    run_ok(&mut archive.strata(&["delete", a, "--reason", "patient request"]));
+    // a deletion killed right after its tombstone: C's files are still on disk
+    let out = run(archive
+        .strata(&["delete", c, "--reason", "duplicate"])
+        .env("STRATA_FAILPOINT", "delete-after-tombstone"));
+    assert_eq!(out.status.signal(), Some(9));
+
+    let lose_the_index = || {
+        std::fs::remove_dir_all(archive.data_dir().join("index")).unwrap();
+        run_ok(&mut archive.strata(&["reindex"]));
+    };
+    lose_the_index();
+    assert_eq!(archive.total_instances(), 3, "{}", archive.ls_json());
+    assert_eq!(archive.ls_json()[0]["study_uid"].as_str(), Some(b.as_str()));
+    let out = run_ok(&mut archive.strata(&["tombstones", "--json"]));
+    let tombs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut deleted: Vec<&str> = tombs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["study_uid"].as_str().unwrap())
+        .collect();
+    deleted.sort();
+    let mut expected = vec![a.as_str(), c.as_str()];
+    expected.sort();
+    assert_eq!(deleted, expected);
+    let out = run(&mut archive.strata(&["delete", b, "--reason", "cleanup"]));
+    assert!(!out.status.success(), "the hold survives a lost index");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("legal hold"));
+    let (clean, report) = archive.verify_json();
+    assert!(clean, "{report}");
+    assert_eq!(
+        report["pending_deletion"], 0,
+        "the cut-short deletion was finished"
+    );
+
+    // stored again after the deletions: A and C live again, through a lost index too
+    run_ok(archive.strata(&["import"]).arg(&gen));
+    assert_eq!(archive.total_instances(), 9);
+    lose_the_index();
+    assert_eq!(archive.total_instances(), 9, "{}", archive.ls_json());
+    assert!(archive.verify_json().0);
+}

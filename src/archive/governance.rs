@@ -8,16 +8,20 @@
 //! the index itself, so stores may go on: an instance stored again after its study was
 //! deleted lives again.
 //!
+//! Holds and tombstones are also appended to the governance log
+//! ([`crate::storage::governance_log`]), from which `reindex` restores them.
+//!
 //! ## Crash consistency of a delete
 //! The request is audited (synced) first, then one synced index batch replaces the study
-//! by a tombstone (UIDs, object ids, who, why, when), and only then are its hot files
-//! and cold packs removed. A crash after the tombstone is finished by the next start (or
+//! by a tombstone (UIDs, object ids, who, why, when), the tombstone is appended (synced)
+//! to the governance log, and only then are its hot files and cold packs removed. A crash after the tombstone is finished by the next start (or
 //! reindex), never undone; a crash before it leaves the study whole.
 
 use super::{blocking, Archive, Error, Principal};
 use crate::dicom::da;
 use crate::dicom::part10::is_valid_uid;
 use crate::index::{HoldRecord, IndexError, Tombstone};
+use crate::storage::governance_log::GovernanceRecord;
 use serde::Serialize;
 use strata_tiers::{BlobStore, ObjectId};
 
@@ -172,6 +176,9 @@ impl Archive {
             Err(IndexError::Held { hold, .. }) => return refuse(hold),
             Err(e) => return Err(e.into()),
         };
+        // outside the index too, before any file or pack is removed
+        self.governance
+            .append(GovernanceRecord::Tombstone(tombstone.clone()))?;
         let packs = tombstone
             .packs
             .iter()
@@ -199,6 +206,17 @@ impl Archive {
             why: reason.to_string(),
             since_ms: crate::index::rocks::unix_ms_now(),
         };
+        // outside the index first (promise 5), then the index
+        self.governance.append(if release {
+            GovernanceRecord::Release {
+                study_uid: study_uid.to_string(),
+            }
+        } else {
+            GovernanceRecord::Hold {
+                study_uid: study_uid.to_string(),
+                hold: record.clone(),
+            }
+        })?;
         self.index
             .set_hold(study_uid, (!release).then_some(&record))?;
         self.audit_synced(

@@ -1,6 +1,7 @@
 //! `strata reindex`: rebuilds the index from the hot objects and the cold packs alone
 //! (DESIGN promise 5), then swaps it in atomically. Tombstones and legal holds, which
-//! the objects do not carry, are carried over from the old index when there is one.
+//! the objects do not carry, are carried over from the old index when there is one and
+//! from the governance log ([`super::governance_log`]), so they survive a lost index.
 //!
 //! ## Crash consistency
 //! The new index is built beside the old one (`index.rebuild`), then `index` becomes
@@ -8,6 +9,7 @@
 //! removed; [`super::finish_interrupted_reindex`] completes or undoes an interrupted
 //! swap at the next opening. Unusable objects are quarantined only after the swap.
 
+use super::governance_log::{self, GovernanceLog};
 use super::{
     finish_interrupted_reindex, index_objects_blocking, io, quarantine, rebuild_dirs, ArchiveLock,
     StorageError,
@@ -93,6 +95,41 @@ pub fn reindex(config: &Config, progress: &indicatif::ProgressBar) -> Result<Rei
     } else {
         (Vec::new(), Vec::new(), HashSet::new())
     };
+    let had_index = index_dir.join("CURRENT").exists();
+    let (mut tombstones, mut holds, mut live_again) = (tombstones, holds, live_again);
+    // ... and the governance log keeps them when the index is gone (promise 5): a hold
+    // in either is kept; a tombstone the index lacks is restored, except for objects
+    // whose hot file was written after the deletion (stored again since)
+    let (log_holds, log_tombstones) = governance_log::replay(&GovernanceLog::new(data_dir).read()?);
+    for (study, hold) in log_holds {
+        if !holds.iter().any(|(s, _)| *s == study) {
+            holds.push((study, hold));
+        }
+    }
+    for t in log_tombstones {
+        let known = tombstones
+            .iter()
+            .any(|k| k.study_uid == t.study_uid && k.deleted_at_ms == t.deleted_at_ms);
+        if known {
+            continue;
+        }
+        if !had_index {
+            for (_, _, id) in &t.objects {
+                let Some(id) = ObjectId::from_hex(id) else {
+                    continue;
+                };
+                let written_ms = std::fs::metadata(hot.path_of(&id))
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map(|d| d.as_millis() as u64);
+                if written_ms.is_some_and(|w| w > t.deleted_at_ms) {
+                    live_again.insert(id);
+                }
+            }
+        }
+        tombstones.push(t);
+    }
     let unusable;
     {
         let rebuilt = RocksIndex::open_primary(&rebuild_dir)?;

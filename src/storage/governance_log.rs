@@ -1,0 +1,280 @@
+//! The governance log: legal holds and tombstones outside the index (DESIGN promise 5).
+//!
+//! Holds and tombstones are not derivable from the stored objects, so the index alone
+//! must never hold them: if it is lost, `strata reindex` would forget which studies are
+//! held and which were deleted (and bring back the files of a deletion that was cut
+//! short). Every hold placed or lifted and every tombstone is therefore also appended,
+//! synced, to `<data_dir>/governance/governance.log` before the action takes effect on
+//! the stored data, and reindex replays it.
+//!
+//! ## Format (governance log format 1)
+//! One JSON object per line, hash-chained like the audit log:
+//! `{"v":1,"seq":N,"time_ms":T,"record":{"kind":"hold"|"release"|"tombstone",…},
+//! "prev":"<hash of line N-1>","hash":"<sha256 hex of prev, a newline and the line's
+//! JSON without hash>"}`; `seq` counts from 1; the first `prev` is 64 zeros.
+//!
+//! ## Crash consistency
+//! A record is appended and fsynced before the index changes (holds) or before any file
+//! or pack is removed (tombstones, whose object list the index computes first). A torn
+//! last line (a crash mid-write) is ignored when reading and cut before the next append.
+
+use super::{io, StorageError};
+use crate::index::{HoldRecord, Tombstone};
+use serde::{Deserialize, Serialize};
+use sha2::Digest;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+pub const FORMAT_VERSION: u32 = 1;
+const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// One governance action.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum GovernanceRecord {
+    /// A legal hold placed (or replaced) on a study.
+    Hold { study_uid: String, hold: HoldRecord },
+    /// The legal hold of a study lifted.
+    Release { study_uid: String },
+    /// A study deleted: what, who, why, when.
+    Tombstone(Tombstone),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Body {
+    v: u32,
+    seq: u64,
+    time_ms: u64,
+    record: GovernanceRecord,
+    prev: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Line {
+    #[serde(flatten)]
+    body: Body,
+    hash: String,
+}
+
+fn chain_hash(body: &Body) -> String {
+    let mut h = sha2::Sha256::new();
+    h.update(body.prev.as_bytes());
+    h.update(b"\n");
+    h.update(serde_json::to_vec(body).expect("governance record serialises"));
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub fn log_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("governance").join("governance.log")
+}
+
+/// The governance log of an archive. Cheap to clone; appends are serialised.
+#[derive(Clone)]
+pub struct GovernanceLog {
+    path: PathBuf,
+    lock: Arc<Mutex<()>>,
+}
+
+impl GovernanceLog {
+    /// The log of the archive at `data_dir` (created on first append).
+    pub fn new(data_dir: &Path) -> Self {
+        GovernanceLog {
+            path: log_path(data_dir),
+            lock: Arc::new(Mutex::new(())),
+        }
+    }
+
+    /// Appends one record and makes it durable before returning. Blocking.
+    pub fn append(&self, record: GovernanceRecord) -> Result<(), StorageError> {
+        let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let dir = self.path.parent().expect("the log has a directory");
+        std::fs::create_dir_all(dir).map_err(io("create", dir))?;
+        let mut file = OpenOptions::new()
+            .create(true)
+            .read(true)
+            .append(true)
+            .open(&self.path)
+            .map_err(io("open", &self.path))?;
+        let (seq, prev, valid_len) = last_of(&mut file, &self.path)?;
+        if valid_len != file.metadata().map_err(io("stat", &self.path))?.len() {
+            // a torn last line: cut it so the next record starts a line of its own
+            file.set_len(valid_len)
+                .map_err(io("truncate", &self.path))?;
+        }
+        let body = Body {
+            v: FORMAT_VERSION,
+            seq: seq + 1,
+            time_ms: crate::index::unix_ms_now(),
+            record,
+            prev,
+        };
+        let hash = chain_hash(&body);
+        let mut line = serde_json::to_vec(&Line { body, hash }).expect("line serialises");
+        line.push(b'\n');
+        file.write_all(&line).map_err(io("append to", &self.path))?;
+        file.sync_data().map_err(io("fsync", &self.path))?;
+        if seq == 0 {
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io("fsync", dir))?;
+        }
+        Ok(())
+    }
+
+    /// Every complete, chain-checked record, oldest first. A record that breaks the
+    /// chain (edited, removed, reordered) is an error naming it; a torn last line is
+    /// ignored.
+    pub fn read(&self) -> Result<Vec<GovernanceRecord>, StorageError> {
+        let file = match File::open(&self.path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io("open", &self.path)(e)),
+        };
+        let mut out = Vec::new();
+        let mut prev = GENESIS.to_string();
+        let mut reader = BufReader::new(file);
+        let mut raw = Vec::new();
+        loop {
+            raw.clear();
+            let n = reader
+                .read_until(b'\n', &mut raw)
+                .map_err(io("read", &self.path))?;
+            if n == 0 || raw.last() != Some(&b'\n') {
+                break; // end, or a torn last line
+            }
+            let line: Line = serde_json::from_slice(&raw).map_err(|e| self.broken(out.len(), e))?;
+            if line.body.prev != prev
+                || line.hash != chain_hash(&line.body)
+                || line.body.seq != out.len() as u64 + 1
+            {
+                return Err(self.broken(out.len(), "the hash chain does not hold"));
+            }
+            prev = line.hash;
+            out.push(line.body.record);
+        }
+        Ok(out)
+    }
+
+    fn broken(&self, index: usize, why: impl std::fmt::Display) -> StorageError {
+        StorageError::Io {
+            action: "check",
+            path: self.path.clone(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("governance record {}: {why}", index + 1),
+            ),
+        }
+    }
+}
+
+/// The last complete line's (seq, hash) and the length up to its end.
+fn last_of(file: &mut File, path: &Path) -> Result<(u64, String, u64), StorageError> {
+    file.seek(SeekFrom::Start(0)).map_err(io("seek", path))?;
+    let mut reader = BufReader::new(&mut *file);
+    let (mut seq, mut hash, mut len) = (0, GENESIS.to_string(), 0u64);
+    let mut raw = Vec::new();
+    loop {
+        raw.clear();
+        let n = reader
+            .read_until(b'\n', &mut raw)
+            .map_err(io("read", path))?;
+        if n == 0 || raw.last() != Some(&b'\n') {
+            break;
+        }
+        if let Ok(line) = serde_json::from_slice::<Line>(&raw) {
+            seq = line.body.seq;
+            hash = line.hash;
+        }
+        len += n as u64;
+    }
+    Ok((seq, hash, len))
+}
+
+/// Holds and tombstones as the log leaves them: the holds in force (study → hold) and
+/// every tombstone, in order.
+pub fn replay(records: &[GovernanceRecord]) -> (Vec<(String, HoldRecord)>, Vec<Tombstone>) {
+    let mut holds: std::collections::BTreeMap<String, HoldRecord> = Default::default();
+    let mut tombstones = Vec::new();
+    for r in records {
+        match r {
+            GovernanceRecord::Hold { study_uid, hold } => {
+                holds.insert(study_uid.clone(), hold.clone());
+            }
+            GovernanceRecord::Release { study_uid } => {
+                holds.remove(study_uid);
+            }
+            GovernanceRecord::Tombstone(t) => tombstones.push(t.clone()),
+        }
+    }
+    (holds.into_iter().collect(), tombstones)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tombstone(study: &str) -> Tombstone {
+        Tombstone {
+            study_uid: study.into(),
+            patient_id: "P".into(),
+            objects: vec![("1.1".into(), "1.1.1".into(), "ab".repeat(32))],
+            packs: Vec::new(),
+            who: "alice".into(),
+            why: "test".into(),
+            deleted_at_ms: 5,
+        }
+    }
+
+    #[test]
+    fn records_replay_in_order_and_a_broken_chain_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = GovernanceLog::new(dir.path());
+        assert!(log.read().unwrap().is_empty());
+        let hold = HoldRecord {
+            who: "legal".into(),
+            why: "case".into(),
+            since_ms: 1,
+        };
+        let hold_a = GovernanceRecord::Hold {
+            study_uid: "1.2".into(),
+            hold: hold.clone(),
+        };
+        log.append(hold_a.clone()).unwrap();
+        log.append(GovernanceRecord::Hold {
+            study_uid: "1.3".into(),
+            hold: hold.clone(),
+        })
+        .unwrap();
+        log.append(GovernanceRecord::Release {
+            study_uid: "1.3".into(),
+        })
+        .unwrap();
+        log.append(GovernanceRecord::Tombstone(tombstone("1.4")))
+            .unwrap();
+        let records = log.read().unwrap();
+        assert_eq!(records.len(), 4);
+        let (holds, tombs) = replay(&records);
+        assert_eq!(holds, vec![("1.2".to_string(), hold)]);
+        assert_eq!(tombs, vec![tombstone("1.4")]);
+
+        // a torn last line is ignored, then cut by the next append
+        let path = log_path(dir.path());
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(b"{\"v\":1,\"seq\":5,\"ti").unwrap();
+        assert_eq!(log.read().unwrap().len(), 4);
+        log.append(GovernanceRecord::Release {
+            study_uid: "1.2".into(),
+        })
+        .unwrap();
+        assert_eq!(log.read().unwrap().len(), 5);
+
+        // an edited record breaks the chain and is named
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, text.replacen("\"case\"", "\"cas3\"", 1)).unwrap();
+        let e = log.read().unwrap_err().to_string();
+        assert!(e.contains("governance record 1"), "{e}");
+        let _ = hold_a;
+    }
+}
