@@ -343,13 +343,71 @@ impl Ingest {
             }
             writer.write(&buf[..n])?;
         }
+        let written = writer.finish();
+        // PS3.10 7.1: the file meta's Media Storage SOP Class/Instance UIDs must be the
+        // data set's own. When a file's disagree, the data set is what is stored — as a
+        // C-STORE of it would be (one acceptance rule for every path) — so the object is
+        // framed under the data set's UIDs.
+        let attrs = read_header_blocking(written.tmp.path())
+            .map_err(|e| IngestError::Unparseable(e.to_string()))?;
+        let written = if (&attrs.sop_class_uid, &attrs.sop_instance_uid)
+            == (&meta.sop_class_uid, &meta.sop_instance_uid)
+        {
+            written
+        } else {
+            tracing::warn!(
+                media_storage_sop_instance_uid = meta.sop_instance_uid,
+                sop_instance_uid = attrs.sop_instance_uid,
+                "the file meta names other SOP UIDs than its data set; storing the data set under its own"
+            );
+            let old_prefix = object_prefix(
+                &meta.sop_class_uid,
+                &meta.sop_instance_uid,
+                &meta.transfer_syntax_uid,
+            )
+            .len() as u64;
+            self.reframe_blocking(
+                written,
+                old_prefix,
+                object_prefix(
+                    &attrs.sop_class_uid,
+                    &attrs.sop_instance_uid,
+                    &meta.transfer_syntax_uid,
+                ),
+            )?
+        };
         self.admit_blocking(
-            writer.finish(),
-            &meta.sop_class_uid,
-            &meta.sop_instance_uid,
+            written,
+            &attrs.sop_class_uid,
+            &attrs.sop_instance_uid,
             provenance,
             actor,
         )
+    }
+
+    /// A new tmp object: `prefix`, then the data set of `written` (which starts at
+    /// `old_prefix`). The old tmp file is removed.
+    fn reframe_blocking(
+        &self,
+        written: WrittenObject,
+        old_prefix: u64,
+        prefix: Vec<u8>,
+    ) -> Result<WrittenObject, IngestError> {
+        use std::io::{Seek, SeekFrom};
+        let storage = |e: std::io::Error| IngestError::Storage(format!("re-frame: {e}"));
+        let mut from = std::fs::File::open(written.tmp.path()).map_err(storage)?;
+        from.seek(SeekFrom::Start(old_prefix)).map_err(storage)?;
+        let mut writer = BlockingObjectWriter::new(&self.hot, prefix)?;
+        let mut buf = vec![0u8; FLUSH_AT];
+        loop {
+            let n = from.read(&mut buf).map_err(storage)?;
+            if n == 0 {
+                break;
+            }
+            writer.write(&buf[..n])?;
+        }
+        drop(written);
+        Ok(writer.finish())
     }
 }
 

@@ -526,3 +526,38 @@ fn encapsulated_and_video_transfer_syntaxes_are_stored_verbatim() {
     assert_eq!(archive.total_instances() as usize, syntaxes.len());
     server.stop();
 }
+
+/// Issue 12, one acceptance rule for every ingest path: pydicom's rtplan.dcm and
+/// rtdose.dcm carry file meta UIDs that differ from their data sets' own (PS3.10 7.1
+/// requires them equal). C-STORE stores the data set under its own UIDs; `import` used
+/// to refuse these files ("dataset does not match"). Both paths now accept them, under
+/// the data sets' own UIDs.
+#[test]
+fn import_and_c_store_take_files_with_inconsistent_meta_alike() {
+    let archive = Archive::new("store-rt-meta");
+    let samples = pydicom_samples()
+        .0
+        .first()
+        .and_then(|p| p.parent())
+        .expect("pydicom's test files")
+        .to_path_buf();
+    let files = [samples.join("rtplan.dcm"), samples.join("rtdose.dcm")];
+    let out = run_ok(archive.strata(&["import", "--json"]).args(&files));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["stored"], 2, "{report}");
+    // stored under the data sets' own SOP Instance UIDs, not the file meta's
+    for sop in [
+        "1.2.777.777.77.7.7777.7777.20030903150023",
+        "1.9.999.999.99.9.9999.9999.20030818153516",
+    ] {
+        let shown = run_ok(&mut archive.strata(&["show", sop, "--json"]));
+        let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+        assert_eq!(shown["kind"], "instance", "{shown}");
+    }
+    let server = archive.start();
+    storescu_send(server.dicom_port, &files);
+    server.stop();
+    // the same SOP Instances: no new instance (DCMTK re-encodes the data set, so its
+    // bytes, and the object, differ: a kept version)
+    assert_eq!(archive.total_instances(), 2);
+}
