@@ -39,7 +39,8 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
     /// Check the hash chain of the whole log and the chain heads anchored in the cold
-    /// tier; names the first bad record. Exit 1 when anything is wrong.
+    /// tier; names the first bad record. Exit 1 when anything is wrong, 3 when the chain
+    /// holds but no anchor vouches for it.
     Verify {
         #[arg(long)]
         json: bool,
@@ -166,6 +167,11 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Studies under a legal hold: who placed it, when, why.
+    Holds {
+        #[arg(long)]
+        json: bool,
+    },
     /// Deleted studies: what, who, why, when.
     Tombstones {
         #[arg(long)]
@@ -215,6 +221,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Ls { study_uid, json } => catalog::ls(&config, study_uid, json),
         Command::Show { uid, json } => catalog::show(&config, &uid, json),
         Command::Tombstones { json } => catalog::tombstones(&config, json),
+        Command::Holds { json } => catalog::holds(&config, json),
         Command::Export {
             study_uids,
             all,

@@ -539,4 +539,16 @@ mod tests {
         }
         assert_eq!(example.dicom.ae_title, "STRATA");
     }
+
+    #[test]
+    fn following_the_example_s_peers_instructions_works() {
+        // issue 12: "replace `peers = []` with one table per node" must give a valid file
+        let text = include_str!("../config/strata.toml").replace(
+            "\npeers = []\n",
+            "\n[[dicom.peers]]\nae_title = \"VIEWER\"\nhost = \"10.0.0.20\"\nport = 104\n",
+        );
+        let config = Config::from_toml(&text).unwrap();
+        assert_eq!(config.dicom.peers.len(), 1);
+        assert_eq!(config.dicom.peers[0].ae_title, "VIEWER");
+    }
 }

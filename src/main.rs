@@ -7,6 +7,15 @@ use clap::Parser;
 
 fn main() {
     let args = cli::Cli::parse();
+    if !matches!(args.command, cli::Command::Serve) {
+        // a command whose output is piped into `head` stops quietly when the reader
+        // goes away, as Unix tools do, instead of panicking on EPIPE (the server keeps
+        // ignoring SIGPIPE: a peer closing its socket must not kill it)
+        // SAFETY: signal(2) with SIG_DFL at start-up, before any other thread exists.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     cli::init_logging(matches!(args.command, cli::Command::Serve));
     match cli::run(args) {
         Ok(code) => std::process::exit(code),

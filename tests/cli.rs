@@ -195,3 +195,40 @@ fn verify_finds_corrupt_missing_and_orphan_objects() {
     let missing = run(&mut archive.strata(&["show", "1.2.3.999"]));
     assert_eq!(missing.status.code(), Some(2));
 }
+
+/// Issue 12, operations polish: output piped into `head` ends quietly (no panic); an
+/// audit log no anchor vouches for is a warning with its own exit code (3), not
+/// "intact"; and a request for an unknown study through the running server's admin API
+/// says "no study", not an HTTP status.
+#[test]
+fn piped_output_unanchored_audit_and_unknown_studies_are_reported_plainly() {
+    let archive = Archive::new("cli-polish");
+    let ct: Vec<_> = dcm_files(ct_study()).into_iter().take(3).collect();
+    run_ok(archive.strata(&["import"]).args(&ct));
+
+    let out = run(std::process::Command::new("sh").arg("-c").arg(format!(
+        "'{}' --config '{}' audit export --format json | head -1",
+        strata_bin().display(),
+        archive.config.display()
+    )));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
+
+    // stores are recorded, but nothing anchored the chain yet
+    let out = run(&mut archive.strata(&["audit", "verify"]));
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("NO anchor"));
+    run_ok(&mut archive.strata(&["audit", "anchor"]));
+    run_ok(&mut archive.strata(&["audit", "verify"]));
+
+    let server = archive.start();
+    let out = run(&mut archive.strata(&["hold", "1.2.3.4.5.404", "--reason", "x"]));
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no study 1.2.3.4.5.404") && !err.contains("404:") && !err.contains("500"),
+        "{err}"
+    );
+    server.stop();
+}

@@ -683,6 +683,14 @@ fn holds_and_tombstones_survive_a_lost_index() {
     let out = run(&mut archive.strata(&["delete", b, "--reason", "cleanup"]));
     assert!(!out.status.success(), "the hold survives a lost index");
     assert!(String::from_utf8_lossy(&out.stderr).contains("legal hold"));
+    // `holds` lists it, `ls` shows it
+    let out = run_ok(&mut archive.strata(&["holds", "--json"]));
+    let holds: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(holds[0]["study_uid"].as_str(), Some(b.as_str()), "{holds}");
+    assert_eq!(holds[0]["hold"]["why"], "litigation 2026-41");
+    assert_eq!(archive.ls_json()[0]["hold"]["why"], "litigation 2026-41");
+    let out = run_ok(&mut archive.strata(&["ls", b]));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("LEGAL HOLD"));
     let (clean, report) = archive.verify_json();
     assert!(clean, "{report}");
     assert_eq!(

@@ -42,6 +42,22 @@ impl Archive {
             .collect())
     }
 
+    /// Studies under a legal hold, with who placed it, when and why (blocking).
+    pub fn holds_blocking(&self) -> Result<Vec<(String, crate::index::HoldRecord)>> {
+        let mut studies = Vec::new();
+        self.index.for_each_study(&mut |uid, _| {
+            studies.push(uid.to_string());
+            true
+        })?;
+        let mut holds = Vec::new();
+        for uid in studies {
+            if let Some(h) = self.index.hold(&uid)? {
+                holds.push((uid, h));
+            }
+        }
+        Ok(holds)
+    }
+
     /// Deleted studies: what, who, why, when (blocking).
     pub fn tombstones_blocking(&self) -> Result<Vec<crate::index::Tombstone>> {
         Ok(self.index.tombstones()?)
@@ -77,12 +93,16 @@ pub struct StudySummary {
     pub bytes: u64,
     /// Last store or retrieval (ms since the epoch), for the tiering policy.
     pub last_access_ms: Option<u64>,
+    /// The legal hold on the study, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hold: Option<crate::index::HoldRecord>,
 }
 
 impl StudySummary {
     fn new(study_uid: String, s: StudyRecord) -> Self {
         StudySummary {
             last_access_ms: None,
+            hold: None,
             study_uid,
             patient_id: s.patient_id,
             patient_name: s.patient_name,
@@ -104,8 +124,10 @@ fn list_studies(index: &dyn Index) -> Result<Vec<StudySummary>> {
         .into_iter()
         .map(|(uid, s)| {
             let last_access_ms = index.last_access(&uid)?;
+            let hold = index.hold(&uid)?;
             Ok(StudySummary {
                 last_access_ms,
+                hold,
                 ..StudySummary::new(uid, s)
             })
         })
@@ -268,9 +290,14 @@ fn natural(n: &str) -> (i64, String) {
 }
 
 fn list_study(index: &dyn Index, study_uid: &str) -> Result<Option<StudySummary>> {
-    Ok(index
-        .study(study_uid)?
-        .map(|s| StudySummary::new(study_uid.to_string(), s)))
+    let Some(record) = index.study(study_uid)? else {
+        return Ok(None);
+    };
+    Ok(Some(StudySummary {
+        last_access_ms: index.last_access(study_uid)?,
+        hold: index.hold(study_uid)?,
+        ..StudySummary::new(study_uid.to_string(), record)
+    }))
 }
 
 #[derive(Debug, Serialize)]

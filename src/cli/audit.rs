@@ -16,10 +16,19 @@ pub fn audit(config: &Config, command: AuditCommand) -> Result<i32> {
                 .block_on(strata::audit::anchors(&cold))
                 .map_err(|e| anyhow::anyhow!(e))?;
             let report = strata::audit::verify(&path, &anchors)?;
+            // a chain no anchor vouches for could have been rewritten whole
+            let unanchored =
+                report.first_bad.is_none() && report.records > 0 && report.anchors_checked == 0;
             if json {
                 print_json(&report)?;
             } else {
                 match &report.first_bad {
+                    None if unanchored => println!(
+                        "audit log chain holds ({} records), but NO anchor in the cold tier vouches for it: \
+                         a rewrite of the whole log would not show; run `strata audit anchor` (serve anchors \
+                         every [audit] anchor_interval)",
+                        report.records
+                    ),
                     None => println!(
                         "audit log intact: {} records, {} anchors in the cold tier match",
                         report.records, report.anchors_checked
@@ -29,7 +38,11 @@ pub fn audit(config: &Config, command: AuditCommand) -> Result<i32> {
                     }
                 }
             }
-            Ok(if report.first_bad.is_none() { 0 } else { 1 })
+            Ok(match (&report.first_bad, unanchored) {
+                (Some(_), _) => 1,
+                (None, true) => 3,
+                (None, false) => 0,
+            })
         }
         AuditCommand::Log { since, study, json } => {
             let from = since

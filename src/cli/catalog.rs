@@ -56,6 +56,16 @@ pub fn ls(config: &Config, study_uid: Option<String>, json: bool) -> Result<i32>
                     view.study.series,
                     view.study.instances
                 );
+                if let Some(h) = &view.study.hold {
+                    println!(
+                        "  LEGAL HOLD placed by {} at {}: {}",
+                        h.who,
+                        humantime::format_rfc3339_seconds(
+                            std::time::UNIX_EPOCH + std::time::Duration::from_millis(h.since_ms)
+                        ),
+                        h.why
+                    );
+                }
                 for s in &view.series {
                     println!(
                         "  series {} #{} {} {:?}: {} instances",
@@ -120,6 +130,30 @@ pub fn tombstones(config: &Config, json: bool) -> Result<i32> {
                     std::time::UNIX_EPOCH + std::time::Duration::from_millis(t.deleted_at_ms)
                 ),
                 t.why
+            );
+        }
+    }
+    Ok(0)
+}
+
+pub fn holds(config: &Config, json: bool) -> Result<i32> {
+    let archive = Archive::read_only(config)?;
+    let holds = archive.holds_blocking()?;
+    if json {
+        let list: Vec<_> = holds
+            .iter()
+            .map(|(study, h)| serde_json::json!({"study_uid": study, "hold": h}))
+            .collect();
+        print_json(&list)?;
+    } else {
+        for (study, h) in &holds {
+            println!(
+                "{study}: held by {} since {}: {}",
+                h.who,
+                humantime::format_rfc3339_seconds(
+                    std::time::UNIX_EPOCH + std::time::Duration::from_millis(h.since_ms)
+                ),
+                h.why
             );
         }
     }

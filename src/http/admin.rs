@@ -215,8 +215,9 @@ pub enum AdminError {
     /// The server could not be reached or did not answer in time.
     #[error("the server's admin API at {url} did not answer: {detail}")]
     Unreachable { url: String, detail: String },
-    /// The server answered with a failure status.
-    #[error("the server answered {status}: {message}")]
+    /// The server answered with a failure status (`status`, RFC 9110); `message` says
+    /// why, as the use case put it.
+    #[error("{message}")]
     Refused { status: u16, message: String },
     /// The answer was not the JSON expected.
     #[error("the server's answer is unreadable: {0}")]
