@@ -25,6 +25,7 @@
 //! | verify, repair | [`integrity`] | `strata verify [--repair]`, admin API |
 //! | delete, hold, retention | [`governance`] | `strata delete/hold/retention`, admin API |
 //! | tier status, pass, forced move | [`tier`] | `strata tier`, admin API |
+//! | readiness | [`health`] | `/readyz` |
 //!
 //! An [`Archive`] is a cheap handle (clone it into tasks). It is opened in one of three
 //! ways: by `strata serve` over the storage it owns ([`Archive::serving`]), by a CLI
@@ -36,6 +37,7 @@ pub mod error;
 pub mod export;
 pub mod find;
 pub mod governance;
+pub mod health;
 pub mod integrity;
 pub mod principal;
 pub mod retrieve;

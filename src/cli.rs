@@ -358,11 +358,20 @@ fn serve(config: Config) -> Result<i32> {
     })
 }
 
+/// SIGTERM or Ctrl-C stop the server. SIGHUP, which would otherwise end the process
+/// (a closed terminal, a habitual "reload"), only says that the configuration is read at
+/// start: nothing can be reloaded in place yet.
 async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received"),
-        _ = term.recv() => tracing::info!("SIGTERM received"),
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return tracing::info!("interrupt received"),
+            _ = term.recv() => return tracing::info!("SIGTERM received"),
+            _ = hup.recv() => tracing::warn!(
+                "SIGHUP received and ignored: the configuration is read at start only; restart to apply a change"
+            ),
+        }
     }
 }

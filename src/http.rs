@@ -1,7 +1,9 @@
 //! # The HTTP adapter
 //!
 //! One axum router on the `[http]` port: `/metrics` (Prometheus text format),
-//! `/healthz`, and the admin API ([`admin`]) under `/admin/`, which answers loopback
+//! `/healthz` (liveness: the process answers and its hot disk is reachable), `/readyz`
+//! (readiness: index, hot disk above its floor, cold tier answering; 200 or 503 with
+//! the state of each as JSON), and the admin API ([`admin`]) under `/admin/`, which answers loopback
 //! peers only. Every admin route calls the application layer ([`crate::archive`]) with
 //! the caller's [`Principal`](crate::archive::Principal) and maps its typed error to a
 //! status with [`Error::http_status`](crate::archive::Error::http_status). DICOMweb and
@@ -30,6 +32,7 @@ pub fn router(archive: Archive) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .merge(admin::routes())
         .with_state(archive)
 }
@@ -73,4 +76,18 @@ async fn healthz(State(archive): State<Archive>) -> impl IntoResponse {
         ),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
     }
+}
+
+async fn readyz(State(archive): State<Archive>) -> impl IntoResponse {
+    let readiness = archive.readiness().await;
+    let status = if readiness.ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        serde_json::to_string_pretty(&readiness).unwrap_or_default(),
+    )
 }

@@ -73,7 +73,9 @@ pub async fn run(
         shutdown_rx.clone(),
     ));
     tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
         ae_title = config.dicom.ae_title,
+        cold = archive.cold.describe(),
         dicom = ?dicom_listener.local_addr().ok(),
         http = %http::local_addr_display(&config),
         data_dir = %config.archive.data_dir.display(),

@@ -198,8 +198,9 @@ fn verify_finds_corrupt_missing_and_orphan_objects() {
 
 /// Issue 12, operations polish: output piped into `head` ends quietly (no panic); an
 /// audit log no anchor vouches for is a warning with its own exit code (3), not
-/// "intact"; and a request for an unknown study through the running server's admin API
-/// says "no study", not an HTTP status.
+/// "intact"; an error is said once; SIGHUP does not stop the server; and a request for
+/// an unknown study through the running server's admin API says "no study", not an
+/// HTTP status.
 #[test]
 fn piped_output_unanchored_audit_and_unknown_studies_are_reported_plainly() {
     let archive = Archive::new("cli-polish");
@@ -222,7 +223,23 @@ fn piped_output_unanchored_audit_and_unknown_studies_are_reported_plainly() {
     run_ok(&mut archive.strata(&["audit", "anchor"]));
     run_ok(&mut archive.strata(&["audit", "verify"]));
 
+    // every error said once, with its context
+    let out = run(std::process::Command::new(strata_bin()).args([
+        "--config",
+        "/nonexistent/strata.toml",
+        "ls",
+    ]));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(err.contains("/nonexistent/strata.toml"), "{err}");
+    assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
+
     let server = archive.start();
+    // SIGHUP does not end the server: it says the configuration is read at start
+    run_ok(std::process::Command::new("kill").args(["-HUP", &server.pid().to_string()]));
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(server.echo_ok(), "the server goes on after SIGHUP");
+    assert!(server.log_text().contains("SIGHUP received and ignored"));
     let out = run(&mut archive.strata(&["hold", "1.2.3.4.5.404", "--reason", "x"]));
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);

@@ -308,8 +308,22 @@ fn a_cold_tier_outage_only_delays_aging() {
         ),
     );
     let server = archive.start();
+    let ready = |expected: u16| {
+        let (code, body) = http_get(server.http_port, "/readyz").expect("/readyz answers");
+        assert_eq!(code, expected, "{body}");
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()
+    };
+    assert_eq!(ready(200)["cold"]["ok"], true);
     let port = moto.port;
     moto.stop();
+    // not ready while the cold tier does not answer (alive all the same)
+    let state = ready(503);
+    assert_eq!(
+        (state["cold"]["ok"].clone(), state["hot"]["ok"].clone()),
+        (false.into(), true.into()),
+        "{state}"
+    );
+    assert_eq!(http_get(server.http_port, "/healthz").unwrap().0, 200);
     let ct = small_study(20);
     crate::store::storescu_send(server.dicom_port, &ct);
     assert_eq!(archive.total_instances(), ct.len() as u64, "ingest goes on");
@@ -329,6 +343,9 @@ fn a_cold_tier_outage_only_delays_aging() {
 
     let moto = Moto::start_on(port);
     moto.create_bucket("archive");
+    wait_for("readiness to return", Duration::from_secs(60), || {
+        http_get(server.http_port, "/readyz").is_some_and(|(code, _)| code == 200)
+    });
     wait_for("aging to resume", Duration::from_secs(60), || {
         tier_status(&archive)["cold_only_objects"].as_u64() == Some(ct.len() as u64)
     });

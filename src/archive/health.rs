@@ -1,0 +1,86 @@
+//! Readiness: can the archive do its work right now (`/readyz`)? Liveness (`/healthz`)
+//! only says the process answers; readiness checks each part a store or a retrieval
+//! needs: the index answers a read, the hot disk is above its free-space floor, and the
+//! cold tier answers a request (a HEAD of an id no pack has: "not found" is an answer).
+
+use super::{blocking, Archive};
+use serde::Serialize;
+use strata_tiers::{BlobStore, ObjectId};
+
+/// How long the cold tier may take to answer the readiness probe.
+const COLD_PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// One part's state.
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    pub ok: bool,
+    pub detail: String,
+}
+
+impl Check {
+    fn of<T, E: std::fmt::Display>(r: Result<T, E>, ok: impl FnOnce(T) -> String) -> Self {
+        match r {
+            Ok(v) => Check {
+                ok: true,
+                detail: ok(v),
+            },
+            Err(e) => Check {
+                ok: false,
+                detail: e.to_string(),
+            },
+        }
+    }
+}
+
+/// The readiness of each part; ready when all are.
+#[derive(Debug, Clone, Serialize)]
+pub struct Readiness {
+    pub ready: bool,
+    pub index: Check,
+    pub hot: Check,
+    pub cold: Check,
+}
+
+impl Archive {
+    /// Probes the index, the hot disk and the cold tier (see the module docs).
+    pub async fn readiness(&self) -> Readiness {
+        let probe = ObjectId::of_bytes(b"strata readiness probe");
+        let index = self.index.clone();
+        let index = Check::of(
+            blocking(move || Ok(index.has_object(&probe)?)).await,
+            |_| "answers".into(),
+        );
+        let hot = self.hot.clone();
+        let hot = Check::of(
+            blocking(move || {
+                hot.check_free_space_blocking()?;
+                Ok(hot.free_bytes_blocking()?)
+            })
+            .await,
+            |free| format!("{} MiB free", free / (1024 * 1024)),
+        );
+        let cold = match tokio::time::timeout(COLD_PROBE_TIMEOUT, self.cold.head(&probe)).await {
+            Err(_) => Check {
+                ok: false,
+                detail: format!(
+                    "{}: no answer within {COLD_PROBE_TIMEOUT:?}",
+                    self.cold.describe()
+                ),
+            },
+            Ok(Err(e)) if !e.is_not_found() => Check {
+                ok: false,
+                detail: format!("{}: {e}", self.cold.describe()),
+            },
+            Ok(_) => Check {
+                ok: true,
+                detail: format!("{} answers", self.cold.describe()),
+            },
+        };
+        Readiness {
+            ready: index.ok && hot.ok && cold.ok,
+            index,
+            hot,
+            cold,
+        }
+    }
+}
