@@ -51,6 +51,15 @@ pub async fn run(
         })
     });
 
+    // Say at once, and exactly, when the cold tier cannot be used (ingest goes on).
+    let cold = archive.cold.clone();
+    tokio::spawn(async move {
+        match cold.preflight().await {
+            Ok(()) => tracing::info!(cold = cold.describe(), "cold tier preflight passed"),
+            Err(e) => tracing::error!("COLD TIER NOT USABLE: {e}"),
+        }
+    });
+
     // The tiering worker: ingest never waits on it, and it stops with the server.
     let tier_trigger = Arc::new(tokio::sync::Notify::new());
     let tier_task = config.tiering.enabled.then(|| {

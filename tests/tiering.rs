@@ -584,3 +584,33 @@ fn resent_cold_instances_and_unreadable_packs_are_kept() {
     run_ok(&mut archive.strata(&["tier", "run"]));
     assert!(pack.exists(), "the only copy must not be collected");
 }
+
+/// Issue 12, a cold tier that explains itself: with the configured bucket missing, the
+/// server says so at start, in those words, and so does `strata tier status`; ingest
+/// goes on.
+#[test]
+fn a_missing_bucket_is_named_at_start_and_in_tier_status() {
+    let moto = Moto::start();
+    let archive = Archive::with_config("tier-preflight", &moto.cold_section("never-created", ""));
+    let server = archive.start();
+    wait_for("the preflight's verdict", Duration::from_secs(30), || {
+        server.log_text().contains("COLD TIER NOT USABLE")
+    });
+    assert!(
+        server
+            .log_text()
+            .contains("the bucket never-created does not exist"),
+        "{}",
+        server.log_text()
+    );
+    let out = run_ok(&mut archive.strata(&["tier", "status"]));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("NOT USABLE: configuration: the bucket never-created does not exist"),
+        "{text}"
+    );
+    let ct = small_study(2);
+    crate::store::storescu_send(server.dicom_port, &ct);
+    assert_eq!(archive.total_instances(), 2, "ingest goes on");
+    server.stop();
+}

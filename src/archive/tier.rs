@@ -42,10 +42,16 @@ impl TierTarget {
 }
 
 impl Archive {
-    /// Studies, objects and bytes per tier; queue lengths; the oldest item waiting.
+    /// Studies, objects and bytes per tier; queue lengths; the oldest item waiting; and
+    /// whether the cold tier can be used (its preflight).
     pub async fn tier_status(&self) -> Result<TierStatus> {
         let tiering = self.tiering.clone();
-        blocking(move || Ok(tiering.status_blocking()?)).await
+        let mut status = blocking(move || Ok(tiering.status_blocking()?)).await?;
+        status.cold_check = match self.cold.preflight().await {
+            Ok(()) => "ok".into(),
+            Err(e) => e.to_string(),
+        };
+        Ok(status)
     }
 
     /// One policy pass now (age, watermarks, archive class, orphan uploads); each move

@@ -24,7 +24,10 @@ pub fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
 
 pub fn print_status_value(s: &serde_json::Value) {
     let n = |k: &str| s.get(k).cloned().unwrap_or_default();
-    println!("cold tier: {}", n("cold_url"));
+    match s.get("cold_check").and_then(|v| v.as_str()) {
+        Some("ok") | None => println!("cold tier: {}", n("cold_url")),
+        Some(problem) => println!("cold tier: {}: NOT USABLE: {problem}", n("cold_url")),
+    }
     println!(
         "hot:  {} objects, {} bytes ({} studies only hot); hot filesystem {:.1}% used",
         n("hot_objects"),

@@ -63,6 +63,10 @@ pub struct TierStatus {
     pub oldest_due_since_ms: Option<u64>,
     pub hot_fs_used_percent: f64,
     pub cold_url: String,
+    /// `ok`, or what is wrong with the cold tier (its preflight: bucket, credentials, a
+    /// test object written, read and deleted).
+    #[serde(default)]
+    pub cold_check: String,
 }
 
 impl Tiering {

@@ -564,6 +564,84 @@ impl ColdStore {
         }
     }
 
+    /// Checks that the cold tier can be used, and says exactly what is wrong when it
+    /// cannot: for S3, the bucket must exist and the credentials must be accepted (a
+    /// typed HeadBucket answer: 404 = no such bucket, 403 = credentials refused; no
+    /// answer = unreachable or no credentials); then, for every store, a small test
+    /// object is written, read back and deleted under `strata-preflight/`.
+    pub async fn preflight(&self) -> Result<(), TierError> {
+        if let Some(s3) = &self.s3 {
+            let head = s3.client.head_bucket().bucket(&s3.bucket).send().await;
+            if let Err(e) = head {
+                let status = match &e {
+                    aws_sdk_s3::error::SdkError::ServiceError(se) => {
+                        Some(se.raw().status().as_u16())
+                    }
+                    _ => None,
+                };
+                let bucket = &s3.bucket;
+                let at = &self.describe;
+                return Err(TierError::config(match status {
+                    Some(404) => format!(
+                        "the bucket {bucket} does not exist ({at}): create it first; Strata never creates buckets"
+                    ),
+                    Some(401 | 403) => format!(
+                        "the S3 credentials are refused for the bucket {bucket} ({at}): check \
+                         AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or the AWS credential chain) \
+                         and the bucket's policy"
+                    ),
+                    Some(other) => format!("the bucket {bucket} ({at}) answers HTTP {other}"),
+                    None => format!(
+                        "no answer from {at}: the endpoint is unreachable, or no S3 credentials \
+                         were found (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or use the \
+                         AWS credential chain): {}",
+                        error_chain(&e)
+                    ),
+                }));
+            }
+        }
+        let name = format!(
+            "strata-preflight/{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0)
+        );
+        let key = self.named_key(&name);
+        let probe = Bytes::from_static(b"strata preflight");
+        let failed = |step: &str, e: object_store::Error| {
+            TierError::config(format!(
+                "{}: cannot {step} a test object {key}: {}",
+                self.describe,
+                error_chain(&e)
+            ))
+        };
+        self.store
+            .put(&key, PutPayload::from_bytes(probe.clone()))
+            .await
+            .map_err(|e| failed("write", e))?;
+        let back = self
+            .store
+            .get(&key)
+            .await
+            .map_err(|e| failed("read", e))?
+            .bytes()
+            .await
+            .map_err(|e| failed("read", e))?;
+        self.store
+            .delete(&key)
+            .await
+            .map_err(|e| failed("delete", e))?;
+        if back != probe {
+            return Err(TierError::config(format!(
+                "{}: a test object {key} read back different bytes",
+                self.describe
+            )));
+        }
+        Ok(())
+    }
+
     /// Stores a small named object (`audit/heads/…`): names come from the caller's code,
     /// never from the network. An existing object of that name is left as it is.
     pub async fn put_named(&self, name: &str, bytes: Bytes) -> Result<(), TierError> {
