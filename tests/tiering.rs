@@ -614,3 +614,42 @@ fn a_missing_bucket_is_named_at_start_and_in_tier_status() {
     assert_eq!(archive.total_instances(), 2, "ingest goes on");
     server.stop();
 }
+
+/// Issue 12, cold-tier faults never cost truth: while an archived pack awaits its
+/// restore, the scrubber cannot read its members, so it records no fixity verdict for
+/// them — never "verified" (it used to record `ok: true` for objects it had not read).
+#[test]
+fn the_scrubber_never_calls_an_unread_archived_copy_verified() {
+    let moto = Moto::start();
+    moto.create_bucket("deep-scrub");
+    let archive = Archive::with_config(
+        "tier-deep-scrub",
+        &format!(
+            "{}\n[scrub]\ncycle = \"1h\"\n",
+            moto.cold_section("deep-scrub", "storage_class = \"DEEP_ARCHIVE\"")
+        ),
+    );
+    let ct = small_study(3);
+    run_ok(archive.strata(&["import"]).args(&ct));
+    let study = only_study(&archive);
+    move_study(&archive, &study, "cold");
+    let server = archive.start();
+    wait_for(
+        "the scrubber's first object",
+        Duration::from_secs(30),
+        || server.log_text().contains("fixity not checked this cycle"),
+    );
+    server.stop();
+    let shown = run_ok(&mut archive.strata(&["show", &study, "--json"]));
+    let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+    for series in shown["series"].as_array().unwrap() {
+        for instance in series["instances"].as_array().unwrap() {
+            for version in instance["versions"].as_array().unwrap() {
+                assert!(
+                    version["last_verified"].is_null(),
+                    "an unread copy must not be called verified: {version}"
+                );
+            }
+        }
+    }
+}

@@ -14,15 +14,30 @@ use std::time::{Duration, Instant};
 use strata_tiers::ObjectId;
 use tokio::sync::watch;
 
-/// Checks one object in each tier that holds it; `Err` lists what is wrong.
-async fn check(t: &Tiering, id: &ObjectId, record: &ObjectRecord) -> (u64, Result<(), String>) {
+/// What one check of an object found.
+struct Checked {
+    /// Bytes read and hashed.
+    bytes: u64,
+    /// Copies actually read and hashed (a pack awaiting a restore is not).
+    copies_read: usize,
+    /// What is wrong, if anything.
+    outcome: Result<(), String>,
+    /// Copies that could not be checked now, and why (not failures).
+    unchecked: Vec<String>,
+}
+
+/// Checks one object in each tier that holds it.
+async fn check(t: &Tiering, id: &ObjectId, record: &ObjectRecord) -> Checked {
     let mut problems = Vec::new();
+    let mut unchecked = Vec::new();
+    let mut copies_read = 0;
     let mut bytes = 0;
     if record.tier == Tier::Hot {
         let (hot, oid) = (t.hot.clone(), *id);
         match blocking(move || Ok(hot.rehash_blocking(&oid)?)).await {
             Ok((actual, size)) => {
                 bytes += size;
+                copies_read += 1;
                 if actual != *id {
                     problems.push(format!(
                         "hot copy {} hashes to {actual}",
@@ -36,22 +51,31 @@ async fn check(t: &Tiering, id: &ObjectId, record: &ObjectRecord) -> (u64, Resul
     let reader = t.reader();
     for copy in &record.cold {
         match reader.read_copy(id, copy).await {
-            Ok(b) => bytes += b.len() as u64,
-            Err(e) if e.is_pending_restore() => {} // archived: checked when restored
+            Ok(b) => {
+                bytes += b.len() as u64;
+                copies_read += 1;
+            }
+            // archived: checked once restored, never counted as verified before
+            Err(e) if e.is_pending_restore() => unchecked.push(format!(
+                "cold copy in pack {} not checked: archived, restore pending",
+                copy.pack
+            )),
             Err(e) => problems.push(format!(
                 "cold copy in pack {} at {}: {e}",
                 copy.pack, copy.offset
             )),
         }
     }
-    (
+    Checked {
         bytes,
-        if problems.is_empty() {
+        copies_read,
+        outcome: if problems.is_empty() {
             Ok(())
         } else {
             Err(problems.join("; "))
         },
-    )
+        unchecked,
+    }
 }
 
 /// Runs cycles until `stop` turns true.
@@ -86,7 +110,22 @@ pub async fn run_scrubber(t: Tiering, mut stop: watch::Receiver<bool>) {
                 continue; // deleted since
             };
             let record = &record;
-            let (bytes, outcome) = check(&t, id, record).await;
+            let Checked {
+                bytes,
+                copies_read,
+                outcome,
+                unchecked,
+            } = check(&t, id, record).await;
+            if copies_read == 0 && outcome.is_ok() {
+                // nothing could be read (every copy awaits a restore): no verdict, and
+                // above all no "verified" (the previous record stays)
+                tracing::info!(object = %id, reasons = %unchecked.join("; "), "fixity not checked this cycle");
+                tokio::select! {
+                    _ = tokio::time::sleep(per_object.saturating_sub(started.elapsed())) => {}
+                    _ = stop.changed() => return,
+                }
+                continue;
+            }
             if let Some(m) = &t.metrics {
                 m.scrub_objects.inc();
                 m.scrub_bytes.inc_by(bytes);
@@ -105,10 +144,18 @@ pub async fn run_scrubber(t: Tiering, mut stop: watch::Receiver<bool>) {
                     "FIXITY FAILURE: run `strata verify --repair`"
                 );
             }
+            let ok = outcome.is_ok();
+            let mut detail = outcome.err().unwrap_or_default();
+            for note in unchecked {
+                if !detail.is_empty() {
+                    detail.push_str("; ");
+                }
+                detail.push_str(&note);
+            }
             let fixity = FixityRecord {
                 verified_at_ms: unix_ms_now(),
-                ok: outcome.is_ok(),
-                detail: outcome.err().unwrap_or_default(),
+                ok,
+                detail,
             };
             let (index, oid) = (t.index.clone(), *id);
             let _ = blocking(move || Ok(index.record_fixity(&oid, &fixity)?)).await;
