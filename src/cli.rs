@@ -187,8 +187,14 @@ pub enum Command {
         #[command(subcommand)]
         command: TierCommand,
     },
-    /// Rebuild the index from the stored objects alone (server stopped).
-    Reindex,
+    /// Rebuild the index from the stored objects alone (server stopped). The current
+    /// index is kept when the rebuilt one would lack objects it records in cold (a pack
+    /// not listed yet or unreadable), unless --force.
+    Reindex {
+        /// Swap the rebuilt index in even then (what it lacks is forgotten).
+        #[arg(long)]
+        force: bool,
+    },
     /// Print the effective configuration, with every default.
     Config,
 }
@@ -236,7 +242,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             json, repair: true, ..
         } => integrity::repair(&config, json),
         Command::Verify { json, tier, .. } => integrity::verify(&config, json, tier),
-        Command::Reindex => integrity::reindex(&config),
+        Command::Reindex { force } => integrity::reindex(&config, force),
         Command::Delete { study_uid, reason } => governance::delete(&config, &study_uid, &reason),
         Command::Hold {
             study_uid,

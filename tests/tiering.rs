@@ -653,3 +653,41 @@ fn the_scrubber_never_calls_an_unread_archived_copy_verified() {
         }
     }
 }
+
+/// Issue 12: `reindex` must not drop what the current index records as safely in cold
+/// without having read it. A pack the cold tier does not list (an S3 LIST lagging behind
+/// its PUTs; here, moved away) leaves the current index in place, saying why; once the
+/// pack is listed again, reindex swaps as usual; `--force` accepts the loss.
+#[test]
+fn reindex_keeps_the_index_when_a_recorded_pack_is_not_listed() {
+    let archive = Archive::new("tier-reindex-lag");
+    let ct = small_study(3);
+    run_ok(archive.strata(&["import"]).args(&ct));
+    let study = only_study(&archive);
+    move_study(&archive, &study, "cold");
+    let packs = walk(&archive.data_dir().join("cold/packs"));
+    assert_eq!(packs.len(), 1);
+    let aside = archive.dir.path().join("pack-aside");
+    std::fs::rename(&packs[0], &aside).unwrap();
+
+    let out = run(&mut archive.strata(&["reindex"]));
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("THE CURRENT INDEX IS KEPT"), "{text}");
+    assert!(text.contains("not found in the cold tier"), "{text}");
+    assert_eq!(archive.total_instances(), 3, "the study is still indexed");
+
+    std::fs::rename(&aside, &packs[0]).unwrap();
+    run_ok(&mut archive.strata(&["reindex"]));
+    assert_eq!(archive.total_instances(), 3);
+    let (clean, report) = archive.verify_json();
+    assert!(clean, "{report}");
+
+    std::fs::rename(&packs[0], &aside).unwrap();
+    run(&mut archive.strata(&["reindex", "--force"]));
+    assert_eq!(
+        archive.total_instances(),
+        0,
+        "forced: what was not found is forgotten"
+    );
+}

@@ -118,9 +118,9 @@ pub fn repair(config: &Config, json: bool) -> Result<i32> {
     Ok(if report.unrepairable.is_empty() { 0 } else { 1 })
 }
 
-pub fn reindex(config: &Config) -> Result<i32> {
+pub fn reindex(config: &Config, force: bool) -> Result<i32> {
     let bar = progress_bar(0, "reindexing");
-    let report = strata::storage::reindex::reindex(config, &bar)?;
+    let report = strata::storage::reindex::reindex(config, &bar, force)?;
     bar.finish_and_clear();
     println!(
         "reindexed {} of {} hot objects and {} cold packs ({} objects only in cold) into {} studies; {} quarantined, {} packs skipped",
@@ -138,8 +138,18 @@ pub fn reindex(config: &Config) -> Result<i32> {
     for (pack, reason) in &report.packs_skipped {
         println!("  pack skipped {pack}: {reason}");
     }
+    for (id, study) in &report.cold_objects_not_found {
+        println!("  not found in the cold tier: object {id} (study {study})");
+    }
+    if !report.swapped {
+        println!(
+            "THE CURRENT INDEX IS KEPT: the rebuilt one would lack {} object(s) it records in cold and {} pack(s) could not be read; run again later (an S3 listing may lag), or with --force to accept the loss",
+            report.cold_objects_not_found.len(),
+            report.packs_skipped.len()
+        );
+    }
     Ok(
-        if report.quarantined.is_empty() && report.packs_skipped.is_empty() {
+        if report.swapped && report.quarantined.is_empty() && report.packs_skipped.is_empty() {
             0
         } else {
             1

@@ -41,11 +41,24 @@ pub struct ReindexReport {
     /// Packs that could not be used (unreadable, corrupt, or awaiting a restore), with
     /// the reason. Their objects are indexed only if another copy exists.
     pub packs_skipped: Vec<(String, String)>,
+    /// Objects the current index records with a verified cold copy that the rebuilt one
+    /// lacks (their pack was not listed, or could not be read): (object id, study).
+    pub cold_objects_not_found: Vec<(String, String)>,
+    /// Whether the rebuilt index replaced the current one. Not when packs were skipped
+    /// or objects safely in cold were not found, unless forced: the current index is
+    /// then left as it was.
+    pub swapped: bool,
 }
 
 /// Rebuilds the index from the hot objects and the cold packs alone, then swaps it in
-/// atomically.
-pub fn reindex(config: &Config, progress: &indicatif::ProgressBar) -> Result<ReindexReport> {
+/// atomically — unless that would drop what the current index records as safely in
+/// cold without having read it (a pack skipped, or not listed yet: an S3 LIST may lag
+/// behind its PUTs), in which case the current index stays, unless `force`.
+pub fn reindex(
+    config: &Config,
+    progress: &indicatif::ProgressBar,
+    force: bool,
+) -> Result<ReindexReport> {
     let data_dir = &config.archive.data_dir;
     std::fs::create_dir_all(data_dir).map_err(io("create", data_dir))?;
     let _lock = ArchiveLock::acquire(data_dir, "reindex")?;
@@ -157,7 +170,32 @@ pub fn reindex(config: &Config, progress: &indicatif::ProgressBar) -> Result<Rei
         unusable = quarantined;
         reindex_cold(config, &rebuilt, &mut report)?;
         report.studies = rebuilt.studies()?.len();
+        if had_index {
+            let old = RocksIndex::open_primary(&index_dir)?;
+            let mut missing = Vec::new();
+            old.for_each_object(&mut |id, record| {
+                if !record.cold.is_empty() {
+                    missing.push((id, record.study_uid));
+                }
+                true
+            })?;
+            for (id, study) in missing {
+                if !rebuilt.has_object(&id)? && rebuilt.deleted_object(&id)?.is_none() {
+                    report.cold_objects_not_found.push((id.to_hex(), study));
+                }
+            }
+        }
     }
+    if !force && (!report.cold_objects_not_found.is_empty() || !report.packs_skipped.is_empty()) {
+        tracing::warn!(
+            not_found = report.cold_objects_not_found.len(),
+            packs_skipped = report.packs_skipped.len(),
+            "reindex: the rebuilt index lacks what the current one records in cold; the current index stays"
+        );
+        std::fs::remove_dir_all(&rebuild_dir).map_err(io("remove", &rebuild_dir))?;
+        return Ok(report);
+    }
+    report.swapped = true;
     // swap: index -> index.old, index.rebuild -> index, then drop index.old
     if index_dir.exists() {
         std::fs::rename(&index_dir, &old_dir).map_err(io("move aside", &index_dir))?;
