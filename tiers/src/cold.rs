@@ -135,6 +135,33 @@ fn sdk_error<E: std::error::Error + 'static>(action: &'static str, key: &str, e:
     }
 }
 
+/// The endpoint of `bucket` in virtual-hosted style (`scheme://bucket.host[:port]`).
+/// object_store sends virtual-hosted requests to the endpoint as given, so a custom
+/// endpoint must name the bucket's own host, or the first segment of every key would be
+/// taken for the bucket. An endpoint already naming the bucket is kept; an IP address
+/// cannot carry a bucket name, and is refused (use `path_style = true`).
+fn virtual_hosted_endpoint(endpoint: &str, bucket: &str) -> Result<String, TierError> {
+    let (scheme, rest) = endpoint
+        .split_once("://")
+        .ok_or_else(|| TierError::config(format!("endpoint {endpoint:?} has no scheme")))?;
+    let host_port = rest.split('/').next().unwrap_or("");
+    let host = host_port
+        .rsplit_once(':')
+        .map(|(h, _)| h)
+        .unwrap_or(host_port)
+        .trim_matches(['[', ']']);
+    if host.starts_with(&format!("{bucket}.")) {
+        return Ok(endpoint.trim_end_matches('/').to_string());
+    }
+    if host.parse::<std::net::IpAddr>().is_ok() {
+        return Err(TierError::config(format!(
+            "path_style = false needs a host name that can carry the bucket \
+             ({bucket}.<host>), and {endpoint} is an IP address: set path_style = true"
+        )));
+    }
+    Ok(format!("{scheme}://{bucket}.{host_port}"))
+}
+
 impl ColdStore {
     /// Opens the cold tier a spec names. Creates a `file://` directory if missing.
     pub fn open(spec: &ColdSpec) -> Result<Self, TierError> {
@@ -191,7 +218,11 @@ impl ColdStore {
                     .with_allow_http(spec.allow_http),
             );
         if let Some(endpoint) = &spec.endpoint {
-            builder = builder.with_endpoint(endpoint);
+            builder = builder.with_endpoint(if spec.path_style {
+                endpoint.clone()
+            } else {
+                virtual_hosted_endpoint(endpoint, bucket)?
+            });
         }
         let s3: AmazonS3 = builder
             .build()
@@ -849,6 +880,22 @@ impl BlobStore for ColdStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn virtual_hosted_requests_address_the_configured_bucket() {
+        // issue 12: with path_style = false, keys must not be sent to the endpoint's root,
+        // where their first segment would be taken for the bucket
+        assert_eq!(
+            virtual_hosted_endpoint("https://s3.example.org:9000", "strata-cold").unwrap(),
+            "https://strata-cold.s3.example.org:9000"
+        );
+        assert_eq!(
+            virtual_hosted_endpoint("https://strata-cold.s3.example.org/", "strata-cold").unwrap(),
+            "https://strata-cold.s3.example.org"
+        );
+        let e = virtual_hosted_endpoint("http://127.0.0.1:9000", "strata-cold").unwrap_err();
+        assert!(e.to_string().contains("path_style = true"), "{e}");
+    }
 
     #[tokio::test]
     async fn in_memory_cold_store_passes_conformance() {
