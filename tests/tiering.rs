@@ -691,3 +691,47 @@ fn reindex_keeps_the_index_when_a_recorded_pack_is_not_listed() {
         "forced: what was not found is forgotten"
     );
 }
+
+/// Issue 12: a multipart upload left incomplete (its complete and its abort both failed
+/// in an outage) costs storage and holds no pack. `verify` and `tier status` show it
+/// until it is gone, and the next policy pass after `orphan_grace` aborts it.
+#[test]
+fn incomplete_multipart_uploads_are_shown_then_aborted() {
+    let moto = Moto::start();
+    moto.create_bucket("uploads");
+    let archive = Archive::with_config(
+        "tier-uploads",
+        &format!(
+            "{}\n[tiering]\norphan_grace = \"0s\"\n",
+            moto.cold_section("uploads", "")
+        ),
+    );
+    let ct = small_study(2);
+    run_ok(archive.strata(&["import"]).args(&ct));
+    // an upload begun as a pack upload would be, never completed
+    let script = format!(
+        "import boto3; c = boto3.client('s3', endpoint_url='http://127.0.0.1:{}', \
+         aws_access_key_id='testing', aws_secret_access_key='testing', region_name='us-east-1'); \
+         u = c.create_multipart_upload(Bucket='uploads', Key='strata/packs/ab/{}.tar'); \
+         c.upload_part(Bucket='uploads', Key='strata/packs/ab/{}.tar', UploadId=u['UploadId'], PartNumber=1, Body=b'x' * 1024)",
+        moto.port,
+        "ab".repeat(32),
+        "ab".repeat(32)
+    );
+    run_ok(std::process::Command::new("python3").args(["-c", &script]));
+
+    assert_eq!(tier_status(&archive)["incomplete_uploads"], 1);
+    let out = run(&mut archive.strata(&["verify", "--tier", "cold", "--json"]));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(out.status.success(), "no loss: {report}");
+    assert_eq!(
+        report["incomplete_uploads"].as_array().unwrap().len(),
+        1,
+        "{report}"
+    );
+
+    let out = run_ok(&mut archive.strata(&["tier", "run"]));
+    let pass: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(pass["uploads_aborted"], 1, "{pass}");
+    assert_eq!(tier_status(&archive)["incomplete_uploads"], 0);
+}

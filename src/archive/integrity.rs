@@ -119,6 +119,11 @@ pub struct VerifyReport {
     /// Packs in the cold tier that no record names (uploads cut short by a crash;
     /// the tiering worker deletes them after `orphan_grace`). Not a loss.
     pub unrecorded_packs: Vec<String>,
+    /// Multipart uploads begun and never completed nor aborted, as `key (upload id)`:
+    /// they cost storage and hold no pack; the tiering worker aborts them after
+    /// `orphan_grace`. Not a loss.
+    #[serde(default)]
+    pub incomplete_uploads: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
@@ -252,6 +257,11 @@ fn verify_cold(
             Err(detail) => report.bad_packs.push(problem(detail)),
         }
     }
+    report.incomplete_uploads = rt
+        .block_on(archive.cold.incomplete_uploads())?
+        .into_iter()
+        .map(|(key, id, _)| format!("{key} ({id})"))
+        .collect();
     for (id, _, _) in rt.block_on(archive.cold.list_detailed())? {
         if !packs.contains_key(&id) && index.pack(&id)?.is_none() {
             report.unrecorded_packs.push(archive.cold.key_of(&id));

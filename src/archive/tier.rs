@@ -51,6 +51,12 @@ impl Archive {
             Ok(()) => "ok".into(),
             Err(e) => e.to_string(),
         };
+        status.incomplete_uploads = self
+            .cold
+            .incomplete_uploads()
+            .await
+            .map(|u| u.len() as u64)
+            .unwrap_or(0);
         Ok(status)
     }
 

@@ -57,6 +57,9 @@ pub fn verify(config: &Config, json: bool, tier: VerifyScope) -> Result<i32> {
                 report.unrecorded_packs.len()
             );
         }
+        for u in &report.incomplete_uploads {
+            println!("  incomplete multipart upload (no pack; aborted after orphan_grace): {u}");
+        }
         for p in &report.bad_packs {
             println!(
                 "  bad pack: {} ({}) study {} instances {}: {}",

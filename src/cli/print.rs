@@ -45,6 +45,12 @@ pub fn print_status_value(s: &serde_json::Value) {
         n("pack_bytes"),
         n("packs_by_storage_class")
     );
+    if n("incomplete_uploads").as_u64().unwrap_or(0) > 0 {
+        println!(
+            "cold: {} incomplete multipart uploads (aborted by the next policy pass after orphan_grace)",
+            n("incomplete_uploads")
+        );
+    }
     println!(
         "queue: {} studies, {} due now, oldest due since {}",
         n("queue_length"),

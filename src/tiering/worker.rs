@@ -35,6 +35,10 @@ pub struct PassReport {
     pub stale_entries: usize,
     pub packs_archived: usize,
     pub orphans_deleted: usize,
+    /// Multipart uploads left incomplete (a crash, or a failed complete and abort)
+    /// aborted after `orphan_grace`.
+    #[serde(default)]
+    pub uploads_aborted: usize,
     /// Studies that could not be moved, with the reason (they stay queued).
     pub failed: Vec<(String, String)>,
 }
@@ -67,6 +71,10 @@ pub struct TierStatus {
     /// test object written, read and deleted).
     #[serde(default)]
     pub cold_check: String,
+    /// Multipart uploads begun and never completed nor aborted (they cost storage and
+    /// hold no pack; a policy pass aborts them after `orphan_grace`).
+    #[serde(default)]
+    pub incomplete_uploads: u64,
 }
 
 impl Tiering {
@@ -140,6 +148,7 @@ impl Tiering {
 
         // 4. orphan uploads
         report.orphans_deleted = self.collect_orphans(now).await?;
+        report.uploads_aborted = self.abort_stale_uploads(now).await?;
         Ok(report)
     }
 
@@ -211,6 +220,23 @@ impl Tiering {
     }
 
     /// Deletes cold packs that no index record names, once older than the grace period.
+    /// Aborts multipart uploads under the cold tier's prefix begun more than
+    /// `orphan_grace` ago and never completed (no pack can be in one: a pack exists only
+    /// once its upload completed, was read back and recorded). Returns how many.
+    pub async fn abort_stale_uploads(&self, now_ms: u64) -> Result<usize, TieringError> {
+        let grace = self.config.tiering.orphan_grace.as_millis() as i64;
+        let mut aborted = 0;
+        for (key, upload_id, initiated_ms) in self.cold.incomplete_uploads().await? {
+            if (now_ms as i64) - initiated_ms < grace {
+                continue;
+            }
+            tracing::warn!(key, upload_id, "aborting an incomplete multipart upload");
+            self.cold.abort_upload(&key, &upload_id).await?;
+            aborted += 1;
+        }
+        Ok(aborted)
+    }
+
     pub async fn collect_orphans(&self, now_ms: u64) -> Result<usize, TieringError> {
         let grace = self.config.tiering.orphan_grace.as_millis() as i64;
         let listed = self.cold.list_detailed().await?;

@@ -595,6 +595,67 @@ impl ColdStore {
         }
     }
 
+    /// Multipart uploads begun under this tier's prefix and never completed nor aborted
+    /// (S3 ListMultipartUploads): `(key, upload id, initiated ms since the epoch)`. They
+    /// cost storage and hold no pack. Empty for stores without multipart uploads.
+    pub async fn incomplete_uploads(&self) -> Result<Vec<(String, String, i64)>, TierError> {
+        let Some(s3) = &self.s3 else {
+            return Ok(Vec::new());
+        };
+        let prefix = if self.prefix.as_ref().is_empty() {
+            String::new()
+        } else {
+            format!("{}/", self.prefix)
+        };
+        let mut out = Vec::new();
+        let (mut key_marker, mut upload_marker) = (None::<String>, None::<String>);
+        loop {
+            let page = s3
+                .client
+                .list_multipart_uploads()
+                .bucket(&s3.bucket)
+                .prefix(&prefix)
+                .set_key_marker(key_marker.clone())
+                .set_upload_id_marker(upload_marker.clone())
+                .send()
+                .await
+                .map_err(|e| sdk_error("list the multipart uploads of", &prefix, e))?;
+            for u in page.uploads() {
+                if let (Some(key), Some(id)) = (u.key(), u.upload_id()) {
+                    let initiated = u
+                        .initiated()
+                        .map(|t| t.to_millis().unwrap_or(0))
+                        .unwrap_or(0);
+                    out.push((key.to_string(), id.to_string(), initiated));
+                }
+            }
+            if page.is_truncated() != Some(true) {
+                return Ok(out);
+            }
+            key_marker = page.next_key_marker().map(str::to_string);
+            upload_marker = page.next_upload_id_marker().map(str::to_string);
+            if key_marker.is_none() && upload_marker.is_none() {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// Aborts one incomplete multipart upload (its parts are freed).
+    pub async fn abort_upload(&self, key: &str, upload_id: &str) -> Result<(), TierError> {
+        let Some(s3) = &self.s3 else {
+            return Ok(());
+        };
+        s3.client
+            .abort_multipart_upload()
+            .bucket(&s3.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .send()
+            .await
+            .map_err(|e| sdk_error("abort the multipart upload of", key, e))?;
+        Ok(())
+    }
+
     /// Checks that the cold tier can be used, and says exactly what is wrong when it
     /// cannot: for S3, the bucket must exist and the credentials must be accepted (a
     /// typed HeadBucket answer: 404 = no such bucket, 403 = credentials refused; no
