@@ -692,15 +692,11 @@ impl ColdStore {
                 }));
             }
         }
-        let name = format!(
-            "strata-preflight/{}-{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or(0)
-        );
-        let key = self.named_key(&name);
+        // One name per process, and one preflight at a time in it: a probe left by a
+        // failure (its delete failed too) is overwritten and deleted by the next one.
+        static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+        let _one = ONE_AT_A_TIME.lock().await;
+        let key = self.named_key(&format!("strata-preflight/{}", std::process::id()));
         let probe = Bytes::from_static(b"strata preflight");
         let failed = |step: &str, e: object_store::Error| {
             TierError::config(format!(
@@ -713,18 +709,14 @@ impl ColdStore {
             .put(&key, PutPayload::from_bytes(probe.clone()))
             .await
             .map_err(|e| failed("write", e))?;
-        let back = self
-            .store
-            .get(&key)
-            .await
-            .map_err(|e| failed("read", e))?
-            .bytes()
-            .await
-            .map_err(|e| failed("read", e))?;
-        self.store
-            .delete(&key)
-            .await
-            .map_err(|e| failed("delete", e))?;
+        let read = match self.store.get(&key).await {
+            Ok(got) => got.bytes().await,
+            Err(e) => Err(e),
+        };
+        // delete whatever the read gave
+        let deleted = self.store.delete(&key).await;
+        let back = read.map_err(|e| failed("read", e))?;
+        deleted.map_err(|e| failed("delete", e))?;
         if back != probe {
             return Err(TierError::config(format!(
                 "{}: a test object {key} read back different bytes",
