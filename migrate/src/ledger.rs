@@ -19,6 +19,7 @@ use strata::dimse::scu::RemoteAe;
 pub const FORMAT: &str = "strata-migrate-ledger";
 pub const VERSION: u32 = 1;
 const FILE: &str = "ledger.jsonl";
+const INVENTORY_MARKER: &str = "inventory-complete";
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Header {
@@ -76,6 +77,13 @@ pub struct Study {
     /// Instances the archive holds for the study that the source does not list.
     pub extra: Vec<String>,
     pub updated_ms: u64,
+    /// Whether the source listed the study's instances at verification (`source_sops`
+    /// then says what the source holds; otherwise nothing is known of it).
+    #[serde(default)]
+    pub source_listed: bool,
+    /// NumberOfStudyRelatedInstances as the source answered at verification, if it did.
+    #[serde(default)]
+    pub source_count: Option<u32>,
 }
 
 impl Study {
@@ -98,6 +106,8 @@ impl Study {
             missing: Vec::new(),
             extra: Vec::new(),
             updated_ms: 0,
+            source_listed: false,
+            source_count: None,
         }
     }
 }
@@ -124,6 +134,24 @@ fn now_ms() -> u64 {
 }
 
 impl Ledger {
+    /// Records that an inventory (`plan`) of the source ran to its end (a marker file
+    /// beside the journal, fsynced).
+    pub fn mark_inventory_complete(&self) -> Result<()> {
+        let path = self.dir.join(INVENTORY_MARKER);
+        File::create(&path)
+            .and_then(|f| f.sync_all())
+            .with_context(|| format!("create {}", path.display()))?;
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .with_context(|| format!("fsync {}", self.dir.display()))
+    }
+
+    /// Whether an inventory of the source ever ran to its end: until it has, no study
+    /// list is known to be the whole source.
+    pub fn inventory_complete(&self) -> bool {
+        self.dir.join(INVENTORY_MARKER).exists()
+    }
+
     /// Creates the ledger for `header`, or opens the existing one (whose source must
     /// match).
     pub fn create_or_open(dir: &Path, header: Header) -> Result<Ledger> {

@@ -198,6 +198,7 @@ fn real_main(cli: Cli) -> Result<i32> {
             retries,
         } => {
             let ledger = ledger::Ledger::open(&cli.state)?;
+            let inventory_complete = ledger.inventory_complete();
             let dest: RemoteAe = format!("{dest_ae}@{dest}")
                 .parse()
                 .map_err(|e: String| anyhow::anyhow!(e))?;
@@ -237,11 +238,18 @@ fn real_main(cli: Cli) -> Result<i32> {
                     ""
                 }
             );
-            Ok(if summary.failed == 0 && !summary.stopped_early {
-                0
-            } else {
-                1
-            })
+            if !inventory_complete {
+                println!(
+                    "NOT COMPLETE: the inventory of the source never ran to its end (`plan` failed or was interrupted); run `plan` again"
+                );
+            }
+            Ok(
+                if summary.failed == 0 && !summary.stopped_early && inventory_complete {
+                    0
+                } else {
+                    1
+                },
+            )
         }
         Command::Status { json } => {
             let ledger = ledger::Ledger::open(&cli.state)?;

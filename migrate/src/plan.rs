@@ -298,6 +298,12 @@ pub async fn plan(ledger: &mut Ledger, opts: &PlanOptions) -> Result<PlanReport>
             report.studies_new += 1;
         }
     }
+    // the whole requested range was enumerated (no window left capped): until this is
+    // recorded, no study list is known to be the whole source (a plan that failed never
+    // gets here)
+    if report.incomplete_windows.is_empty() {
+        ledger.mark_inventory_complete()?;
+    }
     Ok(report)
 }
 

@@ -21,6 +21,8 @@ pub struct Totals {
     /// Instances the source counted at planning but no longer listed when verified.
     pub vanished_from_source: u64,
     pub extra_in_archive: u64,
+    /// Whether an inventory (`plan`) of the source ever ran to its end.
+    pub inventory_complete: bool,
     pub complete: bool,
 }
 
@@ -43,10 +45,18 @@ pub struct StudyLine<'a> {
     pub failure: Option<&'a str>,
 }
 
+/// Instances counted at planning that the source itself no longer has: only once the
+/// source was listed at verification, and by its own count when it gives one (an
+/// instance it counts but does not list has not left it).
 fn vanished(s: &Study) -> u64 {
-    match (s.planned_instances, s.state) {
-        (Some(planned), State::Verified | State::Failed) => {
-            (planned as u64).saturating_sub(s.source_sops.len() as u64)
+    match (s.planned_instances, s.state, s.source_listed) {
+        (Some(planned), State::Verified | State::Failed, true) => {
+            let now = s
+                .source_count
+                .map(u64::from)
+                .unwrap_or(0)
+                .max(s.source_sops.len() as u64);
+            (planned as u64).saturating_sub(now)
         }
         _ => 0,
     }
@@ -65,8 +75,10 @@ pub fn totals(ledger: &Ledger) -> Totals {
         t.extra_in_archive += s.extra.len() as u64;
         t.vanished_from_source += vanished(s);
     }
-    t.complete =
-        ledger.studies.values().all(|s| s.state == State::Verified) && t.missing_instances == 0;
+    t.inventory_complete = ledger.inventory_complete();
+    t.complete = t.inventory_complete
+        && ledger.studies.values().all(|s| s.state == State::Verified)
+        && t.missing_instances == 0;
     t
 }
 
@@ -146,7 +158,9 @@ pub fn write(ledger: &Ledger, out: &Path) -> Result<Totals> {
         totals.vanished_from_source,
         totals.extra_in_archive
     ));
-    txt.push_str(&if totals.complete && totals.vanished_from_source > 0 {
+    txt.push_str(&if !totals.inventory_complete {
+        "RESULT: NOT COMPLETE. The inventory of the source never ran to its end (`plan` failed or was interrupted): the studies below may not be all the source holds. Run `plan` again.\n\n".to_string()
+    } else if totals.complete && totals.vanished_from_source > 0 {
         format!(
             "RESULT: COMPLETE. Every instance the source lists is in the archive; {} instance(s) counted at planning were removed from the source before they could be moved (studies below).\n\n",
             totals.vanished_from_source

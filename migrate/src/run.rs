@@ -485,9 +485,44 @@ async fn list_once(
     Ok(out)
 }
 
-/// Compares the source's instances with the archive's and records the result.
+/// The source's NumberOfStudyRelatedInstances for a study now (`None` when it does not
+/// answer that optional key, PS3.4 C.6.1.1.4).
+async fn count_once(
+    opts: &RunOptions,
+    remote: &RemoteAe,
+    study_uid: &str,
+) -> Result<Option<u32>, ScuError> {
+    let mut scu =
+        Scu::connect(&opts.calling_ae, remote, scu::STUDY_ROOT_FIND, opts.timeout).await?;
+    let identifier = scu::identifier(&[
+        (tags::QUERY_RETRIEVE_LEVEL, VR::CS, "STUDY"),
+        (tags::STUDY_INSTANCE_UID, VR::UI, study_uid),
+        (tags::NUMBER_OF_STUDY_RELATED_INSTANCES, VR::IS, ""),
+    ]);
+    let mut count = None;
+    scu.find(&identifier, &mut |m| {
+        count = scu::text(&m, tags::NUMBER_OF_STUDY_RELATED_INSTANCES)
+            .parse()
+            .ok();
+    })
+    .await?;
+    scu.release().await;
+    Ok(count)
+}
+
+/// Compares the source's instances with the archive's and records the result. A study
+/// is verified only when every instance the source lists is in the archive *and* the
+/// source does not count more instances than it lists (what it counts but will not list
+/// or send cannot be compared, so it is never signed off).
 async fn verify(shared: &Shared, study: &mut Study) -> Result<State> {
     let source = list_instances(shared, &shared.source, &study.study_uid).await?;
+    study.source_listed = true;
+    study.source_count = retrying(shared, "C-FIND (study count)", false, || {
+        count_once(&shared.opts, &shared.source, &study.study_uid)
+    })
+    .await
+    .ok()
+    .flatten();
     let archive = list_instances(shared, &shared.opts.dest, &study.study_uid).await?;
     let in_source: BTreeSet<&String> = source.keys().collect();
     let in_archive: BTreeSet<&String> = archive.keys().collect();
@@ -501,6 +536,16 @@ async fn verify(shared: &Shared, study: &mut Study) -> Result<State> {
         .difference(&in_source)
         .map(|s| s.to_string())
         .collect();
+    if let Some(counted) = study.source_count.filter(|c| *c as usize > source.len()) {
+        study.last_error = Some(format!(
+            "the source counts {counted} instances for this study (NumberOfStudyRelatedInstances) \
+             but lists and sends only {}: the other {} cannot be compared, so the study is not \
+             signed off",
+            source.len(),
+            counted as usize - source.len()
+        ));
+        return Ok(State::Failed);
+    }
     Ok(if study.missing.is_empty() {
         State::Verified
     } else {

@@ -24,11 +24,24 @@ pub const STUDY_ROOT_MOVE: &str = "1.2.840.10008.5.1.4.1.2.2.2";
 const EXPLICIT_VR_LE: &str = "1.2.840.10008.1.2.1";
 const IMPLICIT_VR_LE: &str = "1.2.840.10008.1.2";
 
+/// The standard name of the SOP classes the SCU asks for, for messages.
+fn sop_class_name(uid: &str) -> &'static str {
+    match uid {
+        VERIFICATION => "Verification",
+        STUDY_ROOT_FIND => "Study Root Query/Retrieve Information Model - FIND",
+        STUDY_ROOT_MOVE => "Study Root Query/Retrieve Information Model - MOVE",
+        _ => "a SOP class",
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ScuError {
     #[error("cannot associate with {peer}: {detail}")]
     Associate { peer: String, detail: String },
-    #[error("{peer} did not accept {abstract_syntax}")]
+    #[error(
+        "{peer} does not offer {abstract_syntax} ({}): it may support only another query/retrieve information model (PS3.4 C.6), such as Patient Root; strata-migrate needs Study Root",
+        sop_class_name(abstract_syntax)
+    )]
     NotAccepted {
         peer: String,
         abstract_syntax: String,
@@ -131,9 +144,18 @@ impl Scu {
             .read_timeout(timeout)
             .establish_with_async(&format!("{}:{}", remote.host, remote.port))
             .await
-            .map_err(|e| ScuError::Associate {
-                peer: peer.clone(),
-                detail: e.to_string(),
+            .map_err(|e| match e {
+                // typed: the peer took the association but none of our contexts
+                dicom_ul::association::Error::NoAcceptedPresentationContexts { .. } => {
+                    ScuError::NotAccepted {
+                        peer: peer.clone(),
+                        abstract_syntax: abstract_syntax.to_string(),
+                    }
+                }
+                e => ScuError::Associate {
+                    peer: peer.clone(),
+                    detail: e.to_string(),
+                },
             })?;
         let _ = assoc.inner_stream().set_nodelay(true);
         let pc = assoc
