@@ -384,3 +384,37 @@ fn deleted_source_instances_are_reported_and_unknown_destinations_fail_fast() {
     assert_eq!(archive.total_instances(), 11);
     server.stop();
 }
+
+/// Issue 12: the report is what a clinic signs, so it claims only what it knows. Each
+/// scenario runs a scripted legacy PACS (`tests/peers/legacy/`, from the field-case
+/// reproductions) against this archive and checks `strata-migrate plan/run/report`:
+/// - `counts.py`: NumberOfStudyRelatedInstances is optional and may be wrong (PS3.4
+///   C.6.1.1.4): absent or low, the study still moves; but a study whose source counts 6
+///   while listing and sending 4 is never signed off as complete;
+/// - `patient_root.py`: a source may offer only Patient Root (PS3.4 C.6): the refusal
+///   names the missing Study Root model, and after that failed inventory `run` and
+///   `report` do not say complete;
+/// - `timeout.py`: pending C-MOVE responses are optional (PS3.4 C.4.2.3.1): a timed-out
+///   study is reported as a timeout, never as instances that left the source, and
+///   verifies with a longer timeout.
+#[test]
+fn the_migration_report_claims_only_what_it_knows() {
+    for scenario in ["counts", "patient_root", "timeout"] {
+        let archive = Archive::new(&format!("migrate-honesty-{scenario}"));
+        let server = archive.start();
+        let out = run(std::process::Command::new("python3")
+            .arg(peer_script(&format!("legacy/{scenario}.py")))
+            .env("DIR", archive.dir.path())
+            .env("PORT", archive.dicom_port.to_string())
+            .env("SRC_PORT", free_port().to_string())
+            .env("MIGRATE", migrate_bin())
+            .env("STRATA", strata_bin()));
+        server.stop();
+        assert!(
+            out.status.success(),
+            "{scenario}:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
