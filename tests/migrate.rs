@@ -367,6 +367,30 @@ fn deleted_source_instances_are_reported_and_unknown_destinations_fail_fast() {
     );
     assert!(started.elapsed() < Duration::from_secs(30));
 
+    // issue 12: the destination down is said as such, not blamed on the source's nodes
+    server.stop();
+    let out = run(&mut migrate(
+        &state,
+        &[
+            "--timeout",
+            "5s",
+            "run",
+            "--dest-ae",
+            "STRATA",
+            "--dest",
+            &format!("127.0.0.1:{}", archive.dicom_port),
+            "--retries",
+            "0",
+        ],
+    ));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("does not answer us either") && !err.contains("does not know"),
+        "{err}"
+    );
+    let server = archive.start();
+
     // an instance deleted from the source after planning
     let victim = orthanc.api("GET", "/instances")[0]
         .as_str()

@@ -368,26 +368,53 @@ async fn move_with_retries(
     let result = retrying(shared, "C-MOVE", true, || move_once(shared, identifier)).await;
     match result {
         Ok(outcome) if refused_destination(&outcome) => {
-            let message = format!(
-                "the source {} refused to move to {:?} (C-MOVE status {:#06X}{}, no \
-                     sub-operation attempted): it most likely does not know the destination AE \
-                     {:?}. Configure it on the source first: add AE title {:?} at {}:{} to its \
-                     DICOM nodes (Orthanc: \"DicomModalities\" or PUT /modalities/{}), then \
-                     run again.",
-                shared.source,
-                opts.dest_ae,
+            let status = format!(
+                "C-MOVE status {:#06X}{}, no sub-operation attempted",
                 outcome.status,
                 outcome
                     .error_comment
                     .as_ref()
                     .map(|c| format!(": {c}"))
-                    .unwrap_or_default(),
-                opts.dest_ae,
-                opts.dest_ae,
-                opts.dest.host,
-                opts.dest.port,
-                opts.dest_ae
+                    .unwrap_or_default()
             );
+            // say what is known: whether the destination answers us, and what the
+            // source answered; never guess past that
+            let message = match echo_destination(shared).await {
+                Err(e @ ScuError::Rejected { .. }) => format!(
+                    "the destination at {}:{} refuses to be called {:?} ({e}): is --dest-ae \
+                     right? The source {} answered {status}: it does not know the destination \
+                     AE {:?} either, most likely. Use the archive's AE title, and declare it on \
+                     the source (Orthanc: \"DicomModalities\" or PUT /modalities/...), then \
+                     run again.",
+                    opts.dest.host, opts.dest.port, opts.dest_ae, shared.source, opts.dest_ae
+                ),
+                Err(e) => format!(
+                    "the source {} could not move to {:?} ({status}), and the destination does \
+                     not answer us either: {e}. Start it (or fix --dest) and run again.",
+                    shared.source, opts.dest_ae
+                ),
+                Ok(()) if outcome.status == DESTINATION_UNKNOWN => format!(
+                    "the source {} does not know the destination AE {:?} ({status}; 0xA801 is \
+                     Move Destination Unknown, PS3.4 C.4.2.1.5), which answers us at {}:{}. \
+                     Configure it on the source first: add AE title {:?} at {}:{} to its DICOM \
+                     nodes (Orthanc: \"DicomModalities\" or PUT /modalities/{}), then run again.",
+                    shared.source,
+                    opts.dest_ae,
+                    opts.dest.host,
+                    opts.dest.port,
+                    opts.dest_ae,
+                    opts.dest.host,
+                    opts.dest.port,
+                    opts.dest_ae
+                ),
+                Ok(()) => format!(
+                    "the source {} refused to move to {:?} ({status}), though the destination \
+                     answers us at {}:{}: the source may not know that AE, or may not reach \
+                     that address from its network; its own log says which. Check its DICOM \
+                     nodes (Orthanc: \"DicomModalities\"), then run again.",
+                    shared.source, opts.dest_ae, opts.dest.host, opts.dest.port
+                ),
+            };
             shared.stop.store(true, Ordering::Release);
             shared
                 .fatal
@@ -398,6 +425,28 @@ async fn move_with_retries(
         }
         Ok(outcome) => Ok(outcome),
         Err(e) => Err(e.into()),
+    }
+}
+
+/// A C-ECHO from us to the destination: whether it answers at all.
+async fn echo_destination(shared: &Shared) -> Result<(), ScuError> {
+    let opts = &shared.opts;
+    let mut scu = Scu::connect(
+        &opts.calling_ae,
+        &opts.dest,
+        scu::VERIFICATION,
+        opts.timeout,
+    )
+    .await?;
+    let status = scu.echo().await?;
+    scu.release().await;
+    if status == 0 {
+        Ok(())
+    } else {
+        Err(ScuError::Protocol {
+            peer: opts.dest.to_string(),
+            detail: format!("C-ECHO status {status:#06X}"),
+        })
     }
 }
 
@@ -413,7 +462,10 @@ fn refused_destination(outcome: &MoveOutcome) -> bool {
 fn transient(e: &ScuError) -> bool {
     matches!(
         e,
-        ScuError::Associate { .. } | ScuError::Network { .. } | ScuError::Timeout { .. }
+        ScuError::Associate { .. }
+            | ScuError::Rejected { .. }
+            | ScuError::Network { .. }
+            | ScuError::Timeout { .. }
     )
 }
 

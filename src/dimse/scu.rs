@@ -46,6 +46,10 @@ pub enum ScuError {
         peer: String,
         abstract_syntax: String,
     },
+    /// The peer answered the association request with A-ASSOCIATE-RJ (a wrong called
+    /// AE title, a calling AE it does not accept, no capacity).
+    #[error("{peer} rejected the association: {detail}")]
+    Rejected { peer: String, detail: String },
     #[error("association with {peer} failed: {detail}")]
     Network { peer: String, detail: String },
     #[error("malformed response from {peer}: {detail}")]
@@ -152,6 +156,11 @@ impl Scu {
                         abstract_syntax: abstract_syntax.to_string(),
                     }
                 }
+                // typed: the peer answered with A-ASSOCIATE-RJ (PS3.8 9.3.4)
+                e @ dicom_ul::association::Error::Rejected { .. } => ScuError::Rejected {
+                    peer: peer.clone(),
+                    detail: e.to_string(),
+                },
                 e => ScuError::Associate {
                     peer: peer.clone(),
                     detail: e.to_string(),
