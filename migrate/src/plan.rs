@@ -211,6 +211,15 @@ async fn find_window(
     Ok((status, found))
 }
 
+/// Whether a study found by the PatientID sweep belongs to the plan: it has no valid
+/// StudyDate (the sweep's purpose), or its date lies within `--from..=--to`.
+fn undated_or_within(study_date: &str, opts: &PlanOptions) -> bool {
+    match NaiveDate::parse_from_str(study_date.trim(), "%Y%m%d") {
+        Ok(d) => opts.from <= d && d <= opts.to,
+        Err(_) => true,
+    }
+}
+
 /// Enumerates the source into the ledger. Re-running adds new studies and leaves the
 /// state of known ones alone.
 pub async fn plan(ledger: &mut Ledger, opts: &PlanOptions) -> Result<PlanReport> {
@@ -287,6 +296,11 @@ pub async fn plan(ledger: &mut Ledger, opts: &PlanOptions) -> Result<PlanReport>
             }
         }
         for s in studies {
+            // the sweep by PatientID is there for undated studies: a dated one it meets
+            // belongs to the plan only inside --from..--to, as the date windows' do
+            if matches!(query, Query::Patients(_)) && !undated_or_within(&s.study_date, opts) {
+                continue;
+            }
             found.entry(s.study_uid.clone()).or_insert(s);
         }
     }
@@ -310,6 +324,29 @@ pub async fn plan(ledger: &mut Ledger, opts: &PlanOptions) -> Result<PlanReport>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_undated_sweep_keeps_to_the_planned_dates() {
+        // issue 12: a 2019-only plan must not take in the 2004 and 2021 studies its
+        // PatientID sweep (meant for undated studies) meets
+        let d = |s| NaiveDate::parse_from_str(s, "%Y%m%d").unwrap();
+        let opts = PlanOptions {
+            calling_ae: "STRATA_MIGRATE".into(),
+            source: "OLDPACS@127.0.0.1:104".parse().unwrap(),
+            from: d("20190101"),
+            to: d("20191231"),
+            modalities: Vec::new(),
+            source_limit: None,
+            skip_undated: false,
+            timeout: Duration::from_secs(1),
+        };
+        assert!(undated_or_within("", &opts));
+        assert!(undated_or_within("00000000", &opts), "not a date: undated");
+        assert!(undated_or_within("20190615", &opts));
+        assert!(undated_or_within("20191231", &opts));
+        assert!(!undated_or_within("20040101", &opts));
+        assert!(!undated_or_within("20210101", &opts));
+    }
 
     #[test]
     fn windows_split_by_day_then_by_time() {
