@@ -62,6 +62,11 @@ pub async fn run(
 
     // The tiering worker: ingest never waits on it, and it stops with the server.
     let tier_trigger = Arc::new(tokio::sync::Notify::new());
+    if !config.tiering.enabled {
+        // no policy pass will publish them: the per-tier gauges once, at start
+        let tiering = archive.tiering().clone();
+        tokio::spawn(async move { tiering.publish_status().await });
+    }
     let tier_task = config.tiering.enabled.then(|| {
         tokio::spawn(crate::tiering::worker::run_worker(
             archive.tiering().clone(),

@@ -735,3 +735,24 @@ fn incomplete_multipart_uploads_are_shown_then_aborted() {
     assert_eq!(pass["uploads_aborted"], 1, "{pass}");
     assert_eq!(tier_status(&archive)["incomplete_uploads"], 0);
 }
+
+/// Issue 12: the per-tier metrics are there from the first second, even when the first
+/// policy pass cannot reach the cold tier (they used to appear only after a pass that
+/// succeeded).
+#[test]
+fn tier_metrics_are_published_at_start_even_with_the_cold_tier_down() {
+    let mut moto = Moto::start();
+    let section = moto.cold_section("never-up", "");
+    moto.stop();
+    let archive = Archive::with_config("tier-metrics-start", &section);
+    let ct = small_study(2);
+    run_ok(archive.strata(&["import"]).args(&ct));
+    let server = archive.start();
+    wait_for("the tier gauges", Duration::from_secs(10), || {
+        server
+            .metrics()
+            .lines()
+            .any(|l| l.starts_with("strata_tier_objects{tier=\"hot\"} 2"))
+    });
+    server.stop();
+}

@@ -328,6 +328,16 @@ impl Tiering {
         }
     }
 
+    /// Computes the status (from the index) and sets the per-tier gauges from it.
+    pub async fn publish_status(&self) {
+        let t = self.clone();
+        match tokio::task::spawn_blocking(move || t.status_blocking()).await {
+            Ok(Ok(status)) => self.publish(&status),
+            Ok(Err(e)) => tracing::warn!(error = %e, "tier status for metrics failed"),
+            Err(e) => tracing::warn!(error = %e, "tier status task failed"),
+        }
+    }
+
     /// Sets the per-tier gauges from a status.
     fn publish(&self, s: &TierStatus) {
         let Some(m) = &self.metrics else { return };
@@ -441,6 +451,8 @@ pub async fn force_move_locked(
 /// `trigger` is notified, with backoff while the cold tier fails; stops when `stop`
 /// turns true.
 pub async fn run_worker(tiering: Tiering, trigger: Arc<Notify>, mut stop: watch::Receiver<bool>) {
+    // the per-tier gauges from the first second, whatever the first pass meets
+    tiering.publish_status().await;
     let interval = tiering.config.tiering.scan_interval;
     let max_backoff = tiering.config.tiering.max_backoff;
     let mut backoff = Duration::from_secs(1);
@@ -456,12 +468,7 @@ pub async fn run_worker(tiering: Tiering, trigger: Arc<Notify>, mut stop: watch:
                         .with_label_values(&["study"])
                         .inc_by(report.failed.len() as u64);
                 }
-                let t = tiering.clone();
-                match tokio::task::spawn_blocking(move || t.status_blocking()).await {
-                    Ok(Ok(status)) => tiering.publish(&status),
-                    Ok(Err(e)) => tracing::warn!(error = %e, "tier status for metrics failed"),
-                    Err(e) => tracing::warn!(error = %e, "tier status task failed"),
-                }
+                tiering.publish_status().await;
                 interval
             }
             Err(e) => {
