@@ -196,7 +196,8 @@ fn verify_finds_corrupt_missing_and_orphan_objects() {
     assert_eq!(missing.status.code(), Some(2));
 }
 
-/// Issue 12, operations polish: output piped into `head` ends quietly (no panic); an
+/// Issue 12, operations polish: `show` in plain text with ISO 8601 times; output piped
+/// into `head` ends quietly (no panic); an
 /// audit log no anchor vouches for is a warning with its own exit code (3), not
 /// "intact"; an error is said once; SIGHUP does not stop the server; and a request for
 /// an unknown study through the running server's admin API says "no study", not an
@@ -222,6 +223,23 @@ fn piped_output_unanchored_audit_and_unknown_studies_are_reported_plainly() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("NO anchor"));
     run_ok(&mut archive.strata(&["audit", "anchor"]));
     run_ok(&mut archive.strata(&["audit", "verify"]));
+
+    // `show` speaks plainly (not TOML), with ISO 8601 times
+    let study = archive.ls_json()[0]["study_uid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let out = run_ok(&mut archive.strata(&["show", &study]));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with(&format!("study {study}")), "{text}");
+    assert!(
+        text.contains(", served: ") && text.contains("received 20"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("[[") && !text.contains("received_at_ms"),
+        "{text}"
+    );
 
     // every error said once, with its context
     let out = run(std::process::Command::new(strata_bin()).args([

@@ -3,6 +3,7 @@
 
 use super::print::print_json;
 use anyhow::{Context, Result};
+use strata::archive::catalog::{InstanceView, SeriesView, Shown, StudyView};
 use strata::archive::Archive;
 use strata::config::Config;
 
@@ -47,49 +48,7 @@ pub fn ls(config: &Config, study_uid: Option<String>, json: bool) -> Result<i32>
             if json {
                 print_json(&view)?;
             } else {
-                println!(
-                    "study {} patient {} ({}) date {}: {} series, {} instances",
-                    view.study.study_uid,
-                    view.study.patient_id,
-                    view.study.patient_name,
-                    view.study.study_date,
-                    view.study.series,
-                    view.study.instances
-                );
-                if let Some(h) = &view.study.hold {
-                    println!(
-                        "  LEGAL HOLD placed by {} at {}: {}",
-                        h.who,
-                        humantime::format_rfc3339_seconds(
-                            std::time::UNIX_EPOCH + std::time::Duration::from_millis(h.since_ms)
-                        ),
-                        h.why
-                    );
-                }
-                for s in &view.series {
-                    println!(
-                        "  series {} #{} {} {:?}: {} instances",
-                        s.series_uid,
-                        s.series_number,
-                        s.modality,
-                        s.series_description,
-                        s.instances.len()
-                    );
-                    for i in &s.instances {
-                        let v = i.versions.last();
-                        println!(
-                            "    {} #{} {} bytes{}",
-                            i.sop_instance_uid,
-                            i.instance_number,
-                            v.map(|v| v.size).unwrap_or(0),
-                            if i.versions.len() > 1 {
-                                format!(" ({} versions)", i.versions.len())
-                            } else {
-                                String::new()
-                            }
-                        );
-                    }
-                }
+                print_study(&view, false);
             }
         }
     }
@@ -104,12 +63,119 @@ pub fn show(config: &Config, uid: &str, json: bool) -> Result<i32> {
     if json {
         print_json(&shown)?;
     } else {
-        print!(
-            "{}",
-            toml::to_string_pretty(&shown).unwrap_or_else(|_| format!("{shown:#?}\n"))
-        );
+        match &shown {
+            Shown::Study(view) => print_study(view, true),
+            Shown::Series { study_uid, series } => {
+                println!("study {study_uid}");
+                print_series(series, true);
+            }
+            Shown::Instance(instance) => {
+                println!(
+                    "study {} series {}",
+                    instance.study_uid, instance.series_uid
+                );
+                print_instance(instance, true);
+            }
+        }
     }
     Ok(0)
+}
+
+/// An instant as ISO 8601 (RFC 3339, UTC, seconds).
+fn iso(ms: u64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
+        .to_string()
+}
+
+/// A study, its hold, series and instances; `detail` adds every version's copies.
+fn print_study(view: &StudyView, detail: bool) {
+    let s = &view.study;
+    println!(
+        "study {} patient {} ({}) date {}: {} series, {} instances, {} bytes",
+        s.study_uid, s.patient_id, s.patient_name, s.study_date, s.series, s.instances, s.bytes
+    );
+    if let Some(at) = s.last_access_ms {
+        println!("  last stored into or retrieved: {}", iso(at));
+    }
+    if let Some(h) = &s.hold {
+        println!(
+            "  LEGAL HOLD placed by {} at {}: {}",
+            h.who,
+            iso(h.since_ms),
+            h.why
+        );
+    }
+    for series in &view.series {
+        print_series(series, detail);
+    }
+}
+
+fn print_series(s: &SeriesView, detail: bool) {
+    println!(
+        "  series {} #{} {} {:?}: {} instances",
+        s.series_uid,
+        s.series_number,
+        s.modality,
+        s.series_description,
+        s.instances.len()
+    );
+    for i in &s.instances {
+        print_instance(i, detail);
+    }
+}
+
+fn print_instance(i: &InstanceView, detail: bool) {
+    let v = i.versions.last();
+    println!(
+        "    {} #{} {} bytes{}",
+        i.sop_instance_uid,
+        i.instance_number,
+        v.map(|v| v.size).unwrap_or(0),
+        if i.versions.len() > 1 {
+            format!(" ({} versions)", i.versions.len())
+        } else {
+            String::new()
+        }
+    );
+    if !detail {
+        return;
+    }
+    println!(
+        "      SOP class {}, transfer syntax {}",
+        i.sop_class_uid, i.transfer_syntax_uid
+    );
+    for (n, v) in i.versions.iter().enumerate() {
+        let served = if n + 1 == i.versions.len() {
+            ", served"
+        } else {
+            ""
+        };
+        println!(
+            "      version {} (object {}){served}: {} bytes, received {} from {} {}",
+            n + 1,
+            v.id,
+            v.size,
+            iso(v.received_at_ms),
+            v.calling_ae,
+            v.source
+        );
+        println!("        {}: {}", v.tier, v.location);
+        for c in &v.cold_copies {
+            println!(
+                "        cold copy: pack {} ({}) at {}, {} bytes stored",
+                c.pack, c.key, c.offset, c.stored_size
+            );
+        }
+        match &v.last_verified {
+            Some(f) if f.ok => println!("        last verified {}: ok", iso(f.verified_at_ms)),
+            Some(f) => println!(
+                "        last verified {}: FAILED: {}",
+                iso(f.verified_at_ms),
+                f.detail
+            ),
+            None => println!("        not verified by the scrubber yet"),
+        }
+    }
 }
 
 pub fn tombstones(config: &Config, json: bool) -> Result<i32> {
