@@ -705,3 +705,49 @@ fn holds_and_tombstones_survive_a_lost_index() {
     assert_eq!(archive.total_instances(), 9, "{}", archive.ls_json());
     assert!(archive.verify_json().0);
 }
+
+/// Issue 12, backup and restore (`docs/operations.md`): a node lost whole comes back
+/// from its cold tier plus the backed-up governance and audit logs — every study that
+/// was in cold, its legal hold, its deletions (never brought back), and an audit chain
+/// that still verifies against its anchors in the cold tier.
+#[test]
+fn a_lost_node_is_restored_from_the_bucket_and_its_governance_log() {
+    let bucket = scratch("restore-bucket");
+    let cold = format!("[cold]\nurl = \"file://{}\"\n", bucket.path().display());
+    let node = Archive::with_config("restore-node", &cold);
+    let (_, studies) = imported_ct_studies(&node, 51, "20240601");
+    let (a, b, c) = (&studies[0], &studies[1], &studies[2]);
+    run_ok(&mut node.strata(&["hold", b, "--reason", "litigation 2026-51"]));
+    run_ok(&mut node.strata(&["delete", c, "--reason", "patient request"]));
+    for study in [a, b] {
+        run_ok(&mut node.strata(&["tier", "move", study, "--to", "cold"]));
+    }
+    run_ok(&mut node.strata(&["audit", "anchor"]));
+
+    // the machine is lost; a new one gets the configuration and the backed-up logs
+    let new = Archive::with_config("restore-new", &cold);
+    std::fs::create_dir_all(new.data_dir()).unwrap();
+    for dir in ["governance", "audit"] {
+        run_ok(
+            std::process::Command::new("cp")
+                .arg("-r")
+                .arg(node.data_dir().join(dir))
+                .arg(new.data_dir().join(dir)),
+        );
+    }
+    drop(node);
+    run_ok(&mut new.strata(&["reindex"]));
+
+    assert_eq!(new.total_instances(), 6, "{}", new.ls_json());
+    let out = run_ok(&mut new.strata(&["holds", "--json"]));
+    let holds: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(holds[0]["study_uid"].as_str(), Some(b.as_str()), "{holds}");
+    let out = run(&mut new.strata(&["delete", b, "--reason", "cleanup"]));
+    assert!(!out.status.success(), "the hold came back");
+    let out = run_ok(&mut new.strata(&["tombstones", "--json"]));
+    let tombs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(tombs[0]["study_uid"].as_str(), Some(c.as_str()), "{tombs}");
+    let (clean, report) = new.verify_json();
+    assert!(clean, "{report}");
+    run_ok(&mut new.strata(&["audit", "verify"]));
+}
