@@ -51,6 +51,10 @@ pub async fn run(
         })
     });
 
+    // governance records an earlier run could not copy to the cold tier
+    let governed = archive.clone();
+    tokio::spawn(async move { governed.sync_governance_or_log().await });
+
     // Say at once, and exactly, when the cold tier cannot be used (ingest goes on).
     let cold = archive.cold.clone();
     tokio::spawn(async move {

@@ -211,7 +211,7 @@ fn deletion_tombstones_and_legal_holds() {
     let (a, b, c) = (&studies[0], &studies[1], &studies[2]);
     // A also has a cold pack
     run_ok(&mut archive.strata(&["tier", "move", a, "--to", "cold"]));
-    assert_eq!(walk(&archive.data_dir().join("cold")).len(), 1);
+    assert_eq!(walk(&archive.data_dir().join("cold/packs")).len(), 1);
 
     // a held study cannot be deleted
     run_ok(&mut archive.strata(&["hold", b, "--reason", "litigation 2026-17"]));
@@ -223,7 +223,7 @@ fn deletion_tombstones_and_legal_holds() {
     // delete A: gone from every tier, tombstoned
     run_ok(&mut archive.strata(&["delete", a, "--reason", "patient request"]));
     assert!(
-        walk(&archive.data_dir().join("cold")).is_empty(),
+        walk(&archive.data_dir().join("cold/packs")).is_empty(),
         "pack deleted"
     );
     let out = run_ok(&mut archive.strata(&["tombstones", "--json"]));
@@ -709,7 +709,8 @@ fn holds_and_tombstones_survive_a_lost_index() {
 /// Issue 12, backup and restore (`docs/operations.md`): a node lost whole comes back
 /// from its cold tier plus the backed-up governance and audit logs — every study that
 /// was in cold, its legal hold, its deletions (never brought back), and an audit chain
-/// that still verifies against its anchors in the cold tier.
+/// that still verifies against its anchors in the cold tier — and its holds and
+/// deletions come back from the cold tier alone too.
 #[test]
 fn a_lost_node_is_restored_from_the_bucket_and_its_governance_log() {
     let bucket = scratch("restore-bucket");
@@ -750,4 +751,15 @@ fn a_lost_node_is_restored_from_the_bucket_and_its_governance_log() {
     let (clean, report) = new.verify_json();
     assert!(clean, "{report}");
     run_ok(&mut new.strata(&["audit", "verify"]));
+
+    // and from the bucket alone: the governance records were copied there too
+    let bare = Archive::with_config("restore-bare", &cold);
+    run_ok(&mut bare.strata(&["reindex"]));
+    assert_eq!(bare.total_instances(), 6, "{}", bare.ls_json());
+    let out = run_ok(&mut bare.strata(&["holds", "--json"]));
+    let holds: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(holds[0]["study_uid"].as_str(), Some(b.as_str()), "{holds}");
+    let out = run_ok(&mut bare.strata(&["tombstones", "--json"]));
+    let tombs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(tombs[0]["study_uid"].as_str(), Some(c.as_str()), "{tombs}");
 }

@@ -49,7 +49,49 @@ fn rfc3339(ms: u64) -> String {
         .to_string()
 }
 
+/// Where the governance log's records are copied in the cold tier: one object per
+/// record, `governance/<seq, 20 digits>.json`, holding the record's line.
+const COLD_PREFIX: &str = "governance";
+
 impl Archive {
+    /// Copies to the cold tier every governance record it does not hold yet, so that
+    /// the bucket alone restores holds and tombstones (DESIGN promise 5; `reindex` reads
+    /// them back). Returns how many were copied. Called after each governance action
+    /// and when the server starts; a failure leaves the records to the next call.
+    pub async fn sync_governance(&self) -> Result<usize> {
+        let log = self.governance.clone();
+        let lines = blocking(move || Ok(log.lines()?)).await?;
+        if lines.is_empty() {
+            return Ok(0);
+        }
+        let present: std::collections::HashSet<String> = self
+            .cold
+            .get_named_under(COLD_PREFIX)
+            .await?
+            .into_iter()
+            .map(|(key, _)| key.rsplit('/').next().unwrap_or("").to_string())
+            .collect();
+        let mut copied = 0;
+        for (seq, line) in lines {
+            let name = format!("{seq:020}.json");
+            if !present.contains(&name) {
+                self.cold
+                    .put_named(&format!("{COLD_PREFIX}/{name}"), line.into())
+                    .await?;
+                copied += 1;
+            }
+        }
+        Ok(copied)
+    }
+
+    /// [`Archive::sync_governance`], logging instead of failing (the action it follows
+    /// already took effect and is in the local log).
+    pub async fn sync_governance_or_log(&self) {
+        if let Err(e) = self.sync_governance().await {
+            tracing::warn!(error = %e, "governance records not copied to the cold tier yet");
+        }
+    }
+
     /// Deletes a study from every tier, unless it is under a legal hold ([`Error::Held`],
     /// audited as refused). `reason` is kept in the tombstone and the audit log.
     pub async fn delete_study(
@@ -115,6 +157,7 @@ impl Archive {
             report.objects, report.hot_files_deleted, report.packs_deleted
         );
         blocking(move || this.audit_synced(&p, "delete", vec![study], outcome)).await?;
+        self.sync_governance_or_log().await;
         Ok(report)
     }
 

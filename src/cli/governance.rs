@@ -26,8 +26,10 @@ pub fn hold(config: &Config, study_uid: &str, reason: &str, release: bool) -> Re
     if server_running(config) {
         runtime()?.block_on(admin_client(config)?.hold(study_uid, reason, release))?;
     } else {
-        with_exclusive(config, "hold", |_, archive| {
-            Ok(archive.hold_blocking(&Principal::cli_user(), study_uid, reason, release)?)
+        with_exclusive(config, "hold", |rt, archive| {
+            archive.hold_blocking(&Principal::cli_user(), study_uid, reason, release)?;
+            rt.block_on(archive.sync_governance_or_log());
+            Ok(())
         })?;
     }
     println!(

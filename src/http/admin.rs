@@ -169,8 +169,10 @@ async fn hold(
     Json(req): Json<HoldRequest>,
 ) -> Answer<serde_json::Value> {
     let p = principal(&peer, &headers)?;
-    on_blocking_pool(move || archive.hold_blocking(&p, &req.study_uid, &req.reason, req.release))
+    let this = archive.clone();
+    on_blocking_pool(move || this.hold_blocking(&p, &req.study_uid, &req.reason, req.release))
         .await?;
+    archive.sync_governance_or_log().await;
     Ok(Json(serde_json::json!({})))
 }
 

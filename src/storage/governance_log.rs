@@ -127,32 +127,31 @@ impl GovernanceLog {
     /// chain (edited, removed, reordered) is an error naming it; a torn last line is
     /// ignored.
     pub fn read(&self) -> Result<Vec<GovernanceRecord>, StorageError> {
+        records_of(&self.lines()?).map_err(|(i, why)| self.broken(i, why))
+    }
+
+    /// The complete lines of the log, oldest first, each with its `seq` (the copies
+    /// kept in the cold tier are these lines).
+    pub fn lines(&self) -> Result<Vec<(u64, Vec<u8>)>, StorageError> {
         let file = match File::open(&self.path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => return Err(io("open", &self.path)(e)),
         };
         let mut out = Vec::new();
-        let mut prev = GENESIS.to_string();
         let mut reader = BufReader::new(file);
-        let mut raw = Vec::new();
         loop {
-            raw.clear();
+            let mut raw = Vec::new();
             let n = reader
                 .read_until(b'\n', &mut raw)
                 .map_err(io("read", &self.path))?;
             if n == 0 || raw.last() != Some(&b'\n') {
                 break; // end, or a torn last line
             }
-            let line: Line = serde_json::from_slice(&raw).map_err(|e| self.broken(out.len(), e))?;
-            if line.body.prev != prev
-                || line.hash != chain_hash(&line.body)
-                || line.body.seq != out.len() as u64 + 1
-            {
-                return Err(self.broken(out.len(), "the hash chain does not hold"));
-            }
-            prev = line.hash;
-            out.push(line.body.record);
+            let seq = serde_json::from_slice::<Line>(&raw)
+                .map(|l| l.body.seq)
+                .unwrap_or(0);
+            out.push((seq, raw));
         }
         Ok(out)
     }
@@ -167,6 +166,25 @@ impl GovernanceLog {
             ),
         }
     }
+}
+
+/// The records of complete lines (from the log, or from its copies in the cold tier),
+/// checking the chain: `Err((index, why))` names the first line that breaks it.
+pub fn records_of(lines: &[(u64, Vec<u8>)]) -> Result<Vec<GovernanceRecord>, (usize, String)> {
+    let mut out = Vec::new();
+    let mut prev = GENESIS.to_string();
+    for (i, (_, raw)) in lines.iter().enumerate() {
+        let line: Line = serde_json::from_slice(raw).map_err(|e| (i, e.to_string()))?;
+        if line.body.prev != prev
+            || line.hash != chain_hash(&line.body)
+            || line.body.seq != i as u64 + 1
+        {
+            return Err((i, "the hash chain does not hold".into()));
+        }
+        prev = line.hash;
+        out.push(line.body.record);
+    }
+    Ok(out)
 }
 
 /// The last complete line's (seq, hash) and the length up to its end.

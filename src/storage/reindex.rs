@@ -113,7 +113,7 @@ pub fn reindex(
     // ... and the governance log keeps them when the index is gone (promise 5): a hold
     // in either is kept; a tombstone the index lacks is restored, except for objects
     // whose hot file was written after the deletion (stored again since)
-    let (log_holds, log_tombstones) = governance_log::replay(&GovernanceLog::new(data_dir).read()?);
+    let (log_holds, log_tombstones) = governance_log::replay(&governance_records(config)?);
     for (study, hold) in log_holds {
         if !holds.iter().any(|(s, _)| *s == study) {
             holds.push((study, hold));
@@ -215,6 +215,45 @@ pub fn reindex(
             .push(quarantine(data_dir, &path)?.display().to_string());
     }
     Ok(report)
+}
+
+/// The governance log's records: the local log, or its copies in the cold tier when they
+/// go further (a node restored from the bucket alone). Either must hold its chain.
+fn governance_records(config: &Config) -> Result<Vec<governance_log::GovernanceRecord>> {
+    let data_dir = &config.archive.data_dir;
+    let local = GovernanceLog::new(data_dir).read()?;
+    let cold = ColdStore::open(&config.cold_spec())?;
+    let copies = match super::runtime()?.block_on(cold.get_named_under("governance")) {
+        Ok(copies) => copies,
+        Err(e) => {
+            tracing::warn!(error = %e, "the governance records in the cold tier cannot be listed; using the local log");
+            return Ok(local);
+        }
+    };
+    let lines: Vec<(u64, Vec<u8>)> = copies
+        .into_iter()
+        .map(|(key, bytes)| {
+            let seq = key
+                .rsplit('/')
+                .next()
+                .and_then(|n| n.strip_suffix(".json"))
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+            (seq, bytes.to_vec())
+        })
+        .collect();
+    match governance_log::records_of(&lines) {
+        Ok(records) if records.len() > local.len() => Ok(records),
+        Ok(_) => Ok(local),
+        Err((i, why)) => Err(StorageError::Io {
+            action: "check",
+            path: data_dir.join("governance (cold tier copies)"),
+            source: std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("governance record {} in the cold tier: {why}", i + 1),
+            ),
+        }),
+    }
 }
 
 /// Adds every pack in the cold tier to a rebuilt index: members already indexed from a
