@@ -347,18 +347,45 @@ fn deleted_source_instances_are_reported_and_unknown_destinations_fail_fast() {
     run_ok(&mut migrate(&state, &["plan", "--source", &orthanc.aet()]));
     assert_eq!(status(&state)["studies"], 3);
 
+    // issue 12: the source settings `plan` recorded can be corrected by `run`, but only
+    // after a C-ECHO with them succeeds
+    let header = || -> serde_json::Value {
+        let text = std::fs::read_to_string(state.join("ledger.jsonl")).unwrap();
+        serde_json::from_str(text.lines().next().unwrap()).unwrap()
+    };
+    let planned_ae = header()["calling_ae"].clone();
+    let out = run(&mut migrate(
+        &state,
+        &[
+            "run",
+            "--source",
+            "OLDPACS@127.0.0.1:9",
+            "--dest-ae",
+            "STRATA",
+            "--dest",
+            &format!("127.0.0.1:{}", archive.dicom_port),
+        ],
+    ));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("settings not changed"));
+    assert_eq!(header()["calling_ae"], planned_ae);
+
     // a destination the source does not know: fails at once, says what to configure
+    // (with a corrected calling AE title, which the source answers a C-ECHO from)
     let started = Instant::now();
     let out = run(&mut migrate(
         &state,
         &[
             "run",
+            "--calling-ae",
+            "MIGRATE_FIXED",
             "--dest-ae",
             "NOWHERE",
             "--dest",
             &format!("127.0.0.1:{}", archive.dicom_port),
         ],
     ));
+    assert_eq!(header()["calling_ae"], "MIGRATE_FIXED");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(

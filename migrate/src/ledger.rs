@@ -266,6 +266,13 @@ impl Ledger {
         })
     }
 
+    /// Replaces the header (the source's address or our calling AE title, corrected by
+    /// `run`): the journal is rewritten compacted under the new header (tmp, fsync,
+    /// rename), every study kept.
+    pub fn set_header(self, header: Header) -> Result<Ledger> {
+        Self::write_compacted(&self.dir, &header, &self.studies)
+    }
+
     /// Records a study's new state durably (appended and fsynced).
     pub fn put(&mut self, mut study: Study) -> Result<()> {
         study.updated_ms = now_ms();

@@ -90,6 +90,14 @@ enum Command {
         /// Retries of a C-MOVE or C-FIND that cannot reach the source.
         #[arg(long, default_value_t = 5)]
         retries: u32,
+        /// Correct the source recorded by `plan` (AE@HOST:PORT), after a C-ECHO to it
+        /// succeeds; the ledger keeps every study.
+        #[arg(long)]
+        source: Option<RemoteAe>,
+        /// Correct the calling AE title recorded by `plan`, after a C-ECHO with it
+        /// succeeds.
+        #[arg(long)]
+        calling_ae: Option<String>,
     },
     /// Where the migration stands.
     Status {
@@ -196,8 +204,46 @@ fn real_main(cli: Cli) -> Result<i32> {
             window,
             max_rate,
             retries,
+            source,
+            calling_ae,
         } => {
-            let ledger = ledger::Ledger::open(&cli.state)?;
+            let mut ledger = ledger::Ledger::open(&cli.state)?;
+            if source.is_some() || calling_ae.is_some() {
+                let mut header = ledger.header.clone();
+                header.source = source.unwrap_or(header.source);
+                header.calling_ae = calling_ae.unwrap_or(header.calling_ae);
+                let echoed = rt.block_on(async {
+                    let mut scu = strata::dimse::scu::Scu::connect(
+                        &header.calling_ae,
+                        &header.source,
+                        strata::dimse::scu::VERIFICATION,
+                        cli.timeout,
+                    )
+                    .await?;
+                    let status = scu.echo().await?;
+                    scu.release().await;
+                    Ok::<u16, strata::dimse::scu::ScuError>(status)
+                });
+                match echoed {
+                    Ok(0) => {
+                        println!(
+                            "source settings corrected: {} calling as {}",
+                            header.source, header.calling_ae
+                        );
+                        ledger = ledger.set_header(header)?;
+                    }
+                    Ok(status) => bail!(
+                        "the source {} answered C-ECHO from {} with status {status:#06X}: settings not changed",
+                        header.source,
+                        header.calling_ae
+                    ),
+                    Err(e) => bail!(
+                        "C-ECHO to {} as {} failed ({e}): settings not changed",
+                        header.source,
+                        header.calling_ae
+                    ),
+                }
+            }
             let inventory_complete = ledger.inventory_complete();
             let dest: RemoteAe = format!("{dest_ae}@{dest}")
                 .parse()
