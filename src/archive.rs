@@ -223,17 +223,11 @@ impl Archive {
         outcome: String,
     ) {
         if let Some(log) = &self.audit {
-            log.record(&[Event {
-                actor: principal.actor(),
-                action,
-                uids,
-                outcome,
-            }]);
-            if self.sync_each_audit {
-                if let Err(e) = log.sync() {
-                    tracing::error!(error = %e, "AUDIT RECORD NOT MADE DURABLE");
-                }
-            }
+            record(
+                log,
+                self.sync_each_audit,
+                event(principal, action, uids, outcome),
+            );
         }
     }
 
@@ -246,18 +240,21 @@ impl Archive {
         uids: Vec<String>,
         outcome: String,
     ) {
-        if self.audit.is_none() {
+        let Some(log) = self.audit.clone() else {
             return;
-        }
-        let (this, principal) = (self.clone(), principal.clone());
-        let record = move || this.audit_blocking(&principal, action, uids, outcome);
+        };
+        let (sync, e) = (
+            self.sync_each_audit,
+            event(principal, action, uids, outcome),
+        );
+        let write = move || record(&log, sync, e);
         match tokio::runtime::Handle::try_current() {
-            Ok(rt) => drop(rt.spawn_blocking(record)),
-            Err(_) => record(),
+            Ok(rt) => drop(rt.spawn_blocking(write)),
+            Err(_) => write(),
         }
     }
 
-    /// [`Archive::audit_blocking`] from async code.
+    /// [`Archive::audit_blocking`] from async code (on the blocking pool).
     pub(crate) async fn audit(
         &self,
         principal: &Principal,
@@ -265,12 +262,32 @@ impl Archive {
         uids: Vec<String>,
         outcome: String,
     ) {
-        if self.audit.is_some() {
-            let (this, principal) = (self.clone(), principal.clone());
-            let _ = tokio::task::spawn_blocking(move || {
-                this.audit_blocking(&principal, action, uids, outcome)
-            })
-            .await;
+        let Some(log) = self.audit.clone() else {
+            return;
+        };
+        let (sync, e) = (
+            self.sync_each_audit,
+            event(principal, action, uids, outcome),
+        );
+        let _ = tokio::task::spawn_blocking(move || record(&log, sync, e)).await;
+    }
+}
+
+fn event(principal: &Principal, action: &'static str, uids: Vec<String>, outcome: String) -> Event {
+    Event {
+        actor: principal.actor(),
+        action,
+        uids,
+        outcome,
+    }
+}
+
+/// Appends `event` (and syncs it when `sync`), logging a failure loudly. Blocking.
+fn record(log: &AuditLog, sync: bool, event: Event) {
+    log.record(&[event]);
+    if sync {
+        if let Err(e) = log.sync() {
+            tracing::error!(error = %e, "AUDIT RECORD NOT MADE DURABLE");
         }
     }
 }

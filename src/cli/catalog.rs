@@ -1,7 +1,7 @@
 //! `strata ls`, `strata show`, `strata tombstones`: what the archive holds, read-only
 //! (safe beside a running server).
 
-use super::print::print_json;
+use super::print::{iso, print_json};
 use anyhow::{Context, Result};
 use strata::archive::catalog::{InstanceView, SeriesView, Shown, StudyView};
 use strata::archive::Archive;
@@ -79,12 +79,6 @@ pub fn show(config: &Config, uid: &str, json: bool) -> Result<i32> {
         }
     }
     Ok(0)
-}
-
-/// An instant as ISO 8601 (RFC 3339, UTC, seconds).
-fn iso(ms: u64) -> String {
-    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
-        .to_string()
 }
 
 /// A study, its hold, series and instances; `detail` adds every version's copies.
@@ -192,9 +186,7 @@ pub fn tombstones(config: &Config, json: bool) -> Result<i32> {
                 t.objects.len(),
                 t.packs.len(),
                 t.who,
-                humantime::format_rfc3339_seconds(
-                    std::time::UNIX_EPOCH + std::time::Duration::from_millis(t.deleted_at_ms)
-                ),
+                iso(t.deleted_at_ms),
                 t.why
             );
         }
@@ -216,9 +208,7 @@ pub fn holds(config: &Config, json: bool) -> Result<i32> {
             println!(
                 "{study}: held by {} since {}: {}",
                 h.who,
-                humantime::format_rfc3339_seconds(
-                    std::time::UNIX_EPOCH + std::time::Duration::from_millis(h.since_ms)
-                ),
+                iso(h.since_ms),
                 h.why
             );
         }

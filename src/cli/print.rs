@@ -58,3 +58,9 @@ pub fn print_status_value(s: &serde_json::Value) {
         n("oldest_due_since_ms")
     );
 }
+
+/// An instant (ms since the epoch) as ISO 8601 (RFC 3339, UTC, seconds).
+pub fn iso(ms: u64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
+        .to_string()
+}
