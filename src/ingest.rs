@@ -18,7 +18,7 @@
 
 use crate::audit::Actor;
 use crate::config::ConflictPolicy;
-use crate::dicom::header::{read_header_blocking, InstanceAttrs};
+use crate::dicom::header::{dataset_hash_blocking, read_header_blocking, InstanceAttrs};
 use crate::dicom::part10::{object_prefix, read_foreign_meta};
 use crate::index::{CommitOutcome, Index, NewObject, Provenance};
 use crate::metrics::{Metrics, RejectReason};
@@ -89,9 +89,26 @@ pub struct Stored {
     pub attrs: InstanceAttrs,
 }
 
+/// What [`Ingest::screen_blocking`] found about a written object.
+enum Screen {
+    /// A new SOP Instance UID, the same bytes as a stored version, or not comparable.
+    Unknown,
+    /// A stored SOP Instance UID with another data set (its hash, hex).
+    Other { dataset: String },
+    /// A stored SOP Instance UID, and the same data set as the stored version `as_id`.
+    Same { as_id: ObjectId },
+}
+
+fn to_hex(hash: &[u8; 32]) -> String {
+    blake3::Hash::from_bytes(*hash).to_hex().to_string()
+}
+
 struct CommitJob {
     tmp: TmpObject,
     object: NewObject,
+    /// Set when the data set is already stored as this object: nothing is persisted or
+    /// indexed; the committer audits and answers in order with the others.
+    same_as: Option<ObjectId>,
     /// Who stored it, for the audit record the committer writes before the answer.
     actor: Actor,
     reply: Reply,
@@ -238,20 +255,28 @@ impl Ingest {
                 attrs.sop_class_uid, expected_sop_class_uid
             )));
         }
-        if self.conflicts == ConflictPolicy::Reject {
+        let screened = self.screen_blocking(&attrs, &written);
+        if self.conflicts == ConflictPolicy::Reject && !matches!(screened, Screen::Same { .. }) {
             self.refuse_conflicting_version(&attrs, &written.id)?;
         }
         let (reply, answer) = tokio::sync::oneshot::channel();
+        let (dataset, same_as) = match screened {
+            Screen::Unknown => (None, None),
+            Screen::Other { dataset } => (Some(dataset), None),
+            Screen::Same { as_id } => (None, Some(as_id)),
+        };
         let object = NewObject {
             id: written.id,
             size: written.size,
             attrs: attrs.clone(),
             provenance,
+            dataset,
         };
         self.jobs
             .send(CommitJob {
                 tmp: written.tmp,
                 object,
+                same_as,
                 actor,
                 reply,
             })
@@ -265,6 +290,58 @@ impl Ingest {
                 attrs,
             },
         })
+    }
+
+    /// Whether a written object's SOP Instance UID is already stored under other bytes and,
+    /// if so, whether one of the stored versions holds the same data set (equal data-set
+    /// hashes, `docs/formats.md`): the same instance re-encoded by another path (another
+    /// transfer syntax, group lengths, padding) is then no new version (issue 12).
+    ///
+    /// A stored version is compared by the hash recorded with it or, failing that, by
+    /// hashing its hot copy; a version only in the cold tier without a recorded hash
+    /// cannot be compared, and the new object becomes a version (nothing is lost; the log
+    /// says why). Any read failure here likewise keeps the new object.
+    fn screen_blocking(&self, attrs: &InstanceAttrs, written: &WrittenObject) -> Screen {
+        let entry = match self.index.instance(&attrs.sop_instance_uid) {
+            Ok(Some(entry)) => entry,
+            // unknown UID; or the index fails, which the commit will report
+            _ => return Screen::Unknown,
+        };
+        let versions = &entry.record.versions;
+        if versions.iter().any(|v| v.id == written.id.to_hex()) {
+            return Screen::Unknown; // the same bytes: the committer says "already present"
+        }
+        let dataset = match dataset_hash_blocking(written.tmp.path()) {
+            Ok(hash) => to_hex(&hash),
+            Err(e) => {
+                tracing::warn!(sop_instance_uid = %attrs.sop_instance_uid, error = %e,
+                    "cannot compute the data-set hash; stored as a new version");
+                return Screen::Unknown;
+            }
+        };
+        for version in versions.iter().rev() {
+            let Some(id) = ObjectId::from_hex(&version.id) else {
+                continue;
+            };
+            let known = match &version.dataset {
+                Some(hash) => Some(hash.clone()),
+                None => {
+                    let path = self.hot.path_of(&id);
+                    if path.exists() {
+                        dataset_hash_blocking(&path).ok().map(|h| to_hex(&h))
+                    } else {
+                        tracing::info!(sop_instance_uid = %attrs.sop_instance_uid, version = %id,
+                            "a stored version is only in the cold tier and has no recorded \
+                             data-set hash: not compared, the new object becomes a version");
+                        None
+                    }
+                }
+            };
+            if known.as_deref() == Some(dataset.as_str()) {
+                return Screen::Same { as_id: id };
+            }
+        }
+        Screen::Other { dataset }
     }
 
     /// With the `reject` policy: refuses an object whose SOP Instance UID is stored with
@@ -414,6 +491,8 @@ impl Ingest {
 /// Objects made durable on disk, on their way to the index stage.
 struct DurableGroup {
     objects: Vec<NewObject>,
+    /// Per object: the stored object with the same data set (nothing to index).
+    same_as: Vec<Option<ObjectId>>,
     actors: Vec<Actor>,
     replies: Vec<Reply>,
 }
@@ -485,6 +564,10 @@ fn store_event(object: &NewObject, actor: Actor, outcome: CommitOutcome) -> crat
             CommitOutcome::Stored => format!("stored {}", object.id),
             CommitOutcome::NewVersion => format!("stored {} as a new version", object.id),
             CommitOutcome::AlreadyPresent => format!("already stored {}", object.id),
+            CommitOutcome::SameDataSet { as_id } => format!(
+                "already stored: the same data set as {as_id} (these bytes, {}, not kept)",
+                object.id
+            ),
         },
     }
 }
@@ -499,7 +582,12 @@ fn persist_group(
 ) -> Option<DurableGroup> {
     let mut to_persist = Vec::with_capacity(jobs.len());
     let mut waiting = Vec::with_capacity(jobs.len());
+    let mut same = Vec::new();
     for job in jobs {
+        if let Some(as_id) = job.same_as {
+            same.push((job.object, as_id, job.actor, job.reply));
+            continue;
+        }
         match index.has_object(&job.object.id) {
             // indexed and on disk: a duplicate (if the file went missing, the new copy
             // is persisted below and repairs it)
@@ -516,24 +604,34 @@ fn persist_group(
             }
         }
     }
-    if to_persist.is_empty() {
-        return None;
-    }
-    let started = std::time::Instant::now();
-    let persisted = hot.persist_batch_blocking(to_persist);
-    metrics
-        .commit_seconds
-        .with_label_values(&["files"])
-        .observe(started.elapsed().as_secs_f64());
     let mut group = DurableGroup {
-        objects: Vec::with_capacity(waiting.len()),
-        actors: Vec::with_capacity(waiting.len()),
-        replies: Vec::with_capacity(waiting.len()),
+        objects: Vec::with_capacity(waiting.len() + same.len()),
+        same_as: Vec::with_capacity(waiting.len() + same.len()),
+        actors: Vec::with_capacity(waiting.len() + same.len()),
+        replies: Vec::with_capacity(waiting.len() + same.len()),
+    };
+    for (object, as_id, actor, reply) in same {
+        group.objects.push(object);
+        group.same_as.push(Some(as_id));
+        group.actors.push(actor);
+        group.replies.push(reply);
+    }
+    let persisted = if to_persist.is_empty() {
+        Vec::new()
+    } else {
+        let started = std::time::Instant::now();
+        let persisted = hot.persist_batch_blocking(to_persist);
+        metrics
+            .commit_seconds
+            .with_label_values(&["files"])
+            .observe(started.elapsed().as_secs_f64());
+        persisted
     };
     for ((object, actor, reply), result) in waiting.into_iter().zip(persisted) {
         match result {
             Ok(_) => {
                 group.objects.push(object);
+                group.same_as.push(None);
                 group.actors.push(actor);
                 group.replies.push(reply);
             }
@@ -561,6 +659,7 @@ fn run_index_stage(
             match rx.try_recv() {
                 Ok(more) => {
                     group.objects.extend(more.objects);
+                    group.same_as.extend(more.same_as);
                     group.actors.extend(more.actors);
                     group.replies.extend(more.replies);
                 }
@@ -568,11 +667,34 @@ fn run_index_stage(
             }
         }
         let started = std::time::Instant::now();
-        let committed = index.commit(&group.objects);
+        // objects whose data set is stored already are answered, not indexed
+        let to_index: Vec<NewObject> = group
+            .objects
+            .iter()
+            .zip(&group.same_as)
+            .filter(|(_, same)| same.is_none())
+            .map(|(o, _)| o.clone())
+            .collect();
+        let committed = if to_index.is_empty() {
+            Ok(Vec::new())
+        } else {
+            index.commit(&to_index)
+        };
         metrics
             .commit_seconds
             .with_label_values(&["index"])
             .observe(started.elapsed().as_secs_f64());
+        let committed = committed.map(|indexed| {
+            let mut indexed = indexed.into_iter();
+            group
+                .same_as
+                .iter()
+                .map(|same| match same {
+                    Some(as_id) => CommitOutcome::SameDataSet { as_id: *as_id },
+                    None => indexed.next().expect("one outcome per indexed object"),
+                })
+                .collect::<Vec<_>>()
+        });
         match committed {
             Ok(outcomes) => {
                 // audited before acknowledged: every store has its record
@@ -589,7 +711,10 @@ fn run_index_stage(
                 for ((object, reply), outcome) in
                     group.objects.iter().zip(group.replies).zip(outcomes)
                 {
-                    if outcome == CommitOutcome::AlreadyPresent {
+                    if matches!(
+                        outcome,
+                        CommitOutcome::AlreadyPresent | CommitOutcome::SameDataSet { .. }
+                    ) {
                         metrics.duplicates.inc();
                     } else {
                         metrics.instances_stored.inc();

@@ -346,6 +346,7 @@ pub fn index_objects_blocking(
             id: *id,
             size,
             attrs,
+            dataset: None,
             provenance: Provenance {
                 received_at_ms,
                 calling_ae: calling_ae.into(),

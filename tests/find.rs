@@ -301,6 +301,7 @@ fn c_cancel_stops_a_streaming_c_find() {
                     transfer_syntax_uid: EXPLICIT_VR_LE.into(),
                     ..Default::default()
                 },
+                dataset: None,
                 provenance: Provenance {
                     received_at_ms: 0,
                     calling_ae: "TEST".into(),

@@ -403,6 +403,16 @@ fn conflicting_versions_are_kept_or_refused_by_policy() {
             raw::store(&mut a, CT_IMAGE_STORAGE, &sop, &original).unwrap(),
             0
         );
+        // the same data set in other bytes (Data Set Trailing Padding, PS3.5 §7.8.1,
+        // appended): no conflict under either policy, and no new version
+        let mut padded = original.clone();
+        padded.extend_from_slice(&[0xFC, 0xFF, 0xFC, 0xFF, b'O', b'B', 0, 0, 4, 0, 0, 0]);
+        padded.extend_from_slice(&[0; 4]);
+        assert_eq!(
+            raw::store(&mut a, CT_IMAGE_STORAGE, &sop, &padded).unwrap(),
+            0,
+            "{policy}"
+        );
         let _ = a.release();
         let shown: serde_json::Value =
             serde_json::from_slice(&run_ok(&mut archive.strata(&["show", &sop, "--json"])).stdout)
@@ -557,7 +567,127 @@ fn import_and_c_store_take_files_with_inconsistent_meta_alike() {
     let server = archive.start();
     storescu_send(server.dicom_port, &files);
     server.stop();
-    // the same SOP Instances: no new instance (DCMTK re-encodes the data set, so its
-    // bytes, and the object, differ: a kept version)
+    // the same SOP Instances: no new instance; and although DCMTK re-encodes the data
+    // sets (other bytes, another object id), they are the same data sets: no new version
     assert_eq!(archive.total_instances(), 2);
+    for sop in [
+        "1.2.777.777.77.7.7777.7777.20030903150023",
+        "1.9.999.999.99.9.9999.9999.20030818153516",
+    ] {
+        let shown = run_ok(&mut archive.strata(&["show", sop, "--json"]));
+        let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+        assert_eq!(shown["versions"].as_array().unwrap().len(), 1, "{shown}");
+    }
+}
+
+/// Issue 12: the same instance arriving again through another path — re-encoded by
+/// DCMTK's `dcmconv` in another transfer syntax (implicit VR LE, explicit VR big endian,
+/// deflated), with group lengths added, with trailing padding (PS3.5 §7.8.1 Data Set
+/// Trailing Padding) — holds the same data set: it makes no new version, and the served
+/// version stays. A data set that differs in one value (`dcmodify`) is a new version,
+/// which `import` and `show` say.
+#[test]
+fn the_same_instance_re_encoded_is_no_new_version_a_changed_one_is() {
+    let archive = Archive::new("store-same-dataset");
+    let original = dcm_files(ct_study())[0].clone();
+    let sop = meta_of(&original).sop_instance_uid;
+    let server = archive.start();
+    storescu_send(server.dicom_port, std::slice::from_ref(&original));
+    server.stop();
+    let served = || -> serde_json::Value {
+        let shown = run_ok(&mut archive.strata(&["show", &sop, "--json"]));
+        serde_json::from_slice(&shown.stdout).unwrap()
+    };
+    let first = served()["versions"][0]["id"].clone();
+
+    let dir = archive.dir.path().join("re-encoded");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut variants = Vec::new();
+    for (name, args) in [
+        ("implicit", &["+ti"][..]),
+        ("big-endian", &["+tb"][..]),
+        ("deflated", &["+td"][..]),
+        ("group-lengths", &["+te", "+g"][..]),
+        ("padded", &["+te", "+p", "8", "4"][..]),
+    ] {
+        let out = dir.join(format!("{name}.dcm"));
+        run_ok(dcmtk("dcmconv").args(args).arg(&original).arg(&out));
+        variants.push(out);
+    }
+    for v in &variants {
+        assert_ne!(
+            std::fs::read(v).unwrap(),
+            std::fs::read(&original).unwrap(),
+            "{} is another encoding",
+            v.display()
+        );
+    }
+    let out = run_ok(archive.strata(&["import", "--json"]).args(&variants));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        report["same_data_set"].as_array().unwrap().len(),
+        variants.len(),
+        "{report}"
+    );
+    assert!(
+        report["new_versions"].as_array().unwrap().is_empty(),
+        "{report}"
+    );
+    let shown = served();
+    assert_eq!(shown["versions"].as_array().unwrap().len(), 1, "{shown}");
+    assert_eq!(shown["versions"][0]["id"], first);
+    // and through C-STORE too: DCMTK sends the implicit VR file as it is
+    let server = archive.start();
+    storescu_send(server.dicom_port, &variants[..1]);
+    server.stop();
+    assert_eq!(served()["versions"].as_array().unwrap().len(), 1);
+    let audit = run_ok(&mut archive.strata(&["audit", "log", "--json"]));
+    assert!(
+        String::from_utf8_lossy(&audit.stdout).contains("the same data set as"),
+        "the audit log says why nothing was kept"
+    );
+
+    // one value differs: a new version, said by import and show, and served
+    let changed = dir.join("changed.dcm");
+    std::fs::copy(&original, &changed).unwrap();
+    run_ok(
+        dcmtk("dcmodify")
+            .args(["-nb", "-m", "(0008,103E)=CHANGED"])
+            .arg(&changed),
+    );
+    let out = run_ok(archive.strata(&["import"]).arg(&changed));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("1 new versions") && text.contains(&format!("new version of {sop}")),
+        "{text}"
+    );
+    let shown = served();
+    let versions = shown["versions"].as_array().unwrap();
+    assert_eq!(versions.len(), 2, "{shown}");
+    assert_eq!(versions[0]["id"], first, "the first version is kept");
+    assert!(versions[1]["dataset"].is_string(), "{shown}");
+    let human = run_ok(&mut archive.strata(&["show", &sop]));
+    let human = String::from_utf8_lossy(&human.stdout);
+    assert!(
+        human.contains("version 2") && human.contains("served"),
+        "{human}"
+    );
+    // the changed data set sent again in another encoding: still two versions
+    let changed_implicit = dir.join("changed-implicit.dcm");
+    run_ok(
+        dcmtk("dcmconv")
+            .arg("+ti")
+            .arg(&changed)
+            .arg(&changed_implicit),
+    );
+    let out = run_ok(archive.strata(&["import", "--json"]).arg(&changed_implicit));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        report["same_data_set"].as_array().unwrap().len(),
+        1,
+        "{report}"
+    );
+    assert_eq!(served()["versions"].as_array().unwrap().len(), 2);
+    let (clean, report) = archive.verify_json();
+    assert!(clean, "{report}");
 }

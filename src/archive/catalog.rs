@@ -137,6 +137,9 @@ fn list_studies(index: &dyn Index) -> Result<Vec<StudySummary>> {
 #[derive(Debug, Serialize)]
 pub struct VersionView {
     pub id: String,
+    /// The data-set hash (`docs/formats.md`), when ingest recorded one (it does for every
+    /// version after the first).
+    pub dataset: Option<String>,
     pub size: u64,
     pub received_at_ms: u64,
     /// `hot` (a file on hot disk) or `cold` (only in packs).
@@ -221,6 +224,7 @@ fn version_views(
                 _ => tiers.hot.path_of(&id).display().to_string(),
             };
             Ok(VersionView {
+                dataset: v.dataset.clone(),
                 id: v.id.clone(),
                 size: v.size,
                 received_at_ms: v.received_at_ms,

@@ -124,8 +124,19 @@ impl Archive {
                     match result {
                         Ok(stored) => match stored.outcome {
                             CommitOutcome::Stored => r.stored += 1,
-                            CommitOutcome::NewVersion => r.new_versions += 1,
+                            CommitOutcome::NewVersion => r.new_versions.push(NewVersion {
+                                path: path.display().to_string(),
+                                sop_instance_uid: stored.attrs.sop_instance_uid,
+                                id: stored.id.to_hex(),
+                            }),
                             CommitOutcome::AlreadyPresent => r.already_present += 1,
+                            CommitOutcome::SameDataSet { as_id } => {
+                                r.same_data_set.push(SameDataSet {
+                                    path: path.display().to_string(),
+                                    sop_instance_uid: stored.attrs.sop_instance_uid,
+                                    stored_as: as_id.to_hex(),
+                                })
+                            }
                         },
                         Err(e) => r.rejected.push(Rejected {
                             path: path.display().to_string(),
@@ -167,13 +178,39 @@ impl StoreStream {
     }
 }
 
+/// What `import` did with a set of files.
 #[derive(Debug, Default, Serialize)]
 pub struct ImportReport {
     pub files: usize,
+    /// New instances.
     pub stored: usize,
-    pub new_versions: usize,
+    /// Files holding a stored SOP Instance UID with a different data set: kept as a new
+    /// version, which is now the one served (see `docs/formats.md`, "Versions").
+    pub new_versions: Vec<NewVersion>,
+    /// Files whose bytes were stored already.
     pub already_present: usize,
+    /// Files holding a stored instance in another encoding (same data-set hash): not
+    /// kept, nothing changed.
+    pub same_data_set: Vec<SameDataSet>,
     pub rejected: Vec<Rejected>,
+}
+
+/// A file stored as a new version of an instance.
+#[derive(Debug, Clone, Serialize)]
+pub struct NewVersion {
+    pub path: String,
+    pub sop_instance_uid: String,
+    /// The new version's object id.
+    pub id: String,
+}
+
+/// A file whose data set was stored already under other bytes.
+#[derive(Debug, Clone, Serialize)]
+pub struct SameDataSet {
+    pub path: String,
+    pub sop_instance_uid: String,
+    /// The stored object holding the same data set.
+    pub stored_as: String,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -126,7 +126,10 @@ fn print_instance(i: &InstanceView, detail: bool) {
         i.instance_number,
         v.map(|v| v.size).unwrap_or(0),
         if i.versions.len() > 1 {
-            format!(" ({} versions)", i.versions.len())
+            format!(
+                " ({} versions with different data sets; the newest is served)",
+                i.versions.len()
+            )
         } else {
             String::new()
         }
@@ -154,6 +157,9 @@ fn print_instance(i: &InstanceView, detail: bool) {
             v.source
         );
         println!("        {}: {}", v.tier, v.location);
+        if let Some(hash) = &v.dataset {
+            println!("        data-set hash {hash}");
+        }
         for c in &v.cold_copies {
             println!(
                 "        cold copy: pack {} ({}) at {}, {} bytes stored",

@@ -23,13 +23,22 @@ pub fn import(config: &Config, paths: &[PathBuf], json: bool) -> Result<i32> {
         print_json(&report)?;
     } else {
         println!(
-            "{} files: {} stored, {} new versions, {} already present, {} rejected",
+            "{} files: {} stored, {} new versions, {} already present, {} the same data set \
+             as a stored instance (other encoding, not kept), {} rejected",
             report.files,
             report.stored,
-            report.new_versions,
+            report.new_versions.len(),
             report.already_present,
+            report.same_data_set.len(),
             report.rejected.len()
         );
+        for v in &report.new_versions {
+            println!(
+                "  new version of {} from {}: its data set differs from the stored one; \
+                 this version ({}) is now served, the earlier ones are kept",
+                v.sop_instance_uid, v.path, v.id
+            );
+        }
         for r in &report.rejected {
             println!("  rejected {}: {}", r.path, r.reason);
         }

@@ -7,6 +7,14 @@
 //! and undefined-length sequences and items, and encapsulated pixel data. A deflated
 //! data set is walked through a streaming inflater with a cap on the inflated size
 //! ([`MAX_INFLATED`]), so a deflate bomb costs bounded time and no memory.
+//!
+//! The same walk, reading values instead of skipping them, computes an object's
+//! *data-set hash* ([`dataset_hash_source`]): a hash of what the data set says, not of
+//! how it is encoded, so that one instance re-encoded by another path (explicit or
+//! implicit VR, big endian, deflate, group lengths, defined or undefined lengths, string
+//! padding, trailing padding) is recognised as the same. Its exact definition, for
+//! auditors, is in `docs/formats.md` ("Data-set hash"). It streams: bounded memory for
+//! objects of any size.
 
 use std::collections::BTreeMap;
 use std::io::{BufReader, Read, Seek};
@@ -21,6 +29,15 @@ pub trait Source: Read {
     fn skip(&mut self, n: u64) -> std::io::Result<()>;
     /// The number of bytes from the start of the data set, when known.
     fn known_len(&self) -> Option<u64>;
+}
+
+impl<S: Source + ?Sized> Source for Box<S> {
+    fn skip(&mut self, n: u64) -> std::io::Result<()> {
+        (**self).skip(n)
+    }
+    fn known_len(&self) -> Option<u64> {
+        (**self).known_len()
+    }
 }
 
 /// A seekable source (a stored object on disk).
@@ -86,6 +103,11 @@ const ITEM_END: u32 = 0xFFFE_E00D;
 const SEQUENCE_END: u32 = 0xFFFE_E0DD;
 const UNDEFINED: u32 = 0xFFFF_FFFF;
 const MAX_DEPTH: usize = 64;
+/// DataSetTrailingPadding (FFFC,FFFC), PS3.5 §7.8.1.
+const TRAILING_PADDING: u32 = 0xFFFC_FFFC;
+/// Textual values up to this length are trimmed of their padding for the data-set hash;
+/// longer ones (never seen in practice) are hashed as they are.
+const MAX_TRIMMED: u32 = 16 << 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Encoding {
@@ -128,6 +150,49 @@ struct Walker<'c, S> {
     /// Capture every top-level element with a defined length (identifiers), and its VR.
     keep_all: bool,
     vrs: BTreeMap<u32, [u8; 2]>,
+    /// The data-set hash being computed, when walking for it.
+    canon: Option<blake3::Hasher>,
+}
+
+/// How a value enters the data-set hash, by its VR (PS3.5 §6.2).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ValueKind {
+    /// Character strings: trailing spaces and NULs are padding (PS3.5 §6.2), trimmed.
+    Text,
+    /// Binary numbers of this width: byte-swapped to little endian when big endian.
+    Numbers(usize),
+    /// Bytes as they are (OB, UN, and VRs the walk cannot know).
+    Bytes,
+    Sequence,
+}
+
+impl ValueKind {
+    fn of_vr(vr: &[u8; 2]) -> ValueKind {
+        match vr {
+            b"AE" | b"AS" | b"CS" | b"DA" | b"DS" | b"DT" | b"IS" | b"LO" | b"LT" | b"PN"
+            | b"SH" | b"ST" | b"TM" | b"UC" | b"UI" | b"UR" | b"UT" => ValueKind::Text,
+            b"US" | b"SS" | b"OW" | b"AT" => ValueKind::Numbers(2),
+            b"UL" | b"SL" | b"FL" | b"OL" | b"OF" => ValueKind::Numbers(4),
+            b"FD" | b"OD" | b"SV" | b"UV" | b"OV" => ValueKind::Numbers(8),
+            b"SQ" => ValueKind::Sequence,
+            _ => ValueKind::Bytes,
+        }
+    }
+
+    /// For implicit VR: the VR the standard dictionary gives the tag (dicom-dictionary-std);
+    /// private and unknown tags are bytes.
+    fn of_tag(tag: u32) -> ValueKind {
+        use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry, VirtualVr};
+        let tag = dicom_core::Tag((tag >> 16) as u16, tag as u16);
+        match dicom_dictionary_std::StandardDataDictionary.by_tag(tag) {
+            Some(entry) => match entry.vr() {
+                VirtualVr::Exact(vr) => ValueKind::of_vr(&vr.to_bytes()),
+                VirtualVr::Xs => ValueKind::Numbers(2),
+                _ => ValueKind::Bytes,
+            },
+            None => ValueKind::Bytes,
+        }
+    }
 }
 
 /// Longest value captured; longer values of wanted tags are an error.
@@ -135,12 +200,36 @@ pub const MAX_CAPTURED: u32 = 4096;
 
 type Res<T> = Result<T, String>;
 
-impl<S: Source> Walker<'_, S> {
+/// A failed read, said as the walk sees it: the data set ends early, or the source fails.
+fn read_error(e: &std::io::Error, pos: u64) -> String {
+    match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => format!("dataset truncated at byte {pos}"),
+        _ => format!("read failed at byte {pos}: {e}"),
+    }
+}
+
+impl<'c, S: Source> Walker<'c, S> {
+    /// A walk of `source` (first byte at offset `start`) capturing the `wanted` top-level
+    /// values.
+    fn new(source: S, start: u64, enc: Encoding, wanted: &'c [u32]) -> Self {
+        Walker {
+            len: source.known_len(),
+            r: source,
+            pos: start,
+            enc,
+            wanted,
+            captured: BTreeMap::new(),
+            keep_all: false,
+            vrs: BTreeMap::new(),
+            canon: None,
+        }
+    }
+
     fn bytes<const N: usize>(&mut self) -> Res<[u8; N]> {
         let mut b = [0u8; N];
         self.r
             .read_exact(&mut b)
-            .map_err(|_| format!("dataset truncated at byte {}", self.pos))?;
+            .map_err(|e| read_error(&e, self.pos))?;
         self.pos += N as u64;
         Ok(b)
     }
@@ -181,7 +270,7 @@ impl<S: Source> Walker<'_, S> {
         let mut rest = [0u8; 3];
         self.r
             .read_exact(&mut rest)
-            .map_err(|_| format!("dataset truncated at byte {}", self.pos))?;
+            .map_err(|e| read_error(&e, self.pos))?;
         self.pos += 4;
         let b = [first[0], rest[0], rest[1], rest[2]];
         let (g, e) = match self.enc {
@@ -197,16 +286,20 @@ impl<S: Source> Walker<'_, S> {
         Ok(Some(((g as u32) << 16) | e as u32))
     }
 
+    /// Refuses a value of `n` bytes that would run past the end of a source of known length.
+    fn check_room(&self, n: u64) -> Res<()> {
+        match self.len {
+            Some(len) if self.pos + n > len => Err(format!(
+                "value of {n} bytes at byte {} runs past the end of the dataset ({len} bytes)",
+                self.pos
+            )),
+            _ => Ok(()),
+        }
+    }
+
     fn skip(&mut self, n: u32) -> Res<()> {
         let n = n as u64;
-        if let Some(len) = self.len {
-            if self.pos + n > len {
-                return Err(format!(
-                    "value of {n} bytes at byte {} runs past the end of the dataset ({len} bytes)",
-                    self.pos
-                ));
-            }
-        }
+        self.check_room(n)?;
         self.r.skip(n).map_err(|e| {
             format!(
                 "value of {n} bytes at byte {} cannot be skipped: {e}",
@@ -214,6 +307,58 @@ impl<S: Source> Walker<'_, S> {
             )
         })?;
         self.pos += n;
+        Ok(())
+    }
+
+    /// Feeds a structural token into the data-set hash, if one is being computed.
+    fn token(&mut self, bytes: &[u8]) {
+        if let Some(h) = self.canon.as_mut() {
+            h.update(bytes);
+        }
+    }
+
+    /// Reads a value of `len` bytes into the data-set hash as `'V'`, its normalised length
+    /// (u64 LE) and the BLAKE3 hash of its normalised bytes (see [`ValueKind`]).
+    fn hash_value(&mut self, kind: ValueKind, len: u32) -> Res<()> {
+        self.check_room(len as u64)?;
+        let mut value = blake3::Hasher::new();
+        let normalised_len = if kind == ValueKind::Text && len <= MAX_TRIMMED {
+            let mut bytes = vec![0u8; len as usize];
+            self.r
+                .read_exact(&mut bytes)
+                .map_err(|e| read_error(&e, self.pos))?;
+            let kept = bytes
+                .iter()
+                .rposition(|b| !matches!(b, b' ' | 0))
+                .map_or(0, |i| i + 1);
+            value.update(&bytes[..kept]);
+            kept as u64
+        } else {
+            let swap = match kind {
+                ValueKind::Numbers(width) if self.enc == Encoding::ExplicitBig => width,
+                _ => 1,
+            };
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut left = len as usize;
+            while left > 0 {
+                let n = left.min(buf.len());
+                self.r
+                    .read_exact(&mut buf[..n])
+                    .map_err(|e| read_error(&e, self.pos))?;
+                if swap > 1 {
+                    for word in buf[..n].chunks_mut(swap) {
+                        word.reverse();
+                    }
+                }
+                value.update(&buf[..n]);
+                left -= n;
+            }
+            len as u64
+        };
+        self.pos += len as u64;
+        self.token(b"V");
+        self.token(&normalised_len.to_le_bytes());
+        self.token(value.finalize().as_bytes());
         Ok(())
     }
 
@@ -268,6 +413,27 @@ impl<S: Source> Walker<'_, S> {
                     (Some(vr), len)
                 }
             };
+            // group lengths (gggg,0000) and trailing padding say nothing about the data
+            // set; everything else enters the data-set hash under its tag
+            let hashed = self.canon.is_some() && tag & 0xFFFF != 0 && tag != TRAILING_PADDING;
+            if hashed {
+                self.token(&tag.to_le_bytes());
+            }
+            if len != UNDEFINED && hashed {
+                let kind = match vr {
+                    Some(vr) => ValueKind::of_vr(&vr),
+                    None => ValueKind::of_tag(tag),
+                };
+                if kind == ValueKind::Sequence {
+                    self.token(b"S");
+                    let stop = self.pos + len as u64;
+                    self.items(Some(stop), depth + 1)?;
+                    self.token(b"E");
+                } else {
+                    self.hash_value(kind, len)?;
+                }
+                continue;
+            }
             if len != UNDEFINED {
                 let keep = depth == 0
                     && (self.keep_all && vr != Some(*b"SQ") || self.wanted.contains(&tag));
@@ -289,7 +455,7 @@ impl<S: Source> Walker<'_, S> {
                     let mut value = vec![0u8; len as usize];
                     self.r
                         .read_exact(&mut value)
-                        .map_err(|_| format!("dataset truncated at byte {}", self.pos))?;
+                        .map_err(|e| read_error(&e, self.pos))?;
                     self.pos += len as u64;
                     self.captured.insert(tag, value);
                 } else if vr == Some(*b"SQ") && len > 0 {
@@ -300,6 +466,7 @@ impl<S: Source> Walker<'_, S> {
                 }
                 continue;
             }
+            self.token(if tag == 0x7FE0_0010 { b"P" } else { b"S" });
             match vr {
                 Some(v) if (v == *b"OB" || v == *b"OW") && tag == 0x7FE0_0010 => {
                     self.fragments()?
@@ -313,6 +480,7 @@ impl<S: Source> Walker<'_, S> {
                 }
                 _ => self.items(None, depth + 1)?,
             }
+            self.token(b"E");
         }
     }
 
@@ -328,13 +496,19 @@ impl<S: Source> Walker<'_, S> {
             let len = self.u32()?;
             match tag {
                 SEQUENCE_END if end.is_none() => return Ok(()),
-                ITEM if len == UNDEFINED => self.elements(None, depth)?,
+                ITEM if len == UNDEFINED => {
+                    self.token(b"I");
+                    self.elements(None, depth)?;
+                    self.token(b"i");
+                }
                 ITEM => {
                     let stop = self.pos + len as u64;
                     if self.len.is_some_and(|l| stop > l) || end.is_some_and(|e| stop > e) {
                         return Err(format!("item at byte {} runs past the end", self.pos));
                     }
-                    self.elements(Some(stop), depth)?
+                    self.token(b"I");
+                    self.elements(Some(stop), depth)?;
+                    self.token(b"i");
                 }
                 other => {
                     return Err(format!(
@@ -346,13 +520,24 @@ impl<S: Source> Walker<'_, S> {
         }
     }
 
+    /// Walks the items of encapsulated pixel data. For the data-set hash, each fragment
+    /// but the first (the Basic Offset Table, PS3.5 §A.4, which encoders fill or leave
+    /// empty at will) is a value `'F'`.
     fn fragments(&mut self) -> Res<()> {
+        let mut first = true;
         loop {
             let tag = self.tag()?;
             let len = self.u32()?;
             match tag {
                 SEQUENCE_END => return Ok(()),
-                ITEM if len != UNDEFINED => self.skip(len)?,
+                ITEM if len != UNDEFINED && self.canon.is_some() && !first => {
+                    self.token(b"F");
+                    self.hash_value(ValueKind::Bytes, len)?;
+                }
+                ITEM if len != UNDEFINED => {
+                    first = false;
+                    self.skip(len)?
+                }
                 other => {
                     return Err(format!(
                         "bad pixel data fragment ({other:08X}) at byte {}",
@@ -372,19 +557,30 @@ pub fn walk_source<S: Source>(
     enc: Encoding,
     wanted: &[u32],
 ) -> Result<BTreeMap<u32, Vec<u8>>, String> {
-    let len = source.known_len();
-    let mut w = Walker {
-        r: source,
-        pos: start,
-        len,
-        enc,
-        wanted,
-        captured: BTreeMap::new(),
-        keep_all: false,
-        vrs: BTreeMap::new(),
-    };
+    let mut w = Walker::new(source, start, enc, wanted);
     w.elements(None, 0)?;
     Ok(w.captured)
+}
+
+/// Domain separation of the data-set hash (BLAKE3 `derive_key` context); a change to
+/// the definition takes a new context, and a new name.
+pub const DATASET_HASH_CONTEXT: &str = "Strata data-set hash v1 (docs/formats.md)";
+
+/// The data-set hash of the data set in `source` (first byte at offset `start`), checking
+/// its framing on the way: BLAKE3 in `derive_key` mode ([`DATASET_HASH_CONTEXT`]) over the
+/// element stream defined in `docs/formats.md`. Equal for encodings of the same data set
+/// that differ only in transfer syntax (native), VR explicitness, byte order, group
+/// lengths, item and sequence length form, string padding, Basic Offset Table and
+/// DataSetTrailingPadding; different when any value, element or fragment differs.
+pub fn dataset_hash_source<S: Source>(
+    source: S,
+    start: u64,
+    enc: Encoding,
+) -> Result<[u8; 32], String> {
+    let mut w = Walker::new(source, start, enc, &[]);
+    w.canon = Some(blake3::Hasher::new_derive_key(DATASET_HASH_CONTEXT));
+    w.elements(None, 0)?;
+    Ok(*w.canon.take().expect("set above").finalize().as_bytes())
 }
 
 /// One top-level element of an identifier: tag, VR (explicit syntaxes only), raw value.
@@ -396,16 +592,8 @@ pub type IdentifierElement = (u32, Option<[u8; 2]>, Vec<u8>);
 pub fn read_identifier(bytes: &[u8], enc: Encoding) -> Result<Vec<IdentifierElement>, String> {
     let (source, start) =
         Seekable::new(std::io::Cursor::new(bytes), 0).map_err(|e| e.to_string())?;
-    let mut w = Walker {
-        len: source.known_len(),
-        r: source,
-        pos: start,
-        enc,
-        wanted: &[],
-        captured: BTreeMap::new(),
-        keep_all: true,
-        vrs: BTreeMap::new(),
-    };
+    let mut w = Walker::new(source, start, enc, &[]);
+    w.keep_all = true;
     w.elements(None, 0)?;
     let vrs = w.vrs;
     Ok(w.captured
@@ -498,5 +686,79 @@ mod tests {
                 let _ = check_framing(Cursor::new(&bytes), 0, enc);
             }
         }
+    }
+
+    /// The data-set hash against dicom-rs: one data set written by dicom-object in
+    /// explicit VR LE, implicit VR LE and explicit VR big endian hashes alike; one value
+    /// changed hashes otherwise (issue 12; PS3.5 §7.1 and Annex A).
+    #[test]
+    fn dataset_hash_is_the_same_across_encodings_by_dicom_rs() {
+        use dicom_core::{DataElement, PrimitiveValue, VR};
+        use dicom_dictionary_std::tags;
+        use dicom_object::InMemDicomObject;
+        use dicom_transfer_syntax_registry::entries;
+
+        let build = |description: &str| {
+            let item = InMemDicomObject::from_element_iter([
+                DataElement::new(
+                    tags::REFERENCED_SOP_CLASS_UID,
+                    VR::UI,
+                    "1.2.840.10008.5.1.4.1.1.2",
+                ),
+                DataElement::new(tags::REFERENCED_SOP_INSTANCE_UID, VR::UI, "1.2.3.4"),
+            ]);
+            InMemDicomObject::from_element_iter([
+                DataElement::new(tags::SOP_INSTANCE_UID, VR::UI, "1.2.3"),
+                DataElement::new(tags::SERIES_DESCRIPTION, VR::LO, description),
+                DataElement::new(
+                    tags::REFERENCED_IMAGE_SEQUENCE,
+                    VR::SQ,
+                    dicom_core::value::DataSetSequence::from(vec![item]),
+                ),
+                DataElement::new(tags::ROWS, VR::US, PrimitiveValue::from(512_u16)),
+                DataElement::new(
+                    tags::PIXEL_SPACING,
+                    VR::DS,
+                    PrimitiveValue::from("0.5\\0.5"),
+                ),
+                DataElement::new(
+                    tags::PIXEL_DATA,
+                    VR::OW,
+                    PrimitiveValue::U16(vec![1, 2, 3, 0x0102].into()),
+                ),
+            ])
+        };
+        let hash = |object: &InMemDicomObject, ts: &dicom_encoding::TransferSyntax| {
+            let mut bytes = Vec::new();
+            object.write_dataset_with_ts(&mut bytes, ts).unwrap();
+            let enc = Encoding::of_transfer_syntax(ts.uid()).unwrap();
+            let (source, start) = Seekable::new(Cursor::new(bytes), 0).unwrap();
+            dataset_hash_source(source, start, enc).unwrap()
+        };
+        let one = build("AXIAL");
+        let explicit = hash(&one, &entries::EXPLICIT_VR_LITTLE_ENDIAN.erased());
+        assert_eq!(
+            explicit,
+            hash(&one, &entries::IMPLICIT_VR_LITTLE_ENDIAN.erased())
+        );
+        assert_eq!(
+            explicit,
+            hash(&one, &entries::EXPLICIT_VR_BIG_ENDIAN.erased())
+        );
+        // trailing spaces are padding (PS3.5 §6.2): "AXIAL  " (8 bytes) is "AXIAL" (6 with its pad)
+        assert_eq!(
+            explicit,
+            hash(
+                &build("AXIAL  "),
+                &entries::EXPLICIT_VR_LITTLE_ENDIAN.erased()
+            )
+        );
+        assert_ne!(
+            explicit,
+            hash(
+                &build("CORONAL"),
+                &entries::EXPLICIT_VR_LITTLE_ENDIAN.erased()
+            )
+        );
     }
 }

@@ -9,7 +9,9 @@
 //! repertoire and `ISO_IR 100` as Latin-1, anything else as lossy UTF-8 (good enough for
 //! listing; the stored bytes are never altered).
 
-use super::framing::{walk_dataset, walk_source, Encoding, Streamed, MAX_INFLATED};
+use super::framing::{
+    dataset_hash_source, walk_source, Encoding, Seekable, Source, Streamed, MAX_INFLATED,
+};
 use super::part10::{is_valid_uid, read_foreign_meta};
 use dicom_core::Tag;
 use dicom_dictionary_std::tags;
@@ -84,6 +86,29 @@ fn key(tag: Tag) -> u32 {
 
 /// Parses the header of a stored Part-10 object (and checks its framing).
 pub fn read_header_blocking(path: &Path) -> Result<InstanceAttrs, HeaderError> {
+    let wanted: Vec<u32> = WANTED.iter().map(|t| key(*t)).collect();
+    let (transfer_syntax_uid, values) = with_dataset(path, |source, start, encoding| {
+        walk_source(source, start, encoding, &wanted)
+    })?;
+    attrs_of(&values, transfer_syntax_uid)
+}
+
+/// The data-set hash of a stored Part-10 object ([`super::framing::dataset_hash_source`];
+/// defined in `docs/formats.md`), read as a stream in bounded memory.
+pub fn dataset_hash_blocking(path: &Path) -> Result<[u8; 32], HeaderError> {
+    with_dataset(path, |source, start, encoding| {
+        dataset_hash_source(source, start, encoding)
+    })
+    .map(|(_, hash)| hash)
+}
+
+/// Opens a Part-10 file, reads its file meta information and hands its data set (inflated
+/// as a stream for deflated syntaxes, never more than [`MAX_INFLATED`] bytes) to `walk`.
+/// Returns the transfer syntax and what `walk` returned.
+fn with_dataset<T>(
+    path: &Path,
+    walk: impl FnOnce(Box<dyn Source + '_>, u64, Encoding) -> Result<T, String>,
+) -> Result<(String, T), HeaderError> {
     let mut file = std::fs::File::open(path).map_err(|e| HeaderError::Io(e.to_string()))?;
     let mut head = vec![0u8; 16 * 1024];
     let mut filled = 0;
@@ -104,41 +129,49 @@ pub fn read_header_blocking(path: &Path) -> Result<InstanceAttrs, HeaderError> {
             meta.transfer_syntax_uid
         )));
     };
-    let wanted: Vec<u32> = WANTED.iter().map(|t| key(*t)).collect();
-    let values: BTreeMap<u32, Vec<u8>> = if Encoding::is_deflated(&meta.transfer_syntax_uid) {
-        // inflate as a stream, never more than MAX_INFLATED bytes (deflate bombs)
+    let walked = if Encoding::is_deflated(&meta.transfer_syntax_uid) {
         file.seek(SeekFrom::Start(meta.dataset_offset as u64))
             .map_err(|e| HeaderError::Io(e.to_string()))?;
-        let inflated =
-            flate2::read::DeflateDecoder::new(BufReader::new(file)).take(MAX_INFLATED + 1);
-        let mut counted = CountingReader {
-            inner: inflated,
-            read: 0,
-        };
-        let walked = walk_source(Streamed(&mut counted), 0, encoding, &wanted);
-        if counted.read > MAX_INFLATED {
-            return Err(HeaderError::Malformed(format!(
-                "inflated data set exceeds {MAX_INFLATED} bytes"
-            )));
-        }
-        walked.map_err(HeaderError::Malformed)?
+        let inflated = flate2::read::DeflateDecoder::new(BufReader::new(file));
+        walk(
+            Box::new(Streamed(Capped {
+                inner: inflated,
+                left: MAX_INFLATED,
+            })),
+            0,
+            encoding,
+        )
     } else {
-        walk_dataset(file, meta.dataset_offset as u64, encoding, &wanted)
-            .map_err(HeaderError::Malformed)?
+        let (source, start) = Seekable::new(file, meta.dataset_offset as u64)
+            .map_err(|e| HeaderError::Io(e.to_string()))?;
+        walk(Box::new(source), start, encoding)
     };
-    attrs_of(&values, meta.transfer_syntax_uid)
+    walked
+        .map(|t| (meta.transfer_syntax_uid, t))
+        .map_err(HeaderError::Malformed)
 }
 
-/// Counts the bytes read through it.
-struct CountingReader<R> {
+/// Fails a read that would go past `left` bytes (a deflate bomb), with a clear error.
+struct Capped<R> {
     inner: R,
-    read: u64,
+    left: u64,
 }
 
-impl<R: Read> Read for CountingReader<R> {
+impl<R: Read> Read for Capped<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.read += n as u64;
+        if self.left == 0 {
+            // one byte more than allowed?
+            let mut probe = [0u8; 1];
+            return match self.inner.read(&mut probe)? {
+                0 => Ok(0),
+                _ => Err(std::io::Error::other(format!(
+                    "inflated data set exceeds {MAX_INFLATED} bytes"
+                ))),
+            };
+        }
+        let cap = buf.len().min(self.left.min(usize::MAX as u64) as usize);
+        let n = self.inner.read(&mut buf[..cap])?;
+        self.left -= n as u64;
         Ok(n)
     }
 }

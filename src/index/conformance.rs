@@ -73,6 +73,7 @@ pub fn object(study: &str, series: &str, sop: &str, payload: &[u8], at: u64) -> 
             transfer_syntax_uid: "1.2.840.10008.1.2.1".into(),
             ..Default::default()
         },
+        dataset: None,
         provenance: Provenance {
             received_at_ms: at,
             calling_ae: "TEST".into(),

@@ -919,6 +919,7 @@ fn apply_new_object<E: KvEngine>(
         id: obj.id.to_hex(),
         size: obj.size,
         received_at_ms: obj.provenance.received_at_ms,
+        dataset: obj.dataset.clone(),
     };
     p.put(
         CF_OBJECTS,

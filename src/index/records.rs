@@ -137,6 +137,9 @@ pub struct NewObject {
     pub size: u64,
     pub attrs: InstanceAttrs,
     pub provenance: Provenance,
+    /// The data-set hash (64 hex digits, `docs/formats.md`), when ingest computed it: for
+    /// a SOP Instance UID already stored under other bytes.
+    pub dataset: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,8 +148,12 @@ pub enum CommitOutcome {
     Stored,
     /// The same bytes were already stored; nothing changed.
     AlreadyPresent,
-    /// A known SOP Instance UID with different bytes: kept as a new version.
+    /// A known SOP Instance UID with a different data set: kept as a new version.
     NewVersion,
+    /// A known SOP Instance UID with other bytes but the same data set (data-set hash) as
+    /// the stored version `as_id`: the bytes are not kept, no version is made, the served
+    /// version is unchanged. Said by ingest; the index never returns it.
+    SameDataSet { as_id: ObjectId },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -170,6 +177,10 @@ pub struct VersionRef {
     pub id: String,
     pub size: u64,
     pub received_at_ms: u64,
+    /// The data-set hash (64 hex digits), when computed at ingest (absent in records
+    /// written before it, and for a first version nothing was compared with).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataset: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -306,6 +306,7 @@ fn reindex_cold(config: &Config, rebuilt: &RocksIndex, report: &mut ReindexRepor
                         id,
                         size: bytes.len() as u64,
                         attrs,
+                        dataset: None,
                         provenance: Provenance {
                             received_at_ms: modified_ms.max(0) as u64,
                             calling_ae: "reindex".into(),
