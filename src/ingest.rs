@@ -19,7 +19,9 @@
 use crate::audit::Actor;
 use crate::config::ConflictPolicy;
 use crate::dicom::header::{dataset_hash_blocking, read_header_blocking, InstanceAttrs};
-use crate::dicom::part10::{object_prefix, read_foreign_meta};
+use crate::dicom::part10::{
+    bare_dataset_meta, object_prefix, read_foreign_meta, MetaError, UNKNOWN_UID,
+};
 use crate::index::{CommitOutcome, Index, NewObject, Provenance};
 use crate::metrics::{Metrics, RejectReason};
 use dicom_encoding::transfer_syntax::TransferSyntaxIndex;
@@ -391,7 +393,17 @@ impl Ingest {
             filled += n;
         }
         head.truncate(filled);
-        let meta = read_foreign_meta(&head).map_err(|e| IngestError::Unparseable(e.to_string()))?;
+        let meta = match read_foreign_meta(&head) {
+            Ok(meta) => meta,
+            // a bare data set, as storescu would send it: the same acceptance rule
+            Err(MetaError::NotPart10) => bare_dataset_meta(&head).ok_or_else(|| {
+                IngestError::Unparseable(format!(
+                    "{}, nor a bare DICOM data set",
+                    MetaError::NotPart10
+                ))
+            })?,
+            Err(e) => return Err(IngestError::Unparseable(e.to_string())),
+        };
         if dicom_transfer_syntax_registry::TransferSyntaxRegistry
             .get(&meta.transfer_syntax_uid)
             .is_none_or(|ts| ts.is_unsupported())
@@ -425,18 +437,32 @@ impl Ingest {
         // data set's own. When a file's disagree, the data set is what is stored — as a
         // C-STORE of it would be (one acceptance rule for every path) — so the object is
         // framed under the data set's UIDs.
-        let attrs = read_header_blocking(written.tmp.path())
-            .map_err(|e| IngestError::Unparseable(e.to_string()))?;
+        let bare = meta.sop_instance_uid == UNKNOWN_UID;
+        let attrs = read_header_blocking(written.tmp.path()).map_err(|e| {
+            IngestError::Unparseable(if bare {
+                format!(
+                    "{}; read as a bare data set in {}: {e}",
+                    MetaError::NotPart10,
+                    dicom_transfer_syntax_registry::TransferSyntaxRegistry
+                        .get(&meta.transfer_syntax_uid)
+                        .map_or(meta.transfer_syntax_uid.as_str(), |ts| ts.name())
+                )
+            } else {
+                e.to_string()
+            })
+        })?;
         let written = if (&attrs.sop_class_uid, &attrs.sop_instance_uid)
             == (&meta.sop_class_uid, &meta.sop_instance_uid)
         {
             written
         } else {
-            tracing::warn!(
-                media_storage_sop_instance_uid = meta.sop_instance_uid,
-                sop_instance_uid = attrs.sop_instance_uid,
-                "the file meta names other SOP UIDs than its data set; storing the data set under its own"
-            );
+            if !bare {
+                tracing::warn!(
+                    media_storage_sop_instance_uid = meta.sop_instance_uid,
+                    sop_instance_uid = attrs.sop_instance_uid,
+                    "the file meta names other SOP UIDs than its data set; storing the data set under its own"
+                );
+            }
             let old_prefix = object_prefix(
                 &meta.sop_class_uid,
                 &meta.sop_instance_uid,

@@ -541,7 +541,9 @@ fn encapsulated_and_video_transfer_syntaxes_are_stored_verbatim() {
 /// rtdose.dcm carry file meta UIDs that differ from their data sets' own (PS3.10 7.1
 /// requires them equal). C-STORE stores the data set under its own UIDs; `import` used
 /// to refuse these files ("dataset does not match"). Both paths now accept them, under
-/// the data sets' own UIDs.
+/// the data sets' own UIDs. pydicom's rtstruct.dcm is a bare data set (no preamble, no
+/// file meta: implicit VR LE), which `storescu` reads and sends; `import` takes it too,
+/// inferring its transfer syntax from its first element (PS3.5 §7.1).
 #[test]
 fn import_and_c_store_take_files_with_inconsistent_meta_alike() {
     let archive = Archive::new("store-rt-meta");
@@ -564,15 +566,27 @@ fn import_and_c_store_take_files_with_inconsistent_meta_alike() {
         let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
         assert_eq!(shown["kind"], "instance", "{shown}");
     }
+    let bare = samples.join("rtstruct.dcm");
+    let out = run_ok(archive.strata(&["import", "--json"]).arg(&bare));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["stored"], 1, "{report}");
+    let rtstruct = "1.2.826.0.1.3680043.8.498.2010020400001";
     let server = archive.start();
     storescu_send(server.dicom_port, &files);
+    run_ok(
+        dcmtk("storescu")
+            .args(["-nh", "-aec", "STRATA", "127.0.0.1"])
+            .arg(server.dicom_port.to_string())
+            .arg(&bare),
+    );
     server.stop();
     // the same SOP Instances: no new instance; and although DCMTK re-encodes the data
     // sets (other bytes, another object id), they are the same data sets: no new version
-    assert_eq!(archive.total_instances(), 2);
+    assert_eq!(archive.total_instances(), 3);
     for sop in [
         "1.2.777.777.77.7.7777.7777.20030903150023",
         "1.9.999.999.99.9.9999.9999.20030818153516",
+        rtstruct,
     ] {
         let shown = run_ok(&mut archive.strata(&["show", sop, "--json"]));
         let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();

@@ -211,6 +211,96 @@ pub fn read_foreign_meta(head: &[u8]) -> Result<ForeignMeta, MetaError> {
     })
 }
 
+/// A placeholder SOP Class and Instance UID for a data set read without a file meta
+/// group: the object is re-framed under the data set's own UIDs once they are read.
+pub const UNKNOWN_UID: &str = "0.0";
+
+/// What a file that is not Part-10 (no preamble and "DICM") holds, when it is a bare data
+/// set — as DCMTK, pydicom and older archives write them, and as `storescu` sends them:
+/// - a file meta group without the preamble: read as such;
+/// - otherwise the transfer syntax is inferred from the first element (PS3.5 §7.1):
+///   explicit VR when bytes 4–5 are a VR, else implicit VR little endian; big endian when
+///   the first group reads smaller that way (elements are in ascending tag order and a
+///   data set starts with a low group, usually 0008).
+///
+/// Returns meta with [`UNKNOWN_UID`] as SOP UIDs (a bare data set), or `None` when the
+/// first element does not look like a data set at all. The framing walk of the whole
+/// data set decides afterwards whether it really is one.
+pub fn bare_dataset_meta(head: &[u8]) -> Option<ForeignMeta> {
+    if head.len() < 8 {
+        return None;
+    }
+    if head[..2] == [0x02, 0x00] && head[4..6].iter().all(u8::is_ascii_uppercase) {
+        let mut framed = vec![0u8; 128];
+        framed.extend_from_slice(b"DICM");
+        framed.extend_from_slice(head);
+        return read_foreign_meta(&framed).ok().map(|meta| ForeignMeta {
+            dataset_offset: meta.dataset_offset - 132,
+            ..meta
+        });
+    }
+    let little = u16::from_le_bytes([head[0], head[1]]);
+    let big = u16::from_be_bytes([head[0], head[1]]);
+    let plausible = |group: u16| (0x0004..=0x7FE0).contains(&group) && group % 2 == 0;
+    let explicit = is_vr(&[head[4], head[5]]);
+    // implicit VR: the first value (a short one, in group 0008) lies within the head
+    let implicit_len = u32::from_le_bytes([head[4], head[5], head[6], head[7]]) as usize;
+    let transfer_syntax = match (plausible(little), plausible(big)) {
+        (true, true) if big < little && explicit => "1.2.840.10008.1.2.2",
+        (_, true) if !plausible(little) && explicit => "1.2.840.10008.1.2.2",
+        (true, _) if explicit => "1.2.840.10008.1.2.1",
+        (true, _) if implicit_len <= head.len() - 8 => "1.2.840.10008.1.2",
+        _ => return None,
+    };
+    Some(ForeignMeta {
+        sop_class_uid: UNKNOWN_UID.into(),
+        sop_instance_uid: UNKNOWN_UID.into(),
+        transfer_syntax_uid: transfer_syntax.into(),
+        dataset_offset: 0,
+    })
+}
+
+/// Whether two bytes are a VR of PS3.5 §6.2.
+fn is_vr(vr: &[u8; 2]) -> bool {
+    matches!(
+        vr,
+        b"AE"
+            | b"AS"
+            | b"AT"
+            | b"CS"
+            | b"DA"
+            | b"DS"
+            | b"DT"
+            | b"FL"
+            | b"FD"
+            | b"IS"
+            | b"LO"
+            | b"LT"
+            | b"OB"
+            | b"OD"
+            | b"OF"
+            | b"OL"
+            | b"OV"
+            | b"OW"
+            | b"PN"
+            | b"SH"
+            | b"SL"
+            | b"SQ"
+            | b"SS"
+            | b"ST"
+            | b"SV"
+            | b"TM"
+            | b"UC"
+            | b"UI"
+            | b"UL"
+            | b"UN"
+            | b"UR"
+            | b"US"
+            | b"UT"
+            | b"UV"
+    )
+}
+
 /// Strips the trailing NUL/space padding of a DICOM string value.
 pub fn trim_value(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes)
@@ -296,5 +386,27 @@ mod tests {
         assert!(!is_valid_uid("1..2"));
         assert!(!is_valid_uid("../etc"));
         assert!(!is_valid_uid(&"1".repeat(65)));
+    }
+
+    /// Bare data sets (no preamble, no file meta), PS3.5 §7.1: the transfer syntax is
+    /// inferred from the first element; text is not a data set.
+    #[test]
+    fn bare_data_sets_are_recognised_by_their_first_element() {
+        // (0008,0005) CS "ISO_IR 100" in explicit VR LE, explicit VR BE, implicit VR LE
+        let explicit_le = b"\x08\x00\x05\x00CS\x0a\x00ISO_IR 100";
+        let explicit_be = b"\x00\x08\x00\x05CS\x00\x0aISO_IR 100";
+        let implicit_le = b"\x08\x00\x05\x00\x0a\x00\x00\x00ISO_IR 100";
+        for (bytes, ts) in [
+            (&explicit_le[..], "1.2.840.10008.1.2.1"),
+            (&explicit_be[..], "1.2.840.10008.1.2.2"),
+            (&implicit_le[..], "1.2.840.10008.1.2"),
+        ] {
+            let meta = bare_dataset_meta(bytes).expect("a bare data set");
+            assert_eq!(meta.transfer_syntax_uid, ts);
+            assert_eq!(meta.sop_instance_uid, UNKNOWN_UID);
+            assert_eq!(meta.dataset_offset, 0);
+        }
+        assert!(bare_dataset_meta(b"Test Files used in pydicom").is_none());
+        assert!(bare_dataset_meta(b"\x01\x00").is_none());
     }
 }
