@@ -241,7 +241,7 @@ pub fn bare_dataset_meta(head: &[u8]) -> Option<ForeignMeta> {
     }
     let little = u16::from_le_bytes([head[0], head[1]]);
     let big = u16::from_be_bytes([head[0], head[1]]);
-    let plausible = |group: u16| (0x0004..=0x7FE0).contains(&group) && group % 2 == 0;
+    let plausible = |group: u16| (0x0004..=0x7FE0).contains(&group) && group.is_multiple_of(2);
     let explicit = is_vr(&[head[4], head[5]]);
     // implicit VR: the first value (a short one, in group 0008) lies within the head
     let implicit_len = u32::from_le_bytes([head[4], head[5], head[6], head[7]]) as usize;
