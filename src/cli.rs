@@ -151,14 +151,21 @@ pub enum Command {
         #[arg(long)]
         reason: String,
     },
-    /// Place (or with --release lift) a legal hold on a study (through the running
-    /// server, or directly when none runs).
+    /// Place a legal hold on a study for a matter (or with --release lift one), through
+    /// the running server, or directly when none runs. A study may be under several
+    /// holds, one per matter; it cannot be deleted while any stands.
     Hold {
         study_uid: String,
+        /// Placing: the matter (it names the hold). Releasing: why it is lifted. Kept in
+        /// the governance and audit logs.
         #[arg(long, default_value = "")]
         reason: String,
         #[arg(long)]
         release: bool,
+        /// With --release: the matter (reason) of the hold to lift, needed when several
+        /// stand.
+        #[arg(long = "hold", requires = "release")]
+        matter: Option<String>,
     },
     /// Apply the [retention] rule: delete the studies it selects, except those under a
     /// legal hold (through the running server, or directly when none runs).
@@ -248,7 +255,8 @@ pub fn run(cli: Cli) -> Result<i32> {
             study_uid,
             reason,
             release,
-        } => governance::hold(&config, &study_uid, &reason, release),
+            matter,
+        } => governance::hold(&config, &study_uid, &reason, release, matter.as_deref()),
         Command::Retention { dry_run } => governance::retention(&config, dry_run),
         Command::Tier { command } => tier::tier(&config, command),
         Command::Audit { command } => audit::audit(&config, command),

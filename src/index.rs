@@ -231,9 +231,11 @@ pub trait Governance {
         -> Result<(), IndexError>;
     /// The study an object was deleted with, if it was.
     fn deleted_object(&self, id: &ObjectId) -> Result<Option<String>, IndexError>;
-    /// Places (`Some`) or lifts (`None`) a legal hold; synced.
-    fn set_hold(&self, study_uid: &str, hold: Option<&HoldRecord>) -> Result<(), IndexError>;
-    fn hold(&self, study_uid: &str) -> Result<Option<HoldRecord>, IndexError>;
+    /// Sets the legal holds standing on a study (none: every hold lifted); synced. A
+    /// study may have several (one per matter), each placed and lifted on its own.
+    fn set_holds(&self, study_uid: &str, holds: &[HoldRecord]) -> Result<(), IndexError>;
+    /// The legal holds standing on a study, oldest first.
+    fn holds(&self, study_uid: &str) -> Result<Vec<HoldRecord>, IndexError>;
 }
 
 /// The archive's metadata index: all four traits. See the module docs for the

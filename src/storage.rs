@@ -163,8 +163,11 @@ fn backfill_governance_log(data_dir: &Path, index: &dyn Index) -> Result<(), Sto
         true
     })?;
     for study_uid in held {
-        if let Some(hold) = index.hold(&study_uid)? {
-            let record = GovernanceRecord::Hold { study_uid, hold };
+        for hold in index.holds(&study_uid)? {
+            let record = GovernanceRecord::Hold {
+                study_uid: study_uid.clone(),
+                hold,
+            };
             if !logged.contains(&record) {
                 log.append(record)?;
             }

@@ -115,6 +115,34 @@ fn hold_delete_and_repair_work_while_the_server_runs_under_store_load() {
     };
 
     ok(cli(&["hold", &b, "--reason", "litigation 2026-31"]));
+    // a second matter holds the study too; a release must say which, and says why
+    ok(cli(&["hold", &b, "--reason", "audit 2026-7"]));
+    let which = cli(&["hold", &b, "--release", "--reason", "closed"]);
+    assert!(!which.status.success());
+    let msg = String::from_utf8_lossy(&which.stderr);
+    assert!(
+        msg.contains("--hold") && msg.contains("litigation 2026-31"),
+        "{msg}"
+    );
+    let lifted = ok(cli(&[
+        "hold",
+        &b,
+        "--release",
+        "--hold",
+        "audit 2026-7",
+        "--reason",
+        "audit closed",
+    ]));
+    assert!(
+        lifted.contains("\"audit 2026-7\"") && lifted.contains("lifted"),
+        "{lifted}"
+    );
+    let none = cli(&["hold", &c, "--release", "--reason", "x"]);
+    assert!(
+        !none.status.success(),
+        "no hold to lift is an error, not 'lifted'"
+    );
+    assert!(String::from_utf8_lossy(&none.stderr).contains("under no legal hold"));
     let refused = cli(&["delete", &b, "--reason", "cleanup"]);
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("legal hold"));

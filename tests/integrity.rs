@@ -688,7 +688,10 @@ fn holds_and_tombstones_survive_a_lost_index() {
     let holds: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(holds[0]["study_uid"].as_str(), Some(b.as_str()), "{holds}");
     assert_eq!(holds[0]["hold"]["why"], "litigation 2026-41");
-    assert_eq!(archive.ls_json()[0]["hold"]["why"], "litigation 2026-41");
+    assert_eq!(
+        archive.ls_json()[0]["holds"][0]["why"],
+        "litigation 2026-41"
+    );
     let out = run_ok(&mut archive.strata(&["ls", b]));
     assert!(String::from_utf8_lossy(&out.stdout).contains("LEGAL HOLD"));
     let (clean, report) = archive.verify_json();
@@ -723,6 +726,22 @@ fn a_lost_node_is_restored_from_the_bucket_and_its_governance_log() {
     for study in [a, b] {
         run_ok(&mut node.strata(&["tier", "move", study, "--to", "cold"]));
     }
+    // D: deleted while in cold (its pack deleted with it); then stored again, and aged
+    // to cold again (a new pack, named by no deletion): it lives, and must come back
+    let gen_d = small_ct_studies(&node, "gen-d", 1, 3, 52, "20240602");
+    run_ok(node.strata(&["import"]).arg(&gen_d));
+    let d = &node
+        .ls_json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["study_uid"].as_str().unwrap().to_string())
+        .find(|s| s != a && s != b)
+        .unwrap();
+    run_ok(&mut node.strata(&["tier", "move", d, "--to", "cold"]));
+    run_ok(&mut node.strata(&["delete", d, "--reason", "wrong patient"]));
+    run_ok(node.strata(&["import"]).arg(&gen_d));
+    run_ok(&mut node.strata(&["tier", "move", d, "--to", "cold"]));
     run_ok(&mut node.strata(&["audit", "anchor"]));
 
     // the machine is lost; a new one gets the configuration and the backed-up logs
@@ -736,10 +755,50 @@ fn a_lost_node_is_restored_from_the_bucket_and_its_governance_log() {
                 .arg(new.data_dir().join(dir)),
         );
     }
+    let d_before = node.strata(&["show", d, "--json"]).output().unwrap().stdout;
     drop(node);
-    run_ok(&mut new.strata(&["reindex"]));
+    let out = run_ok(&mut new.strata(&["reindex"]));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("were stored again since and are kept"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 
-    assert_eq!(new.total_instances(), 6, "{}", new.ls_json());
+    // A, B and D (C was deleted; D deleted, then stored again)
+    let instances_of = |archive: &Archive, study: &str| -> u64 {
+        let out = run_ok(&mut archive.strata(&["show", study, "--json"]));
+        let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        shown["series"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["instances"].as_array().unwrap().len() as u64)
+            .sum()
+    };
+    let d_count = {
+        let shown: serde_json::Value = serde_json::from_slice(&d_before).unwrap();
+        shown["series"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["instances"].as_array().unwrap().len() as u64)
+            .sum::<u64>()
+    };
+    assert_eq!(
+        instances_of(&new, d),
+        d_count,
+        "D was stored again: it lives"
+    );
+    assert_eq!(new.total_instances(), 6 + d_count, "{}", new.ls_json());
+    // and its pack is no orphan: the policy pass keeps it, and it reads back
+    let with_grace =
+        std::fs::read_to_string(&new.config).unwrap() + "\n[tiering]\norphan_grace = \"0s\"\n";
+    std::fs::write(&new.config, with_grace).unwrap();
+    run_ok(&mut new.strata(&["tier", "run"]));
+    assert_eq!(instances_of(&new, d), d_count);
+    let out = new.dir.path().join("export-d");
+    run_ok(&mut new.strata(&["export", d, "--out", out.to_str().unwrap()]));
+    assert_eq!(walk(&out).len() as u64, d_count);
     let out = run_ok(&mut new.strata(&["holds", "--json"]));
     let holds: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(holds[0]["study_uid"].as_str(), Some(b.as_str()), "{holds}");
@@ -755,7 +814,7 @@ fn a_lost_node_is_restored_from_the_bucket_and_its_governance_log() {
     // and from the bucket alone: the governance records were copied there too
     let bare = Archive::with_config("restore-bare", &cold);
     run_ok(&mut bare.strata(&["reindex"]));
-    assert_eq!(bare.total_instances(), 6, "{}", bare.ls_json());
+    assert_eq!(bare.total_instances(), 6 + d_count, "{}", bare.ls_json());
     let out = run_ok(&mut bare.strata(&["holds", "--json"]));
     let holds: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(holds[0]["study_uid"].as_str(), Some(b.as_str()), "{holds}");

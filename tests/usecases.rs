@@ -99,16 +99,51 @@ fn each_use_case_audits_itself() {
         "no such instance (PS3.4 J.3.3.1.1)"
     );
 
-    // governance: a hold refuses a delete; tier moves; delete
+    // governance: holds (one per matter) refuse a delete until the last is lifted;
+    // tier moves; delete
     archive
-        .hold_blocking(&who, &study, "library test", false)
+        .hold_blocking(&who, &study, "matter A", false, None)
         .unwrap();
+    archive
+        .hold_blocking(&who, &study, "matter B", false, None)
+        .unwrap();
+    assert!(
+        matches!(
+            archive.hold_blocking(&who, &study, "matter A", false, None),
+            Err(strata::Error::InvalidRequest(_))
+        ),
+        "a second hold for the same matter is refused"
+    );
+    let which = archive.hold_blocking(&who, &study, "closed", true, None);
+    assert!(
+        matches!(&which, Err(strata::Error::InvalidRequest(m)) if m.contains("matter A") && m.contains("matter B")),
+        "with two holds standing, a release must say which: {which:?}"
+    );
+    assert!(
+        archive
+            .hold_blocking(&who, &study, "", true, Some("matter A"))
+            .is_err(),
+        "a release says why"
+    );
+    let lifted = archive
+        .hold_blocking(&who, &study, "A closed", true, Some("matter A"))
+        .unwrap();
+    assert_eq!(lifted.why, "matter A");
     let refused = rt.block_on(archive.delete_study(&who, &study, "cleanup"));
     assert!(
-        matches!(refused, Err(strata::Error::Held { .. })),
-        "{refused:?}"
+        matches!(&refused, Err(strata::Error::Held { why, .. }) if why == "matter B"),
+        "matter B still stands: {refused:?}"
     );
-    archive.hold_blocking(&who, &study, "", true).unwrap();
+    archive
+        .hold_blocking(&who, &study, "B closed", true, None)
+        .unwrap();
+    assert!(
+        matches!(
+            archive.hold_blocking(&who, &study, "again", true, None),
+            Err(strata::Error::NotFound(_))
+        ),
+        "no hold left to lift"
+    );
     rt.block_on(archive.tier_move(&who, &study, TierTarget::Cold))
         .unwrap();
     rt.block_on(archive.delete_study(&who, &study, "library test"))

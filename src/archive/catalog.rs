@@ -42,7 +42,8 @@ impl Archive {
             .collect())
     }
 
-    /// Studies under a legal hold, with who placed it, when and why (blocking).
+    /// The legal holds standing, one per study and matter, with who placed each, when
+    /// and why (blocking).
     pub fn holds_blocking(&self) -> Result<Vec<(String, crate::index::HoldRecord)>> {
         let mut studies = Vec::new();
         self.index.for_each_study(&mut |uid, _| {
@@ -51,8 +52,8 @@ impl Archive {
         })?;
         let mut holds = Vec::new();
         for uid in studies {
-            if let Some(h) = self.index.hold(&uid)? {
-                holds.push((uid, h));
+            for h in self.index.holds(&uid)? {
+                holds.push((uid.clone(), h));
             }
         }
         Ok(holds)
@@ -93,16 +94,16 @@ pub struct StudySummary {
     pub bytes: u64,
     /// Last store or retrieval (ms since the epoch), for the tiering policy.
     pub last_access_ms: Option<u64>,
-    /// The legal hold on the study, if any.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub hold: Option<crate::index::HoldRecord>,
+    /// The legal holds standing on the study (one per matter), if any.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub holds: Vec<crate::index::HoldRecord>,
 }
 
 impl StudySummary {
     fn new(study_uid: String, s: StudyRecord) -> Self {
         StudySummary {
             last_access_ms: None,
-            hold: None,
+            holds: Vec::new(),
             study_uid,
             patient_id: s.patient_id,
             patient_name: s.patient_name,
@@ -124,10 +125,10 @@ fn list_studies(index: &dyn Index) -> Result<Vec<StudySummary>> {
         .into_iter()
         .map(|(uid, s)| {
             let last_access_ms = index.last_access(&uid)?;
-            let hold = index.hold(&uid)?;
+            let holds = index.holds(&uid)?;
             Ok(StudySummary {
                 last_access_ms,
-                hold,
+                holds,
                 ..StudySummary::new(uid, s)
             })
         })
@@ -299,7 +300,7 @@ fn list_study(index: &dyn Index, study_uid: &str) -> Result<Option<StudySummary>
     };
     Ok(Some(StudySummary {
         last_access_ms: index.last_access(study_uid)?,
-        hold: index.hold(study_uid)?,
+        holds: index.holds(study_uid)?,
         ..StudySummary::new(study_uid.to_string(), record)
     }))
 }

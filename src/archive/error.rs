@@ -21,7 +21,7 @@ pub enum Error {
     #[error("{0}")]
     NotFound(String),
     /// A legal hold forbids the request (delete, retention).
-    #[error("study {study_uid} is under legal hold (placed by {who} at {since}: {why}); lift it first with `strata hold {study_uid} --release`")]
+    #[error("study {study_uid} is under legal hold (placed by {who} at {since}: {why}); lift it first with `strata hold {study_uid} --release --reason <why>`")]
     Held {
         study_uid: String,
         who: String,

@@ -151,6 +151,15 @@ impl Archive {
             self.cold.delete(pack).await?;
             report.packs_deleted += 1;
         }
+        // finished: whatever of it is found later was stored again (reindex reads this)
+        let (log, finished) = (
+            self.governance.clone(),
+            GovernanceRecord::Deleted {
+                study_uid: study_uid.to_string(),
+                deleted_at_ms: tombstone.deleted_at_ms,
+            },
+        );
+        blocking(move || log.append(finished).map_err(Error::from)).await?;
         let (this, p, study) = (self.clone(), principal.clone(), study_uid.to_string());
         let outcome = format!(
             "done: {} objects, {} hot files, {} packs",
@@ -186,7 +195,7 @@ impl Archive {
                 why: hold.why,
             })
         };
-        if let Some(hold) = index.hold(study_uid)? {
+        if let Some(hold) = index.holds(study_uid)?.into_iter().next() {
             return refuse(hold);
         }
         let study = index
@@ -230,48 +239,101 @@ impl Archive {
         Ok((tombstone, packs))
     }
 
-    /// Places (or with `release` lifts) a legal hold on a study; synced and audited.
+    /// Places a legal hold on a study for the matter `reason` — one more hold: a study
+    /// may have several, one per matter (placing one for a matter that already has one
+    /// is refused) — or, with `release`, lifts one: the hold whose reason is `matter`, or
+    /// the only one standing. `reason` is required either way and kept in the
+    /// governance and audit logs. Synced; returns the hold placed or lifted.
+    ///
+    /// Errors: [`Error::NotFound`] for an unknown study or a study without the hold to
+    /// lift; [`Error::InvalidRequest`] for an empty reason, a hold already placed for
+    /// the matter, or several holds standing and no `matter` naming one.
     pub fn hold_blocking(
         &self,
         principal: &Principal,
         study_uid: &str,
         reason: &str,
         release: bool,
-    ) -> Result<()> {
+        matter: Option<&str>,
+    ) -> Result<HoldRecord> {
         self.ingest()?;
         if self.index.study(study_uid)?.is_none() {
             return Err(Error::NotFound(format!(
                 "no study {study_uid} in the archive"
             )));
         }
-        let record = HoldRecord {
-            who: principal.name(),
-            why: reason.to_string(),
-            since_ms: crate::index::rocks::unix_ms_now(),
+        let reason = reason.trim();
+        if reason.is_empty() {
+            return Err(Error::InvalidRequest(if release {
+                "say why the hold is lifted with --reason: it is kept in the governance and audit logs".into()
+            } else {
+                "name the matter with --reason: it identifies the hold and is kept in the governance and audit logs".into()
+            }));
+        }
+        let standing = self.index.holds(study_uid)?;
+        let now = crate::index::rocks::unix_ms_now();
+        let (record, changed, outcome) = if release {
+            let chosen: Vec<&HoldRecord> = standing
+                .iter()
+                .filter(|h| matter.is_none_or(|m| h.why == m))
+                .collect();
+            let hold = match (chosen.as_slice(), matter) {
+                ([one], _) => (*one).clone(),
+                ([], None) => {
+                    return Err(Error::NotFound(format!(
+                        "study {study_uid} is under no legal hold: nothing to lift"
+                    )))
+                }
+                ([], Some(m)) => {
+                    return Err(Error::NotFound(format!(
+                        "study {study_uid} has no legal hold for {m:?}; its holds: {}",
+                        describe_holds(&standing)
+                    )))
+                }
+                (_, _) => {
+                    return Err(Error::InvalidRequest(format!(
+                        "study {study_uid} is under {} legal holds: {}; say which to lift with --hold \"<its reason>\"",
+                        standing.len(),
+                        describe_holds(&standing)
+                    )))
+                }
+            };
+            let rest: Vec<HoldRecord> = standing.into_iter().filter(|h| *h != hold).collect();
+            let record = GovernanceRecord::Release {
+                study_uid: study_uid.to_string(),
+                matter: Some(hold.why.clone()),
+                who: principal.name(),
+                why: reason.to_string(),
+                at_ms: now,
+            };
+            let outcome = format!("released {:?}: {reason}", hold.why);
+            (record, (hold, rest), outcome)
+        } else {
+            if let Some(h) = standing.iter().find(|h| h.why == reason) {
+                return Err(Error::InvalidRequest(format!(
+                    "study {study_uid} is already under a legal hold for {reason:?} (placed by {} at {})",
+                    h.who,
+                    rfc3339(h.since_ms)
+                )));
+            }
+            let hold = HoldRecord {
+                who: principal.name(),
+                why: reason.to_string(),
+                since_ms: now,
+            };
+            let all = crate::storage::governance_log::with_hold(&standing, &hold);
+            let record = GovernanceRecord::Hold {
+                study_uid: study_uid.to_string(),
+                hold: hold.clone(),
+            };
+            (record, (hold, all), format!("placed: {reason}"))
         };
         // outside the index first (promise 5), then the index
-        self.governance.append(if release {
-            GovernanceRecord::Release {
-                study_uid: study_uid.to_string(),
-            }
-        } else {
-            GovernanceRecord::Hold {
-                study_uid: study_uid.to_string(),
-                hold: record.clone(),
-            }
-        })?;
-        self.index
-            .set_hold(study_uid, (!release).then_some(&record))?;
-        self.audit_synced(
-            principal,
-            "hold",
-            vec![study_uid.into()],
-            if release {
-                "released".into()
-            } else {
-                format!("placed: {reason}")
-            },
-        )
+        self.governance.append(record)?;
+        let (hold, now_standing) = changed;
+        self.index.set_holds(study_uid, &now_standing)?;
+        self.audit_synced(principal, "hold", vec![study_uid.into()], outcome)?;
+        Ok(hold)
     }
 
     /// Applies `[retention] study_age`: deletes the studies whose StudyDate is older,
@@ -295,7 +357,7 @@ impl Archive {
             for (uid, s) in index.studies()? {
                 let date = s.study_date.trim();
                 if da::is_valid_date(date) && *date < *cutoff {
-                    if index.hold(&uid)?.is_some() {
+                    if !index.holds(&uid)?.is_empty() {
                         report.held.push(uid.clone());
                     }
                     report.due.push((uid, date.to_string()));
@@ -320,4 +382,13 @@ impl Archive {
         }
         Ok(report)
     }
+}
+
+/// Holds as the error messages name them: `"<why>" (<who>, <since>)`.
+fn describe_holds(holds: &[HoldRecord]) -> String {
+    holds
+        .iter()
+        .map(|h| format!("{:?} ({}, {})", h.why, h.who, rfc3339(h.since_ms)))
+        .collect::<Vec<_>>()
+        .join(", ")
 }

@@ -16,7 +16,7 @@ pub fn ls(config: &Config, study_uid: Option<String>, json: bool) -> Result<i32>
                 print_json(&studies)?;
             } else {
                 println!(
-                    "{:<64}  {:<16} {:<24} {:<8} {:<8} {:>6} {:>9} {:>12}",
+                    "{:<64}  {:<16} {:<24} {:<8} {:<8} {:>6} {:>9} {:>12}  LEGAL HOLD",
                     "STUDY UID",
                     "PATIENT ID",
                     "PATIENT NAME",
@@ -24,11 +24,11 @@ pub fn ls(config: &Config, study_uid: Option<String>, json: bool) -> Result<i32>
                     "MODS",
                     "SERIES",
                     "INSTANCES",
-                    "BYTES"
+                    "BYTES",
                 );
                 for s in studies {
                     println!(
-                        "{:<64}  {:<16} {:<24} {:<8} {:<8} {:>6} {:>9} {:>12}",
+                        "{:<64}  {:<16} {:<24} {:<8} {:<8} {:>6} {:>9} {:>12}  {}",
                         s.study_uid,
                         s.patient_id,
                         s.patient_name,
@@ -36,7 +36,12 @@ pub fn ls(config: &Config, study_uid: Option<String>, json: bool) -> Result<i32>
                         s.modalities.join("\\"),
                         s.series,
                         s.instances,
-                        s.bytes
+                        s.bytes,
+                        s.holds
+                            .iter()
+                            .map(|h| h.why.as_str())
+                            .collect::<Vec<_>>()
+                            .join("; ")
                     );
                 }
             }
@@ -91,7 +96,7 @@ fn print_study(view: &StudyView, detail: bool) {
     if let Some(at) = s.last_access_ms {
         println!("  last stored into or retrieved: {}", iso(at));
     }
-    if let Some(h) = &s.hold {
+    for h in &s.holds {
         println!(
             "  LEGAL HOLD placed by {} at {}: {}",
             h.who,

@@ -22,20 +22,38 @@ pub fn delete(config: &Config, study_uid: &str, reason: &str) -> Result<i32> {
     Ok(0)
 }
 
-pub fn hold(config: &Config, study_uid: &str, reason: &str, release: bool) -> Result<i32> {
-    if server_running(config) {
-        runtime()?.block_on(admin_client(config)?.hold(study_uid, reason, release))?;
+pub fn hold(
+    config: &Config,
+    study_uid: &str,
+    reason: &str,
+    release: bool,
+    matter: Option<&str>,
+) -> Result<i32> {
+    let hold = if server_running(config) {
+        runtime()?.block_on(admin_client(config)?.hold(study_uid, reason, release, matter))?
     } else {
         with_exclusive(config, "hold", |rt, archive| {
-            archive.hold_blocking(&Principal::cli_user(), study_uid, reason, release)?;
+            let hold = archive.hold_blocking(
+                &Principal::cli_user(),
+                study_uid,
+                reason,
+                release,
+                matter,
+            )?;
             rt.block_on(archive.sync_governance_or_log());
-            Ok(())
-        })?;
+            Ok(hold)
+        })?
+    };
+    if release {
+        println!(
+            "legal hold {:?} (placed by {} at {}) lifted from study {study_uid}: {reason}",
+            hold.why,
+            hold.who,
+            super::print::iso(hold.since_ms)
+        );
+    } else {
+        println!("legal hold {:?} placed on study {study_uid}", hold.why);
     }
-    println!(
-        "legal hold {} on study {study_uid}",
-        if release { "lifted" } else { "placed" }
-    );
     Ok(0)
 }
 

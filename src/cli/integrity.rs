@@ -135,6 +135,12 @@ pub fn reindex(config: &Config, force: bool) -> Result<i32> {
         report.quarantined.len(),
         report.packs_skipped.len()
     );
+    if report.deleted_packs > 0 || report.stored_again > 0 {
+        println!(
+            "  deletions: {} pack(s) of deleted studies left out; {} object(s) of deleted studies were stored again since and are kept",
+            report.deleted_packs, report.stored_again
+        );
+    }
     for q in &report.quarantined {
         println!("  quarantined {q}");
     }

@@ -23,6 +23,7 @@ use crate::archive::governance::{DeleteReport, RetentionReport};
 use crate::archive::integrity::{RepairReport, VerifyReport};
 use crate::archive::tier::TierTarget;
 use crate::archive::{Archive, Error, Principal};
+use crate::index::HoldRecord;
 use crate::tiering::mover::MoveReport;
 use crate::tiering::worker::{PassReport, TierStatus};
 use axum::extract::{ConnectInfo, State};
@@ -49,10 +50,14 @@ pub struct TierMoveRequest {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HoldRequest {
     pub study_uid: String,
+    /// The matter (placing) or why the hold is lifted (releasing).
     #[serde(default)]
     pub reason: String,
     #[serde(default)]
     pub release: bool,
+    /// Releasing: the reason of the hold to lift (needed when several stand).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub matter: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -167,13 +172,21 @@ async fn hold(
     headers: HeaderMap,
     State(archive): State<Archive>,
     Json(req): Json<HoldRequest>,
-) -> Answer<serde_json::Value> {
+) -> Answer<HoldRecord> {
     let p = principal(&peer, &headers)?;
     let this = archive.clone();
-    on_blocking_pool(move || this.hold_blocking(&p, &req.study_uid, &req.reason, req.release))
-        .await?;
+    let hold = on_blocking_pool(move || {
+        this.hold_blocking(
+            &p,
+            &req.study_uid,
+            &req.reason,
+            req.release,
+            req.matter.as_deref(),
+        )
+    })
+    .await?;
     archive.sync_governance_or_log().await;
-    Ok(Json(serde_json::json!({})))
+    Ok(Json(hold))
 }
 
 async fn delete(
@@ -324,14 +337,15 @@ impl AdminClient {
         study_uid: &str,
         reason: &str,
         release: bool,
-    ) -> Result<(), AdminError> {
+        matter: Option<&str>,
+    ) -> Result<HoldRecord, AdminError> {
         let body = HoldRequest {
             study_uid: study_uid.into(),
             reason: reason.into(),
             release,
+            matter: matter.map(Into::into),
         };
-        let _: serde_json::Value = self.call(false, "/admin/hold", Some(&body), QUICK).await?;
-        Ok(())
+        self.call(false, "/admin/hold", Some(&body), QUICK).await
     }
 
     pub async fn delete(&self, study_uid: &str, reason: &str) -> Result<DeleteReport, AdminError> {

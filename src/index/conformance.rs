@@ -955,21 +955,23 @@ fn restore_tombstone(index: &dyn Index) {
 }
 
 fn holds(index: &dyn Index) {
-    assert!(index.hold("13.1").unwrap().is_none());
+    assert!(index.holds("13.1").unwrap().is_empty());
     let h = HoldRecord {
         who: "legal".into(),
         why: "case 42".into(),
         since_ms: 1,
     };
-    index.set_hold("13.1", Some(&h)).unwrap();
-    assert_eq!(index.hold("13.1").unwrap(), Some(h.clone()));
-    assert!(index.hold("13.2").unwrap().is_none());
+    index.set_holds("13.1", std::slice::from_ref(&h)).unwrap();
+    assert_eq!(index.holds("13.1").unwrap(), vec![h.clone()]);
+    assert!(index.holds("13.2").unwrap().is_empty());
     let h2 = HoldRecord {
         why: "case 43".into(),
-        ..h
+        ..h.clone()
     };
-    index.set_hold("13.1", Some(&h2)).unwrap();
-    assert_eq!(index.hold("13.1").unwrap(), Some(h2.clone()));
+    index.set_holds("13.1", &[h.clone(), h2.clone()]).unwrap();
+    assert_eq!(index.holds("13.1").unwrap(), vec![h.clone(), h2.clone()]);
+    index.set_holds("13.1", std::slice::from_ref(&h2)).unwrap();
+    assert_eq!(index.holds("13.1").unwrap(), vec![h2.clone()]);
     let t = Tombstone {
         study_uid: "13.1".into(),
         patient_id: String::new(),
@@ -983,12 +985,12 @@ fn holds(index: &dyn Index) {
         matches!(index.tombstone_study(&t), Err(IndexError::Held { hold, .. }) if hold == h2),
         "a held study is never tombstoned"
     );
-    index.set_hold("13.1", None).unwrap();
+    index.set_holds("13.1", &[]).unwrap();
     assert!(
-        index.hold("13.1").unwrap().is_none(),
+        index.holds("13.1").unwrap().is_empty(),
         "a lifted hold is gone"
     );
-    index.set_hold("13.1", None).unwrap(); // lifting again is fine
+    index.set_holds("13.1", &[]).unwrap(); // lifting again is fine
 }
 
 /// Threads doing `commit`, `set_tier`, `record_pack` and `record_access` on the same

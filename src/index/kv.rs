@@ -670,6 +670,8 @@ impl<E: KvEngine> Placement for KvIndex<E> {
                 }
                 None => match &member.new {
                     Some(new) => {
+                        // indexed from a pack: if it was deleted once, it lives again
+                        pending.delete(CF_DELETED_OBJECTS, key.clone());
                         apply_new_object(&mut pending, new, Tier::Cold, vec![member.copy.clone()])?;
                     }
                     None => {
@@ -755,7 +757,7 @@ impl<E: KvEngine> Governance for KvIndex<E> {
     fn tombstone_study(&self, given: &Tombstone) -> Result<Tombstone, IndexError> {
         let _writer = self.writer();
         let study = &given.study_uid;
-        if let Some(hold) = self.get::<HoldRecord>(CF_HOLDS, study.as_bytes())? {
+        if let Some(hold) = self.holds(study)?.into_iter().next() {
             return Err(IndexError::Held {
                 study_uid: study.clone(),
                 hold,
@@ -891,18 +893,30 @@ impl<E: KvEngine> Governance for KvIndex<E> {
             .map(|v| String::from_utf8_lossy(&v).into_owned()))
     }
 
-    fn set_hold(&self, study_uid: &str, hold: Option<&HoldRecord>) -> Result<(), IndexError> {
+    fn set_holds(&self, study_uid: &str, holds: &[HoldRecord]) -> Result<(), IndexError> {
         let _writer = self.writer();
         let mut batch = Batch::default();
-        match hold {
-            Some(h) => batch.put(CF_HOLDS, study_uid.as_bytes(), encode(h)),
-            None => batch.delete(CF_HOLDS, study_uid.as_bytes()),
+        if holds.is_empty() {
+            batch.delete(CF_HOLDS, study_uid.as_bytes());
+        } else {
+            batch.put(CF_HOLDS, study_uid.as_bytes(), encode(&holds));
         }
         self.engine.write(batch, true)
     }
 
-    fn hold(&self, study_uid: &str) -> Result<Option<HoldRecord>, IndexError> {
-        self.get(CF_HOLDS, study_uid.as_bytes())
+    fn holds(&self, study_uid: &str) -> Result<Vec<HoldRecord>, IndexError> {
+        /// A list of holds; records written before several holds per study were one.
+        #[derive(serde::Deserialize)]
+        #[serde(untagged)]
+        enum Stored {
+            Several(Vec<HoldRecord>),
+            One(HoldRecord),
+        }
+        Ok(match self.get::<Stored>(CF_HOLDS, study_uid.as_bytes())? {
+            None => Vec::new(),
+            Some(Stored::Several(holds)) => holds,
+            Some(Stored::One(hold)) => vec![hold],
+        })
     }
 }
 

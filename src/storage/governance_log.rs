@@ -9,7 +9,7 @@
 //!
 //! ## Format (governance log format 1)
 //! One JSON object per line, hash-chained like the audit log:
-//! `{"v":1,"seq":N,"time_ms":T,"record":{"kind":"hold"|"release"|"tombstone",…},
+//! `{"v":1,"seq":N,"time_ms":T,"record":{"kind":"hold"|"release"|"tombstone"|"deleted",…},
 //! "prev":"<hash of line N-1>","hash":"<sha256 hex of prev, a newline and the line's
 //! JSON without hash>"}`; `seq` counts from 1; the first `prev` is 64 zeros.
 //!
@@ -34,12 +34,33 @@ const GENESIS: &str = "000000000000000000000000000000000000000000000000000000000
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum GovernanceRecord {
-    /// A legal hold placed (or replaced) on a study.
+    /// A legal hold placed on a study (one more: a study may have several, one per
+    /// matter; a hold with the same reason as a standing one replaces it).
     Hold { study_uid: String, hold: HoldRecord },
-    /// The legal hold of a study lifted.
-    Release { study_uid: String },
+    /// A legal hold of a study lifted: the one placed for `matter` (its reason), or every
+    /// hold when `matter` is absent (records written before several holds per study).
+    /// `who` lifted it and `why` (absent in older records).
+    Release {
+        study_uid: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        matter: Option<String>,
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        who: String,
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        why: String,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        at_ms: u64,
+    },
     /// A study deleted: what, who, why, when.
     Tombstone(Tombstone),
+    /// The deletion of the tombstone of `study_uid` made at `deleted_at_ms` finished:
+    /// every hot file and pack it names was removed. Any of its objects found later, in
+    /// hot or in a pack (even one of the same name: packs are content-addressed), was
+    /// stored again since and lives.
+    Deleted {
+        study_uid: String,
+        deleted_at_ms: u64,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -212,18 +233,60 @@ fn last_of(file: &mut File, path: &Path) -> Result<(u64, String, u64), StorageEr
 
 /// Holds and tombstones as the log leaves them: the holds in force (study → hold) and
 /// every tombstone, in order.
-pub fn replay(records: &[GovernanceRecord]) -> (Vec<(String, HoldRecord)>, Vec<Tombstone>) {
-    let mut holds: std::collections::BTreeMap<String, HoldRecord> = Default::default();
-    let mut tombstones = Vec::new();
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// The standing holds of a study with `hold` placed: a hold for the same matter (reason)
+/// is replaced, any other one kept.
+pub fn with_hold(holds: &[HoldRecord], hold: &HoldRecord) -> Vec<HoldRecord> {
+    let mut out: Vec<HoldRecord> = holds
+        .iter()
+        .filter(|h| h.why != hold.why)
+        .cloned()
+        .collect();
+    out.push(hold.clone());
+    out
+}
+
+/// The holds of each study, in order.
+pub type StudyHolds = Vec<(String, Vec<HoldRecord>)>;
+
+/// What the governance log says now: the standing holds of each study, and every
+/// tombstone with whether its deletion finished.
+pub fn replay(records: &[GovernanceRecord]) -> (StudyHolds, Vec<(Tombstone, bool)>) {
+    let mut holds: std::collections::BTreeMap<String, Vec<HoldRecord>> = Default::default();
+    let mut tombstones: Vec<(Tombstone, bool)> = Vec::new();
     for r in records {
         match r {
             GovernanceRecord::Hold { study_uid, hold } => {
-                holds.insert(study_uid.clone(), hold.clone());
+                let standing = holds.entry(study_uid.clone()).or_default();
+                *standing = with_hold(standing, hold);
             }
-            GovernanceRecord::Release { study_uid } => {
-                holds.remove(study_uid);
+            GovernanceRecord::Release {
+                study_uid, matter, ..
+            } => {
+                if let Some(standing) = holds.get_mut(study_uid) {
+                    match matter {
+                        Some(m) => standing.retain(|h| h.why != *m),
+                        None => standing.clear(),
+                    }
+                    if standing.is_empty() {
+                        holds.remove(study_uid);
+                    }
+                }
             }
-            GovernanceRecord::Tombstone(t) => tombstones.push(t.clone()),
+            GovernanceRecord::Tombstone(t) => tombstones.push((t.clone(), false)),
+            GovernanceRecord::Deleted {
+                study_uid,
+                deleted_at_ms,
+            } => {
+                for (t, finished) in tombstones.iter_mut() {
+                    if t.study_uid == *study_uid && t.deleted_at_ms == *deleted_at_ms {
+                        *finished = true;
+                    }
+                }
+            }
         }
     }
     (holds.into_iter().collect(), tombstones)
@@ -265,28 +328,52 @@ mod tests {
             hold: hold.clone(),
         })
         .unwrap();
-        log.append(GovernanceRecord::Release {
-            study_uid: "1.3".into(),
+        // 1.2 gets a second hold, for another matter; then that one is lifted
+        let other = HoldRecord {
+            why: "other matter".into(),
+            ..hold.clone()
+        };
+        log.append(GovernanceRecord::Hold {
+            study_uid: "1.2".into(),
+            hold: other.clone(),
         })
         .unwrap();
+        let release = |study: &str, matter: Option<&str>| GovernanceRecord::Release {
+            study_uid: study.into(),
+            matter: matter.map(Into::into),
+            who: "legal".into(),
+            why: "matter closed".into(),
+            at_ms: 2,
+        };
+        assert_eq!(
+            replay(&log.read().unwrap()).0,
+            vec![
+                ("1.2".to_string(), vec![hold.clone(), other.clone()]),
+                ("1.3".to_string(), vec![hold.clone()])
+            ]
+        );
+        log.append(release("1.2", Some("other matter"))).unwrap();
+        log.append(release("1.3", None)).unwrap();
         log.append(GovernanceRecord::Tombstone(tombstone("1.4")))
             .unwrap();
+        log.append(GovernanceRecord::Deleted {
+            study_uid: "1.4".into(),
+            deleted_at_ms: 5,
+        })
+        .unwrap();
         let records = log.read().unwrap();
-        assert_eq!(records.len(), 4);
+        assert_eq!(records.len(), 7);
         let (holds, tombs) = replay(&records);
-        assert_eq!(holds, vec![("1.2".to_string(), hold)]);
-        assert_eq!(tombs, vec![tombstone("1.4")]);
+        assert_eq!(holds, vec![("1.2".to_string(), vec![hold])]);
+        assert_eq!(tombs, vec![(tombstone("1.4"), true)]);
 
         // a torn last line is ignored, then cut by the next append
         let path = log_path(dir.path());
         let mut f = OpenOptions::new().append(true).open(&path).unwrap();
         f.write_all(b"{\"v\":1,\"seq\":5,\"ti").unwrap();
-        assert_eq!(log.read().unwrap().len(), 4);
-        log.append(GovernanceRecord::Release {
-            study_uid: "1.2".into(),
-        })
-        .unwrap();
-        assert_eq!(log.read().unwrap().len(), 5);
+        assert_eq!(log.read().unwrap().len(), 7);
+        log.append(release("1.2", None)).unwrap();
+        assert_eq!(log.read().unwrap().len(), 8);
 
         // an edited record breaks the chain and is named
         let text = std::fs::read_to_string(&path).unwrap();

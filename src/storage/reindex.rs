@@ -19,7 +19,7 @@ use crate::index::prelude::*;
 use crate::index::RocksIndex;
 use crate::tiering::reader::download_pack_blocking;
 use serde::Serialize;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use strata_tiers::{ColdStore, HotDisk, ObjectId};
 
 type Result<T> = std::result::Result<T, StorageError>;
@@ -38,6 +38,9 @@ pub struct ReindexReport {
     pub deleted_files: usize,
     /// Cold packs of deleted studies, skipped.
     pub deleted_packs: usize,
+    /// Objects of deleted studies that were stored again after the deletion (found in
+    /// hot, or in cold after a finished deletion or in a pack it did not name): live.
+    pub stored_again: usize,
     /// Packs that could not be used (unreadable, corrupt, or awaiting a restore), with
     /// the reason. Their objects are indexed only if another copy exists.
     pub packs_skipped: Vec<(String, String)>,
@@ -90,8 +93,9 @@ pub fn reindex(
         let tombstones = old.tombstones()?;
         let mut holds = Vec::new();
         for (study, _) in old.studies()? {
-            if let Some(h) = old.hold(&study)? {
-                holds.push((study, h));
+            let standing = old.holds(&study)?;
+            if !standing.is_empty() {
+                holds.push((study, standing));
             }
         }
         let mut live_again = HashSet::new();
@@ -114,19 +118,33 @@ pub fn reindex(
     // in either is kept; a tombstone the index lacks is restored, except for objects
     // whose hot file was written after the deletion (stored again since)
     let (log_holds, log_tombstones) = governance_log::replay(&governance_records(config)?);
-    for (study, hold) in log_holds {
-        if !holds.iter().any(|(s, _)| *s == study) {
-            holds.push((study, hold));
+    for (study, logged) in log_holds {
+        match holds.iter_mut().find(|(s, _)| *s == study) {
+            Some((_, standing)) => {
+                for hold in logged {
+                    if !standing.contains(&hold) {
+                        standing.push(hold);
+                    }
+                }
+            }
+            None => holds.push((study, logged)),
         }
     }
-    for t in log_tombstones {
+    for (t, finished) in log_tombstones {
         let known = tombstones
             .iter()
             .any(|k| k.study_uid == t.study_uid && k.deleted_at_ms == t.deleted_at_ms);
         if known {
             continue;
         }
-        if !had_index {
+        if !had_index && finished {
+            // nothing of it was left: whatever is found now was stored again
+            live_again.extend(
+                t.objects
+                    .iter()
+                    .filter_map(|(_, _, id)| ObjectId::from_hex(id)),
+            );
+        } else if !had_index {
             for (_, _, id) in &t.objects {
                 let Some(id) = ObjectId::from_hex(id) else {
                     continue;
@@ -151,7 +169,7 @@ pub fn reindex(
             rebuilt.restore_tombstone(t, &live)?;
         }
         for (study, h) in &holds {
-            rebuilt.set_hold(study, Some(h))?;
+            rebuilt.set_holds(study, h)?;
         }
         let mut live = Vec::with_capacity(ids.len());
         for id in ids {
@@ -169,6 +187,14 @@ pub fn reindex(
         report.indexed = indexed;
         unusable = quarantined;
         reindex_cold(config, &rebuilt, &mut report)?;
+        for t in &tombstones {
+            for (_, _, id) in &t.objects {
+                if ObjectId::from_hex(id).is_some_and(|id| rebuilt.has_object(&id).unwrap_or(false))
+                {
+                    report.stored_again += 1;
+                }
+            }
+        }
         report.studies = rebuilt.studies()?.len();
         if had_index {
             let old = RocksIndex::open_primary(&index_dir)?;
@@ -264,6 +290,18 @@ fn reindex_cold(config: &Config, rebuilt: &RocksIndex, report: &mut ReindexRepor
     let rt = super::runtime()?;
     let tmp_dir = config.pack_tmp_dir();
     std::fs::create_dir_all(&tmp_dir).map_err(io("create", &tmp_dir))?;
+    // the packs each deleted object was deleted with
+    let mut deleted_with: HashMap<ObjectId, HashSet<String>> = HashMap::new();
+    for t in rebuilt.tombstones()? {
+        for (_, _, id) in &t.objects {
+            if let Some(id) = ObjectId::from_hex(id) {
+                deleted_with
+                    .entry(id)
+                    .or_default()
+                    .extend(t.packs.iter().cloned());
+            }
+        }
+    }
     let listed = rt.block_on(cold.list_detailed())?;
     for (pack_id, _size, modified_ms) in listed {
         let key = cold.key_of(&pack_id);
@@ -319,17 +357,6 @@ fn reindex_cold(config: &Config, rebuilt: &RocksIndex, report: &mut ReindexRepor
         );
         let _ = std::fs::remove_file(&scratch);
         let manifest = match read {
-            Ok(manifest)
-                if !manifest.members.is_empty()
-                    && manifest.members.iter().all(|m| {
-                        ObjectId::from_hex(&m.blake3)
-                            .and_then(|id| rebuilt.deleted_object(&id).ok().flatten())
-                            .is_some()
-                    }) =>
-            {
-                report.deleted_packs += 1;
-                continue;
-            }
             Ok(manifest) => manifest,
             Err(e) => {
                 tracing::warn!(pack = %key, error = %e, "reindex: pack skipped");
@@ -337,6 +364,26 @@ fn reindex_cold(config: &Config, rebuilt: &RocksIndex, report: &mut ReindexRepor
                 continue;
             }
         };
+        // A member marked deleted is deleted in this pack only if the pack was deleted
+        // with its study (named in the tombstone: a deletion to finish). In any other
+        // pack it was stored again after the deletion and aged to cold: it lives.
+        let mut still_deleted = HashSet::new();
+        for m in &manifest.members {
+            let Some(id) = ObjectId::from_hex(&m.blake3) else {
+                continue;
+            };
+            let deleted_with_this_pack = deleted_with
+                .get(&id)
+                .is_some_and(|packs| packs.contains(&pack_id.to_hex()));
+            if deleted_with_this_pack && rebuilt.deleted_object(&id)?.is_some() {
+                still_deleted.insert(id);
+                news.remove(&id);
+            }
+        }
+        if !manifest.members.is_empty() && still_deleted.len() == manifest.members.len() {
+            report.deleted_packs += 1;
+            continue;
+        }
         let storage_class = rt
             .block_on(cold.storage_class(&pack_id))
             .ok()
@@ -349,9 +396,10 @@ fn reindex_cold(config: &Config, rebuilt: &RocksIndex, report: &mut ReindexRepor
             modified_ms.max(0) as u64,
         );
         report.cold_only_objects += news.len();
-        let members = crate::tiering::mover::packed_objects(&pack_id, &manifest, &mut |m| {
+        let mut members = crate::tiering::mover::packed_objects(&pack_id, &manifest, &mut |m| {
             ObjectId::from_hex(&m.blake3).and_then(|id| news.remove(&id))
         });
+        members.retain(|m| !still_deleted.contains(&m.id));
         rebuilt.record_pack(&pack_id, &record, &members)?;
         report.packs += 1;
     }

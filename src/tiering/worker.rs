@@ -269,12 +269,22 @@ impl Tiering {
             };
             let (index, pack_hex, hot) = (self.index.clone(), id.to_hex(), self.hot.clone());
             let safe = blocking(move || {
+                let tombstones = index.tombstones()?;
                 for m in &manifest.members {
                     let Some(member) = strata_tiers::ObjectId::from_hex(&m.blake3) else {
                         return Ok(false);
                     };
-                    if index.deleted_object(&member)?.is_some() {
-                        continue; // its study was deleted on purpose
+                    if let Some(study) = index.deleted_object(&member)? {
+                        // its study was deleted on purpose, and this pack with it (a
+                        // deletion to finish); a pack the deletion did not name holds
+                        // the object stored again since: not an orphan
+                        let named = tombstones
+                            .iter()
+                            .any(|t| t.study_uid == study && t.packs.contains(&pack_hex));
+                        if named {
+                            continue;
+                        }
+                        return Ok(false);
                     }
                     let Some(record) = index.object(&member)? else {
                         return Ok(false);
