@@ -20,7 +20,7 @@ type Check = fn(&dyn Index);
 
 /// Runs every check, each against a fresh index from `make`.
 pub fn run_suite(make: &MakeIndex<'_>) {
-    let checks: [(&str, Check); 14] = [
+    let checks: [(&str, Check); 15] = [
         (
             "commit_counts_instances_versions_and_duplicates",
             commit_counts_instances_versions_and_duplicates,
@@ -43,6 +43,7 @@ pub fn run_suite(make: &MakeIndex<'_>) {
         ("tombstone_study", tombstone_study),
         ("restore_tombstone", restore_tombstone),
         ("holds", holds),
+        ("corrected_study_deleted", corrected_study_deleted),
         (
             "concurrent_writers_lose_no_update",
             concurrent_writers_lose_no_update,
@@ -952,6 +953,47 @@ fn restore_tombstone(index: &dyn Index) {
         index.deleted_object(&live).unwrap().is_none(),
         "an object in `live` is not marked deleted"
     );
+}
+
+/// The same SOP Instance and Series UIDs stored under two studies (a study corrected
+/// under a new Study Instance UID): lookups by SOP or series UID find the newest; when
+/// that study is deleted they find the other one again (they used to find nothing).
+fn corrected_study_deleted(index: &dyn Index) {
+    index
+        .commit(&[object("14.1", "14.1.1", "14.1.1.1", b"original", 1)])
+        .unwrap();
+    index
+        .commit(&[object("14.2", "14.1.1", "14.1.1.1", b"corrected", 2)])
+        .unwrap();
+    assert_eq!(
+        index.instance("14.1.1.1").unwrap().unwrap().study_uid,
+        "14.2"
+    );
+    assert_eq!(index.series("14.1.1").unwrap().unwrap().0, "14.2");
+    let t = Tombstone {
+        study_uid: "14.2".into(),
+        patient_id: String::new(),
+        objects: Vec::new(),
+        packs: Vec::new(),
+        who: "tester".into(),
+        why: "corrected copy".into(),
+        deleted_at_ms: 3,
+    };
+    index.tombstone_study(&t).unwrap();
+    let back = index
+        .instance("14.1.1.1")
+        .unwrap()
+        .expect("the original is found");
+    assert_eq!(back.study_uid, "14.1");
+    assert_eq!(index.series("14.1.1").unwrap().unwrap().0, "14.1");
+    index
+        .tombstone_study(&Tombstone {
+            study_uid: "14.1".into(),
+            ..t
+        })
+        .unwrap();
+    assert!(index.instance("14.1.1.1").unwrap().is_none());
+    assert!(index.series("14.1.1").unwrap().is_none());
 }
 
 fn holds(index: &dyn Index) {

@@ -16,9 +16,9 @@
 //! | `meta` | `schema` | index schema version (u32 LE) |
 //! | `objects` | 32-byte object id | `ObjectRecord` |
 //! | `instances` | `study\0series\0sop` | `InstanceRecord` |
-//! | `sop_index` | `sop` | `study\0series` |
+//! | `sop_index` | `sop` | every `study\0series` holding it, one per line, most recent last |
 //! | `series` | `study\0series` | `SeriesRecord` |
-//! | `series_index` | `series` | `study` |
+//! | `series_index` | `series` | every `study` holding it, one per line, most recent last |
 //! | `studies` | `study` | `StudyRecord` |
 //! | `patients` | `patient_id` | `PatientRecord` |
 //! | `idx_patient_id`, `idx_study_date`, `idx_accession` | `value\0study` | empty |
@@ -216,6 +216,36 @@ fn decode_at<T: DeserializeOwned>(
     value: &[u8],
 ) -> Result<T, IndexError> {
     decode(value).map_err(|reason| corrupt(cf, key, reason))
+}
+
+/// The values of the SOP and series indexes: every place a UID is found (a study, or
+/// study\0series), most recent last, one per line (a UID never holds a newline). The
+/// same UID may be in several studies (a study corrected under a new Study Instance
+/// UID); lookups answer with the most recent. Values written before were one place,
+/// which reads the same.
+fn places(value: &[u8]) -> Vec<&[u8]> {
+    value
+        .split(|b| *b == b'\n')
+        .filter(|p| !p.is_empty())
+        .collect()
+}
+
+/// `value`'s places with `place` moved (or added) to the end.
+fn with_place(value: Option<&[u8]>, place: &[u8]) -> Vec<u8> {
+    let mut kept: Vec<&[u8]> = value
+        .map(places)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| *p != place)
+        .collect();
+    kept.push(place);
+    kept.join(&b'\n')
+}
+
+/// `value`'s places without `place`, or `None` when none is left.
+fn without_place(value: &[u8], place: &[u8]) -> Option<Vec<u8>> {
+    let kept: Vec<&[u8]> = places(value).into_iter().filter(|p| *p != place).collect();
+    (!kept.is_empty()).then(|| kept.join(&b'\n'))
 }
 
 fn key2(a: &str, b: &str) -> Vec<u8> {
@@ -531,17 +561,25 @@ impl<E: KvEngine> Catalog for KvIndex<E> {
     }
 
     fn series(&self, series_uid: &str) -> Result<Option<(String, SeriesRecord)>, IndexError> {
-        let Some(study) = self.engine.get(CF_SERIES_INDEX, series_uid.as_bytes())? else {
+        let Some(studies) = self.engine.get(CF_SERIES_INDEX, series_uid.as_bytes())? else {
             return Ok(None);
         };
-        let study = String::from_utf8_lossy(&study).into_owned();
+        let Some(study) = places(&studies)
+            .last()
+            .map(|s| String::from_utf8_lossy(s).into_owned())
+        else {
+            return Ok(None);
+        };
         Ok(self
             .get(CF_SERIES, &key2(&study, series_uid))?
             .map(|r| (study, r)))
     }
 
     fn instance(&self, sop_instance_uid: &str) -> Result<Option<InstanceEntry>, IndexError> {
-        let Some(place) = self.engine.get(CF_SOP_INDEX, sop_instance_uid.as_bytes())? else {
+        let Some(all) = self.engine.get(CF_SOP_INDEX, sop_instance_uid.as_bytes())? else {
+            return Ok(None);
+        };
+        let Some(place) = places(&all).last().map(|p| p.to_vec()) else {
             return Ok(None);
         };
         let parts = split_key(&place);
@@ -800,13 +838,16 @@ impl<E: KvEngine> Governance for KvIndex<E> {
                 CF_INSTANCES,
                 key3(&e.study_uid, &e.series_uid, &e.sop_instance_uid),
             );
-            // the SOP index may point at another copy of this SOP in another study
-            if self
+            // the SOP may also be in another study (a corrected copy): that place stays
+            if let Some(v) = self
                 .engine
                 .get(CF_SOP_INDEX, e.sop_instance_uid.as_bytes())?
-                .is_some_and(|v| split_key(&v).first() == Some(study))
             {
-                batch.delete(CF_SOP_INDEX, e.sop_instance_uid.as_bytes());
+                let place = key2(study, &e.series_uid);
+                match without_place(&v, &place) {
+                    Some(rest) => batch.put(CF_SOP_INDEX, e.sop_instance_uid.as_bytes(), rest),
+                    None => batch.delete(CF_SOP_INDEX, e.sop_instance_uid.as_bytes()),
+                }
             }
             for v in &e.record.versions {
                 if let Some(id) = ObjectId::from_hex(&v.id) {
@@ -817,13 +858,12 @@ impl<E: KvEngine> Governance for KvIndex<E> {
         }
         for (series_uid, _) in self.series_of_study(study)? {
             batch.delete(CF_SERIES, key2(study, &series_uid));
-            // the series index may point at the same series UID in another study
-            if self
-                .engine
-                .get(CF_SERIES_INDEX, series_uid.as_bytes())?
-                .is_some_and(|v| v == study.as_bytes())
-            {
-                batch.delete(CF_SERIES_INDEX, series_uid.as_bytes());
+            // the same series UID may be in another study too: that place stays
+            if let Some(v) = self.engine.get(CF_SERIES_INDEX, series_uid.as_bytes())? {
+                match without_place(&v, study.as_bytes()) {
+                    Some(rest) => batch.put(CF_SERIES_INDEX, series_uid.as_bytes(), rest),
+                    None => batch.delete(CF_SERIES_INDEX, series_uid.as_bytes()),
+                }
             }
         }
         // every secondary-index entry of the study: its own values and any differing
@@ -982,11 +1022,12 @@ fn apply_new_object<E: KvEngine>(
         ),
     };
     p.put(CF_INSTANCES, instance_key, &instance);
-    p.put_raw(
-        CF_SOP_INDEX,
-        a.sop_instance_uid.as_bytes().to_vec(),
-        key2(&a.study_uid, &a.series_uid),
+    let sop_key = a.sop_instance_uid.as_bytes().to_vec();
+    let places = with_place(
+        p.get_raw(CF_SOP_INDEX, &sop_key)?.as_deref(),
+        &key2(&a.study_uid, &a.series_uid),
     );
+    p.put_raw(CF_SOP_INDEX, sop_key, places);
     let new_instance = outcome == CommitOutcome::Stored;
 
     // series
@@ -1009,11 +1050,12 @@ fn apply_new_object<E: KvEngine>(
     series.instances += new_instance as u64;
     series.bytes += obj.size;
     p.put(CF_SERIES, series_key, &series);
-    p.put_raw(
-        CF_SERIES_INDEX,
-        a.series_uid.as_bytes().to_vec(),
-        a.study_uid.as_bytes().to_vec(),
+    let series_key = a.series_uid.as_bytes().to_vec();
+    let places = with_place(
+        p.get_raw(CF_SERIES_INDEX, &series_key)?.as_deref(),
+        a.study_uid.as_bytes(),
     );
+    p.put_raw(CF_SERIES_INDEX, series_key, places);
 
     // study
     let mut new_study = false;
