@@ -89,7 +89,7 @@ read -r PLAIN_S PLAIN_N <<<"$PLAIN"
 
 # (a) Strata: one policy pass ages every study (hot_max_age = 0s)
 T0=$(date +%s.%N)
-"$STRATA" --config "$WORK/aging.toml" tier run >"$WORK/pass.json"
+"$STRATA" --config "$WORK/aging.toml" tier run --json >"$WORK/pass.json"
 T1=$(date +%s.%N)
 STRATA_S=$(echo "$T1 - $T0" | bc -l)
 "$STRATA" --config "$WORK/aging.toml" tier status --json >"$WORK/status.json"

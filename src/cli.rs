@@ -70,18 +70,25 @@ pub enum AuditCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum TierCommand {
-    /// Studies, objects and bytes per tier; queue lengths; the oldest item waiting.
+    /// Studies, objects and bytes per tier; queue lengths; the oldest item waiting; the
+    /// cold tier's preflight. Exit 1 when the cold tier is not usable.
     Status {
         #[arg(long)]
         json: bool,
     },
-    /// Run one policy pass now (age, watermarks, archive class, orphan uploads).
-    Run,
+    /// Run one policy pass now (age, watermarks, archive class, orphan uploads). Exit 1
+    /// when a study could not be moved.
+    Run {
+        #[arg(long)]
+        json: bool,
+    },
     /// Force one study to a tier now.
     Move {
         study_uid: String,
         #[arg(long, value_parser = ["cold", "hot", "archive"])]
         to: String,
+        #[arg(long)]
+        json: bool,
     },
 }
 

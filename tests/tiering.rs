@@ -100,12 +100,13 @@ fn hot_files(archive: &Archive) -> usize {
 }
 
 fn tier_status(archive: &Archive) -> serde_json::Value {
-    let out = run_ok(&mut archive.strata(&["tier", "status", "--json"]));
+    // exit 1 when the cold tier is not usable; the status is printed either way
+    let out = run(&mut archive.strata(&["tier", "status", "--json"]));
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
 fn move_study(archive: &Archive, study: &str, to: &str) -> serde_json::Value {
-    let out = run_ok(&mut archive.strata(&["tier", "move", study, "--to", to]));
+    let out = run_ok(&mut archive.strata(&["tier", "move", study, "--to", to, "--json"]));
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
@@ -538,7 +539,7 @@ fn pack_limit_late_instances_and_orphan_uploads() {
     let orphan: Vec<PathBuf> = local_packs(&archive);
     assert_eq!(orphan.len(), 10);
     run_ok(archive.strata(&["import"]).arg(&ct[25]));
-    let out = run_ok(&mut archive.strata(&["tier", "run"]));
+    let out = run_ok(&mut archive.strata(&["tier", "run", "--json"]));
     let pass: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(pass["orphans_deleted"], 1, "{pass}");
     move_study(&archive, &study, "cold");
@@ -603,15 +604,27 @@ fn a_missing_bucket_is_named_at_start_and_in_tier_status() {
         "{}",
         server.log_text()
     );
-    let out = run_ok(&mut archive.strata(&["tier", "status"]));
+    let out = run(&mut archive.strata(&["tier", "status"]));
+    assert_eq!(out.status.code(), Some(1), "not usable: exit 1");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.contains("NOT USABLE: configuration: the bucket never-created does not exist"),
         "{text}"
     );
+    // /readyz says so too (a HEAD in a missing bucket is a 404 like any missing object)
+    let (status, body) = http_get(server.http_port, "/readyz").unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("does not exist"), "{body}");
     let ct = small_study(2);
     crate::store::storescu_send(server.dicom_port, &ct);
     assert_eq!(archive.total_instances(), 2, "ingest goes on");
+    // a forced move names the missing bucket (it said "remote object … not found")
+    let study = only_study(&archive);
+    let out = run(&mut archive.strata(&["tier", "move", &study, "--to", "cold"]));
+    assert!(!out.status.success());
+    let msg = String::from_utf8_lossy(&out.stderr);
+    assert!(msg.contains("the bucket does not exist"), "{msg}");
+    assert_eq!(hot_files(&archive), 2, "nothing moved, nothing lost");
     server.stop();
 }
 
@@ -730,7 +743,7 @@ fn incomplete_multipart_uploads_are_shown_then_aborted() {
         "{report}"
     );
 
-    let out = run_ok(&mut archive.strata(&["tier", "run"]));
+    let out = run_ok(&mut archive.strata(&["tier", "run", "--json"]));
     let pass: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(pass["uploads_aborted"], 1, "{pass}");
     assert_eq!(tier_status(&archive)["incomplete_uploads"], 0);

@@ -1,7 +1,8 @@
 //! Readiness: can the archive do its work right now (`/readyz`)? Liveness (`/healthz`)
 //! only says the process answers; readiness checks each part a store or a retrieval
 //! needs: the index answers a read, the hot disk is above its free-space floor, and the
-//! cold tier answers a request (a HEAD of an id no pack has: "not found" is an answer).
+//! cold tier answers a request (its bucket exists and takes the credentials, then a HEAD
+//! of an id no pack has: "not found" is an answer).
 
 use super::{blocking, Archive};
 use serde::Serialize;
@@ -59,7 +60,13 @@ impl Archive {
             .await,
             |free| format!("{} MiB free", free / (1024 * 1024)),
         );
-        let cold = match tokio::time::timeout(COLD_PROBE_TIMEOUT, self.cold.head(&probe)).await {
+        let probe_cold = async {
+            // the bucket first: a HEAD of a missing object in a missing bucket is a
+            // 404 either way (a HEAD answer has no body to say which)
+            self.cold.check_bucket().await?;
+            self.cold.head(&probe).await.map(|_| ())
+        };
+        let cold = match tokio::time::timeout(COLD_PROBE_TIMEOUT, probe_cold).await {
             Err(_) => Check {
                 ok: false,
                 detail: format!(

@@ -25,7 +25,10 @@ pub fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
 pub fn print_status_value(s: &serde_json::Value) {
     let n = |k: &str| s.get(k).cloned().unwrap_or_default();
     match s.get("cold_check").and_then(|v| v.as_str()) {
-        Some("ok") | None => println!("cold tier: {}", n("cold_url")),
+        Some("ok") | None => println!(
+            "cold tier: {}: usable (bucket, credentials, write/read/delete of a test object)",
+            n("cold_url")
+        ),
         Some(problem) => println!("cold tier: {}: NOT USABLE: {problem}", n("cold_url")),
     }
     println!(
@@ -56,6 +59,8 @@ pub fn print_status_value(s: &serde_json::Value) {
         n("queue_length"),
         n("queue_due"),
         n("oldest_due_since_ms")
+            .as_u64()
+            .map_or_else(|| "-".to_string(), iso)
     );
 }
 

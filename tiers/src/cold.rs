@@ -101,7 +101,18 @@ pub struct ColdStore {
 }
 
 fn remote(action: &'static str, key: &StorePath, e: object_store::Error) -> TierError {
+    let chain = error_chain(&e);
     match e {
+        // S3 says which: the object, or the whole bucket (a write can only mean that)
+        object_store::Error::NotFound { .. } if chain.contains("NoSuchBucket") => {
+            TierError::Remote {
+                action,
+                key: key.to_string(),
+                detail: "the bucket does not exist (NoSuchBucket): create it first; Strata \
+                         never creates buckets"
+                    .into(),
+            }
+        }
         object_store::Error::NotFound { .. } => TierError::RemoteNotFound {
             key: key.to_string(),
         },
@@ -656,12 +667,12 @@ impl ColdStore {
         Ok(())
     }
 
-    /// Checks that the cold tier can be used, and says exactly what is wrong when it
-    /// cannot: for S3, the bucket must exist and the credentials must be accepted (a
-    /// typed HeadBucket answer: 404 = no such bucket, 403 = credentials refused; no
-    /// answer = unreachable or no credentials); then, for every store, a small test
-    /// object is written, read back and deleted under `strata-preflight/`.
-    pub async fn preflight(&self) -> Result<(), TierError> {
+    /// For S3, whether the bucket exists and the credentials are accepted, by a typed
+    /// HeadBucket answer (404 = no such bucket, 401/403 = credentials refused, no answer =
+    /// unreachable or no credentials), said as a [`TierError::Config`] naming the fix. A
+    /// filesystem cold tier always passes (its directory is created on first write).
+    /// Cheap: one request; `/readyz` uses it.
+    pub async fn check_bucket(&self) -> Result<(), TierError> {
         if let Some(s3) = &self.s3 {
             let head = s3.client.head_bucket().bucket(&s3.bucket).send().await;
             if let Err(e) = head {
@@ -692,6 +703,16 @@ impl ColdStore {
                 }));
             }
         }
+        Ok(())
+    }
+
+    /// Checks that the cold tier can be used, and says exactly what is wrong when it
+    /// cannot: for S3, the bucket must exist and the credentials must be accepted (a
+    /// typed HeadBucket answer: 404 = no such bucket, 403 = credentials refused; no
+    /// answer = unreachable or no credentials); then, for every store, a small test
+    /// object is written, read back and deleted under `strata-preflight/`.
+    pub async fn preflight(&self) -> Result<(), TierError> {
+        self.check_bucket().await?;
         // One name per process, and one preflight at a time in it: a probe left by a
         // failure (its delete failed too) is overwritten and deleted by the next one.
         static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
