@@ -4,6 +4,7 @@
 
 mod ledger;
 mod plan;
+mod probe;
 mod report;
 mod run;
 
@@ -151,6 +152,10 @@ fn real_main(cli: Cli) -> Result<i32> {
             source_limit,
             skip_undated,
         } => {
+            // before any ledger is written: does the source take queries from us?
+            if let Err(why) = rt.block_on(probe::check_source(&calling_ae, &source, cli.timeout)) {
+                bail!("{why}; nothing planned, no ledger written");
+            }
             let header = ledger::Header {
                 format: ledger::FORMAT.into(),
                 version: ledger::VERSION,
@@ -212,37 +217,19 @@ fn real_main(cli: Cli) -> Result<i32> {
                 let mut header = ledger.header.clone();
                 header.source = source.unwrap_or(header.source);
                 header.calling_ae = calling_ae.unwrap_or(header.calling_ae);
-                let echoed = rt.block_on(async {
-                    let mut scu = strata::dimse::scu::Scu::connect(
-                        &header.calling_ae,
-                        &header.source,
-                        strata::dimse::scu::VERIFICATION,
-                        cli.timeout,
-                    )
-                    .await?;
-                    let status = scu.echo().await?;
-                    scu.release().await;
-                    Ok::<u16, strata::dimse::scu::ScuError>(status)
-                });
-                match echoed {
-                    Ok(0) => {
-                        println!(
-                            "source settings corrected: {} calling as {}",
-                            header.source, header.calling_ae
-                        );
-                        ledger = ledger.set_header(header)?;
-                    }
-                    Ok(status) => bail!(
-                        "the source {} answered C-ECHO from {} with status {status:#06X}: settings not changed",
-                        header.source,
-                        header.calling_ae
-                    ),
-                    Err(e) => bail!(
-                        "C-ECHO to {} as {} failed ({e}): settings not changed",
-                        header.source,
-                        header.calling_ae
-                    ),
+                // a C-ECHO alone proves nothing: sources echo anyone
+                if let Err(why) = rt.block_on(probe::check_source(
+                    &header.calling_ae,
+                    &header.source,
+                    cli.timeout,
+                )) {
+                    bail!("{why}: settings not changed");
                 }
+                println!(
+                    "source settings corrected: {} calling as {} (it answered C-ECHO and C-FIND)",
+                    header.source, header.calling_ae
+                );
+                ledger = ledger.set_header(header)?;
             }
             let inventory_complete = ledger.inventory_complete();
             let dest: RemoteAe = format!("{dest_ae}@{dest}")

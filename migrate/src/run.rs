@@ -77,6 +77,8 @@ struct Shared {
     rate_next: Mutex<Instant>,
     instances_done: AtomicU64,
     bar: indicatif::ProgressBar,
+    /// What [`crate::probe::check_source`] found, once per run (a refusal, if any).
+    source_probe: tokio::sync::OnceCell<Option<String>>,
 }
 
 impl Shared {
@@ -86,6 +88,18 @@ impl Shared {
         tokio::task::spawn_blocking(move || this.ledger.lock().expect("ledger lock").put(study))
             .await
             .map_err(|e| anyhow!("ledger task: {e}"))?
+    }
+
+    /// Why the source refuses our requests, if it does (probed once per run).
+    async fn source_refusal(&self) -> Option<String> {
+        self.source_probe
+            .get_or_init(|| async {
+                crate::probe::check_source(&self.opts.calling_ae, &self.source, self.opts.timeout)
+                    .await
+                    .err()
+            })
+            .await
+            .clone()
     }
 
     fn log(&self, line: String) {
@@ -164,6 +178,7 @@ pub async fn run(ledger: Ledger, opts: RunOptions, stop: Arc<AtomicBool>) -> Res
         rate_next: Mutex::new(Instant::now()),
         instances_done: AtomicU64::new(0),
         bar,
+        source_probe: tokio::sync::OnceCell::new(),
     });
     let total = todo.len();
     let limit = Arc::new(tokio::sync::Semaphore::new(opts.parallel.max(1)));
@@ -365,7 +380,24 @@ async fn move_with_retries(
     identifier: &dicom_object::InMemDicomObject,
 ) -> Result<MoveOutcome> {
     let opts = &shared.opts;
-    let result = retrying(shared, "C-MOVE", true, || move_once(shared, identifier)).await;
+    let result = match move_once(shared, identifier).await {
+        // before retrying study after study: does the source take requests from us at all?
+        Err(e) if transient(&e) => {
+            if let Some(why) = shared.source_refusal().await {
+                let message = format!("C-MOVE failed ({e}); {why}. The run stops here.");
+                shared.stop.store(true, Ordering::Release);
+                shared
+                    .fatal
+                    .lock()
+                    .expect("fatal lock")
+                    .get_or_insert(message.clone());
+                return Err(anyhow!(message));
+            }
+            shared.log(format!("C-MOVE failed ({e}); retrying"));
+            retrying(shared, "C-MOVE", true, || move_once(shared, identifier)).await
+        }
+        other => other,
+    };
     match result {
         Ok(outcome) if refused_destination(&outcome) => {
             let status = format!(
