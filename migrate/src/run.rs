@@ -90,6 +90,16 @@ impl Shared {
             .map_err(|e| anyhow!("ledger task: {e}"))?
     }
 
+    /// Stops the whole run for `message` (the first such message is the one reported).
+    fn stop_run(&self, message: String) -> anyhow::Error {
+        self.stop.store(true, Ordering::Release);
+        self.fatal
+            .lock()
+            .expect("fatal lock")
+            .get_or_insert(message.clone());
+        anyhow!(message)
+    }
+
     /// Why the source refuses our requests, if it does (probed once per run).
     async fn source_refusal(&self) -> Option<String> {
         self.source_probe
@@ -384,14 +394,9 @@ async fn move_with_retries(
         // before retrying study after study: does the source take requests from us at all?
         Err(e) if transient(&e) => {
             if let Some(why) = shared.source_refusal().await {
-                let message = format!("C-MOVE failed ({e}); {why}. The run stops here.");
-                shared.stop.store(true, Ordering::Release);
-                shared
-                    .fatal
-                    .lock()
-                    .expect("fatal lock")
-                    .get_or_insert(message.clone());
-                return Err(anyhow!(message));
+                return Err(
+                    shared.stop_run(format!("C-MOVE failed ({e}); {why}. The run stops here."))
+                );
             }
             shared.log(format!("C-MOVE failed ({e}); retrying"));
             retrying(shared, "C-MOVE", true, || move_once(shared, identifier)).await
@@ -447,13 +452,7 @@ async fn move_with_retries(
                     shared.source, opts.dest_ae, opts.dest.host, opts.dest.port
                 ),
             };
-            shared.stop.store(true, Ordering::Release);
-            shared
-                .fatal
-                .lock()
-                .expect("fatal lock")
-                .get_or_insert(message.clone());
-            Err(anyhow!(message))
+            Err(shared.stop_run(message))
         }
         Ok(outcome) => Ok(outcome),
         Err(e) => Err(e.into()),
