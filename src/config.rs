@@ -369,6 +369,33 @@ impl Config {
                     .into(),
             ));
         }
+        let url = self.cold.url.trim();
+        let bucket = url
+            .strip_prefix("s3://")
+            .map(|rest| rest.split('/').next().unwrap_or(""));
+        if !(url.is_empty() || url.starts_with("file:///") || bucket.is_some_and(|b| !b.is_empty()))
+        {
+            return Err(ConfigError::Invalid(format!(
+                "[cold] url {url:?} is neither file:///absolute/path nor s3://bucket/prefix \
+                 (a relative file:// path would move with the working directory)"
+            )));
+        }
+        if self.cold.endpoint.starts_with("http://") && !self.cold.allow_http {
+            return Err(ConfigError::Invalid(format!(
+                "[cold] endpoint {:?} is plain HTTP: use https://, or set allow_http = true \
+                 (loopback test servers only)",
+                self.cold.endpoint
+            )));
+        }
+        let mut peers = std::collections::HashSet::new();
+        for peer in &self.dicom.peers {
+            if !peers.insert(peer.ae_title.trim()) {
+                return Err(ConfigError::Invalid(format!(
+                    "[[dicom.peers]] names {:?} twice: a C-MOVE destination must be one node",
+                    peer.ae_title
+                )));
+            }
+        }
         let ae = &self.dicom.ae_title;
         if ae.is_empty()
             || ae.len() > 16

@@ -769,3 +769,61 @@ fn tier_metrics_are_published_at_start_even_with_the_cold_tier_down() {
     });
     server.stop();
 }
+
+/// Issue 12 (trial): a CLI command run without the S3 credentials the server has says
+/// so, once, instead of an SDK error chain; `verify` still checks the hot tier and
+/// reports the cold tier as not checked (exit 1, not clean); an export that cannot read
+/// a cold study leaves no empty folders behind; and configurations that cannot work are
+/// refused when read (a relative file:// cold tier, plain HTTP without allow_http, two
+/// peers with one AE title).
+#[test]
+fn missing_credentials_and_unusable_settings_are_said_plainly() {
+    let moto = Moto::start();
+    moto.create_bucket("creds");
+    let archive = Archive::with_config("tier-creds", &moto.cold_section("creds", ""));
+    let ct = small_study(2);
+    run_ok(archive.strata(&["import"]).args(&ct));
+    let study = only_study(&archive);
+    move_study(&archive, &study, "cold");
+    let without_credentials = |args: &[&str]| {
+        let mut cmd = archive.strata(args);
+        cmd.env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY");
+        run(&mut cmd)
+    };
+    let out = without_credentials(&["verify"]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with("checked 0 objects"),
+        "the hot tier (empty: the study is only in cold) is checked: {text}"
+    );
+    assert!(
+        text.contains("COLD TIER NOT CHECKED") && text.contains("S3 credentials"),
+        "{text}"
+    );
+    let dest = archive.dir.path().join("export-nocreds");
+    let out = without_credentials(&["export", &study, "--out", dest.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let msg = String::from_utf8_lossy(&out.stderr);
+    assert!(msg.contains("no S3 credentials were found"), "{msg}");
+    assert!(!dest.join(&study).exists(), "no empty folders left behind");
+
+    for (bad, says) in [
+        ("[cold]\nurl = \"file://relative/cold\"\n", "file:///absolute/path"),
+        (
+            "[cold]\nurl = \"s3://b/p\"\nendpoint = \"http://127.0.0.1:9\"\n",
+            "allow_http",
+        ),
+        (
+            "[[dicom.peers]]\nae_title = \"PACS\"\nhost = \"127.0.0.1\"\nport = 104\n[[dicom.peers]]\nae_title = \"PACS\"\nhost = \"127.0.0.2\"\nport = 104\n",
+            "twice",
+        ),
+    ] {
+        let other = Archive::with_config("tier-bad-config", bad);
+        let out = run(&mut other.strata(&["config"]));
+        assert!(!out.status.success(), "{bad}");
+        let msg = String::from_utf8_lossy(&out.stderr);
+        assert!(msg.contains(says), "{bad}: {msg}");
+    }
+}

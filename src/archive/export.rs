@@ -107,7 +107,6 @@ fn export(archive: &Archive, studies: &[String], out: &Path) -> Result<ExportRep
                     ))
                 })?;
             let dir = out.join(&e.study_uid).join(&e.series_uid);
-            std::fs::create_dir_all(&dir).map_err(Error::io("create", &dir))?;
             dest_of.insert(id, dir.join(format!("{}.dcm", e.sop_instance_uid)));
         }
         let ids: Vec<ObjectId> = dest_of.keys().copied().collect();
@@ -133,8 +132,12 @@ fn export(archive: &Archive, studies: &[String], out: &Path) -> Result<ExportRep
 }
 
 /// Writes a file through a temporary name and fsyncs it (an export is meant to outlive
-/// the archive).
+/// the archive). Its folder is made only now: an object that cannot be read leaves no
+/// empty folder behind.
 fn write_durably(dest: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    if let Some(dir) = dest.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
     let name = dest
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())

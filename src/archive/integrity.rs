@@ -124,6 +124,10 @@ pub struct VerifyReport {
     /// `orphan_grace`. Not a loss.
     #[serde(default)]
     pub incomplete_uploads: Vec<String>,
+    /// Why the cold tier could not be checked at all (no bucket, no credentials, no
+    /// answer): the hot tier was checked; the report is not clean.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cold_not_checked: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
@@ -153,6 +157,7 @@ impl VerifyReport {
             && self.strays.is_empty()
             && self.bad_packs.is_empty()
             && self.unreachable.is_empty()
+            && self.cold_not_checked.is_none()
     }
 }
 
@@ -189,6 +194,11 @@ fn verify_cold(
 ) -> Result<()> {
     let index = archive.index.as_ref();
     let rt = super::current_runtime()?;
+    // a cold tier that cannot be reached at all is one finding, not one per pack
+    if let Err(e) = rt.block_on(archive.cold.check_bucket()) {
+        report.cold_not_checked = Some(e.to_string());
+        return Ok(());
+    }
     let packs: BTreeMap<ObjectId, crate::index::PackRecord> = index.packs()?.into_iter().collect();
     // pack -> (object, offset, sop)
     let mut copies: BTreeMap<ObjectId, Vec<(ObjectId, u64, String)>> = BTreeMap::new();

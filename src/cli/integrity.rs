@@ -47,7 +47,9 @@ pub fn verify(config: &Config, json: bool, tier: VerifyScope) -> Result<i32> {
         for s in &report.strays {
             println!("  stray file: {s}");
         }
-        if tier != VerifyScope::Hot {
+        if let Some(why) = &report.cold_not_checked {
+            println!("COLD TIER NOT CHECKED: {why}");
+        } else if tier != VerifyScope::Hot {
             println!(
                 "checked {} packs, {} bytes: {} bad, {} unreachable objects, {} unrecorded uploads",
                 report.packs_checked,

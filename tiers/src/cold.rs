@@ -113,6 +113,15 @@ fn remote(action: &'static str, key: &StorePath, e: object_store::Error) -> Tier
                     .into(),
             }
         }
+        // the AWS credential chain found nothing and fell back to EC2 instance metadata
+        _ if chain.contains("169.254.169.254") => TierError::Remote {
+            action,
+            key: key.to_string(),
+            detail: "no S3 credentials were found (the AWS credential chain ended at the EC2 \
+                     instance metadata service): set AWS_ACCESS_KEY_ID and \
+                     AWS_SECRET_ACCESS_KEY for this command as for the server"
+                .into(),
+        },
         object_store::Error::NotFound { .. } => TierError::RemoteNotFound {
             key: key.to_string(),
         },
@@ -694,6 +703,12 @@ impl ColdStore {
                          and the bucket's policy"
                     ),
                     Some(other) => format!("the bucket {bucket} ({at}) answers HTTP {other}"),
+                    None if error_chain(&e).contains("169.254.169.254") => format!(
+                        "no S3 credentials were found for {at} (the AWS credential chain ended at \
+                         the EC2 instance metadata service, which did not give any): set \
+                         AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY for this command as for the \
+                         server"
+                    ),
                     None => format!(
                         "no answer from {at}: the endpoint is unreachable, or no S3 credentials \
                          were found (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or use the \
