@@ -268,3 +268,21 @@ fn piped_output_unanchored_audit_and_unknown_studies_are_reported_plainly() {
     );
     server.stop();
 }
+
+/// Issue 12 (trial): `audit verify` where there is no archive says so, and creates
+/// nothing (it used to create `<data_dir>/cold` and fail with "No such file or
+/// directory (os error 2)").
+#[test]
+fn audit_commands_without_an_archive_say_so_and_create_nothing() {
+    let archive = Archive::new("cli-audit-nothing");
+    for args in [&["audit", "verify"][..], &["audit", "anchor"]] {
+        let out = run(&mut archive.strata(args));
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("no audit log at"), "{args:?}: {err}");
+        assert!(
+            !archive.data_dir().exists(),
+            "{args:?} created the data directory"
+        );
+    }
+}

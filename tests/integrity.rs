@@ -612,7 +612,14 @@ fn another_cold_tier_is_refused_not_taken_for_lost_packs() {
         cmd.arg("--config").arg(&other).args(args);
         cmd
     };
-    for args in [&["verify", "--json"][..], &["verify", "--repair"], &["ls"]] {
+    for args in [
+        &["verify", "--json"][..],
+        &["verify", "--repair"],
+        &["ls"],
+        // the audit anchors live in the cold tier too (packs or not)
+        &["audit", "verify"],
+        &["audit", "anchor"],
+    ] {
         let out = run(&mut with_other(args));
         assert_eq!(out.status.code(), Some(2), "{args:?} must be refused");
         let err = String::from_utf8_lossy(&out.stderr);

@@ -6,12 +6,26 @@ use super::{runtime, AuditCommand};
 use anyhow::Result;
 use strata::config::Config;
 
+/// The archive's cold tier, where the audit anchors are: refused when the configuration
+/// names another one than the archive records, or when there is no archive at all.
+fn anchor_store(config: &Config) -> Result<strata_tiers::ColdStore> {
+    let data_dir = &config.archive.data_dir;
+    if !strata::audit::log_path(data_dir).exists() {
+        anyhow::bail!(
+            "no audit log at {}: is [archive] data_dir right? (--config, or STRATA_CONFIG)",
+            strata::audit::log_path(data_dir).display()
+        );
+    }
+    strata::storage::cold_tier::check_strict(config)?;
+    Ok(strata_tiers::ColdStore::open(&config.cold_spec())?)
+}
+
 /// `strata audit ...`.
 pub fn audit(config: &Config, command: AuditCommand) -> Result<i32> {
     let path = strata::audit::log_path(&config.archive.data_dir);
     match command {
         AuditCommand::Verify { json } => {
-            let cold = strata_tiers::ColdStore::open(&config.cold_spec())?;
+            let cold = anchor_store(config)?;
             let anchors = runtime()?
                 .block_on(strata::audit::anchors(&cold))
                 .map_err(|e| anyhow::anyhow!(e))?;
@@ -98,7 +112,7 @@ pub fn audit(config: &Config, command: AuditCommand) -> Result<i32> {
             Ok(0)
         }
         AuditCommand::Anchor => {
-            let cold = strata_tiers::ColdStore::open(&config.cold_spec())?;
+            let cold = anchor_store(config)?;
             let log = strata::audit::AuditLog::open(&config.archive.data_dir)?;
             match runtime()?
                 .block_on(strata::audit::anchor(

@@ -130,6 +130,23 @@ pub fn check(
     }
 }
 
+/// For the audit commands, whose anchors live in the cold tier whether or not any pack
+/// does: a configured cold tier other than the recorded one is refused outright (an
+/// anchor written elsewhere vouches for nothing; a verify against another tier finds
+/// no anchor and says so misleadingly).
+pub fn check_strict(config: &Config) -> Result<(), StorageError> {
+    let data_dir = &config.archive.data_dir;
+    let configured = identity(config);
+    match recorded(data_dir)? {
+        Some(r) if r != configured => Err(StorageError::ColdTierMismatch {
+            recorded: r,
+            configured,
+            record: path(data_dir),
+        }),
+        _ => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
