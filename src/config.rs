@@ -204,6 +204,8 @@ pub struct TieringConfig {
     /// Run the tiering worker inside `strata serve`.
     pub enabled: bool,
     /// A study not accessed (stored, retrieved, exported) for this long moves to cold.
+    /// Unlike `archive_after` and `study_age`, "0s" is not "never": it moves every study
+    /// at the next pass. To keep studies hot, set `enabled = false` or a long age.
     #[serde(with = "humantime_serde")]
     pub hot_max_age: Duration,
     /// How often the worker looks for due work.

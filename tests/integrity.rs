@@ -545,6 +545,24 @@ fn retention_deletes_old_studies_except_held_ones() {
     assert_eq!(tombs.as_array().unwrap().len(), 2);
     assert!(tombs[0]["why"].as_str().unwrap().starts_with("retention"));
     assert!(archive.verify_json().0);
+
+    // through a running server started without a rule: the command's rule applies
+    // (it used to answer "retention is off" from the server's configuration)
+    let cli_config = archive.dir.path().join("cli.toml");
+    std::fs::copy(&archive.config, &cli_config).unwrap();
+    let text = std::fs::read_to_string(&archive.config)
+        .unwrap()
+        .replace("study_age = \"365days\"", "study_age = \"0s\"");
+    std::fs::write(&archive.config, text).unwrap();
+    let server = archive.start();
+    let mut cmd = std::process::Command::new(strata_bin());
+    cmd.arg("--config")
+        .arg(&cli_config)
+        .args(["retention", "--dry-run"]);
+    let out = run_ok(&mut cmd);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(text.contains("1 studies due, 0 deleted, 1 held"), "{text}");
+    server.stop();
 }
 
 /// Chain heads anchored in an S3 bucket with Object Lock are kept under a COMPLIANCE

@@ -336,11 +336,16 @@ impl Archive {
         Ok(hold)
     }
 
-    /// Applies `[retention] study_age`: deletes the studies whose StudyDate is older,
+    /// Applies the retention rule `age` (`[retention] study_age` of the configuration
+    /// the command was run with): deletes the studies whose StudyDate is older,
     /// except those under a legal hold; with `dry_run`, only says which. Studies without
     /// a real StudyDate are never selected.
-    pub async fn retention(&self, principal: &Principal, dry_run: bool) -> Result<RetentionReport> {
-        let age = self.config.retention.study_age;
+    pub async fn retention(
+        &self,
+        principal: &Principal,
+        age: std::time::Duration,
+        dry_run: bool,
+    ) -> Result<RetentionReport> {
         if age.is_zero() {
             return Err(Error::InvalidRequest(
                 "[retention] study_age is 0s: retention is off".into(),

@@ -62,14 +62,23 @@ pub fn retention(config: &Config, dry_run: bool) -> Result<i32> {
         anyhow::bail!("[retention] study_age is 0s: retention is off");
     }
     let report = if server_running(config) {
-        runtime()?.block_on(admin_client(config)?.retention(dry_run))?
+        // the rule is this configuration's, applied by the server holding the archive
+        runtime()?.block_on(admin_client(config)?.retention(config.retention.study_age, dry_run))?
     } else if dry_run {
         // only reads: beside any other command, without the archive lock
         let archive = Archive::read_only(config)?;
-        runtime()?.block_on(archive.retention(&Principal::cli_user(), true))?
+        runtime()?.block_on(archive.retention(
+            &Principal::cli_user(),
+            config.retention.study_age,
+            true,
+        ))?
     } else {
         with_exclusive(config, "retention", |rt, archive| {
-            Ok(rt.block_on(archive.retention(&Principal::cli_user(), false))?)
+            Ok(rt.block_on(archive.retention(
+                &Principal::cli_user(),
+                config.retention.study_age,
+                false,
+            ))?)
         })?
     };
     for (uid, date) in &report.due {

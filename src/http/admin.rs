@@ -70,6 +70,10 @@ pub struct DeleteRequest {
 pub struct RetentionRequest {
     #[serde(default)]
     pub dry_run: bool,
+    /// The rule to apply (`[retention] study_age` of the caller's configuration), in
+    /// seconds; absent: the server's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub study_age_secs: Option<u64>,
 }
 
 /// What `verify --repair` found and did.
@@ -210,7 +214,11 @@ async fn retention(
     Json(req): Json<RetentionRequest>,
 ) -> Answer<RetentionReport> {
     let p = principal(&peer, &headers)?;
-    Ok(Json(archive.retention(&p, req.dry_run).await?))
+    let age = req
+        .study_age_secs
+        .map(std::time::Duration::from_secs)
+        .unwrap_or(archive.config().retention.study_age);
+    Ok(Json(archive.retention(&p, age, req.dry_run).await?))
 }
 
 async fn repair(
@@ -356,8 +364,16 @@ impl AdminClient {
         self.call(false, "/admin/delete", Some(&body), LONG).await
     }
 
-    pub async fn retention(&self, dry_run: bool) -> Result<RetentionReport, AdminError> {
-        let body = RetentionRequest { dry_run };
+    /// Applies the retention rule `study_age` (the caller's configuration) in the server.
+    pub async fn retention(
+        &self,
+        study_age: std::time::Duration,
+        dry_run: bool,
+    ) -> Result<RetentionReport, AdminError> {
+        let body = RetentionRequest {
+            dry_run,
+            study_age_secs: Some(study_age.as_secs()),
+        };
         self.call(false, "/admin/retention", Some(&body), LONG)
             .await
     }
