@@ -313,6 +313,44 @@ fn getscu_gets_a_study_over_its_own_association() {
     server.stop();
 }
 
+/// Issue 12 (trial): a C-GET whose instances fit none of the requester's storage
+/// contexts (an MR study, CT Image Storage offered) fails with 0xA702 (PS3.4 C.4.3.1.4)
+/// and an Error Comment (0000,0902) saying why, not a bare status.
+#[test]
+fn a_c_get_nothing_can_be_sent_for_says_why() {
+    let archive = Archive::new("retrieve-get-why");
+    let mr = pydicom_samples()
+        .0
+        .iter()
+        .find(|p| p.file_name().is_some_and(|n| n == "MR_small.dcm"))
+        .expect("pydicom's MR_small.dcm")
+        .clone();
+    run_ok(archive.strata(&["import"]).arg(&mr));
+    let study = read_header_blocking(&mr).unwrap().study_uid;
+    let server = archive.start();
+    let out = run_ok(python("get_status.py").args([
+        "--port",
+        &server.dicom_port.to_string(),
+        "--study",
+        &study,
+    ]));
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(answer["status"], 0xA702, "{answer}");
+    assert_eq!(
+        (answer["failed"].as_u64(), answer["received"].as_u64()),
+        (Some(1), Some(0))
+    );
+    assert!(
+        answer["error_comment"]
+            .as_str()
+            .unwrap()
+            .starts_with("no accepted presentation context"),
+        "{answer}"
+    );
+    assert!(server.echo_ok());
+    server.stop();
+}
+
 /// Storage commitment with pynetdicom as SCU: stored instances are committed, an unknown
 /// UID fails with 0x0112, and an instance whose object was corrupted on disk fails with
 /// 0x0110 — the bytes are re-hashed, not just looked up.

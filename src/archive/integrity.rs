@@ -474,14 +474,21 @@ fn repair(archive: &Archive, workers: usize) -> Result<(VerifyReport, RepairRepo
         match rt.block_on(reader.read_cold(&id, &copies)) {
             Ok(bytes) => {
                 let path = archive.hot.path_of(&id);
-                if path.exists() {
-                    quarantine(&archive.data_dir, &path)?;
-                }
+                let damaged = if path.exists() {
+                    let aside = quarantine(&archive.data_dir, &path)?;
+                    format!(
+                        "the damaged file ({}: not its id) is kept at {}",
+                        p.detail,
+                        aside.display()
+                    )
+                } else {
+                    format!("before: {}", p.detail)
+                };
                 use strata_tiers::BlobStore;
                 rt.block_on(archive.hot.put(&id, bytes::Bytes::from(bytes)))?;
                 report.repaired.push(format!(
-                    "object {id} (study {}, instance {}): hot copy restored from its cold pack ({})",
-                    p.study_uid, p.sop_instance_uid, p.detail
+                    "object {id} (study {}, instance {}): hot copy restored from its cold pack, verified against its id; {damaged}",
+                    p.study_uid, p.sop_instance_uid
                 ));
             }
             Err(e) => report.unrepairable.push(format!(

@@ -72,6 +72,20 @@ impl SubOpError {
     fn stops_lane(&self) -> bool {
         matches!(self, SubOpError::Broken(_) | SubOpError::NoResponse(_))
     }
+
+    /// The reason as an Error Comment (0000,0902) can carry it (LO: 64 characters).
+    fn comment(&self) -> String {
+        match self {
+            SubOpError::Unreachable { .. } => "C-MOVE destination unreachable".into(),
+            SubOpError::Broken(_) => "association broken".into(),
+            SubOpError::NoContext { .. } => {
+                "no accepted presentation context fits the stored object".into()
+            }
+            SubOpError::Object(_) => "stored object could not be read or converted".into(),
+            SubOpError::NoResponse(_) => "receiver sent no C-STORE-RSP in time".into(),
+            SubOpError::BadResponse(_) => "receiver sent a bad C-STORE-RSP".into(),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -80,6 +94,8 @@ struct Counters {
     completed: u16,
     failed: u16,
     warning: u16,
+    /// Why the first failed sub-operation failed, for the final response's Error Comment.
+    first_failure: Option<String>,
 }
 
 impl Counters {
@@ -101,6 +117,8 @@ impl Counters {
                     status = format!("{s:#06x}"),
                     "{op} sub-operation refused"
                 );
+                self.first_failure
+                    .get_or_insert_with(|| format!("C-STORE refused with status {s:#06X}"));
                 self.failed += 1;
                 failed.push(item.sop_instance_uid.clone());
             }
@@ -108,6 +126,7 @@ impl Counters {
                 if !matches!(e, SubOpError::Unreachable { .. }) {
                     tracing::warn!(sop = item.sop_instance_uid, error = %e, "{op} sub-operation failed");
                 }
+                self.first_failure.get_or_insert_with(|| e.comment());
                 self.failed += 1;
                 failed.push(item.sop_instance_uid.clone());
             }
@@ -535,6 +554,9 @@ pub async fn run_move(
     // a lane whose association broke leaves its remaining instances unsent: failures
     for (i, done) in reported.iter().enumerate() {
         if !done {
+            counters
+                .first_failure
+                .get_or_insert_with(|| "association to the destination broke".into());
             counters.failed += 1;
             failed_uids.push(items[i].sop_instance_uid.clone());
         }
@@ -564,10 +586,11 @@ async fn final_response(
     } else {
         status::SUB_OPERATIONS_FAILED
     };
+    let comment = counters.first_failure.as_deref().unwrap_or_default();
     send_command(
         assoc,
         req.pc_id,
-        retrieve_rsp(req, status, counters, true, ""),
+        retrieve_rsp(req, status, counters, true, comment),
     )
     .await?;
     let explicit = req.transfer_syntax != "1.2.840.10008.1.2";

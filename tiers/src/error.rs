@@ -36,7 +36,7 @@ pub enum TierError {
         key: String,
         detail: String,
     },
-    #[error("object {id} is in an archive storage class; a restore was requested and is pending, try again later")]
+    #[error("pack {id} is in an archive storage class (GLACIER or DEEP_ARCHIVE); a restore was requested and is pending: try again later (S3 takes hours)")]
     PendingRestore { id: ObjectId },
     #[error("not supported: {0}")]
     Unsupported(String),

@@ -1,0 +1,61 @@
+#!/usr/bin/env python3
+"""Send a Study Root C-GET (STUDY level) offering to store only CT Image Storage (in
+explicit and implicit VR little endian, SCP role); print the final response as JSON:
+{"status": int, "error_comment": str, "completed": int, "failed": int, "received": int}.
+
+Usage: get_status.py --port P --study UID [--called-ae STRATA]
+"""
+
+import argparse
+import json
+
+from pydicom.dataset import Dataset
+from pynetdicom import AE, build_role, evt
+from pynetdicom.sop_class import CTImageStorage
+from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet as GET
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--called-ae", default="STRATA")
+    ap.add_argument("--study", required=True)
+    args = ap.parse_args()
+    received = []
+
+    def on_store(event):
+        received.append(event.request.AffectedSOPInstanceUID)
+        return 0x0000
+
+    ae = AE(ae_title="GETSTATUS")
+    ae.add_requested_context(GET)
+    ae.add_requested_context(CTImageStorage)
+    assoc = ae.associate(
+        args.host,
+        args.port,
+        ae_title=args.called_ae,
+        ext_neg=[build_role(CTImageStorage, scp_role=True)],
+        evt_handlers=[(evt.EVT_C_STORE, on_store)],
+    )
+    if not assoc.is_established:
+        raise SystemExit("association failed")
+    ds = Dataset()
+    ds.QueryRetrieveLevel = "STUDY"
+    ds.StudyInstanceUID = args.study
+    final = None
+    for status, _ in assoc.send_c_get(ds, GET, msg_id=1):
+        if status is not None and status.Status not in (0xFF00, 0xFF01):
+            final = status
+    assoc.release()
+    print(json.dumps({
+        "status": final.Status,
+        "error_comment": str(final.get("ErrorComment", "")),
+        "completed": int(final.get("NumberOfCompletedSuboperations", 0)),
+        "failed": int(final.get("NumberOfFailedSuboperations", 0)),
+        "received": len(received),
+    }))
+
+
+if __name__ == "__main__":
+    main()
