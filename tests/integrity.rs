@@ -705,6 +705,20 @@ fn holds_and_tombstones_survive_a_lost_index() {
     let mut expected = vec![a.as_str(), c.as_str()];
     expected.sort();
     assert_eq!(deleted, expected);
+    assert!(tombs
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|t| t["stored_again"] == false));
+    // `show` of a deleted study says it was deleted, by whom and why
+    let out = run(&mut archive.strata(&["show", a]));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("study deleted by")
+            && err.contains("patient request"),
+        "{err}"
+    );
     let out = run(&mut archive.strata(&["delete", b, "--reason", "cleanup"]));
     assert!(!out.status.success(), "the hold survives a lost index");
     assert!(String::from_utf8_lossy(&out.stderr).contains("legal hold"));
@@ -731,6 +745,16 @@ fn holds_and_tombstones_survive_a_lost_index() {
     assert_eq!(archive.total_instances(), 9);
     lose_the_index();
     assert_eq!(archive.total_instances(), 9, "{}", archive.ls_json());
+    let out = run_ok(&mut archive.strata(&["tombstones", "--json"]));
+    let tombs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        tombs
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t["stored_again"] == true),
+        "the tombstones stay, as history, marked: {tombs}"
+    );
     assert!(archive.verify_json().0);
 }
 

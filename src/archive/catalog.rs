@@ -59,9 +59,27 @@ impl Archive {
         Ok(holds)
     }
 
-    /// Deleted studies: what, who, why, when (blocking).
-    pub fn tombstones_blocking(&self) -> Result<Vec<crate::index::Tombstone>> {
-        Ok(self.index.tombstones()?)
+    /// Deleted studies: what, who, why, when, and whether the study was stored again
+    /// since (blocking).
+    pub fn tombstones_blocking(&self) -> Result<Vec<TombstoneView>> {
+        self.index
+            .tombstones()?
+            .into_iter()
+            .map(|tombstone| {
+                Ok(TombstoneView {
+                    stored_again: self.index.study(&tombstone.study_uid)?.is_some(),
+                    tombstone,
+                })
+            })
+            .collect()
+    }
+
+    /// The tombstone of a study UID, if it was deleted (blocking).
+    pub fn tombstone_of_blocking(&self, study_uid: &str) -> Result<Option<TombstoneView>> {
+        Ok(self
+            .tombstones_blocking()?
+            .into_iter()
+            .find(|t| t.tombstone.study_uid == study_uid))
     }
 
     fn tiers(&self) -> Tiers<'_> {
@@ -77,6 +95,15 @@ impl Archive {
 struct Tiers<'a> {
     hot: &'a HotDisk,
     cold: &'a ColdStore,
+}
+
+/// A tombstone as listed: the deletion, and whether the study lives again (stored again
+/// after it was deleted; the tombstone stays, as history).
+#[derive(Debug, Serialize)]
+pub struct TombstoneView {
+    #[serde(flatten)]
+    pub tombstone: crate::index::Tombstone,
+    pub stored_again: bool,
 }
 
 #[derive(Debug, Serialize)]

@@ -62,9 +62,20 @@ pub fn ls(config: &Config, study_uid: Option<String>, json: bool) -> Result<i32>
 
 pub fn show(config: &Config, uid: &str, json: bool) -> Result<i32> {
     let archive = Archive::read_only(config)?;
-    let shown = archive
-        .show_blocking(uid)?
-        .with_context(|| format!("no study, series or instance {uid} in the archive"))?;
+    let Some(shown) = archive.show_blocking(uid)? else {
+        let deleted = archive
+            .tombstone_of_blocking(uid)?
+            .map(|t| {
+                format!(
+                    " (study deleted by {} at {}: {}; see `strata tombstones`)",
+                    t.tombstone.who,
+                    iso(t.tombstone.deleted_at_ms),
+                    t.tombstone.why
+                )
+            })
+            .unwrap_or_default();
+        anyhow::bail!("no study, series or instance {uid} in the archive{deleted}");
+    };
     if json {
         print_json(&shown)?;
     } else {
@@ -189,16 +200,22 @@ pub fn tombstones(config: &Config, json: bool) -> Result<i32> {
     if json {
         print_json(&tombstones)?;
     } else {
-        for t in &tombstones {
+        for view in &tombstones {
+            let t = &view.tombstone;
             println!(
-                "{} (patient {}): {} objects, {} packs, deleted by {} at {}: {}",
+                "{} (patient {}): {} objects, {} packs, deleted by {} at {}: {}{}",
                 t.study_uid,
                 t.patient_id,
                 t.objects.len(),
                 t.packs.len(),
                 t.who,
                 iso(t.deleted_at_ms),
-                t.why
+                t.why,
+                if view.stored_again {
+                    " (stored again since: the study is in the archive now)"
+                } else {
+                    ""
+                }
             );
         }
     }
