@@ -108,6 +108,18 @@ fn the_audit_log_records_accesses_and_detects_tampering() {
     for action in ["store", "retrieve", "export", "tier_move"] {
         assert!(actions.contains(&action), "no {action} record: {actions:?}");
     }
+    // an export says where the files went
+    let export = records
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["action"] == "export")
+        .unwrap();
+    let outcome = export["outcome"].as_str().unwrap();
+    assert!(
+        outcome.starts_with("ok (to /") && outcome.ends_with("/x)"),
+        "{outcome}"
+    );
     let all = run_ok(&mut archive.strata(&["audit", "log", "--json"]));
     let all: serde_json::Value = serde_json::from_slice(&all.stdout).unwrap();
     let query = all

@@ -27,7 +27,7 @@ impl Archive {
         out: &Path,
     ) -> Result<ExportReport> {
         let report = export(self, studies, out);
-        self.audit_outcome(principal, "export", studies, &report);
+        self.audit_outcome(principal, "export", studies, &report, &destination(out));
         report
     }
 
@@ -40,24 +40,37 @@ impl Archive {
         out: &Path,
     ) -> Result<ManifestReport> {
         let report = manifest(self, studies, out);
-        self.audit_outcome(principal, "manifest", studies, &report);
+        self.audit_outcome(principal, "manifest", studies, &report, &destination(out));
         report
     }
 
-    /// Records an access with its outcome: `ok`, or `failed: why`.
+    /// Records an access with its outcome: `ok`, or `failed: why`, then `detail` (where
+    /// the files went, say), if any.
     pub(crate) fn audit_outcome<T>(
         &self,
         principal: &Principal,
         action: &'static str,
         uids: &[String],
         result: &Result<T>,
+        detail: &str,
     ) {
         let outcome = match result {
             Ok(_) => "ok".to_string(),
             Err(e) => format!("failed: {e}"),
         };
+        let outcome = if detail.is_empty() {
+            outcome
+        } else {
+            format!("{outcome} ({detail})")
+        };
         self.audit_blocking(principal, action, uids.to_vec(), outcome);
     }
+}
+
+/// Where files were written, for the audit record: `to <absolute path>`.
+fn destination(out: &Path) -> String {
+    let absolute = std::path::absolute(out).unwrap_or(out.to_path_buf());
+    format!("to {}", absolute.display())
 }
 
 #[derive(Debug, Default, Serialize)]

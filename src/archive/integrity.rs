@@ -39,13 +39,25 @@ impl Archive {
         scope: VerifyScope,
     ) -> Result<VerifyReport> {
         let report = verify(self, workers, scope);
+        let checked = match scope {
+            VerifyScope::Hot => "hot tier only",
+            VerifyScope::Cold => "cold tier only",
+            VerifyScope::All => "hot and cold tiers",
+        };
         let outcome = match &report {
-            Ok(r) if r.is_clean() => "clean".to_string(),
+            Ok(r) if r.is_clean() => format!(
+                "clean ({checked}: {} objects, {} packs)",
+                r.objects_checked, r.packs_checked
+            ),
             Ok(r) => format!(
-                "{} missing, {} corrupt, {} bad packs",
+                "{} missing, {} corrupt, {} bad packs{} ({checked})",
                 r.missing.len(),
                 r.corrupt.len(),
-                r.bad_packs.len()
+                r.bad_packs.len(),
+                r.cold_not_checked
+                    .as_ref()
+                    .map(|why| format!("; cold tier not checked: {why}"))
+                    .unwrap_or_default()
             ),
             Err(e) => format!("failed: {e}"),
         };

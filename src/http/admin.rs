@@ -236,7 +236,7 @@ async fn repair(
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
     /// The server could not be reached or did not answer in time.
-    #[error("the server's admin API at {url} did not answer: {detail}")]
+    #[error("the server's admin API at {url} did not answer: {detail} (a `strata serve` holds this archive: check that this configuration's [http] port is the server's)")]
     Unreachable { url: String, detail: String },
     /// The server answered with a failure status (`status`, RFC 9110); `message` says
     /// why, as the use case put it.
