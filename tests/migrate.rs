@@ -445,10 +445,13 @@ fn deleted_source_instances_are_reported_and_unknown_destinations_fail_fast() {
 ///   `report` do not say complete;
 /// - `timeout.py`: pending C-MOVE responses are optional (PS3.4 C.4.2.3.1): a timed-out
 ///   study is reported as a timeout, never as instances that left the source, and
-///   verifies with a longer timeout.
+///   verifies with a longer timeout;
+/// - `trailing_uid.py`: a source storing a Study Instance UID with a trailing space and
+///   matching byte-exactly gets it back exactly so (PS3.5 §6.2), and the study migrates
+///   whole; a study the source lists but gives no instance of is never signed off.
 #[test]
 fn the_migration_report_claims_only_what_it_knows() {
-    for scenario in ["counts", "patient_root", "timeout"] {
+    for scenario in ["counts", "patient_root", "timeout", "trailing_uid"] {
         let archive = Archive::new(&format!("migrate-honesty-{scenario}"));
         let server = archive.start();
         let out = run(std::process::Command::new("python3")

@@ -84,6 +84,11 @@ pub struct Study {
     /// NumberOfStudyRelatedInstances as the source answered at verification, if it did.
     #[serde(default)]
     pub source_count: Option<u32>,
+    /// The Study Instance UID exactly as the source answered it, when that differs from
+    /// `study_uid` (a trailing space the source stores and matches byte-exactly):
+    /// requests to the source use it; the archive knows the study by `study_uid`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_uid: Option<String>,
 }
 
 impl Study {
@@ -108,7 +113,13 @@ impl Study {
             updated_ms: 0,
             source_listed: false,
             source_count: None,
+            source_uid: None,
         }
+    }
+
+    /// The Study Instance UID to send to the source (see `source_uid`).
+    pub fn uid_at_source(&self) -> &str {
+        self.source_uid.as_deref().unwrap_or(&self.study_uid)
     }
 }
 

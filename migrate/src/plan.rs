@@ -192,11 +192,15 @@ async fn find_window(
     let mut found = Vec::new();
     let status = scu
         .find(&identifier, &mut |m| {
-            let uid = scu::text(&m, tags::STUDY_INSTANCE_UID);
+            let raw = scu::raw_text(&m, tags::STUDY_INSTANCE_UID);
+            let uid = raw.trim().to_string();
             if uid.is_empty() {
                 return;
             }
-            let mut s = Study::planned(uid);
+            let mut s = Study::planned(uid.clone());
+            if raw != uid {
+                s.source_uid = Some(raw);
+            }
             s.patient_id = scu::text(&m, tags::PATIENT_ID);
             s.patient_name = scu::text(&m, tags::PATIENT_NAME);
             s.study_date = scu::text(&m, tags::STUDY_DATE);

@@ -252,7 +252,7 @@ async fn migrate_study(shared: &Arc<Shared>, mut study: Study) -> Result<State> 
 
     let identifier = scu::identifier(&[
         (tags::QUERY_RETRIEVE_LEVEL, VR::CS, "STUDY"),
-        (tags::STUDY_INSTANCE_UID, VR::UI, &study.study_uid),
+        (tags::STUDY_INSTANCE_UID, VR::UI, study.uid_at_source()),
     ]);
     let moved = match move_with_retries(shared, &identifier).await {
         Ok(outcome) => outcome,
@@ -535,8 +535,9 @@ async fn list_once(
     ]);
     let status = scu
         .find(&identifier, &mut |m| {
-            let uid = scu::text(&m, tags::SERIES_INSTANCE_UID);
-            if !uid.is_empty() {
+            // sent back as the peer gave it (a trailing space it stores, say)
+            let uid = scu::raw_text(&m, tags::SERIES_INSTANCE_UID);
+            if !uid.trim().is_empty() {
                 series.push(uid);
             }
         })
@@ -598,10 +599,10 @@ async fn count_once(
 /// source does not count more instances than it lists (what it counts but will not list
 /// or send cannot be compared, so it is never signed off).
 async fn verify(shared: &Shared, study: &mut Study) -> Result<State> {
-    let source = list_instances(shared, &shared.source, &study.study_uid).await?;
+    let source = list_instances(shared, &shared.source, study.uid_at_source()).await?;
     study.source_listed = true;
     study.source_count = retrying(shared, "C-FIND (study count)", false, || {
-        count_once(&shared.opts, &shared.source, &study.study_uid)
+        count_once(&shared.opts, &shared.source, study.uid_at_source())
     })
     .await
     .ok()
@@ -619,6 +620,15 @@ async fn verify(shared: &Shared, study: &mut Study) -> Result<State> {
         .difference(&in_source)
         .map(|s| s.to_string())
         .collect();
+    if source.is_empty() {
+        // the source listed the study at STUDY level: a study is its instances
+        study.last_error = Some(
+            "the source lists this study but none of its instances (SERIES/IMAGE-level \
+             C-FIND found none): nothing could be compared, so the study is not signed off"
+                .into(),
+        );
+        return Ok(State::Failed);
+    }
     if let Some(counted) = study.source_count.filter(|c| *c as usize > source.len()) {
         study.last_error = Some(format!(
             "the source counts {counted} instances for this study (NumberOfStudyRelatedInstances) \
@@ -638,7 +648,7 @@ async fn verify(shared: &Shared, study: &mut Study) -> Result<State> {
 
 /// Moves the missing instances again, one IMAGE-level C-MOVE per series.
 async fn remove_missing(shared: &Arc<Shared>, study: &Study) -> Result<()> {
-    let source = list_instances(shared, &shared.source, &study.study_uid).await?;
+    let source = list_instances(shared, &shared.source, study.uid_at_source()).await?;
     let mut by_series: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     for sop in &study.missing {
         if let Some(series) = source.get(sop) {
@@ -649,7 +659,7 @@ async fn remove_missing(shared: &Arc<Shared>, study: &Study) -> Result<()> {
         let list = sops.join("\\");
         let identifier = scu::identifier(&[
             (tags::QUERY_RETRIEVE_LEVEL, VR::CS, "IMAGE"),
-            (tags::STUDY_INSTANCE_UID, VR::UI, &study.study_uid),
+            (tags::STUDY_INSTANCE_UID, VR::UI, study.uid_at_source()),
             (tags::SERIES_INSTANCE_UID, VR::UI, series),
             (tags::SOP_INSTANCE_UID, VR::UI, &list),
         ]);

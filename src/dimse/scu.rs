@@ -412,6 +412,20 @@ pub fn identifier(keys: &[(Tag, VR, &str)]) -> InMemDicomObject {
     obj
 }
 
+/// A text attribute as the peer sent it, only its NUL padding removed; empty when
+/// absent. A UID some archive stores with a trailing space (PS3.5 §6.2 pads UI with NUL,
+/// but such values exist) must be sent back exactly so for a byte-exact match there.
+pub fn raw_text(obj: &InMemDicomObject, tag: Tag) -> String {
+    obj.element(tag)
+        .ok()
+        .and_then(|e| {
+            e.to_raw_str()
+                .ok()
+                .map(|s| s.trim_end_matches('\0').to_string())
+        })
+        .unwrap_or_default()
+}
+
 /// A text attribute of a response identifier, trimmed; empty when absent.
 pub fn text(obj: &InMemDicomObject, tag: Tag) -> String {
     obj.element(tag)
