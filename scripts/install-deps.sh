@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Installs what building Strata needs on Debian 12: the system RocksDB (linked instead of
-# compiling its C++) and libclang (for the bindings). Idempotent; needs root.
+# compiling its C++), libclang (for the bindings), and cmake and a C++ compiler (CharLS,
+# the JPEG-LS codec dicom-rs uses, is built from source and linked statically).
+# Idempotent; needs root.
 set -euo pipefail
 need=()
-for pkg in librocksdb-dev libclang-dev pkg-config; do
+for pkg in librocksdb-dev libclang-dev pkg-config cmake g++; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

@@ -114,16 +114,7 @@ fn movescu_moves_studies_and_images_to_a_configured_destination() {
     // one image
     std::fs::remove_dir_all(&recv).unwrap();
     std::fs::create_dir_all(&recv).unwrap();
-    let text = movescu(
-        server.dicom_port,
-        "DEST",
-        &[
-            "QueryRetrieveLevel=IMAGE",
-            &format!("StudyInstanceUID={}", attrs.study_uid),
-            &format!("SeriesInstanceUID={}", attrs.series_uid),
-            &format!("SOPInstanceUID={}", attrs.sop_instance_uid),
-        ],
-    );
+    let text = move_image(server.dicom_port, &attrs);
     assert!(text.contains("Final Move Response (Success)"), "{text}");
     assert_eq!(
         received_sops(&recv),
@@ -265,17 +256,7 @@ fn getscu_gets_a_study_over_its_own_association() {
     let attrs = read_header_blocking(&ct[0]).unwrap();
     let out_dir = archive.dir.path().join("got");
     std::fs::create_dir_all(&out_dir).unwrap();
-    let out = run(dcmtk("getscu")
-        .args(["-v", "-S", "-aec", "STRATA", "-od"])
-        .arg(&out_dir)
-        .args([
-            "-k",
-            "QueryRetrieveLevel=STUDY",
-            "-k",
-            &format!("StudyInstanceUID={}", attrs.study_uid),
-        ])
-        .arg("127.0.0.1")
-        .arg(server.dicom_port.to_string()));
+    let out = get_study(server.dicom_port, &attrs.study_uid, &out_dir);
     let text =
         String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -484,5 +465,134 @@ fn move_converts_native_syntaxes_for_a_destination_that_needs_it() {
         .map(|p| read_header_blocking(p).unwrap().sop_instance_uid)
         .collect();
     assert_eq!(received_sops(&recv), sent);
+    server.stop();
+}
+
+/// getscu of a study (STUDY level, getscu's default proposals) into `dir`.
+fn get_study(port: u16, study_uid: &str, dir: &Path) -> std::process::Output {
+    run(dcmtk("getscu")
+        .args(["-v", "-S", "-aec", "STRATA", "-od"])
+        .arg(dir)
+        .args([
+            "-k",
+            "QueryRetrieveLevel=STUDY",
+            "-k",
+            &format!("StudyInstanceUID={study_uid}"),
+        ])
+        .arg("127.0.0.1")
+        .arg(port.to_string()))
+}
+
+/// movescu of one instance (IMAGE level) to DEST; its output.
+fn move_image(port: u16, attrs: &strata::dicom::header::InstanceAttrs) -> String {
+    movescu(
+        port,
+        "DEST",
+        &[
+            "QueryRetrieveLevel=IMAGE",
+            &format!("StudyInstanceUID={}", attrs.study_uid),
+            &format!("SeriesInstanceUID={}", attrs.series_uid),
+            &format!("SOPInstanceUID={}", attrs.sop_instance_uid),
+        ],
+    )
+}
+
+/// The pixel data of a Part-10 file as bytes (dicom-object), and its transfer syntax.
+fn pixels_of(path: &Path) -> (String, Vec<u8>) {
+    let obj = dicom_object::open_file(path).unwrap();
+    let ts = obj
+        .meta()
+        .transfer_syntax()
+        .trim_end_matches('\0')
+        .to_string();
+    let pixels = obj
+        .element(dicom_dictionary_std::tags::PIXEL_DATA)
+        .unwrap()
+        .to_bytes()
+        .unwrap()
+        .into_owned();
+    (ts, pixels)
+}
+
+/// Issue 12 item 5: a destination that accepts only uncompressed syntaxes (storescp's
+/// default, getscu's default) gets RLE, JPEG-LS, JPEG 2000 and JPEG objects decompressed
+/// by the registry's codecs (dicom-rs), instead of a failed sub-operation. The lossless
+/// ones come out bit-identical to the uncompressed original (pydicom's MR_small.dcm and
+/// its lossless encodings of the same image); the lossy JPEG comes out native, RGB, with
+/// every pixel.
+#[test]
+fn compressed_objects_are_decompressed_for_a_destination_that_takes_only_native() {
+    let dest_port = free_port();
+    let archive = Archive::with_config(
+        "retrieve-decompress",
+        &format!(
+            "\n[[dicom.peers]]\nae_title = \"DEST\"\nhost = \"127.0.0.1\"\nport = {dest_port}\n"
+        ),
+    );
+    let sample = |name: &str| -> PathBuf {
+        pydicom_samples()
+            .0
+            .iter()
+            .chain(pydicom_samples().1.iter())
+            .find(|p| p.file_name().is_some_and(|n| n == name))
+            .unwrap_or_else(|| panic!("pydicom's {name}"))
+            .clone()
+    };
+    let (_, original) = pixels_of(&sample("MR_small.dcm"));
+    let server = archive.start();
+    let native = [EXPLICIT_VR_LE, IMPLICIT_VR_LE];
+    for (n, name) in [
+        "MR_small_RLE.dcm",
+        "MR_small_jpeg_ls_lossless.dcm",
+        "MR_small_jp2klossless.dcm",
+        "SC_rgb_jpeg_dcmtk.dcm",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let file = sample(name);
+        // each becomes the served version of its instance (the MR ones share one UID)
+        crate::store::storescu_send(server.dicom_port, std::slice::from_ref(&file));
+        let attrs = read_header_blocking(&file).unwrap();
+        let recv = archive.dir.path().join(format!("received-{n}"));
+        let scp = Storescp::start_with(dest_port, &recv, "+xe");
+        let text = move_image(server.dicom_port, &attrs);
+        drop(scp);
+        assert!(
+            text.contains("Final Move Response (Success)"),
+            "{name}: {text}"
+        );
+        let files = walk(&recv);
+        assert_eq!(files.len(), 1, "{name}");
+        let (ts, pixels) = pixels_of(&files[0]);
+        assert!(native.contains(&ts.as_str()), "{name} arrived in {ts}");
+        if name.starts_with("MR_small") {
+            assert!(
+                pixels == original,
+                "{name}: decoded pixels differ from the original"
+            );
+        } else {
+            assert_eq!(pixels.len(), 100 * 100 * 3, "{name}");
+            let obj = dicom_object::open_file(&files[0]).unwrap();
+            let photometric = obj
+                .element(dicom_dictionary_std::tags::PHOTOMETRIC_INTERPRETATION)
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .to_string();
+            assert_eq!(photometric, "RGB", "{name}");
+        }
+    }
+    // C-GET with getscu's default proposals (uncompressed only): the JPEG 2000 version is
+    // served now, and comes back decompressed
+    let attrs = read_header_blocking(&sample("MR_small.dcm")).unwrap();
+    let got = archive.dir.path().join("got");
+    std::fs::create_dir_all(&got).unwrap();
+    let out = get_study(server.dicom_port, &attrs.study_uid, &got);
+    let files = walk(&got);
+    assert_eq!(files.len(), 1, "{}", String::from_utf8_lossy(&out.stderr));
+    let (ts, pixels) = pixels_of(&files[0]);
+    assert!(native.contains(&ts.as_str()), "C-GET answered in {ts}");
+    assert!(pixels == original);
     server.stop();
 }

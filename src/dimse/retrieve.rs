@@ -48,11 +48,17 @@ enum SubOpError {
     Broken(#[from] AssocError),
     /// No accepted presentation context fits the object.
     #[error(
-        "no accepted context for {sop_class} in {transfer_syntax} or a native syntax to convert to"
+        "the receiver accepted no presentation context for {sop_class} in {transfer_syntax}{}",
+        if *convertible {
+            " nor in a native syntax it could be converted to"
+        } else {
+            " (objects in this syntax are sent only as stored: Strata has no decoder for it)"
+        }
     )]
     NoContext {
         sop_class: String,
         transfer_syntax: String,
+        convertible: bool,
     },
     /// The object could not be read or converted.
     #[error("{0}")]
@@ -262,6 +268,7 @@ async fn send_item<A: AsyncAssociation<tokio::net::TcpStream> + Send>(
     let (pc_id, _, target) = context_for(accepted, item).ok_or_else(|| SubOpError::NoContext {
         sop_class: item.sop_class_uid.clone(),
         transfer_syntax: item.transfer_syntax_uid.clone(),
+        convertible: convertible_to_native(&item.transfer_syntax_uid),
     })?;
     let dataset = dataset_for(reader, item, target).await?;
     store_one(
@@ -335,11 +342,24 @@ const NATIVE: [&str; 3] = [
     "1.2.840.10008.1.2.2",
 ];
 
+/// Whether objects stored in `uid` can be sent in a native syntax: native already, or
+/// encapsulated in a syntax whose pixel data the registry's codecs decode (dicom-rs
+/// `dicom-transfer-syntax-registry`: JPEG baseline/extended/lossless, JPEG-LS, JPEG 2000,
+/// RLE). Video (MPEG, HEVC) and other syntaxes are sent only as stored.
+fn convertible_to_native(uid: &str) -> bool {
+    use dicom_encoding::transfer_syntax::TransferSyntaxIndex;
+    NATIVE.contains(&uid)
+        || dicom_transfer_syntax_registry::TransferSyntaxRegistry
+            .get(uid)
+            .is_some_and(|ts| ts.is_encapsulated_pixel_data() && ts.can_decode_all())
+}
+
 /// The transfer syntaxes to propose for objects stored in `stored`: that one first, and
-/// for a native syntax the other native ones too (we convert among those).
+/// the native ones when it is native or decodable (we convert to those, PS3.4 C.4.2.3:
+/// a C-MOVE SCP may send in any syntax the destination accepts).
 fn proposals(stored: &str) -> Vec<String> {
     let mut out = vec![stored.to_string()];
-    if NATIVE.contains(&stored) {
+    if convertible_to_native(stored) {
         out.extend(
             NATIVE
                 .iter()
@@ -351,7 +371,9 @@ fn proposals(stored: &str) -> Vec<String> {
 }
 
 /// Returns a stored object's data set in `target` syntax: verbatim when it is the
-/// stored one, re-encoded when both are native, else an error.
+/// stored one, re-encoded when both are native, decompressed (dicom-pixeldata's
+/// `Transcode`, with the registry's codecs) when the stored syntax is encapsulated and
+/// decodable and the target native; else an error saying why.
 fn dataset_for_blocking(
     bytes: Vec<u8>,
     item: &RetrieveItem,
@@ -362,11 +384,15 @@ fn dataset_for_blocking(
     if target == item.transfer_syntax_uid {
         return Ok(dataset.to_vec());
     }
-    if !(NATIVE.contains(&target) && NATIVE.contains(&item.transfer_syntax_uid.as_str())) {
+    if !(NATIVE.contains(&target) && convertible_to_native(&item.transfer_syntax_uid)) {
         return Err(format!(
-            "cannot convert {} to {target} (only native syntaxes are converted)",
+            "cannot convert {} to {target}: only native syntaxes, and JPEG, JPEG-LS, JPEG 2000 \
+             and RLE to native ones, are converted",
             item.transfer_syntax_uid
         ));
+    }
+    if !NATIVE.contains(&item.transfer_syntax_uid.as_str()) {
+        return decompress_blocking(&bytes, &item.transfer_syntax_uid, target);
     }
     use dicom_encoding::transfer_syntax::TransferSyntaxIndex;
     let registry = dicom_transfer_syntax_registry::TransferSyntaxRegistry;
@@ -377,6 +403,26 @@ fn dataset_for_blocking(
     let obj = dicom_object::InMemDicomObject::read_dataset_with_ts(dataset, from)
         .map_err(|e| e.to_string())?;
     let mut out = Vec::with_capacity(dataset.len());
+    obj.write_dataset_with_ts(&mut out, to)
+        .map_err(|e| e.to_string())?;
+    Ok(out)
+}
+
+/// An encapsulated object's data set decoded to the native syntax `target`, with
+/// dicom-pixeldata's `Transcode` (which also sets PhotometricInterpretation and the pixel
+/// attributes to what the decoder produced). Holds the object and its decoded pixels in
+/// memory: compressed objects only, where the receiver cannot take them as stored.
+fn decompress_blocking(part10: &[u8], stored: &str, target: &str) -> Result<Vec<u8>, String> {
+    use dicom_encoding::transfer_syntax::TransferSyntaxIndex;
+    use dicom_pixeldata::Transcode;
+    let registry = dicom_transfer_syntax_registry::TransferSyntaxRegistry;
+    let to = registry.get(target).ok_or("unknown target syntax")?;
+    let mut obj = dicom_object::OpenFileOptions::new()
+        .from_reader(&part10[128..])
+        .map_err(|e| format!("cannot parse the stored object: {e}"))?;
+    obj.transcode(to)
+        .map_err(|e| format!("cannot decompress {stored} to {target}: {e}"))?;
+    let mut out = Vec::with_capacity(part10.len() * 2);
     obj.write_dataset_with_ts(&mut out, to)
         .map_err(|e| e.to_string())?;
     Ok(out)
@@ -426,8 +472,7 @@ fn context_for<'a>(
     same_class()
         .find(|(_, _, t)| *t == item.transfer_syntax_uid)
         .or_else(|| {
-            NATIVE
-                .contains(&item.transfer_syntax_uid.as_str())
+            convertible_to_native(&item.transfer_syntax_uid)
                 .then(|| same_class().find(|(_, _, t)| NATIVE.contains(&t.as_str())))
                 .flatten()
         })
