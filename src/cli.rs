@@ -57,7 +57,10 @@ pub enum AuditCommand {
         json: bool,
     },
     /// Copy the current chain head to the cold tier now.
-    Anchor,
+    Anchor {
+        #[arg(long)]
+        json: bool,
+    },
     /// Write the records for a SIEM: `--format dicom` gives one DICOM PS3.15 audit
     /// message (IHE ATNA XML) per line.
     Export {
@@ -126,6 +129,8 @@ pub enum Command {
         all: bool,
         #[arg(long)]
         out: PathBuf,
+        #[arg(long)]
+        json: bool,
     },
     /// Write studies as a BagIt bag for auditors: the export under DIR/data plus sha256
     /// and blake3 manifests, a tag manifest and a summary.
@@ -136,6 +141,8 @@ pub enum Command {
         all: bool,
         #[arg(long)]
         out: PathBuf,
+        #[arg(long)]
+        json: bool,
     },
     /// Re-hash every object and check index and objects against each other.
     Verify {
@@ -157,6 +164,8 @@ pub enum Command {
         /// Why: kept in the tombstone and the audit log.
         #[arg(long)]
         reason: String,
+        #[arg(long)]
+        json: bool,
     },
     /// Place a legal hold on a study for a matter (or with --release lift one), through
     /// the running server, or directly when none runs. A study may be under several
@@ -173,6 +182,8 @@ pub enum Command {
         /// stand.
         #[arg(long = "hold", requires = "release")]
         matter: Option<String>,
+        #[arg(long)]
+        json: bool,
     },
     /// Apply the [retention] rule: delete the studies it selects, except those under a
     /// legal hold (through the running server, or directly when none runs).
@@ -180,6 +191,8 @@ pub enum Command {
         /// Only list what would be deleted.
         #[arg(long)]
         dry_run: bool,
+        #[arg(long)]
+        json: bool,
     },
     /// Studies under a legal hold: who placed it, when, why.
     Holds {
@@ -208,6 +221,8 @@ pub enum Command {
         /// Swap the rebuilt index in even then (what it lacks is forgotten).
         #[arg(long)]
         force: bool,
+        #[arg(long)]
+        json: bool,
     },
     /// Print the effective configuration, with every default.
     Config,
@@ -246,25 +261,39 @@ pub fn run(cli: Cli) -> Result<i32> {
             study_uids,
             all,
             out,
-        } => export::export(&config, study_uids, all, &out),
+            json,
+        } => export::export(&config, study_uids, all, &out, json),
         Command::Manifest {
             study_uids,
             all,
             out,
-        } => export::manifest(&config, study_uids, all, &out),
+            json,
+        } => export::manifest(&config, study_uids, all, &out, json),
         Command::Verify {
             json, repair: true, ..
         } => integrity::repair(&config, json),
         Command::Verify { json, tier, .. } => integrity::verify(&config, json, tier),
-        Command::Reindex { force } => integrity::reindex(&config, force),
-        Command::Delete { study_uid, reason } => governance::delete(&config, &study_uid, &reason),
+        Command::Reindex { force, json } => integrity::reindex(&config, force, json),
+        Command::Delete {
+            study_uid,
+            reason,
+            json,
+        } => governance::delete(&config, &study_uid, &reason, json),
         Command::Hold {
             study_uid,
             reason,
             release,
             matter,
-        } => governance::hold(&config, &study_uid, &reason, release, matter.as_deref()),
-        Command::Retention { dry_run } => governance::retention(&config, dry_run),
+            json,
+        } => governance::hold(
+            &config,
+            &study_uid,
+            &reason,
+            release,
+            matter.as_deref(),
+            json,
+        ),
+        Command::Retention { dry_run, json } => governance::retention(&config, dry_run, json),
         Command::Tier { command } => tier::tier(&config, command),
         Command::Audit { command } => audit::audit(&config, command),
     }

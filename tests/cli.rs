@@ -286,3 +286,67 @@ fn audit_commands_without_an_archive_say_so_and_create_nothing() {
         );
     }
 }
+
+/// Issue 12: every listing, status and action command speaks JSON with `--json` (and
+/// text without it), with times as ms since the epoch in JSON and ISO 8601 in text.
+#[test]
+fn every_command_speaks_json_when_asked() {
+    let archive = Archive::with_config("cli-json", "[retention]\nstudy_age = \"365days\"\n");
+    let ct: Vec<std::path::PathBuf> = dcm_files(ct_study()).into_iter().take(3).collect();
+    run_ok(archive.strata(&["import"]).args(&ct));
+    let study = archive.ls_json()[0]["study_uid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let out_dir = archive.dir.path().join("out");
+    let bag = archive.dir.path().join("bag");
+    let json = |args: &[&str]| -> serde_json::Value {
+        let out = run(&mut archive.strata(args));
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "{args:?} printed no JSON ({e}): {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+    };
+    assert_eq!(
+        json(&[
+            "export",
+            &study,
+            "--out",
+            out_dir.to_str().unwrap(),
+            "--json"
+        ])["files"],
+        3
+    );
+    assert_eq!(
+        json(&["manifest", &study, "--out", bag.to_str().unwrap(), "--json"])["files"],
+        3
+    );
+    let held = json(&["hold", &study, "--reason", "matter 9", "--json"]);
+    assert_eq!(held["hold"]["why"], "matter 9");
+    assert!(held["hold"]["since_ms"].as_u64().is_some());
+    for args in [
+        &["ls", "--json"][..],
+        &["show", &study, "--json"],
+        &["holds", "--json"],
+        &["tombstones", "--json"],
+        &["tier", "status", "--json"],
+        &["tier", "run", "--json"],
+        &["verify", "--json"],
+        &["audit", "verify", "--json"],
+        &["audit", "log", "--json"],
+        &["audit", "anchor", "--json"],
+        &["retention", "--dry-run", "--json"],
+        &["reindex", "--json"],
+    ] {
+        json(args);
+    }
+    let released = json(&["hold", &study, "--release", "--reason", "closed", "--json"]);
+    assert_eq!(released["released"], true);
+    assert_eq!(
+        json(&["delete", &study, "--reason", "test", "--json"])["objects"],
+        3
+    );
+}

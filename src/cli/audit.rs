@@ -111,17 +111,21 @@ pub fn audit(config: &Config, command: AuditCommand) -> Result<i32> {
             }
             Ok(0)
         }
-        AuditCommand::Anchor => {
+        AuditCommand::Anchor { json } => {
             let cold = anchor_store(config)?;
             let log = strata::audit::AuditLog::open(&config.archive.data_dir)?;
-            match runtime()?
+            let anchored = runtime()?
                 .block_on(strata::audit::anchor(
                     &log,
                     &cold,
                     config.audit.anchor_lock_days,
                 ))
-                .map_err(|e| anyhow::anyhow!(e))?
-            {
+                .map_err(|e| anyhow::anyhow!(e))?;
+            if json {
+                print_json(&anchored)?;
+                return Ok(0);
+            }
+            match anchored {
                 Some(a) => println!(
                     "anchored record {} ({}) in {}",
                     a.seq,

@@ -2,12 +2,13 @@
 //! admin API when a server holds the archive (no downtime), else on the archive opened
 //! exclusively. Either way the same use case runs and audits the command-line user.
 
+use super::print::print_json;
 use super::{admin_client, runtime, server_running, with_exclusive};
 use anyhow::Result;
 use strata::archive::{Archive, Principal};
 use strata::config::Config;
 
-pub fn delete(config: &Config, study_uid: &str, reason: &str) -> Result<i32> {
+pub fn delete(config: &Config, study_uid: &str, reason: &str, json: bool) -> Result<i32> {
     let report = if server_running(config) {
         runtime()?.block_on(admin_client(config)?.delete(study_uid, reason))?
     } else {
@@ -15,6 +16,10 @@ pub fn delete(config: &Config, study_uid: &str, reason: &str) -> Result<i32> {
             Ok(rt.block_on(archive.delete_study(&Principal::cli_user(), study_uid, reason))?)
         })?
     };
+    if json {
+        print_json(&report)?;
+        return Ok(0);
+    }
     println!(
         "deleted study {}: {} objects, {} hot files, {} packs; tombstone kept",
         report.study_uid, report.objects, report.hot_files_deleted, report.packs_deleted
@@ -28,6 +33,7 @@ pub fn hold(
     reason: &str,
     release: bool,
     matter: Option<&str>,
+    json: bool,
 ) -> Result<i32> {
     let hold = if server_running(config) {
         runtime()?.block_on(admin_client(config)?.hold(study_uid, reason, release, matter))?
@@ -44,7 +50,13 @@ pub fn hold(
             Ok(hold)
         })?
     };
-    if release {
+    if json {
+        print_json(&serde_json::json!({
+            "study_uid": study_uid,
+            "released": release,
+            "hold": hold,
+        }))?;
+    } else if release {
         println!(
             "legal hold {:?} (placed by {} at {}) lifted from study {study_uid}: {reason}",
             hold.why,
@@ -57,7 +69,7 @@ pub fn hold(
     Ok(0)
 }
 
-pub fn retention(config: &Config, dry_run: bool) -> Result<i32> {
+pub fn retention(config: &Config, dry_run: bool, json: bool) -> Result<i32> {
     if config.retention.study_age.is_zero() {
         anyhow::bail!("[retention] study_age is 0s: retention is off");
     }
@@ -81,6 +93,10 @@ pub fn retention(config: &Config, dry_run: bool) -> Result<i32> {
             ))?)
         })?
     };
+    if json {
+        print_json(&report)?;
+        return Ok(0);
+    }
     for (uid, date) in &report.due {
         let what = if report.held.contains(uid) {
             "kept (legal hold)"

@@ -123,10 +123,20 @@ pub fn repair(config: &Config, json: bool) -> Result<i32> {
     Ok(if report.unrepairable.is_empty() { 0 } else { 1 })
 }
 
-pub fn reindex(config: &Config, force: bool) -> Result<i32> {
+pub fn reindex(config: &Config, force: bool, json: bool) -> Result<i32> {
     let bar = progress_bar(0, "reindexing");
     let report = strata::storage::reindex::reindex(config, &bar, force)?;
     bar.finish_and_clear();
+    let code = if report.swapped && report.quarantined.is_empty() && report.packs_skipped.is_empty()
+    {
+        0
+    } else {
+        1
+    };
+    if json {
+        print_json(&report)?;
+        return Ok(code);
+    }
     println!(
         "reindexed {} of {} hot objects and {} cold packs ({} objects only in cold) into {} studies; {} quarantined, {} packs skipped",
         report.indexed,
@@ -159,11 +169,5 @@ pub fn reindex(config: &Config, force: bool) -> Result<i32> {
             report.packs_skipped.len()
         );
     }
-    Ok(
-        if report.swapped && report.quarantined.is_empty() && report.packs_skipped.is_empty() {
-            0
-        } else {
-            1
-        },
-    )
+    Ok(code)
 }
