@@ -4,6 +4,7 @@ mod common;
 
 mod bad_input;
 mod cli;
+mod cold_faults;
 mod crash;
 mod find;
 mod full_disk;

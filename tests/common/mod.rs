@@ -68,6 +68,16 @@ pub fn run_ok(cmd: &mut Command) -> Output {
     out
 }
 
+/// Waits (up to 10 s) until something listens on `port` on loopback.
+pub fn wait_for_port(port: u16) {
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()

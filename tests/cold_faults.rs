@@ -1,0 +1,236 @@
+//! Cold-tier faults reproduced against an S3-compatible server (moto) with a
+//! fault-injecting proxy in front (`tests/peers/s3_fault_proxy.py`), as public reports of
+//! other systems describe them (issue 12, item 3). Each checks that the fault costs no
+//! data and no truth: nothing lands in the wrong bucket, `reindex` does not drop what it
+//! could not list, an upload cut before its completion is found and aborted.
+
+use crate::common::*;
+use std::path::PathBuf;
+use std::process::{Child, Command};
+
+/// The fault proxy in front of a moto server, stopped (by pid) on drop.
+struct FaultProxy {
+    child: Child,
+    port: u16,
+    control: PathBuf,
+    log: PathBuf,
+}
+
+impl FaultProxy {
+    fn start(dir: &std::path::Path, upstream: u16) -> Self {
+        let port = free_port();
+        let (control, log) = (dir.join("proxy.json"), dir.join("proxy.log"));
+        std::fs::write(&control, "{}").unwrap();
+        let child = Command::new("python3")
+            .arg(peer_script("s3_fault_proxy.py"))
+            .args([
+                "--listen",
+                &port.to_string(),
+                "--upstream",
+                &upstream.to_string(),
+            ])
+            .arg("--control")
+            .arg(&control)
+            .arg("--log")
+            .arg(&log)
+            .spawn()
+            .unwrap();
+        wait_for_port(port);
+        FaultProxy {
+            child,
+            port,
+            control,
+            log,
+        }
+    }
+
+    /// Switches faults (the control file is re-read on every request).
+    fn set(&self, faults: serde_json::Value) {
+        let tmp = self.control.with_extension("tmp");
+        std::fs::write(&tmp, faults.to_string()).unwrap();
+        std::fs::rename(&tmp, &self.control).unwrap();
+    }
+
+    fn requests(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// A `[cold]` section for `bucket` reached through the proxy, path style.
+    fn cold_section(&self, bucket: &str, extra: &str) -> String {
+        format!(
+            "[cold]\nurl = \"s3://{bucket}/strata\"\nendpoint = \"http://127.0.0.1:{}\"\nallow_http = true\nrequest_timeout = \"5s\"\n{extra}\n",
+            self.port
+        )
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Keys under `bucket` on moto, listed by an independent client (boto3).
+fn keys(moto: &Moto, bucket: &str) -> Vec<String> {
+    let script = format!(
+        "import boto3, json\nc = boto3.client('s3', endpoint_url='http://127.0.0.1:{}', aws_access_key_id='testing', aws_secret_access_key='testing', region_name='us-east-1')\nprint(json.dumps([o['Key'] for o in c.list_objects_v2(Bucket='{bucket}').get('Contents', [])]))",
+        moto.port
+    );
+    let out = run_ok(Command::new("python3").args(["-c", &script]));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn only_study(archive: &Archive) -> String {
+    archive.ls_json()[0]["study_uid"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// `path_style = false` with a custom endpoint and `url = "s3://strata-cold/site1"`:
+/// requests name the bucket in the Host (`strata-cold.<endpoint>`), the packs land in
+/// the configured bucket under the prefix, and nothing in a bucket named like the prefix
+/// (they once went to `endpoint/site1/…`). The proxy serves `*.s3.example.test` as a
+/// virtual-hosted S3 would; Strata reaches it through HTTP_PROXY, without DNS.
+#[test]
+fn virtual_hosted_requests_address_the_configured_bucket() {
+    let moto = Moto::start();
+    moto.create_bucket("strata-cold");
+    moto.create_bucket("site1");
+    let dir = scratch("faults-vhost");
+    let proxy = FaultProxy::start(dir.path(), moto.port);
+    proxy.set(serde_json::json!({"vhost_domain": "s3.example.test"}));
+    let archive = Archive::with_config(
+        "faults-vhost-archive",
+        "[cold]\nurl = \"s3://strata-cold/site1\"\nendpoint = \"http://s3.example.test:9000\"\npath_style = false\nallow_http = true\nrequest_timeout = \"5s\"\n",
+    );
+    let via_proxy = |args: &[&str]| {
+        let mut cmd = archive.strata(args);
+        cmd.env("HTTP_PROXY", format!("http://127.0.0.1:{}", proxy.port))
+            .env("http_proxy", format!("http://127.0.0.1:{}", proxy.port))
+            .env("NO_PROXY", "")
+            .env("no_proxy", "");
+        cmd
+    };
+    let ct: Vec<PathBuf> = dcm_files(ct_study()).into_iter().take(3).collect();
+    run_ok(archive.strata(&["import"]).args(&ct));
+    let study = only_study(&archive);
+    run_ok(&mut via_proxy(&["tier", "move", &study, "--to", "cold"]));
+    let packed = keys(&moto, "strata-cold");
+    assert!(
+        packed.iter().any(|k| k.starts_with("site1/packs/")),
+        "the pack is in the configured bucket, under the prefix: {packed:?}"
+    );
+    assert!(
+        keys(&moto, "site1").is_empty(),
+        "nothing in a bucket named like the prefix"
+    );
+    let log = proxy.requests();
+    assert!(
+        log.lines()
+            .any(|l| l.contains(" strata-cold.s3.example.test")),
+        "virtual-hosted requests name the bucket in the Host: {log}"
+    );
+    // and it reads back through the same addressing
+    let out = dir.path().join("export");
+    run_ok(&mut via_proxy(&[
+        "export",
+        &study,
+        "--out",
+        out.to_str().unwrap(),
+    ]));
+    assert_eq!(walk(&out).len(), 3);
+}
+
+/// While the bucket's LIST lags behind its PUTs (new packs readable, not yet listed),
+/// `reindex` keeps the current index — it would lack a study it records in cold — and
+/// says why; once the listing catches up, it rebuilds the same index.
+#[test]
+fn reindex_keeps_the_index_while_the_listing_lags() {
+    let moto = Moto::start();
+    moto.create_bucket("lagging");
+    let dir = scratch("faults-list-lag");
+    let proxy = FaultProxy::start(dir.path(), moto.port);
+    let archive = Archive::with_config(
+        "faults-list-lag-archive",
+        &proxy.cold_section("lagging", ""),
+    );
+    let ct: Vec<PathBuf> = dcm_files(ct_study()).into_iter().take(3).collect();
+    run_ok(archive.strata(&["import"]).args(&ct));
+    let study = only_study(&archive);
+    proxy.set(serde_json::json!({"hide_new_from_list": 3600}));
+    run_ok(&mut archive.strata(&["tier", "move", &study, "--to", "cold"]));
+
+    let out = run(&mut archive.strata(&["reindex"]));
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("THE CURRENT INDEX IS KEPT") && text.contains("not found in the cold tier"),
+        "{text}"
+    );
+    assert_eq!(archive.total_instances(), 3, "the study is still listed");
+    let shown = run_ok(&mut archive.strata(&["show", &study]));
+    assert!(String::from_utf8_lossy(&shown.stdout).contains("cold"));
+
+    proxy.set(serde_json::json!({}));
+    run_ok(&mut archive.strata(&["reindex"]));
+    assert_eq!(archive.total_instances(), 3);
+    let (clean, report) = archive.verify_json();
+    assert!(clean, "{report}");
+}
+
+/// An outage between a multipart upload's parts and its completion, during which the
+/// abort fails too: the move fails and keeps every hot copy; the upload left behind is
+/// shown by `verify` and `tier status`, and the next policy pass after `orphan_grace`
+/// aborts it; the move then succeeds.
+#[test]
+fn an_upload_cut_before_completion_is_found_and_aborted() {
+    let moto = Moto::start();
+    moto.create_bucket("cut");
+    let dir = scratch("faults-multipart");
+    let proxy = FaultProxy::start(dir.path(), moto.port);
+    let archive = Archive::with_config(
+        "faults-multipart-archive",
+        &proxy.cold_section(
+            "cut",
+            "\n[tiering]\norphan_grace = \"0s\"\nhot_max_age = \"100days\"\n",
+        ),
+    );
+    // a pack above the multipart threshold (16 MiB): 200 CT slices, ~23 MB after zstd
+    let ct: Vec<PathBuf> = dcm_files(ct_study());
+    let n = ct.len() as u64;
+    run_ok(archive.strata(&["import"]).args(&ct));
+    let study = only_study(&archive);
+    proxy.set(serde_json::json!({"fail_complete_and_abort": true}));
+    let out = run(&mut archive.strata(&["tier", "move", &study, "--to", "cold"]));
+    assert!(!out.status.success(), "the move cannot complete");
+    assert!(
+        proxy.requests().contains("(injected)"),
+        "the pack went up as a multipart upload: {}",
+        proxy.requests()
+    );
+    let status = |archive: &Archive| -> serde_json::Value {
+        let out = run(&mut archive.strata(&["tier", "status", "--json"]));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    assert_eq!(status(&archive)["hot_objects"], n, "every hot copy kept");
+
+    proxy.set(serde_json::json!({}));
+    assert!(status(&archive)["incomplete_uploads"].as_u64().unwrap() >= 1);
+    let out = run(&mut archive.strata(&["verify", "--tier", "cold", "--json"]));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(out.status.success(), "nothing is lost: {report}");
+    assert!(
+        !report["incomplete_uploads"].as_array().unwrap().is_empty(),
+        "{report}"
+    );
+    let pass = run_ok(&mut archive.strata(&["tier", "run", "--json"]));
+    let pass: serde_json::Value = serde_json::from_slice(&pass.stdout).unwrap();
+    assert!(pass["uploads_aborted"].as_u64().unwrap() >= 1, "{pass}");
+    assert_eq!(status(&archive)["incomplete_uploads"], 0);
+    run_ok(&mut archive.strata(&["tier", "move", &study, "--to", "cold", "--json"]));
+    assert_eq!(status(&archive)["cold_only_objects"], n);
+    let (clean, report) = archive.verify_json();
+    assert!(clean, "{report}");
+}
