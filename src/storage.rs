@@ -71,6 +71,13 @@ pub enum StorageError {
         configured: String,
         record: PathBuf,
     },
+    /// The configured cold tier's marker names another archive.
+    #[error("the cold tier {cold} belongs to another Strata archive (its marker archive/strata-archive.json names archive {theirs}; this one is {ours}): two archives must not share a bucket prefix. Point [cold] url at this archive's own prefix; to restore that archive on this node, run `strata reindex` (it adopts the marker)")]
+    ColdTierClaimed {
+        cold: String,
+        theirs: String,
+        ours: String,
+    },
 }
 
 /// A small runtime for the offline commands' calls to the cold tier (reindex).

@@ -827,3 +827,46 @@ fn missing_credentials_and_unusable_settings_are_said_plainly() {
         assert!(msg.contains(says), "{bad}: {msg}");
     }
 }
+
+/// Issue 12: the cold tier carries a marker naming the archive it belongs to
+/// (`archive/strata-archive.json`). A second archive configured with the same bucket
+/// prefix is refused before it uploads anything (its packs would mix with the first's),
+/// saying which archive the prefix belongs to; its hot copies stay. A node restored from
+/// the bucket (`reindex`) adopts the marker and works on.
+#[test]
+fn two_archives_never_share_a_cold_prefix() {
+    let bucket = scratch("tier-shared-bucket");
+    let cold = format!("[cold]\nurl = \"file://{}\"\n", bucket.path().display());
+    let first = Archive::with_config("tier-shared-first", &cold);
+    let second = Archive::with_config("tier-shared-second", &cold);
+    let ct = small_study(3);
+    run_ok(first.strata(&["import"]).args(&ct));
+    let study = only_study(&first);
+    move_study(&first, &study, "cold");
+    let marker = bucket.path().join("archive/strata-archive.json");
+    let claimed: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&marker).unwrap()).unwrap();
+    assert_eq!(claimed["format"], "strata-cold-tier-marker", "{claimed}");
+
+    let other = small_study(5)[3..].to_vec();
+    run_ok(second.strata(&["import"]).args(&other));
+    let theirs = only_study(&second);
+    let out = run(&mut second.strata(&["tier", "move", &theirs, "--to", "cold"]));
+    assert!(!out.status.success());
+    let msg = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        msg.contains("belongs to another Strata archive")
+            && msg.contains(claimed["archive_id"].as_str().unwrap()),
+        "{msg}"
+    );
+    assert_eq!(hot_files(&second), 2, "nothing moved, nothing lost");
+    let packs = walk(&bucket.path().join("packs"));
+    assert_eq!(packs.len(), 1, "the first archive's pack alone: {packs:?}");
+
+    // a node restored from the bucket alone adopts the marker
+    let restored = Archive::with_config("tier-shared-restored", &cold);
+    run_ok(&mut restored.strata(&["reindex"]));
+    assert_eq!(restored.total_instances(), 3);
+    move_study(&restored, &study, "hot");
+    move_study(&restored, &study, "cold");
+}

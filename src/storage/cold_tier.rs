@@ -15,6 +15,13 @@
 //!
 //! The identity is the configured `[cold] url` (and `endpoint`), or `default` for the
 //! local default `<data_dir>/cold`, which moves with the archive directory.
+//!
+//! The cold tier is marked too: before the first pack a process uploads, the archive
+//! claims it ([`claim`]) with `<prefix>/archive/strata-archive.json` (format 1:
+//! `{"v":1,"format":"strata-cold-tier-marker","archive_id":"…"}`), the archive id being
+//! kept in `cold-tier.json`. A marker naming another archive is refused: two archives
+//! never share a prefix. `reindex` (a node restored from the bucket) adopts the marker's
+//! id.
 
 use super::{io, sync_dir, StorageError};
 use crate::config::Config;
@@ -31,6 +38,10 @@ const FORMAT_VERSION: u32 = 1;
 struct ColdTierRecord {
     v: u32,
     identity: String,
+    /// The archive's id, the one its cold tier's marker names (absent until the first
+    /// claim).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    archive_id: Option<String>,
 }
 
 /// The configured cold tier's identity (see the module docs).
@@ -52,6 +63,11 @@ fn path(data_dir: &Path) -> PathBuf {
 
 /// The recorded identity, if any.
 fn recorded(data_dir: &Path) -> Result<Option<String>, StorageError> {
+    Ok(read_record(data_dir)?.map(|r| r.identity))
+}
+
+/// The record, if any.
+fn read_record(data_dir: &Path) -> Result<Option<ColdTierRecord>, StorageError> {
     let p = path(data_dir);
     let text = match fs::read_to_string(&p) {
         Ok(t) => t,
@@ -73,18 +89,27 @@ fn recorded(data_dir: &Path) -> Result<Option<String>, StorageError> {
             ),
         });
     }
-    Ok(Some(record.identity))
+    Ok(Some(record))
+}
+
+/// Records the cold tier's identity (keeping the archive id).
+fn record(data_dir: &Path, identity: &str) -> Result<(), StorageError> {
+    let archive_id = read_record(data_dir)?.and_then(|r| r.archive_id);
+    write_record(
+        data_dir,
+        &ColdTierRecord {
+            v: FORMAT_VERSION,
+            identity: identity.to_string(),
+            archive_id,
+        },
+    )
 }
 
 /// Writes the record: tmp file, fsync, rename, fsync the directory.
-fn record(data_dir: &Path, identity: &str) -> Result<(), StorageError> {
+fn write_record(data_dir: &Path, record: &ColdTierRecord) -> Result<(), StorageError> {
     let p = path(data_dir);
     let tmp = data_dir.join(format!("{FILE}.tmp"));
-    let json = serde_json::to_vec(&ColdTierRecord {
-        v: FORMAT_VERSION,
-        identity: identity.to_string(),
-    })
-    .expect("the record serialises");
+    let json = serde_json::to_vec(record).expect("the record serialises");
     fs::File::create(&tmp)
         .and_then(|mut f| {
             f.write_all(&json)?;
@@ -145,6 +170,118 @@ pub fn check_strict(config: &Config) -> Result<(), StorageError> {
         }),
         _ => Ok(()),
     }
+}
+
+/// Where the marker lives in the cold tier (under its prefix).
+const MARKER: &str = "archive/strata-archive.json";
+
+/// The marker object (format 1).
+#[derive(Debug, Serialize, Deserialize)]
+struct Marker {
+    v: u32,
+    format: String,
+    archive_id: String,
+    #[serde(default)]
+    note: String,
+}
+
+/// Claims the configured cold tier for this archive (see the module docs): writes the
+/// marker when there is none; refuses ([`StorageError::ColdTierClaimed`]) a marker that
+/// names another archive, unless `adopt` (reindex restoring a node from the bucket) and
+/// this archive has no id yet. Blocking file work runs off the async threads.
+pub async fn claim(
+    config: &Config,
+    cold: &strata_tiers::ColdStore,
+    adopt: bool,
+) -> Result<(), StorageError> {
+    let data_dir = config.archive.data_dir.clone();
+    let dir = data_dir.clone();
+    let local = tokio::task::spawn_blocking(move || read_record(&dir))
+        .await
+        .map_err(|e| StorageError::Io {
+            action: "read",
+            path: path(&data_dir),
+            source: std::io::Error::other(e.to_string()),
+        })??;
+    let unreadable = |e: strata_tiers::TierError| StorageError::Io {
+        action: "read the cold tier's marker",
+        path: PathBuf::from(MARKER),
+        source: std::io::Error::other(e.to_string()),
+    };
+    let marker: Option<Marker> = match cold.get_named(MARKER).await.map_err(unreadable)? {
+        Some(bytes) => Some(
+            serde_json::from_slice(&bytes).map_err(|e| StorageError::Io {
+                action: "parse the cold tier's marker",
+                path: PathBuf::from(MARKER),
+                source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+            })?,
+        ),
+        None => None,
+    };
+    let ours = local.as_ref().and_then(|r| r.archive_id.clone());
+    let id = match (marker, ours) {
+        (Some(m), Some(ours)) if m.archive_id == ours => return Ok(()),
+        (Some(m), Some(ours)) => {
+            return Err(StorageError::ColdTierClaimed {
+                cold: cold.describe().to_string(),
+                theirs: m.archive_id,
+                ours,
+            })
+        }
+        (Some(m), None) if adopt => m.archive_id,
+        (Some(m), None) => {
+            return Err(StorageError::ColdTierClaimed {
+                cold: cold.describe().to_string(),
+                theirs: m.archive_id,
+                ours: "none yet".into(),
+            })
+        }
+        (None, Some(ours)) => ours,
+        (None, None) => new_archive_id(&config.archive.data_dir),
+    };
+    if local.as_ref().and_then(|r| r.archive_id.as_deref()) != Some(id.as_str()) {
+        let record = ColdTierRecord {
+            v: FORMAT_VERSION,
+            identity: local
+                .map(|r| r.identity)
+                .unwrap_or_else(|| identity(config)),
+            archive_id: Some(id.clone()),
+        };
+        let dir = config.archive.data_dir.clone();
+        tokio::task::spawn_blocking(move || write_record(&dir, &record))
+            .await
+            .map_err(|e| StorageError::Io {
+                action: "write",
+                path: path(&config.archive.data_dir),
+                source: std::io::Error::other(e.to_string()),
+            })??;
+    }
+    let marker = Marker {
+        v: 1,
+        format: "strata-cold-tier-marker".into(),
+        archive_id: id,
+        note: "This prefix holds the study packs of one Strata archive (docs/formats.md).".into(),
+    };
+    cold.put_named(
+        MARKER,
+        bytes::Bytes::from(serde_json::to_vec(&marker).expect("the marker serialises")),
+    )
+    .await
+    .map_err(|e| StorageError::Io {
+        action: "write the cold tier's marker",
+        path: PathBuf::from(MARKER),
+        source: std::io::Error::other(e.to_string()),
+    })
+}
+
+/// A new archive id: 32 hex digits from the time, the process and the data directory.
+fn new_archive_id(data_dir: &Path) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let seed = format!("{now} {} {}", std::process::id(), data_dir.display());
+    blake3::hash(seed.as_bytes()).to_hex()[..32].to_string()
 }
 
 #[cfg(test)]

@@ -74,6 +74,16 @@ pub fn reindex(
         }
         Ok(!RocksIndex::open_primary(&index_dir)?.packs()?.is_empty())
     })?;
+    // a node restored from the bucket takes the archive id its cold tier names; a cold
+    // tier another archive claimed is refused
+    {
+        let cold = ColdStore::open(&config.cold_spec())?;
+        match super::runtime()?.block_on(super::cold_tier::claim(config, &cold, true)) {
+            Ok(()) => {}
+            Err(e @ StorageError::ColdTierClaimed { .. }) => return Err(e),
+            Err(e) => tracing::warn!(error = %e, "the cold tier's marker could not be checked"),
+        }
+    }
     let hot = HotDisk::open(config.hot_dir())?;
     hot.sweep_tmp_blocking()?;
     let (index_dir, rebuild_dir, old_dir) = rebuild_dirs(config);

@@ -67,6 +67,8 @@ pub struct Tiering {
     pub metrics: Option<TierMetrics>,
     /// Where tier moves are recorded.
     pub audit: Option<crate::audit::AuditLog>,
+    /// Set once this process has claimed the cold tier for the archive (its marker).
+    pub claimed: Arc<tokio::sync::OnceCell<()>>,
 }
 
 impl Tiering {
@@ -84,6 +86,7 @@ impl Tiering {
             busy: Arc::new(tokio::sync::Mutex::new(())),
             metrics: None,
             audit,
+            claimed: Arc::new(tokio::sync::OnceCell::new()),
         }
     }
 

@@ -153,6 +153,14 @@ impl Tiering {
         let wanted = &self.config.cold.storage_class;
         let class = (self.cold.supports_storage_classes() && !is_archive_class(wanted))
             .then_some(wanted.as_str());
+        // never a pack into a prefix another archive claimed (once per process)
+        self.claimed
+            .get_or_try_init(|| async {
+                crate::storage::cold_tier::claim(&self.config, &self.cold, false)
+                    .await
+                    .map_err(|e| TieringError::Other(e.to_string()))
+            })
+            .await?;
         self.cold
             .put_file(&built.id, built.head.clone(), built.body.path(), class)
             .await?;

@@ -805,6 +805,19 @@ impl ColdStore {
         }
     }
 
+    /// A small named object's content, or `None` when there is none of that name (one
+    /// GET: no listing, so a lagging LIST does not hide it).
+    pub async fn get_named(&self, name: &str) -> Result<Option<Bytes>, TierError> {
+        let key = self.named_key(name);
+        match self.store.get(&key).await {
+            Ok(got) => Ok(Some(
+                got.bytes().await.map_err(|e| remote("read", &key, e))?,
+            )),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(remote("read", &key, e)),
+        }
+    }
+
     /// Every named object under `prefix`, with its content, in key order.
     pub async fn get_named_under(&self, prefix: &str) -> Result<Vec<(String, Bytes)>, TierError> {
         let key = self.named_key(prefix);
