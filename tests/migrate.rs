@@ -539,3 +539,43 @@ fn a_calling_ae_the_source_does_not_know_is_named_before_anything_is_recorded() 
     orthanc.kill();
     server.stop();
 }
+
+/// Issue 12 (field case: one Study Instance UID under two PatientIDs in the source,
+/// which Orthanc keeps as two studies): every instance migrates, and the report warns
+/// that the source holds the study under both PatientIDs (PS3.3 C.7.2: a study has one
+/// patient) instead of filing one patient's instances under the other without a word.
+#[test]
+fn a_study_the_source_holds_under_two_patients_is_reported() {
+    let archive = Archive::new("migrate-two-patients");
+    let server = archive.start();
+    let orthanc = orthanc_knowing(&archive, archive.dir.path().join("orthanc"), 100);
+    let generated = generated_studies(&archive.dir.path().join("gen"), 1, 31);
+    // two of its four instances under another patient, in their own series
+    for f in &generated[2..] {
+        run_ok(
+            dcmtk("dcmodify")
+                .args([
+                    "-nb",
+                    "-m",
+                    "(0010,0020)=OTHER602",
+                    "-m",
+                    "(0020,000E)=2.25.602602602",
+                ])
+                .arg(f),
+        );
+    }
+    orthanc.store(&generated);
+    let state = archive.dir.path().join("state");
+    run_ok(&mut migrate(&state, &["plan", "--source", &orthanc.aet()]));
+    run(&mut run_to_strata(&state, &archive));
+    let report_dir = archive.dir.path().join("report");
+    run(migrate(&state, &["report", "--out"]).arg(&report_dir));
+    let summary = std::fs::read_to_string(report_dir.join("summary.txt")).unwrap();
+    assert!(
+        summary.contains("WARNING: the source holds 1 study UID(s) under more than one PatientID")
+            && summary.contains("OTHER602"),
+        "{summary}"
+    );
+    assert_eq!(archive.total_instances(), 4, "every instance migrated");
+    server.stop();
+}

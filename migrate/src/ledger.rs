@@ -89,6 +89,11 @@ pub struct Study {
     /// requests to the source use it; the archive knows the study by `study_uid`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_uid: Option<String>,
+    /// Other PatientIDs the source answered this Study Instance UID with at planning (a
+    /// study has one patient, PS3.3 C.7.1/C.7.2; a source that keeps one UID under
+    /// several patients disagrees with itself, and the report says so).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub other_patient_ids: Vec<String>,
 }
 
 impl Study {
@@ -114,6 +119,7 @@ impl Study {
             source_listed: false,
             source_count: None,
             source_uid: None,
+            other_patient_ids: Vec::new(),
         }
     }
 

@@ -305,15 +305,40 @@ pub async fn plan(ledger: &mut Ledger, opts: &PlanOptions) -> Result<PlanReport>
             if matches!(query, Query::Patients(_)) && !undated_or_within(&s.study_date, opts) {
                 continue;
             }
-            found.entry(s.study_uid.clone()).or_insert(s);
+            match found.get_mut(&s.study_uid) {
+                // the same study again (another window): note a PatientID that differs
+                Some(known) => {
+                    if s.patient_id != known.patient_id
+                        && !known.other_patient_ids.contains(&s.patient_id)
+                    {
+                        known.other_patient_ids.push(s.patient_id);
+                    }
+                }
+                None => {
+                    found.insert(s.study_uid.clone(), s);
+                }
+            }
         }
     }
     scu.release().await;
     report.studies_found = found.len();
     for (uid, study) in found {
-        if !ledger.studies.contains_key(&uid) {
-            ledger.put(study)?;
-            report.studies_new += 1;
+        match ledger.studies.get(&uid) {
+            None => {
+                ledger.put(study)?;
+                report.studies_new += 1;
+            }
+            // a later plan learns of a patient conflict: recorded, state kept
+            Some(known) if !study.other_patient_ids.is_empty() => {
+                let mut known = known.clone();
+                for id in study.other_patient_ids {
+                    if id != known.patient_id && !known.other_patient_ids.contains(&id) {
+                        known.other_patient_ids.push(id);
+                    }
+                }
+                ledger.put(known)?;
+            }
+            Some(_) => {}
         }
     }
     // the whole requested range was enumerated (no window left capped): until this is

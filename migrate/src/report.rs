@@ -43,6 +43,8 @@ pub struct StudyLine<'a> {
     /// Instances counted at planning that the source no longer lists.
     pub vanished_from_source: u64,
     pub failure: Option<&'a str>,
+    /// Other PatientIDs the source holds this study under (a conflict to resolve).
+    pub other_patient_ids: &'a [String],
 }
 
 /// Instances counted at planning that the source itself no longer has: only once the
@@ -132,6 +134,7 @@ pub fn write(ledger: &Ledger, out: &Path) -> Result<Totals> {
             extra: &s.extra,
             vanished_from_source: vanished(s),
             failure: s.last_error.as_deref(),
+            other_patient_ids: &s.other_patient_ids,
         })
         .collect();
     let json = serde_json::json!({
@@ -192,6 +195,25 @@ pub fn write(ledger: &Ledger, out: &Path) -> Result<Totals> {
                     .as_ref()
                     .map(|e| format!("; {e}"))
                     .unwrap_or_default()
+            ));
+        }
+    }
+    let conflicts: Vec<&Study> = ledger
+        .studies
+        .values()
+        .filter(|s| !s.other_patient_ids.is_empty())
+        .collect();
+    if !conflicts.is_empty() {
+        txt.push_str(&format!(
+            "\nWARNING: the source holds {} study UID(s) under more than one PatientID (a study has one patient, PS3.3 C.7.2); the archive files each such study under one patient. Resolve them with the patient record's owner:\n",
+            conflicts.len()
+        ));
+        for s in conflicts {
+            txt.push_str(&format!(
+                "study {}: PatientIDs {}, {}\n",
+                s.study_uid,
+                s.patient_id,
+                s.other_patient_ids.join(", ")
             ));
         }
     }
