@@ -591,3 +591,85 @@ fn compressed_objects_are_decompressed_for_a_destination_that_takes_only_native(
     assert!(pixels == original);
     server.stop();
 }
+
+/// Trial finding: a study corrected under a new Study Instance UID (the same series and
+/// SOP Instance UIDs) leaves two studies holding the same instances. A SERIES- or
+/// IMAGE-level C-MOVE or C-GET naming the original study must send the original's data
+/// set, never the corrected copy's (PS3.4 C.4.2.2.1: the unique keys above the level
+/// name the study).
+#[test]
+fn a_retrieve_names_its_study_even_when_another_holds_the_same_uids() {
+    let dest_port = free_port();
+    let archive = Archive::with_config(
+        "retrieve-two-copies",
+        &format!(
+            "\n[[dicom.peers]]\nae_title = \"DEST\"\nhost = \"127.0.0.1\"\nport = {dest_port}\n"
+        ),
+    );
+    let original = dcm_files(ct_study())[0].clone();
+    let attrs = read_header_blocking(&original).unwrap();
+    let corrected = archive.dir.path().join("corrected.dcm");
+    std::fs::copy(&original, &corrected).unwrap();
+    run_ok(
+        dcmtk("dcmodify")
+            .args([
+                "-nb",
+                "-m",
+                "(0020,000D)=2.25.777000777",
+                "-m",
+                "(0010,0010)=CORRECTED^COPY",
+            ])
+            .arg(&corrected),
+    );
+    run_ok(archive.strata(&["import"]).arg(&original));
+    run_ok(archive.strata(&["import"]).arg(&corrected));
+    let server = archive.start();
+    let study_of = |dir: &Path| -> Vec<String> {
+        walk(dir)
+            .iter()
+            .map(|f| read_header_blocking(f).unwrap().study_uid)
+            .collect()
+    };
+    for (n, level) in ["SERIES", "IMAGE"].iter().enumerate() {
+        let recv = archive.dir.path().join(format!("moved-{n}"));
+        let scp = Storescp::start(dest_port, &recv);
+        let mut keys = vec![
+            format!("QueryRetrieveLevel={level}"),
+            format!("StudyInstanceUID={}", attrs.study_uid),
+            format!("SeriesInstanceUID={}", attrs.series_uid),
+        ];
+        if *level == "IMAGE" {
+            keys.push(format!("SOPInstanceUID={}", attrs.sop_instance_uid));
+        }
+        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let text = movescu(server.dicom_port, "DEST", &keys);
+        drop(scp);
+        assert!(text.contains("Final Move Response (Success)"), "{text}");
+        assert_eq!(
+            study_of(&recv),
+            vec![attrs.study_uid.clone()],
+            "{level} C-MOVE"
+        );
+    }
+    let got = archive.dir.path().join("got");
+    std::fs::create_dir_all(&got).unwrap();
+    run(dcmtk("getscu")
+        .args(["-S", "-aec", "STRATA", "-od"])
+        .arg(&got)
+        .args([
+            "-k",
+            "QueryRetrieveLevel=SERIES",
+            "-k",
+            &format!("StudyInstanceUID={}", attrs.study_uid),
+            "-k",
+            &format!("SeriesInstanceUID={}", attrs.series_uid),
+        ])
+        .arg("127.0.0.1")
+        .arg(server.dicom_port.to_string()));
+    assert_eq!(
+        study_of(&got),
+        vec![attrs.study_uid.clone()],
+        "SERIES C-GET"
+    );
+    server.stop();
+}

@@ -155,10 +155,16 @@ fn resolve(index: &dyn Index, query: &Query) -> Result<Vec<RetrieveItem>, Error>
                 .ok_or_else(|| needs("SERIES level needs SeriesInstanceUID"))?
                 .into_iter()
                 .collect();
-            let studies: BTreeSet<String> = wanted
-                .iter()
-                .filter_map(|s| index.series(s).ok().flatten().map(|(study, _)| study))
-                .collect();
+            // the study the identifier names (PS3.4 C.4.2.2.1: the unique keys above
+            // the level); only a relational request without one is looked up — a series
+            // UID may be in several studies (a corrected copy), each kept apart
+            let studies: BTreeSet<String> = match list(qtags::STUDY_INSTANCE_UID) {
+                Some(studies) => studies.into_iter().collect(),
+                None => wanted
+                    .iter()
+                    .filter_map(|s| index.series(s).ok().flatten().map(|(study, _)| study))
+                    .collect(),
+            };
             for study in studies {
                 entries.extend(
                     index
@@ -169,10 +175,27 @@ fn resolve(index: &dyn Index, query: &Query) -> Result<Vec<RetrieveItem>, Error>
             }
         }
         Level::Image => {
-            for sop in list(qtags::SOP_INSTANCE_UID)
-                .ok_or_else(|| needs("IMAGE level needs SOPInstanceUID"))?
-            {
-                entries.extend(index.instance(&sop)?);
+            let sops = list(qtags::SOP_INSTANCE_UID)
+                .ok_or_else(|| needs("IMAGE level needs SOPInstanceUID"))?;
+            match list(qtags::STUDY_INSTANCE_UID) {
+                // within the named study (and series): never the same SOP Instance UID
+                // held by another study
+                Some(studies) => {
+                    let wanted: BTreeSet<&String> = sops.iter().collect();
+                    let series: Option<BTreeSet<String>> =
+                        list(qtags::SERIES_INSTANCE_UID).map(|s| s.into_iter().collect());
+                    for study in studies {
+                        entries.extend(index.instances_of_study(&study)?.into_iter().filter(|i| {
+                            wanted.contains(&i.sop_instance_uid)
+                                && series.as_ref().is_none_or(|s| s.contains(&i.series_uid))
+                        }));
+                    }
+                }
+                None => {
+                    for sop in sops {
+                        entries.extend(index.instance(&sop)?);
+                    }
+                }
             }
         }
     }
