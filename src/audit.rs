@@ -483,6 +483,22 @@ pub async fn anchor(
             .await
             .map_err(|e| e.to_string())?;
     }
+    // an anchor is never overwritten: one already there for this record must be ours
+    let stored = cold
+        .get_named(&name)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("the anchor {name} cannot be read back"))?;
+    let stored: Anchor = serde_json::from_slice(&stored)
+        .map_err(|e| format!("the anchor {name} is unreadable: {e}"))?;
+    if stored.hash != head.hash {
+        return Err(format!(
+            "an anchor for record {} is already in the cold tier with hash {}, not this log's {}: \
+             this log is not the one anchored there (a node restored without its audit log, or \
+             another archive on this prefix); nothing was anchored",
+            head.seq, stored.hash, head.hash
+        ));
+    }
     Ok(Some(head))
 }
 

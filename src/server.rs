@@ -29,21 +29,33 @@ pub async fn run(
 
     // the audit chain head goes to the cold tier from time to time, and at the end
     let anchor_task = archive.audit.clone().map(|log| {
-        let (cold, every, lock_days, mut stop) = (
+        let (cold, every, lock_days, mut stop, config) = (
             archive.cold.clone(),
             config.audit.anchor_interval,
             config.audit.anchor_lock_days,
             shutdown_rx.clone(),
+            config.clone(),
         );
+        // never into a cold tier another archive claimed (its own anchors would then
+        // look like a rewrite of its log)
+        let anchor = move || {
+            let (log, cold, config) = (log.clone(), cold.clone(), config.clone());
+            async move {
+                crate::storage::cold_tier::check_marker(&config, &cold)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                crate::audit::anchor(&log, &cold, lock_days).await
+            }
+        };
         tokio::spawn(async move {
             loop {
-                if let Err(e) = crate::audit::anchor(&log, &cold, lock_days).await {
+                if let Err(e) = anchor().await {
                     tracing::warn!(error = %e, "could not anchor the audit chain head");
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(every) => {}
                     _ = stop.changed() => {
-                        let _ = crate::audit::anchor(&log, &cold, lock_days).await;
+                        let _ = anchor().await;
                         return;
                     }
                 }
@@ -56,10 +68,13 @@ pub async fn run(
     tokio::spawn(async move { governed.sync_governance_or_log().await });
 
     // Say at once, and exactly, when the cold tier cannot be used (ingest goes on).
-    let cold = archive.cold.clone();
+    let (cold, claim_config) = (archive.cold.clone(), config.clone());
     tokio::spawn(async move {
         match cold.preflight().await {
-            Ok(()) => tracing::info!(cold = cold.describe(), "cold tier preflight passed"),
+            Ok(()) => match crate::storage::cold_tier::check_marker(&claim_config, &cold).await {
+                Ok(()) => tracing::info!(cold = cold.describe(), "cold tier preflight passed"),
+                Err(e) => tracing::error!("COLD TIER NOT USABLE: {e}"),
+            },
             Err(e) => tracing::error!("COLD TIER NOT USABLE: {e}"),
         }
     });

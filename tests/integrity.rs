@@ -883,3 +883,30 @@ fn a_lost_node_is_restored_from_the_bucket_and_its_governance_log() {
     let tombs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(tombs[0]["study_uid"].as_str(), Some(c.as_str()), "{tombs}");
 }
+
+/// Second trial: `audit anchor` never says it anchored a head it did not write. An
+/// anchor already in the cold tier for the same record with another hash (a node
+/// restored without its audit log, say) is reported, and the existing anchor stays.
+#[test]
+fn an_anchor_already_there_with_another_hash_is_reported_not_claimed() {
+    let archive = Archive::new("integrity-anchor-clash");
+    let ct: Vec<std::path::PathBuf> = dcm_files(ct_study()).into_iter().take(2).collect();
+    run_ok(archive.strata(&["import"]).args(&ct));
+    run_ok(&mut archive.strata(&["audit", "anchor"]));
+    let heads = archive.data_dir().join("cold/audit/heads");
+    let anchor = walk(&heads).pop().expect("an anchor");
+    let mut other: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&anchor).unwrap()).unwrap();
+    other["hash"] = serde_json::Value::String("ab".repeat(32));
+    std::fs::write(&anchor, other.to_string()).unwrap();
+    let out = run(&mut archive.strata(&["audit", "anchor"]));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("is already in the cold tier with hash")
+            && err.contains("nothing was anchored"),
+        "{err}"
+    );
+    let kept: serde_json::Value = serde_json::from_slice(&std::fs::read(&anchor).unwrap()).unwrap();
+    assert_eq!(kept["hash"], other["hash"], "the existing anchor stays");
+}

@@ -862,6 +862,16 @@ fn two_archives_never_share_a_cold_prefix() {
     assert_eq!(hot_files(&second), 2, "nothing moved, nothing lost");
     let packs = walk(&bucket.path().join("packs"));
     assert_eq!(packs.len(), 1, "the first archive's pack alone: {packs:?}");
+    // nor its audit anchors (they would make the first's log look rewritten), and its
+    // tier status says why the cold tier is not usable for it
+    let out = run(&mut second.strata(&["audit", "anchor"]));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("belongs to another Strata archive"));
+    let out = run(&mut second.strata(&["tier", "status"]));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("belongs to another Strata archive"));
+    run_ok(&mut first.strata(&["audit", "anchor"]));
+    run_ok(&mut first.strata(&["audit", "verify"]));
 
     // a node restored from the bucket alone adopts the marker
     let restored = Archive::with_config("tier-shared-restored", &cold);

@@ -63,8 +63,18 @@ impl Archive {
         let probe_cold = async {
             // the bucket first: a HEAD of a missing object in a missing bucket is a
             // 404 either way (a HEAD answer has no body to say which)
-            self.cold.check_bucket().await?;
-            self.cold.head(&probe).await.map(|_| ())
+            self.cold.check_bucket().await.map_err(|e| e.to_string())?;
+            // a tier another archive claimed cannot take this one's packs
+            crate::storage::cold_tier::check_marker(&self.config, &self.cold)
+                .await
+                .map_err(|e| e.to_string())?;
+            self.cold.head(&probe).await.map(|_| ()).or_else(|e| {
+                if e.is_not_found() {
+                    Ok(())
+                } else {
+                    Err(e.to_string())
+                }
+            })
         };
         let cold = match tokio::time::timeout(COLD_PROBE_TIMEOUT, probe_cold).await {
             Err(_) => Check {
@@ -74,7 +84,7 @@ impl Archive {
                     self.cold.describe()
                 ),
             },
-            Ok(Err(e)) if !e.is_not_found() => Check {
+            Ok(Err(e)) => Check {
                 ok: false,
                 detail: format!("{}: {e}", self.cold.describe()),
             },

@@ -48,7 +48,11 @@ impl Archive {
         let tiering = self.tiering.clone();
         let mut status = blocking(move || Ok(tiering.status_blocking()?)).await?;
         status.cold_check = match self.cold.preflight().await {
-            Ok(()) => "ok".into(),
+            Ok(()) => match crate::storage::cold_tier::check_marker(&self.config, &self.cold).await
+            {
+                Ok(()) => "ok".into(),
+                Err(e) => e.to_string(),
+            },
             Err(e) => e.to_string(),
         };
         status.incomplete_uploads = self

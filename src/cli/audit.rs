@@ -20,6 +20,13 @@ fn anchor_store(config: &Config) -> Result<strata_tiers::ColdStore> {
     Ok(strata_tiers::ColdStore::open(&config.cold_spec())?)
 }
 
+/// Refuses to anchor into a cold tier another archive claimed (see
+/// `cold_tier::check_marker`).
+fn check_marker(config: &Config, cold: &strata_tiers::ColdStore) -> Result<()> {
+    runtime()?.block_on(strata::storage::cold_tier::check_marker(config, cold))?;
+    Ok(())
+}
+
 /// `strata audit ...`.
 pub fn audit(config: &Config, command: AuditCommand) -> Result<i32> {
     let path = strata::audit::log_path(&config.archive.data_dir);
@@ -113,6 +120,7 @@ pub fn audit(config: &Config, command: AuditCommand) -> Result<i32> {
         }
         AuditCommand::Anchor { json } => {
             let cold = anchor_store(config)?;
+            check_marker(config, &cold)?;
             let log = strata::audit::AuditLog::open(&config.archive.data_dir)?;
             let anchored = runtime()?
                 .block_on(strata::audit::anchor(

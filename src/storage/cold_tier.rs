@@ -185,6 +185,37 @@ struct Marker {
     note: String,
 }
 
+/// The local record, read off the async threads.
+async fn local_record(config: &Config) -> Result<Option<ColdTierRecord>, StorageError> {
+    let dir = config.archive.data_dir.clone();
+    tokio::task::spawn_blocking(move || read_record(&dir))
+        .await
+        .map_err(|e| StorageError::Io {
+            action: "read",
+            path: path(&config.archive.data_dir),
+            source: std::io::Error::other(e.to_string()),
+        })?
+}
+
+/// The cold tier's marker, if there is one.
+async fn read_marker(cold: &strata_tiers::ColdStore) -> Result<Option<Marker>, StorageError> {
+    let failed = |action: &'static str, e: String| StorageError::Io {
+        action,
+        path: PathBuf::from(MARKER),
+        source: std::io::Error::other(e),
+    };
+    match cold
+        .get_named(MARKER)
+        .await
+        .map_err(|e| failed("read the cold tier's marker", e.to_string()))?
+    {
+        Some(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| failed("parse the cold tier's marker", e.to_string())),
+        None => Ok(None),
+    }
+}
+
 /// Claims the configured cold tier for this archive (see the module docs): writes the
 /// marker when there is none; refuses ([`StorageError::ColdTierClaimed`]) a marker that
 /// names another archive, unless `adopt` (reindex restoring a node from the bucket) and
@@ -194,48 +225,18 @@ pub async fn claim(
     cold: &strata_tiers::ColdStore,
     adopt: bool,
 ) -> Result<(), StorageError> {
-    let data_dir = config.archive.data_dir.clone();
-    let dir = data_dir.clone();
-    let local = tokio::task::spawn_blocking(move || read_record(&dir))
-        .await
-        .map_err(|e| StorageError::Io {
-            action: "read",
-            path: path(&data_dir),
-            source: std::io::Error::other(e.to_string()),
-        })??;
-    let unreadable = |e: strata_tiers::TierError| StorageError::Io {
-        action: "read the cold tier's marker",
-        path: PathBuf::from(MARKER),
-        source: std::io::Error::other(e.to_string()),
-    };
-    let marker: Option<Marker> = match cold.get_named(MARKER).await.map_err(unreadable)? {
-        Some(bytes) => Some(
-            serde_json::from_slice(&bytes).map_err(|e| StorageError::Io {
-                action: "parse the cold tier's marker",
-                path: PathBuf::from(MARKER),
-                source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
-            })?,
-        ),
-        None => None,
-    };
+    let local = local_record(config).await?;
     let ours = local.as_ref().and_then(|r| r.archive_id.clone());
-    let id = match (marker, ours) {
+    let claimed = |theirs: String, ours: String| StorageError::ColdTierClaimed {
+        cold: cold.describe().to_string(),
+        theirs,
+        ours,
+    };
+    let id = match (read_marker(cold).await?, ours) {
         (Some(m), Some(ours)) if m.archive_id == ours => return Ok(()),
-        (Some(m), Some(ours)) => {
-            return Err(StorageError::ColdTierClaimed {
-                cold: cold.describe().to_string(),
-                theirs: m.archive_id,
-                ours,
-            })
-        }
+        (Some(m), Some(ours)) => return Err(claimed(m.archive_id, ours)),
         (Some(m), None) if adopt => m.archive_id,
-        (Some(m), None) => {
-            return Err(StorageError::ColdTierClaimed {
-                cold: cold.describe().to_string(),
-                theirs: m.archive_id,
-                ours: "none yet".into(),
-            })
-        }
+        (Some(m), None) => return Err(claimed(m.archive_id, "none yet".into())),
         (None, Some(ours)) => ours,
         (None, None) => new_archive_id(&config.archive.data_dir),
     };
@@ -272,6 +273,29 @@ pub async fn claim(
         path: PathBuf::from(MARKER),
         source: std::io::Error::other(e.to_string()),
     })
+}
+
+/// Whether this archive may write to the configured cold tier, without claiming it: a
+/// marker naming another archive (or any marker, while this archive has no id yet: it
+/// never claimed a tier) is refused ([`StorageError::ColdTierClaimed`]); no marker is
+/// fine. For the writes that are not packs (audit anchors), the readiness probe and
+/// `tier status`.
+pub async fn check_marker(
+    config: &Config,
+    cold: &strata_tiers::ColdStore,
+) -> Result<(), StorageError> {
+    let ours = local_record(config).await?.and_then(|r| r.archive_id);
+    let Some(marker) = read_marker(cold).await? else {
+        return Ok(());
+    };
+    match ours {
+        Some(ours) if ours == marker.archive_id => Ok(()),
+        ours => Err(StorageError::ColdTierClaimed {
+            cold: cold.describe().to_string(),
+            theirs: marker.archive_id,
+            ours: ours.unwrap_or_else(|| "none yet".into()),
+        }),
+    }
 }
 
 /// A new archive id: 32 hex digits from the time, the process and the data directory.
