@@ -125,6 +125,16 @@ fn each_use_case_audits_itself() {
             .is_err(),
         "a release says why"
     );
+    let both = rt.block_on(archive.delete_study(&who, &study, "cleanup"));
+    let said = both
+        .as_ref()
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        said.contains("matter A") && said.contains("matter B") && said.contains("--hold"),
+        "a refusal names every hold and how to lift one: {said}"
+    );
     let lifted = archive
         .hold_blocking(&who, &study, "A closed", true, Some("matter A"))
         .unwrap();

@@ -20,13 +20,15 @@ pub enum Error {
     /// The request names something the archive does not hold.
     #[error("{0}")]
     NotFound(String),
-    /// A legal hold forbids the request (delete, retention).
-    #[error("study {study_uid} is under legal hold (placed by {who} at {since}: {why}); lift it first with `strata hold {study_uid} --release --reason <why>`")]
+    /// Legal holds forbid the request (delete, retention). `who`, `since` and `why` are
+    /// the first hold's; `holds` names every standing one.
+    #[error("study {study_uid} is under legal hold: {holds}; lift each first with `strata hold {study_uid} --release --hold \"<its reason>\" --reason <why>`")]
     Held {
         study_uid: String,
         who: String,
         since: String,
         why: String,
+        holds: String,
     },
     /// Some objects of a request could not be read; `source` is the first failure.
     #[error("{what}: {source}")]

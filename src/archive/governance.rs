@@ -181,22 +181,31 @@ impl Archive {
         reason: &str,
     ) -> Result<(Tombstone, Vec<ObjectId>)> {
         let index = self.index.as_ref();
-        let refuse = |hold: HoldRecord| -> Result<(Tombstone, Vec<ObjectId>)> {
+        let refuse = |holds: Vec<HoldRecord>| -> Result<(Tombstone, Vec<ObjectId>)> {
+            let all = describe_holds(&holds);
             self.audit_synced(
                 principal,
                 "delete",
                 vec![study_uid.into()],
-                format!("refused: under legal hold ({})", hold.why),
+                format!("refused: under legal hold: {all}"),
             )?;
+            // (the index refused for a hold lifted again since: still a refusal)
+            let first = holds.into_iter().next().unwrap_or(HoldRecord {
+                who: String::new(),
+                why: "a hold placed and lifted while the delete ran".into(),
+                since_ms: 0,
+            });
             Err(Error::Held {
                 study_uid: study_uid.to_string(),
-                who: hold.who,
-                since: rfc3339(hold.since_ms),
-                why: hold.why,
+                who: first.who,
+                since: rfc3339(first.since_ms),
+                why: first.why,
+                holds: all,
             })
         };
-        if let Some(hold) = index.holds(study_uid)?.into_iter().next() {
-            return refuse(hold);
+        let standing = index.holds(study_uid)?;
+        if !standing.is_empty() {
+            return refuse(standing);
         }
         let study = index
             .study(study_uid)?
@@ -225,7 +234,7 @@ impl Archive {
         let tombstone = match index.tombstone_study(&asked) {
             Ok(t) => t,
             // a hold placed since the check above
-            Err(IndexError::Held { hold, .. }) => return refuse(hold),
+            Err(IndexError::Held { .. }) => return refuse(index.holds(study_uid)?),
             Err(e) => return Err(e.into()),
         };
         // outside the index too, before any file or pack is removed
