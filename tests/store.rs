@@ -702,6 +702,25 @@ fn the_same_instance_re_encoded_is_no_new_version_a_changed_one_is() {
         "{report}"
     );
     assert_eq!(served()["versions"].as_array().unwrap().len(), 2);
+    // private elements (GE's, in pydicom's CT_small.dcm) are read in implicit VR without
+    // their VR: their text still hashes as text (second trial: a `dcmconv +ti` copy of
+    // it was taken for a new version)
+    let ge = pydicom_samples()
+        .0
+        .iter()
+        .find(|p| p.file_name().is_some_and(|n| n == "CT_small.dcm"))
+        .unwrap()
+        .clone();
+    run_ok(archive.strata(&["import"]).arg(&ge));
+    let ge_implicit = dir.join("ct-small-implicit.dcm");
+    run_ok(dcmtk("dcmconv").arg("+ti").arg(&ge).arg(&ge_implicit));
+    let out = run_ok(archive.strata(&["import", "--json"]).arg(&ge_implicit));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        report["same_data_set"].as_array().unwrap().len(),
+        1,
+        "{report}"
+    );
     let (clean, report) = archive.verify_json();
     assert!(clean, "{report}");
 }

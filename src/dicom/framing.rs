@@ -161,7 +161,7 @@ enum ValueKind {
     Text,
     /// Binary numbers of this width: byte-swapped to little endian when big endian.
     Numbers(usize),
-    /// Bytes as they are (OB, UN, and VRs the walk cannot know).
+    /// Bytes as they are (OB, UN, private elements, VRs the walk cannot know).
     Bytes,
     Sequence,
 }
@@ -424,6 +424,14 @@ impl<'c, S: Source> Walker<'c, S> {
                     Some(vr) => ValueKind::of_vr(&vr),
                     None => ValueKind::of_tag(tag),
                 };
+                // private elements (odd groups): their bytes as encoded, whatever their
+                // VR, which implicit VR does not carry; private sequences stay sequences
+                let kind = match kind {
+                    ValueKind::Text | ValueKind::Numbers(_) if (tag >> 16) % 2 == 1 => {
+                        ValueKind::Bytes
+                    }
+                    kind => kind,
+                };
                 if kind == ValueKind::Sequence {
                     self.token(b"S");
                     let stop = self.pos + len as u64;
@@ -564,7 +572,7 @@ pub fn walk_source<S: Source>(
 
 /// Domain separation of the data-set hash (BLAKE3 `derive_key` context); a change to
 /// the definition takes a new context, and a new name.
-pub const DATASET_HASH_CONTEXT: &str = "Strata data-set hash v1 (docs/formats.md)";
+pub const DATASET_HASH_CONTEXT: &str = "Strata data-set hash v2 (docs/formats.md)";
 
 /// The data-set hash of the data set in `source` (first byte at offset `start`), checking
 /// its framing on the way: BLAKE3 in `derive_key` mode ([`DATASET_HASH_CONTEXT`]) over the
