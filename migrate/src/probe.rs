@@ -16,13 +16,31 @@ use strata::dimse::scu::{self, RemoteAe, Scu, ScuError};
 /// A Study Instance UID no archive holds (a UUID-derived UID, PS3.5 B.2, of zero).
 const NO_STUDY: &str = "2.25.0";
 
+/// Why the source cannot be used, said plainly.
+#[derive(Debug, Clone)]
+pub enum SourceProblem {
+    /// It does not answer (down, unreachable): worth retrying.
+    Unreachable(String),
+    /// It answers but refuses us (our AE title, a status): retrying changes nothing.
+    Refuses(String),
+}
+
+impl std::fmt::Display for SourceProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SourceProblem::Unreachable(why) | SourceProblem::Refuses(why) => f.write_str(why),
+        }
+    }
+}
+
 /// `Ok` when the source answers our C-ECHO and our C-FIND as `calling_ae`; otherwise
 /// what failed, which step, and what that usually means.
 pub async fn check_source(
     calling_ae: &str,
     source: &RemoteAe,
     timeout: Duration,
-) -> Result<(), String> {
+) -> Result<(), SourceProblem> {
+    use SourceProblem::{Refuses, Unreachable};
     let echoed = async {
         let mut scu = Scu::connect(calling_ae, source, scu::VERIFICATION, timeout).await?;
         let status = scu.echo().await?;
@@ -32,18 +50,20 @@ pub async fn check_source(
     .await;
     match echoed {
         Ok(0) => {}
-        Ok(status) => {
-            return Err(format!(
+        Ok(status) => return Err(Refuses(format!(
             "the source {source} answered our C-ECHO (as {calling_ae:?}) with status {status:#06X}"
-        ))
-        }
+        ))),
         Err(e @ ScuError::Rejected { .. }) => {
-            return Err(format!(
+            return Err(Refuses(format!(
                 "the source {source} rejected an association from {calling_ae:?}: {e}. Check the \
                  source's AE title and that it accepts {calling_ae:?} (--calling-ae)"
-            ))
+            )))
         }
-        Err(e) => return Err(format!("the source {source} does not answer: {e}")),
+        Err(e) => {
+            return Err(Unreachable(format!(
+                "the source {source} does not answer: {e}"
+            )))
+        }
     }
     let found = async {
         let mut scu = Scu::connect(calling_ae, source, scu::STUDY_ROOT_FIND, timeout).await?;
@@ -58,17 +78,20 @@ pub async fn check_source(
     .await;
     match found {
         Ok(0) => Ok(()),
-        Ok(status) => Err(format!(
+        Ok(status) => Err(Refuses(format!(
             "the source {source} answers C-ECHO from {calling_ae:?} but answered its C-FIND with \
              status {status:#06X}"
-        )),
-        Err(e @ ScuError::NotAccepted { .. }) => Err(e.to_string()),
-        Err(e) => Err(format!(
+        ))),
+        Err(e @ ScuError::NotAccepted { .. }) => Err(Refuses(e.to_string())),
+        Err(e @ ScuError::Timeout { .. }) => Err(Unreachable(format!(
+            "the source {source} answers C-ECHO but not a C-FIND in time: {e}"
+        ))),
+        Err(e) => Err(Refuses(format!(
             "the source {source} answers C-ECHO from {calling_ae:?} but refused its C-FIND ({e}). \
              Sources refuse queries and retrievals from calling AE titles they do not know \
              (Orthanc: \"DicomModalities\", \"DicomAlwaysAllowFind\"/\"DicomAlwaysAllowMove\"): \
              check that {calling_ae:?} is the AE title the source knows for this archive, or fix \
              --calling-ae"
-        )),
+        ))),
     }
 }

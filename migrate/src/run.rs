@@ -77,8 +77,6 @@ struct Shared {
     rate_next: Mutex<Instant>,
     instances_done: AtomicU64,
     bar: indicatif::ProgressBar,
-    /// What [`crate::probe::check_source`] found, once per run (a refusal, if any).
-    source_probe: tokio::sync::OnceCell<Option<String>>,
 }
 
 impl Shared {
@@ -100,16 +98,15 @@ impl Shared {
         anyhow!(message)
     }
 
-    /// Why the source refuses our requests, if it does (probed once per run).
+    /// Why the source refuses our requests, if it does (probed now: a source that is
+    /// merely unreachable is no refusal, and is retried).
     async fn source_refusal(&self) -> Option<String> {
-        self.source_probe
-            .get_or_init(|| async {
-                crate::probe::check_source(&self.opts.calling_ae, &self.source, self.opts.timeout)
-                    .await
-                    .err()
-            })
+        match crate::probe::check_source(&self.opts.calling_ae, &self.source, self.opts.timeout)
             .await
-            .clone()
+        {
+            Err(crate::probe::SourceProblem::Refuses(why)) => Some(why),
+            _ => None,
+        }
     }
 
     fn log(&self, line: String) {
@@ -188,7 +185,6 @@ pub async fn run(ledger: Ledger, opts: RunOptions, stop: Arc<AtomicBool>) -> Res
         rate_next: Mutex::new(Instant::now()),
         instances_done: AtomicU64::new(0),
         bar,
-        source_probe: tokio::sync::OnceCell::new(),
     });
     let total = todo.len();
     let limit = Arc::new(tokio::sync::Semaphore::new(opts.parallel.max(1)));
@@ -342,6 +338,19 @@ where
     let mut attempt = 0;
     loop {
         match op().await {
+            // before retrying at all: does the source take requests from us? (one that
+            // stopped knowing our AE title refuses every one: the run stops, saying why)
+            Err(e) if attempt == 0 && transient(&e) => {
+                if let Some(why) = shared.source_refusal().await {
+                    let _ =
+                        shared.stop_run(format!("{what} failed ({e}); {why}. The run stops here."));
+                    return Err(e);
+                }
+                shared.log(format!("{what} failed ({e}); retrying in {backoff:?}"));
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(60));
+                attempt += 1;
+            }
             Err(e)
                 if attempt < shared.opts.retries
                     && transient(&e)
@@ -390,19 +399,12 @@ async fn move_with_retries(
     identifier: &dicom_object::InMemDicomObject,
 ) -> Result<MoveOutcome> {
     let opts = &shared.opts;
-    let result = match move_once(shared, identifier).await {
-        // before retrying study after study: does the source take requests from us at all?
-        Err(e) if transient(&e) => {
-            if let Some(why) = shared.source_refusal().await {
-                return Err(
-                    shared.stop_run(format!("C-MOVE failed ({e}); {why}. The run stops here."))
-                );
-            }
-            shared.log(format!("C-MOVE failed ({e}); retrying"));
-            retrying(shared, "C-MOVE", true, || move_once(shared, identifier)).await
+    let result = retrying(shared, "C-MOVE", true, || move_once(shared, identifier)).await;
+    if shared.stop.load(Ordering::Acquire) {
+        if let Some(fatal) = shared.fatal.lock().expect("fatal lock").clone() {
+            return Err(anyhow!(fatal));
         }
-        other => other,
-    };
+    }
     match result {
         Ok(outcome) if refused_destination(&outcome) => {
             let status = format!(
