@@ -296,7 +296,19 @@ fn real_main(cli: Cli) -> Result<i32> {
                     println!("  {state}: {n}");
                 }
                 println!(
-                    "instances: {} in the source, {} in the archive, {} missing",
+                    "instances counted by the source at planning: {}{}",
+                    totals.planned_instances,
+                    if totals.studies_uncounted > 0 {
+                        format!(
+                            " (and {} studies it gave no count for)",
+                            totals.studies_uncounted
+                        )
+                    } else {
+                        String::new()
+                    }
+                );
+                println!(
+                    "instances of the studies verified so far: {} listed by the source, {} in the archive, {} missing",
                     totals.source_instances, totals.archived_instances, totals.missing_instances
                 );
             }

@@ -50,9 +50,11 @@ pub async fn check_source(
     .await;
     match echoed {
         Ok(0) => {}
-        Ok(status) => return Err(Refuses(format!(
+        Ok(status) => {
+            return Err(Refuses(format!(
             "the source {source} answered our C-ECHO (as {calling_ae:?}) with status {status:#06X}"
-        ))),
+        )))
+        }
         Err(e @ ScuError::Rejected { .. }) => {
             return Err(Refuses(format!(
                 "the source {source} rejected an association from {calling_ae:?}: {e}. Check the \

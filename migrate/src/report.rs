@@ -13,7 +13,13 @@ use std::path::Path;
 pub struct Totals {
     pub studies: usize,
     pub by_state: BTreeMap<String, usize>,
-    /// Instances the source listed at verification.
+    /// Instances the source counted at planning (NumberOfStudyRelatedInstances, where
+    /// it answered it), and how many studies it did not count.
+    #[serde(default)]
+    pub planned_instances: u64,
+    #[serde(default)]
+    pub studies_uncounted: usize,
+    /// Instances the source listed at verification (of the studies verified so far).
     pub source_instances: u64,
     /// Of those, instances the archive holds.
     pub archived_instances: u64,
@@ -71,6 +77,10 @@ pub fn totals(ledger: &Ledger) -> Totals {
     };
     for s in ledger.studies.values() {
         *t.by_state.entry(s.state.as_str().into()).or_default() += 1;
+        match s.planned_instances {
+            Some(n) => t.planned_instances += n as u64,
+            None => t.studies_uncounted += 1,
+        }
         t.source_instances += s.source_sops.len() as u64;
         t.archived_instances += s.archive_count as u64;
         t.missing_instances += s.missing.len() as u64;
