@@ -4,12 +4,14 @@
 //! - [`framing`]: the one-pass walker that checks a data set's framing (stored objects,
 //!   query identifiers);
 //! - [`header`]: the attributes the index keeps, parsed from the header only;
+//! - [`charset`]: Specific Character Set decoding (PS3.5 §6.1, Annexes H, I, J);
 //! - [`da`]: DA (date) values;
 //! - [`status`]: DIMSE status codes;
 //! - [`storage_classes`]: the storage SOP classes (PS3.4 Annex B).
 //!
 //! The DIMSE command codec lives with the network service, in [`crate::dimse::command`].
 
+pub mod charset;
 pub mod da;
 pub mod framing;
 pub mod header;

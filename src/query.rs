@@ -6,9 +6,12 @@
 //! - **universal**: an empty value matches everything;
 //! - **single value**: exact, except that `*` (any run) and `?` (one character) are
 //!   wildcards for text VRs; PN values match **case-insensitively**, with trailing empty
-//!   `^` components ignored on both sides (so `DOE^JOHN` matches `Doe^John^^`);
+//!   `^` components ignored on both sides (so `DOE^JOHN` matches `Doe^John^^`), and by
+//!   component group (see [`pn_matches`]); values are Unicode, the identifier's decoded
+//!   with its own Specific Character Set;
 //! - **UID list**: a UI key with several values (`a\b\c`) matches any of them;
-//! - **ranges**: DA/TM/DT keys `from-to`, `-to` or `from-` (inclusive);
+//! - **ranges**: DA/TM/DT keys `from-to`, `-to` or `from-` (inclusive); an empty value is
+//!   in no range;
 //! - multi-valued attributes (ModalitiesInStudy) match if any value matches.
 //!
 //! Candidates come from the secondary indexes when the query allows it (PatientID,
@@ -169,12 +172,33 @@ impl Query {
             }
         };
         let elements = read_identifier(bytes, enc).map_err(QueryError::Malformed)?;
+        // the identifier's values are in *its* character set (PS3.4 C.4.1.1.3.1 and
+        // PS3.5 §6.1): decoded to Unicode before any matching
+        let charset = elements
+            .iter()
+            .find(|(tag, _, _)| *tag == tags::SPECIFIC_CHARACTER_SET)
+            .map(|(_, _, raw)| {
+                String::from_utf8_lossy(raw)
+                    .trim_matches(['\0', ' '])
+                    .to_string()
+            })
+            .unwrap_or_default();
         let mut level = None;
         let mut keys = Vec::new();
         for (tag, vr, raw) in elements {
-            let value = String::from_utf8_lossy(&raw)
-                .trim_matches(['\0', ' '])
-                .to_string();
+            let value = if raw.iter().all(|b| *b < 0x80 && *b != 0x1B) {
+                String::from_utf8_lossy(&raw).into_owned()
+            } else {
+                crate::dicom::charset::decode(&raw, &charset).map_err(|why| {
+                    QueryError::Malformed(format!(
+                        "({:04X},{:04X}) cannot be read in the identifier's character set \
+                         {charset:?}: {why}",
+                        tag >> 16,
+                        tag & 0xFFFF
+                    ))
+                })?
+            };
+            let value = value.trim_matches(['\0', ' ']).to_string();
             match tag {
                 tags::QUERY_RETRIEVE_LEVEL => {
                     level = Some(match value.as_str() {
@@ -239,10 +263,12 @@ fn wildcard(pattern: &[char], text: &[char]) -> bool {
 fn in_range(q: &str, v: &str, normalise: fn(&str) -> String) -> bool {
     match q.split_once('-') {
         Some((from, to)) => {
-            let v = normalise(v);
-            if v.is_empty() {
+            // an empty value is unknown, not the start of the day (PS3.4 C.2.2.2.5): it
+            // is in no range (normalising it first made an empty StudyTime "000000")
+            if v.trim().is_empty() {
                 return false;
             }
+            let v = normalise(v);
             (from.is_empty() || v >= normalise(from)) && (to.is_empty() || v <= normalise(to))
         }
         None => normalise(v) == normalise(q),
@@ -255,7 +281,26 @@ fn time_norm(t: &str) -> String {
 }
 
 fn pn_norm(s: &str) -> String {
-    s.trim_end_matches('^').to_uppercase()
+    s.trim_end_matches(['^', '=']).to_uppercase()
+}
+
+/// PN matching, case-insensitive, by component group (alphabetic `=` ideographic `=`
+/// phonetic, PS3.5 §6.2.1): a key of several groups matches group by group, its empty
+/// groups matching anything; a key of one group (no `=`) matches a value any of whose
+/// groups it matches, so `山田^太郎` finds `Yamada^Tarou=山田^太郎=やまだ^たろう`.
+fn pn_matches(q: &str, v: &str) -> bool {
+    let one = |q: &str, g: &str| {
+        let (p, t): (Vec<char>, Vec<char>) =
+            (pn_norm(q).chars().collect(), pn_norm(g).chars().collect());
+        wildcard(&p, &t)
+    };
+    let groups: Vec<&str> = v.split('=').collect();
+    if !q.contains('=') {
+        return groups.iter().any(|g| one(q, g));
+    }
+    q.split('=')
+        .enumerate()
+        .all(|(i, qg)| qg.is_empty() || groups.get(i).is_some_and(|g| one(qg, g)))
 }
 
 /// Whether a candidate `value` (possibly multi-valued) matches query `key`.
@@ -272,11 +317,7 @@ pub fn matches(key: &Key, value: &str) -> bool {
             b"DA" => in_range(q, v, |s| s.replace('.', "")),
             b"TM" => in_range(q, v, time_norm),
             b"DT" => in_range(q, v, |s| s.to_string()),
-            b"PN" => {
-                let (p, t): (Vec<char>, Vec<char>) =
-                    (pn_norm(q).chars().collect(), pn_norm(v).chars().collect());
-                wildcard(&p, &t)
-            }
+            b"PN" => pn_matches(q, v),
             _ => {
                 let (p, t): (Vec<char>, Vec<char>) = (q.chars().collect(), v.chars().collect());
                 wildcard(&p, &t)
@@ -548,6 +589,19 @@ mod tests {
             "PN is case-insensitive"
         );
         assert!(matches(&key(0, b"PN", "DOE^JOHN"), "Doe^John^^"));
+        // component groups (PS3.5 §6.2.1): one group matches any; several, group by group
+        let japanese = "Yamada^Tarou=山田^太郎=やまだ^たろう";
+        assert!(matches(&key(0, b"PN", "山田^太郎"), japanese));
+        assert!(matches(&key(0, b"PN", "yamada^*"), japanese));
+        assert!(matches(&key(0, b"PN", "=山田^太郎"), japanese));
+        assert!(!matches(&key(0, b"PN", "=山田^花子"), japanese));
+        assert!(!matches(
+            &key(0, b"PN", "Wang^XiaoDong=王^小明"),
+            "Wang^XiaoDong=王^小东"
+        ));
+        // an empty value is unknown, in no range (PS3.4 C.2.2.2.5)
+        assert!(!matches(&key(0, b"TM", "-0930"), ""));
+        assert!(matches(&key(0, b"TM", "-0930"), "0800"));
         assert!(matches(&key(0, b"UI", "1.2\\1.3"), "1.3"));
         assert!(!matches(&key(0, b"UI", "1.2"), "1.2.3"));
         assert!(matches(&key(0, b"DA", "20240101-20240131"), "20240115"));

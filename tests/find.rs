@@ -369,3 +369,97 @@ fn relational_queries_when_negotiated() {
     assert!(hierarchical["matches"].as_array().unwrap().is_empty());
     server.stop();
 }
+
+/// Issue 11 item 1 (PS3.5 §6.1, Annexes H, I, J): every file of pydicom's
+/// `charset_files` with a patient name is stored and listed with the name pydicom decodes
+/// (an independent decoder), and found by a pynetdicom C-FIND written in the file's own
+/// character set and in UTF-8; answers carry ISO_IR 192. The field cases: a Latin-1 query
+/// (`Häb*`) finds a Latin-1 name; a GB18030 query for another two-character name does
+/// not match (it used to: only the length was compared).
+#[test]
+fn names_in_every_character_set_are_stored_listed_and_found() {
+    let archive = Archive::new("find-charsets");
+    let script = "import json\nfrom pydicom.data import get_charset_files\nimport pydicom\nout=[]\nfor f in sorted(get_charset_files('*.dcm')):\n    d=pydicom.dcmread(f)\n    if 'PatientName' not in d or not str(d.PatientName):\n        continue\n    cs=d.get('SpecificCharacterSet','')\n    cs='\\\\'.join(cs) if not isinstance(cs,str) else cs\n    out.append({'path':f,'id':str(d.PatientID),'name':str(d.PatientName),'charset':cs})\nprint(json.dumps(out, ensure_ascii=False))";
+    let out = run_ok(std::process::Command::new("python3").args(["-c", script]));
+    let files: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(files.len() >= 12, "pydicom's charset files: {files:?}");
+    let paths: Vec<&str> = files.iter().map(|f| f["path"].as_str().unwrap()).collect();
+    let imported = run(archive.strata(&["import", "--json"]).args(&paths));
+    let report: serde_json::Value = serde_json::from_slice(&imported.stdout).unwrap();
+    assert!(
+        report["rejected"].as_array().unwrap().is_empty(),
+        "{report}"
+    );
+
+    // listed with pydicom's decoding, for every patient ID
+    let listed = archive.ls_json();
+    let name_of = |id: &str| -> Vec<String> {
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["patient_id"] == id)
+            .map(|s| s["patient_name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    for f in &files {
+        let (id, name) = (f["id"].as_str().unwrap(), f["name"].as_str().unwrap());
+        assert!(
+            name_of(id).iter().any(|n| n == name),
+            "{}: listed {:?}, pydicom reads {name:?}",
+            f["path"],
+            name_of(id)
+        );
+    }
+
+    let server = archive.start();
+    let find = |charset: &str, name: &str| -> Vec<serde_json::Value> {
+        let out = run_ok(python("find_charset.py").args([
+            "--port",
+            &server.dicom_port.to_string(),
+            "--charset",
+            charset,
+            "--name",
+            name,
+        ]));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    for f in &files {
+        let (id, name, charset) = (
+            f["id"].as_str().unwrap(),
+            f["name"].as_str().unwrap(),
+            f["charset"].as_str().unwrap(),
+        );
+        for query_charset in [charset, "ISO_IR 192"] {
+            let found = find(query_charset, name);
+            assert!(
+                found
+                    .iter()
+                    .any(|m| m["patient_id"] == id && m["patient_name"] == name),
+                "{} queried in {query_charset:?} for {name:?}: {found:?}",
+                f["path"]
+            );
+            assert!(
+                found.iter().all(|m| m["charset"] == "ISO_IR 192"),
+                "{found:?}"
+            );
+        }
+    }
+    // the field cases
+    let latin = find("ISO_IR 100", "Äne*");
+    assert!(
+        latin.iter().any(|m| m["patient_id"] == "SCSGERM"),
+        "{latin:?}"
+    );
+    let other = find("GB18030", "Wang^XiaoDong=王^小明");
+    assert!(
+        !other.iter().any(|m| m["patient_id"] == "X2EXAMPLE"),
+        "a different ideographic name must not match: {other:?}"
+    );
+    let ideographic = find("ISO_IR 192", "山田^太郎");
+    assert!(
+        ideographic.iter().any(|m| m["patient_id"] == "H31EXAMPLE"),
+        "{ideographic:?}"
+    );
+    server.stop();
+}

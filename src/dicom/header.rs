@@ -5,9 +5,11 @@
 //! general-purpose parser. Deflated data sets are inflated as a stream for the walk, with
 //! a cap on their inflated size.
 //!
-//! Text values are decoded by SpecificCharacterSet: `ISO_IR 192` as UTF-8, the default
-//! repertoire and `ISO_IR 100` as Latin-1, anything else as lossy UTF-8 (good enough for
-//! listing; the stored bytes are never altered).
+//! Text values are decoded by their Specific Character Set ([`super::charset`]: every
+//! single-byte set, ISO 2022 code extensions, UTF-8, GB18030, GBK). A value its declared
+//! set cannot decode is read as UTF-8 if it is valid UTF-8, else as Latin-1, with a
+//! warning naming the element: the index needs some text, and the stored bytes are
+//! never altered.
 
 use super::framing::{
     dataset_hash_source, walk_source, Encoding, Seekable, Source, Streamed, MAX_INFLATED,
@@ -177,16 +179,27 @@ impl<R: Read> Read for Capped<R> {
 }
 
 fn decode_text(bytes: &[u8], charset: &str) -> String {
-    let text = if charset.contains("ISO_IR 192")
-        || charset.is_empty() && std::str::from_utf8(bytes).is_ok()
-    {
-        String::from_utf8_lossy(bytes).into_owned()
-    } else if charset.is_empty() || charset.contains("ISO_IR 100") || charset.contains("ISO_IR 6") {
-        bytes.iter().map(|&b| b as char).collect()
-    } else {
-        String::from_utf8_lossy(bytes).into_owned()
+    let text = match super::charset::decode(bytes, charset) {
+        Ok(text) => text,
+        Err(why) => {
+            // a value its own character set cannot read (common: Latin-1 or UTF-8 bytes
+            // under the default repertoire)
+            if !charset.trim().is_empty() {
+                tracing::warn!(charset, %why, "a text value its character set cannot decode");
+            }
+            match std::str::from_utf8(bytes) {
+                Ok(utf8) => utf8.to_string(),
+                Err(_) => bytes.iter().map(|&b| b as char).collect(),
+            }
+        }
     };
     text.trim_matches(['\0', ' ']).to_string()
+}
+
+/// A PN value without trailing empty component groups (`Wang^XiaoDong=王^小東=` is
+/// `Wang^XiaoDong=王^小東`, PS3.5 §6.2.1).
+fn person_name(value: String) -> String {
+    value.trim_end_matches('=').to_string()
 }
 
 fn attrs_of(
@@ -195,7 +208,11 @@ fn attrs_of(
 ) -> Result<InstanceAttrs, HeaderError> {
     let charset = values
         .get(&key(tags::SPECIFIC_CHARACTER_SET))
-        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .map(|v| {
+            String::from_utf8_lossy(v)
+                .trim_matches(['\0', ' '])
+                .to_string()
+        })
         .unwrap_or_default();
     let text = |tag: Tag| {
         values
@@ -215,7 +232,7 @@ fn attrs_of(
     };
     Ok(InstanceAttrs {
         patient_id: text(tags::PATIENT_ID),
-        patient_name: text(tags::PATIENT_NAME),
+        patient_name: person_name(text(tags::PATIENT_NAME)),
         patient_birth_date: text(tags::PATIENT_BIRTH_DATE),
         patient_sex: text(tags::PATIENT_SEX),
         study_uid: uid(tags::STUDY_INSTANCE_UID, "StudyInstanceUID (0020,000D)")?,
@@ -224,7 +241,7 @@ fn attrs_of(
         accession_number: text(tags::ACCESSION_NUMBER),
         study_id: text(tags::STUDY_ID),
         study_description: text(tags::STUDY_DESCRIPTION),
-        referring_physician_name: text(tags::REFERRING_PHYSICIAN_NAME),
+        referring_physician_name: person_name(text(tags::REFERRING_PHYSICIAN_NAME)),
         series_uid: uid(tags::SERIES_INSTANCE_UID, "SeriesInstanceUID (0020,000E)")?,
         series_number: text(tags::SERIES_NUMBER),
         modality: text(tags::MODALITY),
