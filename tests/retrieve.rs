@@ -426,13 +426,7 @@ fn c_cancel_stops_a_move_midway() {
 /// in Explicit VR Little Endian: native syntaxes are converted among themselves.
 #[test]
 fn move_converts_native_syntaxes_for_a_destination_that_needs_it() {
-    let dest_port = free_port();
-    let archive = Archive::with_config(
-        "retrieve-convert",
-        &format!(
-            "\n[[dicom.peers]]\nae_title = \"DEST\"\nhost = \"127.0.0.1\"\nport = {dest_port}\n"
-        ),
-    );
+    let (archive, dest_port) = archive_with_dest("retrieve-convert");
     let ct: Vec<PathBuf> = dcm_files(ct_study()).into_iter().take(20).collect();
     run(archive.strata(&["import"]).args(&ct));
     let server = archive.start();
@@ -461,6 +455,18 @@ fn move_converts_native_syntaxes_for_a_destination_that_needs_it() {
         .collect();
     assert_eq!(received_sops(&recv), sent);
     server.stop();
+}
+
+/// An archive that knows one C-MOVE destination, `DEST` on loopback, and its port.
+fn archive_with_dest(name: &str) -> (Archive, u16) {
+    let dest_port = free_port();
+    let archive = Archive::with_config(
+        name,
+        &format!(
+            "\n[[dicom.peers]]\nae_title = \"DEST\"\nhost = \"127.0.0.1\"\nport = {dest_port}\n"
+        ),
+    );
+    (archive, dest_port)
 }
 
 /// getscu of a study (STUDY level, getscu's default proposals) into `dir`.
@@ -517,13 +523,7 @@ fn pixels_of(path: &Path) -> (String, Vec<u8>) {
 /// every pixel.
 #[test]
 fn compressed_objects_are_decompressed_for_a_destination_that_takes_only_native() {
-    let dest_port = free_port();
-    let archive = Archive::with_config(
-        "retrieve-decompress",
-        &format!(
-            "\n[[dicom.peers]]\nae_title = \"DEST\"\nhost = \"127.0.0.1\"\nport = {dest_port}\n"
-        ),
-    );
+    let (archive, dest_port) = archive_with_dest("retrieve-decompress");
     let sample = |name: &str| -> PathBuf {
         pydicom_samples()
             .0
@@ -599,13 +599,7 @@ fn compressed_objects_are_decompressed_for_a_destination_that_takes_only_native(
 /// name the study).
 #[test]
 fn a_retrieve_names_its_study_even_when_another_holds_the_same_uids() {
-    let dest_port = free_port();
-    let archive = Archive::with_config(
-        "retrieve-two-copies",
-        &format!(
-            "\n[[dicom.peers]]\nae_title = \"DEST\"\nhost = \"127.0.0.1\"\nport = {dest_port}\n"
-        ),
-    );
+    let (archive, dest_port) = archive_with_dest("retrieve-two-copies");
     let original = dcm_files(ct_study())[0].clone();
     let attrs = read_header_blocking(&original).unwrap();
     let corrected = archive.dir.path().join("corrected.dcm");
@@ -671,5 +665,73 @@ fn a_retrieve_names_its_study_even_when_another_holds_the_same_uids() {
         vec![attrs.study_uid.clone()],
         "SERIES C-GET"
     );
+    server.stop();
+}
+
+/// Issue 11 field cases. A deflated object goes to a receiver that takes only implicit
+/// VR LE inflated and re-encoded (every peer supports the default transfer syntax;
+/// deflate is lossless). An implicit-VR RT Dose whose DVH Data (DS) value is ~160 KB goes
+/// to a receiver that prefers explicit VR LE with that value as UN, whose length field
+/// is 32-bit (PS3.5 §6.2.2), instead of failing with 0xA702.
+#[test]
+fn deflated_and_overlong_values_reach_native_only_receivers() {
+    let (archive, dest_port) = archive_with_dest("retrieve-deflate-un");
+    let deflated = pydicom_samples()
+        .0
+        .iter()
+        .chain(pydicom_samples().1.iter())
+        .find(|p| p.file_name().is_some_and(|n| n == "image_dfl.dcm"))
+        .expect("pydicom's image_dfl.dcm")
+        .clone();
+    let dose = archive.dir.path().join("rtdose-dvh.dcm");
+    let made = run_ok(python("make_rtdose_dvh.py").arg(&dose));
+    let made: serde_json::Value = serde_json::from_slice(&made.stdout).unwrap();
+    assert!(made["bytes"].as_u64().unwrap() > 0xFFFF, "{made}");
+    run_ok(archive.strata(&["import"]).arg(&deflated).arg(&dose));
+    let server = archive.start();
+    for (n, (file, syntaxes, want)) in [
+        (&deflated, "+xi", IMPLICIT_VR_LE),
+        (&dose, "+xe", EXPLICIT_VR_LE),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let attrs = read_header_blocking(file).unwrap();
+        let recv = archive.dir.path().join(format!("received-{n}"));
+        let scp = Storescp::start_with(dest_port, &recv, syntaxes);
+        let text = move_image(server.dicom_port, &attrs);
+        drop(scp);
+        assert!(
+            text.contains("Final Move Response (Success)"),
+            "{}: {text}",
+            file.display()
+        );
+        let files = walk(&recv);
+        assert_eq!(files.len(), 1, "{}", file.display());
+        let meta =
+            strata::dicom::part10::read_foreign_meta(&std::fs::read(&files[0]).unwrap()).unwrap();
+        assert_eq!(meta.transfer_syntax_uid, want, "{}", file.display());
+        // DCMTK reads what arrived, whole
+        run_ok(dcmtk("dcmdump").arg("-q").arg(&files[0]));
+        if n == 1 {
+            let bytes = std::fs::read(&files[0]).unwrap();
+            assert!(
+                bytes
+                    .windows(6)
+                    .any(|w| w == [0x04, 0x30, 0x58, 0x00, b'U', b'N']),
+                "DVH Data goes as UN"
+            );
+            let count = run_ok(std::process::Command::new("python3").arg("-c").arg(format!(
+                "import pydicom; print(len(pydicom.dcmread({:?}).DVHSequence[0].DVHData))",
+                files[0].display().to_string()
+            )));
+            // pydicom reads the UN value as its bytes: every byte of the DS value arrived
+            let sent = made["bytes"].as_u64().unwrap();
+            assert_eq!(
+                String::from_utf8_lossy(&count.stdout).trim(),
+                (sent + sent % 2).to_string()
+            );
+        }
+    }
     server.stop();
 }
