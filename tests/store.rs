@@ -686,6 +686,17 @@ fn the_same_instance_re_encoded_is_no_new_version_a_changed_one_is() {
         human.contains("version 2") && human.contains("served"),
         "{human}"
     );
+    // what is queried is what is served: the series now answers with the new value
+    // (issue 11: C-FIND showed the first version while C-GET sent the second)
+    let study = strata::dicom::header::read_header_blocking(&original)
+        .unwrap()
+        .study_uid;
+    let shown = run_ok(&mut archive.strata(&["show", &study, "--json"]));
+    let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+    assert_eq!(
+        shown["series"][0]["series_description"], "CHANGED",
+        "{shown}"
+    );
     // the changed data set sent again in another encoding: still two versions
     let changed_implicit = dir.join("changed-implicit.dcm");
     run_ok(

@@ -128,7 +128,10 @@ fn sorted(mut v: Vec<String>) -> Vec<String> {
 fn commit_counts_instances_versions_and_duplicates(index: &dyn Index) {
     let a = object("1.1", "1.1.1", "1.1.1.1", b"a", 1);
     let b = object("1.1", "1.1.1", "1.1.1.2", b"b", 2);
-    let a2 = object("1.1", "1.1.1", "1.1.1.1", b"a-changed", 3);
+    let mut a2 = object("1.1", "1.1.1", "1.1.1.1", b"a-changed", 3);
+    a2.attrs.patient_name = "CORRECTED^NAME".into();
+    a2.attrs.study_description = "corrected".into();
+    a2.attrs.series_description = "corrected series".into();
     let outcomes = index.commit(&[a.clone(), b, a.clone()]).unwrap();
     assert_eq!(
         outcomes,
@@ -156,6 +159,17 @@ fn commit_counts_instances_versions_and_duplicates(index: &dyn Index) {
     let inst = index.instance("1.1.1.1").unwrap().unwrap();
     assert_eq!(inst.record.versions.len(), 2);
     assert_eq!(inst.record.current().unwrap().id, a2.id.to_hex());
+    // what is queried follows the served version (issue 11: C-FIND showed the first
+    // version's names while C-GET sent the second)
+    assert_eq!(
+        (
+            study.patient_name.as_str(),
+            study.study_description.as_str()
+        ),
+        ("CORRECTED^NAME", "corrected")
+    );
+    let (_, series) = index.series("1.1.1").unwrap().unwrap();
+    assert_eq!(series.series_description, "corrected series");
     assert_eq!(index.instances_of_study("1.1").unwrap().len(), 2);
     assert_eq!(index.series("1.1.1").unwrap().unwrap().0, "1.1");
     assert_eq!(

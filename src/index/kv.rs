@@ -994,6 +994,9 @@ fn apply_new_object<E: KvEngine>(
     // instance
     let instance_key = key3(&a.study_uid, &a.series_uid, &a.sop_instance_uid);
     let existing: Option<InstanceRecord> = p.get(CF_INSTANCES, &instance_key)?;
+    // a new version that is served now: what C-FIND answers follows it (the series and
+    // study records take its values), so that what is queried is what is retrieved
+    let mut served_anew = false;
     let (outcome, instance) = match existing {
         Some(mut rec) => {
             // Keep versions ordered by receive time; the newest is served.
@@ -1008,6 +1011,7 @@ fn apply_new_object<E: KvEngine>(
                 rec.transfer_syntax_uid = a.transfer_syntax_uid.clone();
                 rec.sop_class_uid = a.sop_class_uid.clone();
                 rec.instance_number = a.instance_number.clone();
+                served_anew = true;
             }
             (CommitOutcome::NewVersion, rec)
         }
@@ -1047,6 +1051,11 @@ fn apply_new_object<E: KvEngine>(
             }
         }
     };
+    if served_anew {
+        series.modality = a.modality.clone();
+        series.series_number = a.series_number.clone();
+        series.series_description = a.series_description.clone();
+    }
     series.instances += new_instance as u64;
     series.bytes += obj.size;
     p.put(CF_SERIES, series_key, &series);
@@ -1082,6 +1091,18 @@ fn apply_new_object<E: KvEngine>(
             }
         }
     };
+    if served_anew {
+        study.patient_id = a.patient_id.clone();
+        study.patient_name = a.patient_name.clone();
+        study.patient_birth_date = a.patient_birth_date.clone();
+        study.patient_sex = a.patient_sex.clone();
+        study.study_date = a.study_date.clone();
+        study.study_time = a.study_time.clone();
+        study.accession_number = a.accession_number.clone();
+        study.study_id = a.study_id.clone();
+        study.study_description = a.study_description.clone();
+        study.referring_physician_name = a.referring_physician_name.clone();
+    }
     if !a.modality.is_empty() && !study.modalities.contains(&a.modality) {
         study.modalities.push(a.modality.clone());
         study.modalities.sort();
