@@ -66,8 +66,10 @@ fn import_summarises_and_reindex_rebuilds_the_same_index() {
                 .as_str()
                 .unwrap()
                 .contains("not a DICOM Part-10 file")));
+    // (the DICOMDIRs among them are skipped, said as such, rather than rejected)
+    let skipped_now = report["skipped"].as_array().unwrap().len();
     assert!(
-        rejected.len() > broken.len() / 2,
+        rejected.len() + skipped_now > broken.len() / 2,
         "most broken files are rejected: {rejected:?}"
     );
     for r in rejected {
@@ -77,8 +79,9 @@ fn import_summarises_and_reindex_rebuilds_the_same_index() {
     let versions = report["new_versions"].as_array().unwrap().len() as u64;
     let present = report["already_present"].as_u64().unwrap();
     let same = report["same_data_set"].as_array().unwrap().len() as u64;
+    let skipped = report["skipped"].as_array().unwrap().len() as u64;
     assert_eq!(
-        (stored + versions + present + same) as usize + rejected.len(),
+        (stored + versions + present + same + skipped) as usize + rejected.len(),
         files
     );
     assert_eq!(archive.total_instances(), stored);
@@ -349,4 +352,35 @@ fn every_command_speaks_json_when_asked() {
         json(&["delete", &study, "--reason", "test", "--json"])["objects"],
         3
     );
+}
+
+/// Issue 11 field case: `strata import` of a CD folder (a DICOMDIR and the files it
+/// indexes) stores the files and skips the DICOMDIR, saying why (PS3.10 §8.6: it is the
+/// media's directory, not an instance), and exits 0; it used to reject it and exit 1.
+#[test]
+fn import_of_a_cd_skips_its_dicomdir() {
+    let archive = Archive::new("cli-dicomdir");
+    let tests = pydicom_samples()
+        .0
+        .first()
+        .and_then(|p| p.parent())
+        .unwrap()
+        .join("dicomdirtests");
+    let cd = archive.dir.path().join("cd");
+    std::fs::create_dir_all(&cd).unwrap();
+    std::fs::copy(tests.join("DICOMDIR"), cd.join("DICOMDIR")).unwrap();
+    run_ok(
+        std::process::Command::new("cp")
+            .arg("-r")
+            .arg(tests.join("77654033"))
+            .arg(&cd),
+    );
+    let out = run(archive.strata(&["import"]).arg(&cd));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("1 skipped") && text.contains("a DICOMDIR"),
+        "{text}"
+    );
+    assert!(archive.total_instances() > 0);
 }

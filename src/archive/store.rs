@@ -17,7 +17,7 @@ use crate::index::{CommitOutcome, Provenance};
 use crate::ingest::{ObjectWriter, Stored};
 use serde::Serialize;
 use std::io::Read;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
@@ -106,6 +106,21 @@ impl Archive {
                 s.spawn(|| loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(path) = files.get(i) else { break };
+                    // a DICOMDIR describes the media (PS3.10 §8.6): not an instance
+                    if is_dicomdir(path) {
+                        progress();
+                        report
+                            .lock()
+                            .expect("import report lock")
+                            .skipped
+                            .push(Skipped {
+                                path: path.display().to_string(),
+                                reason: "a DICOMDIR (Media Storage Directory, PS3.10 8.6): it \
+                                     indexes the media's files, which are imported themselves"
+                                    .into(),
+                            });
+                        continue;
+                    }
                     let result = std::fs::File::open(path)
                         .map_err(|e| {
                             Error::Ingest(crate::ingest::IngestError::Unparseable(format!(
@@ -192,7 +207,36 @@ pub struct ImportReport {
     /// Files holding a stored instance in another encoding (same data-set hash): not
     /// kept, nothing changed.
     pub same_data_set: Vec<SameDataSet>,
+    /// Files that are not instances and are not stored, with why (a DICOMDIR).
+    pub skipped: Vec<Skipped>,
     pub rejected: Vec<Rejected>,
+}
+
+/// A file `import` leaves out on purpose.
+#[derive(Debug, Clone, Serialize)]
+pub struct Skipped {
+    pub path: String,
+    pub reason: String,
+}
+
+/// Media Storage Directory Storage (PS3.4 Annex B, PS3.10 §8.6).
+const MEDIA_STORAGE_DIRECTORY: &str = "1.2.840.10008.1.3.10";
+
+/// Whether a file is a DICOMDIR: a Part-10 file of the Media Storage Directory class.
+fn is_dicomdir(path: &Path) -> bool {
+    let mut head = vec![0u8; 16 * 1024];
+    let Ok(mut file) = std::fs::File::open(path) else {
+        return false;
+    };
+    let mut filled = 0;
+    while filled < head.len() {
+        match std::io::Read::read(&mut file, &mut head[filled..]) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => filled += n,
+        }
+    }
+    crate::dicom::part10::read_foreign_meta(&head[..filled])
+        .is_ok_and(|meta| meta.sop_class_uid == MEDIA_STORAGE_DIRECTORY)
 }
 
 /// A file stored as a new version of an instance.

@@ -24,14 +24,18 @@ pub fn import(config: &Config, paths: &[PathBuf], json: bool) -> Result<i32> {
     } else {
         println!(
             "{} files: {} stored, {} new versions, {} already present, {} the same data set \
-             as a stored instance (other encoding, not kept), {} rejected",
+             as a stored instance (other encoding, not kept), {} skipped, {} rejected",
             report.files,
             report.stored,
             report.new_versions.len(),
             report.already_present,
             report.same_data_set.len(),
+            report.skipped.len(),
             report.rejected.len()
         );
+        for s in &report.skipped {
+            println!("  skipped {}: {}", s.path, s.reason);
+        }
         for v in &report.new_versions {
             println!(
                 "  new version of {} from {}: its data set differs from the stored one; \
