@@ -417,3 +417,65 @@ fn endless_commands_oversized_objects_and_deflate_bombs_are_contained() {
     );
     server.stop();
 }
+
+/// Issue 11 item 3: a C-MOVE-RQ without Move Destination (0000,0600), a required
+/// element, gets a C-MOVE-RSP (command field 0x8021) with a failure status and a
+/// comment saying so (PS3.7 9.1.4.1) — never a C-GET or silence; the server keeps
+/// serving.
+#[test]
+fn a_c_move_without_a_destination_is_answered_as_a_failed_c_move() {
+    use crate::common::raw;
+    use dicom_ul::pdu::{PDataValue, PDataValueType, Pdu};
+    let archive = Archive::new("bad-move-no-destination");
+    let server = archive.start();
+    let move_model = "1.2.840.10008.5.1.4.1.2.2.2";
+    let mut a = raw::associate(server.dicom_port, "STRATA", move_model, IMPLICIT_VR_LE).unwrap();
+    let element = |out: &mut Vec<u8>, g: u16, e: u16, v: &[u8]| {
+        out.extend_from_slice(&g.to_le_bytes());
+        out.extend_from_slice(&e.to_le_bytes());
+        out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+        out.extend_from_slice(v);
+    };
+    let mut body = Vec::new();
+    element(&mut body, 0, 0x0002, b"1.2.840.10008.5.1.4.1.2.2.2\0");
+    element(&mut body, 0, 0x0100, &0x0021u16.to_le_bytes());
+    element(&mut body, 0, 0x0110, &7u16.to_le_bytes());
+    element(&mut body, 0, 0x0700, &0u16.to_le_bytes());
+    element(&mut body, 0, 0x0800, &0u16.to_le_bytes());
+    let mut command = Vec::new();
+    element(&mut command, 0, 0, &(body.len() as u32).to_le_bytes());
+    command.extend_from_slice(&body);
+    let mut identifier = Vec::new();
+    element(&mut identifier, 0x0008, 0x0052, b"STUDY ");
+    element(&mut identifier, 0x0020, 0x000D, b"1.2.3.4\0");
+    let pc = a.presentation_contexts()[0].id;
+    for (value_type, data) in [
+        (PDataValueType::Command, command),
+        (PDataValueType::Data, identifier),
+    ] {
+        a.send(&Pdu::PData {
+            data: vec![PDataValue {
+                presentation_context_id: pc,
+                value_type,
+                is_last: true,
+                data,
+            }],
+        })
+        .unwrap();
+    }
+    let Pdu::PData { data } = a.receive().unwrap() else {
+        panic!("no response")
+    };
+    let rsp = &data[0].data;
+    let field = rsp
+        .windows(8)
+        .position(|w| w[..4] == [0, 0, 0, 1] && w[4..8] == [2, 0, 0, 0])
+        .map(|p| u16::from_le_bytes([rsp[p + 8], rsp[p + 9]]));
+    assert_eq!(field, Some(0x8021), "a C-MOVE-RSP");
+    let status = raw::status_of(rsp).unwrap();
+    assert_eq!(status, 0xA801, "Move Destination Unknown");
+    assert!(String::from_utf8_lossy(rsp).contains("no Move Destination"));
+    let _ = a.release();
+    assert!(server.echo_ok());
+    server.stop();
+}

@@ -602,7 +602,13 @@ pub async fn run_move(
         .cloned()
     else {
         tracing::warn!(destination, "C-MOVE to an unknown destination");
-        let msg = format!("move destination {destination} is not in [[dicom.peers]]");
+        // (a C-MOVE-RQ without Move Destination, a required element, answers the same:
+        // there is nowhere to send to, PS3.7 9.1.4.1)
+        let msg = if destination.trim().is_empty() {
+            "the C-MOVE-RQ names no Move Destination (0000,0600)".to_string()
+        } else {
+            format!("move destination {destination} is not in [[dicom.peers]]")
+        };
         let rsp = retrieve_rsp(
             &req,
             status::MOVE_DESTINATION_UNKNOWN,
