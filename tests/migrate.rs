@@ -579,3 +579,35 @@ fn a_study_the_source_holds_under_two_patients_is_reported() {
     assert_eq!(archive.total_instances(), 4, "every instance migrated");
     server.stop();
 }
+
+/// Issue 11 field case: a source that caps IMAGE-level C-FIND answers (Orthanc's
+/// `LimitFindInstances`, as old PACS do) besides STUDY-level ones (`LimitFindResults`).
+/// Verification lists each series narrower (by InstanceNumber) until the source's own
+/// count is reached, so every instance is still reconciled and the migration completes.
+#[test]
+fn a_source_that_caps_instance_listings_is_still_reconciled() {
+    let archive = Archive::new("migrate-capped-instances");
+    let server = archive.start();
+    let orthanc = Orthanc::start(
+        archive.dir.path().join("orthanc"),
+        format!(
+            "{{\"LimitFindResults\": 100, \"LimitFindInstances\": 2, \"DicomModalities\": {{\"STRATA\": [\"STRATA\", \"127.0.0.1\", {}]}}}}",
+            archive.dicom_port
+        ),
+    );
+    let generated = generated_studies(&archive.dir.path().join("gen"), 2, 41);
+    orthanc.store(&generated);
+    let state = archive.dir.path().join("state");
+    run_ok(&mut migrate(&state, &["plan", "--source", &orthanc.aet()]));
+    let out = run(&mut run_to_strata(&state, &archive));
+    let report_dir = archive.dir.path().join("report");
+    run(migrate(&state, &["report", "--out"]).arg(&report_dir));
+    let summary = std::fs::read_to_string(report_dir.join("summary.txt")).unwrap();
+    assert!(
+        summary.contains("RESULT: COMPLETE"),
+        "{summary}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(archive.total_instances(), generated.len() as u64);
+    server.stop();
+}

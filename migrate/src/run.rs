@@ -528,19 +528,23 @@ async fn list_once(
         peer: remote.to_string(),
         detail: format!("{level}-level C-FIND ended with status {status:#06X}"),
     };
-    // hierarchical: the series first, then each series' instances
+    // hierarchical: the series first (with their counts), then each series' instances
     let mut series = Vec::new();
     let identifier = scu::identifier(&[
         (tags::QUERY_RETRIEVE_LEVEL, VR::CS, "SERIES"),
         (tags::STUDY_INSTANCE_UID, VR::UI, study_uid),
         (tags::SERIES_INSTANCE_UID, VR::UI, ""),
+        (tags::NUMBER_OF_SERIES_RELATED_INSTANCES, VR::IS, ""),
     ]);
     let status = scu
         .find(&identifier, &mut |m| {
             // sent back as the peer gave it (a trailing space it stores, say)
             let uid = scu::raw_text(&m, tags::SERIES_INSTANCE_UID);
+            let count: Option<usize> = scu::text(&m, tags::NUMBER_OF_SERIES_RELATED_INSTANCES)
+                .parse()
+                .ok();
             if !uid.trim().is_empty() {
-                series.push(uid);
+                series.push((uid, count));
             }
         })
         .await?;
@@ -548,28 +552,82 @@ async fn list_once(
         return Err(failed(status, "SERIES"));
     }
     let mut out = BTreeMap::new();
-    for series_uid in series {
-        let identifier = scu::identifier(&[
-            (tags::QUERY_RETRIEVE_LEVEL, VR::CS, "IMAGE"),
-            (tags::STUDY_INSTANCE_UID, VR::UI, study_uid),
-            (tags::SERIES_INSTANCE_UID, VR::UI, &series_uid),
-            (tags::SOP_INSTANCE_UID, VR::UI, ""),
-        ]);
-        let status = scu
-            .find(&identifier, &mut |m| {
-                let sop = scu::text(&m, tags::SOP_INSTANCE_UID);
-                if !sop.is_empty() {
-                    out.insert(sop, series_uid.clone());
-                }
-            })
-            .await?;
-        if status != 0 {
+    for (series_uid, counted) in series {
+        let image_level = |extra: Option<(dicom_core::Tag, VR, &str)>| {
+            let mut keys = vec![
+                (tags::QUERY_RETRIEVE_LEVEL, VR::CS, "IMAGE"),
+                (tags::STUDY_INSTANCE_UID, VR::UI, study_uid),
+                (tags::SERIES_INSTANCE_UID, VR::UI, series_uid.as_str()),
+                (tags::SOP_INSTANCE_UID, VR::UI, ""),
+                (tags::INSTANCE_NUMBER, VR::IS, ""),
+            ];
+            keys.extend(extra);
+            scu::identifier(&keys)
+        };
+        let mut listed: BTreeMap<String, Option<i64>> = BTreeMap::new();
+        let mut add = |m: dicom_object::InMemDicomObject| {
+            let sop = scu::text(&m, tags::SOP_INSTANCE_UID);
+            if !sop.is_empty() {
+                listed.insert(sop, scu::text(&m, tags::INSTANCE_NUMBER).parse().ok());
+            }
+        };
+        let status = scu.find(&image_level(None), &mut add).await?;
+        if status != 0 && !(status == CAPPED && !listed.is_empty()) {
             return Err(failed(status, "IMAGE"));
+        }
+        if status == CAPPED {
+            // the source truncates IMAGE-level answers (Orthanc: LimitFindInstances):
+            // narrower keys, one InstanceNumber at a time over the numbers its count
+            // allows around those seen, until the series' count is reached
+            let count = counted.unwrap_or(0).max(listed.len());
+            let low = listed.values().flatten().min().copied().unwrap_or(1).min(1);
+            let high = listed.values().flatten().max().copied().unwrap_or(0);
+            let last = high.max(low + 2 * count as i64);
+            let mut number = low;
+            while listed.len() < count && number <= last {
+                let value = number.to_string();
+                let status = scu
+                    .find(
+                        &image_level(Some((tags::INSTANCE_NUMBER, VR::IS, value.as_str()))),
+                        &mut |m| {
+                            let sop = scu::text(&m, tags::SOP_INSTANCE_UID);
+                            if !sop.is_empty() {
+                                listed.insert(sop, Some(number));
+                            }
+                        },
+                    )
+                    .await?;
+                if status != 0 {
+                    return Err(failed(status, "IMAGE (by InstanceNumber)"));
+                }
+                number += 1;
+            }
+            if counted.is_none() || listed.len() < count {
+                return Err(ScuError::Protocol {
+                    peer: remote.to_string(),
+                    detail: format!(
+                        "the source caps IMAGE-level C-FIND answers (status {CAPPED:#06X}) and \
+                         could not be listed fully for series {}: {} instance(s) listed{}; the \
+                         study cannot be reconciled instance by instance",
+                        series_uid.trim(),
+                        listed.len(),
+                        counted
+                            .map(|c| format!(" of the {c} it counts"))
+                            .unwrap_or_else(|| ", and it gives no count".into())
+                    ),
+                });
+            }
+        }
+        for sop in listed.into_keys() {
+            out.insert(sop, series_uid.clone());
         }
     }
     scu.release().await;
     Ok(out)
 }
+
+/// The status a source ends a truncated C-FIND answer with (Orthanc's result caps).
+const CAPPED: u16 = 0xFE00;
 
 /// The source's NumberOfStudyRelatedInstances for a study now (`None` when it does not
 /// answer that optional key, PS3.4 C.6.1.1.4).
