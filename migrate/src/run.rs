@@ -572,7 +572,8 @@ async fn list_once(
             }
         };
         let status = scu.find(&image_level(None), &mut add).await?;
-        if status != 0 && !(status == CAPPED && !listed.is_empty()) {
+        let capped = status == CAPPED && !listed.is_empty();
+        if status != 0 && !capped {
             return Err(failed(status, "IMAGE"));
         }
         if status == CAPPED {
