@@ -227,6 +227,10 @@ pub struct TieringConfig {
     /// deleted from the cold tier.
     #[serde(with = "humantime_serde")]
     pub orphan_grace: Duration,
+    /// How often the background worker looks for unrecorded uploads and incomplete
+    /// multipart uploads (a LIST of the whole bucket); `strata tier run` always does.
+    #[serde(with = "humantime_serde")]
+    pub orphan_scan_interval: Duration,
     /// Longest wait between retries while the cold tier fails.
     #[serde(with = "humantime_serde")]
     pub max_backoff: Duration,
@@ -259,6 +263,7 @@ impl Default for TieringConfig {
             archive_after: Duration::ZERO,
             archive_storage_class: "DEEP_ARCHIVE".into(),
             orphan_grace: Duration::from_secs(3600),
+            orphan_scan_interval: Duration::from_secs(86400),
             max_backoff: Duration::from_secs(300),
         }
     }

@@ -234,3 +234,47 @@ fn an_upload_cut_before_completion_is_found_and_aborted() {
     let (clean, report) = archive.verify_json();
     assert!(clean, "{report}");
 }
+
+/// Issue 11 item 4 (cloud cost): the background worker's passes do not LIST the whole
+/// bucket each `scan_interval`; the orphan scan runs once, then every
+/// `orphan_scan_interval`. Counted in the proxy's request log over the same few passes,
+/// with the scan due every pass and with the default (a day).
+#[test]
+fn background_passes_do_not_list_the_bucket_each_time() {
+    let moto = Moto::start();
+    moto.create_bucket("idle");
+    let dir = scratch("faults-idle-lists");
+    let proxy = FaultProxy::start(dir.path(), moto.port);
+    let lists = |every: &str| -> usize {
+        let before = proxy.requests().lines().count();
+        let archive = Archive::with_config(
+            &format!("faults-idle-{}", every.replace(' ', "")),
+            &proxy.cold_section(
+                "idle",
+                &format!(
+                    "\n[tiering]\nscan_interval = \"1s\"\norphan_scan_interval = \"{every}\"\n"
+                ),
+            ),
+        );
+        let server = archive.start();
+        std::thread::sleep(std::time::Duration::from_secs(5));
+        server.stop();
+        proxy
+            .requests()
+            .lines()
+            .skip(before)
+            // a LIST (objects or multipart uploads) is a GET of the bucket itself
+            .filter(|l| {
+                let parts: Vec<&str> = l.split_whitespace().collect();
+                parts.first() == Some(&"GET") && parts.get(2) == Some(&"/idle")
+            })
+            .count()
+    };
+    let every_pass = lists("0s");
+    let daily = lists("1day");
+    assert!(
+        every_pass >= 4,
+        "the scan due every pass lists each time: {every_pass}"
+    );
+    assert!(daily <= 2, "with the default, once at start: {daily}");
+}

@@ -69,6 +69,8 @@ pub struct Tiering {
     pub audit: Option<crate::audit::AuditLog>,
     /// Set once this process has claimed the cold tier for the archive (its marker).
     pub claimed: Arc<tokio::sync::OnceCell<()>>,
+    /// When the last orphan scan ran (ms since the epoch; 0: not yet).
+    pub last_orphan_scan_ms: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Tiering {
@@ -87,6 +89,7 @@ impl Tiering {
             metrics: None,
             audit,
             claimed: Arc::new(tokio::sync::OnceCell::new()),
+            last_orphan_scan_ms: Arc::new(std::sync::atomic::AtomicU64::new(0)),
         }
     }
 

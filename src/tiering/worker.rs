@@ -87,8 +87,17 @@ impl Tiering {
         })
     }
 
-    /// One policy pass now. A transient cold-tier failure ends it with an error.
+    /// One policy pass now, orphan collection included (`strata tier run`). A transient
+    /// cold-tier failure ends it with an error.
     pub async fn run_pass(&self) -> Result<PassReport, TieringError> {
+        self.run_pass_with(true).await
+    }
+
+    /// One policy pass; `orphans_now` or, in the background, once the last orphan scan is
+    /// older than `[tiering] orphan_scan_interval`: that scan LISTs the whole bucket and
+    /// its multipart uploads, which costs requests an idle archive should not pay every
+    /// `scan_interval`.
+    pub async fn run_pass_with(&self, orphans_now: bool) -> Result<PassReport, TieringError> {
         let _busy = self.busy.lock().await;
         let mut report = PassReport::default();
         let now = unix_ms_now();
@@ -146,9 +155,17 @@ impl Tiering {
             }
         }
 
-        // 4. orphan uploads
-        report.orphans_deleted = self.collect_orphans(now).await?;
-        report.uploads_aborted = self.abort_stale_uploads(now).await?;
+        // 4. orphan uploads, not every pass
+        let last = self
+            .last_orphan_scan_ms
+            .load(std::sync::atomic::Ordering::Acquire);
+        let every = self.config.tiering.orphan_scan_interval.as_millis() as u64;
+        if orphans_now || last == 0 || now.saturating_sub(last) >= every {
+            report.orphans_deleted = self.collect_orphans(now).await?;
+            report.uploads_aborted = self.abort_stale_uploads(now).await?;
+            self.last_orphan_scan_ms
+                .store(now, std::sync::atomic::Ordering::Release);
+        }
         Ok(report)
     }
 
@@ -467,7 +484,7 @@ pub async fn run_worker(tiering: Tiering, trigger: Arc<Notify>, mut stop: watch:
     let max_backoff = tiering.config.tiering.max_backoff;
     let mut backoff = Duration::from_secs(1);
     loop {
-        let wait = match tiering.run_pass().await {
+        let wait = match tiering.run_pass_with(false).await {
             Ok(report) => {
                 backoff = Duration::from_secs(1);
                 for (study, reason) in &report.failed {
