@@ -652,7 +652,24 @@ fn the_scrubber_never_calls_an_unread_archived_copy_verified() {
         Duration::from_secs(30),
         || server.log_text().contains("fixity not checked this cycle"),
     );
+    let log = server.log_text();
     server.stop();
+    // issue 11 item 4: and it asked S3 for no restore (a restore costs): it checked the
+    // archived pack's size with a HEAD instead
+    assert!(
+        log.contains("its size checked without a restore"),
+        "the scrubber says what it checked: {log}"
+    );
+    let script = format!(
+        "import boto3\nc = boto3.client('s3', endpoint_url='http://127.0.0.1:{}', aws_access_key_id='testing', aws_secret_access_key='testing', region_name='us-east-1')\nfor o in c.list_objects_v2(Bucket='deep-scrub')['Contents']:\n    if '/packs/' in o['Key']:\n        print(c.head_object(Bucket='deep-scrub', Key=o['Key']).get('Restore'))",
+        moto.port
+    );
+    let out = run_ok(std::process::Command::new("python3").args(["-c", &script]));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "None",
+        "no restore was requested for the archived pack"
+    );
     let shown = run_ok(&mut archive.strata(&["show", &study, "--json"]));
     let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
     for series in shown["series"].as_array().unwrap() {
