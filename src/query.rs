@@ -161,10 +161,22 @@ impl Query {
 
     /// Parses an identifier encoded in `ts` (the presentation context's syntax).
     pub fn parse(bytes: &[u8], ts: &str) -> Result<Query, QueryError> {
-        let enc = match ts {
-            "1.2.840.10008.1.2" => Encoding::ImplicitLittle,
-            "1.2.840.10008.1.2.1" => Encoding::ExplicitLittle,
-            "1.2.840.10008.1.2.2" => Encoding::ExplicitBig,
+        let inflated;
+        let (bytes, enc) = match ts {
+            "1.2.840.10008.1.2" => (bytes, Encoding::ImplicitLittle),
+            "1.2.840.10008.1.2.1" => (bytes, Encoding::ExplicitLittle),
+            "1.2.840.10008.1.2.2" => (bytes, Encoding::ExplicitBig),
+            // deflated explicit VR LE (PS3.5 A.5); an identifier is small: capped at 1 MiB
+            _ if crate::dicom::framing::Encoding::is_deflated(ts) => {
+                use std::io::Read;
+                let mut out = Vec::new();
+                flate2::read::DeflateDecoder::new(bytes)
+                    .take(1 << 20)
+                    .read_to_end(&mut out)
+                    .map_err(|e| QueryError::Malformed(format!("cannot inflate: {e}")))?;
+                inflated = out;
+                (&inflated[..], Encoding::ExplicitLittle)
+            }
             other => {
                 return Err(QueryError::Unsupported(format!(
                     "identifier in transfer syntax {other}"

@@ -463,3 +463,32 @@ fn names_in_every_character_set_are_stored_listed_and_found() {
     );
     server.stop();
 }
+
+/// Issue 11 item 3: C-FIND answers in the transfer syntax of the presentation context
+/// they answer on (PS3.7 §9.3) — implicit and explicit VR little endian, explicit VR big
+/// endian, deflated — so that a requester proposing only one of them reads the same
+/// matches (pynetdicom decodes each in its syntax).
+#[test]
+fn answers_come_in_the_syntax_of_their_presentation_context() {
+    let archive = Archive::new("find-syntaxes");
+    let ct: Vec<std::path::PathBuf> = dcm_files(ct_study()).into_iter().take(1).collect();
+    run_ok(archive.strata(&["import"]).args(&ct));
+    let attrs = strata::dicom::header::read_header_blocking(&ct[0]).unwrap();
+    let server = archive.start();
+    let out = run_ok(python("find_in_syntax.py").args(["--port", &server.dicom_port.to_string()]));
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    for line in &lines {
+        assert_eq!(line["accepted"], true, "{line}");
+        assert_eq!(
+            line["matches"],
+            serde_json::json!([[attrs.patient_id, attrs.study_uid, attrs.patient_name]]),
+            "{line}"
+        );
+    }
+    assert!(server.echo_ok());
+    server.stop();
+}

@@ -13,27 +13,54 @@ use crate::dicom::part10::long_length_vr;
 use crate::query::{self, Model, Query};
 
 /// Encodes a response identifier (explicit or implicit VR little endian).
-pub(crate) fn encode_identifier(elements: &[(u32, [u8; 2], String)], explicit: bool) -> Vec<u8> {
+/// Encodes an identifier of text elements in the transfer syntax `ts` of the
+/// presentation context it answers on (PS3.7 §9.3: a response's data set is in the
+/// context's syntax): implicit or explicit VR little endian, explicit VR big endian, or
+/// deflated explicit VR little endian (RFC 1951).
+pub(crate) fn encode_identifier(elements: &[(u32, [u8; 2], String)], ts: &str) -> Vec<u8> {
+    let big = ts == "1.2.840.10008.1.2.2";
+    let explicit = ts != "1.2.840.10008.1.2";
+    let u16b = |v: u16| {
+        if big {
+            v.to_be_bytes()
+        } else {
+            v.to_le_bytes()
+        }
+    };
+    let u32b = |v: u32| {
+        if big {
+            v.to_be_bytes()
+        } else {
+            v.to_le_bytes()
+        }
+    };
     let mut out = Vec::with_capacity(512);
     for (tag, vr, value) in elements {
         let mut v = value.as_bytes().to_vec();
         if v.len() % 2 == 1 {
             v.push(if vr == b"UI" { 0 } else { b' ' });
         }
-        out.extend_from_slice(&((tag >> 16) as u16).to_le_bytes());
-        out.extend_from_slice(&((tag & 0xFFFF) as u16).to_le_bytes());
+        out.extend_from_slice(&u16b((tag >> 16) as u16));
+        out.extend_from_slice(&u16b((tag & 0xFFFF) as u16));
         if explicit {
             out.extend_from_slice(vr);
             if long_length_vr(vr) {
                 out.extend_from_slice(&[0, 0]);
-                out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+                out.extend_from_slice(&u32b(v.len() as u32));
             } else {
-                out.extend_from_slice(&(v.len() as u16).to_le_bytes());
+                out.extend_from_slice(&u16b(v.len() as u16));
             }
         } else {
-            out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+            out.extend_from_slice(&u32b(v.len() as u32));
         }
         out.extend_from_slice(&v);
+    }
+    if crate::dicom::framing::Encoding::is_deflated(ts) {
+        use std::io::Write;
+        let mut deflated =
+            flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
+        deflated.write_all(&out).expect("deflating into memory");
+        return deflated.finish().expect("deflating into memory");
     }
     out
 }
@@ -117,7 +144,6 @@ pub async fn run_find(
     };
     let level = query.level.keyword();
     let mut found = ctx.archive.find(&ctx.principal, model, query.clone());
-    let explicit = req.transfer_syntax != "1.2.840.10008.1.2";
     let max_pdv = pdv_limit(assoc.requestor_max_pdu_length());
     let mut sent = 0usize;
     while let Some(answer) = found.next().await {
@@ -133,7 +159,7 @@ pub async fn run_find(
         send_command(assoc, req.pc_id, rsp).await?;
         let id = encode_identifier(
             &identifier_for(&query, &answer, level, &ctx.config.ae_title),
-            explicit,
+            &req.transfer_syntax,
         );
         send_data(assoc, req.pc_id, &id, max_pdv).await?;
         sent += 1;

@@ -730,10 +730,9 @@ async fn final_response(
         retrieve_rsp(req, status, counters, true, comment),
     )
     .await?;
-    let explicit = req.transfer_syntax != "1.2.840.10008.1.2";
     let identifier = super::find::encode_identifier(
         &[(FAILED_SOP_INSTANCE_UID_LIST, *b"UI", failed_uids.join("\\"))],
-        explicit,
+        &req.transfer_syntax,
     );
     let max = pdv_limit(assoc.requestor_max_pdu_length());
     send_data(assoc, req.pc_id, &identifier, max).await
