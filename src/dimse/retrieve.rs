@@ -94,17 +94,25 @@ impl SubOpError {
     }
 }
 
+/// Sub-operation counters, kept whole: a study may hold more than 65,535 instances. The
+/// responses carry them as US (PS3.7 Table 9.3-8), saturated at 65,535
+/// ([`Counters::us`]); the operation itself goes on to the end.
 #[derive(Default)]
 struct Counters {
-    remaining: u16,
-    completed: u16,
-    failed: u16,
-    warning: u16,
+    remaining: usize,
+    completed: usize,
+    failed: usize,
+    warning: usize,
     /// Why the first failed sub-operation failed, for the final response's Error Comment.
     first_failure: Option<String>,
 }
 
 impl Counters {
+    /// A counter as the US a response carries: saturated at 65,535.
+    fn us(n: usize) -> u16 {
+        n.min(u16::MAX as usize) as u16
+    }
+
     /// Counts one sub-operation's outcome; a failure also lists its instance.
     fn count(
         &mut self,
@@ -151,11 +159,11 @@ fn retrieve_rsp(
     let request = req.incoming.command_field;
     let mut b = ResponseBuilder::new(request, req.incoming.message_id, status)
         .uid(tag::AFFECTED_SOP_CLASS_UID, &req.sop_class)
-        .u16(tag::COMPLETED_SUB_OPERATIONS, c.completed)
-        .u16(tag::FAILED_SUB_OPERATIONS, c.failed)
-        .u16(tag::WARNING_SUB_OPERATIONS, c.warning);
+        .u16(tag::COMPLETED_SUB_OPERATIONS, Counters::us(c.completed))
+        .u16(tag::FAILED_SUB_OPERATIONS, Counters::us(c.failed))
+        .u16(tag::WARNING_SUB_OPERATIONS, Counters::us(c.warning));
     if status == status::PENDING {
-        b = b.u16(tag::REMAINING_SUB_OPERATIONS, c.remaining);
+        b = b.u16(tag::REMAINING_SUB_OPERATIONS, Counters::us(c.remaining));
     }
     if with_data {
         b = b.u16(tag::COMMAND_DATA_SET_TYPE, 0x0001);
@@ -630,7 +638,7 @@ pub async fn run_move(
         }
     };
     let items = retrieval.items().clone();
-    counters.remaining = items.len().min(u16::MAX as usize) as u16;
+    counters.remaining = items.len();
     if items.is_empty() {
         retrieval.finish(0, 0).await;
         let rsp = retrieve_rsp(&req, status::SUCCESS, &counters, false, "");
@@ -680,7 +688,7 @@ pub async fn run_move(
             if cancel_requested(assoc).await? {
                 stop.store(true, Ordering::Release);
                 let (completed, failed) = (counters.completed, counters.failed);
-                retrieval.finish(completed.into(), failed.into()).await;
+                retrieval.finish(completed, failed).await;
                 let rsp = retrieve_rsp(&req, status::CANCEL, &counters, false, "");
                 return send_command(assoc, req.pc_id, rsp).await;
             }
@@ -701,7 +709,7 @@ pub async fn run_move(
     counters.remaining = 0;
     tracing::info!(destination = %address, completed = counters.completed, failed = counters.failed, "C-MOVE");
     retrieval
-        .finish(counters.completed.into(), counters.failed.into())
+        .finish(counters.completed, counters.failed)
         .await;
     final_response(assoc, &req, &counters, &failed_uids).await
 }
@@ -759,7 +767,7 @@ pub async fn run_get(
     };
     let items = retrieval.items().clone();
     let reader = retrieval.reader();
-    counters.remaining = items.len().min(u16::MAX as usize) as u16;
+    counters.remaining = items.len();
     let accepted = accepted_contexts(assoc.presentation_contexts());
     let max = pdv_limit(assoc.requestor_max_pdu_length());
     let mut failed_uids = Vec::new();
@@ -768,7 +776,7 @@ pub async fn run_get(
     for item in items.iter() {
         if cancel_seen || cancel_requested(assoc).await? {
             retrieval
-                .finish(counters.completed.into(), counters.failed.into())
+                .finish(counters.completed, counters.failed)
                 .await;
             let rsp = retrieve_rsp(&req, status::CANCEL, &counters, false, "");
             return send_command(assoc, req.pc_id, rsp).await;
@@ -803,7 +811,30 @@ pub async fn run_get(
         "C-GET"
     );
     retrieval
-        .finish(counters.completed.into(), counters.failed.into())
+        .finish(counters.completed, counters.failed)
         .await;
     final_response(assoc, &req, &counters, &failed_uids).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 11 item 3: a study of more than 65,535 instances. The counters count on,
+    /// and every response carries them saturated at 65,535 (US); they never wrap
+    /// around, nor panic.
+    #[test]
+    fn counters_past_65535_saturate_in_responses() {
+        let mut c = Counters {
+            remaining: 70_000,
+            ..Default::default()
+        };
+        for _ in 0..70_000 {
+            c.remaining = c.remaining.saturating_sub(1);
+            c.completed += 1;
+        }
+        assert_eq!((c.completed, c.remaining), (70_000, 0));
+        assert_eq!(Counters::us(c.completed), u16::MAX);
+        assert_eq!(Counters::us(70_000 - 65_000), 5_000);
+    }
 }
