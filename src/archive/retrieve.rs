@@ -42,7 +42,46 @@ impl RetrievalReader {
     pub async fn read(&self, id: &ObjectId) -> Result<Vec<u8>, Error> {
         Ok(self.reader.read(id).await?)
     }
+
+    /// For an object larger than [`STREAM_ABOVE`] that goes as stored (`target` is its
+    /// own transfer syntax) and has a hot copy: the file, where its data set starts and
+    /// how long it is — after re-hashing the whole file against its id in bounded memory
+    /// (a hot copy is never served unchecked). `None`: read it whole instead.
+    pub async fn hot_file_to_stream(
+        &self,
+        item: &RetrieveItem,
+        target: &str,
+    ) -> Option<(std::path::PathBuf, u64, u64)> {
+        if target != item.transfer_syntax_uid {
+            return None;
+        }
+        let (hot, id) = (self.reader.hot.clone(), item.id);
+        tokio::task::spawn_blocking(move || {
+            let path = hot.path_of(&id);
+            let size = std::fs::metadata(&path).ok()?.len();
+            if size <= STREAM_ABOVE {
+                return None;
+            }
+            match hot.rehash_blocking(&id) {
+                Ok((actual, _)) if actual == id => {}
+                _ => return None, // the checked read path says what is wrong
+            }
+            let mut head = vec![0u8; 64 * 1024];
+            let mut file = std::fs::File::open(&path).ok()?;
+            let n = std::io::Read::read(&mut file, &mut head).ok()?;
+            let meta = crate::dicom::part10::read_foreign_meta(&head[..n]).ok()?;
+            let offset = meta.dataset_offset as u64;
+            Some((path, offset, size - offset))
+        })
+        .await
+        .ok()
+        .flatten()
+    }
 }
+
+/// Objects larger than this (bytes) are streamed from their hot file when they go as
+/// stored, instead of read whole: a multi-frame of gigabytes costs a few PDVs of memory.
+pub const STREAM_ABOVE: u64 = 64 << 20;
 
 /// A retrieval in progress; see the module docs.
 pub struct Retrieval {

@@ -60,6 +60,39 @@ pub async fn send_data<A: AsyncAssociation<TcpStream> + Send>(
     Ok(())
 }
 
+/// Sends `len` bytes of `path` from `offset` as the data set, read in PDV-sized chunks:
+/// one chunk in memory at a time, whatever the object's size.
+pub async fn send_data_file<A: AsyncAssociation<TcpStream> + Send>(
+    assoc: &mut A,
+    pc_id: u8,
+    path: &std::path::Path,
+    offset: u64,
+    len: u64,
+    max_pdv: usize,
+) -> Result<(), AssocError> {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let read_failed =
+        |e: std::io::Error| AssocError::Receive(format!("read {} to send it: {e}", path.display()));
+    let mut file = tokio::fs::File::open(path).await.map_err(read_failed)?;
+    file.seek(std::io::SeekFrom::Start(offset))
+        .await
+        .map_err(read_failed)?;
+    let max = max_pdv.clamp(1, UNLIMITED_PDV) as u64;
+    let mut left = len;
+    loop {
+        let n = left.min(max) as usize;
+        let mut chunk = vec![0u8; n];
+        file.read_exact(&mut chunk).await.map_err(read_failed)?;
+        left -= n as u64;
+        send_pdv(assoc, pc_id, PDataValueType::Data, chunk, left == 0)
+            .await
+            .map_err(AssocError::send("data set"))?;
+        if left == 0 {
+            return Ok(());
+        }
+    }
+}
+
 /// One PDV in one P-DATA-TF.
 async fn send_pdv<A: AsyncAssociation<TcpStream> + Send>(
     assoc: &mut A,

@@ -278,18 +278,34 @@ async fn send_item<A: AsyncAssociation<tokio::net::TcpStream> + Send>(
         transfer_syntax: item.transfer_syntax_uid.clone(),
         convertible: convertible_to_native(&item.transfer_syntax_uid),
     })?;
-    let dataset = dataset_for(reader, item, target).await?;
+    // a large hot object that goes as stored is streamed from its file (bounded
+    // memory); anything else is read, checked and converted in memory
+    let payload = match reader.hot_file_to_stream(item, target).await {
+        Some((path, offset, len)) => Payload::File { path, offset, len },
+        None => Payload::Bytes(dataset_for(reader, item, target).await?),
+    };
     store_one(
         dest,
         *pc_id,
         message_id,
         item,
-        &dataset,
+        &payload,
         originator,
         max_pdv,
         cancel_seen,
     )
     .await
+}
+
+/// What a C-STORE sub-operation sends as its data set.
+enum Payload {
+    Bytes(Vec<u8>),
+    /// `len` bytes of a verified hot file from `offset` (its data set), sent as read.
+    File {
+        path: std::path::PathBuf,
+        offset: u64,
+        len: u64,
+    },
 }
 
 /// Sends one stored object with C-STORE on `dest` (a new association for C-MOVE, the
@@ -303,7 +319,7 @@ async fn store_one<A: AsyncAssociation<tokio::net::TcpStream> + Send>(
     pc_id: u8,
     message_id: u16,
     item: &RetrieveItem,
-    dataset: &[u8],
+    payload: &Payload,
     originator: Option<(&str, u16)>,
     max_pdv: usize,
     cancel_seen: &mut bool,
@@ -317,7 +333,12 @@ async fn store_one<A: AsyncAssociation<tokio::net::TcpStream> + Send>(
             .u16(tag::MOVE_ORIGINATOR_MESSAGE_ID, id);
     }
     send_command(dest, pc_id, cmd.encode()).await?;
-    send_data(dest, pc_id, dataset, max_pdv).await?;
+    match payload {
+        Payload::Bytes(dataset) => send_data(dest, pc_id, dataset, max_pdv).await?,
+        Payload::File { path, offset, len } => {
+            super::pdv::send_data_file(dest, pc_id, path, *offset, *len, max_pdv).await?
+        }
+    }
     let bad = |detail: String| SubOpError::BadResponse(detail);
     loop {
         match tokio::time::timeout(SUB_OPERATION_TIMEOUT, AsyncAssociation::receive(dest)).await {
@@ -708,9 +729,7 @@ pub async fn run_move(
     }
     counters.remaining = 0;
     tracing::info!(destination = %address, completed = counters.completed, failed = counters.failed, "C-MOVE");
-    retrieval
-        .finish(counters.completed, counters.failed)
-        .await;
+    retrieval.finish(counters.completed, counters.failed).await;
     final_response(assoc, &req, &counters, &failed_uids).await
 }
 
@@ -775,9 +794,7 @@ pub async fn run_get(
     let mut message_id: u16 = 0;
     for item in items.iter() {
         if cancel_seen || cancel_requested(assoc).await? {
-            retrieval
-                .finish(counters.completed, counters.failed)
-                .await;
+            retrieval.finish(counters.completed, counters.failed).await;
             let rsp = retrieve_rsp(&req, status::CANCEL, &counters, false, "");
             return send_command(assoc, req.pc_id, rsp).await;
         }
@@ -810,9 +827,7 @@ pub async fn run_get(
         failed = counters.failed,
         "C-GET"
     );
-    retrieval
-        .finish(counters.completed, counters.failed)
-        .await;
+    retrieval.finish(counters.completed, counters.failed).await;
     final_response(assoc, &req, &counters, &failed_uids).await
 }
 
