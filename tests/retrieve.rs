@@ -800,9 +800,44 @@ fn a_two_gigabyte_object_is_stored_moved_and_got_in_bounded_memory() {
         "strata serve peak RSS while storing, C-MOVEing and C-GETing a {size}-byte object: {} MiB",
         peak >> 20
     );
+    // `strata export` beside the running server, its own peak RSS measured by its parent
+    let exported = archive.dir.path().join("exported");
+    let mut export = archive.strata(&["export", &attrs.study_uid, "--out"]);
+    export.arg(&exported);
+    let program = export.get_program().to_owned();
+    let args: Vec<std::ffi::OsString> = export.get_args().map(|a| a.to_owned()).collect();
+    let out = run_ok(
+        std::process::Command::new("python3")
+            .arg("-c")
+            .arg("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); print(r.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+            .arg(program)
+            .args(args)
+            .envs(export.get_envs().filter_map(|(k, v)| v.map(|v| (k, v)))),
+    );
+    let line = String::from_utf8_lossy(&out.stdout);
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .rev()
+        .take(2)
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    let export_peak = fields[0] * 1024;
+    eprintln!("strata export peak RSS for it: {} MiB", export_peak >> 20);
+    let files = walk(&exported);
+    assert_eq!(files.len(), 1, "{line}");
     server.stop();
     assert!(peak < 300 << 20, "peak RSS {} MiB", peak >> 20);
-    for f in moved.iter().chain(gotten.iter()).chain([&big]) {
+    assert!(
+        export_peak < 300 << 20,
+        "export peak RSS {} MiB",
+        export_peak >> 20
+    );
+    for f in moved
+        .iter()
+        .chain(gotten.iter())
+        .chain(files.iter())
+        .chain([&big])
+    {
         let _ = std::fs::remove_file(f);
     }
 }

@@ -122,7 +122,26 @@ fn export(archive: &Archive, studies: &[String], out: &Path) -> Result<ExportRep
             let dir = out.join(&e.study_uid).join(&e.series_uid);
             dest_of.insert(id, dir.join(format!("{}.dcm", e.sop_instance_uid)));
         }
-        let ids: Vec<ObjectId> = dest_of.keys().copied().collect();
+        // large hot objects are copied file to file (after a re-hash in chunks against
+        // their id): never held in memory whole
+        let mut ids: Vec<ObjectId> = Vec::with_capacity(dest_of.len());
+        for (id, dest) in &dest_of {
+            let path = archive.hot.path_of(id);
+            let large =
+                std::fs::metadata(&path).is_ok_and(|m| m.len() > super::retrieve::STREAM_ABOVE);
+            let intact = large
+                && archive
+                    .hot
+                    .rehash_blocking(id)
+                    .is_ok_and(|(actual, _)| actual == *id);
+            if intact {
+                let copied = copy_durably(&path, dest).map_err(Error::io("copy", dest))?;
+                report.files += 1;
+                report.bytes += copied;
+            } else {
+                ids.push(*id);
+            }
+        }
         let failed = rt.block_on(reader.read_many(&ids, &mut |id, bytes| {
             let dest = &dest_of[&id];
             write_durably(dest, &bytes).map_err(|e| {
@@ -144,10 +163,30 @@ fn export(archive: &Archive, studies: &[String], out: &Path) -> Result<ExportRep
     Ok(report)
 }
 
-/// Writes a file through a temporary name and fsyncs it (an export is meant to outlive
-/// the archive). Its folder is made only now: an object that cannot be read leaves no
-/// empty folder behind.
+/// Copies `src` to `dest` durably, in chunks (bounded memory); returns the bytes copied.
+fn copy_durably(src: &Path, dest: &Path) -> std::io::Result<u64> {
+    durably(dest, |out| {
+        std::io::copy(&mut std::fs::File::open(src)?, out)
+    })
+}
+
+/// Writes a file durably (an export is meant to outlive the archive).
 fn write_durably(dest: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    durably(dest, |out| {
+        use std::io::Write;
+        out.write_all(bytes)?;
+        Ok(bytes.len() as u64)
+    })
+    .map(|_| ())
+}
+
+/// Writes `dest` through a temporary name beside it, fsyncs it, then renames it into
+/// place. Its folder is made only now: an object that cannot be read leaves no empty
+/// folder behind.
+fn durably(
+    dest: &Path,
+    write: impl FnOnce(&mut std::fs::File) -> std::io::Result<u64>,
+) -> std::io::Result<u64> {
     if let Some(dir) = dest.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -156,16 +195,21 @@ fn write_durably(dest: &Path, bytes: &[u8]) -> std::io::Result<()> {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let tmp = dest.with_file_name(format!(".{name}.partial"));
-    let result = std::fs::File::create(&tmp).and_then(|mut f| {
-        use std::io::Write;
-        f.write_all(bytes)?;
-        f.sync_all()
+    let result = std::fs::File::create(&tmp).and_then(|mut out| {
+        let written = write(&mut out)?;
+        out.sync_all()?;
+        Ok(written)
     });
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
+    match result {
+        Ok(written) => {
+            std::fs::rename(&tmp, dest)?;
+            Ok(written)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(e)
+        }
     }
-    std::fs::rename(&tmp, dest)
 }
 #[derive(Debug, Default, Serialize)]
 pub struct ManifestReport {
