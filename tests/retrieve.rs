@@ -363,6 +363,10 @@ fn storage_commitment_rehashes_before_committing() {
     let out = run_ok(&mut cmd);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["action_status"], 0, "{v}");
+    assert_eq!(
+        v["scp_role"], true,
+        "the SCP role the requester asked for is granted (role selection, PS3.7 D.3.3.4)"
+    );
     assert_eq!(v["event_type"], 2, "failures present: {v}");
     let committed: BTreeSet<String> = v["committed"]
         .as_array()

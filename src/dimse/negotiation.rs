@@ -52,8 +52,10 @@ impl AccessControl for StrataAccess {
     }
 }
 
-/// Role selection: a C-GET requester proposes the SCP role for the storage classes it
-/// wants to receive; accept whatever roles it proposes for those.
+/// Role selection (PS3.7 D.3.3.4): a C-GET requester proposes the SCP role for the
+/// storage classes it wants to receive, and a storage commitment requester for the
+/// Storage Commitment Push Model, to receive the N-EVENT-REPORT on the same association
+/// (PS3.4 J.3.3). Accept whatever roles it proposes for those.
 #[derive(Debug, Clone, Copy)]
 pub struct StrataNegotiation;
 
@@ -76,7 +78,8 @@ impl dicom_ul::association::server::Negotiation for StrataNegotiation {
         scu_role: bool,
         scp_role: bool,
     ) -> Option<dicom_ul::pdu::RequestorRoles> {
-        is_storage_sop_class(sop_class_uid.trim_end_matches('\0')).then_some(
+        let uid = sop_class_uid.trim_end_matches('\0');
+        (is_storage_sop_class(uid) || uid == sop::STORAGE_COMMITMENT_PUSH).then_some(
             dicom_ul::pdu::RequestorRoles {
                 scu: scu_role,
                 scp: scp_role,

@@ -44,6 +44,9 @@ def main():
                          evt_handlers=[(evt.EVT_N_EVENT_REPORT, on_report)])
     if not assoc.is_established:
         raise SystemExit("association failed")
+    # did the SCP answer the role selection, granting the SCP role for the event report?
+    cx = [c for c in assoc.accepted_contexts if c.abstract_syntax == StorageCommitmentPushModel][0]
+    result["scp_role"] = bool(cx.as_scp)
     ds = Dataset()
     ds.TransactionUID = generate_uid()
     items = []
