@@ -177,11 +177,17 @@ impl Query {
                 inflated = out;
                 (&inflated[..], Encoding::ExplicitLittle)
             }
-            other => {
-                return Err(QueryError::Unsupported(format!(
-                    "identifier in transfer syntax {other}"
-                )))
-            }
+            // a compressed syntax compresses pixel data only: an identifier under it is
+            // explicit VR little endian (PS3.5 A.4), as an SCU proposing only compressed
+            // syntaxes sends it
+            other => match Encoding::of_transfer_syntax(other) {
+                Some(enc) => (bytes, enc),
+                None => {
+                    return Err(QueryError::Unsupported(format!(
+                        "identifier in transfer syntax {other}"
+                    )))
+                }
+            },
         };
         let elements = read_identifier(bytes, enc).map_err(QueryError::Malformed)?;
         // the identifier's values are in *its* character set (PS3.4 C.4.1.1.3.1 and

@@ -11,7 +11,7 @@ import json
 
 from pydicom.dataset import Dataset
 from pydicom.uid import (DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian,
-                         ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+                         ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGBaseline8Bit)
 from pynetdicom import AE
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind as FIND
 
@@ -22,8 +22,10 @@ def main():
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--called-ae", default="STRATA")
     args = ap.parse_args()
+    # the last: an SCU proposing only a compressed syntax (its identifiers are explicit
+    # VR little endian, PS3.5 A.4)
     for ts in (ImplicitVRLittleEndian, ExplicitVRLittleEndian, ExplicitVRBigEndian,
-               DeflatedExplicitVRLittleEndian):
+               DeflatedExplicitVRLittleEndian, JPEGBaseline8Bit):
         ae = AE(ae_title="SYNTAXFIND")
         ae.add_requested_context(FIND, [ts])
         assoc = ae.associate(args.host, args.port, ae_title=args.called_ae)
