@@ -204,7 +204,16 @@ impl Query {
         let mut level = None;
         let mut keys = Vec::new();
         for (tag, vr, raw) in elements {
-            let value = if raw.iter().all(|b| *b < 0x80 && *b != 0x1B) {
+            // a sequence or binary key is not text (in implicit VR a defined-length
+            // sequence arrives as its raw items): no sequence matching, so it is a
+            // universal key, its attribute returned empty or left out
+            let binary = matches!(
+                &vr_of(tag, vr),
+                b"SQ" | b"OB" | b"OW" | b"OF" | b"OD" | b"OL" | b"OV" | b"UN"
+            );
+            let value = if binary {
+                String::new()
+            } else if raw.iter().all(|b| *b < 0x80 && *b != 0x1B) {
                 String::from_utf8_lossy(&raw).into_owned()
             } else {
                 crate::dicom::charset::decode(&raw, &charset).map_err(|why| {

@@ -477,10 +477,7 @@ fn answers_come_in_the_syntax_of_their_presentation_context() {
     let attrs = strata::dicom::header::read_header_blocking(&ct[0]).unwrap();
     let server = archive.start();
     let out = run_ok(python("find_in_syntax.py").args(["--port", &server.dicom_port.to_string()]));
-    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = json_lines(&out);
     assert_eq!(lines.len(), 5, "{lines:?}");
     for line in &lines {
         assert_eq!(line["accepted"], true, "{line}");
@@ -492,4 +489,49 @@ fn answers_come_in_the_syntax_of_their_presentation_context() {
     }
     assert!(server.echo_ok());
     server.stop();
+}
+
+/// Issue 11 field case (PS3.4 C.2.2.2.6, PS3.5 6.2.2): sequence keys — an empty sequence,
+/// one empty item, an item with a universal key — in explicit and implicit VR are
+/// universal: the study matches (0xFF00 then 0x0000; implicit VR used to fail with
+/// 0xA900), and they come back as SQ or not at all, never as UN. A UR return key
+/// (RetrieveURL) comes back as UR.
+#[test]
+fn sequence_keys_are_universal_and_never_come_back_as_un() {
+    let archive = Archive::new("find-sequence-keys");
+    let ct: Vec<std::path::PathBuf> = dcm_files(ct_study()).into_iter().take(1).collect();
+    run_ok(archive.strata(&["import"]).args(&ct));
+    let study = strata::dicom::header::read_header_blocking(&ct[0])
+        .unwrap()
+        .study_uid;
+    let server = archive.start();
+    let out = run_ok(python("find_sequence_keys.py").args([
+        "--port",
+        &server.dicom_port.to_string(),
+        "--study",
+        &study,
+    ]));
+    let lines = json_lines(&out);
+    assert_eq!(lines.len(), 5, "{lines:?}");
+    for line in &lines {
+        assert_eq!(line["statuses"], serde_json::json!([0xFF00, 0]), "{line}");
+        let vrs = line["vrs"].as_array().unwrap();
+        assert_eq!(vrs.len(), 1, "{line}");
+        for vr in vrs[0].as_array().unwrap() {
+            assert!(
+                vr.is_null() || vr == "SQ" || vr == "UR",
+                "returned as SQ, UR or not at all, never UN: {line}"
+            );
+        }
+    }
+    assert_eq!(lines[4]["vrs"], serde_json::json!([["UR"]]), "{}", lines[4]);
+    server.stop();
+}
+
+/// One JSON value per line of a peer script's output.
+fn json_lines(out: &std::process::Output) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }

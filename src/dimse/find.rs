@@ -80,7 +80,12 @@ fn identifier_for(
             query::tags::RETRIEVE_AE_TITLE => ae_title.to_string(),
             t => answer.get(&t).cloned().unwrap_or_default(),
         };
-        let vr = if long_length_vr(&key.vr) && key.vr != *b"UT" && key.vr != *b"UC" {
+        // sequence keys are left out (no sequence matching); other long-length binary
+        // VRs come back empty as UN; UT, UC and UR are text (a UR RetrieveURL stays UR)
+        if key.vr == *b"SQ" {
+            continue;
+        }
+        let vr = if long_length_vr(&key.vr) && !matches!(&key.vr, b"UT" | b"UC" | b"UR") {
             *b"UN"
         } else {
             key.vr
