@@ -138,6 +138,15 @@ impl Archive {
             tiering = tiering.with_metrics(metrics.tier.clone());
         }
         tiering.audit = audit.clone();
+        let (claim_config, claim_cold) = (config.clone(), cold.clone());
+        tiering.claim = Some(Arc::new(move || {
+            let (config, cold) = (claim_config.clone(), claim_cold.clone());
+            Box::pin(async move {
+                crate::storage::cold_tier::claim(&config, &cold, false)
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+        }));
         Archive {
             config,
             governance: crate::storage::governance_log::GovernanceLog::new(data_dir),

@@ -53,6 +53,10 @@ impl TieringError {
     }
 }
 
+/// A claim of the cold tier: `Ok`, or why this archive may not write there.
+pub type ColdClaim =
+    Arc<dyn Fn() -> futures::future::BoxFuture<'static, Result<(), String>> + Send + Sync>;
+
 /// Everything the tiering code works with. Cheap to clone.
 #[derive(Clone)]
 pub struct Tiering {
@@ -67,6 +71,10 @@ pub struct Tiering {
     pub metrics: Option<TierMetrics>,
     /// Where tier moves are recorded.
     pub audit: Option<crate::audit::AuditLog>,
+    /// Claims the cold tier for this archive before the first pack is uploaded (its
+    /// marker, `storage::cold_tier::claim`, supplied by the application layer so that
+    /// tiering does not reach up into storage); `None` claims nothing.
+    pub claim: Option<ColdClaim>,
     /// Set once this process has claimed the cold tier for the archive (its marker).
     pub claimed: Arc<tokio::sync::OnceCell<()>>,
     /// When the last orphan scan ran (ms since the epoch; 0: not yet).
@@ -88,6 +96,7 @@ impl Tiering {
             busy: Arc::new(tokio::sync::Mutex::new(())),
             metrics: None,
             audit,
+            claim: None,
             claimed: Arc::new(tokio::sync::OnceCell::new()),
             last_orphan_scan_ms: Arc::new(std::sync::atomic::AtomicU64::new(0)),
         }

@@ -154,13 +154,11 @@ impl Tiering {
         let class = (self.cold.supports_storage_classes() && !is_archive_class(wanted))
             .then_some(wanted.as_str());
         // never a pack into a prefix another archive claimed (once per process)
-        self.claimed
-            .get_or_try_init(|| async {
-                crate::storage::cold_tier::claim(&self.config, &self.cold, false)
-                    .await
-                    .map_err(|e| TieringError::Other(e.to_string()))
-            })
-            .await?;
+        if let Some(claim) = &self.claim {
+            self.claimed
+                .get_or_try_init(|| async { claim().await.map_err(TieringError::Other) })
+                .await?;
+        }
         self.cold
             .put_file(&built.id, built.head.clone(), built.body.path(), class)
             .await?;
