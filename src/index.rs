@@ -54,8 +54,8 @@ pub use kv::{KvEngine, KvIndex};
 pub use memory::{MemoryEngine, MemoryIndex};
 pub use records::{
     ColdCopy, CommitOutcome, Compression, FixityRecord, HoldRecord, InstanceEntry, InstanceRecord,
-    NewObject, ObjectRecord, PackRecord, PackedObject, PatientRecord, Provenance, SeriesRecord,
-    StudyRecord, Tier, Tombstone, VersionRef,
+    NewObject, ObjectRecord, OtherPatient, PackRecord, PackedObject, PatientIdentity,
+    PatientRecord, Provenance, SeriesRecord, StudyRecord, Tier, Tombstone, VersionRef,
 };
 pub use rocks::{RocksEngine, RocksIndex};
 

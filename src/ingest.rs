@@ -575,10 +575,48 @@ fn run_committer(
     let _ = index_stage.join();
 }
 
-/// The audit record of one store.
-fn store_event(object: &NewObject, actor: Actor, outcome: CommitOutcome) -> crate::audit::Event {
+/// For each committed object, the PatientID its study is filed under when the object
+/// names another one: a patient conflict (`StudyRecord::other_patients`). One index read
+/// per study of the group.
+fn patient_conflicts(
+    index: &dyn Index,
+    objects: &[NewObject],
+    outcomes: &[CommitOutcome],
+) -> Vec<Option<String>> {
+    let mut filed_under: std::collections::HashMap<&str, Option<String>> =
+        std::collections::HashMap::new();
+    objects
+        .iter()
+        .zip(outcomes)
+        .map(|(o, outcome)| {
+            if !matches!(outcome, CommitOutcome::Stored | CommitOutcome::NewVersion) {
+                return None;
+            }
+            let a = &o.attrs;
+            let filed = filed_under.entry(&a.study_uid).or_insert_with(|| {
+                match index.study(&a.study_uid) {
+                    Ok(s) => s.map(|s| s.patient_id),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "study record unreadable for the patient check");
+                        None
+                    }
+                }
+            });
+            filed.clone().filter(|p| *p != a.patient_id)
+        })
+        .collect()
+}
+
+/// The audit record of one store; `conflict` is the PatientID the study is filed under
+/// when this object names another.
+fn store_event(
+    object: &NewObject,
+    actor: Actor,
+    outcome: CommitOutcome,
+    conflict: Option<&str>,
+) -> crate::audit::Event {
     let a = &object.attrs;
-    crate::audit::Event {
+    let mut event = crate::audit::Event {
         actor,
         action: "store",
         uids: vec![
@@ -595,7 +633,15 @@ fn store_event(object: &NewObject, actor: Actor, outcome: CommitOutcome) -> crat
                 object.id
             ),
         },
+    };
+    if let Some(filed) = conflict {
+        event.outcome.push_str(&format!(
+            "; patient conflict: the study is filed under PatientID {filed:?}, this object \
+             names {:?} (kept and findable under {:?})",
+            a.patient_id, a.patient_id
+        ));
     }
+    event
 }
 
 /// Files stage: skip objects already indexed, make the rest durable under their ids.
@@ -723,6 +769,21 @@ fn run_index_stage(
         });
         match committed {
             Ok(outcomes) => {
+                let conflicts = patient_conflicts(index, &group.objects, &outcomes);
+                for (o, filed) in group.objects.iter().zip(&conflicts) {
+                    if let Some(filed) = filed {
+                        metrics.patient_conflicts.inc();
+                        tracing::warn!(
+                            study = %o.attrs.study_uid,
+                            series = %o.attrs.series_uid,
+                            sop = %o.attrs.sop_instance_uid,
+                            filed_under = %filed,
+                            sent_as = %o.attrs.patient_id,
+                            "patient conflict: a study filed under one PatientID received an \
+                             object of another; kept under the PatientID it was sent with"
+                        );
+                    }
+                }
                 // audited before acknowledged: every store has its record
                 if let Some(log) = audit {
                     let events: Vec<crate::audit::Event> = group
@@ -730,7 +791,10 @@ fn run_index_stage(
                         .iter()
                         .zip(std::mem::take(&mut group.actors))
                         .zip(&outcomes)
-                        .map(|((o, actor), outcome)| store_event(o, actor, *outcome))
+                        .zip(&conflicts)
+                        .map(|(((o, actor), outcome), conflict)| {
+                            store_event(o, actor, *outcome, conflict.as_deref())
+                        })
                         .collect();
                     log.record(&events);
                 }

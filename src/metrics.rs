@@ -12,6 +12,8 @@ pub struct Metrics {
     pub instances_stored: IntCounter,
     pub bytes_stored: IntCounter,
     pub duplicates: IntCounter,
+    /// Objects stored under another PatientID than their study was filed under.
+    pub patient_conflicts: IntCounter,
     pub rejections: IntCounterVec,
     pub store_seconds: Histogram,
     pub commit_batch_size: Histogram,
@@ -187,6 +189,12 @@ impl Metrics {
             "Stores of bytes already held (acknowledged, stored once)",
         )
         .expect("metric");
+        let patient_conflicts = IntCounter::new(
+            "strata_patient_conflicts_total",
+            "Objects stored under another PatientID than their study was filed under \
+             (kept under their own identity, logged and audited)",
+        )
+        .expect("metric");
         let rejections = IntCounterVec::new(
             Opts::new("strata_store_rejections_total", "Stores refused, by reason"),
             &["reason"],
@@ -243,6 +251,7 @@ impl Metrics {
             Box::new(instances_stored.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(bytes_stored.clone()),
             Box::new(duplicates.clone()),
+            Box::new(patient_conflicts.clone()),
             Box::new(rejections.clone()),
             Box::new(store_seconds.clone()),
             Box::new(commit_batch_size.clone()),
@@ -257,6 +266,7 @@ impl Metrics {
             instances_stored,
             bytes_stored,
             duplicates,
+            patient_conflicts,
             rejections,
             store_seconds,
             commit_batch_size,

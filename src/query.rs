@@ -20,7 +20,9 @@
 //! need the Study (and, for images, Series) Instance UID.
 
 use crate::dicom::framing::{read_identifier, Encoding};
-use crate::index::{Index, IndexError, InstanceEntry, SecondaryKey, SeriesRecord, StudyRecord};
+use crate::index::{
+    Index, IndexError, InstanceEntry, PatientIdentity, SecondaryKey, SeriesRecord, StudyRecord,
+};
 use std::collections::BTreeMap;
 
 pub mod tags {
@@ -356,8 +358,63 @@ pub fn matches(key: &Key, value: &str) -> bool {
 /// One match: the identifier's attributes (tag → value) to return.
 pub type Answer = BTreeMap<u32, String>;
 
-fn study_attrs(uid: &str, s: &StudyRecord) -> Answer {
+/// A study as seen under one patient it was received under: nearly every study has one
+/// view; a study with a patient conflict ([`StudyRecord::other_patients`]) has one per
+/// PatientID, each counting only the series received under it.
+struct StudyView {
+    /// PatientID, PatientName, PatientBirthDate, PatientSex.
+    patient: Answer,
+    series: u64,
+    instances: u64,
+}
+
+fn patient_attrs(p: PatientIdentity<'_>) -> Answer {
     BTreeMap::from([
+        (tags::PATIENT_ID, p.patient_id.to_string()),
+        (tags::PATIENT_NAME, p.patient_name.to_string()),
+        (tags::PATIENT_BIRTH_DATE, p.patient_birth_date.to_string()),
+        (tags::PATIENT_SEX, p.patient_sex.to_string()),
+    ])
+}
+
+/// The views of a study (see [`StudyView`]); reads the study's series only when it has a
+/// patient conflict. A view with no series left is not shown.
+fn study_views(
+    index: &dyn Index,
+    uid: &str,
+    s: &StudyRecord,
+) -> Result<Vec<StudyView>, IndexError> {
+    if s.other_patients.is_empty() {
+        return Ok(vec![StudyView {
+            patient: patient_attrs(s.identity()),
+            series: s.series,
+            instances: s.instances,
+        }]);
+    }
+    let mut views: Vec<StudyView> = std::iter::once(s.identity())
+        .chain(s.other_patients.iter().map(|o| o.identity()))
+        .map(|p| StudyView {
+            patient: patient_attrs(p),
+            series: 0,
+            instances: 0,
+        })
+        .collect();
+    for (series_uid, rec) in index.series_of_study(uid)? {
+        let id = s.patient_of_series(&series_uid).patient_id;
+        if let Some(v) = views
+            .iter_mut()
+            .find(|v| v.patient.get(&tags::PATIENT_ID).is_some_and(|p| p == id))
+        {
+            v.series += 1;
+            v.instances += rec.instances;
+        }
+    }
+    views.retain(|v| v.series > 0);
+    Ok(views)
+}
+
+fn study_attrs(uid: &str, s: &StudyRecord, view: &StudyView) -> Answer {
+    let mut attrs = BTreeMap::from([
         (tags::STUDY_INSTANCE_UID, uid.to_string()),
         (tags::STUDY_DATE, s.study_date.clone()),
         (tags::STUDY_TIME, s.study_time.clone()),
@@ -369,16 +426,17 @@ fn study_attrs(uid: &str, s: &StudyRecord) -> Answer {
             s.referring_physician_name.clone(),
         ),
         (tags::MODALITIES_IN_STUDY, s.modalities.join("\\")),
-        (tags::NUMBER_OF_STUDY_RELATED_SERIES, s.series.to_string()),
+        (
+            tags::NUMBER_OF_STUDY_RELATED_SERIES,
+            view.series.to_string(),
+        ),
         (
             tags::NUMBER_OF_STUDY_RELATED_INSTANCES,
-            s.instances.to_string(),
+            view.instances.to_string(),
         ),
-        (tags::PATIENT_ID, s.patient_id.clone()),
-        (tags::PATIENT_NAME, s.patient_name.clone()),
-        (tags::PATIENT_BIRTH_DATE, s.patient_birth_date.clone()),
-        (tags::PATIENT_SEX, s.patient_sex.clone()),
-    ])
+    ]);
+    attrs.extend(view.patient.clone());
+    attrs
 }
 
 fn series_attrs(study_uid: &str, uid: &str, s: &SeriesRecord) -> Answer {
@@ -469,23 +527,36 @@ pub fn find_each(
                     "PATIENT level needs the Patient Root model".into(),
                 ));
             }
-            let mut by_patient: BTreeMap<String, (StudyRecord, u64, u64, u64)> = BTreeMap::new();
-            for_each_candidate_study(index, query, &mut |_, s| {
-                let e = by_patient
-                    .entry(s.patient_id.clone())
-                    .or_insert((s.clone(), 0, 0, 0));
-                e.1 += 1;
-                e.2 += s.series;
-                e.3 += s.instances;
+            // per PatientID: (patient attributes, studies, series, instances)
+            let mut by_patient: BTreeMap<String, (Answer, u64, u64, u64)> = BTreeMap::new();
+            let mut failure = None;
+            for_each_candidate_study(index, query, &mut |uid, s| {
+                let views = match study_views(index, uid, &s) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        failure = Some(storage(e));
+                        return false;
+                    }
+                };
+                for v in views {
+                    let pid = v
+                        .patient
+                        .get(&tags::PATIENT_ID)
+                        .cloned()
+                        .unwrap_or_default();
+                    let e = by_patient.entry(pid).or_insert((v.patient, 0, 0, 0));
+                    e.1 += 1;
+                    e.2 += v.series;
+                    e.3 += v.instances;
+                }
                 true
             })
             .map_err(storage)?;
-            for (pid, (s, studies, series, instances)) in by_patient {
-                let attrs = BTreeMap::from([
-                    (tags::PATIENT_ID, pid),
-                    (tags::PATIENT_NAME, s.patient_name),
-                    (tags::PATIENT_BIRTH_DATE, s.patient_birth_date),
-                    (tags::PATIENT_SEX, s.patient_sex),
+            if let Some(e) = failure {
+                return Err(e);
+            }
+            for (_, (mut attrs, studies, series, instances)) in by_patient {
+                attrs.extend([
                     (tags::NUMBER_OF_PATIENT_RELATED_STUDIES, studies.to_string()),
                     (tags::NUMBER_OF_PATIENT_RELATED_SERIES, series.to_string()),
                     (
@@ -504,11 +575,24 @@ pub fn find_each(
                     "Patient Root STUDY level needs a PatientID".into(),
                 ));
             }
+            let mut failure = None;
             for_each_candidate_study(index, query, &mut |uid, s| {
-                let attrs = study_attrs(uid, &s);
-                !all_match(query, &attrs) || emit(attrs)
+                let views = match study_views(index, uid, &s) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        failure = Some(storage(e));
+                        return false;
+                    }
+                };
+                views.iter().all(|v| {
+                    let attrs = study_attrs(uid, &s, v);
+                    !all_match(query, &attrs) || emit(attrs)
+                })
             })
             .map_err(storage)?;
+            if let Some(e) = failure {
+                return Err(e);
+            }
         }
         Level::Series | Level::Image => {
             let hierarchical = query.value(tags::STUDY_INSTANCE_UID).is_some()
@@ -525,8 +609,19 @@ pub fn find_each(
             // relational answers carry the study and series attributes as well.
             let mut failure = None;
             for_each_candidate_study(index, query, &mut |study_uid, study| {
-                let study_level = study_attrs(study_uid, &study);
-                if !all_match(query, &study_level) {
+                // the study as seen under each of its patients, those that match
+                let study_level: Vec<Answer> = match study_views(index, study_uid, &study) {
+                    Ok(views) => views
+                        .iter()
+                        .map(|v| study_attrs(study_uid, &study, v))
+                        .filter(|a| all_match(query, a))
+                        .collect(),
+                    Err(e) => {
+                        failure = Some(storage(e));
+                        return false;
+                    }
+                };
+                if study_level.is_empty() {
                     return true;
                 }
                 let series = match index.series_of_study(study_uid) {
@@ -548,7 +643,15 @@ pub fn find_each(
                     Vec::new()
                 };
                 for (series_uid, rec) in series {
-                    let mut attrs = study_level.clone();
+                    // the series under the patient it was received with
+                    let patient = study.patient_of_series(&series_uid).patient_id;
+                    let Some(own) = study_level
+                        .iter()
+                        .find(|a| a.get(&tags::PATIENT_ID).is_some_and(|p| p == patient))
+                    else {
+                        continue;
+                    };
+                    let mut attrs = own.clone();
                     attrs.extend(series_attrs(study_uid, &series_uid, &rec));
                     if !all_match(query, &attrs) {
                         continue;
@@ -598,6 +701,91 @@ mod tests {
             vr: *vr,
             value: value.into(),
         }
+    }
+
+    /// A study sent under two PatientIDs (issue 11 field case: P601 with three
+    /// instances, then P602 with two): each PatientID finds it, answered with its own
+    /// identity and the instances sent under it (PS3.4 C.4.1.2.2: matching on
+    /// PatientID); a universal query sees both.
+    #[test]
+    fn a_study_under_two_patients_is_found_under_each() {
+        use crate::index::conformance::object;
+        use crate::index::prelude::*;
+        let index = crate::index::MemoryIndex::new();
+        let sent_as = |patient: &str, series: &str, n: u32| {
+            let sop = format!("{series}.{n}");
+            let mut o = object("9.1", series, &sop, sop.as_bytes(), n as u64);
+            o.attrs.patient_id = patient.into();
+            o.attrs.patient_name = format!("NAME^{patient}");
+            o
+        };
+        let mut objects: Vec<_> = (1..=3).map(|n| sent_as("P601", "9.1.1", n)).collect();
+        objects.extend((4..=5).map(|n| sent_as("P602", "9.1.2", n)));
+        index.commit(&objects).unwrap();
+        let study = |pid: &str| {
+            let q = Query::from_keys(
+                Level::Study,
+                &[
+                    (tags::PATIENT_ID, pid),
+                    (tags::STUDY_INSTANCE_UID, ""),
+                    (tags::PATIENT_NAME, ""),
+                    (tags::NUMBER_OF_STUDY_RELATED_INSTANCES, ""),
+                ],
+            );
+            find(&index, Model::StudyRoot, &q)
+                .unwrap()
+                .into_iter()
+                .map(|a| {
+                    (
+                        a[&tags::PATIENT_ID].clone(),
+                        a[&tags::PATIENT_NAME].clone(),
+                        a[&tags::NUMBER_OF_STUDY_RELATED_INSTANCES].clone(),
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        let p = |id: &str, name: &str, n: &str| (id.to_string(), name.to_string(), n.to_string());
+        assert_eq!(study("P601"), vec![p("P601", "NAME^P601", "3")]);
+        assert_eq!(study("P602"), vec![p("P602", "NAME^P602", "2")]);
+        assert_eq!(study("P6*").len(), 2);
+        assert_eq!(study("").len(), 2, "a universal query sees both identities");
+        // series and image answers carry the identity their series was sent with
+        let q = Query::from_keys(
+            Level::Image,
+            &[
+                (tags::STUDY_INSTANCE_UID, "9.1"),
+                (tags::SERIES_INSTANCE_UID, "9.1.2"),
+                (tags::SOP_INSTANCE_UID, ""),
+                (tags::PATIENT_ID, ""),
+            ],
+        );
+        let images = find(&index, Model::StudyRoot, &q).unwrap();
+        assert_eq!(images.len(), 2);
+        assert!(images.iter().all(|a| a[&tags::PATIENT_ID] == "P602"));
+        let q = Query::from_keys(
+            Level::Series,
+            &[
+                (tags::STUDY_INSTANCE_UID, "9.1"),
+                (tags::PATIENT_ID, "P601"),
+                (tags::SERIES_INSTANCE_UID, ""),
+            ],
+        );
+        let series = find(&index, Model::StudyRoot, &q).unwrap();
+        assert_eq!(series.len(), 1, "P601 sees only its own series");
+        assert_eq!(series[0][&tags::SERIES_INSTANCE_UID], "9.1.1");
+        // PATIENT level: each patient has the study once
+        let q = Query::from_keys(
+            Level::Patient,
+            &[
+                (tags::PATIENT_ID, "P602"),
+                (tags::NUMBER_OF_PATIENT_RELATED_STUDIES, ""),
+                (tags::NUMBER_OF_PATIENT_RELATED_INSTANCES, ""),
+            ],
+        );
+        let patients = find(&index, Model::PatientRoot, &q).unwrap();
+        assert_eq!(patients.len(), 1);
+        assert_eq!(patients[0][&tags::NUMBER_OF_PATIENT_RELATED_STUDIES], "1");
+        assert_eq!(patients[0][&tags::NUMBER_OF_PATIENT_RELATED_INSTANCES], "2");
     }
 
     #[test]

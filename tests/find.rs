@@ -535,3 +535,138 @@ fn json_lines(out: &std::process::Output) -> Vec<serde_json::Value> {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
 }
+
+/// Issue 11 field case: one StudyInstanceUID sent twice under different PatientIDs (P601
+/// with three instances, then P602 with two in another series, both over DCMTK storescu,
+/// both acknowledged). Neither patient's images may vanish from that patient's queries
+/// (PS3.4 C.4.1.2.2: matching on PatientID; PS3.3 C.7.2.1: a study has one patient, so
+/// this is a conflict): each PatientID finds the study with its own instances, `strata ls`
+/// and `show` flag the conflict, it is logged, counted and audited.
+#[test]
+fn a_study_sent_under_two_patients_stays_findable_under_each_and_is_flagged() {
+    let archive = Archive::new("patient-conflict");
+    let dir = archive.dir.path().join("ct");
+    run_ok(python("gen_ct.py").arg("--out").arg(&dir).args([
+        "--instances",
+        "5",
+        "--rows",
+        "32",
+        "--cols",
+        "32",
+    ]));
+    let files = dcm_files(&dir.join("001"));
+    assert_eq!(files.len(), 5);
+    let study_uid = read_header_blocking(&files[0]).unwrap().study_uid;
+    for (i, f) in files.iter().enumerate() {
+        let (pid, name, series) = if i < 3 {
+            ("P601", "ALPHA^ANN", "2.25.601601")
+        } else {
+            ("P602", "BETA^BOB", "2.25.602602")
+        };
+        run_ok(
+            dcmtk("dcmodify")
+                .args([
+                    "-nb",
+                    "-m",
+                    &format!("PatientID={pid}"),
+                    "-m",
+                    &format!("PatientName={name}"),
+                    "-m",
+                    &format!("SeriesInstanceUID={series}"),
+                ])
+                .arg(f),
+        );
+    }
+    let server = archive.start();
+    let port = server.dicom_port.to_string();
+    for part in [&files[..3], &files[3..]] {
+        let out = run(dcmtk("storescu")
+            .args(["-aec", "STRATA", "127.0.0.1", &port])
+            .args(part));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let by_patient = |pid: &str| {
+        let (n, text) = findscu(
+            server.dicom_port,
+            "-S",
+            &[
+                "QueryRetrieveLevel=STUDY",
+                &format!("PatientID={pid}"),
+                "StudyInstanceUID",
+                "PatientName",
+                "NumberOfStudyRelatedInstances",
+            ],
+        );
+        assert_eq!(n, 1, "{pid}: {text}");
+        assert_eq!(values(&text, "StudyInstanceUID"), vec![study_uid.clone()]);
+        // the last value printed is the response's (the request is printed first)
+        let last = |k| values(&text, k).pop().unwrap_or_default();
+        (
+            last("PatientID"),
+            last("PatientName"),
+            last("NumberOfStudyRelatedInstances"),
+        )
+    };
+    let one = |s: &str| s.to_string();
+    assert_eq!(
+        by_patient("P601"),
+        (one("P601"), one("ALPHA^ANN"), one("3"))
+    );
+    assert_eq!(by_patient("P602"), (one("P602"), one("BETA^BOB"), one("2")));
+    // Patient Root, IMAGE level under P602: its two instances, with its identity
+    let (n, text) = findscu(
+        server.dicom_port,
+        "-P",
+        &[
+            "QueryRetrieveLevel=IMAGE",
+            "PatientID=P602",
+            &format!("StudyInstanceUID={study_uid}"),
+            "SeriesInstanceUID=2.25.602602",
+            "SOPInstanceUID",
+        ],
+    );
+    assert_eq!(n, 2, "{text}");
+    assert!(
+        values(&text, "PatientID").iter().all(|p| p == "P602"),
+        "{text}"
+    );
+    assert!(server
+        .metrics()
+        .contains("strata_patient_conflicts_total 2"));
+    assert!(server.log_text().contains("patient conflict"));
+    server.stop();
+
+    // flagged in `ls` (text and JSON) and `show`
+    let ls = run_ok(&mut archive.strata(&["ls"]));
+    let ls = String::from_utf8_lossy(&ls.stdout);
+    assert!(
+        ls.contains("PATIENT CONFLICT") && ls.contains("P602"),
+        "{ls}"
+    );
+    let studies = archive.ls_json();
+    let conflicts = &studies[0]["patient_conflicts"];
+    assert_eq!(conflicts[0]["patient_id"], "P602", "{studies}");
+    assert_eq!(conflicts[0]["series"][0], "2.25.602602");
+    let show = run_ok(&mut archive.strata(&["show", &study_uid]));
+    assert!(String::from_utf8_lossy(&show.stdout).contains("PATIENT CONFLICT"));
+    // audited: the two P602 stores say so
+    let log = run_ok(&mut archive.strata(&["audit", "log", "--json"]));
+    let log: serde_json::Value = serde_json::from_slice(&log.stdout).unwrap();
+    let flagged = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["action"] == "store")
+        .filter(|r| {
+            r["outcome"]
+                .as_str()
+                .unwrap_or("")
+                .contains("patient conflict")
+        })
+        .count();
+    assert_eq!(flagged, 2, "{log}");
+}

@@ -124,6 +124,10 @@ pub struct StudySummary {
     /// The legal holds standing on the study (one per matter), if any.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub holds: Vec<crate::index::HoldRecord>,
+    /// Other PatientIDs some series of the study were sent under (a patient conflict:
+    /// each such series stays findable under its own PatientID), if any.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub patient_conflicts: Vec<crate::index::OtherPatient>,
 }
 
 impl StudySummary {
@@ -132,6 +136,7 @@ impl StudySummary {
             last_access_ms: None,
             holds: Vec::new(),
             study_uid,
+            patient_conflicts: s.other_patients,
             patient_id: s.patient_id,
             patient_name: s.patient_name,
             study_date: s.study_date,

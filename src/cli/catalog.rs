@@ -43,6 +43,7 @@ pub fn ls(config: &Config, study_uid: Option<String>, json: bool) -> Result<i32>
                             .collect::<Vec<_>>()
                             .join("; ")
                     );
+                    print_conflicts(&s);
                 }
             }
         }
@@ -97,6 +98,21 @@ pub fn show(config: &Config, uid: &str, json: bool) -> Result<i32> {
     Ok(0)
 }
 
+/// The other patients a study's series were sent under, one line each.
+fn print_conflicts(s: &strata::archive::catalog::StudySummary) {
+    for o in &s.patient_conflicts {
+        println!(
+            "  PATIENT CONFLICT: filed under {}, but {} series sent as PatientID {} ({}) since {}: {}",
+            s.patient_id,
+            o.series.len(),
+            o.patient_id,
+            o.patient_name,
+            iso(o.first_seen_ms),
+            o.series.join(" ")
+        );
+    }
+}
+
 /// A study, its hold, series and instances; `detail` adds every version's copies.
 fn print_study(view: &StudyView, detail: bool) {
     let s = &view.study;
@@ -107,6 +123,7 @@ fn print_study(view: &StudyView, detail: bool) {
     if let Some(at) = s.last_access_ms {
         println!("  last stored into or retrieved: {}", iso(at));
     }
+    print_conflicts(s);
     for h in &s.holds {
         println!(
             "  LEGAL HOLD placed by {} at {}: {}",

@@ -20,7 +20,7 @@ type Check = fn(&dyn Index);
 
 /// Runs every check, each against a fresh index from `make`.
 pub fn run_suite(make: &MakeIndex<'_>) {
-    let checks: [(&str, Check); 15] = [
+    let checks: [(&str, Check); 16] = [
         (
             "commit_counts_instances_versions_and_duplicates",
             commit_counts_instances_versions_and_duplicates,
@@ -31,6 +31,10 @@ pub fn run_suite(make: &MakeIndex<'_>) {
         ),
         ("lookups", lookups),
         ("secondary_indexes", secondary_indexes),
+        (
+            "patient_conflict_keeps_each_identity",
+            patient_conflict_keeps_each_identity,
+        ),
         ("date_ranges", date_ranges),
         ("for_each_stops_early", for_each_stops_early),
         ("access_queue", access_queue),
@@ -388,6 +392,70 @@ fn secondary_indexes(index: &dyn Index) {
         "A3",
         "the study keeps the first value it was stored with"
     );
+}
+
+/// One study sent under two PatientIDs (field case: P601 with three instances, then
+/// P602 with two in another series): both identities find the study, the second is
+/// listed with its series, and deleting the study forgets both.
+fn patient_conflict_keeps_each_identity(index: &dyn Index) {
+    let sent_as = |patient: &str, series: &str, sop: &str, at: u64| {
+        let mut o = object("6.1", series, sop, sop.as_bytes(), at);
+        o.attrs.patient_id = patient.into();
+        o.attrs.patient_name = format!("NAME^{patient}");
+        o
+    };
+    index
+        .commit(&[
+            sent_as("P601", "6.1.1", "6.1.1.1", 1),
+            sent_as("P601", "6.1.1", "6.1.1.2", 2),
+        ])
+        .unwrap();
+    // the conflicting objects in the same group as one of the study's own
+    index
+        .commit(&[
+            sent_as("P601", "6.1.1", "6.1.1.3", 3),
+            sent_as("P602", "6.1.2", "6.1.2.1", 4),
+            sent_as("P602", "6.1.2", "6.1.2.2", 5),
+        ])
+        .unwrap();
+    let study = index.study("6.1").unwrap().unwrap();
+    assert_eq!(study.patient_id, "P601", "filed under the first identity");
+    assert_eq!(study.patient_name, "NAME^P601");
+    assert_eq!(study.instances, 5);
+    assert_eq!(study.other_patients.len(), 1, "the conflict is recorded");
+    let other = &study.other_patients[0];
+    assert_eq!(other.patient_id, "P602");
+    assert_eq!(other.patient_name, "NAME^P602");
+    assert_eq!(other.series, vec!["6.1.2"]);
+    assert_eq!(other.first_seen_ms, 4);
+    assert_eq!(study.patient_of_series("6.1.2").patient_id, "P602");
+    assert_eq!(study.patient_of_series("6.1.1").patient_id, "P601");
+    for pid in ["P601", "P602"] {
+        assert_eq!(
+            index.studies_by(SecondaryKey::PatientId, pid).unwrap(),
+            vec!["6.1"],
+            "{pid} finds the study"
+        );
+    }
+    // a third series under P602 joins the same identity; a new version of a P601
+    // instance keeps the study's own identity
+    index
+        .commit(&[sent_as("P602", "6.1.3", "6.1.3.1", 6)])
+        .unwrap();
+    let study = index.study("6.1").unwrap().unwrap();
+    assert_eq!(study.other_patients.len(), 1);
+    assert_eq!(study.other_patients[0].series, vec!["6.1.2", "6.1.3"]);
+    let t = tombstone_for(index, "6.1", &[]);
+    index.tombstone_study(&t).unwrap();
+    for pid in ["P601", "P602"] {
+        assert!(
+            index
+                .studies_by(SecondaryKey::PatientId, pid)
+                .unwrap()
+                .is_empty(),
+            "{pid} forgotten"
+        );
+    }
 }
 
 fn date_ranges(index: &dyn Index) {

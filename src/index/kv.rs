@@ -58,9 +58,9 @@
 use super::records::{decode, encode};
 use super::{
     unix_ms_now, Catalog, ColdCopy, CommitOutcome, FixityRecord, Governance, HoldRecord,
-    IndexError, InstanceEntry, InstanceRecord, NewObject, ObjectRecord, PackRecord, PackedObject,
-    PatientRecord, Placement, SecondaryKey, SeriesRecord, StudyRecord, Tier, Tombstone, VersionRef,
-    WorkQueue,
+    IndexError, InstanceEntry, InstanceRecord, NewObject, ObjectRecord, OtherPatient, PackRecord,
+    PackedObject, PatientRecord, Placement, SecondaryKey, SeriesRecord, StudyRecord, Tier,
+    Tombstone, VersionRef, WorkQueue,
 };
 use serde::{de::DeserializeOwned, Serialize};
 use std::collections::{HashMap, HashSet};
@@ -886,14 +886,19 @@ impl<E: KvEngine> Governance for KvIndex<E> {
                 batch.delete(CF_PACKS, id.as_bytes());
             }
         }
-        if let Some(mut patient) =
-            self.get::<PatientRecord>(CF_PATIENTS, record.patient_id.as_bytes())?
-        {
-            patient.studies = patient.studies.saturating_sub(1);
-            if patient.studies == 0 {
-                batch.delete(CF_PATIENTS, record.patient_id.as_bytes());
-            } else {
-                batch.put(CF_PATIENTS, record.patient_id.as_bytes(), encode(&patient));
+        // the study counted once for its own patient and once for each other identity
+        let patient_ids = std::iter::once(&record.patient_id)
+            .chain(record.other_patients.iter().map(|o| &o.patient_id));
+        for patient_id in patient_ids {
+            if let Some(mut patient) =
+                self.get::<PatientRecord>(CF_PATIENTS, patient_id.as_bytes())?
+            {
+                patient.studies = patient.studies.saturating_sub(1);
+                if patient.studies == 0 {
+                    batch.delete(CF_PATIENTS, patient_id.as_bytes());
+                } else {
+                    batch.put(CF_PATIENTS, patient_id.as_bytes(), encode(&patient));
+                }
             }
         }
         if let Some(at) = self.last_access(study)? {
@@ -1088,14 +1093,50 @@ fn apply_new_object<E: KvEngine>(
                 instances: 0,
                 objects: 0,
                 bytes: 0,
+                other_patients: Vec::new(),
             }
         }
     };
-    if served_anew {
-        study.patient_id = a.patient_id.clone();
+    // A patient conflict: the instance names another PatientID than the study was filed
+    // under. Its series is kept under the identity it was sent with (findable by it) and
+    // listed in the study record; ingest logs and audits it.
+    let conflict = !new_study && a.patient_id != study.patient_id;
+    let mut new_identity = false;
+    if conflict {
+        // a series has one patient: move it from any other identity to this one
+        for other in &mut study.other_patients {
+            other.series.retain(|s| s != &a.series_uid);
+        }
+        match study
+            .other_patients
+            .iter_mut()
+            .find(|o| o.patient_id == a.patient_id)
+        {
+            Some(other) => other.series.push(a.series_uid.clone()),
+            None => {
+                new_identity = true;
+                study.other_patients.push(OtherPatient {
+                    patient_id: a.patient_id.clone(),
+                    patient_name: a.patient_name.clone(),
+                    patient_birth_date: a.patient_birth_date.clone(),
+                    patient_sex: a.patient_sex.clone(),
+                    series: vec![a.series_uid.clone()],
+                    first_seen_ms: obj.provenance.received_at_ms,
+                });
+            }
+        }
+    } else if !new_study {
+        // back under the study's own identity: no longer listed elsewhere
+        for other in &mut study.other_patients {
+            other.series.retain(|s| s != &a.series_uid);
+        }
+    }
+    if served_anew && !conflict {
         study.patient_name = a.patient_name.clone();
         study.patient_birth_date = a.patient_birth_date.clone();
         study.patient_sex = a.patient_sex.clone();
+    }
+    if served_anew {
         study.study_date = a.study_date.clone();
         study.study_time = a.study_time.clone();
         study.accession_number = a.accession_number.clone();
@@ -1135,7 +1176,7 @@ fn apply_new_object<E: KvEngine>(
                 patient_sex: a.patient_sex.clone(),
                 studies: 0,
             });
-    patient.studies += new_study as u64;
+    patient.studies += (new_study || new_identity) as u64;
     p.put(CF_PATIENTS, a.patient_id.as_bytes().to_vec(), &patient);
     Ok(outcome)
 }

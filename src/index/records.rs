@@ -230,6 +230,69 @@ pub struct StudyRecord {
     /// Stored objects (instances plus extra versions).
     pub objects: u64,
     pub bytes: u64,
+    /// Other patients some of the study's series were sent under: a **patient conflict**
+    /// (PS3.3 C.7.2.1: a study belongs to one patient). The record's own `patient_*`
+    /// fields are the identity the study was first received with; each series sent under
+    /// another PatientID is listed here under that identity, and stays findable by it
+    /// (`docs/conformance-dimse.md`, "Patient conflicts"). Empty for most studies, and in
+    /// records written before it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub other_patients: Vec<OtherPatient>,
+}
+
+impl StudyRecord {
+    /// The identity a series was received under: one of [`StudyRecord::other_patients`]
+    /// when it lists the series, else the study's own.
+    pub fn patient_of_series(&self, series_uid: &str) -> PatientIdentity<'_> {
+        self.other_patients
+            .iter()
+            .find(|o| o.series.iter().any(|s| s == series_uid))
+            .map(OtherPatient::identity)
+            .unwrap_or_else(|| self.identity())
+    }
+
+    /// The study's own (first received) patient identity.
+    pub fn identity(&self) -> PatientIdentity<'_> {
+        PatientIdentity {
+            patient_id: &self.patient_id,
+            patient_name: &self.patient_name,
+            patient_birth_date: &self.patient_birth_date,
+            patient_sex: &self.patient_sex,
+        }
+    }
+}
+
+/// A patient identity (the Patient module's matching keys) borrowed from a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PatientIdentity<'a> {
+    pub patient_id: &'a str,
+    pub patient_name: &'a str,
+    pub patient_birth_date: &'a str,
+    pub patient_sex: &'a str,
+}
+
+/// A second patient a study's series arrived under (see [`StudyRecord::other_patients`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OtherPatient {
+    pub patient_id: String,
+    pub patient_name: String,
+    pub patient_birth_date: String,
+    pub patient_sex: String,
+    /// Series Instance UIDs received under this identity, in arrival order.
+    pub series: Vec<String>,
+    /// When the first of them was received (ms since the Unix epoch).
+    pub first_seen_ms: u64,
+}
+
+impl OtherPatient {
+    pub fn identity(&self) -> PatientIdentity<'_> {
+        PatientIdentity {
+            patient_id: &self.patient_id,
+            patient_name: &self.patient_name,
+            patient_birth_date: &self.patient_birth_date,
+            patient_sex: &self.patient_sex,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
