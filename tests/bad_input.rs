@@ -479,3 +479,48 @@ fn a_c_move_without_a_destination_is_answered_as_a_failed_c_move() {
     assert!(server.echo_ok());
     server.stop();
 }
+
+/// PS3.8 9.3.2.2: presentation context IDs are odd integers 1-255, so an A-ASSOCIATE-RQ
+/// proposes at most 128 contexts. pynetdicom proposing the maximum, 128, gets every one
+/// answered and a working association (and refuses to propose a 129th itself); a request
+/// of more than 128 (IDs repeat) or with even IDs is an invalid PDU parameter: A-ABORT
+/// from the service provider with reason 6 (PS3.8 9.3.8, action AA-8), and the server
+/// goes on serving.
+#[test]
+fn more_than_128_presentation_contexts_or_even_ids_are_refused_at_association() {
+    let archive = Archive::new("bad-contexts");
+    let server = archive.start();
+    let port = server.dicom_port.to_string();
+    let json = |args: &[&str]| -> serde_json::Value {
+        let out = run_ok(
+            python("contexts_limit.py")
+                .args(["--port", &port])
+                .args(args),
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let most = json(&["pynetdicom"]);
+    assert_eq!(most["established"], true, "{most}");
+    assert_eq!(most["accepted"], 128, "{most}");
+    assert_eq!(most["echo"], 0, "{most}");
+    assert_eq!(most["pynetdicom_refuses_a_129th"], true, "{most}");
+    let ok = json(&["raw", "--contexts", "128", "--ids", "odd"]);
+    assert_eq!(ok["pdu"], "AC", "{ok}");
+    assert_eq!(ok["results"].as_array().unwrap().len(), 128);
+    for (contexts, ids) in [("129", "wrap"), ("200", "wrap"), ("3", "even")] {
+        let answer = json(&["raw", "--contexts", contexts, "--ids", ids]);
+        assert_eq!(
+            (&answer["pdu"], &answer["source"], &answer["reason"]),
+            (
+                &serde_json::json!("ABORT"),
+                &serde_json::json!(2),
+                &serde_json::json!(6)
+            ),
+            "{contexts} contexts, {ids} IDs: {answer}"
+        );
+    }
+    assert!(server.echo_ok());
+    assert!(server.log_text().contains("is proposed twice"));
+    assert!(server.log_text().contains("is even"));
+    server.stop();
+}

@@ -327,6 +327,38 @@ fn a_c_get_nothing_can_be_sent_for_says_why() {
     server.stop();
 }
 
+/// A peer announcing maximum PDU length 0 ("no limit", PS3.8 D.1) gets every instance of
+/// a C-GET, in PDVs of at most 256 KiB (one such chunk in memory), decoded by pynetdicom.
+#[test]
+fn a_c_get_for_a_peer_without_a_pdu_limit_completes() {
+    let archive = Archive::new("get-unlimited-pdu");
+    let files = dcm_files(ct_study());
+    run_ok(archive.strata(&["import"]).args(&files));
+    let study = read_header_blocking(&files[0]).unwrap().study_uid;
+    let server = archive.start();
+    let out = run_ok(python("get_status.py").args([
+        "--port",
+        &server.dicom_port.to_string(),
+        "--study",
+        &study,
+        "--max-pdu",
+        "0",
+    ]));
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(answer["status"], 0, "{answer}");
+    assert_eq!(
+        answer["completed"].as_u64(),
+        Some(files.len() as u64),
+        "{answer}"
+    );
+    assert_eq!(
+        answer["received"].as_u64(),
+        Some(files.len() as u64),
+        "{answer}"
+    );
+    server.stop();
+}
+
 /// Storage commitment with pynetdicom as SCU: stored instances are committed, an unknown
 /// UID fails with 0x0112, and an instance whose object was corrupted on disk fails with
 /// 0x0110 — the bytes are re-hashed, not just looked up.

@@ -15,7 +15,7 @@
 
 use super::command::{field, status, Command, ResponseBuilder};
 use super::context::{AssocContext, Association, Message};
-use super::negotiation::server_options;
+use super::negotiation::{check_context_ids, server_options, ABORT_INVALID_PARAMETER};
 use super::pdv::send_command;
 use super::request::{Incoming, Request};
 use super::store::Receiving;
@@ -66,8 +66,19 @@ impl Pending {
 pub async fn serve_association(mut ctx: AssocContext, stream: TcpStream, peer: SocketAddr) {
     let opts = server_options(&ctx.config);
     let metrics = ctx.archive.metrics().clone();
-    let negotiated =
-        tokio::time::timeout(ctx.config.read_timeout, opts.establish_async(stream)).await;
+    // one deadline for the whole negotiation
+    let deadline = tokio::time::Instant::now() + ctx.config.read_timeout;
+    if let Ok(Err(why)) = tokio::time::timeout_at(deadline, check_context_ids(&stream)).await {
+        tracing::warn!(%peer, reason = %why, "association aborted: invalid A-ASSOCIATE-RQ");
+        metrics
+            .associations_rejected
+            .with_label_values(&["invalid_request"])
+            .inc();
+        let mut stream = stream;
+        let _ = tokio::io::AsyncWriteExt::write_all(&mut stream, &ABORT_INVALID_PARAMETER).await;
+        return;
+    }
+    let negotiated = tokio::time::timeout_at(deadline, opts.establish_async(stream)).await;
     let mut assoc = match negotiated {
         Ok(Ok(a)) => a,
         Ok(Err(e)) => {

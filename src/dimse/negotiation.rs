@@ -95,6 +95,78 @@ pub const RJ_LOCAL_LIMIT_EXCEEDED: [u8; 10] = [0x03, 0, 0, 0, 0, 4, 0, 2, 3, 2];
 /// peers whose address is not allowed.
 pub const RJ_NOT_ALLOWED: [u8; 10] = [0x03, 0, 0, 0, 0, 4, 0, 1, 1, 1];
 
+/// A-ABORT: source service-provider (2), reason invalid-PDU-parameter value (6)
+/// (PS3.8 9.3.8, state machine action AA-8). Sent for an A-ASSOCIATE-RQ whose
+/// presentation context IDs break PS3.8 9.3.2.2.
+pub const ABORT_INVALID_PARAMETER: [u8; 10] = [0x07, 0, 0, 0, 0, 4, 0, 0, 2, 6];
+
+/// Largest A-ASSOCIATE-RQ checked by [`check_context_ids`]: 128 contexts of one abstract
+/// syntax and a dozen transfer syntaxes each stay well below it.
+const MAX_CHECKED_RQ: usize = 256 * 1024;
+
+/// Checks the presentation context IDs of the A-ASSOCIATE-RQ waiting on `stream`, read
+/// with [`TcpStream::peek`] (not consumed: dicom-ul then negotiates from the same bytes).
+/// Each ID must be an odd integer 1–255 and appear once (PS3.8 9.3.2.2), which also
+/// bounds a request to 128 contexts; dicom-ul does not check this and would answer
+/// duplicates twice.
+///
+/// Returns the violation, or `Ok` when the IDs are valid or the bytes are not a whole
+/// A-ASSOCIATE-RQ of at most 256 KiB (dicom-ul judges those). Waits for the whole PDU;
+/// the caller bounds the wait with its read timeout.
+pub async fn check_context_ids(stream: &tokio::net::TcpStream) -> Result<(), String> {
+    let mut buf = vec![0u8; 6];
+    let mut want = 6;
+    let mut pause = std::time::Duration::from_millis(1);
+    loop {
+        let got = stream.peek(&mut buf).await.map_err(|e| e.to_string())?;
+        if got == 0 {
+            return Ok(()); // closed: nothing to negotiate
+        }
+        if got >= 6 && want == 6 {
+            if buf[0] != 0x01 {
+                return Ok(());
+            }
+            let len = u32::from_be_bytes([buf[2], buf[3], buf[4], buf[5]]) as usize;
+            if len + 6 > MAX_CHECKED_RQ {
+                return Ok(());
+            }
+            want = len + 6;
+            buf.resize(want, 0);
+            continue;
+        }
+        if got >= want {
+            break;
+        }
+        // part of the PDU is still in flight (or the peer stopped mid-way: peek cannot
+        // tell, so back off until the caller's timeout)
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(std::time::Duration::from_millis(100));
+    }
+    let Ok(Some(dicom_ul::Pdu::AssociationRQ(rq))) =
+        dicom_ul::pdu::read_pdu(&buf[..], dicom_ul::pdu::MAXIMUM_PDU_SIZE, false)
+    else {
+        return Ok(());
+    };
+    let mut seen = [false; 256];
+    for pc in &rq.presentation_contexts {
+        if pc.id % 2 == 0 {
+            return Err(format!(
+                "presentation context ID {} is even (PS3.8 9.3.2.2: odd integers 1-255)",
+                pc.id
+            ));
+        }
+        if std::mem::replace(&mut seen[pc.id as usize], true) {
+            return Err(format!(
+                "presentation context ID {} is proposed twice ({} contexts proposed; at most \
+                 128 distinct odd IDs exist, PS3.8 9.3.2.2)",
+                pc.id,
+                rq.presentation_contexts.len()
+            ));
+        }
+    }
+    Ok(())
+}
+
 pub fn server_options(
     config: &DicomConfig,
 ) -> ServerAssociationOptions<'static, StrataAccess, StrataNegotiation> {

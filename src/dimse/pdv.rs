@@ -12,15 +12,17 @@ use dicom_ul::pdu::{PDataValue, PDataValueType};
 use dicom_ul::Pdu;
 use tokio::net::TcpStream;
 
-/// Largest PDV payload we send when the peer sets no limit (max PDU length 0).
+/// Largest PDV payload we send, whatever the peer allows: one such chunk is in memory
+/// per association at a time. Used as is when the peer sets no limit (max PDU length 0,
+/// which dicom-ul reports as its largest PDU size).
 pub const UNLIMITED_PDV: usize = 256 * 1024;
 
-/// The largest PDV payload a peer accepts, from its announced maximum PDU length
-/// (PS3.8 D.1: 0 means unlimited; we then send [`UNLIMITED_PDV`]).
+/// The PDV payload size for a peer, from its announced maximum PDU length (PS3.8 D.1:
+/// 0 means unlimited): what it accepts, at most [`UNLIMITED_PDV`] bytes.
 pub fn pdv_limit(max_pdu: u32) -> usize {
     match max_pdu {
         0 => UNLIMITED_PDV,
-        n => (n as usize).saturating_sub(6).max(1),
+        n => (n as usize).saturating_sub(6).clamp(1, UNLIMITED_PDV),
     }
 }
 
@@ -122,6 +124,8 @@ mod tests {
         // (4 length + 1 context id + 1 control header).
         assert_eq!(pdv_limit(16_384), 16_378);
         assert_eq!(pdv_limit(0), UNLIMITED_PDV);
+        // dicom-ul reports a peer's 0 as its largest PDU size: never one chunk per object
+        assert_eq!(pdv_limit(dicom_ul::pdu::MAXIMUM_PDU_SIZE), UNLIMITED_PDV);
         assert_eq!(pdv_limit(4), 1);
     }
 }

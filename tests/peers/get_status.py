@@ -3,7 +3,9 @@
 explicit and implicit VR little endian, SCP role); print the final response as JSON:
 {"status": int, "error_comment": str, "completed": int, "failed": int, "received": int}.
 
-Usage: get_status.py --port P --study UID [--called-ae STRATA]
+Usage: get_status.py --port P --study UID [--called-ae STRATA] [--max-pdu N]
+
+--max-pdu sets the maximum PDU length we announce (0: unlimited, PS3.8 D.1).
 """
 
 import argparse
@@ -21,6 +23,7 @@ def main():
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--called-ae", default="STRATA")
     ap.add_argument("--study", required=True)
+    ap.add_argument("--max-pdu", type=int, default=16382)
     args = ap.parse_args()
     received = []
 
@@ -36,6 +39,7 @@ def main():
         args.port,
         ae_title=args.called_ae,
         ext_neg=[build_role(CTImageStorage, scp_role=True)],
+        max_pdu=args.max_pdu,
         evt_handlers=[(evt.EVT_C_STORE, on_store)],
     )
     if not assoc.is_established:
