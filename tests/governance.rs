@@ -165,17 +165,10 @@ fn hold_delete_and_repair_work_while_the_server_runs_under_store_load() {
     assert!(clean, "{report}");
     server.stop();
 
-    let log = run_ok(&mut archive.strata(&["audit", "log", "--json"]));
-    let log: serde_json::Value = serde_json::from_slice(&log.stdout).unwrap();
     for action in ["hold", "delete", "repair"] {
-        let records: Vec<&serde_json::Value> = log
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|r| r["action"] == action)
-            .collect();
+        let records = archive.audit_records(action);
         assert!(!records.is_empty(), "no {action} record");
-        for r in records {
+        for r in &records {
             assert_eq!(r["actor"]["kind"], "cli", "{r}");
             assert_eq!(r["actor"]["user"], "alice", "{r}");
             assert_eq!(r["actor"]["address"], "admin-api", "{r}");

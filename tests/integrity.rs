@@ -120,14 +120,8 @@ fn the_audit_log_records_accesses_and_detects_tampering() {
         outcome.starts_with("ok (to /") && outcome.ends_with("/x)"),
         "{outcome}"
     );
-    let all = run_ok(&mut archive.strata(&["audit", "log", "--json"]));
-    let all: serde_json::Value = serde_json::from_slice(&all.stdout).unwrap();
-    let query = all
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["action"] == "query")
-        .expect("a query record");
+    let queries = archive.audit_records("query");
+    let query = queries.first().expect("a query record");
     assert_eq!(query["actor"]["ae_title"], "FINDSCU");
     let stores = actions.iter().filter(|a| **a == "store").count();
     assert_eq!(stores, ct.len());

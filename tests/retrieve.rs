@@ -877,3 +877,62 @@ fn a_two_gigabyte_object_is_stored_moved_and_got_in_bounded_memory() {
         let _ = std::fs::remove_file(f);
     }
 }
+
+/// A study of 65,600 instances (more than a US counter holds) C-MOVEd to DCMTK storescp,
+/// watched by pynetdicom: every sub-operation is done, the counters of every response
+/// saturate at 65,535 instead of wrapping (PS3.7 9.3.4.2: the counters are US; Strata
+/// keeps them whole and reports min(n, 65535)), and the final status is 0x0000. storescp
+/// serves one association at a time: the lanes Strata opens beyond the first
+/// (`move_associations` = 4) wait or fail, and the lane that got through sends their
+/// share too (before, a quarter of the study failed once a lane timed out).
+#[test]
+fn a_study_of_more_than_65535_instances_is_moved_whole_with_saturated_counters() {
+    const COUNT: u64 = 65_600;
+    let dest_port = free_port();
+    let archive = Archive::with_config(
+        "move-65600",
+        &format!(
+            "\n[[dicom.peers]]\nae_title = \"DEST\"\nhost = \"127.0.0.1\"\nport = {dest_port}\n"
+        ),
+    );
+    let gen = archive.dir.path().join("many");
+    let out = run_ok(
+        python("gen_many.py")
+            .arg("--out")
+            .arg(&gen)
+            .args(["--count", &COUNT.to_string()]),
+    );
+    let made: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let study = made["study"].as_str().unwrap().to_string();
+    run_ok(archive.strata(&["import"]).arg(&gen));
+    std::fs::remove_dir_all(&gen).unwrap();
+    assert_eq!(archive.total_instances(), COUNT);
+    let server = archive.start();
+    // storescp receives and acknowledges every instance without writing it
+    let _scp = Storescp::start_with(dest_port, &archive.dir.path().join("sink"), "--ignore");
+    let out = run_ok(python("move_counts.py").args([
+        "--port",
+        &server.dicom_port.to_string(),
+        "--study",
+        &study,
+        "--dest",
+        "DEST",
+    ]));
+    let seen: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(seen["final_status"], 0, "{seen}");
+    assert_eq!(seen["wrapped"], false, "{seen}");
+    assert_eq!(seen["pending"], COUNT - 1, "{seen}");
+    assert_eq!(seen["first"]["remaining"], 65_535, "{seen}");
+    assert_eq!(seen["first"]["completed"], 1, "{seen}");
+    assert_eq!(seen["final"]["completed"], 65_535, "{seen}");
+    assert_eq!(seen["final"]["failed"], 0, "{seen}");
+    server.stop();
+    // the audit record holds the whole count
+    let retrieves = archive.audit_records("retrieve");
+    let retrieve = retrieves.first().expect("a retrieve record");
+    let outcome = retrieve["outcome"].as_str().unwrap();
+    assert!(
+        outcome.ends_with(&format!("{COUNT} sent, 0 failed")),
+        "{outcome}"
+    );
+}

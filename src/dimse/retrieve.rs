@@ -2,19 +2,24 @@
 //! SERIES or IMAGE level) is resolved by the retrieve use case
 //! ([`Archive::retrieve`](crate::archive::Archive::retrieve)) to the served version of
 //! each instance; each is sent with a C-STORE sub-operation in its stored transfer
-//! syntax, with pending responses carrying the four sub-operation counters. Ends with
-//! 0x0000, 0xB000 (some failed; FailedSOPInstanceUIDList in the identifier), 0xA702
+//! syntax, with pending responses carrying the four sub-operation counters (US,
+//! saturated at 65,535; kept whole inside). Ends with 0x0000, 0xB000 (some failed —
+//! FailedSOPInstanceUIDList in the identifier — or some ended with a warning), 0xA702
 //! (none could be sent), or 0xFE00 when cancelled. The use case audits the retrieval.
 //!
 //! - C-MOVE opens new associations to the destination named in the request — which
-//!   must be one of the configured `[[dicom.peers]]`, else 0xA801 — `move_associations`
-//!   of them at once, each sending its share of the instances.
+//!   must be one of the configured `[[dicom.peers]]`, else 0xA801 — up to
+//!   `move_associations` of them at once, sharing one queue of instances: a lane the
+//!   destination does not accept takes nothing, so a destination that serves one
+//!   association at a time still gets every instance.
 //! - C-GET sends over the requester's own association, on the storage contexts it
 //!   proposed with the SCP role (role selection).
 //!
 //! Objects go in their stored transfer syntax; when the receiver does not accept it,
-//! native syntaxes (implicit/explicit VR little endian, explicit big endian) are
-//! re-encoded among themselves (dicom-rs), and anything else fails its sub-operation.
+//! native syntaxes (implicit/explicit VR little endian, explicit big endian, deflated)
+//! are re-encoded among themselves (dicom-rs), encapsulated ones are decompressed to a
+//! native syntax (dicom-pixeldata), and anything that cannot be converted fails its
+//! sub-operation with the reason in the Error Comment.
 
 use super::command::{field, status, tag, Command, ResponseBuilder};
 use super::context::{cancel_requested, AssocContext, Association, Message};
@@ -28,7 +33,7 @@ use dicom_ul::association::AsyncAssociation;
 use dicom_ul::pdu::{PDataValueType, PresentationContextResultReason};
 use dicom_ul::{ClientAssociationOptions, Pdu};
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -185,25 +190,48 @@ struct Lane {
     move_message_id: u16,
 }
 
+/// The work the lanes of one C-MOVE share: the next item to send, and how many lanes
+/// are still opening their association and how many have one.
+struct LaneQueue {
+    next: AtomicUsize,
+    opening: AtomicUsize,
+    connected: AtomicUsize,
+}
+
+impl LaneQueue {
+    fn new(lanes: usize) -> Self {
+        LaneQueue {
+            next: AtomicUsize::new(0),
+            opening: AtomicUsize::new(lanes),
+            connected: AtomicUsize::new(0),
+        }
+    }
+
+    /// The next item's index, until every item was taken.
+    fn take(&self, len: usize) -> Option<usize> {
+        let i = self.next.fetch_add(1, Ordering::AcqRel);
+        (i < len).then_some(i)
+    }
+}
+
 impl Lane {
-    /// Sends `mine` (indexes into `items`) over one new association, reporting each
-    /// outcome; stops early when `stop` is set (C-CANCEL).
+    /// Opens one association to the destination and sends items taken from the shared
+    /// `queue` until none is left, reporting each outcome; stops early when `stop` is set
+    /// (C-CANCEL). A lane that cannot open its association takes nothing: the others
+    /// send everything (a destination that takes one association at a time still gets
+    /// every instance). Only when no lane could connect are the items reported as
+    /// unreachable, by the last lane to give up.
     async fn run(
         &self,
         items: &[RetrieveItem],
-        mine: &[usize],
+        queue: &LaneQueue,
         tx: &tokio::sync::mpsc::Sender<(usize, Result<u16, SubOpError>)>,
         stop: &AtomicBool,
     ) {
         // one presentation context per (SOP class, stored transfer syntax), at most 128
-        let contexts: BTreeSet<(String, String)> = mine
+        let contexts: BTreeSet<(String, String)> = items
             .iter()
-            .map(|&i| {
-                (
-                    items[i].sop_class_uid.clone(),
-                    items[i].transfer_syntax_uid.clone(),
-                )
-            })
+            .map(|item| (item.sop_class_uid.clone(), item.transfer_syntax_uid.clone()))
             .collect();
         let mut options = ClientAssociationOptions::new()
             .calling_ae_title(self.our_ae.clone())
@@ -215,14 +243,25 @@ impl Lane {
             options = options.with_presentation_context(class.clone(), proposals(ts));
         }
         let mut dest = match options.establish_with_async(&self.address).await {
-            Ok(d) => d,
+            Ok(d) => {
+                queue.connected.fetch_add(1, Ordering::AcqRel);
+                queue.opening.fetch_sub(1, Ordering::AcqRel);
+                d
+            }
             Err(e) => {
-                for &i in mine {
+                let last = queue.opening.fetch_sub(1, Ordering::AcqRel) == 1;
+                if !last || queue.connected.load(Ordering::Acquire) > 0 {
+                    tracing::info!(destination = %self.address, error = %e, "an extra C-MOVE association was not opened; the others send its share");
+                    return;
+                }
+                while let Some(i) = queue.take(items.len()) {
                     let unreachable = SubOpError::Unreachable {
                         address: self.address.clone(),
                         detail: e.to_string(),
                     };
-                    let _ = tx.send((i, Err(unreachable))).await;
+                    if tx.send((i, Err(unreachable))).await.is_err() {
+                        break;
+                    }
                 }
                 return;
             }
@@ -232,10 +271,10 @@ impl Lane {
         let accepted = accepted_contexts(dest.presentation_contexts());
         let max = pdv_limit(dest.acceptor_max_pdu_length());
         let mut message_id: u16 = 0;
-        for &i in mine {
-            if stop.load(Ordering::Acquire) {
+        while !stop.load(Ordering::Acquire) {
+            let Some(i) = queue.take(items.len()) else {
                 break;
-            }
+            };
             let item = &items[i];
             message_id = message_id.wrapping_add(1);
             let mut ignored = false;
@@ -673,9 +712,10 @@ pub async fn run_move(
     let address = format!("{}@{}:{}", peer.ae_title, peer.host, peer.port);
     let lanes = ctx.config.move_associations.clamp(1, 16).min(items.len());
     let stop = Arc::new(AtomicBool::new(false));
+    let queue = Arc::new(LaneQueue::new(lanes));
     let (tx, mut rx) = tokio::sync::mpsc::channel::<(usize, Result<u16, SubOpError>)>(64);
-    for lane in 0..lanes {
-        let (items, tx, stop) = (items.clone(), tx.clone(), stop.clone());
+    for _ in 0..lanes {
+        let (items, tx, stop, queue) = (items.clone(), tx.clone(), stop.clone(), queue.clone());
         let sender = Lane {
             our_ae: ctx.config.ae_title.clone(),
             max_pdu: ctx.config.max_pdu_length,
@@ -686,8 +726,7 @@ pub async fn run_move(
             move_message_id: req.incoming.message_id,
         };
         tokio::spawn(async move {
-            let mine: Vec<usize> = (lane..items.len()).step_by(lanes).collect();
-            sender.run(&items, &mine, &tx, &stop).await;
+            sender.run(&items, &queue, &tx, &stop).await;
         });
     }
     drop(tx);
@@ -695,9 +734,16 @@ pub async fn run_move(
     let mut failed_uids: Vec<String> = Vec::new();
     let mut unreachable = 0usize;
     let mut reported = vec![false; items.len()];
-    while let Some((i, outcome)) = rx.recv().await {
+    let mut outstanding = items.len();
+    // until every item is reported (a lane still waiting for its association is not
+    // waited for) or every lane has ended
+    while outstanding > 0 {
+        let Some((i, outcome)) = rx.recv().await else {
+            break;
+        };
         let item = &items[i];
         reported[i] = true;
+        outstanding -= 1;
         if let Err(e @ SubOpError::Unreachable { .. }) = &outcome {
             unreachable += 1;
             if unreachable == 1 {
@@ -742,7 +788,13 @@ async fn final_response(
     failed_uids: &[String],
 ) -> Result<(), AssocError> {
     if counters.failed == 0 {
-        let rsp = retrieve_rsp(req, status::SUCCESS, counters, false, "");
+        // PS3.4 C.4.2.1.4 / C.4.3.1.4: 0xB000 when any sub-operation ended with a warning
+        let status = if counters.warning == 0 {
+            status::SUCCESS
+        } else {
+            status::SUB_OPERATIONS_FAILED
+        };
+        let rsp = retrieve_rsp(req, status, counters, false, "");
         return send_command(assoc, req.pc_id, rsp).await;
     }
     let status = if counters.completed + counters.warning == 0 {

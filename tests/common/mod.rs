@@ -169,6 +169,18 @@ impl Archive {
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
+    /// The audit records (`strata audit log --json`) of one action, oldest first.
+    pub fn audit_records(&self, action: &str) -> Vec<serde_json::Value> {
+        let out = run_ok(&mut self.strata(&["audit", "log", "--json"]));
+        let log: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        log.as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["action"] == action)
+            .cloned()
+            .collect()
+    }
+
     pub fn total_instances(&self) -> u64 {
         self.ls_json()
             .as_array()
