@@ -575,15 +575,16 @@ fn run_committer(
     let _ = index_stage.join();
 }
 
-/// For each committed object, the PatientID its study is filed under when the object
-/// names another one: a patient conflict (`StudyRecord::other_patients`). One index read
-/// per study of the group.
+/// For each committed object that names another PatientID than the one it is filed
+/// under, what happened (a patient conflict, `StudyRecord::other_patients`): a new series
+/// kept under its own PatientID in a study filed under another, or an instance filed
+/// under its series' PatientID. One index read per study of the group.
 fn patient_conflicts(
     index: &dyn Index,
     objects: &[NewObject],
     outcomes: &[CommitOutcome],
 ) -> Vec<Option<String>> {
-    let mut filed_under: std::collections::HashMap<&str, Option<String>> =
+    let mut studies: std::collections::HashMap<&str, Option<crate::index::StudyRecord>> =
         std::collections::HashMap::new();
     objects
         .iter()
@@ -593,22 +594,38 @@ fn patient_conflicts(
                 return None;
             }
             let a = &o.attrs;
-            let filed = filed_under.entry(&a.study_uid).or_insert_with(|| {
-                match index.study(&a.study_uid) {
-                    Ok(s) => s.map(|s| s.patient_id),
+            let study = studies
+                .entry(&a.study_uid)
+                .or_insert_with(|| match index.study(&a.study_uid) {
+                    Ok(s) => s,
                     Err(e) => {
                         tracing::warn!(error = %e, "study record unreadable for the patient check");
                         None
                     }
-                }
-            });
-            filed.clone().filter(|p| *p != a.patient_id)
+                })
+                .as_ref()?;
+            let owner = study.patient_of_series(&a.series_uid).patient_id;
+            if owner != a.patient_id {
+                Some(format!(
+                    "patient conflict: the object names PatientID {:?}, its series is filed \
+                     under {owner:?} (and findable under it)",
+                    a.patient_id
+                ))
+            } else if study.patient_id != a.patient_id {
+                Some(format!(
+                    "patient conflict: the study is filed under PatientID {:?}, this object's \
+                     series is kept and findable under the PatientID it names, {:?}",
+                    study.patient_id, a.patient_id
+                ))
+            } else {
+                None
+            }
         })
         .collect()
 }
 
-/// The audit record of one store; `conflict` is the PatientID the study is filed under
-/// when this object names another.
+/// The audit record of one store; `conflict` says how its PatientID conflicts with where
+/// it is filed, if it does.
 fn store_event(
     object: &NewObject,
     actor: Actor,
@@ -634,12 +651,9 @@ fn store_event(
             ),
         },
     };
-    if let Some(filed) = conflict {
-        event.outcome.push_str(&format!(
-            "; patient conflict: the study is filed under PatientID {filed:?}, this object \
-             names {:?} (kept and findable under {:?})",
-            a.patient_id, a.patient_id
-        ));
+    if let Some(conflict) = conflict {
+        event.outcome.push_str("; ");
+        event.outcome.push_str(conflict);
     }
     event
 }
@@ -770,17 +784,14 @@ fn run_index_stage(
         match committed {
             Ok(outcomes) => {
                 let conflicts = patient_conflicts(index, &group.objects, &outcomes);
-                for (o, filed) in group.objects.iter().zip(&conflicts) {
-                    if let Some(filed) = filed {
+                for (o, conflict) in group.objects.iter().zip(&conflicts) {
+                    if let Some(conflict) = conflict {
                         metrics.patient_conflicts.inc();
                         tracing::warn!(
                             study = %o.attrs.study_uid,
                             series = %o.attrs.series_uid,
                             sop = %o.attrs.sop_instance_uid,
-                            filed_under = %filed,
-                            sent_as = %o.attrs.patient_id,
-                            "patient conflict: a study filed under one PatientID received an \
-                             object of another; kept under the PatientID it was sent with"
+                            "{conflict}"
                         );
                     }
                 }

@@ -540,8 +540,9 @@ fn json_lines(out: &std::process::Output) -> Vec<serde_json::Value> {
 /// with three instances, then P602 with two in another series, both over DCMTK storescu,
 /// both acknowledged). Neither patient's images may vanish from that patient's queries
 /// (PS3.4 C.4.1.2.2: matching on PatientID; PS3.3 C.7.2.1: a study has one patient, so
-/// this is a conflict): each PatientID finds the study with its own instances, `strata ls`
-/// and `show` flag the conflict, it is logged, counted and audited.
+/// this is a conflict): each PatientID finds the study with its own instances and
+/// retrieves only those, `strata ls` and `show` flag the conflict, it is logged, counted
+/// and audited.
 #[test]
 fn a_study_sent_under_two_patients_stays_findable_under_each_and_is_flagged() {
     let archive = Archive::new("patient-conflict");
@@ -638,6 +639,13 @@ fn a_study_sent_under_two_patients_stays_findable_under_each_and_is_flagged() {
         .metrics()
         .contains("strata_patient_conflicts_total 2"));
     assert!(server.log_text().contains("patient conflict"));
+    // a C-GET of patient P602 gets P602's two instances, not P601's three
+    for (pid, count) in [("P602", 2), ("P601", 3)] {
+        let out = run_ok(python("get_status.py").args(["--port", &port, "--patient", pid]));
+        let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(answer["status"], 0, "{pid}: {answer}");
+        assert_eq!(answer["received"], count, "{pid}: {answer}");
+    }
     server.stop();
 
     // flagged in `ls` (text and JSON) and `show`

@@ -3,20 +3,22 @@
 //!
 //! [`Archive::retrieve`] resolves a retrieve identifier (PATIENT level by PatientID;
 //! STUDY, SERIES and IMAGE levels by UID lists, PS3.4 C.4.2.2.1) to the served version
-//! of each instance, and returns a [`Retrieval`]: the adapter (C-MOVE, C-GET, later
+//! of each instance (of a study filed under several patients, only the series of the
+//! PatientID the identifier names, if it names one), and returns a [`Retrieval`]: the adapter (C-MOVE, C-GET, later
 //! WADO-RS) sends the items its own way, reading each through
 //! [`RetrievalReader::read`], and ends with [`Retrieval::finish`], which records the
 //! studies' last access (for the tiering policy) and writes the audit record. A
 //! retrieval dropped without `finish` (a broken association) is audited as interrupted.
 //!
-//! Reads return the object's Part-10 bytes whole, checked against its id; streaming
-//! them in bounded memory is the subject of the correctness issue.
+//! [`RetrievalReader::read`] returns an object's Part-10 bytes whole, checked against its
+//! id; a large hot object sent as stored is streamed from its file instead
+//! ([`RetrievalReader::hot_file_to_stream`]), in bounded memory.
 
 use super::{blocking, Archive, Error, Principal};
 use crate::index::{Index, InstanceEntry, SecondaryKey};
 use crate::query::{tags as qtags, Level, Query};
 use crate::tiering::reader::ObjectReader;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use strata_tiers::ObjectId;
 
@@ -237,6 +239,24 @@ fn resolve(index: &dyn Index, query: &Query) -> Result<Vec<RetrieveItem>, Error>
                 }
             }
         }
+    }
+    // A study filed under several patients (a patient conflict, `StudyRecord::
+    // other_patients`): an identifier naming a PatientID gets only that patient's series,
+    // as C-FIND showed them. Other studies are sent whole, as before.
+    if let Some(pid) = value(qtags::PATIENT_ID) {
+        let mut split: BTreeMap<String, Option<crate::index::StudyRecord>> = BTreeMap::new();
+        for e in &entries {
+            if !split.contains_key(&e.study_uid) {
+                let record = index
+                    .study(&e.study_uid)?
+                    .filter(|s| !s.other_patients.is_empty());
+                split.insert(e.study_uid.clone(), record);
+            }
+        }
+        entries.retain(|e| match split.get(&e.study_uid) {
+            Some(Some(study)) => study.patient_of_series(&e.series_uid).patient_id == pid,
+            _ => true,
+        });
     }
     entries
         .into_iter()

@@ -437,14 +437,18 @@ fn patient_conflict_keeps_each_identity(index: &dyn Index) {
             "{pid} finds the study"
         );
     }
-    // a third series under P602 joins the same identity; a new version of a P601
-    // instance keeps the study's own identity
+    // a third series under P602 joins the same identity
     index
         .commit(&[sent_as("P602", "6.1.3", "6.1.3.1", 6)])
+        .unwrap();
+    // an instance naming P602 in P601's series: the series stays where it is
+    index
+        .commit(&[sent_as("P602", "6.1.1", "6.1.1.9", 7)])
         .unwrap();
     let study = index.study("6.1").unwrap().unwrap();
     assert_eq!(study.other_patients.len(), 1);
     assert_eq!(study.other_patients[0].series, vec!["6.1.2", "6.1.3"]);
+    assert_eq!(study.patient_of_series("6.1.1").patient_id, "P601");
     let t = tombstone_for(index, "6.1", &[]);
     index.tombstone_study(&t).unwrap();
     for pid in ["P601", "P602"] {

@@ -1098,15 +1098,12 @@ fn apply_new_object<E: KvEngine>(
         }
     };
     // A patient conflict: the instance names another PatientID than the study was filed
-    // under. Its series is kept under the identity it was sent with (findable by it) and
-    // listed in the study record; ingest logs and audits it.
+    // under. A new series is kept under the identity it was sent with (findable by it)
+    // and listed in the study record; a series stays with the identity of its first
+    // instance. Ingest logs and audits every conflicting object.
     let conflict = !new_study && a.patient_id != study.patient_id;
     let mut new_identity = false;
-    if conflict {
-        // a series has one patient: move it from any other identity to this one
-        for other in &mut study.other_patients {
-            other.series.retain(|s| s != &a.series_uid);
-        }
+    if conflict && new_series {
         match study
             .other_patients
             .iter_mut()
@@ -1124,11 +1121,6 @@ fn apply_new_object<E: KvEngine>(
                     first_seen_ms: obj.provenance.received_at_ms,
                 });
             }
-        }
-    } else if !new_study {
-        // back under the study's own identity: no longer listed elsewhere
-        for other in &mut study.other_patients {
-            other.series.retain(|s| s != &a.series_uid);
         }
     }
     if served_anew && !conflict {

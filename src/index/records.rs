@@ -232,10 +232,10 @@ pub struct StudyRecord {
     pub bytes: u64,
     /// Other patients some of the study's series were sent under: a **patient conflict**
     /// (PS3.3 C.7.2.1: a study belongs to one patient). The record's own `patient_*`
-    /// fields are the identity the study was first received with; each series sent under
-    /// another PatientID is listed here under that identity, and stays findable by it
-    /// (`docs/conformance-dimse.md`, "Patient conflicts"). Empty for most studies, and in
-    /// records written before it.
+    /// fields are the identity the study was first received with; each series whose
+    /// first instance named another PatientID is listed here under that identity, and
+    /// stays findable by it (`docs/conformance-dimse.md`, "Patient conflicts"). Empty
+    /// for most studies, and in records written before it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub other_patients: Vec<OtherPatient>,
 }

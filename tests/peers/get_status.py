@@ -3,7 +3,9 @@
 explicit and implicit VR little endian, SCP role); print the final response as JSON:
 {"status": int, "error_comment": str, "completed": int, "failed": int, "received": int}.
 
-Usage: get_status.py --port P --study UID [--called-ae STRATA] [--max-pdu N]
+Usage: get_status.py --port P (--study UID | --patient ID) [--called-ae STRATA] [--max-pdu N]
+
+--patient sends a Patient Root C-GET at PATIENT level instead.
 
 --max-pdu sets the maximum PDU length we announce (0: unlimited, PS3.8 D.1).
 """
@@ -14,6 +16,7 @@ import json
 from pydicom.dataset import Dataset
 from pynetdicom import AE, build_role, evt
 from pynetdicom.sop_class import CTImageStorage
+from pynetdicom.sop_class import PatientRootQueryRetrieveInformationModelGet as PGET
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet as GET
 
 
@@ -22,7 +25,8 @@ def main():
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--called-ae", default="STRATA")
-    ap.add_argument("--study", required=True)
+    ap.add_argument("--study")
+    ap.add_argument("--patient")
     ap.add_argument("--max-pdu", type=int, default=16382)
     args = ap.parse_args()
     received = []
@@ -33,6 +37,7 @@ def main():
 
     ae = AE(ae_title="GETSTATUS")
     ae.add_requested_context(GET)
+    ae.add_requested_context(PGET)
     ae.add_requested_context(CTImageStorage)
     assoc = ae.associate(
         args.host,
@@ -45,10 +50,16 @@ def main():
     if not assoc.is_established:
         raise SystemExit("association failed")
     ds = Dataset()
-    ds.QueryRetrieveLevel = "STUDY"
-    ds.StudyInstanceUID = args.study
+    if args.patient:
+        ds.QueryRetrieveLevel = "PATIENT"
+        ds.PatientID = args.patient
+        model = PGET
+    else:
+        ds.QueryRetrieveLevel = "STUDY"
+        ds.StudyInstanceUID = args.study
+        model = GET
     final = None
-    for status, _ in assoc.send_c_get(ds, GET, msg_id=1):
+    for status, _ in assoc.send_c_get(ds, model, msg_id=1):
         if status is not None and status.Status not in (0xFF00, 0xFF01):
             final = status
     assoc.release()
