@@ -735,3 +735,45 @@ fn the_same_instance_re_encoded_is_no_new_version_a_changed_one_is() {
     let (clean, report) = archive.verify_json();
     assert!(clean, "{report}");
 }
+
+/// Retired storage SOP classes (PS3.6 Table A-1, "Retired") are still sent by old
+/// modalities — an ultrasound cart sending Ultrasound Image Storage (Retired),
+/// 1.2.840.10008.5.1.4.1.1.6. With private classes refused (so nothing is accepted just
+/// for being unknown), the association accepts the class and the C-STORE gets 0x0000
+/// (pynetdicom), and the object lists as stored.
+#[test]
+fn retired_storage_sop_classes_are_stored() {
+    let archive = Archive::with_config("retired-class", "accept_private_sop_classes = false\n");
+    let file = archive.dir.path().join("us-retired.dcm");
+    std::fs::copy(&dcm_files(ct_study())[0], &file).unwrap();
+    run_ok(
+        dcmtk("dcmodify")
+            .args([
+                "-nb",
+                "-m",
+                "(0008,0016)=1.2.840.10008.5.1.4.1.1.6",
+                "-i",
+                "(0008,0060)=US",
+            ])
+            .arg(&file),
+    );
+    let server = archive.start();
+    let out = run_ok(python("store_pynetdicom.py").args([
+        "--host",
+        "127.0.0.1",
+        "--port",
+        &server.dicom_port.to_string(),
+        "--called-ae",
+        "STRATA",
+        "--ts",
+        "as-is",
+        &file.display().to_string(),
+    ]));
+    let line: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().next().unwrap()).unwrap();
+    assert_eq!(line["status"], 0, "{line}");
+    server.stop();
+    let studies = archive.ls_json();
+    assert_eq!(studies[0]["modalities"][0], "US", "{studies}");
+    assert_eq!(archive.total_instances(), 1);
+}

@@ -117,9 +117,14 @@ pub enum Encoding {
 }
 
 impl Encoding {
-    /// Whether the data set of this transfer syntax is deflated (RFC 1951).
+    /// Whether the data set of this transfer syntax is deflated (RFC 1951): Deflated
+    /// Explicit VR Little Endian and the JPIP Referenced Deflate syntaxes (PS3.5 A.5,
+    /// A.6). A test checks the list against dicom-rs's registry.
     pub fn is_deflated(uid: &str) -> bool {
-        matches!(uid, "1.2.840.10008.1.2.1.99" | "1.2.840.10008.1.2.4.95")
+        matches!(
+            uid,
+            "1.2.840.10008.1.2.1.99" | "1.2.840.10008.1.2.4.95" | "1.2.840.10008.1.2.4.205"
+        )
     }
 
     /// The encoding of a transfer syntax's dataset (after inflating, for deflated ones),
@@ -129,7 +134,7 @@ impl Encoding {
             "1.2.840.10008.1.2" => Some(Encoding::ImplicitLittle),
             "1.2.840.10008.1.2.2" => Some(Encoding::ExplicitBig),
             // deflated: walked after inflating, as explicit VR LE (see `is_deflated`)
-            "1.2.840.10008.1.2.1.99" | "1.2.840.10008.1.2.4.95" => Some(Encoding::ExplicitLittle),
+            uid if Encoding::is_deflated(uid) => Some(Encoding::ExplicitLittle),
             // every other standard syntax (native explicit LE, JPEG family, JPEG-LS,
             // JPEG 2000, RLE, video, ...) encodes the dataset as explicit VR LE
             _ if uid.starts_with("1.2.840.10008.1.2") => Some(Encoding::ExplicitLittle),
@@ -629,6 +634,18 @@ pub fn check_framing<R: Read + Seek>(reader: R, start: u64, enc: Encoding) -> Re
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every syntax dicom-rs's registry encodes with a data-set codec (deflate) is one
+    /// `is_deflated` knows, and no other.
+    #[test]
+    fn deflated_syntaxes_match_the_registry() {
+        use dicom_encoding::transfer_syntax::Codec;
+        use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
+        for ts in TransferSyntaxRegistry.iter() {
+            let deflated = matches!(ts.codec(), Codec::Dataset(_));
+            assert_eq!(Encoding::is_deflated(ts.uid()), deflated, "{}", ts.uid());
+        }
+    }
     use std::io::Cursor;
 
     fn el(tag: u32, vr: &[u8; 2], value: &[u8]) -> Vec<u8> {

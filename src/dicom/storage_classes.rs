@@ -1,4 +1,5 @@
-//! Every standard storage SOP class UID (PS3.4 Annex B and its extensions).
+//! Every standard storage SOP class UID (PS3.4 Annex B and its extensions), and the
+//! retired ones (PS3.6 Table A-1) old modalities still send.
 //!
 //! Generated from pynetdicom 3.0.4's storage class table
 //! (`python3 -c 'from pynetdicom import sop_class'` … `_STORAGE_CLASSES`); regenerate it
@@ -544,7 +545,59 @@ pub const STORAGE_SOP_CLASSES: &[(&str, &str)] = &[
     ),
 ];
 
-/// Whether `uid` is a standard storage SOP class.
+/// `(keyword, UID)` of every retired storage SOP class (PS3.6 Table A-1, status
+/// "Retired"; from pydicom's UID dictionary). Old modalities still send them (an
+/// ultrasound cart of the 1990s sends Ultrasound Image Storage (Retired)); an archive
+/// stores what it is sent and serves it back, so they are accepted like the others.
+pub const RETIRED_STORAGE_SOP_CLASSES: &[(&str, &str)] = &[
+    ("StoredPrintStorage", "1.2.840.10008.5.1.1.27"),
+    ("HardcopyGrayscaleImageStorage", "1.2.840.10008.5.1.1.29"),
+    ("HardcopyColorImageStorage", "1.2.840.10008.5.1.1.30"),
+    (
+        "UltrasoundMultiFrameImageStorageRetired",
+        "1.2.840.10008.5.1.4.1.1.3",
+    ),
+    (
+        "NuclearMedicineImageStorageRetired",
+        "1.2.840.10008.5.1.4.1.1.5",
+    ),
+    ("UltrasoundImageStorageRetired", "1.2.840.10008.5.1.4.1.1.6"),
+    ("StandaloneOverlayStorage", "1.2.840.10008.5.1.4.1.1.8"),
+    ("StandaloneCurveStorage", "1.2.840.10008.5.1.4.1.1.9"),
+    ("WaveformStorageTrial", "1.2.840.10008.5.1.4.1.1.9.1"),
+    ("StandaloneModalityLUTStorage", "1.2.840.10008.5.1.4.1.1.10"),
+    ("StandaloneVOILUTStorage", "1.2.840.10008.5.1.4.1.1.11"),
+    (
+        "XRayAngiographicBiPlaneImageStorage",
+        "1.2.840.10008.5.1.4.1.1.12.3",
+    ),
+    ("VLImageStorageTrial", "1.2.840.10008.5.1.4.1.1.77.1"),
+    (
+        "VLMultiFrameImageStorageTrial",
+        "1.2.840.10008.5.1.4.1.1.77.2",
+    ),
+    ("TextSRStorageTrial", "1.2.840.10008.5.1.4.1.1.88.1"),
+    ("AudioSRStorageTrial", "1.2.840.10008.5.1.4.1.1.88.2"),
+    ("DetailSRStorageTrial", "1.2.840.10008.5.1.4.1.1.88.3"),
+    (
+        "ComprehensiveSRStorageTrial",
+        "1.2.840.10008.5.1.4.1.1.88.4",
+    ),
+    ("StandalonePETCurveStorage", "1.2.840.10008.5.1.4.1.1.129"),
+    (
+        "RTBeamsDeliveryInstructionStorageTrial",
+        "1.2.840.10008.5.1.4.34.1",
+    ),
+];
+
+/// Every storage SOP class Strata accepts: current and retired.
+pub fn all_storage_sop_classes() -> impl Iterator<Item = &'static (&'static str, &'static str)> {
+    STORAGE_SOP_CLASSES
+        .iter()
+        .chain(RETIRED_STORAGE_SOP_CLASSES)
+}
+
+/// Whether `uid` is a standard storage SOP class, current or retired.
 pub fn is_storage_sop_class(uid: &str) -> bool {
-    STORAGE_SOP_CLASSES.iter().any(|(_, u)| *u == uid)
+    all_storage_sop_classes().any(|(_, u)| *u == uid)
 }

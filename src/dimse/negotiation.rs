@@ -4,7 +4,7 @@
 
 use super::request::sop;
 use crate::config::DicomConfig;
-use crate::dicom::storage_classes::{is_storage_sop_class, STORAGE_SOP_CLASSES};
+use crate::dicom::storage_classes::{all_storage_sop_classes, is_storage_sop_class};
 use crate::query::Model;
 use dicom_dictionary_std::uids;
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
@@ -191,7 +191,7 @@ pub fn server_options(
     if config.accept_private_sop_classes {
         opts = opts.promiscuous(true);
     }
-    for (_, uid) in STORAGE_SOP_CLASSES {
+    for (_, uid) in all_storage_sop_classes() {
         opts = opts.with_abstract_syntax(*uid);
     }
     for ts in TransferSyntaxRegistry
