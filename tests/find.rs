@@ -646,6 +646,18 @@ fn a_study_sent_under_two_patients_stays_findable_under_each_and_is_flagged() {
         assert_eq!(answer["status"], 0, "{pid}: {answer}");
         assert_eq!(answer["received"], count, "{pid}: {answer}");
     }
+    // Study Root has no PATIENT level (PS3.4 C.6.2): refused as C-FIND refuses it
+    let out = run_ok(python("get_status.py").args([
+        "--port",
+        &port,
+        "--patient",
+        "P602",
+        "--model",
+        "study",
+    ]));
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(answer["status"], 0xA900, "{answer}");
+    assert_eq!(answer["received"], 0, "{answer}");
     server.stop();
 
     // flagged in `ls` (text and JSON) and `show`

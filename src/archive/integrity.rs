@@ -9,7 +9,8 @@
 //!   so and changes nothing. Each repair is audited. It works while the server runs
 //!   (through the admin API) and holds the tiering lock, so no move races it.
 //! - [`Archive::commitment`] answers a Storage Commitment request (PS3.4 J.3): an
-//!   instance is committed only if its served object re-hashes to its id right now.
+//!   instance is committed only if its served object is durable right now: a hot copy
+//!   re-hashes to its id, or a cold-only one has pack copies (verified when recorded).
 //!
 //! Verify and repair block: call them on the blocking pool of a runtime (cold packs are
 //! read with the runtime's handle).

@@ -632,12 +632,23 @@ fn context_for<'a>(
         })
 }
 
-/// The request's identifier as a query, or the failure response already sent.
+/// The request's identifier as a query, or the failure response already sent. The
+/// Study Root model has no PATIENT level (PS3.4 C.6.2): refused as in C-FIND (0xA900).
 async fn parse_identifier(
     assoc: &mut Association,
     req: &Message,
+    model: Model,
 ) -> Result<Option<Query>, AssocError> {
-    match Query::parse(&req.data, &req.transfer_syntax) {
+    let parsed = Query::parse(&req.data, &req.transfer_syntax).and_then(|q| {
+        if model == Model::StudyRoot && q.level == crate::query::Level::Patient {
+            Err(crate::query::QueryError::Unsupported(
+                "PATIENT level needs the Patient Root model".into(),
+            ))
+        } else {
+            Ok(q)
+        }
+    });
+    match parsed {
         Ok(q) => Ok(Some(q)),
         Err(e) => {
             let e = Error::Query(e);
@@ -658,7 +669,7 @@ pub async fn run_move(
     ctx: &AssocContext,
     assoc: &mut Association,
     req: Message,
-    _model: Model,
+    model: Model,
     destination: &str,
 ) -> Result<(), AssocError> {
     let mut counters = Counters::default();
@@ -686,7 +697,7 @@ pub async fn run_move(
         );
         return send_command(assoc, req.pc_id, rsp).await;
     };
-    let Some(query) = parse_identifier(assoc, &req).await? else {
+    let Some(query) = parse_identifier(assoc, &req, model).await? else {
         return Ok(());
     };
     let what = format!("C-MOVE to {destination}");
@@ -823,10 +834,10 @@ pub async fn run_get(
     ctx: &AssocContext,
     assoc: &mut Association,
     req: Message,
-    _model: Model,
+    model: Model,
 ) -> Result<(), AssocError> {
     let mut counters = Counters::default();
-    let Some(query) = parse_identifier(assoc, &req).await? else {
+    let Some(query) = parse_identifier(assoc, &req, model).await? else {
         return Ok(());
     };
     let retrieval = match ctx.archive.retrieve(&ctx.principal, &query, "C-GET").await {

@@ -5,7 +5,8 @@ explicit and implicit VR little endian, SCP role); print the final response as J
 
 Usage: get_status.py --port P (--study UID | --patient ID) [--called-ae STRATA] [--max-pdu N]
 
---patient sends a Patient Root C-GET at PATIENT level instead.
+--patient sends a C-GET at PATIENT level instead, in the Patient Root model (or in
+Study Root with --model study, which has no PATIENT level: a refusal is expected).
 
 --max-pdu sets the maximum PDU length we announce (0: unlimited, PS3.8 D.1).
 """
@@ -27,6 +28,7 @@ def main():
     ap.add_argument("--called-ae", default="STRATA")
     ap.add_argument("--study")
     ap.add_argument("--patient")
+    ap.add_argument("--model", choices=["patient", "study"], default=None)
     ap.add_argument("--max-pdu", type=int, default=16382)
     args = ap.parse_args()
     received = []
@@ -53,7 +55,7 @@ def main():
     if args.patient:
         ds.QueryRetrieveLevel = "PATIENT"
         ds.PatientID = args.patient
-        model = PGET
+        model = GET if args.model == "study" else PGET
     else:
         ds.QueryRetrieveLevel = "STUDY"
         ds.StudyInstanceUID = args.study
