@@ -55,7 +55,7 @@ pub use memory::{MemoryEngine, MemoryIndex};
 pub use records::{
     ColdCopy, CommitOutcome, Compression, FixityRecord, HoldRecord, InstanceEntry, InstanceRecord,
     NewObject, ObjectRecord, OtherPatient, PackRecord, PackedObject, PatientIdentity,
-    PatientRecord, Provenance, SeriesRecord, StudyRecord, Tier, Tombstone, VersionRef,
+    PatientRecord, Provenance, SeriesRecord, StudyRecord, Tier, TierTotals, Tombstone, VersionRef,
 };
 pub use rocks::{RocksEngine, RocksIndex};
 
@@ -179,6 +179,10 @@ pub trait Placement {
     /// means the object is checked again).
     fn record_fixity(&self, id: &ObjectId, record: &FixityRecord) -> Result<(), IndexError>;
     fn fixity(&self, id: &ObjectId) -> Result<Option<FixityRecord>, IndexError>;
+    /// Objects and bytes per tier, packs and queued studies: running totals kept by every
+    /// write (no scan), equal at every moment to what a scan of the objects, packs and
+    /// queue would count.
+    fn tier_totals(&self) -> Result<TierTotals, IndexError>;
 }
 
 /// The tiering policy's access queue: when each study was last stored into or

@@ -57,7 +57,29 @@ pub fn run_suite(make: &MakeIndex<'_>) {
         let (index, _dir) = make();
         eprintln!("index conformance: {name}");
         check(index.as_ref());
+        // whatever the check wrote, the running totals equal a count from scratch
+        assert_eq!(
+            index.tier_totals().unwrap(),
+            scanned_totals(index.as_ref()),
+            "{name}: the running tier totals drifted from the records"
+        );
     }
+}
+
+/// The tier totals counted from the records through the traits: objects, packs, queue.
+fn scanned_totals(index: &dyn Index) -> super::TierTotals {
+    let mut t = super::TierTotals::default();
+    index
+        .for_each_object(&mut |_, r| {
+            t.apply(&super::TierTotals::object_delta(&r, 1));
+            true
+        })
+        .unwrap();
+    for (_, p) in index.packs().unwrap() {
+        t.apply(&super::TierTotals::pack_delta(&p, 1));
+    }
+    t.queued_studies = index.accessed_before(u64::MAX, usize::MAX).unwrap().len() as u64;
+    t
 }
 
 /// A new object of patient `P1`, CT, StudyDate 20240101, accession `ACC1`; its id is the

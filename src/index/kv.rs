@@ -14,6 +14,7 @@
 //! | CF | key | value |
 //! |---|---|---|
 //! | `meta` | `schema` | index schema version (u32 LE) |
+//! | `meta` | `tier_totals` | `TierTotals`: running totals of objects per tier, packs, queue |
 //! | `objects` | 32-byte object id | `ObjectRecord` |
 //! | `instances` | `study\0series\0sop` | `InstanceRecord` |
 //! | `sop_index` | `sop` | every `study\0series` holding it, one per line, most recent last |
@@ -60,7 +61,7 @@ use super::{
     unix_ms_now, Catalog, ColdCopy, CommitOutcome, FixityRecord, Governance, HoldRecord,
     IndexError, InstanceEntry, InstanceRecord, NewObject, ObjectRecord, OtherPatient, PackRecord,
     PackedObject, PatientRecord, Placement, SecondaryKey, SeriesRecord, StudyRecord, Tier,
-    Tombstone, VersionRef, WorkQueue,
+    TierTotals, Tombstone, VersionRef, WorkQueue,
 };
 use serde::{de::DeserializeOwned, Serialize};
 use std::collections::{HashMap, HashSet};
@@ -288,7 +289,42 @@ impl<E: KvEngine> KvIndex<E> {
             write_lock: Mutex::new(()),
         };
         index.check_schema(writable)?;
+        if writable && stored_totals(&index.engine)?.is_none() {
+            // an index written before the running totals: count them once
+            let totals = index.scan_totals()?;
+            let mut batch = Batch::default();
+            batch.put(CF_META, TOTALS_KEY, encode(&totals));
+            index.engine.write(batch, true)?;
+        }
         Ok(index)
+    }
+
+    /// The [`TierTotals`] counted by scanning the objects, packs and access queue: what
+    /// the running totals must always equal (the conformance suite checks it).
+    pub fn scan_totals(&self) -> Result<TierTotals, IndexError> {
+        let mut totals = TierTotals::default();
+        let mut failure = None;
+        self.scan_prefix(CF_OBJECTS, b"", &mut |k, v| {
+            match decode_at::<ObjectRecord>(CF_OBJECTS, k, v) {
+                Ok(r) => totals.apply(&TierTotals::object_delta(&r, 1)),
+                Err(e) => {
+                    failure = Some(e);
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        })?;
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        for (_, p) in self.scan_records::<PackRecord>(CF_PACKS, b"")? {
+            totals.apply(&TierTotals::pack_delta(&p, 1));
+        }
+        self.engine.scan(CF_ACCESS_QUEUE, b"", &mut |_, _| {
+            totals.queued_studies += 1;
+            Ok(true)
+        })?;
+        Ok(totals)
     }
 
     /// The engine underneath.
@@ -407,12 +443,12 @@ impl<E: KvEngine> PendingWrites<'_, E> {
         self.values.insert((cf, key), Some(encode(record)));
     }
 
-    fn put_raw(&mut self, cf: &'static str, key: Vec<u8>, value: Vec<u8>) {
-        self.values.insert((cf, key), Some(value));
+    fn put_raw(&mut self, cf: &'static str, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
+        self.values.insert((cf, key.into()), Some(value.into()));
     }
 
-    fn delete(&mut self, cf: &'static str, key: Vec<u8>) {
-        self.values.insert((cf, key), None);
+    fn delete(&mut self, cf: &'static str, key: impl Into<Vec<u8>>) {
+        self.values.insert((cf, key.into()), None);
     }
 
     /// Moves a study's access time (and its access-queue entry) to `at_ms`; an older
@@ -436,20 +472,60 @@ impl<E: KvEngine> PendingWrites<'_, E> {
         Ok(())
     }
 
-    fn into_batch(self) -> Batch {
+    /// The batch, with the running [`TierTotals`] moved by what it changes in `objects`,
+    /// `packs` and `access_queue` (each key's stored value against its final pending
+    /// one): every write keeps them, whichever method makes it.
+    fn into_batch(self) -> Result<Batch, IndexError> {
+        let mut delta = [0i64; 8];
+        let add = |delta: &mut [i64; 8], d: [i64; 8]| {
+            for (a, b) in delta.iter_mut().zip(d) {
+                *a += b;
+            }
+        };
+        for ((cf, key), value) in &self.values {
+            let cf = *cf;
+            if ![CF_OBJECTS, CF_PACKS, CF_ACCESS_QUEUE].contains(&cf) {
+                continue;
+            }
+            let old = self.engine.get(cf, key)?;
+            match cf {
+                CF_OBJECTS => {
+                    for (bytes, sign) in [(old.as_deref(), -1), (value.as_deref(), 1)] {
+                        if let Some(bytes) = bytes {
+                            let r: ObjectRecord = decode_at(cf, key, bytes)?;
+                            add(&mut delta, TierTotals::object_delta(&r, sign));
+                        }
+                    }
+                }
+                CF_PACKS => {
+                    for (bytes, sign) in [(old.as_deref(), -1), (value.as_deref(), 1)] {
+                        if let Some(bytes) = bytes {
+                            let p: PackRecord = decode_at(cf, key, bytes)?;
+                            add(&mut delta, TierTotals::pack_delta(&p, sign));
+                        }
+                    }
+                }
+                _ => delta[7] += value.is_some() as i64 - old.is_some() as i64,
+            }
+        }
         let mut batch = Batch::default();
+        if delta != [0; 8] {
+            let mut totals = stored_totals(self.engine)?.unwrap_or_default();
+            totals.apply(&delta);
+            batch.put(CF_META, TOTALS_KEY, encode(&totals));
+        }
         for ((cf, key), value) in self.values {
             match value {
                 Some(value) => batch.put(cf, key, value),
                 None => batch.delete(cf, key),
             }
         }
-        batch
+        Ok(batch)
     }
 
     fn write(self, sync: bool) -> Result<(), IndexError> {
         let engine = self.engine;
-        engine.write(self.into_batch(), sync)
+        engine.write(self.into_batch()?, sync)
     }
 }
 
@@ -682,9 +758,9 @@ impl<E: KvEngine> WorkQueue for KvIndex<E> {
         // A blind delete, but under the mutex all the same: it must not interleave with a
         // `touch_study` moving the same study's entry.
         let _writer = self.writer();
-        let mut batch = Batch::default();
-        batch.delete(CF_ACCESS_QUEUE, queue_key(at_ms, study_uid));
-        self.engine.write(batch, false)
+        let mut pending = self.pending();
+        pending.delete(CF_ACCESS_QUEUE, queue_key(at_ms, study_uid));
+        pending.write(false)
     }
 }
 
@@ -789,6 +865,14 @@ impl<E: KvEngine> Placement for KvIndex<E> {
     fn fixity(&self, id: &ObjectId) -> Result<Option<FixityRecord>, IndexError> {
         self.get(CF_FIXITY, id.as_bytes())
     }
+
+    fn tier_totals(&self) -> Result<TierTotals, IndexError> {
+        match stored_totals(&self.engine)? {
+            Some(t) => Ok(t),
+            // a read-only view of an index not yet opened for writing since the totals
+            None => self.scan_totals(),
+        }
+    }
 }
 
 impl<E: KvEngine> Governance for KvIndex<E> {
@@ -801,7 +885,7 @@ impl<E: KvEngine> Governance for KvIndex<E> {
                 hold,
             });
         }
-        let mut batch = Batch::default();
+        let mut pending = self.pending();
         let Some(record) = self.get::<StudyRecord>(CF_STUDIES, study.as_bytes())? else {
             return Err(IndexError::Storage(format!(
                 "no study {study} in the index"
@@ -834,7 +918,7 @@ impl<E: KvEngine> Governance for KvIndex<E> {
             }
         }
         for e in instances {
-            batch.delete(
+            pending.delete(
                 CF_INSTANCES,
                 key3(&e.study_uid, &e.series_uid, &e.sop_instance_uid),
             );
@@ -845,24 +929,24 @@ impl<E: KvEngine> Governance for KvIndex<E> {
             {
                 let place = key2(study, &e.series_uid);
                 match without_place(&v, &place) {
-                    Some(rest) => batch.put(CF_SOP_INDEX, e.sop_instance_uid.as_bytes(), rest),
-                    None => batch.delete(CF_SOP_INDEX, e.sop_instance_uid.as_bytes()),
+                    Some(rest) => pending.put_raw(CF_SOP_INDEX, e.sop_instance_uid.as_bytes(), rest),
+                    None => pending.delete(CF_SOP_INDEX, e.sop_instance_uid.as_bytes()),
                 }
             }
             for v in &e.record.versions {
                 if let Some(id) = ObjectId::from_hex(&v.id) {
-                    batch.delete(CF_OBJECTS, id.as_bytes());
-                    batch.put(CF_DELETED_OBJECTS, id.as_bytes(), study.as_bytes());
+                    pending.delete(CF_OBJECTS, id.as_bytes());
+                    pending.put_raw(CF_DELETED_OBJECTS, id.as_bytes(), study.as_bytes());
                 }
             }
         }
         for (series_uid, _) in self.series_of_study(study)? {
-            batch.delete(CF_SERIES, key2(study, &series_uid));
+            pending.delete(CF_SERIES, key2(study, &series_uid));
             // the same series UID may be in another study too: that place stays
             if let Some(v) = self.engine.get(CF_SERIES_INDEX, series_uid.as_bytes())? {
                 match without_place(&v, study.as_bytes()) {
-                    Some(rest) => batch.put(CF_SERIES_INDEX, series_uid.as_bytes(), rest),
-                    None => batch.delete(CF_SERIES_INDEX, series_uid.as_bytes()),
+                    Some(rest) => pending.put_raw(CF_SERIES_INDEX, series_uid.as_bytes(), rest),
+                    None => pending.delete(CF_SERIES_INDEX, series_uid.as_bytes()),
                 }
             }
         }
@@ -876,14 +960,14 @@ impl<E: KvEngine> Governance for KvIndex<E> {
         for cf in [CF_IDX_PATIENT_ID, CF_IDX_STUDY_DATE, CF_IDX_ACCESSION] {
             self.engine.scan(cf, b"", &mut |key, _| {
                 if key.ends_with(&suffix) {
-                    batch.delete(cf, key);
+                    pending.delete(cf, key);
                 }
                 Ok(true)
             })?;
         }
         for pack in &t.packs {
             if let Some(id) = ObjectId::from_hex(pack) {
-                batch.delete(CF_PACKS, id.as_bytes());
+                pending.delete(CF_PACKS, id.as_bytes());
             }
         }
         // the study counted once for its own patient and once for each other identity
@@ -895,19 +979,19 @@ impl<E: KvEngine> Governance for KvIndex<E> {
             {
                 patient.studies = patient.studies.saturating_sub(1);
                 if patient.studies == 0 {
-                    batch.delete(CF_PATIENTS, patient_id.as_bytes());
+                    pending.delete(CF_PATIENTS, patient_id.as_bytes());
                 } else {
-                    batch.put(CF_PATIENTS, patient_id.as_bytes(), encode(&patient));
+                    pending.put_raw(CF_PATIENTS, patient_id.as_bytes(), encode(&patient));
                 }
             }
         }
         if let Some(at) = self.last_access(study)? {
-            batch.delete(CF_ACCESS_QUEUE, queue_key(at, study));
+            pending.delete(CF_ACCESS_QUEUE, queue_key(at, study));
         }
-        batch.delete(CF_STUDY_ACCESS, study.as_bytes());
-        batch.delete(CF_STUDIES, study.as_bytes());
-        batch.put(CF_TOMBSTONES, study.as_bytes(), encode(&t));
-        self.engine.write(batch, true)?;
+        pending.delete(CF_STUDY_ACCESS, study.as_bytes());
+        pending.delete(CF_STUDIES, study.as_bytes());
+        pending.put_raw(CF_TOMBSTONES, study.as_bytes(), encode(&t));
+        pending.write(true)?;
         Ok(t)
     }
 
@@ -963,6 +1047,17 @@ impl<E: KvEngine> Governance for KvIndex<E> {
             Some(Stored::One(hold)) => vec![hold],
         })
     }
+}
+
+/// Key of the running [`TierTotals`] in `meta`.
+const TOTALS_KEY: &[u8] = b"tier_totals";
+
+/// The stored running totals, if this index has them yet.
+fn stored_totals<E: KvEngine>(engine: &E) -> Result<Option<TierTotals>, IndexError> {
+    engine
+        .get(CF_META, TOTALS_KEY)?
+        .map(|v| decode_at(CF_META, TOTALS_KEY, &v))
+        .transpose()
 }
 
 /// Adds one new object to the pending writes: the object record, its instance (new or a

@@ -109,6 +109,67 @@ pub struct HoldRecord {
     pub since_ms: u64,
 }
 
+/// Running totals over the objects, the packs and the access queue, updated by every
+/// index write in the same atomic batch as the records it changes: `strata tier status`
+/// and the per-tier metrics read one record instead of scanning the index. An index
+/// written before them gets them from one scan when opened for writing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TierTotals {
+    /// Objects with a hot file, and their Part-10 bytes.
+    pub hot_objects: u64,
+    pub hot_bytes: u64,
+    /// Objects with only cold copies, and their Part-10 bytes.
+    pub cold_only_objects: u64,
+    pub cold_only_bytes: u64,
+    /// Objects with at least one recorded cold copy (hot or not).
+    pub objects_with_cold_copy: u64,
+    /// Recorded packs and their bytes in the cold tier.
+    pub packs: u64,
+    pub pack_bytes: u64,
+    /// Entries in the tiering policy's access queue (one per study).
+    pub queued_studies: u64,
+}
+
+impl TierTotals {
+    /// Adds (`sign` 1) or removes (`sign` -1) one object's share, as signed deltas.
+    pub fn object_delta(record: &ObjectRecord, sign: i64) -> [i64; 8] {
+        let size = record.size as i64 * sign;
+        let hot = record.tier == Tier::Hot;
+        [
+            sign * hot as i64,
+            if hot { size } else { 0 },
+            sign * !hot as i64,
+            if hot { 0 } else { size },
+            sign * !record.cold.is_empty() as i64,
+            0,
+            0,
+            0,
+        ]
+    }
+
+    /// One pack's share, as signed deltas.
+    pub fn pack_delta(pack: &PackRecord, sign: i64) -> [i64; 8] {
+        [0, 0, 0, 0, 0, sign, pack.size as i64 * sign, 0]
+    }
+
+    /// Applies signed deltas (never below zero).
+    pub fn apply(&mut self, delta: &[i64; 8]) {
+        let fields = [
+            &mut self.hot_objects,
+            &mut self.hot_bytes,
+            &mut self.cold_only_objects,
+            &mut self.cold_only_bytes,
+            &mut self.objects_with_cold_copy,
+            &mut self.packs,
+            &mut self.pack_bytes,
+            &mut self.queued_studies,
+        ];
+        for (field, d) in fields.into_iter().zip(delta) {
+            *field = field.saturating_add_signed(*d);
+        }
+    }
+}
+
 /// An object recorded as a member of a pack. `new` carries the object's attributes for
 /// `reindex`, when the object may not be indexed yet.
 #[derive(Debug, Clone)]

@@ -355,10 +355,11 @@ impl Tiering {
         }
     }
 
-    /// Computes the status (from the index) and sets the per-tier gauges from it.
+    /// Sets the per-tier gauges from the index's running totals (no scan: an idle
+    /// archive of any size costs a few reads per pass).
     pub async fn publish_status(&self) {
         let t = self.clone();
-        match tokio::task::spawn_blocking(move || t.status_blocking()).await {
+        match tokio::task::spawn_blocking(move || t.gauges_blocking()).await {
             Ok(Ok(status)) => self.publish(&status),
             Ok(Err(e)) => tracing::warn!(error = %e, "tier status for metrics failed"),
             Err(e) => tracing::warn!(error = %e, "tier status task failed"),
@@ -404,28 +405,47 @@ impl Tiering {
         Ok(super::pack::Manifest::parse(&json)?)
     }
 
-    /// Counts per tier and the queue, from the index (blocking).
-    pub fn status_blocking(&self) -> Result<TierStatus, TieringError> {
-        let mut s = TierStatus {
+    /// The gauges' figures without a scan (blocking): per-tier objects and bytes and the
+    /// packs from the index's running totals, the queue length from them too, and the
+    /// due entries from the head of the access queue (only those past `hot_max_age`).
+    /// `studies_*` and `packs_by_storage_class` stay zero: [`Tiering::status_blocking`]
+    /// counts those.
+    pub fn gauges_blocking(&self) -> Result<TierStatus, TieringError> {
+        let t = self.index.tier_totals()?;
+        let now = unix_ms_now();
+        let max_age = self.config.tiering.hot_max_age.as_millis() as u64;
+        let due = self
+            .index
+            .accessed_before(now.saturating_sub(max_age).saturating_add(1), usize::MAX)?;
+        Ok(TierStatus {
             cold_url: self.cold.describe().to_string(),
+            hot_objects: t.hot_objects,
+            hot_bytes: t.hot_bytes,
+            cold_only_objects: t.cold_only_objects,
+            cold_only_bytes: t.cold_only_bytes,
+            objects_with_cold_copy: t.objects_with_cold_copy,
+            packs: t.packs,
+            pack_bytes: t.pack_bytes,
+            queue_length: t.queued_studies,
+            queue_due: due.len() as u64,
+            oldest_due_since_ms: due.first().map(|(at, _)| at + max_age),
+            hot_fs_used_percent: self.hot_used_percent_blocking()?,
             ..Default::default()
-        };
+        })
+    }
+
+    /// Everything [`Tiering::gauges_blocking`] says, plus the studies per tier and the
+    /// packs per storage class, which take a scan of the objects and packs (blocking;
+    /// `strata tier status`, not the metrics).
+    pub fn status_blocking(&self) -> Result<TierStatus, TieringError> {
+        let mut s = self.gauges_blocking()?;
         let mut studies: std::collections::HashMap<String, (bool, bool)> = Default::default();
         self.index.for_each_object(&mut |_, r| {
             let entry = studies.entry(r.study_uid.clone()).or_default();
             match r.tier {
-                Tier::Hot => {
-                    s.hot_objects += 1;
-                    s.hot_bytes += r.size;
-                    entry.0 = true;
-                }
-                Tier::Cold => {
-                    s.cold_only_objects += 1;
-                    s.cold_only_bytes += r.size;
-                    entry.1 = true;
-                }
+                Tier::Hot => entry.0 = true,
+                Tier::Cold => entry.1 = true,
             }
-            s.objects_with_cold_copy += (!r.cold.is_empty()) as u64;
             true
         })?;
         for (hot, cold) in studies.values() {
@@ -436,18 +456,8 @@ impl Tiering {
             }
         }
         for (_, p) in self.index.packs()? {
-            s.packs += 1;
-            s.pack_bytes += p.size;
             *s.packs_by_storage_class.entry(p.storage_class).or_default() += 1;
         }
-        let now = unix_ms_now();
-        let max_age = self.config.tiering.hot_max_age.as_millis() as u64;
-        let queue = self.index.accessed_before(u64::MAX, usize::MAX)?;
-        s.queue_length = queue.len() as u64;
-        let due: Vec<_> = queue.iter().filter(|(at, _)| at + max_age <= now).collect();
-        s.queue_due = due.len() as u64;
-        s.oldest_due_since_ms = due.first().map(|(at, _)| at + max_age);
-        s.hot_fs_used_percent = self.hot_used_percent_blocking()?;
         Ok(s)
     }
 }
