@@ -78,6 +78,9 @@ pub struct Archive {
     /// Sync every audit record as it is written (a short-lived command-line process
     /// may exit before the log's flusher runs); the server leaves it to the flusher.
     pub(crate) sync_each_audit: bool,
+    /// The cold tier's last readiness answer and when it was taken, reused for `[cold]
+    /// readiness_interval`: probes do not each cost S3 requests.
+    pub(crate) cold_probe: Arc<tokio::sync::Mutex<Option<(std::time::Instant, health::Check)>>>,
 }
 
 impl Archive {
@@ -160,6 +163,7 @@ impl Archive {
             ingest,
             metrics,
             sync_each_audit: true,
+            cold_probe: Arc::default(),
         }
     }
 

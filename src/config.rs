@@ -195,6 +195,10 @@ pub struct ColdConfig {
     /// Timeout of one request to the cold tier.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// How long `/readyz` reuses the cold tier's last answer (each fresh answer costs 3
+    /// requests); "0s" asks at every probe.
+    #[serde(with = "humantime_serde")]
+    pub readiness_interval: Duration,
 }
 
 /// When studies move between tiers.
@@ -246,6 +250,7 @@ impl Default for ColdConfig {
             path_style: true,
             storage_class: "STANDARD".into(),
             request_timeout: Duration::from_secs(30),
+            readiness_interval: Duration::from_secs(30),
         }
     }
 }

@@ -305,7 +305,7 @@ fn a_cold_tier_outage_only_delays_aging() {
         "tier-outage",
         &format!(
             "{}\n[tiering]\nhot_max_age = \"1s\"\nscan_interval = \"1s\"\nmax_backoff = \"2s\"\n",
-            moto.cold_section("archive", "")
+            moto.cold_section("archive", "readiness_interval = \"2s\"")
         ),
     );
     let server = archive.start();
@@ -317,7 +317,11 @@ fn a_cold_tier_outage_only_delays_aging() {
     assert_eq!(ready(200)["cold"]["ok"], true);
     let port = moto.port;
     moto.stop();
-    // not ready while the cold tier does not answer (alive all the same)
+    // not ready while the cold tier does not answer (alive all the same), once the last
+    // answer is older than readiness_interval (2 s)
+    wait_for("readiness to notice", Duration::from_secs(30), || {
+        http_get(server.http_port, "/readyz").is_some_and(|(code, _)| code == 503)
+    });
     let state = ready(503);
     assert_eq!(
         (state["cold"]["ok"].clone(), state["hot"]["ok"].clone()),

@@ -2,7 +2,10 @@
 //! only says the process answers; readiness checks each part a store or a retrieval
 //! needs: the index answers a read, the hot disk is above its free-space floor, and the
 //! cold tier answers a request (its bucket exists and takes the credentials, then a HEAD
-//! of an id no pack has: "not found" is an answer).
+//! of an id no pack has: "not found" is an answer). The cold tier's answer is reused for
+//! `[cold] readiness_interval` (30 s by default): a load balancer polling every few
+//! seconds would otherwise cost three S3 requests a poll (about 26,000 a day at one poll
+//! per 10 s).
 
 use super::{blocking, Archive};
 use serde::Serialize;
@@ -10,6 +13,7 @@ use strata_tiers::{BlobStore, ObjectId};
 
 /// How long the cold tier may take to answer the readiness probe.
 const COLD_PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 
 /// One part's state.
 #[derive(Debug, Clone, Serialize)]
@@ -60,6 +64,31 @@ impl Archive {
             .await,
             |free| format!("{} MiB free", free / (1024 * 1024)),
         );
+        // one probe at a time; a recent answer is reused
+        let mut cached = self.cold_probe.lock().await;
+        let cold = match cached.as_ref() {
+            Some((at, check)) if at.elapsed() < self.config.cold.readiness_interval => Check {
+                ok: check.ok,
+                detail: format!("{} (checked {} s ago)", check.detail, at.elapsed().as_secs()),
+            },
+            _ => {
+                let check = self.probe_cold().await;
+                *cached = Some((std::time::Instant::now(), check.clone()));
+                check
+            }
+        };
+        drop(cached);
+        Readiness {
+            ready: index.ok && hot.ok && cold.ok,
+            index,
+            hot,
+            cold,
+        }
+    }
+
+    /// Asks the cold tier (3 requests: HeadBucket, the archive marker, a HEAD).
+    async fn probe_cold(&self) -> Check {
+        let probe = ObjectId::of_bytes(b"strata readiness probe");
         let probe_cold = async {
             // the bucket first: a HEAD of a missing object in a missing bucket is a
             // 404 either way (a HEAD answer has no body to say which)
@@ -76,7 +105,7 @@ impl Archive {
                 }
             })
         };
-        let cold = match tokio::time::timeout(COLD_PROBE_TIMEOUT, probe_cold).await {
+        match tokio::time::timeout(COLD_PROBE_TIMEOUT, probe_cold).await {
             Err(_) => Check {
                 ok: false,
                 detail: format!(
@@ -92,12 +121,6 @@ impl Archive {
                 ok: true,
                 detail: format!("{} answers", self.cold.describe()),
             },
-        };
-        Readiness {
-            ready: index.ok && hot.ok && cold.ok,
-            index,
-            hot,
-            cold,
         }
     }
 }
