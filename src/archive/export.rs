@@ -122,14 +122,15 @@ fn export(archive: &Archive, studies: &[String], out: &Path) -> Result<ExportRep
             let dir = out.join(&e.study_uid).join(&e.series_uid);
             dest_of.insert(id, dir.join(format!("{}.dcm", e.sop_instance_uid)));
         }
-        // large hot objects are copied file to file (after a re-hash in chunks against
-        // their id): never held in memory whole
+        // large objects are copied file to file — from their hot file after a re-hash
+        // in chunks against their id, or from their cold copy staged on hot disk
+        // (checked on the way): never held in memory whole
         let mut ids: Vec<ObjectId> = Vec::with_capacity(dest_of.len());
         for (id, dest) in &dest_of {
             let path = archive.hot.path_of(id);
-            let large =
-                std::fs::metadata(&path).is_ok_and(|m| m.len() > super::retrieve::STREAM_ABOVE);
-            let intact = large
+            let hot_size = std::fs::metadata(&path).ok().map(|m| m.len());
+            let large_hot = hot_size.is_some_and(|n| n > super::retrieve::STREAM_ABOVE);
+            let intact = large_hot
                 && archive
                     .hot
                     .rehash_blocking(id)
@@ -138,8 +139,26 @@ fn export(archive: &Archive, studies: &[String], out: &Path) -> Result<ExportRep
                 let copied = copy_durably(&path, dest).map_err(Error::io("copy", dest))?;
                 report.files += 1;
                 report.bytes += copied;
-            } else {
-                ids.push(*id);
+                continue;
+            }
+            let large_cold = match (hot_size, index.object(id)?) {
+                (None, Some(r)) if r.size > super::retrieve::STREAM_ABOVE => Some(r.cold),
+                _ => None,
+            };
+            match large_cold {
+                Some(copies) => {
+                    let staged = rt.block_on(reader.stage_cold(id, &copies)).map_err(|e| {
+                        Error::Unreadable {
+                            what: format!("object {id} of study {study}"),
+                            source: e,
+                        }
+                    })?;
+                    let copied =
+                        copy_durably(staged.path(), dest).map_err(Error::io("copy", dest))?;
+                    report.files += 1;
+                    report.bytes += copied;
+                }
+                None => ids.push(*id),
             }
         }
         let failed = rt.block_on(reader.read_many(&ids, &mut |id, bytes| {

@@ -14,7 +14,6 @@ use strata_tiers::{BlobStore, ObjectId};
 /// How long the cold tier may take to answer the readiness probe.
 const COLD_PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
-
 /// One part's state.
 #[derive(Debug, Clone, Serialize)]
 pub struct Check {
@@ -69,7 +68,11 @@ impl Archive {
         let cold = match cached.as_ref() {
             Some((at, check)) if at.elapsed() < self.config.cold.readiness_interval => Check {
                 ok: check.ok,
-                detail: format!("{} (checked {} s ago)", check.detail, at.elapsed().as_secs()),
+                detail: format!(
+                    "{} (checked {} s ago)",
+                    check.detail,
+                    at.elapsed().as_secs()
+                ),
             },
             _ => {
                 let check = self.probe_cold().await;

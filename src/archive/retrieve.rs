@@ -11,8 +11,9 @@
 //! retrieval dropped without `finish` (a broken association) is audited as interrupted.
 //!
 //! [`RetrievalReader::read`] returns an object's Part-10 bytes whole, checked against its
-//! id; a large hot object sent as stored is streamed from its file instead
-//! ([`RetrievalReader::hot_file_to_stream`]), in bounded memory.
+//! id; a large object sent as stored is streamed from a file instead — its hot file, or
+//! its cold copy staged on hot disk ([`RetrievalReader::file_to_stream`]) — in bounded
+//! memory.
 
 use super::{blocking, Archive, Error, Principal};
 use crate::index::{Index, InstanceEntry, SecondaryKey};
@@ -46,39 +47,80 @@ impl RetrievalReader {
     }
 
     /// For an object larger than [`STREAM_ABOVE`] that goes as stored (`target` is its
-    /// own transfer syntax) and has a hot copy: the file, where its data set starts and
-    /// how long it is — after re-hashing the whole file against its id in bounded memory
-    /// (a hot copy is never served unchecked). `None`: read it whole instead.
-    pub async fn hot_file_to_stream(
+    /// own transfer syntax): a file to stream its data set from, in bounded memory —
+    /// its hot file after re-hashing it against its id, or, when it is cold only, the
+    /// object staged from its pack into a tmp file on hot disk (checked on the way,
+    /// [`ObjectReader::stage_cold`]; removed when the [`StreamFile`] is dropped).
+    /// `Ok(None)`: read it whole instead (small, converted, or a hot copy that does not
+    /// check out — the whole read says what is wrong). An error: the cold copies could
+    /// not be read (an archived pack answers [`Error::is_pending_restore`]).
+    pub async fn file_to_stream(
         &self,
         item: &RetrieveItem,
         target: &str,
-    ) -> Option<(std::path::PathBuf, u64, u64)> {
+    ) -> Result<Option<StreamFile>, Error> {
         if target != item.transfer_syntax_uid {
-            return None;
+            return Ok(None);
         }
-        let (hot, id) = (self.reader.hot.clone(), item.id);
-        tokio::task::spawn_blocking(move || {
+        let (hot, index, id) = (self.reader.hot.clone(), self.reader.index.clone(), item.id);
+        enum Found {
+            Hot(Option<(std::path::PathBuf, u64)>),
+            Cold(Vec<crate::index::ColdCopy>),
+        }
+        let found = blocking(move || {
             let path = hot.path_of(&id);
-            let size = std::fs::metadata(&path).ok()?.len();
-            if size <= STREAM_ABOVE {
-                return None;
+            if let Ok(m) = std::fs::metadata(&path) {
+                if m.len() <= STREAM_ABOVE {
+                    return Ok(Found::Hot(None));
+                }
+                return Ok(match hot.rehash_blocking(&id) {
+                    Ok((actual, _)) if actual == id => Found::Hot(Some((path, m.len()))),
+                    _ => Found::Hot(None),
+                });
             }
-            match hot.rehash_blocking(&id) {
-                Ok((actual, _)) if actual == id => {}
-                _ => return None, // the checked read path says what is wrong
-            }
-            let mut head = vec![0u8; 64 * 1024];
-            let mut file = std::fs::File::open(&path).ok()?;
-            let n = std::io::Read::read(&mut file, &mut head).ok()?;
-            let meta = crate::dicom::part10::read_foreign_meta(&head[..n]).ok()?;
-            let offset = meta.dataset_offset as u64;
-            Some((path, offset, size - offset))
+            Ok(match index.object(&id)? {
+                Some(r) if r.size > STREAM_ABOVE && r.tier == crate::index::Tier::Cold => {
+                    Found::Cold(r.cold)
+                }
+                _ => Found::Hot(None),
+            })
         })
-        .await
-        .ok()
-        .flatten()
+        .await?;
+        let (path, size, staged) = match found {
+            Found::Hot(None) => return Ok(None),
+            Found::Hot(Some((path, size))) => (path, size, None),
+            Found::Cold(copies) => {
+                let tmp = self.reader.stage_cold(&item.id, &copies).await?;
+                (tmp.path().to_path_buf(), tmp.len(), Some(tmp))
+            }
+        };
+        let head_of = path.clone();
+        let offset = blocking(move || {
+            let mut head = vec![0u8; 64 * 1024];
+            let mut file = std::fs::File::open(&head_of).map_err(Error::io("open", &head_of))?;
+            let n =
+                std::io::Read::read(&mut file, &mut head).map_err(Error::io("read", &head_of))?;
+            let meta = crate::dicom::part10::read_foreign_meta(&head[..n])
+                .map_err(|e| Error::Internal(format!("stored object without a meta group: {e}")))?;
+            Ok(meta.dataset_offset as u64)
+        })
+        .await?;
+        Ok(Some(StreamFile {
+            path,
+            offset,
+            len: size - offset,
+            _staged: staged,
+        }))
     }
+}
+
+/// A file a large object's data set is streamed from: `len` bytes from `offset`.
+pub struct StreamFile {
+    pub path: std::path::PathBuf,
+    pub offset: u64,
+    pub len: u64,
+    /// The tmp file of a staged cold object, removed when this is dropped.
+    _staged: Option<strata_tiers::TmpObject>,
 }
 
 /// Objects larger than this (bytes) are streamed from their hot file when they go as

@@ -317,10 +317,15 @@ async fn send_item<A: AsyncAssociation<tokio::net::TcpStream> + Send>(
         transfer_syntax: item.transfer_syntax_uid.clone(),
         convertible: convertible_to_native(&item.transfer_syntax_uid),
     })?;
-    // a large hot object that goes as stored is streamed from its file (bounded
-    // memory); anything else is read, checked and converted in memory
-    let payload = match reader.hot_file_to_stream(item, target).await {
-        Some((path, offset, len)) => Payload::File { path, offset, len },
+    // a large object that goes as stored is streamed from a file — its hot file, or its
+    // cold copy staged on hot disk (bounded memory); anything else is read, checked and
+    // converted in memory
+    let payload = match reader
+        .file_to_stream(item, target)
+        .await
+        .map_err(|e| SubOpError::Object(format!("read object {}: {e}", item.id)))?
+    {
+        Some(file) => Payload::File(file),
         None => Payload::Bytes(dataset_for(reader, item, target).await?),
     };
     store_one(
@@ -339,12 +344,9 @@ async fn send_item<A: AsyncAssociation<tokio::net::TcpStream> + Send>(
 /// What a C-STORE sub-operation sends as its data set.
 enum Payload {
     Bytes(Vec<u8>),
-    /// `len` bytes of a verified hot file from `offset` (its data set), sent as read.
-    File {
-        path: std::path::PathBuf,
-        offset: u64,
-        len: u64,
-    },
+    /// The data set in a verified file (a hot file, or a staged cold object), sent as
+    /// read.
+    File(crate::archive::retrieve::StreamFile),
 }
 
 /// Sends one stored object with C-STORE on `dest` (a new association for C-MOVE, the
@@ -374,8 +376,8 @@ async fn store_one<A: AsyncAssociation<tokio::net::TcpStream> + Send>(
     send_command(dest, pc_id, cmd.encode()).await?;
     match payload {
         Payload::Bytes(dataset) => send_data(dest, pc_id, dataset, max_pdv).await?,
-        Payload::File { path, offset, len } => {
-            super::pdv::send_data_file(dest, pc_id, path, *offset, *len, max_pdv).await?
+        Payload::File(f) => {
+            super::pdv::send_data_file(dest, pc_id, &f.path, f.offset, f.len, max_pdv).await?
         }
     }
     let bad = |detail: String| SubOpError::BadResponse(detail);

@@ -929,7 +929,9 @@ impl<E: KvEngine> Governance for KvIndex<E> {
             {
                 let place = key2(study, &e.series_uid);
                 match without_place(&v, &place) {
-                    Some(rest) => pending.put_raw(CF_SOP_INDEX, e.sop_instance_uid.as_bytes(), rest),
+                    Some(rest) => {
+                        pending.put_raw(CF_SOP_INDEX, e.sop_instance_uid.as_bytes(), rest)
+                    }
                     None => pending.delete(CF_SOP_INDEX, e.sop_instance_uid.as_bytes()),
                 }
             }

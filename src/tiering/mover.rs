@@ -201,20 +201,50 @@ impl Tiering {
 
     /// Brings a study's cold-only objects back to hot disk (each checked against its
     /// id by the hot tier's put), then records them hot. The cold copies stay, so the
-    /// study can be evicted again without another upload.
+    /// study can be evicted again without another upload. Memory stays bounded: small
+    /// objects come back in batches of at most 64 objects and 256 MiB, each large one
+    /// (above `STREAM_MEMBER_ABOVE`) streamed from its pack into a tmp file, checked,
+    /// and made durable under its id without ever being held whole.
     pub async fn move_to_hot(&self, study_uid: &str) -> Result<MoveReport, TieringError> {
         let this = self.clone();
         let study = study_uid.to_string();
         let objects = blocking(move || study_objects_blocking(&this, &study)).await?;
-        let cold_only: Vec<ObjectId> = objects
+        let cold_only: Vec<&(ObjectId, ObjectRecord)> = objects
             .iter()
             .filter(|(_, r)| r.tier == Tier::Cold)
-            .map(|(id, _)| *id)
             .collect();
         let reader = self.reader();
         let mut recalled = Vec::new();
-        // in batches, so that a large study is never held in memory whole
-        for batch in cold_only.chunks(64) {
+        let large = |r: &ObjectRecord| r.size > super::pack::STREAM_MEMBER_ABOVE;
+        for (id, record) in cold_only.iter().filter(|(_, r)| large(r)) {
+            let tmp = reader.stage_cold(id, &record.cold).await?;
+            let (hot, oid) = (self.hot.clone(), *id);
+            blocking(move || {
+                hot.persist_batch_blocking(vec![(tmp, oid)])
+                    .pop()
+                    .expect("one result per item")?;
+                Ok(())
+            })
+            .await?;
+            let (index, marked) = (self.index.clone(), vec![*id]);
+            blocking(move || Ok(index.set_tier(&marked, Tier::Hot)?)).await?;
+            recalled.push(*id);
+        }
+        let mut batches: Vec<Vec<ObjectId>> = Vec::new();
+        let mut bytes = 0u64;
+        for (id, record) in cold_only.iter().filter(|(_, r)| !large(r)) {
+            match batches.last_mut() {
+                Some(b) if b.len() < 64 && bytes + record.size <= 256 << 20 => {
+                    b.push(*id);
+                    bytes += record.size;
+                }
+                _ => {
+                    batches.push(vec![*id]);
+                    bytes = record.size;
+                }
+            }
+        }
+        for batch in &batches {
             let mut fetched = Vec::new();
             let failed = reader
                 .read_many(batch, &mut |id, bytes| {

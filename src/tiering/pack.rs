@@ -31,6 +31,10 @@ const BLOCK: u64 = 512;
 /// Largest member decompressed in one allocation of its declared size.
 const MAX_MEMBER_BYTES: u64 = 4 << 30;
 
+/// Objects larger than this (bytes) are packed and unpacked as streams, a chunk at a
+/// time, instead of whole in memory (a multi-frame of gigabytes costs a few MiB).
+pub const STREAM_MEMBER_ABOVE: u64 = 64 << 20;
+
 #[derive(Debug, thiserror::Error)]
 pub enum PackError {
     #[error("cannot {action} {path}: {source}")]
@@ -230,46 +234,61 @@ pub fn build_blocking(
     let mut pos = 0u64; // within body
     let mut raw = Vec::new();
     for source in sources {
-        raw.clear();
-        std::fs::File::open(&source.path)
-            .and_then(|mut f| f.read_to_end(&mut raw))
-            .map_err(io("read", &source.path))?;
-        let actual = ObjectId::of_bytes(&raw);
-        if actual != source.id {
-            return Err(PackError::CorruptSource {
-                id: source.id,
-                actual,
-            });
-        }
-        let sha = sha2::Sha256::digest(&raw);
-        let compressed = zstd::bulk::compress(&raw, level).map_err(io("compress", &source.path))?;
-        let (data, compression, suffix): (&[u8], _, _) = if compressed.len() < raw.len() {
-            (&compressed, Compression::Zstd, ".dcm.zst")
-        } else {
-            (&raw, Compression::None, ".dcm")
-        };
         let hex = source.id.to_hex();
-        let name = format!("objects/{hex}{suffix}");
+        let large = std::fs::metadata(&source.path)
+            .map_err(io("read", &source.path))?
+            .len()
+            > STREAM_MEMBER_ABOVE;
         let file = body.as_file_mut();
-        file.write_all(&tar_header(&name, data.len() as u64)?)
-            .and_then(|_| file.write_all(data))
-            .and_then(|_| file.write_all(&vec![0u8; padding(data.len() as u64)]))
-            .map_err(io("write", &body_path))?;
+        let written = if large {
+            write_member_streamed(file, source, level, pos)?
+        } else {
+            raw.clear();
+            std::fs::File::open(&source.path)
+                .and_then(|mut f| f.read_to_end(&mut raw))
+                .map_err(io("read", &source.path))?;
+            let actual = ObjectId::of_bytes(&raw);
+            if actual != source.id {
+                return Err(PackError::CorruptSource {
+                    id: source.id,
+                    actual,
+                });
+            }
+            let sha = sha2::Sha256::digest(&raw);
+            let compressed =
+                zstd::bulk::compress(&raw, level).map_err(io("compress", &source.path))?;
+            let (data, compression): (&[u8], _) = if compressed.len() < raw.len() {
+                (&compressed, Compression::Zstd)
+            } else {
+                (&raw, Compression::None)
+            };
+            let name = member_name(&hex, compression);
+            file.write_all(&tar_header(&name, data.len() as u64)?)
+                .and_then(|_| file.write_all(data))
+                .and_then(|_| file.write_all(&vec![0u8; padding(data.len() as u64)]))
+                .map_err(io("write", &body_path))?;
+            Written {
+                compression,
+                stored_size: data.len() as u64,
+                original_size: raw.len() as u64,
+                sha256: hex_lower(&sha),
+            }
+        };
         members.push(Member {
-            name,
+            name: member_name(&hex, written.compression),
             study_uid: source.study_uid.clone(),
             series_uid: source.series_uid.clone(),
             sop_instance_uid: source.sop_instance_uid.clone(),
             sop_class_uid: source.sop_class_uid.clone(),
             transfer_syntax_uid: source.transfer_syntax_uid.clone(),
             offset: pos + BLOCK, // relative to the body for now
-            stored_size: data.len() as u64,
-            original_size: raw.len() as u64,
-            compression,
+            stored_size: written.stored_size,
+            original_size: written.original_size,
+            compression: written.compression,
             blake3: hex,
-            sha256: hex_lower(&sha),
+            sha256: written.sha256,
         });
-        pos += BLOCK + data.len() as u64 + padding(data.len() as u64) as u64;
+        pos += BLOCK + written.stored_size + padding(written.stored_size) as u64;
     }
     body.as_file_mut()
         .write_all(&[0u8; 1024])
@@ -326,6 +345,136 @@ pub fn build_blocking(
         body,
         manifest,
     })
+}
+
+/// A member's name in the pack: `objects/<id>.dcm`, `.dcm.zst` when compressed.
+fn member_name(hex: &str, compression: Compression) -> String {
+    match compression {
+        Compression::Zstd => format!("objects/{hex}.dcm.zst"),
+        Compression::None => format!("objects/{hex}.dcm"),
+    }
+}
+
+/// What was written for one member.
+struct Written {
+    compression: Compression,
+    stored_size: u64,
+    original_size: u64,
+    sha256: String,
+}
+
+/// Writes one large member at `pos` (the body's current end) a chunk at a time: a
+/// header reserved, the object compressed by a zstd stream while blake3 and SHA-256
+/// hash it, the header then written with the size; stored raw (copied again) when
+/// compression does not shrink it. A hot copy that does not hash to its id stops the
+/// pack, as for small members.
+fn write_member_streamed(
+    file: &mut std::fs::File,
+    source: &Source,
+    level: i32,
+    pos: u64,
+) -> Result<Written, PackError> {
+    let path = &source.path;
+    let data_at = pos + BLOCK;
+    let copy_through = |file: &mut std::fs::File,
+                        compress: bool|
+     -> Result<(u64, ObjectId, String, u64), PackError> {
+        let mut input = std::fs::File::open(path).map_err(io("read", path))?;
+        file.seek(SeekFrom::Start(data_at))
+            .map_err(io("seek", path))?;
+        let mut b3 = blake3::Hasher::new();
+        let mut sha = sha2::Sha256::new();
+        let mut original = 0u64;
+        let mut out = CountingWriter {
+            inner: &mut *file,
+            written: 0,
+        };
+        let mut pump = |w: &mut dyn Write| -> Result<(), PackError> {
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                let n = input.read(&mut buf).map_err(io("read", path))?;
+                if n == 0 {
+                    return Ok(());
+                }
+                b3.update(&buf[..n]);
+                sha.update(&buf[..n]);
+                original += n as u64;
+                w.write_all(&buf[..n])
+                    .map_err(io("write the pack of", path))?;
+            }
+        };
+        if compress {
+            let mut e =
+                zstd::stream::write::Encoder::new(&mut out, level).map_err(io("compress", path))?;
+            e.set_pledged_src_size(std::fs::metadata(path).ok().map(|m| m.len()))
+                .map_err(io("compress", path))?;
+            e.include_contentsize(true).map_err(io("compress", path))?;
+            pump(&mut e)?;
+            e.finish().map_err(io("compress", path))?;
+        } else {
+            pump(&mut out)?;
+        }
+        let stored = out.written;
+        Ok((
+            stored,
+            ObjectId::from_hash(b3.finalize()),
+            hex_lower(&sha.finalize()),
+            original,
+        ))
+    };
+    let (mut stored, actual, sha256, original) = copy_through(file, true)?;
+    if actual != source.id {
+        return Err(PackError::CorruptSource {
+            id: source.id,
+            actual,
+        });
+    }
+    let mut compression = Compression::Zstd;
+    if stored >= original {
+        // compression did not pay: the raw bytes instead, over the compressed ones
+        let (raw, again, _, _) = copy_through(file, false)?;
+        if again != source.id {
+            return Err(PackError::CorruptSource {
+                id: source.id,
+                actual: again,
+            });
+        }
+        file.set_len(data_at + raw)
+            .map_err(io("truncate the pack of", path))?;
+        stored = raw;
+        compression = Compression::None;
+    }
+    let name = member_name(&source.id.to_hex(), compression);
+    file.seek(SeekFrom::Start(pos)).map_err(io("seek", path))?;
+    file.write_all(&tar_header(&name, stored)?)
+        .map_err(io("write the pack of", path))?;
+    file.seek(SeekFrom::Start(data_at + stored))
+        .map_err(io("seek", path))?;
+    file.write_all(&vec![0u8; padding(stored)])
+        .map_err(io("write the pack of", path))?;
+    Ok(Written {
+        compression,
+        stored_size: stored,
+        original_size: original,
+        sha256,
+    })
+}
+
+/// Counts the bytes written through it.
+struct CountingWriter<'a, W: Write> {
+    inner: &'a mut W,
+    written: u64,
+}
+
+impl<W: Write> Write for CountingWriter<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.written += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 fn hex_lower(bytes: &[u8]) -> String {
@@ -533,6 +682,50 @@ mod tests {
         })
         .unwrap();
         assert_eq!((seen, manifest), (3, a.manifest.clone()));
+    }
+
+    /// Members above `STREAM_MEMBER_ABOVE` are written as streams: a compressible one
+    /// zstd-compressed (with its content size in the frame), an incompressible one raw
+    /// after the compressed attempt is thrown away; the pack reads back whole, each
+    /// member by its offset, with the right blake3 and SHA-256.
+    #[test]
+    fn large_members_are_packed_as_streams() {
+        let dir = tempfile::tempdir().unwrap();
+        let big = STREAM_MEMBER_ABOVE as usize + 1000;
+        let sources = vec![
+            source(dir.path(), 1, big, true),
+            source(dir.path(), 2, big + 3, false),
+            source(dir.path(), 3, 700, true),
+        ];
+        let built = build_blocking("1.2.3", &sources, 3, dir.path()).unwrap();
+        let bytes = whole(&built);
+        assert_eq!(bytes.len() as u64, built.size);
+        assert_eq!(ObjectId::of_bytes(&bytes), built.id);
+        for m in &built.manifest.members {
+            let stored = &bytes[m.offset as usize..(m.offset + m.stored_size) as usize];
+            let id = ObjectId::from_hex(&m.blake3).unwrap();
+            let part10 = unpack_member(&id, stored, m.compression, None).unwrap();
+            assert_eq!(part10.len() as u64, m.original_size);
+            assert_eq!(hex_lower(&sha2::Sha256::digest(&part10)), m.sha256);
+            if m.original_size > STREAM_MEMBER_ABOVE {
+                let raw = m.name.ends_with(".dcm");
+                assert_eq!(raw, m.compression == Compression::None, "{}", m.name);
+            }
+        }
+        let kinds: Vec<_> = built
+            .manifest
+            .members
+            .iter()
+            .map(|m| m.compression)
+            .collect();
+        assert_eq!(kinds.iter().filter(|k| **k == Compression::None).count(), 1);
+        let mut seen = 0;
+        read_all(&bytes[..], &mut |_, _| {
+            seen += 1;
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(seen, 3);
     }
 
     #[test]

@@ -9,6 +9,12 @@
 //!
 //! A whole study ([`ObjectReader::read_many`]) is read per pack with one streamed GET
 //! spanning the wanted members, not one request per instance.
+//!
+//! Large objects are never held whole: [`ObjectReader::pipe_copy`] streams one cold copy
+//! through a decompressor and a hasher into any writer, a chunk at a time, and
+//! [`ObjectReader::stage_cold`] uses it to land a cold object, checked, in a tmp file on
+//! hot disk — which C-MOVE, C-GET and export then stream from, and a recall makes
+//! durable under its id. The scrubber checks large copies with it too.
 
 use super::pack::unpack_member;
 use super::{blocking, TieringError};
@@ -104,6 +110,117 @@ impl ObjectReader {
         for copy in copies {
             match self.read_copy(id, copy).await {
                 Ok(bytes) => return Ok(bytes),
+                Err(e) if e.is_pending_restore() || e.is_transient() => return Err(e),
+                Err(e) => {
+                    tracing::warn!(object = %id, pack = %copy.pack, error = %e, "cold copy unreadable");
+                    last = e.to_string();
+                }
+            }
+        }
+        Err(TieringError::Unreadable {
+            id: id.to_hex(),
+            detail: last,
+        })
+    }
+
+    /// Streams one cold copy of `id` into `sink` a chunk at a time — one ranged GET,
+    /// decompressed by a zstd stream when the member is compressed — hashing what comes
+    /// out, and returns `sink` once the bytes hash to `id`. On any failure (the GET, the
+    /// decompression, a hash mismatch) the sink has received bytes that must not be
+    /// used. Memory: a few chunks, whatever the object's size.
+    pub async fn pipe_copy<W: std::io::Write + Send + 'static>(
+        &self,
+        id: &ObjectId,
+        copy: &ColdCopy,
+        sink: W,
+    ) -> Result<W, TieringError> {
+        let pack = copy
+            .pack_id()
+            .ok_or_else(|| TieringError::Other(format!("bad pack id {:?}", copy.pack)))?;
+        let started = std::time::Instant::now();
+        let stream = self
+            .cold
+            .stream_range(&pack, Some(copy.offset..copy.offset + copy.stored_size))
+            .await;
+        let pending = matches!(&stream, Err(e) if e.is_pending_restore());
+        self.note_restore(&pack, pending).await;
+        let mut stream = stream?;
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(8);
+        let (oid, compression) = (*id, copy.compression);
+        let writer = tokio::task::spawn_blocking(move || -> Result<W, TieringError> {
+            let corrupt = |reason: String| {
+                TieringError::Pack(super::pack::PackError::CorruptMember {
+                    name: oid.to_hex(),
+                    reason,
+                })
+            };
+            let mut out = HashingWriter {
+                inner: sink,
+                hasher: blake3::Hasher::new(),
+            };
+            let failed = |e: std::io::Error| corrupt(format!("write: {e}"));
+            match compression {
+                crate::index::Compression::None => {
+                    while let Some(chunk) = rx.blocking_recv() {
+                        std::io::Write::write_all(&mut out, &chunk).map_err(failed)?;
+                    }
+                }
+                crate::index::Compression::Zstd => {
+                    let mut decoder = zstd::stream::write::Decoder::new(&mut out)
+                        .map_err(|e| corrupt(format!("zstd: {e}")))?;
+                    while let Some(chunk) = rx.blocking_recv() {
+                        std::io::Write::write_all(&mut decoder, &chunk)
+                            .map_err(|e| corrupt(format!("zstd: {e}")))?;
+                    }
+                    std::io::Write::flush(&mut decoder)
+                        .map_err(|e| corrupt(format!("zstd: {e}")))?;
+                }
+            }
+            std::io::Write::flush(&mut out).map_err(failed)?;
+            let actual = ObjectId::from_hash(out.hasher.finalize());
+            if actual != oid {
+                return Err(corrupt(format!("its bytes hash to {actual}")));
+            }
+            Ok(out.inner)
+        });
+        let mut streamed = Ok(());
+        while let Some(chunk) = stream.next().await {
+            match chunk {
+                Ok(chunk) => {
+                    if tx.send(chunk).await.is_err() {
+                        break; // the writer failed: its error says why
+                    }
+                }
+                Err(e) => {
+                    streamed = Err(TieringError::from(e));
+                    break;
+                }
+            }
+        }
+        drop(tx);
+        let written = writer
+            .await
+            .map_err(|e| TieringError::Other(format!("the writer task failed: {e}")))?;
+        streamed?;
+        let sink = written?;
+        self.observe_recall(started);
+        Ok(sink)
+    }
+
+    /// A cold object landed whole in a tmp file on hot disk, checked against its id
+    /// (the first of its copies that reads), in bounded memory (see
+    /// [`ObjectReader::pipe_copy`]). Dropping the file removes it; a recall persists it.
+    pub async fn stage_cold(
+        &self,
+        id: &ObjectId,
+        copies: &[ColdCopy],
+    ) -> Result<strata_tiers::TmpObject, TieringError> {
+        let mut last = format!("no cold copy of {id}");
+        for copy in copies {
+            let hot = self.hot.clone();
+            let tmp = blocking(move || Ok(hot.create_tmp_blocking()?)).await?;
+            match self.pipe_copy(id, copy, TmpSink(tmp)).await {
+                Ok(TmpSink(tmp)) => return Ok(tmp),
                 Err(e) if e.is_pending_restore() || e.is_transient() => return Err(e),
                 Err(e) => {
                     tracing::warn!(object = %id, pack = %copy.pack, error = %e, "cold copy unreadable");
@@ -325,6 +442,38 @@ pub fn download_pack_blocking(
         return Err(format!("the pack's bytes hash to {hash}, not to its id"));
     }
     Ok(file)
+}
+
+/// Hashes what it passes on (blake3), to check streamed bytes against their id.
+struct HashingWriter<W> {
+    inner: W,
+    hasher: blake3::Hasher,
+}
+
+impl<W: std::io::Write> std::io::Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// A hot tmp file as a writer (its writes hint the kernel to start writeback).
+struct TmpSink(strata_tiers::TmpObject);
+
+impl std::io::Write for TmpSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .write_all_blocking(buf)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Aborts a task when dropped (an early return stops the download).

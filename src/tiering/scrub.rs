@@ -80,9 +80,11 @@ async fn check(t: &Tiering, id: &ObjectId, record: &ObjectRecord) -> Checked {
             }
             continue;
         }
-        match reader.read_copy(id, copy).await {
-            Ok(b) => {
-                bytes += b.len() as u64;
+        // streamed through a hasher, never held whole (a member of gigabytes costs a
+        // few chunks of memory); `Counted` says how many bytes came out
+        match reader.pipe_copy(id, copy, Counted(0)).await {
+            Ok(Counted(n)) => {
+                bytes += n;
                 copies_read += 1;
             }
             // archived: checked once restored, never counted as verified before
@@ -212,5 +214,18 @@ pub async fn run_scrubber(t: Tiering, mut stop: watch::Receiver<bool>) {
         if *stop.borrow() {
             return;
         }
+    }
+}
+
+/// A writer that keeps only a count of what it was given.
+struct Counted(u64);
+
+impl std::io::Write for Counted {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len() as u64;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }

@@ -40,7 +40,7 @@ pub mod conformance;
 
 pub use cold::{ColdSpec, ColdStore};
 pub use error::TierError;
-pub use hot::HotDisk;
+pub use hot::{HotDisk, TmpObject};
 pub use id::ObjectId;
 pub use memory::MemoryStore;
 
