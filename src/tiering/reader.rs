@@ -106,21 +106,7 @@ impl ObjectReader {
         id: &ObjectId,
         copies: &[ColdCopy],
     ) -> Result<Vec<u8>, TieringError> {
-        let mut last = format!("no hot file and no cold copy of {id}");
-        for copy in copies {
-            match self.read_copy(id, copy).await {
-                Ok(bytes) => return Ok(bytes),
-                Err(e) if e.is_pending_restore() || e.is_transient() => return Err(e),
-                Err(e) => {
-                    tracing::warn!(object = %id, pack = %copy.pack, error = %e, "cold copy unreadable");
-                    last = e.to_string();
-                }
-            }
-        }
-        Err(TieringError::Unreadable {
-            id: id.to_hex(),
-            detail: last,
-        })
+        first_good_copy(id, copies, |copy| self.read_copy(id, copy)).await
     }
 
     /// Streams one cold copy of `id` into `sink` a chunk at a time — one ranged GET,
@@ -215,23 +201,13 @@ impl ObjectReader {
         id: &ObjectId,
         copies: &[ColdCopy],
     ) -> Result<strata_tiers::TmpObject, TieringError> {
-        let mut last = format!("no cold copy of {id}");
-        for copy in copies {
+        first_good_copy(id, copies, |copy| async move {
             let hot = self.hot.clone();
             let tmp = blocking(move || Ok(hot.create_tmp_blocking()?)).await?;
-            match self.pipe_copy(id, copy, TmpSink(tmp)).await {
-                Ok(TmpSink(tmp)) => return Ok(tmp),
-                Err(e) if e.is_pending_restore() || e.is_transient() => return Err(e),
-                Err(e) => {
-                    tracing::warn!(object = %id, pack = %copy.pack, error = %e, "cold copy unreadable");
-                    last = e.to_string();
-                }
-            }
-        }
-        Err(TieringError::Unreadable {
-            id: id.to_hex(),
-            detail: last,
+            let TmpSink(tmp) = self.pipe_copy(id, copy, TmpSink(tmp)).await?;
+            Ok(tmp)
         })
+        .await
     }
 
     /// One ranged GET of a pack member, decompressed and checked against `id`.
@@ -442,6 +418,35 @@ pub fn download_pack_blocking(
         return Err(format!("the pack's bytes hash to {hash}, not to its id"));
     }
     Ok(file)
+}
+
+/// Tries `read` on each cold copy in turn and returns the first success. A pending
+/// restore or a failing cold tier ends the attempt at once (another copy in the same
+/// tier fares no better); other failures are logged and the next copy is tried.
+async fn first_good_copy<'c, T, F, Fut>(
+    id: &ObjectId,
+    copies: &'c [ColdCopy],
+    mut read: F,
+) -> Result<T, TieringError>
+where
+    F: FnMut(&'c ColdCopy) -> Fut,
+    Fut: std::future::Future<Output = Result<T, TieringError>>,
+{
+    let mut last = format!("no hot file and no cold copy of {id}");
+    for copy in copies {
+        match read(copy).await {
+            Ok(v) => return Ok(v),
+            Err(e) if e.is_pending_restore() || e.is_transient() => return Err(e),
+            Err(e) => {
+                tracing::warn!(object = %id, pack = %copy.pack, error = %e, "cold copy unreadable");
+                last = e.to_string();
+            }
+        }
+    }
+    Err(TieringError::Unreadable {
+        id: id.to_hex(),
+        detail: last,
+    })
 }
 
 /// Hashes what it passes on (blake3), to check streamed bytes against their id.
