@@ -686,3 +686,56 @@ fn a_study_sent_under_two_patients_stays_findable_under_each_and_is_flagged() {
         .count();
     assert_eq!(flagged, 2, "two P602 stores flagged");
 }
+
+/// Issue 11 field case: an empty StudyTime is unknown, not midnight, so it lies in no
+/// range (PS3.4 C.2.2.2.5): findscu's `StudyTime=-0930` finds the study taken at 08:00
+/// and not the one whose StudyTime is empty; `StudyTime=` (universal) finds both.
+#[test]
+fn an_empty_study_time_is_in_no_time_range() {
+    let archive = Archive::new("find-empty-time");
+    let source = dcm_files(ct_study())[0].clone();
+    let mut files = Vec::new();
+    for (n, time) in [(1, "080000"), (2, "")] {
+        let f = archive.dir.path().join(format!("t{n}.dcm"));
+        std::fs::copy(&source, &f).unwrap();
+        run_ok(
+            dcmtk("dcmodify")
+                .args([
+                    "-nb",
+                    "-m",
+                    &format!("StudyInstanceUID=2.25.9300{n}"),
+                    "-m",
+                    &format!("SeriesInstanceUID=2.25.9300{n}.1"),
+                    "-m",
+                    &format!("SOPInstanceUID=2.25.9300{n}.1.1"),
+                    "-m",
+                    &format!("StudyTime={time}"),
+                    "-m",
+                    "PatientID=TIME930",
+                ])
+                .arg(&f),
+        );
+        files.push(f);
+    }
+    run_ok(archive.strata(&["import"]).args(&files));
+    let server = archive.start();
+    let find = |time: &str| {
+        let (n, text) = findscu(
+            server.dicom_port,
+            "-S",
+            &[
+                "QueryRetrieveLevel=STUDY",
+                "PatientID=TIME930",
+                &format!("StudyTime={time}"),
+                "StudyInstanceUID",
+            ],
+        );
+        (n, values(&text, "StudyInstanceUID"))
+    };
+    let (n, uids) = find("-0930");
+    assert_eq!(n, 1, "{uids:?}");
+    assert!(uids.contains(&"2.25.93001".to_string()), "{uids:?}");
+    assert!(!uids.contains(&"2.25.93002".to_string()), "{uids:?}");
+    assert_eq!(find("").0, 2);
+    server.stop();
+}
