@@ -7,7 +7,8 @@
 //! - [`charset`]: Specific Character Set decoding (PS3.5 §6.1, Annexes H, I, J);
 //! - [`da`]: DA (date) values;
 //! - [`status`]: DIMSE status codes;
-//! - [`storage_classes`]: the storage SOP classes (PS3.4 Annex B).
+//! - [`storage_classes`]: the storage SOP classes (PS3.4 Annex B);
+//! - [`transcode`]: a stored data set in another transfer syntax.
 //!
 //! The DIMSE command codec lives with the network service, in [`crate::dimse::command`].
 
@@ -18,3 +19,4 @@ pub mod header;
 pub mod part10;
 pub mod status;
 pub mod storage_classes;
+pub mod transcode;
