@@ -15,7 +15,8 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
-if ! python3 -c 'import pydicom, pynetdicom, numpy, moto, moto.server, boto3, bagit, blake3; assert pydicom.__version__ == "3.0.2"' 2>/dev/null; then
+if ! python3 -c 'import pydicom, pynetdicom, numpy, moto, moto.server, boto3, bagit, blake3, dicomweb_client; assert pydicom.__version__ == "3.0.2"' 2>/dev/null; then
   echo "installing Python peers" >&2
-  python3 -m pip install -q --root-user-action=ignore 'pydicom==3.0.2' pynetdicom numpy 'moto[server]' bagit blake3
+  # dicomweb-client: the DICOMweb client the DICOMweb tests talk to (its API and CLI)
+  python3 -m pip install -q --root-user-action=ignore 'pydicom==3.0.2' pynetdicom numpy 'moto[server]' bagit blake3 'dicomweb-client==0.61.2'
 fi

@@ -30,8 +30,12 @@ const GENESIS: &str = "000000000000000000000000000000000000000000000000000000000
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct Actor {
-    /// `dicom`, `cli` or `system` (the server's own workers).
+    /// `dicom`, `cli`, `web` or `system` (the server's own workers).
     pub kind: String,
+    /// For `web`: the API called (`dicomweb`, `wado-uri`, `fhir`). Absent in records
+    /// written before web access existed.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub service: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub ae_title: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]

@@ -11,6 +11,7 @@
 //! into a typed call once, call the use case, render the answer).
 
 pub mod admin;
+pub mod dicomweb;
 
 use crate::archive::Archive;
 use crate::config::Config;
@@ -34,6 +35,7 @@ pub fn router(archive: Archive) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .merge(admin::routes())
+        .merge(dicomweb::routes())
         .with_state(archive)
 }
 

@@ -126,6 +126,11 @@ pub enum QueryError {
 }
 
 /// The VR of an attribute, from the request (explicit syntaxes) or the dictionary.
+/// The dictionary VR of a tag (`UN` when unknown), as two ASCII bytes.
+pub fn vr_of_tag(tag: u32) -> [u8; 2] {
+    vr_of(tag, None)
+}
+
 fn vr_of(tag: u32, given: Option<[u8; 2]>) -> [u8; 2] {
     use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry};
     if let Some(vr) = given {

@@ -6,6 +6,7 @@ mod bad_input;
 mod cli;
 mod cold_faults;
 mod crash;
+mod dicomweb;
 mod find;
 mod full_disk;
 mod governance;

@@ -26,6 +26,15 @@ pub enum Principal {
     },
     /// The archive's own workers (tiering, scrubber, reader).
     System { worker: String },
+    /// A web client (DICOMweb, FHIR, the viewer): the peer's address, and the
+    /// authenticated user once tokens exist (the security issue); `service` names the
+    /// API (`dicomweb`, `wado-uri`, `fhir`).
+    Web {
+        address: String,
+        service: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user: Option<String>,
+    },
 }
 
 impl Principal {
@@ -53,6 +62,15 @@ impl Principal {
         }
     }
 
+    /// An unauthenticated web client of `service` at `address` (`ip:port`).
+    pub fn web(service: &str, address: &str) -> Self {
+        Principal::Web {
+            address: address.to_string(),
+            service: service.to_string(),
+            user: None,
+        }
+    }
+
     pub fn system(worker: &str) -> Self {
         Principal::System {
             worker: worker.to_string(),
@@ -66,6 +84,10 @@ impl Principal {
             Principal::Dicom { ae_title, address } => format!("{ae_title}@{address}"),
             Principal::Cli { user, .. } => user.clone(),
             Principal::System { worker } => format!("system:{worker}"),
+            Principal::Web { address, user, .. } => match user {
+                Some(user) => format!("{user}@{address}"),
+                None => format!("web@{address}"),
+            },
         }
     }
 
@@ -80,6 +102,17 @@ impl Principal {
                 ..Default::default()
             },
             Principal::System { worker } => Actor::system(worker),
+            Principal::Web {
+                address,
+                service,
+                user,
+            } => Actor {
+                kind: "web".into(),
+                user: user.clone().unwrap_or_default(),
+                address: address.clone(),
+                service: service.clone(),
+                ..Default::default()
+            },
         }
     }
 }

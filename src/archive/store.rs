@@ -37,6 +37,9 @@ fn provenance(principal: &Principal, source: &str) -> Provenance {
         Principal::Dicom { ae_title, address } => (ae_title.clone(), address.clone()),
         Principal::Cli { .. } => ("import".to_string(), source.to_string()),
         Principal::System { worker } => (worker.clone(), source.to_string()),
+        Principal::Web {
+            address, service, ..
+        } => (service.clone(), address.clone()),
     };
     Provenance {
         received_at_ms: crate::index::rocks::unix_ms_now(),

@@ -1,0 +1,970 @@
+//! # DICOMweb (PS3.18) under `/dicom-web`
+//!
+//! Each route parses its request into a typed call once, calls the application layer
+//! ([`crate::archive`]) with a web [`Principal`] — the same find, retrieve and store use
+//! cases as DIMSE, audited the same way — and renders the answer:
+//!
+//! - **QIDO-RS** (PS3.18 10.6): `GET /studies`, `/studies/{study}/series`,
+//!   `/studies/{study}/series/{series}/instances`, `/series`, `/instances`. Matching is
+//!   C-FIND's ([`crate::query`]); parameters are attribute keywords or tags
+//!   (`PatientID=…`, `00100020=…`), `includefield` (keywords, tags, or `all`), `limit`,
+//!   `offset`; `fuzzymatching=true` is answered with literal matching and a `Warning`
+//!   header (PS3.18 8.3.4.1). Answers are `application/dicom+json` (also sent for
+//!   `application/json`).
+//! - **WADO-RS** (PS3.18 10.4): a study, series or instance as `multipart/related;
+//!   type="application/dicom"`, each part a Part-10 file: as stored with
+//!   `transfer-syntax=*` (its bytes hash to the object id), else in the syntax asked
+//!   (Explicit VR Little Endian by default, PS3.18 8.7.3.5.2), converted when needed
+//!   ([`crate::dicom::transcode`]). Parts are streamed one object at a time (large objects
+//!   from a file, [`crate::archive::retrieve::RetrievalReader::file_to_stream`]).
+//!   `…/metadata` answers the DICOM JSON of each instance (dicom-json), bulk data left
+//!   out.
+//! - **STOW-RS** (PS3.18 10.5): `POST /studies` and `/studies/{study}` with
+//!   `multipart/related; type="application/dicom"` (boundary quoted or not, parsed by
+//!   multer): each part goes through the same durable ingest as C-STORE and is answered
+//!   in ReferencedSOPSequence or FailedSOPSequence (with the PS3.4 failure reason).
+//!
+//! Errors are a status with a plain-text reason: 400 for a malformed request, 404 for
+//! UIDs the archive does not hold, 406 for an Accept it cannot produce, 415 for a body
+//! type it does not take. What is not supported yet is listed in
+//! `docs/conformance-dicomweb.md`.
+
+use crate::archive::{Archive, Error, Principal};
+use crate::query::{tags, Answer, Level, Model, Query};
+use axum::body::{Body, Bytes};
+use axum::extract::{ConnectInfo, Path, RawQuery, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+
+/// The API name in audit records.
+const SERVICE: &str = "dicomweb";
+/// Explicit VR Little Endian: WADO-RS's default transfer syntax for `application/dicom`.
+const EXPLICIT_VR_LE: &str = "1.2.840.10008.1.2.1";
+/// Most matches one QIDO-RS answer holds when the request sets no smaller `limit`.
+const MAX_RESULTS: usize = 100_000;
+/// RetrieveURL (0008,1190).
+const RETRIEVE_URL: u32 = 0x0008_1190;
+
+/// The UIDs a path names (`{study}`, `{series}`, `{instance}`), as matching keys.
+type UidPath = Path<std::collections::HashMap<String, String>>;
+
+fn path_keys(path: &std::collections::HashMap<String, String>) -> Vec<(u32, &str)> {
+    [
+        ("study", tags::STUDY_INSTANCE_UID),
+        ("series", tags::SERIES_INSTANCE_UID),
+        ("instance", tags::SOP_INSTANCE_UID),
+    ]
+    .into_iter()
+    .filter_map(|(name, tag)| path.get(name).map(|v| (tag, v.as_str())))
+    .collect()
+}
+
+/// A QIDO-RS route searching at `level` under the path's UIDs.
+fn searching(level: Level) -> axum::routing::MethodRouter<Archive> {
+    get(
+        move |State(a): State<Archive>,
+              ConnectInfo(peer): ConnectInfo<SocketAddr>,
+              path: Option<UidPath>,
+              headers: HeaderMap,
+              RawQuery(q): RawQuery| async move {
+            let path = path.map(|Path(p)| p).unwrap_or_default();
+            search(a, peer, headers, level, &path_keys(&path), q).await
+        },
+    )
+}
+
+/// A WADO-RS route retrieving (or, with `metadata`, describing) what the path names
+/// at `level`.
+fn retrieving(level: Level, metadata_only: bool) -> axum::routing::MethodRouter<Archive> {
+    get(
+        move |State(a): State<Archive>,
+              ConnectInfo(peer): ConnectInfo<SocketAddr>,
+              Path(path): UidPath,
+              headers: HeaderMap| async move {
+            let query = Query::from_keys(level, &path_keys(&path));
+            if metadata_only {
+                metadata(a, peer, query).await
+            } else {
+                retrieve(a, peer, headers, query).await
+            }
+        },
+    )
+}
+
+pub fn routes() -> Router<Archive> {
+    const STUDY: &str = "/dicom-web/studies/{study}";
+    const SERIES: &str = "/dicom-web/studies/{study}/series/{series}";
+    const INSTANCE: &str = "/dicom-web/studies/{study}/series/{series}/instances/{instance}";
+    Router::new()
+        .route(
+            "/dicom-web/studies",
+            searching(Level::Study).post(store_any),
+        )
+        .route("/dicom-web/series", searching(Level::Series))
+        .route("/dicom-web/instances", searching(Level::Image))
+        .route(STUDY, retrieving(Level::Study, false).post(store_in_study))
+        .route(&format!("{STUDY}/metadata"), retrieving(Level::Study, true))
+        .route(&format!("{STUDY}/series"), searching(Level::Series))
+        .route(SERIES, retrieving(Level::Series, false))
+        .route(
+            &format!("{SERIES}/metadata"),
+            retrieving(Level::Series, true),
+        )
+        .route(&format!("{SERIES}/instances"), searching(Level::Image))
+        .route(INSTANCE, retrieving(Level::Image, false))
+        .route(
+            &format!("{INSTANCE}/metadata"),
+            retrieving(Level::Image, true),
+        )
+}
+
+/// A failure answered as `status` with `reason` as plain text.
+fn fail(status: StatusCode, reason: impl Into<String>) -> Response {
+    let mut body = reason.into();
+    body.push('\n');
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        body,
+    )
+        .into_response()
+}
+
+/// An application-layer error as its HTTP status ([`Error::http_status`]).
+fn failed(e: Error) -> Response {
+    let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    fail(status, e.to_string())
+}
+
+fn principal(peer: SocketAddr) -> Principal {
+    Principal::web(SERVICE, &peer.to_string())
+}
+
+/// `http://host` of the request, for RetrieveURLs (the Host header, else our address).
+fn base_url(headers: &HeaderMap) -> String {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("localhost");
+    format!("http://{host}/dicom-web")
+}
+
+// ---------------------------------------------------------------------------------------
+// QIDO-RS
+
+/// What a search returns by default, per level (PS3.18 Table 10.6.3-3, the attributes the
+/// index holds), besides the keys matched on.
+fn default_fields(level: Level) -> &'static [u32] {
+    match level {
+        Level::Study | Level::Patient => &[
+            tags::STUDY_DATE,
+            tags::STUDY_TIME,
+            tags::ACCESSION_NUMBER,
+            tags::MODALITIES_IN_STUDY,
+            tags::REFERRING_PHYSICIAN_NAME,
+            tags::PATIENT_NAME,
+            tags::PATIENT_ID,
+            tags::PATIENT_BIRTH_DATE,
+            tags::PATIENT_SEX,
+            tags::STUDY_INSTANCE_UID,
+            tags::STUDY_ID,
+            tags::NUMBER_OF_STUDY_RELATED_SERIES,
+            tags::NUMBER_OF_STUDY_RELATED_INSTANCES,
+        ],
+        Level::Series => &[
+            tags::MODALITY,
+            tags::SERIES_DESCRIPTION,
+            tags::SERIES_NUMBER,
+            tags::SERIES_INSTANCE_UID,
+            tags::NUMBER_OF_SERIES_RELATED_INSTANCES,
+        ],
+        Level::Image => &[
+            tags::SOP_CLASS_UID,
+            tags::SOP_INSTANCE_UID,
+            tags::INSTANCE_NUMBER,
+        ],
+    }
+}
+
+/// Every attribute the index can answer at a level and the levels above it
+/// (`includefield=all`).
+fn all_fields(level: Level) -> Vec<u32> {
+    let mut out: Vec<u32> = default_fields(Level::Study).to_vec();
+    out.push(tags::STUDY_DESCRIPTION);
+    if matches!(level, Level::Series | Level::Image) {
+        out.extend(default_fields(Level::Series));
+    }
+    if level == Level::Image {
+        out.extend(default_fields(Level::Image));
+    }
+    out
+}
+
+/// A tag from a keyword (`PatientID`) or 8 hex digits (`00100020`), PS3.18 8.3.4.
+fn tag_of(name: &str) -> Option<u32> {
+    use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry};
+    if name.len() == 8 && name.chars().all(|c| c.is_ascii_hexdigit()) {
+        return u32::from_str_radix(name, 16).ok();
+    }
+    dicom_dictionary_std::StandardDataDictionary
+        .by_name(name)
+        .map(|e| {
+            let t = e.tag_range().inner();
+            (t.group() as u32) << 16 | t.element() as u32
+        })
+}
+
+/// A parsed QIDO-RS request.
+struct Search {
+    query: Query,
+    limit: usize,
+    offset: usize,
+    fuzzy: bool,
+}
+
+/// Parses the query parameters of a search at `level` under the path's UIDs.
+fn parse_search(
+    level: Level,
+    path_keys: &[(u32, &str)],
+    raw: Option<&str>,
+) -> Result<Search, String> {
+    let mut keys: Vec<(u32, String)> = path_keys.iter().map(|(t, v)| (*t, v.to_string())).collect();
+    let mut fields: BTreeSet<u32> = default_fields(level).iter().copied().collect();
+    let (mut limit, mut offset, mut fuzzy) = (MAX_RESULTS, 0usize, false);
+    for (name, value) in form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
+        match name.as_ref() {
+            "limit" => {
+                limit = value
+                    .parse::<usize>()
+                    .map_err(|_| format!("limit={value:?} is not a number"))?
+                    .min(MAX_RESULTS)
+            }
+            "offset" => {
+                offset = value
+                    .parse()
+                    .map_err(|_| format!("offset={value:?} is not a number"))?
+            }
+            "fuzzymatching" => fuzzy = value.as_ref() == "true",
+            "includefield" => {
+                for field in value.split(',').map(str::trim).filter(|f| !f.is_empty()) {
+                    if field == "all" {
+                        fields.extend(all_fields(level));
+                    } else {
+                        fields.insert(tag_of(field).ok_or_else(|| {
+                            format!("includefield {field:?} is not a DICOM keyword or tag")
+                        })?);
+                    }
+                }
+            }
+            _ => {
+                let tag = tag_of(&name).ok_or_else(|| {
+                    format!("{name:?} is not a DICOM keyword or tag, nor a QIDO-RS parameter")
+                })?;
+                if keys.iter().any(|(t, _)| *t == tag) {
+                    return Err(format!("{name} is given twice"));
+                }
+                keys.push((tag, value.into_owned()));
+            }
+        }
+    }
+    for tag in fields {
+        if !keys.iter().any(|(t, _)| *t == tag) {
+            keys.push((tag, String::new()));
+        }
+    }
+    let borrowed: Vec<(u32, &str)> = keys.iter().map(|(t, v)| (*t, v.as_str())).collect();
+    let mut query = Query::from_keys(level, &borrowed);
+    // the whole-archive resources search across the hierarchy (PS3.18 10.6.1)
+    query.relational = true;
+    Ok(Search {
+        query,
+        limit,
+        offset,
+        fuzzy,
+    })
+}
+
+/// One attribute in the DICOM JSON model (PS3.18 F.2): `{"vr": …, "Value": […]}`, with
+/// PN as component groups, numbers for IS, DS and binary numeric VRs, and no `Value` for
+/// an empty attribute.
+fn json_attribute(tag: u32, value: &str) -> serde_json::Value {
+    use serde_json::{json, Value};
+    let vr = crate::query::vr_of_tag(tag);
+    let vr = std::str::from_utf8(&vr).unwrap_or("UN").to_string();
+    if value.is_empty() {
+        return json!({ "vr": vr });
+    }
+    let values: Vec<Value> = value
+        .split('\\')
+        .map(|v| match vr.as_str() {
+            "PN" => {
+                let mut groups = serde_json::Map::new();
+                for (name, g) in ["Alphabetic", "Ideographic", "Phonetic"]
+                    .iter()
+                    .zip(v.split('='))
+                {
+                    if !g.is_empty() {
+                        groups.insert(name.to_string(), Value::String(g.to_string()));
+                    }
+                }
+                Value::Object(groups)
+            }
+            "IS" | "SL" | "SS" | "UL" | "US" | "SV" | "UV" => v
+                .trim()
+                .parse::<i64>()
+                .map(Value::from)
+                .unwrap_or_else(|_| Value::String(v.to_string())),
+            "DS" | "FL" | "FD" => v
+                .trim()
+                .parse::<f64>()
+                .ok()
+                .and_then(|f| serde_json::Number::from_f64(f).map(Value::Number))
+                .unwrap_or_else(|| Value::String(v.to_string())),
+            _ => Value::String(v.to_string()),
+        })
+        .collect();
+    json!({ "vr": vr, "Value": values })
+}
+
+/// A match as a DICOM JSON object, with its RetrieveURL.
+fn answer_json(answer: &Answer, level: Level, base: &str) -> serde_json::Value {
+    let mut object = serde_json::Map::new();
+    for (tag, value) in answer {
+        object.insert(format!("{tag:08X}"), json_attribute(*tag, value));
+    }
+    let uid = |t| answer.get(&t).map(String::as_str).unwrap_or_default();
+    let url = match level {
+        Level::Study | Level::Patient => {
+            format!("{base}/studies/{}", uid(tags::STUDY_INSTANCE_UID))
+        }
+        Level::Series => format!(
+            "{base}/studies/{}/series/{}",
+            uid(tags::STUDY_INSTANCE_UID),
+            uid(tags::SERIES_INSTANCE_UID)
+        ),
+        Level::Image => format!(
+            "{base}/studies/{}/series/{}/instances/{}",
+            uid(tags::STUDY_INSTANCE_UID),
+            uid(tags::SERIES_INSTANCE_UID),
+            uid(tags::SOP_INSTANCE_UID)
+        ),
+    };
+    object.insert(
+        format!("{RETRIEVE_URL:08X}"),
+        serde_json::json!({ "vr": "UR", "Value": [url] }),
+    );
+    serde_json::Value::Object(object)
+}
+
+/// Runs a search and answers its matches (from `offset`, at most `limit`) as a DICOM
+/// JSON array; a `Warning` says when more matched, or that fuzzy matching was not done.
+async fn search(
+    archive: Archive,
+    peer: SocketAddr,
+    headers: HeaderMap,
+    level: Level,
+    path_keys: &[(u32, &str)],
+    raw: Option<String>,
+) -> Response {
+    if let Some(accept) = headers.get(header::ACCEPT).and_then(|a| a.to_str().ok()) {
+        let ok = accept.split(',').any(|m| {
+            let m = m.split(';').next().unwrap_or("").trim();
+            matches!(
+                m,
+                "application/dicom+json" | "application/json" | "*/*" | "application/*" | ""
+            )
+        });
+        if !ok {
+            return fail(
+                StatusCode::NOT_ACCEPTABLE,
+                format!("QIDO-RS answers application/dicom+json, not {accept}"),
+            );
+        }
+    }
+    let s = match parse_search(level, path_keys, raw.as_deref()) {
+        Ok(s) => s,
+        Err(e) => return fail(StatusCode::BAD_REQUEST, e),
+    };
+    let base = base_url(&headers);
+    let mut stream = archive.find(&principal(peer), Model::StudyRoot, s.query);
+    let mut matches = Vec::new();
+    let mut seen = 0usize;
+    let mut more = false;
+    while let Some(answer) = stream.next().await {
+        seen += 1;
+        if seen <= s.offset {
+            continue;
+        }
+        if matches.len() == s.limit {
+            more = true;
+            break;
+        }
+        matches.push(answer_json(&answer, level, &base));
+    }
+    let ended = if more {
+        stream.cancel().await;
+        Ok(0)
+    } else {
+        stream.finish().await
+    };
+    if let Err(e) = ended {
+        return failed(e);
+    }
+    let mut response = (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/dicom+json")],
+        serde_json::Value::Array(matches).to_string(),
+    )
+        .into_response();
+    let mut warnings = Vec::new();
+    if more {
+        warnings.push("299 strata: There are additional results that can be requested");
+    }
+    if s.fuzzy {
+        warnings.push(
+            "299 strata: The fuzzymatching parameter is not supported. Only literal matching \
+             has been performed.",
+        );
+    }
+    for w in warnings {
+        response
+            .headers_mut()
+            .append(header::WARNING, HeaderValue::from_static(w));
+    }
+    response
+}
+
+// ---------------------------------------------------------------------------------------
+// WADO-RS
+
+/// The transfer syntax a WADO-RS request for instances asks for: `None` for `*` (as
+/// stored), else a UID (Explicit VR Little Endian when none is named). `Err`: an Accept
+/// this route cannot produce.
+fn wanted_syntax(headers: &HeaderMap) -> Result<Option<String>, String> {
+    let Some(accept) = headers.get(header::ACCEPT).and_then(|a| a.to_str().ok()) else {
+        return Ok(Some(EXPLICIT_VR_LE.into()));
+    };
+    for media in accept.split(',') {
+        let mut parts = media.split(';').map(str::trim);
+        let kind = parts.next().unwrap_or("");
+        let params: Vec<(String, String)> = parts
+            .filter_map(|p| p.split_once('='))
+            .map(|(k, v)| {
+                (
+                    k.trim().to_ascii_lowercase(),
+                    v.trim().trim_matches('"').to_string(),
+                )
+            })
+            .collect();
+        let param = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        let dicom = match kind {
+            "multipart/related" => matches!(param("type"), None | Some("application/dicom")),
+            "*/*" | "multipart/*" => true,
+            _ => false,
+        };
+        if dicom {
+            return Ok(match param("transfer-syntax") {
+                Some("*") => None,
+                Some(uid) => Some(uid.to_string()),
+                None => Some(EXPLICIT_VR_LE.into()),
+            });
+        }
+    }
+    Err(format!(
+        "this resource is sent as multipart/related; type=\"application/dicom\", not {accept}"
+    ))
+}
+
+/// A Part-10 file holding `dataset` in `syntax`, with a meta group for it (dicom-object).
+fn part10_of(
+    dataset: &[u8],
+    sop_class: &str,
+    sop_instance: &str,
+    syntax: &str,
+) -> Result<Vec<u8>, String> {
+    let meta = dicom_object::meta::FileMetaTableBuilder::new()
+        .transfer_syntax(syntax)
+        .media_storage_sop_class_uid(sop_class)
+        .media_storage_sop_instance_uid(sop_instance)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let mut out = vec![0u8; 128];
+    out.extend_from_slice(b"DICM");
+    meta.write(&mut out).map_err(|e| e.to_string())?;
+    out.extend_from_slice(dataset);
+    Ok(out)
+}
+
+/// Streams the instances `query` names as `multipart/related; type="application/dicom"`.
+async fn retrieve(
+    archive: Archive,
+    peer: SocketAddr,
+    headers: HeaderMap,
+    query: Query,
+) -> Response {
+    let syntax = match wanted_syntax(&headers) {
+        Ok(s) => s,
+        Err(e) => return fail(StatusCode::NOT_ACCEPTABLE, e),
+    };
+    let retrieval = match archive.retrieve(&principal(peer), &query, "WADO-RS").await {
+        Ok(r) => r,
+        Err(e) => return failed(e),
+    };
+    if retrieval.items().is_empty() {
+        retrieval.finish(0, 0).await;
+        return fail(StatusCode::NOT_FOUND, "no such instances in the archive");
+    }
+    let boundary = format!("strata-{}", crate::index::unix_ms_now());
+    let content_type =
+        format!("multipart/related; type=\"application/dicom\"; boundary={boundary}");
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+    tokio::spawn(async move {
+        let items = retrieval.items().clone();
+        let reader = retrieval.reader();
+        let (mut sent, mut failed) = (0usize, 0usize);
+        for item in items.iter() {
+            let target = syntax
+                .clone()
+                .unwrap_or_else(|| item.transfer_syntax_uid.clone());
+            let head = format!(
+                "--{boundary}\r\nContent-Type: application/dicom; transfer-syntax={target}\r\n\r\n"
+            );
+            // large objects as stored stream from a file; the rest is read (and converted)
+            let body: Result<Vec<Bytes>, String> = match reader.file_to_stream(item, &target).await
+            {
+                Ok(Some(file)) => {
+                    // the whole Part-10 file from disk: meta group, then the data set
+                    if tx.send(Ok(Bytes::from(head))).await.is_err() {
+                        retrieval.finish(sent, failed).await;
+                        return;
+                    }
+                    match send_file(&tx, &file.path, 0, file.offset + file.len).await {
+                        Ok(()) => {
+                            sent += 1;
+                            Ok(vec![Bytes::from_static(b"\r\n")])
+                        }
+                        Err(e) => Err(e),
+                    }
+                }
+                Ok(None) => part_bytes(&reader, item, &target).await.map(|bytes| {
+                    sent += 1;
+                    vec![
+                        Bytes::from(head),
+                        Bytes::from(bytes),
+                        Bytes::from_static(b"\r\n"),
+                    ]
+                }),
+                Err(e) => Err(e.to_string()),
+            };
+            match body {
+                Ok(chunks) => {
+                    for chunk in chunks {
+                        if tx.send(Ok(chunk)).await.is_err() {
+                            retrieval.finish(sent, failed).await;
+                            return;
+                        }
+                    }
+                }
+                Err(e) => {
+                    // an object that cannot be sent ends the response early: the client
+                    // sees a truncated multipart body, and the audit record says why
+                    tracing::warn!(object = %item.id, error = %e, "WADO-RS: object not sent");
+                    failed += 1;
+                    let _ = tx.send(Err(std::io::Error::other(e))).await;
+                    retrieval.finish(sent, failed).await;
+                    return;
+                }
+            }
+        }
+        let _ = tx
+            .send(Ok(Bytes::from(format!("--{boundary}--\r\n"))))
+            .await;
+        retrieval.finish(sent, failed).await;
+    });
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, content_type)],
+        Body::from_stream(stream),
+    )
+        .into_response()
+}
+
+/// Sends `len` bytes of `path` from `offset` in 256 KiB chunks.
+async fn send_file(
+    tx: &tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
+    path: &std::path::Path,
+    offset: u64,
+    len: u64,
+) -> Result<(), String> {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let mut file = tokio::fs::File::open(path)
+        .await
+        .map_err(|e| format!("open {}: {e}", path.display()))?;
+    file.seek(std::io::SeekFrom::Start(offset))
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(256 * 1024) as usize;
+        let mut chunk = vec![0u8; n];
+        file.read_exact(&mut chunk)
+            .await
+            .map_err(|e| e.to_string())?;
+        left -= n as u64;
+        if tx.send(Ok(Bytes::from(chunk))).await.is_err() {
+            return Err("the client went away".into());
+        }
+    }
+    Ok(())
+}
+
+/// One object as a Part-10 file in `target`: its stored bytes when that is its syntax,
+/// else converted.
+async fn part_bytes(
+    reader: &crate::archive::retrieve::RetrievalReader,
+    item: &crate::archive::retrieve::RetrieveItem,
+    target: &str,
+) -> Result<Vec<u8>, String> {
+    let bytes = reader.read(&item.id).await.map_err(|e| e.to_string())?;
+    if target == item.transfer_syntax_uid {
+        return Ok(bytes);
+    }
+    let item = item.clone();
+    let target = target.to_string();
+    tokio::task::spawn_blocking(move || {
+        let dataset =
+            crate::dicom::transcode::dataset_in(bytes, &item.transfer_syntax_uid, &target)?;
+        part10_of(
+            &dataset,
+            &item.sop_class_uid,
+            &item.sop_instance_uid,
+            &target,
+        )
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}
+
+/// The DICOM JSON of each instance `query` names (dicom-json over the stored object,
+/// read up to its pixel data: bulk data is left out).
+async fn metadata(archive: Archive, peer: SocketAddr, query: Query) -> Response {
+    let retrieval = match archive
+        .retrieve(&principal(peer), &query, "WADO-RS metadata")
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => return failed(e),
+    };
+    if retrieval.items().is_empty() {
+        retrieval.finish(0, 0).await;
+        return fail(StatusCode::NOT_FOUND, "no such instances in the archive");
+    }
+    let reader = retrieval.reader();
+    let items = retrieval.items().clone();
+    let mut out = Vec::new();
+    for item in items.iter() {
+        let json = match reader.read(&item.id).await {
+            Ok(bytes) => tokio::task::spawn_blocking(move || metadata_of(&bytes))
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r),
+            Err(e) => Err(e.to_string()),
+        };
+        match json {
+            Ok(j) => out.push(j),
+            Err(e) => {
+                let n = out.len();
+                retrieval.finish(n, 1).await;
+                return fail(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("object {} could not be read: {e}", item.id),
+                );
+            }
+        }
+    }
+    let n = out.len();
+    retrieval.finish(n, 0).await;
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/dicom+json")],
+        serde_json::Value::Array(out).to_string(),
+    )
+        .into_response()
+}
+
+/// A Part-10 object's data set as DICOM JSON (dicom-json), without its pixel data.
+fn metadata_of(part10: &[u8]) -> Result<serde_json::Value, String> {
+    let obj = dicom_object::OpenFileOptions::new()
+        .read_until(dicom_dictionary_std::tags::PIXEL_DATA)
+        .from_reader(&part10[128..])
+        .map_err(|e| format!("cannot parse the stored object: {e}"))?;
+    let dataset: &dicom_object::InMemDicomObject = &obj;
+    dicom_json::to_value(dataset).map_err(|e| e.to_string())
+}
+
+// ---------------------------------------------------------------------------------------
+// STOW-RS
+
+async fn store_any(
+    State(a): State<Archive>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    stow(a, peer, headers, None, body).await
+}
+
+async fn store_in_study(
+    State(a): State<Archive>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(study): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    stow(a, peer, headers, Some(study), body).await
+}
+
+/// The boundary of a `multipart/related; type="application/dicom"` body (PS3.18
+/// 10.5.1.1), parsed with `mime` (quoted or not).
+fn stow_boundary(headers: &HeaderMap) -> Result<String, (StatusCode, String)> {
+    let unsupported = |why: String| (StatusCode::UNSUPPORTED_MEDIA_TYPE, why);
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| unsupported("STOW-RS needs a Content-Type".into()))?;
+    let m: mime::Mime = ct
+        .parse()
+        .map_err(|e| (StatusCode::BAD_REQUEST, format!("Content-Type {ct:?}: {e}")))?;
+    if !(m.type_() == mime::MULTIPART && m.subtype() == "related") {
+        return Err(unsupported(format!(
+            "STOW-RS takes multipart/related; type=\"application/dicom\", not {ct}"
+        )));
+    }
+    if let Some(t) = m.get_param("type") {
+        if t.as_str() != "application/dicom" {
+            return Err(unsupported(format!(
+                "STOW-RS takes parts of type application/dicom, not {t} (the metadata and \
+                 bulk data form is not supported)"
+            )));
+        }
+    }
+    m.get_param(mime::BOUNDARY)
+        .map(|b| b.as_str().to_string())
+        .ok_or_else(|| {
+            (
+                StatusCode::BAD_REQUEST,
+                "the multipart body has no boundary".into(),
+            )
+        })
+}
+
+/// A blocking reader over chunks handed from async code (a STOW-RS part on its way to
+/// the ingest pipeline, which reads Part-10 streams on the blocking pool).
+struct ChunkReader {
+    rx: tokio::sync::mpsc::Receiver<Bytes>,
+    current: Bytes,
+}
+
+impl std::io::Read for ChunkReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.current.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(chunk) => self.current = chunk,
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current[..n]);
+        self.current = self.current.slice(n..);
+        Ok(n)
+    }
+}
+
+/// PS3.18 10.5.3: each part stored through the ingest pipeline (durable before it is
+/// listed), the answer naming each instance stored and each that failed, with why.
+async fn stow(
+    archive: Archive,
+    peer: SocketAddr,
+    headers: HeaderMap,
+    study: Option<String>,
+    body: Body,
+) -> Response {
+    let boundary = match stow_boundary(&headers) {
+        Ok(b) => b,
+        Err((status, why)) => return fail(status, why),
+    };
+    let base = base_url(&headers);
+    let who = principal(peer);
+    let mut multipart = multer::Multipart::new(body.into_data_stream(), boundary);
+    let mut referenced = Vec::new();
+    let mut failures = Vec::new();
+    loop {
+        let mut field = match multipart.next_field().await {
+            Ok(Some(f)) => f,
+            Ok(None) => break,
+            Err(e) => {
+                // a malformed body: what was stored before stays stored and is listed
+                failures.push(failure_item(
+                    "",
+                    "",
+                    0xC000,
+                    &format!("malformed multipart body: {e}"),
+                ));
+                break;
+            }
+        };
+        if let Some(ct) = field.content_type() {
+            if ct.essence_str() != "application/dicom" {
+                failures.push(failure_item(
+                    "",
+                    "",
+                    0xC000,
+                    &format!("a part of type {ct} is not application/dicom"),
+                ));
+                continue;
+            }
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(8);
+        let store = {
+            let (archive, who) = (archive.clone(), who.clone());
+            let source = format!("STOW-RS from {peer}");
+            tokio::task::spawn_blocking(move || {
+                let mut reader = ChunkReader {
+                    rx,
+                    current: Bytes::new(),
+                };
+                let stored = archive.store_part10_blocking(&who, &mut reader, &source);
+                // drain what the store did not read, so the body goes on
+                let mut sink = [0u8; 8192];
+                while std::io::Read::read(&mut reader, &mut sink).unwrap_or(0) > 0 {}
+                stored
+            })
+        };
+        let mut cut = None;
+        loop {
+            match field.chunk().await {
+                Ok(Some(chunk)) => {
+                    if tx.send(chunk).await.is_err() {
+                        break;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    cut = Some(e.to_string());
+                    break;
+                }
+            }
+        }
+        if cut.is_some() {
+            // a truncated part must not be stored: end its stream with an error
+            drop(tx);
+            let _ = store.await;
+            failures.push(failure_item(
+                "",
+                "",
+                0xC000,
+                &format!("truncated part: {}", cut.unwrap_or_default()),
+            ));
+            break;
+        }
+        drop(tx);
+        match store.await {
+            Ok(Ok(stored)) => {
+                let a = &stored.attrs;
+                if study.as_deref().is_some_and(|s| s != a.study_uid) {
+                    // stored already (durable and audited); said plainly
+                    failures.push(failure_item(
+                        &a.sop_class_uid,
+                        &a.sop_instance_uid,
+                        0xA900,
+                        &format!(
+                            "its StudyInstanceUID {} is not the study of the request URL (the instance was stored under its own study)",
+                            a.study_uid
+                        ),
+                    ));
+                    continue;
+                }
+                referenced.push(serde_json::json!({
+                    "00081150": { "vr": "UI", "Value": [a.sop_class_uid] },
+                    "00081155": { "vr": "UI", "Value": [a.sop_instance_uid] },
+                    "00081190": { "vr": "UR", "Value": [format!(
+                        "{base}/studies/{}/series/{}/instances/{}",
+                        a.study_uid, a.series_uid, a.sop_instance_uid
+                    )] },
+                }));
+            }
+            Ok(Err(e)) => failures.push(failure_item("", "", e.dimse_status(), &e.to_string())),
+            Err(e) => failures.push(failure_item("", "", 0x0110, &e.to_string())),
+        }
+    }
+    let mut answer = serde_json::Map::new();
+    if let Some(study) = &study {
+        answer.insert(
+            "00081190".into(),
+            serde_json::json!({ "vr": "UR", "Value": [format!("{base}/studies/{study}")] }),
+        );
+    }
+    let status = match (referenced.is_empty(), failures.is_empty()) {
+        (_, true) if !referenced.is_empty() => StatusCode::OK,
+        (false, false) => StatusCode::ACCEPTED,
+        (true, _) => StatusCode::CONFLICT,
+        _ => StatusCode::OK,
+    };
+    if referenced.is_empty() && failures.is_empty() {
+        return fail(StatusCode::BAD_REQUEST, "the multipart body holds no part");
+    }
+    if !referenced.is_empty() {
+        answer.insert(
+            "00081199".into(),
+            serde_json::json!({ "vr": "SQ", "Value": referenced }),
+        );
+    }
+    if !failures.is_empty() {
+        answer.insert(
+            "00081198".into(),
+            serde_json::json!({ "vr": "SQ", "Value": failures }),
+        );
+    }
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/dicom+json")],
+        serde_json::Value::Object(answer).to_string(),
+    )
+        .into_response()
+}
+
+/// A FailedSOPSequence item (PS3.18 10.5.3.2): the instance when known and
+/// FailureReason (0008,1197), a PS3.4 status; the reason in words is logged.
+fn failure_item(class: &str, instance: &str, reason: u16, why: &str) -> serde_json::Value {
+    tracing::warn!(
+        sop = instance,
+        reason = format!("{reason:#06x}"),
+        why,
+        "STOW-RS part refused"
+    );
+    let mut item = serde_json::Map::new();
+    if !class.is_empty() {
+        item.insert(
+            "00081150".into(),
+            serde_json::json!({ "vr": "UI", "Value": [class] }),
+        );
+    }
+    if !instance.is_empty() {
+        item.insert(
+            "00081155".into(),
+            serde_json::json!({ "vr": "UI", "Value": [instance] }),
+        );
+    }
+    item.insert(
+        "00081197".into(),
+        serde_json::json!({ "vr": "US", "Value": [reason] }),
+    );
+    serde_json::Value::Object(item)
+}

@@ -1,0 +1,110 @@
+#!/usr/bin/env python3
+"""Exercise a DICOMweb server with PyPI dicomweb-client (its Python API), and report what
+happened as one JSON object on stdout. Checks made here are recorded as booleans; the
+Rust test asserts them, so a failure names what went wrong.
+
+Usage: dicomweb_check.py --url http://127.0.0.1:PORT/dicom-web --stow FILE... [--study UID]
+
+1. STOW-RS: every FILE in one request (dicomweb-client `store_instances`).
+2. QIDO-RS: studies, series, instances; a wildcard and a date range; includefield.
+3. WADO-RS: each stored instance with transfer-syntax=* (raw multipart, so that the bytes
+   of each part can be hashed with blake3: they must equal the stored object's id, which
+   the caller compares), and the study and its metadata through dicomweb-client.
+"""
+
+import argparse
+import json
+import re
+
+import blake3
+import pydicom
+import requests
+from dicomweb_client.api import DICOMwebClient
+
+
+def parts(response):
+    """The parts of a multipart/related response, split on its boundary."""
+    ct = response.headers["Content-Type"]
+    boundary = re.search(r'boundary="?([^";]+)"?', ct).group(1).encode()
+    out = []
+    for chunk in response.content.split(b"--" + boundary)[1:]:
+        if chunk.startswith(b"--"):
+            break
+        head, _, body = chunk.partition(b"\r\n\r\n")
+        out.append((head.decode(), body[:-2] if body.endswith(b"\r\n") else body))
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--url", required=True)
+    ap.add_argument("--stow", nargs="+", required=True)
+    args = ap.parse_args()
+    c = DICOMwebClient(url=args.url)
+    report = {}
+
+    # 1. STOW-RS
+    datasets = [pydicom.dcmread(f) for f in args.stow]
+    answer = c.store_instances(datasets)
+    stored = [str(i.ReferencedSOPInstanceUID) for i in answer.get("ReferencedSOPSequence", [])]
+    report["stow_referenced"] = len(stored)
+    report["stow_failed"] = len(answer.get("FailedSOPSequence", []))
+    wanted = {str(d.SOPInstanceUID) for d in datasets}
+    report["stow_all_referenced"] = wanted <= set(stored)
+
+    # 2. QIDO-RS
+    ds = datasets[0]
+    study = str(ds.StudyInstanceUID)
+    studies = c.search_for_studies()
+    report["qido_studies"] = len(studies)
+    found = c.search_for_studies(search_filters={"StudyInstanceUID": study})
+    report["qido_study_by_uid"] = len(found)
+    pid = str(ds.PatientID)
+    report["qido_wildcard"] = len(
+        c.search_for_studies(search_filters={"PatientID": pid[:3] + "*"})
+    ) >= 1
+    date = str(ds.get("StudyDate", ""))
+    if date:
+        report["qido_date_range"] = any(
+            s["0020000D"]["Value"][0] == study
+            for s in c.search_for_studies(search_filters={"StudyDate": f"{date}-{date}"})
+        )
+        report["qido_date_range_excludes"] = not any(
+            s["0020000D"]["Value"][0] == study
+            for s in c.search_for_studies(search_filters={"StudyDate": "19000101-19000102"})
+        )
+    with_desc = c.search_for_studies(
+        search_filters={"StudyInstanceUID": study}, fields=["StudyDescription"]
+    )
+    report["qido_includefield"] = "00081030" in with_desc[0]
+    series = c.search_for_series(study)
+    report["qido_series"] = len(series)
+    se = series[0]["0020000E"]["Value"][0]
+    instances = c.search_for_instances(study, se)
+    report["qido_instances"] = len(instances)
+    report["qido_all_instances"] = len(c.search_for_instances())
+    report["qido_limit"] = len(c.search_for_studies(limit=1))
+
+    # 3. WADO-RS: raw bytes of each instance as stored
+    hashes = {}
+    for d in datasets:
+        url = (f"{args.url}/studies/{d.StudyInstanceUID}/series/{d.SeriesInstanceUID}"
+               f"/instances/{d.SOPInstanceUID}")
+        r = requests.get(url, headers={
+            "Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'})
+        r.raise_for_status()
+        p = parts(r)
+        hashes[str(d.SOPInstanceUID)] = blake3.blake3(p[0][1]).hexdigest() if p else None
+    report["wado_hashes"] = hashes
+    whole = c.retrieve_study(study)
+    report["wado_study"] = len(whole)
+    report["wado_study_uids_ok"] = all(str(x.StudyInstanceUID) == study for x in whole)
+    meta = c.retrieve_study_metadata(study)
+    report["wado_metadata"] = len(meta)
+    report["wado_metadata_has_patient"] = all("00100020" in m for m in meta)
+    report["wado_metadata_no_pixels"] = all("7FE00010" not in m or "BulkDataURI" in m["7FE00010"] for m in meta)
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()
