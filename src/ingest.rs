@@ -378,6 +378,7 @@ impl Ingest {
     pub fn store_part10_blocking(
         &self,
         reader: &mut dyn Read,
+        expect_study: Option<&str>,
         provenance: Provenance,
         actor: Actor,
     ) -> Result<Stored, IngestError> {
@@ -451,6 +452,14 @@ impl Ingest {
                 e.to_string()
             })
         })?;
+        // a store into a named study (STOW-RS to /studies/{study}) takes only its
+        // instances; refused before anything is committed (the tmp file is dropped)
+        if let Some(study) = expect_study.filter(|s| *s != attrs.study_uid) {
+            return Err(IngestError::DatasetMismatch(format!(
+                "its StudyInstanceUID {} is not the study {study} the request names",
+                attrs.study_uid
+            )));
+        }
         let written = if (&attrs.sop_class_uid, &attrs.sop_instance_uid)
             == (&meta.sop_class_uid, &meta.sop_instance_uid)
         {

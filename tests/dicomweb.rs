@@ -189,6 +189,22 @@ fn bad_dicomweb_requests_get_4xx_and_store_nothing() {
         &format!("{studies}/1.2.3.4.5"),
     );
     assert_eq!(code, 406, "{text}");
+    // an instance of another study than the URL names (PS3.18 10.5.1): refused with
+    // 0xA900 before anything is stored
+    let (code, text) = curl(
+        &[
+            "-X",
+            "POST",
+            "-H",
+            &format!("Content-Type: {related}"),
+            "--data-binary",
+            &format!("@{}", whole.display()),
+        ],
+        &format!("{studies}/1.2.3.4.5"),
+    );
+    assert_eq!(code, 409, "{text}");
+    assert!(text.contains("43264"), "FailureReason 0xA900: {text}");
+    assert_eq!(archive.total_instances(), 0, "nothing stored");
     // a good store still works afterwards, and the server answers
     let (code, text) = post(related, &whole);
     assert_eq!(code, 200, "{text}");

@@ -31,7 +31,7 @@ fn each_use_case_audits_itself() {
     for f in &files {
         let mut file = std::fs::File::open(f).unwrap();
         archive
-            .store_part10_blocking(&who, &mut file, &f.display().to_string())
+            .store_part10_blocking(&who, &mut file, &f.display().to_string(), None)
             .unwrap();
     }
     let study = archive.study_uids_blocking().unwrap().remove(0);

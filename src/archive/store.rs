@@ -73,21 +73,26 @@ impl Archive {
 
     /// Stores a Part-10 byte stream read from `reader` (`source` names it in the
     /// provenance: a path, a request). Blocks until the object is durable, indexed and
-    /// audited.
+    /// audited. With `expect_study`, an instance of another study is refused
+    /// ([`crate::ingest::IngestError::DatasetMismatch`]) before anything is stored.
     pub fn store_part10_blocking(
         &self,
         principal: &Principal,
         reader: &mut dyn Read,
         source: &str,
+        expect_study: Option<&str>,
     ) -> Result<Stored, Error> {
         let mut actor = principal.actor();
         if let Principal::Cli { via: None, .. } = principal {
             // an import: the audit record names the file (audit format 1)
             actor.address = source.to_string();
         }
-        Ok(self
-            .ingest()?
-            .store_part10_blocking(reader, provenance(principal, source), actor)?)
+        Ok(self.ingest()?.store_part10_blocking(
+            reader,
+            expect_study,
+            provenance(principal, source),
+            actor,
+        )?)
     }
 
     /// Imports files (as [`Archive::store_part10_blocking`]) with `workers` threads;
@@ -135,6 +140,7 @@ impl Archive {
                                 principal,
                                 &mut f,
                                 &path.display().to_string(),
+                                None,
                             )
                         });
                     progress();

@@ -833,14 +833,15 @@ async fn stow(
         }
         let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(8);
         let store = {
-            let (archive, who) = (archive.clone(), who.clone());
+            let (archive, who, study) = (archive.clone(), who.clone(), study.clone());
             let source = format!("STOW-RS from {peer}");
             tokio::task::spawn_blocking(move || {
                 let mut reader = ChunkReader {
                     rx,
                     current: Bytes::new(),
                 };
-                let stored = archive.store_part10_blocking(&who, &mut reader, &source);
+                let stored =
+                    archive.store_part10_blocking(&who, &mut reader, &source, study.as_deref());
                 // drain what the store did not read, so the body goes on
                 let mut sink = [0u8; 8192];
                 while std::io::Read::read(&mut reader, &mut sink).unwrap_or(0) > 0 {}
@@ -878,19 +879,6 @@ async fn stow(
         match store.await {
             Ok(Ok(stored)) => {
                 let a = &stored.attrs;
-                if study.as_deref().is_some_and(|s| s != a.study_uid) {
-                    // stored already (durable and audited); said plainly
-                    failures.push(failure_item(
-                        &a.sop_class_uid,
-                        &a.sop_instance_uid,
-                        0xA900,
-                        &format!(
-                            "its StudyInstanceUID {} is not the study of the request URL (the instance was stored under its own study)",
-                            a.study_uid
-                        ),
-                    ));
-                    continue;
-                }
                 referenced.push(serde_json::json!({
                     "00081150": { "vr": "UI", "Value": [a.sop_class_uid] },
                     "00081155": { "vr": "UI", "Value": [a.sop_instance_uid] },
