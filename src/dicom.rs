@@ -8,7 +8,8 @@
 //! - [`da`]: DA (date) values;
 //! - [`status`]: DIMSE status codes;
 //! - [`storage_classes`]: the storage SOP classes (PS3.4 Annex B);
-//! - [`transcode`]: a stored data set in another transfer syntax.
+//! - [`transcode`]: a stored data set in another transfer syntax;
+//! - [`render`]: frames and rendered images of a stored object (WADO-RS).
 //!
 //! The DIMSE command codec lives with the network service, in [`crate::dimse::command`].
 
@@ -17,6 +18,7 @@ pub mod da;
 pub mod framing;
 pub mod header;
 pub mod part10;
+pub mod render;
 pub mod status;
 pub mod storage_classes;
 pub mod transcode;

@@ -70,6 +70,13 @@ fn dicomweb_client_stores_finds_and_retrieves_byte_identical_objects() {
         "wado_study_uids_ok",
         "wado_metadata_has_patient",
         "wado_metadata_no_pixels",
+        "wado_frame_matches",
+        "wado_bulkdata_matches",
+        "wado_rendered_png",
+        "wado_rendered_jpeg",
+        "wado_rendered_viewport",
+        "wado_rendered_not_blank",
+        "wado_thumbnail",
     ] {
         assert_eq!(r[check], true, "{check}: {r}");
     }

@@ -87,7 +87,7 @@ fn retrieving(level: Level, metadata_only: bool) -> axum::routing::MethodRouter<
               headers: HeaderMap| async move {
             let query = Query::from_keys(level, &path_keys(&path));
             if metadata_only {
-                metadata(a, peer, query).await
+                metadata(a.clone(), peer, base_url(&a, &headers), query).await
             } else {
                 retrieve(a, peer, headers, query).await
             }
@@ -120,6 +120,18 @@ pub fn routes() -> Router<Archive> {
             &format!("{INSTANCE}/metadata"),
             retrieving(Level::Image, true),
         )
+        .route(&format!("{INSTANCE}/rendered"), get(rendered))
+        .route(&format!("{INSTANCE}/thumbnail"), get(thumbnail))
+        .route(&format!("{INSTANCE}/frames/{{frames}}"), get(frames))
+        .route(
+            &format!("{INSTANCE}/frames/{{frames}}/rendered"),
+            get(rendered),
+        )
+        .route(
+            &format!("{INSTANCE}/frames/{{frames}}/thumbnail"),
+            get(thumbnail),
+        )
+        .route(&format!("{INSTANCE}/bulkdata/{{tag}}"), get(bulkdata))
 }
 
 /// A failure answered as `status` with `reason` as plain text.
@@ -145,11 +157,27 @@ fn principal(peer: SocketAddr) -> Principal {
 }
 
 /// `http://host` of the request, for RetrieveURLs (the Host header, else our address).
-fn base_url(headers: &HeaderMap) -> String {
+/// `http://host:port/dicom-web` of the request, for RetrieveURLs and BulkDataURIs: the
+/// Host header, with our `[http] port` when it names none (some clients send the host
+/// alone even on another port than 80).
+fn base_url(archive: &Archive, headers: &HeaderMap) -> String {
+    let port = archive.config().http.port;
     let host = headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
-        .unwrap_or("localhost");
+        .filter(|h| !h.is_empty())
+        .map(|h| {
+            let has_port = h
+                .rsplit_once(':')
+                .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+                && !h.ends_with(']');
+            if has_port || port == 80 {
+                h.to_string()
+            } else {
+                format!("{h}:{port}")
+            }
+        })
+        .unwrap_or_else(|| format!("127.0.0.1:{port}"));
     format!("http://{host}/dicom-web")
 }
 
@@ -389,7 +417,7 @@ async fn search(
         Ok(s) => s,
         Err(e) => return fail(StatusCode::BAD_REQUEST, e),
     };
-    let base = base_url(&headers);
+    let base = base_url(&archive, &headers);
     let mut stream = archive.find(&principal(peer), Model::StudyRoot, s.query);
     let mut matches = Vec::new();
     let mut seen = 0usize;
@@ -654,7 +682,7 @@ async fn part_bytes(
 
 /// The DICOM JSON of each instance `query` names (dicom-json over the stored object,
 /// read up to its pixel data: bulk data is left out).
-async fn metadata(archive: Archive, peer: SocketAddr, query: Query) -> Response {
+async fn metadata(archive: Archive, peer: SocketAddr, base: String, query: Query) -> Response {
     let retrieval = match archive
         .retrieve(&principal(peer), &query, "WADO-RS metadata")
         .await
@@ -671,10 +699,13 @@ async fn metadata(archive: Archive, peer: SocketAddr, query: Query) -> Response 
     let mut out = Vec::new();
     for item in items.iter() {
         let json = match reader.read(&item.id).await {
-            Ok(bytes) => tokio::task::spawn_blocking(move || metadata_of(&bytes))
-                .await
-                .map_err(|e| e.to_string())
-                .and_then(|r| r),
+            Ok(bytes) => {
+                let base = base.clone();
+                tokio::task::spawn_blocking(move || metadata_of(&bytes, &base))
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r)
+            }
             Err(e) => Err(e.to_string()),
         };
         match json {
@@ -699,14 +730,385 @@ async fn metadata(archive: Archive, peer: SocketAddr, query: Query) -> Response 
         .into_response()
 }
 
-/// A Part-10 object's data set as DICOM JSON (dicom-json), without its pixel data.
-fn metadata_of(part10: &[u8]) -> Result<serde_json::Value, String> {
+/// A Part-10 object's data set as DICOM JSON (dicom-json), its pixel data replaced by a
+/// BulkDataURI under `base` (PS3.18 F.2.6) when it has any.
+fn metadata_of(part10: &[u8], base: &str) -> Result<serde_json::Value, String> {
     let obj = dicom_object::OpenFileOptions::new()
         .read_until(dicom_dictionary_std::tags::PIXEL_DATA)
         .from_reader(&part10[128..])
         .map_err(|e| format!("cannot parse the stored object: {e}"))?;
     let dataset: &dicom_object::InMemDicomObject = &obj;
-    dicom_json::to_value(dataset).map_err(|e| e.to_string())
+    let mut json = dicom_json::to_value(dataset).map_err(|e| e.to_string())?;
+    let uid = |j: &serde_json::Value, tag: &str| {
+        j[tag]["Value"][0].as_str().unwrap_or_default().to_string()
+    };
+    let has_pixels = crate::dicom::render::number_of_frames(part10).is_ok();
+    if let (true, Some(object)) = (has_pixels, json.as_object_mut()) {
+        let url = format!(
+            "{base}/studies/{}/series/{}/instances/{}/bulkdata/7FE00010",
+            uid(&serde_json::Value::Object(object.clone()), "0020000D"),
+            uid(&serde_json::Value::Object(object.clone()), "0020000E"),
+            uid(&serde_json::Value::Object(object.clone()), "00080018"),
+        );
+        object.insert(
+            "7FE00010".into(),
+            serde_json::json!({ "vr": "OW", "BulkDataURI": url }),
+        );
+    }
+    Ok(json)
+}
+
+// ---------------------------------------------------------------------------------------
+// WADO-RS: frames, bulk data, rendered images
+
+/// One instance's Part-10 bytes, read through the retrieve use case (audited as `what`,
+/// with `done` telling whether it was sent); a 404 when the archive does not hold it.
+async fn one_instance(
+    archive: &Archive,
+    peer: SocketAddr,
+    path: &std::collections::HashMap<String, String>,
+    what: &str,
+) -> Result<(crate::archive::retrieve::Retrieval, Vec<u8>), Response> {
+    let query = Query::from_keys(Level::Image, &path_keys(path));
+    let retrieval = archive
+        .retrieve(&principal(peer), &query, what)
+        .await
+        .map_err(failed)?;
+    let Some(item) = retrieval.items().first().cloned() else {
+        retrieval.finish(0, 0).await;
+        return Err(fail(
+            StatusCode::NOT_FOUND,
+            "no such instance in the archive",
+        ));
+    };
+    match retrieval.reader().read(&item.id).await {
+        Ok(bytes) => Ok((retrieval, bytes)),
+        Err(e) => {
+            retrieval.finish(0, 1).await;
+            Err(failed(e))
+        }
+    }
+}
+
+/// A frame list (`1,3,5`, PS3.18 8.3.4.1): 1-based numbers.
+fn frame_list(text: &str) -> Result<Vec<u32>, Response> {
+    text.split(',')
+        .map(|f| match f.trim().parse::<u32>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(fail(
+                StatusCode::BAD_REQUEST,
+                format!("{text:?} is not a list of frame numbers (1, 2, ...)"),
+            )),
+        })
+        .collect()
+}
+
+/// Whether an Accept names `multipart/related` with `type` `application/octet-stream`
+/// (or any type; quoted or not), or anything at all; the frames are sent decoded, so a
+/// transfer syntax other than Explicit VR Little Endian or `*` cannot be honoured.
+fn accepts_octet_stream(headers: &HeaderMap) -> Result<(), Response> {
+    let Some(accept) = headers.get(header::ACCEPT).and_then(|a| a.to_str().ok()) else {
+        return Ok(());
+    };
+    for media in accept.split(',') {
+        let mut parts = media.split(';').map(str::trim);
+        let kind = parts.next().unwrap_or("");
+        let params: Vec<(String, String)> = parts
+            .filter_map(|p| p.split_once('='))
+            .map(|(k, v)| {
+                (
+                    k.trim().to_ascii_lowercase(),
+                    v.trim().trim_matches('"').to_string(),
+                )
+            })
+            .collect();
+        let param = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        let ok_type = match kind {
+            "multipart/related" => matches!(
+                param("type"),
+                None | Some("application/octet-stream") | Some("*/*") | Some("*")
+            ),
+            "*/*" | "multipart/*" => true,
+            _ => false,
+        };
+        let ok_syntax = matches!(
+            param("transfer-syntax"),
+            None | Some("*") | Some(EXPLICIT_VR_LE)
+        );
+        if ok_type && ok_syntax {
+            return Ok(());
+        }
+    }
+    Err(fail(
+        StatusCode::NOT_ACCEPTABLE,
+        format!(
+            "frames and bulk data are sent decoded, as multipart/related; \
+             type=\"application/octet-stream\", not {accept}"
+        ),
+    ))
+}
+
+/// `parts` as `multipart/related; type="application/octet-stream"`.
+fn octet_parts(parts: Vec<Vec<u8>>, location: &str) -> Response {
+    let boundary = format!("strata-{}", crate::index::unix_ms_now());
+    let mut body = Vec::new();
+    for (n, part) in parts.iter().enumerate() {
+        body.extend_from_slice(
+            format!(
+                "--{boundary}\r\nContent-Type: application/octet-stream\r\nContent-Location: {location}/{}\r\n\r\n",
+                n + 1
+            )
+            .as_bytes(),
+        );
+        body.extend_from_slice(part);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    (
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            format!("multipart/related; type=\"application/octet-stream\"; boundary={boundary}"),
+        )],
+        body,
+    )
+        .into_response()
+}
+
+/// WADO-RS frames (PS3.18 10.4.1.1.3): the listed frames, decoded, one part each.
+async fn frames(
+    State(archive): State<Archive>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(path): UidPath,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = accepts_octet_stream(&headers) {
+        return r;
+    }
+    let wanted = match frame_list(path.get("frames").map(String::as_str).unwrap_or("")) {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    let (retrieval, bytes) = match one_instance(&archive, peer, &path, "WADO-RS frames").await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let list = wanted.clone();
+    let decoded = tokio::task::spawn_blocking(move || crate::dicom::render::frames(&bytes, &list))
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r);
+    match decoded {
+        Ok(parts) => {
+            retrieval.finish(1, 0).await;
+            octet_parts(parts, &format!("{}/frames", base_url(&archive, &headers)))
+        }
+        Err(e) => {
+            retrieval.finish(0, 1).await;
+            fail(StatusCode::BAD_REQUEST, e)
+        }
+    }
+}
+
+/// WADO-RS bulk data (PS3.18 10.4.1.1.5) of a top-level attribute: the pixel data's
+/// frames decoded (the BulkDataURI metadata gives for 7FE00010), else the value's bytes.
+async fn bulkdata(
+    State(archive): State<Archive>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(path): UidPath,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = accepts_octet_stream(&headers) {
+        return r;
+    }
+    let Some(tag) = path.get("tag").and_then(|t| tag_of(t)) else {
+        return fail(
+            StatusCode::BAD_REQUEST,
+            "the bulk data URI names no attribute",
+        );
+    };
+    let (retrieval, bytes) = match one_instance(&archive, peer, &path, "WADO-RS bulkdata").await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let value = tokio::task::spawn_blocking(move || bulk_value(&bytes, tag))
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r);
+    match value {
+        Ok(Some(parts)) => {
+            retrieval.finish(1, 0).await;
+            octet_parts(parts, &base_url(&archive, &headers))
+        }
+        Ok(None) => {
+            retrieval.finish(0, 0).await;
+            fail(
+                StatusCode::NOT_FOUND,
+                format!("the instance has no attribute {tag:08X}"),
+            )
+        }
+        Err(e) => {
+            retrieval.finish(0, 1).await;
+            fail(StatusCode::INTERNAL_SERVER_ERROR, e)
+        }
+    }
+}
+
+/// The bulk data of `tag` in a Part-10 object: for the pixel data, every frame decoded
+/// (one part); else the value's bytes (dicom-object). `None`: no such attribute.
+fn bulk_value(part10: &[u8], tag: u32) -> Result<Option<Vec<Vec<u8>>>, String> {
+    if tag == 0x7FE0_0010 {
+        let count = crate::dicom::render::number_of_frames(part10)?;
+        let all: Vec<u32> = (1..=count).collect();
+        return Ok(Some(vec![
+            crate::dicom::render::frames(part10, &all)?.concat()
+        ]));
+    }
+    let obj = dicom_object::OpenFileOptions::new()
+        .from_reader(&part10[128..])
+        .map_err(|e| e.to_string())?;
+    let t = dicom_core::Tag((tag >> 16) as u16, tag as u16);
+    Ok(obj
+        .element(t)
+        .ok()
+        .and_then(|e| e.value().to_bytes().ok().map(|b| vec![b.into_owned()])))
+}
+
+/// The image format an Accept asks for (JPEG when it names none, PS3.18 8.7.4).
+fn image_format(headers: &HeaderMap) -> Result<crate::dicom::render::Format, Response> {
+    use crate::dicom::render::Format;
+    let Some(accept) = headers.get(header::ACCEPT).and_then(|a| a.to_str().ok()) else {
+        return Ok(Format::Jpeg);
+    };
+    for media in accept.split(',') {
+        match media.split(';').next().unwrap_or("").trim() {
+            "image/jpeg" | "image/*" | "*/*" | "" => return Ok(Format::Jpeg),
+            "image/png" => return Ok(Format::Png),
+            _ => {}
+        }
+    }
+    Err(fail(
+        StatusCode::NOT_ACCEPTABLE,
+        format!("rendered images are image/jpeg or image/png, not {accept}"),
+    ))
+}
+
+/// `window=center,width[,function]`, `viewport=columns,rows[,…]`, `quality=1..100`
+/// (PS3.18 8.3.5.1.3); unknown parameters are an error.
+fn render_options(raw: Option<&str>) -> Result<crate::dicom::render::RenderOptions, String> {
+    let mut o = crate::dicom::render::RenderOptions::default();
+    for (name, value) in form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
+        let numbers = |n: usize| -> Result<Vec<f64>, String> {
+            let v: Vec<f64> = value
+                .split(',')
+                .take(n)
+                .map(|x| x.trim().parse::<f64>())
+                .collect::<Result<_, _>>()
+                .map_err(|_| format!("{name}={value:?} is not a list of numbers"))?;
+            if v.len() < n {
+                return Err(format!("{name}={value:?} needs {n} numbers"));
+            }
+            Ok(v)
+        };
+        match name.as_ref() {
+            "window" => {
+                let v = numbers(2)?;
+                if v[1] <= 0.0 {
+                    return Err(format!("window width {} is not positive", v[1]));
+                }
+                o.window = Some((v[0], v[1]));
+            }
+            "viewport" => {
+                let v = numbers(2)?;
+                o.viewport = Some((v[0].max(1.0) as u32, v[1].max(1.0) as u32));
+            }
+            "quality" => {
+                o.quality = Some(numbers(1)?[0].clamp(1.0, 100.0) as u8);
+            }
+            "annotation" | "charset" | "iccprofile" => {} // no burnt-in annotation, no ICC
+            other => return Err(format!("{other:?} is not a rendering parameter")),
+        }
+    }
+    Ok(o)
+}
+
+/// Renders the instance's first frame (or the first listed) as JPEG or PNG.
+async fn render_response(
+    archive: Archive,
+    peer: SocketAddr,
+    path: std::collections::HashMap<String, String>,
+    headers: HeaderMap,
+    raw: Option<String>,
+    thumbnail: bool,
+) -> Response {
+    let format = match image_format(&headers) {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let mut options = match render_options(raw.as_deref()) {
+        Ok(o) => o,
+        Err(e) => return fail(StatusCode::BAD_REQUEST, e),
+    };
+    if thumbnail && options.viewport.is_none() {
+        options.viewport = Some((128, 128));
+    }
+    let frame = match path.get("frames") {
+        Some(list) => match frame_list(list) {
+            Ok(l) => l[0],
+            Err(r) => return r,
+        },
+        None => 1,
+    };
+    let what = if thumbnail {
+        "WADO-RS thumbnail"
+    } else {
+        "WADO-RS rendered"
+    };
+    let (retrieval, bytes) = match one_instance(&archive, peer, &path, what).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let image = tokio::task::spawn_blocking(move || {
+        crate::dicom::render::render(&bytes, frame, format, &options)
+    })
+    .await
+    .map_err(|e| e.to_string())
+    .and_then(|r| r);
+    match image {
+        Ok(image) => {
+            retrieval.finish(1, 0).await;
+            (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, format.media_type())],
+                image,
+            )
+                .into_response()
+        }
+        Err(e) => {
+            retrieval.finish(0, 1).await;
+            fail(StatusCode::UNPROCESSABLE_ENTITY, e)
+        }
+    }
+}
+
+async fn rendered(
+    State(a): State<Archive>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(path): UidPath,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> Response {
+    render_response(a, peer, path, headers, q, false).await
+}
+
+async fn thumbnail(
+    State(a): State<Archive>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(path): UidPath,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> Response {
+    render_response(a, peer, path, headers, q, true).await
 }
 
 // ---------------------------------------------------------------------------------------
@@ -800,7 +1202,7 @@ async fn stow(
         Ok(b) => b,
         Err((status, why)) => return fail(status, why),
     };
-    let base = base_url(&headers);
+    let base = base_url(&archive, &headers);
     let who = principal(peer);
     let mut multipart = multer::Multipart::new(body.into_data_stream(), boundary);
     let mut referenced = Vec::new();

@@ -103,6 +103,31 @@ def main():
     report["wado_metadata"] = len(meta)
     report["wado_metadata_has_patient"] = all("00100020" in m for m in meta)
     report["wado_metadata_no_pixels"] = all("7FE00010" not in m or "BulkDataURI" in m["7FE00010"] for m in meta)
+
+    # 4. frames, bulk data, rendered and thumbnail of the first instance with pixels
+    d = next((x for x in datasets if "PixelData" in x), None)
+    if d is not None:
+        st, se, sop = str(d.StudyInstanceUID), str(d.SeriesInstanceUID), str(d.SOPInstanceUID)
+        expected = d.pixel_array
+        frames = c.retrieve_instance_frames(st, se, sop, frame_numbers=[1])
+        first = expected if int(d.get("NumberOfFrames", 1)) == 1 else expected[0]
+        report["wado_frame_matches"] = len(frames) == 1 and frames[0] == first.astype(first.dtype.newbyteorder("<")).tobytes()
+        m = next(x for x in meta if x["00080018"]["Value"][0] == sop) if st == study else None
+        if m is not None and "7FE00010" in m:
+            bulk = c.retrieve_bulkdata(m["7FE00010"]["BulkDataURI"])
+            report["wado_bulkdata_matches"] = bulk[0] == expected.astype(expected.dtype.newbyteorder("<")).tobytes()
+        png = c.retrieve_instance_rendered(st, se, sop, media_types=("image/png",))
+        report["wado_rendered_png"] = png[:8] == b"\x89PNG\r\n\x1a\n"
+        jpeg = c.retrieve_instance_rendered(st, se, sop, params={"window": "40,400", "viewport": "32,32"})
+        report["wado_rendered_jpeg"] = jpeg[:3] == b"\xff\xd8\xff"
+        from PIL import Image
+        import io
+        img = Image.open(io.BytesIO(jpeg))
+        report["wado_rendered_viewport"] = max(img.size) <= 32
+        extrema = Image.open(io.BytesIO(png)).convert("L").getextrema()
+        report["wado_rendered_not_blank"] = extrema[0] != extrema[1]
+        thumb = requests.get(f"{args.url}/studies/{st}/series/{se}/instances/{sop}/thumbnail")
+        report["wado_thumbnail"] = thumb.status_code == 200 and thumb.headers["Content-Type"] == "image/jpeg"
     print(json.dumps(report))
 
 
