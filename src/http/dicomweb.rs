@@ -134,6 +134,10 @@ pub fn routes() -> Router<Archive> {
         .route(&format!("{INSTANCE}/bulkdata/{{tag}}"), get(bulkdata))
 }
 
+/// A request refused before any work: the response to send (boxed: a `Response` is
+/// large for an `Err`).
+type Refused = Box<Response>;
+
 /// A failure answered as `status` with `reason` as plain text.
 fn fail(status: StatusCode, reason: impl Into<String>) -> Response {
     let mut body = reason.into();
@@ -791,14 +795,14 @@ async fn one_instance(
 }
 
 /// A frame list (`1,3,5`, PS3.18 8.3.4.1): 1-based numbers.
-fn frame_list(text: &str) -> Result<Vec<u32>, Response> {
+fn frame_list(text: &str) -> Result<Vec<u32>, Refused> {
     text.split(',')
         .map(|f| match f.trim().parse::<u32>() {
             Ok(n) if n > 0 => Ok(n),
-            _ => Err(fail(
+            _ => Err(Box::new(fail(
                 StatusCode::BAD_REQUEST,
                 format!("{text:?} is not a list of frame numbers (1, 2, ...)"),
-            )),
+            ))),
         })
         .collect()
 }
@@ -806,7 +810,7 @@ fn frame_list(text: &str) -> Result<Vec<u32>, Response> {
 /// Whether an Accept names `multipart/related` with `type` `application/octet-stream`
 /// (or any type; quoted or not), or anything at all; the frames are sent decoded, so a
 /// transfer syntax other than Explicit VR Little Endian or `*` cannot be honoured.
-fn accepts_octet_stream(headers: &HeaderMap) -> Result<(), Response> {
+fn accepts_octet_stream(headers: &HeaderMap) -> Result<(), Refused> {
     let Some(accept) = headers.get(header::ACCEPT).and_then(|a| a.to_str().ok()) else {
         return Ok(());
     };
@@ -839,13 +843,13 @@ fn accepts_octet_stream(headers: &HeaderMap) -> Result<(), Response> {
             return Ok(());
         }
     }
-    Err(fail(
+    Err(Box::new(fail(
         StatusCode::NOT_ACCEPTABLE,
         format!(
             "frames and bulk data are sent decoded, as multipart/related; \
              type=\"application/octet-stream\", not {accept}"
         ),
-    ))
+    )))
 }
 
 /// `parts` as `multipart/related; type="application/octet-stream"`.
@@ -883,11 +887,11 @@ async fn frames(
     headers: HeaderMap,
 ) -> Response {
     if let Err(r) = accepts_octet_stream(&headers) {
-        return r;
+        return *r;
     }
     let wanted = match frame_list(path.get("frames").map(String::as_str).unwrap_or("")) {
         Ok(w) => w,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let (retrieval, bytes) = match one_instance(&archive, peer, &path, "WADO-RS frames").await {
         Ok(x) => x,
@@ -919,7 +923,7 @@ async fn bulkdata(
     headers: HeaderMap,
 ) -> Response {
     if let Err(r) = accepts_octet_stream(&headers) {
-        return r;
+        return *r;
     }
     let Some(tag) = path.get("tag").and_then(|t| tag_of(t)) else {
         return fail(
@@ -975,7 +979,7 @@ fn bulk_value(part10: &[u8], tag: u32) -> Result<Option<Vec<Vec<u8>>>, String> {
 }
 
 /// The image format an Accept asks for (JPEG when it names none, PS3.18 8.7.4).
-fn image_format(headers: &HeaderMap) -> Result<crate::dicom::render::Format, Response> {
+fn image_format(headers: &HeaderMap) -> Result<crate::dicom::render::Format, Refused> {
     use crate::dicom::render::Format;
     let Some(accept) = headers.get(header::ACCEPT).and_then(|a| a.to_str().ok()) else {
         return Ok(Format::Jpeg);
@@ -987,10 +991,10 @@ fn image_format(headers: &HeaderMap) -> Result<crate::dicom::render::Format, Res
             _ => {}
         }
     }
-    Err(fail(
+    Err(Box::new(fail(
         StatusCode::NOT_ACCEPTABLE,
         format!("rendered images are image/jpeg or image/png, not {accept}"),
-    ))
+    )))
 }
 
 /// `window=center,width[,function]`, `viewport=columns,rows[,…]`, `quality=1..100`
@@ -1043,7 +1047,7 @@ async fn render_response(
 ) -> Response {
     let format = match image_format(&headers) {
         Ok(f) => f,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let mut options = match render_options(raw.as_deref()) {
         Ok(o) => o,
@@ -1055,7 +1059,7 @@ async fn render_response(
     let frame = match path.get("frames") {
         Some(list) => match frame_list(list) {
             Ok(l) => l[0],
-            Err(r) => return r,
+            Err(r) => return *r,
         },
         None => 1,
     };
