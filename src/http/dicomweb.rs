@@ -150,10 +150,25 @@ fn fail(status: StatusCode, reason: impl Into<String>) -> Response {
         .into_response()
 }
 
-/// An application-layer error as its HTTP status ([`Error::http_status`]).
+/// An application-layer error as its HTTP status ([`Error::http_status`]); a pack being
+/// restored from an archive class (hours) or a cold tier that does not answer is a 503
+/// with `Retry-After` (RFC 9110 10.2.3): 3600 s and 60 s.
 fn failed(e: Error) -> Response {
     let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    fail(status, e.to_string())
+    let retry = if e.is_pending_restore() {
+        Some("3600")
+    } else if status == StatusCode::SERVICE_UNAVAILABLE {
+        Some("60")
+    } else {
+        None
+    };
+    let mut response = fail(status, e.to_string());
+    if let Some(seconds) = retry {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static(seconds));
+    }
+    response
 }
 
 fn principal(peer: SocketAddr) -> Principal {
@@ -710,7 +725,12 @@ async fn metadata(archive: Archive, peer: SocketAddr, base: String, query: Query
                     .map_err(|e| e.to_string())
                     .and_then(|r| r)
             }
-            Err(e) => Err(e.to_string()),
+            Err(e) => {
+                // pending restore, cold tier down: the status (and Retry-After) says so
+                let n = out.len();
+                retrieval.finish(n, 1).await;
+                return failed(e);
+            }
         };
         match json {
             Ok(j) => out.push(j),
