@@ -12,6 +12,7 @@
 
 pub mod admin;
 pub mod dicomweb;
+pub mod wado_uri;
 
 use crate::archive::Archive;
 use crate::config::Config;
@@ -36,6 +37,7 @@ pub fn router(archive: Archive) -> Router {
         .route("/readyz", get(readyz))
         .merge(admin::routes())
         .merge(dicomweb::routes())
+        .merge(wado_uri::routes())
         .with_state(archive)
 }
 

@@ -94,6 +94,45 @@ fn dicomweb_client_stores_finds_and_retrieves_byte_identical_objects() {
     for (sop, id) in &ids {
         assert_eq!(r["wado_hashes"][sop], id.as_str(), "{sop}: {r}");
     }
+    // WADO-URI (PS3.18 9): the object as stored (its blake3 is its id), a JPEG by
+    // default, a PNG when asked; malformed requests are 400
+    let (sop, id) = ids.iter().next().unwrap();
+    let series = {
+        let out = run_ok(&mut archive.strata(&["show", sop, "--json"]));
+        let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        shown["series_uid"].as_str().unwrap().to_string()
+    };
+    let wado = format!(
+        "http://127.0.0.1:{}/wado?requestType=WADO&studyUID={study}&seriesUID={series}&objectUID={sop}",
+        server.http_port
+    );
+    let dcm = archive.dir.path().join("wado.dcm");
+    let fetched = run(std::process::Command::new("curl")
+        .args(["-s", "-f", "-o"])
+        .arg(&dcm)
+        .arg(format!("{wado}&contentType=application/dicom")));
+    assert!(fetched.status.success());
+    let b3 = run_ok(
+        std::process::Command::new("b3sum")
+            .arg("--no-names")
+            .arg(&dcm),
+    );
+    assert_eq!(String::from_utf8_lossy(&b3.stdout).trim(), id.as_str());
+    let jpeg = run_ok(std::process::Command::new("curl").args(["-s", "-f", &wado]));
+    assert_eq!(&jpeg.stdout[..3], b"\xff\xd8\xff", "JPEG by default");
+    let png = run_ok(std::process::Command::new("curl").args([
+        "-s",
+        "-f",
+        &format!("{wado}&contentType=image/png&windowCenter=40&windowWidth=400&rows=16"),
+    ]));
+    assert_eq!(&png.stdout[..4], b"\x89PNG");
+    let (code, text) = curl(&[], &wado.replace("&objectUID=", "&nothing="));
+    assert_eq!(code, 400, "{text}");
+    assert!(text.contains("objectUID"), "{text}");
+    let (code, _) = curl(&[], &wado.replace("requestType=WADO", "requestType=XYZ"));
+    assert_eq!(code, 400);
+    let (code, _) = curl(&[], &format!("{wado}&anonymize=yes"));
+    assert_eq!(code, 400);
     // the stores are audited as web accesses
     let stores = archive.audit_records("store");
     assert_eq!(stores.len(), 3);

@@ -139,7 +139,7 @@ pub fn routes() -> Router<Archive> {
 type Refused = Box<Response>;
 
 /// A failure answered as `status` with `reason` as plain text.
-fn fail(status: StatusCode, reason: impl Into<String>) -> Response {
+pub(super) fn fail(status: StatusCode, reason: impl Into<String>) -> Response {
     let mut body = reason.into();
     body.push('\n');
     (
@@ -153,7 +153,7 @@ fn fail(status: StatusCode, reason: impl Into<String>) -> Response {
 /// An application-layer error as its HTTP status ([`Error::http_status`]); a pack being
 /// restored from an archive class (hours) or a cold tier that does not answer is a 503
 /// with `Retry-After` (RFC 9110 10.2.3): 3600 s and 60 s.
-fn failed(e: Error) -> Response {
+pub(super) fn failed(e: Error) -> Response {
     let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let retry = if e.is_pending_restore() {
         Some("3600")
@@ -527,7 +527,7 @@ fn wanted_syntax(headers: &HeaderMap) -> Result<Option<String>, String> {
 }
 
 /// A Part-10 file holding `dataset` in `syntax`, with a meta group for it (dicom-object).
-fn part10_of(
+pub(super) fn part10_of(
     dataset: &[u8],
     sop_class: &str,
     sop_instance: &str,
@@ -785,33 +785,53 @@ fn metadata_of(part10: &[u8], base: &str) -> Result<serde_json::Value, String> {
 // ---------------------------------------------------------------------------------------
 // WADO-RS: frames, bulk data, rendered images
 
-/// One instance's Part-10 bytes, read through the retrieve use case (audited as `what`,
-/// with `done` telling whether it was sent); a 404 when the archive does not hold it.
+/// One instance's Part-10 bytes, read through the retrieve use case for a web caller of
+/// `service` (audited as `what`; the caller finishes the retrieval with what it sent);
+/// a 404 when the archive does not hold it, the error's status when it cannot be read.
+pub(super) async fn one_instance_as(
+    archive: &Archive,
+    peer: SocketAddr,
+    service: &str,
+    path: &std::collections::HashMap<String, String>,
+    what: &str,
+) -> Result<
+    (
+        crate::archive::retrieve::Retrieval,
+        crate::archive::retrieve::RetrieveItem,
+        Vec<u8>,
+    ),
+    Refused,
+> {
+    let query = Query::from_keys(Level::Image, &path_keys(path));
+    let retrieval = archive
+        .retrieve(&Principal::web(service, &peer.to_string()), &query, what)
+        .await
+        .map_err(|e| Box::new(failed(e)))?;
+    let Some(item) = retrieval.items().first().cloned() else {
+        retrieval.finish(0, 0).await;
+        return Err(Box::new(fail(
+            StatusCode::NOT_FOUND,
+            "no such instance in the archive",
+        )));
+    };
+    match retrieval.reader().read(&item.id).await {
+        Ok(bytes) => Ok((retrieval, item, bytes)),
+        Err(e) => {
+            retrieval.finish(0, 1).await;
+            Err(Box::new(failed(e)))
+        }
+    }
+}
+
+/// [`one_instance_as`] for DICOMweb.
 async fn one_instance(
     archive: &Archive,
     peer: SocketAddr,
     path: &std::collections::HashMap<String, String>,
     what: &str,
-) -> Result<(crate::archive::retrieve::Retrieval, Vec<u8>), Response> {
-    let query = Query::from_keys(Level::Image, &path_keys(path));
-    let retrieval = archive
-        .retrieve(&principal(peer), &query, what)
-        .await
-        .map_err(failed)?;
-    let Some(item) = retrieval.items().first().cloned() else {
-        retrieval.finish(0, 0).await;
-        return Err(fail(
-            StatusCode::NOT_FOUND,
-            "no such instance in the archive",
-        ));
-    };
-    match retrieval.reader().read(&item.id).await {
-        Ok(bytes) => Ok((retrieval, bytes)),
-        Err(e) => {
-            retrieval.finish(0, 1).await;
-            Err(failed(e))
-        }
-    }
+) -> Result<(crate::archive::retrieve::Retrieval, Vec<u8>), Refused> {
+    let (retrieval, _, bytes) = one_instance_as(archive, peer, SERVICE, path, what).await?;
+    Ok((retrieval, bytes))
 }
 
 /// A frame list (`1,3,5`, PS3.18 8.3.4.1): 1-based numbers.
@@ -915,7 +935,7 @@ async fn frames(
     };
     let (retrieval, bytes) = match one_instance(&archive, peer, &path, "WADO-RS frames").await {
         Ok(x) => x,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let list = wanted.clone();
     let decoded = tokio::task::spawn_blocking(move || crate::dicom::render::frames(&bytes, &list))
@@ -953,7 +973,7 @@ async fn bulkdata(
     };
     let (retrieval, bytes) = match one_instance(&archive, peer, &path, "WADO-RS bulkdata").await {
         Ok(x) => x,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let value = tokio::task::spawn_blocking(move || bulk_value(&bytes, tag))
         .await
@@ -1088,9 +1108,26 @@ async fn render_response(
     } else {
         "WADO-RS rendered"
     };
-    let (retrieval, bytes) = match one_instance(&archive, peer, &path, what).await {
+    render_answer(&archive, peer, SERVICE, &path, frame, format, options, what).await
+}
+
+/// Renders `frame` (1-based) of the instance `path` names as `format` for a web caller
+/// of `service` (WADO-RS, WADO-URI), audited as `what`: the image, or why not (422 for
+/// an object with nothing to render).
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn render_answer(
+    archive: &Archive,
+    peer: SocketAddr,
+    service: &str,
+    path: &std::collections::HashMap<String, String>,
+    frame: u32,
+    format: crate::dicom::render::Format,
+    options: crate::dicom::render::RenderOptions,
+    what: &str,
+) -> Response {
+    let (retrieval, _, bytes) = match one_instance_as(archive, peer, service, path, what).await {
         Ok(x) => x,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let image = tokio::task::spawn_blocking(move || {
         crate::dicom::render::render(&bytes, frame, format, &options)
