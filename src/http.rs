@@ -29,7 +29,7 @@ pub fn local_addr_display(config: &Config) -> String {
     format!("{}:{}", config.http.bind, config.http.port)
 }
 
-/// The whole router over `archive`.
+/// The whole router over `archive`, every route counted and timed ([`observe`]).
 pub fn router(archive: Archive) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
@@ -38,7 +38,36 @@ pub fn router(archive: Archive) -> Router {
         .merge(admin::routes())
         .merge(dicomweb::routes())
         .merge(wado_uri::routes())
+        .route_layer(axum::middleware::from_fn_with_state(
+            archive.clone(),
+            observe,
+        ))
         .with_state(archive)
+}
+
+/// Counts each request under its route template (axum's `MatchedPath`, never the
+/// request's own path: labels stay a fixed set) with its method and status, and times
+/// it to the response head.
+async fn observe(
+    State(archive): State<Archive>,
+    matched: Option<axum::extract::MatchedPath>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let route = matched
+        .map(|m| m.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let method = request.method().as_str().to_string();
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    let m = archive.metrics();
+    m.http_seconds
+        .with_label_values(&[&route])
+        .observe(started.elapsed().as_secs_f64());
+    m.http_requests
+        .with_label_values(&[&route, &method, response.status().as_str()])
+        .inc();
+    response
 }
 
 /// Serves HTTP on `listener` until `shutdown` turns true.

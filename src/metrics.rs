@@ -21,6 +21,12 @@ pub struct Metrics {
     pub active_associations: IntGauge,
     pub associations_rejected: IntCounterVec,
     pub hot_free_bytes: IntGauge,
+    /// HTTP requests by route template (e.g. `/dicom-web/studies/{study}`), method and
+    /// status code.
+    pub http_requests: IntCounterVec,
+    /// HTTP latency by route template, from the request to the response's head (a
+    /// streamed body may go on after it).
+    pub http_seconds: HistogramVec,
     pub tier: TierMetrics,
 }
 
@@ -247,8 +253,29 @@ impl Metrics {
             "Free bytes on the hot tier's filesystem",
         )
         .expect("metric");
+        let http_requests = IntCounterVec::new(
+            Opts::new(
+                "strata_http_requests_total",
+                "HTTP requests by route template, method and status",
+            ),
+            &["route", "method", "status"],
+        )
+        .expect("metric");
+        let http_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "strata_http_request_duration_seconds",
+                "HTTP latency by route template, to the response head",
+            )
+            .buckets(vec![
+                0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0,
+            ]),
+            &["route"],
+        )
+        .expect("metric");
         for c in [
             Box::new(instances_stored.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(http_requests.clone()),
+            Box::new(http_seconds.clone()),
             Box::new(bytes_stored.clone()),
             Box::new(duplicates.clone()),
             Box::new(patient_conflicts.clone()),
@@ -274,6 +301,8 @@ impl Metrics {
             active_associations,
             associations_rejected,
             hot_free_bytes,
+            http_requests,
+            http_seconds,
             tier: TierMetrics::new(&registry),
             registry,
         }

@@ -133,6 +133,22 @@ fn dicomweb_client_stores_finds_and_retrieves_byte_identical_objects() {
     assert_eq!(code, 400);
     let (code, _) = curl(&[], &format!("{wado}&anonymize=yes"));
     assert_eq!(code, 400);
+    // every route counted under its template, with method and status (issue 13 item 4)
+    let metrics = server.metrics();
+    let counted = |route: &str, status: &str| {
+        metrics.lines().any(|l| {
+            l.starts_with("strata_http_requests_total")
+                && l.contains(&format!("route=\"{route}\""))
+                && l.contains(&format!("status=\"{status}\""))
+        })
+    };
+    assert!(counted("/dicom-web/studies", "200"), "{metrics}");
+    assert!(counted("/wado", "400"), "{metrics}");
+    assert!(counted(
+        "/dicom-web/studies/{study}/series/{series}/instances/{instance}/rendered",
+        "200"
+    ));
+    assert!(metrics.contains("strata_http_request_duration_seconds_bucket"));
     // the stores are audited as web accesses
     let stores = archive.audit_records("store");
     assert_eq!(stores.len(), 3);
