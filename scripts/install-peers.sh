@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs the real peers the tests and benchmarks talk to (see ../shared/reference/peers.md):
 # DCMTK, Orthanc, b3sum, zstd, curl and bc from Debian; pydicom, pynetdicom, numpy and
-# moto (its S3 server mode, with boto3), bagit and blake3 from PyPI.
+# moto (its S3 server mode, with boto3), bagit, blake3, dicomweb-client and fhirclient
+# from PyPI; FHIR.js (npm `fhir`, the R4 validator) from npm into $STRATA_NPM
+# (default /var/tmp/strata-npm, outside the clone).
 # Idempotent; needs root.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -15,8 +17,15 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
-if ! python3 -c 'import pydicom, pynetdicom, numpy, moto, moto.server, boto3, bagit, blake3, dicomweb_client; assert pydicom.__version__ == "3.0.2"' 2>/dev/null; then
+if ! python3 -c 'import pydicom, pynetdicom, numpy, moto, moto.server, boto3, bagit, blake3, dicomweb_client, fhirclient; assert pydicom.__version__ == "3.0.2"' 2>/dev/null; then
   echo "installing Python peers" >&2
-  # dicomweb-client: the DICOMweb client the DICOMweb tests talk to (its API and CLI)
-  python3 -m pip install -q --root-user-action=ignore 'pydicom==3.0.2' pynetdicom numpy 'moto[server]' bagit blake3 'dicomweb-client==0.61.2'
+  # dicomweb-client: the DICOMweb client the DICOMweb tests talk to (its API and CLI);
+  # fhirclient: SMART's FHIR client, which the FHIR tests search with
+  python3 -m pip install -q --root-user-action=ignore 'pydicom==3.0.2' pynetdicom numpy 'moto[server]' bagit blake3 'dicomweb-client==0.61.2' 'fhirclient==4.3.1'
+fi
+npm_dir=${STRATA_NPM:-/var/tmp/strata-npm}
+if [ ! -f "$npm_dir/node_modules/fhir/package.json" ]; then
+  echo "installing FHIR.js (npm fhir) into $npm_dir" >&2
+  mkdir -p "$npm_dir"
+  npm install --prefix "$npm_dir" --silent --no-audit --no-fund fhir@4.12.0 >/dev/null
 fi

@@ -12,6 +12,7 @@
 
 pub mod admin;
 pub mod dicomweb;
+pub mod fhir;
 pub mod wado_uri;
 
 use crate::archive::Archive;
@@ -38,6 +39,7 @@ pub fn router(archive: Archive) -> Router {
         .merge(admin::routes())
         .merge(dicomweb::routes())
         .merge(wado_uri::routes())
+        .merge(fhir::routes())
         .route_layer(axum::middleware::from_fn_with_state(
             archive.clone(),
             observe,
@@ -68,6 +70,29 @@ async fn observe(
         .with_label_values(&[&route, &method, response.status().as_str()])
         .inc();
     response
+}
+
+/// `http://host:port` of a request, for the URLs an answer carries (RetrieveURL,
+/// BulkDataURI, FHIR references): the Host header, with our `[http] port` when it names
+/// none (some clients send the host alone on any port), else the loopback address.
+pub fn origin(archive: &Archive, headers: &axum::http::HeaderMap) -> String {
+    let port = archive.config().http.port;
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| !h.is_empty())
+        .map(|h| {
+            let has_port = !h.ends_with(']')
+                && h.rsplit_once(':')
+                    .is_some_and(|(_, p)| p.parse::<u16>().is_ok());
+            if has_port || port == 80 {
+                h.to_string()
+            } else {
+                format!("{h}:{port}")
+            }
+        })
+        .unwrap_or_else(|| format!("127.0.0.1:{port}"));
+    format!("http://{host}")
 }
 
 /// Serves HTTP on `listener` until `shutdown` turns true.

@@ -7,6 +7,7 @@ mod cli;
 mod cold_faults;
 mod crash;
 mod dicomweb;
+mod fhir;
 mod find;
 mod full_disk;
 mod governance;

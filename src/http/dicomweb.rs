@@ -176,28 +176,10 @@ fn principal(peer: SocketAddr) -> Principal {
 }
 
 /// `http://host` of the request, for RetrieveURLs (the Host header, else our address).
-/// `http://host:port/dicom-web` of the request, for RetrieveURLs and BulkDataURIs: the
-/// Host header, with our `[http] port` when it names none (some clients send the host
-/// alone even on another port than 80).
+/// `http://host:port/dicom-web` of the request, for RetrieveURLs and BulkDataURIs
+/// ([`super::origin`]).
 fn base_url(archive: &Archive, headers: &HeaderMap) -> String {
-    let port = archive.config().http.port;
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .filter(|h| !h.is_empty())
-        .map(|h| {
-            let has_port = h
-                .rsplit_once(':')
-                .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
-                && !h.ends_with(']');
-            if has_port || port == 80 {
-                h.to_string()
-            } else {
-                format!("{h}:{port}")
-            }
-        })
-        .unwrap_or_else(|| format!("127.0.0.1:{port}"));
-    format!("http://{host}/dicom-web")
+    format!("{}/dicom-web", super::origin(archive, headers))
 }
 
 // ---------------------------------------------------------------------------------------
