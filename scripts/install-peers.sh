@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the real peers the tests and benchmarks talk to (see ../shared/reference/peers.md):
-# DCMTK, Orthanc, b3sum, zstd, curl and bc from Debian; pydicom, pynetdicom, numpy and
+# DCMTK, Orthanc and its DICOMweb plugin, b3sum, zstd, curl and bc from Debian; pydicom, pynetdicom, numpy and
 # moto (its S3 server mode, with boto3), bagit, blake3, dicomweb-client and fhirclient
 # from PyPI; FHIR.js (npm `fhir`, the R4 validator) from npm into $STRATA_NPM
 # (default /var/tmp/strata-npm, outside the clone).
@@ -9,7 +9,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 "$here/install-deps.sh"
 need=()
-for pkg in dcmtk orthanc b3sum zstd curl bc; do
+for pkg in dcmtk orthanc orthanc-dicomweb b3sum zstd curl bc; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

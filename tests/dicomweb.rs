@@ -274,3 +274,198 @@ fn bad_dicomweb_requests_get_4xx_and_store_nothing() {
     assert!(server.echo_ok());
     server.stop();
 }
+
+/// A throw-away Orthanc with its DICOMweb plugin (Debian `orthanc-dicomweb`), Strata
+/// configured as its remote DICOMweb server `strata`; stopped when dropped.
+struct OrthancWeb {
+    pid: i32,
+    api: String,
+}
+
+impl OrthancWeb {
+    fn start(dir: &std::path::Path, strata_http: u16) -> OrthancWeb {
+        let (dicom, http) = (free_port(), free_port());
+        let extra = format!(
+            "{{\"Plugins\": [\"/usr/share/orthanc/plugins/libOrthancDicomWeb.so\"], \
+             \"DicomWeb\": {{\"Enable\": true, \"Root\": \"/dicom-web/\", \
+             \"Servers\": {{\"strata\": [\"http://127.0.0.1:{strata_http}/dicom-web/\"]}}}}}}"
+        );
+        run_ok(
+            std::process::Command::new(repo_root().join("scripts/start-orthanc.sh"))
+                .env("ORTHANC_EXTRA_JSON", extra)
+                .arg(dir)
+                .arg(dicom.to_string())
+                .arg(http.to_string()),
+        );
+        let pid = std::fs::read_to_string(dir.join("orthanc.pid"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        OrthancWeb {
+            pid,
+            api: format!("http://127.0.0.1:{http}"),
+        }
+    }
+
+    /// POST `body` to an Orthanc REST route; (status, JSON answer).
+    fn post(&self, route: &str, body: &str) -> (u16, serde_json::Value) {
+        let (code, text) = curl(&["-X", "POST", "-d", body], &format!("{}{route}", self.api));
+        (
+            code,
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    fn get(&self, route: &str) -> serde_json::Value {
+        let (_, text) = curl(&[], &format!("{}{route}", self.api));
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+impl Drop for OrthancWeb {
+    fn drop(&mut self) {
+        unsafe { libc::kill(self.pid, libc::SIGTERM) };
+    }
+}
+
+/// The values of a DICOM JSON attribute as comparable JSON: every number as a float
+/// (a DS of `1.0` is the JSON number 1.0 from Strata, as written, and 1 from Orthanc:
+/// the same number), PN as its groups, recursively.
+fn attribute_values(a: &serde_json::Value) -> serde_json::Value {
+    fn norm(v: &serde_json::Value) -> serde_json::Value {
+        match v {
+            serde_json::Value::Number(n) => serde_json::json!(n.as_f64()),
+            serde_json::Value::Array(items) => items.iter().map(norm).collect(),
+            serde_json::Value::Object(m) => m.iter().map(|(k, v)| (k.clone(), norm(v))).collect(),
+            other => other.clone(),
+        }
+    }
+    norm(&a.get("Value").cloned().unwrap_or(serde_json::Value::Null))
+}
+
+/// Orthanc's DICOMweb plugin, with Strata as its remote server: its QIDO finds our
+/// studies, its `retrieve` pulls a whole study into Orthanc, its `stow` pushes a study
+/// into Strata. Then the same study in both: QIDO and metadata JSON compared attribute
+/// by attribute; the deliberate differences are the ones listed in
+/// `docs/conformance-dicomweb.md` (RetrieveURL and BulkDataURI name each server, and
+/// Orthanc adds SpecificCharacterSet to QIDO answers where Strata's JSON is UTF-8).
+#[test]
+fn orthanc_dicomweb_finds_pulls_and_pushes_through_strata_and_agrees_with_it() {
+    let archive = Archive::new("dicomweb-orthanc");
+    let dir = archive.dir.path().join("ct");
+    run_ok(python("gen_ct.py").arg("--out").arg(&dir).args([
+        "--studies",
+        "2",
+        "--instances",
+        "3",
+        "--rows",
+        "32",
+        "--cols",
+        "32",
+    ]));
+    let a: Vec<PathBuf> = dcm_files(&dir.join("001"));
+    let b: Vec<PathBuf> = dcm_files(&dir.join("002"));
+    let study_a = strata::dicom::header::read_header_blocking(&a[0])
+        .unwrap()
+        .study_uid;
+    let study_b = strata::dicom::header::read_header_blocking(&b[0])
+        .unwrap()
+        .study_uid;
+    run_ok(archive.strata(&["import"]).args(&a));
+    let server = archive.start();
+    let orthanc = OrthancWeb::start(&archive.dir.path().join("orthanc"), server.http_port);
+
+    // Orthanc's QIDO through Strata
+    let (code, found) = orthanc.post("/dicom-web/servers/strata/get", r#"{"Uri": "/studies"}"#);
+    assert_eq!(code, 200, "{found}");
+    let uids: Vec<&str> = found
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["0020000D"]["Value"][0].as_str())
+        .collect();
+    assert_eq!(uids, vec![study_a.as_str()], "{found}");
+    // Orthanc pulls study A (WADO-RS)
+    let (code, pulled) = orthanc.post(
+        "/dicom-web/servers/strata/retrieve",
+        &format!(r#"{{"Resources": [{{"Study": "{study_a}"}}]}}"#),
+    );
+    assert_eq!(code, 200, "{pulled}");
+    assert_eq!(orthanc.get("/statistics")["CountInstances"], 3);
+    // Orthanc pushes study B (STOW-RS) after receiving it over its REST API
+    for f in &b {
+        let (code, _) = curl(
+            &["-X", "POST", "--data-binary", &format!("@{}", f.display())],
+            &format!("{}/instances", orthanc.api),
+        );
+        assert_eq!(code, 200);
+    }
+    let lookup = orthanc.post("/tools/lookup", &study_b).1;
+    let orthanc_id = lookup[0]["ID"].as_str().unwrap().to_string();
+    let (code, pushed) = orthanc.post(
+        "/dicom-web/servers/strata/stow",
+        &format!(r#"{{"Resources": ["{orthanc_id}"], "Synchronous": true}}"#),
+    );
+    assert_eq!(code, 200, "{pushed}");
+    assert_eq!(archive.total_instances(), 6, "study B stowed into Strata");
+
+    // the same study A, asked of both servers' own DICOMweb
+    let ours_url = format!("http://127.0.0.1:{}/dicom-web", server.http_port);
+    let theirs_url = format!("{}/dicom-web", orthanc.api);
+    let json =
+        |url: String| -> serde_json::Value { serde_json::from_str(&curl(&[], &url).1).unwrap() };
+    let deliberate = ["00081190", "00080005", "7FE00010"];
+    let compare = |what: &str, ours: &serde_json::Value, theirs: &serde_json::Value| {
+        let (o, t) = (ours.as_object().unwrap(), theirs.as_object().unwrap());
+        for (tag, value) in o {
+            if deliberate.contains(&tag.as_str()) {
+                continue;
+            }
+            if let Some(other) = t.get(tag) {
+                assert_eq!(
+                    attribute_values(value),
+                    attribute_values(other),
+                    "{what} {tag}: Strata {value} vs Orthanc {other}"
+                );
+                assert_eq!(value["vr"], other["vr"], "{what} {tag}");
+            }
+        }
+    };
+    let q = format!("/studies?StudyInstanceUID={study_a}");
+    compare(
+        "QIDO study",
+        &json(format!("{ours_url}{q}"))[0],
+        &json(format!("{theirs_url}{q}"))[0],
+    );
+    let ours = json(format!("{ours_url}/studies/{study_a}/metadata"));
+    let theirs = json(format!("{theirs_url}/studies/{study_a}/metadata"));
+    let by_sop = |list: &serde_json::Value| -> BTreeMap<String, serde_json::Value> {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                (
+                    m["00080018"]["Value"][0].as_str().unwrap().to_string(),
+                    m.clone(),
+                )
+            })
+            .collect()
+    };
+    let (ours, theirs) = (by_sop(&ours), by_sop(&theirs));
+    assert_eq!(ours.len(), 3);
+    for (sop, m) in &ours {
+        let t = &theirs[sop];
+        compare("metadata", m, t);
+        // and neither leaves out what the other gives (bulk data aside)
+        for tag in t.as_object().unwrap().keys() {
+            if !deliberate.contains(&tag.as_str()) {
+                assert!(
+                    m.get(tag).is_some(),
+                    "metadata {tag} only from Orthanc: {t}"
+                );
+            }
+        }
+    }
+    server.stop();
+}

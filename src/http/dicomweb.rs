@@ -347,22 +347,23 @@ fn json_attribute(tag: u32, value: &str) -> serde_json::Value {
                 .parse::<i64>()
                 .map(Value::from)
                 .unwrap_or_else(|_| Value::String(v.to_string())),
-            "DS" | "FL" | "FD" => v
-                .trim()
-                .parse::<f64>()
-                .ok()
-                .and_then(|f| serde_json::Number::from_f64(f).map(Value::Number))
-                .unwrap_or_else(|| Value::String(v.to_string())),
+            "DS" | "FL" | "FD" => ds_number(v).unwrap_or_else(|| Value::String(v.to_string())),
             _ => Value::String(v.to_string()),
         })
         .collect();
     json!({ "vr": vr, "Value": values })
 }
 
-/// A match as a DICOM JSON object, with its RetrieveURL.
-fn answer_json(answer: &Answer, level: Level, base: &str) -> serde_json::Value {
+/// A match as a DICOM JSON object — the attributes the search asked for (its keys,
+/// the defaults and `includefield`), with its RetrieveURL.
+fn answer_json(
+    answer: &Answer,
+    asked: &BTreeSet<u32>,
+    level: Level,
+    base: &str,
+) -> serde_json::Value {
     let mut object = serde_json::Map::new();
-    for (tag, value) in answer {
+    for (tag, value) in answer.iter().filter(|(t, _)| asked.contains(t)) {
         object.insert(format!("{tag:08X}"), json_attribute(*tag, value));
     }
     let uid = |t| answer.get(&t).map(String::as_str).unwrap_or_default();
@@ -419,6 +420,7 @@ async fn search(
         Err(e) => return fail(StatusCode::BAD_REQUEST, e),
     };
     let base = base_url(&archive, &headers);
+    let asked: BTreeSet<u32> = s.query.keys.iter().map(|k| k.tag).collect();
     let mut stream = archive.find(&principal(peer), Model::StudyRoot, s.query);
     let mut matches = Vec::new();
     let mut seen = 0usize;
@@ -432,7 +434,7 @@ async fn search(
             more = true;
             break;
         }
-        matches.push(answer_json(&answer, level, &base));
+        matches.push(answer_json(&answer, &asked, level, &base));
     }
     let ended = if more {
         stream.cancel().await;
@@ -736,6 +738,51 @@ async fn metadata(archive: Archive, peer: SocketAddr, base: String, query: Query
         .into_response()
 }
 
+/// A decimal string as a JSON number: an integer when it is written as one (`120`, not
+/// `120.0`), else a float; `None` when it is not a number.
+fn ds_number(text: &str) -> Option<serde_json::Value> {
+    let t = text.trim();
+    if let Ok(i) = t.parse::<i64>() {
+        return Some(serde_json::Value::from(i));
+    }
+    t.parse::<f64>()
+        .ok()
+        .and_then(serde_json::Number::from_f64)
+        .map(serde_json::Value::Number)
+}
+
+/// PS3.18 F.2.3: IS and DS values are JSON numbers. dicom-json 0.10 writes them as the
+/// strings they are encoded as; this turns each into a number, at any sequence depth
+/// (a value that does not parse stays a string rather than being lost).
+fn numbers_as_numbers(json: &mut serde_json::Value) {
+    use serde_json::Value;
+    let Some(object) = json.as_object_mut() else {
+        return;
+    };
+    for attribute in object.values_mut() {
+        let vr = attribute["vr"].as_str().unwrap_or("").to_string();
+        let Some(values) = attribute.get_mut("Value").and_then(Value::as_array_mut) else {
+            continue;
+        };
+        for v in values.iter_mut() {
+            match (vr.as_str(), &*v) {
+                ("IS", Value::String(text)) => {
+                    if let Ok(n) = text.trim().parse::<i64>() {
+                        *v = Value::from(n);
+                    }
+                }
+                ("DS", Value::String(text)) => {
+                    if let Some(n) = ds_number(text) {
+                        *v = n;
+                    }
+                }
+                ("SQ", Value::Object(_)) => numbers_as_numbers(v),
+                _ => {}
+            }
+        }
+    }
+}
+
 /// A Part-10 object's data set as DICOM JSON (dicom-json), its pixel data replaced by a
 /// BulkDataURI under `base` (PS3.18 F.2.6) when it has any.
 fn metadata_of(part10: &[u8], base: &str) -> Result<serde_json::Value, String> {
@@ -745,6 +792,7 @@ fn metadata_of(part10: &[u8], base: &str) -> Result<serde_json::Value, String> {
         .map_err(|e| format!("cannot parse the stored object: {e}"))?;
     let dataset: &dicom_object::InMemDicomObject = &obj;
     let mut json = dicom_json::to_value(dataset).map_err(|e| e.to_string())?;
+    numbers_as_numbers(&mut json);
     let uid = |j: &serde_json::Value, tag: &str| {
         j[tag]["Value"][0].as_str().unwrap_or_default().to_string()
     };
