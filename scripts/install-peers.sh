@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the real peers the tests and benchmarks talk to (see ../shared/reference/peers.md):
-# DCMTK, Orthanc and its DICOMweb plugin, b3sum, zstd, curl and bc from Debian; pydicom, pynetdicom, numpy and
+# DCMTK, Orthanc and its DICOMweb plugin, b3sum, zstd, curl, bc, Chromium and its
+# chromedriver (the viewer test's browser) from Debian; pydicom, pynetdicom, numpy and
 # moto (its S3 server mode, with boto3), bagit, blake3, dicomweb-client and fhirclient
 # from PyPI; FHIR.js (npm `fhir`, the R4 validator) from npm into $STRATA_NPM
 # (default /var/tmp/strata-npm, outside the clone).
@@ -9,7 +10,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 "$here/install-deps.sh"
 need=()
-for pkg in dcmtk orthanc orthanc-dicomweb b3sum zstd curl bc; do
+for pkg in dcmtk orthanc orthanc-dicomweb b3sum zstd curl bc chromium chromium-driver; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -17,11 +18,12 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
-if ! python3 -c 'import pydicom, pynetdicom, numpy, moto, moto.server, boto3, bagit, blake3, dicomweb_client, fhirclient; assert pydicom.__version__ == "3.0.2"' 2>/dev/null; then
+if ! python3 -c 'import pydicom, pynetdicom, numpy, moto, moto.server, boto3, bagit, blake3, dicomweb_client, fhirclient, selenium; assert pydicom.__version__ == "3.0.2"' 2>/dev/null; then
   echo "installing Python peers" >&2
   # dicomweb-client: the DICOMweb client the DICOMweb tests talk to (its API and CLI);
-  # fhirclient: SMART's FHIR client, which the FHIR tests search with
-  python3 -m pip install -q --root-user-action=ignore 'pydicom==3.0.2' pynetdicom numpy 'moto[server]' bagit blake3 'dicomweb-client==0.61.2' 'fhirclient==4.3.1'
+  # fhirclient: SMART's FHIR client, which the FHIR tests search with; selenium drives
+  # Debian's Chromium through its chromedriver
+  python3 -m pip install -q --root-user-action=ignore 'pydicom==3.0.2' pynetdicom numpy 'moto[server]' bagit blake3 'dicomweb-client==0.61.2' 'fhirclient==4.3.1' 'selenium==4.51.0'
 fi
 npm_dir=${STRATA_NPM:-/var/tmp/strata-npm}
 if [ ! -f "$npm_dir/node_modules/fhir/package.json" ]; then
@@ -29,3 +31,5 @@ if [ ! -f "$npm_dir/node_modules/fhir/package.json" ]; then
   mkdir -p "$npm_dir"
   npm install --prefix "$npm_dir" --silent --no-audit --no-fund fhir@4.12.0 >/dev/null
 fi
+# the viewer's prebuilt files (npm @ohif/app), which `[web] viewer_dir` names
+"$here/install-viewer.sh"

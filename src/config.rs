@@ -22,6 +22,27 @@ pub struct Config {
     pub audit: AuditConfig,
     pub scrub: ScrubConfig,
     pub retention: RetentionConfig,
+    pub web: WebConfig,
+}
+
+/// The zero-footprint viewer (OHIF) served same-origin on the HTTP port.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebConfig {
+    /// Serve the viewer: `http://HOST:PORT/viewer?StudyInstanceUIDs=<uid>` opens a study.
+    pub viewer: bool,
+    /// The viewer's prebuilt `dist/` (OHIF, fetched by `scripts/install-viewer.sh`, never
+    /// committed). Strata answers its `app-config.js` itself, pointed at `/dicom-web`.
+    pub viewer_dir: PathBuf,
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        WebConfig {
+            viewer: true,
+            viewer_dir: PathBuf::from("/usr/local/share/strata/viewer"),
+        }
+    }
 }
 
 /// Retention rules (off by default): `strata retention run` deletes, with a tombstone

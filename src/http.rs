@@ -13,6 +13,7 @@
 pub mod admin;
 pub mod dicomweb;
 pub mod fhir;
+pub mod viewer;
 pub mod wado_uri;
 
 use crate::archive::Archive;
@@ -40,6 +41,7 @@ pub fn router(archive: Archive) -> Router {
         .merge(dicomweb::routes())
         .merge(wado_uri::routes())
         .merge(fhir::routes())
+        .merge(viewer::routes(&archive))
         .route_layer(axum::middleware::from_fn_with_state(
             archive.clone(),
             observe,

@@ -17,3 +17,4 @@ mod retrieve;
 mod store;
 mod tiering;
 mod usecases;
+mod viewer;
