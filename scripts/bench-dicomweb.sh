@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# DICOMweb benchmark (issue 13), Strata and Orthanc with its DICOMweb plugin on the same
+# data in one run, side by side, printing Strata's ratio for each:
+#  - STOW-RS: N CT instances (default 1000, 200 per study) posted study by study, 20
+#    instances per request, to each server (instances/s);
+#  - WADO-RS: every study retrieved whole as multipart application/dicom, as stored
+#    (MB/s of the bodies), from hot disk;
+#  - QIDO-RS: 200 study searches by PatientID, latency p50/p99 (ms);
+#  - and Strata's WADO-RS retrieve against its own C-GET of the same studies (DCMTK
+#    getscu), the issue's "retrieve at least half of C-GET".
+# Data from tests/peers/gen_ct.py (shared with the other benchmarks).
+# Usage: scripts/bench-dicomweb.sh [N=1000]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N=${1:-1000}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/strata-target}
+export TCP_NODELAY=1
+ROOT=${BENCH_ROOT:-/var/tmp/strata-bench}
+WORK=$ROOT/dicomweb
+DATA=$ROOT/move-data-$N
+BASE=${BENCH_PORT_BASE:-41700}
+S_DICOM=$BASE S_HTTP=$((BASE + 1)) O_DICOM=$((BASE + 2)) O_HTTP=$((BASE + 3))
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
+trap cleanup EXIT
+
+cargo build --release --locked --bin strata >&2
+if [ ! -f "$DATA.complete" ]; then
+  rm -rf "$DATA"
+  python3 tests/peers/gen_ct.py --out "$DATA" --studies $((N / 200)) --instances 200 --seed 11 >/dev/null
+  touch "$DATA.complete"
+fi
+rm -rf "$WORK" && mkdir -p "$WORK"
+cat > "$WORK/strata.toml" <<TOML
+[archive]
+data_dir = "$WORK/strata-data"
+min_free_space_mb = 0
+[dicom]
+port = $S_DICOM
+bind = "127.0.0.1"
+[http]
+port = $S_HTTP
+bind = "127.0.0.1"
+[tiering]
+enabled = false
+TOML
+"$CARGO_TARGET_DIR/release/strata" --config "$WORK/strata.toml" serve 2>"$WORK/strata.log" &
+pids+=($!)
+for _ in $(seq 100); do curl -sf "http://127.0.0.1:$S_HTTP/healthz" >/dev/null && break; sleep 0.1; done
+ORTHANC_EXTRA_JSON='{"Plugins": ["/usr/share/orthanc/plugins/libOrthancDicomWeb.so"], "DicomWeb": {"Enable": true, "Root": "/dicom-web/"}}' \
+  scripts/start-orthanc.sh "$WORK/orthanc" "$O_DICOM" "$O_HTTP" ORTHANC >/dev/null
+pids+=($(cat "$WORK/orthanc/orthanc.pid"))
+
+python3 - "$DATA" "$S_HTTP" "$O_HTTP" "$S_DICOM" "$WORK" <<'PY'
+import os, statistics, subprocess, sys, time, uuid
+import requests
+data, s_http, o_http, s_dicom, work = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+servers = {"strata": f"http://127.0.0.1:{s_http}/dicom-web", "orthanc": f"http://127.0.0.1:{o_http}/dicom-web"}
+studies = sorted(os.listdir(data))
+files = {s: sorted(os.path.join(data, s, f) for f in os.listdir(os.path.join(data, s))) for s in studies}
+n = sum(len(v) for v in files.values())
+session = requests.Session()
+
+def stow(url, paths):
+    boundary = uuid.uuid4().hex
+    body = b"".join(b"--" + boundary.encode() + b"\r\nContent-Type: application/dicom\r\n\r\n"
+                    + open(p, "rb").read() + b"\r\n" for p in paths) + b"--" + boundary.encode() + b"--\r\n"
+    r = session.post(f"{url}/studies", data=body, headers={
+        "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+        "Accept": "application/dicom+json"})
+    assert r.status_code == 200, (r.status_code, r.text[:300])
+
+results = {}
+for name, url in servers.items():
+    t = time.monotonic()
+    for s in studies:
+        for i in range(0, len(files[s]), 20):
+            stow(url, files[s][i:i + 20])
+    results[(name, "stow")] = n / (time.monotonic() - t)
+
+uids = [s["0020000D"]["Value"][0] for s in session.get(f"{servers['strata']}/studies").json()]
+pids = [s["00100020"]["Value"][0] for s in session.get(f"{servers['strata']}/studies").json()]
+for name, url in servers.items():
+    # WADO-RS whole studies, as stored
+    t, total = time.monotonic(), 0
+    for uid in uids:
+        r = session.get(f"{url}/studies/{uid}", headers={
+            "Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'}, stream=True)
+        assert r.status_code == 200, (name, r.status_code)
+        for chunk in r.iter_content(1 << 20):
+            total += len(chunk)
+    results[(name, "wado")] = total / 1e6 / (time.monotonic() - t)
+    # QIDO-RS by PatientID
+    lat = []
+    for i in range(200):
+        t = time.monotonic()
+        r = session.get(f"{url}/studies", params={"PatientID": pids[i % len(pids)]})
+        assert r.status_code == 200 and r.json(), (name, r.status_code)
+        lat.append((time.monotonic() - t) * 1000)
+    lat.sort()
+    results[(name, "qido_p50")] = lat[len(lat) // 2]
+    results[(name, "qido_p99")] = lat[int(len(lat) * 0.99) - 1]
+
+# Strata's own C-GET of the same studies (DCMTK getscu), for the retrieve ratio
+t, got = time.monotonic(), 0
+for uid in uids:
+    out = os.path.join(work, "getscu", uid)
+    os.makedirs(out, exist_ok=True)
+    subprocess.run(["/usr/bin/getscu", "-S", "-aec", "STRATA", "-od", out, "-k", "QueryRetrieveLevel=STUDY",
+                    "-k", f"StudyInstanceUID={uid}", "127.0.0.1", str(s_dicom)], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    got += sum(os.path.getsize(os.path.join(out, f)) for f in os.listdir(out))
+cget = got / 1e6 / (time.monotonic() - t)
+
+print(f"\nDICOMweb, {n} CT instances of {os.path.getsize(files[studies[0]][0]) // 1024} KB in {len(studies)} studies, both servers in one run\n")
+print("| measure | Strata | Orthanc + DICOMweb | ratio |")
+print("|---|---:|---:|---:|")
+for key, label, higher in (("stow", "STOW-RS instances/s", True), ("wado", "WADO-RS study retrieve MB/s (hot)", True),
+                           ("qido_p50", "QIDO-RS p50 ms", False), ("qido_p99", "QIDO-RS p99 ms", False)):
+    s, o = results[("strata", key)], results[("orthanc", key)]
+    ratio = s / o if higher else o / s
+    print(f"| {label} | {s:.1f} | {o:.1f} | {ratio:.2f}x |")
+print(f"\nStrata WADO-RS {results[('strata', 'wado')]:.1f} MB/s vs its own C-GET (getscu) {cget:.1f} MB/s: "
+      f"{results[('strata', 'wado')] / cget:.2f}x")
+PY
