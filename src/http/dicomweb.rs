@@ -1261,7 +1261,9 @@ fn stow_boundary(headers: &HeaderMap) -> Result<String, (StatusCode, String)> {
 /// A blocking reader over chunks handed from async code (a STOW-RS part on its way to
 /// the ingest pipeline, which reads Part-10 streams on the blocking pool).
 struct ChunkReader {
-    rx: tokio::sync::mpsc::Receiver<Bytes>,
+    /// The part's chunks; an `Err` when the part was cut short (the read fails, so the
+    /// store refuses the part instead of taking what came as a whole object).
+    rx: tokio::sync::mpsc::Receiver<Result<Bytes, String>>,
     current: Bytes,
 }
 
@@ -1269,7 +1271,8 @@ impl std::io::Read for ChunkReader {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         while self.current.is_empty() {
             match self.rx.blocking_recv() {
-                Some(chunk) => self.current = chunk,
+                Some(Ok(chunk)) => self.current = chunk,
+                Some(Err(cut)) => return Err(std::io::Error::other(cut)),
                 None => return Ok(0),
             }
         }
@@ -1298,6 +1301,7 @@ async fn stow(
     let mut multipart = multer::Multipart::new(body.into_data_stream(), boundary);
     let mut referenced = Vec::new();
     let mut failures = Vec::new();
+    let mut stores = Vec::new();
     loop {
         let mut field = match multipart.next_field().await {
             Ok(Some(f)) => f,
@@ -1324,7 +1328,7 @@ async fn stow(
                 continue;
             }
         }
-        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(8);
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, String>>(8);
         let store = {
             let (archive, who, study) = (archive.clone(), who.clone(), study.clone());
             let source = format!("STOW-RS from {peer}");
@@ -1345,12 +1349,13 @@ async fn stow(
         loop {
             match field.chunk().await {
                 Ok(Some(chunk)) => {
-                    if tx.send(chunk).await.is_err() {
+                    if tx.send(Ok(chunk)).await.is_err() {
                         break;
                     }
                 }
                 Ok(None) => break,
                 Err(e) => {
+                    let _ = tx.send(Err(format!("the part was cut short: {e}"))).await;
                     cut = Some(e.to_string());
                     break;
                 }
@@ -1368,7 +1373,13 @@ async fn stow(
             ));
             break;
         }
+        // the part's bytes are all handed over; its commit goes on while the next part
+        // arrives (the group committer makes several durable with one sync)
         drop(tx);
+        stores.push(store);
+    }
+    // every part, in order, once durable (or refused)
+    for store in stores {
         match store.await {
             Ok(Ok(stored)) => {
                 let a = &stored.attrs;
