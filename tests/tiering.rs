@@ -459,6 +459,47 @@ fn deep_archive_reads_report_pending_restore_then_succeed() {
     export_matches_ids(&archive, &study, &ids);
 }
 
+/// WADO-RS of a study whose pack is in an archive class (PS3.18 10.4, RFC 9110 10.2.3):
+/// 503 with `Retry-After: 3600` while S3 restores it — checked before any part is
+/// sent, so never a 200 cut short — then the study itself once it is readable.
+#[test]
+fn wado_rs_answers_503_with_retry_after_while_a_pack_is_restored() {
+    let moto = Moto::start();
+    moto.create_bucket("deepweb");
+    let archive = Archive::with_config(
+        "tier-deep-web",
+        &moto.cold_section("deepweb", "storage_class = \"DEEP_ARCHIVE\""),
+    );
+    let ct = small_study(3);
+    run_ok(archive.strata(&["import"]).args(&ct));
+    let study = only_study(&archive);
+    move_study(&archive, &study, "cold");
+    let server = archive.start();
+    let url = format!(
+        "http://127.0.0.1:{}/dicom-web/studies/{study}",
+        server.http_port
+    );
+    let head =
+        run(std::process::Command::new("curl").args(["-s", "-D", "-", "-o", "/dev/null", &url]));
+    let head = String::from_utf8_lossy(&head.stdout).to_lowercase();
+    assert!(head.starts_with("http/1.1 503"), "{head}");
+    assert!(head.contains("retry-after: 3600"), "{head}");
+    // the restore was asked for (and moto completes it at once): the study comes
+    let (code, _) = {
+        let out = run(std::process::Command::new("curl").args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &url,
+        ]));
+        (String::from_utf8_lossy(&out.stdout).to_string(), ())
+    };
+    assert_eq!(code, "200");
+    server.stop();
+}
+
 /// The tier contract suite (the one the hot disk, memory and local-filesystem stores
 /// pass) against the real S3-compatible server, plus a multipart upload.
 #[test]

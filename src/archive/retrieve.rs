@@ -40,6 +40,11 @@ pub struct RetrievalReader {
 }
 
 impl RetrievalReader {
+    /// Whether the object has a file on hot disk now (a cheap check, not a read).
+    pub fn is_hot(&self, id: &ObjectId) -> bool {
+        self.reader.hot.path_of(id).exists()
+    }
+
     /// The object's Part-10 bytes, from hot disk or its cold pack, checked against its
     /// id. An archived pack answers [`Error::is_pending_restore`].
     pub async fn read(&self, id: &ObjectId) -> Result<Vec<u8>, Error> {

@@ -549,6 +549,18 @@ async fn retrieve(
         retrieval.finish(0, 0).await;
         return fail(StatusCode::NOT_FOUND, "no such instances in the archive");
     }
+    // The status goes before the first part: when the first object has no hot copy, it
+    // is read now, so that a pack being restored (or a cold tier that does not answer)
+    // is a 503 with Retry-After rather than a 200 cut short (its bytes are read again
+    // below; one extra ranged GET for one object).
+    let first = retrieval.items()[0].clone();
+    let reader = retrieval.reader();
+    if !reader.is_hot(&first.id) {
+        if let Err(e) = reader.read(&first.id).await {
+            retrieval.finish(0, 1).await;
+            return failed(e);
+        }
+    }
     let boundary = format!("strata-{}", crate::index::unix_ms_now());
     let content_type =
         format!("multipart/related; type=\"application/dicom\"; boundary={boundary}");
