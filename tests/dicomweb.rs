@@ -251,6 +251,15 @@ fn bad_dicomweb_requests_get_4xx_and_store_nothing() {
         &format!("{studies}/1.2.3.4.5"),
     );
     assert_eq!(code, 406, "{text}");
+    // implicit VR is not for the web (PS3.18 8.7.3): refused before anything is sent
+    let (code, text) = curl(
+        &[
+            "-H",
+            "Accept: multipart/related; type=\"application/dicom\"; transfer-syntax=1.2.840.10008.1.2",
+        ],
+        &format!("{studies}/1.2.3.4.5"),
+    );
+    assert_eq!(code, 406, "{text}");
     // an instance of another study than the URL names (PS3.18 10.5.1): refused with
     // 0xA900 before anything is stored
     let (code, text) = curl(

@@ -138,6 +138,18 @@ fn fhir_resources_validate_and_lead_a_fhir_client_to_pixels() {
     assert_eq!(oo["issue"][0]["code"], "not-found");
     let (code, _) = get_json(&format!("{base}/Patient"));
     assert_eq!(code, 400);
+    // token and reference values are exact: C-FIND wildcards never reach other patients
+    let (code, _) = get_json(&format!("{base}/ImagingStudy?patient=STRATA*"));
+    assert_eq!(code, 400);
+    let (code, _) = get_json(&format!("{base}/Patient?identifier=*"));
+    assert_eq!(code, 400);
+    let (code, _) = get_json(&format!("{base}/Patient/x2a")); // "*" in hex
+    assert_eq!(code, 404);
+    // a modality list with systems (R4 token list)
+    let dcm = "http://dicom.nema.org/resources/ontology/DCM";
+    let (code, found) = get_json(&format!("{base}/ImagingStudy?modality={dcm}|MR,{dcm}|CT"));
+    assert_eq!(code, 200, "{found}");
+    assert_eq!(found["total"], 3, "{found}");
     let (code, _) = get_json(&format!("{base}/Endpoint/other"));
     assert_eq!(code, 404);
     // searches are audited as queries by a FHIR client

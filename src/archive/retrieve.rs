@@ -40,9 +40,11 @@ pub struct RetrievalReader {
 }
 
 impl RetrievalReader {
-    /// Whether the object has a file on hot disk now (a cheap check, not a read).
-    pub fn is_hot(&self, id: &ObjectId) -> bool {
-        self.reader.hot.path_of(id).exists()
+    /// Whether the object can be read now, cheaply: a hot file, or one byte of its first
+    /// cold copy (one small ranged GET, which also asks S3 to restore an archived
+    /// pack: [`Error::is_pending_restore`] until it is back). Never reads the object.
+    pub async fn probe(&self, id: &ObjectId) -> Result<(), Error> {
+        Ok(self.reader.probe(id).await?)
     }
 
     /// The object's Part-10 bytes, from hot disk or its cold pack, checked against its

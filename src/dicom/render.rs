@@ -6,6 +6,10 @@
 
 use dicom_pixeldata::PixelDecoder;
 
+/// Most frames an object may claim (NumberOfFrames) for frames and bulk data to be
+/// served from it.
+const MAX_FRAMES: u32 = 100_000;
+
 /// The image format of a rendering.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -53,12 +57,18 @@ fn frame_count(obj: &dicom_object::DefaultDicomObject) -> Result<u32, String> {
     if obj.element(tags::PIXEL_DATA).is_err() {
         return Err("the object has no pixel data".into());
     }
-    Ok(obj
+    let count = obj
         .element(tags::NUMBER_OF_FRAMES)
         .ok()
         .and_then(|e| e.to_int::<u32>().ok())
         .unwrap_or(1)
-        .max(1))
+        .max(1);
+    // NumberOfFrames comes from the object: more frames than a gigantic multi-frame
+    // holds is a lie, not a reason to allocate
+    if count > MAX_FRAMES {
+        return Err(format!("NumberOfFrames {count} is more than {MAX_FRAMES}"));
+    }
+    Ok(count)
 }
 
 /// The decoded native bytes of each frame in `frames` (1-based, PS3.18 8.3.4.1), in

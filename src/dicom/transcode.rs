@@ -153,6 +153,9 @@ fn decompress_blocking(part10: &[u8], stored: &str, target: &str) -> Result<Vec<
     use dicom_pixeldata::Transcode;
     let registry = dicom_transfer_syntax_registry::TransferSyntaxRegistry;
     let to = registry.get(target).ok_or("unknown target syntax")?;
+    if part10.len() < 132 {
+        return Err("not a Part-10 object".into());
+    }
     let mut obj = dicom_object::OpenFileOptions::new()
         .from_reader(&part10[128..])
         .map_err(|e| format!("cannot parse the stored object: {e}"))?;

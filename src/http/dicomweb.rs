@@ -453,12 +453,12 @@ async fn search(
         .into_response();
     let mut warnings = Vec::new();
     if more {
-        warnings.push("299 strata: There are additional results that can be requested");
+        warnings.push("299 strata \"There are additional results that can be requested\"");
     }
     if s.fuzzy {
         warnings.push(
-            "299 strata: The fuzzymatching parameter is not supported. Only literal matching \
-             has been performed.",
+            "299 strata \"The fuzzymatching parameter is not supported. Only literal matching \
+             has been performed.\"",
         );
     }
     for w in warnings {
@@ -498,11 +498,17 @@ fn wanted_syntax(headers: &HeaderMap) -> Result<Option<String>, String> {
             _ => false,
         };
         if dicom {
-            return Ok(match param("transfer-syntax") {
-                Some("*") => None,
-                Some(uid) => Some(uid.to_string()),
-                None => Some(EXPLICIT_VR_LE.into()),
-            });
+            // PS3.18 8.7.3: implicit VR and big endian are not for the web; another
+            // syntax could only be sent for objects stored in it, so it is refused here
+            // rather than answered 200 and cut short
+            return match param("transfer-syntax") {
+                Some("*") => Ok(None),
+                None | Some(EXPLICIT_VR_LE) => Ok(Some(EXPLICIT_VR_LE.into())),
+                Some(uid) => Err(format!(
+                    "transfer-syntax={uid} cannot be produced: instances are sent as stored \
+                     (transfer-syntax=*) or in Explicit VR Little Endian ({EXPLICIT_VR_LE})"
+                )),
+            };
         }
     }
     Err(format!(
@@ -554,14 +560,11 @@ async fn retrieve(
     // is a 503 with Retry-After rather than a 200 cut short (its bytes are read again
     // below; one extra ranged GET for one object).
     let first = retrieval.items()[0].clone();
-    let reader = retrieval.reader();
-    if !reader.is_hot(&first.id) {
-        if let Err(e) = reader.read(&first.id).await {
-            retrieval.finish(0, 1).await;
-            return failed(e);
-        }
+    if let Err(e) = retrieval.reader().probe(&first.id).await {
+        retrieval.finish(0, 1).await;
+        return failed(e);
     }
-    let boundary = format!("strata-{}", crate::index::unix_ms_now());
+    let boundary = new_boundary();
     let content_type =
         format!("multipart/related; type=\"application/dicom\"; boundary={boundary}");
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
@@ -570,9 +573,19 @@ async fn retrieve(
         let reader = retrieval.reader();
         let (mut sent, mut failed) = (0usize, 0usize);
         for item in items.iter() {
-            let target = syntax
-                .clone()
-                .unwrap_or_else(|| item.transfer_syntax_uid.clone());
+            // as stored, except the syntaxes PS3.18 8.7.3 keeps off the web (implicit VR,
+            // big endian), which go as Explicit VR Little Endian
+            let target = match &syntax {
+                Some(uid) => uid.clone(),
+                None if matches!(
+                    item.transfer_syntax_uid.as_str(),
+                    "1.2.840.10008.1.2" | "1.2.840.10008.1.2.2"
+                ) =>
+                {
+                    EXPLICIT_VR_LE.to_string()
+                }
+                None => item.transfer_syntax_uid.clone(),
+            };
             let head = format!(
                 "--{boundary}\r\nContent-Type: application/dicom; transfer-syntax={target}\r\n\r\n"
             );
@@ -637,6 +650,22 @@ async fn retrieve(
         Body::from_stream(stream),
     )
         .into_response()
+}
+
+/// A multipart boundary no content is likely to hold: 128 bits from a hash of the time,
+/// a counter and the process id.
+fn new_boundary() -> String {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let seed = format!("{nanos}-{n}-{}", std::process::id());
+    format!(
+        "strata-{}",
+        &strata_tiers::ObjectId::of_bytes(seed.as_bytes()).to_hex()[..32]
+    )
 }
 
 /// Sends `len` bytes of `path` from `offset` in 256 KiB chunks.
@@ -798,6 +827,9 @@ fn numbers_as_numbers(json: &mut serde_json::Value) {
 /// A Part-10 object's data set as DICOM JSON (dicom-json), its pixel data replaced by a
 /// BulkDataURI under `base` (PS3.18 F.2.6) when it has any.
 fn metadata_of(part10: &[u8], base: &str) -> Result<serde_json::Value, String> {
+    if part10.len() < 132 {
+        return Err("not a Part-10 object".into());
+    }
     let obj = dicom_object::OpenFileOptions::new()
         .read_until(dicom_dictionary_std::tags::PIXEL_DATA)
         .from_reader(&part10[128..])
@@ -876,17 +908,50 @@ async fn one_instance(
     Ok((retrieval, bytes))
 }
 
+/// The URL of the instance a path names (for Content-Location).
+fn instance_url(
+    archive: &Archive,
+    headers: &HeaderMap,
+    path: &std::collections::HashMap<String, String>,
+) -> String {
+    let get = |k: &str| path.get(k).map(String::as_str).unwrap_or_default();
+    format!(
+        "{}/studies/{}/series/{}/instances/{}",
+        base_url(archive, headers),
+        get("study"),
+        get("series"),
+        get("instance")
+    )
+}
+
 /// A frame list (`1,3,5`, PS3.18 8.3.4.1): 1-based numbers.
+/// At most this many frames per request: each is decoded and held until sent.
+const MAX_FRAMES_PER_REQUEST: usize = 256;
+
 fn frame_list(text: &str) -> Result<Vec<u32>, Refused> {
-    text.split(',')
+    let mut frames: Vec<u32> = text
+        .split(',')
         .map(|f| match f.trim().parse::<u32>() {
             Ok(n) if n > 0 => Ok(n),
             _ => Err(Box::new(fail(
                 StatusCode::BAD_REQUEST,
-                format!("{text:?} is not a list of frame numbers (1, 2, ...)"),
+                format!(
+                    "{:?} is not a list of frame numbers (1, 2, ...)",
+                    text.chars().take(64).collect::<String>()
+                ),
             ))),
         })
-        .collect()
+        .collect::<Result<_, _>>()?;
+    // each frame once, in the order first asked
+    let mut seen = std::collections::HashSet::new();
+    frames.retain(|f| seen.insert(*f));
+    if frames.len() > MAX_FRAMES_PER_REQUEST {
+        return Err(Box::new(fail(
+            StatusCode::BAD_REQUEST,
+            format!("at most {MAX_FRAMES_PER_REQUEST} frames per request"),
+        )));
+    }
+    Ok(frames)
 }
 
 /// Whether an Accept names `multipart/related` with `type` `application/octet-stream`
@@ -934,15 +999,15 @@ fn accepts_octet_stream(headers: &HeaderMap) -> Result<(), Refused> {
     )))
 }
 
-/// `parts` as `multipart/related; type="application/octet-stream"`.
-fn octet_parts(parts: Vec<Vec<u8>>, location: &str) -> Response {
-    let boundary = format!("strata-{}", crate::index::unix_ms_now());
+/// `parts` as `multipart/related; type="application/octet-stream"`, each with its
+/// Content-Location (the frame's or the bulk data's own URL).
+fn octet_parts(parts: Vec<(String, Vec<u8>)>) -> Response {
+    let boundary = new_boundary();
     let mut body = Vec::new();
-    for (n, part) in parts.iter().enumerate() {
+    for (location, part) in &parts {
         body.extend_from_slice(
             format!(
-                "--{boundary}\r\nContent-Type: application/octet-stream\r\nContent-Location: {location}/{}\r\n\r\n",
-                n + 1
+                "--{boundary}\r\nContent-Type: application/octet-stream\r\nContent-Location: {location}\r\n\r\n"
             )
             .as_bytes(),
         );
@@ -987,7 +1052,14 @@ async fn frames(
     match decoded {
         Ok(parts) => {
             retrieval.finish(1, 0).await;
-            octet_parts(parts, &format!("{}/frames", base_url(&archive, &headers)))
+            let instance = instance_url(&archive, &headers, &path);
+            octet_parts(
+                wanted
+                    .iter()
+                    .zip(parts)
+                    .map(|(f, bytes)| (format!("{instance}/frames/{f}"), bytes))
+                    .collect(),
+            )
         }
         Err(e) => {
             retrieval.finish(0, 1).await;
@@ -1024,7 +1096,11 @@ async fn bulkdata(
     match value {
         Ok(Some(parts)) => {
             retrieval.finish(1, 0).await;
-            octet_parts(parts, &base_url(&archive, &headers))
+            let url = format!(
+                "{}/bulkdata/{tag:08X}",
+                instance_url(&archive, &headers, &path)
+            );
+            octet_parts(parts.into_iter().map(|p| (url.clone(), p)).collect())
         }
         Ok(None) => {
             retrieval.finish(0, 0).await;
@@ -1049,6 +1125,9 @@ fn bulk_value(part10: &[u8], tag: u32) -> Result<Option<Vec<Vec<u8>>>, String> {
         return Ok(Some(vec![
             crate::dicom::render::frames(part10, &all)?.concat()
         ]));
+    }
+    if part10.len() < 132 {
+        return Err("not a Part-10 object".into());
     }
     let obj = dicom_object::OpenFileOptions::new()
         .from_reader(&part10[128..])
@@ -1099,8 +1178,8 @@ fn render_options(raw: Option<&str>) -> Result<crate::dicom::render::RenderOptio
         match name.as_ref() {
             "window" => {
                 let v = numbers(2)?;
-                if v[1] <= 0.0 {
-                    return Err(format!("window width {} is not positive", v[1]));
+                if !(v[0].is_finite() && v[1].is_finite() && v[1] >= 1.0) {
+                    return Err(format!("window {value:?}: the width must be at least 1"));
                 }
                 o.window = Some((v[0], v[1]));
             }
@@ -1273,19 +1352,30 @@ fn stow_boundary(headers: &HeaderMap) -> Result<String, (StatusCode, String)> {
 /// A blocking reader over chunks handed from async code (a STOW-RS part on its way to
 /// the ingest pipeline, which reads Part-10 streams on the blocking pool).
 struct ChunkReader {
-    /// The part's chunks; an `Err` when the part was cut short (the read fails, so the
-    /// store refuses the part instead of taking what came as a whole object).
-    rx: tokio::sync::mpsc::Receiver<Result<Bytes, String>>,
+    /// The part's chunks, then `Ok(None)` once multer saw its closing boundary; an
+    /// `Err`, or a channel closed without that end (the client went away and the
+    /// handler was dropped), fails the read, so the store refuses the part instead of
+    /// taking what came as a whole object.
+    rx: tokio::sync::mpsc::Receiver<Result<Option<Bytes>, String>>,
     current: Bytes,
+    ended: bool,
 }
 
 impl std::io::Read for ChunkReader {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         while self.current.is_empty() {
+            if self.ended {
+                return Ok(0);
+            }
             match self.rx.blocking_recv() {
-                Some(Ok(chunk)) => self.current = chunk,
+                Some(Ok(Some(chunk))) => self.current = chunk,
+                Some(Ok(None)) => self.ended = true,
                 Some(Err(cut)) => return Err(std::io::Error::other(cut)),
-                None => return Ok(0),
+                None => {
+                    return Err(std::io::Error::other(
+                        "the request ended before the part's closing boundary",
+                    ))
+                }
             }
         }
         let n = buf.len().min(self.current.len());
@@ -1310,7 +1400,13 @@ async fn stow(
     };
     let base = base_url(&archive, &headers);
     let who = principal(peer);
-    let mut multipart = multer::Multipart::new(body.into_data_stream(), boundary);
+    // a STOW-RS request is at most `max_object_mb` in all: multer buffers what precedes
+    // a boundary, so an unbounded body must not reach it
+    let limit = archive.config().dicom.max_object_mb.saturating_mul(1 << 20);
+    let constraints =
+        multer::Constraints::new().size_limit(multer::SizeLimit::new().whole_stream(limit));
+    let mut multipart =
+        multer::Multipart::with_constraints(body.into_data_stream(), boundary, constraints);
     let mut referenced = Vec::new();
     let mut failures = Vec::new();
     let mut stores = Vec::new();
@@ -1340,7 +1436,7 @@ async fn stow(
                 continue;
             }
         }
-        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, String>>(8);
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Option<Bytes>, String>>(8);
         let store = {
             let (archive, who, study) = (archive.clone(), who.clone(), study.clone());
             let source = format!("STOW-RS from {peer}");
@@ -1348,6 +1444,7 @@ async fn stow(
                 let mut reader = ChunkReader {
                     rx,
                     current: Bytes::new(),
+                    ended: false,
                 };
                 let stored =
                     archive.store_part10_blocking(&who, &mut reader, &source, study.as_deref());
@@ -1361,11 +1458,14 @@ async fn stow(
         loop {
             match field.chunk().await {
                 Ok(Some(chunk)) => {
-                    if tx.send(Ok(chunk)).await.is_err() {
+                    if tx.send(Ok(Some(chunk))).await.is_err() {
                         break;
                     }
                 }
-                Ok(None) => break,
+                Ok(None) => {
+                    let _ = tx.send(Ok(None)).await;
+                    break;
+                }
                 Err(e) => {
                     let _ = tx.send(Err(format!("the part was cut short: {e}"))).await;
                     cut = Some(e.to_string());

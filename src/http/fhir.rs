@@ -207,12 +207,13 @@ fn imaging_study(a: &Answer, view: &crate::archive::catalog::StudyView) -> Value
     study.insert("id".into(), json!(uid));
     study.insert("identifier".into(), json!(identifiers));
     study.insert("status".into(), json!("available"));
-    if let Some(patient) = patient_id_to_fhir(pid) {
-        study.insert(
-            "subject".into(),
-            json!({ "reference": format!("Patient/{patient}") }),
-        );
-    }
+    // subject is required (1..1): by reference when the PatientID makes a Patient id,
+    // else by its identifier
+    let subject = match patient_id_to_fhir(pid) {
+        Some(patient) => json!({ "reference": format!("Patient/{patient}") }),
+        None => json!({ "identifier": { "value": pid }, "display": "no usable PatientID" }),
+    };
+    study.insert("subject".into(), subject);
     if let Some(date) = fhir_date(get(tags::STUDY_DATE)) {
         study.insert("started".into(), json!(date));
     }
@@ -364,6 +365,18 @@ fn date_range(value: &str) -> Result<(String, String), String> {
     })
 }
 
+/// A token or reference value as an exact C-FIND key: `*`, `?` and `\` would be
+/// wildcards or lists there (PS3.4 C.2.2.2), so a value holding one is refused, never
+/// matched loosely (a search by patient must not reach another patient).
+fn exact(name: &str, value: &str) -> Result<String, String> {
+    if value.is_empty() || value.contains(['*', '?', '\\']) {
+        return Err(format!(
+            "{name}={value:?}: an exact value is needed (no *, ? or \\)"
+        ));
+    }
+    Ok(value.to_string())
+}
+
 /// Parses an ImagingStudy search (R4 ImagingStudy search parameters).
 fn parse_study_search(raw: Option<&str>) -> Result<Search, String> {
     let mut s = Search {
@@ -400,10 +413,12 @@ fn parse_study_search(raw: Option<&str>) -> Result<Search, String> {
                     .unwrap_or("");
                 let pid = fhir_to_patient_id(id)
                     .ok_or_else(|| format!("{name}={value:?} names no Patient"))?;
-                s.keys.push((tags::PATIENT_ID, pid));
+                s.keys.push((tags::PATIENT_ID, exact(&name, &pid)?));
             }
             "identifier" => {
                 let (system, v) = value.split_once('|').unwrap_or(("", value.as_str()));
+                let v = exact(&name, v)?;
+                let v = v.as_str();
                 match v.strip_prefix("urn:oid:") {
                     Some(uid) => s.keys.push((tags::STUDY_INSTANCE_UID, uid.to_string())),
                     None if system == "urn:dicom:uid" => {
@@ -422,9 +437,12 @@ fn parse_study_search(raw: Option<&str>) -> Result<Search, String> {
                 }
             }
             "modality" => {
-                let code = value.rsplit('|').next().unwrap_or("").to_string();
-                s.keys
-                    .push((tags::MODALITIES_IN_STUDY, code.replace(',', "\\")));
+                // a comma-separated list of tokens, each `[system|]code`
+                let codes: Vec<String> = value
+                    .split(',')
+                    .map(|t| exact(&name, t.rsplit('|').next().unwrap_or("")))
+                    .collect::<Result<_, _>>()?;
+                s.keys.push((tags::MODALITIES_IN_STUDY, codes.join("\\")));
             }
             other => {
                 return Err(format!(
@@ -622,7 +640,7 @@ async fn read_patient(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(id): Path<String>,
 ) -> Response {
-    let Some(pid) = fhir_to_patient_id(&id) else {
+    let Some(pid) = fhir_to_patient_id(&id).filter(|p| exact("id", p).is_ok()) else {
         return outcome(
             StatusCode::NOT_FOUND,
             "not-found",
@@ -650,12 +668,16 @@ async fn search_patients(
     let mut params = Vec::new();
     for (name, value) in form_urlencoded::parse(raw.as_deref().unwrap_or("").as_bytes()) {
         match name.as_ref() {
-            "identifier" => {
-                pid = Some(value.rsplit('|').next().unwrap_or("").to_string());
-                params.push((name.to_string(), value.to_string()));
-            }
-            "_id" => {
-                pid = fhir_to_patient_id(&value);
+            "identifier" | "_id" => {
+                let v = if name == "_id" {
+                    fhir_to_patient_id(&value).unwrap_or_default()
+                } else {
+                    value.rsplit('|').next().unwrap_or("").to_string()
+                };
+                match exact(&name, &v) {
+                    Ok(v) => pid = Some(v),
+                    Err(e) => return outcome(StatusCode::BAD_REQUEST, "invalid", e),
+                }
                 params.push((name.to_string(), value.to_string()));
             }
             "_format" | "_count" => {}

@@ -1,9 +1,10 @@
 //! # WADO-URI (PS3.18 9) at `/wado`, for older EHR links
 //!
 //! `GET /wado?requestType=WADO&studyUID=…&seriesUID=…&objectUID=…` answers one instance:
-//! - `contentType=application/dicom`: the object as a Part-10 file, as stored when
-//!   `transferSyntax` is absent or names the stored syntax (its bytes hash to its id),
-//!   else converted ([`crate::dicom::transcode`]);
+//! - `contentType=application/dicom`: the object as a Part-10 file in Explicit VR Little
+//!   Endian unless `transferSyntax` names another (`*`: as stored); as stored (its bytes
+//!   hash to its id) whenever that is the syntax it has, else converted
+//!   ([`crate::dicom::transcode`]);
 //! - `contentType=image/jpeg` (the default, PS3.18 9.1.2.1.2) or `image/png`: one frame
 //!   (`frameNumber`, default 1) rendered as in WADO-RS, with `windowCenter` and
 //!   `windowWidth`, scaled down to `rows`/`columns`, JPEG `imageQuality`.
@@ -22,6 +23,9 @@ use axum::routing::get;
 use axum::Router;
 use std::collections::HashMap;
 use std::net::SocketAddr;
+
+/// Explicit VR Little Endian: WADO-URI's default transfer syntax.
+const EXPLICIT_VR_LE: &str = "1.2.840.10008.1.2.1";
 
 pub fn routes() -> Router<Archive> {
     Router::new().route("/wado", get(wado))
@@ -104,9 +108,13 @@ fn parse(raw: Option<&str>) -> Result<Request, String> {
             })
             .transpose()
     };
-    let frame = number("frameNumber")?.map(|f| f as u32).unwrap_or(1);
+    let frame = match number("frameNumber")? {
+        None => 1,
+        Some(f) if f >= 1.0 && f.fract() == 0.0 && f <= u32::MAX as f64 => f as u32,
+        Some(f) => return Err(format!("frameNumber={f} is not a frame number (1, 2, ...)")),
+    };
     let window = match (number("windowCenter")?, number("windowWidth")?) {
-        (Some(c), Some(w)) if w > 0.0 => Some((c, w)),
+        (Some(c), Some(w)) if c.is_finite() && w.is_finite() && w >= 1.0 => Some((c, w)),
         (None, None) => None,
         _ => return Err("windowCenter and windowWidth go together, the width positive".into()),
     };
@@ -167,10 +175,13 @@ async fn wado(
                 Ok(x) => x,
                 Err(r) => return *r,
             };
-            let target = request
-                .transfer_syntax
-                .clone()
-                .unwrap_or_else(|| item.transfer_syntax_uid.clone());
+            // PS3.18 9.1.2.2.3 / 8.7.3: Explicit VR Little Endian unless another syntax is
+            // asked for (`*` being the stored one)
+            let target = match request.transfer_syntax.as_deref() {
+                None => EXPLICIT_VR_LE.to_string(),
+                Some("*") => item.transfer_syntax_uid.clone(),
+                Some(uid) => uid.to_string(),
+            };
             let part10 = if target == item.transfer_syntax_uid {
                 Ok(bytes)
             } else {

@@ -100,6 +100,34 @@ impl ObjectReader {
         self.read_cold(id, &copies).await
     }
 
+    /// Whether the object can be read now without reading it: a hot file, or one byte of
+    /// its first cold copy (a pending restore or a failing cold tier says so; reading
+    /// that byte of an archived pack asks S3 for its restore, as a read would).
+    pub async fn probe(&self, id: &ObjectId) -> Result<(), TieringError> {
+        if self.hot.path_of(id).exists() {
+            return Ok(());
+        }
+        let (index, oid) = (self.index.clone(), *id);
+        let copies =
+            blocking(move || Ok(index.object(&oid)?.map(|r| r.cold).unwrap_or_default())).await?;
+        let Some(copy) = copies.first() else {
+            return Err(TieringError::Unreadable {
+                id: id.to_hex(),
+                detail: "no hot file and no cold copy".into(),
+            });
+        };
+        let pack = copy
+            .pack_id()
+            .ok_or_else(|| TieringError::Other(format!("bad pack id {:?}", copy.pack)))?;
+        let read = self
+            .cold
+            .read_range(&pack, copy.offset..copy.offset + 1)
+            .await;
+        let pending = matches!(&read, Err(e) if e.is_pending_restore());
+        self.note_restore(&pack, pending).await;
+        read.map(|_| ()).map_err(Into::into)
+    }
+
     /// Reads an object from its cold copies, trying each in turn.
     pub async fn read_cold(
         &self,
