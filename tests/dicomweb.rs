@@ -67,6 +67,7 @@ fn dicomweb_client_stores_finds_and_retrieves_byte_identical_objects() {
         "qido_date_range",
         "qido_date_range_excludes",
         "qido_includefield",
+        "qido_all_levels_above",
         "wado_study_uids_ok",
         "wado_metadata_has_patient",
         "wado_metadata_no_pixels",

@@ -263,6 +263,17 @@ fn parse_search(
 ) -> Result<Search, String> {
     let mut keys: Vec<(u32, String)> = path_keys.iter().map(|(t, v)| (*t, v.to_string())).collect();
     let mut fields: BTreeSet<u32> = default_fields(level).iter().copied().collect();
+    // PS3.18 10.6.3.3: searches across the whole archive return the attributes of the
+    // levels above too (All Series: the study's; All Instances: the study's and the
+    // series'), the ones under a study or series only their own
+    if path_keys.is_empty() {
+        if matches!(level, Level::Series | Level::Image) {
+            fields.extend(default_fields(Level::Study));
+        }
+        if level == Level::Image {
+            fields.extend(default_fields(Level::Series));
+        }
+    }
     let (mut limit, mut offset, mut fuzzy) = (MAX_RESULTS, 0usize, false);
     for (name, value) in form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
         match name.as_ref() {

@@ -497,12 +497,20 @@ async fn find_studies(
     Ok((page, total))
 }
 
-/// The ImagingStudy of each match (the catalog read on the blocking pool).
+/// The ImagingStudy of each match (the catalog read on the blocking pool). A study
+/// filed under two patients (a patient conflict) matches once per patient; a Bundle
+/// holds one resource per id (R4 bdl-7), so the first view is kept — a search by
+/// either patient still finds the study with that patient's series.
 async fn imaging_studies(archive: &Archive, answers: Vec<Answer>) -> Result<Vec<Value>, Response> {
     let archive = archive.clone();
     tokio::task::spawn_blocking(move || {
+        let mut seen = std::collections::HashSet::new();
         answers
             .iter()
+            .filter(|a| {
+                a.get(&tags::STUDY_INSTANCE_UID)
+                    .is_some_and(|uid| seen.insert(uid.clone()))
+            })
             .filter_map(|a| {
                 let uid = a.get(&tags::STUDY_INSTANCE_UID)?;
                 let view = archive.study_view_blocking(uid).ok().flatten()?;

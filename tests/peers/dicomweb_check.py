@@ -82,7 +82,12 @@ def main():
     se = series[0]["0020000E"]["Value"][0]
     instances = c.search_for_instances(study, se)
     report["qido_instances"] = len(instances)
-    report["qido_all_instances"] = len(c.search_for_instances())
+    every = c.search_for_instances()
+    report["qido_all_instances"] = len(every)
+    # All Series / All Instances carry the levels above (PS3.18 10.6.3.3)
+    report["qido_all_levels_above"] = all(
+        "0020000D" in x and "00100020" in x for x in c.search_for_series()) and all(
+        "0020000E" in x and "00080060" in x and "0020000D" in x for x in every)
     report["qido_limit"] = len(c.search_for_studies(limit=1))
 
     # 3. WADO-RS: raw bytes of each instance as stored
