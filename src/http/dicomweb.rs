@@ -1396,6 +1396,11 @@ impl std::io::Read for ChunkReader {
     }
 }
 
+/// Parts stored at once, across all STOW-RS requests (each holds a blocking thread
+/// while its bytes arrive).
+const STOW_PARTS_AT_ONCE: usize = 32;
+static STOW_SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(STOW_PARTS_AT_ONCE);
+
 /// PS3.18 10.5.3: each part stored through the ingest pipeline (durable before it is
 /// listed), the answer naming each instance stored and each that failed, with why.
 async fn stow(
@@ -1448,10 +1453,18 @@ async fn stow(
             }
         }
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<Option<Bytes>, String>>(8);
+        // a part being received holds a blocking thread (the ingest pipeline reads
+        // Part-10 streams there): at most STOW_PARTS_AT_ONCE at once, so that slow
+        // uploads never take the threads every other request needs
+        let slot = match STOW_SLOTS.acquire().await {
+            Ok(permit) => permit,
+            Err(_) => break,
+        };
         let store = {
             let (archive, who, study) = (archive.clone(), who.clone(), study.clone());
             let source = format!("STOW-RS from {peer}");
             tokio::task::spawn_blocking(move || {
+                let _slot = slot;
                 let mut reader = ChunkReader {
                     rx,
                     current: Bytes::new(),
@@ -1466,8 +1479,18 @@ async fn stow(
             })
         };
         let mut cut = None;
+        let idle = archive.config().dicom.read_timeout;
         loop {
-            match field.chunk().await {
+            let chunk = match tokio::time::timeout(idle, field.chunk()).await {
+                Ok(chunk) => chunk,
+                Err(_) => {
+                    let why = format!("no data for {idle:?}");
+                    let _ = tx.send(Err(why.clone())).await;
+                    cut = Some(why);
+                    break;
+                }
+            };
+            match chunk {
                 Ok(Some(chunk)) => {
                     if tx.send(Ok(Some(chunk))).await.is_err() {
                         break;
