@@ -812,8 +812,9 @@ fn export_with_peak(archive: &Archive, study_uid: &str, out: &Path) -> (Vec<Path
 }
 
 /// Issue 11 item 2: a 2.1 GB multi-frame object is stored (storescu), C-MOVEd (to
-/// storescp), C-GETed (getscu) and exported; then moved to the cold tier (packed as a
-/// stream), C-MOVEd, C-GETed and exported again from its pack, and recalled to hot —
+/// storescp), C-GETed (getscu), exported and described by WADO-RS metadata; then moved to
+/// the cold tier (packed as a stream), C-MOVEd, C-GETed, exported and described again
+/// from its pack, and recalled to hot —
 /// while `strata serve`'s peak RSS stays under 300 MiB, and each `strata export`'s too.
 /// Hot objects stream from their file (after a re-hash in chunks against their id); a
 /// cold one is staged from its pack into a tmp file on hot disk, decompressed and
@@ -870,6 +871,21 @@ fn a_two_gigabyte_object_is_stored_moved_and_got_in_bounded_memory() {
         let got = archive.dir.path().join(format!("got-{tier}"));
         std::fs::create_dir_all(&got).unwrap();
         get_study(server.dicom_port, &attrs.study_uid, &got);
+        // WADO-RS metadata of it: parsed from the checked file up to its pixel data
+        let meta = run_ok(std::process::Command::new("curl").args([
+            "-s",
+            "-f",
+            &format!(
+                "http://127.0.0.1:{}/dicom-web/studies/{}/metadata",
+                server.http_port, attrs.study_uid
+            ),
+        ]));
+        let meta: serde_json::Value = serde_json::from_slice(&meta.stdout).unwrap();
+        assert!(
+            meta[0]["7FE00010"]["BulkDataURI"].is_string(),
+            "{tier}: {}",
+            meta.to_string().chars().take(300).collect::<String>()
+        );
         let (exported, export_peak) = export_with_peak(
             &archive,
             &attrs.study_uid,

@@ -708,6 +708,9 @@ async fn send_file(
     Ok(())
 }
 
+/// Conversions running at once (each holds an object and its converted copy).
+static CONVERSIONS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+
 /// One object as a Part-10 file in `target`: its stored bytes when that is its syntax,
 /// else converted.
 async fn part_bytes(
@@ -715,10 +718,12 @@ async fn part_bytes(
     item: &crate::archive::retrieve::RetrieveItem,
     target: &str,
 ) -> Result<Vec<u8>, String> {
-    let bytes = reader.read(&item.id).await.map_err(|e| e.to_string())?;
     if target == item.transfer_syntax_uid {
-        return Ok(bytes);
+        return reader.read(&item.id).await.map_err(|e| e.to_string());
     }
+    // a conversion holds the object and its converted copy in memory: two at once
+    let _slot = CONVERSIONS.acquire().await.map_err(|e| e.to_string())?;
+    let bytes = reader.read(&item.id).await.map_err(|e| e.to_string())?;
     let item = item.clone();
     let target = target.to_string();
     tokio::task::spawn_blocking(move || {
@@ -753,6 +758,36 @@ async fn metadata(archive: Archive, peer: SocketAddr, base: String, query: Query
     let items = retrieval.items().clone();
     let mut out = Vec::new();
     for item in items.iter() {
+        // a large object is parsed from its checked file, the rest read whole
+        let from_file = match reader.file_to_stream(item, &item.transfer_syntax_uid).await {
+            Ok(file) => file,
+            Err(e) => {
+                let n = out.len();
+                retrieval.finish(n, 1).await;
+                return failed(e);
+            }
+        };
+        if let Some(file) = from_file {
+            let base = base.clone();
+            let json = tokio::task::spawn_blocking(move || metadata_of_file(&file.path, &base))
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r);
+            match json {
+                Ok(j) => {
+                    out.push(j);
+                    continue;
+                }
+                Err(e) => {
+                    let n = out.len();
+                    retrieval.finish(n, 1).await;
+                    return fail(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        format!("object {} could not be read: {e}", item.id),
+                    );
+                }
+            }
+        }
         let json = match reader.read(&item.id).await {
             Ok(bytes) => {
                 let base = base.clone();
@@ -845,19 +880,42 @@ fn metadata_of(part10: &[u8], base: &str) -> Result<serde_json::Value, String> {
         .read_until(dicom_dictionary_std::tags::PIXEL_DATA)
         .from_reader(&part10[128..])
         .map_err(|e| format!("cannot parse the stored object: {e}"))?;
-    let dataset: &dicom_object::InMemDicomObject = &obj;
+    metadata_json(&obj, base)
+}
+
+/// [`metadata_of`] from a checked file (a large hot object, or a cold one staged), read
+/// only up to its pixel data: bounded memory whatever its size.
+fn metadata_of_file(path: &std::path::Path, base: &str) -> Result<serde_json::Value, String> {
+    let obj = dicom_object::OpenFileOptions::new()
+        .read_until(dicom_dictionary_std::tags::PIXEL_DATA)
+        .open_file(path)
+        .map_err(|e| format!("cannot parse the stored object: {e}"))?;
+    metadata_json(&obj, base)
+}
+
+/// The DICOM JSON of a data set read up to its pixel data; an image (it has Rows)
+/// gets its pixel data as a BulkDataURI.
+fn metadata_json(
+    obj: &dicom_object::DefaultDicomObject,
+    base: &str,
+) -> Result<serde_json::Value, String> {
+    let dataset: &dicom_object::InMemDicomObject = obj;
     let mut json = dicom_json::to_value(dataset).map_err(|e| e.to_string())?;
     numbers_as_numbers(&mut json);
-    let uid = |j: &serde_json::Value, tag: &str| {
-        j[tag]["Value"][0].as_str().unwrap_or_default().to_string()
-    };
-    let has_pixels = crate::dicom::render::number_of_frames(part10).is_ok();
+    let has_pixels = obj.element(dicom_dictionary_std::tags::ROWS).is_ok();
     if let (true, Some(object)) = (has_pixels, json.as_object_mut()) {
+        let uid = |tag: &str| {
+            object
+                .get(tag)
+                .and_then(|a| a["Value"][0].as_str())
+                .unwrap_or_default()
+                .to_string()
+        };
         let url = format!(
             "{base}/studies/{}/series/{}/instances/{}/bulkdata/7FE00010",
-            uid(&serde_json::Value::Object(object.clone()), "0020000D"),
-            uid(&serde_json::Value::Object(object.clone()), "0020000E"),
-            uid(&serde_json::Value::Object(object.clone()), "00080018"),
+            uid("0020000D"),
+            uid("0020000E"),
+            uid("00080018"),
         );
         object.insert(
             "7FE00010".into(),
