@@ -276,6 +276,11 @@ fn bad_dicomweb_requests_get_4xx_and_store_nothing() {
     );
     assert_eq!(code, 409, "{text}");
     assert!(text.contains("43264"), "FailureReason 0xA900: {text}");
+    // the failed instance is named (PS3.18 10.5.3.2: ReferencedSOPInstanceUID, Type 1)
+    let sop = strata::dicom::header::read_header_blocking(&file)
+        .unwrap()
+        .sop_instance_uid;
+    assert!(text.contains(&sop), "{text}");
     assert_eq!(archive.total_instances(), 0, "nothing stored");
     // a good store still works afterwards, and the server answers
     let (code, text) = post(related, &whole);

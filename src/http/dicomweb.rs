@@ -1454,6 +1454,17 @@ impl std::io::Read for ChunkReader {
     }
 }
 
+/// Bytes kept from the start of each STOW-RS part, to name it should it fail.
+const PART_HEAD: usize = 64 * 1024;
+
+/// The SOP Class and Instance UIDs a part's head names (its file meta), for its
+/// FailedSOPSequence item (PS3.18 10.5.3.2: both Type 1); empty when it names none.
+fn named_in(head: &[u8]) -> (String, String) {
+    crate::dicom::part10::read_foreign_meta(head)
+        .map(|m| (m.sop_class_uid, m.sop_instance_uid))
+        .unwrap_or_default()
+}
+
 /// Parts stored at once, across all STOW-RS requests (each holds a blocking thread
 /// while its bytes arrive).
 const STOW_PARTS_AT_ONCE: usize = 32;
@@ -1537,6 +1548,7 @@ async fn stow(
             })
         };
         let mut cut = None;
+        let mut head: Vec<u8> = Vec::new();
         let idle = archive.config().dicom.read_timeout;
         loop {
             let chunk = match tokio::time::timeout(idle, field.chunk()).await {
@@ -1550,6 +1562,11 @@ async fn stow(
             };
             match chunk {
                 Ok(Some(chunk)) => {
+                    // the part's head, to name the instance should it fail
+                    if head.len() < PART_HEAD {
+                        let n = chunk.len().min(PART_HEAD - head.len());
+                        head.extend_from_slice(&chunk[..n]);
+                    }
                     if tx.send(Ok(Some(chunk))).await.is_err() {
                         break;
                     }
@@ -1569,9 +1586,10 @@ async fn stow(
             // a truncated part must not be stored: end its stream with an error
             drop(tx);
             let _ = store.await;
+            let (class, instance) = named_in(&head);
             failures.push(failure_item(
-                "",
-                "",
+                &class,
+                &instance,
                 0xC000,
                 &format!("truncated part: {}", cut.unwrap_or_default()),
             ));
@@ -1580,10 +1598,11 @@ async fn stow(
         // the part's bytes are all handed over; its commit goes on while the next part
         // arrives (the group committer makes several durable with one sync)
         drop(tx);
-        stores.push(store);
+        stores.push((store, head));
     }
     // every part, in order, once durable (or refused)
-    for store in stores {
+    for (store, head) in stores {
+        let (class, instance) = named_in(&head);
         match store.await {
             Ok(Ok(stored)) => {
                 let a = &stored.attrs;
@@ -1596,8 +1615,13 @@ async fn stow(
                     )] },
                 }));
             }
-            Ok(Err(e)) => failures.push(failure_item("", "", e.dimse_status(), &e.to_string())),
-            Err(e) => failures.push(failure_item("", "", 0x0110, &e.to_string())),
+            Ok(Err(e)) => failures.push(failure_item(
+                &class,
+                &instance,
+                e.dimse_status(),
+                &e.to_string(),
+            )),
+            Err(e) => failures.push(failure_item(&class, &instance, 0x0110, &e.to_string())),
         }
     }
     let mut answer = serde_json::Map::new();
