@@ -161,6 +161,11 @@ fn decompress_blocking(part10: &[u8], stored: &str, target: &str) -> Result<Vec<
         .map_err(|e| format!("cannot parse the stored object: {e}"))?;
     obj.transcode(to)
         .map_err(|e| format!("cannot decompress {stored} to {target}: {e}"))?;
+    // as for native objects: in explicit VR, a value too long for its 16-bit length goes
+    // as UN (PS3.5 6.2.2)
+    if to.uid() != "1.2.840.10008.1.2" {
+        values_too_long_become_un(&mut obj);
+    }
     let mut out = Vec::with_capacity(part10.len() * 2);
     obj.write_dataset_with_ts(&mut out, to)
         .map_err(|e| e.to_string())?;
