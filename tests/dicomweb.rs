@@ -134,6 +134,27 @@ fn dicomweb_client_stores_finds_and_retrieves_byte_identical_objects() {
     assert_eq!(code, 400);
     let (code, _) = curl(&[], &format!("{wado}&anonymize=yes"));
     assert_eq!(code, 400);
+    // one frame as a single application/octet-stream body (PS3.18 8.7.3.1), 64 x 64 x 16
+    // bits; several frames singly is 406; a media range with q=0 is not acceptable
+    let frame_url = format!("{url}/studies/{study}/series/{series}/instances/{sop}/frames/1");
+    let single = run_ok(std::process::Command::new("curl").args([
+        "-s",
+        "-f",
+        "-H",
+        "Accept: Application/Octet-Stream",
+        &frame_url,
+    ]));
+    assert_eq!(single.stdout.len(), 64 * 64 * 2);
+    let (code, _) = curl(
+        &["-H", "Accept: application/octet-stream"],
+        &format!("{url}/studies/{study}/series/{series}/instances/{sop}/frames/1,1,2"),
+    );
+    assert!(code == 406 || code == 400, "{code}");
+    let (code, _) = curl(
+        &["-H", "Accept: image/png;q=0"],
+        &format!("{frame_url}/rendered"),
+    );
+    assert_eq!(code, 406);
     // every route counted under its template, with method and status (issue 13 item 4)
     let metrics = server.metrics();
     let counted = |route: &str, status: &str| {

@@ -162,7 +162,14 @@ pub(super) fn failed(e: Error) -> Response {
     } else {
         None
     };
-    let mut response = fail(status, e.to_string());
+    // a 500 says what failed in the server log, not in the answer (paths, internals)
+    let text = if status == StatusCode::INTERNAL_SERVER_ERROR {
+        tracing::error!(error = %e, "web request failed");
+        "the archive could not answer this request; the server log says why".to_string()
+    } else {
+        e.to_string()
+    };
+    let mut response = fail(status, text);
     if let Some(seconds) = retry {
         response
             .headers_mut()
@@ -171,11 +178,67 @@ pub(super) fn failed(e: Error) -> Response {
     response
 }
 
+/// One media range of an Accept header (RFC 9110 12.5.1): its type in lower case and
+/// its parameters (names in lower case, values unquoted; `type` values in lower case).
+struct MediaRange {
+    kind: String,
+    params: Vec<(String, String)>,
+}
+
+impl MediaRange {
+    fn param(&self, name: &str) -> Option<&str> {
+        self.params
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// The media ranges an Accept header lists, in order, leaving out those with `q=0`
+/// (not acceptable). `None` when the request has no Accept.
+fn media_ranges(headers: &HeaderMap) -> Option<Vec<MediaRange>> {
+    let accept = headers.get(header::ACCEPT)?.to_str().ok()?;
+    Some(
+        accept
+            .split(',')
+            .filter_map(|media| {
+                let mut parts = media.split(';').map(str::trim);
+                let kind = parts.next().unwrap_or("").to_ascii_lowercase();
+                let params: Vec<(String, String)> = parts
+                    .filter_map(|p| p.split_once('='))
+                    .map(|(k, v)| {
+                        let k = k.trim().to_ascii_lowercase();
+                        let v = v.trim().trim_matches('"');
+                        let v = if k == "type" {
+                            v.to_ascii_lowercase()
+                        } else {
+                            v.to_string()
+                        };
+                        (k, v)
+                    })
+                    .collect();
+                let refused = params
+                    .iter()
+                    .any(|(k, v)| k == "q" && v.parse::<f32>().is_ok_and(|q| q == 0.0));
+                (!refused).then_some(MediaRange { kind, params })
+            })
+            .collect(),
+    )
+}
+
+/// The Accept header's text, for a 406's reason.
+fn accept_text(headers: &HeaderMap) -> String {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|a| a.to_str().ok())
+        .unwrap_or("")
+        .to_string()
+}
+
 fn principal(peer: SocketAddr) -> Principal {
     Principal::web(SERVICE, &peer.to_string())
 }
 
-/// `http://host` of the request, for RetrieveURLs (the Host header, else our address).
 /// `http://host:port/dicom-web` of the request, for RetrieveURLs and BulkDataURIs
 /// ([`super::origin`]).
 fn base_url(archive: &Archive, headers: &HeaderMap) -> String {
@@ -411,18 +474,20 @@ async fn search(
     path_keys: &[(u32, &str)],
     raw: Option<String>,
 ) -> Response {
-    if let Some(accept) = headers.get(header::ACCEPT).and_then(|a| a.to_str().ok()) {
-        let ok = accept.split(',').any(|m| {
-            let m = m.split(';').next().unwrap_or("").trim();
+    if let Some(ranges) = media_ranges(&headers) {
+        let ok = ranges.iter().any(|m| {
             matches!(
-                m,
+                m.kind.as_str(),
                 "application/dicom+json" | "application/json" | "*/*" | "application/*" | ""
             )
         });
         if !ok {
             return fail(
                 StatusCode::NOT_ACCEPTABLE,
-                format!("QIDO-RS answers application/dicom+json, not {accept}"),
+                format!(
+                    "QIDO-RS answers application/dicom+json, not {}",
+                    accept_text(&headers)
+                ),
             );
         }
     }
@@ -487,23 +552,12 @@ async fn search(
 /// stored), else a UID (Explicit VR Little Endian when none is named). `Err`: an Accept
 /// this route cannot produce.
 fn wanted_syntax(headers: &HeaderMap) -> Result<Option<String>, String> {
-    let Some(accept) = headers.get(header::ACCEPT).and_then(|a| a.to_str().ok()) else {
+    let Some(ranges) = media_ranges(headers) else {
         return Ok(Some(EXPLICIT_VR_LE.into()));
     };
-    for media in accept.split(',') {
-        let mut parts = media.split(';').map(str::trim);
-        let kind = parts.next().unwrap_or("");
-        let params: Vec<(String, String)> = parts
-            .filter_map(|p| p.split_once('='))
-            .map(|(k, v)| {
-                (
-                    k.trim().to_ascii_lowercase(),
-                    v.trim().trim_matches('"').to_string(),
-                )
-            })
-            .collect();
-        let param = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
-        let dicom = match kind {
+    for m in &ranges {
+        let param = |k: &str| m.param(k);
+        let dicom = match m.kind.as_str() {
             "multipart/related" => matches!(param("type"), None | Some("application/dicom")),
             "*/*" | "multipart/*" => true,
             _ => false,
@@ -523,7 +577,8 @@ fn wanted_syntax(headers: &HeaderMap) -> Result<Option<String>, String> {
         }
     }
     Err(format!(
-        "this resource is sent as multipart/related; type=\"application/dicom\", not {accept}"
+        "this resource is sent as multipart/related; type=\"application/dicom\", not {}",
+        accept_text(headers)
     ))
 }
 
@@ -1026,46 +1081,70 @@ fn frame_list(text: &str) -> Result<Vec<u32>, Refused> {
 /// Whether an Accept names `multipart/related` with `type` `application/octet-stream`
 /// (or any type; quoted or not), or anything at all; the frames are sent decoded, so a
 /// transfer syntax other than Explicit VR Little Endian or `*` cannot be honoured.
-fn accepts_octet_stream(headers: &HeaderMap) -> Result<(), Refused> {
-    let Some(accept) = headers.get(header::ACCEPT).and_then(|a| a.to_str().ok()) else {
-        return Ok(());
+fn accepts_octet_stream(headers: &HeaderMap) -> Result<Single, Refused> {
+    let Some(ranges) = media_ranges(headers) else {
+        return Ok(Single(false));
     };
-    for media in accept.split(',') {
-        let mut parts = media.split(';').map(str::trim);
-        let kind = parts.next().unwrap_or("");
-        let params: Vec<(String, String)> = parts
-            .filter_map(|p| p.split_once('='))
-            .map(|(k, v)| {
-                (
-                    k.trim().to_ascii_lowercase(),
-                    v.trim().trim_matches('"').to_string(),
-                )
-            })
-            .collect();
-        let param = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
-        let ok_type = match kind {
-            "multipart/related" => matches!(
-                param("type"),
-                None | Some("application/octet-stream") | Some("*/*") | Some("*")
-            ),
-            "*/*" | "multipart/*" => true,
-            _ => false,
-        };
+    for m in &ranges {
+        let param = |k: &str| m.param(k);
+        let kind = m.kind.as_str();
         let ok_syntax = matches!(
             param("transfer-syntax"),
             None | Some("*") | Some(EXPLICIT_VR_LE)
         );
-        if ok_type && ok_syntax {
-            return Ok(());
+        let single = match kind {
+            "multipart/related" => matches!(
+                param("type"),
+                None | Some("application/octet-stream") | Some("*/*") | Some("*")
+            )
+            .then_some(false),
+            "*/*" | "multipart/*" => Some(false),
+            // single part (PS3.18 8.7.3.1: a bulk data or single frame may go alone)
+            "application/octet-stream" => Some(true),
+            _ => None,
+        };
+        if let (Some(single), true) = (single, ok_syntax) {
+            return Ok(Single(single));
         }
     }
     Err(Box::new(fail(
         StatusCode::NOT_ACCEPTABLE,
         format!(
             "frames and bulk data are sent decoded, as multipart/related; \
-             type=\"application/octet-stream\", not {accept}"
+             type=\"application/octet-stream\", not {}",
+            accept_text(headers)
         ),
     )))
+}
+
+/// Whether the client asked for one `application/octet-stream` body rather than a
+/// multipart one.
+struct Single(bool);
+
+/// `parts` as one `application/octet-stream` body when there is one part and the client
+/// asked for that (`single`), else as [`octet_parts`]; several parts asked for singly:
+/// 406.
+fn octet_answer(parts: Vec<(String, Vec<u8>)>, single: Single) -> Response {
+    match (single.0, parts.len()) {
+        (false, _) => octet_parts(parts),
+        (true, 1) => {
+            let (location, bytes) = parts.into_iter().next().expect("one part");
+            (
+                StatusCode::OK,
+                [
+                    (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+                    (header::CONTENT_LOCATION, location),
+                ],
+                bytes,
+            )
+                .into_response()
+        }
+        (true, _) => fail(
+            StatusCode::NOT_ACCEPTABLE,
+            "several frames go as multipart/related; type=\"application/octet-stream\", \
+             not as one application/octet-stream body",
+        ),
+    }
 }
 
 /// `parts` as `multipart/related; type="application/octet-stream"`, each with its
@@ -1102,9 +1181,10 @@ async fn frames(
     Path(path): UidPath,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(r) = accepts_octet_stream(&headers) {
-        return *r;
-    }
+    let single = match accepts_octet_stream(&headers) {
+        Ok(s) => s,
+        Err(r) => return *r,
+    };
     let wanted = match frame_list(path.get("frames").map(String::as_str).unwrap_or("")) {
         Ok(w) => w,
         Err(r) => return *r,
@@ -1122,12 +1202,13 @@ async fn frames(
         Ok(parts) => {
             retrieval.finish(1, 0).await;
             let instance = instance_url(&archive, &headers, &path);
-            octet_parts(
+            octet_answer(
                 wanted
                     .iter()
                     .zip(parts)
                     .map(|(f, bytes)| (format!("{instance}/frames/{f}"), bytes))
                     .collect(),
+                single,
             )
         }
         Err(e) => {
@@ -1145,9 +1226,10 @@ async fn bulkdata(
     Path(path): UidPath,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(r) = accepts_octet_stream(&headers) {
-        return *r;
-    }
+    let single = match accepts_octet_stream(&headers) {
+        Ok(s) => s,
+        Err(r) => return *r,
+    };
     let Some(tag) = path.get("tag").and_then(|t| tag_of(t)) else {
         return fail(
             StatusCode::BAD_REQUEST,
@@ -1169,7 +1251,10 @@ async fn bulkdata(
                 "{}/bulkdata/{tag:08X}",
                 instance_url(&archive, &headers, &path)
             );
-            octet_parts(parts.into_iter().map(|p| (url.clone(), p)).collect())
+            octet_answer(
+                parts.into_iter().map(|p| (url.clone(), p)).collect(),
+                single,
+            )
         }
         Ok(None) => {
             retrieval.finish(0, 0).await;
@@ -1211,11 +1296,11 @@ fn bulk_value(part10: &[u8], tag: u32) -> Result<Option<Vec<Vec<u8>>>, String> {
 /// The image format an Accept asks for (JPEG when it names none, PS3.18 8.7.4).
 fn image_format(headers: &HeaderMap) -> Result<crate::dicom::render::Format, Refused> {
     use crate::dicom::render::Format;
-    let Some(accept) = headers.get(header::ACCEPT).and_then(|a| a.to_str().ok()) else {
+    let Some(ranges) = media_ranges(headers) else {
         return Ok(Format::Jpeg);
     };
-    for media in accept.split(',') {
-        match media.split(';').next().unwrap_or("").trim() {
+    for m in &ranges {
+        match m.kind.as_str() {
             "image/jpeg" | "image/*" | "*/*" | "" => return Ok(Format::Jpeg),
             "image/png" => return Ok(Format::Png),
             _ => {}
@@ -1223,7 +1308,10 @@ fn image_format(headers: &HeaderMap) -> Result<crate::dicom::render::Format, Ref
     }
     Err(Box::new(fail(
         StatusCode::NOT_ACCEPTABLE,
-        format!("rendered images are image/jpeg or image/png, not {accept}"),
+        format!(
+            "rendered images are image/jpeg or image/png, not {}",
+            accept_text(headers)
+        ),
     )))
 }
 
