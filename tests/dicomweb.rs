@@ -78,6 +78,8 @@ fn dicomweb_client_stores_finds_and_retrieves_byte_identical_objects() {
         "wado_rendered_viewport",
         "wado_rendered_not_blank",
         "wado_thumbnail",
+        "wado_study_rendered",
+        "wado_series_thumbnail",
     ] {
         assert_eq!(r[check], true, "{check}: {r}");
     }

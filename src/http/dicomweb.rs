@@ -120,6 +120,10 @@ pub fn routes() -> Router<Archive> {
             &format!("{INSTANCE}/metadata"),
             retrieving(Level::Image, true),
         )
+        .route(&format!("{STUDY}/rendered"), get(rendered_many))
+        .route(&format!("{STUDY}/thumbnail"), get(thumbnail))
+        .route(&format!("{SERIES}/rendered"), get(rendered_many))
+        .route(&format!("{SERIES}/thumbnail"), get(thumbnail))
         .route(&format!("{INSTANCE}/rendered"), get(rendered))
         .route(&format!("{INSTANCE}/thumbnail"), get(thumbnail))
         .route(&format!("{INSTANCE}/frames/{{frames}}"), get(frames))
@@ -1000,7 +1004,15 @@ pub(super) async fn one_instance_as(
     ),
     Refused,
 > {
-    let query = Query::from_keys(Level::Image, &path_keys(path));
+    // an instance, or the first instance of a study or series (their thumbnails)
+    let level = if path.contains_key("instance") {
+        Level::Image
+    } else if path.contains_key("series") {
+        Level::Series
+    } else {
+        Level::Study
+    };
+    let query = Query::from_keys(level, &path_keys(path));
     let retrieval = archive
         .retrieve(&Principal::web(service, &peer.to_string()), &query, what)
         .await
@@ -1428,6 +1440,100 @@ pub(super) async fn render_answer(
             fail(StatusCode::UNPROCESSABLE_ENTITY, e)
         }
     }
+}
+
+/// Study and series `rendered` (PS3.18 10.4.1.1.4): every instance's first frame
+/// rendered, one image part each, streamed as `multipart/related; type="image/jpeg"`
+/// (or `image/png`), one object read at a time. Instances with nothing to render are
+/// left out (the audit record counts them as failed).
+async fn rendered_many(
+    State(archive): State<Archive>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(path): UidPath,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> Response {
+    let format = match image_format(&headers) {
+        Ok(f) => f,
+        Err(r) => return *r,
+    };
+    let options = match render_options(q.as_deref()) {
+        Ok(o) => o,
+        Err(e) => return fail(StatusCode::BAD_REQUEST, e),
+    };
+    let level = if path.contains_key("series") {
+        Level::Series
+    } else {
+        Level::Study
+    };
+    let query = Query::from_keys(level, &path_keys(&path));
+    let retrieval = match archive
+        .retrieve(&principal(peer), &query, "WADO-RS rendered")
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => return failed(e),
+    };
+    if retrieval.items().is_empty() {
+        retrieval.finish(0, 0).await;
+        return fail(StatusCode::NOT_FOUND, "no such instances in the archive");
+    }
+    if let Err(e) = retrieval.reader().probe(&retrieval.items()[0].id).await {
+        retrieval.finish(0, 1).await;
+        return failed(e);
+    }
+    let boundary = new_boundary();
+    let media = format.media_type();
+    let content_type = format!("multipart/related; type=\"{media}\"; boundary={boundary}");
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+    tokio::spawn(async move {
+        let items = retrieval.items().clone();
+        let reader = retrieval.reader();
+        let (mut sent, mut failed) = (0usize, 0usize);
+        for item in items.iter() {
+            let image = match reader.read(&item.id).await {
+                Ok(bytes) => {
+                    let options = options.clone();
+                    tokio::task::spawn_blocking(move || {
+                        crate::dicom::render::render(&bytes, 1, format, &options)
+                    })
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r)
+                }
+                Err(e) => Err(e.to_string()),
+            };
+            let Ok(image) = image else {
+                failed += 1;
+                continue;
+            };
+            let head = format!("--{boundary}\r\nContent-Type: {media}\r\n\r\n");
+            for chunk in [
+                Bytes::from(head),
+                Bytes::from(image),
+                Bytes::from_static(b"\r\n"),
+            ] {
+                if tx.send(Ok(chunk)).await.is_err() {
+                    retrieval.finish(sent, failed).await;
+                    return;
+                }
+            }
+            sent += 1;
+        }
+        let _ = tx
+            .send(Ok(Bytes::from(format!("--{boundary}--\r\n"))))
+            .await;
+        retrieval.finish(sent, failed).await;
+    });
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, content_type)],
+        Body::from_stream(stream),
+    )
+        .into_response()
 }
 
 async fn rendered(

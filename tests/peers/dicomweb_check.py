@@ -133,6 +133,14 @@ def main():
         report["wado_rendered_not_blank"] = extrema[0] != extrema[1]
         thumb = requests.get(f"{args.url}/studies/{st}/series/{se}/instances/{sop}/thumbnail")
         report["wado_thumbnail"] = thumb.status_code == 200 and thumb.headers["Content-Type"] == "image/jpeg"
+        # study rendered: one JPEG part per instance; series thumbnail: one image
+        r = requests.get(f"{args.url}/studies/{st}/rendered")
+        images = parts(r) if r.status_code == 200 else []
+        count = sum(1 for x in datasets if str(x.StudyInstanceUID) == st)
+        report["wado_study_rendered"] = len(images) == count and all(
+            b[:3] == b"\xff\xd8\xff" for _, b in images)
+        t = requests.get(f"{args.url}/studies/{st}/series/{se}/thumbnail", headers={"Accept": "image/png"})
+        report["wado_series_thumbnail"] = t.status_code == 200 and t.content[:4] == b"\x89PNG"
     print(json.dumps(report))
 
 
