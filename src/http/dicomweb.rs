@@ -617,23 +617,10 @@ async fn retrieve(
         Ok(s) => s,
         Err(e) => return fail(StatusCode::NOT_ACCEPTABLE, e),
     };
-    let retrieval = match archive.retrieve(&principal(peer), &query, "WADO-RS").await {
+    let retrieval = match open_retrieval(&archive, peer, &query, "WADO-RS").await {
         Ok(r) => r,
-        Err(e) => return failed(e),
+        Err(r) => return *r,
     };
-    if retrieval.items().is_empty() {
-        retrieval.finish(0, 0).await;
-        return fail(StatusCode::NOT_FOUND, "no such instances in the archive");
-    }
-    // The status goes before the first part: when the first object has no hot copy, it
-    // is read now, so that a pack being restored (or a cold tier that does not answer)
-    // is a 503 with Retry-After rather than a 200 cut short (its bytes are read again
-    // below; one extra ranged GET for one object).
-    let first = retrieval.items()[0].clone();
-    if let Err(e) = retrieval.reader().probe(&first.id).await {
-        retrieval.finish(0, 1).await;
-        return failed(e);
-    }
     let boundary = new_boundary();
     let content_type =
         format!("multipart/related; type=\"application/dicom\"; boundary={boundary}");
@@ -711,6 +698,43 @@ async fn retrieve(
             .await;
         retrieval.finish(sent, failed).await;
     });
+    streamed(content_type, rx)
+}
+
+/// The retrieval of what `query` names for a multipart answer, checked before any status
+/// is sent: 404 when it names nothing; the first object probed
+/// ([`RetrievalReader::probe`](crate::archive::retrieve::RetrievalReader::probe)), so
+/// that a pack being restored or a cold tier that does not answer is a 503 with
+/// Retry-After rather than a 200 cut short.
+async fn open_retrieval(
+    archive: &Archive,
+    peer: SocketAddr,
+    query: &Query,
+    what: &str,
+) -> Result<crate::archive::retrieve::Retrieval, Refused> {
+    let retrieval = archive
+        .retrieve(&principal(peer), query, what)
+        .await
+        .map_err(|e| Box::new(failed(e)))?;
+    let Some(first) = retrieval.items().first().cloned() else {
+        retrieval.finish(0, 0).await;
+        return Err(Box::new(fail(
+            StatusCode::NOT_FOUND,
+            "no such instances in the archive",
+        )));
+    };
+    if let Err(e) = retrieval.reader().probe(&first.id).await {
+        retrieval.finish(0, 1).await;
+        return Err(Box::new(failed(e)));
+    }
+    Ok(retrieval)
+}
+
+/// A 200 whose body is the chunks a sending task puts in `rx` (an `Err` cuts it short).
+fn streamed(
+    content_type: String,
+    rx: tokio::sync::mpsc::Receiver<Result<Bytes, std::io::Error>>,
+) -> Response {
     let stream = futures::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|item| (item, rx))
     });
@@ -1467,21 +1491,10 @@ async fn rendered_many(
         Level::Study
     };
     let query = Query::from_keys(level, &path_keys(&path));
-    let retrieval = match archive
-        .retrieve(&principal(peer), &query, "WADO-RS rendered")
-        .await
-    {
+    let retrieval = match open_retrieval(&archive, peer, &query, "WADO-RS rendered").await {
         Ok(r) => r,
-        Err(e) => return failed(e),
+        Err(r) => return *r,
     };
-    if retrieval.items().is_empty() {
-        retrieval.finish(0, 0).await;
-        return fail(StatusCode::NOT_FOUND, "no such instances in the archive");
-    }
-    if let Err(e) = retrieval.reader().probe(&retrieval.items()[0].id).await {
-        retrieval.finish(0, 1).await;
-        return failed(e);
-    }
     let boundary = new_boundary();
     let media = format.media_type();
     let content_type = format!("multipart/related; type=\"{media}\"; boundary={boundary}");
@@ -1525,15 +1538,7 @@ async fn rendered_many(
             .await;
         retrieval.finish(sent, failed).await;
     });
-    let stream = futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
-    });
-    (
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, content_type)],
-        Body::from_stream(stream),
-    )
-        .into_response()
+    streamed(content_type, rx)
 }
 
 async fn rendered(
