@@ -65,6 +65,7 @@ fn build(index: &RocksIndex, studies: usize, per_study: usize) {
                     transfer_syntax_uid: "1.2.840.10008.1.2.1".into(),
                 },
                 dataset: None,
+                metadata: None,
                 provenance: Provenance {
                     received_at_ms: 0,
                     calling_ae: "BENCH".into(),

@@ -4,6 +4,7 @@
 //! - [`framing`]: the one-pass walker that checks a data set's framing (stored objects,
 //!   query identifiers);
 //! - [`header`]: the attributes the index keeps, parsed from the header only;
+//! - [`metadata`]: the per-instance metadata record (DICOM JSON of the data set);
 //! - [`charset`]: Specific Character Set decoding (PS3.5 §6.1, Annexes H, I, J);
 //! - [`da`]: DA (date) values;
 //! - [`status`]: DIMSE status codes;
@@ -17,6 +18,7 @@ pub mod charset;
 pub mod da;
 pub mod framing;
 pub mod header;
+pub mod metadata;
 pub mod part10;
 pub mod render;
 pub mod status;

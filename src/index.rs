@@ -132,6 +132,17 @@ pub trait Catalog {
     fn series(&self, series_uid: &str) -> Result<Option<(String, SeriesRecord)>, IndexError>;
     /// An instance by its SOP Instance UID.
     fn instance(&self, sop_instance_uid: &str) -> Result<Option<InstanceEntry>, IndexError>;
+    /// The first instance (in UID order) of a study, or of one of its series: the one
+    /// whose metadata record answers for attributes of the study or series the index
+    /// does not keep.
+    fn first_instance(
+        &self,
+        study_uid: &str,
+        series_uid: Option<&str>,
+    ) -> Result<Option<InstanceEntry>, IndexError>;
+    /// An object's metadata record ([`crate::dicom::metadata`], its encoded bytes), if it
+    /// was indexed with one.
+    fn instance_metadata(&self, id: &ObjectId) -> Result<Option<Vec<u8>>, IndexError>;
     /// Studies whose PatientID, StudyDate or AccessionNumber equals `value` (secondary
     /// indexes; no scan).
     fn studies_by(&self, key: SecondaryKey, value: &str) -> Result<Vec<String>, IndexError>;

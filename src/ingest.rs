@@ -273,6 +273,7 @@ impl Ingest {
             attrs: attrs.clone(),
             provenance,
             dataset,
+            metadata: crate::dicom::metadata::capture_blocking(written.tmp.path()),
         };
         self.jobs
             .send(CommitJob {

@@ -14,16 +14,23 @@
 //!   in no range;
 //! - multi-valued attributes (ModalitiesInStudy) match if any value matches.
 //!
+//! Attributes the index does not keep as columns (Rows, BodyPartExamined, …) are read
+//! from the metadata record ([`InstanceMetadata`]) of the instance at image level, of the
+//! series' first instance at series level and of the study's first instance at study
+//! level, and then matched and returned like the others.
+//!
 //! Candidates come from the secondary indexes when the query allows it (PatientID,
 //! AccessionNumber or StudyDate as a single value or a date range, StudyInstanceUID as a
 //! UID list), otherwise from a scan. Series and image level queries are hierarchical: they
 //! need the Study (and, for images, Series) Instance UID.
 
 use crate::dicom::framing::{read_identifier, Encoding};
+use crate::dicom::metadata::InstanceMetadata;
 use crate::index::{
     Index, IndexError, InstanceEntry, PatientIdentity, SecondaryKey, SeriesRecord, StudyRecord,
 };
 use std::collections::BTreeMap;
+use strata_tiers::ObjectId;
 
 pub mod tags {
     pub const SPECIFIC_CHARACTER_SET: u32 = 0x0008_0005;
@@ -147,6 +154,70 @@ fn vr_of(tag: u32, given: Option<[u8; 2]>) -> [u8; 2] {
         .unwrap_or(*b"UN")
 }
 
+/// The width of one value of a binary numeric VR (PS3.5 6.2: US, SS, UL, SL, FL, FD,
+/// UV, SV), `None` for the others.
+pub fn binary_number_width(vr: &[u8; 2]) -> Option<usize> {
+    match vr {
+        b"US" | b"SS" => Some(2),
+        b"UL" | b"SL" | b"FL" => Some(4),
+        b"FD" | b"UV" | b"SV" => Some(8),
+        _ => None,
+    }
+}
+
+/// A binary numeric value (`raw`, in the identifier's byte order) as the text C-FIND
+/// matching uses: each value in decimal, separated by `\`; `None` for other VRs.
+fn binary_numbers_text(vr: &[u8; 2], raw: &[u8], big: bool) -> Option<String> {
+    let width = binary_number_width(vr)?;
+    let values: Vec<String> = raw
+        .chunks_exact(width)
+        .map(|c| {
+            let mut b = [0u8; 8];
+            b[..width].copy_from_slice(c);
+            if big {
+                b[..width].reverse();
+            }
+            match vr {
+                b"US" => u16::from_le_bytes([b[0], b[1]]).to_string(),
+                b"SS" => i16::from_le_bytes([b[0], b[1]]).to_string(),
+                b"UL" => u32::from_le_bytes([b[0], b[1], b[2], b[3]]).to_string(),
+                b"SL" => i32::from_le_bytes([b[0], b[1], b[2], b[3]]).to_string(),
+                b"FL" => f32::from_le_bytes([b[0], b[1], b[2], b[3]]).to_string(),
+                b"FD" => f64::from_le_bytes(b).to_string(),
+                b"UV" => u64::from_le_bytes(b).to_string(),
+                _ => i64::from_le_bytes(b).to_string(),
+            }
+        })
+        .collect();
+    Some(values.join("\\"))
+}
+
+/// The text of a binary numeric value (decimal values separated by `\`) encoded in
+/// `vr`, little or big endian; values that do not parse are left out. `None` for VRs
+/// that are not binary numbers. The inverse of what [`Query::parse`] reads.
+pub fn binary_numbers_bytes(vr: &[u8; 2], text: &str, big: bool) -> Option<Vec<u8>> {
+    binary_number_width(vr)?;
+    let mut out = Vec::new();
+    for v in text.split('\\').map(str::trim).filter(|v| !v.is_empty()) {
+        let mut le: Vec<u8> = match vr {
+            b"US" => v.parse::<u16>().ok().map(|n| n.to_le_bytes().to_vec()),
+            b"SS" => v.parse::<i16>().ok().map(|n| n.to_le_bytes().to_vec()),
+            b"UL" => v.parse::<u32>().ok().map(|n| n.to_le_bytes().to_vec()),
+            b"SL" => v.parse::<i32>().ok().map(|n| n.to_le_bytes().to_vec()),
+            b"FL" => v.parse::<f32>().ok().map(|n| n.to_le_bytes().to_vec()),
+            b"FD" => v.parse::<f64>().ok().map(|n| n.to_le_bytes().to_vec()),
+            b"UV" => v.parse::<u64>().ok().map(|n| n.to_le_bytes().to_vec()),
+            _ => v.parse::<i64>().ok().map(|n| n.to_le_bytes().to_vec()),
+        }
+        .unwrap_or_default();
+        if big {
+            le.reverse();
+        }
+        out.extend_from_slice(&le);
+    }
+    Some(out)
+}
+
 impl Query {
     /// A query built from attribute values rather than an encoded identifier (the way
     /// URL parameters build one, e.g. QIDO-RS): each `(tag, value)` becomes a key with
@@ -220,6 +291,10 @@ impl Query {
             );
             let value = if binary {
                 String::new()
+            } else if let Some(text) =
+                binary_numbers_text(&vr_of(tag, vr), &raw, enc == Encoding::ExplicitBig)
+            {
+                text
             } else if raw.iter().all(|b| *b < 0x80 && *b != 0x1B) {
                 String::from_utf8_lossy(&raw).into_owned()
             } else {
@@ -468,6 +543,47 @@ fn image_attrs(e: &InstanceEntry) -> Answer {
     ])
 }
 
+/// The keys of `query` an answer lacks that a metadata record may hold: attributes the
+/// index does not keep (sequences are never matched; RetrieveAETitle is the service's).
+fn missing_keys(query: &Query, attrs: &Answer) -> Vec<u32> {
+    query
+        .keys
+        .iter()
+        .filter(|k| {
+            k.vr != *b"SQ" && k.tag != tags::RETRIEVE_AE_TITLE && !attrs.contains_key(&k.tag)
+        })
+        .map(|k| k.tag)
+        .collect()
+}
+
+/// Adds the `wanted` attributes found in the metadata record of `entry`'s served object
+/// ([`InstanceMetadata`]) to `attrs`. An instance without a record (indexed before
+/// records existed) adds nothing: its keys are then only returned, not matched.
+fn fill_from_metadata(
+    index: &dyn Index,
+    entry: Option<&InstanceEntry>,
+    wanted: &[u32],
+    attrs: &mut Answer,
+) -> Result<(), IndexError> {
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    let Some(id) = entry
+        .and_then(|e| e.record.current())
+        .and_then(|v| ObjectId::from_hex(&v.id))
+    else {
+        return Ok(());
+    };
+    let Some(bytes) = index.instance_metadata(&id)? else {
+        return Ok(());
+    };
+    match InstanceMetadata::decode(&bytes) {
+        Ok(m) => attrs.extend(m.attribute_text(wanted)),
+        Err(e) => tracing::warn!(object = %id, error = %e, "unreadable metadata record"),
+    }
+    Ok(())
+}
+
 /// Whether every key the record knows matches (keys it does not know are only returned).
 fn all_match(query: &Query, attrs: &Answer) -> bool {
     query
@@ -589,8 +705,23 @@ pub fn find_each(
                         return false;
                     }
                 };
+                // attributes the index does not keep: from the study's first instance
+                let mut extra = Answer::new();
+                if let Some(v) = views.first() {
+                    let wanted = missing_keys(query, &study_attrs(uid, &s, v));
+                    if !wanted.is_empty() {
+                        let filled = index.first_instance(uid, None).and_then(|first| {
+                            fill_from_metadata(index, first.as_ref(), &wanted, &mut extra)
+                        });
+                        if let Err(e) = filled {
+                            failure = Some(storage(e));
+                            return false;
+                        }
+                    }
+                }
                 views.iter().all(|v| {
-                    let attrs = study_attrs(uid, &s, v);
+                    let mut attrs = study_attrs(uid, &s, v);
+                    attrs.extend(extra.iter().map(|(t, v)| (*t, v.clone())));
                     !all_match(query, &attrs) || emit(attrs)
                 })
             })
@@ -658,6 +789,21 @@ pub fn find_each(
                     };
                     let mut attrs = own.clone();
                     attrs.extend(series_attrs(study_uid, &series_uid, &rec));
+                    if query.level == Level::Series {
+                        // attributes the index does not keep: from the series' first instance
+                        let wanted = missing_keys(query, &attrs);
+                        if !wanted.is_empty() {
+                            let filled = index
+                                .first_instance(study_uid, Some(&series_uid))
+                                .and_then(|first| {
+                                    fill_from_metadata(index, first.as_ref(), &wanted, &mut attrs)
+                                });
+                            if let Err(e) = filled {
+                                failure = Some(storage(e));
+                                return false;
+                            }
+                        }
+                    }
                     if !all_match(query, &attrs) {
                         continue;
                     }
@@ -670,6 +816,11 @@ pub fn find_each(
                     for e in instances.iter().filter(|e| e.series_uid == series_uid) {
                         let mut image = attrs.clone();
                         image.extend(image_attrs(e));
+                        let wanted = missing_keys(query, &image);
+                        if let Err(err) = fill_from_metadata(index, Some(e), &wanted, &mut image) {
+                            failure = Some(storage(err));
+                            return false;
+                        }
                         if all_match(query, &image) && !emit(image) {
                             return false;
                         }
@@ -791,6 +942,31 @@ mod tests {
         assert_eq!(patients.len(), 1);
         assert_eq!(patients[0][&tags::NUMBER_OF_PATIENT_RELATED_STUDIES], "1");
         assert_eq!(patients[0][&tags::NUMBER_OF_PATIENT_RELATED_INSTANCES], "2");
+    }
+
+    /// Binary numeric keys (PS3.5 6.2, e.g. Rows US) are read as decimal text for
+    /// matching and written back as binary values, in either byte order.
+    #[test]
+    fn binary_numbers_round_trip_as_text() {
+        for big in [false, true] {
+            for (vr, text) in [
+                (*b"US", "512\\64"),
+                (*b"SS", "-3"),
+                (*b"UL", "4000000000"),
+                (*b"SL", "-70000"),
+                (*b"FL", "2.5"),
+                (*b"FD", "-0.125"),
+                (*b"UV", "18000000000000000000"),
+                (*b"SV", "-9000000000"),
+            ] {
+                let bytes = binary_numbers_bytes(&vr, text, big).unwrap();
+                assert_eq!(bytes.len() % binary_number_width(&vr).unwrap(), 0);
+                assert_eq!(binary_numbers_text(&vr, &bytes, big).unwrap(), text);
+            }
+        }
+        assert_eq!(binary_numbers_bytes(b"US", "", false), Some(vec![]));
+        assert_eq!(binary_numbers_bytes(b"US", "64", true), Some(vec![0, 64]));
+        assert!(binary_numbers_bytes(b"LO", "64", false).is_none());
     }
 
     #[test]

@@ -357,6 +357,7 @@ pub fn index_objects_blocking(
             size,
             attrs,
             dataset: None,
+            metadata: crate::dicom::metadata::capture_blocking(&path),
             provenance: Provenance {
                 received_at_ms,
                 calling_ae: calling_ae.into(),

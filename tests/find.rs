@@ -302,6 +302,7 @@ fn c_cancel_stops_a_streaming_c_find() {
                     ..Default::default()
                 },
                 dataset: None,
+                metadata: None,
                 provenance: Provenance {
                     received_at_ms: 0,
                     calling_ae: "TEST".into(),
@@ -737,5 +738,104 @@ fn an_empty_study_time_is_in_no_time_range() {
     assert!(uids.contains(&"2.25.93001".to_string()), "{uids:?}");
     assert!(!uids.contains(&"2.25.93002".to_string()), "{uids:?}");
     assert_eq!(find("").0, 2);
+    server.stop();
+}
+
+/// Attributes the index keeps no column for (Rows, Columns, BodyPartExamined) are matched
+/// and returned from each instance's metadata record, the same way over C-FIND (findscu)
+/// and QIDO-RS (PS3.4 C.2.2.2 matching; PS3.18 10.6 `includefield`): at image level from
+/// the instance, at series and study level from their first instance. `reindex` rebuilds
+/// the records from the objects alone, and the answers stay the same.
+#[test]
+fn attributes_outside_the_index_are_matched_from_metadata_records_and_survive_reindex() {
+    let archive = Archive::new("find-metadata");
+    let mut studies = Vec::new();
+    for (name, rows, seed) in [("big", "64", "1"), ("small", "32", "2")] {
+        let dir = archive.dir.path().join(name);
+        run_ok(python("gen_ct.py").arg("--out").arg(&dir).args([
+            "--instances",
+            "2",
+            "--rows",
+            rows,
+            "--cols",
+            rows,
+            "--seed",
+            seed,
+            "--patient-prefix",
+            name,
+        ]));
+        let files = dcm_files(&dir.join("001"));
+        studies.push(read_header_blocking(&files[0]).unwrap());
+        run_ok(archive.strata(&["import"]).args(&files));
+    }
+    let check = |server: &Server| {
+        // C-FIND, IMAGE level: Rows matched per instance, Columns returned
+        let big = &studies[0];
+        let image = |rows: &str| {
+            findscu(
+                server.dicom_port,
+                "-S",
+                &[
+                    "QueryRetrieveLevel=IMAGE",
+                    &format!("StudyInstanceUID={}", big.study_uid),
+                    &format!("SeriesInstanceUID={}", big.series_uid),
+                    &format!("Rows={rows}"),
+                    "Columns",
+                    "SOPInstanceUID",
+                ],
+            )
+        };
+        let (n, text) = image("64");
+        assert_eq!(n, 2, "{text}");
+        // findscu prints a US value without brackets; one request line, two answers
+        let columns = text.lines().filter(|l| l.contains("(0028,0011) US 64 "));
+        assert_eq!(columns.count(), 2, "{text}");
+        assert_eq!(image("32").0, 0);
+        // C-FIND, STUDY level, from the study's first instance
+        let (n, text) = findscu(
+            server.dicom_port,
+            "-S",
+            &[
+                "QueryRetrieveLevel=STUDY",
+                "BodyPartExamined=CHEST",
+                "Rows=32",
+                "StudyInstanceUID",
+            ],
+        );
+        assert_eq!(n, 1, "{text}");
+        assert!(text.contains(&studies[1].study_uid), "{text}");
+
+        // QIDO-RS, the same matching
+        let qido = |path: &str| -> serde_json::Value {
+            let (code, body) = http_get(server.http_port, &format!("/dicom-web{path}")).unwrap();
+            assert_eq!(code, 200, "{path}: {body}");
+            serde_json::from_str(&body).unwrap()
+        };
+        let found = qido("/instances?Rows=32&includefield=Columns");
+        let found = found.as_array().unwrap();
+        assert_eq!(found.len(), 2, "{found:?}");
+        for i in found {
+            assert_eq!(i["00280011"]["Value"][0], 32, "{i}");
+            assert_eq!(i["0020000D"]["Value"][0], studies[1].study_uid.as_str());
+        }
+        let series = qido("/series?Rows=64&includefield=BodyPartExamined");
+        let series = series.as_array().unwrap();
+        assert_eq!(series.len(), 1, "{series:?}");
+        assert_eq!(series[0]["00180015"]["Value"][0], "CHEST");
+        assert_eq!(series[0]["0020000E"]["Value"][0], big.series_uid.as_str());
+        let all = qido("/studies?BodyPartExamined=CHEST");
+        assert_eq!(all.as_array().unwrap().len(), 2, "{all}");
+        assert_eq!(
+            qido("/studies?BodyPartExamined=HEAD"),
+            serde_json::json!([])
+        );
+    };
+    let server = archive.start();
+    check(&server);
+    server.stop();
+    // the records are rebuilt from the objects alone
+    run_ok(&mut archive.strata(&["reindex"]));
+    let server = archive.start();
+    check(&server);
     server.stop();
 }

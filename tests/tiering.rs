@@ -461,7 +461,8 @@ fn deep_archive_reads_report_pending_restore_then_succeed() {
 
 /// WADO-RS of a study whose pack is in an archive class (PS3.18 10.4, RFC 9110 10.2.3):
 /// 503 with `Retry-After: 3600` while S3 restores it — checked before any part is
-/// sent, so never a 200 cut short — then the study itself once it is readable.
+/// sent, so never a 200 cut short — then the study itself once it is readable. Its
+/// metadata is answered at once, from the metadata records, without a restore.
 #[test]
 fn wado_rs_answers_503_with_retry_after_while_a_pack_is_restored() {
     let moto = Moto::start();
@@ -478,6 +479,19 @@ fn wado_rs_answers_503_with_retry_after_while_a_pack_is_restored() {
     let url = format!(
         "http://127.0.0.1:{}/dicom-web/studies/{study}",
         server.http_port
+    );
+    // the metadata comes from the index's metadata records: no restore needed for it
+    let (code, body) = http_get(
+        server.http_port,
+        &format!("/dicom-web/studies/{study}/metadata"),
+    )
+    .unwrap();
+    assert_eq!(code, 200, "{body}");
+    let metadata: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(metadata.as_array().unwrap().len(), 3, "{metadata}");
+    assert!(
+        metadata[0]["7FE00010"]["BulkDataURI"].is_string(),
+        "{metadata}"
     );
     let head =
         run(std::process::Command::new("curl").args(["-s", "-D", "-", "-o", "/dev/null", &url]));

@@ -16,6 +16,7 @@
 //! memory.
 
 use super::{blocking, Archive, Error, Principal};
+use crate::dicom::metadata::InstanceMetadata;
 use crate::index::{Index, InstanceEntry, SecondaryKey};
 use crate::query::{tags as qtags, Level, Query};
 use crate::tiering::reader::ObjectReader;
@@ -27,6 +28,7 @@ use strata_tiers::ObjectId;
 #[derive(Debug, Clone)]
 pub struct RetrieveItem {
     pub study_uid: String,
+    pub series_uid: String,
     pub sop_instance_uid: String,
     pub sop_class_uid: String,
     pub transfer_syntax_uid: String,
@@ -45,6 +47,21 @@ impl RetrievalReader {
     /// pack: [`Error::is_pending_restore`] until it is back). Never reads the object.
     pub async fn probe(&self, id: &ObjectId) -> Result<(), Error> {
         Ok(self.reader.probe(id).await?)
+    }
+
+    /// The object's metadata record ([`InstanceMetadata`]: its data set without bulk
+    /// data, as DICOM JSON), from the index: never reads or recalls the object. `None`
+    /// for an object indexed without one (before records existed, or a data set
+    /// dicom-object cannot read): read the object instead.
+    pub async fn metadata(&self, id: &ObjectId) -> Result<Option<InstanceMetadata>, Error> {
+        let (index, id) = (self.reader.index.clone(), *id);
+        blocking(move || {
+            index
+                .instance_metadata(&id)?
+                .map(|bytes| InstanceMetadata::decode(&bytes).map_err(Error::Internal))
+                .transpose()
+        })
+        .await
     }
 
     /// The object's Part-10 bytes, from hot disk or its cold pack, checked against its
@@ -318,6 +335,7 @@ fn resolve(index: &dyn Index, query: &Query) -> Result<Vec<RetrieveItem>, Error>
                 id: ObjectId::from_hex(&current.id)
                     .ok_or_else(|| Error::Internal("malformed object id in the index".into()))?,
                 study_uid: i.study_uid,
+                series_uid: i.series_uid,
                 sop_instance_uid: i.sop_instance_uid,
                 sop_class_uid: i.record.sop_class_uid,
                 transfer_syntax_uid: i.record.transfer_syntax_uid,

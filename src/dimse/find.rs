@@ -36,7 +36,9 @@ pub(crate) fn encode_identifier(elements: &[(u32, [u8; 2], String)], ts: &str) -
     };
     let mut out = Vec::with_capacity(512);
     for (tag, vr, value) in elements {
-        let mut v = value.as_bytes().to_vec();
+        // binary numbers (Rows, …) as binary values, text as text
+        let mut v = query::binary_numbers_bytes(vr, value, big)
+            .unwrap_or_else(|| value.as_bytes().to_vec());
         if v.len() % 2 == 1 {
             v.push(if vr == b"UI" { 0 } else { b' ' });
         }

@@ -30,6 +30,7 @@
 //! `docs/conformance-dicomweb.md`.
 
 use crate::archive::{Archive, Error, Principal};
+use crate::dicom::metadata::InstanceMetadata;
 use crate::query::{tags, Answer, Level, Model, Query};
 use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, Path, RawQuery, State};
@@ -425,7 +426,9 @@ fn json_attribute(tag: u32, value: &str) -> serde_json::Value {
                 .parse::<i64>()
                 .map(Value::from)
                 .unwrap_or_else(|_| Value::String(v.to_string())),
-            "DS" | "FL" | "FD" => ds_number(v).unwrap_or_else(|| Value::String(v.to_string())),
+            "DS" | "FL" | "FD" => {
+                crate::dicom::metadata::ds_number(v).unwrap_or_else(|| Value::String(v.to_string()))
+            }
             _ => Value::String(v.to_string()),
         })
         .collect();
@@ -823,8 +826,10 @@ async fn part_bytes(
     .map_err(|e| e.to_string())?
 }
 
-/// The DICOM JSON of each instance `query` names (dicom-json over the stored object,
-/// read up to its pixel data: bulk data is left out).
+/// The DICOM JSON of each instance `query` names (PS3.18 10.4.1.1.2, Annex F): its
+/// metadata record from the index ([`InstanceMetadata`]) — so neither a cold instance
+/// nor one in an archived pack is read for it — or, for an object indexed without one,
+/// the object read up to its pixel data. Pixel Data is a BulkDataURI.
 async fn metadata(archive: Archive, peer: SocketAddr, base: String, query: Query) -> Response {
     let retrieval = match archive
         .retrieve(&principal(peer), &query, "WADO-RS metadata")
@@ -839,173 +844,67 @@ async fn metadata(archive: Archive, peer: SocketAddr, base: String, query: Query
     }
     let reader = retrieval.reader();
     let items = retrieval.items().clone();
-    let mut out = Vec::new();
-    for item in items.iter() {
-        // a large object is parsed from its checked file, the rest read whole
-        let from_file = match reader.file_to_stream(item, &item.transfer_syntax_uid).await {
-            Ok(file) => file,
-            Err(e) => {
-                let n = out.len();
+    let mut body = String::from("[");
+    for (n, item) in items.iter().enumerate() {
+        let found = match reader.metadata(&item.id).await {
+            Ok(Some(m)) => Ok(m),
+            Ok(None) => metadata_from_object(&reader, item).await,
+            Err(e) => Err(failed(e)),
+        };
+        let m = match found {
+            Ok(m) => m,
+            Err(response) => {
                 retrieval.finish(n, 1).await;
-                return failed(e);
+                return response;
             }
         };
-        if let Some(file) = from_file {
-            let base = base.clone();
-            let json = tokio::task::spawn_blocking(move || metadata_of_file(&file.path, &base))
-                .await
-                .map_err(|e| e.to_string())
-                .and_then(|r| r);
-            match json {
-                Ok(j) => {
-                    out.push(j);
-                    continue;
-                }
-                Err(e) => {
-                    let n = out.len();
-                    retrieval.finish(n, 1).await;
-                    return fail(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        format!("object {} could not be read: {e}", item.id),
-                    );
-                }
-            }
+        if n > 0 {
+            body.push(',');
         }
-        let json = match reader.read(&item.id).await {
-            Ok(bytes) => {
-                let base = base.clone();
-                tokio::task::spawn_blocking(move || metadata_of(&bytes, &base))
-                    .await
-                    .map_err(|e| e.to_string())
-                    .and_then(|r| r)
-            }
-            Err(e) => {
-                // pending restore, cold tier down: the status (and Retry-After) says so
-                let n = out.len();
-                retrieval.finish(n, 1).await;
-                return failed(e);
-            }
-        };
-        match json {
-            Ok(j) => out.push(j),
-            Err(e) => {
-                let n = out.len();
-                retrieval.finish(n, 1).await;
-                return fail(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    format!("object {} could not be read: {e}", item.id),
-                );
-            }
-        }
+        body.push_str(&m.to_json_text(&format!(
+            "{base}/studies/{}/series/{}/instances/{}/bulkdata/7FE00010",
+            item.study_uid, item.series_uid, item.sop_instance_uid
+        )));
     }
-    let n = out.len();
-    retrieval.finish(n, 0).await;
+    body.push(']');
+    retrieval.finish(items.len(), 0).await;
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "application/dicom+json")],
-        serde_json::Value::Array(out).to_string(),
+        body,
     )
         .into_response()
 }
 
-/// A decimal string as a JSON number: an integer when it is written as one (`120`, not
-/// `120.0`), else a float; `None` when it is not a number.
-fn ds_number(text: &str) -> Option<serde_json::Value> {
-    let t = text.trim();
-    if let Ok(i) = t.parse::<i64>() {
-        return Some(serde_json::Value::from(i));
-    }
-    t.parse::<f64>()
-        .ok()
-        .and_then(serde_json::Number::from_f64)
-        .map(serde_json::Value::Number)
-}
-
-/// PS3.18 F.2.3: IS and DS values are JSON numbers. dicom-json 0.10 writes them as the
-/// strings they are encoded as; this turns each into a number, at any sequence depth
-/// (a value that does not parse stays a string rather than being lost).
-fn numbers_as_numbers(json: &mut serde_json::Value) {
-    use serde_json::Value;
-    let Some(object) = json.as_object_mut() else {
-        return;
+/// The metadata of an object indexed without a record, from the object itself: a large
+/// one parsed from its checked file (bounded memory), the rest read whole. The error is
+/// the response to give (a pending restore, the cold tier down, an unreadable object).
+async fn metadata_from_object(
+    reader: &crate::archive::retrieve::RetrievalReader,
+    item: &crate::archive::retrieve::RetrieveItem,
+) -> Result<InstanceMetadata, Response> {
+    let unreadable = |e: String| {
+        fail(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("object {} could not be read: {e}", item.id),
+        )
     };
-    for attribute in object.values_mut() {
-        let vr = attribute["vr"].as_str().unwrap_or("").to_string();
-        let Some(values) = attribute.get_mut("Value").and_then(Value::as_array_mut) else {
-            continue;
-        };
-        for v in values.iter_mut() {
-            match (vr.as_str(), &*v) {
-                ("IS", Value::String(text)) => {
-                    if let Ok(n) = text.trim().parse::<i64>() {
-                        *v = Value::from(n);
-                    }
-                }
-                ("DS", Value::String(text)) => {
-                    if let Some(n) = ds_number(text) {
-                        *v = n;
-                    }
-                }
-                ("SQ", Value::Object(_)) => numbers_as_numbers(v),
-                _ => {}
-            }
+    let parsed = match reader
+        .file_to_stream(item, &item.transfer_syntax_uid)
+        .await
+        .map_err(failed)?
+    {
+        Some(file) => {
+            tokio::task::spawn_blocking(move || InstanceMetadata::of_file(&file.path)).await
         }
-    }
-}
-
-/// A Part-10 object's data set as DICOM JSON (dicom-json), its pixel data replaced by a
-/// BulkDataURI under `base` (PS3.18 F.2.6) when it has any.
-fn metadata_of(part10: &[u8], base: &str) -> Result<serde_json::Value, String> {
-    if part10.len() < 132 {
-        return Err("not a Part-10 object".into());
-    }
-    let obj = dicom_object::OpenFileOptions::new()
-        .read_until(dicom_dictionary_std::tags::PIXEL_DATA)
-        .from_reader(&part10[128..])
-        .map_err(|e| format!("cannot parse the stored object: {e}"))?;
-    metadata_json(&obj, base)
-}
-
-/// [`metadata_of`] from a checked file (a large hot object, or a cold one staged), read
-/// only up to its pixel data: bounded memory whatever its size.
-fn metadata_of_file(path: &std::path::Path, base: &str) -> Result<serde_json::Value, String> {
-    let obj = dicom_object::OpenFileOptions::new()
-        .read_until(dicom_dictionary_std::tags::PIXEL_DATA)
-        .open_file(path)
-        .map_err(|e| format!("cannot parse the stored object: {e}"))?;
-    metadata_json(&obj, base)
-}
-
-/// The DICOM JSON of a data set read up to its pixel data; an image (it has Rows)
-/// gets its pixel data as a BulkDataURI.
-fn metadata_json(
-    obj: &dicom_object::DefaultDicomObject,
-    base: &str,
-) -> Result<serde_json::Value, String> {
-    let dataset: &dicom_object::InMemDicomObject = obj;
-    let mut json = dicom_json::to_value(dataset).map_err(|e| e.to_string())?;
-    numbers_as_numbers(&mut json);
-    let has_pixels = obj.element(dicom_dictionary_std::tags::ROWS).is_ok();
-    if let (true, Some(object)) = (has_pixels, json.as_object_mut()) {
-        let uid = |tag: &str| {
-            object
-                .get(tag)
-                .and_then(|a| a["Value"][0].as_str())
-                .unwrap_or_default()
-                .to_string()
-        };
-        let url = format!(
-            "{base}/studies/{}/series/{}/instances/{}/bulkdata/7FE00010",
-            uid("0020000D"),
-            uid("0020000E"),
-            uid("00080018"),
-        );
-        object.insert(
-            "7FE00010".into(),
-            serde_json::json!({ "vr": "OW", "BulkDataURI": url }),
-        );
-    }
-    Ok(json)
+        None => {
+            let bytes = reader.read(&item.id).await.map_err(failed)?;
+            tokio::task::spawn_blocking(move || InstanceMetadata::of_part10(&bytes)).await
+        }
+    };
+    parsed
+        .map_err(|e| unreadable(e.to_string()))?
+        .map_err(unreadable)
 }
 
 // ---------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ type Check = fn(&dyn Index);
 
 /// Runs every check, each against a fresh index from `make`.
 pub fn run_suite(make: &MakeIndex<'_>) {
-    let checks: [(&str, Check); 16] = [
+    let checks: [(&str, Check); 17] = [
         (
             "commit_counts_instances_versions_and_duplicates",
             commit_counts_instances_versions_and_duplicates,
@@ -44,6 +44,7 @@ pub fn run_suite(make: &MakeIndex<'_>) {
             record_pack_adds_cold_only_objects,
         ),
         ("fixity", fixity),
+        ("instance_metadata", instance_metadata),
         ("tombstone_study", tombstone_study),
         ("restore_tombstone", restore_tombstone),
         ("holds", holds),
@@ -101,6 +102,7 @@ pub fn object(study: &str, series: &str, sop: &str, payload: &[u8], at: u64) -> 
             ..Default::default()
         },
         dataset: None,
+        metadata: Some(format!("metadata of {sop}").into_bytes()),
         provenance: Provenance {
             received_at_ms: at,
             calling_ae: "TEST".into(),
@@ -910,6 +912,47 @@ fn tombstone_for(index: &dyn Index, study: &str, packs: &[ObjectId]) -> Tombston
         who: "tester".into(),
         why: "conformance".into(),
         deleted_at_ms: 99,
+    }
+}
+
+/// Metadata records are kept per object, given to an object indexed without one when it
+/// is stored again, read back as written, and deleted with their study; the first
+/// instance of a study or series is the first in UID order.
+fn instance_metadata(index: &dyn Index) {
+    let a = object("12.1", "12.1.1", "12.1.1.2", b"meta a", 1);
+    let b = object("12.1", "12.1.1", "12.1.1.1", b"meta b", 2);
+    let mut c = object("12.1", "12.1.2", "12.1.2.1", b"meta c", 3);
+    c.metadata = None;
+    index.commit(&[a.clone(), b.clone(), c.clone()]).unwrap();
+    assert_eq!(index.instance_metadata(&a.id).unwrap(), a.metadata);
+    assert_eq!(index.instance_metadata(&b.id).unwrap(), b.metadata);
+    assert_eq!(index.instance_metadata(&c.id).unwrap(), None);
+    let first = |series| {
+        index
+            .first_instance("12.1", series)
+            .unwrap()
+            .map(|e| e.sop_instance_uid)
+    };
+    assert_eq!(first(None).as_deref(), Some("12.1.1.1"));
+    assert_eq!(first(Some("12.1.2")).as_deref(), Some("12.1.2.1"));
+    assert_eq!(first(Some("12.1.9")), None);
+    assert!(index.first_instance("12.9", None).unwrap().is_none());
+    // stored again, now with a record: it gets it; one already there is not replaced
+    let mut c_again = c.clone();
+    c_again.metadata = Some(b"late".to_vec());
+    let mut a_again = a.clone();
+    a_again.metadata = Some(b"other".to_vec());
+    index.commit(&[c_again, a_again]).unwrap();
+    assert_eq!(
+        index.instance_metadata(&c.id).unwrap(),
+        Some(b"late".to_vec())
+    );
+    assert_eq!(index.instance_metadata(&a.id).unwrap(), a.metadata);
+    index
+        .tombstone_study(&tombstone_for(index, "12.1", &[]))
+        .unwrap();
+    for o in [&a, &b, &c] {
+        assert_eq!(index.instance_metadata(&o.id).unwrap(), None);
     }
 }
 

@@ -30,6 +30,12 @@
 //! | `deleted_objects` | 32-byte object id | the study it was deleted with |
 //! | `holds` | `study` | `HoldRecord` (legal hold) |
 //! | `fixity` | 32-byte object id | `FixityRecord` (the scrubber's last check) |
+//! | `instance_metadata` | 32-byte object id | the object's metadata record ([`crate::dicom::metadata`]; its own version byte) |
+//!
+//! `instance_metadata` came after schema 1 without changing it: an index written before
+//! it lacks the family (a RocksDB primary creates it on opening; a secondary reads it as
+//! empty) and its objects have no records until `reindex`, or until they are stored
+//! again; readers then fall back to the objects.
 //!
 //! ## Why every write takes one mutex
 //! Several threads of one process write the index: the group committer (`commit`), the
@@ -89,9 +95,10 @@ pub const CF_TOMBSTONES: &str = "tombstones";
 pub const CF_DELETED_OBJECTS: &str = "deleted_objects";
 pub const CF_HOLDS: &str = "holds";
 pub const CF_FIXITY: &str = "fixity";
+pub const CF_INSTANCE_METADATA: &str = "instance_metadata";
 
 /// Every column family; an engine creates them all when it creates a store.
-pub const ALL_CFS: [&str; 18] = [
+pub const ALL_CFS: [&str; 19] = [
     CF_META,
     CF_OBJECTS,
     CF_INSTANCES,
@@ -110,6 +117,7 @@ pub const ALL_CFS: [&str; 18] = [
     CF_DELETED_OBJECTS,
     CF_HOLDS,
     CF_FIXITY,
+    CF_INSTANCE_METADATA,
 ];
 
 /// Called with each `(key, value)` of a scan; returns whether to go on.
@@ -546,7 +554,13 @@ impl<E: KvEngine> Catalog for KvIndex<E> {
                 // object sent again has its hot copy back.
                 if existing.tier == Tier::Cold {
                     existing.tier = Tier::Hot;
-                    pending.put(CF_OBJECTS, key, &existing);
+                    pending.put(CF_OBJECTS, key.clone(), &existing);
+                }
+                // indexed before metadata records existed: it gets one now
+                if let Some(m) = &obj.metadata {
+                    if pending.get_raw(CF_INSTANCE_METADATA, &key)?.is_none() {
+                        pending.put_raw(CF_INSTANCE_METADATA, key.clone(), m.clone());
+                    }
                 }
                 outcomes.push(CommitOutcome::AlreadyPresent);
                 continue;
@@ -634,6 +648,33 @@ impl<E: KvEngine> Catalog for KvIndex<E> {
                 }
             })
             .collect())
+    }
+
+    fn first_instance(
+        &self,
+        study_uid: &str,
+        series_uid: Option<&str>,
+    ) -> Result<Option<InstanceEntry>, IndexError> {
+        let prefix = match series_uid {
+            Some(series) => key3(study_uid, series, ""),
+            None => key2(study_uid, ""),
+        };
+        let mut first = None;
+        self.scan_prefix(CF_INSTANCES, &prefix, &mut |k, v| {
+            let parts = split_key(k);
+            first = Some(InstanceEntry {
+                study_uid: parts.first().cloned().unwrap_or_default(),
+                series_uid: parts.get(1).cloned().unwrap_or_default(),
+                sop_instance_uid: parts.get(2).cloned().unwrap_or_default(),
+                record: decode_at(CF_INSTANCES, k, v)?,
+            });
+            Ok(false)
+        })?;
+        Ok(first)
+    }
+
+    fn instance_metadata(&self, id: &ObjectId) -> Result<Option<Vec<u8>>, IndexError> {
+        self.engine.get(CF_INSTANCE_METADATA, id.as_bytes())
     }
 
     fn series(&self, series_uid: &str) -> Result<Option<(String, SeriesRecord)>, IndexError> {
@@ -938,6 +979,7 @@ impl<E: KvEngine> Governance for KvIndex<E> {
             for v in &e.record.versions {
                 if let Some(id) = ObjectId::from_hex(&v.id) {
                     pending.delete(CF_OBJECTS, id.as_bytes());
+                    pending.delete(CF_INSTANCE_METADATA, id.as_bytes());
                     pending.put_raw(CF_DELETED_OBJECTS, id.as_bytes(), study.as_bytes());
                 }
             }
@@ -1092,6 +1134,9 @@ fn apply_new_object<E: KvEngine>(
             provenance: obj.provenance.clone(),
         },
     );
+    if let Some(m) = &obj.metadata {
+        p.put_raw(CF_INSTANCE_METADATA, obj.id.as_bytes().to_vec(), m.clone());
+    }
 
     // instance
     let instance_key = key3(&a.study_uid, &a.series_uid, &a.sop_instance_uid);

@@ -201,6 +201,9 @@ pub struct NewObject {
     /// The data-set hash (64 hex digits, `docs/formats.md`), when ingest computed it: for
     /// a SOP Instance UID already stored under other bytes.
     pub dataset: Option<String>,
+    /// The object's metadata record ([`crate::dicom::metadata`], encoded), kept beside
+    /// its object record; `None` when it could not be captured.
+    pub metadata: Option<Vec<u8>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -84,7 +84,13 @@ impl RocksEngine {
             })?;
         let mut opts = Self::options();
         opts.set_max_open_files(-1);
-        let db = DB::open_cf_as_secondary(&opts, path, dir.path(), ALL_CFS).map_err(storage)?;
+        // only the families the primary has: one written before a family was added
+        // lacks it until a primary opens it (reads of it then find nothing)
+        let existing = DB::list_cf(&opts, path).map_err(storage)?;
+        let cfs = ALL_CFS
+            .iter()
+            .filter(|cf| existing.iter().any(|e| e == *cf));
+        let db = DB::open_cf_as_secondary(&opts, path, dir.path(), cfs).map_err(storage)?;
         Ok(RocksEngine {
             db,
             secondary: true,
@@ -106,6 +112,9 @@ impl RocksEngine {
 
 impl KvEngine for RocksEngine {
     fn get(&self, cf: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>, IndexError> {
+        if self.secondary && self.db.cf_handle(cf).is_none() {
+            return Ok(None);
+        }
         Ok(self
             .db
             .get_pinned_cf(self.cf(cf)?, key)
@@ -119,6 +128,9 @@ impl KvEngine for RocksEngine {
         from: &[u8],
         visit: &mut EntryVisitor<'_>,
     ) -> Result<(), IndexError> {
+        if self.secondary && self.db.cf_handle(cf).is_none() {
+            return Ok(());
+        }
         let iter = self
             .db
             .iterator_cf(self.cf(cf)?, IteratorMode::From(from, Direction::Forward));

@@ -355,6 +355,7 @@ fn reindex_cold(config: &Config, rebuilt: &RocksIndex, report: &mut ReindexRepor
                         size: bytes.len() as u64,
                         attrs,
                         dataset: None,
+                        metadata: crate::dicom::metadata::capture_blocking(&scratch),
                         provenance: Provenance {
                             received_at_ms: modified_ms.max(0) as u64,
                             calling_ae: "reindex".into(),
