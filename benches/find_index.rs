@@ -5,7 +5,10 @@
 //! `query::find`, printing p50 and p99.
 //!
 //! `cargo bench --bench find_index` (STUDIES=50000 INSTANCES=20 by default; the index is
-//! kept in /var/tmp/strata-find-bench and reused when it is complete).
+//! kept in /var/tmp/strata-find-bench-… and reused when it is complete). With
+//! `METADATA_TEMPLATE=<a CT object>` every instance also gets a metadata record made
+//! from that object's (its UIDs replaced), as ingest would keep, and the index goes to
+//! a directory of its own (`…-meta`). It prints the index's bytes per instance.
 //!
 //! With `FIND_PORT=<port>` set (a `strata serve` on that index, as `scripts/bench-find.sh`
 //! starts), the same queries also go over DICOM from a minimal dicom-ul client on one
@@ -13,6 +16,7 @@
 
 use std::time::Instant;
 use strata::dicom::header::InstanceAttrs;
+use strata::dicom::metadata::InstanceMetadata;
 use strata::index::prelude::*;
 use strata::index::{NewObject, Provenance, RocksIndex};
 use strata::query::{find, Key, Level, Model, Query};
@@ -32,7 +36,37 @@ fn date_of(study: usize) -> String {
     format!("{y:04}{:02}{:02}", 1 + d / 31 % 12, 1 + d % 28)
 }
 
-fn build(index: &RocksIndex, studies: usize, per_study: usize) {
+/// A metadata record template: a real object's record and its three UIDs, replaced by
+/// each synthetic instance's own.
+struct Template {
+    metadata: InstanceMetadata,
+    uids: [String; 3],
+}
+
+impl Template {
+    fn load(path: &std::path::Path) -> Template {
+        let metadata = InstanceMetadata::of_file(path).expect("template object");
+        let attrs = strata::dicom::header::read_header_blocking(path).expect("template header");
+        Template {
+            metadata,
+            uids: [attrs.sop_instance_uid, attrs.series_uid, attrs.study_uid],
+        }
+    }
+
+    fn record(&self, sop: &str, series: &str, study: &str) -> Vec<u8> {
+        let mut json = self.metadata.json.clone();
+        for (from, to) in self.uids.iter().zip([sop, series, study]) {
+            json = json.replace(from.as_str(), to);
+        }
+        InstanceMetadata {
+            json,
+            has_pixels: self.metadata.has_pixels,
+        }
+        .encode()
+    }
+}
+
+fn build(index: &RocksIndex, studies: usize, per_study: usize, template: Option<&Template>) {
     let started = Instant::now();
     let mut batch = Vec::with_capacity(10_000);
     for s in 0..studies {
@@ -59,13 +93,13 @@ fn build(index: &RocksIndex, studies: usize, per_study: usize) {
                     series_number: "1".into(),
                     modality: "CT".into(),
                     series_description: "AXIAL".into(),
-                    sop_instance_uid: sop,
+                    sop_instance_uid: sop.clone(),
                     sop_class_uid: "1.2.840.10008.5.1.4.1.1.2".into(),
                     instance_number: format!("{}", i + 1),
                     transfer_syntax_uid: "1.2.840.10008.1.2.1".into(),
                 },
                 dataset: None,
-                metadata: None,
+                metadata: template.map(|t| t.record(&sop, &series_uid, &study_uid)),
                 provenance: Provenance {
                     received_at_ms: 0,
                     calling_ae: "BENCH".into(),
@@ -201,14 +235,30 @@ fn find_over_dicom(
 fn main() {
     let studies = env("STUDIES", 50_000);
     let per_study = env("INSTANCES", 20);
-    let dir = std::path::PathBuf::from(format!("/var/tmp/strata-find-bench-{studies}x{per_study}"));
+    // METADATA_TEMPLATE=<a CT object>: every instance gets a metadata record like its
+    let template = std::env::var_os("METADATA_TEMPLATE").map(|p| Template::load(p.as_ref()));
+    let suffix = if template.is_some() { "-meta" } else { "" };
+    let dir = std::path::PathBuf::from(format!(
+        "/var/tmp/strata-find-bench-{studies}x{per_study}{suffix}"
+    ));
     let complete = dir.join("complete");
     if !complete.exists() {
         let _ = std::fs::remove_dir_all(&dir);
         let index = RocksIndex::open_primary(&dir.join("index")).expect("open index");
-        build(&index, studies, per_study);
+        build(&index, studies, per_study, template.as_ref());
         std::fs::write(&complete, b"").unwrap();
     }
+    let bytes: u64 = std::fs::read_dir(dir.join("index"))
+        .expect("index dir")
+        .filter_map(|e| e.ok()?.metadata().ok())
+        .map(|m| m.len())
+        .sum();
+    println!(
+        "index at {}: {:.1} MB, {:.0} bytes per instance",
+        dir.display(),
+        bytes as f64 / 1e6,
+        bytes as f64 / (studies * per_study) as f64
+    );
     // a secondary: works alongside a `strata serve` holding the index
     let index = RocksIndex::open_secondary(&dir.join("index")).expect("open index");
     let mut rng: u64 = 0x9E37_79B9_7F4A_7C15;

@@ -131,6 +131,21 @@ fn fhir_resources_validate_and_lead_a_fhir_client_to_pixels() {
     let (code, oo) = get_json(&format!("{base}/ImagingStudy?color=blue"));
     assert_eq!(code, 400);
     assert_eq!(oo["resourceType"], "OperationOutcome");
+    // R4 3.1.1.4: `Prefer: handling=lenient` has unknown parameters ignored (and left
+    // out of the self link); without it they are refused, as above
+    let out = run(std::process::Command::new("curl").args([
+        "-s",
+        "-H",
+        "Prefer: handling=lenient",
+        &format!("{base}/ImagingStudy?color=blue&modality=CT"),
+    ]));
+    let lenient: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(lenient["resourceType"], "Bundle", "{lenient}");
+    let own = lenient["link"][0]["url"].as_str().unwrap();
+    assert!(
+        own.contains("modality=CT") && !own.contains("color"),
+        "{own}"
+    );
     let (code, _) = get_json(&format!("{base}/ImagingStudy?started=yesterday"));
     assert_eq!(code, 400);
     let (code, oo) = get_json(&format!("{base}/ImagingStudy/1.2.3.4.5"));

@@ -83,7 +83,21 @@ impl InstanceMetadata {
     pub fn encode(&self) -> Vec<u8> {
         let flags = if self.has_pixels { FLAG_PIXELS } else { 0 };
         let mut out = vec![METADATA_VERSION, flags];
-        let packed = zstd::bulk::compress(self.json.as_bytes(), ZSTD_LEVEL)
+        // one compression context per thread, not one per record (its tables are the cost)
+        thread_local! {
+            static COMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
+                const { std::cell::RefCell::new(None) };
+        }
+        let packed = COMPRESSOR
+            .with(|c| {
+                let mut c = c.borrow_mut();
+                if c.is_none() {
+                    *c = Some(zstd::bulk::Compressor::new(ZSTD_LEVEL)?);
+                }
+                c.as_mut()
+                    .expect("set above")
+                    .compress(self.json.as_bytes())
+            })
             .expect("zstd compresses into a growing buffer");
         out.extend_from_slice(&packed);
         out

@@ -377,8 +377,23 @@ fn exact(name: &str, value: &str) -> Result<String, String> {
     Ok(value.to_string())
 }
 
-/// Parses an ImagingStudy search (R4 ImagingStudy search parameters).
-fn parse_study_search(raw: Option<&str>) -> Result<Search, String> {
+/// Whether the client asked for lenient handling of unknown search parameters (R4
+/// 3.1.1.4, `Prefer: handling=lenient`): they are then ignored, and left out of the
+/// Bundle's `self` link, which lists the parameters used. Without it they are refused
+/// (`handling=strict`, Strata's default): a misspelt `patient` must never widen a search
+/// to every patient's studies.
+fn lenient(headers: &HeaderMap) -> bool {
+    headers
+        .get_all("prefer")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split([',', ';']))
+        .any(|p| p.trim().eq_ignore_ascii_case("handling=lenient"))
+}
+
+/// Parses an ImagingStudy search (R4 ImagingStudy search parameters); unknown
+/// parameters are refused, or ignored when `lenient`.
+fn parse_study_search(raw: Option<&str>, lenient: bool) -> Result<Search, String> {
     let mut s = Search {
         keys: Vec::new(),
         count: DEFAULT_COUNT,
@@ -444,9 +459,11 @@ fn parse_study_search(raw: Option<&str>) -> Result<Search, String> {
                     .collect::<Result<_, _>>()?;
                 s.keys.push((tags::MODALITIES_IN_STUDY, codes.join("\\")));
             }
+            _ if lenient => continue,
             other => {
                 return Err(format!(
-                    "{other:?} is not a supported ImagingStudy search parameter"
+                    "{other:?} is not a supported ImagingStudy search parameter \
+                     (send `Prefer: handling=lenient` to have unknown parameters ignored)"
                 ))
             }
         }
@@ -577,7 +594,7 @@ async fn search_imaging_studies(
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Response {
-    let s = match parse_study_search(raw.as_deref()) {
+    let s = match parse_study_search(raw.as_deref(), lenient(&headers)) {
         Ok(s) => s,
         Err(e) => return outcome(StatusCode::BAD_REQUEST, "invalid", e),
     };
@@ -689,12 +706,14 @@ async fn search_patients(
                 params.push((name.to_string(), value.to_string()));
             }
             "_format" | "_count" => {}
+            _ if lenient(&headers) => {}
             other => {
                 return outcome(
                     StatusCode::BAD_REQUEST,
                     "invalid",
                     format!(
-                        "{other:?} is not a supported Patient search parameter (identifier, _id)"
+                        "{other:?} is not a supported Patient search parameter (identifier, \
+                         _id; send `Prefer: handling=lenient` to have unknown parameters ignored)"
                     ),
                 )
             }
