@@ -36,6 +36,37 @@ def query(assoc, **keys):
     return out
 
 
+def week(d):
+    """A 7-day DA range starting on `d` (YYYYMMDD)."""
+    start = datetime.datetime.strptime(d, "%Y%m%d")
+    return f"{d}-{(start + datetime.timedelta(days=6)).strftime('%Y%m%d')}"
+
+
+# The study-level query kinds, from a (PatientID, StudyDate, AccessionNumber) row.
+KINDS = [
+    ("PatientID", lambda r: {"PatientID": r[0]}),
+    ("StudyDate range (7 days)", lambda r: {"StudyDate": week(r[1])}),
+    ("AccessionNumber", lambda r: {"AccessionNumber": r[2]}),
+]
+
+
+def time_kinds(rows, kinds, run, queries, label):
+    """Times `queries` calls of `run(keys)` (which returns the number of matches) per kind,
+    keys made from rows picked at random (fixed seed); prints one Markdown row per kind."""
+    rng = random.Random(7)
+    for name, make in kinds:
+        times, found = [], 0
+        for _ in range(queries):
+            keys = make(rng.choice(rows))
+            t = time.perf_counter()
+            found += run(keys)
+            times.append((time.perf_counter() - t) * 1000)
+        times.sort()
+        p99 = times[min(len(times) - 1, round(0.99 * (len(times) - 1)))]
+        print(f"| {label} | {name} | {len(rows)} | {found / queries:.1f} | "
+              f"{statistics.median(times):.2f} ms | {p99:.2f} ms |", flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--host", default="127.0.0.1")
@@ -56,28 +87,7 @@ def main():
         pass
     studies = query(assoc, PatientID="", StudyDate="", AccessionNumber="")
     rows = [(str(s.PatientID), str(s.StudyDate), str(s.AccessionNumber)) for s in studies]
-    rng = random.Random(7)
-
-    def week(d):
-        start = datetime.datetime.strptime(d, "%Y%m%d")
-        return f"{d}-{(start + datetime.timedelta(days=6)).strftime('%Y%m%d')}"
-
-    kinds = [
-        ("PatientID", lambda r: {"PatientID": r[0]}),
-        ("StudyDate range (7 days)", lambda r: {"StudyDate": week(r[1])}),
-        ("AccessionNumber", lambda r: {"AccessionNumber": r[2]}),
-    ]
-    for name, make in kinds:
-        times, found = [], 0
-        for _ in range(args.queries):
-            keys = make(rng.choice(rows))
-            t = time.perf_counter()
-            found += len(query(assoc, **keys))
-            times.append((time.perf_counter() - t) * 1000)
-        times.sort()
-        p99 = times[min(len(times) - 1, round(0.99 * (len(times) - 1)))]
-        print(f"| {args.label} | {name} | {len(rows)} | {found / args.queries:.1f} | "
-              f"{statistics.median(times):.2f} ms | {p99:.2f} ms |", flush=True)
+    time_kinds(rows, KINDS, lambda keys: len(query(assoc, **keys)), args.queries, args.label)
     assoc.release()
 
 

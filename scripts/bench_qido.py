@@ -14,12 +14,13 @@ label, kind, studies, matches/query, p50, p99.
 """
 
 import argparse
-import datetime
-import random
-import statistics
-import time
+import os
+import sys
 
 import requests
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_find import KINDS, time_kinds  # noqa: E402  (the same query kinds and timing)
 
 
 def main():
@@ -47,30 +48,9 @@ def main():
     rows = [r for r in rows if r[0] and r[1] and r[2]]
     if not rows:
         raise SystemExit("no studies to query")
-    rng = random.Random(7)
-
-    def week(d):
-        start = datetime.datetime.strptime(d, "%Y%m%d")
-        return f"{d}-{(start + datetime.timedelta(days=6)).strftime('%Y%m%d')}"
-
-    kinds = [
-        ("PatientID", lambda r: {"PatientID": r[0]}),
-        ("StudyDate range (7 days)", lambda r: {"StudyDate": week(r[1])}),
-        ("AccessionNumber", lambda r: {"AccessionNumber": r[2]}),
-        ("PatientID + includefield=BodyPartExamined",
-         lambda r: {"PatientID": r[0], "includefield": "BodyPartExamined"}),
-    ]
-    for name, make in kinds:
-        times, found = [], 0
-        for _ in range(args.queries):
-            params = make(rng.choice(rows))
-            t = time.perf_counter()
-            found += len(search(params))
-            times.append((time.perf_counter() - t) * 1000)
-        times.sort()
-        p99 = times[min(len(times) - 1, round(0.99 * (len(times) - 1)))]
-        print(f"| {args.label} | {name} | {len(rows)} | {found / args.queries:.1f} | "
-              f"{statistics.median(times):.2f} ms | {p99:.2f} ms |", flush=True)
+    kinds = KINDS + [("PatientID + includefield=BodyPartExamined",
+                      lambda r: {"PatientID": r[0], "includefield": "BodyPartExamined"})]
+    time_kinds(rows, kinds, lambda params: len(search(params)), args.queries, args.label)
 
 
 if __name__ == "__main__":
