@@ -33,6 +33,8 @@ pub struct RetrieveItem {
     pub sop_class_uid: String,
     pub transfer_syntax_uid: String,
     pub id: ObjectId,
+    /// The object's Part-10 size, bytes.
+    pub size: u64,
 }
 
 /// Reads the objects of a [`Retrieval`]; cheap to clone into sending tasks.
@@ -334,6 +336,7 @@ fn resolve(index: &dyn Index, query: &Query) -> Result<Vec<RetrieveItem>, Error>
             Ok(RetrieveItem {
                 id: ObjectId::from_hex(&current.id)
                     .ok_or_else(|| Error::Internal("malformed object id in the index".into()))?,
+                size: current.size,
                 study_uid: i.study_uid,
                 series_uid: i.series_uid,
                 sop_instance_uid: i.sop_instance_uid,

@@ -632,29 +632,41 @@ async fn retrieve(
         let items = retrieval.items().clone();
         let reader = retrieval.reader();
         let (mut sent, mut failed) = (0usize, 0usize);
-        for item in items.iter() {
-            // as stored, except the syntaxes PS3.18 8.7.3 keeps off the web (implicit VR,
-            // big endian), which go as Explicit VR Little Endian
-            let target = match &syntax {
-                Some(uid) => uid.clone(),
-                None if matches!(
-                    item.transfer_syntax_uid.as_str(),
-                    "1.2.840.10008.1.2" | "1.2.840.10008.1.2.2"
-                ) =>
-                {
-                    EXPLICIT_VR_LE.to_string()
-                }
-                None => item.transfer_syntax_uid.clone(),
+        // objects are read (hot: re-hashed; cold: fetched, decompressed, verified) a few
+        // ahead of the one being sent, so reading overlaps sending: at most
+        // READ_AHEAD objects and READ_AHEAD_BYTES of them in flight (a larger one alone)
+        let mut ahead: std::collections::VecDeque<(usize, tokio::task::JoinHandle<_>)> =
+            std::collections::VecDeque::new();
+        let (mut next, mut in_flight) = (0usize, 0u64);
+        loop {
+            while next < items.len()
+                && ahead.len() < READ_AHEAD
+                && (ahead.is_empty() || in_flight + items[next].size <= READ_AHEAD_BYTES)
+            {
+                let (reader, item) = (reader.clone(), items[next].clone());
+                let target = target_syntax(syntax.as_deref(), &item);
+                in_flight += item.size;
+                ahead.push_back((
+                    next,
+                    tokio::spawn(async move { prepare_part(&reader, &item, &target).await }),
+                ));
+                next += 1;
+            }
+            let Some((i, handle)) = ahead.pop_front() else {
+                break;
             };
+            let item = &items[i];
+            in_flight -= item.size;
+            let target = target_syntax(syntax.as_deref(), item);
             let head = format!(
                 "--{boundary}\r\nContent-Type: application/dicom; transfer-syntax={target}\r\n\r\n"
             );
-            // large objects as stored stream from a file; the rest is read (and converted)
-            let body: Result<Vec<Bytes>, String> = match reader.file_to_stream(item, &target).await
-            {
-                Ok(Some(file)) => {
+            let prepared = handle.await.map_err(|e| e.to_string()).and_then(|r| r);
+            let body: Result<Vec<Bytes>, String> = match prepared {
+                Ok(Prepared::File(file)) => {
                     // the whole Part-10 file from disk: meta group, then the data set
                     if tx.send(Ok(Bytes::from(head))).await.is_err() {
+                        abort_all(ahead);
                         retrieval.finish(sent, failed).await;
                         return;
                     }
@@ -666,20 +678,21 @@ async fn retrieve(
                         Err(e) => Err(e),
                     }
                 }
-                Ok(None) => part_bytes(&reader, item, &target).await.map(|bytes| {
+                Ok(Prepared::Bytes(bytes)) => {
                     sent += 1;
-                    vec![
+                    Ok(vec![
                         Bytes::from(head),
                         Bytes::from(bytes),
                         Bytes::from_static(b"\r\n"),
-                    ]
-                }),
-                Err(e) => Err(e.to_string()),
+                    ])
+                }
+                Err(e) => Err(e),
             };
             match body {
                 Ok(chunks) => {
                     for chunk in chunks {
                         if tx.send(Ok(chunk)).await.is_err() {
+                            abort_all(ahead);
                             retrieval.finish(sent, failed).await;
                             return;
                         }
@@ -690,6 +703,7 @@ async fn retrieve(
                     // sees a truncated multipart body, and the audit record says why
                     tracing::warn!(object = %item.id, error = %e, "WADO-RS: object not sent");
                     failed += 1;
+                    abort_all(ahead);
                     let _ = tx.send(Err(std::io::Error::other(e))).await;
                     retrieval.finish(sent, failed).await;
                     return;
@@ -702,6 +716,56 @@ async fn retrieve(
         retrieval.finish(sent, failed).await;
     });
     streamed(content_type, rx)
+}
+
+/// How many objects of a WADO-RS answer are read ahead of the one being sent, and how
+/// many bytes of them at most (an object larger than that is read alone).
+const READ_AHEAD: usize = 4;
+const READ_AHEAD_BYTES: u64 = 16 << 20;
+
+/// An object ready to go in a multipart answer.
+enum Prepared {
+    /// A large object as stored: streamed from its checked file.
+    File(crate::archive::retrieve::StreamFile),
+    /// Read whole (and converted when asked), checked against its id.
+    Bytes(Vec<u8>),
+}
+
+/// Reads one object for a multipart answer in `target` (see [`Prepared`]).
+async fn prepare_part(
+    reader: &crate::archive::retrieve::RetrievalReader,
+    item: &crate::archive::retrieve::RetrieveItem,
+    target: &str,
+) -> Result<Prepared, String> {
+    match reader.file_to_stream(item, target).await {
+        Ok(Some(file)) => Ok(Prepared::File(file)),
+        Ok(None) => part_bytes(reader, item, target).await.map(Prepared::Bytes),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Stops the reads still ahead of an answer that ends early.
+fn abort_all<T>(ahead: std::collections::VecDeque<(usize, tokio::task::JoinHandle<T>)>) {
+    for (_, handle) in ahead {
+        handle.abort();
+    }
+}
+
+/// The transfer syntax an object goes in: the one asked for, else as stored, except the
+/// syntaxes PS3.18 8.7.3 keeps off the web (implicit VR, big endian), which go as
+/// Explicit VR Little Endian.
+fn target_syntax(asked: Option<&str>, item: &crate::archive::retrieve::RetrieveItem) -> String {
+    match asked {
+        Some(uid) => uid.to_string(),
+        None if matches!(
+            item.transfer_syntax_uid.as_str(),
+            "1.2.840.10008.1.2" | "1.2.840.10008.1.2.2"
+        ) =>
+        {
+            EXPLICIT_VR_LE.to_string()
+        }
+        None => item.transfer_syntax_uid.clone(),
+    }
 }
 
 /// The retrieval of what `query` names for a multipart answer, checked before any status
