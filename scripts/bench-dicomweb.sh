@@ -11,7 +11,10 @@
 #    from its pack (ranged read, zstd decode, each object verified against its id);
 #  - QIDO-RS: 200 study searches by PatientID, latency p50/p99 (ms);
 #  - and Strata's WADO-RS retrieve against its own C-GET of the same studies (DCMTK
-#    getscu), the issue's "retrieve at least half of C-GET".
+#    getscu), the issue's "retrieve at least half of C-GET";
+#  - the yardstick: what one loopback HTTP stream into curl carries on this machine at
+#    best (a minimal server sendfile(2)-ing the same bytes from the page cache, no
+#    reading, verifying or framing), so the WADO-RS figures can be read against it.
 # Data from tests/peers/gen_ct.py (shared with the other benchmarks).
 # Usage: scripts/bench-dicomweb.sh [N=1000]
 set -euo pipefail
@@ -122,6 +125,33 @@ for name, url in servers.items():
     results[(name, "qido_p50")] = lat[len(lat) // 2]
     results[(name, "qido_p99")] = lat[int(len(lat) * 0.99) - 1]
 
+# the yardstick: one loopback stream of the same bytes, sent by sendfile(2), into curl
+import socket, threading
+blob = os.path.join(work, "yardstick.bin")
+with open(blob, "wb") as out:
+    for s in studies:
+        for p in files[s]:
+            out.write(open(p, "rb").read())
+listener = socket.socket()
+listener.bind(("127.0.0.1", 0))
+listener.listen(1)
+def serve_blob(rounds):
+    for _ in range(rounds):
+        c, _ = listener.accept()
+        c.recv(65536)
+        c.sendall(f"HTTP/1.1 200 OK\r\nContent-Length: {os.path.getsize(blob)}\r\nConnection: close\r\n\r\n".encode())
+        with open(blob, "rb") as f:
+            c.sendfile(f)
+        c.close()
+threading.Thread(target=serve_blob, args=(3,), daemon=True).start()
+speeds = []
+for _ in range(3):
+    out = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{speed_download}",
+                          f"http://127.0.0.1:{listener.getsockname()[1]}/"], capture_output=True, text=True, check=True)
+    speeds.append(float(out.stdout) / 1e6)
+yardstick = statistics.median(speeds)
+os.remove(blob)
+
 # Strata's own C-GET of the same studies (DCMTK getscu), for the retrieve ratio
 t, got = time.monotonic(), 0
 for uid in uids:
@@ -153,6 +183,9 @@ for key, label, higher in (("stow", "STOW-RS instances/s", True), ("wado", "WADO
     print(f"| {label} | {s:.1f} | {o:.1f} | {ratio:.2f}x |")
 print(f"\nStrata WADO-RS {results[('strata', 'wado')]:.1f} MB/s vs its own C-GET (getscu) {cget:.1f} MB/s: "
       f"{results[('strata', 'wado')] / cget:.2f}x")
+print(f"One loopback stream at best (sendfile into curl, median of 3): {yardstick:.1f} MB/s; WADO-RS (hot) "
+      f"reaches {results[('strata', 'wado')] / yardstick:.2f}x of it for Strata, "
+      f"{results[('orthanc', 'wado')] / yardstick:.2f}x for Orthanc")
 print(f"Strata WADO-RS from the cold tier {cold:.1f} MB/s: {cold / results[('orthanc', 'wado')]:.2f}x Orthanc's "
       f"(hot) and {cold / results[('strata', 'wado')]:.2f}x its own from hot")
 PY
