@@ -326,9 +326,19 @@ pub fn server_running(config: &Config) -> bool {
 }
 
 /// The admin API of the server holding the archive, acting for this process's user.
+/// The admin API client: over plain HTTP on loopback — `[http] port`, or with HTTPS
+/// there, `[http] loopback_port` (which must then be set).
 pub fn admin_client(config: &Config) -> Result<strata::http::admin::AdminClient> {
+    let port = match (config.http.tls, config.http.loopback_port) {
+        (false, _) => config.http.port,
+        (true, 0) => anyhow::bail!(
+            "the server serves HTTPS ([http] tls = true): set [http] loopback_port so that \
+             CLI commands reach its admin API over loopback"
+        ),
+        (true, port) => port,
+    };
     Ok(strata::http::admin::AdminClient::new(
-        config.http.port,
+        port,
         &Principal::cli_user().name(),
     )?)
 }
@@ -382,6 +392,11 @@ fn serve(config: Config) -> Result<i32> {
         .enable_all()
         .build()
         .context("start the async runtime")?;
+    if config.http.tls {
+        // unusable TLS files stop the server before it opens anything
+        strata::tls::server_config(&config.tls, "[http] tls", &[b"http/1.1"])
+            .context("cannot serve HTTPS")?;
+    }
     runtime.block_on(async move {
         let c = config.clone();
         let (storage, recovery) =
@@ -403,7 +418,15 @@ fn serve(config: Config) -> Result<i32> {
                     config.http.bind, config.http.port
                 )
             })?;
-        strata::server::run(config, storage, dicom, http, shutdown_signal()).await?;
+        let loopback = match config.http.loopback_port {
+            0 => None,
+            port => Some(
+                tokio::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, port))
+                    .await
+                    .with_context(|| format!("listen for plain HTTP on 127.0.0.1:{port}"))?,
+            ),
+        };
+        strata::server::run(config, storage, dicom, http, loopback, shutdown_signal()).await?;
         Ok::<_, anyhow::Error>(0)
     })
 }

@@ -23,6 +23,21 @@ pub struct Config {
     pub scrub: ScrubConfig,
     pub retention: RetentionConfig,
     pub web: WebConfig,
+    pub tls: TlsConfig,
+}
+
+/// TLS material shared by the HTTPS endpoint (`[http] tls`) and the DICOM TLS port:
+/// paths only, never the secrets themselves ([`crate::tls`]).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM certificate chain of this server, the leaf first.
+    pub cert_file: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1); refused when world-readable.
+    pub key_file: PathBuf,
+    /// PEM bundle of the CAs whose client certificates are accepted. Set: every TLS
+    /// client must present one (mutual TLS). Empty: no client certificates.
+    pub client_ca_file: PathBuf,
 }
 
 /// The zero-footprint viewer (OHIF) served same-origin on the HTTP port.
@@ -185,6 +200,11 @@ pub struct HttpConfig {
     pub port: u16,
     /// Address to listen on.
     pub bind: IpAddr,
+    /// Serve HTTPS on `port` with the `[tls]` certificate and key (TLS 1.2 and 1.3).
+    pub tls: bool,
+    /// With `tls`: also serve plain HTTP on 127.0.0.1 at this port (0 = off), for the
+    /// CLI's admin client and local probes. Never on another address.
+    pub loopback_port: u16,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -331,6 +351,8 @@ impl Default for HttpConfig {
         HttpConfig {
             port: 8080,
             bind: IpAddr::from([0, 0, 0, 0]),
+            tls: false,
+            loopback_port: 0,
         }
     }
 }
@@ -419,6 +441,18 @@ impl Config {
                  (loopback test servers only)",
                 self.cold.endpoint
             )));
+        }
+        if self.http.loopback_port != 0 && !self.http.tls {
+            return Err(ConfigError::Invalid(
+                "[http] loopback_port is for keeping plain HTTP on loopback beside HTTPS: \
+                 set [http] tls = true, or leave loopback_port at 0"
+                    .into(),
+            ));
+        }
+        if self.http.tls && self.http.loopback_port == self.http.port {
+            return Err(ConfigError::Invalid(
+                "[http] loopback_port must differ from [http] port".into(),
+            ));
         }
         let mut peers = std::collections::HashSet::new();
         for peer in &self.dicom.peers {

@@ -24,7 +24,6 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 use std::net::SocketAddr;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 pub fn local_addr_display(config: &Config) -> String {
@@ -94,13 +93,29 @@ pub fn origin(archive: &Archive, headers: &axum::http::HeaderMap) -> String {
             }
         })
         .unwrap_or_else(|| format!("127.0.0.1:{port}"));
-    format!("http://{host}")
+    // HTTPS when `[http] tls`, except on the plain loopback port (its own Host port)
+    let http = &archive.config().http;
+    let on_loopback_port = http.loopback_port != 0
+        && host
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| p.parse::<u16>() == Ok(http.loopback_port));
+    let scheme = if http.tls && !on_loopback_port {
+        "https"
+    } else {
+        "http"
+    };
+    format!("{scheme}://{host}")
 }
 
-/// Serves HTTP on `listener` until `shutdown` turns true.
-pub async fn serve(listener: TcpListener, archive: Archive, mut shutdown: watch::Receiver<bool>) {
+/// Serves HTTP on `listener` — a [`tokio::net::TcpListener`], or a [`crate::tls::TlsListener`] for
+/// HTTPS — until `shutdown` turns true.
+pub async fn serve<L>(listener: L, archive: Archive, mut shutdown: watch::Receiver<bool>)
+where
+    L: axum::serve::Listener<Addr = SocketAddr>,
+{
+    use axum::serve::ListenerExt;
     let result = axum::serve(
-        listener,
+        listener.tap_io(|_| {}),
         router(archive).into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(async move {

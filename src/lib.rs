@@ -52,5 +52,6 @@ pub mod query;
 pub mod server;
 pub mod storage;
 pub mod tiering;
+pub mod tls;
 
 pub use archive::{Error, Principal};

@@ -20,6 +20,8 @@ pub struct Metrics {
     pub commit_seconds: HistogramVec,
     pub active_associations: IntGauge,
     pub associations_rejected: IntCounterVec,
+    /// TLS handshakes that did not complete, by service (`http`, `dicom`).
+    pub tls_handshake_failures: IntCounterVec,
     pub hot_free_bytes: IntGauge,
     /// HTTP requests by route template (e.g. `/dicom-web/studies/{study}`), method and
     /// status code.
@@ -248,6 +250,14 @@ impl Metrics {
             &["reason"],
         )
         .expect("metric");
+        let tls_handshake_failures = IntCounterVec::new(
+            Opts::new(
+                "strata_tls_handshake_failures_total",
+                "TLS handshakes refused or abandoned, by service",
+            ),
+            &["service"],
+        )
+        .expect("metric");
         let hot_free_bytes = IntGauge::new(
             "strata_hot_free_bytes",
             "Free bytes on the hot tier's filesystem",
@@ -285,6 +295,7 @@ impl Metrics {
             Box::new(commit_seconds.clone()),
             Box::new(active_associations.clone()),
             Box::new(associations_rejected.clone()),
+            Box::new(tls_handshake_failures.clone()),
             Box::new(hot_free_bytes.clone()),
         ] {
             registry.register(c).expect("unique metric names");
@@ -300,6 +311,7 @@ impl Metrics {
             commit_seconds,
             active_associations,
             associations_rejected,
+            tls_handshake_failures,
             hot_free_bytes,
             http_requests,
             http_seconds,

@@ -15,12 +15,16 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 /// Runs the server until `shutdown` resolves, then drains and closes the archive
-/// (recording a clean stop unless a store failed to sync or index).
+/// (recording a clean stop unless a store failed to sync or index). `http_listener`
+/// serves HTTPS when `[http] tls` (the `[tls]` files are read here: an unusable one is
+/// an [`Error::Invalid`] before anything is served); `loopback_listener` is the plain
+/// HTTP listener on loopback beside it (`[http] loopback_port`).
 pub async fn run(
     config: Config,
     storage: Storage,
     dicom_listener: TcpListener,
     http_listener: TcpListener,
+    loopback_listener: Option<TcpListener>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), Error> {
     let metrics = Metrics::new();
@@ -100,11 +104,30 @@ pub async fn run(
         ))
     });
 
-    let http_task = tokio::spawn(http::serve(
-        http_listener,
-        archive.clone(),
-        shutdown_rx.clone(),
-    ));
+    let http_task = if config.http.tls {
+        // HTTPS with the [tls] files (checked at start: a bad file stops it here)
+        let tls = crate::tls::server_config(&config.tls, "[http] tls", &[b"http/1.1"])
+            .map_err(|e| Error::InvalidRequest(format!("cannot serve HTTPS: {e}")))?;
+        let metrics = archive.metrics().clone();
+        let listener = crate::tls::TlsListener::new(http_listener, tls, move |peer, why| {
+            metrics
+                .tls_handshake_failures
+                .with_label_values(&["http"])
+                .inc();
+            tracing::warn!(%peer, reason = %why, "HTTPS: TLS handshake refused");
+        })
+        .map_err(|e| Error::Internal(format!("HTTPS listener: {e}")))?;
+        tokio::spawn(http::serve(listener, archive.clone(), shutdown_rx.clone()))
+    } else {
+        tokio::spawn(http::serve(
+            http_listener,
+            archive.clone(),
+            shutdown_rx.clone(),
+        ))
+    };
+    // plain HTTP on loopback beside HTTPS, for the CLI and local probes
+    let loopback_task = loopback_listener
+        .map(|listener| tokio::spawn(http::serve(listener, archive.clone(), shutdown_rx.clone())));
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         ae_title = config.dicom.ae_title,
@@ -129,6 +152,9 @@ pub async fn run(
     let _ = shutdown_tx.send(true);
     let _ = dicom_task.await;
     let _ = http_task.await;
+    if let Some(task) = loopback_task {
+        let _ = task.await;
+    }
     if let Some(task) = anchor_task {
         let _ = task.await;
     }

@@ -14,6 +14,7 @@ mod governance;
 mod integrity;
 mod migrate;
 mod retrieve;
+mod security;
 mod store;
 mod tiering;
 mod usecases;

@@ -318,13 +318,7 @@ fn eight_concurrent_associations_store_correctly() {
     let children: Vec<_> = chunks
         .iter()
         .map(|chunk| {
-            dcmtk("storescu")
-                .args([
-                    "-aec",
-                    "STRATA",
-                    "127.0.0.1",
-                    &server.dicom_port.to_string(),
-                ])
+            storescu(server.dicom_port)
                 .args(chunk)
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::piped())

@@ -49,6 +49,13 @@ pub fn python(script: &str) -> Command {
     cmd
 }
 
+/// DCMTK storescu calling STRATA at `port` on loopback; add the files.
+pub fn storescu(port: u16) -> Command {
+    let mut cmd = dcmtk("storescu");
+    cmd.args(["-aec", "STRATA", "127.0.0.1", &port.to_string()]);
+    cmd
+}
+
 pub fn run(cmd: &mut Command) -> Output {
     let out = cmd
         .output()

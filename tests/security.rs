@@ -1,0 +1,236 @@
+//! TLS on the HTTP port (issue 14, items 2 and 6) against real clients: curl and OpenSSL's
+//! `s_client`, with a CA, a server and a client certificate made by the `openssl` CLI.
+//! HTTPS answers with https URLs; plain HTTP and TLS 1.1 are refused at the handshake
+//! (counted); the CLI reaches the admin API over the plain loopback port; with
+//! `client_ca_file` a client without a certificate from that CA is refused; a
+//! world-readable key stops `strata serve` at start with the reason.
+
+use crate::common::*;
+use std::path::Path;
+use std::process::Command;
+
+/// Makes `ca.pem`, `server.pem`/`server.key` (for 127.0.0.1 and localhost) and
+/// `client.pem`/`client.key` in `dir`, keys mode 0600.
+fn make_certificates(dir: &Path) {
+    let openssl = |args: &[&str]| {
+        run_ok(Command::new("openssl").current_dir(dir).args(args));
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    openssl(
+        &[
+            &["req", "-x509"][..],
+            &ec,
+            &[
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=Strata Test CA",
+            ],
+        ]
+        .concat(),
+    );
+    for (name, subject, ext) in [
+        (
+            "server",
+            "/CN=localhost",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
+        ),
+        (
+            "client",
+            "/CN=EHR-VIEWER/O=Hospital",
+            "extendedKeyUsage=clientAuth\n",
+        ),
+    ] {
+        openssl(
+            &[
+                &["req"][..],
+                &ec,
+                &[
+                    "-keyout",
+                    &format!("{name}.key"),
+                    "-out",
+                    &format!("{name}.csr"),
+                    "-subj",
+                    subject,
+                ],
+            ]
+            .concat(),
+        );
+        std::fs::write(
+            dir.join(format!("{name}.ext")),
+            format!("basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\n{ext}"),
+        )
+        .unwrap();
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{name}.csr"),
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &format!("{name}.pem"),
+            "-days",
+            "2",
+            "-extfile",
+            &format!("{name}.ext"),
+        ]);
+    }
+    for key in ["ca.key", "server.key", "client.key"] {
+        set_mode(&dir.join(key), 0o600);
+    }
+}
+
+fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// An archive serving HTTPS on its HTTP port and plain HTTP on a loopback port (which the
+/// harness then uses for health checks); `client_ca` adds mutual TLS.
+fn tls_archive(name: &str, certs: &Path, client_ca: bool) -> (Archive, u16) {
+    let mut archive = Archive::new(name);
+    let https = archive.http_port;
+    let loopback = free_port();
+    let text = std::fs::read_to_string(&archive.config).unwrap();
+    let client_ca = if client_ca {
+        format!("client_ca_file = \"{}\"\n", certs.join("ca.pem").display())
+    } else {
+        String::new()
+    };
+    let text = text.replace(
+        &format!("[http]\nport = {https}\n"),
+        &format!("[http]\nport = {https}\ntls = true\nloopback_port = {loopback}\n"),
+    ) + &format!(
+        "\n[tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n{client_ca}",
+        certs.join("server.pem").display(),
+        certs.join("server.key").display()
+    );
+    std::fs::write(&archive.config, text).unwrap();
+    archive.http_port = loopback;
+    (archive, https)
+}
+
+/// curl over HTTPS trusting the test CA; (exit status, HTTP status, body).
+fn curl_https(certs: &Path, extra: &[&str], url: &str) -> (bool, String, String) {
+    let out = run(Command::new("curl")
+        .args(["-s", "--cacert"])
+        .arg(certs.join("ca.pem"))
+        .args(["-w", "\n%{http_code}"])
+        .args(extra)
+        .arg(url));
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", ""));
+    (out.status.success(), code.to_string(), body.to_string())
+}
+
+#[test]
+fn https_serves_verified_clients_and_refuses_plain_http_old_tls_and_readable_keys() {
+    let certs = scratch("tls-certs");
+    make_certificates(certs.path());
+    let (archive, https) = tls_archive("tls-http", certs.path(), false);
+    let server = archive.start();
+    let base = format!("https://127.0.0.1:{https}");
+
+    // HTTPS, the server's certificate verified against the CA (PS3.15 B.1, BCP 195)
+    let (ok, code, _) = curl_https(certs.path(), &[], &format!("{base}/healthz"));
+    assert!(ok && code == "200", "{code}");
+    // a stored study is found over HTTPS, and its RetrieveURL is an https URL
+    run_ok(storescu(server.dicom_port).args(dcm_files(ct_study()).iter().take(2)));
+    let (ok, code, body) = curl_https(certs.path(), &[], &format!("{base}/dicom-web/studies"));
+    assert!(ok && code == "200", "{code}: {body}");
+    let studies: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let url = studies[0]["00081190"]["Value"][0].as_str().unwrap();
+    assert!(
+        url.starts_with(&format!("{base}/dicom-web/studies/")),
+        "{url}"
+    );
+
+    // plain HTTP on the TLS port: no answer, the handshake is refused and counted
+    let plain = run(Command::new("curl").args([
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        &format!("http://127.0.0.1:{https}/healthz"),
+    ]));
+    assert!(!plain.status.success());
+    assert_eq!(String::from_utf8_lossy(&plain.stdout), "000");
+    // TLS 1.1 is refused by the server (TLS 1.2 and 1.3 only)
+    let old = run(Command::new("openssl")
+        .args(["s_client", "-connect", &format!("127.0.0.1:{https}")])
+        .args(["-tls1_1", "-cipher", "DEFAULT:@SECLEVEL=0"])
+        .stdin(std::process::Stdio::null()));
+    let text =
+        String::from_utf8_lossy(&old.stdout).to_string() + &String::from_utf8_lossy(&old.stderr);
+    assert!(text.contains("alert handshake failure"), "{text}");
+    let tls12 = run(Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &format!("127.0.0.1:{https}"),
+            "-tls1_2",
+        ])
+        .arg("-CAfile")
+        .arg(certs.path().join("ca.pem"))
+        .stdin(std::process::Stdio::null()));
+    let text = String::from_utf8_lossy(&tls12.stdout);
+    assert!(text.contains("Verify return code: 0 (ok)"), "{text}");
+    let metrics = server.metrics();
+    let refused = metrics
+        .lines()
+        .find(|l| l.starts_with("strata_tls_handshake_failures_total{service=\"http\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(refused >= 2, "{metrics}");
+    // the CLI reaches the admin API over the plain loopback port
+    let status = run_ok(&mut archive.strata(&["tier", "status", "--json"]));
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert!(status.is_object(), "{status}");
+    server.stop();
+
+    // mutual TLS: a client certificate from the configured CA is required
+    let (archive, https) = tls_archive("tls-mutual", certs.path(), true);
+    let server = archive.start();
+    let url = format!("https://127.0.0.1:{https}/healthz");
+    let (ok, _, _) = curl_https(certs.path(), &[], &url);
+    assert!(!ok, "a client without a certificate must be refused");
+    let cert = certs.path().join("client.pem");
+    let key = certs.path().join("client.key");
+    let (ok, code, _) = curl_https(
+        certs.path(),
+        &[
+            "--cert",
+            cert.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+        ],
+        &url,
+    );
+    assert!(ok && code == "200", "{code}");
+    server.stop();
+
+    // a world-readable key stops the server at start, saying why
+    set_mode(&certs.path().join("server.key"), 0o644);
+    let out = run(&mut archive.strata(&["serve"]));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("readable by everyone") && err.contains("server.key"),
+        "{err}"
+    );
+}
