@@ -42,6 +42,10 @@ pub struct Actor {
     pub address: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub user: String,
+    /// For `dicom` over TLS: the subject of the client certificate the peer presented.
+    /// Absent otherwise, and in records written before DICOM TLS.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub certificate: String,
 }
 
 impl Actor {

@@ -392,41 +392,43 @@ fn serve(config: Config) -> Result<i32> {
         .enable_all()
         .build()
         .context("start the async runtime")?;
+    // unusable TLS files stop the server before it opens anything
     if config.http.tls {
-        // unusable TLS files stop the server before it opens anything
         strata::tls::server_config(&config.tls, "[http] tls", &[b"http/1.1"])
             .context("cannot serve HTTPS")?;
+    }
+    if config.dicom.tls_port != 0 {
+        strata::tls::server_config(&config.tls, "[dicom] tls_port", &[])
+            .context("cannot serve DICOM TLS")?;
     }
     runtime.block_on(async move {
         let c = config.clone();
         let (storage, recovery) =
             tokio::task::spawn_blocking(move || Storage::open_exclusive(&c, "serve")).await??;
         report_recovery(&recovery);
-        let dicom = tokio::net::TcpListener::bind((config.dicom.bind, config.dicom.port))
-            .await
-            .with_context(|| {
-                format!(
-                    "listen for DICOM on {}:{}",
-                    config.dicom.bind, config.dicom.port
-                )
-            })?;
-        let http = tokio::net::TcpListener::bind((config.http.bind, config.http.port))
-            .await
-            .with_context(|| {
-                format!(
-                    "listen for HTTP on {}:{}",
-                    config.http.bind, config.http.port
-                )
-            })?;
-        let loopback = match config.http.loopback_port {
-            0 => None,
-            port => Some(
-                tokio::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, port))
-                    .await
-                    .with_context(|| format!("listen for plain HTTP on 127.0.0.1:{port}"))?,
-            ),
+        let bind = |ip: std::net::IpAddr, port: u16, what: &'static str| async move {
+            tokio::net::TcpListener::bind((ip, port))
+                .await
+                .with_context(|| format!("listen for {what} on {ip}:{port}"))
         };
-        strata::server::run(config, storage, dicom, http, loopback, shutdown_signal()).await?;
+        let optional = |ip, port, what| async move {
+            match port {
+                0 => Ok(None),
+                port => bind(ip, port, what).await.map(Some),
+            }
+        };
+        let listeners = strata::server::Listeners {
+            dicom: optional(config.dicom.bind, config.dicom.port, "DICOM").await?,
+            dicom_tls: optional(config.dicom.bind, config.dicom.tls_port, "DICOM TLS").await?,
+            http: bind(config.http.bind, config.http.port, "HTTP").await?,
+            http_loopback: optional(
+                std::net::Ipv4Addr::LOCALHOST.into(),
+                config.http.loopback_port,
+                "plain HTTP",
+            )
+            .await?,
+        };
+        strata::server::run(config, storage, listeners, shutdown_signal()).await?;
         Ok::<_, anyhow::Error>(0)
     })
 }

@@ -151,10 +151,13 @@ pub enum ConflictPolicy {
 pub struct DicomConfig {
     /// Our AE title; associations calling another AE title are rejected.
     pub ae_title: String,
-    /// TCP port of the DICOM listener.
+    /// TCP port of the plain DICOM listener; 0 = none (DICOM over TLS only).
     pub port: u16,
     /// Address to listen on.
     pub bind: IpAddr,
+    /// TCP port of the DICOM TLS listener (PS3.15 B.1, the `[tls]` files; conventionally
+    /// 2762); 0 = none.
+    pub tls_port: u16,
     /// If not empty, only these calling AE titles may associate.
     pub allowed_calling_ae_titles: Vec<String>,
     /// If not empty, only these peer IP addresses may connect.
@@ -331,6 +334,7 @@ impl Default for DicomConfig {
             ae_title: "STRATA".into(),
             port: 11112,
             bind: IpAddr::from([0, 0, 0, 0]),
+            tls_port: 0,
             allowed_calling_ae_titles: Vec::new(),
             allowed_addresses: Vec::new(),
             max_associations: 64,
@@ -441,6 +445,16 @@ impl Config {
                  (loopback test servers only)",
                 self.cold.endpoint
             )));
+        }
+        if self.dicom.port == 0 && self.dicom.tls_port == 0 {
+            return Err(ConfigError::Invalid(
+                "[dicom] port and tls_port are both 0: no DICOM listener would run".into(),
+            ));
+        }
+        if self.dicom.port != 0 && self.dicom.port == self.dicom.tls_port {
+            return Err(ConfigError::Invalid(
+                "[dicom] tls_port must differ from [dicom] port".into(),
+            ));
         }
         if self.http.loopback_port != 0 && !self.http.tls {
             return Err(ConfigError::Invalid(

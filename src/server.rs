@@ -14,17 +14,26 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+/// The sockets `strata serve` listens on, bound by the caller (which names what failed).
+pub struct Listeners {
+    /// The plain DICOM port (`[dicom] port`), unless 0.
+    pub dicom: Option<TcpListener>,
+    /// The DICOM TLS port (`[dicom] tls_port`), unless 0.
+    pub dicom_tls: Option<TcpListener>,
+    /// `[http] port`: HTTPS when `[http] tls`.
+    pub http: TcpListener,
+    /// Plain HTTP on loopback beside HTTPS (`[http] loopback_port`), unless 0.
+    pub http_loopback: Option<TcpListener>,
+}
+
 /// Runs the server until `shutdown` resolves, then drains and closes the archive
-/// (recording a clean stop unless a store failed to sync or index). `http_listener`
-/// serves HTTPS when `[http] tls` (the `[tls]` files are read here: an unusable one is
-/// an [`Error::Invalid`] before anything is served); `loopback_listener` is the plain
-/// HTTP listener on loopback beside it (`[http] loopback_port`).
+/// (recording a clean stop unless a store failed to sync or index). The `[tls]` files
+/// are read here when HTTPS or the DICOM TLS port needs them: an unusable one is an
+/// [`Error::InvalidRequest`] before anything is served.
 pub async fn run(
     config: Config,
     storage: Storage,
-    dicom_listener: TcpListener,
-    http_listener: TcpListener,
-    loopback_listener: Option<TcpListener>,
+    listeners: Listeners,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), Error> {
     let metrics = Metrics::new();
@@ -104,6 +113,12 @@ pub async fn run(
         ))
     });
 
+    let Listeners {
+        dicom: dicom_listener,
+        dicom_tls: dicom_tls_listener,
+        http: http_listener,
+        http_loopback: loopback_listener,
+    } = listeners;
     let http_task = if config.http.tls {
         // HTTPS with the [tls] files (checked at start: a bad file stops it here)
         let tls = crate::tls::server_config(&config.tls, "[http] tls", &[b"http/1.1"])
@@ -132,25 +147,48 @@ pub async fn run(
         version = env!("CARGO_PKG_VERSION"),
         ae_title = config.dicom.ae_title,
         cold = archive.cold.describe(),
-        dicom = ?dicom_listener.local_addr().ok(),
+        dicom = ?dicom_listener.as_ref().and_then(|l| l.local_addr().ok()),
+        dicom_tls = ?dicom_tls_listener.as_ref().and_then(|l| l.local_addr().ok()),
         http = %http::local_addr_display(&config),
         data_dir = %config.archive.data_dir.display(),
         "strata serving"
     );
-    let dicom_task = tokio::spawn(crate::dimse::listener::run(
-        dicom_listener,
-        AssocContext {
-            config: Arc::new(config.dicom.clone()),
-            archive: archive.clone(),
-            shutdown: shutdown_rx.clone(),
-            principal: crate::archive::Principal::system("dimse"),
-        },
-        shutdown_rx.clone(),
-    ));
+    let assoc_ctx = AssocContext {
+        config: Arc::new(config.dicom.clone()),
+        archive: archive.clone(),
+        shutdown: shutdown_rx.clone(),
+        principal: crate::archive::Principal::system("dimse"),
+    };
+    // one cap on the associations of both DICOM ports
+    let limit = Arc::new(tokio::sync::Semaphore::new(config.dicom.max_associations));
+    let dicom_tls = match &dicom_tls_listener {
+        Some(_) => Some(
+            crate::tls::server_config(&config.tls, "[dicom] tls_port", &[])
+                .map_err(|e| Error::InvalidRequest(format!("cannot serve DICOM TLS: {e}")))?,
+        ),
+        None => None,
+    };
+    let mut dicom_tasks = Vec::new();
+    for (listener, tls) in [(dicom_listener, None), (dicom_tls_listener, dicom_tls)] {
+        if let Some(listener) = listener {
+            dicom_tasks.push(tokio::spawn(crate::dimse::listener::run(
+                listener,
+                tls,
+                limit.clone(),
+                assoc_ctx.clone(),
+                shutdown_rx.clone(),
+            )));
+        }
+    }
+    // the listeners hold the only clones: the archive's last handles must go with them,
+    // or shutting ingest down would wait for this one forever
+    drop(assoc_ctx);
 
     shutdown.await;
     let _ = shutdown_tx.send(true);
-    let _ = dicom_task.await;
+    for task in dicom_tasks {
+        let _ = task.await;
+    }
     let _ = http_task.await;
     if let Some(task) = loopback_task {
         let _ = task.await;

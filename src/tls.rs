@@ -150,6 +150,14 @@ pub fn check_secret_file(path: &Path) -> Result<(), TlsError> {
     Ok(())
 }
 
+/// The subject of a certificate in RFC 4514 form (`CN=EHR-VIEWER, O=Hospital`), parsed
+/// by x509-parser; `None` when the certificate does not parse.
+pub fn subject_of(certificate: &CertificateDer<'_>) -> Option<String> {
+    x509_parser::parse_x509_certificate(certificate.as_ref())
+        .ok()
+        .map(|(_, cert)| cert.subject().to_string())
+}
+
 /// A TCP listener whose connections come out as finished TLS streams, for `axum::serve`.
 /// Handshakes run in their own tasks; at most [`MAX_PENDING_HANDSHAKES`] wait at once
 /// (more connections wait in the kernel's backlog).

@@ -3,9 +3,9 @@
 //! A [`Principal`] is built by the adapter that received the request — the DIMSE
 //! association from its calling AE title and peer address, the CLI from the operating
 //! system user, the admin API from the user its client names — and flows unchanged into
-//! the use case, which attributes its audit record to it. Roles, token subjects and TLS
-//! certificate subjects join it with the security issue; the audit record format
-//! ([`crate::audit::Actor`]) already has room for them.
+//! the use case, which attributes its audit record to it. A DICOM TLS peer's certificate
+//! subject is part of it; roles and token subjects join it with the rest of the security
+//! issue.
 
 use crate::audit::Actor;
 use serde::{Deserialize, Serialize};
@@ -14,9 +14,15 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Principal {
-    /// A DICOM application entity: the calling AE title of the association and the
-    /// peer's address (`ip:port`).
-    Dicom { ae_title: String, address: String },
+    /// A DICOM application entity: the calling AE title of the association, the peer's
+    /// address (`ip:port`) and, over DICOM TLS with client certificates, the subject of
+    /// the certificate it presented (RFC 4514 form, `CN=…,O=…`).
+    Dicom {
+        ae_title: String,
+        address: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        certificate: Option<String>,
+    },
     /// A command-line user (the operating system user; `via` names the route, e.g. the
     /// admin API, when the command reached a running server).
     Cli {
@@ -42,6 +48,17 @@ impl Principal {
         Principal::Dicom {
             ae_title: ae_title.trim().to_string(),
             address: address.to_string(),
+            certificate: None,
+        }
+    }
+
+    /// A DICOM peer over TLS, identified by its AE title and, when it presented one, its
+    /// certificate's subject.
+    pub fn dicom_tls(ae_title: &str, address: &str, certificate: Option<String>) -> Self {
+        Principal::Dicom {
+            ae_title: ae_title.trim().to_string(),
+            address: address.to_string(),
+            certificate,
         }
     }
 
@@ -81,7 +98,9 @@ impl Principal {
     /// `AE@address` for a DICOM peer, `system:worker` for the archive itself.
     pub fn name(&self) -> String {
         match self {
-            Principal::Dicom { ae_title, address } => format!("{ae_title}@{address}"),
+            Principal::Dicom {
+                ae_title, address, ..
+            } => format!("{ae_title}@{address}"),
             Principal::Cli { user, .. } => user.clone(),
             Principal::System { worker } => format!("system:{worker}"),
             Principal::Web { address, user, .. } => match user {
@@ -94,7 +113,14 @@ impl Principal {
     /// The audit log's record of this caller.
     pub fn actor(&self) -> Actor {
         match self {
-            Principal::Dicom { ae_title, address } => Actor::dicom(ae_title, address),
+            Principal::Dicom {
+                ae_title,
+                address,
+                certificate,
+            } => Actor {
+                certificate: certificate.clone().unwrap_or_default(),
+                ..Actor::dicom(ae_title, address)
+            },
             Principal::Cli { user, via } => Actor {
                 kind: "cli".into(),
                 user: user.clone(),

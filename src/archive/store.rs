@@ -34,7 +34,9 @@ pub struct StoreStream {
 /// object's bytes).
 fn provenance(principal: &Principal, source: &str) -> Provenance {
     let (calling_ae, source) = match principal {
-        Principal::Dicom { ae_title, address } => (ae_title.clone(), address.clone()),
+        Principal::Dicom {
+            ae_title, address, ..
+        } => (ae_title.clone(), address.clone()),
         Principal::Cli { .. } => ("import".to_string(), source.to_string()),
         Principal::System { worker } => (worker.clone(), source.to_string()),
         Principal::Web {

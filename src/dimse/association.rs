@@ -14,8 +14,10 @@
 //! received, hashed, parsed and made durable.
 
 use super::command::{field, status, Command, ResponseBuilder};
-use super::context::{AssocContext, Association, Message};
-use super::negotiation::{check_context_ids, server_options, ABORT_INVALID_PARAMETER};
+use super::context::{AssocContext, Association, Link, Message};
+use super::negotiation::{
+    check_context_ids, server_options, valid_context_ids, ABORT_INVALID_PARAMETER,
+};
 use super::pdv::send_command;
 use super::request::{Incoming, Request};
 use super::store::Receiving;
@@ -79,7 +81,7 @@ pub async fn serve_association(mut ctx: AssocContext, stream: TcpStream, peer: S
         return;
     }
     let negotiated = tokio::time::timeout_at(deadline, opts.establish_async(stream)).await;
-    let mut assoc = match negotiated {
+    let assoc = match negotiated {
         Ok(Ok(a)) => a,
         Ok(Err(e)) => {
             tracing::info!(%peer, error = %e, "association not established");
@@ -103,6 +105,91 @@ pub async fn serve_association(mut ctx: AssocContext, stream: TcpStream, peer: S
         .to_string();
     tracing::info!(%peer, calling_ae, "association established");
     ctx.principal = Principal::dicom(&calling_ae, &peer.to_string());
+    run_established(ctx, assoc, peer).await;
+}
+
+/// Serves one TCP connection of the DICOM TLS port (PS3.15 B.1): the TLS handshake with
+/// `tls` (client certificates required when `[tls] client_ca_file` is set), then the
+/// association as on the plain port. The caller is the calling AE title together with
+/// its certificate's subject. A refused handshake is counted
+/// (`strata_tls_handshake_failures_total{service="dicom"}`) and logged; it never
+/// reaches DICOM negotiation.
+pub async fn serve_tls_association(
+    mut ctx: AssocContext,
+    stream: TcpStream,
+    peer: SocketAddr,
+    tls: std::sync::Arc<rustls::ServerConfig>,
+) {
+    let opts = server_options(&ctx.config).tls_config(tls);
+    let metrics = ctx.archive.metrics().clone();
+    let deadline = tokio::time::Instant::now() + ctx.config.read_timeout;
+    let negotiated = tokio::time::timeout_at(deadline, opts.establish_tls_async(stream)).await;
+    let mut assoc = match negotiated {
+        Ok(Ok(a)) => a,
+        Ok(Err(e)) => {
+            use dicom_ul::association::Error as UlError;
+            let tls_failure = matches!(
+                e,
+                UlError::TlsHandshake { .. } | UlError::TlsConnection { .. }
+            );
+            let (label, service) = if tls_failure {
+                metrics
+                    .tls_handshake_failures
+                    .with_label_values(&["dicom"])
+                    .inc();
+                ("tls", "TLS handshake refused")
+            } else {
+                ("negotiation", "association not established")
+            };
+            tracing::warn!(%peer, error = %e, "DICOM TLS: {service}");
+            metrics
+                .associations_rejected
+                .with_label_values(&[label])
+                .inc();
+            return;
+        }
+        Err(_) => {
+            tracing::info!(%peer, "DICOM TLS: no handshake and A-ASSOCIATE-RQ within the read timeout");
+            metrics
+                .associations_rejected
+                .with_label_values(&["timeout"])
+                .inc();
+            return;
+        }
+    };
+    // the IDs' check the plain port makes before negotiating (PS3.8 9.3.2.2), made on
+    // what was negotiated: the TLS stream cannot be peeked before dicom-ul reads it
+    let ids = assoc.presentation_contexts().iter().map(|pc| pc.id);
+    if let Err(why) = valid_context_ids(ids) {
+        tracing::warn!(%peer, reason = %why, "association aborted: invalid A-ASSOCIATE-RQ");
+        metrics
+            .associations_rejected
+            .with_label_values(&["invalid_request"])
+            .inc();
+        let _ = assoc.abort().await;
+        return;
+    }
+    let calling_ae = dicom_ul::association::Association::peer_ae_title(&assoc)
+        .trim()
+        .to_string();
+    let subject = {
+        let (_, connection) = assoc.inner_stream().get_ref();
+        connection
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .and_then(|leaf| crate::tls::subject_of(leaf))
+    };
+    tracing::info!(%peer, calling_ae, certificate = subject.as_deref().unwrap_or(""), "association established over TLS");
+    ctx.principal = Principal::dicom_tls(&calling_ae, &peer.to_string(), subject);
+    run_established(ctx, assoc, peer).await;
+}
+
+/// Runs an established association's messages until its end, and ends it.
+async fn run_established<S: Link>(ctx: AssocContext, mut assoc: Association<S>, peer: SocketAddr) {
+    let metrics = ctx.archive.metrics().clone();
+    let calling_ae = dicom_ul::association::Association::peer_ae_title(&assoc)
+        .trim()
+        .to_string();
     metrics.active_associations.inc();
     let outcome = run_messages(&ctx, &mut assoc, peer).await;
     metrics.active_associations.dec();
@@ -126,9 +213,9 @@ enum End {
     Abort(String),
 }
 
-async fn run_messages(
+async fn run_messages<S: Link>(
     ctx: &AssocContext,
-    assoc: &mut Association,
+    assoc: &mut Association<S>,
     peer: SocketAddr,
 ) -> Result<End, AssocError> {
     let mut shutdown = ctx.shutdown.clone();
@@ -231,7 +318,7 @@ async fn run_messages(
 }
 
 /// Returns the accepted presentation context `pc_id` as (abstract syntax, transfer syntax).
-fn presentation_context(assoc: &Association, pc_id: u8) -> Option<(String, String)> {
+fn presentation_context<S: Link>(assoc: &Association<S>, pc_id: u8) -> Option<(String, String)> {
     assoc
         .presentation_contexts()
         .iter()
@@ -245,9 +332,9 @@ fn presentation_context(assoc: &Association, pc_id: u8) -> Option<(String, Strin
 }
 
 /// Handles a complete command set; returns what to do with the data set that follows.
-async fn start_message(
+async fn start_message<S: Link>(
     ctx: &AssocContext,
-    assoc: &mut Association,
+    assoc: &mut Association<S>,
     pc_id: u8,
     bytes: &[u8],
 ) -> Result<Option<Pending>, AssocError> {
@@ -314,7 +401,10 @@ async fn start_message(
 }
 
 /// 0x0211 (unrecognized operation) for a request Strata does not answer.
-async fn respond_unsupported(assoc: &mut Association, m: &Message) -> Result<(), AssocError> {
+async fn respond_unsupported<S: Link>(
+    assoc: &mut Association<S>,
+    m: &Message,
+) -> Result<(), AssocError> {
     let rsp = ResponseBuilder::new(
         m.incoming.command_field,
         m.incoming.message_id,
@@ -340,9 +430,9 @@ async fn feed_data(op: &mut Pending, data: Vec<u8>) -> Result<(), AssocError> {
     Ok(())
 }
 
-async fn finish_message(
+async fn finish_message<S: Link>(
     ctx: &AssocContext,
-    assoc: &mut Association,
+    assoc: &mut Association<S>,
     op: Pending,
     peer: SocketAddr,
 ) -> Result<(), AssocError> {

@@ -8,7 +8,7 @@
 //! FailureReason.
 
 use super::command::{field, tag, Command, ResponseBuilder};
-use super::context::{AssocContext, Association, Message};
+use super::context::{AssocContext, Association, Link, Message};
 use super::pdv::{pdv_limit, send_command, send_data};
 use super::request::sop::{STORAGE_COMMITMENT_INSTANCE, STORAGE_COMMITMENT_PUSH};
 use super::AssocError;
@@ -120,9 +120,9 @@ fn parse_request(dataset: &[u8], ts: &str) -> Result<(String, Vec<(String, Strin
     Ok((transaction, refs))
 }
 
-pub async fn run_commit(
+pub async fn run_commit<S: Link>(
     ctx: &AssocContext,
-    assoc: &mut Association,
+    assoc: &mut Association<S>,
     req: Message,
     action_type_id: u16,
 ) -> Result<(), AssocError> {

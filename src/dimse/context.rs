@@ -15,7 +15,16 @@ use std::sync::Arc;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-pub(crate) type Association = dicom_ul::association::server::AsyncServerAssociation<TcpStream>;
+/// The byte stream an association runs over: plain TCP, or TLS over TCP (PS3.15 B.1).
+pub trait Link:
+    tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + Sync + 'static
+{
+}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + Sync + 'static> Link for T {}
+
+/// An association Strata accepted, over plain TCP unless said otherwise.
+pub(crate) type Association<S = TcpStream> =
+    dicom_ul::association::server::AsyncServerAssociation<S>;
 
 /// Everything an association task needs.
 #[derive(Clone)]
@@ -42,7 +51,9 @@ pub struct Message {
 /// or C-MOVE, without waiting: the receive is polled once, with no timer — a zero
 /// timeout would wait for the timer wheel's next tick, ~1 ms per response; dicom-ul's
 /// receive is cancel-safe). Anything but a C-CANCEL here is a protocol error.
-pub(crate) async fn cancel_requested(assoc: &mut Association) -> Result<bool, AssocError> {
+pub(crate) async fn cancel_requested<S: Link>(
+    assoc: &mut Association<S>,
+) -> Result<bool, AssocError> {
     use std::future::Future;
     let mut receive = std::pin::pin!(assoc.receive());
     let polled = std::future::poll_fn(|cx| match receive.as_mut().poll(cx) {

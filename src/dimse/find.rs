@@ -5,7 +5,7 @@
 //! status. The use case audits the query.
 
 use super::command::{field, status, tag, ResponseBuilder};
-use super::context::{cancel_requested, AssocContext, Association, Message};
+use super::context::{cancel_requested, AssocContext, Association, Link, Message};
 use super::pdv::{pdv_limit, send_command, send_data};
 use super::AssocError;
 use crate::archive::Error;
@@ -110,7 +110,7 @@ fn identifier_for(
 
 /// Whether the requester asked for relational queries on this SOP class (extended
 /// negotiation, byte 0), which [`super::negotiation::StrataNegotiation`] always grants.
-fn relational_negotiated(assoc: &Association, sop_class: &str) -> bool {
+fn relational_negotiated<S: Link>(assoc: &Association<S>, sop_class: &str) -> bool {
     use dicom_ul::association::Association as _;
     assoc.user_variables().iter().any(|v| {
         matches!(v, dicom_ul::pdu::UserVariableItem::SopClassExtendedNegotiationSubItem(uid, data)
@@ -118,9 +118,9 @@ fn relational_negotiated(assoc: &Association, sop_class: &str) -> bool {
     })
 }
 
-pub async fn run_find(
+pub async fn run_find<S: Link>(
     ctx: &AssocContext,
-    assoc: &mut Association,
+    assoc: &mut Association<S>,
     req: Message,
     model: Model,
 ) -> Result<(), AssocError> {

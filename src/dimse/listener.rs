@@ -2,9 +2,9 @@
 //! get A-ASSOCIATE-RJ transient, local-limit-exceeded, PS3.8 9.3.4), an address
 //! allow-list (A-ASSOCIATE-RJ permanent), TCP_NODELAY, backoff on accept errors, and on
 //! shutdown: stop accepting, let open associations drain for up to [`DRAIN_TIMEOUT`],
-//! then abort the rest.
+//! then abort the rest. The same loop serves the DICOM TLS port.
 
-use super::association::serve_association;
+use super::association::{serve_association, serve_tls_association};
 use super::context::AssocContext;
 use super::negotiation::{RJ_LOCAL_LIMIT_EXCEEDED, RJ_NOT_ALLOWED};
 use std::sync::Arc;
@@ -17,11 +17,20 @@ use tokio::task::JoinSet;
 /// How long a graceful shutdown waits for open associations.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Accepts associations until `stop` turns true, then drains them.
-pub async fn run(listener: TcpListener, ctx: AssocContext, mut stop: watch::Receiver<bool>) {
+/// Accepts associations until `stop` turns true, then drains them. With `tls`, this is
+/// the DICOM TLS port (PS3.15 B.1): each connection starts with a TLS handshake, and a
+/// refusal (address not allowed, too many associations) closes the connection instead of
+/// sending an A-ASSOCIATE-RJ, which could not be read before the handshake. `limit` caps
+/// the associations of every listener sharing it (`[dicom] max_associations`).
+pub async fn run(
+    listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    limit: Arc<Semaphore>,
+    ctx: AssocContext,
+    mut stop: watch::Receiver<bool>,
+) {
     let config = ctx.config.clone();
     let metrics = ctx.archive.metrics().clone();
-    let limit = Arc::new(Semaphore::new(config.max_associations));
     let mut associations = JoinSet::new();
     let mut accept_backoff = Duration::from_millis(10);
     loop {
@@ -45,7 +54,9 @@ pub async fn run(listener: TcpListener, ctx: AssocContext, mut stop: watch::Rece
                 .associations_rejected
                 .with_label_values(&["address"])
                 .inc();
-            let _ = stream.write_all(&RJ_NOT_ALLOWED).await;
+            if tls.is_none() {
+                let _ = stream.write_all(&RJ_NOT_ALLOWED).await;
+            }
             continue;
         }
         let Ok(permit) = limit.clone().try_acquire_owned() else {
@@ -54,12 +65,17 @@ pub async fn run(listener: TcpListener, ctx: AssocContext, mut stop: watch::Rece
                 .associations_rejected
                 .with_label_values(&["limit"])
                 .inc();
-            let _ = stream.write_all(&RJ_LOCAL_LIMIT_EXCEEDED).await;
+            if tls.is_none() {
+                let _ = stream.write_all(&RJ_LOCAL_LIMIT_EXCEEDED).await;
+            }
             continue;
         };
-        let ctx = ctx.clone();
+        let (ctx, tls) = (ctx.clone(), tls.clone());
         associations.spawn(async move {
-            serve_association(ctx, stream, peer).await;
+            match tls {
+                Some(tls) => serve_tls_association(ctx, stream, peer, tls).await,
+                None => serve_association(ctx, stream, peer).await,
+            }
             drop(permit);
         });
     }

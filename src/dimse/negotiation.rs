@@ -147,20 +147,25 @@ pub async fn check_context_ids(stream: &tokio::net::TcpStream) -> Result<(), Str
     else {
         return Ok(());
     };
+    valid_context_ids(rq.presentation_contexts.iter().map(|pc| pc.id))
+}
+
+/// Whether presentation context IDs are odd integers 1–255, each once (PS3.8 9.3.2.2,
+/// which also bounds a request to 128 contexts); the violation otherwise.
+pub fn valid_context_ids(ids: impl Iterator<Item = u8>) -> Result<(), String> {
     let mut seen = [false; 256];
-    for pc in &rq.presentation_contexts {
-        if pc.id % 2 == 0 {
+    let mut count = 0usize;
+    for id in ids {
+        count += 1;
+        if id % 2 == 0 {
             return Err(format!(
-                "presentation context ID {} is even (PS3.8 9.3.2.2: odd integers 1-255)",
-                pc.id
+                "presentation context ID {id} is even (PS3.8 9.3.2.2: odd integers 1-255)"
             ));
         }
-        if std::mem::replace(&mut seen[pc.id as usize], true) {
+        if std::mem::replace(&mut seen[id as usize], true) {
             return Err(format!(
-                "presentation context ID {} is proposed twice ({} contexts proposed; at most \
-                 128 distinct odd IDs exist, PS3.8 9.3.2.2)",
-                pc.id,
-                rq.presentation_contexts.len()
+                "presentation context ID {id} is proposed twice (after {count} contexts; at \
+                 most 128 distinct odd IDs exist, PS3.8 9.3.2.2)"
             ));
         }
     }

@@ -6,11 +6,11 @@
 //! sub-operation data sets, N-EVENT-REPORT data sets — on the server's association or
 //! on one it opened, so the peer's limit is honoured everywhere.
 
+use super::context::Link;
 use super::AssocError;
 use dicom_ul::association::AsyncAssociation;
 use dicom_ul::pdu::{PDataValue, PDataValueType};
 use dicom_ul::Pdu;
-use tokio::net::TcpStream;
 
 /// Largest PDV payload we send, whatever the peer allows: one such chunk is in memory
 /// per association at a time. Used as is when the peer sets no limit (max PDU length 0,
@@ -27,7 +27,7 @@ pub fn pdv_limit(max_pdu: u32) -> usize {
 }
 
 /// Sends a command set (always one PDV: command sets are small).
-pub async fn send_command<A: AsyncAssociation<TcpStream> + Send>(
+pub async fn send_command<A: AsyncAssociation<S> + Send, S: Link>(
     assoc: &mut A,
     pc_id: u8,
     bytes: Vec<u8>,
@@ -39,7 +39,7 @@ pub async fn send_command<A: AsyncAssociation<TcpStream> + Send>(
 
 /// Sends a data set in PDVs of at most `max_pdv` bytes (see [`pdv_limit`]); the last
 /// one carries the last-fragment flag. An empty data set is one empty last PDV.
-pub async fn send_data<A: AsyncAssociation<TcpStream> + Send>(
+pub async fn send_data<A: AsyncAssociation<S> + Send, S: Link>(
     assoc: &mut A,
     pc_id: u8,
     bytes: &[u8],
@@ -64,7 +64,7 @@ pub async fn send_data<A: AsyncAssociation<TcpStream> + Send>(
 
 /// Sends `len` bytes of `path` from `offset` as the data set, read in PDV-sized chunks:
 /// one chunk in memory at a time, whatever the object's size.
-pub async fn send_data_file<A: AsyncAssociation<TcpStream> + Send>(
+pub async fn send_data_file<A: AsyncAssociation<S> + Send, S: Link>(
     assoc: &mut A,
     pc_id: u8,
     path: &std::path::Path,
@@ -96,7 +96,7 @@ pub async fn send_data_file<A: AsyncAssociation<TcpStream> + Send>(
 }
 
 /// One PDV in one P-DATA-TF.
-async fn send_pdv<A: AsyncAssociation<TcpStream> + Send>(
+async fn send_pdv<A: AsyncAssociation<S> + Send, S: Link>(
     assoc: &mut A,
     pc_id: u8,
     value_type: PDataValueType,

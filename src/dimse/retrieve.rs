@@ -22,7 +22,7 @@
 //! sub-operation with the reason in the Error Comment.
 
 use super::command::{field, status, tag, Command, ResponseBuilder};
-use super::context::{cancel_requested, AssocContext, Association, Message};
+use super::context::{cancel_requested, AssocContext, Association, Link, Message};
 use super::pdv::{pdv_limit, send_command, send_data};
 use super::AssocError;
 use crate::archive::retrieve::{RetrievalReader, RetrieveItem};
@@ -302,7 +302,7 @@ impl Lane {
 /// object (converting among native syntaxes when needed), sends it, and returns the
 /// response status.
 #[allow(clippy::too_many_arguments)]
-async fn send_item<A: AsyncAssociation<tokio::net::TcpStream> + Send>(
+async fn send_item<A: AsyncAssociation<S> + Send, S: Link>(
     dest: &mut A,
     reader: &RetrievalReader,
     accepted: &[(u8, String, String)],
@@ -355,7 +355,7 @@ enum Payload {
 /// or receive breaks the association; a missing or malformed answer fails this
 /// sub-operation only.
 #[allow(clippy::too_many_arguments)]
-async fn store_one<A: AsyncAssociation<tokio::net::TcpStream> + Send>(
+async fn store_one<A: AsyncAssociation<S> + Send, S: Link>(
     dest: &mut A,
     pc_id: u8,
     message_id: u16,
@@ -474,8 +474,8 @@ fn context_for<'a>(
 
 /// The request's identifier as a query, or the failure response already sent. The
 /// Study Root model has no PATIENT level (PS3.4 C.6.2): refused as in C-FIND (0xA900).
-async fn parse_identifier(
-    assoc: &mut Association,
+async fn parse_identifier<S: Link>(
+    assoc: &mut Association<S>,
     req: &Message,
     model: Model,
 ) -> Result<Option<Query>, AssocError> {
@@ -505,9 +505,9 @@ async fn parse_identifier(
     }
 }
 
-pub async fn run_move(
+pub async fn run_move<S: Link>(
     ctx: &AssocContext,
-    assoc: &mut Association,
+    assoc: &mut Association<S>,
     req: Message,
     model: Model,
     destination: &str,
@@ -632,8 +632,8 @@ pub async fn run_move(
 
 /// The final C-MOVE/C-GET response: success, or 0xB000 / 0xA702 with the
 /// FailedSOPInstanceUIDList in an identifier.
-async fn final_response(
-    assoc: &mut Association,
+async fn final_response<S: Link>(
+    assoc: &mut Association<S>,
     req: &Message,
     counters: &Counters,
     failed_uids: &[String],
@@ -670,9 +670,9 @@ async fn final_response(
 
 /// C-GET: like C-MOVE, but the instances go back over the requester's own association,
 /// on the storage presentation contexts it proposed with the SCP role (role selection).
-pub async fn run_get(
+pub async fn run_get<S: Link>(
     ctx: &AssocContext,
-    assoc: &mut Association,
+    assoc: &mut Association<S>,
     req: Message,
     model: Model,
 ) -> Result<(), AssocError> {

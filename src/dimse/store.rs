@@ -9,7 +9,7 @@
 //! on.
 
 use super::command::{field, status, tag, ResponseBuilder};
-use super::context::{AssocContext, Association};
+use super::context::{AssocContext, Association, Link};
 use super::negotiation::storable;
 use super::pdv::send_command;
 use super::AssocError;
@@ -123,10 +123,10 @@ impl Receiving {
     }
 
     /// The data set is complete: store it and answer.
-    pub async fn finish(
+    pub async fn finish<S: Link>(
         self,
         ctx: &AssocContext,
-        assoc: &mut Association,
+        assoc: &mut Association<S>,
         peer: SocketAddr,
     ) -> Result<(), AssocError> {
         let metrics = ctx.archive.metrics().clone();

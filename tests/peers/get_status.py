@@ -9,10 +9,14 @@ Usage: get_status.py --port P (--study UID | --patient ID) [--called-ae STRATA] 
 Study Root with --model study, which has no PATIENT level: a refusal is expected).
 
 --max-pdu sets the maximum PDU length we announce (0: unlimited, PS3.8 D.1).
+
+--tls-ca CA.pem [--tls-cert C.pem --tls-key K.pem] associates over TLS (PS3.15 B.1),
+verifying the server against CA.pem and presenting the client certificate if given.
 """
 
 import argparse
 import json
+import ssl
 
 from pydicom.dataset import Dataset
 from pynetdicom import AE, build_role, evt
@@ -30,7 +34,17 @@ def main():
     ap.add_argument("--patient")
     ap.add_argument("--model", choices=["patient", "study"], default=None)
     ap.add_argument("--max-pdu", type=int, default=16382)
+    ap.add_argument("--tls-ca")
+    ap.add_argument("--tls-cert")
+    ap.add_argument("--tls-key")
     args = ap.parse_args()
+    tls_args = None
+    if args.tls_ca:
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=args.tls_ca)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        if args.tls_cert:
+            context.load_cert_chain(args.tls_cert, args.tls_key)
+        tls_args = (context, args.host)
     received = []
 
     def on_store(event):
@@ -48,6 +62,7 @@ def main():
         ext_neg=[build_role(CTImageStorage, scp_role=True)],
         max_pdu=args.max_pdu,
         evt_handlers=[(evt.EVT_C_STORE, on_store)],
+        tls_args=tls_args,
     )
     if not assoc.is_established:
         raise SystemExit("association failed")
