@@ -244,6 +244,15 @@ impl Archive {
         }
     }
 
+    /// A connection refused before any request could be made on it — a TLS handshake
+    /// that failed, an association rejected or not negotiated — recorded in the audit
+    /// log as action `connect` with outcome `refused: <why>`, attributed to what is
+    /// known of the caller (its address, and its AE title once it sent one). Does not
+    /// wait for the record (callable from any thread, with or without a runtime).
+    pub fn connection_refused(&self, principal: &Principal, why: &str) {
+        self.audit_on_drop(principal, "connect", Vec::new(), format!("refused: {why}"));
+    }
+
     /// [`Archive::audit_blocking`] from a `Drop` (a use case's handle dropped before it
     /// finished): on the blocking pool when there is a runtime, else right here.
     pub(crate) fn audit_on_drop(

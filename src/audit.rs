@@ -533,6 +533,8 @@ fn atna_event(action: &str) -> (&'static str, &'static str, &'static str) {
         "retrieve" => ("110104", "DICOM Instances Transferred", "R"),
         "export" | "manifest" => ("110106", "Export", "R"),
         "delete" => ("110105", "DICOM Study Deleted", "D"),
+        // a refused connection: an authentication event (PS3.15 A.5.3.11)
+        "connect" => ("110114", "User Authentication", "E"),
         "tier_move" | "verify" | "repair" | "hold" => ("110100", "Application Activity", "E"),
         _ => ("110100", "Application Activity", "E"),
     }
@@ -568,12 +570,18 @@ pub fn to_dicom_xml(record: &Record, source_ae: &str) -> String {
 <EventID csd-code=\"{code}\" codeSystemName=\"DCM\" originalText=\"{meaning}\"/>\
 <EventOutcomeDescription>{}</EventOutcomeDescription>\
 </EventIdentification>\
-<ActiveParticipant UserID=\"{}\" UserIsRequestor=\"true\"{}/>\
+<ActiveParticipant UserID=\"{}\" UserIsRequestor=\"true\"{}{}/>\
 <ActiveParticipant UserID=\"{}\" UserIsRequestor=\"false\" AlternativeUserID=\"strata\"/>\
 <AuditSourceIdentification AuditSourceID=\"{}\"/>",
         if failed { 4 } else { 0 },
         xml_escape(&b.outcome),
         xml_escape(&user),
+        // a DICOM TLS peer's certificate subject names who is behind the AE title
+        if b.actor.certificate.is_empty() {
+            String::new()
+        } else {
+            format!(" UserName=\"{}\"", xml_escape(&b.actor.certificate))
+        },
         if b.actor.address.is_empty() {
             String::new()
         } else {

@@ -38,6 +38,9 @@ pub struct TlsConfig {
     /// PEM bundle of the CAs whose client certificates are accepted. Set: every TLS
     /// client must present one (mutual TLS). Empty: no client certificates.
     pub client_ca_file: PathBuf,
+    /// PEM bundle of the CAs that sign the certificates of peers Strata connects to over
+    /// TLS (C-MOVE destinations with `tls = true`). Required by such a peer.
+    pub peer_ca_file: PathBuf,
 }
 
 /// The zero-footprint viewer (OHIF) served same-origin on the HTTP port.
@@ -192,8 +195,13 @@ pub struct DicomConfig {
 #[serde(deny_unknown_fields)]
 pub struct PeerConfig {
     pub ae_title: String,
+    /// Host name or IP address; over TLS, the name its certificate must carry.
     pub host: String,
     pub port: u16,
+    /// Reach this peer over DICOM TLS (PS3.15 B.1), verifying its certificate against
+    /// `[tls] peer_ca_file` and presenting `[tls] cert_file` as the client certificate.
+    #[serde(default)]
+    pub tls: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -470,6 +478,13 @@ impl Config {
         }
         let mut peers = std::collections::HashSet::new();
         for peer in &self.dicom.peers {
+            if peer.tls && self.tls.peer_ca_file.as_os_str().is_empty() {
+                return Err(ConfigError::Invalid(format!(
+                    "[[dicom.peers]] {:?} has tls = true: set [tls] peer_ca_file to the CAs \
+                     that sign its certificate",
+                    peer.ae_title
+                )));
+            }
             if !peers.insert(peer.ae_title.trim()) {
                 return Err(ConfigError::Invalid(format!(
                     "[[dicom.peers]] names {:?} twice: a C-MOVE destination must be one node",

@@ -123,13 +123,18 @@ pub async fn run(
         // HTTPS with the [tls] files (checked at start: a bad file stops it here)
         let tls = crate::tls::server_config(&config.tls, "[http] tls", &[b"http/1.1"])
             .map_err(|e| Error::InvalidRequest(format!("cannot serve HTTPS: {e}")))?;
-        let metrics = archive.metrics().clone();
+        let refused = archive.clone();
         let listener = crate::tls::TlsListener::new(http_listener, tls, move |peer, why| {
-            metrics
+            refused
+                .metrics()
                 .tls_handshake_failures
                 .with_label_values(&["http"])
                 .inc();
             tracing::warn!(%peer, reason = %why, "HTTPS: TLS handshake refused");
+            refused.connection_refused(
+                &crate::archive::Principal::web("https", &peer.to_string()),
+                &format!("TLS handshake: {why}"),
+            );
         })
         .map_err(|e| Error::Internal(format!("HTTPS listener: {e}")))?;
         tokio::spawn(http::serve(listener, archive.clone(), shutdown_rx.clone()))
@@ -153,11 +158,19 @@ pub async fn run(
         data_dir = %config.archive.data_dir.display(),
         "strata serving"
     );
+    let outbound_tls = match config.dicom.peers.iter().any(|p| p.tls) {
+        true => Some(
+            crate::tls::client_config(&config.tls)
+                .map_err(|e| Error::InvalidRequest(format!("cannot reach TLS peers: {e}")))?,
+        ),
+        false => None,
+    };
     let assoc_ctx = AssocContext {
         config: Arc::new(config.dicom.clone()),
         archive: archive.clone(),
         shutdown: shutdown_rx.clone(),
         principal: crate::archive::Principal::system("dimse"),
+        outbound_tls,
     };
     // one cap on the associations of both DICOM ports
     let limit = Arc::new(tokio::sync::Semaphore::new(config.dicom.max_associations));

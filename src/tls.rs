@@ -95,6 +95,40 @@ pub fn server_config(
     Ok(Arc::new(server))
 }
 
+/// The client configuration for connecting out over TLS (C-MOVE destinations with
+/// `tls = true`): peers verified against `peer_ca_file` (webpki, for the name dialled),
+/// TLS 1.2 and 1.3, and `cert_file`/`key_file` presented as the client certificate when
+/// set (peers that require mutual TLS).
+pub fn client_config(config: &TlsConfig) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    if config.peer_ca_file.as_os_str().is_empty() {
+        return Err(TlsError::Missing {
+            what: "peer_ca_file",
+            by: "a peer with tls = true".into(),
+        });
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    let rustls_error = |e: rustls::Error| TlsError::Rustls(e.to_string());
+    for ca in certificates(&config.peer_ca_file)? {
+        roots.add(ca).map_err(rustls_error)?;
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(rustls_error)?
+        .with_root_certificates(roots);
+    let client =
+        if config.cert_file.as_os_str().is_empty() || config.key_file.as_os_str().is_empty() {
+            builder.with_no_client_auth()
+        } else {
+            builder
+                .with_client_auth_cert(
+                    certificates(&config.cert_file)?,
+                    private_key(&config.key_file)?,
+                )
+                .map_err(rustls_error)?
+        };
+    Ok(Arc::new(client))
+}
+
 /// Every certificate in a PEM file, in order (a chain: the leaf first).
 fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let read = |e: rustls::pki_types::pem::Error| TlsError::Read {
@@ -269,7 +303,7 @@ mod tests {
         let config = TlsConfig {
             cert_file: dir.path().join("absent.pem"),
             key_file: key,
-            client_ca_file: Default::default(),
+            ..Default::default()
         };
         let e = server_config(&config, "[http] tls", &[]).unwrap_err();
         assert!(e.to_string().contains("absent.pem"), "{e}");

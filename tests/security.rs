@@ -43,7 +43,7 @@ fn make_certificates(dir: &Path) {
         (
             "server",
             "/CN=localhost",
-            "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n",
         ),
         (
             "client",
@@ -197,6 +197,16 @@ fn https_serves_verified_clients_and_refuses_plain_http_old_tls_and_readable_key
         .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
         .unwrap_or(0);
     assert!(refused >= 2, "{metrics}");
+    let audited = archive.audit_records("connect");
+    assert!(
+        audited.len() >= 2
+            && audited.iter().all(|r| r["actor"]["service"] == "https"
+                && r["outcome"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("refused: TLS handshake")),
+        "{audited:?}"
+    );
     // the CLI reaches the admin API over the plain loopback port
     let status = run_ok(&mut archive.strata(&["tier", "status", "--json"]));
     let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
@@ -322,12 +332,99 @@ fn dicom_tls_serves_certified_peers_and_names_them_in_the_audit_log() {
     assert!(!anonymous.status.success());
     let plain = run(dcmtk("echoscu").args(["-aec", "STRATA", "127.0.0.1", &port]));
     assert!(!plain.status.success());
+    // a client certificate from another CA
+    let other = scratch("dicom-tls-other-ca");
+    make_certificates(other.path());
+    let foreign = run(dcmtk("echoscu")
+        .args(["-aec", "STRATA", "+tls"])
+        .arg(other.path().join("client.key"))
+        .arg(other.path().join("client.pem"))
+        .arg("+cf")
+        .arg(dir.join("ca.pem"))
+        .args(["127.0.0.1", &port]));
+    assert!(!foreign.status.success());
     let metrics = server.metrics();
     assert!(
-        metrics.contains("strata_tls_handshake_failures_total{service=\"dicom\"} 2"),
+        metrics.contains("strata_tls_handshake_failures_total{service=\"dicom\"} 3"),
         "{metrics}"
     );
+    // each refusal is an audit record with the peer's address, and the log verifies
+    let refused = archive.audit_records("connect");
+    assert_eq!(refused.len(), 3, "{refused:?}");
+    for r in &refused {
+        assert!(
+            r["outcome"]
+                .as_str()
+                .unwrap()
+                .starts_with("refused: DICOM TLS"),
+            "{r}"
+        );
+        assert!(
+            r["actor"]["address"]
+                .as_str()
+                .unwrap()
+                .starts_with("127.0.0.1:"),
+            "{r}"
+        );
+    }
     // the plain port serves on
     assert!(server.echo_ok());
+    server.stop();
+    // the log verifies, its head anchored at the stop
+    run_ok(&mut archive.strata(&["audit", "verify"]));
+}
+
+/// C-MOVE to a destination marked `tls = true` goes over DICOM TLS: DCMTK's storescp with
+/// TLS, requiring a client certificate, receives the study; Strata verified it against
+/// `[tls] peer_ca_file` and presented its own certificate.
+#[test]
+fn c_move_reaches_a_tls_destination_over_tls() {
+    let certs = scratch("move-tls-certs");
+    make_certificates(certs.path());
+    let dir = certs.path();
+    let dest_port = free_port();
+    let archive = Archive::with_config(
+        "move-tls",
+        &format!(
+            "[[dicom.peers]]\nae_title = \"TLSDEST\"\nhost = \"localhost\"\nport = {dest_port}\ntls = true\n\n\
+             [tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\npeer_ca_file = \"{}\"\n",
+            dir.join("server.pem").display(),
+            dir.join("server.key").display(),
+            dir.join("ca.pem").display()
+        ),
+    );
+    let server = archive.start();
+    let files: Vec<_> = dcm_files(ct_study()).into_iter().take(2).collect();
+    run_ok(storescu(server.dicom_port).args(&files));
+    let study = strata::dicom::header::read_header_blocking(&files[0])
+        .unwrap()
+        .study_uid;
+    let received = scratch("move-tls-received");
+    let mut storescp = dcmtk("storescp")
+        .args(["-aet", "TLSDEST", "+tls"])
+        .arg(dir.join("server.key"))
+        .arg(dir.join("server.pem"))
+        .arg("+cf")
+        .arg(dir.join("ca.pem"))
+        .arg("-od")
+        .arg(received.path())
+        .arg(dest_port.to_string())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_port(dest_port);
+    let moved = run(dcmtk("movescu")
+        .args(["-v", "-S", "-aec", "STRATA", "-aem", "TLSDEST"])
+        .args(["-k", "QueryRetrieveLevel=STUDY", "-k"])
+        .arg(format!("StudyInstanceUID={study}"))
+        .args(["127.0.0.1", &server.dicom_port.to_string()]));
+    let _ = storescp.kill();
+    let _ = storescp.wait();
+    let text = String::from_utf8_lossy(&moved.stderr).to_string()
+        + &String::from_utf8_lossy(&moved.stdout);
+    assert!(moved.status.success(), "{text}");
+    assert!(text.contains("Final Move Response (Success)"), "{text}");
+    assert_eq!(walk(received.path()).len(), 2, "{text}");
     server.stop();
 }

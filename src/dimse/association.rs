@@ -85,6 +85,10 @@ pub async fn serve_association(mut ctx: AssocContext, stream: TcpStream, peer: S
         Ok(Ok(a)) => a,
         Ok(Err(e)) => {
             tracing::info!(%peer, error = %e, "association not established");
+            ctx.archive.connection_refused(
+                &Principal::dicom("", &peer.to_string()),
+                &format!("association not established: {e}"),
+            );
             metrics
                 .associations_rejected
                 .with_label_values(&["negotiation"])
@@ -142,6 +146,10 @@ pub async fn serve_tls_association(
                 ("negotiation", "association not established")
             };
             tracing::warn!(%peer, error = %e, "DICOM TLS: {service}");
+            ctx.archive.connection_refused(
+                &Principal::dicom("", &peer.to_string()),
+                &format!("DICOM TLS: {service}: {e}"),
+            );
             metrics
                 .associations_rejected
                 .with_label_values(&[label])

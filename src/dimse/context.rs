@@ -34,6 +34,9 @@ pub struct AssocContext {
     pub shutdown: watch::Receiver<bool>,
     /// Who this association is (set once it is established).
     pub principal: Principal,
+    /// The TLS client configuration for C-MOVE destinations with `tls = true` (built at
+    /// start from `[tls]` when one needs it).
+    pub outbound_tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 /// A complete (or collecting) message of a service other than C-STORE.

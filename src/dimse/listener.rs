@@ -50,6 +50,10 @@ pub async fn run(
         let _ = stream.set_nodelay(true);
         if !config.allowed_addresses.is_empty() && !config.allowed_addresses.contains(&peer.ip()) {
             tracing::warn!(%peer, "rejected: address not allowed");
+            ctx.archive.connection_refused(
+                &crate::archive::Principal::dicom("", &peer.to_string()),
+                "address not in [dicom] allowed_addresses",
+            );
             metrics
                 .associations_rejected
                 .with_label_values(&["address"])
@@ -61,6 +65,10 @@ pub async fn run(
         }
         let Ok(permit) = limit.clone().try_acquire_owned() else {
             tracing::warn!(%peer, max = config.max_associations, "rejected: too many associations");
+            ctx.archive.connection_refused(
+                &crate::archive::Principal::dicom("", &peer.to_string()),
+                "too many associations ([dicom] max_associations)",
+            );
             metrics
                 .associations_rejected
                 .with_label_values(&["limit"])

@@ -186,6 +186,9 @@ struct Lane {
     read_timeout: Duration,
     address: String,
     called: String,
+    /// For a destination with `tls = true`: the client configuration and the name its
+    /// certificate must carry (its `host`).
+    tls: Option<(Arc<rustls::ClientConfig>, String)>,
     reader: RetrievalReader,
     move_message_id: u16,
 }
@@ -242,7 +245,39 @@ impl Lane {
         for (class, ts) in contexts.iter().take(128) {
             options = options.with_presentation_context(class.clone(), proposals(ts));
         }
-        let mut dest = match options.establish_with_async(&self.address).await {
+        match &self.tls {
+            Some((config, server_name)) => {
+                let opened = options
+                    .tls_config(config.clone())
+                    .server_name(server_name)
+                    .establish_with_async_tls(&self.address)
+                    .await;
+                self.send_over(opened, |s| s.get_ref().0, items, queue, tx, stop)
+                    .await
+            }
+            None => {
+                let opened = options.establish_with_async(&self.address).await;
+                self.send_over(opened, |s| s, items, queue, tx, stop).await
+            }
+        }
+    }
+
+    /// Sends items over the association `opened` (plain or TLS; `tcp` reaches its TCP
+    /// stream), or, when it could not be opened, lets the other lanes send them — or,
+    /// if no lane could connect, reports them unreachable.
+    async fn send_over<S: Link>(
+        &self,
+        opened: Result<
+            dicom_ul::association::client::AsyncClientAssociation<S>,
+            dicom_ul::association::Error,
+        >,
+        tcp: impl Fn(&S) -> &tokio::net::TcpStream,
+        items: &[RetrieveItem],
+        queue: &LaneQueue,
+        tx: &tokio::sync::mpsc::Sender<(usize, Result<u16, SubOpError>)>,
+        stop: &AtomicBool,
+    ) {
+        let mut dest = match opened {
             Ok(d) => {
                 queue.connected.fetch_add(1, Ordering::AcqRel);
                 queue.opening.fetch_sub(1, Ordering::AcqRel);
@@ -267,7 +302,7 @@ impl Lane {
             }
         };
         // Nagle would hold each small command PDU for the peer's delayed ACK (~40 ms)
-        let _ = dest.inner_stream().set_nodelay(true);
+        let _ = tcp(dest.inner_stream()).set_nodelay(true);
         let accepted = accepted_contexts(dest.presentation_contexts());
         let max = pdv_limit(dest.acceptor_max_pdu_length());
         let mut message_id: u16 = 0;
@@ -513,21 +548,30 @@ pub async fn run_move<S: Link>(
     destination: &str,
 ) -> Result<(), AssocError> {
     let mut counters = Counters::default();
-    let Some(peer) = ctx
+    let peer = ctx
         .config
         .peers
         .iter()
         .find(|p| p.ae_title == destination)
-        .cloned()
-    else {
-        tracing::warn!(destination, "C-MOVE to an unknown destination");
-        // (a C-MOVE-RQ without Move Destination, a required element, answers the same:
-        // there is nowhere to send to, PS3.7 9.1.4.1)
-        let msg = if destination.trim().is_empty() {
-            "the C-MOVE-RQ names no Move Destination (0000,0600)".to_string()
-        } else {
-            format!("move destination {destination} is not in [[dicom.peers]]")
-        };
+        .cloned();
+    // (a C-MOVE-RQ without Move Destination, a required element, answers the same as
+    // an unknown one: there is nowhere to send to, PS3.7 9.1.4.1)
+    let refused = match &peer {
+        None if destination.trim().is_empty() => {
+            Some("the C-MOVE-RQ names no Move Destination (0000,0600)".to_string())
+        }
+        None => Some(format!(
+            "move destination {destination} is not in [[dicom.peers]]"
+        )),
+        // (the configuration refuses such a peer without the file: not expected here)
+        Some(p) if p.tls && ctx.outbound_tls.is_none() => Some(format!(
+            "move destination {destination} needs TLS, and [tls] peer_ca_file is not set"
+        )),
+        Some(_) => None,
+    };
+    let (Some(peer), None) = (peer, &refused) else {
+        let msg = refused.unwrap_or_default();
+        tracing::warn!(destination, reason = %msg, "C-MOVE refused");
         let rsp = retrieve_rsp(
             &req,
             status::MOVE_DESTINATION_UNKNOWN,
@@ -536,6 +580,12 @@ pub async fn run_move<S: Link>(
             &msg,
         );
         return send_command(assoc, req.pc_id, rsp).await;
+    };
+    // a destination marked `tls = true` is reached over TLS (PS3.15 B.1), its
+    // certificate verified against `[tls] peer_ca_file` for its `host`
+    let tls = match (peer.tls, &ctx.outbound_tls) {
+        (true, Some(config)) => Some((config.clone(), peer.host.clone())),
+        _ => None,
     };
     let Some(query) = parse_identifier(assoc, &req, model).await? else {
         return Ok(());
@@ -573,6 +623,7 @@ pub async fn run_move<S: Link>(
             read_timeout: ctx.config.read_timeout,
             address: address.clone(),
             called: peer.ae_title.clone(),
+            tls: tls.clone(),
             reader: retrieval.reader(),
             move_message_id: req.incoming.message_id,
         };
