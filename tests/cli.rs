@@ -384,3 +384,44 @@ fn import_of_a_cd_skips_its_dicomdir() {
     );
     assert!(archive.total_instances() > 0);
 }
+
+/// `strata ls`, `ls STUDY` and `show UID` are accesses too: each is an audit record
+/// `query` of the OS user who ran it, naming what was looked at (issue 14, item 5).
+#[test]
+fn ls_and_show_are_audited_as_the_users_queries() {
+    let archive = Archive::new("cli-audit");
+    let files: Vec<_> = dcm_files(ct_study()).into_iter().take(2).collect();
+    run_ok(archive.strata(&["import"]).args(&files));
+    let study = strata::dicom::header::read_header_blocking(&files[0])
+        .unwrap()
+        .study_uid;
+    run_ok(&mut archive.strata(&["ls"]));
+    run_ok(&mut archive.strata(&["ls", &study]));
+    run_ok(&mut archive.strata(&["show", &study, "--json"]));
+    let missing = run(&mut archive.strata(&["show", "1.2.3.4.5"]));
+    assert!(!missing.status.success());
+    let queries: Vec<_> = archive
+        .audit_records("query")
+        .into_iter()
+        .filter(|q| q["actor"]["kind"] == "cli")
+        .collect();
+    let outcomes: Vec<&str> = queries
+        .iter()
+        .map(|q| q["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            "ls: 1 studies",
+            "ls: shown",
+            "show: shown",
+            "show: not held"
+        ],
+        "{queries:?}"
+    );
+    assert_eq!(queries[1]["uids"][0], study.as_str());
+    assert_eq!(queries[3]["uids"][0], "1.2.3.4.5");
+    assert!(queries
+        .iter()
+        .all(|q| !q["actor"]["user"].as_str().unwrap().is_empty()));
+}

@@ -2,9 +2,10 @@
 //! `strata show`; later the admin API and the viewer's study list).
 //!
 //! Views are built from the index alone; locations name the hot file or the cold pack
-//! member (`key@offset`) of each kept version.
+//! member (`key@offset`) of each kept version. Each listing or view is an audit record
+//! `query` of its caller: what the archive holds, and about whom, is itself an access.
 
-use super::{Archive, Error};
+use super::{Archive, Error, Principal};
 use crate::index::{Index, InstanceEntry, ObjectRecord, StudyRecord, Tier};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -12,24 +13,59 @@ use strata_tiers::{ColdStore, HotDisk, ObjectId};
 
 type Result<T> = std::result::Result<T, Error>;
 
+/// The audit outcome of looking one thing up with `command`: `shown`, `not held`, or
+/// the failure.
+fn looked_at<T>(command: &str, found: &Result<Option<T>>) -> String {
+    match found {
+        Ok(Some(_)) => format!("{command}: shown"),
+        Ok(None) => format!("{command}: not held"),
+        Err(e) => format!("failed: {command}: {e}"),
+    }
+}
+
 fn malformed(what: &str) -> Error {
     Error::Internal(format!("the index holds {what}; run `strata verify`"))
 }
 
 impl Archive {
-    /// Every study, with its last access (blocking).
-    pub fn list_studies_blocking(&self) -> Result<Vec<StudySummary>> {
-        list_studies(self.index.as_ref())
+    /// Every study, with its last access (blocking), for `principal`: an audit record
+    /// `query` (`ls: <n> studies`), like any listing of what the archive holds.
+    pub fn list_studies_blocking(&self, principal: &Principal) -> Result<Vec<StudySummary>> {
+        let listed = list_studies(self.index.as_ref());
+        let outcome = match &listed {
+            Ok(studies) => format!("ls: {} studies", studies.len()),
+            Err(e) => format!("failed: ls: {e}"),
+        };
+        self.audit_blocking(principal, "query", Vec::new(), outcome);
+        listed
     }
 
-    /// A study with its series and instances, if held (blocking).
-    pub fn study_view_blocking(&self, study_uid: &str) -> Result<Option<StudyView>> {
+    /// A study with its series and instances, if held (blocking), for `principal`
+    /// (audited as a `query` naming the study).
+    pub fn study_view_blocking(
+        &self,
+        principal: &Principal,
+        study_uid: &str,
+    ) -> Result<Option<StudyView>> {
+        let view = self.study_view_unaudited(study_uid);
+        let outcome = looked_at("ls", &view);
+        self.audit_blocking(principal, "query", vec![study_uid.to_string()], outcome);
+        view
+    }
+
+    /// [`Archive::study_view_blocking`] for a use case that audits the access itself
+    /// (a FHIR search builds each ImagingStudy from it).
+    pub(crate) fn study_view_unaudited(&self, study_uid: &str) -> Result<Option<StudyView>> {
         study_view(self.tiers(), self.index.as_ref(), study_uid)
     }
 
-    /// Whatever `uid` names: a study, a series or an instance (blocking).
-    pub fn show_blocking(&self, uid: &str) -> Result<Option<Shown>> {
-        show(self.tiers(), self.index.as_ref(), uid)
+    /// Whatever `uid` names: a study, a series or an instance (blocking), for
+    /// `principal` (audited as a `query` naming the UID).
+    pub fn show_blocking(&self, principal: &Principal, uid: &str) -> Result<Option<Shown>> {
+        let shown = show(self.tiers(), self.index.as_ref(), uid);
+        let outcome = looked_at("show", &shown);
+        self.audit_blocking(principal, "query", vec![uid.to_string()], outcome);
+        shown
     }
 
     /// Every Study Instance UID in the archive (blocking).

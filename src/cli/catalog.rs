@@ -1,17 +1,17 @@
 //! `strata ls`, `strata show`, `strata tombstones`: what the archive holds, read-only
-//! (safe beside a running server).
+//! (safe beside a running server); `ls` and `show` are audited as the OS user's queries.
 
 use super::print::{iso, print_json};
 use anyhow::{Context, Result};
 use strata::archive::catalog::{InstanceView, SeriesView, Shown, StudyView};
-use strata::archive::Archive;
+use strata::archive::{Archive, Principal};
 use strata::config::Config;
 
 pub fn ls(config: &Config, study_uid: Option<String>, json: bool) -> Result<i32> {
     let archive = Archive::read_only(config)?;
     match study_uid {
         None => {
-            let studies = archive.list_studies_blocking()?;
+            let studies = archive.list_studies_blocking(&Principal::cli_user())?;
             if json {
                 print_json(&studies)?;
             } else {
@@ -49,7 +49,7 @@ pub fn ls(config: &Config, study_uid: Option<String>, json: bool) -> Result<i32>
         }
         Some(uid) => {
             let view = archive
-                .study_view_blocking(&uid)?
+                .study_view_blocking(&Principal::cli_user(), &uid)?
                 .with_context(|| format!("no study {uid} in the archive"))?;
             if json {
                 print_json(&view)?;
@@ -63,7 +63,7 @@ pub fn ls(config: &Config, study_uid: Option<String>, json: bool) -> Result<i32>
 
 pub fn show(config: &Config, uid: &str, json: bool) -> Result<i32> {
     let archive = Archive::read_only(config)?;
-    let Some(shown) = archive.show_blocking(uid)? else {
+    let Some(shown) = archive.show_blocking(&Principal::cli_user(), uid)? else {
         let deleted = archive
             .tombstone_of_blocking(uid)?
             .map(|t| {

@@ -530,7 +530,7 @@ async fn imaging_studies(archive: &Archive, answers: Vec<Answer>) -> Result<Vec<
             })
             .filter_map(|a| {
                 let uid = a.get(&tags::STUDY_INSTANCE_UID)?;
-                let view = archive.study_view_blocking(uid).ok().flatten()?;
+                let view = archive.study_view_unaudited(uid).ok().flatten()?;
                 Some(imaging_study(a, &view))
             })
             .collect::<Vec<_>>()
