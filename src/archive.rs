@@ -276,6 +276,39 @@ impl Archive {
         }
     }
 
+    /// Records, before pixel data goes out, that it is about to (action
+    /// `begin_transfer`, DCM 110102), written and synced before this returns. When that
+    /// fails and `[audit] fail_closed` (the default) the access is refused with
+    /// [`Error::Audit`]; otherwise the failure is logged and the access goes on.
+    pub(crate) async fn audit_before_access(
+        &self,
+        principal: &Principal,
+        uids: Vec<String>,
+        outcome: String,
+    ) -> Result<(), Error> {
+        let Some(log) = self.audit.clone() else {
+            return Ok(());
+        };
+        let e = event(principal, "begin_transfer", uids, outcome);
+        let written = tokio::task::spawn_blocking(move || {
+            log.append(&[e])?;
+            log.sync()
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("audit task failed: {e}")))?;
+        match written {
+            Ok(()) => Ok(()),
+            Err(e) if self.config.audit.fail_closed => {
+                tracing::error!(error = %e, "AUDIT RECORD NOT WRITTEN: access to pixel data refused");
+                Err(Error::Audit(e))
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "AUDIT RECORD NOT WRITTEN ([audit] fail_closed = false: access goes on)");
+                Ok(())
+            }
+        }
+    }
+
     /// [`Archive::audit_blocking`] from async code (on the blocking pool).
     pub(crate) async fn audit(
         &self,

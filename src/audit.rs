@@ -533,6 +533,7 @@ fn atna_event(action: &str) -> (&'static str, &'static str, &'static str) {
         "retrieve" => ("110104", "DICOM Instances Transferred", "R"),
         "export" | "manifest" => ("110106", "Export", "R"),
         "delete" => ("110105", "DICOM Study Deleted", "D"),
+        "begin_transfer" => ("110102", "Begin Transferring DICOM Instances", "R"),
         // a refused connection: an authentication event (PS3.15 A.5.3.11)
         "connect" => ("110114", "User Authentication", "E"),
         "tier_move" | "verify" | "repair" | "hold" => ("110100", "Application Activity", "E"),

@@ -116,6 +116,10 @@ pub struct AuditConfig {
     /// Keep each anchor under S3 Object Lock (COMPLIANCE) for this many days, where the
     /// bucket has Object Lock enabled; 0: no lock.
     pub anchor_lock_days: u32,
+    /// Refuse access to pixel data (C-MOVE, C-GET, WADO-RS, WADO-URI) when its
+    /// audit record cannot be written and synced first. Off: the access goes on, and the
+    /// failure is logged as `AUDIT RECORD NOT WRITTEN`.
+    pub fail_closed: bool,
 }
 
 impl Default for AuditConfig {
@@ -124,6 +128,7 @@ impl Default for AuditConfig {
             enabled: true,
             anchor_interval: Duration::from_secs(600),
             anchor_lock_days: 0,
+            fail_closed: true,
         }
     }
 }

@@ -159,3 +159,72 @@ fn floor_only_fallback(archive: &Archive) {
     assert_eq!(archive.total_instances(), 1);
     server.stop();
 }
+
+/// `[audit] fail_closed` (the default): when the audit log cannot take the record of an
+/// access to pixel data — its disk is full — C-GET and WADO-RS are refused (a DIMSE
+/// failure, HTTP 503) and nothing is sent; queries still answer; once the disk has
+/// room again, retrievals work and are on record.
+#[test]
+fn retrievals_fail_closed_while_the_audit_log_cannot_be_written() {
+    let archive = Archive::new("audit-fail-closed");
+    let Some(mount) = Mount::tmpfs(&archive.data_dir().join("audit"), 1) else {
+        eprintln!("WARNING: no tmpfs: the fail-closed audit test is NOT exercised");
+        return;
+    };
+    let server = archive.start();
+    let (_, study) = store_two_ct(server.dicom_port);
+    let get = |tag: &str| {
+        python("get_status.py")
+            .args(["--port", &server.dicom_port.to_string(), "--study", &study])
+            .arg("--called-ae")
+            .arg(tag)
+            .output()
+            .unwrap()
+    };
+    let wado = format!("/dicom-web/studies/{study}");
+
+    let filler = fill(&mount.0, 0);
+    // the log's last page may still take a record or two: retrieve until one is refused
+    let mut went_ahead = 0;
+    let refused = loop {
+        let out = get("STRATA");
+        let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        if r["status"] != 0 {
+            break r;
+        }
+        went_ahead += 1;
+        assert!(
+            went_ahead < 20,
+            "retrievals never refused on a full audit disk: {r}"
+        );
+    };
+    assert_eq!(
+        refused["received"], 0,
+        "nothing sent without a record: {refused}"
+    );
+    let (code, body) = http_get(server.http_port, &wado).unwrap();
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("audit"), "{body}");
+    // queries are not pixel data: they answer (their record's failure is logged)
+    let (code, _) = http_get(server.http_port, "/dicom-web/studies").unwrap();
+    assert_eq!(code, 200);
+    assert!(server.log_text().contains("AUDIT RECORD NOT WRITTEN"));
+
+    std::fs::remove_file(&filler).unwrap();
+    let got = get("STRATA");
+    let r: serde_json::Value = serde_json::from_slice(&got.stdout).unwrap();
+    assert_eq!(
+        (r["status"].as_u64(), r["received"].as_u64()),
+        (Some(0), Some(2)),
+        "{r}"
+    );
+    let (code, _) = http_request(server.http_port, "GET", &wado).unwrap();
+    assert_eq!(code, 200);
+    server.stop();
+    let begun = archive.audit_records("begin_transfer");
+    assert_eq!(
+        begun.len(),
+        went_ahead + 2,
+        "only retrievals on record went ahead: {begun:?}"
+    );
+}

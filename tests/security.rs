@@ -394,11 +394,7 @@ fn c_move_reaches_a_tls_destination_over_tls() {
         ),
     );
     let server = archive.start();
-    let files: Vec<_> = dcm_files(ct_study()).into_iter().take(2).collect();
-    run_ok(storescu(server.dicom_port).args(&files));
-    let study = strata::dicom::header::read_header_blocking(&files[0])
-        .unwrap()
-        .study_uid;
+    let (_, study) = store_two_ct(server.dicom_port);
     let received = scratch("move-tls-received");
     let mut storescp = dcmtk("storescp")
         .args(["-aet", "TLSDEST", "+tls"])

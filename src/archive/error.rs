@@ -109,6 +109,8 @@ impl Error {
             Error::Ingest(IngestError::DatasetMismatch(_) | IngestError::Unparseable(_)) => 400,
             Error::Ingest(IngestError::OutOfSpace(_)) => 507,
             e if e.is_pending_restore() => 503,
+            // the access could not be put on record (fail closed): try again later
+            Error::Audit(_) => 503,
             e if e.is_transient() => 503,
             _ => 500,
         }

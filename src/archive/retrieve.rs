@@ -166,7 +166,9 @@ impl Archive {
     /// Resolves `query` (a C-MOVE or C-GET identifier, or its URL equivalent) for
     /// `principal`; `what` describes the request in the audit record ("C-MOVE to
     /// ARCHIVE2", "C-GET"). An identifier that names nothing it can resolve is
-    /// [`Error::InvalidRequest`].
+    /// [`Error::InvalidRequest`]. When it names instances, a `begin_transfer` audit record
+    /// is written first; if that fails and `[audit] fail_closed`, the retrieval is refused
+    /// with [`Error::Audit`] (nothing is sent).
     pub async fn retrieve(
         &self,
         principal: &Principal,
@@ -175,6 +177,16 @@ impl Archive {
     ) -> Result<Retrieval, Error> {
         let (index, q) = (self.index.clone(), query.clone());
         let items = blocking(move || resolve(index.as_ref(), &q)).await?;
+        if !items.is_empty() {
+            // on record before any pixel data goes (fail closed: [audit] fail_closed)
+            let studies: BTreeSet<&str> = items.iter().map(|i| i.study_uid.as_str()).collect();
+            self.audit_before_access(
+                principal,
+                studies.into_iter().map(str::to_string).collect(),
+                format!("{what}: {} instances", items.len()),
+            )
+            .await?;
+        }
         Ok(Retrieval {
             archive: self.clone(),
             principal: principal.clone(),

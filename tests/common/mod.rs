@@ -49,6 +49,17 @@ pub fn python(script: &str) -> Command {
     cmd
 }
 
+/// Stores the first two instances of the shared CT study into the server at `port`
+/// (storescu) and returns them with their Study Instance UID.
+pub fn store_two_ct(port: u16) -> (Vec<PathBuf>, String) {
+    let files: Vec<PathBuf> = dcm_files(ct_study()).into_iter().take(2).collect();
+    run_ok(storescu(port).args(&files));
+    let study = strata::dicom::header::read_header_blocking(&files[0])
+        .unwrap()
+        .study_uid;
+    (files, study)
+}
+
 /// DCMTK storescu calling STRATA at `port` on loopback; add the files.
 pub fn storescu(port: u16) -> Command {
     let mut cmd = dcmtk("storescu");
