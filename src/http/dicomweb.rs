@@ -1193,13 +1193,12 @@ async fn frames(
         Err(r) => return *r,
     };
     let list = wanted.clone();
-    let decoded = tokio::task::spawn_blocking(move || crate::dicom::render::frames(&bytes, &list))
-        .await
-        .map_err(|e| e.to_string())
-        .and_then(|r| r);
+    let decoded = work_then_finish(retrieval, move || {
+        crate::dicom::render::frames(&bytes, &list)
+    })
+    .await;
     match decoded {
         Ok(parts) => {
-            retrieval.finish(1, 0).await;
             let instance = instance_url(&archive, &headers, &path);
             octet_answer(
                 wanted
@@ -1210,11 +1209,26 @@ async fn frames(
                 single,
             )
         }
-        Err(e) => {
-            retrieval.finish(0, 1).await;
-            fail(StatusCode::BAD_REQUEST, e)
-        }
+        Err(e) => fail(StatusCode::BAD_REQUEST, e),
     }
+}
+
+/// Runs `work` (decoding or converting one instance read for `retrieval`) on the
+/// blocking pool, then finishes the retrieval with its outcome: one instance sent, or
+/// one failed.
+pub(super) async fn work_then_finish<T: Send + 'static>(
+    retrieval: crate::archive::retrieve::Retrieval,
+    work: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
+    let done = tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r);
+    match &done {
+        Ok(_) => retrieval.finish(1, 0).await,
+        Err(_) => retrieval.finish(0, 1).await,
+    }
+    done
 }
 
 /// WADO-RS bulk data (PS3.18 10.4.1.1.5) of a top-level attribute: the pixel data's
@@ -1406,26 +1420,18 @@ pub(super) async fn render_answer(
         Ok(x) => x,
         Err(r) => return *r,
     };
-    let image = tokio::task::spawn_blocking(move || {
+    let image = work_then_finish(retrieval, move || {
         crate::dicom::render::render(&bytes, frame, format, &options)
     })
-    .await
-    .map_err(|e| e.to_string())
-    .and_then(|r| r);
+    .await;
     match image {
-        Ok(image) => {
-            retrieval.finish(1, 0).await;
-            (
-                StatusCode::OK,
-                [(header::CONTENT_TYPE, format.media_type())],
-                image,
-            )
-                .into_response()
-        }
-        Err(e) => {
-            retrieval.finish(0, 1).await;
-            fail(StatusCode::UNPROCESSABLE_ENTITY, e)
-        }
+        Ok(image) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, format.media_type())],
+            image,
+        )
+            .into_response(),
+        Err(e) => fail(StatusCode::UNPROCESSABLE_ENTITY, e),
     }
 }
 

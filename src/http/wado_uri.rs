@@ -182,36 +182,24 @@ async fn wado(
                 Some("*") => item.transfer_syntax_uid.clone(),
                 Some(uid) => uid.to_string(),
             };
-            let part10 = if target == item.transfer_syntax_uid {
-                Ok(bytes)
-            } else {
-                tokio::task::spawn_blocking(move || {
-                    let dataset = crate::dicom::transcode::dataset_in(
-                        bytes,
-                        &item.transfer_syntax_uid,
-                        &target,
-                    )?;
-                    super::dicomweb::part10_of(
-                        &dataset,
-                        &item.sop_class_uid,
-                        &item.sop_instance_uid,
-                        &target,
-                    )
-                })
-                .await
-                .map_err(|e| e.to_string())
-                .and_then(|r| r)
-            };
+            let part10 = super::dicomweb::work_then_finish(retrieval, move || {
+                if target == item.transfer_syntax_uid {
+                    return Ok(bytes);
+                }
+                let dataset =
+                    crate::dicom::transcode::dataset_in(bytes, &item.transfer_syntax_uid, &target)?;
+                super::dicomweb::part10_of(
+                    &dataset,
+                    &item.sop_class_uid,
+                    &item.sop_instance_uid,
+                    &target,
+                )
+            })
+            .await;
             match part10 {
-                Ok(body) => {
-                    retrieval.finish(1, 0).await;
-                    ([(header::CONTENT_TYPE, "application/dicom")], body).into_response()
-                }
-                Err(e) => {
-                    retrieval.finish(0, 1).await;
-                    // the transfer syntax asked for cannot be produced from the stored one
-                    fail(StatusCode::NOT_ACCEPTABLE, e)
-                }
+                Ok(body) => ([(header::CONTENT_TYPE, "application/dicom")], body).into_response(),
+                // the transfer syntax asked for cannot be produced from the stored one
+                Err(e) => fail(StatusCode::NOT_ACCEPTABLE, e),
             }
         }
     }
