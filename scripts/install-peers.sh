@@ -4,7 +4,8 @@
 # certificates), Chromium and its
 # chromedriver (the viewer test's browser) from Debian; pydicom, pynetdicom, numpy and
 # moto (its S3 server mode, with boto3), bagit, blake3, dicomweb-client and fhirclient
-# from PyPI; FHIR.js (npm `fhir`, the R4 validator) from npm into $STRATA_NPM
+# from PyPI; FHIR.js (npm `fhir`, the R4 validator) and oauth2-mock-server (the OIDC
+# issuer of the token tests) from npm into $STRATA_NPM
 # (default /var/tmp/strata-npm, outside the clone).
 # Idempotent; needs root.
 set -euo pipefail
@@ -27,10 +28,12 @@ if ! python3 -c 'import pydicom, pynetdicom, numpy, moto, moto.server, boto3, ba
   python3 -m pip install -q --root-user-action=ignore 'pydicom==3.0.2' pynetdicom numpy 'moto[server]' bagit blake3 'dicomweb-client==0.61.2' 'fhirclient==4.3.1' 'selenium==4.51.0'
 fi
 npm_dir=${STRATA_NPM:-/var/tmp/strata-npm}
-if [ ! -f "$npm_dir/node_modules/fhir/package.json" ]; then
-  echo "installing FHIR.js (npm fhir) into $npm_dir" >&2
+if [ ! -f "$npm_dir/node_modules/fhir/package.json" ] \
+  || [ ! -f "$npm_dir/node_modules/oauth2-mock-server/package.json" ]; then
+  # oauth2-mock-server: the OIDC issuer (discovery, JWKS, signed tokens) of the token tests
+  echo "installing FHIR.js (npm fhir) and oauth2-mock-server into $npm_dir" >&2
   mkdir -p "$npm_dir"
-  npm install --prefix "$npm_dir" --silent --no-audit --no-fund fhir@4.12.0 >/dev/null
+  npm install --prefix "$npm_dir" --silent --no-audit --no-fund fhir@4.12.0 oauth2-mock-server@9.3.0 >/dev/null
 fi
 # the viewer's prebuilt files (npm @ohif/app), which `[web] viewer_dir` names
 "$here/install-viewer.sh"

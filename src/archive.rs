@@ -32,6 +32,7 @@
 //! command that owns the archive for a moment ([`Archive::exclusive`]), or read-only
 //! beside a running server ([`Archive::read_only`]).
 
+pub mod access;
 pub mod catalog;
 pub mod error;
 pub mod export;
@@ -81,6 +82,8 @@ pub struct Archive {
     /// The cold tier's last readiness answer and when it was taken, reused for `[cold]
     /// readiness_interval`: probes do not each cost S3 requests.
     pub(crate) cold_probe: Arc<tokio::sync::Mutex<Option<(std::time::Instant, health::Check)>>>,
+    /// The bearer-token validator of `strata serve` when `[auth] issuer` is set.
+    pub(crate) tokens: Option<Arc<crate::oidc::Validator>>,
 }
 
 impl Archive {
@@ -89,6 +92,11 @@ impl Archive {
     pub fn serving(config: &Config, storage: &Storage, metrics: Metrics) -> Result<Self, Error> {
         let mut archive = Self::writable(config, storage, metrics)?;
         archive.sync_each_audit = false;
+        if config.auth.enabled() {
+            let validator =
+                crate::oidc::Validator::new(&config.auth).map_err(Error::InvalidRequest)?;
+            archive.tokens = Some(Arc::new(validator));
+        }
         Ok(archive)
     }
 
@@ -164,11 +172,17 @@ impl Archive {
             metrics,
             sync_each_audit: true,
             cold_probe: Arc::default(),
+            tokens: None,
         }
     }
 
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// The bearer-token validator, when `[auth] issuer` is set (`strata serve` only).
+    pub fn tokens(&self) -> Option<&Arc<crate::oidc::Validator>> {
+        self.tokens.as_ref()
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -250,7 +264,13 @@ impl Archive {
     /// known of the caller (its address, and its AE title once it sent one). Does not
     /// wait for the record (callable from any thread, with or without a runtime).
     pub fn connection_refused(&self, principal: &Principal, why: &str) {
-        self.audit_on_drop(principal, "connect", Vec::new(), format!("refused: {why}"));
+        self.connection_refused_as(principal, "connect", why);
+    }
+
+    /// [`Archive::connection_refused`] recorded as `action` (`authenticate`: a web
+    /// request without a valid token).
+    pub fn connection_refused_as(&self, principal: &Principal, action: &'static str, why: &str) {
+        self.audit_on_drop(principal, action, Vec::new(), format!("refused: {why}"));
     }
 
     /// [`Archive::audit_blocking`] from a `Drop` (a use case's handle dropped before it

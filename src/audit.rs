@@ -46,6 +46,11 @@ pub struct Actor {
     /// Absent otherwise, and in records written before DICOM TLS.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub certificate: String,
+    /// For `web` with a bearer token: the OAuth client the token was issued to (`azp`
+    /// or `client_id`); `user` is then the token's subject. Absent otherwise, and in
+    /// records written before tokens.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub client: String,
 }
 
 impl Actor {
@@ -535,7 +540,7 @@ fn atna_event(action: &str) -> (&'static str, &'static str, &'static str) {
         "delete" => ("110105", "DICOM Study Deleted", "D"),
         "begin_transfer" => ("110102", "Begin Transferring DICOM Instances", "R"),
         // a refused connection: an authentication event (PS3.15 A.5.3.11)
-        "connect" => ("110114", "User Authentication", "E"),
+        "connect" | "authenticate" => ("110114", "User Authentication", "E"),
         "tier_move" | "verify" | "repair" | "hold" => ("110100", "Application Activity", "E"),
         _ => ("110100", "Application Activity", "E"),
     }
@@ -577,11 +582,14 @@ pub fn to_dicom_xml(record: &Record, source_ae: &str) -> String {
         if failed { 4 } else { 0 },
         xml_escape(&b.outcome),
         xml_escape(&user),
-        // a DICOM TLS peer's certificate subject names who is behind the AE title
-        if b.actor.certificate.is_empty() {
-            String::new()
-        } else {
+        // who is behind the AE title or the token: a DICOM TLS peer's certificate
+        // subject, a token's client
+        if !b.actor.certificate.is_empty() {
             format!(" UserName=\"{}\"", xml_escape(&b.actor.certificate))
+        } else if !b.actor.client.is_empty() {
+            format!(" AlternativeUserID=\"{}\"", xml_escape(&b.actor.client))
+        } else {
+            String::new()
         },
         if b.actor.address.is_empty() {
             String::new()

@@ -337,10 +337,26 @@ pub fn admin_client(config: &Config) -> Result<strata::http::admin::AdminClient>
         ),
         (true, port) => port,
     };
-    Ok(strata::http::admin::AdminClient::new(
-        port,
-        &Principal::cli_user().name(),
-    )?)
+    Ok(
+        strata::http::admin::AdminClient::new(port, &Principal::cli_user().name())?
+            .with_token(admin_token()?),
+    )
+}
+
+/// The bearer token for the admin API of a server with `[auth] issuer`: `STRATA_TOKEN`,
+/// else the file `STRATA_TOKEN_FILE` names (refused when anyone may read it).
+fn admin_token() -> Result<Option<String>> {
+    if let Ok(token) = std::env::var("STRATA_TOKEN") {
+        return Ok(Some(token.trim().to_string()).filter(|t| !t.is_empty()));
+    }
+    let Ok(path) = std::env::var("STRATA_TOKEN_FILE") else {
+        return Ok(None);
+    };
+    let path = std::path::Path::new(&path);
+    strata::tls::check_secret_file(path)?;
+    let token = std::fs::read_to_string(path)
+        .with_context(|| format!("reading STRATA_TOKEN_FILE {}", path.display()))?;
+    Ok(Some(token.trim().to_string()).filter(|t| !t.is_empty()))
 }
 
 /// Opens the archive exclusively (no server runs), runs `f` with a runtime, then shuts

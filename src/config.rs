@@ -24,6 +24,103 @@ pub struct Config {
     pub retention: RetentionConfig,
     pub web: WebConfig,
     pub tls: TlsConfig,
+    pub auth: AuthConfig,
+    pub access: AccessConfig,
+}
+
+/// Bearer tokens for the web APIs (DICOMweb, WADO-URI, FHIR, the viewer's calls, the
+/// admin API): JWTs from an OIDC issuer ([`crate::oidc`], docs/security.md "Tokens").
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// The issuer (`iss`) tokens must name, e.g. `https://login.hospital.org/realms/pacs`.
+    /// Empty: tokens are off and web clients get `[access] web_anonymous`.
+    pub issuer: String,
+    /// The issuer's JWKS (its signing keys). Empty: taken from the issuer's discovery
+    /// document, `<issuer>/.well-known/openid-configuration` (`jwks_uri`).
+    pub jwks_url: String,
+    /// The audience (`aud`) tokens must be issued for.
+    pub audience: String,
+    /// How long fetched keys are used before they are fetched again (an unknown `kid`
+    /// fetches them at once, at most once per 30 s).
+    #[serde(with = "humantime_serde")]
+    pub jwks_refresh: Duration,
+    /// Clock skew allowed on `exp` and `nbf`.
+    #[serde(with = "humantime_serde")]
+    pub leeway: Duration,
+    /// The claim listing Strata role names (a JSON array or a space-separated string);
+    /// dots descend into objects (`realm_access.roles` for Keycloak).
+    pub roles_claim: String,
+    /// The claim naming the one patient a token is restricted to (a PatientID, or the
+    /// FHIR Patient.id Strata gives it); SMART's launch context is `patient`.
+    pub patient_claim: String,
+    /// PEM bundle of extra CAs trusted for an https issuer (besides the system's).
+    pub ca_file: PathBuf,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            issuer: String::new(),
+            jwks_url: String::new(),
+            audience: "strata".into(),
+            jwks_refresh: Duration::from_secs(600),
+            leeway: Duration::from_secs(30),
+            roles_claim: "roles".into(),
+            patient_claim: "patient".into(),
+            ca_file: PathBuf::new(),
+        }
+    }
+}
+
+impl AuthConfig {
+    /// Whether bearer tokens are required on the web APIs.
+    pub fn enabled(&self) -> bool {
+        !self.issuer.trim().is_empty()
+    }
+}
+
+/// Which roles callers that carry no token get (docs/security.md "Roles").
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AccessConfig {
+    /// Roles of a DICOM peer that no `[[access.dicom]]` rule names.
+    pub dicom_default: crate::roles::Roles,
+    /// Roles of web clients while tokens are off (`[auth] issuer` empty).
+    pub web_anonymous: crate::roles::Roles,
+    /// Roles of the admin API's loopback callers while tokens are off (with tokens on,
+    /// the admin API wants a token with the `admin` role).
+    pub admin_loopback: crate::roles::Roles,
+    /// DICOM callers by AE title and/or certificate subject; the first rule that matches
+    /// gives the roles.
+    pub dicom: Vec<DicomAccessRule>,
+}
+
+impl Default for AccessConfig {
+    fn default() -> Self {
+        use crate::roles::{Role, Roles};
+        let open = Roles::of(&[Role::Viewer, Role::Uploader]);
+        AccessConfig {
+            dicom_default: open,
+            web_anonymous: open,
+            admin_loopback: Roles::ALL,
+            dicom: Vec::new(),
+        }
+    }
+}
+
+/// One `[[access.dicom]]` rule: a caller matches when every field set matches.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DicomAccessRule {
+    /// The calling AE title (trailing spaces ignored).
+    #[serde(default)]
+    pub ae_title: String,
+    /// The client certificate's subject, RFC 4514 form as Strata prints it
+    /// (`CN=ct1,O=Clinic`).
+    #[serde(default)]
+    pub certificate: String,
+    pub roles: crate::roles::Roles,
 }
 
 /// TLS material shared by the HTTPS endpoint (`[http] tls`) and the DICOM TLS port:
@@ -480,6 +577,30 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "[http] loopback_port must differ from [http] port".into(),
             ));
+        }
+        for rule in &self.access.dicom {
+            if rule.ae_title.trim().is_empty() && rule.certificate.trim().is_empty() {
+                return Err(ConfigError::Invalid(
+                    "[[access.dicom]] needs ae_title or certificate (a rule that names \
+                     nobody would match everybody: use [access] dicom_default)"
+                        .into(),
+                ));
+            }
+        }
+        if self.auth.enabled() {
+            let issuer = self.auth.issuer.trim();
+            if !(issuer.starts_with("https://") || issuer.starts_with("http://")) {
+                return Err(ConfigError::Invalid(format!(
+                    "[auth] issuer {issuer:?} must be an http(s) URL"
+                )));
+            }
+            if self.auth.audience.trim().is_empty() {
+                return Err(ConfigError::Invalid(
+                    "[auth] audience must name this archive (tokens for another service \
+                     must not open it)"
+                        .into(),
+                ));
+            }
         }
         let mut peers = std::collections::HashSet::new();
         for peer in &self.dicom.peers {

@@ -11,6 +11,7 @@
 //! into a typed call once, call the use case, render the answer).
 
 pub mod admin;
+pub mod auth;
 pub mod dicomweb;
 pub mod fhir;
 pub mod viewer;
@@ -41,6 +42,10 @@ pub fn router(archive: Archive) -> Router {
         .merge(wado_uri::routes())
         .merge(fhir::routes())
         .merge(viewer::routes(&archive))
+        .route_layer(axum::middleware::from_fn_with_state(
+            archive.clone(),
+            auth::authenticate,
+        ))
         .route_layer(axum::middleware::from_fn_with_state(
             archive.clone(),
             observe,

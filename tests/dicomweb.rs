@@ -315,19 +315,35 @@ fn bad_dicomweb_requests_get_4xx_and_store_nothing() {
 
 /// A throw-away Orthanc with its DICOMweb plugin (Debian `orthanc-dicomweb`), Strata
 /// configured as its remote DICOMweb server `strata`; stopped when dropped.
-struct OrthancWeb {
+pub(crate) struct OrthancWeb {
     pid: i32,
-    api: String,
+    pub(crate) api: String,
 }
 
 impl OrthancWeb {
     fn start(dir: &std::path::Path, strata_http: u16) -> OrthancWeb {
+        OrthancWeb::start_with_token(dir, strata_http, None)
+    }
+
+    /// With `token`: Orthanc sends `Authorization: Bearer <token>` to Strata (the
+    /// plugin's `HttpHeaders` of a server).
+    pub(crate) fn start_with_token(
+        dir: &std::path::Path,
+        strata_http: u16,
+        token: Option<&str>,
+    ) -> OrthancWeb {
         let (dicom, http) = (free_port(), free_port());
-        let extra = format!(
-            "{{\"Plugins\": [\"/usr/share/orthanc/plugins/libOrthancDicomWeb.so\"], \
-             \"DicomWeb\": {{\"Enable\": true, \"Root\": \"/dicom-web/\", \
-             \"Servers\": {{\"strata\": [\"http://127.0.0.1:{strata_http}/dicom-web/\"]}}}}}}"
-        );
+        let server = serde_json::json!({
+            "Url": format!("http://127.0.0.1:{strata_http}/dicom-web/"),
+            "HttpHeaders": token
+                .map(|t| serde_json::json!({ "Authorization": format!("Bearer {t}") }))
+                .unwrap_or_else(|| serde_json::json!({})),
+        });
+        let extra = serde_json::json!({
+            "Plugins": ["/usr/share/orthanc/plugins/libOrthancDicomWeb.so"],
+            "DicomWeb": { "Enable": true, "Root": "/dicom-web/", "Servers": { "strata": server } },
+        })
+        .to_string();
         run_ok(
             std::process::Command::new(repo_root().join("scripts/start-orthanc.sh"))
                 .env("ORTHANC_EXTRA_JSON", extra)
@@ -347,7 +363,7 @@ impl OrthancWeb {
     }
 
     /// POST `body` to an Orthanc REST route; (status, JSON answer).
-    fn post(&self, route: &str, body: &str) -> (u16, serde_json::Value) {
+    pub(crate) fn post(&self, route: &str, body: &str) -> (u16, serde_json::Value) {
         let (code, text) = curl(&["-X", "POST", "-d", body], &format!("{}{route}", self.api));
         (
             code,
@@ -355,7 +371,7 @@ impl OrthancWeb {
         )
     }
 
-    fn get(&self, route: &str) -> serde_json::Value {
+    pub(crate) fn get(&self, route: &str) -> serde_json::Value {
         let (_, text) = curl(&[], &format!("{}{route}", self.api));
         serde_json::from_str(&text).unwrap_or(serde_json::Value::Null)
     }

@@ -360,20 +360,19 @@ fn small_ct_studies(
     start_date: &str,
 ) -> std::path::PathBuf {
     let dir = archive.dir.path().join(name);
-    run_ok(python("gen_ct.py").arg("--out").arg(&dir).args([
-        "--studies",
-        &studies.to_string(),
-        "--instances",
-        &instances.to_string(),
-        "--rows",
-        "64",
-        "--cols",
-        "64",
-        "--seed",
-        &seed.to_string(),
-        "--start-date",
-        start_date,
-    ]));
+    small_ct(
+        &dir,
+        &[
+            "--studies",
+            &studies.to_string(),
+            "--instances",
+            &instances.to_string(),
+            "--seed",
+            &seed.to_string(),
+            "--start-date",
+            start_date,
+        ],
+    );
     dir
 }
 

@@ -17,5 +17,6 @@ mod retrieve;
 mod security;
 mod store;
 mod tiering;
+mod tokens;
 mod usecases;
 mod viewer;

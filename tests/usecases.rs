@@ -3,6 +3,7 @@
 //! issue "One application layer": a use case audits itself, so no adapter can forget).
 
 use crate::common::*;
+use strata::archive::principal::{Grant, Role, Roles};
 use strata::archive::tier::TierTarget;
 use strata::archive::{Archive, Principal};
 use strata::config::Config;
@@ -12,9 +13,10 @@ use strata::storage::Storage;
 const STUDY_INSTANCE_UID: u32 = 0x0020_000D;
 const PATIENT_ID: u32 = 0x0010_0020;
 
-#[test]
-fn each_use_case_audits_itself() {
-    let dir = scratch("usecases-audit");
+/// An archive opened by the library alone (as a CLI command would): (its scratch
+/// directory, its data directory, the storage, the archive).
+fn open_archive(name: &str) -> (tempfile::TempDir, std::path::PathBuf, Storage, Archive) {
+    let dir = scratch(name);
     let data = dir.path().join("data");
     let config = Config::from_toml(&format!(
         "[archive]\ndata_dir = \"{}\"\nmin_free_space_mb = 0\n",
@@ -23,8 +25,14 @@ fn each_use_case_audits_itself() {
     .unwrap();
     let (storage, _) = Storage::open_exclusive(&config, "test").unwrap();
     let archive = Archive::exclusive(&config, &storage).unwrap();
+    (dir, data, storage, archive)
+}
+
+#[test]
+fn each_use_case_audits_itself() {
+    let (dir, data, storage, archive) = open_archive("usecases-audit");
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let who = Principal::cli_via("auditor-test", "library");
+    let who = Principal::cli_via("auditor-test", "library", Grant::all());
 
     // store, from a Part-10 byte stream
     let files: Vec<_> = dcm_files(ct_study()).into_iter().take(3).collect();
@@ -42,7 +50,7 @@ fn each_use_case_audits_itself() {
             Level::Study,
             &[(STUDY_INSTANCE_UID, study.as_str()), (PATIENT_ID, "")],
         );
-        let mut found = archive.find(&who, Model::StudyRoot, query);
+        let mut found = archive.find(&who, Model::StudyRoot, query).unwrap();
         let mut n = 0;
         while found.next().await.is_some() {
             n += 1;
@@ -191,4 +199,120 @@ fn each_use_case_audits_itself() {
         .iter()
         .any(|r| r.body.action == "delete" && r.body.outcome.starts_with("refused"));
     assert!(refused, "the refused delete is on record too");
+}
+
+/// Roles are enforced by the use cases themselves (docs/security.md "Roles"), whatever
+/// adapter calls them: each refusal is `Error::Forbidden` and an audit record; a
+/// patient-restricted caller finds and retrieves that patient's instances only.
+#[test]
+fn use_cases_enforce_roles_and_patient_restriction() {
+    let (_dir, data, storage, archive) = open_archive("usecases-roles");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let as_role = |name: &str, roles: &[Role]| {
+        Principal::web_user("dicomweb", "127.0.0.1:1", Some(name.into()), None)
+            .granted(Grant::roles(Roles::of(roles)))
+    };
+    let (viewer, uploader, auditor) = (
+        as_role("v", &[Role::Viewer]),
+        as_role("u", &[Role::Uploader]),
+        as_role("a", &[Role::Auditor]),
+    );
+    let forbidden =
+        |r: Result<(), strata::Error>| matches!(r, Err(strata::Error::Forbidden { .. }));
+
+    let file = dcm_files(ct_study()).remove(0);
+    let store = |who: &Principal| {
+        let mut f = std::fs::File::open(&file).unwrap();
+        archive
+            .store_part10_blocking(who, &mut f, "test", None)
+            .map(|_| ())
+    };
+    assert!(forbidden(store(&viewer)), "a viewer may not store");
+    store(&uploader).unwrap();
+    let study = archive.study_uids_blocking().unwrap().remove(0);
+    let pid = strata::dicom::header::read_header_blocking(&file)
+        .unwrap()
+        .patient_id;
+
+    let count = |who: &Principal, patient_key: &str| -> Result<usize, strata::Error> {
+        rt.block_on(async {
+            let query = Query::from_keys(
+                Level::Study,
+                &[(STUDY_INSTANCE_UID, ""), (PATIENT_ID, patient_key)],
+            );
+            let mut found = archive.find(who, Model::StudyRoot, query)?;
+            let mut n = 0;
+            while found.next().await.is_some() {
+                n += 1;
+            }
+            found.finish().await?;
+            Ok(n)
+        })
+    };
+    assert!(
+        forbidden(count(&uploader, "").map(|_| ())),
+        "an uploader may not query"
+    );
+    assert_eq!(count(&viewer, "").unwrap(), 1);
+    let restricted = |patient: &str| {
+        viewer.clone().granted(Grant {
+            roles: Roles::of(&[Role::Viewer]),
+            patient: Some(patient.to_string()),
+        })
+    };
+    assert_eq!(count(&restricted(&pid), "").unwrap(), 1);
+    assert_eq!(count(&restricted("SOMEONE-ELSE"), "").unwrap(), 0);
+    assert_eq!(
+        count(&restricted(&pid), "SOMEONE-ELSE").unwrap(),
+        0,
+        "asking for another patient finds nothing"
+    );
+    assert!(
+        forbidden(store(&restricted(&pid))),
+        "restricted tokens are read-only"
+    );
+    let items = |who: &Principal| {
+        rt.block_on(async {
+            let query = Query::from_keys(Level::Study, &[(STUDY_INSTANCE_UID, study.as_str())]);
+            let r = archive.retrieve(who, &query, "test").await?;
+            let n = r.items().len();
+            r.finish(0, 0).await;
+            Ok::<_, strata::Error>(n)
+        })
+    };
+    assert_eq!(items(&restricted(&pid)).unwrap(), 1);
+    assert_eq!(items(&restricted("SOMEONE-ELSE")).unwrap(), 0);
+    assert!(
+        forbidden(items(&auditor).map(|_| ())),
+        "an auditor gets no pixel data"
+    );
+
+    let (a, w) = (archive.clone(), auditor.clone());
+    rt.block_on(rt.spawn_blocking(move || {
+        a.verify_blocking(&w, 1, strata::archive::integrity::VerifyScope::Hot)
+    }))
+    .unwrap()
+    .unwrap();
+    assert!(forbidden(
+        rt.block_on(archive.delete_study(&auditor, &study, "no"))
+            .map(|_| ())
+    ));
+    assert!(forbidden(
+        archive
+            .hold_blocking(&viewer, &study, "matter", false, None)
+            .map(|_| ())
+    ));
+    drop(rt);
+    assert!(archive.shutdown_blocking());
+    storage.close(true).unwrap();
+    let records = strata::audit::read_all(&strata::audit::log_path(&data)).unwrap();
+    let refused = |action: &str, user: &str| {
+        records.iter().any(|r| {
+            r.body.action == action
+                && r.body.actor.user == user
+                && r.body.outcome.starts_with("refused: ")
+        })
+    };
+    assert!(refused("store", "v") && refused("query", "u") && refused("retrieve", "a"));
+    assert!(refused("delete", "a") && refused("hold", "v"));
 }

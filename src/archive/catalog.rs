@@ -5,6 +5,7 @@
 //! member (`key@offset`) of each kept version. Each listing or view is an audit record
 //! `query` of its caller: what the archive holds, and about whom, is itself an access.
 
+use super::principal::Role;
 use super::{Archive, Error, Principal};
 use crate::index::{Index, InstanceEntry, ObjectRecord, StudyRecord, Tier};
 use serde::Serialize;
@@ -31,6 +32,7 @@ impl Archive {
     /// Every study, with its last access (blocking), for `principal`: an audit record
     /// `query` (`ls: <n> studies`), like any listing of what the archive holds.
     pub fn list_studies_blocking(&self, principal: &Principal) -> Result<Vec<StudySummary>> {
+        self.authorize(principal, Role::Viewer, "query", &[])?;
         let listed = list_studies(self.index.as_ref());
         let outcome = match &listed {
             Ok(studies) => format!("ls: {} studies", studies.len()),
@@ -47,6 +49,7 @@ impl Archive {
         principal: &Principal,
         study_uid: &str,
     ) -> Result<Option<StudyView>> {
+        self.authorize(principal, Role::Viewer, "query", &[study_uid.to_string()])?;
         let view = self.study_view_unaudited(study_uid);
         let outcome = looked_at("ls", &view);
         self.audit_blocking(principal, "query", vec![study_uid.to_string()], outcome);
@@ -62,6 +65,7 @@ impl Archive {
     /// Whatever `uid` names: a study, a series or an instance (blocking), for
     /// `principal` (audited as a `query` naming the UID).
     pub fn show_blocking(&self, principal: &Principal, uid: &str) -> Result<Option<Shown>> {
+        self.authorize(principal, Role::Viewer, "query", &[uid.to_string()])?;
         let shown = show(self.tiers(), self.index.as_ref(), uid);
         let outcome = looked_at("show", &shown);
         self.audit_blocking(principal, "query", vec![uid.to_string()], outcome);

@@ -37,6 +37,14 @@ pub enum Error {
         #[source]
         source: TieringError,
     },
+    /// The caller's grant does not allow the request: `who` lacks the role `needs`, or
+    /// is restricted to one patient (docs/security.md "Roles").
+    #[error("{who} may not {action}: {why}")]
+    Forbidden {
+        who: String,
+        action: &'static str,
+        why: String,
+    },
     /// This archive was opened read-only (a CLI command beside a running server).
     #[error("the archive is open read-only")]
     ReadOnly,
@@ -92,6 +100,7 @@ impl Error {
             Error::Query(QueryError::Index(_)) => status::UNABLE_TO_PROCESS,
             Error::Query(_) | Error::InvalidRequest(_) => status::DATASET_DOES_NOT_MATCH,
             Error::NotFound(_) | Error::Held { .. } => status::UNABLE_TO_PROCESS,
+            Error::Forbidden { .. } => status::NOT_AUTHORIZED,
             Error::Tier(e) if e.is_out_of_space() => status::OUT_OF_RESOURCES,
             Error::Index(_) | Error::Internal(_) => status::UNABLE_TO_PROCESS,
             _ => status::PROCESSING_FAILURE,
@@ -104,6 +113,7 @@ impl Error {
             Error::Query(QueryError::Index(_)) => 500,
             Error::InvalidRequest(_) | Error::Query(_) => 400,
             Error::NotFound(_) => 404,
+            Error::Forbidden { .. } => 403,
             Error::Held { .. } => 409,
             Error::Ingest(IngestError::ConflictingVersion(_)) => 409,
             Error::Ingest(IngestError::DatasetMismatch(_) | IngestError::Unparseable(_)) => 400,

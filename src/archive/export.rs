@@ -5,6 +5,7 @@
 //! fail. They block: call them on the blocking pool of a runtime (cold objects are read
 //! with the runtime's handle).
 
+use super::principal::Role;
 use super::{Archive, Error, Principal};
 use crate::dicom::part10::is_valid_uid;
 use serde::Serialize;
@@ -26,6 +27,7 @@ impl Archive {
         studies: &[String],
         out: &Path,
     ) -> Result<ExportReport> {
+        self.authorize(principal, Role::Viewer, "export", studies)?;
         let report = export(self, studies, out);
         self.audit_outcome(principal, "export", studies, &report, &destination(out));
         report
@@ -39,6 +41,7 @@ impl Archive {
         studies: &[String],
         out: &Path,
     ) -> Result<ManifestReport> {
+        self.authorize(principal, Role::Auditor, "manifest", studies)?;
         let report = manifest(self, studies, out);
         self.audit_outcome(principal, "manifest", studies, &report, &destination(out));
         report

@@ -11,6 +11,7 @@
 //! ([`FindStream::finish`]), cancelled ([`FindStream::cancel`]) or went away (dropped:
 //! recorded as interrupted).
 
+use super::principal::Role;
 use super::{Archive, Error, Principal};
 use crate::query::{self, Answer, Model, Query};
 use tokio::sync::mpsc;
@@ -31,9 +32,16 @@ pub struct FindStream {
 }
 
 impl Archive {
-    /// Starts `query` under `model` (Patient or Study Root) for `principal`. Must be
-    /// called within a tokio runtime.
-    pub fn find(&self, principal: &Principal, model: Model, query: Query) -> FindStream {
+    /// Starts `query` under `model` (Patient or Study Root) for `principal`, who needs
+    /// the `viewer` role ([`Error::Forbidden`]); a patient-restricted principal's query
+    /// is narrowed to its patient ([`Archive::narrow_query`]). Must be called within a
+    /// tokio runtime.
+    pub fn find(
+        &self,
+        principal: &Principal,
+        model: Model,
+        query: Query,
+    ) -> Result<FindStream, Error> {
         let (tx, answers) = mpsc::channel::<Answer>(AHEAD);
         let keys: Vec<String> = query
             .keys
@@ -42,22 +50,25 @@ impl Archive {
             .map(|k| format!("({:04X},{:04X})={}", k.tag >> 16, k.tag & 0xFFFF, k.value))
             .collect();
         let level = query.level.keyword();
+        self.authorize(principal, Role::Viewer, "query", &keys)?;
         let index = self.index.clone();
-        let search = tokio::task::spawn_blocking(move || {
-            query::find_each(index.as_ref(), model, &query, &mut |answer| {
-                tx.blocking_send(answer).is_ok()
+        let search = self.narrow_query(principal, query).map(|query| {
+            tokio::task::spawn_blocking(move || {
+                query::find_each(index.as_ref(), model, &query, &mut |answer| {
+                    tx.blocking_send(answer).is_ok()
+                })
             })
         });
-        FindStream {
+        Ok(FindStream {
             answers: Some(answers),
-            search: Some(search),
+            search,
             archive: self.clone(),
             principal: principal.clone(),
             keys,
             level,
             delivered: 0,
             audited: false,
-        }
+        })
     }
 }
 

@@ -17,6 +17,7 @@
 //! to the governance log, and only then are its hot files and cold packs removed. A crash after the tombstone is finished by the next start (or
 //! reindex), never undone; a crash before it leaves the study whole.
 
+use super::principal::Role;
 use super::{blocking, Archive, Error, Principal};
 use crate::dicom::da;
 use crate::dicom::part10::is_valid_uid;
@@ -100,6 +101,7 @@ impl Archive {
         study_uid: &str,
         reason: &str,
     ) -> Result<DeleteReport> {
+        self.authorize(principal, Role::Admin, "delete", &[study_uid.to_string()])?;
         self.ingest()?;
         if !is_valid_uid(study_uid) {
             return Err(Error::InvalidRequest(format!(
@@ -265,6 +267,7 @@ impl Archive {
         release: bool,
         matter: Option<&str>,
     ) -> Result<HoldRecord> {
+        self.authorize(principal, Role::Admin, "hold", &[study_uid.to_string()])?;
         self.ingest()?;
         if self.index.study(study_uid)?.is_none() {
             return Err(Error::NotFound(format!(
@@ -355,6 +358,7 @@ impl Archive {
         age: std::time::Duration,
         dry_run: bool,
     ) -> Result<RetentionReport> {
+        self.authorize(principal, Role::Admin, "retention", &[])?;
         if age.is_zero() {
             return Err(Error::InvalidRequest(
                 "[retention] study_age is 0s: retention is off".into(),

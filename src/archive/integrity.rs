@@ -15,6 +15,7 @@
 //! Verify and repair block: call them on the blocking pool of a runtime (cold packs are
 //! read with the runtime's handle).
 
+use super::principal::Role;
 use super::{Archive, Error, Principal};
 use crate::index::{Index, ObjectRecord, Tier};
 use crate::storage::quarantine;
@@ -39,6 +40,7 @@ impl Archive {
         workers: usize,
         scope: VerifyScope,
     ) -> Result<VerifyReport> {
+        self.authorize(principal, Role::Auditor, "verify", &[])?;
         let report = verify(self, workers, scope);
         let checked = match scope {
             VerifyScope::Hot => "hot tier only",
@@ -74,6 +76,7 @@ impl Archive {
         principal: &Principal,
         workers: usize,
     ) -> Result<(VerifyReport, RepairReport)> {
+        self.authorize(principal, Role::Admin, "repair", &[])?;
         self.ingest()?;
         let _busy = self.tiering.busy.blocking_lock();
         let (found, report) = repair(self, workers)?;
@@ -603,6 +606,8 @@ impl Archive {
         transaction_uid: &str,
         refs: Vec<(String, String)>,
     ) -> Result<Commitment> {
+        let transaction = [transaction_uid.to_string()];
+        self.authorize(principal, Role::Uploader, "commitment", &transaction)?;
         let (index, hot) = (self.index.clone(), self.hot.clone());
         let outcome =
             super::blocking(move || Ok(commitment_blocking(index.as_ref(), &hot, refs))).await?;

@@ -15,6 +15,7 @@
 //! its cold copy staged on hot disk ([`RetrievalReader::file_to_stream`]) — in bounded
 //! memory.
 
+use super::principal::Role;
 use super::{blocking, Archive, Error, Principal};
 use crate::dicom::metadata::InstanceMetadata;
 use crate::index::{Index, InstanceEntry, SecondaryKey};
@@ -175,8 +176,10 @@ impl Archive {
         query: &Query,
         what: &str,
     ) -> Result<Retrieval, Error> {
+        self.authorize(principal, Role::Viewer, "retrieve", &[])?;
         let (index, q) = (self.index.clone(), query.clone());
-        let items = blocking(move || resolve(index.as_ref(), &q)).await?;
+        let patient = principal.grant.patient.clone();
+        let items = blocking(move || resolve(index.as_ref(), &q, patient.as_deref())).await?;
         if !items.is_empty() {
             // on record before any pixel data goes (fail closed: [audit] fail_closed)
             let studies: BTreeSet<&str> = items.iter().map(|i| i.study_uid.as_str()).collect();
@@ -244,7 +247,13 @@ impl Drop for Retrieval {
 }
 
 /// The served version of every instance the identifier names.
-fn resolve(index: &dyn Index, query: &Query) -> Result<Vec<RetrieveItem>, Error> {
+/// The instances `query` names; with `patient` (a patient-restricted caller), only that
+/// patient's — another patient's study resolves to nothing, as if it were not held.
+fn resolve(
+    index: &dyn Index,
+    query: &Query,
+    patient: Option<&str>,
+) -> Result<Vec<RetrieveItem>, Error> {
     let value = |t| {
         query
             .keys
@@ -319,6 +328,18 @@ fn resolve(index: &dyn Index, query: &Query) -> Result<Vec<RetrieveItem>, Error>
                 }
             }
         }
+    }
+    if let Some(patient) = patient {
+        let mut studies: BTreeMap<String, Option<crate::index::StudyRecord>> = BTreeMap::new();
+        for e in &entries {
+            if !studies.contains_key(&e.study_uid) {
+                studies.insert(e.study_uid.clone(), index.study(&e.study_uid)?);
+            }
+        }
+        entries.retain(|e| match studies.get(&e.study_uid) {
+            Some(Some(study)) => study.patient_of_series(&e.series_uid).patient_id == patient,
+            _ => false,
+        });
     }
     // A study filed under several patients (a patient conflict, `StudyRecord::
     // other_patients`): an identifier naming a PatientID gets only that patient's series,

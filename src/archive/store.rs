@@ -12,6 +12,7 @@
 //! The audit record of a store is written by the group committer, in the same group as
 //! the index batch, attributed to the [`Principal`] given here.
 
+use super::principal::{Caller, Role};
 use super::{blocking, Archive, Error, Principal};
 use crate::index::{CommitOutcome, Provenance};
 use crate::ingest::{ObjectWriter, Stored};
@@ -33,13 +34,13 @@ pub struct StoreStream {
 /// The provenance of an object stored by `principal` (kept in the index, not in the
 /// object's bytes).
 fn provenance(principal: &Principal, source: &str) -> Provenance {
-    let (calling_ae, source) = match principal {
-        Principal::Dicom {
+    let (calling_ae, source) = match &principal.caller {
+        Caller::Dicom {
             ae_title, address, ..
         } => (ae_title.clone(), address.clone()),
-        Principal::Cli { .. } => ("import".to_string(), source.to_string()),
-        Principal::System { worker } => (worker.clone(), source.to_string()),
-        Principal::Web {
+        Caller::Cli { .. } => ("import".to_string(), source.to_string()),
+        Caller::System { worker } => (worker.clone(), source.to_string()),
+        Caller::Web {
             address, service, ..
         } => (service.clone(), address.clone()),
     };
@@ -61,6 +62,12 @@ impl Archive {
         sop_instance_uid: &str,
         transfer_syntax_uid: &str,
     ) -> Result<StoreStream, Error> {
+        self.authorize(
+            principal,
+            Role::Uploader,
+            "store",
+            &[sop_instance_uid.to_string()],
+        )?;
         let ingest = self.ingest()?.clone();
         let hot = ingest.hot().clone();
         blocking(move || Ok(hot.check_free_space_blocking()?)).await?;
@@ -84,8 +91,9 @@ impl Archive {
         source: &str,
         expect_study: Option<&str>,
     ) -> Result<Stored, Error> {
+        self.authorize(principal, Role::Uploader, "store", &[])?;
         let mut actor = principal.actor();
-        if let Principal::Cli { via: None, .. } = principal {
+        if let Caller::Cli { via: None, .. } = &principal.caller {
             // an import: the audit record names the file (audit format 1)
             actor.address = source.to_string();
         }
@@ -187,8 +195,8 @@ impl StoreStream {
     /// it durable, indexes and audits it. Only after `Ok` may the caller acknowledge.
     pub async fn finish(self) -> Result<Stored, Error> {
         let ingest = self.archive.ingest()?.clone();
-        let source = match &self.principal {
-            Principal::Dicom { address, .. } => address.clone(),
+        let source = match &self.principal.caller {
+            Caller::Dicom { address, .. } => address.clone(),
             _ => String::new(),
         };
         Ok(self

@@ -2,6 +2,7 @@
 //! forcing one study to cold, hot or the archive class. The background policy
 //! ([`crate::tiering::worker`]) does the same moves on its own, audited as the system's.
 
+use super::principal::Role;
 use super::{blocking, Archive, Error, Principal};
 use crate::tiering::mover::MoveReport;
 use crate::tiering::worker::{force_move_locked, PassReport, TierStatus};
@@ -67,6 +68,7 @@ impl Archive {
     /// One policy pass now (age, watermarks, archive class, orphan uploads); each move
     /// it makes is audited as the tiering worker's, and the pass as `principal`'s.
     pub async fn tier_pass(&self, principal: &Principal) -> Result<PassReport> {
+        self.authorize(principal, Role::Admin, "tier_pass", &[])?;
         self.ingest()?;
         let report = self.tiering.run_pass().await;
         let outcome = match &report {
@@ -89,6 +91,12 @@ impl Archive {
         study_uid: &str,
         to: TierTarget,
     ) -> Result<MoveReport> {
+        self.authorize(
+            principal,
+            Role::Admin,
+            "tier_move",
+            &[study_uid.to_string()],
+        )?;
         self.ingest()?;
         if !crate::dicom::part10::is_valid_uid(study_uid) {
             return Err(Error::InvalidRequest(format!(

@@ -10,6 +10,9 @@ pub const DATASET_DOES_NOT_MATCH: u16 = 0xA900;
 pub const CANNOT_UNDERSTAND: u16 = 0xC000;
 /// Refused: SOP class not supported.
 pub const SOP_CLASS_NOT_SUPPORTED: u16 = 0x0122;
+/// Refused: not authorized (PS3.7 C.5.x general status 0124H): the caller's roles do not
+/// allow the operation.
+pub const NOT_AUTHORIZED: u16 = 0x0124;
 /// Unrecognized operation.
 pub const UNRECOGNIZED_OPERATION: u16 = 0x0211;
 /// Duplicate SOP instance (a different version is stored and the policy refuses it).

@@ -108,7 +108,8 @@ pub async fn serve_association(mut ctx: AssocContext, stream: TcpStream, peer: S
         .trim()
         .to_string();
     tracing::info!(%peer, calling_ae, "association established");
-    ctx.principal = Principal::dicom(&calling_ae, &peer.to_string());
+    let grant = ctx.archive.dicom_grant(&calling_ae, None);
+    ctx.principal = Principal::dicom(&calling_ae, &peer.to_string()).granted(grant);
     run_established(ctx, assoc, peer).await;
 }
 
@@ -188,7 +189,8 @@ pub async fn serve_tls_association(
             .and_then(|leaf| crate::tls::subject_of(leaf))
     };
     tracing::info!(%peer, calling_ae, certificate = subject.as_deref().unwrap_or(""), "association established over TLS");
-    ctx.principal = Principal::dicom_tls(&calling_ae, &peer.to_string(), subject);
+    let grant = ctx.archive.dicom_grant(&calling_ae, subject.as_deref());
+    ctx.principal = Principal::dicom_tls(&calling_ae, &peer.to_string(), subject).granted(grant);
     run_established(ctx, assoc, peer).await;
 }
 

@@ -133,24 +133,23 @@ pub async fn run_find<S: Link>(
         }
         b.encode()
     };
+    // a failure response (PS3.4 C.4.1.1.4) carrying the error's status and its reason
+    let refusal = |e: Error| {
+        tracing::warn!(error = %e, "C-FIND refused");
+        final_rsp(e.dimse_status(), Some(&e.to_string()))
+    };
     let query = match Query::parse(&req.data, &req.transfer_syntax) {
         Ok(mut q) => {
             q.relational = relational_negotiated(assoc, &req.sop_class);
             q
         }
-        Err(e) => {
-            tracing::warn!(error = %e, "C-FIND refused");
-            let e = Error::Query(e);
-            return send_command(
-                assoc,
-                req.pc_id,
-                final_rsp(e.dimse_status(), Some(&e.to_string())),
-            )
-            .await;
-        }
+        Err(e) => return send_command(assoc, req.pc_id, refusal(Error::Query(e))).await,
     };
     let level = query.level.keyword();
-    let mut found = ctx.archive.find(&ctx.principal, model, query.clone());
+    let mut found = match ctx.archive.find(&ctx.principal, model, query.clone()) {
+        Ok(found) => found,
+        Err(e) => return send_command(assoc, req.pc_id, refusal(e)).await,
+    };
     let max_pdv = pdv_limit(assoc.requestor_max_pdu_length());
     let mut sent = 0usize;
     while let Some(answer) = found.next().await {
@@ -172,13 +171,7 @@ pub async fn run_find<S: Link>(
         sent += 1;
     }
     if let Err(e) = found.finish().await {
-        tracing::warn!(error = %e, "C-FIND refused");
-        return send_command(
-            assoc,
-            req.pc_id,
-            final_rsp(e.dimse_status(), Some(&e.to_string())),
-        )
-        .await;
+        return send_command(assoc, req.pc_id, refusal(e)).await;
     }
     tracing::info!(level, matches = sent, "C-FIND");
     send_command(assoc, req.pc_id, final_rsp(status::SUCCESS, None)).await

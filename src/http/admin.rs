@@ -19,20 +19,21 @@
 //! [`Error::http_status`](crate::archive::Error::http_status) with `{"error": "..."}`.
 //! [`AdminClient`] is the typed client (reqwest, with timeouts).
 
+use super::auth::WebCaller;
 use crate::archive::governance::{DeleteReport, RetentionReport};
 use crate::archive::integrity::{RepairReport, VerifyReport};
+use crate::archive::principal::Grant;
 use crate::archive::tier::TierTarget;
 use crate::archive::{Archive, Error, Principal};
 use crate::index::HoldRecord;
 use crate::tiering::mover::MoveReport;
 use crate::tiering::worker::{PassReport, TierStatus};
-use axum::extract::{ConnectInfo, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
-use std::net::SocketAddr;
 use std::time::Duration;
 
 /// The header naming the command-line user the request acts for.
@@ -114,13 +115,21 @@ impl IntoResponse for Failure {
 
 type Answer<T> = Result<Json<T>, Failure>;
 
-/// The caller: a loopback peer naming its user.
-fn principal(peer: &SocketAddr, headers: &HeaderMap) -> Result<Principal, Failure> {
-    if !peer.ip().is_loopback() {
+/// The caller: a loopback peer with a token carrying its roles (tokens on), or naming
+/// its user in [`USER_HEADER`] and holding `[access] admin_loopback` (tokens off).
+fn principal(
+    peer: &WebCaller,
+    headers: &HeaderMap,
+    archive: &Archive,
+) -> Result<Principal, Failure> {
+    if !peer.address.ip().is_loopback() {
         return Err(Failure(
             StatusCode::FORBIDDEN,
             "admin routes answer loopback peers only".into(),
         ));
+    }
+    if peer.token {
+        return Ok(peer.principal("admin"));
     }
     let user = headers
         .get(USER_HEADER)
@@ -133,7 +142,8 @@ fn principal(peer: &SocketAddr, headers: &HeaderMap) -> Result<Principal, Failur
                 format!("name the acting user in the {USER_HEADER} header"),
             )
         })?;
-    Ok(Principal::cli_via(user, VIA))
+    let grant = Grant::roles(archive.config().access.admin_loopback);
+    Ok(Principal::cli_via(user, VIA, grant))
 }
 
 async fn on_blocking_pool<T: Send + 'static>(
@@ -143,41 +153,41 @@ async fn on_blocking_pool<T: Send + 'static>(
 }
 
 async fn tier_status(
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    peer: WebCaller,
     headers: HeaderMap,
     State(archive): State<Archive>,
 ) -> Answer<TierStatus> {
-    principal(&peer, &headers)?;
+    principal(&peer, &headers, &archive)?;
     Ok(Json(archive.tier_status().await?))
 }
 
 async fn tier_run(
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    peer: WebCaller,
     headers: HeaderMap,
     State(archive): State<Archive>,
 ) -> Answer<PassReport> {
-    let p = principal(&peer, &headers)?;
+    let p = principal(&peer, &headers, &archive)?;
     Ok(Json(archive.tier_pass(&p).await?))
 }
 
 async fn tier_move(
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    peer: WebCaller,
     headers: HeaderMap,
     State(archive): State<Archive>,
     Json(req): Json<TierMoveRequest>,
 ) -> Answer<MoveReport> {
-    let p = principal(&peer, &headers)?;
+    let p = principal(&peer, &headers, &archive)?;
     let to: TierTarget = req.to.parse()?;
     Ok(Json(archive.tier_move(&p, &req.study_uid, to).await?))
 }
 
 async fn hold(
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    peer: WebCaller,
     headers: HeaderMap,
     State(archive): State<Archive>,
     Json(req): Json<HoldRequest>,
 ) -> Answer<HoldRecord> {
-    let p = principal(&peer, &headers)?;
+    let p = principal(&peer, &headers, &archive)?;
     let this = archive.clone();
     let hold = on_blocking_pool(move || {
         this.hold_blocking(
@@ -194,12 +204,12 @@ async fn hold(
 }
 
 async fn delete(
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    peer: WebCaller,
     headers: HeaderMap,
     State(archive): State<Archive>,
     Json(req): Json<DeleteRequest>,
 ) -> Answer<DeleteReport> {
-    let p = principal(&peer, &headers)?;
+    let p = principal(&peer, &headers, &archive)?;
     Ok(Json(
         archive
             .delete_study(&p, &req.study_uid, &req.reason)
@@ -208,12 +218,12 @@ async fn delete(
 }
 
 async fn retention(
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    peer: WebCaller,
     headers: HeaderMap,
     State(archive): State<Archive>,
     Json(req): Json<RetentionRequest>,
 ) -> Answer<RetentionReport> {
-    let p = principal(&peer, &headers)?;
+    let p = principal(&peer, &headers, &archive)?;
     let age = req
         .study_age_secs
         .map(std::time::Duration::from_secs)
@@ -222,11 +232,11 @@ async fn retention(
 }
 
 async fn repair(
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    peer: WebCaller,
     headers: HeaderMap,
     State(archive): State<Archive>,
 ) -> Answer<RepairAnswer> {
-    let p = principal(&peer, &headers)?;
+    let p = principal(&peer, &headers, &archive)?;
     let workers = archive.config().workers();
     let (found, repair) = on_blocking_pool(move || archive.repair_blocking(&p, workers)).await?;
     Ok(Json(RepairAnswer { found, repair }))
@@ -253,6 +263,8 @@ pub enum AdminError {
 pub struct AdminClient {
     base: String,
     user: String,
+    /// A bearer token sent with every request (a server with `[auth] issuer`).
+    token: Option<String>,
     http: reqwest::Client,
 }
 
@@ -279,8 +291,14 @@ impl AdminClient {
         Ok(AdminClient {
             base,
             user: user.to_string(),
+            token: None,
             http,
         })
+    }
+
+    /// This client sending `token` as `Authorization: Bearer` (its roles decide).
+    pub fn with_token(self, token: Option<String>) -> Self {
+        AdminClient { token, ..self }
     }
 
     async fn call<B: Serialize, T: serde::de::DeserializeOwned>(
@@ -298,6 +316,9 @@ impl AdminClient {
         }
         .header(USER_HEADER, &self.user)
         .timeout(timeout);
+        if let Some(token) = &self.token {
+            req = req.bearer_auth(token);
+        }
         if let Some(body) = body {
             req = req.json(body);
         }
@@ -313,6 +334,15 @@ impl AdminClient {
                 .ok()
                 .and_then(|v| v["error"].as_str().map(str::to_string))
                 .unwrap_or(text);
+            let message = if status == reqwest::StatusCode::UNAUTHORIZED {
+                format!(
+                    "{} (the server wants a bearer token: set STRATA_TOKEN, or \
+                     STRATA_TOKEN_FILE to a file holding it)",
+                    message.trim()
+                )
+            } else {
+                message
+            };
             return Err(AdminError::Refused {
                 status: status.as_u16(),
                 message,

@@ -29,17 +29,18 @@
 //! type it does not take. What is not supported yet is listed in
 //! `docs/conformance-dicomweb.md`.
 
-use crate::archive::{Archive, Error, Principal};
+use super::auth::WebCaller;
+use crate::archive::principal::Role;
+use crate::archive::{Archive, Error};
 use crate::dicom::metadata::InstanceMetadata;
 use crate::query::{tags, Answer, Level, Model, Query};
 use axum::body::{Body, Bytes};
-use axum::extract::{ConnectInfo, Path, RawQuery, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
 
 /// The API name in audit records.
 const SERVICE: &str = "dicomweb";
@@ -68,7 +69,7 @@ fn path_keys(path: &std::collections::HashMap<String, String>) -> Vec<(u32, &str
 fn searching(level: Level) -> axum::routing::MethodRouter<Archive> {
     get(
         move |State(a): State<Archive>,
-              ConnectInfo(peer): ConnectInfo<SocketAddr>,
+              peer: WebCaller,
               path: Option<UidPath>,
               headers: HeaderMap,
               RawQuery(q): RawQuery| async move {
@@ -83,7 +84,7 @@ fn searching(level: Level) -> axum::routing::MethodRouter<Archive> {
 fn retrieving(level: Level, metadata_only: bool) -> axum::routing::MethodRouter<Archive> {
     get(
         move |State(a): State<Archive>,
-              ConnectInfo(peer): ConnectInfo<SocketAddr>,
+              peer: WebCaller,
               Path(path): UidPath,
               headers: HeaderMap| async move {
             let query = Query::from_keys(level, &path_keys(&path));
@@ -238,10 +239,6 @@ fn accept_text(headers: &HeaderMap) -> String {
         .and_then(|a| a.to_str().ok())
         .unwrap_or("")
         .to_string()
-}
-
-fn principal(peer: SocketAddr) -> Principal {
-    Principal::web(SERVICE, &peer.to_string())
 }
 
 /// `http://host:port/dicom-web` of the request, for RetrieveURLs and BulkDataURIs
@@ -475,7 +472,7 @@ fn answer_json(
 /// JSON array; a `Warning` says when more matched, or that fuzzy matching was not done.
 async fn search(
     archive: Archive,
-    peer: SocketAddr,
+    peer: WebCaller,
     headers: HeaderMap,
     level: Level,
     path_keys: &[(u32, &str)],
@@ -504,7 +501,10 @@ async fn search(
     };
     let base = base_url(&archive, &headers);
     let asked: BTreeSet<u32> = s.query.keys.iter().map(|k| k.tag).collect();
-    let mut stream = archive.find(&principal(peer), Model::StudyRoot, s.query);
+    let mut stream = match archive.find(&peer.principal(SERVICE), Model::StudyRoot, s.query) {
+        Ok(stream) => stream,
+        Err(e) => return failed(e),
+    };
     let mut matches = Vec::new();
     let mut seen = 0usize;
     let mut more = false;
@@ -610,12 +610,7 @@ pub(super) fn part10_of(
 }
 
 /// Streams the instances `query` names as `multipart/related; type="application/dicom"`.
-async fn retrieve(
-    archive: Archive,
-    peer: SocketAddr,
-    headers: HeaderMap,
-    query: Query,
-) -> Response {
+async fn retrieve(archive: Archive, peer: WebCaller, headers: HeaderMap, query: Query) -> Response {
     let syntax = match wanted_syntax(&headers) {
         Ok(s) => s,
         Err(e) => return fail(StatusCode::NOT_ACCEPTABLE, e),
@@ -775,12 +770,12 @@ fn target_syntax(asked: Option<&str>, item: &crate::archive::retrieve::RetrieveI
 /// Retry-After rather than a 200 cut short.
 async fn open_retrieval(
     archive: &Archive,
-    peer: SocketAddr,
+    peer: WebCaller,
     query: &Query,
     what: &str,
 ) -> Result<crate::archive::retrieve::Retrieval, Refused> {
     let retrieval = archive
-        .retrieve(&principal(peer), query, what)
+        .retrieve(&peer.principal(SERVICE), query, what)
         .await
         .map_err(|e| Box::new(failed(e)))?;
     let Some(first) = retrieval.items().first().cloned() else {
@@ -894,9 +889,9 @@ async fn part_bytes(
 /// metadata record from the index ([`InstanceMetadata`]) — so neither a cold instance
 /// nor one in an archived pack is read for it — or, for an object indexed without one,
 /// the object read up to its pixel data. Pixel Data is a BulkDataURI.
-async fn metadata(archive: Archive, peer: SocketAddr, base: String, query: Query) -> Response {
+async fn metadata(archive: Archive, peer: WebCaller, base: String, query: Query) -> Response {
     let retrieval = match archive
-        .retrieve(&principal(peer), &query, "WADO-RS metadata")
+        .retrieve(&peer.principal(SERVICE), &query, "WADO-RS metadata")
         .await
     {
         Ok(r) => r,
@@ -979,7 +974,7 @@ async fn metadata_from_object(
 /// a 404 when the archive does not hold it, the error's status when it cannot be read.
 pub(super) async fn one_instance_as(
     archive: &Archive,
-    peer: SocketAddr,
+    peer: WebCaller,
     service: &str,
     path: &std::collections::HashMap<String, String>,
     what: &str,
@@ -1001,7 +996,7 @@ pub(super) async fn one_instance_as(
     };
     let query = Query::from_keys(level, &path_keys(path));
     let retrieval = archive
-        .retrieve(&Principal::web(service, &peer.to_string()), &query, what)
+        .retrieve(&peer.principal(service), &query, what)
         .await
         .map_err(|e| Box::new(failed(e)))?;
     let Some(item) = retrieval.items().first().cloned() else {
@@ -1023,7 +1018,7 @@ pub(super) async fn one_instance_as(
 /// [`one_instance_as`] for DICOMweb.
 async fn one_instance(
     archive: &Archive,
-    peer: SocketAddr,
+    peer: WebCaller,
     path: &std::collections::HashMap<String, String>,
     what: &str,
 ) -> Result<(crate::archive::retrieve::Retrieval, Vec<u8>), Refused> {
@@ -1176,7 +1171,7 @@ fn octet_parts(parts: Vec<(String, Vec<u8>)>) -> Response {
 /// WADO-RS frames (PS3.18 10.4.1.1.3): the listed frames, decoded, one part each.
 async fn frames(
     State(archive): State<Archive>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    peer: WebCaller,
     Path(path): UidPath,
     headers: HeaderMap,
 ) -> Response {
@@ -1235,7 +1230,7 @@ pub(super) async fn work_then_finish<T: Send + 'static>(
 /// frames decoded (the BulkDataURI metadata gives for 7FE00010), else the value's bytes.
 async fn bulkdata(
     State(archive): State<Archive>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    peer: WebCaller,
     Path(path): UidPath,
     headers: HeaderMap,
 ) -> Response {
@@ -1370,7 +1365,7 @@ fn render_options(raw: Option<&str>) -> Result<crate::dicom::render::RenderOptio
 /// Renders the instance's first frame (or the first listed) as JPEG or PNG.
 async fn render_response(
     archive: Archive,
-    peer: SocketAddr,
+    peer: WebCaller,
     path: std::collections::HashMap<String, String>,
     headers: HeaderMap,
     raw: Option<String>,
@@ -1408,7 +1403,7 @@ async fn render_response(
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn render_answer(
     archive: &Archive,
-    peer: SocketAddr,
+    peer: WebCaller,
     service: &str,
     path: &std::collections::HashMap<String, String>,
     frame: u32,
@@ -1441,7 +1436,7 @@ pub(super) async fn render_answer(
 /// left out (the audit record counts them as failed).
 async fn rendered_many(
     State(archive): State<Archive>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    peer: WebCaller,
     Path(path): UidPath,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
@@ -1512,7 +1507,7 @@ async fn rendered_many(
 
 async fn rendered(
     State(a): State<Archive>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    peer: WebCaller,
     Path(path): UidPath,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
@@ -1522,7 +1517,7 @@ async fn rendered(
 
 async fn thumbnail(
     State(a): State<Archive>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    peer: WebCaller,
     Path(path): UidPath,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
@@ -1535,7 +1530,7 @@ async fn thumbnail(
 
 async fn store_any(
     State(a): State<Archive>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    peer: WebCaller,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -1544,7 +1539,7 @@ async fn store_any(
 
 async fn store_in_study(
     State(a): State<Archive>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    peer: WebCaller,
     Path(study): Path<String>,
     headers: HeaderMap,
     body: Body,
@@ -1642,7 +1637,7 @@ static STOW_SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(ST
 /// listed), the answer naming each instance stored and each that failed, with why.
 async fn stow(
     archive: Archive,
-    peer: SocketAddr,
+    peer: WebCaller,
     headers: HeaderMap,
     study: Option<String>,
     body: Body,
@@ -1652,7 +1647,12 @@ async fn stow(
         Err((status, why)) => return fail(status, why),
     };
     let base = base_url(&archive, &headers);
-    let who = principal(peer);
+    let who = peer.principal(SERVICE);
+    // a caller who may not store is refused whole (403), before the body is read
+    let study_uids: Vec<String> = study.iter().cloned().collect();
+    if let Err(e) = archive.authorize(&who, Role::Uploader, "store", &study_uids) {
+        return failed(e);
+    }
     // a STOW-RS request is at most `max_object_mb` in all: multer buffers what precedes
     // a boundary, so an unbounded body must not reach it
     let limit = archive.config().dicom.max_object_mb.saturating_mul(1 << 20);

@@ -14,15 +14,18 @@
 //!   in hex (at most 64 characters);
 //! - `started` is the StudyDate alone: a time without a timezone is not a FHIR dateTime.
 
-use crate::archive::{Archive, Principal};
+pub mod ids;
+
+use super::auth::WebCaller;
+use crate::archive::Archive;
 use crate::query::{tags, Answer, Level, Model, Query};
-use axum::extract::{ConnectInfo, Path, RawQuery, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+pub use ids::{fhir_to_patient_id, patient_id_to_fhir};
 use serde_json::{json, Value};
-use std::net::SocketAddr;
 
 /// The API name in audit records.
 const SERVICE: &str = "fhir";
@@ -67,37 +70,6 @@ fn outcome(status: StatusCode, code: &str, text: impl Into<String>) -> Response 
 /// `http://host:port` of the request ([`super::origin`]).
 fn base(archive: &Archive, headers: &HeaderMap) -> String {
     super::origin(archive, headers)
-}
-
-/// Whether `s` is a FHIR id (R4 2.24.0.1: `[A-Za-z0-9\-\.]{1,64}`).
-fn is_fhir_id(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 64
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
-}
-
-/// The Patient.id of a PatientID (see the module docs); `None` when no id can be made.
-pub fn patient_id_to_fhir(pid: &str) -> Option<String> {
-    if is_fhir_id(pid) && !pid.starts_with('x') {
-        return Some(pid.to_string());
-    }
-    let hex: String = pid.bytes().map(|b| format!("{b:02x}")).collect();
-    (hex.len() < 64 && !pid.is_empty()).then(|| format!("x{hex}"))
-}
-
-/// The PatientID a Patient.id stands for.
-fn fhir_to_patient_id(id: &str) -> Option<String> {
-    match id.strip_prefix('x') {
-        Some(hex) if hex.len() % 2 == 0 && hex.chars().all(|c| c.is_ascii_hexdigit()) => {
-            let bytes: Option<Vec<u8>> = (0..hex.len())
-                .step_by(2)
-                .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).ok())
-                .collect();
-            bytes.and_then(|b| String::from_utf8(b).ok())
-        }
-        _ => Some(id.to_string()),
-    }
 }
 
 /// A DA value as a FHIR date (`YYYY-MM-DD`).
@@ -479,7 +451,7 @@ fn parse_study_search(raw: Option<&str>, lenient: bool) -> Result<Search, String
 /// whether more matched.
 async fn find_studies(
     archive: &Archive,
-    peer: SocketAddr,
+    peer: WebCaller,
     keys: &[(u32, String)],
     offset: usize,
     count: usize,
@@ -491,11 +463,19 @@ async fn find_studies(
         }
     }
     let query = Query::from_keys(Level::Study, &all);
-    let mut stream = archive.find(
-        &Principal::web(SERVICE, &peer.to_string()),
-        Model::StudyRoot,
-        query,
-    );
+    let forbidden = |e: crate::archive::Error| {
+        let status =
+            StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let code = if status == StatusCode::FORBIDDEN {
+            "forbidden"
+        } else {
+            "exception"
+        };
+        outcome(status, code, e.to_string())
+    };
+    let mut stream = archive
+        .find(&peer.principal(SERVICE), Model::StudyRoot, query)
+        .map_err(forbidden)?;
     let mut total = 0usize;
     let mut page = Vec::new();
     while let Some(answer) = stream.next().await {
@@ -504,13 +484,7 @@ async fn find_studies(
         }
         total += 1;
     }
-    stream.finish().await.map_err(|e| {
-        outcome(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "exception",
-            e.to_string(),
-        )
-    })?;
+    stream.finish().await.map_err(forbidden)?;
     Ok((page, total))
 }
 
@@ -590,7 +564,7 @@ fn bundle(
 
 async fn search_imaging_studies(
     State(archive): State<Archive>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    peer: WebCaller,
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Response {
@@ -623,7 +597,7 @@ async fn search_imaging_studies(
 
 async fn read_imaging_study(
     State(archive): State<Archive>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    peer: WebCaller,
     Path(id): Path<String>,
 ) -> Response {
     if !crate::dicom::part10::is_valid_uid(&id) {
@@ -652,7 +626,7 @@ async fn read_imaging_study(
 /// The Patient a PatientID names, from its studies' patient attributes.
 async fn patient_of(
     archive: &Archive,
-    peer: SocketAddr,
+    peer: WebCaller,
     pid: &str,
 ) -> Result<Option<Value>, Response> {
     let keys = [(tags::PATIENT_ID, pid.to_string())];
@@ -662,7 +636,7 @@ async fn patient_of(
 
 async fn read_patient(
     State(archive): State<Archive>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    peer: WebCaller,
     Path(id): Path<String>,
 ) -> Response {
     let Some(pid) = fhir_to_patient_id(&id).filter(|p| exact("id", p).is_ok()) else {
@@ -685,7 +659,7 @@ async fn read_patient(
 
 async fn search_patients(
     State(archive): State<Archive>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    peer: WebCaller,
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Response {
@@ -809,6 +783,7 @@ async fn capability_statement(State(archive): State<Archive>, headers: HeaderMap
 
 #[cfg(test)]
 mod tests {
+    use super::ids::is_fhir_id;
     use super::*;
 
     #[test]

@@ -13,16 +13,16 @@
 //! (400). Each request goes through the retrieve use case under a web principal
 //! (`service: wado-uri`) and is audited.
 
+use super::auth::WebCaller;
 use super::dicomweb::{fail, one_instance_as, render_answer};
 use crate::archive::Archive;
 use crate::dicom::render::{Format, RenderOptions};
-use axum::extract::{ConnectInfo, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use std::collections::HashMap;
-use std::net::SocketAddr;
 
 /// Explicit VR Little Endian: WADO-URI's default transfer syntax.
 const EXPLICIT_VR_LE: &str = "1.2.840.10008.1.2.1";
@@ -141,7 +141,7 @@ fn parse(raw: Option<&str>) -> Result<Request, String> {
 
 async fn wado(
     State(archive): State<Archive>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    peer: WebCaller,
     RawQuery(raw): RawQuery,
 ) -> Response {
     let request = match parse(raw.as_deref()) {

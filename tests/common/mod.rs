@@ -339,6 +339,20 @@ pub fn ct_study() -> &'static Path {
     })
 }
 
+/// Generates 64x64 CT studies into `dir` with `tests/peers/gen_ct.py` and `args`
+/// (`--studies`, `--instances`, `--seed`, `--patient-prefix`, …); its JSON report
+/// (`files`, `bytes`, `studies`).
+pub fn small_ct(dir: &Path, args: &[&str]) -> serde_json::Value {
+    let out = run_ok(
+        python("gen_ct.py")
+            .arg("--out")
+            .arg(dir)
+            .args(["--rows", "64", "--cols", "64"])
+            .args(args),
+    );
+    serde_json::from_slice(&out.stdout).expect("gen_ct.py reports JSON")
+}
+
 /// Every `.dcm` file under `dir`, sorted.
 pub fn dcm_files(dir: &Path) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = walk(dir)
