@@ -431,3 +431,74 @@ fn tokens_and_roles_decide_every_web_and_dicom_access_and_each_is_audited() {
         "refused authentications are ATNA User Authentication events"
     );
 }
+
+/// The viewer with tokens on: OHIF takes the token from its URL (`&token=`, read by its
+/// viewer route and sent as `Authorization: Bearer` with each DICOMweb call), so a link
+/// from the EHR carrying the token opens the study in headless Chromium; the same link
+/// without the token draws nothing, each of its calls refused (401) and audited.
+#[test]
+fn the_viewer_opens_a_study_with_the_token_its_link_carries() {
+    let archive_data = scratch("tokens-viewer-data");
+    let made = small_ct(
+        &archive_data.path().join("ct"),
+        &[
+            "--studies",
+            "1",
+            "--instances",
+            "3",
+            "--patient-prefix",
+            "VIEW",
+        ],
+    );
+    let study = made["studies"][0].as_str().unwrap().to_string();
+    let idp = Idp::start("VIEW001");
+    let archive = Archive::with_config(
+        "tokens-viewer",
+        &format!("\n[auth]\nissuer = \"{}\"\n", idp.issuer),
+    );
+    run_ok(
+        archive
+            .strata(&["import"])
+            .args(dcm_files(&archive_data.path().join("ct"))),
+    );
+    let server = archive.start();
+    let base = format!(
+        "http://127.0.0.1:{}/viewer?StudyInstanceUIDs={study}",
+        server.http_port
+    );
+    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("viewer-token-screenshots");
+    let check = |url: &str, timeout: &str| -> serde_json::Value {
+        let checked = run_ok(python("viewer_check.py").args([
+            "--url",
+            url,
+            "--out",
+            out.to_str().unwrap(),
+            "--timeout",
+            timeout,
+        ]));
+        serde_json::from_slice(&checked.stdout).unwrap()
+    };
+    // the patient-restricted token of this patient: an EHR-embedded viewer
+    let with = check(&format!("{base}&token={}", idp.token("patient")), "90");
+    assert_eq!(
+        with["drawn"],
+        true,
+        "{with} (screenshots in {})",
+        out.display()
+    );
+    let retrieves = archive.audit_records("retrieve");
+    assert!(
+        retrieves
+            .iter()
+            .any(|r| r["actor"]["user"] == "patient-viewer" && r["actor"]["service"] == "dicomweb"),
+        "{retrieves:?}"
+    );
+    let refused_before = archive.audit_records("authenticate").len();
+    let without = check(&base, "20");
+    assert_eq!(without["drawn"], false, "{without}");
+    assert!(
+        archive.audit_records("authenticate").len() > refused_before,
+        "the viewer's calls without a token were refused and audited"
+    );
+    server.stop();
+}
