@@ -19,7 +19,7 @@ fn migrate_bin() -> PathBuf {
     bin
 }
 
-fn migrate(state: &Path, args: &[&str]) -> Command {
+pub(crate) fn migrate(state: &Path, args: &[&str]) -> Command {
     let mut cmd = Command::new(migrate_bin());
     cmd.arg("--state").arg(state).args(args);
     cmd
@@ -162,7 +162,7 @@ fn status(state: &Path) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-fn verified(state: &Path) -> u64 {
+pub(crate) fn verified(state: &Path) -> u64 {
     status(state)["by_state"]["verified"].as_u64().unwrap_or(0)
 }
 

@@ -424,3 +424,114 @@ fn c_move_reaches_a_tls_destination_over_tls() {
     assert_eq!(walk(received.path()).len(), 2, "{text}");
     server.stop();
 }
+
+/// `strata-migrate` over DICOM TLS both ways (issue 14, item 1): a "legacy PACS" (a
+/// Strata whose only DICOM port is its TLS port, mutual TLS) is planned and migrated
+/// into a destination that also speaks TLS only; the source's C-MOVE reaches the
+/// destination over TLS too. Without the CA bundle, or plain TCP against the TLS port,
+/// `plan` fails with the reason and writes no ledger.
+#[test]
+fn strata_migrate_plans_and_moves_over_tls() {
+    let certs = scratch("migrate-tls-certs");
+    make_certificates(certs.path());
+    let dir = certs.path();
+    let tls_files = format!(
+        "\n[tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\nclient_ca_file = \"{}\"\npeer_ca_file = \"{}\"\n",
+        dir.join("server.pem").display(),
+        dir.join("server.key").display(),
+        dir.join("ca.pem").display(),
+        dir.join("ca.pem").display()
+    );
+    let (source_tls, dest_tls) = (free_port(), free_port());
+    let dest = Archive::with_config(
+        "migrate-tls-dest",
+        &format!("tls_port = {dest_tls}\n{tls_files}"),
+    );
+    let source = Archive::with_config(
+        "migrate-tls-source",
+        &format!(
+            "ae_title = \"LEGACY\"\ntls_port = {source_tls}\n\n\
+             [[dicom.peers]]\nae_title = \"STRATA\"\nhost = \"localhost\"\nport = {dest_tls}\ntls = true\n{tls_files}"
+        ),
+    );
+    let (dest_server, source_server) = (dest.start(), source.start());
+    wait_for_port(source_tls);
+    wait_for_port(dest_tls);
+    let files: Vec<_> = dcm_files(ct_study()).into_iter().take(3).collect();
+    run_ok(
+        dcmtk("storescu")
+            .args([
+                "-aec",
+                "LEGACY",
+                "127.0.0.1",
+                &source_server.dicom_port.to_string(),
+            ])
+            .args(&files),
+    );
+
+    let state = scratch("migrate-tls-state");
+    let state = state.path().join("ledger");
+    let source_ae = format!("LEGACY@localhost:{source_tls}");
+    let (cert, key) = (dir.join("client.pem"), dir.join("client.key"));
+    let client = [
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ];
+    // refused cleanly: TLS asked for without the CAs; plain TCP to the TLS port
+    let no_ca = run(&mut crate::migrate::migrate(
+        &state,
+        &["plan", "--source", &source_ae, "--source-tls"],
+    ));
+    assert!(!no_ca.status.success());
+    assert!(
+        String::from_utf8_lossy(&no_ca.stderr).contains("--tls-ca"),
+        "{}",
+        String::from_utf8_lossy(&no_ca.stderr)
+    );
+    let plain = run(&mut crate::migrate::migrate(
+        &state,
+        &["--timeout", "5s", "plan", "--source", &source_ae],
+    ));
+    assert!(!plain.status.success());
+    assert!(
+        !state.exists(),
+        "a failed plan writes no ledger: {}",
+        String::from_utf8_lossy(&plain.stderr)
+    );
+
+    let ca = dir.join("ca.pem");
+    let with_tls = |args: &[&str]| {
+        let mut cmd = crate::migrate::migrate(&state, &["--tls-ca", ca.to_str().unwrap()]);
+        cmd.args(client).args(args);
+        cmd
+    };
+    run_ok(&mut with_tls(&[
+        "plan",
+        "--source",
+        &source_ae,
+        "--source-tls",
+    ]));
+    run_ok(&mut with_tls(&[
+        "run",
+        "--dest-ae",
+        "STRATA",
+        "--dest",
+        &format!("localhost:{dest_tls}"),
+        "--dest-tls",
+    ]));
+    assert_eq!(crate::migrate::verified(&state), 1);
+    assert_eq!(dest.total_instances(), 3);
+    // the source saw the migration tool by its certificate
+    source_server.stop();
+    dest_server.stop();
+    let finds = source.audit_records("query");
+    assert!(
+        finds
+            .iter()
+            .any(|r| r["actor"]["ae_title"] == "STRATA_MIGRATE"
+                && r["actor"]["certificate"] == "CN=EHR-VIEWER, O=Hospital"),
+        "{finds:?}"
+    );
+}

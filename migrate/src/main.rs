@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use strata::dimse::scu::RemoteAe;
+use strata::dimse::scu::{RemoteAe, TlsClient};
 
 /// Migrate a legacy PACS into Strata over C-FIND/C-MOVE.
 #[derive(Debug, Parser)]
@@ -27,6 +27,17 @@ struct Cli {
     /// Timeout of each DICOM association and response.
     #[arg(long, default_value = "60s", value_parser = humantime_duration)]
     timeout: Duration,
+    /// PEM bundle of the CAs that sign the certificates of peers reached over DICOM TLS
+    /// (`--source-tls`, `--dest-tls`).
+    #[arg(long, global = true)]
+    tls_ca: Option<PathBuf>,
+    /// PEM certificate chain presented to TLS peers that require client certificates
+    /// (mutual TLS), with `--tls-key`.
+    #[arg(long, global = true, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of `--tls-cert` (refused when world-readable).
+    #[arg(long, global = true, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -50,6 +61,10 @@ enum Command {
         /// The legacy PACS: AE@HOST:PORT.
         #[arg(long)]
         source: RemoteAe,
+        /// Reach the source over DICOM TLS (PS3.15 B.1), its certificate verified
+        /// against `--tls-ca` for its host name; recorded in the ledger for `run`.
+        #[arg(long)]
+        source_tls: bool,
         /// Our AE title towards the source (the source must allow it to query and move).
         #[arg(long, default_value = "STRATA_MIGRATE")]
         calling_ae: String,
@@ -79,6 +94,9 @@ enum Command {
         /// Where the destination answers C-FIND for verification: HOST:PORT.
         #[arg(long)]
         dest: String,
+        /// Reach the destination over DICOM TLS (its TLS port in `--dest`).
+        #[arg(long)]
+        dest_tls: bool,
         /// Studies in flight.
         #[arg(long, default_value_t = 2)]
         parallel: usize,
@@ -137,7 +155,36 @@ fn date(s: Option<&str>, default: chrono::NaiveDate) -> Result<chrono::NaiveDate
     }
 }
 
+/// The TLS client configuration of `--tls-ca` (and `--tls-cert`/`--tls-key`), if given.
+fn tls_client(cli: &Cli) -> Result<Option<TlsClient>> {
+    let Some(ca) = &cli.tls_ca else {
+        if cli.tls_cert.is_some() {
+            bail!("--tls-cert needs --tls-ca (the CAs of the peers' certificates)");
+        }
+        return Ok(None);
+    };
+    let config = strata::config::TlsConfig {
+        peer_ca_file: ca.clone(),
+        cert_file: cli.tls_cert.clone().unwrap_or_default(),
+        key_file: cli.tls_key.clone().unwrap_or_default(),
+        ..Default::default()
+    };
+    Ok(Some(TlsClient(strata::tls::client_config(&config)?)))
+}
+
+/// `remote`, over TLS when `tls` (which then needs `--tls-ca`).
+fn reach(remote: RemoteAe, tls: bool, client: &Option<TlsClient>) -> Result<RemoteAe> {
+    if !tls {
+        return Ok(remote);
+    }
+    match client {
+        Some(client) => Ok(remote.over_tls(client.clone())),
+        None => bail!("{remote} is reached over TLS: give --tls-ca (the CAs of its certificate)"),
+    }
+}
+
 fn real_main(cli: Cli) -> Result<i32> {
+    let tls = tls_client(&cli)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -145,6 +192,7 @@ fn real_main(cli: Cli) -> Result<i32> {
     match cli.command {
         Command::Plan {
             source,
+            source_tls,
             calling_ae,
             from,
             to,
@@ -152,6 +200,7 @@ fn real_main(cli: Cli) -> Result<i32> {
             source_limit,
             skip_undated,
         } => {
+            let source = reach(source, source_tls, &tls)?;
             // before any ledger is written: does the source take queries from us?
             if let Err(why) = rt.block_on(probe::check_source(&calling_ae, &source, cli.timeout)) {
                 bail!("{why}; nothing planned, no ledger written");
@@ -205,6 +254,7 @@ fn real_main(cli: Cli) -> Result<i32> {
         Command::Run {
             dest_ae,
             dest,
+            dest_tls,
             parallel,
             window,
             max_rate,
@@ -215,7 +265,11 @@ fn real_main(cli: Cli) -> Result<i32> {
             let mut ledger = ledger::Ledger::open(&cli.state)?;
             if source.is_some() || calling_ae.is_some() {
                 let mut header = ledger.header.clone();
-                header.source = source.unwrap_or(header.source);
+                let was_tls = header.source.tls;
+                header.source = match source {
+                    Some(source) => reach(source, was_tls, &tls)?,
+                    None => header.source,
+                };
                 header.calling_ae = calling_ae.unwrap_or(header.calling_ae);
                 // a C-ECHO alone proves nothing: sources echo anyone
                 if let Err(why) = rt.block_on(probe::check_source(
@@ -231,10 +285,14 @@ fn real_main(cli: Cli) -> Result<i32> {
                 );
                 ledger = ledger.set_header(header)?;
             }
+            // the ledger records whether the source speaks TLS; the material is ours
+            let source_tls = ledger.header.source.tls;
+            ledger.header.source = reach(ledger.header.source.clone(), source_tls, &tls)?;
             let inventory_complete = ledger.inventory_complete();
             let dest: RemoteAe = format!("{dest_ae}@{dest}")
                 .parse()
                 .map_err(|e: String| anyhow::anyhow!(e))?;
+            let dest = reach(dest, dest_tls, &tls)?;
             let opts = run::RunOptions {
                 calling_ae: ledger.header.calling_ae.clone(),
                 dest_ae,

@@ -3,7 +3,9 @@
 //! reconcile it against the archive.
 //!
 //! One [`Scu`] is one association with one presentation context for the requested
-//! abstract syntax (explicit and implicit VR little endian proposed). Messages are sent
+//! abstract syntax (explicit and implicit VR little endian proposed), over plain TCP or,
+//! for a [`RemoteAe`] with `tls`, DICOM TLS (PS3.15 B.1; rustls, the peer's certificate
+//! verified for its host name). Messages are sent
 //! as a command PDV followed by the identifier's PDVs; responses are read fragment by
 //! fragment until their last PDV, command and data set alike. Identifiers are encoded
 //! and decoded with dicom-object (they are small).
@@ -58,12 +60,48 @@ pub enum ScuError {
     Timeout { peer: String, seconds: u64 },
 }
 
-/// A remote application entity: `AE@HOST:PORT`.
+/// A remote application entity: `AE@HOST:PORT`, reached over plain TCP or DICOM TLS.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RemoteAe {
     pub ae_title: String,
     pub host: String,
     pub port: u16,
+    /// Reach it over DICOM TLS (PS3.15 B.1), its certificate verified for `host`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tls: bool,
+    /// The TLS client configuration to do so with (from the program's options; never
+    /// persisted).
+    #[serde(skip)]
+    pub tls_config: Option<TlsClient>,
+}
+
+/// A rustls client configuration ([`crate::tls::client_config`]) for reaching peers.
+#[derive(Clone)]
+pub struct TlsClient(pub std::sync::Arc<rustls::ClientConfig>);
+
+impl PartialEq for TlsClient {
+    fn eq(&self, other: &Self) -> bool {
+        std::sync::Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for TlsClient {}
+
+impl std::fmt::Debug for TlsClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TlsClient")
+    }
+}
+
+impl RemoteAe {
+    /// This AE reached over DICOM TLS with `config`.
+    pub fn over_tls(self, config: TlsClient) -> Self {
+        RemoteAe {
+            tls: true,
+            tls_config: Some(config),
+            ..self
+        }
+    }
 }
 
 impl std::str::FromStr for RemoteAe {
@@ -87,13 +125,19 @@ impl std::str::FromStr for RemoteAe {
             ae_title: ae.to_string(),
             host: host.to_string(),
             port,
+            tls: false,
+            tls_config: None,
         })
     }
 }
 
 impl std::fmt::Display for RemoteAe {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}@{}:{}", self.ae_title, self.host, self.port)
+        write!(f, "{}@{}:{}", self.ae_title, self.host, self.port)?;
+        if self.tls {
+            f.write_str(" (TLS)")?;
+        }
+        Ok(())
     }
 }
 
@@ -118,9 +162,27 @@ pub struct MoveProgress {
     pub warning: u32,
 }
 
+/// An association over plain TCP or TLS. One lives per [`Scu`], for one association:
+/// the TLS variant's size (its session state) costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
+enum Conn {
+    Plain(AsyncClientAssociation<TcpStream>),
+    Tls(AsyncClientAssociation<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+/// `$body` with `$a` bound to the association, whichever its stream.
+macro_rules! on_assoc {
+    ($conn:expr, $a:ident => $body:expr) => {
+        match $conn {
+            Conn::Plain($a) => $body,
+            Conn::Tls($a) => $body,
+        }
+    };
+}
+
 /// One association with one accepted presentation context.
 pub struct Scu {
-    assoc: AsyncClientAssociation<TcpStream>,
+    assoc: Conn,
     peer: String,
     pc_id: u8,
     transfer_syntax: String,
@@ -137,7 +199,7 @@ impl Scu {
         timeout: Duration,
     ) -> Result<Scu, ScuError> {
         let peer = remote.to_string();
-        let mut assoc = ClientAssociationOptions::new()
+        let options = ClientAssociationOptions::new()
             .calling_ae_title(calling_ae.to_string())
             .called_ae_title(remote.ae_title.clone())
             .with_presentation_context(
@@ -145,30 +207,54 @@ impl Scu {
                 vec![EXPLICIT_VR_LE.to_string(), IMPLICIT_VR_LE.to_string()],
             )
             .connection_timeout(timeout)
-            .read_timeout(timeout)
-            .establish_with_async(&format!("{}:{}", remote.host, remote.port))
-            .await
-            .map_err(|e| match e {
-                // typed: the peer took the association but none of our contexts
-                dicom_ul::association::Error::NoAcceptedPresentationContexts { .. } => {
-                    ScuError::NotAccepted {
-                        peer: peer.clone(),
-                        abstract_syntax: abstract_syntax.to_string(),
-                    }
+            .read_timeout(timeout);
+        let address = format!("{}:{}", remote.host, remote.port);
+        let failed = |e: dicom_ul::association::Error| match e {
+            // typed: the peer took the association but none of our contexts
+            dicom_ul::association::Error::NoAcceptedPresentationContexts { .. } => {
+                ScuError::NotAccepted {
+                    peer: peer.clone(),
+                    abstract_syntax: abstract_syntax.to_string(),
                 }
-                // typed: the peer answered with A-ASSOCIATE-RJ (PS3.8 9.3.4)
-                e @ dicom_ul::association::Error::Rejected { .. } => ScuError::Rejected {
+            }
+            // typed: the peer answered with A-ASSOCIATE-RJ (PS3.8 9.3.4)
+            e @ dicom_ul::association::Error::Rejected { .. } => ScuError::Rejected {
+                peer: peer.clone(),
+                detail: e.to_string(),
+            },
+            e => ScuError::Associate {
+                peer: peer.clone(),
+                detail: e.to_string(),
+            },
+        };
+        let assoc = if remote.tls {
+            let config = remote
+                .tls_config
+                .as_ref()
+                .ok_or_else(|| ScuError::Associate {
                     peer: peer.clone(),
-                    detail: e.to_string(),
-                },
-                e => ScuError::Associate {
-                    peer: peer.clone(),
-                    detail: e.to_string(),
-                },
-            })?;
-        let _ = assoc.inner_stream().set_nodelay(true);
-        let pc = assoc
-            .presentation_contexts()
+                    detail:
+                        "TLS is asked for, but no TLS client configuration (CA bundle) was given"
+                            .into(),
+                })?;
+            let mut assoc = options
+                .tls_config(config.0.clone())
+                .server_name(&remote.host)
+                .establish_with_async_tls(&address)
+                .await
+                .map_err(failed)?;
+            let _ = assoc.inner_stream().get_ref().0.set_nodelay(true);
+            Conn::Tls(assoc)
+        } else {
+            let mut assoc = options
+                .establish_with_async(&address)
+                .await
+                .map_err(failed)?;
+            let _ = assoc.inner_stream().set_nodelay(true);
+            Conn::Plain(assoc)
+        };
+        let contexts = on_assoc!(&assoc, a => a.presentation_contexts().to_vec());
+        let pc = contexts
             .iter()
             .find(|pc| pc.reason == dicom_ul::pdu::PresentationContextResultReason::Acceptance)
             .cloned()
@@ -229,12 +315,15 @@ impl Scu {
         identifier: &InMemDicomObject,
     ) -> Result<(), ScuError> {
         let data = self.encode(identifier)?;
-        let max = super::pdv::pdv_limit(self.assoc.acceptor_max_pdu_length());
-        let sent = async {
-            super::pdv::send_command(&mut self.assoc, self.pc_id, command).await?;
-            super::pdv::send_data(&mut self.assoc, self.pc_id, &data, max).await
-        }
-        .await;
+        let pc_id = self.pc_id;
+        let sent = on_assoc!(&mut self.assoc, a => {
+            let max = super::pdv::pdv_limit(a.acceptor_max_pdu_length());
+            async {
+                super::pdv::send_command(a, pc_id, command).await?;
+                super::pdv::send_data(a, pc_id, &data, max).await
+            }
+            .await
+        });
         sent.map_err(|e| self.net(e))
     }
 
@@ -245,7 +334,9 @@ impl Scu {
         let mut command_done = false;
         let mut data_done = false;
         loop {
-            let pdu = match tokio::time::timeout(self.timeout, self.assoc.receive()).await {
+            let received = on_assoc!(&mut self.assoc, a =>
+                tokio::time::timeout(self.timeout, a.receive()).await);
+            let pdu = match received {
                 Err(_) => {
                     return Err(ScuError::Timeout {
                         peer: self.peer.clone(),
@@ -301,9 +392,9 @@ impl Scu {
         let cmd = ResponseBuilder::request(field::C_ECHO_RQ, id, false)
             .uid(tag::AFFECTED_SOP_CLASS_UID, VERIFICATION)
             .encode();
-        super::pdv::send_command(&mut self.assoc, self.pc_id, cmd)
-            .await
-            .map_err(|e| self.net(e))?;
+        let pc_id = self.pc_id;
+        let sent = on_assoc!(&mut self.assoc, a => super::pdv::send_command(a, pc_id, cmd).await);
+        sent.map_err(|e| self.net(e))?;
         let (rsp, _) = self.receive_message().await?;
         rsp.status()
             .ok_or_else(|| self.protocol("C-ECHO-RSP without a status"))
@@ -398,7 +489,9 @@ impl Scu {
 
     /// Releases the association (errors ignored: the work is done).
     pub async fn release(self) {
-        let _ = self.assoc.release().await;
+        on_assoc!(self.assoc, a => {
+            let _ = a.release().await;
+        });
     }
 }
 
