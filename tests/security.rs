@@ -377,19 +377,25 @@ fn dicom_tls_serves_certified_peers_and_names_them_in_the_audit_log() {
 /// C-MOVE to a destination marked `tls = true` goes over DICOM TLS: DCMTK's storescp with
 /// TLS, requiring a client certificate, receives the study; Strata verified it against
 /// `[tls] peer_ca_file` and presented its own certificate.
+/// C-MOVE over TLS both ways: pynetdicom requests it on the DICOM TLS port with its
+/// client certificate (mutual TLS; DCMTK's movescu has no TLS), and Strata sends the
+/// study to DCMTK `storescp +tls` (a `[[dicom.peers]]` entry with `tls = true`, which
+/// requires our client certificate).
 #[test]
 fn c_move_reaches_a_tls_destination_over_tls() {
     let certs = scratch("move-tls-certs");
     make_certificates(certs.path());
     let dir = certs.path();
-    let dest_port = free_port();
+    let (dest_port, tls_port) = (free_port(), free_port());
     let archive = Archive::with_config(
         "move-tls",
         &format!(
-            "[[dicom.peers]]\nae_title = \"TLSDEST\"\nhost = \"localhost\"\nport = {dest_port}\ntls = true\n\n\
-             [tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\npeer_ca_file = \"{}\"\n",
+            "tls_port = {tls_port}\n\n\
+             [[dicom.peers]]\nae_title = \"TLSDEST\"\nhost = \"localhost\"\nport = {dest_port}\ntls = true\n\n\
+             [tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\npeer_ca_file = \"{}\"\nclient_ca_file = \"{}\"\n",
             dir.join("server.pem").display(),
             dir.join("server.key").display(),
+            dir.join("ca.pem").display(),
             dir.join("ca.pem").display()
         ),
     );
@@ -410,17 +416,28 @@ fn c_move_reaches_a_tls_destination_over_tls() {
         .spawn()
         .unwrap();
     wait_for_port(dest_port);
-    let moved = run(dcmtk("movescu")
-        .args(["-v", "-S", "-aec", "STRATA", "-aem", "TLSDEST"])
-        .args(["-k", "QueryRetrieveLevel=STUDY", "-k"])
-        .arg(format!("StudyInstanceUID={study}"))
-        .args(["127.0.0.1", &server.dicom_port.to_string()]));
+    // the requester over TLS too (pynetdicom; DCMTK's movescu has no TLS), mutual TLS,
+    // on the TLS port
+    wait_for_port(tls_port);
+    let moved = run(python("get_status.py")
+        .args(["--port", &tls_port.to_string(), "--study", &study])
+        .args(["--move-to", "TLSDEST", "--host", "localhost", "--tls-ca"])
+        .arg(dir.join("ca.pem"))
+        .arg("--tls-cert")
+        .arg(dir.join("client.pem"))
+        .arg("--tls-key")
+        .arg(dir.join("client.key")));
     let _ = storescp.kill();
     let _ = storescp.wait();
     let text = String::from_utf8_lossy(&moved.stderr).to_string()
         + &String::from_utf8_lossy(&moved.stdout);
     assert!(moved.status.success(), "{text}");
-    assert!(text.contains("Final Move Response (Success)"), "{text}");
+    let answer: serde_json::Value = serde_json::from_slice(&moved.stdout).unwrap();
+    assert_eq!(
+        (answer["status"].as_u64(), answer["completed"].as_u64()),
+        (Some(0), Some(2)),
+        "{text}"
+    );
     assert_eq!(walk(received.path()).len(), 2, "{text}");
     server.stop();
 }
