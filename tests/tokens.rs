@@ -186,6 +186,13 @@ fn tokens_and_roles_decide_every_web_and_dicom_access_and_each_is_audited() {
             .contains("www-authenticate: bearer realm=\"strata\""),
         "{headers}"
     );
+    // the CapabilityStatement stays open, and says tokens are needed (SMART on FHIR)
+    let (code, _, body) = web(http, "GET", "/fhir/metadata", None, &[]);
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        body.contains("SMART-on-FHIR") && body.contains(&idp.issuer),
+        "{body}"
+    );
     let viewer = idp.token("viewer");
     let tampered = {
         // the payload changed (a role added), the signature kept

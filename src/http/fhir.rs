@@ -739,9 +739,7 @@ async fn read_endpoint(
 async fn capability_statement(State(archive): State<Archive>, headers: HeaderMap) -> Response {
     let base = base(&archive, &headers);
     let param = |name: &str, kind: &str, doc: &str| json!({ "name": name, "type": kind, "documentation": doc });
-    fhir(
-        StatusCode::OK,
-        json!({
+    let mut statement = json!({
             "resourceType": "CapabilityStatement",
             "status": "active",
             "date": "2026-11-29",
@@ -777,8 +775,27 @@ async fn capability_statement(State(archive): State<Archive>, headers: HeaderMap
                     { "type": "Endpoint", "interaction": [{ "code": "read" }] }
                 ]
             }]
-        }),
-    )
+    });
+    // with tokens on, say so (R4 CapabilityStatement.rest.security, SMART on FHIR)
+    let auth = &archive.config().auth;
+    if auth.enabled() {
+        statement["rest"][0]["security"] = json!({
+            "service": [{
+                "coding": [{
+                    "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+                    "code": "SMART-on-FHIR"
+                }]
+            }],
+            "description": format!(
+                "Bearer tokens (JWT) issued by {} for audience {}; SMART scopes \
+                 user/ImagingStudy.read or user/*.read to read; a patient claim restricts \
+                 a token to that patient",
+                auth.issuer.trim(),
+                auth.audience.trim()
+            )
+        });
+    }
+    fhir(StatusCode::OK, statement)
 }
 
 #[cfg(test)]
