@@ -24,6 +24,7 @@ struct Idp {
     child: Child,
     issuer: String,
     tokens: HashMap<String, String>,
+    lines: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
 }
 
 impl Idp {
@@ -33,6 +34,7 @@ impl Idp {
             .arg(peer_script("mock_idp.mjs"))
             .args(["0", patient])
             .env("NODE_PATH", format!("{npm}/node_modules"))
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
             .expect("node runs the OIDC issuer");
@@ -53,7 +55,21 @@ impl Idp {
             child,
             issuer,
             tokens,
+            lines,
         }
+    }
+
+    /// Has the issuer publish a new signing key (kid rollover) and returns a token
+    /// signed with it.
+    fn rotate(&mut self) -> String {
+        use std::io::Write;
+        let stdin = self.child.stdin.as_mut().unwrap();
+        stdin.write_all(b"rotate\n").unwrap();
+        stdin.flush().unwrap();
+        let line = self.lines.next().expect("the issuer rotates").unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["name"], "rotated");
+        v["token"].as_str().unwrap().to_string()
     }
 
     fn token(&self, name: &str) -> &str {
@@ -132,7 +148,7 @@ fn tokens_and_roles_decide_every_web_and_dicom_access_and_each_is_audited() {
     let (alice_files, alice) = study_of(work.path(), "ALICE", 2);
     let (bob_files, bob) = study_of(work.path(), "BOB", 2);
     let (carol_files, _carol) = study_of(work.path(), "CAROL", 1);
-    let idp = Idp::start("ALICE001");
+    let mut idp = Idp::start("ALICE001");
     let archive = Archive::with_config(
         "tokens",
         &format!(
@@ -193,7 +209,8 @@ fn tokens_and_roles_decide_every_web_and_dicom_access_and_each_is_audited() {
         body.contains("SMART-on-FHIR") && body.contains(&idp.issuer),
         "{body}"
     );
-    let viewer = idp.token("viewer");
+    let viewer = idp.token("viewer").to_string();
+    let viewer = viewer.as_str();
     let tampered = {
         // the payload changed (a role added), the signature kept
         let parts: Vec<&str> = viewer.split('.').collect();
@@ -240,6 +257,14 @@ fn tokens_and_roles_decide_every_web_and_dicom_access_and_each_is_audited() {
     let listed = String::from_utf8_lossy(&found.stdout);
     assert!(listed.contains(&alice) && listed.contains(&bob), "{listed}");
     assert!(!search(idp.token("expired")).status.success());
+    // the issuer rolls its keys: a token naming a key Strata has not seen is checked
+    // against the JWKS fetched again (Strata cached it at the first token)
+    let rotated = idp.rotate();
+    let (code, _, body) = web(http, "GET", "/dicom-web/studies", Some(&rotated), &[]);
+    assert_eq!(
+        code, 200,
+        "a new key is fetched when a token names it: {body}"
+    );
     // a SMART scope (user/*.read) in an ES256 token reads too
     let (code, _, body) = web(
         http,

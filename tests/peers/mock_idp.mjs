@@ -6,7 +6,8 @@
 //   patient                            scope patient/ImagingStudy.read, patient claim
 //   expired, wrong-aud, wrong-iss      each failing one check, correctly signed
 //   wrong-key                          right kid and issuer, signed with an unpublished key
-// and keeps serving until killed. Needs NODE_PATH to hold oauth2-mock-server.
+// and keeps serving until killed; a line "rotate" on stdin adds a key (see below).
+// Needs NODE_PATH to hold oauth2-mock-server.
 import { createRequire } from 'node:module';
 const require = createRequire(import.meta.url);
 const path = require.resolve('oauth2-mock-server', { paths: (process.env.NODE_PATH || '').split(':') });
@@ -44,4 +45,17 @@ await out('expired', server.issuer.buildToken({ kid: 'rs-good', expiresIn: -300,
 await out('wrong-aud', server.issuer.buildToken({ kid: 'rs-good', ...claims({ sub: 'elsewhere', roles: ['viewer'], aud: 'another-service' }) }));
 await out('wrong-iss', server.issuer.buildToken({ kid: 'rs-good', ...claims({ sub: 'forger', roles: ['viewer'], iss: 'http://evil.example' }) }));
 await out('wrong-key', rogue.buildToken({ kid: 'rs-good', ...claims({ sub: 'forger', roles: ['admin'] }) }));
+// key rollover: each line "rotate" on stdin publishes a new RS256 key (kid rs-N) in the
+// JWKS and prints {"name": "rotated", "token"} signed with it
+let generation = 0;
+process.stdin.setEncoding('utf8');
+process.stdin.on('data', async (chunk) => {
+  for (const line of chunk.split('\n')) {
+    if (line.trim() !== 'rotate') continue;
+    generation += 1;
+    const kid = `rs-${generation}`;
+    await server.issuer.keys.generate('RS256', { kid });
+    await out('rotated', server.issuer.buildToken({ kid, ...claims({ sub: 'rotated-user', roles: ['viewer'] }) }));
+  }
+});
 for (const s of ['SIGINT', 'SIGTERM']) process.on(s, () => server.stop().finally(() => process.exit(0)));
