@@ -3,7 +3,7 @@
 # DCMTK, Orthanc and its DICOMweb plugin, b3sum, zstd, curl, bc, openssl (test
 # certificates), Chromium and its
 # chromedriver (the viewer test's browser) from Debian; pydicom, pynetdicom, numpy and
-# moto (its S3 server mode, with boto3), bagit, blake3, dicomweb-client and fhirclient
+# moto (its S3 server mode, with boto3), bagit, blake3, dicomweb-client, fhirclient and hl7
 # from PyPI; FHIR.js (npm `fhir`, the R4 validator) and oauth2-mock-server (the OIDC
 # issuer of the token tests) from npm into $STRATA_NPM
 # (default /var/tmp/strata-npm, outside the clone).
@@ -20,12 +20,13 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
-if ! python3 -c 'import pydicom, pynetdicom, numpy, moto, moto.server, boto3, bagit, blake3, dicomweb_client, fhirclient, selenium; assert pydicom.__version__ == "3.0.2"' 2>/dev/null; then
+if ! python3 -c 'import pydicom, pynetdicom, numpy, moto, moto.server, boto3, bagit, blake3, dicomweb_client, fhirclient, selenium, hl7.client; assert pydicom.__version__ == "3.0.2"' 2>/dev/null; then
   echo "installing Python peers" >&2
   # dicomweb-client: the DICOMweb client the DICOMweb tests talk to (its API and CLI);
   # fhirclient: SMART's FHIR client, which the FHIR tests search with; selenium drives
-  # Debian's Chromium through its chromedriver
-  python3 -m pip install -q --root-user-action=ignore 'pydicom==3.0.2' pynetdicom numpy 'moto[server]' bagit blake3 'dicomweb-client==0.61.2' 'fhirclient==4.3.1' 'selenium==4.51.0'
+  # Debian's Chromium through its chromedriver; hl7 (python-hl7): the HL7 v2 sender of
+  # the patient identity tests (its MLLPClient)
+  python3 -m pip install -q --root-user-action=ignore 'pydicom==3.0.2' pynetdicom numpy 'moto[server]' bagit blake3 'dicomweb-client==0.61.2' 'fhirclient==4.3.1' 'selenium==4.51.0' 'hl7==0.4.5'
 fi
 npm_dir=${STRATA_NPM:-/var/tmp/strata-npm}
 if [ ! -f "$npm_dir/node_modules/fhir/package.json" ] \

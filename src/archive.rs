@@ -40,6 +40,7 @@ pub mod find;
 pub mod governance;
 pub mod health;
 pub mod integrity;
+pub mod patients;
 pub mod principal;
 pub mod retrieve;
 pub mod store;
@@ -84,6 +85,8 @@ pub struct Archive {
     pub(crate) cold_probe: Arc<tokio::sync::Mutex<Option<(std::time::Instant, health::Check)>>>,
     /// The bearer-token validator of `strata serve` when `[auth] issuer` is set.
     pub(crate) tokens: Option<Arc<crate::oidc::Validator>>,
+    /// Serialises patient identity changes ([`patients`]).
+    pub(crate) patient_changes: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Archive {
@@ -173,6 +176,7 @@ impl Archive {
             sync_each_audit: true,
             cold_probe: Arc::default(),
             tokens: None,
+            patient_changes: Arc::default(),
         }
     }
 

@@ -443,6 +443,7 @@ fn serve(config: Config) -> Result<i32> {
                 "plain HTTP",
             )
             .await?,
+            hl7: optional(config.hl7.bind, config.hl7.port, "HL7 (MLLP)").await?,
         };
         strata::server::run(config, storage, listeners, shutdown_signal()).await?;
         Ok::<_, anyhow::Error>(0)

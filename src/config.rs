@@ -26,6 +26,32 @@ pub struct Config {
     pub tls: TlsConfig,
     pub auth: AuthConfig,
     pub access: AccessConfig,
+    pub hl7: Hl7Config,
+}
+
+/// The HL7 v2 listener (MLLP): the hospital's ADT feed of patient identity changes
+/// ([`crate::hl7`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Hl7Config {
+    /// TCP port of the MLLP listener; 0 (the default) = off.
+    pub port: u16,
+    /// Address to listen on: loopback by default, for the feed changes patients'
+    /// identities and carries no authentication of its own (put the interface
+    /// engine's address here, and firewall the port to it).
+    pub bind: IpAddr,
+    /// Largest message accepted, in KiB; a longer one ends its connection.
+    pub max_message_kb: usize,
+}
+
+impl Default for Hl7Config {
+    fn default() -> Self {
+        Hl7Config {
+            port: 0,
+            bind: IpAddr::from([127, 0, 0, 1]),
+            max_message_kb: 1024,
+        }
+    }
 }
 
 /// Bearer tokens for the web APIs (DICOMweb, WADO-URI, FHIR, the viewer's calls, the

@@ -54,7 +54,7 @@ pub use kv::{KvEngine, KvIndex};
 pub use memory::{MemoryEngine, MemoryIndex};
 pub use records::{
     ColdCopy, CommitOutcome, Compression, FixityRecord, HoldRecord, InstanceEntry, InstanceRecord,
-    NewObject, ObjectRecord, OtherPatient, PackRecord, PackedObject, PatientIdentity,
+    NewObject, ObjectRecord, OtherPatient, PackRecord, PackedObject, PatientIdentity, PatientLink,
     PatientRecord, Provenance, SeriesRecord, StudyRecord, Tier, TierTotals, Tombstone, VersionRef,
 };
 pub use rocks::{RocksEngine, RocksIndex};
@@ -251,6 +251,22 @@ pub trait Governance {
     fn set_holds(&self, study_uid: &str, holds: &[HoldRecord]) -> Result<(), IndexError>;
     /// The legal holds standing on a study, oldest first.
     fn holds(&self, study_uid: &str) -> Result<Vec<HoldRecord>, IndexError>;
+    /// Links stored PatientIDs to the identity they are known by now, and records the
+    /// HL7 message (control id, outcome) that did it, in one synced batch.
+    fn set_patient_links(
+        &self,
+        links: &[(String, PatientLink)],
+        message: Option<(&str, &str)>,
+    ) -> Result<(), IndexError>;
+    /// The identity a stored PatientID is known by now, if it was ever changed.
+    fn patient_link(&self, patient_id: &str) -> Result<Option<PatientLink>, IndexError>;
+    /// The stored PatientIDs linked to the current PatientID `current` (itself among
+    /// them once its own demographics were updated).
+    fn patient_aliases(&self, current: &str) -> Result<Vec<String>, IndexError>;
+    /// Every link, for reindex and `strata patient`.
+    fn patient_links(&self) -> Result<Vec<(String, PatientLink)>, IndexError>;
+    /// The outcome recorded for an HL7 message control id already processed.
+    fn hl7_message(&self, control_id: &str) -> Result<Option<String>, IndexError>;
 }
 
 /// The archive's metadata index: all four traits. See the module docs for the

@@ -44,6 +44,7 @@ pub mod audit;
 pub mod config;
 pub mod dicom;
 pub mod dimse;
+pub mod hl7;
 pub mod http;
 pub mod index;
 pub mod ingest;

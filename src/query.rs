@@ -466,7 +466,7 @@ fn study_views(
 ) -> Result<Vec<StudyView>, IndexError> {
     if s.other_patients.is_empty() {
         return Ok(vec![StudyView {
-            patient: patient_attrs(s.identity()),
+            patient: current_patient(index, patient_attrs(s.identity()))?,
             series: s.series,
             instances: s.instances,
         }]);
@@ -490,7 +490,62 @@ fn study_views(
         }
     }
     views.retain(|v| v.series > 0);
-    Ok(views)
+    // each view under the identity its patient is known by now; two views whose
+    // patients were merged are one
+    let mut current: Vec<StudyView> = Vec::with_capacity(views.len());
+    for v in views {
+        let patient = current_patient(index, v.patient)?;
+        match current
+            .iter_mut()
+            .find(|c| c.patient.get(&tags::PATIENT_ID) == patient.get(&tags::PATIENT_ID))
+        {
+            Some(c) => {
+                c.series += v.series;
+                c.instances += v.instances;
+            }
+            None => current.push(StudyView { patient, ..v }),
+        }
+    }
+    Ok(current)
+}
+
+/// A stored patient's attributes as the patient is known by now: those of its
+/// [`crate::index::PatientLink`] when the hospital changed them (a merge, an ID change,
+/// a demographics update), else as stored.
+fn current_patient(index: &dyn Index, mut attrs: Answer) -> Result<Answer, IndexError> {
+    let Some(pid) = attrs.get(&tags::PATIENT_ID).filter(|p| !p.is_empty()) else {
+        return Ok(attrs);
+    };
+    if let Some(link) = index.patient_link(pid)? {
+        attrs.insert(tags::PATIENT_ID, link.patient_id);
+        attrs.insert(tags::PATIENT_NAME, link.patient_name);
+        attrs.insert(tags::PATIENT_BIRTH_DATE, link.patient_birth_date);
+        attrs.insert(tags::PATIENT_SEX, link.patient_sex);
+    }
+    Ok(attrs)
+}
+
+/// The studies filed under the patient known now as `patient_id`: those stored under it
+/// and under every PatientID linked to it (the caller matches each study's current
+/// identity, which excludes studies of an ID since merged away).
+pub fn studies_of_patient(index: &dyn Index, patient_id: &str) -> Result<Vec<String>, IndexError> {
+    let mut ids = index.patient_aliases(patient_id)?;
+    ids.push(patient_id.to_string());
+    ids.sort();
+    ids.dedup();
+    let mut studies = Vec::new();
+    for id in ids {
+        studies.extend(index.studies_by(SecondaryKey::PatientId, &id)?);
+    }
+    Ok(studies)
+}
+
+/// The PatientID a stored one is known by now.
+pub fn current_patient_id(index: &dyn Index, stored: &str) -> Result<String, IndexError> {
+    Ok(index
+        .patient_link(stored)?
+        .map(|l| l.patient_id)
+        .unwrap_or_else(|| stored.to_string()))
 }
 
 fn study_attrs(uid: &str, s: &StudyRecord, view: &StudyView) -> Answer {
@@ -604,7 +659,7 @@ fn for_each_candidate_study(
     let uids: Option<Vec<String>> = if let Some(list) = query.value(tags::STUDY_INSTANCE_UID) {
         Some(list.split('\\').map(str::to_string).collect())
     } else if let Some(pid) = exact(tags::PATIENT_ID) {
-        Some(index.studies_by(SecondaryKey::PatientId, pid)?)
+        Some(studies_of_patient(index, pid)?)
     } else if let Some(acc) = exact(tags::ACCESSION_NUMBER) {
         Some(index.studies_by(SecondaryKey::AccessionNumber, acc)?)
     } else if let Some(date) = query.value(tags::STUDY_DATE).filter(|d| !d.contains('\\')) {

@@ -24,6 +24,8 @@ pub struct Listeners {
     pub http: TcpListener,
     /// Plain HTTP on loopback beside HTTPS (`[http] loopback_port`), unless 0.
     pub http_loopback: Option<TcpListener>,
+    /// The HL7 v2 MLLP port (`[hl7] port`), unless 0.
+    pub hl7: Option<TcpListener>,
 }
 
 /// Runs the server until `shutdown` resolves, then drains and closes the archive
@@ -39,6 +41,17 @@ pub async fn run(
     let metrics = Metrics::new();
     let archive = Archive::serving(&config, &storage, metrics)?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    // patient identity changes the index missed (a crash between the governance log
+    // and the index) are applied before anything is served
+    let reconciling = archive.clone();
+    let relinked =
+        crate::archive::blocking(move || reconciling.reconcile_patient_links_blocking()).await?;
+    if relinked > 0 {
+        tracing::info!(
+            links = relinked,
+            "patient links replayed from the governance log"
+        );
+    }
 
     // the audit chain head goes to the cold tier from time to time, and at the end
     let anchor_task = archive.audit.clone().map(|log| {
@@ -118,7 +131,16 @@ pub async fn run(
         dicom_tls: dicom_tls_listener,
         http: http_listener,
         http_loopback: loopback_listener,
+        hl7: hl7_listener,
     } = listeners;
+    // the hospital's ADT feed
+    let hl7_task = hl7_listener.map(|listener| {
+        tokio::spawn(crate::hl7::serve(
+            listener,
+            archive.clone(),
+            shutdown_rx.clone(),
+        ))
+    });
     let http_task = if config.http.tls {
         // HTTPS with the [tls] files (checked at start: a bad file stops it here)
         let tls = crate::tls::server_config(&config.tls, "[http] tls", &[b"http/1.1"])
@@ -204,6 +226,9 @@ pub async fn run(
     }
     let _ = http_task.await;
     if let Some(task) = loopback_task {
+        let _ = task.await;
+    }
+    if let Some(task) = hl7_task {
         let _ = task.await;
     }
     if let Some(task) = anchor_task {

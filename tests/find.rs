@@ -7,7 +7,7 @@ use strata::dicom::header::read_header_blocking;
 
 /// Runs findscu with the given model flag (`-S` study root, `-P` patient root) and keys;
 /// returns (number of pending responses, whole output).
-fn findscu(port: u16, model: &str, keys: &[&str]) -> (usize, String) {
+pub(crate) fn findscu(port: u16, model: &str, keys: &[&str]) -> (usize, String) {
     let mut cmd = dcmtk("findscu");
     cmd.args(["-v", "-aec", "STRATA", model]);
     for k in keys {
@@ -25,7 +25,7 @@ fn findscu(port: u16, model: &str, keys: &[&str]) -> (usize, String) {
 }
 
 /// The values findscu printed for `keyword`, in order.
-fn values(text: &str, keyword: &str) -> Vec<String> {
+pub(crate) fn values(text: &str, keyword: &str) -> Vec<String> {
     text.lines()
         .filter(|l| l.trim_end().ends_with(keyword))
         .filter_map(|l| Some(l.split_once('[')?.1.split_once(']')?.0.trim().to_string()))

@@ -13,6 +13,7 @@ mod full_disk;
 mod governance;
 mod integrity;
 mod migrate;
+mod patients;
 mod retrieve;
 mod security;
 mod store;

@@ -61,6 +61,12 @@ pub enum Caller {
     Cli { user: String, via: Option<String> },
     /// The archive's own workers (tiering, scrubber, reader).
     System { worker: String },
+    /// An HL7 v2 feed on the MLLP listener: the sending application and facility
+    /// (MSH-3^MSH-4) and the peer's address.
+    Hl7 {
+        application: String,
+        address: String,
+    },
     /// A web client (DICOMweb, FHIR, the viewer, the admin API with a token): the peer's
     /// address, `service` naming the API (`dicomweb`, `wado-uri`, `fhir`, `admin`), and
     /// when it presented a bearer token, the token's subject (`sub`) and client (`azp`
@@ -151,6 +157,18 @@ impl Principal {
         }
     }
 
+    /// An HL7 feed (patient identity changes: the `admin` role, nothing else is asked of
+    /// it). Who may send is the listener's `[hl7] bind` and network's to decide.
+    pub fn hl7(application: &str, address: &str) -> Self {
+        Principal {
+            caller: Caller::Hl7 {
+                application: application.to_string(),
+                address: address.to_string(),
+            },
+            grant: Grant::roles(Roles::of(&[Role::Admin])),
+        }
+    }
+
     /// The archive's own worker; every role.
     pub fn system(worker: &str) -> Self {
         Principal {
@@ -170,6 +188,10 @@ impl Principal {
             } => format!("{ae_title}@{address}"),
             Caller::Cli { user, .. } => user.clone(),
             Caller::System { worker } => format!("system:{worker}"),
+            Caller::Hl7 {
+                application,
+                address,
+            } => format!("hl7:{application}@{address}"),
             Caller::Web { address, user, .. } => match user {
                 Some(user) => format!("{user}@{address}"),
                 None => format!("web@{address}"),
@@ -195,6 +217,15 @@ impl Principal {
                 ..Default::default()
             },
             Caller::System { worker } => Actor::system(worker),
+            Caller::Hl7 {
+                application,
+                address,
+            } => Actor {
+                kind: "hl7".into(),
+                user: application.clone(),
+                address: address.clone(),
+                ..Default::default()
+            },
             Caller::Web {
                 address,
                 service,

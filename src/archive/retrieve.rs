@@ -18,7 +18,7 @@
 use super::principal::Role;
 use super::{blocking, Archive, Error, Principal};
 use crate::dicom::metadata::InstanceMetadata;
-use crate::index::{Index, InstanceEntry, SecondaryKey};
+use crate::index::{Index, InstanceEntry};
 use crate::query::{tags as qtags, Level, Query};
 use crate::tiering::reader::ObjectReader;
 use std::collections::{BTreeMap, BTreeSet};
@@ -269,7 +269,7 @@ fn resolve(
         Level::Patient => {
             let pid =
                 value(qtags::PATIENT_ID).ok_or_else(|| needs("PATIENT level needs a PatientID"))?;
-            for study in index.studies_by(SecondaryKey::PatientId, &pid)? {
+            for study in crate::query::studies_of_patient(index, &pid)? {
                 entries.extend(index.instances_of_study(&study)?);
             }
         }
@@ -336,8 +336,21 @@ fn resolve(
                 studies.insert(e.study_uid.clone(), index.study(&e.study_uid)?);
             }
         }
+        let mut current: BTreeMap<String, String> = BTreeMap::new();
+        for e in &entries {
+            if let Some(Some(study)) = studies.get(&e.study_uid) {
+                let stored = study.patient_of_series(&e.series_uid).patient_id;
+                if !current.contains_key(stored) {
+                    let now = crate::query::current_patient_id(index, stored)?;
+                    current.insert(stored.to_string(), now);
+                }
+            }
+        }
         entries.retain(|e| match studies.get(&e.study_uid) {
-            Some(Some(study)) => study.patient_of_series(&e.series_uid).patient_id == patient,
+            Some(Some(study)) => {
+                current.get(study.patient_of_series(&e.series_uid).patient_id)
+                    == Some(&patient.to_string())
+            }
             _ => false,
         });
     }
@@ -354,10 +367,20 @@ fn resolve(
                 split.insert(e.study_uid.clone(), record);
             }
         }
-        entries.retain(|e| match split.get(&e.study_uid) {
-            Some(Some(study)) => study.patient_of_series(&e.series_uid).patient_id == pid,
-            _ => true,
-        });
+        let mut kept = Vec::with_capacity(entries.len());
+        for e in entries {
+            let keep = match split.get(&e.study_uid) {
+                Some(Some(study)) => {
+                    let stored = study.patient_of_series(&e.series_uid).patient_id;
+                    crate::query::current_patient_id(index, stored)? == pid
+                }
+                _ => true,
+            };
+            if keep {
+                kept.push(e);
+            }
+        }
+        entries = kept;
     }
     entries
         .into_iter()

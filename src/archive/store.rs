@@ -40,6 +40,10 @@ fn provenance(principal: &Principal, source: &str) -> Provenance {
         } => (ae_title.clone(), address.clone()),
         Caller::Cli { .. } => ("import".to_string(), source.to_string()),
         Caller::System { worker } => (worker.clone(), source.to_string()),
+        Caller::Hl7 {
+            application,
+            address,
+        } => (application.clone(), address.clone()),
         Caller::Web {
             address, service, ..
         } => (service.clone(), address.clone()),

@@ -31,9 +31,12 @@
 //! | `holds` | `study` | `HoldRecord` (legal hold) |
 //! | `fixity` | 32-byte object id | `FixityRecord` (the scrubber's last check) |
 //! | `instance_metadata` | 32-byte object id | the object's metadata record ([`crate::dicom::metadata`]; its own version byte) |
+//! | `patient_links` | PatientID as stored | `PatientLink`: the identity it is known by now |
+//! | `patient_aliases` | `current\0stored` | empty: the stored PatientIDs linked to a current one |
+//! | `hl7_messages` | message control id | what processing it gave (its ACK's text), for exactly-once |
 //!
-//! `instance_metadata` came after schema 1 without changing it: an index written before
-//! it lacks the family (a RocksDB primary creates it on opening; a secondary reads it as
+//! `instance_metadata`, `patient_links`, `patient_aliases` and `hl7_messages` came after
+//! schema 1 without changing it: an index written before them lacks the families (a RocksDB primary creates it on opening; a secondary reads it as
 //! empty) and its objects have no records until `reindex`, or until they are stored
 //! again; readers then fall back to the objects.
 //!
@@ -66,8 +69,8 @@ use super::records::{decode, encode};
 use super::{
     unix_ms_now, Catalog, ColdCopy, CommitOutcome, FixityRecord, Governance, HoldRecord,
     IndexError, InstanceEntry, InstanceRecord, NewObject, ObjectRecord, OtherPatient, PackRecord,
-    PackedObject, PatientRecord, Placement, SecondaryKey, SeriesRecord, StudyRecord, Tier,
-    TierTotals, Tombstone, VersionRef, WorkQueue,
+    PackedObject, PatientLink, PatientRecord, Placement, SecondaryKey, SeriesRecord, StudyRecord,
+    Tier, TierTotals, Tombstone, VersionRef, WorkQueue,
 };
 use serde::{de::DeserializeOwned, Serialize};
 use std::collections::{HashMap, HashSet};
@@ -96,9 +99,12 @@ pub const CF_DELETED_OBJECTS: &str = "deleted_objects";
 pub const CF_HOLDS: &str = "holds";
 pub const CF_FIXITY: &str = "fixity";
 pub const CF_INSTANCE_METADATA: &str = "instance_metadata";
+pub const CF_PATIENT_LINKS: &str = "patient_links";
+pub const CF_PATIENT_ALIASES: &str = "patient_aliases";
+pub const CF_HL7_MESSAGES: &str = "hl7_messages";
 
 /// Every column family; an engine creates them all when it creates a store.
-pub const ALL_CFS: [&str; 19] = [
+pub const ALL_CFS: [&str; 22] = [
     CF_META,
     CF_OBJECTS,
     CF_INSTANCES,
@@ -118,6 +124,9 @@ pub const ALL_CFS: [&str; 19] = [
     CF_HOLDS,
     CF_FIXITY,
     CF_INSTANCE_METADATA,
+    CF_PATIENT_LINKS,
+    CF_PATIENT_ALIASES,
+    CF_HL7_MESSAGES,
 ];
 
 /// Called with each `(key, value)` of a scan; returns whether to go on.
@@ -418,6 +427,14 @@ impl<E: KvEngine> KvIndex<E> {
         })?;
         Ok(out)
     }
+}
+
+/// The `patient_aliases` key of a stored PatientID linked to `current`.
+fn alias_key(current: &str, stored: &str) -> Vec<u8> {
+    let mut key = current.as_bytes().to_vec();
+    key.push(0);
+    key.extend_from_slice(stored.as_bytes());
+    key
 }
 
 /// Read-modify-write cache for one write: records read from the engine or written earlier
@@ -1075,6 +1092,63 @@ impl<E: KvEngine> Governance for KvIndex<E> {
             batch.put(CF_HOLDS, study_uid.as_bytes(), encode(&holds));
         }
         self.engine.write(batch, true)
+    }
+
+    fn set_patient_links(
+        &self,
+        links: &[(String, PatientLink)],
+        message: Option<(&str, &str)>,
+    ) -> Result<(), IndexError> {
+        let _writer = self.writer();
+        let mut batch = Batch::default();
+        for (stored, link) in links {
+            if let Some(old) = self.get::<PatientLink>(CF_PATIENT_LINKS, stored.as_bytes())? {
+                batch.delete(CF_PATIENT_ALIASES, alias_key(&old.patient_id, stored));
+            }
+            batch.put(CF_PATIENT_LINKS, stored.as_bytes(), encode(link));
+            batch.put(
+                CF_PATIENT_ALIASES,
+                alias_key(&link.patient_id, stored),
+                Vec::new(),
+            );
+        }
+        if let Some((control_id, outcome)) = message {
+            batch.put(
+                CF_HL7_MESSAGES,
+                control_id.as_bytes(),
+                outcome.as_bytes().to_vec(),
+            );
+        }
+        self.engine.write(batch, true)
+    }
+
+    fn patient_link(&self, patient_id: &str) -> Result<Option<PatientLink>, IndexError> {
+        self.get(CF_PATIENT_LINKS, patient_id.as_bytes())
+    }
+
+    fn patient_aliases(&self, current: &str) -> Result<Vec<String>, IndexError> {
+        let prefix = alias_key(current, "");
+        let mut out = Vec::new();
+        self.scan_prefix(CF_PATIENT_ALIASES, &prefix, &mut |k, _| {
+            out.push(String::from_utf8_lossy(&k[prefix.len()..]).into_owned());
+            Ok(true)
+        })?;
+        Ok(out)
+    }
+
+    fn patient_links(&self) -> Result<Vec<(String, PatientLink)>, IndexError> {
+        Ok(self
+            .scan_records::<PatientLink>(CF_PATIENT_LINKS, b"")?
+            .into_iter()
+            .map(|(k, v)| (String::from_utf8_lossy(&k).into_owned(), v))
+            .collect())
+    }
+
+    fn hl7_message(&self, control_id: &str) -> Result<Option<String>, IndexError> {
+        Ok(self
+            .engine
+            .get(CF_HL7_MESSAGES, control_id.as_bytes())?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
     }
 
     fn holds(&self, study_uid: &str) -> Result<Vec<HoldRecord>, IndexError> {

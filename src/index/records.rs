@@ -359,6 +359,27 @@ impl OtherPatient {
     }
 }
 
+/// The current identity of patients received under a PatientID that the hospital has
+/// since corrected, merged away or renamed (HL7 ADT A08/A31/A40/A47,
+/// `strata patient merge`): the stored objects keep the identity they arrived with;
+/// queries answer with this one (docs/patients.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PatientLink {
+    /// The PatientID the patient is known by now (the survivor of a merge, the new ID
+    /// of a change; the same ID after a demographics update).
+    pub patient_id: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub issuer: String,
+    pub patient_name: String,
+    pub patient_birth_date: String,
+    pub patient_sex: String,
+    /// When the link was made (ms since the epoch), and the HL7 message control id (or
+    /// the CLI's request) that made it.
+    pub changed_at_ms: u64,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub control_id: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PatientRecord {
     pub patient_name: String,

@@ -9,7 +9,7 @@
 //!
 //! ## Format (governance log format 1)
 //! One JSON object per line, hash-chained like the audit log:
-//! `{"v":1,"seq":N,"time_ms":T,"record":{"kind":"hold"|"release"|"tombstone"|"deleted",…},
+//! `{"v":1,"seq":N,"time_ms":T,"record":{"kind":"hold"|"release"|"tombstone"|"deleted"|"patient",…},
 //! "prev":"<hash of line N-1>","hash":"<sha256 hex of prev, a newline and the line's
 //! JSON without hash>"}`; `seq` counts from 1; the first `prev` is 64 zeros.
 //!
@@ -60,6 +60,16 @@ pub enum GovernanceRecord {
     Deleted {
         study_uid: String,
         deleted_at_ms: u64,
+    },
+    /// A patient identity change (HL7 ADT A08/A31/A40/A47 or `strata patient merge`):
+    /// each stored PatientID in `links` is known by its link's identity from now on.
+    /// `control_id` is the HL7 message's (empty for the CLI); `summary` says what
+    /// changed, before and after.
+    Patient {
+        links: Vec<(String, crate::index::PatientLink)>,
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        control_id: String,
+        summary: String,
     },
 }
 
@@ -249,6 +259,42 @@ pub fn with_hold(holds: &[HoldRecord], hold: &HoldRecord) -> Vec<HoldRecord> {
     out
 }
 
+/// One logged patient identity change ([`GovernanceRecord::Patient`]).
+#[derive(Debug, Clone)]
+pub struct LoggedPatientChange {
+    pub links: Vec<(String, crate::index::PatientLink)>,
+    /// The HL7 message control id; empty for the CLI.
+    pub control_id: String,
+    pub summary: String,
+}
+
+impl LoggedPatientChange {
+    /// `(control id, summary)` for the index's record of the message, if it had one.
+    pub fn message(&self) -> Option<(&str, &str)> {
+        (!self.control_id.is_empty()).then_some((self.control_id.as_str(), self.summary.as_str()))
+    }
+}
+
+/// The patient identity changes, in order; replayed one after the other they give the
+/// current links (a later link of a PatientID wins).
+pub fn patient_changes(records: &[GovernanceRecord]) -> Vec<LoggedPatientChange> {
+    records
+        .iter()
+        .filter_map(|r| match r {
+            GovernanceRecord::Patient {
+                links,
+                control_id,
+                summary,
+            } => Some(LoggedPatientChange {
+                links: links.clone(),
+                control_id: control_id.clone(),
+                summary: summary.clone(),
+            }),
+            _ => None,
+        })
+        .collect()
+}
+
 /// The holds of each study, in order.
 pub type StudyHolds = Vec<(String, Vec<HoldRecord>)>;
 
@@ -277,6 +323,7 @@ pub fn replay(records: &[GovernanceRecord]) -> (StudyHolds, Vec<(Tombstone, bool
                 }
             }
             GovernanceRecord::Tombstone(t) => tombstones.push((t.clone(), false)),
+            GovernanceRecord::Patient { .. } => {}
             GovernanceRecord::Deleted {
                 study_uid,
                 deleted_at_ms,

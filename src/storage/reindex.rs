@@ -127,7 +127,8 @@ pub fn reindex(
     // ... and the governance log keeps them when the index is gone (promise 5): a hold
     // in either is kept; a tombstone the index lacks is restored, except for objects
     // whose hot file was written after the deletion (stored again since)
-    let (log_holds, log_tombstones) = governance_log::replay(&governance_records(config)?);
+    let logged = governance_records(config)?;
+    let (log_holds, log_tombstones) = governance_log::replay(&logged);
     for (study, logged) in log_holds {
         match holds.iter_mut().find(|(s, _)| *s == study) {
             Some((_, standing)) => {
@@ -180,6 +181,11 @@ pub fn reindex(
         }
         for (study, h) in &holds {
             rebuilt.set_holds(study, h)?;
+        }
+        // patient identity changes live in the governance log only (not in the objects,
+        // which keep the identity they arrived with): replayed in order
+        for change in governance_log::patient_changes(&logged) {
+            rebuilt.set_patient_links(&change.links, change.message())?;
         }
         let mut live = Vec::with_capacity(ids.len());
         for id in ids {

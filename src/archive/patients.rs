@@ -1,0 +1,229 @@
+//! Patient identity changes: the hospital's corrections (HL7 ADT A08/A31 demographics,
+//! A40 merge, A47 identifier change, or `strata patient merge`) applied without
+//! rewriting anything stored (docs/patients.md).
+//!
+//! A change links stored PatientIDs to the identity they are known by now
+//! ([`PatientLink`]); queries answer with the linked identity at once. Each change is,
+//! in this order: refused if its HL7 message control id was processed before (exactly
+//! once: the earlier outcome is returned); appended, synced, to the governance log
+//! (where `reindex` replays it: the objects themselves never change); written to the
+//! index in one synced batch together with the control id; and an audit record
+//! (synced) with the control id, the identities before and after. Changes are
+//! serialised: two feeds never compute links from the same stale state.
+
+use super::principal::Role;
+use super::{blocking, Archive, Error, Principal};
+use crate::index::{unix_ms_now, PatientLink};
+use crate::query::studies_of_patient;
+use crate::storage::governance_log::GovernanceRecord;
+use serde::Serialize;
+
+/// A patient's identity as a message gives it (HL7 PID-3, PID-5, PID-7, PID-8).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Demographics {
+    pub patient_id: String,
+    /// The assigning authority (PID-3.4), IssuerOfPatientID; may be empty.
+    pub issuer: String,
+    /// DICOM PN form (`FAMILY^GIVEN^MIDDLE^PREFIX^SUFFIX`).
+    pub patient_name: String,
+    /// DA (`YYYYMMDD`).
+    pub patient_birth_date: String,
+    /// `M`, `F`, `O` or empty.
+    pub patient_sex: String,
+}
+
+/// One identity change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum PatientChange {
+    /// ADT^A08 / A31: the patient's demographics are now these.
+    Update { patient: Demographics },
+    /// ADT^A40: the patient `prior` was merged into `survivor`; `prior`'s studies are
+    /// `survivor`'s from now on.
+    Merge {
+        survivor: Demographics,
+        prior: String,
+    },
+    /// ADT^A47: the patient known as `old` is now `patient.patient_id`.
+    ChangeId { patient: Demographics, old: String },
+}
+
+impl PatientChange {
+    /// The audit action of this change.
+    pub fn action(&self) -> &'static str {
+        match self {
+            PatientChange::Update { .. } => "patient_update",
+            PatientChange::Merge { .. } => "patient_merge",
+            PatientChange::ChangeId { .. } => "patient_id_change",
+        }
+    }
+
+    fn target(&self) -> &Demographics {
+        match self {
+            PatientChange::Update { patient } | PatientChange::ChangeId { patient, .. } => patient,
+            PatientChange::Merge { survivor, .. } => survivor,
+        }
+    }
+}
+
+/// What a change did.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChangeOutcome {
+    /// The message control id had been processed already: nothing changed now, and
+    /// `summary` is the earlier outcome.
+    pub duplicate: bool,
+    /// Each stored PatientID now linked, with the identity it was known by before.
+    pub relinked: Vec<(String, String)>,
+    /// The studies now shown under the changed identity.
+    pub studies: usize,
+    pub summary: String,
+}
+
+impl Archive {
+    /// Brings the index's patient links level with the governance log (blocking): a
+    /// change whose governance record was written but whose index batch was not (a
+    /// crash between the two) is applied now, before any query. Returns how many links
+    /// were written.
+    pub fn reconcile_patient_links_blocking(&self) -> Result<usize, Error> {
+        let records = self.governance.read()?;
+        let mut written = 0;
+        for change in crate::storage::governance_log::patient_changes(&records) {
+            let index = self.index.as_ref();
+            let known = match change.message() {
+                Some((cid, _)) => index.hl7_message(cid)?.is_some(),
+                None => false,
+            };
+            let mut stale = false;
+            for (stored, link) in &change.links {
+                stale |= index.patient_link(stored)?.as_ref() != Some(link);
+            }
+            if known && !stale {
+                continue;
+            }
+            // a later change of the same IDs is replayed after this one, in log order
+            index.set_patient_links(&change.links, change.message())?;
+            written += change.links.len();
+        }
+        Ok(written)
+    }
+
+    /// Applies `change` for `principal` (who needs `admin`), once per `control_id`; see
+    /// the module docs. [`Error::InvalidRequest`] for a merge of a patient into itself
+    /// or an empty PatientID.
+    pub async fn change_patient(
+        &self,
+        principal: &Principal,
+        change: PatientChange,
+        control_id: Option<&str>,
+    ) -> Result<ChangeOutcome, Error> {
+        self.authorize(principal, Role::Admin, change.action(), &[])?;
+        self.ingest()?;
+        let target = change.target().clone();
+        if target.patient_id.trim().is_empty() {
+            return Err(Error::InvalidRequest(
+                "the patient's ID (PID-3) is empty".into(),
+            ));
+        }
+        let _serial = self.patient_changes.lock().await;
+        let (this, p, cid) = (
+            self.clone(),
+            principal.clone(),
+            control_id.map(str::to_string),
+        );
+        blocking(move || this.change_patient_blocking(&p, &change, cid.as_deref())).await
+    }
+
+    fn change_patient_blocking(
+        &self,
+        principal: &Principal,
+        change: &PatientChange,
+        control_id: Option<&str>,
+    ) -> Result<ChangeOutcome, Error> {
+        let index = self.index.as_ref();
+        if let Some(cid) = control_id {
+            if let Some(earlier) = index.hl7_message(cid)? {
+                return Ok(ChangeOutcome {
+                    duplicate: true,
+                    relinked: Vec::new(),
+                    studies: 0,
+                    summary: earlier,
+                });
+            }
+        }
+        let target = change.target();
+        // the stored PatientIDs the change applies to: the named one(s) and every one
+        // already linked to them
+        let mut stored: Vec<String> = match change {
+            PatientChange::Update { patient } => vec![patient.patient_id.clone()],
+            PatientChange::Merge { survivor, prior } => {
+                if prior == &survivor.patient_id {
+                    return Err(Error::InvalidRequest(format!(
+                        "a patient cannot be merged into itself ({prior})"
+                    )));
+                }
+                vec![prior.clone(), survivor.patient_id.clone()]
+            }
+            PatientChange::ChangeId { patient, old } => {
+                if old == &patient.patient_id {
+                    return Err(Error::InvalidRequest(format!(
+                        "the new identifier is the old one ({old})"
+                    )));
+                }
+                vec![old.clone()]
+            }
+        };
+        for id in stored.clone() {
+            stored.extend(index.patient_aliases(&id)?);
+        }
+        stored.sort();
+        stored.dedup();
+        let now = unix_ms_now();
+        let link = PatientLink {
+            patient_id: target.patient_id.clone(),
+            issuer: target.issuer.clone(),
+            patient_name: target.patient_name.clone(),
+            patient_birth_date: target.patient_birth_date.clone(),
+            patient_sex: target.patient_sex.clone(),
+            changed_at_ms: now,
+            control_id: control_id.unwrap_or_default().to_string(),
+        };
+        let mut relinked = Vec::new();
+        let mut links = Vec::new();
+        for id in &stored {
+            let before = index
+                .patient_link(id)?
+                .map(|l| format!("{} ({})", l.patient_id, l.patient_name))
+                .unwrap_or_else(|| id.clone());
+            relinked.push((id.clone(), before));
+            links.push((id.clone(), link.clone()));
+        }
+        let before: Vec<String> = relinked
+            .iter()
+            .map(|(id, was)| format!("{id}: {was}"))
+            .collect();
+        let summary = format!(
+            "{}{}: [{}] -> {} ({})",
+            control_id.map(|c| format!("{c}: ")).unwrap_or_default(),
+            change.action(),
+            before.join("; "),
+            target.patient_id,
+            target.patient_name
+        );
+        // on record before it takes effect: the governance log (replayed by reindex),
+        // then the index with the control id, then the audit log
+        self.governance.append(GovernanceRecord::Patient {
+            links: links.clone(),
+            control_id: control_id.unwrap_or_default().to_string(),
+            summary: summary.clone(),
+        })?;
+        index.set_patient_links(&links, control_id.map(|c| (c, summary.as_str())))?;
+        let studies = studies_of_patient(index, &target.patient_id)?;
+        self.audit_synced(principal, change.action(), studies.clone(), summary.clone())?;
+        Ok(ChangeOutcome {
+            duplicate: false,
+            relinked,
+            studies: studies.len(),
+            summary,
+        })
+    }
+}

@@ -1,0 +1,220 @@
+//! Patient identity from the hospital's HL7 v2 feed (issue 15): python-hl7's MLLPClient
+//! (PyPI `hl7`) sends ADT messages to `[hl7] port`; Strata answers each with an ACK
+//! (HL7 v2.5.1 2.9: MSA-1 AA, AE or AR, MSA-2 the control id), applies a message once
+//! however often it is resent, and answers C-FIND and QIDO-RS with the current identity
+//! at once while the stored objects stay byte-identical. `reindex` from the objects and
+//! the governance log alone reproduces the merged state.
+
+use crate::common::*;
+use crate::find::{findscu, values};
+use std::process::Stdio;
+
+/// Sends `messages` over one MLLP connection; each ACK as JSON.
+fn send(port: u16, messages: &[String]) -> Vec<serde_json::Value> {
+    use std::io::Write;
+    let mut child = python("hl7_send.py")
+        .args(["--port", &port.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(serde_json::to_string(messages).unwrap().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// An ADT message (HL7 v2.5.1), segments ended by CR.
+fn adt(trigger: &str, control_id: &str, pid: &str, name: &str, mrg: Option<&str>) -> String {
+    let mut m = format!(
+        "MSH|^~\\&|EHR|HOSPITAL|STRATA|RADIOLOGY|20261130120000||ADT^{trigger}^ADT_A01|{control_id}|P|2.5.1\r\
+         EVN|{trigger}|20261130120000\r\
+         PID|1||{pid}^^^HOSPITAL^MR||{name}||19700102|F\r"
+    );
+    if let Some(prior) = mrg {
+        m.push_str(&format!("MRG|{prior}^^^HOSPITAL^MR\r"));
+    }
+    m
+}
+
+fn studies_for(port: u16, pid: &str) -> (usize, String) {
+    findscu(
+        port,
+        "-S",
+        &[
+            "QueryRetrieveLevel=STUDY",
+            &format!("PatientID={pid}"),
+            "PatientName",
+            "StudyInstanceUID",
+        ],
+    )
+}
+
+#[test]
+fn an_adt_feed_updates_merges_and_renames_patients_once_and_reindex_keeps_it() {
+    let hl7_port = free_port();
+    let archive = Archive::with_config("patients-hl7", &format!("\n[hl7]\nport = {hl7_port}\n"));
+    let data = scratch("patients-hl7-data");
+    let mut files = Vec::new();
+    for prefix in ["ALICE", "BOB"] {
+        small_ct(
+            &data.path().join(prefix),
+            &[
+                "--studies",
+                "1",
+                "--instances",
+                "2",
+                "--patient-prefix",
+                prefix,
+            ],
+        );
+        files.extend(dcm_files(&data.path().join(prefix)));
+    }
+    let server = archive.start();
+    let port = server.dicom_port;
+    run_ok(storescu(port).args(&files));
+    wait_for_port(hl7_port);
+    let objects = || {
+        let mut names: Vec<String> = walk(&archive.data_dir().join("hot/objects"))
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().to_string())
+            .collect();
+        names.sort();
+        names
+    };
+    let objects_before = objects();
+    assert_eq!(objects_before.len(), 4);
+
+    let acks = send(
+        hl7_port,
+        &[
+            adt("A08", "MSG-1", "ALICE001", "SMITH^ALICE", None),
+            adt("A40", "MSG-2", "ALICE001", "SMITH^ALICE", Some("BOB001")),
+            // the same message again (the sender never saw its ACK): applied once
+            adt("A40", "MSG-2", "ALICE001", "SMITH^ALICE", Some("BOB001")),
+            "this is not HL7".to_string(),
+            adt("A40", "MSG-3", "ALICE001", "SMITH^ALICE", None),
+            "MSH|^~\\&|EHR|HOSPITAL|STRATA|RADIOLOGY|20261130||ORM^O01|MSG-4|P|2.5.1\rPID|1||ALICE001\r".to_string(),
+            adt("A47", "MSG-5", "ALICE-NEW", "SMITH^ALICE", Some("ALICE001")),
+        ],
+    );
+    let codes: Vec<(&str, &str)> = acks
+        .iter()
+        .map(|a| {
+            (
+                a["code"].as_str().unwrap(),
+                a["control_id"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        codes,
+        vec![
+            ("AA", "MSG-1"),
+            ("AA", "MSG-2"),
+            ("AA", "MSG-2"),
+            ("AR", ""),
+            ("AE", "MSG-3"),
+            ("AR", "MSG-4"),
+            ("AA", "MSG-5"),
+        ],
+        "{acks:?}"
+    );
+    assert!(
+        acks[2]["text"]
+            .as_str()
+            .unwrap()
+            .contains("already processed"),
+        "{acks:?}"
+    );
+    assert!(
+        acks[4]["err"].as_str().unwrap().contains("MRG-1"),
+        "{acks:?}"
+    );
+    assert!(
+        acks[5]["err"].as_str().unwrap().contains("ORM^O01"),
+        "{acks:?}"
+    );
+
+    // C-FIND answers with the identity known now: both patients' studies under the new
+    // ID and name, none under the old IDs
+    let check = |port: u16| {
+        let (n, text) = studies_for(port, "ALICE-NEW");
+        assert_eq!(n, 2, "{text}");
+        assert!(
+            values(&text, "PatientName")
+                .iter()
+                .all(|v| v == "SMITH^ALICE"),
+            "{text}"
+        );
+        for old in ["ALICE001", "BOB001"] {
+            let (n, text) = studies_for(port, old);
+            assert_eq!(n, 0, "{old}: {text}");
+        }
+    };
+    check(port);
+    // QIDO-RS too
+    let (code, body) =
+        http_get(server.http_port, "/dicom-web/studies?PatientID=ALICE-NEW").unwrap();
+    assert_eq!(code, 200);
+    let found: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(found.as_array().unwrap().len(), 2, "{body}");
+    server.stop();
+
+    // nothing stored changed: the same objects, and they verify
+    assert_eq!(objects(), objects_before);
+    let (clean, report) = archive.verify_json();
+    assert!(clean, "{report}");
+    // each change once in the audit log, by the feed, with its control id
+    let merges = archive.audit_records("patient_merge");
+    assert_eq!(merges.len(), 1, "{merges:?}");
+    assert_eq!(merges[0]["actor"]["kind"], "hl7");
+    assert_eq!(merges[0]["actor"]["user"], "EHR^HOSPITAL");
+    assert!(merges[0]["outcome"]
+        .as_str()
+        .unwrap()
+        .starts_with("MSG-2: "));
+    assert_eq!(archive.audit_records("patient_update").len(), 1);
+    assert_eq!(archive.audit_records("patient_id_change").len(), 1);
+    run_ok(&mut archive.strata(&["audit", "verify"]));
+
+    // reindex from the objects and the governance log alone: the same identities, and
+    // the control ids still known
+    std::fs::remove_dir_all(archive.data_dir().join("index")).unwrap();
+    run_ok(&mut archive.strata(&["reindex"]));
+    let server = archive.start();
+    check(server.dicom_port);
+    let again = send(
+        hl7_port,
+        &[adt(
+            "A40",
+            "MSG-2",
+            "ALICE001",
+            "SMITH^ALICE",
+            Some("BOB001"),
+        )],
+    );
+    assert_eq!(again[0]["code"], "AA");
+    assert!(
+        again[0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("already processed"),
+        "{again:?}"
+    );
+    server.stop();
+    assert_eq!(archive.audit_records("patient_merge").len(), 1);
+}
