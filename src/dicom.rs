@@ -15,6 +15,7 @@
 //! The DIMSE command codec lives with the network service, in [`crate::dimse::command`].
 
 pub mod charset;
+pub mod coerce;
 pub mod da;
 pub mod framing;
 pub mod header;

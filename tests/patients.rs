@@ -172,6 +172,50 @@ fn an_adt_feed_updates_merges_and_renames_patients_once_and_reindex_keeps_it() {
     assert_eq!(code, 200);
     let found: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(found.as_array().unwrap().len(), 2, "{body}");
+
+    // C-GET (DCMTK getscu) of Bob's former study: its data sets carry the survivor's
+    // current identity, read back by dcmdump; the stored objects are untouched
+    let bob_study = strata::dicom::header::read_header_blocking(&files[2])
+        .unwrap()
+        .study_uid;
+    let got = data.path().join("got");
+    std::fs::create_dir_all(&got).unwrap();
+    let out = crate::retrieve::get_study(port, &bob_study, &got);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let received = walk(&got);
+    assert_eq!(received.len(), 2);
+    for f in &received {
+        let dump = run_ok(
+            dcmtk("dcmdump")
+                .args(["+P", "0010,0020", "+P", "0010,0010"])
+                .arg(f),
+        );
+        let text = String::from_utf8_lossy(&dump.stdout);
+        assert!(
+            text.contains("[ALICE-NEW]") && text.contains("[SMITH^ALICE]"),
+            "{text}"
+        );
+    }
+    // WADO-RS metadata too
+    let (code, body) = http_get(
+        server.http_port,
+        &format!("/dicom-web/studies/{bob_study}/metadata"),
+    )
+    .unwrap();
+    assert_eq!(code, 200);
+    let meta: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        meta.as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["00100020"]["Value"][0] == "ALICE-NEW"
+                && m["00100010"]["Value"][0]["Alphabetic"] == "SMITH^ALICE"),
+        "{body}"
+    );
     server.stop();
 
     // nothing stored changed: the same objects, and they verify

@@ -506,7 +506,7 @@ fn archive_with_dest(name: &str) -> (Archive, u16) {
 }
 
 /// getscu of a study (STUDY level, getscu's default proposals) into `dir`.
-fn get_study(port: u16, study_uid: &str, dir: &Path) -> std::process::Output {
+pub(crate) fn get_study(port: u16, study_uid: &str, dir: &Path) -> std::process::Output {
     run(dcmtk("getscu")
         .args(["-v", "-S", "-aec", "STRATA", "-od"])
         .arg(dir)

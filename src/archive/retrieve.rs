@@ -17,6 +17,7 @@
 
 use super::principal::Role;
 use super::{blocking, Archive, Error, Principal};
+use crate::dicom::coerce::PatientModule;
 use crate::dicom::metadata::InstanceMetadata;
 use crate::index::{Index, InstanceEntry};
 use crate::query::{tags as qtags, Level, Query};
@@ -36,6 +37,10 @@ pub struct RetrieveItem {
     pub id: ObjectId,
     /// The object's Part-10 size, bytes.
     pub size: u64,
+    /// The identity its patient is known by now, when the hospital changed it since the
+    /// object was stored (docs/patients.md): the data set goes out with its patient
+    /// module coerced to it ([`RetrievalReader::read_item`]). `None`: sent as stored.
+    pub patient: Option<Arc<PatientModule>>,
 }
 
 /// Reads the objects of a [`Retrieval`]; cheap to clone into sending tasks.
@@ -73,6 +78,27 @@ impl RetrievalReader {
         Ok(self.reader.read(id).await?)
     }
 
+    /// The Part-10 bytes an item goes out with: [`RetrievalReader::read`], with the
+    /// patient module coerced to the patient's current identity when it changed
+    /// ([`crate::dicom::coerce`]: only group 0010 is re-encoded). An object that cannot
+    /// be coerced (a deflated data set) is an error rather than sent under an identity
+    /// the hospital has replaced.
+    pub async fn read_item(&self, item: &RetrieveItem) -> Result<Vec<u8>, Error> {
+        let bytes = self.read(&item.id).await?;
+        let Some(patient) = item.patient.clone() else {
+            return Ok(bytes);
+        };
+        let id = item.id;
+        blocking(move || {
+            crate::dicom::coerce::coerce_part10(&bytes, &patient).map_err(|e| {
+                Error::Internal(format!(
+                    "object {id}: cannot coerce its patient module: {e}"
+                ))
+            })
+        })
+        .await
+    }
+
     /// For an object larger than [`STREAM_ABOVE`] that goes as stored (`target` is its
     /// own transfer syntax): a file to stream its data set from, in bounded memory —
     /// its hot file after re-hashing it against its id, or, when it is cold only, the
@@ -86,7 +112,8 @@ impl RetrievalReader {
         item: &RetrieveItem,
         target: &str,
     ) -> Result<Option<StreamFile>, Error> {
-        if target != item.transfer_syntax_uid {
+        // a coerced data set is read whole (its group 0010 is re-encoded)
+        if target != item.transfer_syntax_uid || item.patient.is_some() {
             return Ok(None);
         }
         let (hot, index, id) = (self.reader.hot.clone(), self.reader.index.clone(), item.id);
@@ -382,14 +409,48 @@ fn resolve(
         }
         entries = kept;
     }
+    // the identity each series' patient is known by now, where it changed
+    let mut records: BTreeMap<String, Option<crate::index::StudyRecord>> = BTreeMap::new();
+    let mut links: BTreeMap<String, Option<Arc<PatientModule>>> = BTreeMap::new();
+    let mut coerce_to = Vec::with_capacity(entries.len());
+    for e in &entries {
+        if !records.contains_key(&e.study_uid) {
+            records.insert(e.study_uid.clone(), index.study(&e.study_uid)?);
+        }
+        let stored = match records.get(&e.study_uid) {
+            Some(Some(study)) => study
+                .patient_of_series(&e.series_uid)
+                .patient_id
+                .to_string(),
+            _ => String::new(),
+        };
+        if !links.contains_key(&stored) {
+            let link = match stored.is_empty() {
+                true => None,
+                false => index.patient_link(&stored)?.map(|l| {
+                    Arc::new(PatientModule {
+                        patient_id: l.patient_id,
+                        issuer: l.issuer,
+                        patient_name: l.patient_name,
+                        patient_birth_date: l.patient_birth_date,
+                        patient_sex: l.patient_sex,
+                    })
+                }),
+            };
+            links.insert(stored.clone(), link);
+        }
+        coerce_to.push(links[&stored].clone());
+    }
     entries
         .into_iter()
-        .map(|i| {
+        .zip(coerce_to)
+        .map(|(i, patient)| {
             let current = i
                 .record
                 .current()
                 .ok_or_else(|| Error::Internal("instance without versions".into()))?;
             Ok(RetrieveItem {
+                patient,
                 id: ObjectId::from_hex(&current.id)
                     .ok_or_else(|| Error::Internal("malformed object id in the index".into()))?,
                 size: current.size,

@@ -157,6 +157,10 @@ struct Walker<'c, S> {
     vrs: BTreeMap<u32, [u8; 2]>,
     /// The data-set hash being computed, when walking for it.
     canon: Option<blake3::Hasher>,
+    /// When set, the walk stops at the first top-level element whose tag is at least
+    /// this, recording where that element starts in `stopped_at`.
+    stop_at: Option<u32>,
+    stopped_at: Option<u64>,
 }
 
 /// How a value enters the data-set hash, by its VR (PS3.5 §6.2).
@@ -227,6 +231,8 @@ impl<'c, S: Source> Walker<'c, S> {
             keep_all: false,
             vrs: BTreeMap::new(),
             canon: None,
+            stop_at: None,
+            stopped_at: None,
         }
     }
 
@@ -391,6 +397,10 @@ impl<'c, S: Source> Walker<'c, S> {
             } else {
                 self.tag()?
             };
+            if depth == 0 && self.stop_at.is_some_and(|stop| tag >= stop) {
+                self.stopped_at = Some(self.pos - 4);
+                return Ok(());
+            }
             if depth == 0 && matches!(tag >> 16, 0x0000 | 0x0002) {
                 return Err(format!(
                     "command or file meta element ({tag:08X}) inside the data set"
@@ -573,6 +583,21 @@ pub fn walk_source<S: Source>(
     let mut w = Walker::new(source, start, enc, wanted);
     w.elements(None, 0)?;
     Ok(w.captured)
+}
+
+/// Where, in the data set in `source` (first byte at offset `start`), the first
+/// top-level element whose tag is at least `tag` starts — or, if none, where the data
+/// set ends; the elements before it are checked for framing on the way.
+pub fn offset_of_tag<S: Source>(
+    source: S,
+    start: u64,
+    enc: Encoding,
+    tag: u32,
+) -> Result<u64, String> {
+    let mut w = Walker::new(source, start, enc, &[]);
+    w.stop_at = Some(tag);
+    w.elements(None, 0)?;
+    Ok(w.stopped_at.unwrap_or(w.pos))
 }
 
 /// Domain separation of the data-set hash (BLAKE3 `derive_key` context); a change to

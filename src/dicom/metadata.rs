@@ -125,6 +125,39 @@ impl InstanceMetadata {
     /// The DICOM JSON object as served by WADO-RS metadata: the record's JSON with, for
     /// an image, Pixel Data as `{"vr":"OW","BulkDataURI": pixel_data_uri}` — appended
     /// last, where its tag sorts (nothing after Pixel Data is kept).
+    /// This metadata with its patient module as `patient` (the identity the hospital
+    /// knows the patient by now: [`super::coerce`]); DICOM JSON per PS3.18 F.2 (PN as
+    /// `{"Alphabetic": …}`). An attribute given empty is written without a value.
+    pub fn with_patient(&self, patient: &super::coerce::PatientModule) -> Result<Self, String> {
+        let mut json: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(&self.json).map_err(|e| e.to_string())?;
+        let mut set = |tag: &str, vr: &str, value: Option<serde_json::Value>| {
+            let mut attribute = serde_json::json!({ "vr": vr });
+            if let Some(v) = value {
+                attribute["Value"] = serde_json::json!([v]);
+            }
+            json.insert(tag.to_string(), attribute);
+        };
+        let text = |s: &str| (!s.is_empty()).then(|| serde_json::json!(s));
+        set(
+            "00100010",
+            "PN",
+            text(&patient.patient_name).map(|n| serde_json::json!({ "Alphabetic": n })),
+        );
+        set("00100020", "LO", text(&patient.patient_id));
+        set("00100030", "DA", text(&patient.patient_birth_date));
+        set("00100040", "CS", text(&patient.patient_sex));
+        if patient.issuer.is_empty() {
+            json.remove("00100021");
+        } else {
+            set("00100021", "LO", text(&patient.issuer));
+        }
+        Ok(InstanceMetadata {
+            json: serde_json::Value::Object(json).to_string(),
+            has_pixels: self.has_pixels,
+        })
+    }
+
     pub fn to_json_text(&self, pixel_data_uri: &str) -> String {
         if !self.has_pixels {
             return self.json.clone();

@@ -465,7 +465,7 @@ async fn dataset_for(
     target: &str,
 ) -> Result<Vec<u8>, SubOpError> {
     let bytes = reader
-        .read(&item.id)
+        .read_item(item)
         .await
         .map_err(|e| SubOpError::Object(format!("read object {}: {e}", item.id)))?;
     let (stored, target) = (item.transfer_syntax_uid.clone(), target.to_string());

@@ -864,11 +864,11 @@ async fn part_bytes(
     target: &str,
 ) -> Result<Vec<u8>, String> {
     if target == item.transfer_syntax_uid {
-        return reader.read(&item.id).await.map_err(|e| e.to_string());
+        return reader.read_item(item).await.map_err(|e| e.to_string());
     }
     // a conversion holds the object and its converted copy in memory: two at once
     let _slot = CONVERSIONS.acquire().await.map_err(|e| e.to_string())?;
-    let bytes = reader.read(&item.id).await.map_err(|e| e.to_string())?;
+    let bytes = reader.read_item(item).await.map_err(|e| e.to_string())?;
     let item = item.clone();
     let target = target.to_string();
     tokio::task::spawn_blocking(move || {
@@ -910,6 +910,16 @@ async fn metadata(archive: Archive, peer: WebCaller, base: String, query: Query)
             Ok(None) => metadata_from_object(&reader, item).await,
             Err(e) => Err(failed(e)),
         };
+        // under the identity the patient is known by now (docs/patients.md)
+        let found = found.and_then(|m| match &item.patient {
+            Some(patient) => m.with_patient(patient).map_err(|e| {
+                fail(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("object {}: {e}", item.id),
+                )
+            }),
+            None => Ok(m),
+        });
         let m = match found {
             Ok(m) => m,
             Err(response) => {
@@ -957,7 +967,7 @@ async fn metadata_from_object(
             tokio::task::spawn_blocking(move || InstanceMetadata::of_file(&file.path)).await
         }
         None => {
-            let bytes = reader.read(&item.id).await.map_err(failed)?;
+            let bytes = reader.read_item(item).await.map_err(failed)?;
             tokio::task::spawn_blocking(move || InstanceMetadata::of_part10(&bytes)).await
         }
     };
@@ -1006,7 +1016,7 @@ pub(super) async fn one_instance_as(
             "no such instance in the archive",
         )));
     };
-    match retrieval.reader().read(&item.id).await {
+    match retrieval.reader().read_item(&item).await {
         Ok(bytes) => Ok((retrieval, item, bytes)),
         Err(e) => {
             retrieval.finish(0, 1).await;

@@ -1,0 +1,187 @@
+//! Coercion of a stored object's patient module to the identity its patient is known
+//! by now (a merge, an identifier change, a demographics update: docs/patients.md),
+//! for the copy that goes out — the stored object never changes.
+//!
+//! Only the top-level elements of group 0010 are rewritten: their byte span is found
+//! by the framing walk ([`super::framing::offset_of_tag`]), parsed and re-encoded by
+//! dicom-object in the object's own transfer syntax and character set (PS3.5 6.1, the
+//! data set's SpecificCharacterSet), with PatientID, IssuerOfPatientID, PatientName,
+//! PatientBirthDate and PatientSex set; every other byte — the file meta, the rest of
+//! the header, the pixel data — is passed through as stored. A group length (0010,0000)
+//! is dropped (it would no longer be right; it is optional, PS3.5 7.2).
+
+use super::framing::{offset_of_tag, walk_source, Encoding, Seekable};
+use super::part10::read_foreign_meta;
+use dicom_core::{DataElement, PrimitiveValue, Tag, VR};
+use dicom_dictionary_std::tags;
+use dicom_encoding::text::SpecificCharacterSet;
+use dicom_encoding::transfer_syntax::TransferSyntaxIndex;
+use std::io::Cursor;
+
+/// The patient attributes an object is sent with (DICOM forms: PN, DA, CS).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PatientModule {
+    pub patient_id: String,
+    pub issuer: String,
+    pub patient_name: String,
+    pub patient_birth_date: String,
+    pub patient_sex: String,
+}
+
+/// The Part-10 object `bytes` with its patient module set to `patient` (see the module
+/// docs). Errors: not Part-10, an unknown or deflated transfer syntax (a deflated data
+/// set cannot be spliced), a malformed group 0010.
+pub fn coerce_part10(bytes: &[u8], patient: &PatientModule) -> Result<Vec<u8>, String> {
+    let meta = read_foreign_meta(bytes).map_err(|e| e.to_string())?;
+    let ts_uid = meta.transfer_syntax_uid.trim_end_matches('\0').trim();
+    if Encoding::is_deflated(ts_uid) {
+        return Err(format!("a deflated data set ({ts_uid}) is not coerced"));
+    }
+    let enc = Encoding::of_transfer_syntax(ts_uid)
+        .ok_or_else(|| format!("unknown transfer syntax {ts_uid}"))?;
+    let ts = dicom_transfer_syntax_registry::TransferSyntaxRegistry
+        .get(ts_uid)
+        .ok_or_else(|| format!("unknown transfer syntax {ts_uid}"))?;
+    let dataset = &bytes[meta.dataset_offset..];
+    let offset = |tag: u32| -> Result<usize, String> {
+        let (source, start) = Seekable::new(Cursor::new(dataset), 0).map_err(|e| e.to_string())?;
+        Ok(offset_of_tag(source, start, enc, tag)? as usize)
+    };
+    let (from, to) = (offset(0x0010_0000)?, offset(0x0011_0000)?);
+    // the character set the data set declares (it precedes group 0010)
+    let (source, start) =
+        Seekable::new(Cursor::new(&dataset[..from]), 0).map_err(|e| e.to_string())?;
+    let declared = walk_source(source, start, enc, &[0x0008_0005])?;
+    let charset = declared
+        .get(&0x0008_0005)
+        .and_then(|v| {
+            let text = String::from_utf8_lossy(v);
+            // the set of the first value applies to the group's values (PS3.3 C.12.1.1.2)
+            let first = text.split('\\').next().unwrap_or("").trim().to_string();
+            SpecificCharacterSet::from_code(&first)
+        })
+        .unwrap_or_default();
+    let mut group = dicom_object::InMemDicomObject::read_dataset_with_ts_cs(
+        &dataset[from..to],
+        ts,
+        charset.clone(),
+    )
+    .map_err(|e| format!("the patient module cannot be read: {e}"))?;
+    let text =
+        |tag: Tag, vr: VR, value: &str| DataElement::new(tag, vr, PrimitiveValue::from(value));
+    group.remove_element(Tag(0x0010, 0x0000));
+    group.put(text(tags::PATIENT_ID, VR::LO, &patient.patient_id));
+    group.put(text(tags::PATIENT_NAME, VR::PN, &patient.patient_name));
+    group.put(text(
+        tags::PATIENT_BIRTH_DATE,
+        VR::DA,
+        &patient.patient_birth_date,
+    ));
+    group.put(text(tags::PATIENT_SEX, VR::CS, &patient.patient_sex));
+    if patient.issuer.is_empty() {
+        group.remove_element(tags::ISSUER_OF_PATIENT_ID);
+    } else {
+        group.put(text(tags::ISSUER_OF_PATIENT_ID, VR::LO, &patient.issuer));
+    }
+    let mut encoded = Vec::new();
+    group
+        .write_dataset_with_ts_cs(&mut encoded, ts, charset)
+        .map_err(|e| format!("the patient module cannot be written: {e}"))?;
+    let split = meta.dataset_offset + from;
+    let mut out = Vec::with_capacity(bytes.len() + encoded.len());
+    out.extend_from_slice(&bytes[..split]);
+    out.extend_from_slice(&encoded);
+    out.extend_from_slice(&bytes[meta.dataset_offset + to..]);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
+
+    fn part10(ts: &str, name: &str) -> Vec<u8> {
+        let mut obj = InMemDicomObject::new_empty();
+        let put = |o: &mut InMemDicomObject, tag, vr, v: &str| {
+            o.put(DataElement::new(tag, vr, PrimitiveValue::from(v)))
+        };
+        put(&mut obj, tags::SPECIFIC_CHARACTER_SET, VR::CS, "ISO_IR 100");
+        put(
+            &mut obj,
+            tags::SOP_CLASS_UID,
+            VR::UI,
+            "1.2.840.10008.5.1.4.1.1.7",
+        );
+        put(&mut obj, tags::SOP_INSTANCE_UID, VR::UI, "1.2.3.4");
+        put(&mut obj, tags::PATIENT_NAME, VR::PN, name);
+        put(&mut obj, tags::PATIENT_ID, VR::LO, "BOB001");
+        put(&mut obj, tags::PATIENT_SEX, VR::CS, "M");
+        put(&mut obj, tags::STUDY_INSTANCE_UID, VR::UI, "1.2.3");
+        obj.put(DataElement::new(
+            tags::PIXEL_DATA,
+            VR::OW,
+            PrimitiveValue::from(vec![7u8; 64]),
+        ));
+        let file = obj
+            .with_meta(
+                FileMetaTableBuilder::new()
+                    .transfer_syntax(ts)
+                    .media_storage_sop_class_uid("1.2.840.10008.5.1.4.1.1.7")
+                    .media_storage_sop_instance_uid("1.2.3.4"),
+            )
+            .unwrap();
+        let mut out = Vec::new();
+        file.write_all(&mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn only_the_patient_module_changes_in_each_byte_order_and_charset() {
+        let to = PatientModule {
+            patient_id: "ALICE-NEW".into(),
+            issuer: "HOSPITAL".into(),
+            patient_name: "MÜLLER^ANNA".into(),
+            patient_birth_date: "19700102".into(),
+            patient_sex: "F".into(),
+        };
+        for ts in [
+            "1.2.840.10008.1.2.1",
+            "1.2.840.10008.1.2",
+            "1.2.840.10008.1.2.2",
+        ] {
+            let stored = part10(ts, "SMITH^BOB");
+            let sent = coerce_part10(&stored, &to).unwrap();
+            // read back with dicom-object: the new identity, the rest as stored
+            let obj = dicom_object::from_reader(&sent[128..]).unwrap();
+            let s = |tag| {
+                obj.element(tag)
+                    .unwrap()
+                    .to_str()
+                    .unwrap()
+                    .trim()
+                    .to_string()
+            };
+            assert_eq!(s(tags::PATIENT_ID), "ALICE-NEW", "{ts}");
+            // ISO_IR 100 (Latin-1) as the data set declares (PS3.5 6.1)
+            assert_eq!(s(tags::PATIENT_NAME), "MÜLLER^ANNA", "{ts}");
+            assert_eq!(s(tags::ISSUER_OF_PATIENT_ID), "HOSPITAL");
+            assert_eq!(s(tags::PATIENT_SEX), "F");
+            assert_eq!(s(tags::STUDY_INSTANCE_UID), "1.2.3");
+            assert_eq!(
+                obj.element(tags::PIXEL_DATA)
+                    .unwrap()
+                    .to_bytes()
+                    .unwrap()
+                    .as_ref(),
+                &[7u8; 64][..]
+            );
+            // the bytes after group 0010 are the stored ones, unchanged
+            let tail = 64 + 12;
+            assert_eq!(
+                &sent[sent.len() - tail..],
+                &stored[stored.len() - tail..],
+                "{ts}"
+            );
+        }
+    }
+}
