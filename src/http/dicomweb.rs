@@ -910,22 +910,24 @@ async fn metadata(archive: Archive, peer: WebCaller, base: String, query: Query)
             Ok(None) => metadata_from_object(&reader, item).await,
             Err(e) => Err(failed(e)),
         };
-        // under the identity the patient is known by now (docs/patients.md)
-        let found = found.and_then(|m| match &item.patient {
-            Some(patient) => m.with_patient(patient).map_err(|e| {
-                fail(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    format!("object {}: {e}", item.id),
-                )
-            }),
-            None => Ok(m),
-        });
         let m = match found {
             Ok(m) => m,
             Err(response) => {
                 retrieval.finish(n, 1).await;
                 return response;
             }
+        };
+        // under the identity the patient is known by now (docs/patients.md)
+        let m = match &item.patient {
+            None => m,
+            Some(patient) => match m.with_patient(patient) {
+                Ok(m) => m,
+                Err(e) => {
+                    retrieval.finish(n, 1).await;
+                    let why = format!("object {}: {e}", item.id);
+                    return fail(StatusCode::INTERNAL_SERVER_ERROR, why);
+                }
+            },
         };
         if n > 0 {
             body.push(',');
