@@ -129,6 +129,14 @@ pub enum Command {
         all: bool,
         #[arg(long)]
         out: PathBuf,
+        /// The objects as stored, each file's bytes hashing to its object id (the
+        /// default).
+        #[arg(long, conflicts_with = "current")]
+        as_stored: bool,
+        /// Files of patients the hospital has since merged, renamed or corrected carry
+        /// the current identity (their patient module re-encoded; docs/patients.md).
+        #[arg(long)]
+        current: bool,
         #[arg(long)]
         json: bool,
     },
@@ -261,8 +269,17 @@ pub fn run(cli: Cli) -> Result<i32> {
             study_uids,
             all,
             out,
+            as_stored: _,
+            current,
             json,
-        } => export::export(&config, study_uids, all, &out, json),
+        } => {
+            use strata::archive::export::ExportIdentity;
+            let identity = match current {
+                true => ExportIdentity::Current,
+                false => ExportIdentity::AsStored,
+            };
+            export::export(&config, study_uids, all, &out, identity, json)
+        }
         Command::Manifest {
             study_uids,
             all,

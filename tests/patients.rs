@@ -222,6 +222,41 @@ fn an_adt_feed_updates_merges_and_renames_patients_once_and_reindex_keeps_it() {
     assert_eq!(objects(), objects_before);
     let (clean, report) = archive.verify_json();
     assert!(clean, "{report}");
+    // export: as stored, each file hashes (b3sum) to its object id and keeps the
+    // identity it arrived with; --current carries the identity known now
+    let as_stored = data.path().join("as-stored");
+    run_ok(
+        &mut archive
+            .strata(&["export", &bob_study, "--as-stored", "--out"])
+            .arg(&as_stored),
+    );
+    for f in walk(&as_stored) {
+        let sum = run_ok(
+            std::process::Command::new("b3sum")
+                .args(["--no-names"])
+                .arg(&f),
+        );
+        let sum = String::from_utf8_lossy(&sum.stdout).trim().to_string();
+        assert!(
+            objects_before.contains(&sum),
+            "{} hashes to {sum}",
+            f.display()
+        );
+        let dump = run_ok(dcmtk("dcmdump").args(["+P", "0010,0020"]).arg(&f));
+        assert!(String::from_utf8_lossy(&dump.stdout).contains("[BOB001]"));
+    }
+    let current = data.path().join("current");
+    run_ok(
+        &mut archive
+            .strata(&["export", &bob_study, "--current", "--out"])
+            .arg(&current),
+    );
+    let exported = walk(&current);
+    assert_eq!(exported.len(), 2);
+    for f in exported {
+        let dump = run_ok(dcmtk("dcmdump").args(["+P", "0010,0020"]).arg(&f));
+        assert!(String::from_utf8_lossy(&dump.stdout).contains("[ALICE-NEW]"));
+    }
     // each change once in the audit log, by the feed, with its control id
     let merges = archive.audit_records("patient_merge");
     assert_eq!(merges.len(), 1, "{merges:?}");

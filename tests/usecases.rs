@@ -81,7 +81,14 @@ fn each_use_case_audits_itself() {
     let (a, s, o) = (archive.clone(), vec![study.clone()], out.clone());
     let w = who.clone();
     let exported = rt
-        .block_on(rt.spawn_blocking(move || a.export_blocking(&w, &s, &o)))
+        .block_on(rt.spawn_blocking(move || {
+            a.export_blocking(
+                &w,
+                &s,
+                &o,
+                strata::archive::export::ExportIdentity::AsStored,
+            )
+        }))
         .unwrap()
         .unwrap();
     assert_eq!(exported.files, 3);

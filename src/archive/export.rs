@@ -26,9 +26,10 @@ impl Archive {
         principal: &Principal,
         studies: &[String],
         out: &Path,
+        identity: ExportIdentity,
     ) -> Result<ExportReport> {
         self.authorize(principal, Role::Viewer, "export", studies)?;
-        let report = export(self, studies, out);
+        let report = export(self, studies, out, identity);
         self.audit_outcome(principal, "export", studies, &report, &destination(out));
         report
     }
@@ -87,7 +88,23 @@ pub struct ExportReport {
 /// byte-identical to the stored object (so `b3sum` of each file equals its id). Objects
 /// in the cold tier are read from their packs, one streamed GET per pack; an object
 /// whose pack awaits a restore fails the export with "pending restore".
-fn export(archive: &Archive, studies: &[String], out: &Path) -> Result<ExportReport> {
+/// Which patient identity exported files carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExportIdentity {
+    /// The objects as stored: each file's bytes hash to its object id.
+    AsStored,
+    /// Objects whose patient the hospital has since merged, renamed or corrected carry
+    /// the current identity (group 0010 re-encoded, [`crate::dicom::coerce`]); the
+    /// others are as stored.
+    Current,
+}
+
+fn export(
+    archive: &Archive,
+    studies: &[String],
+    out: &Path,
+    identity: ExportIdentity,
+) -> Result<ExportReport> {
     let index = archive.index.as_ref();
     let reader = &archive.reader;
     let rt = super::current_runtime()?;
@@ -102,8 +119,14 @@ fn export(archive: &Archive, studies: &[String], out: &Path) -> Result<ExportRep
         if entries.is_empty() {
             return Err(Error::NotFound(format!("no study {study} in the archive")));
         }
+        let targets = match identity {
+            ExportIdentity::AsStored => vec![None; entries.len()],
+            ExportIdentity::Current => super::retrieve::coercion_targets(index, &entries)?,
+        };
         let mut dest_of: BTreeMap<ObjectId, PathBuf> = BTreeMap::new();
-        for e in entries {
+        let mut coerce: BTreeMap<ObjectId, std::sync::Arc<crate::dicom::coerce::PatientModule>> =
+            BTreeMap::new();
+        for (e, target) in entries.into_iter().zip(targets) {
             if !(is_valid_uid(&e.study_uid)
                 && is_valid_uid(&e.series_uid)
                 && is_valid_uid(&e.sop_instance_uid))
@@ -124,12 +147,20 @@ fn export(archive: &Archive, studies: &[String], out: &Path) -> Result<ExportRep
                 })?;
             let dir = out.join(&e.study_uid).join(&e.series_uid);
             dest_of.insert(id, dir.join(format!("{}.dcm", e.sop_instance_uid)));
+            if let Some(target) = target {
+                coerce.insert(id, target);
+            }
         }
         // large objects are copied file to file — from their hot file after a re-hash
         // in chunks against their id, or from their cold copy staged on hot disk
         // (checked on the way): never held in memory whole
         let mut ids: Vec<ObjectId> = Vec::with_capacity(dest_of.len());
         for (id, dest) in &dest_of {
+            if coerce.contains_key(id) {
+                // re-encoded on the way out: read whole below
+                ids.push(*id);
+                continue;
+            }
             let path = archive.hot.path_of(id);
             let hot_size = std::fs::metadata(&path).ok().map(|m| m.len());
             let large_hot = hot_size.is_some_and(|n| n > super::retrieve::STREAM_ABOVE);
@@ -166,6 +197,14 @@ fn export(archive: &Archive, studies: &[String], out: &Path) -> Result<ExportRep
         }
         let failed = rt.block_on(reader.read_many(&ids, &mut |id, bytes| {
             let dest = &dest_of[&id];
+            let bytes = match coerce.get(&id) {
+                Some(patient) => {
+                    crate::dicom::coerce::coerce_part10(&bytes, patient).map_err(|e| {
+                        crate::tiering::TieringError::Other(format!("coerce object {id}: {e}"))
+                    })?
+                }
+                None => bytes,
+            };
             write_durably(dest, &bytes).map_err(|e| {
                 crate::tiering::TieringError::Other(format!("write {}: {e}", dest.display()))
             })?;
@@ -269,7 +308,7 @@ fn manifest(archive: &Archive, studies: &[String], out: &Path) -> Result<Manifes
         )));
     }
     let data = out.join("data");
-    let exported = export(archive, studies, &data)?;
+    let exported = export(archive, studies, &data, ExportIdentity::AsStored)?;
     // every payload file, sorted, hashed from what is on disk now
     let mut files: Vec<PathBuf> = walkdir::WalkDir::new(&data)
         .into_iter()

@@ -274,6 +274,47 @@ impl Drop for Retrieval {
 }
 
 /// The served version of every instance the identifier names.
+/// For each entry, the identity its patient is known by now when the hospital changed
+/// it since the object was stored (its series' stored PatientID has a link), else
+/// `None`: what its data set is coerced to on the way out.
+pub(crate) fn coercion_targets(
+    index: &dyn Index,
+    entries: &[InstanceEntry],
+) -> Result<Vec<Option<Arc<PatientModule>>>, Error> {
+    let mut records: BTreeMap<String, Option<crate::index::StudyRecord>> = BTreeMap::new();
+    let mut links: BTreeMap<String, Option<Arc<PatientModule>>> = BTreeMap::new();
+    let mut targets = Vec::with_capacity(entries.len());
+    for e in entries {
+        if !records.contains_key(&e.study_uid) {
+            records.insert(e.study_uid.clone(), index.study(&e.study_uid)?);
+        }
+        let stored = match records.get(&e.study_uid) {
+            Some(Some(study)) => study
+                .patient_of_series(&e.series_uid)
+                .patient_id
+                .to_string(),
+            _ => String::new(),
+        };
+        if !links.contains_key(&stored) {
+            let link = match stored.is_empty() {
+                true => None,
+                false => index.patient_link(&stored)?.map(|l| {
+                    Arc::new(PatientModule {
+                        patient_id: l.patient_id,
+                        issuer: l.issuer,
+                        patient_name: l.patient_name,
+                        patient_birth_date: l.patient_birth_date,
+                        patient_sex: l.patient_sex,
+                    })
+                }),
+            };
+            links.insert(stored.clone(), link);
+        }
+        targets.push(links[&stored].clone());
+    }
+    Ok(targets)
+}
+
 /// The instances `query` names; with `patient` (a patient-restricted caller), only that
 /// patient's — another patient's study resolves to nothing, as if it were not held.
 fn resolve(
@@ -409,38 +450,7 @@ fn resolve(
         }
         entries = kept;
     }
-    // the identity each series' patient is known by now, where it changed
-    let mut records: BTreeMap<String, Option<crate::index::StudyRecord>> = BTreeMap::new();
-    let mut links: BTreeMap<String, Option<Arc<PatientModule>>> = BTreeMap::new();
-    let mut coerce_to = Vec::with_capacity(entries.len());
-    for e in &entries {
-        if !records.contains_key(&e.study_uid) {
-            records.insert(e.study_uid.clone(), index.study(&e.study_uid)?);
-        }
-        let stored = match records.get(&e.study_uid) {
-            Some(Some(study)) => study
-                .patient_of_series(&e.series_uid)
-                .patient_id
-                .to_string(),
-            _ => String::new(),
-        };
-        if !links.contains_key(&stored) {
-            let link = match stored.is_empty() {
-                true => None,
-                false => index.patient_link(&stored)?.map(|l| {
-                    Arc::new(PatientModule {
-                        patient_id: l.patient_id,
-                        issuer: l.issuer,
-                        patient_name: l.patient_name,
-                        patient_birth_date: l.patient_birth_date,
-                        patient_sex: l.patient_sex,
-                    })
-                }),
-            };
-            links.insert(stored.clone(), link);
-        }
-        coerce_to.push(links[&stored].clone());
-    }
+    let coerce_to = coercion_targets(index, &entries)?;
     entries
         .into_iter()
         .zip(coerce_to)

@@ -13,11 +13,18 @@ pub fn export(
     study_uids: Vec<String>,
     all: bool,
     out: &Path,
+    identity: strata::archive::export::ExportIdentity,
     json: bool,
 ) -> Result<i32> {
-    let report = write_out(config, study_uids, all, out, |archive, studies, dest| {
-        archive.export_blocking(&Principal::cli_user(), studies, dest)
-    })?;
+    let report = write_out(
+        config,
+        study_uids,
+        all,
+        out,
+        move |archive, studies, dest| {
+            archive.export_blocking(&Principal::cli_user(), studies, dest, identity)
+        },
+    )?;
     if json {
         print_json(&report)?;
     } else {
