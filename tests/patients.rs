@@ -226,7 +226,7 @@ fn an_adt_feed_updates_merges_and_renames_patients_once_and_reindex_keeps_it() {
     // identity it arrived with; --current carries the identity known now
     let as_stored = data.path().join("as-stored");
     run_ok(
-        &mut archive
+        archive
             .strata(&["export", &bob_study, "--as-stored", "--out"])
             .arg(&as_stored),
     );
@@ -247,7 +247,7 @@ fn an_adt_feed_updates_merges_and_renames_patients_once_and_reindex_keeps_it() {
     }
     let current = data.path().join("current");
     run_ok(
-        &mut archive
+        archive
             .strata(&["export", &bob_study, "--current", "--out"])
             .arg(&current),
     );
