@@ -12,6 +12,7 @@ mod catalog;
 mod export;
 mod governance;
 mod integrity;
+mod patient;
 mod print;
 mod store;
 mod tier;
@@ -68,6 +69,44 @@ pub enum AuditCommand {
         format: String,
         #[arg(long, value_parser = humantime::parse_duration)]
         since: Option<std::time::Duration>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PatientCommand {
+    /// A patient as the archive knows it now: its current ID and demographics, the
+    /// stored IDs shown as it, its studies.
+    Show {
+        patient_id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every identity change (HL7 A08/A31/A40/A47, merges) that concerned an ID.
+    History {
+        patient_id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Merge the patient PRIOR into SURVIVOR (the effect of ADT^A40): PRIOR's studies
+    /// are SURVIVOR's from now on; nothing stored changes. Audited.
+    Merge {
+        prior: String,
+        #[arg(long)]
+        into: String,
+        /// The survivor's name (PN, FAMILY^GIVEN); default: as the archive shows it.
+        #[arg(long)]
+        name: Option<String>,
+        /// The survivor's birth date (YYYYMMDD); default: as the archive shows it.
+        #[arg(long)]
+        birth_date: Option<String>,
+        /// The survivor's sex (M, F, O); default: as the archive shows it.
+        #[arg(long)]
+        sex: Option<String>,
+        /// The survivor's IssuerOfPatientID.
+        #[arg(long)]
+        issuer: Option<String>,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -222,6 +261,11 @@ pub enum Command {
         #[command(subcommand)]
         command: TierCommand,
     },
+    /// Patients: as the archive knows them now, their identity changes, merges.
+    Patient {
+        #[command(subcommand)]
+        command: PatientCommand,
+    },
     /// Rebuild the index from the stored objects alone (server stopped). The current
     /// index is kept when the rebuilt one would lack objects it records in cold (a pack
     /// not listed yet or unreadable), unless --force.
@@ -313,6 +357,32 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Retention { dry_run, json } => governance::retention(&config, dry_run, json),
         Command::Tier { command } => tier::tier(&config, command),
         Command::Audit { command } => audit::audit(&config, command),
+        Command::Patient { command } => match command {
+            PatientCommand::Show { patient_id, json } => patient::show(&config, &patient_id, json),
+            PatientCommand::History { patient_id, json } => {
+                patient::history(&config, &patient_id, json)
+            }
+            PatientCommand::Merge {
+                prior,
+                into,
+                name,
+                birth_date,
+                sex,
+                issuer,
+                json,
+            } => patient::merge(
+                &config,
+                &strata::archive::patients::MergeRequest {
+                    prior,
+                    survivor: into,
+                    patient_name: name,
+                    patient_birth_date: birth_date,
+                    patient_sex: sex,
+                    issuer,
+                },
+                json,
+            ),
+        },
     }
 }
 

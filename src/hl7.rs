@@ -160,6 +160,7 @@ pub async fn handle(archive: &Archive, peer: SocketAddr, bytes: &[u8]) -> String
         }
         Ok(outcome) => {
             tracing::info!(%peer, control_id, summary = outcome.summary, "HL7: patient identity changed");
+            crate::tiering::failpoint("hl7-before-ack");
             ack_for(Some(&message), &control_id, AckCode::Accept, "")
         }
         Err(e) => {

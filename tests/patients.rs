@@ -11,6 +11,20 @@ use std::process::Stdio;
 
 /// Sends `messages` over one MLLP connection; each ACK as JSON.
 fn send(port: u16, messages: &[String]) -> Vec<serde_json::Value> {
+    let out = send_output(port, messages);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// [`send`]'s process output, whether or not every ACK came.
+fn send_output(port: u16, messages: &[String]) -> std::process::Output {
     use std::io::Write;
     let mut child = python("hl7_send.py")
         .args(["--port", &port.to_string()])
@@ -25,16 +39,7 @@ fn send(port: u16, messages: &[String]) -> Vec<serde_json::Value> {
         .unwrap()
         .write_all(serde_json::to_string(messages).unwrap().as_bytes())
         .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    child.wait_with_output().unwrap()
 }
 
 /// An ADT message (HL7 v2.5.1), segments ended by CR.
@@ -68,24 +73,9 @@ fn an_adt_feed_updates_merges_and_renames_patients_once_and_reindex_keeps_it() {
     let hl7_port = free_port();
     let archive = Archive::with_config("patients-hl7", &format!("\n[hl7]\nport = {hl7_port}\n"));
     let data = scratch("patients-hl7-data");
-    let mut files = Vec::new();
-    for prefix in ["ALICE", "BOB"] {
-        small_ct(
-            &data.path().join(prefix),
-            &[
-                "--studies",
-                "1",
-                "--instances",
-                "2",
-                "--patient-prefix",
-                prefix,
-            ],
-        );
-        files.extend(dcm_files(&data.path().join(prefix)));
-    }
     let server = archive.start();
     let port = server.dicom_port;
-    run_ok(storescu(port).args(&files));
+    let files = two_patients(data.path(), port);
     wait_for_port(hl7_port);
     let objects = || {
         let mut names: Vec<String> = walk(&archive.data_dir().join("hot/objects"))
@@ -276,7 +266,7 @@ fn an_adt_feed_updates_merges_and_renames_patients_once_and_reindex_keeps_it() {
     run_ok(&mut archive.strata(&["reindex"]));
     let server = archive.start();
     check(server.dicom_port);
-    let again = send(
+    resend_is_known(
         hl7_port,
         &[adt(
             "A40",
@@ -286,7 +276,35 @@ fn an_adt_feed_updates_merges_and_renames_patients_once_and_reindex_keeps_it() {
             Some("BOB001"),
         )],
     );
-    assert_eq!(again[0]["code"], "AA");
+    server.stop();
+    assert_eq!(archive.audit_records("patient_merge").len(), 1);
+}
+
+/// Stores two one-study patients (ALICE001, BOB001) into a started archive; the files.
+fn two_patients(data: &std::path::Path, port: u16) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for prefix in ["ALICE", "BOB"] {
+        small_ct(
+            &data.join(prefix),
+            &[
+                "--studies",
+                "1",
+                "--instances",
+                "2",
+                "--patient-prefix",
+                prefix,
+            ],
+        );
+        files.extend(dcm_files(&data.join(prefix)));
+    }
+    run_ok(storescu(port).args(&files));
+    files
+}
+
+/// Sends `messages` again: acknowledged `AA` as already processed, not applied twice.
+fn resend_is_known(hl7_port: u16, messages: &[String]) {
+    let again = send(hl7_port, messages);
+    assert_eq!(again[0]["code"], "AA", "{again:?}");
     assert!(
         again[0]["text"]
             .as_str()
@@ -294,6 +312,106 @@ fn an_adt_feed_updates_merges_and_renames_patients_once_and_reindex_keeps_it() {
             .contains("already processed"),
         "{again:?}"
     );
+}
+
+/// Starts the server with `failpoint` set, sends `message`, sees no ACK come (the
+/// server killed itself there, as kill -9 would), and reaps it.
+fn cut_by(archive: &Archive, hl7_port: u16, failpoint: &str, message: &str) {
+    let server = archive.start_with_env(&[("STRATA_FAILPOINT", failpoint)]);
+    wait_for_port(hl7_port);
+    let cut = send_output(hl7_port, &[message.to_string()]);
+    assert!(
+        String::from_utf8_lossy(&cut.stdout).trim().is_empty(),
+        "{failpoint}: no ACK came"
+    );
+    server.kill9();
+}
+
+/// kill -9 between receipt and ACK (HL7 v2 exactly-once, issue 15): a message cut
+/// after the governance log took it but before the index did is applied at the next
+/// start (and audited then, saying so); one cut after it was applied but before its
+/// ACK is, when the sender sends it again, acknowledged without a second change.
+#[test]
+fn an_hl7_message_cut_by_kill_9_is_applied_exactly_once() {
+    let hl7_port = free_port();
+    let archive = Archive::with_config("patients-kill", &format!("\n[hl7]\nport = {hl7_port}\n"));
+    let data = scratch("patients-kill-data");
+    let server = archive.start();
+    two_patients(data.path(), server.dicom_port);
     server.stop();
-    assert_eq!(archive.audit_records("patient_merge").len(), 1);
+    let merge = adt("A40", "MSG-K1", "ALICE001", "SMITH^ALICE", Some("BOB001"));
+    cut_by(&archive, hl7_port, "patient-after-governance", &merge);
+
+    // restarted: the merge is there before anything is resent
+    let server = archive.start();
+    let (n, text) = studies_for(server.dicom_port, "ALICE001");
+    assert_eq!(n, 2, "{text}");
+    assert_eq!(studies_for(server.dicom_port, "BOB001").0, 0);
+    resend_is_known(hl7_port, std::slice::from_ref(&merge));
+    server.stop();
+    let merges = archive.audit_records("patient_merge");
+    assert_eq!(merges.len(), 1, "{merges:?}");
+    assert!(
+        merges[0]["outcome"]
+            .as_str()
+            .unwrap()
+            .contains("after a crash"),
+        "{merges:?}"
+    );
+
+    // cut after the change, before its ACK
+    let update = adt("A08", "MSG-K2", "ALICE001", "JONES^ALICE", None);
+    cut_by(&archive, hl7_port, "hl7-before-ack", &update);
+    let server = archive.start();
+    wait_for_port(hl7_port);
+    resend_is_known(hl7_port, std::slice::from_ref(&update));
+    let (_, text) = studies_for(server.dicom_port, "ALICE001");
+    assert!(
+        values(&text, "PatientName")
+            .iter()
+            .all(|v| v == "JONES^ALICE"),
+        "{text}"
+    );
+    server.stop();
+    assert_eq!(archive.audit_records("patient_update").len(), 1);
+    run_ok(&mut archive.strata(&["audit", "verify"]));
+}
+
+/// `strata patient merge` for clinics without an HL7 feed (through the running
+/// server's admin API), `strata patient show` and `history`.
+#[test]
+fn the_cli_merges_shows_and_tells_the_history_of_patients() {
+    let archive = Archive::new("patients-cli");
+    let data = scratch("patients-cli-data");
+    let server = archive.start();
+    two_patients(data.path(), server.dicom_port);
+    let merged = run_ok(
+        &mut archive.strata(&["patient", "merge", "BOB001", "--into", "ALICE001", "--json"]),
+    );
+    let merged: serde_json::Value = serde_json::from_slice(&merged.stdout).unwrap();
+    assert_eq!(merged["studies"], 2, "{merged}");
+    // the survivor keeps the name the archive knew it by
+    let (n, text) = studies_for(server.dicom_port, "ALICE001");
+    assert_eq!(n, 2, "{text}");
+    assert!(
+        values(&text, "PatientName")
+            .iter()
+            .all(|v| v.starts_with("ALICE^")),
+        "{text}"
+    );
+    server.stop();
+    let shown = run_ok(&mut archive.strata(&["patient", "show", "BOB001", "--json"]));
+    let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+    assert_eq!(shown["patient_id"], "ALICE001", "{shown}");
+    assert_eq!(shown["studies"].as_array().unwrap().len(), 2, "{shown}");
+    let history = run_ok(&mut archive.strata(&["patient", "history", "ALICE001", "--json"]));
+    let history: serde_json::Value = serde_json::from_slice(&history.stdout).unwrap();
+    assert_eq!(history.as_array().unwrap().len(), 1, "{history}");
+    let merges = archive.audit_records("patient_merge");
+    assert_eq!(merges.len(), 1);
+    assert_eq!(merges[0]["actor"]["kind"], "cli");
+    // a merge into itself is refused with the reason (no server: the archive itself)
+    let refused = run(&mut archive.strata(&["patient", "merge", "ALICE001", "--into", "ALICE001"]));
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("into itself"));
 }

@@ -66,8 +66,50 @@ impl PatientChange {
     }
 }
 
+/// A patient as the archive knows it now (`strata patient show`).
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct PatientView {
+    /// The ID asked about.
+    pub asked: String,
+    /// The PatientID it is known by now (itself, unless merged away or changed).
+    pub patient_id: String,
+    /// Its current demographics, when the hospital changed them (else as stored).
+    pub link: Option<PatientLink>,
+    /// The stored PatientIDs now shown as this patient.
+    pub linked_ids: Vec<String>,
+    /// Its studies (Study Instance UIDs), as C-FIND finds them now.
+    pub studies: Vec<String>,
+}
+
+/// One change in a patient's history (`strata patient history`).
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct HistoryEntry {
+    pub changed_at_ms: u64,
+    /// The HL7 message control id; empty for the CLI.
+    pub control_id: String,
+    pub summary: String,
+}
+
+/// A merge asked for by the CLI (`strata patient merge`): the effect of an ADT^A40.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct MergeRequest {
+    /// The PatientID merged away.
+    pub prior: String,
+    /// The PatientID that survives.
+    pub survivor: String,
+    /// The survivor's demographics; absent: as the archive knows them now.
+    #[serde(default)]
+    pub patient_name: Option<String>,
+    #[serde(default)]
+    pub patient_birth_date: Option<String>,
+    #[serde(default)]
+    pub patient_sex: Option<String>,
+    #[serde(default)]
+    pub issuer: Option<String>,
+}
+
 /// What a change did.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct ChangeOutcome {
     /// The message control id had been processed already: nothing changed now, and
     /// `summary` is the earlier outcome.
@@ -80,6 +122,136 @@ pub struct ChangeOutcome {
 }
 
 impl Archive {
+    /// The patient `id` as the archive knows it now (blocking), for `principal` (who
+    /// needs `viewer`); audited as a `query` naming the ID.
+    pub fn patient_view_blocking(
+        &self,
+        principal: &Principal,
+        id: &str,
+    ) -> Result<PatientView, Error> {
+        self.authorize(principal, Role::Viewer, "query", &patient_key(id))?;
+        let index = self.index.as_ref();
+        let link = index.patient_link(id)?;
+        let patient_id = link
+            .as_ref()
+            .map_or(id.to_string(), |l| l.patient_id.clone());
+        let mut linked_ids = index.patient_aliases(&patient_id)?;
+        linked_ids.retain(|l| l != &patient_id);
+        let query = crate::query::Query::from_keys(
+            crate::query::Level::Study,
+            &[
+                (crate::query::tags::PATIENT_ID, patient_id.as_str()),
+                (crate::query::tags::STUDY_INSTANCE_UID, ""),
+            ],
+        );
+        let studies: Vec<String> =
+            crate::query::find(index, crate::query::Model::StudyRoot, &query)?
+                .into_iter()
+                .filter_map(|a| a.get(&crate::query::tags::STUDY_INSTANCE_UID).cloned())
+                .collect();
+        let view = PatientView {
+            asked: id.to_string(),
+            patient_id,
+            link,
+            linked_ids,
+            studies,
+        };
+        let outcome = format!("patient show: {} studies", view.studies.len());
+        self.audit_blocking(principal, "query", patient_key(id), outcome);
+        Ok(view)
+    }
+
+    /// Every identity change that concerned the PatientID `id` (as stored or as the
+    /// identity linked to), oldest first, from the governance log (blocking); audited
+    /// as a `query`.
+    pub fn patient_history_blocking(
+        &self,
+        principal: &Principal,
+        id: &str,
+    ) -> Result<Vec<HistoryEntry>, Error> {
+        self.authorize(principal, Role::Viewer, "query", &patient_key(id))?;
+        let records = self.governance.read()?;
+        let history: Vec<HistoryEntry> = crate::storage::governance_log::patient_changes(&records)
+            .into_iter()
+            .filter(|c| {
+                c.links
+                    .iter()
+                    .any(|(stored, link)| stored == id || link.patient_id == id)
+            })
+            .map(|c| HistoryEntry {
+                changed_at_ms: c.links.first().map_or(0, |(_, l)| l.changed_at_ms),
+                control_id: c.control_id,
+                summary: c.summary,
+            })
+            .collect();
+        let outcome = format!("patient history: {} changes", history.len());
+        self.audit_blocking(principal, "query", patient_key(id), outcome);
+        Ok(history)
+    }
+
+    /// A merge asked for by the CLI (the effect of ADT^A40, without a control id): the
+    /// survivor's demographics default to those the archive shows for it now.
+    pub async fn merge_patients(
+        &self,
+        principal: &Principal,
+        request: &MergeRequest,
+    ) -> Result<ChangeOutcome, Error> {
+        let (this, survivor) = (self.clone(), request.survivor.clone());
+        let known = blocking(move || {
+            let query = crate::query::Query::from_keys(
+                crate::query::Level::Patient,
+                &[
+                    (crate::query::tags::PATIENT_ID, survivor.as_str()),
+                    (crate::query::tags::PATIENT_NAME, ""),
+                    (crate::query::tags::PATIENT_BIRTH_DATE, ""),
+                    (crate::query::tags::PATIENT_SEX, ""),
+                ],
+            );
+            Ok(crate::query::find(
+                this.index.as_ref(),
+                crate::query::Model::PatientRoot,
+                &query,
+            )?
+            .into_iter()
+            .next())
+        })
+        .await?;
+        let from_archive = |tag| known.as_ref().and_then(|a| a.get(&tag).cloned());
+        let patient_name = match (
+            &request.patient_name,
+            from_archive(crate::query::tags::PATIENT_NAME),
+        ) {
+            (Some(name), _) => name.clone(),
+            (None, Some(name)) => name,
+            (None, None) => {
+                return Err(Error::InvalidRequest(format!(
+                    "the archive holds no patient {}: give the survivor's name",
+                    request.survivor
+                )))
+            }
+        };
+        let pick = |given: &Option<String>, tag| {
+            given
+                .clone()
+                .or_else(|| from_archive(tag))
+                .unwrap_or_default()
+        };
+        let change = PatientChange::Merge {
+            survivor: Demographics {
+                patient_id: request.survivor.clone(),
+                issuer: request.issuer.clone().unwrap_or_default(),
+                patient_name,
+                patient_birth_date: pick(
+                    &request.patient_birth_date,
+                    crate::query::tags::PATIENT_BIRTH_DATE,
+                ),
+                patient_sex: pick(&request.patient_sex, crate::query::tags::PATIENT_SEX),
+            },
+            prior: request.prior.clone(),
+        };
+        self.change_patient(principal, change, None).await
+    }
+
     /// Brings the index's patient links level with the governance log (blocking): a
     /// change whose governance record was written but whose index batch was not (a
     /// crash between the two) is applied now, before any query. Returns how many links
@@ -103,6 +275,23 @@ impl Archive {
             // a later change of the same IDs is replayed after this one, in log order
             index.set_patient_links(&change.links, change.message())?;
             written += change.links.len();
+            if !known && change.message().is_some() {
+                // cut short before its audit record: written now, saying so
+                let action = match change.action.as_str() {
+                    "patient_merge" => "patient_merge",
+                    "patient_id_change" => "patient_id_change",
+                    _ => "patient_update",
+                };
+                self.audit_synced(
+                    &Principal::system("patient-replay"),
+                    action,
+                    Vec::new(),
+                    format!(
+                        "replayed from the governance log after a crash (asked by {}): {}",
+                        change.by, change.summary
+                    ),
+                )?;
+            }
         }
         Ok(written)
     }
@@ -215,7 +404,10 @@ impl Archive {
             links: links.clone(),
             control_id: control_id.unwrap_or_default().to_string(),
             summary: summary.clone(),
+            by: principal.name(),
+            action: change.action().to_string(),
         })?;
+        crate::tiering::failpoint("patient-after-governance");
         index.set_patient_links(&links, control_id.map(|c| (c, summary.as_str())))?;
         let studies = studies_of_patient(index, &target.patient_id)?;
         self.audit_synced(principal, change.action(), studies.clone(), summary.clone())?;
@@ -226,4 +418,9 @@ impl Archive {
             summary,
         })
     }
+}
+
+/// The audit record's key of a query about the PatientID `id`.
+fn patient_key(id: &str) -> Vec<String> {
+    vec![format!("(0010,0020)={id}")]
 }

@@ -14,6 +14,7 @@
 //! | `POST /admin/delete` | [`DeleteRequest`] | [`DeleteReport`] |
 //! | `POST /admin/retention` | [`RetentionRequest`] | [`RetentionReport`] |
 //! | `POST /admin/repair` | | [`RepairAnswer`] |
+//! | `POST /admin/patient/merge` | [`MergeRequest`] | [`ChangeOutcome`] |
 //!
 //! Bodies are JSON. A failure answers the status of
 //! [`Error::http_status`](crate::archive::Error::http_status) with `{"error": "..."}`.
@@ -22,6 +23,7 @@
 use super::auth::WebCaller;
 use crate::archive::governance::{DeleteReport, RetentionReport};
 use crate::archive::integrity::{RepairReport, VerifyReport};
+use crate::archive::patients::{ChangeOutcome, MergeRequest};
 use crate::archive::principal::Grant;
 use crate::archive::tier::TierTarget;
 use crate::archive::{Archive, Error, Principal};
@@ -94,6 +96,7 @@ pub fn routes() -> Router<Archive> {
         .route("/admin/delete", post(delete))
         .route("/admin/retention", post(retention))
         .route("/admin/repair", post(repair))
+        .route("/admin/patient/merge", post(patient_merge))
 }
 
 /// A refusal or failure, rendered as `{"error": ...}` with its status.
@@ -240,6 +243,18 @@ async fn repair(
     let workers = archive.config().workers();
     let (found, repair) = on_blocking_pool(move || archive.repair_blocking(&p, workers)).await?;
     Ok(Json(RepairAnswer { found, repair }))
+}
+
+async fn patient_merge(
+    peer: WebCaller,
+    headers: HeaderMap,
+    State(archive): State<Archive>,
+    Json(req): Json<MergeRequest>,
+) -> Answer<ChangeOutcome> {
+    let p = principal(&peer, &headers, &archive)?;
+    let outcome = archive.merge_patients(&p, &req).await?;
+    archive.sync_governance_or_log().await;
+    Ok(Json(outcome))
 }
 
 /// Why an admin request did not succeed.
@@ -410,5 +425,11 @@ impl AdminClient {
 
     pub async fn repair(&self) -> Result<RepairAnswer, AdminError> {
         self.call::<(), _>(false, "/admin/repair", None, LONG).await
+    }
+
+    /// Merges two patients in the server (`strata patient merge`).
+    pub async fn patient_merge(&self, request: &MergeRequest) -> Result<ChangeOutcome, AdminError> {
+        self.call(false, "/admin/patient/merge", Some(request), QUICK)
+            .await
     }
 }

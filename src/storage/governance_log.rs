@@ -70,6 +70,13 @@ pub enum GovernanceRecord {
         #[serde(default, skip_serializing_if = "String::is_empty")]
         control_id: String,
         summary: String,
+        /// Who asked for it (the caller's name: `hl7:APP^FACILITY@address`, a CLI user).
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        by: String,
+        /// The audit action of the change (`patient_update`, `patient_merge`,
+        /// `patient_id_change`).
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        action: String,
     },
 }
 
@@ -266,6 +273,8 @@ pub struct LoggedPatientChange {
     /// The HL7 message control id; empty for the CLI.
     pub control_id: String,
     pub summary: String,
+    pub by: String,
+    pub action: String,
 }
 
 impl LoggedPatientChange {
@@ -285,10 +294,14 @@ pub fn patient_changes(records: &[GovernanceRecord]) -> Vec<LoggedPatientChange>
                 links,
                 control_id,
                 summary,
+                by,
+                action,
             } => Some(LoggedPatientChange {
                 links: links.clone(),
                 control_id: control_id.clone(),
                 summary: summary.clone(),
+                by: by.clone(),
+                action: action.clone(),
             }),
             _ => None,
         })

@@ -158,6 +158,11 @@ impl Archive {
     }
 
     pub fn start(&self) -> Server {
+        self.start_with_env(&[])
+    }
+
+    /// [`Archive::start`] with extra environment variables (a `STRATA_FAILPOINT`).
+    pub fn start_with_env(&self, env: &[(&str, &str)]) -> Server {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -168,6 +173,7 @@ impl Archive {
             .arg(&self.config)
             .arg("serve")
             .env("STRATA_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
