@@ -41,6 +41,7 @@ pub mod governance;
 pub mod health;
 pub mod integrity;
 pub mod patients;
+pub mod prefetch;
 pub mod principal;
 pub mod retrieve;
 pub mod store;

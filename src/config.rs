@@ -27,6 +27,33 @@ pub struct Config {
     pub auth: AuthConfig,
     pub access: AccessConfig,
     pub hl7: Hl7Config,
+    pub prefetch: PrefetchConfig,
+}
+
+/// Prior prefetch on orders (HL7 ORM^O01, OMI^O23; [`crate::archive::prefetch`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PrefetchConfig {
+    /// Act on orders at all (off: they are answered AR).
+    pub enabled: bool,
+    /// How many of the patient's most recent studies count as priors.
+    pub max_studies: usize,
+    /// Only studies with one of these modalities (ModalitiesInStudy); empty: any.
+    pub modalities: Vec<String>,
+    /// Only studies no older than this (StudyDate); "0s": any age.
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+}
+
+impl Default for PrefetchConfig {
+    fn default() -> Self {
+        PrefetchConfig {
+            enabled: true,
+            max_studies: 3,
+            modalities: Vec::new(),
+            max_age: Duration::from_secs(5 * 365 * 86400),
+        }
+    }
 }
 
 /// The HL7 v2 listener (MLLP): the hospital's ADT feed of patient identity changes

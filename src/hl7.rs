@@ -10,6 +10,7 @@
 //! | `ADT^A08`, `ADT^A31` | PID-3 (ID, 3.4 assigning authority), PID-5, PID-7, PID-8 | demographics updated |
 //! | `ADT^A40` | PID-3 … (the survivor), MRG-1 (the prior ID) | prior merged into survivor |
 //! | `ADT^A47` | PID-3 … (the new ID), MRG-1 (the old ID) | identifier changed |
+//! | `ORM^O01`, `OMI^O23` | PID-3.1 | the patient's priors brought back to hot ([`crate::archive::prefetch`]) |
 //!
 //! Each message gets one ACK (MSA-1 `AA` accepted, `AE` error in its content or in
 //! processing, `AR` rejected: not HL7, not a message Strata acts on), echoing its
@@ -137,6 +138,12 @@ pub async fn handle(archive: &Archive, peer: SocketAddr, bytes: &[u8]) -> String
             "MSH-10 (message control id) is empty",
         );
     }
+    if matches!(
+        (kind.as_str(), trigger.as_str()),
+        ("ORM", "O01") | ("OMI", "O23")
+    ) {
+        return order(archive, &who, &message, &control_id).await;
+    }
     let change = match change_of(&message, &kind, &trigger) {
         Ok(change) => change,
         Err((code, why)) => {
@@ -170,6 +177,41 @@ pub async fn handle(archive: &Archive, peer: SocketAddr, bytes: &[u8]) -> String
     }
 }
 
+/// A new order: the patient's priors brought back to hot ([`crate::archive::prefetch`]);
+/// acknowledged once the order is on record, while the priors come back.
+async fn order(
+    archive: &Archive,
+    who: &Principal,
+    message: &Message<'_>,
+    control_id: &str,
+) -> String {
+    if !archive.config().prefetch.enabled {
+        let why = "prior prefetch is off ([prefetch] enabled = false)";
+        return ack_for(Some(message), control_id, AckCode::Reject, why);
+    }
+    let patient_id = value(message, "PID.3.1");
+    match archive
+        .prefetch_priors(who, &patient_id, Some(control_id))
+        .await
+    {
+        Ok(outcome) if outcome.duplicate => ack_for(
+            Some(message),
+            control_id,
+            AckCode::Accept,
+            &format!("already processed: {}", outcome.summary),
+        ),
+        Ok(outcome) => {
+            tracing::info!(
+                control_id,
+                summary = outcome.summary,
+                "HL7: order: priors prefetched"
+            );
+            ack_for(Some(message), control_id, AckCode::Accept, "")
+        }
+        Err(e) => ack_for(Some(message), control_id, AckCode::Error, &e.to_string()),
+    }
+}
+
 /// The change a message asks for, or the ACK code and reason refusing it.
 fn change_of(
     message: &Message,
@@ -179,7 +221,10 @@ fn change_of(
     let unsupported = || {
         (
             AckCode::Reject,
-            format!("{kind}^{trigger} is not a message Strata acts on (ADT^A08, A31, A40, A47)"),
+            format!(
+                "{kind}^{trigger} is not a message Strata acts on \
+                 (ADT^A08, A31, A40, A47; ORM^O01, OMI^O23)"
+            ),
         )
     };
     if kind != "ADT" {

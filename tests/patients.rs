@@ -97,7 +97,8 @@ fn an_adt_feed_updates_merges_and_renames_patients_once_and_reindex_keeps_it() {
             adt("A40", "MSG-2", "ALICE001", "SMITH^ALICE", Some("BOB001")),
             "this is not HL7".to_string(),
             adt("A40", "MSG-3", "ALICE001", "SMITH^ALICE", None),
-            "MSH|^~\\&|EHR|HOSPITAL|STRATA|RADIOLOGY|20261130||ORM^O01|MSG-4|P|2.5.1\rPID|1||ALICE001\r".to_string(),
+            // an admission: not a message Strata acts on
+            adt("A01", "MSG-4", "ALICE001", "SMITH^ALICE", None),
             adt("A47", "MSG-5", "ALICE-NEW", "SMITH^ALICE", Some("ALICE001")),
         ],
     );
@@ -135,7 +136,7 @@ fn an_adt_feed_updates_merges_and_renames_patients_once_and_reindex_keeps_it() {
         "{acks:?}"
     );
     assert!(
-        acks[5]["err"].as_str().unwrap().contains("ORM^O01"),
+        acks[5]["err"].as_str().unwrap().contains("ADT^A01"),
         "{acks:?}"
     );
 
@@ -414,4 +415,51 @@ fn the_cli_merges_shows_and_tells_the_history_of_patients() {
     let refused = run(&mut archive.strata(&["patient", "merge", "ALICE001", "--into", "ALICE001"]));
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("into itself"));
+}
+
+/// Prior prefetch (issue 15): an order (ORM^O01) for a patient whose earlier study was
+/// moved to the cold tier brings it back to hot disk in the background; the order is
+/// acknowledged AA once on record, and a resend starts nothing new.
+#[test]
+fn an_order_brings_the_patients_cold_priors_back_to_hot() {
+    let hl7_port = free_port();
+    let archive = Archive::with_config(
+        "patients-prefetch",
+        &format!("\n[hl7]\nport = {hl7_port}\n\n[prefetch]\nmax_age = \"0s\"\n"),
+    );
+    let data = scratch("patients-prefetch-data");
+    let server = archive.start();
+    let files = two_patients(data.path(), server.dicom_port);
+    let alice_study = strata::dicom::header::read_header_blocking(&files[0])
+        .unwrap()
+        .study_uid;
+    let hot = || walk(&archive.data_dir().join("hot/objects")).len();
+    run_ok(&mut archive.strata(&["tier", "move", &alice_study, "--to", "cold"]));
+    assert_eq!(hot(), 2, "Alice's study left hot disk");
+    let order = "MSH|^~\\&|RIS|HOSPITAL|STRATA|RADIOLOGY|20261130||ORM^O01|ORD-1|P|2.5.1\r\
+                 PID|1||ALICE001^^^HOSPITAL^MR||ALICE^A\r\
+                 ORC|NW|ORD-1\r\
+                 OBR|1|ORD-1||CTCHEST^CT CHEST\r"
+        .to_string();
+    wait_for_port(hl7_port);
+    let acks = send(hl7_port, std::slice::from_ref(&order));
+    assert_eq!(acks[0]["code"], "AA", "{acks:?}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while hot() < 4 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the prior is back on hot disk within 30 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    resend_is_known(hl7_port, std::slice::from_ref(&order));
+    server.stop();
+    let prefetch = archive.audit_records("prefetch");
+    assert_eq!(prefetch.len(), 1, "{prefetch:?}");
+    assert!(prefetch[0]["uids"].to_string().contains(&alice_study));
+    let moves = archive.audit_records("tier_move");
+    assert!(
+        moves.iter().any(|m| m["actor"]["kind"] == "hl7"),
+        "{moves:?}"
+    );
 }
