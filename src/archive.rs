@@ -43,6 +43,7 @@ pub mod integrity;
 pub mod patients;
 pub mod prefetch;
 pub mod principal;
+pub mod rejection;
 pub mod retrieve;
 pub mod store;
 pub mod tier;

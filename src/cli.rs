@@ -151,6 +151,9 @@ pub enum Command {
     /// List studies, or the series and instances of one study.
     Ls {
         study_uid: Option<String>,
+        /// The instances IOCM rejection notes hid (why, by which note, by whom, when).
+        #[arg(long, conflicts_with = "study_uid")]
+        rejected: bool,
         #[arg(long)]
         json: bool,
     },
@@ -305,7 +308,14 @@ pub fn run(cli: Cli) -> Result<i32> {
         }
         Command::Serve => serve(config),
         Command::Import { paths, json } => store::import(&config, &paths, json),
-        Command::Ls { study_uid, json } => catalog::ls(&config, study_uid, json),
+        Command::Ls {
+            rejected: true,
+            json,
+            ..
+        } => catalog::rejected(&config, json),
+        Command::Ls {
+            study_uid, json, ..
+        } => catalog::ls(&config, study_uid, json),
         Command::Show { uid, json } => catalog::show(&config, &uid, json),
         Command::Tombstones { json } => catalog::tombstones(&config, json),
         Command::Holds { json } => catalog::holds(&config, json),

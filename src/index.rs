@@ -55,7 +55,8 @@ pub use memory::{MemoryEngine, MemoryIndex};
 pub use records::{
     ColdCopy, CommitOutcome, Compression, FixityRecord, HoldRecord, InstanceEntry, InstanceRecord,
     NewObject, ObjectRecord, OtherPatient, PackRecord, PackedObject, PatientIdentity, PatientLink,
-    PatientRecord, Provenance, SeriesRecord, StudyRecord, Tier, TierTotals, Tombstone, VersionRef,
+    PatientRecord, Provenance, RejectionRecord, SeriesRecord, StudyRecord, Tier, TierTotals,
+    Tombstone, VersionRef,
 };
 pub use rocks::{RocksEngine, RocksIndex};
 
@@ -267,6 +268,20 @@ pub trait Governance {
     fn patient_links(&self) -> Result<Vec<(String, PatientLink)>, IndexError>;
     /// The outcome recorded for an HL7 message control id already processed.
     fn hl7_message(&self, control_id: &str) -> Result<Option<String>, IndexError>;
+    /// Marks instances `(study, series, sop)` rejected (an IOCM rejection note), in
+    /// one synced batch; they need not be held (yet).
+    fn reject_instances(
+        &self,
+        instances: &[(String, String, String)],
+        rejection: &RejectionRecord,
+    ) -> Result<(), IndexError>;
+    /// The rejected instances of a study: `(series, sop, why)`.
+    fn rejections_of_study(
+        &self,
+        study_uid: &str,
+    ) -> Result<Vec<(String, String, RejectionRecord)>, IndexError>;
+    /// Every rejected instance: `(study, series, sop, why)`.
+    fn rejections(&self) -> Result<Vec<(String, String, String, RejectionRecord)>, IndexError>;
 }
 
 /// The archive's metadata index: all four traits. See the module docs for the

@@ -670,21 +670,58 @@ fn for_each_candidate_study(
     } else {
         None
     };
+    // a study every held instance of which a rejection note hid is not shown at all
+    let mut failure = None;
+    let mut visible = |uid: &str, s: StudyRecord| -> bool {
+        match wholly_rejected(index, uid) {
+            Ok(true) => true,
+            Ok(false) => visit(uid, s),
+            Err(e) => {
+                failure = Some(e);
+                false
+            }
+        }
+    };
     match uids {
         Some(mut uids) => {
             uids.sort();
             uids.dedup();
             for uid in uids {
                 if let Some(s) = index.study(&uid)? {
-                    if !visit(&uid, s) {
+                    if !visible(&uid, s) {
                         break;
                     }
                 }
             }
-            Ok(())
         }
-        None => index.for_each_study(visit),
+        None => index.for_each_study(&mut visible)?,
     }
+    failure.map_or(Ok(()), Err)
+}
+
+/// The instances of a study hidden by IOCM rejection notes: `(series, sop)`.
+pub fn rejected_of(
+    index: &dyn Index,
+    study_uid: &str,
+) -> Result<std::collections::HashSet<(String, String)>, IndexError> {
+    Ok(index
+        .rejections_of_study(study_uid)?
+        .into_iter()
+        .map(|(series, sop, _)| (series, sop))
+        .collect())
+}
+
+/// Whether every instance the archive holds of a study was rejected (one prefix scan
+/// when none was, the usual case).
+fn wholly_rejected(index: &dyn Index, study_uid: &str) -> Result<bool, IndexError> {
+    let rejected = rejected_of(index, study_uid)?;
+    if rejected.is_empty() {
+        return Ok(false);
+    }
+    Ok(index
+        .instances_of_study(study_uid)?
+        .iter()
+        .all(|e| rejected.contains(&(e.series_uid.clone(), e.sop_instance_uid.clone()))))
 }
 
 /// Runs a query against the index and hands each match to `emit` as it is found;
@@ -822,7 +859,14 @@ pub fn find_each(
                         return false;
                     }
                 };
-                let instances = if query.level == Level::Image {
+                let rejected = match rejected_of(index, study_uid) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        failure = Some(storage(e));
+                        return false;
+                    }
+                };
+                let instances = if query.level == Level::Image || !rejected.is_empty() {
                     match index.instances_of_study(study_uid) {
                         Ok(i) => i,
                         Err(e) => {
@@ -833,7 +877,19 @@ pub fn find_each(
                 } else {
                     Vec::new()
                 };
+                let hidden = |e: &InstanceEntry| {
+                    rejected.contains(&(e.series_uid.clone(), e.sop_instance_uid.clone()))
+                };
                 for (series_uid, rec) in series {
+                    // a series whose every instance was rejected is not shown
+                    if !rejected.is_empty()
+                        && instances
+                            .iter()
+                            .filter(|e| e.series_uid == series_uid)
+                            .all(&hidden)
+                    {
+                        continue;
+                    }
                     // the series under the patient it was received with
                     let patient = study.patient_of_series(&series_uid).patient_id;
                     let Some(own) = study_level
@@ -868,7 +924,10 @@ pub fn find_each(
                         }
                         continue;
                     }
-                    for e in instances.iter().filter(|e| e.series_uid == series_uid) {
+                    for e in instances
+                        .iter()
+                        .filter(|e| e.series_uid == series_uid && !hidden(e))
+                    {
                         let mut image = attrs.clone();
                         image.extend(image_attrs(e));
                         let wanted = missing_keys(query, &image);

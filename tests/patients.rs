@@ -463,3 +463,118 @@ fn an_order_brings_the_patients_cold_priors_back_to_hot() {
         "{moves:?}"
     );
 }
+
+/// IHE IOCM (issue 15): pynetdicom sends a rejection note (a Key Object Selection
+/// titled (113001, DCM, "Rejected for Quality Reasons"), PS3.3 A.35.4) for one
+/// instance of a study: the instance vanishes from C-FIND and QIDO-RS, C-MOVE and
+/// WADO-RS no longer send it, `strata ls --rejected` lists it with who rejected it,
+/// the audit log has the rejection, and the stored object stays; `reindex` keeps it
+/// hidden.
+#[test]
+fn a_rejection_note_hides_the_instances_it_rejects() {
+    let archive = Archive::new("patients-iocm");
+    let data = scratch("patients-iocm-data");
+    let server = archive.start();
+    let files = two_patients(data.path(), server.dicom_port);
+    let rejected = strata::dicom::header::read_header_blocking(&files[0]).unwrap();
+    let kept = strata::dicom::header::read_header_blocking(&files[1]).unwrap();
+    let sent = run_ok(python("send_rejection.py").args([
+        "--port",
+        &server.dicom_port.to_string(),
+        "--code",
+        "113001",
+        "--study",
+        &rejected.study_uid,
+        "--patient",
+        &rejected.patient_id,
+        "--series",
+        &rejected.series_uid,
+        "--sop-class",
+        &rejected.sop_class_uid,
+        "--sop",
+        &rejected.sop_instance_uid,
+    ]));
+    let sent: serde_json::Value = serde_json::from_slice(&sent.stdout).unwrap();
+    assert_eq!(sent["status"], 0, "{sent}");
+
+    let images = |port: u16| {
+        findscu(
+            port,
+            "-S",
+            &[
+                "QueryRetrieveLevel=IMAGE",
+                &format!("StudyInstanceUID={}", rejected.study_uid),
+                &format!("SeriesInstanceUID={}", rejected.series_uid),
+                "SOPInstanceUID",
+            ],
+        )
+        .1
+    };
+    let text = images(server.dicom_port);
+    assert!(!text.contains(&rejected.sop_instance_uid), "{text}");
+    assert!(text.contains(&kept.sop_instance_uid), "{text}");
+    let (code, body) = http_get(
+        server.http_port,
+        &format!("/dicom-web/studies/{}/instances", rejected.study_uid),
+    )
+    .unwrap();
+    assert_eq!(code, 200);
+    assert!(!body.contains(&rejected.sop_instance_uid) && body.contains(&kept.sop_instance_uid));
+    // retrieve: the rejected instance is not sent
+    let (code, _) = http_get(
+        server.http_port,
+        &format!(
+            "/dicom-web/studies/{}/series/{}/instances/{}/metadata",
+            rejected.study_uid, rejected.series_uid, rejected.sop_instance_uid
+        ),
+    )
+    .unwrap();
+    assert_eq!(code, 404);
+    let got = data.path().join("got");
+    std::fs::create_dir_all(&got).unwrap();
+    let out = crate::retrieve::get_study(server.dicom_port, &rejected.study_uid, &got);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let received: Vec<String> = walk(&got)
+        .iter()
+        .map(|f| {
+            strata::dicom::header::read_header_blocking(f)
+                .unwrap()
+                .sop_instance_uid
+        })
+        .collect();
+    assert!(
+        !received.contains(&rejected.sop_instance_uid),
+        "{received:?}"
+    );
+    assert!(received.contains(&kept.sop_instance_uid), "{received:?}");
+    server.stop();
+
+    let listed = run_ok(&mut archive.strata(&["ls", "--rejected", "--json"]));
+    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(
+        listed[0]["sop_instance_uid"],
+        rejected.sop_instance_uid.as_str()
+    );
+    assert_eq!(listed[0]["rejection"]["code"], "113001");
+    assert!(listed[0]["rejection"]["by"]
+        .as_str()
+        .unwrap()
+        .starts_with("QC_STATION@"));
+    let audit = archive.audit_records("reject");
+    assert_eq!(audit.len(), 1, "{audit:?}");
+    assert_eq!(audit[0]["actor"]["ae_title"], "QC_STATION");
+    // the stored object is still there and verifies; reindex keeps the rejection
+    let (clean, report) = archive.verify_json();
+    assert!(clean, "{report}");
+    std::fs::remove_dir_all(archive.data_dir().join("index")).unwrap();
+    run_ok(&mut archive.strata(&["reindex"]));
+    let server = archive.start();
+    let text = images(server.dicom_port);
+    assert!(!text.contains(&rejected.sop_instance_uid), "{text}");
+    server.stop();
+}

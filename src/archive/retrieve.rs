@@ -397,6 +397,20 @@ fn resolve(
             }
         }
     }
+    // instances an IOCM rejection note hid are not sent (PS3.3 A.35.4; IHE IOCM)
+    let mut rejected: BTreeMap<String, std::collections::HashSet<(String, String)>> =
+        BTreeMap::new();
+    for e in &entries {
+        if !rejected.contains_key(&e.study_uid) {
+            rejected.insert(
+                e.study_uid.clone(),
+                crate::query::rejected_of(index, &e.study_uid)?,
+            );
+        }
+    }
+    entries.retain(|e| {
+        !rejected[&e.study_uid].contains(&(e.series_uid.clone(), e.sop_instance_uid.clone()))
+    });
     if let Some(patient) = patient {
         let mut studies: BTreeMap<String, Option<crate::index::StudyRecord>> = BTreeMap::new();
         for e in &entries {

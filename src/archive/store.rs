@@ -101,12 +101,31 @@ impl Archive {
             // an import: the audit record names the file (audit format 1)
             actor.address = source.to_string();
         }
-        Ok(self.ingest()?.store_part10_blocking(
+        let stored = self.ingest()?.store_part10_blocking(
             reader,
             expect_study,
             provenance(principal, source),
             actor,
-        )?)
+        )?;
+        self.after_store_blocking(principal, &stored)?;
+        Ok(stored)
+    }
+
+    /// What a new object sets going once durable: an IOCM rejection note is applied
+    /// ([`super::rejection`]) before the store is acknowledged. Blocking.
+    fn after_store_blocking(&self, principal: &Principal, stored: &Stored) -> Result<(), Error> {
+        if matches!(
+            stored.outcome,
+            CommitOutcome::Stored | CommitOutcome::NewVersion
+        ) {
+            self.apply_if_rejection_note_blocking(
+                principal,
+                &stored.id,
+                &stored.attrs.sop_class_uid,
+                &stored.attrs.sop_instance_uid,
+            )?;
+        }
+        Ok(())
     }
 
     /// Imports files (as [`Archive::store_part10_blocking`]) with `workers` threads;
@@ -203,7 +222,7 @@ impl StoreStream {
             Caller::Dicom { address, .. } => address.clone(),
             _ => String::new(),
         };
-        Ok(self
+        let stored = self
             .writer
             .finish_and_commit(
                 &ingest,
@@ -212,7 +231,13 @@ impl StoreStream {
                 provenance(&self.principal, &source),
                 self.principal.actor(),
             )
-            .await?)
+            .await?;
+        if stored.attrs.sop_class_uid == super::rejection::KEY_OBJECT_SELECTION {
+            let (archive, principal, done) =
+                (self.archive.clone(), self.principal.clone(), stored.clone());
+            blocking(move || archive.after_store_blocking(&principal, &done)).await?;
+        }
+        Ok(stored)
     }
 }
 

@@ -260,3 +260,29 @@ pub fn holds(config: &Config, json: bool) -> Result<i32> {
     }
     Ok(0)
 }
+
+/// `strata ls --rejected`: every instance an IOCM rejection note hid.
+pub fn rejected(config: &Config, json: bool) -> Result<i32> {
+    let archive = Archive::read_only(config)?;
+    let rejected = archive.rejections_blocking(&Principal::cli_user())?;
+    if json {
+        print_json(&rejected)?;
+        return Ok(0);
+    }
+    println!(
+        "{:<64}  {:<8} {:<36} {:<20}  BY",
+        "SOP INSTANCE UID", "CODE", "WHY", "WHEN"
+    );
+    for r in rejected {
+        println!(
+            "{:<64}  {:<8} {:<36} {:<20}  {} (note {})",
+            r.sop_instance_uid,
+            r.rejection.code,
+            r.rejection.meaning,
+            iso(r.rejection.rejected_at_ms),
+            r.rejection.by,
+            r.rejection.note
+        );
+    }
+    Ok(0)
+}

@@ -111,6 +111,7 @@ pub fn routes() -> Router<Archive> {
         .route(STUDY, retrieving(Level::Study, false).post(store_in_study))
         .route(&format!("{STUDY}/metadata"), retrieving(Level::Study, true))
         .route(&format!("{STUDY}/series"), searching(Level::Series))
+        .route(&format!("{STUDY}/instances"), searching(Level::Image))
         .route(SERIES, retrieving(Level::Series, false))
         .route(
             &format!("{SERIES}/metadata"),

@@ -34,8 +34,9 @@
 //! | `patient_links` | PatientID as stored | `PatientLink`: the identity it is known by now |
 //! | `patient_aliases` | `current\0stored` | empty: the stored PatientIDs linked to a current one |
 //! | `hl7_messages` | message control id | what processing it gave (its ACK's text), for exactly-once |
+//! | `rejected` | `study\0series\0sop` | `RejectionRecord`: an instance an IOCM rejection note hides |
 //!
-//! `instance_metadata`, `patient_links`, `patient_aliases` and `hl7_messages` came after
+//! `instance_metadata`, `patient_links`, `patient_aliases`, `hl7_messages` and `rejected` came after
 //! schema 1 without changing it: an index written before them lacks the families (a RocksDB primary creates it on opening; a secondary reads it as
 //! empty) and its objects have no records until `reindex`, or until they are stored
 //! again; readers then fall back to the objects.
@@ -69,8 +70,8 @@ use super::records::{decode, encode};
 use super::{
     unix_ms_now, Catalog, ColdCopy, CommitOutcome, FixityRecord, Governance, HoldRecord,
     IndexError, InstanceEntry, InstanceRecord, NewObject, ObjectRecord, OtherPatient, PackRecord,
-    PackedObject, PatientLink, PatientRecord, Placement, SecondaryKey, SeriesRecord, StudyRecord,
-    Tier, TierTotals, Tombstone, VersionRef, WorkQueue,
+    PackedObject, PatientLink, PatientRecord, Placement, RejectionRecord, SecondaryKey,
+    SeriesRecord, StudyRecord, Tier, TierTotals, Tombstone, VersionRef, WorkQueue,
 };
 use serde::{de::DeserializeOwned, Serialize};
 use std::collections::{HashMap, HashSet};
@@ -102,9 +103,10 @@ pub const CF_INSTANCE_METADATA: &str = "instance_metadata";
 pub const CF_PATIENT_LINKS: &str = "patient_links";
 pub const CF_PATIENT_ALIASES: &str = "patient_aliases";
 pub const CF_HL7_MESSAGES: &str = "hl7_messages";
+pub const CF_REJECTED: &str = "rejected";
 
 /// Every column family; an engine creates them all when it creates a store.
-pub const ALL_CFS: [&str; 22] = [
+pub const ALL_CFS: [&str; 23] = [
     CF_META,
     CF_OBJECTS,
     CF_INSTANCES,
@@ -127,6 +129,7 @@ pub const ALL_CFS: [&str; 22] = [
     CF_PATIENT_LINKS,
     CF_PATIENT_ALIASES,
     CF_HL7_MESSAGES,
+    CF_REJECTED,
 ];
 
 /// Called with each `(key, value)` of a scan; returns whether to go on.
@@ -427,6 +430,11 @@ impl<E: KvEngine> KvIndex<E> {
         })?;
         Ok(out)
     }
+}
+
+/// The `rejected` key of an instance.
+fn rejected_key(study: &str, series: &str, sop: &str) -> Vec<u8> {
+    format!("{study}\0{series}\0{sop}").into_bytes()
 }
 
 /// The `patient_aliases` key of a stored PatientID linked to `current`.
@@ -1141,6 +1149,57 @@ impl<E: KvEngine> Governance for KvIndex<E> {
             .scan_records::<PatientLink>(CF_PATIENT_LINKS, b"")?
             .into_iter()
             .map(|(k, v)| (String::from_utf8_lossy(&k).into_owned(), v))
+            .collect())
+    }
+
+    fn reject_instances(
+        &self,
+        instances: &[(String, String, String)],
+        rejection: &RejectionRecord,
+    ) -> Result<(), IndexError> {
+        let _writer = self.writer();
+        let mut batch = Batch::default();
+        for (study, series, sop) in instances {
+            batch.put(
+                CF_REJECTED,
+                rejected_key(study, series, sop),
+                encode(rejection),
+            );
+        }
+        self.engine.write(batch, true)
+    }
+
+    fn rejections_of_study(
+        &self,
+        study_uid: &str,
+    ) -> Result<Vec<(String, String, RejectionRecord)>, IndexError> {
+        let prefix = rejected_key(study_uid, "", "");
+        let prefix = &prefix[..prefix.len() - 1];
+        Ok(self
+            .scan_records::<RejectionRecord>(CF_REJECTED, prefix)?
+            .into_iter()
+            .filter_map(|(k, r)| {
+                let key = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+                let (series, sop) = key.split_once('\0')?;
+                Some((series.to_string(), sop.to_string(), r))
+            })
+            .collect())
+    }
+
+    fn rejections(&self) -> Result<Vec<(String, String, String, RejectionRecord)>, IndexError> {
+        Ok(self
+            .scan_records::<RejectionRecord>(CF_REJECTED, b"")?
+            .into_iter()
+            .filter_map(|(k, r)| {
+                let key = String::from_utf8_lossy(&k).into_owned();
+                let mut parts = key.splitn(3, '\0');
+                Some((
+                    parts.next()?.to_string(),
+                    parts.next()?.to_string(),
+                    parts.next()?.to_string(),
+                    r,
+                ))
+            })
             .collect())
     }
 

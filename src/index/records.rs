@@ -380,6 +380,23 @@ pub struct PatientLink {
     pub control_id: String,
 }
 
+/// An instance rejected by an IHE IOCM rejection note (a Key Object Selection whose
+/// title is one of the rejection codes): hidden from query and retrieve; the stored
+/// object stays (docs/patients.md "Rejection notes").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RejectionRecord {
+    /// The note's title, CID 7011: `113001` (Rejected for Quality Reasons), `113037`
+    /// (Rejected for Patient Safety Reasons), `113038` (Incorrect Modality Worklist
+    /// Entry), `113039` (Data Retention Policy Expired); scheme DCM.
+    pub code: String,
+    pub meaning: String,
+    /// The SOP Instance UID of the rejection note.
+    pub note: String,
+    pub rejected_at_ms: u64,
+    /// Who sent the note (the caller's name).
+    pub by: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PatientRecord {
     pub patient_name: String,

@@ -9,7 +9,7 @@
 //!
 //! ## Format (governance log format 1)
 //! One JSON object per line, hash-chained like the audit log:
-//! `{"v":1,"seq":N,"time_ms":T,"record":{"kind":"hold"|"release"|"tombstone"|"deleted"|"patient",…},
+//! `{"v":1,"seq":N,"time_ms":T,"record":{"kind":"hold"|"release"|"tombstone"|"deleted"|"patient"|"rejection",…},
 //! "prev":"<hash of line N-1>","hash":"<sha256 hex of prev, a newline and the line's
 //! JSON without hash>"}`; `seq` counts from 1; the first `prev` is 64 zeros.
 //!
@@ -77,6 +77,11 @@ pub enum GovernanceRecord {
         /// `patient_id_change`).
         #[serde(default, skip_serializing_if = "String::is_empty")]
         action: String,
+    },
+    /// Instances `(study, series, sop)` rejected by an IOCM rejection note.
+    Rejection {
+        instances: Vec<(String, String, String)>,
+        rejection: crate::index::RejectionRecord,
     },
 }
 
@@ -336,7 +341,7 @@ pub fn replay(records: &[GovernanceRecord]) -> (StudyHolds, Vec<(Tombstone, bool
                 }
             }
             GovernanceRecord::Tombstone(t) => tombstones.push((t.clone(), false)),
-            GovernanceRecord::Patient { .. } => {}
+            GovernanceRecord::Patient { .. } | GovernanceRecord::Rejection { .. } => {}
             GovernanceRecord::Deleted {
                 study_uid,
                 deleted_at_ms,

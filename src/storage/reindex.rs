@@ -187,6 +187,15 @@ pub fn reindex(
         for change in governance_log::patient_changes(&logged) {
             rebuilt.set_patient_links(&change.links, change.message())?;
         }
+        for record in &logged {
+            if let governance_log::GovernanceRecord::Rejection {
+                instances,
+                rejection,
+            } = record
+            {
+                rebuilt.reject_instances(instances, rejection)?;
+            }
+        }
         let mut live = Vec::with_capacity(ids.len());
         for id in ids {
             if rebuilt.deleted_object(&id)?.is_some() && !live_again.contains(&id) {

@@ -1,0 +1,176 @@
+//! IHE IOCM rejection notes: a Key Object Selection Document (PS3.3 A.35.4) whose
+//! title (ConceptNameCodeSequence, CID 7011) says the instances it references are
+//! rejected hides those instances from query and retrieve. The note itself is stored
+//! like any object, and so are the instances it rejects: nothing stored is deleted, and
+//! the auditor finds both (docs/patients.md "Rejection notes").
+//!
+//! A note is recognised when it is stored (C-STORE, STOW-RS, import): read with
+//! dicom-object, its CurrentRequestedProcedureEvidenceSequence (0040,A375) gives each
+//! referenced study, series and instance. The rejection is appended, synced, to the
+//! governance log (replayed by `reindex`), written to the index (`rejected`), and
+//! audited (`reject`, naming the instances and the sender), before the note's store is
+//! acknowledged.
+
+use super::{Archive, Error, Principal};
+use crate::index::{unix_ms_now, RejectionRecord};
+use crate::storage::governance_log::GovernanceRecord;
+use dicom_dictionary_std::tags;
+use dicom_object::InMemDicomObject;
+
+/// Key Object Selection Document Storage.
+pub const KEY_OBJECT_SELECTION: &str = "1.2.840.10008.5.1.4.1.1.88.59";
+
+/// The rejection titles (CID 7011, scheme DCM) and their meanings.
+pub const REJECTION_CODES: [(&str, &str); 4] = [
+    ("113001", "Rejected for Quality Reasons"),
+    ("113037", "Rejected for Patient Safety Reasons"),
+    ("113038", "Incorrect Modality Worklist Entry"),
+    ("113039", "Data Retention Policy Expired"),
+];
+
+/// What a rejection note says: its title (code, meaning), and the instances it
+/// rejects `(study, series, sop)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RejectionNote {
+    pub code: String,
+    pub meaning: String,
+    pub instances: Vec<(String, String, String)>,
+}
+
+fn text(obj: &InMemDicomObject, tag: dicom_core::Tag) -> Option<String> {
+    obj.element(tag)
+        .ok()
+        .and_then(|e| e.to_str().ok())
+        .map(|s| s.trim_end_matches(['\0', ' ']).trim().to_string())
+}
+
+fn items(obj: &InMemDicomObject, tag: dicom_core::Tag) -> Vec<InMemDicomObject> {
+    obj.element(tag)
+        .ok()
+        .and_then(|e| e.items().map(|i| i.to_vec()))
+        .unwrap_or_default()
+}
+
+/// The rejection note a data set is, if it is one (a KOS titled with a CID 7011 code).
+pub fn rejection_note_of(obj: &InMemDicomObject) -> Option<RejectionNote> {
+    if text(obj, tags::SOP_CLASS_UID)? != KEY_OBJECT_SELECTION {
+        return None;
+    }
+    let title = items(obj, tags::CONCEPT_NAME_CODE_SEQUENCE)
+        .into_iter()
+        .next()?;
+    let code = text(&title, tags::CODE_VALUE)?;
+    let scheme = text(&title, tags::CODING_SCHEME_DESIGNATOR).unwrap_or_default();
+    let (_, meaning) = REJECTION_CODES.iter().find(|(c, _)| *c == code)?;
+    if scheme != "DCM" {
+        return None;
+    }
+    let mut instances = Vec::new();
+    for study in items(obj, tags::CURRENT_REQUESTED_PROCEDURE_EVIDENCE_SEQUENCE) {
+        let Some(study_uid) = text(&study, tags::STUDY_INSTANCE_UID) else {
+            continue;
+        };
+        for series in items(&study, tags::REFERENCED_SERIES_SEQUENCE) {
+            let Some(series_uid) = text(&series, tags::SERIES_INSTANCE_UID) else {
+                continue;
+            };
+            for sop in items(&series, tags::REFERENCED_SOP_SEQUENCE) {
+                if let Some(uid) = text(&sop, tags::REFERENCED_SOP_INSTANCE_UID) {
+                    instances.push((study_uid.clone(), series_uid.clone(), uid));
+                }
+            }
+        }
+    }
+    Some(RejectionNote {
+        code,
+        meaning: meaning.to_string(),
+        instances,
+    })
+}
+
+/// A rejected instance, for `strata ls --rejected`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Rejected {
+    pub study_uid: String,
+    pub series_uid: String,
+    pub sop_instance_uid: String,
+    pub rejection: RejectionRecord,
+}
+
+impl Archive {
+    /// Every instance a rejection note hid (blocking), for `principal` (who needs
+    /// `viewer`); audited as a `query`.
+    pub fn rejections_blocking(&self, principal: &Principal) -> Result<Vec<Rejected>, Error> {
+        self.authorize(principal, super::principal::Role::Viewer, "query", &[])?;
+        let rejected: Vec<Rejected> = self
+            .index
+            .rejections()?
+            .into_iter()
+            .map(
+                |(study_uid, series_uid, sop_instance_uid, rejection)| Rejected {
+                    study_uid,
+                    series_uid,
+                    sop_instance_uid,
+                    rejection,
+                },
+            )
+            .collect();
+        let outcome = format!("ls --rejected: {} instances", rejected.len());
+        self.audit_blocking(principal, "query", Vec::new(), outcome);
+        Ok(rejected)
+    }
+
+    /// When the stored object `id` (of SOP class `sop_class_uid`) is a rejection note,
+    /// applies it (see the module docs); blocking. Anything else: nothing to do.
+    pub(crate) fn apply_if_rejection_note_blocking(
+        &self,
+        principal: &Principal,
+        id: &strata_tiers::ObjectId,
+        sop_class_uid: &str,
+        note_uid: &str,
+    ) -> Result<(), Error> {
+        if sop_class_uid != KEY_OBJECT_SELECTION {
+            return Ok(());
+        }
+        let path = self.hot.path_of(id);
+        let obj = match dicom_object::open_file(&path) {
+            Ok(obj) => obj,
+            Err(e) => {
+                tracing::warn!(object = %id, error = %e, "a Key Object Selection that dicom-object cannot read: not taken as a rejection note");
+                return Ok(());
+            }
+        };
+        let Some(note) = rejection_note_of(&obj) else {
+            return Ok(());
+        };
+        let record = RejectionRecord {
+            code: note.code.clone(),
+            meaning: note.meaning.clone(),
+            note: note_uid.to_string(),
+            rejected_at_ms: unix_ms_now(),
+            by: principal.name(),
+        };
+        self.governance.append(GovernanceRecord::Rejection {
+            instances: note.instances.clone(),
+            rejection: record.clone(),
+        })?;
+        self.index.reject_instances(&note.instances, &record)?;
+        let uids = note
+            .instances
+            .iter()
+            .map(|(_, _, sop)| sop.clone())
+            .collect();
+        self.audit_synced(
+            principal,
+            "reject",
+            uids,
+            format!(
+                "({}, DCM, \"{}\") by note {note_uid}: {} instances hidden",
+                note.code,
+                note.meaning,
+                note.instances.len()
+            ),
+        )?;
+        Ok(())
+    }
+}
