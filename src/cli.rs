@@ -514,6 +514,10 @@ fn serve(config: Config) -> Result<i32> {
         strata::tls::server_config(&config.tls, "[dicom] tls_port", &[])
             .context("cannot serve DICOM TLS")?;
     }
+    if config.hl7.port != 0 && config.hl7.tls {
+        strata::tls::server_config(&config.tls, "[hl7] tls", &[])
+            .context("cannot serve HL7 over TLS")?;
+    }
     runtime.block_on(async move {
         let c = config.clone();
         let (storage, recovery) =

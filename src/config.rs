@@ -69,6 +69,9 @@ pub struct Hl7Config {
     pub bind: IpAddr,
     /// Largest message accepted, in KiB; a longer one ends its connection.
     pub max_message_kb: usize,
+    /// Serve MLLP over TLS (1.2 and 1.3) with the `[tls]` certificate and key; with
+    /// `[tls] client_ca_file`, the interface engine must present a certificate.
+    pub tls: bool,
 }
 
 impl Default for Hl7Config {
@@ -77,6 +80,7 @@ impl Default for Hl7Config {
             port: 0,
             bind: IpAddr::from([127, 0, 0, 1]),
             max_message_kb: 1024,
+            tls: false,
         }
     }
 }

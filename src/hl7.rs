@@ -1,6 +1,7 @@
 //! # The HL7 v2 adapter: patient identity from the hospital's ADT feed
 //!
-//! A listener on `[hl7] port` (0 = off) speaks MLLP ([`mllp`]: each message framed by
+//! A listener on `[hl7] port` (0 = off; with `[hl7] tls`, over TLS 1.2/1.3 with the
+//! `[tls]` files, mutual when `client_ca_file` is set) speaks MLLP ([`mllp`]: each message framed by
 //! `0x0B` … `0x1C 0x0D`, HL7 v2.5.1 Appendix C). Messages are parsed with the
 //! `hl7-parser` crate and turned into the application layer's
 //! [`PatientChange`](crate::archive::patients::PatientChange):
@@ -27,7 +28,7 @@ use crate::archive::patients::{Demographics, PatientChange};
 use crate::archive::{Archive, Principal};
 use hl7_parser::Message;
 use std::net::SocketAddr;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 
 /// An acknowledgement code (HL7 v2 table 0008).
@@ -51,28 +52,26 @@ impl AckCode {
     }
 }
 
-/// Serves MLLP on `listener` until `shutdown` turns true.
-pub async fn serve(listener: TcpListener, archive: Archive, mut shutdown: watch::Receiver<bool>) {
+/// Serves MLLP on `listener` — a [`tokio::net::TcpListener`], or a
+/// [`crate::tls::TlsListener`] for `[hl7] tls` — until `shutdown` turns true.
+pub async fn serve<L>(mut listener: L, archive: Archive, mut shutdown: watch::Receiver<bool>)
+where
+    L: axum::serve::Listener<Addr = SocketAddr>,
+{
     loop {
         tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    let (archive, stop) = (archive.clone(), shutdown.clone());
-                    tokio::spawn(async move { connection(stream, peer, archive, stop).await });
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "HL7: accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                }
-            },
+            (stream, peer) = listener.accept() => {
+                let (archive, stop) = (archive.clone(), shutdown.clone());
+                tokio::spawn(async move { connection(stream, peer, archive, stop).await });
+            }
             _ = shutdown.changed() => return,
         }
     }
 }
 
 /// One connection: its messages in order, each acknowledged before the next is read.
-async fn connection(
-    mut stream: TcpStream,
+async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
     peer: SocketAddr,
     archive: Archive,
     mut shutdown: watch::Receiver<bool>,

@@ -134,13 +134,37 @@ pub async fn run(
         hl7: hl7_listener,
     } = listeners;
     // the hospital's ADT feed
-    let hl7_task = hl7_listener.map(|listener| {
-        tokio::spawn(crate::hl7::serve(
+    let hl7_task = match hl7_listener {
+        None => None,
+        Some(listener) if config.hl7.tls => {
+            let tls = crate::tls::server_config(&config.tls, "[hl7] tls", &[])
+                .map_err(|e| Error::InvalidRequest(format!("cannot serve HL7 over TLS: {e}")))?;
+            let refused = archive.clone();
+            let listener = crate::tls::TlsListener::new(listener, tls, move |peer, why| {
+                refused
+                    .metrics()
+                    .tls_handshake_failures
+                    .with_label_values(&["hl7"])
+                    .inc();
+                tracing::warn!(%peer, reason = %why, "HL7: TLS handshake refused");
+                refused.connection_refused(
+                    &crate::archive::Principal::hl7("", &peer.to_string()),
+                    &format!("TLS handshake: {why}"),
+                );
+            })
+            .map_err(|e| Error::Internal(format!("HL7 TLS listener: {e}")))?;
+            Some(tokio::spawn(crate::hl7::serve(
+                listener,
+                archive.clone(),
+                shutdown_rx.clone(),
+            )))
+        }
+        Some(listener) => Some(tokio::spawn(crate::hl7::serve(
             listener,
             archive.clone(),
             shutdown_rx.clone(),
-        ))
-    });
+        ))),
+    };
     let http_task = if config.http.tls {
         // HTTPS with the [tls] files (checked at start: a bad file stops it here)
         let tls = crate::tls::server_config(&config.tls, "[http] tls", &[b"http/1.1"])

@@ -578,3 +578,89 @@ fn a_rejection_note_hides_the_instances_it_rejects() {
     assert!(!text.contains(&rejected.sop_instance_uid), "{text}");
     server.stop();
 }
+
+/// The ADT feed over TLS (`[hl7] tls`, mutual with `client_ca_file`): python-hl7's
+/// MLLPClient, its socket wrapped in TLS with a client certificate, is answered; a
+/// client without a certificate is refused at the handshake, and that is audited.
+#[test]
+fn the_hl7_feed_speaks_tls_to_certified_senders_only() {
+    let certs = scratch("patients-hl7-tls-certs");
+    crate::security::make_certificates(certs.path());
+    let dir = certs.path();
+    let hl7_port = free_port();
+    let archive = Archive::with_config(
+        "patients-hl7-tls",
+        &format!(
+            "\n[hl7]\nport = {hl7_port}\ntls = true\n\n[tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\nclient_ca_file = \"{}\"\n",
+            dir.join("server.pem").display(),
+            dir.join("server.key").display(),
+            dir.join("ca.pem").display()
+        ),
+    );
+    let data = scratch("patients-hl7-tls-data");
+    let server = archive.start();
+    two_patients(data.path(), server.dicom_port);
+    wait_for_port(hl7_port);
+    let tls_send = |client_cert: bool, message: &str| {
+        use std::io::Write;
+        let mut cmd = python("hl7_send.py");
+        cmd.args([
+            "--host",
+            "localhost",
+            "--port",
+            &hl7_port.to_string(),
+            "--tls-ca",
+        ])
+        .arg(dir.join("ca.pem"));
+        if client_cert {
+            cmd.arg("--tls-cert")
+                .arg(dir.join("client.pem"))
+                .arg("--tls-key")
+                .arg(dir.join("client.key"));
+        }
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(serde_json::to_string(&[message]).unwrap().as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let ok = tls_send(true, &adt("A08", "TLS-1", "ALICE001", "TLS^ALICE", None));
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let ack: serde_json::Value = serde_json::from_slice(&ok.stdout).unwrap();
+    assert_eq!(ack["code"], "AA", "{ack}");
+    let (_, text) = studies_for(server.dicom_port, "ALICE001");
+    assert!(
+        values(&text, "PatientName")
+            .iter()
+            .all(|v| v == "TLS^ALICE"),
+        "{text}"
+    );
+    let refused = tls_send(
+        false,
+        &adt("A08", "TLS-2", "ALICE001", "NOCERT^ALICE", None),
+    );
+    assert!(!refused.status.success());
+    server.stop();
+    let connects = archive.audit_records("connect");
+    assert!(
+        connects.iter().any(|r| r["actor"]["kind"] == "hl7"
+            && r["outcome"]
+                .as_str()
+                .unwrap()
+                .starts_with("refused: TLS handshake")),
+        "{connects:?}"
+    );
+    assert_eq!(archive.audit_records("patient_update").len(), 1);
+}

@@ -11,7 +11,7 @@ use std::process::Command;
 
 /// Makes `ca.pem`, `server.pem`/`server.key` (for 127.0.0.1 and localhost) and
 /// `client.pem`/`client.key` in `dir`, keys mode 0600.
-fn make_certificates(dir: &Path) {
+pub(crate) fn make_certificates(dir: &Path) {
     let openssl = |args: &[&str]| {
         run_ok(Command::new("openssl").current_dir(dir).args(args));
     };

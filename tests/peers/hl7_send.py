@@ -6,10 +6,14 @@ decoded by python-hl7).
 
 Usage: hl7_send.py --port P < messages.json   (a JSON array of message texts; segments
 separated by \\r; a text that is not HL7 is sent as is, framed)
+
+--tls-ca CA.pem [--tls-cert C.pem --tls-key K.pem]: MLLP over TLS (the MLLPClient's
+socket wrapped by Python's ssl once connected), verifying the server for --host.
 """
 
 import argparse
 import json
+import ssl
 import sys
 
 import hl7
@@ -20,9 +24,18 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--tls-ca")
+    ap.add_argument("--tls-cert")
+    ap.add_argument("--tls-key")
     args = ap.parse_args()
     messages = json.load(sys.stdin)
     with MLLPClient(args.host, args.port) as client:
+        if args.tls_ca:
+            context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=args.tls_ca)
+            context.minimum_version = ssl.TLSVersion.TLSv1_2
+            if args.tls_cert:
+                context.load_cert_chain(args.tls_cert, args.tls_key)
+            client.socket = context.wrap_socket(client.socket, server_hostname=args.host)
         for text in messages:
             raw = client.send_message(text)
             ack = hl7.parse(raw.decode("utf-8", "replace"))
