@@ -137,22 +137,9 @@ pub async fn run(
     let hl7_task = match hl7_listener {
         None => None,
         Some(listener) if config.hl7.tls => {
-            let tls = crate::tls::server_config(&config.tls, "[hl7] tls", &[])
-                .map_err(|e| Error::InvalidRequest(format!("cannot serve HL7 over TLS: {e}")))?;
-            let refused = archive.clone();
-            let listener = crate::tls::TlsListener::new(listener, tls, move |peer, why| {
-                refused
-                    .metrics()
-                    .tls_handshake_failures
-                    .with_label_values(&["hl7"])
-                    .inc();
-                tracing::warn!(%peer, reason = %why, "HL7: TLS handshake refused");
-                refused.connection_refused(
-                    &crate::archive::Principal::hl7("", &peer.to_string()),
-                    &format!("TLS handshake: {why}"),
-                );
-            })
-            .map_err(|e| Error::Internal(format!("HL7 TLS listener: {e}")))?;
+            let listener = tls_listener(&archive, listener, "[hl7] tls", "hl7", &[], |peer| {
+                crate::archive::Principal::hl7("", &peer.to_string())
+            })?;
             Some(tokio::spawn(crate::hl7::serve(
                 listener,
                 archive.clone(),
@@ -167,22 +154,14 @@ pub async fn run(
     };
     let http_task = if config.http.tls {
         // HTTPS with the [tls] files (checked at start: a bad file stops it here)
-        let tls = crate::tls::server_config(&config.tls, "[http] tls", &[b"http/1.1"])
-            .map_err(|e| Error::InvalidRequest(format!("cannot serve HTTPS: {e}")))?;
-        let refused = archive.clone();
-        let listener = crate::tls::TlsListener::new(http_listener, tls, move |peer, why| {
-            refused
-                .metrics()
-                .tls_handshake_failures
-                .with_label_values(&["http"])
-                .inc();
-            tracing::warn!(%peer, reason = %why, "HTTPS: TLS handshake refused");
-            refused.connection_refused(
-                &crate::archive::Principal::web("https", &peer.to_string()),
-                &format!("TLS handshake: {why}"),
-            );
-        })
-        .map_err(|e| Error::Internal(format!("HTTPS listener: {e}")))?;
+        let listener = tls_listener(
+            &archive,
+            http_listener,
+            "[http] tls",
+            "http",
+            &[b"http/1.1"],
+            |peer| crate::archive::Principal::web("https", &peer.to_string()),
+        )?;
         tokio::spawn(http::serve(listener, archive.clone(), shutdown_rx.clone()))
     } else {
         tokio::spawn(http::serve(
@@ -275,4 +254,30 @@ pub async fn run(
     .map_err(|e| Error::Internal(format!("shutdown task failed: {e}")))??;
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+/// A TLS listener over `listener` with the `[tls]` files (`what` names the setting in
+/// errors); a refused handshake is counted under `service`, logged, and audited as a
+/// refused connection of the caller `who` makes of the peer's address.
+fn tls_listener(
+    archive: &Archive,
+    listener: TcpListener,
+    what: &str,
+    service: &'static str,
+    alpn: &[&[u8]],
+    who: fn(&std::net::SocketAddr) -> crate::archive::Principal,
+) -> Result<crate::tls::TlsListener, Error> {
+    let tls = crate::tls::server_config(&archive.config().tls, what, alpn)
+        .map_err(|e| Error::InvalidRequest(format!("cannot serve {what}: {e}")))?;
+    let refused = archive.clone();
+    crate::tls::TlsListener::new(listener, tls, move |peer, why| {
+        refused
+            .metrics()
+            .tls_handshake_failures
+            .with_label_values(&[service])
+            .inc();
+        tracing::warn!(%peer, reason = %why, service, "TLS handshake refused");
+        refused.connection_refused(&who(&peer), &format!("TLS handshake: {why}"));
+    })
+    .map_err(|e| Error::Internal(format!("{what} listener: {e}")))
 }

@@ -25,9 +25,14 @@ fn send(port: u16, messages: &[String]) -> Vec<serde_json::Value> {
 
 /// [`send`]'s process output, whether or not every ACK came.
 fn send_output(port: u16, messages: &[String]) -> std::process::Output {
+    send_with(&["--port".into(), port.to_string().into()], messages)
+}
+
+/// `hl7_send.py` with `args`, `messages` on its standard input; its output.
+fn send_with(args: &[std::ffi::OsString], messages: &[String]) -> std::process::Output {
     use std::io::Write;
     let mut child = python("hl7_send.py")
-        .args(["--port", &port.to_string()])
+        .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -602,35 +607,23 @@ fn the_hl7_feed_speaks_tls_to_certified_senders_only() {
     two_patients(data.path(), server.dicom_port);
     wait_for_port(hl7_port);
     let tls_send = |client_cert: bool, message: &str| {
-        use std::io::Write;
-        let mut cmd = python("hl7_send.py");
-        cmd.args([
-            "--host",
-            "localhost",
-            "--port",
-            &hl7_port.to_string(),
-            "--tls-ca",
-        ])
-        .arg(dir.join("ca.pem"));
+        let mut args: Vec<std::ffi::OsString> = vec![
+            "--host".into(),
+            "localhost".into(),
+            "--port".into(),
+            hl7_port.to_string().into(),
+            "--tls-ca".into(),
+            dir.join("ca.pem").into(),
+        ];
         if client_cert {
-            cmd.arg("--tls-cert")
-                .arg(dir.join("client.pem"))
-                .arg("--tls-key")
-                .arg(dir.join("client.key"));
+            args.extend([
+                "--tls-cert".into(),
+                dir.join("client.pem").into(),
+                "--tls-key".into(),
+                dir.join("client.key").into(),
+            ]);
         }
-        let mut child = cmd
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(serde_json::to_string(&[message]).unwrap().as_bytes())
-            .unwrap();
-        child.wait_with_output().unwrap()
+        send_with(&args, &[message.to_string()])
     };
     let ok = tls_send(true, &adt("A08", "TLS-1", "ALICE001", "TLS^ALICE", None));
     assert!(
