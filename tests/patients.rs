@@ -657,3 +657,58 @@ fn the_hl7_feed_speaks_tls_to_certified_senders_only() {
     );
     assert_eq!(archive.audit_records("patient_update").len(), 1);
 }
+
+/// IOCM deletion (issue 15): a study whose every instance a note rejected as "Data
+/// Retention Policy Expired" (113039) is deleted by `strata retention` — audited and
+/// tombstoned like any deletion, never under a legal hold — even with the age rule off;
+/// a note rejecting for quality reasons (113001) only hides.
+#[test]
+fn retention_deletes_studies_their_rejection_notes_expire() {
+    let archive = Archive::new("patients-iocm-retention");
+    let data = scratch("patients-iocm-retention-data");
+    let server = archive.start();
+    let files = two_patients(data.path(), server.dicom_port);
+    let reject = |file: &std::path::Path, sops: &[&std::path::Path], code: &str| {
+        let first = strata::dicom::header::read_header_blocking(file).unwrap();
+        let mut cmd = python("send_rejection.py");
+        cmd.args(["--port", &server.dicom_port.to_string(), "--code", code])
+            .args(["--study", &first.study_uid, "--patient", &first.patient_id])
+            .args([
+                "--series",
+                &first.series_uid,
+                "--sop-class",
+                &first.sop_class_uid,
+            ]);
+        for f in sops {
+            let uid = strata::dicom::header::read_header_blocking(f)
+                .unwrap()
+                .sop_instance_uid;
+            cmd.args(["--sop", &uid]);
+        }
+        run_ok(&mut cmd);
+        first.study_uid
+    };
+    // Alice's study wholly expired; Bob's rejected for quality (hidden, kept)
+    let alice = reject(&files[0], &[&files[0], &files[1]], "113039");
+    let bob = reject(&files[2], &[&files[2], &files[3]], "113001");
+    server.stop();
+    let dry = run_ok(&mut archive.strata(&["retention", "--dry-run", "--json"]));
+    let dry: serde_json::Value = serde_json::from_slice(&dry.stdout).unwrap();
+    assert_eq!(dry["rejected"].as_array().unwrap().len(), 1, "{dry}");
+    assert_eq!(dry["rejected"][0][0], alice.as_str());
+    run_ok(&mut archive.strata(&["retention"]));
+    let tombs = run_ok(&mut archive.strata(&["tombstones", "--json"]));
+    let tombs: serde_json::Value = serde_json::from_slice(&tombs.stdout).unwrap();
+    let tombs = tombs.as_array().unwrap();
+    assert_eq!(tombs.len(), 1, "{tombs:?}");
+    assert!(
+        tombs[0]["why"].as_str().unwrap().contains("113039"),
+        "{tombs:?}"
+    );
+    let held = run_ok(&mut archive.strata(&["show", &bob, "--json"]));
+    assert!(
+        !held.stdout.is_empty(),
+        "Bob's rejected study is hidden, not deleted"
+    );
+    assert!(archive.verify_json().0);
+}

@@ -40,6 +40,11 @@ pub struct DeleteReport {
 pub struct RetentionReport {
     /// (study, StudyDate) of the studies the rule selects.
     pub due: Vec<(String, String)>,
+    /// (study, why) of the studies IOCM rejection notes ask to delete: every instance
+    /// held rejected as "Incorrect Modality Worklist Entry" (113038) or "Data Retention
+    /// Policy Expired" (113039).
+    #[serde(default)]
+    pub rejected: Vec<(String, String)>,
     pub deleted: Vec<String>,
     /// Selected but under a legal hold: kept.
     pub held: Vec<String>,
@@ -359,11 +364,6 @@ impl Archive {
         dry_run: bool,
     ) -> Result<RetentionReport> {
         self.authorize(principal, Role::Admin, "retention", &[])?;
-        if age.is_zero() {
-            return Err(Error::InvalidRequest(
-                "[retention] study_age is 0s: retention is off".into(),
-            ));
-        }
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -372,14 +372,51 @@ impl Archive {
         let index = self.index.clone();
         let mut report = blocking(move || {
             let mut report = RetentionReport::default();
+            // the age rule, unless it is off ("0s")
             for (uid, s) in index.studies()? {
                 let date = s.study_date.trim();
-                if da::is_valid_date(date) && *date < *cutoff {
+                if !age.is_zero() && da::is_valid_date(date) && *date < *cutoff {
                     if !index.holds(&uid)?.is_empty() {
                         report.held.push(uid.clone());
                     }
                     report.due.push((uid, date.to_string()));
                 }
+            }
+            // IHE IOCM: studies wholly rejected for a wrong worklist entry or an expired
+            // retention (their notes ask for deletion; other rejections only hide)
+            let mut studies: Vec<String> = index.rejections()?.into_iter().map(|r| r.0).collect();
+            studies.dedup();
+            for uid in studies {
+                let rejections = index.rejections_of_study(&uid)?;
+                // the notes themselves (stored in the study they reject) do not count
+                let notes: std::collections::HashSet<&str> =
+                    rejections.iter().map(|(_, _, r)| r.note.as_str()).collect();
+                let held: Vec<_> = index
+                    .instances_of_study(&uid)?
+                    .into_iter()
+                    .filter(|e| !notes.contains(e.sop_instance_uid.as_str()))
+                    .collect();
+                let deleting = |code: &str| matches!(code, "113038" | "113039");
+                let all = !held.is_empty()
+                    && held.iter().all(|e| {
+                        rejections.iter().any(|(series, sop, r)| {
+                            *series == e.series_uid
+                                && *sop == e.sop_instance_uid
+                                && deleting(&r.code)
+                        })
+                    });
+                if !all || report.due.iter().any(|(d, _)| *d == uid) {
+                    continue;
+                }
+                let r = &rejections[0].2;
+                if !index.holds(&uid)?.is_empty() {
+                    report.held.push(uid.clone());
+                }
+                let why = format!(
+                    "IOCM rejection note {}: ({}, DCM, \"{}\")",
+                    r.note, r.code, r.meaning
+                );
+                report.rejected.push((uid, why));
             }
             Ok(report)
         })
@@ -396,6 +433,14 @@ impl Archive {
                 humantime::format_duration(age)
             );
             self.delete_study(principal, &uid, &why).await?;
+            report.deleted.push(uid);
+        }
+        for (uid, why) in report.rejected.clone() {
+            if report.held.contains(&uid) {
+                continue;
+            }
+            self.delete_study(principal, &uid, &format!("retention: {why}"))
+                .await?;
             report.deleted.push(uid);
         }
         Ok(report)

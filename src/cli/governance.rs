@@ -70,9 +70,6 @@ pub fn hold(
 }
 
 pub fn retention(config: &Config, dry_run: bool, json: bool) -> Result<i32> {
-    if config.retention.study_age.is_zero() {
-        anyhow::bail!("[retention] study_age is 0s: retention is off");
-    }
     let report = if server_running(config) {
         // the rule is this configuration's, applied by the server holding the archive
         runtime()?.block_on(admin_client(config)?.retention(config.retention.study_age, dry_run))?
@@ -97,19 +94,24 @@ pub fn retention(config: &Config, dry_run: bool, json: bool) -> Result<i32> {
         print_json(&report)?;
         return Ok(0);
     }
-    for (uid, date) in &report.due {
-        let what = if report.held.contains(uid) {
+    let what = |uid: &String| {
+        if report.held.contains(uid) {
             "kept (legal hold)"
         } else if dry_run {
             "would be deleted"
         } else {
             "deleted"
-        };
-        println!("{uid} (StudyDate {date}): {what}");
+        }
+    };
+    for (uid, date) in &report.due {
+        println!("{uid} (StudyDate {date}): {}", what(uid));
+    }
+    for (uid, why) in &report.rejected {
+        println!("{uid} ({why}): {}", what(uid));
     }
     println!(
         "{} studies due, {} deleted, {} held",
-        report.due.len(),
+        report.due.len() + report.rejected.len(),
         report.deleted.len(),
         report.held.len()
     );
