@@ -20,7 +20,7 @@ type Check = fn(&dyn Index);
 
 /// Runs every check, each against a fresh index from `make`.
 pub fn run_suite(make: &MakeIndex<'_>) {
-    let checks: [(&str, Check); 17] = [
+    let checks: [(&str, Check); 18] = [
         (
             "commit_counts_instances_versions_and_duplicates",
             commit_counts_instances_versions_and_duplicates,
@@ -53,6 +53,7 @@ pub fn run_suite(make: &MakeIndex<'_>) {
             "concurrent_writers_lose_no_update",
             concurrent_writers_lose_no_update,
         ),
+        ("patient_links_and_rejections", patient_links_and_rejections),
     ];
     for (name, check) in checks {
         let (index, _dir) = make();
@@ -1311,4 +1312,58 @@ fn concurrent_writers_lose_no_update(index: &dyn Index) {
         1,
         "one queue entry per study, whoever touched it"
     );
+}
+
+/// Patient links (a merge, then the survivor renamed) keep their aliases right, an HL7
+/// control id is remembered, and rejections are found by study.
+fn patient_links_and_rejections(index: &dyn Index) {
+    use super::{PatientLink, RejectionRecord};
+    assert_eq!(index.patient_link("B").unwrap(), None);
+    assert!(index.rejections_of_study("1.1").unwrap().is_empty());
+    let link = |to: &str| PatientLink {
+        patient_id: to.into(),
+        issuer: String::new(),
+        patient_name: "DOE^JANE".into(),
+        patient_birth_date: String::new(),
+        patient_sex: "F".into(),
+        changed_at_ms: 1,
+        control_id: "M1".into(),
+    };
+    index
+        .set_patient_links(
+            &[("B".into(), link("A")), ("A".into(), link("A"))],
+            Some(("M1", "merged")),
+        )
+        .unwrap();
+    assert_eq!(index.patient_link("B").unwrap().unwrap().patient_id, "A");
+    assert_eq!(sorted(index.patient_aliases("A").unwrap()), vec!["A", "B"]);
+    assert_eq!(index.hl7_message("M1").unwrap().as_deref(), Some("merged"));
+    assert_eq!(index.hl7_message("M2").unwrap(), None);
+    // A renamed C: both stored IDs move to C, A's aliases are gone
+    index
+        .set_patient_links(&[("B".into(), link("C")), ("A".into(), link("C"))], None)
+        .unwrap();
+    assert!(index.patient_aliases("A").unwrap().is_empty());
+    assert_eq!(sorted(index.patient_aliases("C").unwrap()), vec!["A", "B"]);
+    assert_eq!(index.patient_links().unwrap().len(), 2);
+    let why = RejectionRecord {
+        code: "113001".into(),
+        meaning: "Rejected for Quality Reasons".into(),
+        note: "9.9".into(),
+        rejected_at_ms: 2,
+        by: "QC".into(),
+    };
+    index
+        .reject_instances(&[("1.1".into(), "1.1.1".into(), "1.1.1.1".into())], &why)
+        .unwrap();
+    let found = index.rejections_of_study("1.1").unwrap();
+    assert_eq!(
+        found,
+        vec![("1.1.1".to_string(), "1.1.1.1".to_string(), why.clone())]
+    );
+    assert!(
+        index.rejections_of_study("1.10").unwrap().is_empty(),
+        "a prefix is not a study"
+    );
+    assert_eq!(index.rejections().unwrap().len(), 1);
 }

@@ -75,6 +75,7 @@ use super::{
 };
 use serde::{de::DeserializeOwned, Serialize};
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use strata_tiers::ObjectId;
 
@@ -221,6 +222,11 @@ pub struct KvIndex<E: KvEngine> {
     engine: E,
     /// Held by every write method from its first read to its batch's write.
     write_lock: Mutex<()>,
+    /// Whether `patient_links` / `rejected` hold anything: read at open and at each
+    /// [`Catalog::refresh`], set by the writes. Until the hospital corrects a patient
+    /// or rejects an instance, queries pay nothing for either (no lookup per study).
+    links_present: AtomicBool,
+    rejections_present: AtomicBool,
 }
 
 fn corrupt(cf: &'static str, key: &[u8], reason: String) -> IndexError {
@@ -303,11 +309,31 @@ fn decode_ms(v: &[u8]) -> Option<u64> {
 impl<E: KvEngine> KvIndex<E> {
     /// Wraps an engine and checks its schema version. A `writable` index initialises the
     /// version of an empty store; a read replica accepts an empty one as it is.
+    /// Reads whether the overlay families hold anything (one seek each).
+    fn check_overlays(&self) -> Result<(), IndexError> {
+        let any = |cf: &'static str| -> Result<bool, IndexError> {
+            let mut found = false;
+            self.engine.scan(cf, b"", &mut |_, _| {
+                found = true;
+                Ok(false)
+            })?;
+            Ok(found)
+        };
+        self.links_present
+            .store(any(CF_PATIENT_LINKS)?, Ordering::Release);
+        self.rejections_present
+            .store(any(CF_REJECTED)?, Ordering::Release);
+        Ok(())
+    }
+
     pub fn open(engine: E, writable: bool) -> Result<Self, IndexError> {
         let index = KvIndex {
             engine,
             write_lock: Mutex::new(()),
+            links_present: AtomicBool::new(true),
+            rejections_present: AtomicBool::new(true),
         };
+        index.check_overlays()?;
         index.check_schema(writable)?;
         if writable && stored_totals(&index.engine)?.is_none() {
             // an index written before the running totals: count them once
@@ -779,7 +805,8 @@ impl<E: KvEngine> Catalog for KvIndex<E> {
     }
 
     fn refresh(&self) -> Result<(), IndexError> {
-        self.engine.refresh()
+        self.engine.refresh()?;
+        self.check_overlays()
     }
 }
 
@@ -1127,14 +1154,24 @@ impl<E: KvEngine> Governance for KvIndex<E> {
                 outcome.as_bytes().to_vec(),
             );
         }
-        self.engine.write(batch, true)
+        self.engine.write(batch, true)?;
+        if !links.is_empty() {
+            self.links_present.store(true, Ordering::Release);
+        }
+        Ok(())
     }
 
     fn patient_link(&self, patient_id: &str) -> Result<Option<PatientLink>, IndexError> {
+        if !self.links_present.load(Ordering::Acquire) {
+            return Ok(None);
+        }
         self.get(CF_PATIENT_LINKS, patient_id.as_bytes())
     }
 
     fn patient_aliases(&self, current: &str) -> Result<Vec<String>, IndexError> {
+        if !self.links_present.load(Ordering::Acquire) {
+            return Ok(Vec::new());
+        }
         let prefix = alias_key(current, "");
         let mut out = Vec::new();
         self.scan_prefix(CF_PATIENT_ALIASES, &prefix, &mut |k, _| {
@@ -1166,13 +1203,18 @@ impl<E: KvEngine> Governance for KvIndex<E> {
                 encode(rejection),
             );
         }
-        self.engine.write(batch, true)
+        self.engine.write(batch, true)?;
+        self.rejections_present.store(true, Ordering::Release);
+        Ok(())
     }
 
     fn rejections_of_study(
         &self,
         study_uid: &str,
     ) -> Result<Vec<(String, String, RejectionRecord)>, IndexError> {
+        if !self.rejections_present.load(Ordering::Acquire) {
+            return Ok(Vec::new());
+        }
         let prefix = rejected_key(study_uid, "", "");
         let prefix = &prefix[..prefix.len() - 1];
         Ok(self
