@@ -169,6 +169,38 @@ fn an_adt_feed_updates_merges_and_renames_patients_once_and_reindex_keeps_it() {
     let found: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(found.as_array().unwrap().len(), 2, "{body}");
 
+    // FHIR: Bob's old Patient is replaced by the survivor (R4 Patient.link)
+    let (code, body) = http_get(server.http_port, "/fhir/Patient/BOB001").unwrap();
+    assert_eq!(code, 200, "{body}");
+    let old: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(old["active"], false, "{body}");
+    assert_eq!(old["link"][0]["type"], "replaced-by", "{body}");
+    assert_eq!(
+        old["link"][0]["other"]["reference"], "Patient/ALICE-NEW",
+        "{body}"
+    );
+    // and it is valid R4 (FHIR.js, unexpected properties being errors)
+    let mut validate = std::process::Command::new("node")
+        .arg(peer_script("fhir_validate.js"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        validate
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(body.as_bytes())
+            .unwrap();
+    }
+    let checked = validate.wait_with_output().unwrap();
+    let checked: serde_json::Value = serde_json::from_slice(&checked.stdout).unwrap();
+    assert_eq!(checked["invalid"], serde_json::json!([]), "{checked}");
+    let (code, body) = http_get(server.http_port, "/fhir/Patient/ALICE-NEW").unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("ALICE-NEW"), "{body}");
     // C-GET (DCMTK getscu) of Bob's former study: its data sets carry the survivor's
     // current identity, read back by dcmdump; the stored objects are untouched
     let bob_study = strata::dicom::header::read_header_blocking(&files[2])

@@ -132,6 +132,16 @@ impl Archive {
         self.authorize(principal, Role::Viewer, "query", &patient_key(id))?;
         let index = self.index.as_ref();
         let link = index.patient_link(id)?;
+        // a patient-restricted caller learns nothing of another patient
+        let current = link.as_ref().map_or(id, |l| l.patient_id.as_str());
+        if principal
+            .grant
+            .patient
+            .as_deref()
+            .is_some_and(|p| p != current)
+        {
+            return Err(Error::NotFound(format!("no patient {id}")));
+        }
         let patient_id = link
             .as_ref()
             .map_or(id.to_string(), |l| l.patient_id.clone());

@@ -646,15 +646,46 @@ async fn read_patient(
             format!("no Patient {id}"),
         );
     };
-    match patient_of(&archive, peer, &pid).await {
+    match patient_of(&archive, peer.clone(), &pid).await {
         Ok(Some(p)) => fhir(StatusCode::OK, p),
-        Ok(None) => outcome(
-            StatusCode::NOT_FOUND,
-            "not-found",
-            format!("no Patient {id}"),
-        ),
+        Ok(None) => match replaced_patient(&archive, &peer, &id, &pid).await {
+            Some(p) => fhir(StatusCode::OK, p),
+            None => outcome(
+                StatusCode::NOT_FOUND,
+                "not-found",
+                format!("no Patient {id}"),
+            ),
+        },
         Err(r) => r,
     }
+}
+
+/// The Patient a merged-away or changed PatientID was (the hospital's merge, ADT^A40, or
+/// identifier change, A47: docs/patients.md): `active: false` and a `link` of type
+/// `replaced-by` to the Patient it is known as now (R4 Patient.link). `None` when the
+/// ID was never replaced (or the caller may not see the patient it became).
+async fn replaced_patient(
+    archive: &Archive,
+    peer: &WebCaller,
+    id: &str,
+    pid: &str,
+) -> Option<Value> {
+    let (this, who, asked) = (archive.clone(), peer.principal(SERVICE), pid.to_string());
+    let view = tokio::task::spawn_blocking(move || this.patient_view_blocking(&who, &asked))
+        .await
+        .ok()?
+        .ok()?;
+    if view.patient_id == view.asked {
+        return None;
+    }
+    let survivor = patient_id_to_fhir(&view.patient_id)?;
+    Some(json!({
+        "resourceType": "Patient",
+        "id": id,
+        "active": false,
+        "identifier": [{ "value": pid }],
+        "link": [{ "other": { "reference": format!("Patient/{survivor}") }, "type": "replaced-by" }]
+    }))
 }
 
 async fn search_patients(
