@@ -262,6 +262,18 @@ impl Archive {
         self.change_patient(principal, change, None).await
     }
 
+    /// What an HL7 message with this control id gave when it was processed before, if it
+    /// was (exactly once: the caller acknowledges it again and does nothing).
+    pub(crate) fn earlier_message(
+        &self,
+        control_id: Option<&str>,
+    ) -> Result<Option<String>, Error> {
+        match control_id {
+            Some(cid) => Ok(self.index.hl7_message(cid)?),
+            None => Ok(None),
+        }
+    }
+
     /// Brings the index's patient links level with the governance log (blocking): a
     /// change whose governance record was written but whose index batch was not (a
     /// crash between the two) is applied now, before any query. Returns how many links
@@ -339,15 +351,13 @@ impl Archive {
         control_id: Option<&str>,
     ) -> Result<ChangeOutcome, Error> {
         let index = self.index.as_ref();
-        if let Some(cid) = control_id {
-            if let Some(earlier) = index.hl7_message(cid)? {
-                return Ok(ChangeOutcome {
-                    duplicate: true,
-                    relinked: Vec::new(),
-                    studies: 0,
-                    summary: earlier,
-                });
-            }
+        if let Some(earlier) = self.earlier_message(control_id)? {
+            return Ok(ChangeOutcome {
+                duplicate: true,
+                relinked: Vec::new(),
+                studies: 0,
+                summary: earlier,
+            });
         }
         let target = change.target();
         // the stored PatientIDs the change applies to: the named one(s) and every one

@@ -80,15 +80,13 @@ impl Archive {
         control_id: Option<&str>,
     ) -> Result<PrefetchOutcome, Error> {
         let index = self.index.as_ref();
-        if let Some(cid) = control_id {
-            if let Some(earlier) = index.hl7_message(cid)? {
-                return Ok(PrefetchOutcome {
-                    duplicate: true,
-                    studies: Vec::new(),
-                    recalled: Vec::new(),
-                    summary: earlier,
-                });
-            }
+        if let Some(earlier) = self.earlier_message(control_id)? {
+            return Ok(PrefetchOutcome {
+                duplicate: true,
+                studies: Vec::new(),
+                recalled: Vec::new(),
+                summary: earlier,
+            });
         }
         let policy = &self.config.prefetch;
         let query = Query::from_keys(
