@@ -442,6 +442,18 @@ fn the_cli_merges_shows_and_tells_the_history_of_patients() {
     let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
     assert_eq!(shown["patient_id"], "ALICE001", "{shown}");
     assert_eq!(shown["studies"].as_array().unwrap().len(), 2, "{shown}");
+    // strata ls shows each study under its patient's current identity, and what it
+    // was stored under
+    let listed = archive.ls_json();
+    let studies = listed.as_array().unwrap();
+    assert!(
+        studies.iter().all(|s| s["patient_id"] == "ALICE001"),
+        "{listed}"
+    );
+    assert!(
+        studies.iter().any(|s| s["stored_patient_id"] == "BOB001"),
+        "{listed}"
+    );
     let history = run_ok(&mut archive.strata(&["patient", "history", "ALICE001", "--json"]));
     let history: serde_json::Value = serde_json::from_slice(&history.stdout).unwrap();
     assert_eq!(history.as_array().unwrap().len(), 1, "{history}");

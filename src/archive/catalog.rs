@@ -168,6 +168,11 @@ pub struct StudySummary {
     /// each such series stays findable under its own PatientID), if any.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub patient_conflicts: Vec<crate::index::OtherPatient>,
+    /// The PatientID the study was received under, when the hospital has since merged,
+    /// renamed or corrected its patient (`patient_id` and `patient_name` are then the
+    /// current ones: docs/patients.md).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stored_patient_id: Option<String>,
 }
 
 impl StudySummary {
@@ -177,6 +182,7 @@ impl StudySummary {
             holds: Vec::new(),
             study_uid,
             patient_conflicts: s.other_patients,
+            stored_patient_id: None,
             patient_id: s.patient_id,
             patient_name: s.patient_name,
             study_date: s.study_date,
@@ -198,11 +204,19 @@ fn list_studies(index: &dyn Index) -> Result<Vec<StudySummary>> {
         .map(|(uid, s)| {
             let last_access_ms = index.last_access(&uid)?;
             let holds = index.holds(&uid)?;
-            Ok(StudySummary {
+            let link = index.patient_link(&s.patient_id)?;
+            let mut summary = StudySummary {
                 last_access_ms,
                 holds,
                 ..StudySummary::new(uid, s)
-            })
+            };
+            // under the identity the patient is known by now, as C-FIND shows it
+            if let Some(link) = link {
+                summary.stored_patient_id =
+                    Some(std::mem::replace(&mut summary.patient_id, link.patient_id));
+                summary.patient_name = link.patient_name;
+            }
+            Ok(summary)
         })
         .collect()
 }
