@@ -76,7 +76,13 @@ fn studies_for(port: u16, pid: &str) -> (usize, String) {
 #[test]
 fn an_adt_feed_updates_merges_and_renames_patients_once_and_reindex_keeps_it() {
     let hl7_port = free_port();
-    let archive = Archive::with_config("patients-hl7", &format!("\n[hl7]\nport = {hl7_port}\n"));
+    let dest_port = free_port();
+    let archive = Archive::with_config(
+        "patients-hl7",
+        &format!(
+            "\n[[dicom.peers]]\nae_title = \"DEST\"\nhost = \"127.0.0.1\"\nport = {dest_port}\n\n[hl7]\nport = {hl7_port}\n"
+        ),
+    );
     let data = scratch("patients-hl7-data");
     let server = archive.start();
     let port = server.dicom_port;
@@ -228,6 +234,39 @@ fn an_adt_feed_updates_merges_and_renames_patients_once_and_reindex_keeps_it() {
             "{text}"
         );
     }
+    // C-MOVE (DCMTK movescu to storescp) too
+    let moved = data.path().join("moved");
+    let scp = crate::retrieve::Storescp::start(dest_port, &moved);
+    let text = crate::retrieve::movescu(
+        port,
+        "DEST",
+        &[
+            "QueryRetrieveLevel=STUDY",
+            &format!("StudyInstanceUID={bob_study}"),
+        ],
+    );
+    assert!(text.contains("Final Move Response (Success)"), "{text}");
+    drop(scp);
+    let received = walk(&moved);
+    assert_eq!(received.len(), 2);
+    for f in &received {
+        let dump = run_ok(dcmtk("dcmdump").args(["+P", "0010,0020"]).arg(f));
+        assert!(String::from_utf8_lossy(&dump.stdout).contains("[ALICE-NEW]"));
+    }
+    // WADO-RS instances: the Part-10 bytes carry the survivor's ID, not Bob's
+    let bob = strata::dicom::header::read_header_blocking(&files[2]).unwrap();
+    let (code, body) = http_request(
+        server.http_port,
+        "GET",
+        &format!(
+            "/dicom-web/studies/{bob_study}/series/{}/instances/{}",
+            bob.series_uid, bob.sop_instance_uid
+        ),
+    )
+    .unwrap();
+    assert_eq!(code, 200);
+    let has = |needle: &[u8]| body.windows(needle.len()).any(|w| w == needle);
+    assert!(has(b"ALICE-NEW") && !has(b"BOB001"));
     // WADO-RS metadata too
     let (code, body) = http_get(
         server.http_port,

@@ -8,10 +8,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use strata::dicom::header::read_header_blocking;
 
-struct Storescp(Child);
+pub(crate) struct Storescp(Child);
 
 impl Storescp {
-    fn start(port: u16, dir: &Path) -> Storescp {
+    pub(crate) fn start(port: u16, dir: &Path) -> Storescp {
         Self::start_with(port, dir, "+xa")
     }
 
@@ -38,7 +38,7 @@ impl Drop for Storescp {
     }
 }
 
-fn movescu(port: u16, destination: &str, keys: &[&str]) -> String {
+pub(crate) fn movescu(port: u16, destination: &str, keys: &[&str]) -> String {
     let mut cmd = dcmtk("movescu");
     cmd.args(["-v", "-S", "-aec", "STRATA", "-aem", destination]);
     for k in keys {
