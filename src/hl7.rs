@@ -129,6 +129,9 @@ pub async fn handle(archive: &Archive, peer: SocketAddr, bytes: &[u8]) -> String
         .collect::<Vec<_>>()
         .join("^");
     let who = Principal::hl7(&application, &peer.to_string());
+    // MSH-10 is unique within its sending system only (HL7 v2.5.1 2.14.9.10): a message
+    // is known by its sender and control id together
+    let message_key = format!("{application}|{control_id}");
     if control_id.is_empty() {
         return ack_for(
             Some(&message),
@@ -141,7 +144,7 @@ pub async fn handle(archive: &Archive, peer: SocketAddr, bytes: &[u8]) -> String
         (kind.as_str(), trigger.as_str()),
         ("ORM", "O01") | ("OMI", "O23")
     ) {
-        return order(archive, &who, &message, &control_id).await;
+        return order(archive, &who, &message, &control_id, &message_key).await;
     }
     let change = match change_of(&message, &kind, &trigger) {
         Ok(change) => change,
@@ -152,7 +155,7 @@ pub async fn handle(archive: &Archive, peer: SocketAddr, bytes: &[u8]) -> String
         }
     };
     match archive
-        .change_patient(&who, change, Some(&control_id))
+        .change_patient(&who, change, Some(&message_key))
         .await
     {
         Ok(outcome) if outcome.duplicate => {
@@ -183,6 +186,7 @@ async fn order(
     who: &Principal,
     message: &Message<'_>,
     control_id: &str,
+    message_key: &str,
 ) -> String {
     if !archive.config().prefetch.enabled {
         let why = "prior prefetch is off ([prefetch] enabled = false)";
@@ -190,7 +194,7 @@ async fn order(
     }
     let patient_id = value(message, "PID.3.1");
     match archive
-        .prefetch_priors(who, &patient_id, Some(control_id))
+        .prefetch_priors(who, &patient_id, Some(message_key))
         .await
     {
         Ok(outcome) if outcome.duplicate => ack_for(

@@ -187,9 +187,16 @@ impl Validator {
                         fetched: Instant::now(),
                     })
                 }
-                // keep serving with the keys we have while the issuer is away
+                // keep serving with the keys we have while the issuer is away, trying
+                // again after FORCED_REFRESH_GAP (not on every request)
                 Err(e) if keys.is_some() => {
-                    tracing::warn!(error = %e, "could not refresh the issuer's keys; keeping the cached ones")
+                    tracing::warn!(error = %e, "could not refresh the issuer's keys; keeping the cached ones");
+                    if let Some(k) = keys.as_mut() {
+                        let retry_in = self.config.jwks_refresh.saturating_sub(FORCED_REFRESH_GAP);
+                        k.fetched = Instant::now()
+                            .checked_sub(retry_in)
+                            .unwrap_or_else(Instant::now);
+                    }
                 }
                 Err(e) => return Err(e),
             }

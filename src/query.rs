@@ -890,11 +890,19 @@ pub fn find_each(
                     {
                         continue;
                     }
-                    // the series under the patient it was received with
-                    let patient = study.patient_of_series(&series_uid).patient_id;
+                    // the series under the patient it was received with, as that
+                    // patient is known now (the study-level answers carry current IDs)
+                    let stored = study.patient_of_series(&series_uid).patient_id;
+                    let patient = match current_patient_id(index, stored) {
+                        Ok(p) => p,
+                        Err(e) => {
+                            failure = Some(storage(e));
+                            return false;
+                        }
+                    };
                     let Some(own) = study_level
                         .iter()
-                        .find(|a| a.get(&tags::PATIENT_ID).is_some_and(|p| p == patient))
+                        .find(|a| a.get(&tags::PATIENT_ID).is_some_and(|p| *p == patient))
                     else {
                         continue;
                     };

@@ -111,6 +111,11 @@ fn an_adt_feed_updates_merges_and_renames_patients_once_and_reindex_keeps_it() {
             // an admission: not a message Strata acts on
             adt("A01", "MSG-4", "ALICE001", "SMITH^ALICE", None),
             adt("A47", "MSG-5", "ALICE-NEW", "SMITH^ALICE", Some("ALICE001")),
+            // a late update of an ID merged away would undo the merge: refused
+            adt("A08", "MSG-6", "BOB001", "LATE^BOB", None),
+            // another sending system's MSG-1 is another message (MSH-10 is unique per
+            // sender only): applied, not taken for the EHR's MSG-1
+            adt("A08", "MSG-1", "ALICE-NEW", "SMITH^ALICE", None).replacen("|EHR|", "|RIS|", 1),
         ],
     );
     let codes: Vec<(&str, &str)> = acks
@@ -132,7 +137,23 @@ fn an_adt_feed_updates_merges_and_renames_patients_once_and_reindex_keeps_it() {
             ("AE", "MSG-3"),
             ("AR", "MSG-4"),
             ("AA", "MSG-5"),
+            ("AE", "MSG-6"),
+            ("AA", "MSG-1"),
         ],
+        "{acks:?}"
+    );
+    assert!(
+        acks[7]["err"]
+            .as_str()
+            .unwrap()
+            .contains("known as ALICE-NEW"),
+        "{acks:?}"
+    );
+    assert!(
+        !acks[8]["text"]
+            .as_str()
+            .unwrap()
+            .contains("already processed"),
         "{acks:?}"
     );
     assert!(
@@ -175,6 +196,40 @@ fn an_adt_feed_updates_merges_and_renames_patients_once_and_reindex_keeps_it() {
     let found: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(found.as_array().unwrap().len(), 2, "{body}");
 
+    // SERIES level under the current identity too (QIDO-RS and C-FIND), and FHIR's
+    // ImagingStudy lists the merged study's series
+    let bob_study = strata::dicom::header::read_header_blocking(&files[2])
+        .unwrap()
+        .study_uid;
+    let (code, body) = http_get(
+        server.http_port,
+        &format!("/dicom-web/studies/{bob_study}/series"),
+    )
+    .unwrap();
+    assert_eq!(code, 200);
+    let series: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(series.as_array().unwrap().len(), 1, "{body}");
+    let (n, text) = findscu(
+        port,
+        "-S",
+        &[
+            "QueryRetrieveLevel=SERIES",
+            &format!("StudyInstanceUID={bob_study}"),
+            "SeriesInstanceUID",
+            "PatientID",
+        ],
+    );
+    assert_eq!(n, 1, "{text}");
+    let (_, body) = http_get(server.http_port, "/fhir/ImagingStudy?patient=ALICE-NEW").unwrap();
+    let bundle: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let entries = bundle["entry"].as_array().unwrap();
+    assert_eq!(entries.len(), 2, "{body}");
+    assert!(
+        entries.iter().all(|e| e["resource"]["series"]
+            .as_array()
+            .is_some_and(|s| !s.is_empty())),
+        "{body}"
+    );
     // FHIR: Bob's old Patient is replaced by the survivor (R4 Patient.link)
     let (code, body) = http_get(server.http_port, "/fhir/Patient/BOB001").unwrap();
     assert_eq!(code, 200, "{body}");
@@ -332,8 +387,12 @@ fn an_adt_feed_updates_merges_and_renames_patients_once_and_reindex_keeps_it() {
     assert!(merges[0]["outcome"]
         .as_str()
         .unwrap()
-        .starts_with("MSG-2: "));
-    assert_eq!(archive.audit_records("patient_update").len(), 1);
+        .starts_with("EHR^HOSPITAL|MSG-2: "));
+    assert_eq!(
+        archive.audit_records("patient_update").len(),
+        2,
+        "MSG-1 of the EHR and of the RIS"
+    );
     assert_eq!(archive.audit_records("patient_id_change").len(), 1);
     run_ok(&mut archive.strata(&["audit", "verify"]));
 
@@ -584,6 +643,25 @@ fn a_rejection_note_hides_the_instances_it_rejects() {
     ]));
     let sent: serde_json::Value = serde_json::from_slice(&sent.stdout).unwrap();
     assert_eq!(sent["status"], 0, "{sent}");
+    // a note of Bob's naming Alice's other instance rejects nothing (IOCM: a note
+    // rejects its own patient's instances)
+    let bob = strata::dicom::header::read_header_blocking(&files[2]).unwrap();
+    run_ok(python("send_rejection.py").args([
+        "--port",
+        &server.dicom_port.to_string(),
+        "--code",
+        "113039",
+        "--study",
+        &rejected.study_uid,
+        "--patient",
+        &bob.patient_id,
+        "--series",
+        &kept.series_uid,
+        "--sop-class",
+        &kept.sop_class_uid,
+        "--sop",
+        &kept.sop_instance_uid,
+    ]));
 
     let images = |port: u16| {
         findscu(
@@ -654,8 +732,12 @@ fn a_rejection_note_hides_the_instances_it_rejects() {
         .unwrap()
         .starts_with("QC_STATION@"));
     let audit = archive.audit_records("reject");
-    assert_eq!(audit.len(), 1, "{audit:?}");
+    assert_eq!(audit.len(), 2, "{audit:?}");
     assert_eq!(audit[0]["actor"]["ae_title"], "QC_STATION");
+    assert!(
+        audit[1]["outcome"].as_str().unwrap().starts_with("refused"),
+        "{audit:?}"
+    );
     // the stored object is still there and verifies; reindex keeps the rejection
     let (clean, report) = archive.verify_json();
     assert!(clean, "{report}");

@@ -61,10 +61,23 @@ pub fn grant_of_claims(
             roles = roles.with(role);
         }
     }
-    let patient = claim(claims, &auth.patient_claim)
-        .and_then(Value::as_str)
-        .filter(|p| !p.trim().is_empty())
-        .and_then(|p| patient_of(p.trim()));
+    // a patient claim that is present but unusable (not a string, empty, not an ID, or
+    // a matching pattern) gives nothing: a restriction never fails open
+    let patient = match claim(claims, &auth.patient_claim) {
+        None | Some(Value::Null) => None,
+        Some(value) => {
+            let usable = value
+                .as_str()
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .and_then(&patient_of)
+                .filter(|p| !p.is_empty() && !p.contains(['*', '?', '\\']));
+            match usable {
+                Some(p) => Some(p),
+                None => return Grant::none(),
+            }
+        }
+    };
     let scopes = strings(claims.get("scope").or_else(|| claims.get("scp")));
     for scope in &scopes {
         let Some((context, rest)) = scope.split_once('/') else {
@@ -247,6 +260,11 @@ mod tests {
         // a patient scope without a patient to restrict it to grants nothing
         let g = grant_of_claims(&auth, &json!({"scope": "patient/ImagingStudy.read"}), pid);
         assert!(g.roles.is_empty() && g.patient.is_none());
+        // an unusable patient claim grants nothing at all: never an unrestricted token
+        for bad in [json!(12345), json!(""), json!("P*"), json!("A\\B")] {
+            let g = grant_of_claims(&auth, &json!({"roles": ["viewer"], "patient": bad}), pid);
+            assert_eq!(g, Grant::none(), "{bad}");
+        }
     }
 
     #[test]

@@ -176,6 +176,23 @@ pub struct StudySummary {
 }
 
 impl StudySummary {
+    /// This summary under the identities its patients are known by now, as C-FIND
+    /// shows them: the study's own patient (the stored ID kept in `stored_patient_id`)
+    /// and each conflicting patient's.
+    fn known_now(mut self, index: &dyn Index) -> Result<Self> {
+        if let Some(link) = index.patient_link(&self.patient_id)? {
+            self.stored_patient_id = Some(std::mem::replace(&mut self.patient_id, link.patient_id));
+            self.patient_name = link.patient_name;
+        }
+        for other in &mut self.patient_conflicts {
+            if let Some(link) = index.patient_link(&other.patient_id)? {
+                other.patient_id = link.patient_id;
+                other.patient_name = link.patient_name;
+            }
+        }
+        Ok(self)
+    }
+
     fn new(study_uid: String, s: StudyRecord) -> Self {
         StudySummary {
             last_access_ms: None,
@@ -202,21 +219,12 @@ fn list_studies(index: &dyn Index) -> Result<Vec<StudySummary>> {
         .studies()?
         .into_iter()
         .map(|(uid, s)| {
-            let last_access_ms = index.last_access(&uid)?;
-            let holds = index.holds(&uid)?;
-            let link = index.patient_link(&s.patient_id)?;
-            let mut summary = StudySummary {
-                last_access_ms,
-                holds,
+            let summary = StudySummary {
+                last_access_ms: index.last_access(&uid)?,
+                holds: index.holds(&uid)?,
                 ..StudySummary::new(uid, s)
             };
-            // under the identity the patient is known by now, as C-FIND shows it
-            if let Some(link) = link {
-                summary.stored_patient_id =
-                    Some(std::mem::replace(&mut summary.patient_id, link.patient_id));
-                summary.patient_name = link.patient_name;
-            }
-            Ok(summary)
+            summary.known_now(index)
         })
         .collect()
 }
@@ -384,11 +392,13 @@ fn list_study(index: &dyn Index, study_uid: &str) -> Result<Option<StudySummary>
     let Some(record) = index.study(study_uid)? else {
         return Ok(None);
     };
-    Ok(Some(StudySummary {
+    StudySummary {
         last_access_ms: index.last_access(study_uid)?,
         holds: index.holds(study_uid)?,
         ..StudySummary::new(study_uid.to_string(), record)
-    }))
+    }
+    .known_now(index)
+    .map(Some)
 }
 
 #[derive(Debug, Serialize)]

@@ -360,6 +360,21 @@ impl Archive {
             });
         }
         let target = change.target();
+        // an update or identifier change naming an ID merged away or renamed since would
+        // undo that change: refused, naming the ID it is known by now
+        let named = match change {
+            PatientChange::Update { patient } => Some(patient.patient_id.as_str()),
+            PatientChange::ChangeId { old, .. } => Some(old.as_str()),
+            PatientChange::Merge { .. } => None,
+        };
+        if let Some(id) = named {
+            if let Some(link) = index.patient_link(id)?.filter(|l| l.patient_id != id) {
+                return Err(Error::InvalidRequest(format!(
+                    "patient {id} is known as {} since an earlier change: send the change for {}",
+                    link.patient_id, link.patient_id
+                )));
+            }
+        }
         // the stored PatientIDs the change applies to: the named one(s) and every one
         // already linked to them
         let mut stored: Vec<String> = match change {

@@ -140,9 +140,52 @@ impl Archive {
                 return Ok(());
             }
         };
-        let Some(note) = rejection_note_of(&obj) else {
+        let Some(mut note) = rejection_note_of(&obj) else {
             return Ok(());
         };
+        // a note rejects its own patient's instances only (IHE IOCM): an instance of
+        // another patient, or not held, is not touched
+        let index = self.index.as_ref();
+        let note_patient = text(&obj, tags::PATIENT_ID).unwrap_or_default();
+        let note_patient = crate::query::current_patient_id(index, &note_patient)?;
+        let listed = note.instances.len();
+        let mut kept = Vec::with_capacity(listed);
+        for (study, series, sop) in std::mem::take(&mut note.instances) {
+            let held = index
+                .instance(&sop)?
+                .is_some_and(|e| e.study_uid == study && e.series_uid == series);
+            let Some(record) = index.study(&study)?.filter(|_| held) else {
+                continue;
+            };
+            let stored = record.patient_of_series(&series).patient_id;
+            if crate::query::current_patient_id(index, stored)? == note_patient {
+                kept.push((study, series, sop));
+            }
+        }
+        note.instances = kept;
+        // applied before (the note stored again): nothing to do twice
+        if let Some((study, _, _)) = note.instances.first() {
+            let applied = index
+                .rejections_of_study(study)?
+                .iter()
+                .any(|(_, _, r)| r.note == note_uid);
+            if applied {
+                return Ok(());
+            }
+        }
+        let refused = listed - note.instances.len();
+        if refused > 0 {
+            tracing::warn!(note = note_uid, refused, "a rejection note names instances of another patient, or not held: those are not rejected");
+        }
+        if note.instances.is_empty() {
+            self.audit_synced(
+                principal,
+                "reject",
+                Vec::new(),
+                format!("refused: note {note_uid} rejects no instance of its own patient ({refused} named)"),
+            )?;
+            return Ok(());
+        }
         let record = RejectionRecord {
             code: note.code.clone(),
             meaning: note.meaning.clone(),
@@ -165,10 +208,15 @@ impl Archive {
             "reject",
             uids,
             format!(
-                "({}, DCM, \"{}\") by note {note_uid}: {} instances hidden",
+                "({}, DCM, \"{}\") by note {note_uid}: {} instances hidden{}",
                 note.code,
                 note.meaning,
-                note.instances.len()
+                note.instances.len(),
+                if refused > 0 {
+                    format!("; {refused} of another patient or not held, not rejected")
+                } else {
+                    String::new()
+                }
             ),
         )?;
         Ok(())

@@ -114,9 +114,11 @@ impl Archive {
     /// What a new object sets going once durable: an IOCM rejection note is applied
     /// ([`super::rejection`]) before the store is acknowledged. Blocking.
     fn after_store_blocking(&self, principal: &Principal, stored: &Stored) -> Result<(), Error> {
+        // a note stored again (a resend after a failure between its store and its
+        // rejection) is applied again; applying is idempotent
         if matches!(
             stored.outcome,
-            CommitOutcome::Stored | CommitOutcome::NewVersion
+            CommitOutcome::Stored | CommitOutcome::NewVersion | CommitOutcome::AlreadyPresent
         ) {
             self.apply_if_rejection_note_blocking(
                 principal,
