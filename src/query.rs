@@ -800,7 +800,12 @@ pub fn find_each(
                 // attributes the index does not keep: from the study's first instance
                 let mut extra = Answer::new();
                 if let Some(v) = views.first() {
-                    let wanted = missing_keys(query, &study_attrs(uid, &s, v));
+                    let mut wanted = missing_keys(query, &study_attrs(uid, &s, v));
+                    // a study filed under several patients: the first instance is one
+                    // patient's, so none of its patient attributes answer for the others
+                    if !s.other_patients.is_empty() {
+                        wanted.retain(|t| t >> 16 != 0x0010);
+                    }
                     if !wanted.is_empty() {
                         let filled = index.first_instance(uid, None).and_then(|first| {
                             fill_from_metadata(index, first.as_ref(), &wanted, &mut extra)

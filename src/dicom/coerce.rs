@@ -61,12 +61,63 @@ pub fn coerce_part10(bytes: &[u8], patient: &PatientModule) -> Result<Vec<u8>, S
             SpecificCharacterSet::from_code(&first)
         })
         .unwrap_or_default();
-    let mut group = dicom_object::InMemDicomObject::read_dataset_with_ts_cs(
-        &dataset[from..to],
-        ts,
-        charset.clone(),
-    )
-    .map_err(|e| format!("the patient module cannot be read: {e}"))?;
+    // without a SpecificCharacterSet the default repertoire (ASCII) is all a value may use
+    let declared_none = !declared.contains_key(&0x0008_0005);
+    let non_ascii = [
+        &patient.patient_id,
+        &patient.issuer,
+        &patient.patient_name,
+        &patient.patient_birth_date,
+        &patient.patient_sex,
+    ]
+    .iter()
+    .any(|v| !v.is_ascii());
+    let first_try = if declared_none && non_ascii {
+        Err("the object declares no SpecificCharacterSet (default repertoire: ASCII)".to_string())
+    } else {
+        encode_group(&dataset[from..to], ts, &charset, patient)
+    };
+    let encoded = match first_try {
+        Ok(encoded) => encoded,
+        // a value the data set's character set cannot carry (an HL7 name in a script the
+        // object never declared): sent with those characters as `?` rather than not at
+        // all, and said in the log
+        Err(e) => {
+            let ascii = |s: &str| -> String {
+                s.chars()
+                    .map(|c| if c.is_ascii() { c } else { '?' })
+                    .collect()
+            };
+            tracing::warn!(error = %e, "patient module: characters outside the object's character set sent as '?'");
+            let plain = PatientModule {
+                patient_id: ascii(&patient.patient_id),
+                issuer: ascii(&patient.issuer),
+                patient_name: ascii(&patient.patient_name),
+                patient_birth_date: ascii(&patient.patient_birth_date),
+                patient_sex: ascii(&patient.patient_sex),
+            };
+            encode_group(&dataset[from..to], ts, &charset, &plain)?
+        }
+    };
+    let split = meta.dataset_offset + from;
+    let mut out = Vec::with_capacity(bytes.len() + encoded.len());
+    out.extend_from_slice(&bytes[..split]);
+    out.extend_from_slice(&encoded);
+    out.extend_from_slice(&bytes[meta.dataset_offset + to..]);
+    Ok(out)
+}
+
+/// The top-level group 0010 elements `group` (their bytes, in `ts`), parsed and
+/// re-encoded by dicom-object in `charset` with `patient`'s values.
+fn encode_group(
+    group: &[u8],
+    ts: &dicom_encoding::TransferSyntax,
+    charset: &SpecificCharacterSet,
+    patient: &PatientModule,
+) -> Result<Vec<u8>, String> {
+    let mut group =
+        dicom_object::InMemDicomObject::read_dataset_with_ts_cs(group, ts, charset.clone())
+            .map_err(|e| format!("the patient module cannot be read: {e}"))?;
     let text =
         |tag: Tag, vr: VR, value: &str| DataElement::new(tag, vr, PrimitiveValue::from(value));
     group.remove_element(Tag(0x0010, 0x0000));
@@ -85,14 +136,9 @@ pub fn coerce_part10(bytes: &[u8], patient: &PatientModule) -> Result<Vec<u8>, S
     }
     let mut encoded = Vec::new();
     group
-        .write_dataset_with_ts_cs(&mut encoded, ts, charset)
+        .write_dataset_with_ts_cs(&mut encoded, ts, charset.clone())
         .map_err(|e| format!("the patient module cannot be written: {e}"))?;
-    let split = meta.dataset_offset + from;
-    let mut out = Vec::with_capacity(bytes.len() + encoded.len());
-    out.extend_from_slice(&bytes[..split]);
-    out.extend_from_slice(&encoded);
-    out.extend_from_slice(&bytes[meta.dataset_offset + to..]);
-    Ok(out)
+    Ok(encoded)
 }
 
 #[cfg(test)]
@@ -183,5 +229,27 @@ mod tests {
                 "{ts}"
             );
         }
+    }
+
+    #[test]
+    fn a_name_the_objects_character_set_cannot_carry_goes_as_question_marks() {
+        let to = PatientModule {
+            patient_id: "P1".into(),
+            issuer: String::new(),
+            patient_name: "WIŚNIEWSKA^ANNA".into(),
+            patient_birth_date: String::new(),
+            patient_sex: "F".into(),
+        };
+        // ISO_IR 100 (Latin-1) has no Ś: the retrieval still goes, with '?'
+        let sent = coerce_part10(&part10("1.2.840.10008.1.2.1", "SMITH^BOB"), &to).unwrap();
+        let obj = dicom_object::from_reader(&sent[128..]).unwrap();
+        let name = obj
+            .element(tags::PATIENT_NAME)
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .trim()
+            .to_string();
+        assert_eq!(name, "WI?NIEWSKA^ANNA");
     }
 }
