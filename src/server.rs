@@ -41,15 +41,15 @@ pub async fn run(
     let metrics = Metrics::new();
     let archive = Archive::serving(&config, &storage, metrics)?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    // patient identity changes the index missed (a crash between the governance log
-    // and the index) are applied before anything is served
+    // patient identity changes and rejection notes the index missed (a crash between
+    // the governance log and the index) are applied before anything is served
     let reconciling = archive.clone();
-    let relinked =
-        crate::archive::blocking(move || reconciling.reconcile_patient_links_blocking()).await?;
-    if relinked > 0 {
-        tracing::info!(
-            links = relinked,
-            "patient links replayed from the governance log"
+    let replayed =
+        crate::archive::blocking(move || reconciling.reconcile_governance_blocking()).await?;
+    if replayed > 0 {
+        tracing::warn!(
+            records = replayed,
+            "governance records the index lacked applied from the log"
         );
     }
 

@@ -274,46 +274,89 @@ impl Archive {
         }
     }
 
-    /// Brings the index's patient links level with the governance log (blocking): a
-    /// change whose governance record was written but whose index batch was not (a
-    /// crash between the two) is applied now, before any query. Returns how many links
-    /// were written.
-    pub fn reconcile_patient_links_blocking(&self) -> Result<usize, Error> {
+    /// Brings the index level with the governance log's patient changes and rejection
+    /// notes (blocking), before anything is served: a record whose index batch was not
+    /// written (a crash between the two) is applied now, and audited as replayed when it
+    /// had not been. Only what differs from the log's final state is written, so a
+    /// clean start writes nothing. Returns how many links and rejections were written.
+    pub fn reconcile_governance_blocking(&self) -> Result<usize, Error> {
         let records = self.governance.read()?;
-        let mut written = 0;
-        for change in crate::storage::governance_log::patient_changes(&records) {
-            let index = self.index.as_ref();
-            let known = match change.message() {
-                Some((cid, _)) => index.hl7_message(cid)?.is_some(),
-                None => false,
-            };
-            let mut stale = false;
+        let index = self.index.as_ref();
+        let changes = crate::storage::governance_log::patient_changes(&records);
+        // the final link of each stored ID (in log order, a later change wins)
+        let mut last: std::collections::BTreeMap<String, PatientLink> = Default::default();
+        for change in &changes {
             for (stored, link) in &change.links {
-                stale |= index.patient_link(stored)?.as_ref() != Some(link);
+                last.insert(stored.clone(), link.clone());
             }
-            if known && !stale {
+        }
+        let mut stale = Vec::new();
+        for (stored, link) in last {
+            if index.patient_link(&stored)?.as_ref() != Some(&link) {
+                stale.push((stored, link));
+            }
+        }
+        let mut written = stale.len();
+        if !stale.is_empty() {
+            index.set_patient_links(&stale, None)?;
+        }
+        let replayed = Principal::system("governance-replay");
+        for change in &changes {
+            let Some((cid, summary)) = change.message() else {
+                continue;
+            };
+            if index.hl7_message(cid)?.is_some() {
                 continue;
             }
-            // a later change of the same IDs is replayed after this one, in log order
-            index.set_patient_links(&change.links, change.message())?;
-            written += change.links.len();
-            if !known && change.message().is_some() {
-                // cut short before its audit record: written now, saying so
-                let action = match change.action.as_str() {
-                    "patient_merge" => "patient_merge",
-                    "patient_id_change" => "patient_id_change",
-                    _ => "patient_update",
-                };
-                self.audit_synced(
-                    &Principal::system("patient-replay"),
-                    action,
-                    Vec::new(),
-                    format!(
-                        "replayed from the governance log after a crash (asked by {}): {}",
-                        change.by, change.summary
-                    ),
-                )?;
+            // cut short before its index batch, so before its audit record: both now
+            index.set_patient_links(&[], Some((cid, summary)))?;
+            let action = match change.action.as_str() {
+                "patient_merge" => "patient_merge",
+                "patient_id_change" => "patient_id_change",
+                _ => "patient_update",
+            };
+            self.audit_synced(
+                &replayed,
+                action,
+                Vec::new(),
+                format!(
+                    "replayed from the governance log after a crash (asked by {}): {summary}",
+                    change.by
+                ),
+            )?;
+        }
+        for record in &records {
+            let GovernanceRecord::Rejection {
+                instances,
+                rejection,
+            } = record
+            else {
+                continue;
+            };
+            let mut missing = Vec::new();
+            for (study, series, sop) in instances {
+                let known = index
+                    .rejections_of_study(study)?
+                    .iter()
+                    .any(|(s, i, r)| s == series && i == sop && r.note == rejection.note);
+                if !known {
+                    missing.push((study.clone(), series.clone(), sop.clone()));
+                }
             }
+            if missing.is_empty() {
+                continue;
+            }
+            index.reject_instances(&missing, rejection)?;
+            written += missing.len();
+            self.audit_synced(
+                &replayed,
+                "reject",
+                missing.iter().map(|(_, _, sop)| sop.clone()).collect(),
+                format!(
+                    "replayed from the governance log after a crash (sent by {}): ({}, DCM) by note {}",
+                    rejection.by, rejection.code, rejection.note
+                ),
+            )?;
         }
         Ok(written)
     }
