@@ -686,6 +686,20 @@ fn a_rejection_note_hides_the_instances_it_rejects() {
     .unwrap();
     assert_eq!(code, 200);
     assert!(!body.contains(&rejected.sop_instance_uid) && body.contains(&kept.sop_instance_uid));
+    // FHIR's ImagingStudy neither lists nor counts it
+    let (code, body) = http_get(
+        server.http_port,
+        &format!("/fhir/ImagingStudy?patient={}", rejected.patient_id),
+    )
+    .unwrap();
+    assert_eq!(code, 200);
+    assert!(!body.contains(&rejected.sop_instance_uid), "{body}");
+    let bundle: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let study = &bundle["entry"][0]["resource"];
+    assert_eq!(
+        study["numberOfInstances"], 2,
+        "the kept instance and the note: {body}"
+    );
     // retrieve: the rejected instance is not sent
     let (code, _) = http_get(
         server.http_port,

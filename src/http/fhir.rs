@@ -504,7 +504,18 @@ async fn imaging_studies(archive: &Archive, answers: Vec<Answer>) -> Result<Vec<
             })
             .filter_map(|a| {
                 let uid = a.get(&tags::STUDY_INSTANCE_UID)?;
-                let view = archive.study_view_unaudited(uid).ok().flatten()?;
+                let mut view = archive.study_view_unaudited(uid).ok().flatten()?;
+                // instances an IOCM rejection note hid are not listed (nor counted)
+                let hidden = crate::query::rejected_of(archive.index.as_ref(), uid).ok()?;
+                if !hidden.is_empty() {
+                    for series in &mut view.series {
+                        let series_uid = series.series_uid.clone();
+                        series.instances.retain(|i| {
+                            !hidden.contains(&(series_uid.clone(), i.sop_instance_uid.clone()))
+                        });
+                    }
+                    view.series.retain(|s| !s.instances.is_empty());
+                }
                 Some(imaging_study(a, &view))
             })
             .collect::<Vec<_>>()
