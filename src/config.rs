@@ -72,6 +72,10 @@ pub struct Hl7Config {
     /// Serve MLLP over TLS (1.2 and 1.3) with the `[tls]` certificate and key; with
     /// `[tls] client_ca_file`, the interface engine must present a certificate.
     pub tls: bool,
+    /// A connection silent this long between messages is closed (interface engines
+    /// reconnect).
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
 }
 
 impl Default for Hl7Config {
@@ -81,6 +85,7 @@ impl Default for Hl7Config {
             bind: IpAddr::from([127, 0, 0, 1]),
             max_message_kb: 1024,
             tls: false,
+            idle_timeout: Duration::from_secs(600),
         }
     }
 }

@@ -79,15 +79,20 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
     let limit = archive.config().hl7.max_message_kb.saturating_mul(1024);
     let mut reader = mllp::Reader::new(limit);
     loop {
+        let idle = archive.config().hl7.idle_timeout;
         let frame = tokio::select! {
-            frame = reader.next(&mut stream) => frame,
+            frame = tokio::time::timeout(idle, reader.next(&mut stream)) => frame,
             _ = shutdown.changed() => return,
         };
         let bytes = match frame {
-            Ok(Some(bytes)) => bytes,
-            Ok(None) => return,
-            Err(e) => {
+            Ok(Ok(Some(bytes))) => bytes,
+            Ok(Ok(None)) => return,
+            Ok(Err(e)) => {
                 tracing::warn!(%peer, error = %e, "HL7: connection dropped");
+                return;
+            }
+            Err(_) => {
+                tracing::info!(%peer, "HL7: idle connection closed");
                 return;
             }
         };

@@ -20,6 +20,9 @@ pub enum MllpError {
 pub struct Reader {
     buffer: Vec<u8>,
     limit: usize,
+    /// How far into the buffered frame the end block has been looked for already: a
+    /// message trickling in byte by byte is scanned once, not once per read.
+    scanned: usize,
 }
 
 impl Reader {
@@ -27,6 +30,7 @@ impl Reader {
         Reader {
             buffer: Vec::new(),
             limit,
+            scanned: 0,
         }
     }
 
@@ -37,18 +41,32 @@ impl Reader {
         stream: &mut S,
     ) -> Result<Option<Vec<u8>>, MllpError> {
         loop {
-            if let Some(start) = self.buffer.iter().position(|&b| b == START) {
-                if let Some(end) = self.buffer[start + 1..].windows(2).position(|w| w == END) {
-                    let message = self.buffer[start + 1..start + 1 + end].to_vec();
-                    self.buffer.drain(..start + 1 + end + 2);
-                    return Ok(Some(message));
-                }
-                if self.buffer.len() - start > self.limit {
-                    return Err(MllpError::TooLong(self.limit));
-                }
-            } else {
+            match self.buffer.iter().position(|&b| b == START) {
                 // nothing framed yet: what came is noise between frames
-                self.buffer.clear();
+                None => {
+                    self.buffer.clear();
+                    self.scanned = 0;
+                }
+                Some(start) => {
+                    if start > 0 {
+                        // the frame starts the buffer from now on
+                        self.buffer.drain(..start);
+                        self.scanned = 0;
+                    }
+                    let from = self.scanned.max(1);
+                    if let Some(at) = self.buffer[from..].windows(2).position(|w| w == END) {
+                        let end = from + at;
+                        let message = self.buffer[1..end].to_vec();
+                        self.buffer.drain(..end + 2);
+                        self.scanned = 0;
+                        return Ok(Some(message));
+                    }
+                    // the last byte may be the first half of the end block
+                    self.scanned = self.buffer.len().saturating_sub(1).max(1);
+                    if self.buffer.len() > self.limit {
+                        return Err(MllpError::TooLong(self.limit));
+                    }
+                }
             }
             let mut chunk = [0u8; 16 * 1024];
             let n = stream.read(&mut chunk).await?;
@@ -94,6 +112,15 @@ mod tests {
             b"MSH|two\r"
         );
         assert!(reader.next(&mut stream).await.unwrap().is_none());
+        // a frame arriving a byte at a time, the end block split across reads
+        let mut frame = vec![START];
+        frame.extend_from_slice(b"MSH|three\r");
+        frame.extend_from_slice(&END);
+        let mut trickle = tokio_test_trickle(&frame);
+        assert_eq!(
+            Reader::new(1024).next(&mut trickle).await.unwrap().unwrap(),
+            b"MSH|three\r"
+        );
         let mut long = vec![START];
         long.extend(std::iter::repeat_n(b'x', 2048));
         let mut stream = &long[..];
@@ -101,5 +128,27 @@ mod tests {
             Reader::new(1024).next(&mut stream).await,
             Err(MllpError::TooLong(1024))
         ));
+    }
+
+    /// A reader handing out one byte per read.
+    fn tokio_test_trickle(bytes: &[u8]) -> Trickle {
+        Trickle(bytes.to_vec(), 0)
+    }
+
+    struct Trickle(Vec<u8>, usize);
+
+    impl tokio::io::AsyncRead for Trickle {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            if self.1 < self.0.len() {
+                let b = self.0[self.1];
+                buf.put_slice(&[b]);
+                self.1 += 1;
+            }
+            std::task::Poll::Ready(Ok(()))
+        }
     }
 }
