@@ -121,7 +121,10 @@ fn export(
         }
         let targets = match identity {
             ExportIdentity::AsStored => vec![None; entries.len()],
-            ExportIdentity::Current => super::retrieve::coercion_targets(index, &entries)?,
+            ExportIdentity::Current => super::retrieve::entry_patients(index, &entries)?
+                .into_iter()
+                .map(|p| p.coerce_to)
+                .collect(),
         };
         let mut dest_of: BTreeMap<ObjectId, PathBuf> = BTreeMap::new();
         let mut coerce: BTreeMap<ObjectId, std::sync::Arc<crate::dicom::coerce::PatientModule>> =

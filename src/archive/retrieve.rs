@@ -274,45 +274,60 @@ impl Drop for Retrieval {
 }
 
 /// The served version of every instance the identifier names.
-/// For each entry, the identity its patient is known by now when the hospital changed
-/// it since the object was stored (its series' stored PatientID has a link), else
-/// `None`: what its data set is coerced to on the way out.
-pub(crate) fn coercion_targets(
+/// Who an entry's patient is now: its current PatientID, whether its study is filed
+/// under several patients (a patient conflict), and the identity its data set is coerced
+/// to on the way out when the hospital changed it since the object was stored.
+pub(crate) struct EntryPatient {
+    pub current: String,
+    pub conflicted: bool,
+    pub coerce_to: Option<Arc<PatientModule>>,
+}
+
+/// [`EntryPatient`] of each entry (each study record and patient link read once).
+pub(crate) fn entry_patients(
     index: &dyn Index,
     entries: &[InstanceEntry],
-) -> Result<Vec<Option<Arc<PatientModule>>>, Error> {
+) -> Result<Vec<EntryPatient>, Error> {
     let mut records: BTreeMap<String, Option<crate::index::StudyRecord>> = BTreeMap::new();
-    let mut links: BTreeMap<String, Option<Arc<PatientModule>>> = BTreeMap::new();
-    let mut targets = Vec::with_capacity(entries.len());
+    let mut links: BTreeMap<String, Option<crate::index::PatientLink>> = BTreeMap::new();
+    let mut out = Vec::with_capacity(entries.len());
     for e in entries {
         if !records.contains_key(&e.study_uid) {
             records.insert(e.study_uid.clone(), index.study(&e.study_uid)?);
         }
-        let stored = match records.get(&e.study_uid) {
-            Some(Some(study)) => study
-                .patient_of_series(&e.series_uid)
-                .patient_id
-                .to_string(),
-            _ => String::new(),
+        let (stored, conflicted) = match records.get(&e.study_uid) {
+            Some(Some(study)) => (
+                study
+                    .patient_of_series(&e.series_uid)
+                    .patient_id
+                    .to_string(),
+                !study.other_patients.is_empty(),
+            ),
+            _ => (String::new(), false),
         };
         if !links.contains_key(&stored) {
             let link = match stored.is_empty() {
                 true => None,
-                false => index.patient_link(&stored)?.map(|l| {
-                    Arc::new(PatientModule {
-                        patient_id: l.patient_id,
-                        issuer: l.issuer,
-                        patient_name: l.patient_name,
-                        patient_birth_date: l.patient_birth_date,
-                        patient_sex: l.patient_sex,
-                    })
-                }),
+                false => index.patient_link(&stored)?,
             };
             links.insert(stored.clone(), link);
         }
-        targets.push(links[&stored].clone());
+        let link = links[&stored].clone();
+        out.push(EntryPatient {
+            current: link.as_ref().map_or(stored, |l| l.patient_id.clone()),
+            conflicted,
+            coerce_to: link.map(|l| {
+                Arc::new(PatientModule {
+                    patient_id: l.patient_id,
+                    issuer: l.issuer,
+                    patient_name: l.patient_name,
+                    patient_birth_date: l.patient_birth_date,
+                    patient_sex: l.patient_sex,
+                })
+            }),
+        });
     }
-    Ok(targets)
+    Ok(out)
 }
 
 /// The instances `query` names; with `patient` (a patient-restricted caller), only that
@@ -411,70 +426,27 @@ fn resolve(
     entries.retain(|e| {
         !rejected[&e.study_uid].contains(&(e.series_uid.clone(), e.sop_instance_uid.clone()))
     });
+    let patients = entry_patients(index, &entries)?;
+    let mut entries: Vec<(InstanceEntry, EntryPatient)> =
+        entries.into_iter().zip(patients).collect();
     if let Some(patient) = patient {
-        let mut studies: BTreeMap<String, Option<crate::index::StudyRecord>> = BTreeMap::new();
-        for e in &entries {
-            if !studies.contains_key(&e.study_uid) {
-                studies.insert(e.study_uid.clone(), index.study(&e.study_uid)?);
-            }
-        }
-        let mut current: BTreeMap<String, String> = BTreeMap::new();
-        for e in &entries {
-            if let Some(Some(study)) = studies.get(&e.study_uid) {
-                let stored = study.patient_of_series(&e.series_uid).patient_id;
-                if !current.contains_key(stored) {
-                    let now = crate::query::current_patient_id(index, stored)?;
-                    current.insert(stored.to_string(), now);
-                }
-            }
-        }
-        entries.retain(|e| match studies.get(&e.study_uid) {
-            Some(Some(study)) => {
-                current.get(study.patient_of_series(&e.series_uid).patient_id)
-                    == Some(&patient.to_string())
-            }
-            _ => false,
-        });
+        entries.retain(|(_, p)| p.current == patient);
     }
     // A study filed under several patients (a patient conflict, `StudyRecord::
     // other_patients`): an identifier naming a PatientID gets only that patient's series,
     // as C-FIND showed them. Other studies are sent whole, as before.
     if let Some(pid) = value(qtags::PATIENT_ID) {
-        let mut split: BTreeMap<String, Option<crate::index::StudyRecord>> = BTreeMap::new();
-        for e in &entries {
-            if !split.contains_key(&e.study_uid) {
-                let record = index
-                    .study(&e.study_uid)?
-                    .filter(|s| !s.other_patients.is_empty());
-                split.insert(e.study_uid.clone(), record);
-            }
-        }
-        let mut kept = Vec::with_capacity(entries.len());
-        for e in entries {
-            let keep = match split.get(&e.study_uid) {
-                Some(Some(study)) => {
-                    let stored = study.patient_of_series(&e.series_uid).patient_id;
-                    crate::query::current_patient_id(index, stored)? == pid
-                }
-                _ => true,
-            };
-            if keep {
-                kept.push(e);
-            }
-        }
-        entries = kept;
+        entries.retain(|(_, p)| !p.conflicted || p.current == pid);
     }
-    let coerce_to = coercion_targets(index, &entries)?;
     entries
         .into_iter()
-        .zip(coerce_to)
-        .map(|(i, patient)| {
+        .map(|(i, p)| {
             let current = i
                 .record
                 .current()
                 .ok_or_else(|| Error::Internal("instance without versions".into()))?;
             Ok(RetrieveItem {
-                patient,
+                patient: p.coerce_to,
                 id: ObjectId::from_hex(&current.id)
                     .ok_or_else(|| Error::Internal("malformed object id in the index".into()))?,
                 size: current.size,
