@@ -97,6 +97,7 @@ fn build(index: &RocksIndex, studies: usize, per_study: usize, template: Option<
                     sop_class_uid: "1.2.840.10008.5.1.4.1.1.2".into(),
                     instance_number: format!("{}", i + 1),
                     transfer_syntax_uid: "1.2.840.10008.1.2.1".into(),
+                    ..Default::default()
                 },
                 dataset: None,
                 metadata: template.map(|t| t.record(&sop, &series_uid, &study_uid)),

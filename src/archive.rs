@@ -149,6 +149,13 @@ impl Archive {
         metrics: Metrics,
     ) -> Self {
         let config = Arc::new(config.clone());
+        let governance = crate::storage::governance_log::GovernanceLog::new(data_dir);
+        let ingest = ingest.map(|ingest| {
+            match patients::default_issuer_policy(&config, &governance, &index) {
+                Some(policy) => ingest.with_attrs_policy(policy),
+                None => ingest,
+            }
+        });
         let mut tiering = Tiering::new(hot.clone(), cold.clone(), index.clone(), config.clone());
         if ingest.is_some() {
             tiering = tiering.with_metrics(metrics.tier.clone());
@@ -165,7 +172,7 @@ impl Archive {
         }));
         Archive {
             config,
-            governance: crate::storage::governance_log::GovernanceLog::new(data_dir),
+            governance,
             data_dir: data_dir.clone(),
             hot: hot.clone(),
             cold: cold.clone(),

@@ -78,6 +78,10 @@ pub enum PatientCommand {
     /// stored IDs shown as it, its studies.
     Show {
         patient_id: String,
+        /// The patient's IssuerOfPatientID (0010,0021), when its PatientID alone is
+        /// shared by patients of several issuers; default: unknown.
+        #[arg(long, default_value = "")]
+        issuer: String,
         #[arg(long)]
         json: bool,
     },
@@ -105,6 +109,10 @@ pub enum PatientCommand {
         /// The survivor's IssuerOfPatientID.
         #[arg(long)]
         issuer: Option<String>,
+        /// PRIOR's IssuerOfPatientID, when PRIOR alone is shared by patients of several
+        /// issuers.
+        #[arg(long)]
+        prior_issuer: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -368,7 +376,11 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Tier { command } => tier::tier(&config, command),
         Command::Audit { command } => audit::audit(&config, command),
         Command::Patient { command } => match command {
-            PatientCommand::Show { patient_id, json } => patient::show(&config, &patient_id, json),
+            PatientCommand::Show {
+                patient_id,
+                issuer,
+                json,
+            } => patient::show(&config, &patient_id, &issuer, json),
             PatientCommand::History { patient_id, json } => {
                 patient::history(&config, &patient_id, json)
             }
@@ -379,6 +391,7 @@ pub fn run(cli: Cli) -> Result<i32> {
                 birth_date,
                 sex,
                 issuer,
+                prior_issuer,
                 json,
             } => patient::merge(
                 &config,
@@ -389,6 +402,7 @@ pub fn run(cli: Cli) -> Result<i32> {
                     patient_birth_date: birth_date,
                     patient_sex: sex,
                     issuer,
+                    prior_issuer,
                 },
                 json,
             ),

@@ -28,6 +28,45 @@ pub struct Config {
     pub access: AccessConfig,
     pub hl7: Hl7Config,
     pub prefetch: PrefetchConfig,
+    pub patients: PatientsConfig,
+}
+
+/// Who issued the PatientIDs of senders whose data sets do not say
+/// (IssuerOfPatientID (0010,0021) absent): a patient is its (PatientID, issuer) pair
+/// (docs/patients.md "The identity model").
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PatientsConfig {
+    /// The issuer of every sender without its own entry below; empty: unknown.
+    pub default_issuer: String,
+    /// Per sending AE title (C-STORE's calling AE).
+    pub issuer: Vec<AeIssuer>,
+}
+
+/// `[[patients.issuer]]`: the issuer of the PatientIDs one sender sends.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AeIssuer {
+    pub calling_ae: String,
+    pub issuer: String,
+}
+
+impl PatientsConfig {
+    /// The issuer to assume for a data set without IssuerOfPatientID sent by
+    /// `calling_ae` (an AE title; `import`, a web service name for other paths).
+    pub fn issuer_for(&self, calling_ae: &str) -> Option<&str> {
+        self.issuer
+            .iter()
+            .find(|a| a.calling_ae.trim() == calling_ae.trim())
+            .map(|a| a.issuer.as_str())
+            .or(Some(self.default_issuer.as_str()))
+            .filter(|i| !i.is_empty())
+    }
+
+    /// Whether any default is configured.
+    pub fn any(&self) -> bool {
+        !self.default_issuer.is_empty() || !self.issuer.is_empty()
+    }
 }
 
 /// Prior prefetch on orders (HL7 ORM^O01, OMI^O23; [`crate::archive::prefetch`]).
@@ -677,6 +716,16 @@ impl Config {
                 return Err(ConfigError::Invalid(format!(
                     "[[dicom.peers]] names {:?} twice: a C-MOVE destination must be one node",
                     peer.ae_title
+                )));
+            }
+        }
+        let issuers = std::iter::once(&self.patients.default_issuer)
+            .chain(self.patients.issuer.iter().map(|a| &a.issuer));
+        for issuer in issuers {
+            if issuer.chars().count() > 64 || issuer.chars().any(|c| c == '\\' || c.is_control()) {
+                return Err(ConfigError::Invalid(format!(
+                    "[patients] issuer {issuer:?} is not a valid IssuerOfPatientID (LO: at most \
+                     64 characters, no backslash)"
                 )));
             }
         }

@@ -239,29 +239,52 @@ fn change_of(
         return Err(unsupported());
     }
     let patient = demographics(message).map_err(|why| (AckCode::Error, why))?;
+    // the prior patient: MRG-1.1 and its assigning authority MRG-1.4
     let prior = || {
-        let id = value(message, "MRG.1.1");
+        let (id, issuer) = (value(message, "MRG.1.1"), value(message, "MRG.1.4.1"));
         if message.segment("MRG").is_none() || id.is_empty() {
-            Err((
+            return Err((
                 AckCode::Error,
                 format!("ADT^{trigger} needs MRG-1 (the prior patient identifier)"),
-            ))
-        } else {
-            Ok(id)
+            ));
         }
+        lo_value("MRG-1", &id)
+            .and_then(|()| lo_value("MRG-1.4", &issuer))
+            .map_err(|why| (AckCode::Error, why))?;
+        Ok((id, issuer))
     };
     match trigger {
         "A08" | "A31" => Ok(PatientChange::Update { patient }),
-        "A40" => Ok(PatientChange::Merge {
-            prior: prior()?,
-            survivor: patient,
-        }),
-        "A47" => Ok(PatientChange::ChangeId {
-            old: prior()?,
-            patient,
-        }),
+        "A40" => {
+            let (prior, prior_issuer) = prior()?;
+            Ok(PatientChange::Merge {
+                prior,
+                prior_issuer,
+                survivor: patient,
+            })
+        }
+        "A47" => {
+            let (old, old_issuer) = prior()?;
+            Ok(PatientChange::ChangeId {
+                old,
+                old_issuer,
+                patient,
+            })
+        }
         _ => Err(unsupported()),
     }
+}
+
+/// Checks that an identifier fits DICOM's LO (PatientID, IssuerOfPatientID: at most 64
+/// characters, no backslash and no control character; PS3.5 §6.2), which the patient key
+/// relies on.
+fn lo_value(field: &str, value: &str) -> Result<(), String> {
+    if value.chars().count() > 64 || value.chars().any(|c| c == '\\' || c.is_control()) {
+        return Err(format!(
+            "{field} ({value:?}) is not a valid DICOM identifier (LO: at most 64 characters, no backslash)"
+        ));
+    }
+    Ok(())
 }
 
 /// The patient of a message's PID segment, in DICOM's forms.
@@ -274,6 +297,9 @@ fn demographics(message: &Message) -> Result<Demographics, String> {
     if patient_id.is_empty() {
         return Err("PID-3 (patient identifier) is empty".into());
     }
+    let issuer = v("PID.3.4.1");
+    lo_value("PID-3", &patient_id)?;
+    lo_value("PID-3.4", &issuer)?;
     // XPN (family^given^middle^suffix^prefix) to PN (family^given^middle^prefix^suffix)
     let name = [
         v("PID.5.1"),
@@ -293,7 +319,7 @@ fn demographics(message: &Message) -> Result<Demographics, String> {
     };
     Ok(Demographics {
         patient_id,
-        issuer: v("PID.3.4.1"),
+        issuer,
         patient_name: name,
         patient_birth_date: birth,
         patient_sex: sex,
@@ -391,10 +417,16 @@ mod tests {
                    MRG|BOB001^^^HOSP^MR\r";
         let m = parse(a40);
         let change = change_of(&m, "ADT", "A40").unwrap();
-        let PatientChange::Merge { survivor, prior } = change else {
+        let PatientChange::Merge {
+            survivor,
+            prior,
+            prior_issuer,
+        } = change
+        else {
             panic!("{change:?}")
         };
         assert_eq!(prior, "BOB001");
+        assert_eq!(prior_issuer, "HOSP");
         assert_eq!(survivor.patient_id, "ALICE001");
         assert_eq!(survivor.issuer, "HOSP");
         // PS3.5 6.2.1: PN components family^given^middle^prefix^suffix
@@ -409,6 +441,13 @@ mod tests {
             panic!()
         };
         assert_eq!(patient.patient_name, "O^BRIEN^PAT");
+        // a backslash cannot be in a DICOM PatientID (LO, PS3.5 §6.2): refused
+        let backslash = "MSH|^~\\&|EHR|HOSP|||20261130||ADT^A08|MSG4|P|2.5.1\r\
+                   PID|||P\\E\\1\r";
+        assert!(change_of(&parse(backslash), "ADT", "A08")
+            .unwrap_err()
+            .1
+            .contains("no backslash"));
         // a merge without MRG is an error in the content; an order is not acted on
         let no_mrg = "MSH|^~\\&|EHR|HOSP|||20261130||ADT^A40|MSG3|P|2.5.1\rPID|||P1\r";
         assert_eq!(

@@ -52,6 +52,7 @@ pub mod conformance;
 
 pub use kv::{KvEngine, KvIndex};
 pub use memory::{MemoryEngine, MemoryIndex};
+pub use records::{issuers_agree, patient_key, split_patient_key};
 pub use records::{
     ColdCopy, CommitOutcome, Compression, FixityRecord, HoldRecord, InstanceEntry, InstanceRecord,
     NewObject, ObjectRecord, OtherPatient, PackRecord, PackedObject, PatientIdentity, PatientLink,
@@ -252,20 +253,35 @@ pub trait Governance {
     fn set_holds(&self, study_uid: &str, holds: &[HoldRecord]) -> Result<(), IndexError>;
     /// The legal holds standing on a study, oldest first.
     fn holds(&self, study_uid: &str) -> Result<Vec<HoldRecord>, IndexError>;
-    /// Links stored PatientIDs to the identity they are known by now, and records the
-    /// HL7 message (control id, outcome) that did it, in one synced batch.
+    /// Links stored patients (by [`patient_key`]) to the identity they are
+    /// known by now, and records the HL7 message (control id, outcome) that did it, in
+    /// one synced batch.
     fn set_patient_links(
         &self,
         links: &[(String, PatientLink)],
         message: Option<(&str, &str)>,
     ) -> Result<(), IndexError>;
-    /// The identity a stored PatientID is known by now, if it was ever changed.
-    fn patient_link(&self, patient_id: &str) -> Result<Option<PatientLink>, IndexError>;
-    /// The stored PatientIDs linked to the current PatientID `current` (itself among
-    /// them once its own demographics were updated).
+    /// The identity a stored patient (its [`patient_key`]) is known by now, if
+    /// it was ever changed.
+    fn patient_link(&self, patient_key: &str) -> Result<Option<PatientLink>, IndexError>;
+    /// The stored patient keys linked to an identity whose PatientID is `current` (of
+    /// any issuer; itself among them once its own demographics were updated).
     fn patient_aliases(&self, current: &str) -> Result<Vec<String>, IndexError>;
     /// Every link, for reindex and `strata patient`.
     fn patient_links(&self) -> Result<Vec<(String, PatientLink)>, IndexError>;
+    /// Sets the IssuerOfPatientID of study identities `(study, PatientID, issuer)` that
+    /// have none yet (the study's own patient, or one of its other patients), in one
+    /// synced batch; identities that have one keep it. Returns how many studies changed.
+    /// For `reindex` (issuers a sender's configured default gave) and the start-up
+    /// migration of records written before issuers were kept.
+    fn set_patient_issuers(
+        &self,
+        issuers: &[(String, String, String)],
+    ) -> Result<usize, IndexError>;
+    /// Whether the start-up migration `step` ran on this index.
+    fn migrated(&self, step: &str) -> Result<bool, IndexError>;
+    /// Records that the start-up migration `step` ran (synced).
+    fn mark_migrated(&self, step: &str) -> Result<(), IndexError>;
     /// The outcome recorded for an HL7 message control id already processed.
     fn hl7_message(&self, control_id: &str) -> Result<Option<String>, IndexError>;
     /// Marks instances `(study, series, sop)` rejected (an IOCM rejection note), in

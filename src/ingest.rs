@@ -116,9 +116,16 @@ struct CommitJob {
     reply: Reply,
 }
 
+/// Completes an instance's attributes before it is committed, by the archive's policy
+/// (the sender's default IssuerOfPatientID: [`crate::archive::patients`]); an error
+/// refuses the instance before anything is indexed.
+pub type AttrsPolicy =
+    Arc<dyn Fn(&mut InstanceAttrs, &Provenance) -> Result<(), String> + Send + Sync>;
+
 /// The ingest pipeline of one archive. Cheap to clone.
 #[derive(Clone)]
 pub struct Ingest {
+    policy: Option<AttrsPolicy>,
     hot: HotDisk,
     index: Arc<dyn Index>,
     /// Set when a sync or index commit failed: files may then be on disk unindexed, so
@@ -161,6 +168,7 @@ impl Ingest {
             })
             .expect("spawn committer thread");
         Ingest {
+            policy: None,
             hot,
             index,
             failures,
@@ -169,6 +177,12 @@ impl Ingest {
             metrics,
             committer: Arc::new(std::sync::Mutex::new(Some(handle))),
         }
+    }
+
+    /// This pipeline, completing each instance's attributes with `policy`.
+    pub fn with_attrs_policy(mut self, policy: AttrsPolicy) -> Self {
+        self.policy = Some(policy);
+        self
     }
 
     /// Stops accepting work and waits until the committer has answered everything and
@@ -243,7 +257,7 @@ impl Ingest {
         provenance: Provenance,
         actor: Actor,
     ) -> Result<PendingCommit, IngestError> {
-        let attrs = read_header_blocking(written.tmp.path())
+        let mut attrs = read_header_blocking(written.tmp.path())
             .map_err(|e| IngestError::Unparseable(e.to_string()))?;
         if attrs.sop_instance_uid != expected_sop_instance_uid {
             return Err(IngestError::DatasetMismatch(format!(
@@ -256,6 +270,9 @@ impl Ingest {
                 "dataset SOP Class UID {} differs from the announced {}",
                 attrs.sop_class_uid, expected_sop_class_uid
             )));
+        }
+        if let Some(policy) = &self.policy {
+            policy(&mut attrs, &provenance).map_err(IngestError::Storage)?;
         }
         let screened = self.screen_blocking(&attrs, &written);
         if self.conflicts == ConflictPolicy::Reject && !matches!(screened, Screen::Same { .. }) {

@@ -48,6 +48,7 @@ pub mod tags {
     pub const SERIES_DESCRIPTION: u32 = 0x0008_103E;
     pub const PATIENT_NAME: u32 = 0x0010_0010;
     pub const PATIENT_ID: u32 = 0x0010_0020;
+    pub const ISSUER_OF_PATIENT_ID: u32 = 0x0010_0021;
     pub const PATIENT_BIRTH_DATE: u32 = 0x0010_0030;
     pub const PATIENT_SEX: u32 = 0x0010_0040;
     pub const NUMBER_OF_PATIENT_RELATED_STUDIES: u32 = 0x0020_1200;
@@ -451,6 +452,7 @@ struct StudyView {
 fn patient_attrs(p: PatientIdentity<'_>) -> Answer {
     BTreeMap::from([
         (tags::PATIENT_ID, p.patient_id.to_string()),
+        (tags::ISSUER_OF_PATIENT_ID, p.issuer.to_string()),
         (tags::PATIENT_NAME, p.patient_name.to_string()),
         (tags::PATIENT_BIRTH_DATE, p.patient_birth_date.to_string()),
         (tags::PATIENT_SEX, p.patient_sex.to_string()),
@@ -480,11 +482,8 @@ fn study_views(
         })
         .collect();
     for (series_uid, rec) in index.series_of_study(uid)? {
-        let id = s.patient_of_series(&series_uid).patient_id;
-        if let Some(v) = views
-            .iter_mut()
-            .find(|v| v.patient.get(&tags::PATIENT_ID).is_some_and(|p| p == id))
-        {
+        let key = s.patient_of_series(&series_uid).key();
+        if let Some(v) = views.iter_mut().find(|v| answer_key(&v.patient) == key) {
             v.series += 1;
             v.instances += rec.instances;
         }
@@ -497,7 +496,7 @@ fn study_views(
         let patient = current_patient(index, v.patient)?;
         match current
             .iter_mut()
-            .find(|c| c.patient.get(&tags::PATIENT_ID) == patient.get(&tags::PATIENT_ID))
+            .find(|c| answer_key(&c.patient) == answer_key(&patient))
         {
             Some(c) => {
                 c.series += v.series;
@@ -509,15 +508,39 @@ fn study_views(
     Ok(current)
 }
 
+/// The patient key ([`crate::index::patient_key`]) of an answer's PatientID and
+/// IssuerOfPatientID.
+fn answer_key(attrs: &Answer) -> String {
+    let get = |tag| attrs.get(&tag).map_or("", String::as_str);
+    crate::index::patient_key(get(tags::PATIENT_ID), get(tags::ISSUER_OF_PATIENT_ID))
+}
+
+/// The [`crate::index::PatientLink`] of the stored patient (PatientID, IssuerOfPatientID),
+/// if the hospital changed its identity (a merge, an ID change, a demographics update).
+/// The link is the one of exactly that patient: another issuer's patient of the same
+/// PatientID is another patient (docs/patients.md "The identity model").
+pub fn link_of(
+    index: &dyn Index,
+    patient_id: &str,
+    issuer: &str,
+) -> Result<Option<crate::index::PatientLink>, IndexError> {
+    if patient_id.is_empty() {
+        return Ok(None);
+    }
+    index.patient_link(&crate::index::patient_key(patient_id, issuer))
+}
+
 /// A stored patient's attributes as the patient is known by now: those of its
-/// [`crate::index::PatientLink`] when the hospital changed them (a merge, an ID change,
-/// a demographics update), else as stored.
+/// [`crate::index::PatientLink`] when the hospital changed them, else as stored.
 fn current_patient(index: &dyn Index, mut attrs: Answer) -> Result<Answer, IndexError> {
-    let Some(pid) = attrs.get(&tags::PATIENT_ID).filter(|p| !p.is_empty()) else {
-        return Ok(attrs);
-    };
-    if let Some(link) = index.patient_link(pid)? {
+    let get = |tag| attrs.get(&tag).map_or("", String::as_str);
+    if let Some(link) = link_of(
+        index,
+        get(tags::PATIENT_ID),
+        get(tags::ISSUER_OF_PATIENT_ID),
+    )? {
         attrs.insert(tags::PATIENT_ID, link.patient_id);
+        attrs.insert(tags::ISSUER_OF_PATIENT_ID, link.issuer);
         attrs.insert(tags::PATIENT_NAME, link.patient_name);
         attrs.insert(tags::PATIENT_BIRTH_DATE, link.patient_birth_date);
         attrs.insert(tags::PATIENT_SEX, link.patient_sex);
@@ -529,7 +552,11 @@ fn current_patient(index: &dyn Index, mut attrs: Answer) -> Result<Answer, Index
 /// and under every PatientID linked to it (the caller matches each study's current
 /// identity, which excludes studies of an ID since merged away).
 pub fn studies_of_patient(index: &dyn Index, patient_id: &str) -> Result<Vec<String>, IndexError> {
-    let mut ids = index.patient_aliases(patient_id)?;
+    let mut ids: Vec<String> = index
+        .patient_aliases(patient_id)?
+        .iter()
+        .map(|key| crate::index::split_patient_key(key).0.to_string())
+        .collect();
     ids.push(patient_id.to_string());
     ids.sort();
     ids.dedup();
@@ -540,12 +567,17 @@ pub fn studies_of_patient(index: &dyn Index, patient_id: &str) -> Result<Vec<Str
     Ok(studies)
 }
 
-/// The PatientID a stored one is known by now.
-pub fn current_patient_id(index: &dyn Index, stored: &str) -> Result<String, IndexError> {
-    Ok(index
-        .patient_link(stored)?
-        .map(|l| l.patient_id)
-        .unwrap_or_else(|| stored.to_string()))
+/// The (PatientID, IssuerOfPatientID) a stored patient is known by now.
+pub fn current_identity(
+    index: &dyn Index,
+    stored: PatientIdentity<'_>,
+) -> Result<(String, String), IndexError> {
+    Ok(
+        link_of(index, stored.patient_id, stored.issuer)?.map_or_else(
+            || (stored.patient_id.to_string(), stored.issuer.to_string()),
+            |l| (l.patient_id, l.issuer),
+        ),
+    )
 }
 
 fn study_attrs(uid: &str, s: &StudyRecord, view: &StudyView) -> Answer {
@@ -740,7 +772,7 @@ pub fn find_each(
                     "PATIENT level needs the Patient Root model".into(),
                 ));
             }
-            // per PatientID: (patient attributes, studies, series, instances)
+            // per patient (PatientID and issuer): (attributes, studies, series, instances)
             let mut by_patient: BTreeMap<String, (Answer, u64, u64, u64)> = BTreeMap::new();
             let mut failure = None;
             for_each_candidate_study(index, query, &mut |uid, s| {
@@ -752,12 +784,9 @@ pub fn find_each(
                     }
                 };
                 for v in views {
-                    let pid = v
-                        .patient
-                        .get(&tags::PATIENT_ID)
-                        .cloned()
-                        .unwrap_or_default();
-                    let e = by_patient.entry(pid).or_insert((v.patient, 0, 0, 0));
+                    let e = by_patient
+                        .entry(answer_key(&v.patient))
+                        .or_insert((v.patient, 0, 0, 0));
                     e.1 += 1;
                     e.2 += v.series;
                     e.3 += v.instances;
@@ -897,18 +926,15 @@ pub fn find_each(
                     }
                     // the series under the patient it was received with, as that
                     // patient is known now (the study-level answers carry current IDs)
-                    let stored = study.patient_of_series(&series_uid).patient_id;
-                    let patient = match current_patient_id(index, stored) {
-                        Ok(p) => p,
+                    let stored = study.patient_of_series(&series_uid);
+                    let patient = match current_identity(index, stored) {
+                        Ok((pid, issuer)) => crate::index::patient_key(&pid, &issuer),
                         Err(e) => {
                             failure = Some(storage(e));
                             return false;
                         }
                     };
-                    let Some(own) = study_level
-                        .iter()
-                        .find(|a| a.get(&tags::PATIENT_ID).is_some_and(|p| *p == patient))
-                    else {
+                    let Some(own) = study_level.iter().find(|a| answer_key(a) == patient) else {
                         continue;
                     };
                     let mut attrs = own.clone();

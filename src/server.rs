@@ -41,8 +41,11 @@ pub async fn run(
     let metrics = Metrics::new();
     let archive = Archive::serving(&config, &storage, metrics)?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    // patient identity changes and rejection notes the index missed (a crash between
-    // the governance log and the index) are applied before anything is served
+    // an index written before patients were (PatientID, issuer) pairs is migrated once,
+    // and patient identity changes and rejection notes the index missed (a crash
+    // between the governance log and the index) are applied, before anything is served
+    let migrating = archive.clone();
+    crate::archive::blocking(move || migrating.migrate_patient_model_blocking()).await?;
     let reconciling = archive.clone();
     let replayed =
         crate::archive::blocking(move || reconciling.reconcile_governance_blocking()).await?;

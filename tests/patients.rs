@@ -891,3 +891,199 @@ fn retention_deletes_studies_their_rejection_notes_expire() {
     );
     assert!(archive.verify_json().0);
 }
+
+/// `PatientID` P100 from two issuers (issue 15, "patients keyed by (PatientID,
+/// IssuerOfPatientID)"): WEST's data sets carry IssuerOfPatientID (0010,0021); EAST's CT
+/// does not, and `[[patients.issuer]]` names its issuer by its calling AE. They are two
+/// patients: C-FIND at PATIENT level answers one per issuer (PS3.4 C.6.1.1.2 matching
+/// keys; IssuerOfPatientID single-value matching picks one), an ADT message that names
+/// no issuer (PID-3.4) is refused as ambiguous, one that names EAST changes EAST's
+/// patient only, a merge of WEST's P100 (MRG-1.4) leaves EAST's alone, a PATIENT-level
+/// C-MOVE without the issuer is refused while the ID is ambiguous, and `reindex` from
+/// the objects and the governance log gives each study the same patient again.
+#[test]
+fn the_same_patient_id_from_two_issuers_is_two_patients() {
+    let hl7_port = free_port();
+    let dest_port = free_port();
+    let archive = Archive::with_config(
+        "patients-issuers",
+        &format!(
+            "\n[[dicom.peers]]\nae_title = \"DEST\"\nhost = \"127.0.0.1\"\nport = {dest_port}\n\n[hl7]\nport = {hl7_port}\n\n[patients]\ndefault_issuer = \"\"\n\n[[patients.issuer]]\ncalling_ae = \"EASTCT\"\nissuer = \"EAST\"\n"
+        ),
+    );
+    let data = scratch("patients-issuers-data");
+    let server = archive.start();
+    let port = server.dicom_port;
+    let mut studies = Vec::new();
+    for (dir, issuer, seed) in [("west", Some("WEST"), "1"), ("east", None, "2")] {
+        let dir = data.path().join(dir);
+        small_ct(
+            &dir,
+            &[
+                "--studies",
+                "1",
+                "--instances",
+                "2",
+                "--patient-prefix",
+                "P",
+                "--seed",
+                seed,
+            ],
+        );
+        let files = dcm_files(&dir);
+        for f in &files {
+            let mut modify = dcmtk("dcmodify");
+            modify.args(["-nb", "-m", "PatientID=P100"]);
+            if let Some(issuer) = issuer {
+                modify.args(["-i", &format!("IssuerOfPatientID={issuer}")]);
+            }
+            run_ok(modify.arg(f));
+        }
+        studies.push(
+            strata::dicom::header::read_header_blocking(&files[0])
+                .unwrap()
+                .study_uid,
+        );
+        let mut store = storescu(port);
+        if issuer.is_none() {
+            store.args(["-aet", "EASTCT"]);
+        }
+        run_ok(store.args(&files));
+    }
+    let (west_study, east_study) = (studies[0].clone(), studies[1].clone());
+    wait_for_port(hl7_port);
+    let patients = |issuer: &str| {
+        findscu(
+            port,
+            "-P",
+            &[
+                "QueryRetrieveLevel=PATIENT",
+                "PatientID=P100",
+                &format!("IssuerOfPatientID={issuer}"),
+                "PatientName",
+                "NumberOfPatientRelatedStudies",
+            ],
+        )
+    };
+    let (n, text) = patients("");
+    assert_eq!(n, 2, "one patient per issuer: {text}");
+    let mut issuers = values(&text, "IssuerOfPatientID");
+    issuers.sort();
+    assert_eq!(issuers, vec!["EAST", "WEST"], "{text}");
+    let (n, text) = patients("EAST");
+    assert_eq!(n, 1, "{text}");
+    // a PATIENT-level C-MOVE naming P100 alone would send two patients as one: refused
+    let text = crate::retrieve::movescu_model(
+        port,
+        "DEST",
+        "-P",
+        &["QueryRetrieveLevel=PATIENT", "PatientID=P100"],
+    );
+    // PS3.4 C.4.2.1.5: A900, the identifier does not match (the reason is in the
+    // ErrorComment and the log)
+    assert!(
+        text.contains("Final Move Response (Error: DataSetDoesNotMatchSOPClass)"),
+        "{text}"
+    );
+
+    let with_issuer = |m: String, pid_issuer: &str, mrg_issuer: &str| {
+        m.replace("^^^HOSPITAL^MR||", &format!("^^^{pid_issuer}^MR||"))
+            .replace(
+                "MRG|P100^^^HOSPITAL^MR",
+                &format!("MRG|P100^^^{mrg_issuer}^MR"),
+            )
+    };
+    let acks = send(
+        hl7_port,
+        &[
+            // PID-3.4 empty: which P100?
+            with_issuer(adt("A08", "ISS-1", "P100", "EAST^ONLY", None), "", ""),
+            with_issuer(
+                adt("A08", "ISS-2", "P100", "EAST^RENAMED", None),
+                "EAST",
+                "",
+            ),
+            with_issuer(
+                adt("A40", "ISS-3", "Q200", "WEST^SURVIVOR", Some("P100")),
+                "WEST",
+                "WEST",
+            ),
+        ],
+    );
+    let codes: Vec<&str> = acks.iter().map(|a| a["code"].as_str().unwrap()).collect();
+    assert_eq!(codes, vec!["AE", "AA", "AA"], "{acks:?}");
+    assert!(
+        acks[0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("several issuers"),
+        "{acks:?}"
+    );
+    let study_of = |port: u16, pid: &str| {
+        findscu(
+            port,
+            "-S",
+            &[
+                "QueryRetrieveLevel=STUDY",
+                &format!("PatientID={pid}"),
+                "IssuerOfPatientID",
+                "PatientName",
+                "StudyInstanceUID",
+            ],
+        )
+    };
+    let check = |port_label: &str| {
+        let (n, text) = study_of(port, "P100");
+        assert_eq!(n, 1, "{port_label}: only EAST's P100 is left: {text}");
+        assert_eq!(values(&text, "StudyInstanceUID"), vec![east_study.clone()]);
+        assert_eq!(values(&text, "PatientName"), vec!["EAST^RENAMED"]);
+        assert_eq!(values(&text, "IssuerOfPatientID"), vec!["EAST"]);
+        let (n, text) = study_of(port, "Q200");
+        assert_eq!(n, 1, "{port_label}: {text}");
+        assert_eq!(values(&text, "StudyInstanceUID"), vec![west_study.clone()]);
+        assert_eq!(values(&text, "PatientName"), vec!["WEST^SURVIVOR"]);
+        assert_eq!(values(&text, "IssuerOfPatientID"), vec!["WEST"]);
+    };
+    check("after the feed");
+
+    // a PATIENT-level C-MOVE of Q200 sends WEST's study carrying the survivor's identity
+    let moved = data.path().join("moved");
+    let scp = crate::retrieve::Storescp::start(dest_port, &moved);
+    let text = crate::retrieve::movescu_model(
+        port,
+        "DEST",
+        "-P",
+        &["QueryRetrieveLevel=PATIENT", "PatientID=Q200"],
+    );
+    assert!(text.contains("Final Move Response (Success)"), "{text}");
+    drop(scp);
+    let received = walk(&moved);
+    assert_eq!(received.len(), 2);
+    for f in &received {
+        let dump = run_ok(
+            dcmtk("dcmdump")
+                .args(["+P", "0010,0020", "+P", "0010,0021"])
+                .arg(f),
+        );
+        let dump = String::from_utf8_lossy(&dump.stdout);
+        assert!(dump.contains("[Q200]") && dump.contains("[WEST]"), "{dump}");
+    }
+    server.stop();
+
+    // reindex: EAST's issuer (from the sender's default: not in the objects) comes
+    // back from the governance log, WEST's from the data sets, and the links follow
+    std::fs::remove_dir_all(archive.data_dir().join("index")).unwrap();
+    run_ok(&mut archive.strata(&["reindex"]));
+    let server = archive.start();
+    let port = server.dicom_port;
+    let (n, text) = study_of(port, "P100");
+    assert_eq!(n, 1, "after reindex: {text}");
+    assert_eq!(values(&text, "IssuerOfPatientID"), vec!["EAST"]);
+    assert_eq!(values(&text, "PatientName"), vec!["EAST^RENAMED"]);
+    let (n, text) = study_of(port, "Q200");
+    assert_eq!(n, 1, "after reindex: {text}");
+    assert_eq!(values(&text, "PatientName"), vec!["WEST^SURVIVOR"]);
+    server.stop();
+    let (clean, report) = archive.verify_json();
+    assert!(clean, "{report}");
+}

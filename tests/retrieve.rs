@@ -39,8 +39,13 @@ impl Drop for Storescp {
 }
 
 pub(crate) fn movescu(port: u16, destination: &str, keys: &[&str]) -> String {
+    movescu_model(port, destination, "-S", keys)
+}
+
+/// [`movescu`] in the information model `model` (`-S` study root, `-P` patient root).
+pub(crate) fn movescu_model(port: u16, destination: &str, model: &str, keys: &[&str]) -> String {
     let mut cmd = dcmtk("movescu");
-    cmd.args(["-v", "-S", "-aec", "STRATA", "-aem", destination]);
+    cmd.args(["-v", model, "-aec", "STRATA", "-aem", destination]);
     for k in keys {
         cmd.arg("-k").arg(k);
     }

@@ -150,6 +150,9 @@ pub struct TombstoneView {
 pub struct StudySummary {
     pub study_uid: String,
     pub patient_id: String,
+    /// IssuerOfPatientID (empty: unknown).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub issuer_of_patient_id: String,
     pub patient_name: String,
     pub study_date: String,
     pub accession_number: String,
@@ -180,13 +183,19 @@ impl StudySummary {
     /// shows them: the study's own patient (the stored ID kept in `stored_patient_id`)
     /// and each conflicting patient's.
     fn known_now(mut self, index: &dyn Index) -> Result<Self> {
-        if let Some(link) = index.patient_link(&self.patient_id)? {
+        if let Some(link) =
+            crate::query::link_of(index, &self.patient_id, &self.issuer_of_patient_id)?
+        {
             self.stored_patient_id = Some(std::mem::replace(&mut self.patient_id, link.patient_id));
+            self.issuer_of_patient_id = link.issuer;
             self.patient_name = link.patient_name;
         }
         for other in &mut self.patient_conflicts {
-            if let Some(link) = index.patient_link(&other.patient_id)? {
+            if let Some(link) =
+                crate::query::link_of(index, &other.patient_id, &other.issuer_of_patient_id)?
+            {
                 other.patient_id = link.patient_id;
+                other.issuer_of_patient_id = link.issuer;
                 other.patient_name = link.patient_name;
             }
         }
@@ -201,6 +210,7 @@ impl StudySummary {
             patient_conflicts: s.other_patients,
             stored_patient_id: None,
             patient_id: s.patient_id,
+            issuer_of_patient_id: s.issuer_of_patient_id,
             patient_name: s.patient_name,
             study_date: s.study_date,
             accession_number: s.accession_number,

@@ -13,10 +13,14 @@
 
 use super::principal::Role;
 use super::{blocking, Archive, Error, Principal};
-use crate::index::{unix_ms_now, PatientLink};
+use crate::dicom::metadata::InstanceMetadata;
+use crate::index::{
+    issuers_agree, patient_key, split_patient_key, unix_ms_now, Index, PatientLink, SecondaryKey,
+};
 use crate::query::studies_of_patient;
 use crate::storage::governance_log::GovernanceRecord;
 use serde::Serialize;
+use strata_tiers::ObjectId;
 
 /// A patient's identity as a message gives it (HL7 PID-3, PID-5, PID-7, PID-8).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -38,14 +42,20 @@ pub struct Demographics {
 pub enum PatientChange {
     /// ADT^A08 / A31: the patient's demographics are now these.
     Update { patient: Demographics },
-    /// ADT^A40: the patient `prior` was merged into `survivor`; `prior`'s studies are
-    /// `survivor`'s from now on.
+    /// ADT^A40: the patient `prior` (of `prior_issuer`, MRG-1.4; empty: unknown) was
+    /// merged into `survivor`; `prior`'s studies are `survivor`'s from now on.
     Merge {
         survivor: Demographics,
         prior: String,
+        prior_issuer: String,
     },
-    /// ADT^A47: the patient known as `old` is now `patient.patient_id`.
-    ChangeId { patient: Demographics, old: String },
+    /// ADT^A47: the patient known as `old` (of `old_issuer`, MRG-1.4) is now
+    /// `patient.patient_id`.
+    ChangeId {
+        patient: Demographics,
+        old: String,
+        old_issuer: String,
+    },
 }
 
 impl PatientChange {
@@ -106,6 +116,9 @@ pub struct MergeRequest {
     pub patient_sex: Option<String>,
     #[serde(default)]
     pub issuer: Option<String>,
+    /// The prior patient's IssuerOfPatientID, when the PatientID alone is ambiguous.
+    #[serde(default)]
+    pub prior_issuer: Option<String>,
 }
 
 /// What a change did.
@@ -122,16 +135,18 @@ pub struct ChangeOutcome {
 }
 
 impl Archive {
-    /// The patient `id` as the archive knows it now (blocking), for `principal` (who
-    /// needs `viewer`); audited as a `query` naming the ID.
+    /// The patient `id` of `issuer` (empty: unknown) as the archive knows it now
+    /// (blocking), for `principal` (who needs `viewer`); audited as a `query` naming the
+    /// ID.
     pub fn patient_view_blocking(
         &self,
         principal: &Principal,
         id: &str,
+        issuer: &str,
     ) -> Result<PatientView, Error> {
-        self.authorize(principal, Role::Viewer, "query", &patient_key(id))?;
+        self.authorize(principal, Role::Viewer, "query", &query_key(id))?;
         let index = self.index.as_ref();
-        let link = index.patient_link(id)?;
+        let link = crate::query::link_of(index, id, issuer)?;
         // a patient-restricted caller learns nothing of another patient
         let current = link.as_ref().map_or(id, |l| l.patient_id.as_str());
         if principal
@@ -167,7 +182,7 @@ impl Archive {
             studies,
         };
         let outcome = format!("patient show: {} studies", view.studies.len());
-        self.audit_blocking(principal, "query", patient_key(id), outcome);
+        self.audit_blocking(principal, "query", query_key(id), outcome);
         Ok(view)
     }
 
@@ -179,14 +194,14 @@ impl Archive {
         principal: &Principal,
         id: &str,
     ) -> Result<Vec<HistoryEntry>, Error> {
-        self.authorize(principal, Role::Viewer, "query", &patient_key(id))?;
+        self.authorize(principal, Role::Viewer, "query", &query_key(id))?;
         let records = self.governance.read()?;
         let history: Vec<HistoryEntry> = crate::storage::governance_log::patient_changes(&records)
             .into_iter()
             .filter(|c| {
-                c.links
-                    .iter()
-                    .any(|(stored, link)| stored == id || link.patient_id == id)
+                c.links.iter().any(|(stored, link)| {
+                    split_patient_key(stored).0 == id || link.patient_id == id
+                })
             })
             .map(|c| HistoryEntry {
                 changed_at_ms: c.links.first().map_or(0, |(_, l)| l.changed_at_ms),
@@ -195,7 +210,7 @@ impl Archive {
             })
             .collect();
         let outcome = format!("patient history: {} changes", history.len());
-        self.audit_blocking(principal, "query", patient_key(id), outcome);
+        self.audit_blocking(principal, "query", query_key(id), outcome);
         Ok(history)
     }
 
@@ -207,11 +222,13 @@ impl Archive {
         request: &MergeRequest,
     ) -> Result<ChangeOutcome, Error> {
         let (this, survivor) = (self.clone(), request.survivor.clone());
+        let issuer = request.issuer.clone().unwrap_or_default();
         let known = blocking(move || {
             let query = crate::query::Query::from_keys(
                 crate::query::Level::Patient,
                 &[
                     (crate::query::tags::PATIENT_ID, survivor.as_str()),
+                    (crate::query::tags::ISSUER_OF_PATIENT_ID, issuer.as_str()),
                     (crate::query::tags::PATIENT_NAME, ""),
                     (crate::query::tags::PATIENT_BIRTH_DATE, ""),
                     (crate::query::tags::PATIENT_SEX, ""),
@@ -258,6 +275,7 @@ impl Archive {
                 patient_sex: pick(&request.patient_sex, crate::query::tags::PATIENT_SEX),
             },
             prior: request.prior.clone(),
+            prior_issuer: request.prior_issuer.clone().unwrap_or_default(),
         };
         self.change_patient(principal, change, None).await
     }
@@ -403,66 +421,103 @@ impl Archive {
             });
         }
         let target = change.target();
-        // an update or identifier change naming an ID merged away or renamed since would
-        // undo that change: refused, naming the ID it is known by now
-        let named = match change {
-            PatientChange::Update { patient } => Some(patient.patient_id.as_str()),
-            PatientChange::ChangeId { old, .. } => Some(old.as_str()),
-            PatientChange::Merge { .. } => None,
+        let same = |a: &str, a_issuer: &str, b: &str, b_issuer: &str| {
+            a == b && issuers_agree(a_issuer, b_issuer)
         };
-        if let Some(id) = named {
-            if let Some(link) = index.patient_link(id)?.filter(|l| l.patient_id != id) {
-                return Err(Error::InvalidRequest(format!(
-                    "patient {id} is known as {} since an earlier change: send the change for {}",
-                    link.patient_id, link.patient_id
-                )));
+        // the patients the change names, (PatientID, issuer); an update or identifier
+        // change naming a patient merged away or renamed since would undo that change
+        let (named, renamed): (Vec<(&str, &str)>, bool) = match change {
+            PatientChange::Update { patient } => {
+                (vec![(&patient.patient_id, &patient.issuer)], true)
             }
-        }
-        // the stored PatientIDs the change applies to: the named one(s) and every one
-        // already linked to them
-        let mut stored: Vec<String> = match change {
-            PatientChange::Update { patient } => vec![patient.patient_id.clone()],
-            PatientChange::Merge { survivor, prior } => {
-                if prior == &survivor.patient_id {
+            PatientChange::Merge {
+                survivor,
+                prior,
+                prior_issuer,
+            } => {
+                if same(prior, prior_issuer, &survivor.patient_id, &survivor.issuer) {
                     return Err(Error::InvalidRequest(format!(
                         "a patient cannot be merged into itself ({prior})"
                     )));
                 }
-                vec![prior.clone(), survivor.patient_id.clone()]
+                (
+                    vec![
+                        (prior, prior_issuer),
+                        (&survivor.patient_id, &survivor.issuer),
+                    ],
+                    false,
+                )
             }
-            PatientChange::ChangeId { patient, old } => {
-                if old == &patient.patient_id {
+            PatientChange::ChangeId {
+                patient,
+                old,
+                old_issuer,
+            } => {
+                if same(old, old_issuer, &patient.patient_id, &patient.issuer) {
                     return Err(Error::InvalidRequest(format!(
                         "the new identifier is the old one ({old})"
                     )));
                 }
-                vec![old.clone()]
+                (vec![(old, old_issuer)], true)
             }
         };
-        for id in stored.clone() {
-            stored.extend(index.patient_aliases(&id)?);
+        // the stored patients the change applies to: those the archive holds under the
+        // named ones, and every one already linked to them
+        let mut stored: std::collections::BTreeSet<String> = Default::default();
+        for (pid, issuer) in &named {
+            for key in held_keys(index, pid, issuer)? {
+                if renamed {
+                    let link = index.patient_link(&key)?;
+                    if let Some(link) = link.filter(|l| l.patient_id != *pid) {
+                        return Err(Error::InvalidRequest(format!(
+                            "patient {pid} is known as {} since an earlier change: send the change for {}",
+                            link.patient_id, link.patient_id
+                        )));
+                    }
+                }
+                let (id, id_issuer) = split_patient_key(&key);
+                for alias in index.patient_aliases(id)? {
+                    let link = index.patient_link(&alias)?;
+                    if link.is_some_and(|l| l.issuer == id_issuer) {
+                        stored.insert(alias);
+                    }
+                }
+                stored.insert(key);
+            }
         }
-        stored.sort();
-        stored.dedup();
         let now = unix_ms_now();
-        let link = PatientLink {
-            patient_id: target.patient_id.clone(),
-            issuer: target.issuer.clone(),
-            patient_name: target.patient_name.clone(),
-            patient_birth_date: target.patient_birth_date.clone(),
-            patient_sex: target.patient_sex.clone(),
-            changed_at_ms: now,
-            control_id: control_id.unwrap_or_default().to_string(),
-        };
         let mut relinked = Vec::new();
         let mut links = Vec::new();
-        for id in &stored {
+        for key in &stored {
+            let (id, id_issuer) = split_patient_key(key);
             let before = index
-                .patient_link(id)?
-                .map(|l| format!("{} ({})", l.patient_id, l.patient_name))
-                .unwrap_or_else(|| id.clone());
-            relinked.push((id.clone(), before));
-            links.push((id.clone(), link.clone()));
+                .patient_link(key)?
+                .map(|l| {
+                    format!(
+                        "{} ({})",
+                        patient_key(&l.patient_id, &l.issuer),
+                        l.patient_name
+                    )
+                })
+                .unwrap_or_else(|| key.clone());
+            relinked.push((key.clone(), before));
+            // an update naming no issuer keeps the one each stored patient has
+            let issuer = match target.issuer.is_empty() && id == target.patient_id {
+                true => id_issuer.to_string(),
+                false => target.issuer.clone(),
+            };
+            links.push((
+                key.clone(),
+                PatientLink {
+                    patient_id: target.patient_id.clone(),
+                    issuer,
+                    patient_name: target.patient_name.clone(),
+                    patient_birth_date: target.patient_birth_date.clone(),
+                    patient_sex: target.patient_sex.clone(),
+                    changed_at_ms: now,
+                    control_id: control_id.unwrap_or_default().to_string(),
+                },
+            ));
         }
         let before: Vec<String> = relinked
             .iter()
@@ -498,7 +553,302 @@ impl Archive {
     }
 }
 
+/// The keys of the stored patients a change naming (`patient_id`, `issuer`) applies to:
+/// the named one, and those the archive holds under the PatientID whose issuer agrees
+/// ([`issuers_agree`]: the same, or unknown on one side). A change naming no issuer for
+/// a PatientID held under two or more known issuers is refused: it cannot say which
+/// patient it means.
+fn held_keys(index: &dyn Index, patient_id: &str, issuer: &str) -> Result<Vec<String>, Error> {
+    let held = held_issuers(index, patient_id)?;
+    let known: Vec<&String> = held.iter().filter(|i| !i.is_empty()).collect();
+    if issuer.is_empty() && known.len() > 1 {
+        return Err(Error::InvalidRequest(format!(
+            "PatientID {patient_id} is held under several issuers ({}): the change must name its issuer (PID-3.4, MRG-1.4)",
+            known.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+        )));
+    }
+    let mut keys = vec![patient_key(patient_id, issuer)];
+    keys.extend(
+        held.iter()
+            .filter(|h| h.as_str() != issuer && issuers_agree(h, issuer))
+            .map(|h| patient_key(patient_id, h)),
+    );
+    Ok(keys)
+}
+
+/// The issuers of the patients the archive holds studies of under `patient_id` (the
+/// empty string for those of unknown issuer).
+fn held_issuers(
+    index: &dyn Index,
+    patient_id: &str,
+) -> Result<std::collections::BTreeSet<String>, Error> {
+    let mut held = std::collections::BTreeSet::new();
+    for uid in index.studies_by(SecondaryKey::PatientId, patient_id)? {
+        let Some(study) = index.study(&uid)? else {
+            continue;
+        };
+        let identities = std::iter::once(study.identity())
+            .chain(study.other_patients.iter().map(|o| o.identity()));
+        for p in identities.filter(|p| p.patient_id == patient_id) {
+            held.insert(p.issuer.to_string());
+        }
+    }
+    Ok(held)
+}
+
 /// The audit record's key of a query about the PatientID `id`.
-fn patient_key(id: &str) -> Vec<String> {
+fn query_key(id: &str) -> Vec<String> {
     vec![format!("(0010,0020)={id}")]
+}
+
+/// The ingest policy giving a data set without IssuerOfPatientID the issuer `[patients]`
+/// configures for its sender (`None` when none is configured). The first time a study
+/// gets a patient this way, a governance record `issuer` says so (synced, before the
+/// instance is committed): the sender is not in the object, and `reindex` must give the
+/// study the same patient.
+pub(crate) fn default_issuer_policy(
+    config: &crate::config::Config,
+    governance: &crate::storage::governance_log::GovernanceLog,
+    index: &std::sync::Arc<dyn Index>,
+) -> Option<crate::ingest::AttrsPolicy> {
+    if !config.patients.any() {
+        return None;
+    }
+    let (defaults, governance, index) =
+        (config.patients.clone(), governance.clone(), index.clone());
+    Some(std::sync::Arc::new(
+        move |attrs: &mut crate::dicom::header::InstanceAttrs,
+              provenance: &crate::index::Provenance| {
+            if !attrs.issuer_of_patient_id.is_empty() || attrs.patient_id.is_empty() {
+                return Ok(());
+            }
+            let Some(issuer) = defaults.issuer_for(&provenance.calling_ae) else {
+                return Ok(());
+            };
+            attrs.issuer_of_patient_id = issuer.to_string();
+            let study = index.study(&attrs.study_uid).map_err(|e| e.to_string())?;
+            let known = study.is_some_and(|s| {
+                std::iter::once(s.identity())
+                    .chain(s.other_patients.iter().map(|o| o.identity()))
+                    .any(|p| p.patient_id == attrs.patient_id && p.issuer == issuer)
+            });
+            if !known {
+                governance
+                    .append(GovernanceRecord::Issuer {
+                        study_uid: attrs.study_uid.clone(),
+                        patient_id: attrs.patient_id.clone(),
+                        issuer: issuer.to_string(),
+                        calling_ae: provenance.calling_ae.clone(),
+                    })
+                    .map_err(|e| format!("cannot record the patient's issuer: {e}"))?;
+            }
+            Ok(())
+        },
+    ))
+}
+
+/// The start-up migration step that made patients (PatientID, IssuerOfPatientID) pairs.
+const ISSUER_MIGRATION: &str = "patient-issuers-1";
+
+impl Archive {
+    /// Migrates an index written before patients were keyed by (PatientID,
+    /// IssuerOfPatientID), once (blocking; at start, before anything is served):
+    /// each study's patients get the IssuerOfPatientID their data sets carry (read from
+    /// the metadata record of the first instance of one of their series), and each
+    /// patient link made for a PatientID alone is copied to the patients of that
+    /// PatientID now known with an issuer, on record in the governance log (so that
+    /// `reindex` gives the same links). Returns how many studies and links it wrote.
+    /// Running it again changes nothing; an index rebuilt by `reindex` runs it again.
+    pub fn migrate_patient_model_blocking(&self) -> Result<(usize, usize), Error> {
+        let index = self.index.as_ref();
+        if index.migrated(ISSUER_MIGRATION)? {
+            return Ok((0, 0));
+        }
+        let mut issuers = Vec::new();
+        let mut failure = None;
+        index.for_each_study(&mut |uid, study| {
+            let found = (|| -> Result<(), Error> {
+                if !study.issuer_of_patient_id.is_empty()
+                    && study
+                        .other_patients
+                        .iter()
+                        .all(|o| !o.issuer_of_patient_id.is_empty())
+                {
+                    return Ok(());
+                }
+                for (series, _) in index.series_of_study(uid)? {
+                    let p = study.patient_of_series(&series);
+                    let seen = issuers
+                        .iter()
+                        .any(|(s, id, _)| s == uid && id == p.patient_id);
+                    if !p.issuer.is_empty() || seen {
+                        continue;
+                    }
+                    let issuer = index
+                        .first_instance(uid, Some(&series))?
+                        .and_then(|e| e.record.current().and_then(|v| ObjectId::from_hex(&v.id)))
+                        .map(|id| index.instance_metadata(&id))
+                        .transpose()?
+                        .flatten()
+                        .and_then(|m| InstanceMetadata::decode(&m).ok())
+                        .and_then(|m| m.attribute_text(&[ISSUER_TAG]).pop())
+                        .map(|(_, issuer)| issuer.trim().to_string())
+                        .unwrap_or_default();
+                    if !issuer.is_empty() {
+                        issuers.push((uid.to_string(), p.patient_id.to_string(), issuer));
+                    }
+                }
+                Ok(())
+            })();
+            if let Err(e) = found {
+                failure = Some(e);
+                return false;
+            }
+            true
+        })?;
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        let studies = index.set_patient_issuers(&issuers)?;
+        // links made for a bare PatientID, copied to its patients now known with an issuer
+        let mut copies = Vec::new();
+        for (stored, link) in index.patient_links()? {
+            let (pid, issuer) = split_patient_key(&stored);
+            if !issuer.is_empty() {
+                continue;
+            }
+            for i in held_issuers(index, pid)?.iter().filter(|i| !i.is_empty()) {
+                let key = patient_key(pid, i);
+                if index.patient_link(&key)?.is_none() {
+                    let mut copy = link.clone();
+                    if copy.issuer.is_empty() && copy.patient_id == pid {
+                        copy.issuer = i.clone();
+                    }
+                    copies.push((key, copy));
+                }
+            }
+        }
+        if !copies.is_empty() {
+            let summary = format!(
+                "patient model migration: links of PatientIDs now known with an issuer: {}",
+                copies
+                    .iter()
+                    .map(|(k, _)| k.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            self.governance.append(GovernanceRecord::Patient {
+                links: copies.clone(),
+                control_id: String::new(),
+                summary: summary.clone(),
+                by: Principal::system("migration").name(),
+                action: "patient_update".into(),
+            })?;
+            index.set_patient_links(&copies, None)?;
+            self.audit_synced(
+                &Principal::system("migration"),
+                "patient_update",
+                Vec::new(),
+                summary,
+            )?;
+        }
+        index.mark_migrated(ISSUER_MIGRATION)?;
+        if studies > 0 || !copies.is_empty() {
+            tracing::info!(
+                studies,
+                links = copies.len(),
+                "patients are now (PatientID, IssuerOfPatientID): issuers taken from the data sets"
+            );
+        }
+        Ok((studies, copies.len()))
+    }
+}
+
+/// IssuerOfPatientID (0010,0021).
+const ISSUER_TAG: u32 = 0x0010_0021;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dicom_core::{DataElement, PrimitiveValue, VR};
+    use dicom_dictionary_std::tags;
+    use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
+
+    /// The metadata record of a data set of patient `P1` whose IssuerOfPatientID is
+    /// `EAST`.
+    fn metadata_with_issuer() -> Vec<u8> {
+        let mut obj = InMemDicomObject::new_empty();
+        for (tag, vr, v) in [
+            (tags::SOP_CLASS_UID, VR::UI, "1.2.840.10008.5.1.4.1.1.7"),
+            (tags::SOP_INSTANCE_UID, VR::UI, "8.1.1.1"),
+            (tags::PATIENT_ID, VR::LO, "P1"),
+            (tags::ISSUER_OF_PATIENT_ID, VR::LO, "EAST"),
+            (tags::STUDY_INSTANCE_UID, VR::UI, "8.1"),
+        ] {
+            obj.put(DataElement::new(tag, vr, PrimitiveValue::from(v)));
+        }
+        let file = obj
+            .with_meta(
+                FileMetaTableBuilder::new()
+                    .transfer_syntax("1.2.840.10008.1.2.1")
+                    .media_storage_sop_class_uid("1.2.840.10008.5.1.4.1.1.7")
+                    .media_storage_sop_instance_uid("8.1.1.1"),
+            )
+            .unwrap();
+        let mut part10 = Vec::new();
+        file.write_all(&mut part10).unwrap();
+        InstanceMetadata::of_part10(&part10).unwrap().encode()
+    }
+
+    /// An index written before patients were (PatientID, issuer) pairs: its study record
+    /// has no issuer though the data set has one, and a merge linked the bare PatientID.
+    /// The start-up migration gives the study its issuer, carries the link over to the
+    /// patient key now used (on record in the governance log, for `reindex`), and runs
+    /// once.
+    #[test]
+    fn the_start_up_migration_keys_old_patients_by_their_issuer() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = crate::config::Config::default();
+        config.archive.data_dir = dir.path().join("data");
+        config.cold.url = format!("file://{}", dir.path().join("cold").display());
+        config.audit.enabled = false;
+        let (storage, _) =
+            crate::storage::Storage::open_exclusive(&config, "migration test").unwrap();
+        let archive = Archive::exclusive(&config, &storage).unwrap();
+        let mut old = crate::index::conformance::object("8.1", "8.1.1", "8.1.1.1", b"8", 1);
+        old.metadata = Some(metadata_with_issuer());
+        archive.index.commit(&[old]).unwrap();
+        let link = PatientLink {
+            patient_id: "A1".into(),
+            issuer: String::new(),
+            patient_name: "SMITH^ALICE".into(),
+            patient_birth_date: String::new(),
+            patient_sex: String::new(),
+            changed_at_ms: 1,
+            control_id: "M1".into(),
+        };
+        archive
+            .index
+            .set_patient_links(&[("P1".into(), link.clone())], None)
+            .unwrap();
+        assert_eq!(archive.migrate_patient_model_blocking().unwrap(), (1, 1));
+        let study = archive.index.study("8.1").unwrap().unwrap();
+        assert_eq!(study.issuer_of_patient_id, "EAST");
+        assert_eq!(
+            archive.index.patient_link("P1\\EAST").unwrap(),
+            Some(link.clone()),
+            "the merge follows the patient under its new key"
+        );
+        let logged =
+            crate::storage::governance_log::patient_changes(&archive.governance.read().unwrap());
+        assert_eq!(logged.len(), 1);
+        assert_eq!(logged[0].links, vec![("P1\\EAST".to_string(), link)]);
+        // once only
+        assert_eq!(archive.migrate_patient_model_blocking().unwrap(), (0, 0));
+        assert_eq!(
+            crate::storage::governance_log::patient_changes(&archive.governance.read().unwrap())
+                .len(),
+            1
+        );
+    }
 }

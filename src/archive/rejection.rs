@@ -146,8 +146,20 @@ impl Archive {
         // a note rejects its own patient's instances only (IHE IOCM): an instance of
         // another patient, or not held, is not touched
         let index = self.index.as_ref();
-        let note_patient = text(&obj, tags::PATIENT_ID).unwrap_or_default();
-        let note_patient = crate::query::current_patient_id(index, &note_patient)?;
+        let (note_id, note_issuer) = (
+            text(&obj, tags::PATIENT_ID).unwrap_or_default(),
+            text(&obj, tags::ISSUER_OF_PATIENT_ID).unwrap_or_default(),
+        );
+        let (note_id, note_issuer) = crate::query::current_identity(
+            index,
+            crate::index::PatientIdentity {
+                patient_id: &note_id,
+                issuer: &note_issuer,
+                patient_name: "",
+                patient_birth_date: "",
+                patient_sex: "",
+            },
+        )?;
         let listed = note.instances.len();
         let mut kept = Vec::with_capacity(listed);
         for (study, series, sop) in std::mem::take(&mut note.instances) {
@@ -157,8 +169,9 @@ impl Archive {
             let Some(record) = index.study(&study)?.filter(|_| held) else {
                 continue;
             };
-            let stored = record.patient_of_series(&series).patient_id;
-            if crate::query::current_patient_id(index, stored)? == note_patient {
+            let (id, issuer) =
+                crate::query::current_identity(index, record.patient_of_series(&series))?;
+            if id == note_id && crate::index::issuers_agree(&issuer, &note_issuer) {
                 kept.push((study, series, sop));
             }
         }

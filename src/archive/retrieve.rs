@@ -279,6 +279,8 @@ impl Drop for Retrieval {
 /// to on the way out when the hospital changed it since the object was stored.
 pub(crate) struct EntryPatient {
     pub current: String,
+    /// The current IssuerOfPatientID (empty: unknown).
+    pub current_issuer: String,
     pub conflicted: bool,
     pub coerce_to: Option<Arc<PatientModule>>,
 }
@@ -297,24 +299,24 @@ pub(crate) fn entry_patients(
         }
         let (stored, conflicted) = match records.get(&e.study_uid) {
             Some(Some(study)) => (
-                study
-                    .patient_of_series(&e.series_uid)
-                    .patient_id
-                    .to_string(),
+                study.patient_of_series(&e.series_uid).key(),
                 !study.other_patients.is_empty(),
             ),
             _ => (String::new(), false),
         };
         if !links.contains_key(&stored) {
-            let link = match stored.is_empty() {
-                true => None,
-                false => index.patient_link(&stored)?,
-            };
-            links.insert(stored.clone(), link);
+            let (pid, issuer) = crate::index::split_patient_key(&stored);
+            links.insert(stored.clone(), crate::query::link_of(index, pid, issuer)?);
         }
         let link = links[&stored].clone();
+        let (pid, issuer) = crate::index::split_patient_key(&stored);
         out.push(EntryPatient {
-            current: link.as_ref().map_or(stored, |l| l.patient_id.clone()),
+            current: link
+                .as_ref()
+                .map_or_else(|| pid.to_string(), |l| l.patient_id.clone()),
+            current_issuer: link
+                .as_ref()
+                .map_or_else(|| issuer.to_string(), |l| l.issuer.clone()),
             conflicted,
             coerce_to: link.map(|l| {
                 Arc::new(PatientModule {
@@ -437,6 +439,32 @@ fn resolve(
     // as C-FIND showed them. Other studies are sent whole, as before.
     if let Some(pid) = value(qtags::PATIENT_ID) {
         entries.retain(|(_, p)| !p.conflicted || p.current == pid);
+    }
+    // A PATIENT-level identifier names one patient: with IssuerOfPatientID, only that
+    // issuer's (or an unknown issuer's); without it, a PatientID that several issuers'
+    // patients share is refused rather than sending two patients' images as one.
+    if query.level == Level::Patient {
+        let pid = value(qtags::PATIENT_ID).unwrap_or_default();
+        // (a study stored under the PatientID but merged away since is another's now)
+        entries.retain(|(_, p)| p.current == pid);
+        match value(qtags::ISSUER_OF_PATIENT_ID) {
+            Some(issuer) => {
+                entries.retain(|(_, p)| crate::index::issuers_agree(&p.current_issuer, &issuer))
+            }
+            None => {
+                let issuers: BTreeSet<&str> = entries
+                    .iter()
+                    .filter(|(_, p)| !p.current_issuer.is_empty())
+                    .map(|(_, p)| p.current_issuer.as_str())
+                    .collect();
+                if issuers.len() > 1 {
+                    return Err(Error::InvalidRequest(format!(
+                        "PatientID {pid} names patients of several issuers ({}): give IssuerOfPatientID (0010,0021)",
+                        issuers.into_iter().collect::<Vec<_>>().join(", ")
+                    )));
+                }
+            }
+        }
     }
     entries
         .into_iter()

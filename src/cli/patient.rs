@@ -10,9 +10,9 @@ use strata::archive::patients::MergeRequest;
 use strata::archive::{Archive, Principal};
 use strata::config::Config;
 
-pub fn show(config: &Config, id: &str, json: bool) -> Result<i32> {
+pub fn show(config: &Config, id: &str, issuer: &str, json: bool) -> Result<i32> {
     let archive = Archive::read_only(config)?;
-    let view = archive.patient_view_blocking(&Principal::cli_user(), id)?;
+    let view = archive.patient_view_blocking(&Principal::cli_user(), id, issuer)?;
     if json {
         print_json(&view)?;
         return Ok(0);

@@ -26,6 +26,10 @@ use std::path::Path;
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstanceAttrs {
     pub patient_id: String,
+    /// IssuerOfPatientID (0010,0021) as the data set carries it; empty when absent (ingest
+    /// may fill a configured default: docs/patients.md "The identity model").
+    #[serde(default)]
+    pub issuer_of_patient_id: String,
     pub patient_name: String,
     pub patient_birth_date: String,
     pub patient_sex: String,
@@ -60,7 +64,7 @@ pub enum HeaderError {
     InvalidUid { what: &'static str, value: String },
 }
 
-const WANTED: [Tag; 19] = [
+const WANTED: [Tag; 20] = [
     tags::SPECIFIC_CHARACTER_SET,
     tags::SOP_CLASS_UID,
     tags::SOP_INSTANCE_UID,
@@ -73,6 +77,7 @@ const WANTED: [Tag; 19] = [
     tags::SERIES_DESCRIPTION,
     tags::PATIENT_NAME,
     tags::PATIENT_ID,
+    tags::ISSUER_OF_PATIENT_ID,
     tags::PATIENT_BIRTH_DATE,
     tags::PATIENT_SEX,
     tags::STUDY_INSTANCE_UID,
@@ -232,6 +237,7 @@ fn attrs_of(
     };
     Ok(InstanceAttrs {
         patient_id: text(tags::PATIENT_ID),
+        issuer_of_patient_id: text(tags::ISSUER_OF_PATIENT_ID),
         patient_name: person_name(text(tags::PATIENT_NAME)),
         patient_birth_date: text(tags::PATIENT_BIRTH_DATE),
         patient_sex: text(tags::PATIENT_SEX),

@@ -682,7 +682,7 @@ async fn replaced_patient(
     pid: &str,
 ) -> Option<Value> {
     let (this, who, asked) = (archive.clone(), peer.principal(SERVICE), pid.to_string());
-    let view = tokio::task::spawn_blocking(move || this.patient_view_blocking(&who, &asked))
+    let view = tokio::task::spawn_blocking(move || this.patient_view_blocking(&who, &asked, ""))
         .await
         .ok()?
         .ok()?;

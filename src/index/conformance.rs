@@ -20,7 +20,7 @@ type Check = fn(&dyn Index);
 
 /// Runs every check, each against a fresh index from `make`.
 pub fn run_suite(make: &MakeIndex<'_>) {
-    let checks: [(&str, Check); 18] = [
+    let checks: [(&str, Check); 19] = [
         (
             "commit_counts_instances_versions_and_duplicates",
             commit_counts_instances_versions_and_duplicates,
@@ -54,6 +54,7 @@ pub fn run_suite(make: &MakeIndex<'_>) {
             concurrent_writers_lose_no_update,
         ),
         ("patient_links_and_rejections", patient_links_and_rejections),
+        ("issuers_tell_patients_apart", issuers_tell_patients_apart),
     ];
     for (name, check) in checks {
         let (index, _dir) = make();
@@ -1316,6 +1317,75 @@ fn concurrent_writers_lose_no_update(index: &dyn Index) {
 
 /// Patient links (a merge, then the survivor renamed) keep their aliases right, an HL7
 /// control id is remembered, and rejections are found by study.
+/// A patient is (PatientID, IssuerOfPatientID): the same PatientID from two known issuers
+/// is two patients (a conflict when in one study); an unknown issuer is none of them and
+/// is learnt; `set_patient_issuers` fills only unknown issuers; migration steps are
+/// remembered.
+fn issuers_tell_patients_apart(index: &dyn Index) {
+    let sent = |series: &str, sop: &str, issuer: &str| {
+        let mut o = object("7.1", series, sop, sop.as_bytes(), 1);
+        o.attrs.issuer_of_patient_id = issuer.into();
+        o
+    };
+    // unknown first, then known: the study's patient learns the issuer
+    index
+        .commit(&[
+            sent("7.1.1", "7.1.1.1", ""),
+            sent("7.1.1", "7.1.1.2", "EAST"),
+        ])
+        .unwrap();
+    let study = index.study("7.1").unwrap().unwrap();
+    assert_eq!(study.issuer_of_patient_id, "EAST");
+    assert!(study.other_patients.is_empty());
+    // the same PatientID from another issuer: another patient, kept apart
+    index.commit(&[sent("7.1.2", "7.1.2.1", "WEST")]).unwrap();
+    let study = index.study("7.1").unwrap().unwrap();
+    assert_eq!(study.other_patients.len(), 1);
+    assert_eq!(study.other_patients[0].issuer_of_patient_id, "WEST");
+    assert_eq!(study.patient_of_series("7.1.2").key(), "P1\\WEST");
+    assert_eq!(study.patient_of_series("7.1.1").key(), "P1\\EAST");
+    // issuers fill only identities that have none
+    index
+        .commit(&[object("7.2", "7.2.1", "7.2.1.1", b"72", 1)])
+        .unwrap();
+    let changed = index
+        .set_patient_issuers(&[
+            ("7.2".into(), "P1".into(), "NORTH".into()),
+            ("7.1".into(), "P1".into(), "SOUTH".into()),
+            ("7.9".into(), "P1".into(), "NORTH".into()),
+        ])
+        .unwrap();
+    assert_eq!(changed, 1, "only the study of unknown issuer changes");
+    assert_eq!(
+        index.study("7.2").unwrap().unwrap().issuer_of_patient_id,
+        "NORTH"
+    );
+    assert_eq!(
+        index.study("7.1").unwrap().unwrap().issuer_of_patient_id,
+        "EAST"
+    );
+    assert!(!index.migrated("step-1").unwrap());
+    index.mark_migrated("step-1").unwrap();
+    assert!(index.migrated("step-1").unwrap());
+    assert!(!index.migrated("step-2").unwrap());
+    // links are per patient key
+    let link = super::PatientLink {
+        patient_id: "P9".into(),
+        issuer: "EAST".into(),
+        patient_name: String::new(),
+        patient_birth_date: String::new(),
+        patient_sex: String::new(),
+        changed_at_ms: 1,
+        control_id: String::new(),
+    };
+    index
+        .set_patient_links(&[("P1\\EAST".into(), link)], None)
+        .unwrap();
+    assert!(index.patient_link("P1").unwrap().is_none());
+    assert!(index.patient_link("P1\\WEST").unwrap().is_none());
+    assert_eq!(index.patient_aliases("P9").unwrap(), vec!["P1\\EAST"]);
+}
+
 fn patient_links_and_rejections(index: &dyn Index) {
     use super::{PatientLink, RejectionRecord};
     assert_eq!(index.patient_link("B").unwrap(), None);

@@ -15,6 +15,7 @@
 //! |---|---|---|
 //! | `meta` | `schema` | index schema version (u32 LE) |
 //! | `meta` | `tier_totals` | `TierTotals`: running totals of objects per tier, packs, queue |
+//! | `meta` | `migrated/<step>` | when a start-up migration step ran (ms since the epoch, u64 LE) |
 //! | `objects` | 32-byte object id | `ObjectRecord` |
 //! | `instances` | `study\0series\0sop` | `InstanceRecord` |
 //! | `sop_index` | `sop` | every `study\0series` holding it, one per line, most recent last |
@@ -31,8 +32,8 @@
 //! | `holds` | `study` | `HoldRecord` (legal hold) |
 //! | `fixity` | 32-byte object id | `FixityRecord` (the scrubber's last check) |
 //! | `instance_metadata` | 32-byte object id | the object's metadata record ([`crate::dicom::metadata`]; its own version byte) |
-//! | `patient_links` | PatientID as stored | `PatientLink`: the identity it is known by now |
-//! | `patient_aliases` | `current\0stored` | empty: the stored PatientIDs linked to a current one |
+//! | `patient_links` | patient key as stored (`PatientID`, or `PatientID\Issuer`: `records::patient_key`) | `PatientLink`: the identity it is known by now |
+//! | `patient_aliases` | `current\0stored` (a current PatientID, a stored patient key) | empty: the stored patients linked to a current PatientID |
 //! | `hl7_messages` | message control id | what processing it gave (its ACK's text), for exactly-once |
 //! | `rejected` | `study\0series\0sop` | `RejectionRecord`: an instance an IOCM rejection note hides |
 //!
@@ -66,7 +67,7 @@
 //! A write that panics leaves nothing behind (its batch was never written), so a poisoned
 //! mutex is taken over rather than propagated.
 
-use super::records::{decode, encode};
+use super::records::{decode, encode, issuers_agree};
 use super::{
     unix_ms_now, Catalog, ColdCopy, CommitOutcome, FixityRecord, Governance, HoldRecord,
     IndexError, InstanceEntry, InstanceRecord, NewObject, ObjectRecord, OtherPatient, PackRecord,
@@ -463,7 +464,12 @@ fn rejected_key(study: &str, series: &str, sop: &str) -> Vec<u8> {
     format!("{study}\0{series}\0{sop}").into_bytes()
 }
 
-/// The `patient_aliases` key of a stored PatientID linked to `current`.
+/// The `meta` key recording that the start-up migration `step` ran.
+fn migration_key(step: &str) -> String {
+    format!("migrated/{step}")
+}
+
+/// The `patient_aliases` key of a stored patient key linked to the PatientID `current`.
 fn alias_key(current: &str, stored: &str) -> Vec<u8> {
     let mut key = current.as_bytes().to_vec();
     key.push(0);
@@ -1189,6 +1195,55 @@ impl<E: KvEngine> Governance for KvIndex<E> {
             .collect())
     }
 
+    fn set_patient_issuers(
+        &self,
+        issuers: &[(String, String, String)],
+    ) -> Result<usize, IndexError> {
+        let _writer = self.writer();
+        let mut p = self.pending();
+        let mut changed = 0;
+        for (study_uid, patient_id, issuer) in issuers {
+            let Some(mut study) = p.get::<StudyRecord>(CF_STUDIES, study_uid.as_bytes())? else {
+                continue;
+            };
+            let mut touched = false;
+            if &study.patient_id == patient_id && study.issuer_of_patient_id.is_empty() {
+                study.issuer_of_patient_id = issuer.clone();
+                touched = true;
+            }
+            for other in &mut study.other_patients {
+                if &other.patient_id == patient_id && other.issuer_of_patient_id.is_empty() {
+                    other.issuer_of_patient_id = issuer.clone();
+                    touched = true;
+                }
+            }
+            if touched {
+                changed += 1;
+                p.put(CF_STUDIES, study_uid.as_bytes().to_vec(), &study);
+            }
+        }
+        p.write(true)?;
+        Ok(changed)
+    }
+
+    fn migrated(&self, step: &str) -> Result<bool, IndexError> {
+        Ok(self
+            .engine
+            .get(CF_META, migration_key(step).as_bytes())?
+            .is_some())
+    }
+
+    fn mark_migrated(&self, step: &str) -> Result<(), IndexError> {
+        let _writer = self.writer();
+        let mut batch = Batch::default();
+        batch.put(
+            CF_META,
+            migration_key(step).into_bytes(),
+            unix_ms_now().to_le_bytes().to_vec(),
+        );
+        self.engine.write(batch, true)
+    }
+
     fn reject_instances(
         &self,
         instances: &[(String, String, String)],
@@ -1396,6 +1451,7 @@ fn apply_new_object<E: KvEngine>(
             new_study = true;
             StudyRecord {
                 patient_id: a.patient_id.clone(),
+                issuer_of_patient_id: a.issuer_of_patient_id.clone(),
                 patient_name: a.patient_name.clone(),
                 patient_birth_date: a.patient_birth_date.clone(),
                 patient_sex: a.patient_sex.clone(),
@@ -1414,23 +1470,35 @@ fn apply_new_object<E: KvEngine>(
             }
         }
     };
-    // A patient conflict: the instance names another PatientID than the study was filed
-    // under. A new series is kept under the identity it was sent with (findable by it)
-    // and listed in the study record; a series stays with the identity of its first
-    // instance. Ingest logs and audits every conflicting object.
-    let conflict = !new_study && a.patient_id != study.patient_id;
+    // A patient conflict: the instance names another patient than the study was filed
+    // under: another PatientID, or the same one from another known issuer (an unknown
+    // issuer is no other patient, and a known one is learnt). A new series is kept under
+    // the identity it was sent with (findable by it) and listed in the study record; a
+    // series stays with the identity of its first instance. Ingest logs and audits every
+    // conflicting object.
+    let conflict = !new_study
+        && (a.patient_id != study.patient_id
+            || !issuers_agree(&a.issuer_of_patient_id, &study.issuer_of_patient_id));
+    if !conflict && study.issuer_of_patient_id.is_empty() {
+        study.issuer_of_patient_id = a.issuer_of_patient_id.clone();
+    }
     let mut new_identity = false;
     if conflict && new_series {
-        match study
-            .other_patients
-            .iter_mut()
-            .find(|o| o.patient_id == a.patient_id)
-        {
-            Some(other) => other.series.push(a.series_uid.clone()),
+        match study.other_patients.iter_mut().find(|o| {
+            o.patient_id == a.patient_id
+                && issuers_agree(&o.issuer_of_patient_id, &a.issuer_of_patient_id)
+        }) {
+            Some(other) => {
+                other.series.push(a.series_uid.clone());
+                if other.issuer_of_patient_id.is_empty() {
+                    other.issuer_of_patient_id = a.issuer_of_patient_id.clone();
+                }
+            }
             None => {
                 new_identity = true;
                 study.other_patients.push(OtherPatient {
                     patient_id: a.patient_id.clone(),
+                    issuer_of_patient_id: a.issuer_of_patient_id.clone(),
                     patient_name: a.patient_name.clone(),
                     patient_birth_date: a.patient_birth_date.clone(),
                     patient_sex: a.patient_sex.clone(),

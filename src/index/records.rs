@@ -277,6 +277,11 @@ pub struct SeriesRecord {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StudyRecord {
     pub patient_id: String,
+    /// IssuerOfPatientID (0010,0021) of the study's own patient: from the data set, else
+    /// the configured default of the sender (docs/patients.md); empty when unknown, and in
+    /// records written before it until the start-up migration filled it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub issuer_of_patient_id: String,
     pub patient_name: String,
     pub patient_birth_date: String,
     pub patient_sex: String,
@@ -319,6 +324,7 @@ impl StudyRecord {
     pub fn identity(&self) -> PatientIdentity<'_> {
         PatientIdentity {
             patient_id: &self.patient_id,
+            issuer: &self.issuer_of_patient_id,
             patient_name: &self.patient_name,
             patient_birth_date: &self.patient_birth_date,
             patient_sex: &self.patient_sex,
@@ -330,15 +336,49 @@ impl StudyRecord {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PatientIdentity<'a> {
     pub patient_id: &'a str,
+    /// IssuerOfPatientID; empty when unknown.
+    pub issuer: &'a str,
     pub patient_name: &'a str,
     pub patient_birth_date: &'a str,
     pub patient_sex: &'a str,
+}
+
+impl PatientIdentity<'_> {
+    /// The key of this identity among patients ([`patient_key`]).
+    pub fn key(&self) -> String {
+        patient_key(self.patient_id, self.issuer)
+    }
+}
+
+/// The key of the patient (PatientID, IssuerOfPatientID) in the index's patient links:
+/// the PatientID alone when the issuer is unknown (empty), else `PatientID\Issuer`.
+/// Neither value can hold a backslash (both are LO, PS3.5 §6.2: `\` is the value
+/// delimiter), so the key is unambiguous; a patient without an issuer keeps the key it
+/// had before issuers were part of it.
+pub fn patient_key(patient_id: &str, issuer: &str) -> String {
+    match issuer.is_empty() {
+        true => patient_id.to_string(),
+        false => format!("{patient_id}\\{issuer}"),
+    }
+}
+
+/// The (PatientID, IssuerOfPatientID) of a [`patient_key`].
+pub fn split_patient_key(key: &str) -> (&str, &str) {
+    key.split_once('\\').unwrap_or((key, ""))
+}
+
+/// Whether two issuers of one PatientID can name the same patient: equal, or either
+/// unknown (empty). Two different known issuers are two patients.
+pub fn issuers_agree(a: &str, b: &str) -> bool {
+    a.is_empty() || b.is_empty() || a == b
 }
 
 /// A second patient a study's series arrived under (see [`StudyRecord::other_patients`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OtherPatient {
     pub patient_id: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub issuer_of_patient_id: String,
     pub patient_name: String,
     pub patient_birth_date: String,
     pub patient_sex: String,
@@ -352,6 +392,7 @@ impl OtherPatient {
     pub fn identity(&self) -> PatientIdentity<'_> {
         PatientIdentity {
             patient_id: &self.patient_id,
+            issuer: &self.issuer_of_patient_id,
             patient_name: &self.patient_name,
             patient_birth_date: &self.patient_birth_date,
             patient_sex: &self.patient_sex,

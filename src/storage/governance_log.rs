@@ -83,6 +83,16 @@ pub enum GovernanceRecord {
         instances: Vec<(String, String, String)>,
         rejection: crate::index::RejectionRecord,
     },
+    /// The study's patient `patient_id` arrived without IssuerOfPatientID from a sender
+    /// (`calling_ae`) whose PatientIDs `[patients]` says `issuer` issues: recorded once per
+    /// study and patient, since neither the sender nor the default is in the object, so
+    /// that `reindex` gives the study the same patient.
+    Issuer {
+        study_uid: String,
+        patient_id: String,
+        issuer: String,
+        calling_ae: String,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -289,6 +299,23 @@ impl LoggedPatientChange {
     }
 }
 
+/// The issuers given by senders' configured defaults, in log order: `(study,
+/// PatientID, issuer)`, for [`crate::index::Governance::set_patient_issuers`].
+pub fn default_issuers(records: &[GovernanceRecord]) -> Vec<(String, String, String)> {
+    records
+        .iter()
+        .filter_map(|r| match r {
+            GovernanceRecord::Issuer {
+                study_uid,
+                patient_id,
+                issuer,
+                ..
+            } => Some((study_uid.clone(), patient_id.clone(), issuer.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
 /// The patient identity changes, in order; replayed one after the other they give the
 /// current links (a later link of a PatientID wins).
 pub fn patient_changes(records: &[GovernanceRecord]) -> Vec<LoggedPatientChange> {
@@ -341,7 +368,9 @@ pub fn replay(records: &[GovernanceRecord]) -> (StudyHolds, Vec<(Tombstone, bool
                 }
             }
             GovernanceRecord::Tombstone(t) => tombstones.push((t.clone(), false)),
-            GovernanceRecord::Patient { .. } | GovernanceRecord::Rejection { .. } => {}
+            GovernanceRecord::Patient { .. }
+            | GovernanceRecord::Rejection { .. }
+            | GovernanceRecord::Issuer { .. } => {}
             GovernanceRecord::Deleted {
                 study_uid,
                 deleted_at_ms,

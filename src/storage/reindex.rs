@@ -212,6 +212,8 @@ pub fn reindex(
         report.indexed = indexed;
         unusable = quarantined;
         reindex_cold(config, &rebuilt, &mut report)?;
+        // so do the issuers senders' configured defaults gave the studies' patients
+        rebuilt.set_patient_issuers(&governance_log::default_issuers(&logged))?;
         for t in &tombstones {
             for (_, _, id) in &t.objects {
                 if ObjectId::from_hex(id).is_some_and(|id| rebuilt.has_object(&id).unwrap_or(false))
