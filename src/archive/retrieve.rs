@@ -99,21 +99,24 @@ impl RetrievalReader {
         .await
     }
 
-    /// For an object larger than [`STREAM_ABOVE`] that goes as stored (`target` is its
-    /// own transfer syntax): a file to stream its data set from, in bounded memory —
-    /// its hot file after re-hashing it against its id, or, when it is cold only, the
-    /// object staged from its pack into a tmp file on hot disk (checked on the way,
-    /// [`ObjectReader::stage_cold`]; removed when the [`StreamFile`] is dropped).
-    /// `Ok(None)`: read it whole instead (small, converted, or a hot copy that does not
-    /// check out — the whole read says what is wrong). An error: the cold copies could
-    /// not be read (an archived pack answers [`Error::is_pending_restore`]).
+    /// For an object larger than [`STREAM_ABOVE`] that goes in its own transfer syntax
+    /// (`target`): a file to stream its data set from, in bounded memory — its hot file
+    /// after re-hashing it against its id, or, when it is cold only, the object staged
+    /// from its pack into a tmp file on hot disk (checked on the way,
+    /// [`ObjectReader::stage_cold`]; removed when the [`StreamFile`] is dropped). An
+    /// object whose patient is known by another identity now goes with its header up to
+    /// group 0011 coerced in memory ([`StreamFile::head`],
+    /// [`crate::dicom::coerce::coerce_file_head`]) and the rest — the pixel data —
+    /// streamed as stored. `Ok(None)`: read it whole instead (small, converted, or a hot
+    /// copy that does not check out — the whole read says what is wrong). An error: the
+    /// cold copies could not be read (an archived pack answers
+    /// [`Error::is_pending_restore`]), or the object cannot be coerced.
     pub async fn file_to_stream(
         &self,
         item: &RetrieveItem,
         target: &str,
     ) -> Result<Option<StreamFile>, Error> {
-        // a coerced data set is read whole (its group 0010 is re-encoded)
-        if target != item.transfer_syntax_uid || item.patient.is_some() {
+        if target != item.transfer_syntax_uid {
             return Ok(None);
         }
         let (hot, index, id) = (self.reader.hot.clone(), self.reader.index.clone(), item.id);
@@ -148,19 +151,33 @@ impl RetrievalReader {
                 (tmp.path().to_path_buf(), tmp.len(), Some(tmp))
             }
         };
-        let head_of = path.clone();
-        let offset = blocking(move || {
-            let mut head = vec![0u8; 64 * 1024];
-            let mut file = std::fs::File::open(&head_of).map_err(Error::io("open", &head_of))?;
-            let n =
-                std::io::Read::read(&mut file, &mut head).map_err(Error::io("read", &head_of))?;
-            let meta = crate::dicom::part10::read_foreign_meta(&head[..n])
-                .map_err(|e| Error::Internal(format!("stored object without a meta group: {e}")))?;
-            Ok(meta.dataset_offset as u64)
+        let (head_of, patient, id) = (path.clone(), item.patient.clone(), item.id);
+        let (dataset_start, head, offset) = blocking(move || match patient {
+            Some(patient) => {
+                crate::dicom::coerce::coerce_file_head(&head_of, &patient).map_err(|e| {
+                    Error::Internal(format!(
+                        "object {id}: cannot coerce its patient module: {e}"
+                    ))
+                })
+            }
+            None => {
+                let mut head = vec![0u8; 64 * 1024];
+                let mut file =
+                    std::fs::File::open(&head_of).map_err(Error::io("open", &head_of))?;
+                let n = std::io::Read::read(&mut file, &mut head)
+                    .map_err(Error::io("read", &head_of))?;
+                let meta = crate::dicom::part10::read_foreign_meta(&head[..n]).map_err(|e| {
+                    Error::Internal(format!("stored object without a meta group: {e}"))
+                })?;
+                let start = meta.dataset_offset as u64;
+                Ok((start, Vec::new(), start))
+            }
         })
         .await?;
         Ok(Some(StreamFile {
             path,
+            dataset_start,
+            head,
             offset,
             len: size - offset,
             _staged: staged,
@@ -168,9 +185,17 @@ impl RetrievalReader {
     }
 }
 
-/// A file a large object's data set is streamed from: `len` bytes from `offset`.
+/// A file a large object's data set is streamed from: [`StreamFile::head`], then `len`
+/// bytes of the file from `offset`. The object as sent in Part-10 form is the file's
+/// first `dataset_start` bytes (its meta group), `head`, then that range.
 pub struct StreamFile {
     pub path: std::path::PathBuf,
+    /// Where the data set starts in the file.
+    pub dataset_start: u64,
+    /// Data-set bytes sent in place of the file's from `dataset_start` to `offset`: the
+    /// header with its patient module coerced; empty when the object goes as stored
+    /// (`offset` is then `dataset_start`).
+    pub head: Vec<u8>,
     pub offset: u64,
     pub len: u64,
     /// The tmp file of a staged cold object, removed when this is dropped.

@@ -107,6 +107,61 @@ pub fn coerce_part10(bytes: &[u8], patient: &PatientModule) -> Result<Vec<u8>, S
     Ok(out)
 }
 
+/// The most header bytes (the data set up to its group 0010's end) read into memory to
+/// coerce a large object streamed from its file.
+pub const MAX_COERCED_HEAD: u64 = 16 << 20;
+
+/// The coerced head of a stored Part-10 file too large to read whole: `(dataset_start,
+/// head, rest_from)` — the file's data set starts at `dataset_start`; `head` is the
+/// data set's bytes up to the end of its group 0010 with the patient module set to
+/// `patient` ([`coerce_part10`]), standing for the file's bytes from `dataset_start` to
+/// `rest_from`; the object as sent is the file's meta group, `head`, then the file from
+/// `rest_from` on, as stored (the pixel data is never read here). Errors as
+/// [`coerce_part10`], and a header longer than [`MAX_COERCED_HEAD`]. Blocking.
+pub fn coerce_file_head(
+    path: &std::path::Path,
+    patient: &PatientModule,
+) -> Result<(u64, Vec<u8>, u64), String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let io = |e: std::io::Error| format!("{}: {e}", path.display());
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    let mut meta_bytes = vec![0u8; 64 * 1024];
+    let mut filled = 0;
+    while filled < meta_bytes.len() {
+        match file.read(&mut meta_bytes[filled..]).map_err(io)? {
+            0 => break,
+            n => filled += n,
+        }
+    }
+    meta_bytes.truncate(filled);
+    let meta = read_foreign_meta(&meta_bytes).map_err(|e| e.to_string())?;
+    let ts_uid = meta.transfer_syntax_uid.trim_end_matches('\0').trim();
+    if Encoding::is_deflated(ts_uid) {
+        return Err(format!("a deflated data set ({ts_uid}) is not coerced"));
+    }
+    let enc = Encoding::of_transfer_syntax(ts_uid)
+        .ok_or_else(|| format!("unknown transfer syntax {ts_uid}"))?;
+    let start = meta.dataset_offset as u64;
+    let (source, at) = Seekable::new(std::fs::File::open(path).map_err(io)?, start).map_err(io)?;
+    let rest_from = offset_of_tag(source, at, enc, 0x0011_0000)?;
+    if rest_from - start > MAX_COERCED_HEAD {
+        return Err(format!(
+            "its header before group 0011 is {} bytes, more than the {MAX_COERCED_HEAD} coerced in memory",
+            rest_from - start
+        ));
+    }
+    // the meta group and the header up to group 0011, coerced as a Part-10 object of its own
+    let mut part = meta_bytes;
+    part.truncate(meta.dataset_offset);
+    file.seek(SeekFrom::Start(start)).map_err(io)?;
+    let mut header = vec![0u8; (rest_from - start) as usize];
+    file.read_exact(&mut header).map_err(io)?;
+    part.extend_from_slice(&header);
+    let mut coerced = coerce_part10(&part, patient)?;
+    let head = coerced.split_off(meta.dataset_offset);
+    Ok((start, head, rest_from))
+}
+
 /// The top-level group 0010 elements `group` (their bytes, in `ts`), parsed and
 /// re-encoded by dicom-object in `charset` with `patient`'s values.
 fn encode_group(

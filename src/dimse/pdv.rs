@@ -62,11 +62,13 @@ pub async fn send_data<A: AsyncAssociation<S> + Send, S: Link>(
     Ok(())
 }
 
-/// Sends `len` bytes of `path` from `offset` as the data set, read in PDV-sized chunks:
-/// one chunk in memory at a time, whatever the object's size.
+/// Sends `head` (a coerced header, or nothing) then `len` bytes of `path` from `offset`
+/// as the data set, read in PDV-sized chunks: one chunk in memory at a time, whatever
+/// the object's size.
 pub async fn send_data_file<A: AsyncAssociation<S> + Send, S: Link>(
     assoc: &mut A,
     pc_id: u8,
+    head: &[u8],
     path: &std::path::Path,
     offset: u64,
     len: u64,
@@ -80,11 +82,18 @@ pub async fn send_data_file<A: AsyncAssociation<S> + Send, S: Link>(
         .await
         .map_err(read_failed)?;
     let max = max_pdv.clamp(1, UNLIMITED_PDV) as u64;
-    let mut left = len;
+    let mut head = head;
+    let mut left = head.len() as u64 + len;
     loop {
         let n = left.min(max) as usize;
+        // the head's bytes first, then the file's
+        let from_head = n.min(head.len());
         let mut chunk = vec![0u8; n];
-        file.read_exact(&mut chunk).await.map_err(read_failed)?;
+        chunk[..from_head].copy_from_slice(&head[..from_head]);
+        head = &head[from_head..];
+        file.read_exact(&mut chunk[from_head..])
+            .await
+            .map_err(read_failed)?;
         left -= n as u64;
         send_pdv(assoc, pc_id, PDataValueType::Data, chunk, left == 0)
             .await

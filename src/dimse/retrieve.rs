@@ -412,7 +412,8 @@ async fn store_one<A: AsyncAssociation<S> + Send, S: Link>(
     match payload {
         Payload::Bytes(dataset) => send_data(dest, pc_id, dataset, max_pdv).await?,
         Payload::File(f) => {
-            super::pdv::send_data_file(dest, pc_id, &f.path, f.offset, f.len, max_pdv).await?
+            super::pdv::send_data_file(dest, pc_id, &f.head, &f.path, f.offset, f.len, max_pdv)
+                .await?
         }
     }
     let bad = |detail: String| SubOpError::BadResponse(detail);

@@ -666,7 +666,7 @@ async fn retrieve(archive: Archive, peer: WebCaller, headers: HeaderMap, query: 
                         retrieval.finish(sent, failed).await;
                         return;
                     }
-                    match send_file(&tx, &file.path, 0, file.offset + file.len).await {
+                    match send_stream_file(&tx, &file).await {
                         Ok(()) => {
                             sent += 1;
                             Ok(vec![Bytes::from_static(b"\r\n")])
@@ -826,6 +826,19 @@ fn new_boundary() -> String {
 }
 
 /// Sends `len` bytes of `path` from `offset` in 256 KiB chunks.
+/// Sends a large object in Part-10 form from its [`StreamFile`]: the file's meta group,
+/// the coerced header when there is one, then the rest of the file as stored.
+async fn send_stream_file(
+    tx: &tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
+    file: &crate::archive::retrieve::StreamFile,
+) -> Result<(), String> {
+    send_file(tx, &file.path, 0, file.dataset_start).await?;
+    if !file.head.is_empty() && tx.send(Ok(Bytes::from(file.head.clone()))).await.is_err() {
+        return Err("the client went away".into());
+    }
+    send_file(tx, &file.path, file.offset, file.len).await
+}
+
 async fn send_file(
     tx: &tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
     path: &std::path::Path,
