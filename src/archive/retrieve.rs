@@ -81,8 +81,8 @@ impl RetrievalReader {
     /// The Part-10 bytes an item goes out with: [`RetrievalReader::read`], with the
     /// patient module coerced to the patient's current identity when it changed
     /// ([`crate::dicom::coerce`]: only group 0010 is re-encoded). An object that cannot
-    /// be coerced (a deflated data set) is an error rather than sent under an identity
-    /// the hospital has replaced.
+    /// be coerced (a malformed patient module) is an error rather than sent under an
+    /// identity the hospital has replaced.
     pub async fn read_item(&self, item: &RetrieveItem) -> Result<Vec<u8>, Error> {
         let bytes = self.read(&item.id).await?;
         let Some(patient) = item.patient.clone() else {

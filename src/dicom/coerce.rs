@@ -28,21 +28,58 @@ pub struct PatientModule {
     pub patient_sex: String,
 }
 
+/// The most bytes a deflated data set is inflated to for coercion (in memory).
+pub const MAX_INFLATED_COERCE: u64 = 256 << 20;
+
+/// Explicit VR Little Endian: the encoding of a deflated data set once inflated (PS3.5
+/// A.5).
+const EXPLICIT_VR_LE: &str = "1.2.840.10008.1.2.1";
+
 /// The Part-10 object `bytes` with its patient module set to `patient` (see the module
-/// docs). Errors: not Part-10, an unknown or deflated transfer syntax (a deflated data
-/// set cannot be spliced), a malformed group 0010.
+/// docs). A deflated data set (PS3.5 A.5) is inflated, coerced as the Explicit VR Little
+/// Endian it is, and deflated again (its file meta stays as stored). Errors: not
+/// Part-10, an unknown transfer syntax, a malformed group 0010, a deflated data set
+/// that inflates beyond [`MAX_INFLATED_COERCE`].
 pub fn coerce_part10(bytes: &[u8], patient: &PatientModule) -> Result<Vec<u8>, String> {
+    use std::io::{Read, Write};
     let meta = read_foreign_meta(bytes).map_err(|e| e.to_string())?;
     let ts_uid = meta.transfer_syntax_uid.trim_end_matches('\0').trim();
+    let mut out = bytes[..meta.dataset_offset].to_vec();
+    let dataset = &bytes[meta.dataset_offset..];
     if Encoding::is_deflated(ts_uid) {
-        return Err(format!("a deflated data set ({ts_uid}) is not coerced"));
+        let mut inflated = Vec::new();
+        flate2::read::DeflateDecoder::new(dataset)
+            .take(MAX_INFLATED_COERCE + 1)
+            .read_to_end(&mut inflated)
+            .map_err(|e| format!("the deflated data set cannot be inflated: {e}"))?;
+        if inflated.len() as u64 > MAX_INFLATED_COERCE {
+            return Err(format!(
+                "the deflated data set inflates beyond {MAX_INFLATED_COERCE} bytes"
+            ));
+        }
+        let coerced = coerce_dataset(&inflated, EXPLICIT_VR_LE, patient)?;
+        let mut deflate = flate2::write::DeflateEncoder::new(out, flate2::Compression::default());
+        deflate
+            .write_all(&coerced)
+            .map_err(|e| format!("deflate: {e}"))?;
+        return deflate.finish().map_err(|e| format!("deflate: {e}"));
     }
+    out.extend_from_slice(&coerce_dataset(dataset, ts_uid, patient)?);
+    Ok(out)
+}
+
+/// The data set `dataset` (encoded in `ts_uid`, not deflated) with its top-level group
+/// 0010 re-encoded with `patient`'s values; every other byte as it was.
+fn coerce_dataset(
+    dataset: &[u8],
+    ts_uid: &str,
+    patient: &PatientModule,
+) -> Result<Vec<u8>, String> {
     let enc = Encoding::of_transfer_syntax(ts_uid)
         .ok_or_else(|| format!("unknown transfer syntax {ts_uid}"))?;
     let ts = dicom_transfer_syntax_registry::TransferSyntaxRegistry
         .get(ts_uid)
         .ok_or_else(|| format!("unknown transfer syntax {ts_uid}"))?;
-    let dataset = &bytes[meta.dataset_offset..];
     let offset = |tag: u32| -> Result<usize, String> {
         let (source, start) = Seekable::new(Cursor::new(dataset), 0).map_err(|e| e.to_string())?;
         Ok(offset_of_tag(source, start, enc, tag)? as usize)
@@ -99,11 +136,10 @@ pub fn coerce_part10(bytes: &[u8], patient: &PatientModule) -> Result<Vec<u8>, S
             encode_group(&dataset[from..to], ts, &charset, &plain)?
         }
     };
-    let split = meta.dataset_offset + from;
-    let mut out = Vec::with_capacity(bytes.len() + encoded.len());
-    out.extend_from_slice(&bytes[..split]);
+    let mut out = Vec::with_capacity(dataset.len() + encoded.len());
+    out.extend_from_slice(&dataset[..from]);
     out.extend_from_slice(&encoded);
-    out.extend_from_slice(&bytes[meta.dataset_offset + to..]);
+    out.extend_from_slice(&dataset[to..]);
     Ok(out)
 }
 
@@ -284,6 +320,38 @@ mod tests {
                 "{ts}"
             );
         }
+    }
+
+    /// A deflated data set (Deflated Explicit VR Little Endian, PS3.5 A.5) is inflated,
+    /// coerced and deflated again: it reads back (dicom-object) with the new identity.
+    #[test]
+    fn a_deflated_data_set_is_coerced_and_deflated_again() {
+        let to = PatientModule {
+            patient_id: "ALICE-NEW".into(),
+            issuer: String::new(),
+            patient_name: "SMITH^ALICE".into(),
+            patient_birth_date: String::new(),
+            patient_sex: "F".into(),
+        };
+        let stored = part10("1.2.840.10008.1.2.1.99", "SMITH^BOB");
+        let sent = coerce_part10(&stored, &to).unwrap();
+        let meta = read_foreign_meta(&sent).unwrap();
+        assert_eq!(
+            meta.transfer_syntax_uid.trim_end_matches('\0'),
+            "1.2.840.10008.1.2.1.99"
+        );
+        let obj = dicom_object::from_reader(&sent[128..]).unwrap();
+        let s = |tag| {
+            obj.element(tag)
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .trim()
+                .to_string()
+        };
+        assert_eq!(s(tags::PATIENT_ID), "ALICE-NEW");
+        assert_eq!(s(tags::PATIENT_NAME), "SMITH^ALICE");
+        assert_eq!(s(tags::STUDY_INSTANCE_UID), "1.2.3");
     }
 
     #[test]
