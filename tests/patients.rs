@@ -510,6 +510,33 @@ fn an_hl7_message_cut_by_kill_9_is_applied_exactly_once() {
     );
     server.stop();
     assert_eq!(archive.audit_records("patient_update").len(), 1);
+
+    // a CLI merge (no control id) cut after its audit record, before the index took
+    // it: in effect at the next start, and audited again saying so (never in effect
+    // unaudited)
+    let server = archive.start_with_env(&[("STRATA_FAILPOINT", "patient-after-audit")]);
+    let cut = run(&mut archive.strata(&[
+        "patient",
+        "merge",
+        "ALICE001",
+        "--into",
+        "ZED001",
+        "--name",
+        "ZED^ALICE",
+    ]));
+    assert!(!cut.status.success(), "the server died before answering");
+    server.kill9();
+    let server = archive.start();
+    assert_eq!(studies_for(server.dicom_port, "ZED001").0, 2);
+    assert_eq!(studies_for(server.dicom_port, "ALICE001").0, 0);
+    server.stop();
+    let merges = archive.audit_records("patient_merge");
+    assert_eq!(merges.len(), 3, "{merges:?}");
+    assert_eq!(merges[1]["actor"]["kind"], "cli");
+    assert!(merges[2]["outcome"]
+        .as_str()
+        .unwrap()
+        .contains("after a crash"));
     run_ok(&mut archive.strata(&["audit", "verify"]));
 }
 
@@ -1084,6 +1111,62 @@ fn the_same_patient_id_from_two_issuers_is_two_patients() {
     assert_eq!(n, 1, "after reindex: {text}");
     assert_eq!(values(&text, "PatientName"), vec!["WEST^SURVIVOR"]);
     server.stop();
+    let (clean, report) = archive.verify_json();
+    assert!(clean, "{report}");
+}
+
+/// A rejection note cut by kill -9 after its governance and audit records, before the
+/// index took it (IHE IOCM, issue 15; "nothing lost"): at the next start the
+/// instance is hidden before anything is served, and the replay is audited too.
+#[test]
+fn a_rejection_cut_by_kill_9_is_in_effect_after_restart() {
+    let archive = Archive::new("patients-iocm-kill");
+    let data = scratch("patients-iocm-kill-data");
+    let server = archive.start();
+    let files = two_patients(data.path(), server.dicom_port);
+    server.stop();
+    let rejected = strata::dicom::header::read_header_blocking(&files[0]).unwrap();
+    let server = archive.start_with_env(&[("STRATA_FAILPOINT", "reject-after-audit")]);
+    let _ = run(python("send_rejection.py").args([
+        "--port",
+        &server.dicom_port.to_string(),
+        "--code",
+        "113001",
+        "--study",
+        &rejected.study_uid,
+        "--patient",
+        &rejected.patient_id,
+        "--series",
+        &rejected.series_uid,
+        "--sop-class",
+        &rejected.sop_class_uid,
+        "--sop",
+        &rejected.sop_instance_uid,
+    ]));
+    server.kill9();
+    let server = archive.start();
+    let (n, text) = findscu(
+        server.dicom_port,
+        "-S",
+        &[
+            "QueryRetrieveLevel=IMAGE",
+            &format!("StudyInstanceUID={}", rejected.study_uid),
+            &format!("SeriesInstanceUID={}", rejected.series_uid),
+            "SOPInstanceUID",
+        ],
+    );
+    server.stop();
+    assert!(
+        !values(&text, "SOPInstanceUID").contains(&rejected.sop_instance_uid),
+        "{text}"
+    );
+    assert_eq!(n, 1, "{text}");
+    let rejections = archive.audit_records("reject");
+    assert_eq!(rejections.len(), 2, "{rejections:?}");
+    assert!(rejections[1]["outcome"]
+        .as_str()
+        .unwrap()
+        .contains("after a crash"));
     let (clean, report) = archive.verify_json();
     assert!(clean, "{report}");
 }

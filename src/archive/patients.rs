@@ -6,10 +6,13 @@
 //! ([`PatientLink`]); queries answer with the linked identity at once. Each change is,
 //! in this order: refused if its HL7 message control id was processed before (exactly
 //! once: the earlier outcome is returned); appended, synced, to the governance log
-//! (where `reindex` replays it: the objects themselves never change); written to the
-//! index in one synced batch together with the control id; and an audit record
-//! (synced) with the control id, the identities before and after. Changes are
-//! serialised: two feeds never compute links from the same stale state.
+//! (where `reindex` replays it: the objects themselves never change); an audit record
+//! (synced) with the control id, the identities before and after; and written to the
+//! index in one synced batch together with the control id. A crash between any two
+//! leaves the logs ahead of the index: the next start applies what the index lacks and
+//! audits it as replayed ([`Archive::reconcile_governance_blocking`]), so a change is
+//! never in effect unaudited. Changes are serialised: two feeds never compute links
+//! from the same stale state.
 
 use super::principal::Role;
 use super::{blocking, Archive, Error, Principal};
@@ -301,17 +304,29 @@ impl Archive {
         let records = self.governance.read()?;
         let index = self.index.as_ref();
         let changes = crate::storage::governance_log::patient_changes(&records);
-        // the final link of each stored ID (in log order, a later change wins)
-        let mut last: std::collections::BTreeMap<String, PatientLink> = Default::default();
-        for change in &changes {
+        // the final link of each stored patient and the change that made it (in log
+        // order, a later change wins)
+        let mut last: std::collections::BTreeMap<String, (usize, PatientLink)> = Default::default();
+        for (n, change) in changes.iter().enumerate() {
             for (stored, link) in &change.links {
-                last.insert(stored.clone(), link.clone());
+                last.insert(stored.clone(), (n, link.clone()));
             }
         }
+        // a change whose links or control id the index lacks was cut short before its
+        // index batch (perhaps before its audit record): applied and audited now
+        let mut cut_short = std::collections::BTreeSet::new();
         let mut stale = Vec::new();
-        for (stored, link) in last {
+        for (stored, (n, link)) in last {
             if index.patient_link(&stored)?.as_ref() != Some(&link) {
                 stale.push((stored, link));
+                cut_short.insert(n);
+            }
+        }
+        for (n, change) in changes.iter().enumerate() {
+            if let Some((cid, _)) = change.message() {
+                if index.hl7_message(cid)?.is_none() {
+                    cut_short.insert(n);
+                }
             }
         }
         let mut written = stale.len();
@@ -319,15 +334,11 @@ impl Archive {
             index.set_patient_links(&stale, None)?;
         }
         let replayed = Principal::system("governance-replay");
-        for change in &changes {
-            let Some((cid, summary)) = change.message() else {
-                continue;
-            };
-            if index.hl7_message(cid)?.is_some() {
-                continue;
+        for n in cut_short {
+            let change = &changes[n];
+            if let Some((cid, summary)) = change.message() {
+                index.set_patient_links(&[], Some((cid, summary)))?;
             }
-            // cut short before its index batch, so before its audit record: both now
-            index.set_patient_links(&[], Some((cid, summary)))?;
             let action = match change.action.as_str() {
                 "patient_merge" => "patient_merge",
                 "patient_id_change" => "patient_id_change",
@@ -338,8 +349,8 @@ impl Archive {
                 action,
                 Vec::new(),
                 format!(
-                    "replayed from the governance log after a crash (asked by {}): {summary}",
-                    change.by
+                    "replayed from the governance log after a crash (asked by {}): {}",
+                    change.by, change.summary
                 ),
             )?;
         }
@@ -475,13 +486,6 @@ impl Archive {
                         )));
                     }
                 }
-                let (id, id_issuer) = split_patient_key(&key);
-                for alias in index.patient_aliases(id)? {
-                    let link = index.patient_link(&alias)?;
-                    if link.is_some_and(|l| l.issuer == id_issuer) {
-                        stored.insert(alias);
-                    }
-                }
                 stored.insert(key);
             }
         }
@@ -531,8 +535,9 @@ impl Archive {
             target.patient_id,
             target.patient_name
         );
-        // on record before it takes effect: the governance log (replayed by reindex),
-        // then the index with the control id, then the audit log
+        // on record before it takes effect: the governance log (replayed by reindex and
+        // at start), then the audit log, then the index with the control id — a crash
+        // anywhere leaves the logs ahead of the index, never an unaudited change
         self.governance.append(GovernanceRecord::Patient {
             links: links.clone(),
             control_id: control_id.unwrap_or_default().to_string(),
@@ -541,9 +546,17 @@ impl Archive {
             action: change.action().to_string(),
         })?;
         crate::tiering::failpoint("patient-after-governance");
-        index.set_patient_links(&links, control_id.map(|c| (c, summary.as_str())))?;
-        let studies = studies_of_patient(index, &target.patient_id)?;
+        // the studies the change concerns: those shown under the identity now, and those
+        // of the patients it relinks
+        let mut studies = studies_of_patient(index, &target.patient_id)?;
+        for key in &stored {
+            studies.extend(index.studies_by(SecondaryKey::PatientId, split_patient_key(key).0)?);
+        }
+        studies.sort();
+        studies.dedup();
         self.audit_synced(principal, change.action(), studies.clone(), summary.clone())?;
+        crate::tiering::failpoint("patient-after-audit");
+        index.set_patient_links(&links, control_id.map(|c| (c, summary.as_str())))?;
         Ok(ChangeOutcome {
             duplicate: false,
             relinked,
@@ -554,17 +567,29 @@ impl Archive {
 }
 
 /// The keys of the stored patients a change naming (`patient_id`, `issuer`) applies to:
-/// the named one, and those the archive holds under the PatientID whose issuer agrees
-/// ([`issuers_agree`]: the same, or unknown on one side). A change naming no issuer for
-/// a PatientID held under two or more known issuers is refused: it cannot say which
-/// patient it means.
+/// the named one; those the archive holds under the PatientID whose issuer agrees
+/// ([`issuers_agree`]: the same, or unknown on one side); and those linked by earlier
+/// changes to an identity of that PatientID whose issuer agrees. A change naming no
+/// issuer for a PatientID known under two or more issuers is refused: it cannot say
+/// which patient it means.
 fn held_keys(index: &dyn Index, patient_id: &str, issuer: &str) -> Result<Vec<String>, Error> {
     let held = held_issuers(index, patient_id)?;
-    let known: Vec<&String> = held.iter().filter(|i| !i.is_empty()).collect();
+    let mut linked = Vec::new();
+    for alias in index.patient_aliases(patient_id)? {
+        if let Some(link) = index.patient_link(&alias)? {
+            linked.push((alias, link.issuer));
+        }
+    }
+    let known: std::collections::BTreeSet<&str> = held
+        .iter()
+        .map(String::as_str)
+        .chain(linked.iter().map(|(_, i)| i.as_str()))
+        .filter(|i| !i.is_empty())
+        .collect();
     if issuer.is_empty() && known.len() > 1 {
         return Err(Error::InvalidRequest(format!(
-            "PatientID {patient_id} is held under several issuers ({}): the change must name its issuer (PID-3.4, MRG-1.4)",
-            known.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+            "PatientID {patient_id} is known under several issuers ({}): the change must name its issuer (PID-3.4, MRG-1.4)",
+            known.into_iter().collect::<Vec<_>>().join(", ")
         )));
     }
     let mut keys = vec![patient_key(patient_id, issuer)];
@@ -573,6 +598,14 @@ fn held_keys(index: &dyn Index, patient_id: &str, issuer: &str) -> Result<Vec<St
             .filter(|h| h.as_str() != issuer && issuers_agree(h, issuer))
             .map(|h| patient_key(patient_id, h)),
     );
+    keys.extend(
+        linked
+            .into_iter()
+            .filter(|(_, i)| issuers_agree(i, issuer))
+            .map(|(alias, _)| alias),
+    );
+    keys.sort();
+    keys.dedup();
     Ok(keys)
 }
 

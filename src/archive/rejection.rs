@@ -206,11 +206,13 @@ impl Archive {
             rejected_at_ms: unix_ms_now(),
             by: principal.name(),
         };
+        // on record in the governance log, then in the audit log, then in effect: a crash
+        // anywhere leaves the log ahead of the index, and the next start applies what the
+        // index lacks and audits it as replayed (an audit record is never missing)
         self.governance.append(GovernanceRecord::Rejection {
             instances: note.instances.clone(),
             rejection: record.clone(),
         })?;
-        self.index.reject_instances(&note.instances, &record)?;
         let uids = note
             .instances
             .iter()
@@ -232,6 +234,8 @@ impl Archive {
                 }
             ),
         )?;
+        crate::tiering::failpoint("reject-after-audit");
+        self.index.reject_instances(&note.instances, &record)?;
         Ok(())
     }
 }
