@@ -450,6 +450,38 @@ fn resend_is_known(hl7_port: u16, messages: &[String]) {
     );
 }
 
+/// The SOP Instance UIDs of `files`.
+fn sop_uids(files: &[std::path::PathBuf]) -> Vec<String> {
+    files
+        .iter()
+        .map(|f| {
+            strata::dicom::header::read_header_blocking(f)
+                .unwrap()
+                .sop_instance_uid
+        })
+        .collect()
+}
+
+/// pynetdicom (`send_rejection.py`) sending a rejection note titled (`code`, DCM) of
+/// patient `patient` that rejects the instances `sops` of `series`'s study and series.
+fn rejection_note(
+    port: u16,
+    code: &str,
+    patient: &str,
+    series: &strata::dicom::header::InstanceAttrs,
+    sops: &[&str],
+) -> std::process::Command {
+    let mut cmd = python("send_rejection.py");
+    cmd.args(["--port", &port.to_string(), "--code", code])
+        .args(["--study", &series.study_uid, "--patient", patient])
+        .args(["--series", &series.series_uid])
+        .args(["--sop-class", &series.sop_class_uid]);
+    for sop in sops {
+        cmd.args(["--sop", sop]);
+    }
+    cmd
+}
+
 /// Starts the server with `failpoint` set, sends `message`, sees no ACK come (the
 /// server killed itself there, as kill -9 would), and reaps it.
 fn cut_by(archive: &Archive, hl7_port: u16, failpoint: &str, message: &str) {
@@ -652,43 +684,25 @@ fn a_rejection_note_hides_the_instances_it_rejects() {
     let files = two_patients(data.path(), server.dicom_port);
     let rejected = strata::dicom::header::read_header_blocking(&files[0]).unwrap();
     let kept = strata::dicom::header::read_header_blocking(&files[1]).unwrap();
-    let sent = run_ok(python("send_rejection.py").args([
-        "--port",
-        &server.dicom_port.to_string(),
-        "--code",
+    let sent = run_ok(&mut rejection_note(
+        server.dicom_port,
         "113001",
-        "--study",
-        &rejected.study_uid,
-        "--patient",
         &rejected.patient_id,
-        "--series",
-        &rejected.series_uid,
-        "--sop-class",
-        &rejected.sop_class_uid,
-        "--sop",
-        &rejected.sop_instance_uid,
-    ]));
+        &rejected,
+        &[&rejected.sop_instance_uid],
+    ));
     let sent: serde_json::Value = serde_json::from_slice(&sent.stdout).unwrap();
     assert_eq!(sent["status"], 0, "{sent}");
     // a note of Bob's naming Alice's other instance rejects nothing (IOCM: a note
     // rejects its own patient's instances)
     let bob = strata::dicom::header::read_header_blocking(&files[2]).unwrap();
-    run_ok(python("send_rejection.py").args([
-        "--port",
-        &server.dicom_port.to_string(),
-        "--code",
+    run_ok(&mut rejection_note(
+        server.dicom_port,
         "113039",
-        "--study",
-        &rejected.study_uid,
-        "--patient",
         &bob.patient_id,
-        "--series",
-        &kept.series_uid,
-        "--sop-class",
-        &kept.sop_class_uid,
-        "--sop",
-        &kept.sop_instance_uid,
-    ]));
+        &kept,
+        &[&kept.sop_instance_uid],
+    ));
 
     let images = |port: u16| {
         findscu(
@@ -745,14 +759,7 @@ fn a_rejection_note_hides_the_instances_it_rejects() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let received: Vec<String> = walk(&got)
-        .iter()
-        .map(|f| {
-            strata::dicom::header::read_header_blocking(f)
-                .unwrap()
-                .sop_instance_uid
-        })
-        .collect();
+    let received = sop_uids(&walk(&got));
     assert!(
         !received.contains(&rejected.sop_instance_uid),
         "{received:?}"
@@ -876,22 +883,16 @@ fn retention_deletes_studies_their_rejection_notes_expire() {
     let files = two_patients(data.path(), server.dicom_port);
     let reject = |file: &std::path::Path, sops: &[&std::path::Path], code: &str| {
         let first = strata::dicom::header::read_header_blocking(file).unwrap();
-        let mut cmd = python("send_rejection.py");
-        cmd.args(["--port", &server.dicom_port.to_string(), "--code", code])
-            .args(["--study", &first.study_uid, "--patient", &first.patient_id])
-            .args([
-                "--series",
-                &first.series_uid,
-                "--sop-class",
-                &first.sop_class_uid,
-            ]);
-        for f in sops {
-            let uid = strata::dicom::header::read_header_blocking(f)
-                .unwrap()
-                .sop_instance_uid;
-            cmd.args(["--sop", &uid]);
-        }
-        run_ok(&mut cmd);
+        let sops: Vec<std::path::PathBuf> = sops.iter().map(|f| f.to_path_buf()).collect();
+        let uids = sop_uids(&sops);
+        let uids: Vec<&str> = uids.iter().map(String::as_str).collect();
+        run_ok(&mut rejection_note(
+            server.dicom_port,
+            code,
+            &first.patient_id,
+            &first,
+            &uids,
+        ));
         first.study_uid
     };
     // Alice's study wholly expired; Bob's rejected for quality (hidden, kept)
@@ -1127,22 +1128,13 @@ fn a_rejection_cut_by_kill_9_is_in_effect_after_restart() {
     server.stop();
     let rejected = strata::dicom::header::read_header_blocking(&files[0]).unwrap();
     let server = archive.start_with_env(&[("STRATA_FAILPOINT", "reject-after-audit")]);
-    let _ = run(python("send_rejection.py").args([
-        "--port",
-        &server.dicom_port.to_string(),
-        "--code",
+    let _ = run(&mut rejection_note(
+        server.dicom_port,
         "113001",
-        "--study",
-        &rejected.study_uid,
-        "--patient",
         &rejected.patient_id,
-        "--series",
-        &rejected.series_uid,
-        "--sop-class",
-        &rejected.sop_class_uid,
-        "--sop",
-        &rejected.sop_instance_uid,
-    ]));
+        &rejected,
+        &[&rejected.sop_instance_uid],
+    ));
     server.kill9();
     let server = archive.start();
     let (n, text) = findscu(
