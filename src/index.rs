@@ -241,6 +241,20 @@ pub trait Governance {
     /// ([`IndexError::Held`]), checked under the same serialisation; an unknown study is
     /// an error.
     fn tombstone_study(&self, tombstone: &Tombstone) -> Result<Tombstone, IndexError>;
+    /// Deletes some instances `(series, sop)` of a study that lives on, as
+    /// [`Governance::tombstone_study`] deletes a whole one: their records and every
+    /// version's object record go (marked deleted), the study's and series' counters and
+    /// ModalitiesInStudy follow, a series left empty goes, and a partial tombstone
+    /// ([`Tombstone::partial`]) is written in their place, in one synced batch. Every
+    /// pack of the study is dropped from the index (the caller deletes them), so every
+    /// object the study keeps must have its hot copy (recalled first), else an error;
+    /// they are hot-only afterwards. Instances the study does not hold are ignored; a
+    /// study under a legal hold is refused ([`IndexError::Held`]).
+    fn tombstone_instances(
+        &self,
+        tombstone: &Tombstone,
+        instances: &[(String, String)],
+    ) -> Result<Tombstone, IndexError>;
     fn tombstones(&self) -> Result<Vec<Tombstone>, IndexError>;
     /// Writes a tombstone and its deleted-object marks (reindex carries them over from
     /// the old index), except for the objects in `live`, stored again since.

@@ -450,6 +450,20 @@ fn resend_is_known(hl7_port: u16, messages: &[String]) {
     );
 }
 
+/// findscu at IMAGE level for the instances of `series`'s series (Study Root).
+fn series_images(port: u16, series: &strata::dicom::header::InstanceAttrs) -> (usize, String) {
+    findscu(
+        port,
+        "-S",
+        &[
+            "QueryRetrieveLevel=IMAGE",
+            &format!("StudyInstanceUID={}", series.study_uid),
+            &format!("SeriesInstanceUID={}", series.series_uid),
+            "SOPInstanceUID",
+        ],
+    )
+}
+
 /// The SOP Instance UIDs of `files`.
 fn sop_uids(files: &[std::path::PathBuf]) -> Vec<String> {
     files
@@ -704,19 +718,7 @@ fn a_rejection_note_hides_the_instances_it_rejects() {
         &[&kept.sop_instance_uid],
     ));
 
-    let images = |port: u16| {
-        findscu(
-            port,
-            "-S",
-            &[
-                "QueryRetrieveLevel=IMAGE",
-                &format!("StudyInstanceUID={}", rejected.study_uid),
-                &format!("SeriesInstanceUID={}", rejected.series_uid),
-                "SOPInstanceUID",
-            ],
-        )
-        .1
-    };
+    let images = |port: u16| series_images(port, &rejected).1;
     let text = images(server.dicom_port);
     assert!(!text.contains(&rejected.sop_instance_uid), "{text}");
     assert!(text.contains(&kept.sop_instance_uid), "{text}");
@@ -1137,16 +1139,7 @@ fn a_rejection_cut_by_kill_9_is_in_effect_after_restart() {
     ));
     server.kill9();
     let server = archive.start();
-    let (n, text) = findscu(
-        server.dicom_port,
-        "-S",
-        &[
-            "QueryRetrieveLevel=IMAGE",
-            &format!("StudyInstanceUID={}", rejected.study_uid),
-            &format!("SeriesInstanceUID={}", rejected.series_uid),
-            "SOPInstanceUID",
-        ],
-    );
+    let (n, text) = series_images(server.dicom_port, &rejected);
     server.stop();
     assert!(
         !values(&text, "SOPInstanceUID").contains(&rejected.sop_instance_uid),
@@ -1161,4 +1154,120 @@ fn a_rejection_cut_by_kill_9_is_in_effect_after_restart() {
         .contains("after a crash"));
     let (clean, report) = archive.verify_json();
     assert!(clean, "{report}");
+}
+
+/// IHE IOCM (issue 15): "Data Retention Policy Expired" (113039) for one instance of a
+/// study that keeps its other. The study is in the cold tier; `strata retention`
+/// recalls it (copy, verify, record), deletes that instance from every tier (its hot
+/// file, and the study's pack, which holds it) and keeps the other, hot until it ages
+/// to cold again. The retention is killed right after the partial tombstone: the next
+/// start removes the instance's hot file, the next policy pass the pack; `verify`
+/// stays clean throughout; the instance kept is still retrievable, and `reindex` from
+/// the objects and the packs alone does not bring the deleted one back.
+#[test]
+fn retention_deletes_the_expired_instances_of_a_study_that_stays() {
+    let archive = Archive::with_config(
+        "patients-iocm-partial",
+        "\n[tiering]\norphan_grace = \"0s\"\n",
+    );
+    let data = scratch("patients-iocm-partial-data");
+    let server = archive.start();
+    let files = two_patients(data.path(), server.dicom_port);
+    let expired = strata::dicom::header::read_header_blocking(&files[0]).unwrap();
+    let kept = strata::dicom::header::read_header_blocking(&files[1]).unwrap();
+    assert_eq!(kept.series_uid, expired.series_uid);
+    run_ok(&mut archive.strata(&["tier", "move", &expired.study_uid, "--to", "cold"]));
+    run_ok(&mut rejection_note(
+        server.dicom_port,
+        "113039",
+        &expired.patient_id,
+        &expired,
+        &[&expired.sop_instance_uid],
+    ));
+    server.stop();
+    let dry = run_ok(&mut archive.strata(&["retention", "--dry-run", "--json"]));
+    let dry: serde_json::Value = serde_json::from_slice(&dry.stdout).unwrap();
+    assert_eq!(dry["rejected"].as_array().unwrap().len(), 0, "{dry}");
+    assert_eq!(
+        dry["rejected_instances"][0]["instances"][0][1],
+        expired.sop_instance_uid.as_str(),
+        "{dry}"
+    );
+
+    // killed right after the partial tombstone
+    let cut = run(archive
+        .strata(&["retention"])
+        .env("STRATA_FAILPOINT", "delete-instances-after-tombstone"));
+    assert!(!cut.status.success());
+    let (clean, report) = archive.verify_json();
+    assert!(clean, "{report}");
+    // the index lost now, with the deletion unfinished (the instance's recalled hot file
+    // and the study's pack, holding both instances, still there): `reindex` from the
+    // objects, the packs and the governance log keeps the instance deleted and does
+    // not record the pack again
+    std::fs::remove_dir_all(archive.data_dir().join("index")).unwrap();
+    let rebuilt = run_ok(&mut archive.strata(&["reindex", "--json"]));
+    let rebuilt: serde_json::Value = serde_json::from_slice(&rebuilt.stdout).unwrap();
+    assert_eq!(rebuilt["deleted_packs"], 1, "{rebuilt}");
+    // the next start finishes the hot side, the next policy pass the pack
+    let server = archive.start();
+    let (n, text) = series_images(server.dicom_port, &expired);
+    assert_eq!(n, 1, "{text}");
+    assert_eq!(
+        values(&text, "SOPInstanceUID"),
+        vec![kept.sop_instance_uid.clone()]
+    );
+    server.stop();
+    // (the server's worker may have collected the old pack already)
+    run_ok(&mut archive.strata(&["tier", "run", "--json"]));
+    let status = run_ok(&mut archive.strata(&["tier", "status", "--json"]));
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(status["packs"], 0, "the study's old pack is gone: {status}");
+    let (clean, report) = archive.verify_json();
+    assert!(clean, "{report}");
+    assert_eq!(report["pending_deletion"], 0, "{report}");
+    assert!(
+        report["unrecorded_packs"].as_array().unwrap().is_empty(),
+        "{report}"
+    );
+    let tombs = run_ok(&mut archive.strata(&["tombstones", "--json"]));
+    let tombs: serde_json::Value = serde_json::from_slice(&tombs.stdout).unwrap();
+    assert_eq!(tombs.as_array().unwrap().len(), 1, "{tombs}");
+    assert_eq!(tombs[0]["partial"], true, "{tombs}");
+    assert_eq!(tombs[0]["objects"].as_array().unwrap().len(), 1, "{tombs}");
+    assert!(
+        tombs[0]["why"].as_str().unwrap().contains("113039"),
+        "{tombs}"
+    );
+    // what stays is retrievable (as stored: b3sum is its id)
+    let out = data.path().join("exported");
+    run_ok(
+        archive
+            .strata(&["export", &expired.study_uid, "--out"])
+            .arg(&out),
+    );
+    let exported = sop_uids(&walk(&out));
+    assert!(exported.contains(&kept.sop_instance_uid), "{exported:?}");
+    assert!(
+        !exported.contains(&expired.sop_instance_uid),
+        "{exported:?}"
+    );
+
+    // reindex from the objects (and the packs) alone: the instance stays deleted
+    std::fs::remove_dir_all(archive.data_dir().join("index")).unwrap();
+    run_ok(&mut archive.strata(&["reindex"]));
+    let shown = run_ok(&mut archive.strata(&["show", &expired.study_uid, "--json"]));
+    let shown = String::from_utf8_lossy(&shown.stdout).to_string();
+    assert!(shown.contains(&kept.sop_instance_uid), "{shown}");
+    assert!(!shown.contains(&expired.sop_instance_uid), "{shown}");
+    let (clean, report) = archive.verify_json();
+    assert!(clean, "{report}");
+    let deletes = archive.audit_records("delete");
+    assert!(
+        deletes.iter().any(|d| d["outcome"]
+            .as_str()
+            .unwrap()
+            .contains("requested, 1 instances")),
+        "{deletes:?}"
+    );
 }

@@ -106,20 +106,33 @@ impl Archive {
             .tombstones()?
             .into_iter()
             .map(|tombstone| {
+                // some instances of a study that stays: stored again when one of them is
+                let stored_again = match tombstone.partial {
+                    false => self.index.study(&tombstone.study_uid)?.is_some(),
+                    true => {
+                        let mut any = false;
+                        for (_, _, id) in &tombstone.objects {
+                            if let Some(id) = ObjectId::from_hex(id) {
+                                any |= self.index.has_object(&id)?;
+                            }
+                        }
+                        any
+                    }
+                };
                 Ok(TombstoneView {
-                    stored_again: self.index.study(&tombstone.study_uid)?.is_some(),
+                    stored_again,
                     tombstone,
                 })
             })
             .collect()
     }
 
-    /// The tombstone of a study UID, if it was deleted (blocking).
+    /// The tombstone of a study UID, if the study was deleted (blocking).
     pub fn tombstone_of_blocking(&self, study_uid: &str) -> Result<Option<TombstoneView>> {
         Ok(self
             .tombstones_blocking()?
             .into_iter()
-            .find(|t| t.tombstone.study_uid == study_uid))
+            .find(|t| t.tombstone.study_uid == study_uid && !t.tombstone.partial))
     }
 
     fn tiers(&self) -> Tiers<'_> {

@@ -36,6 +36,16 @@ pub struct DeleteReport {
     pub packs_deleted: usize,
 }
 
+/// Instances of a study that IOCM rejection notes ask to delete ([`RetentionReport`]).
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct RejectedInstances {
+    pub study_uid: String,
+    /// `(series, SOP Instance UID)` of each.
+    pub instances: Vec<(String, String)>,
+    /// The notes and their codes.
+    pub why: String,
+}
+
 #[derive(Debug, Default, Serialize, serde::Deserialize)]
 pub struct RetentionReport {
     /// (study, StudyDate) of the studies the rule selects.
@@ -45,7 +55,14 @@ pub struct RetentionReport {
     /// Policy Expired" (113039).
     #[serde(default)]
     pub rejected: Vec<(String, String)>,
+    /// Studies some of whose instances (not all) IOCM rejection notes ask to delete:
+    /// those instances are deleted, the study stays.
+    #[serde(default)]
+    pub rejected_instances: Vec<RejectedInstances>,
     pub deleted: Vec<String>,
+    /// (study, instances deleted) of the partial deletions done.
+    #[serde(default)]
+    pub instances_deleted: Vec<(String, usize)>,
     /// Selected but under a legal hold: kept.
     pub held: Vec<String>,
 }
@@ -126,8 +143,76 @@ impl Archive {
             reason.to_string(),
         );
         let (tombstone, packs) =
-            blocking(move || this.tombstone_blocking(&p, &study, &why)).await?;
+            blocking(move || this.tombstone_blocking(&p, &study, &why, None)).await?;
         crate::tiering::failpoint("delete-after-tombstone");
+        self.finish_deletion(principal, &tombstone, &packs).await
+    }
+
+    /// Deletes some instances `(series, sop)` of a study that lives on — those IHE IOCM
+    /// rejection notes ask to delete (`strata retention`) — from every tier, unless the
+    /// study is under a legal hold ([`Error::Held`], audited as refused). The study's
+    /// cold-only objects are recalled to hot disk first (copy, verify, record: the
+    /// study's packs hold the deleted instances too, and go); then, as for a whole
+    /// study, the audit record of the request, a partial tombstone in the index and the
+    /// governance log, the hot files and packs removed, the `deleted` record and the
+    /// audit record of the outcome. The objects kept are hot-only until the tiering
+    /// rules age them to cold again, in a new pack. `reason` is kept in the tombstone.
+    pub async fn delete_instances(
+        &self,
+        principal: &Principal,
+        study_uid: &str,
+        instances: &[(String, String)],
+        reason: &str,
+    ) -> Result<DeleteReport> {
+        self.authorize(principal, Role::Admin, "delete", &[study_uid.to_string()])?;
+        self.ingest()?;
+        if reason.trim().is_empty() {
+            return Err(Error::InvalidRequest("a deletion needs a reason".into()));
+        }
+        let _busy = self.tiering.busy.lock().await;
+        let (index, study) = (self.index.clone(), study_uid.to_string());
+        let cold_only = blocking(move || {
+            for e in index.instances_of_study(&study)? {
+                for v in &e.record.versions {
+                    let record = ObjectId::from_hex(&v.id)
+                        .map(|id| index.object(&id))
+                        .transpose()?
+                        .flatten();
+                    if record.is_some_and(|r| r.tier != crate::index::Tier::Hot) {
+                        return Ok(true);
+                    }
+                }
+            }
+            Ok(false)
+        })
+        .await?;
+        if cold_only {
+            self.tiering.move_to_hot(study_uid).await?;
+        }
+        let (this, p, study, why, named) = (
+            self.clone(),
+            principal.clone(),
+            study_uid.to_string(),
+            reason.to_string(),
+            instances.to_vec(),
+        );
+        let (tombstone, packs) =
+            blocking(move || this.tombstone_blocking(&p, &study, &why, Some(&named))).await?;
+        crate::tiering::failpoint("delete-instances-after-tombstone");
+        self.finish_deletion(principal, &tombstone, &packs).await
+    }
+
+    /// The part of a deletion after its tombstone: the hot files and the packs it names
+    /// removed, then the `deleted` governance record and the audit record of the
+    /// outcome. A crash in it leaves files the start-up recovery removes (their objects
+    /// are marked deleted) and packs the tiering worker deletes as orphans.
+    async fn finish_deletion(
+        &self,
+        principal: &Principal,
+        tombstone: &Tombstone,
+        packs: &[ObjectId],
+    ) -> Result<DeleteReport> {
+        let study_uid = tombstone.study_uid.as_str();
         let mut report = DeleteReport {
             study_uid: study_uid.to_string(),
             objects: tombstone.objects.len(),
@@ -154,7 +239,7 @@ impl Archive {
             Ok(deleted)
         })
         .await?;
-        for pack in &packs {
+        for pack in packs {
             self.cold.delete(pack).await?;
             report.packs_deleted += 1;
         }
@@ -169,8 +254,15 @@ impl Archive {
         blocking(move || log.append(finished).map_err(Error::from)).await?;
         let (this, p, study) = (self.clone(), principal.clone(), study_uid.to_string());
         let outcome = format!(
-            "done: {} objects, {} hot files, {} packs",
-            report.objects, report.hot_files_deleted, report.packs_deleted
+            "done: {}{} objects, {} hot files, {} packs",
+            if tombstone.partial {
+                "instances of a study that stays: "
+            } else {
+                ""
+            },
+            report.objects,
+            report.hot_files_deleted,
+            report.packs_deleted
         );
         blocking(move || this.audit_synced(&p, "delete", vec![study], outcome)).await?;
         self.sync_governance_or_log().await;
@@ -186,6 +278,7 @@ impl Archive {
         principal: &Principal,
         study_uid: &str,
         reason: &str,
+        instances: Option<&[(String, String)]>,
     ) -> Result<(Tombstone, Vec<ObjectId>)> {
         let index = self.index.as_ref();
         let refuse = |holds: Vec<HoldRecord>| -> Result<(Tombstone, Vec<ObjectId>)> {
@@ -231,14 +324,26 @@ impl Archive {
             who: principal.name(),
             why: reason.to_string(),
             deleted_at_ms: crate::index::rocks::unix_ms_now(),
+            partial: instances.is_some(),
         };
-        self.audit_synced(
-            principal,
-            "delete",
-            vec![study_uid.into()],
-            format!("requested: {reason}"),
-        )?;
-        let tombstone = match index.tombstone_study(&asked) {
+        let what = match instances {
+            Some(named) => format!(
+                "requested, {} instances ({}): {reason}",
+                named.len(),
+                named
+                    .iter()
+                    .map(|(_, sop)| sop.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            None => format!("requested: {reason}"),
+        };
+        self.audit_synced(principal, "delete", vec![study_uid.into()], what)?;
+        let tombstoned = match instances {
+            Some(named) => index.tombstone_instances(&asked, named),
+            None => index.tombstone_study(&asked),
+        };
+        let tombstone = match tombstoned {
             Ok(t) => t,
             // a hold placed since the check above
             Err(IndexError::Held { .. }) => return refuse(index.holds(study_uid)?),
@@ -397,26 +502,44 @@ impl Archive {
                     .filter(|e| !notes.contains(e.sop_instance_uid.as_str()))
                     .collect();
                 let deleting = |code: &str| matches!(code, "113038" | "113039");
-                let all = !held.is_empty()
-                    && held.iter().all(|e| {
-                        rejections.iter().any(|(series, sop, r)| {
-                            *series == e.series_uid
-                                && *sop == e.sop_instance_uid
-                                && deleting(&r.code)
+                let doomed: Vec<(&crate::index::InstanceEntry, &crate::index::RejectionRecord)> =
+                    held.iter()
+                        .filter_map(|e| {
+                            rejections
+                                .iter()
+                                .find(|(series, sop, r)| {
+                                    *series == e.series_uid
+                                        && *sop == e.sop_instance_uid
+                                        && deleting(&r.code)
+                                })
+                                .map(|(_, _, r)| (e, r))
                         })
-                    });
-                if !all || report.due.iter().any(|(d, _)| *d == uid) {
+                        .collect();
+                if doomed.is_empty() || report.due.iter().any(|(d, _)| *d == uid) {
                     continue;
                 }
-                let r = &rejections[0].2;
                 if !index.holds(&uid)?.is_empty() {
                     report.held.push(uid.clone());
                 }
-                let why = format!(
-                    "IOCM rejection note {}: ({}, DCM, \"{}\")",
-                    r.note, r.code, r.meaning
-                );
-                report.rejected.push((uid, why));
+                let mut notes: Vec<String> = doomed
+                    .iter()
+                    .map(|(_, r)| format!("{} ({}, DCM, \"{}\")", r.note, r.code, r.meaning))
+                    .collect();
+                notes.dedup();
+                let why = format!("IOCM rejection note {}", notes.join(", "));
+                if doomed.len() == held.len() {
+                    report.rejected.push((uid, why));
+                } else {
+                    let instances = doomed
+                        .iter()
+                        .map(|(e, _)| (e.series_uid.clone(), e.sop_instance_uid.clone()))
+                        .collect();
+                    report.rejected_instances.push(RejectedInstances {
+                        study_uid: uid,
+                        instances,
+                        why,
+                    });
+                }
             }
             Ok(report)
         })
@@ -442,6 +565,16 @@ impl Archive {
             self.delete_study(principal, &uid, &format!("retention: {why}"))
                 .await?;
             report.deleted.push(uid);
+        }
+        for r in report.rejected_instances.clone() {
+            if report.held.contains(&r.study_uid) {
+                continue;
+            }
+            let why = format!("retention: {}", r.why);
+            let done = self
+                .delete_instances(principal, &r.study_uid, &r.instances, &why)
+                .await?;
+            report.instances_deleted.push((r.study_uid, done.objects));
         }
         Ok(report)
     }

@@ -109,11 +109,27 @@ pub fn retention(config: &Config, dry_run: bool, json: bool) -> Result<i32> {
     for (uid, why) in &report.rejected {
         println!("{uid} ({why}): {}", what(uid));
     }
+    for r in &report.rejected_instances {
+        println!(
+            "{}, {} of its instances ({}): {}; the study stays",
+            r.study_uid,
+            r.instances.len(),
+            r.why,
+            what(&r.study_uid)
+        );
+    }
     println!(
         "{} studies due, {} deleted, {} held",
         report.due.len() + report.rejected.len(),
         report.deleted.len(),
         report.held.len()
     );
+    if !report.rejected_instances.is_empty() {
+        println!(
+            "{} studies with some instances due, {} of them done",
+            report.rejected_instances.len(),
+            report.instances_deleted.len()
+        );
+    }
     Ok(0)
 }

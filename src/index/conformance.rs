@@ -20,7 +20,7 @@ type Check = fn(&dyn Index);
 
 /// Runs every check, each against a fresh index from `make`.
 pub fn run_suite(make: &MakeIndex<'_>) {
-    let checks: [(&str, Check); 19] = [
+    let checks: [(&str, Check); 20] = [
         (
             "commit_counts_instances_versions_and_duplicates",
             commit_counts_instances_versions_and_duplicates,
@@ -55,6 +55,10 @@ pub fn run_suite(make: &MakeIndex<'_>) {
         ),
         ("patient_links_and_rejections", patient_links_and_rejections),
         ("issuers_tell_patients_apart", issuers_tell_patients_apart),
+        (
+            "tombstone_instances_deletes_some_of_a_study",
+            tombstone_instances_deletes_some_of_a_study,
+        ),
     ];
     for (name, check) in checks {
         let (index, _dir) = make();
@@ -914,6 +918,7 @@ fn tombstone_for(index: &dyn Index, study: &str, packs: &[ObjectId]) -> Tombston
         who: "tester".into(),
         why: "conformance".into(),
         deleted_at_ms: 99,
+        partial: false,
     }
 }
 
@@ -1095,6 +1100,7 @@ fn restore_tombstone(index: &dyn Index) {
         who: "tester".into(),
         why: "reindex".into(),
         deleted_at_ms: 3,
+        partial: false,
     };
     index.restore_tombstone(&t, &[live]).unwrap();
     assert_eq!(index.tombstones().unwrap(), vec![t]);
@@ -1131,6 +1137,7 @@ fn corrected_study_deleted(index: &dyn Index) {
         who: "tester".into(),
         why: "corrected copy".into(),
         deleted_at_ms: 3,
+        partial: false,
     };
     index.tombstone_study(&t).unwrap();
     let back = index
@@ -1175,6 +1182,7 @@ fn holds(index: &dyn Index) {
         who: "tester".into(),
         why: "under hold".into(),
         deleted_at_ms: 1,
+        partial: false,
     };
     assert!(
         matches!(index.tombstone_study(&t), Err(IndexError::Held { hold, .. }) if hold == h2),
@@ -1317,6 +1325,86 @@ fn concurrent_writers_lose_no_update(index: &dyn Index) {
 
 /// Patient links (a merge, then the survivor renamed) keep their aliases right, an HL7
 /// control id is remembered, and rejections are found by study.
+/// Some instances of a study deleted (IOCM rejection notes asking for it): their records
+/// go, marked deleted; the counters, ModalitiesInStudy and an emptied series follow;
+/// every pack of the study is dropped and the objects kept are hot-only; a partial
+/// tombstone stands beside a later whole one. An object kept that is cold-only refuses
+/// it.
+fn tombstone_instances_deletes_some_of_a_study(index: &dyn Index) {
+    let a = object("9.1", "9.1.1", "9.1.1.1", b"9a", 1);
+    let b = object("9.1", "9.1.1", "9.1.1.2", b"9b", 2);
+    let mut c = object("9.1", "9.1.2", "9.1.2.1", b"9c", 3);
+    c.attrs.modality = "MR".into();
+    index.commit(&[a.clone(), b.clone(), c.clone()]).unwrap();
+    let pack = ObjectId::of_bytes(b"pack of 9.1");
+    let members: Vec<PackedObject> = [&a, &b, &c]
+        .iter()
+        .enumerate()
+        .map(|(n, o)| PackedObject {
+            id: o.id,
+            copy: copy_in(&pack, 512 * (n as u64 + 1)),
+            new: None,
+        })
+        .collect();
+    index
+        .record_pack(&pack, &pack_record("9.1", 3), &members)
+        .unwrap();
+    let asked = Tombstone {
+        study_uid: "9.1".into(),
+        patient_id: "P1".into(),
+        objects: Vec::new(),
+        packs: Vec::new(),
+        who: "retention".into(),
+        why: "IOCM".into(),
+        deleted_at_ms: 10,
+        partial: true,
+    };
+    let doomed = [
+        ("9.1.1".to_string(), "9.1.1.2".to_string()),
+        ("9.1.2".to_string(), "9.1.2.1".to_string()),
+        ("9.1.9".to_string(), "9.1.9.9".to_string()),
+    ];
+    // a kept object only in the cold tier: refused, nothing changed
+    index.set_tier(&[a.id], Tier::Cold).unwrap();
+    assert!(index.tombstone_instances(&asked, &doomed).is_err());
+    assert_eq!(index.study("9.1").unwrap().unwrap().instances, 3);
+    index.set_tier(&[a.id], Tier::Hot).unwrap();
+    let t = index.tombstone_instances(&asked, &doomed).unwrap();
+    assert!(t.partial);
+    assert_eq!(
+        sorted(t.objects.iter().map(|(_, sop, _)| sop.clone()).collect()),
+        vec!["9.1.1.2", "9.1.2.1"]
+    );
+    assert_eq!(t.packs, vec![pack.to_hex()]);
+    let study = index.study("9.1").unwrap().unwrap();
+    assert_eq!((study.instances, study.objects, study.series), (1, 1, 1));
+    assert_eq!(study.modalities, vec!["CT"]);
+    assert_eq!(study.bytes, a.size);
+    assert!(index.series("9.1.2").unwrap().is_none());
+    assert_eq!(index.series("9.1.1").unwrap().unwrap().1.instances, 1);
+    assert!(index.instance("9.1.1.2").unwrap().is_none());
+    assert_eq!(index.deleted_object(&b.id).unwrap().as_deref(), Some("9.1"));
+    assert!(index.object(&b.id).unwrap().is_none());
+    let kept = index.object(&a.id).unwrap().unwrap();
+    assert!(kept.cold.is_empty() && kept.tier == Tier::Hot);
+    assert!(index.pack(&pack).unwrap().is_none());
+    // the whole study later: both tombstones stand
+    let whole = Tombstone {
+        partial: false,
+        deleted_at_ms: 20,
+        ..asked.clone()
+    };
+    index.tombstone_study(&whole).unwrap();
+    let mut kinds: Vec<bool> = index
+        .tombstones()
+        .unwrap()
+        .iter()
+        .map(|t| t.partial)
+        .collect();
+    kinds.sort();
+    assert_eq!(kinds, vec![false, true]);
+}
+
 /// A patient is (PatientID, IssuerOfPatientID): the same PatientID from two known issuers
 /// is two patients (a conflict when in one study); an unknown issuer is none of them and
 /// is learnt; `set_patient_issuers` fills only unknown issuers; migration steps are

@@ -27,7 +27,7 @@
 //! | `study_access` | `study` | last store or retrieval, ms since the epoch (u64 LE) |
 //! | `access_queue` | last access (u64 BE) `study` | empty: the tiering queue, oldest first |
 //! | `packs` | 32-byte pack id | `PackRecord` |
-//! | `tombstones` | `study` | `Tombstone` (a deleted study: UIDs, ids, who, why, when) |
+//! | `tombstones` | `study`, or `study\0deleted_at_ms` (20 digits) for a partial one | `Tombstone` (a deleted study, or some of its instances: UIDs, ids, who, why, when) |
 //! | `deleted_objects` | 32-byte object id | the study it was deleted with |
 //! | `holds` | `study` | `HoldRecord` (legal hold) |
 //! | `fixity` | 32-byte object id | `FixityRecord` (the scrubber's last check) |
@@ -402,6 +402,20 @@ impl<E: KvEngine> KvIndex<E> {
             }
             None => Ok(()),
         }
+    }
+
+    /// The record of a study about to be deleted (whole or in part), read under the write
+    /// mutex: [`IndexError::Held`] while a legal hold stands, an error for an unknown
+    /// study.
+    fn study_to_delete(&self, study: &str) -> Result<StudyRecord, IndexError> {
+        if let Some(hold) = self.holds(study)?.into_iter().next() {
+            return Err(IndexError::Held {
+                study_uid: study.to_string(),
+                hold,
+            });
+        }
+        self.get::<StudyRecord>(CF_STUDIES, study.as_bytes())?
+            .ok_or_else(|| IndexError::Storage(format!("no study {study} in the index")))
     }
 
     /// Takes the write mutex (see the module docs). A poisoned mutex is taken over: the
@@ -978,18 +992,8 @@ impl<E: KvEngine> Governance for KvIndex<E> {
     fn tombstone_study(&self, given: &Tombstone) -> Result<Tombstone, IndexError> {
         let _writer = self.writer();
         let study = &given.study_uid;
-        if let Some(hold) = self.holds(study)?.into_iter().next() {
-            return Err(IndexError::Held {
-                study_uid: study.clone(),
-                hold,
-            });
-        }
+        let record = self.study_to_delete(study)?;
         let mut pending = self.pending();
-        let Some(record) = self.get::<StudyRecord>(CF_STUDIES, study.as_bytes())? else {
-            return Err(IndexError::Storage(format!(
-                "no study {study} in the index"
-            )));
-        };
         // what the tombstone names is read now, under the write lock
         let mut t = Tombstone {
             objects: Vec::new(),
@@ -1092,7 +1096,160 @@ impl<E: KvEngine> Governance for KvIndex<E> {
         }
         pending.delete(CF_STUDY_ACCESS, study.as_bytes());
         pending.delete(CF_STUDIES, study.as_bytes());
-        pending.put_raw(CF_TOMBSTONES, study.as_bytes(), encode(&t));
+        pending.put_raw(CF_TOMBSTONES, t.key(), encode(&t));
+        pending.write(true)?;
+        Ok(t)
+    }
+
+    fn tombstone_instances(
+        &self,
+        given: &Tombstone,
+        instances: &[(String, String)],
+    ) -> Result<Tombstone, IndexError> {
+        let _writer = self.writer();
+        let study = &given.study_uid;
+        let mut record = self.study_to_delete(study)?;
+        let mut pending = self.pending();
+        let mut t = Tombstone {
+            objects: Vec::new(),
+            partial: true,
+            ..given.clone()
+        };
+        let all = self.instances_of_study(study)?;
+        let named = |e: &InstanceEntry| {
+            instances
+                .iter()
+                .any(|(series, sop)| *series == e.series_uid && *sop == e.sop_instance_uid)
+        };
+        let (doomed, kept): (Vec<&InstanceEntry>, Vec<&InstanceEntry>) =
+            all.iter().partition(|e| named(e));
+        if doomed.is_empty() {
+            return Ok(t);
+        }
+        // every pack of the study goes: the objects kept must have their hot copy
+        let mut kept_records = Vec::new();
+        for e in &kept {
+            for v in &e.record.versions {
+                let Some(id) = ObjectId::from_hex(&v.id) else {
+                    continue;
+                };
+                let Some(mut r) = self.get::<ObjectRecord>(CF_OBJECTS, id.as_bytes())? else {
+                    continue;
+                };
+                if r.tier != Tier::Hot {
+                    return Err(IndexError::Storage(format!(
+                        "object {} of study {study} is in the cold tier only: recall the study before deleting some of its instances",
+                        v.id
+                    )));
+                }
+                for c in std::mem::take(&mut r.cold) {
+                    if !t.packs.contains(&c.pack) {
+                        t.packs.push(c.pack);
+                    }
+                }
+                kept_records.push((id, r));
+            }
+        }
+        for (id, r) in kept_records {
+            pending.put(CF_OBJECTS, id.as_bytes().to_vec(), &r);
+        }
+        let mut series_left: HashMap<String, SeriesRecord> = HashMap::new();
+        for e in &doomed {
+            t.objects.extend(e.record.versions.iter().map(|v| {
+                (
+                    e.series_uid.clone(),
+                    e.sop_instance_uid.clone(),
+                    v.id.clone(),
+                )
+            }));
+            pending.delete(
+                CF_INSTANCES,
+                key3(&e.study_uid, &e.series_uid, &e.sop_instance_uid),
+            );
+            pending.delete(
+                CF_REJECTED,
+                rejected_key(study, &e.series_uid, &e.sop_instance_uid),
+            );
+            if let Some(v) = self
+                .engine
+                .get(CF_SOP_INDEX, e.sop_instance_uid.as_bytes())?
+            {
+                match without_place(&v, &key2(study, &e.series_uid)) {
+                    Some(rest) => {
+                        pending.put_raw(CF_SOP_INDEX, e.sop_instance_uid.as_bytes(), rest)
+                    }
+                    None => pending.delete(CF_SOP_INDEX, e.sop_instance_uid.as_bytes()),
+                }
+            }
+            let mut bytes = 0;
+            for v in &e.record.versions {
+                bytes += v.size;
+                if let Some(id) = ObjectId::from_hex(&v.id) {
+                    if let Some(r) = self.get::<ObjectRecord>(CF_OBJECTS, id.as_bytes())? {
+                        for c in r.cold {
+                            if !t.packs.contains(&c.pack) {
+                                t.packs.push(c.pack);
+                            }
+                        }
+                    }
+                    pending.delete(CF_OBJECTS, id.as_bytes());
+                    pending.delete(CF_INSTANCE_METADATA, id.as_bytes());
+                    pending.put_raw(CF_DELETED_OBJECTS, id.as_bytes(), study.as_bytes());
+                }
+            }
+            let series = match series_left.remove(&e.series_uid) {
+                Some(s) => Some(s),
+                None => self.get::<SeriesRecord>(CF_SERIES, &key2(study, &e.series_uid))?,
+            };
+            if let Some(mut s) = series {
+                s.instances = s.instances.saturating_sub(1);
+                s.bytes = s.bytes.saturating_sub(bytes);
+                series_left.insert(e.series_uid.clone(), s);
+            }
+            record.instances = record.instances.saturating_sub(1);
+            record.objects = record
+                .objects
+                .saturating_sub(e.record.versions.len() as u64);
+            record.bytes = record.bytes.saturating_sub(bytes);
+        }
+        for (series_uid, s) in series_left {
+            if s.instances > 0 {
+                pending.put(CF_SERIES, key2(study, &series_uid), &s);
+                continue;
+            }
+            // a series left empty goes, and with it its place in the study
+            pending.delete(CF_SERIES, key2(study, &series_uid));
+            if let Some(v) = self.engine.get(CF_SERIES_INDEX, series_uid.as_bytes())? {
+                match without_place(&v, study.as_bytes()) {
+                    Some(rest) => pending.put_raw(CF_SERIES_INDEX, series_uid.as_bytes(), rest),
+                    None => pending.delete(CF_SERIES_INDEX, series_uid.as_bytes()),
+                }
+            }
+            record.series = record.series.saturating_sub(1);
+            for other in &mut record.other_patients {
+                other.series.retain(|s| *s != series_uid);
+            }
+            record.other_patients.retain(|o| !o.series.is_empty());
+        }
+        // ModalitiesInStudy: of the series left
+        let mut modalities: Vec<String> = Vec::new();
+        for (series_uid, s) in self.series_of_study(study)? {
+            let gone = pending
+                .get::<SeriesRecord>(CF_SERIES, &key2(study, &series_uid))?
+                .is_none();
+            if !gone && !s.modality.is_empty() && !modalities.contains(&s.modality) {
+                modalities.push(s.modality);
+            }
+        }
+        modalities.sort();
+        record.modalities = modalities;
+        for pack in &t.packs {
+            if let Some(id) = ObjectId::from_hex(pack) {
+                pending.delete(CF_PACKS, id.as_bytes());
+            }
+        }
+        pending.put(CF_STUDIES, study.as_bytes().to_vec(), &record);
+        pending.put_raw(CF_TOMBSTONES, t.key(), encode(&t));
         pending.write(true)?;
         Ok(t)
     }
@@ -1113,7 +1270,7 @@ impl<E: KvEngine> Governance for KvIndex<E> {
                 batch.put(CF_DELETED_OBJECTS, id.as_bytes(), t.study_uid.as_bytes());
             }
         }
-        batch.put(CF_TOMBSTONES, t.study_uid.as_bytes(), encode(t));
+        batch.put(CF_TOMBSTONES, t.key(), encode(t));
         self.engine.write(batch, true)
     }
 

@@ -90,6 +90,24 @@ pub struct Tombstone {
     pub who: String,
     pub why: String,
     pub deleted_at_ms: u64,
+    /// Some instances of a study that lives on (IOCM rejection notes asking for their
+    /// deletion), not the whole study: `objects` are those instances' versions, `packs`
+    /// every pack the study had (its other objects were recalled to hot disk first, and
+    /// age to cold again by the tiering rules). Absent: the whole study.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub partial: bool,
+}
+
+impl Tombstone {
+    /// Its key in the index's `tombstones` family: the study UID for a whole study;
+    /// `study\0deleted_at_ms` (20 digits) for some of its instances, so that a study
+    /// keeps every partial deletion it had beside a later whole one.
+    pub fn key(&self) -> Vec<u8> {
+        match self.partial {
+            false => self.study_uid.as_bytes().to_vec(),
+            true => format!("{}\0{:020}", self.study_uid, self.deleted_at_ms).into_bytes(),
+        }
+    }
 }
 
 /// When an object was last re-hashed by the scrubber, and what came out.

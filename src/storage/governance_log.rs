@@ -399,6 +399,7 @@ mod tests {
             who: "alice".into(),
             why: "test".into(),
             deleted_at_ms: 5,
+            partial: false,
         }
     }
 

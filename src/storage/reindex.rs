@@ -319,7 +319,12 @@ fn reindex_cold(config: &Config, rebuilt: &RocksIndex, report: &mut ReindexRepor
     std::fs::create_dir_all(&tmp_dir).map_err(io("create", &tmp_dir))?;
     // the packs each deleted object was deleted with
     let mut deleted_with: HashMap<ObjectId, HashSet<String>> = HashMap::new();
+    // the packs partial deletions (some instances of a study) named
+    let mut deleted_by_partial: HashSet<String> = HashSet::new();
     for t in rebuilt.tombstones()? {
+        if t.partial {
+            deleted_by_partial.extend(t.packs.iter().cloned());
+        }
         for (_, _, id) in &t.objects {
             if let Some(id) = ObjectId::from_hex(id) {
                 deleted_with
@@ -408,7 +413,21 @@ fn reindex_cold(config: &Config, rebuilt: &RocksIndex, report: &mut ReindexRepor
                 news.remove(&id);
             }
         }
-        if !manifest.members.is_empty() && still_deleted.len() == manifest.members.len() {
+        // a pack deleted with some instances of a study that stays: its other members
+        // were recalled to hot disk before (and are indexed from there); the deletion
+        // is to finish, not the pack to record
+        let finished_elsewhere = |m: &crate::tiering::pack::Member| -> bool {
+            ObjectId::from_hex(&m.blake3).is_some_and(|id| {
+                still_deleted.contains(&id)
+                    || (deleted_by_partial.contains(&pack_id.to_hex())
+                        && rebuilt
+                            .object(&id)
+                            .ok()
+                            .flatten()
+                            .is_some_and(|r| r.tier == crate::index::Tier::Hot))
+            })
+        };
+        if !manifest.members.is_empty() && manifest.members.iter().all(finished_elsewhere) {
             report.deleted_packs += 1;
             continue;
         }
