@@ -5,7 +5,7 @@
 
 use crate::common::*;
 
-fn get_json(url: &str) -> (u16, serde_json::Value) {
+pub(crate) fn get_json(url: &str) -> (u16, serde_json::Value) {
     let out = run(std::process::Command::new("curl").args(["-s", "-w", "\n%{http_code}", url]));
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
@@ -13,6 +13,33 @@ fn get_json(url: &str) -> (u16, serde_json::Value) {
         code.trim().parse().unwrap_or(0),
         serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
     )
+}
+
+/// FHIR.js validates `resources` against R4 (unexpected properties are errors): each is
+/// checked, none is invalid.
+pub(crate) fn assert_valid_r4(resources: &[serde_json::Value]) {
+    let mut validate = std::process::Command::new("node");
+    validate
+        .arg(peer_script("fhir_validate.js"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped());
+    let mut child = validate.spawn().unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(
+            serde_json::Value::Array(resources.to_vec())
+                .to_string()
+                .as_bytes(),
+        )
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let verdict: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stdout)));
+    assert_eq!(verdict["checked"], resources.len(), "{verdict}");
+    assert_eq!(verdict["invalid"], serde_json::json!([]), "{verdict}");
 }
 
 #[test]
@@ -91,29 +118,7 @@ fn fhir_resources_validate_and_lead_a_fhir_client_to_pixels() {
     resources.push(page);
     resources.push(page2);
 
-    // FHIR.js validates them all against R4 (unexpected properties are errors)
-    let mut validate = std::process::Command::new("node");
-    validate
-        .arg(peer_script("fhir_validate.js"))
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped());
-    let mut child = validate.spawn().unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(
-            serde_json::Value::Array(resources.clone())
-                .to_string()
-                .as_bytes(),
-        )
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let verdict: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stdout)));
-    assert_eq!(verdict["checked"], resources.len(), "{verdict}");
-    assert_eq!(verdict["invalid"], serde_json::json!([]), "{verdict}");
+    assert_valid_r4(&resources);
 
     // fhirclient: the patient's studies, then from the Endpoint to WADO-RS
     let out = run_ok(python("fhir_check.py").args(["--base", &base, "--patient", &patient_id]));

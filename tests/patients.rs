@@ -1002,6 +1002,35 @@ fn the_same_patient_id_from_two_issuers_is_two_patients() {
     assert_eq!(issuers, vec!["EAST", "WEST"], "{text}");
     let (n, text) = patients("EAST");
     assert_eq!(n, 1, "{text}");
+    // FHIR: a Patient per issuer (R4 Identifier.assigner), each read back by its id,
+    // each study's subject the right one; valid R4
+    let fhir = format!("http://127.0.0.1:{}/fhir", server.http_port);
+    let (code, found) = crate::fhir::get_json(&format!("{fhir}/Patient?identifier=P100"));
+    assert_eq!(code, 200, "{found}");
+    assert_eq!(found["total"], 2, "{found}");
+    let mut resources = vec![found.clone()];
+    for entry in found["entry"].as_array().unwrap() {
+        let id = entry["resource"]["id"].as_str().unwrap();
+        let (code, patient) = crate::fhir::get_json(&format!("{fhir}/Patient/{id}"));
+        assert_eq!(code, 200, "{patient}");
+        assert_eq!(patient["id"], id);
+        let issuer = patient["identifier"][0]["assigner"]["display"]
+            .as_str()
+            .unwrap();
+        let (_, studies) =
+            crate::fhir::get_json(&format!("{fhir}/ImagingStudy?patient=Patient/{id}"));
+        assert_eq!(studies["total"], 1, "{issuer}: {studies}");
+        let study = &studies["entry"][0]["resource"];
+        assert_eq!(study["subject"]["reference"], format!("Patient/{id}"));
+        let expected = if issuer == "EAST" {
+            &east_study
+        } else {
+            &west_study
+        };
+        assert_eq!(study["id"], expected.as_str(), "{issuer}: {studies}");
+        resources.extend([patient, studies]);
+    }
+    crate::fhir::assert_valid_r4(&resources);
     // a PATIENT-level C-MOVE naming P100 alone would send two patients as one: refused
     let text = crate::retrieve::movescu_model(
         port,

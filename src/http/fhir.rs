@@ -18,6 +18,7 @@ pub mod ids;
 
 use super::auth::WebCaller;
 use crate::archive::Archive;
+use crate::index::{patient_key, split_patient_key};
 use crate::query::{tags, Answer, Level, Model, Query};
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -114,11 +115,17 @@ fn human_name(pn: &str) -> Option<Value> {
 fn patient_resource(a: &Answer) -> Option<Value> {
     let get = |t| a.get(&t).map(String::as_str).unwrap_or("");
     let pid = get(tags::PATIENT_ID);
-    let id = patient_id_to_fhir(pid)?;
+    let id = patient_id_to_fhir(&patient_key(pid, get(tags::ISSUER_OF_PATIENT_ID)))?;
     let mut p = serde_json::Map::new();
     p.insert("resourceType".into(), json!("Patient"));
     p.insert("id".into(), json!(id));
-    p.insert("identifier".into(), json!([{ "value": pid }]));
+    // the PatientID's issuer (IssuerOfPatientID) as the identifier's assigner (R4
+    // Identifier.assigner: a display-only Reference)
+    let identifier = match get(tags::ISSUER_OF_PATIENT_ID) {
+        "" => json!({ "value": pid }),
+        issuer => json!({ "value": pid, "assigner": { "display": issuer } }),
+    };
+    p.insert("identifier".into(), json!([identifier]));
     if let Some(name) = human_name(get(tags::PATIENT_NAME)) {
         p.insert("name".into(), json!([name]));
     }
@@ -181,7 +188,7 @@ fn imaging_study(a: &Answer, view: &crate::archive::catalog::StudyView) -> Value
     study.insert("status".into(), json!("available"));
     // subject is required (1..1): by reference when the PatientID makes a Patient id,
     // else by its identifier
-    let subject = match patient_id_to_fhir(pid) {
+    let subject = match patient_id_to_fhir(&patient_key(pid, get(tags::ISSUER_OF_PATIENT_ID))) {
         Some(patient) => json!({ "reference": format!("Patient/{patient}") }),
         None => json!({ "identifier": { "value": pid }, "display": "no usable PatientID" }),
     };
@@ -259,13 +266,14 @@ fn imaging_study(a: &Answer, view: &crate::archive::catalog::StudyView) -> Value
 }
 
 /// The study-level attributes every ImagingStudy needs returned.
-const STUDY_FIELDS: [u32; 9] = [
+const STUDY_FIELDS: [u32; 10] = [
     tags::STUDY_INSTANCE_UID,
     tags::STUDY_DATE,
     tags::ACCESSION_NUMBER,
     tags::STUDY_DESCRIPTION,
     tags::MODALITIES_IN_STUDY,
     tags::PATIENT_ID,
+    tags::ISSUER_OF_PATIENT_ID,
     tags::PATIENT_NAME,
     tags::PATIENT_BIRTH_DATE,
     tags::PATIENT_SEX,
@@ -398,9 +406,16 @@ fn parse_study_search(raw: Option<&str>, lenient: bool) -> Result<Search, String
                     .rsplit('/')
                     .next()
                     .unwrap_or("");
-                let pid = fhir_to_patient_id(id)
+                let key = fhir_to_patient_id(id)
                     .ok_or_else(|| format!("{name}={value:?} names no Patient"))?;
-                s.keys.push((tags::PATIENT_ID, exact(&name, &pid)?));
+                // a Patient of a known issuer matches that issuer's studies only; one of
+                // unknown issuer, its PatientID's (docs/patients.md)
+                let (pid, issuer) = split_patient_key(&key);
+                s.keys.push((tags::PATIENT_ID, exact(&name, pid)?));
+                if !issuer.is_empty() {
+                    s.keys
+                        .push((tags::ISSUER_OF_PATIENT_ID, exact(&name, issuer)?));
+                }
             }
             "identifier" => {
                 let (system, v) = value.split_once('|').unwrap_or(("", value.as_str()));
@@ -634,15 +649,50 @@ async fn read_imaging_study(
     }
 }
 
-/// The Patient a PatientID names, from its studies' patient attributes.
-async fn patient_of(
+/// The most studies read to tell the patients of one PatientID apart (issuers).
+const PATIENTS_OF_ID: usize = 1000;
+
+/// The Patients a PatientID names, one per issuer (IssuerOfPatientID), from their
+/// studies' patient attributes.
+async fn patients_of(
     archive: &Archive,
     peer: WebCaller,
     pid: &str,
-) -> Result<Option<Value>, Response> {
+) -> Result<Vec<Value>, Response> {
     let keys = [(tags::PATIENT_ID, pid.to_string())];
-    let (answers, _) = find_studies(archive, peer, &keys, 0, 1).await?;
-    Ok(answers.first().and_then(patient_resource))
+    let (answers, _) = find_studies(archive, peer, &keys, 0, PATIENTS_OF_ID).await?;
+    let mut seen = std::collections::BTreeSet::new();
+    Ok(answers
+        .iter()
+        .filter(|a| {
+            let get = |t| a.get(&t).map_or("", String::as_str);
+            seen.insert(patient_key(
+                get(tags::PATIENT_ID),
+                get(tags::ISSUER_OF_PATIENT_ID),
+            ))
+        })
+        .filter_map(patient_resource)
+        .collect())
+}
+
+/// The Patient a patient key ([`patient_key`], from a Patient.id) names: the patient of
+/// that PatientID and issuer; for a key of unknown issuer, the PatientID's only
+/// patient when it has one (an unknown issuer agrees with one known issuer).
+async fn patient_of(
+    archive: &Archive,
+    peer: WebCaller,
+    key: &str,
+) -> Result<Option<Value>, Response> {
+    let (pid, issuer) = split_patient_key(key);
+    let mut found = patients_of(archive, peer, pid).await?;
+    let exact = found
+        .iter()
+        .position(|p| patient_id_to_fhir(key).is_some_and(|id| p["id"] == json!(id)));
+    Ok(match exact {
+        Some(at) => Some(found.swap_remove(at)),
+        None if issuer.is_empty() && found.len() == 1 => found.pop(),
+        None => None,
+    })
 }
 
 async fn read_patient(
@@ -650,16 +700,19 @@ async fn read_patient(
     peer: WebCaller,
     Path(id): Path<String>,
 ) -> Response {
-    let Some(pid) = fhir_to_patient_id(&id).filter(|p| exact("id", p).is_ok()) else {
+    let Some(key) = fhir_to_patient_id(&id).filter(|k| {
+        let (pid, issuer) = split_patient_key(k);
+        exact("id", pid).is_ok() && (issuer.is_empty() || exact("id", issuer).is_ok())
+    }) else {
         return outcome(
             StatusCode::NOT_FOUND,
             "not-found",
             format!("no Patient {id}"),
         );
     };
-    match patient_of(&archive, peer.clone(), &pid).await {
+    match patient_of(&archive, peer.clone(), &key).await {
         Ok(Some(p)) => fhir(StatusCode::OK, p),
-        Ok(None) => match replaced_patient(&archive, &peer, &id, &pid).await {
+        Ok(None) => match replaced_patient(&archive, &peer, &id, &key).await {
             Some(p) => fhir(StatusCode::OK, p),
             None => outcome(
                 StatusCode::NOT_FOUND,
@@ -679,17 +732,24 @@ async fn replaced_patient(
     archive: &Archive,
     peer: &WebCaller,
     id: &str,
-    pid: &str,
+    key: &str,
 ) -> Option<Value> {
-    let (this, who, asked) = (archive.clone(), peer.principal(SERVICE), pid.to_string());
-    let view = tokio::task::spawn_blocking(move || this.patient_view_blocking(&who, &asked, ""))
+    let (pid, issuer) = split_patient_key(key);
+    let (this, who, asked, of) = (
+        archive.clone(),
+        peer.principal(SERVICE),
+        pid.to_string(),
+        issuer.to_string(),
+    );
+    let view = tokio::task::spawn_blocking(move || this.patient_view_blocking(&who, &asked, &of))
         .await
         .ok()?
         .ok()?;
     if view.patient_id == view.asked {
         return None;
     }
-    let survivor = patient_id_to_fhir(&view.patient_id)?;
+    let now_issuer = view.link.as_ref().map_or("", |l| l.issuer.as_str());
+    let survivor = patient_id_to_fhir(&patient_key(&view.patient_id, now_issuer))?;
     Some(json!({
         "resourceType": "Patient",
         "id": id,
@@ -706,17 +766,26 @@ async fn search_patients(
     RawQuery(raw): RawQuery,
 ) -> Response {
     let mut pid = None;
+    let mut search_by_id = false;
     let mut params = Vec::new();
     for (name, value) in form_urlencoded::parse(raw.as_deref().unwrap_or("").as_bytes()) {
         match name.as_ref() {
             "identifier" | "_id" => {
-                let v = if name == "_id" {
+                search_by_id = name == "_id";
+                let v = if search_by_id {
                     fhir_to_patient_id(&value).unwrap_or_default()
                 } else {
                     value.rsplit('|').next().unwrap_or("").to_string()
                 };
-                match exact(&name, &v) {
-                    Ok(v) => pid = Some(v),
+                // (an `_id` is a patient key: the PatientID, and its issuer if known)
+                let (id, issuer) = split_patient_key(&v);
+                let issuer_ok = issuer.is_empty() || exact(&name, issuer).is_ok();
+                match exact(&name, id).and_then(|_| {
+                    issuer_ok
+                        .then_some(())
+                        .ok_or_else(|| format!("{name}={value:?}: not a patient"))
+                }) {
+                    Ok(_) => pid = Some(v.clone()),
                     Err(e) => return outcome(StatusCode::BAD_REQUEST, "invalid", e),
                 }
                 params.push((name.to_string(), value.to_string()));
@@ -742,23 +811,22 @@ async fn search_patients(
             "a Patient search needs identifier (a PatientID) or _id",
         );
     };
-    let found = match patient_of(&archive, peer, &pid).await {
+    // `_id` names one patient (its key); `identifier` a PatientID: one per issuer
+    let found = match search_by_id {
+        true => patient_of(&archive, peer, &pid)
+            .await
+            .map(|p| p.into_iter().collect()),
+        false => patients_of(&archive, peer, &pid).await,
+    };
+    let found: Vec<Value> = match found {
         Ok(p) => p,
         Err(r) => return r,
     };
-    let total = found.is_some() as usize;
+    let total = found.len();
     let base = base(&archive, &headers);
     fhir(
         StatusCode::OK,
-        bundle(
-            &base,
-            "Patient",
-            &params,
-            found.into_iter().collect(),
-            total,
-            0,
-            DEFAULT_COUNT,
-        ),
+        bundle(&base, "Patient", &params, found, total, 0, DEFAULT_COUNT),
     )
 }
 
