@@ -230,14 +230,25 @@ fn an_adt_feed_updates_merges_and_renames_patients_once_and_reindex_keeps_it() {
             .is_some_and(|s| !s.is_empty())),
         "{body}"
     );
-    // FHIR: Bob's old Patient is replaced by the survivor (R4 Patient.link)
+    // FHIR: Bob's old Patient is replaced by the survivor (R4 Patient.link), the
+    // patient ALICE-NEW of the feed's assigning authority HOSPITAL (PID-3.4)
     let (code, body) = http_get(server.http_port, "/fhir/Patient/BOB001").unwrap();
     assert_eq!(code, 200, "{body}");
     let old: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(old["active"], false, "{body}");
     assert_eq!(old["link"][0]["type"], "replaced-by", "{body}");
+    let survivor = strata::http::fhir::patient_id_to_fhir("ALICE-NEW\\HOSPITAL").unwrap();
     assert_eq!(
-        old["link"][0]["other"]["reference"], "Patient/ALICE-NEW",
+        old["link"][0]["other"]["reference"],
+        format!("Patient/{survivor}"),
+        "{body}"
+    );
+    let (code, body) = http_get(server.http_port, &format!("/fhir/Patient/{survivor}")).unwrap();
+    assert_eq!(code, 200, "{body}");
+    let now: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(now["identifier"][0]["value"], "ALICE-NEW", "{body}");
+    assert_eq!(
+        now["identifier"][0]["assigner"]["display"], "HOSPITAL",
         "{body}"
     );
     // and it is valid R4 (FHIR.js, unexpected properties being errors)
