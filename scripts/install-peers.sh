@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the real peers the tests and benchmarks talk to (see ../shared/reference/peers.md):
 # DCMTK, Orthanc and its DICOMweb plugin, b3sum, zstd, curl, bc, openssl (test
-# certificates), Chromium and its
+# certificates), PostgreSQL 15 (the shared index of several nodes), Chromium and its
 # chromedriver (the viewer test's browser) from Debian; pydicom, pynetdicom, numpy and
 # moto (its S3 server mode, with boto3), bagit, blake3, dicomweb-client, fhirclient and hl7
 # from PyPI; FHIR.js (npm `fhir`, the R4 validator) and oauth2-mock-server (the OIDC
@@ -12,7 +12,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 "$here/install-deps.sh"
 need=()
-for pkg in dcmtk orthanc orthanc-dicomweb b3sum zstd curl bc chromium chromium-driver openssl; do
+for pkg in dcmtk orthanc orthanc-dicomweb b3sum zstd curl bc chromium chromium-driver openssl postgresql-15; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

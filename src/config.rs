@@ -29,6 +29,67 @@ pub struct Config {
     pub hl7: Hl7Config,
     pub prefetch: PrefetchConfig,
     pub patients: PatientsConfig,
+    pub index: IndexConfig,
+}
+
+/// Where the index lives (`[index]`): RocksDB under the data directory (the embedded
+/// default), or a PostgreSQL database that several nodes share (docs/scale-out.md).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IndexConfig {
+    pub backend: IndexBackend,
+    /// For `postgres`: a libpq-style connection string, several hosts allowed
+    /// (`postgresql://strata@db1:5432,db2:5432/strata?target_session_attrs=read-write`).
+    /// No password in it: `PGPASSWORD`, or `password_file`.
+    pub url: String,
+    /// For `postgres`: a file holding the password (not world-readable); empty:
+    /// `PGPASSWORD`, else none.
+    pub password_file: PathBuf,
+}
+
+impl Default for IndexConfig {
+    fn default() -> Self {
+        IndexConfig {
+            backend: IndexBackend::Rocksdb,
+            url: String::new(),
+            password_file: PathBuf::new(),
+        }
+    }
+}
+
+/// The index's engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IndexBackend {
+    Rocksdb,
+    Postgres,
+}
+
+impl IndexConfig {
+    /// The password of the PostgreSQL index: from `password_file` (refused when others
+    /// may read it), else `PGPASSWORD`, else none.
+    pub fn password(&self) -> Result<Option<String>, ConfigError> {
+        if self.password_file.as_os_str().is_empty() {
+            return Ok(std::env::var("PGPASSWORD").ok().filter(|p| !p.is_empty()));
+        }
+        let path = &self.password_file;
+        let meta = std::fs::metadata(path).map_err(|source| ConfigError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        use std::os::unix::fs::PermissionsExt;
+        if meta.permissions().mode() & 0o077 != 0 {
+            return Err(ConfigError::Invalid(format!(
+                "[index] password_file {} may be read by others: chmod 600 it",
+                path.display()
+            )));
+        }
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        Ok(Some(text.trim_end_matches(['\n', '\r']).to_string()))
+    }
 }
 
 /// Who issued the PatientIDs of senders whose data sets do not say
@@ -717,6 +778,27 @@ impl Config {
                     "[[dicom.peers]] names {:?} twice: a C-MOVE destination must be one node",
                     peer.ae_title
                 )));
+            }
+        }
+        if self.index.backend == IndexBackend::Postgres {
+            let url = self.index.url.trim();
+            if url.is_empty() {
+                return Err(ConfigError::Invalid(
+                    "[index] backend = \"postgres\" needs [index] url".into(),
+                ));
+            }
+            // the password never in the configuration (PGPASSWORD or password_file)
+            let in_url = url
+                .split_once("://")
+                .and_then(|(_, rest)| rest.split(['/', '?']).next())
+                .and_then(|authority| authority.rsplit_once('@'))
+                .is_some_and(|(userinfo, _)| userinfo.contains(':'))
+                || url.contains("password=");
+            if in_url {
+                return Err(ConfigError::Invalid(
+                    "[index] url must not hold the password: use PGPASSWORD or [index] password_file"
+                        .into(),
+                ));
             }
         }
         let issuers = std::iter::once(&self.patients.default_issuer)

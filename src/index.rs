@@ -44,6 +44,7 @@
 
 pub mod kv;
 pub mod memory;
+pub mod postgres;
 pub mod records;
 pub mod rocks;
 
@@ -52,6 +53,7 @@ pub mod conformance;
 
 pub use kv::{KvEngine, KvIndex};
 pub use memory::{MemoryEngine, MemoryIndex};
+pub use postgres::{PgEngine, PgIndex};
 pub use records::{issuers_agree, patient_key, split_patient_key};
 pub use records::{
     ColdCopy, CommitOutcome, Compression, FixityRecord, HoldRecord, InstanceEntry, InstanceRecord,

@@ -22,9 +22,10 @@ pub mod governance_log;
 pub mod reindex;
 
 use crate::config::Config;
+use crate::config::IndexBackend;
 use crate::dicom::header::read_header_blocking;
 use crate::index::prelude::*;
-use crate::index::{CommitOutcome, IndexError, NewObject, Provenance, RocksIndex};
+use crate::index::{CommitOutcome, IndexError, NewObject, PgIndex, Provenance, RocksIndex};
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, Write};
 use std::os::unix::io::AsRawFd;
@@ -204,8 +205,30 @@ pub struct Storage {
     pub data_dir: PathBuf,
     pub hot: HotDisk,
     pub cold: ColdStore,
-    pub index: Arc<RocksIndex>,
+    pub index: Arc<dyn Index>,
     _lock: ArchiveLock,
+}
+
+/// The archive's index as `[index]` configures it: RocksDB under the data directory —
+/// the primary, or a read-only secondary beside a running server — or the PostgreSQL
+/// database the nodes share (docs/scale-out.md).
+pub fn open_index(config: &Config, primary: bool) -> Result<Arc<dyn Index>, StorageError> {
+    Ok(match config.index.backend {
+        IndexBackend::Rocksdb if primary => {
+            Arc::new(RocksIndex::open_primary(&config.index_dir())?)
+        }
+        IndexBackend::Rocksdb => Arc::new(RocksIndex::open_secondary(&config.index_dir())?),
+        IndexBackend::Postgres => {
+            let password = config
+                .index
+                .password()
+                .map_err(|e| StorageError::Index(IndexError::Storage(e.to_string())))?;
+            Arc::new(PgIndex::open_postgres(
+                &config.index.url,
+                password.as_deref(),
+            )?)
+        }
+    })
 }
 
 /// What start-up recovery did.
@@ -227,7 +250,7 @@ impl Storage {
         finish_interrupted_reindex(&data_dir)?;
         let hot = HotDisk::open(config.hot_dir())?
             .with_free_space_floor(config.archive.min_free_space_mb * 1024 * 1024);
-        let index = Arc::new(RocksIndex::open_primary(&config.index_dir())?);
+        let index = open_index(config, true)?;
         cold_tier::check(config, true, || Ok(!index.packs()?.is_empty()))?;
         backfill_governance_log(&data_dir, index.as_ref())?;
         let cold = ColdStore::open(&config.cold_spec())?;
@@ -286,17 +309,17 @@ pub struct ReadOnlyStorage {
     pub data_dir: PathBuf,
     pub hot: HotDisk,
     pub cold: ColdStore,
-    pub index: Arc<RocksIndex>,
+    pub index: Arc<dyn Index>,
 }
 
 impl ReadOnlyStorage {
     pub fn open(config: &Config) -> Result<Self, StorageError> {
-        let index_dir = config.index_dir();
-        if !index_dir.join("CURRENT").exists() {
+        let rocks = config.index.backend == IndexBackend::Rocksdb;
+        if rocks && !config.index_dir().join("CURRENT").exists() {
             return Err(StorageError::Missing(config.archive.data_dir.clone()));
         }
         let hot = HotDisk::open_existing(config.hot_dir())?;
-        let index = Arc::new(RocksIndex::open_secondary(&index_dir)?);
+        let index = open_index(config, false)?;
         cold_tier::check(config, false, || Ok(!index.packs()?.is_empty()))?;
         Ok(ReadOnlyStorage {
             data_dir: config.archive.data_dir.clone(),
@@ -402,7 +425,7 @@ pub fn quarantine(data_dir: &Path, path: &Path) -> Result<PathBuf, StorageError>
 fn adopt_orphans_blocking(
     data_dir: &Path,
     hot: &HotDisk,
-    index: &RocksIndex,
+    index: &dyn Index,
 ) -> Result<(usize, Vec<PathBuf>), StorageError> {
     let (ids, _strays) = hot.list_blocking()?;
     let mut orphans = Vec::new();

@@ -215,6 +215,34 @@ pub trait KvEngine: Send + Sync {
     fn refresh(&self) -> Result<(), IndexError> {
         Ok(())
     }
+    /// Serialises the writers of every process sharing the engine (several nodes on one
+    /// PostgreSQL): [`KvIndex`] calls it after taking its own mutex, before a write's
+    /// first read; the write's [`KvEngine::write`] releases it (atomically with the
+    /// batch), or [`KvEngine::unlock_writes`] when the write wrote nothing. No-op for an
+    /// engine one process owns.
+    fn lock_writes(&self) -> Result<(), IndexError> {
+        Ok(())
+    }
+    /// Releases what [`KvEngine::lock_writes`] took if no write did.
+    fn unlock_writes(&self) {}
+    /// Whether other processes write the engine too: then nothing read once (such as
+    /// whether any patient link exists) may be remembered.
+    fn shared(&self) -> bool {
+        false
+    }
+}
+
+/// Held by every write of [`KvIndex`]: its process mutex and, for a shared engine, the
+/// engine's write lock ([`KvEngine::lock_writes`]), released when dropped.
+struct WriteGuard<'a, E: KvEngine> {
+    _process: MutexGuard<'a, ()>,
+    engine: &'a E,
+}
+
+impl<E: KvEngine> Drop for WriteGuard<'_, E> {
+    fn drop(&mut self) {
+        self.engine.unlock_writes();
+    }
 }
 
 /// The index over an engine: implements [`Catalog`], [`Placement`], [`WorkQueue`] and
@@ -320,10 +348,12 @@ impl<E: KvEngine> KvIndex<E> {
             })?;
             Ok(found)
         };
+        // another process may add links or rejections any time: never assume none
+        let shared = self.engine.shared();
         self.links_present
-            .store(any(CF_PATIENT_LINKS)?, Ordering::Release);
+            .store(shared || any(CF_PATIENT_LINKS)?, Ordering::Release);
         self.rejections_present
-            .store(any(CF_REJECTED)?, Ordering::Release);
+            .store(shared || any(CF_REJECTED)?, Ordering::Release);
         Ok(())
     }
 
@@ -418,12 +448,18 @@ impl<E: KvEngine> KvIndex<E> {
             .ok_or_else(|| IndexError::Storage(format!("no study {study} in the index")))
     }
 
-    /// Takes the write mutex (see the module docs). A poisoned mutex is taken over: the
-    /// write that panicked wrote nothing.
-    fn writer(&self) -> MutexGuard<'_, ()> {
-        self.write_lock
+    /// Takes the write mutex (see the module docs), and a shared engine's write lock. A
+    /// poisoned mutex is taken over: the write that panicked wrote nothing.
+    fn writer(&self) -> Result<WriteGuard<'_, E>, IndexError> {
+        let process = self
+            .write_lock
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        self.engine.lock_writes()?;
+        Ok(WriteGuard {
+            _process: process,
+            engine: &self.engine,
+        })
     }
 
     fn pending(&self) -> PendingWrites<'_, E> {
@@ -610,7 +646,7 @@ impl<E: KvEngine> PendingWrites<'_, E> {
 
 impl<E: KvEngine> Catalog for KvIndex<E> {
     fn commit(&self, objects: &[NewObject]) -> Result<Vec<CommitOutcome>, IndexError> {
-        let _writer = self.writer();
+        let _writer = self.writer()?;
         let mut pending = self.pending();
         let mut seen: HashSet<ObjectId> = HashSet::new();
         let mut outcomes = Vec::with_capacity(objects.len());
@@ -832,7 +868,7 @@ impl<E: KvEngine> Catalog for KvIndex<E> {
 
 impl<E: KvEngine> WorkQueue for KvIndex<E> {
     fn record_access(&self, study_uids: &[String], at_ms: u64) -> Result<(), IndexError> {
-        let _writer = self.writer();
+        let _writer = self.writer()?;
         let mut pending = self.pending();
         for uid in study_uids {
             pending.touch_study(uid, at_ms)?;
@@ -870,7 +906,7 @@ impl<E: KvEngine> WorkQueue for KvIndex<E> {
     fn dequeue(&self, at_ms: u64, study_uid: &str) -> Result<(), IndexError> {
         // A blind delete, but under the mutex all the same: it must not interleave with a
         // `touch_study` moving the same study's entry.
-        let _writer = self.writer();
+        let _writer = self.writer()?;
         let mut pending = self.pending();
         pending.delete(CF_ACCESS_QUEUE, queue_key(at_ms, study_uid));
         pending.write(false)
@@ -884,7 +920,7 @@ impl<E: KvEngine> Placement for KvIndex<E> {
         pack: &PackRecord,
         members: &[PackedObject],
     ) -> Result<(), IndexError> {
-        let _writer = self.writer();
+        let _writer = self.writer()?;
         let mut pending = self.pending();
         for member in members {
             let key = member.id.as_bytes().to_vec();
@@ -915,7 +951,7 @@ impl<E: KvEngine> Placement for KvIndex<E> {
     }
 
     fn drop_pack(&self, pack_id: &ObjectId) -> Result<(), IndexError> {
-        let _writer = self.writer();
+        let _writer = self.writer()?;
         let hex = pack_id.to_hex();
         let mut pending = self.pending();
         let mut changed = Vec::new();
@@ -935,7 +971,7 @@ impl<E: KvEngine> Placement for KvIndex<E> {
     }
 
     fn update_pack(&self, pack_id: &ObjectId, pack: &PackRecord) -> Result<(), IndexError> {
-        let _writer = self.writer();
+        let _writer = self.writer()?;
         let mut pending = self.pending();
         pending.put(CF_PACKS, pack_id.as_bytes().to_vec(), pack);
         pending.write(true)
@@ -954,7 +990,7 @@ impl<E: KvEngine> Placement for KvIndex<E> {
     }
 
     fn set_tier(&self, ids: &[ObjectId], tier: Tier) -> Result<(), IndexError> {
-        let _writer = self.writer();
+        let _writer = self.writer()?;
         let mut pending = self.pending();
         for id in ids {
             let key = id.as_bytes().to_vec();
@@ -969,7 +1005,7 @@ impl<E: KvEngine> Placement for KvIndex<E> {
     }
 
     fn record_fixity(&self, id: &ObjectId, record: &FixityRecord) -> Result<(), IndexError> {
-        let _writer = self.writer();
+        let _writer = self.writer()?;
         let mut batch = Batch::default();
         batch.put(CF_FIXITY, id.as_bytes().to_vec(), encode(record));
         self.engine.write(batch, false)
@@ -990,7 +1026,7 @@ impl<E: KvEngine> Placement for KvIndex<E> {
 
 impl<E: KvEngine> Governance for KvIndex<E> {
     fn tombstone_study(&self, given: &Tombstone) -> Result<Tombstone, IndexError> {
-        let _writer = self.writer();
+        let _writer = self.writer()?;
         let study = &given.study_uid;
         let record = self.study_to_delete(study)?;
         let mut pending = self.pending();
@@ -1106,7 +1142,7 @@ impl<E: KvEngine> Governance for KvIndex<E> {
         given: &Tombstone,
         instances: &[(String, String)],
     ) -> Result<Tombstone, IndexError> {
-        let _writer = self.writer();
+        let _writer = self.writer()?;
         let study = &given.study_uid;
         let mut record = self.study_to_delete(study)?;
         let mut pending = self.pending();
@@ -1263,7 +1299,7 @@ impl<E: KvEngine> Governance for KvIndex<E> {
     }
 
     fn restore_tombstone(&self, t: &Tombstone, live: &[ObjectId]) -> Result<(), IndexError> {
-        let _writer = self.writer();
+        let _writer = self.writer()?;
         let mut batch = Batch::default();
         for (_, _, id) in &t.objects {
             if let Some(id) = ObjectId::from_hex(id).filter(|id| !live.contains(id)) {
@@ -1282,7 +1318,7 @@ impl<E: KvEngine> Governance for KvIndex<E> {
     }
 
     fn set_holds(&self, study_uid: &str, holds: &[HoldRecord]) -> Result<(), IndexError> {
-        let _writer = self.writer();
+        let _writer = self.writer()?;
         let mut batch = Batch::default();
         if holds.is_empty() {
             batch.delete(CF_HOLDS, study_uid.as_bytes());
@@ -1297,7 +1333,7 @@ impl<E: KvEngine> Governance for KvIndex<E> {
         links: &[(String, PatientLink)],
         message: Option<(&str, &str)>,
     ) -> Result<(), IndexError> {
-        let _writer = self.writer();
+        let _writer = self.writer()?;
         let mut batch = Batch::default();
         for (stored, link) in links {
             if let Some(old) = self.get::<PatientLink>(CF_PATIENT_LINKS, stored.as_bytes())? {
@@ -1356,7 +1392,7 @@ impl<E: KvEngine> Governance for KvIndex<E> {
         &self,
         issuers: &[(String, String, String)],
     ) -> Result<usize, IndexError> {
-        let _writer = self.writer();
+        let _writer = self.writer()?;
         let mut p = self.pending();
         let mut changed = 0;
         for (study_uid, patient_id, issuer) in issuers {
@@ -1391,7 +1427,7 @@ impl<E: KvEngine> Governance for KvIndex<E> {
     }
 
     fn mark_migrated(&self, step: &str) -> Result<(), IndexError> {
-        let _writer = self.writer();
+        let _writer = self.writer()?;
         let mut batch = Batch::default();
         batch.put(
             CF_META,
@@ -1406,7 +1442,7 @@ impl<E: KvEngine> Governance for KvIndex<E> {
         instances: &[(String, String, String)],
         rejection: &RejectionRecord,
     ) -> Result<(), IndexError> {
-        let _writer = self.writer();
+        let _writer = self.writer()?;
         let mut batch = Batch::default();
         for (study, series, sop) in instances {
             batch.put(
