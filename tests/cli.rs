@@ -108,7 +108,7 @@ fn import_summarises_and_reindex_rebuilds_the_same_index() {
     server.stop();
 
     // reindex from the objects alone gives the same studies and counts
-    std::fs::remove_dir_all(archive.data_dir().join("index")).unwrap();
+    archive.lose_index();
     run_ok(&mut archive.strata(&["reindex"]));
     let after = archive.ls_json();
     let strip = |v: &serde_json::Value| -> Vec<(String, u64, u64, u64)> {

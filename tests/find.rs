@@ -280,12 +280,13 @@ fn findscu_queries_every_level_of_both_models() {
 /// before all matches were sent, and the association goes on to release.
 #[test]
 fn c_cancel_stops_a_streaming_c_find() {
-    use strata::index::prelude::*;
-    use strata::index::{NewObject, Provenance, RocksIndex};
+    use strata::index::{NewObject, Provenance};
     let archive = Archive::new("find-cancel");
-    // an index of 20,000 studies, written directly (this test is about the stream)
+    // an index of 20,000 studies, written directly (this test is about the stream), in
+    // whichever index the archive's configuration names
     {
-        let index = RocksIndex::open_primary(&archive.data_dir().join("index")).unwrap();
+        let config = strata::config::Config::load(Some(&archive.config)).unwrap();
+        let index = strata::storage::open_index(&config, true).unwrap();
         let mut batch = Vec::new();
         for s in 0..20_000 {
             let uid = format!("1.2.826.0.1.3680043.9.2000.{s}");
@@ -315,6 +316,7 @@ fn c_cancel_stops_a_streaming_c_find() {
             }
         }
     }
+    std::fs::create_dir_all(archive.data_dir()).unwrap();
     std::fs::write(archive.data_dir().join("clean-shutdown"), b"").unwrap();
     let server = archive.start();
     let out = run_ok(python("find_cancel.py").args([

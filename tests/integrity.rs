@@ -696,7 +696,7 @@ fn holds_and_tombstones_survive_a_lost_index() {
     assert_eq!(out.status.signal(), Some(9));
 
     let lose_the_index = || {
-        std::fs::remove_dir_all(archive.data_dir().join("index")).unwrap();
+        archive.lose_index();
         run_ok(&mut archive.strata(&["reindex"]));
     };
     lose_the_index();

@@ -409,7 +409,7 @@ fn an_adt_feed_updates_merges_and_renames_patients_once_and_reindex_keeps_it() {
 
     // reindex from the objects and the governance log alone: the same identities, and
     // the control ids still known
-    std::fs::remove_dir_all(archive.data_dir().join("index")).unwrap();
+    archive.lose_index();
     run_ok(&mut archive.strata(&["reindex"]));
     let server = archive.start();
     check(server.dicom_port);
@@ -802,7 +802,7 @@ fn a_rejection_note_hides_the_instances_it_rejects() {
     // the stored object is still there and verifies; reindex keeps the rejection
     let (clean, report) = archive.verify_json();
     assert!(clean, "{report}");
-    std::fs::remove_dir_all(archive.data_dir().join("index")).unwrap();
+    archive.lose_index();
     run_ok(&mut archive.strata(&["reindex"]));
     let server = archive.start();
     let text = images(server.dicom_port);
@@ -1142,7 +1142,7 @@ fn the_same_patient_id_from_two_issuers_is_two_patients() {
 
     // reindex: EAST's issuer (from the sender's default: not in the objects) comes
     // back from the governance log, WEST's from the data sets, and the links follow
-    std::fs::remove_dir_all(archive.data_dir().join("index")).unwrap();
+    archive.lose_index();
     run_ok(&mut archive.strata(&["reindex"]));
     let server = archive.start();
     let port = server.dicom_port;
@@ -1245,7 +1245,7 @@ fn retention_deletes_the_expired_instances_of_a_study_that_stays() {
     // and the study's pack, holding both instances, still there): `reindex` from the
     // objects, the packs and the governance log keeps the instance deleted and does
     // not record the pack again
-    std::fs::remove_dir_all(archive.data_dir().join("index")).unwrap();
+    archive.lose_index();
     let rebuilt = run_ok(&mut archive.strata(&["reindex", "--json"]));
     let rebuilt: serde_json::Value = serde_json::from_slice(&rebuilt.stdout).unwrap();
     assert_eq!(rebuilt["deleted_packs"], 1, "{rebuilt}");
@@ -1294,7 +1294,7 @@ fn retention_deletes_the_expired_instances_of_a_study_that_stays() {
     );
 
     // reindex from the objects (and the packs) alone: the instance stays deleted
-    std::fs::remove_dir_all(archive.data_dir().join("index")).unwrap();
+    archive.lose_index();
     run_ok(&mut archive.strata(&["reindex"]));
     let shown = run_ok(&mut archive.strata(&["show", &expired.study_uid, "--json"]));
     let shown = String::from_utf8_lossy(&shown.stdout).to_string();

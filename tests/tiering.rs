@@ -163,7 +163,7 @@ fn local_cold_round_trip_and_reindex_from_the_cold_tier_alone() {
     assert_eq!(report["packs_checked"], 1);
 
     // empty index and no hot objects: the cold tier alone restores every study
-    std::fs::remove_dir_all(archive.data_dir().join("index")).unwrap();
+    archive.lose_index();
     std::fs::remove_dir_all(archive.data_dir().join("hot")).unwrap();
     run_ok(&mut archive.strata(&["reindex"]));
     assert_eq!(archive.total_instances(), ct.len() as u64);
@@ -253,7 +253,7 @@ fn s3_policy_ages_studies_and_retrieval_reads_them_from_packs() {
     server.stop();
 
     // the cold bucket alone (no index, no hot objects) restores the study
-    std::fs::remove_dir_all(archive.data_dir().join("index")).unwrap();
+    archive.lose_index();
     std::fs::remove_dir_all(archive.data_dir().join("hot")).unwrap();
     run_ok(&mut archive.strata(&["reindex"]));
     assert_eq!(object_ids(&archive, &study), ids);
@@ -636,7 +636,7 @@ fn resent_cold_instances_and_unreadable_packs_are_kept() {
     let at = bytes.len() - 4096;
     bytes[at] ^= 0x01;
     std::fs::write(&pack, &bytes).unwrap();
-    std::fs::remove_dir_all(archive.data_dir().join("index")).unwrap();
+    archive.lose_index();
     std::fs::remove_dir_all(archive.data_dir().join("hot")).unwrap();
     let out = run(&mut archive.strata(&["reindex"]));
     assert!(!out.status.success(), "a skipped pack must fail reindex");

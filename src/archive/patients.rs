@@ -681,7 +681,7 @@ pub(crate) fn default_issuer_policy(
 }
 
 /// The start-up migration step that made patients (PatientID, IssuerOfPatientID) pairs.
-const ISSUER_MIGRATION: &str = "patient-issuers-1";
+const ISSUER_MIGRATION: &str = crate::index::kv::PATIENT_ISSUERS_MIGRATION;
 
 impl Archive {
     /// Migrates an index written before patients were keyed by (PatientID,
@@ -845,6 +845,15 @@ mod tests {
         config.archive.data_dir = dir.path().join("data");
         config.cold.url = format!("file://{}", dir.path().join("cold").display());
         config.audit.enabled = false;
+        // an index as an earlier build left it: without the migration's mark
+        {
+            use crate::index::kv::{Batch, KvEngine, CF_META};
+            std::fs::create_dir_all(&config.archive.data_dir).unwrap();
+            let old = crate::index::RocksIndex::open_primary(&config.index_dir()).unwrap();
+            let mut unmark = Batch::default();
+            unmark.delete(CF_META, format!("migrated/{ISSUER_MIGRATION}").into_bytes());
+            old.engine().write(unmark, true).unwrap();
+        }
         let (storage, _) =
             crate::storage::Storage::open_exclusive(&config, "migration test").unwrap();
         let archive = Archive::exclusive(&config, &storage).unwrap();

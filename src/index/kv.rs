@@ -80,6 +80,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use strata_tiers::ObjectId;
 
+/// The start-up migrations of records written by earlier builds ([`Governance::migrated`]):
+/// an index this build creates is marked as having had them all.
+pub const MIGRATION_STEPS: [&str; 1] = [PATIENT_ISSUERS_MIGRATION];
+
+/// Study records get their patients' IssuerOfPatientID; links follow
+/// ([`crate::archive::Archive::migrate_patient_model_blocking`]).
+pub const PATIENT_ISSUERS_MIGRATION: &str = "patient-issuers-1";
+
 /// The version of the key layout above, stored under `meta`/`schema`.
 pub const SCHEMA_VERSION: u32 = 1;
 
@@ -428,6 +436,14 @@ impl<E: KvEngine> KvIndex<E> {
             None if may_initialise => {
                 let mut batch = Batch::default();
                 batch.put(CF_META, &b"schema"[..], SCHEMA_VERSION.to_le_bytes());
+                // an index this build creates has none of the older records to migrate
+                for step in MIGRATION_STEPS {
+                    batch.put(
+                        CF_META,
+                        migration_key(step).into_bytes(),
+                        unix_ms_now().to_le_bytes().to_vec(),
+                    );
+                }
                 self.engine.write(batch, true)
             }
             None => Ok(()),

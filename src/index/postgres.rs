@@ -77,10 +77,46 @@ fn storage(what: &str, e: impl std::fmt::Debug + std::fmt::Display + 'static) ->
     IndexError::Storage(format!("PostgreSQL: {what}: {detail}"))
 }
 
+/// The table the index lives in, and the one `reindex` builds beside it.
+pub const TABLE: &str = "strata_kv";
+pub const REBUILD_TABLE: &str = "strata_kv_rebuild";
+
+/// The statements of an engine, on its table.
+struct Statements {
+    get: String,
+    scan_from: String,
+    scan_after: String,
+    upsert: String,
+    delete: String,
+}
+
+impl Statements {
+    fn on(table: &str) -> Self {
+        Statements {
+            get: format!("SELECT v FROM {table} WHERE cf = $1 AND k = $2"),
+            scan_from: format!(
+                "SELECT k, v FROM {table} WHERE cf = $1 AND k >= $2 ORDER BY k LIMIT $3"
+            ),
+            scan_after: format!(
+                "SELECT k, v FROM {table} WHERE cf = $1 AND k > $2 ORDER BY k LIMIT $3"
+            ),
+            upsert: format!(
+                "INSERT INTO {table} (cf, k, v)
+                 SELECT * FROM UNNEST($1::text[], $2::bytea[], $3::bytea[])
+                 ON CONFLICT (cf, k) DO UPDATE SET v = EXCLUDED.v"
+            ),
+            delete: format!(
+                "DELETE FROM {table} WHERE (cf, k) IN (SELECT * FROM UNNEST($1::text[], $2::bytea[]))"
+            ),
+        }
+    }
+}
+
 /// A PostgreSQL database holding the index's column families, as a [`KvEngine`].
 pub struct PgEngine {
     rt: tokio::runtime::Runtime,
     pool: deadpool_postgres::Pool,
+    sql: std::sync::Arc<Statements>,
     /// The connection of this process's writer while it holds the cluster write lock
     /// (in an open transaction).
     writer: Mutex<Option<deadpool_postgres::Object>>,
@@ -124,6 +160,7 @@ impl PgEngine {
         let engine = PgEngine {
             rt,
             pool,
+            sql: std::sync::Arc::new(Statements::on(TABLE)),
             writer: Mutex::new(None),
         };
         // nodes starting together race to create the schema table (PostgreSQL's
@@ -141,6 +178,57 @@ impl PgEngine {
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// An engine on a new, empty table beside the index's ([`REBUILD_TABLE`], dropped
+    /// first if an interrupted `reindex` left one), for `reindex` to build into and
+    /// then [`PgEngine::swap_into_place`].
+    pub fn open_rebuild(url: &str, password: Option<&str>) -> Result<Self, IndexError> {
+        let mut engine = Self::open(url, password)?;
+        let pool = engine.pool.clone();
+        engine.run(async move {
+            let client = pool.get().await.map_err(|e| storage("connect", e))?;
+            client
+                .batch_execute(&format!(
+                    "DROP TABLE IF EXISTS {REBUILD_TABLE};
+                     CREATE TABLE {REBUILD_TABLE} (LIKE {TABLE} INCLUDING ALL);"
+                ))
+                .await
+                .map_err(|e| storage("rebuild table", e))
+        })?;
+        engine.sql = std::sync::Arc::new(Statements::on(REBUILD_TABLE));
+        Ok(engine)
+    }
+
+    /// Makes the table this engine built (`reindex`) the index, in one transaction: the
+    /// old table goes, the rebuilt one takes its name. Other nodes see the old index or
+    /// the new one, never a mix.
+    pub fn swap_into_place(&self) -> Result<(), IndexError> {
+        let pool = self.pool.clone();
+        self.run(async move {
+            let client = pool.get().await.map_err(|e| storage("connect", e))?;
+            client
+                .batch_execute(&format!(
+                    "BEGIN;
+                     DROP TABLE {TABLE};
+                     ALTER TABLE {REBUILD_TABLE} RENAME TO {TABLE};
+                     COMMIT;"
+                ))
+                .await
+                .map_err(|e| storage("swap in the rebuilt index", e))
+        })
+    }
+
+    /// Drops the table this engine built (a `reindex` that keeps the current index).
+    pub fn discard(&self) -> Result<(), IndexError> {
+        let pool = self.pool.clone();
+        self.run(async move {
+            let client = pool.get().await.map_err(|e| storage("connect", e))?;
+            client
+                .batch_execute(&format!("DROP TABLE IF EXISTS {REBUILD_TABLE}"))
+                .await
+                .map_err(|e| storage("drop the rebuilt index", e))
+        })
     }
 
     /// Runs `f` on the engine's runtime and waits for it on this thread.
@@ -199,6 +287,7 @@ impl PgEngine {
     /// Applies `batch` on `client` (in its open transaction, or one of its own when
     /// `own`), the last change of each key winning; commits.
     async fn apply(
+        sql: &Statements,
         client: &mut deadpool_postgres::Object,
         batch: Batch,
         sync: bool,
@@ -241,22 +330,13 @@ impl PgEngine {
             }
             if !put_cf.is_empty() {
                 client
-                    .execute(
-                        "INSERT INTO strata_kv (cf, k, v)
-                         SELECT * FROM UNNEST($1::text[], $2::bytea[], $3::bytea[])
-                         ON CONFLICT (cf, k) DO UPDATE SET v = EXCLUDED.v",
-                        &[&put_cf, &put_k, &put_v],
-                    )
+                    .execute(&sql.upsert, &[&put_cf, &put_k, &put_v])
                     .await
                     .map_err(|e| storage("write", e))?;
             }
             if !del_cf.is_empty() {
                 client
-                    .execute(
-                        "DELETE FROM strata_kv WHERE (cf, k) IN
-                         (SELECT * FROM UNNEST($1::text[], $2::bytea[]))",
-                        &[&del_cf, &del_k],
-                    )
+                    .execute(&sql.delete, &[&del_cf, &del_k])
                     .await
                     .map_err(|e| storage("delete", e))?;
             }
@@ -277,14 +357,11 @@ impl PgEngine {
 
 impl KvEngine for PgEngine {
     fn get(&self, cf: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>, IndexError> {
-        let (pool, key) = (self.pool.clone(), key.to_vec());
+        let (pool, key, sql) = (self.pool.clone(), key.to_vec(), self.sql.clone());
         self.run(async move {
             let client = pool.get().await.map_err(|e| storage("connect", e))?;
             let row = client
-                .query_opt(
-                    "SELECT v FROM strata_kv WHERE cf = $1 AND k = $2",
-                    &[&cf, &key],
-                )
+                .query_opt(&sql.get, &[&cf, &key])
                 .await
                 .map_err(|e| storage("read", e))?;
             Ok(row.map(|r| r.get::<_, Vec<u8>>(0)))
@@ -299,19 +376,20 @@ impl KvEngine for PgEngine {
     ) -> Result<(), IndexError> {
         let mut after: Option<Vec<u8>> = None;
         loop {
-            let (pool, start, inclusive) = match &after {
-                None => (self.pool.clone(), from.to_vec(), true),
-                Some(last) => (self.pool.clone(), last.clone(), false),
+            let (start, inclusive) = match &after {
+                None => (from.to_vec(), true),
+                Some(last) => (last.clone(), false),
             };
+            let (pool, sql) = (self.pool.clone(), self.sql.clone());
             let rows: Vec<(Vec<u8>, Vec<u8>)> = self.run(async move {
                 let client = pool.get().await.map_err(|e| storage("connect", e))?;
-                let sql = if inclusive {
-                    "SELECT k, v FROM strata_kv WHERE cf = $1 AND k >= $2 ORDER BY k LIMIT $3"
+                let statement = if inclusive {
+                    &sql.scan_from
                 } else {
-                    "SELECT k, v FROM strata_kv WHERE cf = $1 AND k > $2 ORDER BY k LIMIT $3"
+                    &sql.scan_after
                 };
                 let rows = client
-                    .query(sql, &[&cf, &start, &SCAN_PAGE])
+                    .query(statement, &[&cf, &start, &SCAN_PAGE])
                     .await
                     .map_err(|e| storage("scan", e))?;
                 Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
@@ -336,13 +414,13 @@ impl KvEngine for PgEngine {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .take();
-        let pool = self.pool.clone();
+        let (pool, sql) = (self.pool.clone(), self.sql.clone());
         self.run(async move {
             match held {
-                Some(mut client) => Self::apply(&mut client, batch, sync, false).await,
+                Some(mut client) => Self::apply(&sql, &mut client, batch, sync, false).await,
                 None => {
                     let mut client = pool.get().await.map_err(|e| storage("connect", e))?;
-                    Self::apply(&mut client, batch, sync, true).await
+                    Self::apply(&sql, &mut client, batch, sync, true).await
                 }
             }
         })
@@ -401,6 +479,12 @@ impl KvIndex<PgEngine> {
     /// The index in the PostgreSQL database at `url` (see [`PgEngine::open`]).
     pub fn open_postgres(url: &str, password: Option<&str>) -> Result<Self, IndexError> {
         KvIndex::open(PgEngine::open(url, password)?, true)
+    }
+
+    /// A new, empty index beside the one at `url`, for `reindex`
+    /// ([`PgEngine::open_rebuild`]).
+    pub fn open_postgres_rebuild(url: &str, password: Option<&str>) -> Result<Self, IndexError> {
+        KvIndex::open(PgEngine::open_rebuild(url, password)?, true)
     }
 }
 

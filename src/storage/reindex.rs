@@ -7,16 +7,17 @@
 //! The new index is built beside the old one (`index.rebuild`), then `index` becomes
 //! `index.old`, `index.rebuild` becomes `index`, the directory is synced and `index.old`
 //! removed; [`super::finish_interrupted_reindex`] completes or undoes an interrupted
-//! swap at the next opening. Unusable objects are quarantined only after the swap.
+//! swap at the next opening. On PostgreSQL the new index is a table beside the index's,
+//! put in its place in one transaction (nothing to undo; an interrupted build leaves a
+//! table the next reindex drops). Unusable objects are quarantined only after the swap.
 
 use super::governance_log::{self, GovernanceLog};
 use super::{
     finish_interrupted_reindex, index_objects_blocking, io, quarantine, rebuild_dirs, ArchiveLock,
     StorageError,
 };
-use crate::config::Config;
-use crate::index::prelude::*;
-use crate::index::RocksIndex;
+use crate::config::{Config, IndexBackend};
+use crate::index::{Index, IndexError, PgIndex, RocksIndex};
 use crate::tiering::reader::download_pack_blocking;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -67,12 +68,11 @@ pub fn reindex(
     let _lock = ArchiveLock::acquire(data_dir, "reindex")?;
     finish_interrupted_reindex(data_dir)?;
     // the packs of a lost index are unknown: a recorded cold tier must be the configured one
-    super::cold_tier::check(config, true, || {
-        let index_dir = config.index_dir();
-        if !index_dir.join("CURRENT").exists() {
-            return Ok(true);
-        }
-        Ok(!RocksIndex::open_primary(&index_dir)?.packs()?.is_empty())
+    let target = Target::of(config)?;
+    let old = target.current()?;
+    super::cold_tier::check(config, true, || match &old {
+        None => Ok(true),
+        Some(old) => Ok(!old.packs()?.is_empty()),
     })?;
     // a node restored from the bucket takes the archive id its cold tier names; a cold
     // tier another archive claimed is refused
@@ -86,7 +86,6 @@ pub fn reindex(
     }
     let hot = HotDisk::open(config.hot_dir())?;
     hot.sweep_tmp_blocking()?;
-    let (index_dir, rebuild_dir, old_dir) = rebuild_dirs(config);
     let (ids, strays) = hot.list_blocking()?;
     for stray in strays {
         tracing::warn!(path = %stray.display(), "ignoring a file that is not an object");
@@ -98,8 +97,7 @@ pub fn reindex(
     };
     // tombstones and holds are not derivable from the objects: carry them over
     // (objects of a tombstone that were stored again since are live, not deleted)
-    let (tombstones, holds, live_again) = if index_dir.join("CURRENT").exists() {
-        let old = RocksIndex::open_primary(&index_dir)?;
+    let (tombstones, holds, live_again) = if let Some(old) = &old {
         let tombstones = old.tombstones()?;
         let mut holds = Vec::new();
         for (study, _) in old.studies()? {
@@ -122,7 +120,15 @@ pub fn reindex(
     } else {
         (Vec::new(), Vec::new(), HashSet::new())
     };
-    let had_index = index_dir.join("CURRENT").exists();
+    // (a PostgreSQL index is never missing, but may have been emptied: as good as lost)
+    let had_index = match &old {
+        None => false,
+        Some(old) => {
+            !matches!(target, Target::Postgres { .. })
+                || !old.studies()?.is_empty()
+                || !old.tombstones()?.is_empty()
+        }
+    };
     let (mut tombstones, mut holds, mut live_again) = (tombstones, holds, live_again);
     // ... and the governance log keeps them when the index is gone (promise 5): a hold
     // in either is kept; a tombstone the index lacks is restored, except for objects
@@ -173,8 +179,9 @@ pub fn reindex(
         tombstones.push(t);
     }
     let unusable;
+    let rebuilt = target.open_rebuild()?;
     {
-        let rebuilt = RocksIndex::open_primary(&rebuild_dir)?;
+        let rebuilt = rebuilt.index();
         let live: Vec<ObjectId> = live_again.iter().copied().collect();
         for t in &tombstones {
             rebuilt.restore_tombstone(t, &live)?;
@@ -208,10 +215,10 @@ pub fn reindex(
             }
         }
         let (indexed, quarantined) =
-            index_objects_blocking(&hot, &rebuilt, &live, "reindex", || progress.inc(1))?;
+            index_objects_blocking(&hot, rebuilt, &live, "reindex", || progress.inc(1))?;
         report.indexed = indexed;
         unusable = quarantined;
-        reindex_cold(config, &rebuilt, &mut report)?;
+        reindex_cold(config, rebuilt, &mut report)?;
         // so do the issuers senders' configured defaults gave the studies' patients
         rebuilt.set_patient_issuers(&governance_log::default_issuers(&logged))?;
         for t in &tombstones {
@@ -223,8 +230,7 @@ pub fn reindex(
             }
         }
         report.studies = rebuilt.studies()?.len();
-        if had_index {
-            let old = RocksIndex::open_primary(&index_dir)?;
+        if let Some(old) = old.as_ref().filter(|_| had_index) {
             let mut missing = Vec::new();
             old.for_each_object(&mut |id, record| {
                 if !record.cold.is_empty() {
@@ -245,21 +251,13 @@ pub fn reindex(
             packs_skipped = report.packs_skipped.len(),
             "reindex: the rebuilt index lacks what the current one records in cold; the current index stays"
         );
-        std::fs::remove_dir_all(&rebuild_dir).map_err(io("remove", &rebuild_dir))?;
+        drop(old);
+        target.discard(rebuilt)?;
         return Ok(report);
     }
     report.swapped = true;
-    // swap: index -> index.old, index.rebuild -> index, then drop index.old
-    if index_dir.exists() {
-        std::fs::rename(&index_dir, &old_dir).map_err(io("move aside", &index_dir))?;
-    }
-    std::fs::rename(&rebuild_dir, &index_dir).map_err(io("move into place", &rebuild_dir))?;
-    std::fs::File::open(data_dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io("fsync", data_dir))?;
-    if old_dir.exists() {
-        std::fs::remove_dir_all(&old_dir).map_err(io("remove", &old_dir))?;
-    }
+    drop(old);
+    target.swap(rebuilt)?;
     // Only now, with the rebuilt index (which lacks them) in place, move unusable
     // objects aside: an interrupted reindex leaves the old index whole.
     for path in unusable {
@@ -268,6 +266,140 @@ pub fn reindex(
             .push(quarantine(data_dir, &path)?.display().to_string());
     }
     Ok(report)
+}
+
+/// Where the index is rebuilt and how it replaces the current one.
+enum Target {
+    /// RocksDB under the data directory: built in `index.rebuild`, swapped by renames
+    /// (`index` → `index.old`, `index.rebuild` → `index`; see the module docs).
+    Rocks {
+        data_dir: std::path::PathBuf,
+        index_dir: std::path::PathBuf,
+        rebuild_dir: std::path::PathBuf,
+        old_dir: std::path::PathBuf,
+    },
+    /// PostgreSQL: built in a table beside the index's, swapped in one transaction
+    /// ([`crate::index::PgEngine::swap_into_place`]); every node sees the old index or
+    /// the new one. Other nodes must be stopped while it runs (docs/scale-out.md).
+    Postgres {
+        url: String,
+        password: Option<String>,
+    },
+}
+
+/// An index being rebuilt.
+enum Rebuilt {
+    Rocks(Box<RocksIndex>),
+    Postgres(Box<PgIndex>),
+}
+
+impl Rebuilt {
+    fn index(&self) -> &dyn Index {
+        match self {
+            Rebuilt::Rocks(i) => i.as_ref(),
+            Rebuilt::Postgres(i) => i.as_ref(),
+        }
+    }
+}
+
+impl Target {
+    fn of(config: &Config) -> Result<Self> {
+        Ok(match config.index.backend {
+            IndexBackend::Rocksdb => {
+                let (index_dir, rebuild_dir, old_dir) = rebuild_dirs(config);
+                Target::Rocks {
+                    data_dir: config.archive.data_dir.clone(),
+                    index_dir,
+                    rebuild_dir,
+                    old_dir,
+                }
+            }
+            IndexBackend::Postgres => Target::Postgres {
+                url: config.index.url.clone(),
+                password: config
+                    .index
+                    .password()
+                    .map_err(|e| StorageError::Index(IndexError::Storage(e.to_string())))?,
+            },
+        })
+    }
+
+    /// The current index, when there is one.
+    fn current(&self) -> Result<Option<Box<dyn Index>>> {
+        Ok(match self {
+            Target::Rocks { index_dir, .. } if index_dir.join("CURRENT").exists() => {
+                Some(Box::new(RocksIndex::open_primary(index_dir)?))
+            }
+            Target::Rocks { .. } => None,
+            Target::Postgres { url, password } => {
+                Some(Box::new(PgIndex::open_postgres(url, password.as_deref())?))
+            }
+        })
+    }
+
+    /// A new, empty index to rebuild into.
+    fn open_rebuild(&self) -> Result<Rebuilt> {
+        Ok(match self {
+            Target::Rocks { rebuild_dir, .. } => {
+                Rebuilt::Rocks(Box::new(RocksIndex::open_primary(rebuild_dir)?))
+            }
+            Target::Postgres { url, password } => Rebuilt::Postgres(Box::new(
+                PgIndex::open_postgres_rebuild(url, password.as_deref())?,
+            )),
+        })
+    }
+
+    /// Leaves the current index as it is and drops the rebuilt one.
+    fn discard(&self, rebuilt: Rebuilt) -> Result<()> {
+        match (self, rebuilt) {
+            (Target::Rocks { rebuild_dir, .. }, rebuilt) => {
+                drop(rebuilt);
+                std::fs::remove_dir_all(rebuild_dir).map_err(io("remove", rebuild_dir))
+            }
+            (Target::Postgres { .. }, Rebuilt::Postgres(rebuilt)) => {
+                Ok(rebuilt.engine().discard()?)
+            }
+            (Target::Postgres { .. }, Rebuilt::Rocks(_)) => {
+                unreachable!("a PostgreSQL target rebuilds in PostgreSQL")
+            }
+        }
+    }
+
+    /// Puts the rebuilt index in the current one's place, atomically.
+    fn swap(&self, rebuilt: Rebuilt) -> Result<()> {
+        match (self, rebuilt) {
+            (
+                Target::Rocks {
+                    data_dir,
+                    index_dir,
+                    rebuild_dir,
+                    old_dir,
+                },
+                rebuilt,
+            ) => {
+                drop(rebuilt);
+                // index -> index.old, index.rebuild -> index, then drop index.old
+                if index_dir.exists() {
+                    std::fs::rename(index_dir, old_dir).map_err(io("move aside", index_dir))?;
+                }
+                std::fs::rename(rebuild_dir, index_dir)
+                    .map_err(io("move into place", rebuild_dir))?;
+                std::fs::File::open(data_dir)
+                    .and_then(|d| d.sync_all())
+                    .map_err(io("fsync", data_dir))?;
+                if old_dir.exists() {
+                    std::fs::remove_dir_all(old_dir).map_err(io("remove", old_dir))?;
+                }
+                Ok(())
+            }
+            (Target::Postgres { .. }, Rebuilt::Postgres(rebuilt)) => {
+                Ok(rebuilt.engine().swap_into_place()?)
+            }
+            (Target::Postgres { .. }, Rebuilt::Rocks(_)) => {
+                unreachable!("a PostgreSQL target rebuilds in PostgreSQL")
+            }
+        }
+    }
 }
 
 /// The governance log's records: the local log, or its copies in the cold tier when they
@@ -311,7 +443,7 @@ fn governance_records(config: &Config) -> Result<Vec<governance_log::GovernanceR
 
 /// Adds every pack in the cold tier to a rebuilt index: members already indexed from a
 /// hot file gain their cold copy; the others are indexed from the pack alone.
-fn reindex_cold(config: &Config, rebuilt: &RocksIndex, report: &mut ReindexReport) -> Result<()> {
+fn reindex_cold(config: &Config, rebuilt: &dyn Index, report: &mut ReindexReport) -> Result<()> {
     use crate::index::{NewObject, Provenance};
     let cold = ColdStore::open(&config.cold_spec())?;
     let rt = super::runtime()?;

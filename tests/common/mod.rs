@@ -114,12 +114,53 @@ pub fn scratch(name: &str) -> tempfile::TempDir {
         .unwrap()
 }
 
+/// With `STRATA_TEST_PG` set (the URL of a PostgreSQL cluster `scripts/test.sh` started,
+/// `postgresql://postgres@127.0.0.1:PORT`), each test archive's index is a fresh database
+/// there (`[index] backend = "postgres"`): the end-to-end suites run on the shared index
+/// of several nodes as on RocksDB. Unset: RocksDB, the default.
+fn postgres_index_section() -> (String, Option<(String, String, String)>) {
+    let Ok(base) = std::env::var("STRATA_TEST_PG") else {
+        return (String::new(), None);
+    };
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let name = format!(
+        "archive_{}_{}",
+        std::process::id(),
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+    );
+    let (host, port) = base
+        .rsplit_once('@')
+        .and_then(|(_, hp)| hp.split_once(':'))
+        .map(|(h, p)| (h.to_string(), p.trim_end_matches('/').to_string()))
+        .expect("STRATA_TEST_PG: postgresql://user@host:port");
+    run_ok(Command::new("psql").args([
+        "-h",
+        &host,
+        "-p",
+        &port,
+        "-U",
+        "postgres",
+        "-q",
+        "-c",
+        &format!("CREATE DATABASE {name}"),
+    ]));
+    (
+        format!(
+            "\n[index]\nbackend = \"postgres\"\nurl = \"{}/{name}\"\n",
+            base.trim_end_matches('/')
+        ),
+        Some((host, port, name)),
+    )
+}
+
 /// An archive directory with a config file; servers and CLI runs use it.
 pub struct Archive {
     pub dir: tempfile::TempDir,
     pub config: PathBuf,
     pub dicom_port: u16,
     pub http_port: u16,
+    /// With `STRATA_TEST_PG`: the PostgreSQL (host, port, database) of its index.
+    pub postgres: Option<(String, String, String)>,
 }
 
 impl Archive {
@@ -133,9 +174,10 @@ impl Archive {
         let dicom_port = free_port();
         let http_port = free_port();
         let config = dir.path().join("strata.toml");
+        let (index_section, postgres) = postgres_index_section();
         let text = format!(
-            "[archive]\ndata_dir = \"{}\"\nmin_free_space_mb = 0\n\n[http]\nport = {http_port}\nbind = \"127.0.0.1\"\n\n[dicom]\nport = {dicom_port}\nbind = \"127.0.0.1\"\nread_timeout = \"10s\"\n{extra}\n",
-            dir.path().join("data").display()
+            "[archive]\ndata_dir = \"{}\"\nmin_free_space_mb = 0\n\n[http]\nport = {http_port}\nbind = \"127.0.0.1\"\n\n[dicom]\nport = {dicom_port}\nbind = \"127.0.0.1\"\nread_timeout = \"10s\"\n{extra}\n{index_section}",
+            dir.path().join("data").display(),
         );
         std::fs::write(&config, text).unwrap();
         Archive {
@@ -143,11 +185,35 @@ impl Archive {
             config,
             dicom_port,
             http_port,
+            postgres,
         }
     }
 
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
+    }
+
+    /// Loses the index, as a disk or a database lost (for `reindex` tests): the RocksDB
+    /// directory removed, or the PostgreSQL index table emptied.
+    pub fn lose_index(&self) {
+        match &self.postgres {
+            None => std::fs::remove_dir_all(self.data_dir().join("index")).unwrap(),
+            Some((host, port, name)) => {
+                run_ok(Command::new("psql").args([
+                    "-h",
+                    host,
+                    "-p",
+                    port,
+                    "-U",
+                    "postgres",
+                    "-d",
+                    name,
+                    "-q",
+                    "-c",
+                    "TRUNCATE strata_kv",
+                ]));
+            }
+        }
     }
 
     pub fn strata(&self, args: &[&str]) -> Command {
