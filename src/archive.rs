@@ -287,7 +287,8 @@ impl Archive {
     }
 
     /// [`Archive::audit_blocking`] from a `Drop` (a use case's handle dropped before it
-    /// finished): on the blocking pool when there is a runtime, else right here.
+    /// finished) or an async context: written before it returns (in `block_in_place` on
+    /// a multi-threaded runtime).
     pub(crate) fn audit_on_drop(
         &self,
         principal: &Principal,
@@ -303,9 +304,11 @@ impl Archive {
             event(principal, action, uids, outcome),
         );
         let write = move || record(&log, sync, e);
-        match tokio::runtime::Handle::try_current() {
-            Ok(rt) => drop(rt.spawn_blocking(write)),
-            Err(_) => write(),
+        // written before this returns: a task queued on the blocking pool would be
+        // dropped, unwritten, if the runtime shut down before it started
+        match tokio::runtime::Handle::try_current().map(|rt| rt.runtime_flavor()) {
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(write),
+            _ => write(),
         }
     }
 
