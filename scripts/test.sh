@@ -19,4 +19,4 @@ pg_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0
 trap 'tests/peers/postgres.sh stop "$pg_parent/pg"; rm -rf "$pg_parent"' EXIT
 tests/peers/postgres.sh start "$pg_parent/pg" "$pg_port" >/dev/null
 STRATA_TEST_PG="postgresql://postgres@127.0.0.1:$pg_port" \
-  cargo test --locked --test integration -- store:: find:: retrieve:: tiering:: integrity::
+  cargo test --locked --test integration -- store:: find:: retrieve:: tiering:: integrity:: cluster::

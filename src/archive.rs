@@ -34,6 +34,7 @@
 
 pub mod access;
 pub mod catalog;
+pub mod cluster;
 pub mod error;
 pub mod export;
 pub mod find;

@@ -9,6 +9,7 @@
 
 mod audit;
 mod catalog;
+mod cluster;
 mod export;
 mod governance;
 mod integrity;
@@ -69,6 +70,16 @@ pub enum AuditCommand {
         format: String,
         #[arg(long, value_parser = humantime::parse_duration)]
         since: Option<std::time::Duration>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Every node that ran on this index: alive (heard from within three heartbeats) or
+    /// not, when last heard from, its version, its hot disk; exit 1 when one is down.
+    Status {
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -277,6 +288,11 @@ pub enum Command {
         #[command(subcommand)]
         command: PatientCommand,
     },
+    /// The nodes sharing this archive's index: which are alive, their hot disks.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
     /// Rebuild the index from the stored objects alone (server stopped). The current
     /// index is kept when the rebuilt one would lack objects it records in cold (a pack
     /// not listed yet or unreadable), unless --force.
@@ -374,6 +390,9 @@ pub fn run(cli: Cli) -> Result<i32> {
         ),
         Command::Retention { dry_run, json } => governance::retention(&config, dry_run, json),
         Command::Tier { command } => tier::tier(&config, command),
+        Command::Cluster {
+            command: ClusterCommand::Status { json },
+        } => cluster::status(&config, json),
         Command::Audit { command } => audit::audit(&config, command),
         Command::Patient { command } => match command {
             PatientCommand::Show {

@@ -30,6 +30,57 @@ pub struct Config {
     pub prefetch: PrefetchConfig,
     pub patients: PatientsConfig,
     pub index: IndexConfig,
+    pub cluster: ClusterConfig,
+}
+
+/// This node among the nodes that share one index and one cold bucket (`[cluster]`,
+/// docs/scale-out.md). A single archive is a cluster of one.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// The node's name, unique among the nodes and stable across restarts (its hot
+    /// disk's objects are known by it); empty: the host name.
+    pub node_id: String,
+    /// When a store is acknowledged: `local` (after this node's fsync and the index
+    /// commit). `replicated` (only once a second durable copy exists) is not built yet:
+    /// refused at start.
+    pub ack_after: AckAfter,
+    /// How often the node records that it is alive; one silent for three of these is
+    /// shown down (`strata cluster status`).
+    #[serde(with = "humantime_serde")]
+    pub heartbeat: Duration,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            node_id: String::new(),
+            ack_after: AckAfter::Local,
+            heartbeat: Duration::from_secs(10),
+        }
+    }
+}
+
+/// When a store is acknowledged (`[cluster] ack_after`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AckAfter {
+    Local,
+    Replicated,
+}
+
+impl ClusterConfig {
+    /// The node id: `node_id`, else the host name, else `node`.
+    pub fn node(&self) -> String {
+        if !self.node_id.trim().is_empty() {
+            return self.node_id.trim().to_string();
+        }
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|h| h.trim().to_string())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "node".to_string())
+    }
 }
 
 /// Where the index lives (`[index]`): RocksDB under the data directory (the embedded
@@ -779,6 +830,17 @@ impl Config {
                     peer.ae_title
                 )));
             }
+        }
+        if self.cluster.ack_after == AckAfter::Replicated {
+            return Err(ConfigError::Invalid(
+                "[cluster] ack_after = \"replicated\" is not built yet (docs/scale-out.md): use \"local\""
+                    .into(),
+            ));
+        }
+        if self.cluster.heartbeat.is_zero() {
+            return Err(ConfigError::Invalid(
+                "[cluster] heartbeat must be more than 0s".into(),
+            ));
         }
         if self.index.backend == IndexBackend::Postgres {
             let url = self.index.url.trim();

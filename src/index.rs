@@ -57,9 +57,9 @@ pub use postgres::{PgEngine, PgIndex};
 pub use records::{issuers_agree, patient_key, split_patient_key};
 pub use records::{
     ColdCopy, CommitOutcome, Compression, FixityRecord, HoldRecord, InstanceEntry, InstanceRecord,
-    NewObject, ObjectRecord, OtherPatient, PackRecord, PackedObject, PatientIdentity, PatientLink,
-    PatientRecord, Provenance, RejectionRecord, SeriesRecord, StudyRecord, Tier, TierTotals,
-    Tombstone, VersionRef,
+    NewObject, NodeRecord, ObjectRecord, OtherPatient, PackRecord, PackedObject, PatientIdentity,
+    PatientLink, PatientRecord, Provenance, RejectionRecord, SeriesRecord, StudyRecord, Tier,
+    TierTotals, Tombstone, VersionRef,
 };
 pub use rocks::{RocksEngine, RocksIndex};
 
@@ -294,6 +294,11 @@ pub trait Governance {
         &self,
         issuers: &[(String, String, String)],
     ) -> Result<usize, IndexError>;
+    /// Records what a node says of itself ([`NodeRecord`], its heartbeat); not synced
+    /// (a lost heartbeat is the next one late).
+    fn set_node(&self, node: &NodeRecord) -> Result<(), IndexError>;
+    /// Every node that ever ran on this index, by node id.
+    fn nodes(&self) -> Result<Vec<NodeRecord>, IndexError>;
     /// Whether the start-up migration `step` ran on this index.
     fn migrated(&self, step: &str) -> Result<bool, IndexError>;
     /// Records that the start-up migration `step` ran (synced).

@@ -183,7 +183,17 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
-        let registry = Registry::new();
+        Self::with_registry(Registry::new())
+    }
+
+    /// The metrics of the node `node_id`: every series carries the label `node`, so that
+    /// the nodes sharing one index can be told apart in one Prometheus.
+    pub fn for_node(node_id: &str) -> Self {
+        let labels = std::collections::HashMap::from([("node".to_string(), node_id.to_string())]);
+        Self::with_registry(Registry::new_custom(None, Some(labels)).expect("the node label"))
+    }
+
+    fn with_registry(registry: Registry) -> Self {
         let instances_stored = IntCounter::new(
             "strata_instances_stored_total",
             "Objects newly stored (instances and new versions)",

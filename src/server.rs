@@ -38,7 +38,7 @@ pub async fn run(
     listeners: Listeners,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), Error> {
-    let metrics = Metrics::new();
+    let metrics = Metrics::for_node(&config.cluster.node());
     let archive = Archive::serving(&config, &storage, metrics)?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     // an index written before patients were (PatientID, issuer) pairs is migrated once,
@@ -91,6 +91,38 @@ pub async fn run(
             }
         })
     });
+
+    // this node says it is alive, every [cluster] heartbeat, and that it stopped
+    let heartbeat_task = {
+        let (node, every, mut stop) = (
+            archive.clone(),
+            config.cluster.heartbeat,
+            shutdown_rx.clone(),
+        );
+        let started = crate::index::unix_ms_now();
+        let beat = move |stopped: bool| {
+            let node = node.clone();
+            async move {
+                let beating =
+                    crate::archive::blocking(move || node.heartbeat_blocking(started, stopped));
+                if let Err(e) = beating.await {
+                    tracing::warn!(error = %e, "could not record this node's heartbeat");
+                }
+            }
+        };
+        tokio::spawn(async move {
+            loop {
+                beat(false).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = stop.changed() => {
+                        beat(true).await;
+                        return;
+                    }
+                }
+            }
+        })
+    };
 
     // governance records an earlier run could not copy to the cold tier
     let governed = archive.clone();
@@ -240,6 +272,7 @@ pub async fn run(
     if let Some(task) = anchor_task {
         let _ = task.await;
     }
+    let _ = heartbeat_task.await;
     if let Some(task) = scrub_task {
         task.abort();
         let _ = task.await;

@@ -4,6 +4,7 @@ mod common;
 
 mod bad_input;
 mod cli;
+mod cluster;
 mod cold_faults;
 mod crash;
 mod dicomweb;

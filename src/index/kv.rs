@@ -36,8 +36,9 @@
 //! | `patient_aliases` | `current\0stored` (a current PatientID, a stored patient key) | empty: the stored patients linked to a current PatientID |
 //! | `hl7_messages` | message control id | what processing it gave (its ACK's text), for exactly-once |
 //! | `rejected` | `study\0series\0sop` | `RejectionRecord`: an instance an IOCM rejection note hides |
+//! | `nodes` | node id | `NodeRecord`: a node's last heartbeat (`strata cluster status`) |
 //!
-//! `instance_metadata`, `patient_links`, `patient_aliases`, `hl7_messages` and `rejected` came after
+//! `instance_metadata`, `patient_links`, `patient_aliases`, `hl7_messages`, `rejected` and `nodes` came after
 //! schema 1 without changing it: an index written before them lacks the families (a RocksDB primary creates it on opening; a secondary reads it as
 //! empty) and its objects have no records until `reindex`, or until they are stored
 //! again; readers then fall back to the objects.
@@ -70,8 +71,8 @@
 use super::records::{decode, encode, issuers_agree};
 use super::{
     unix_ms_now, Catalog, ColdCopy, CommitOutcome, FixityRecord, Governance, HoldRecord,
-    IndexError, InstanceEntry, InstanceRecord, NewObject, ObjectRecord, OtherPatient, PackRecord,
-    PackedObject, PatientLink, PatientRecord, Placement, RejectionRecord, SecondaryKey,
+    IndexError, InstanceEntry, InstanceRecord, NewObject, NodeRecord, ObjectRecord, OtherPatient,
+    PackRecord, PackedObject, PatientLink, PatientRecord, Placement, RejectionRecord, SecondaryKey,
     SeriesRecord, StudyRecord, Tier, TierTotals, Tombstone, VersionRef, WorkQueue,
 };
 use serde::{de::DeserializeOwned, Serialize};
@@ -114,9 +115,10 @@ pub const CF_PATIENT_LINKS: &str = "patient_links";
 pub const CF_PATIENT_ALIASES: &str = "patient_aliases";
 pub const CF_HL7_MESSAGES: &str = "hl7_messages";
 pub const CF_REJECTED: &str = "rejected";
+pub const CF_NODES: &str = "nodes";
 
 /// Every column family; an engine creates them all when it creates a store.
-pub const ALL_CFS: [&str; 23] = [
+pub const ALL_CFS: [&str; 24] = [
     CF_META,
     CF_OBJECTS,
     CF_INSTANCES,
@@ -140,6 +142,7 @@ pub const ALL_CFS: [&str; 23] = [
     CF_PATIENT_ALIASES,
     CF_HL7_MESSAGES,
     CF_REJECTED,
+    CF_NODES,
 ];
 
 /// Called with each `(key, value)` of a scan; returns whether to go on.
@@ -1433,6 +1436,21 @@ impl<E: KvEngine> Governance for KvIndex<E> {
         }
         p.write(true)?;
         Ok(changed)
+    }
+
+    fn set_node(&self, node: &NodeRecord) -> Result<(), IndexError> {
+        let _writer = self.writer()?;
+        let mut batch = Batch::default();
+        batch.put(CF_NODES, node.node_id.as_bytes(), encode(node));
+        self.engine.write(batch, false)
+    }
+
+    fn nodes(&self) -> Result<Vec<NodeRecord>, IndexError> {
+        Ok(self
+            .scan_records::<NodeRecord>(CF_NODES, b"")?
+            .into_iter()
+            .map(|(_, n)| n)
+            .collect())
     }
 
     fn migrated(&self, step: &str) -> Result<bool, IndexError> {

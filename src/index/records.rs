@@ -456,6 +456,39 @@ pub struct RejectionRecord {
     pub by: String,
 }
 
+/// A node of the archive (`strata serve` on one machine) as it last said it was alive:
+/// the nodes sharing one index each keep theirs (`strata cluster status`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub node_id: String,
+    /// The build (`CARGO_PKG_VERSION`).
+    pub version: String,
+    /// When this run of the node started, and when it last said it was alive (ms since
+    /// the Unix epoch).
+    pub started_ms: u64,
+    pub heartbeat_ms: u64,
+    /// How often it says so (ms): a node silent for three of these is down.
+    pub heartbeat_interval_ms: u64,
+    /// Its DICOM and HTTP ports (as configured).
+    pub dicom_port: u16,
+    pub http_port: u16,
+    /// Bytes in use and free on its hot disk's file system.
+    pub hot_used_bytes: u64,
+    pub hot_free_bytes: u64,
+    /// Whether it stopped cleanly (SIGTERM) rather than went silent.
+    #[serde(default)]
+    pub stopped: bool,
+}
+
+impl NodeRecord {
+    /// Whether the node counts as alive at `now_ms`: not stopped, and heard from within
+    /// three heartbeat intervals.
+    pub fn alive(&self, now_ms: u64) -> bool {
+        !self.stopped
+            && now_ms.saturating_sub(self.heartbeat_ms) <= 3 * self.heartbeat_interval_ms.max(1)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PatientRecord {
     pub patient_name: String,

@@ -21,7 +21,8 @@
 //! `{"v":1,"format":"strata-cold-tier-marker","archive_id":"…"}`), the archive id being
 //! kept in `cold-tier.json`. A marker naming another archive is refused: two archives
 //! never share a prefix. `reindex` (a node restored from the bucket) adopts the marker's
-//! id.
+//! id, and so does a node joining an archive on a shared PostgreSQL index (its nodes
+//! share the index and the bucket: docs/scale-out.md) that has no id of its own yet.
 
 use super::{io, sync_dir, StorageError};
 use crate::config::Config;
@@ -235,7 +236,7 @@ pub async fn claim(
     let id = match (read_marker(cold).await?, ours) {
         (Some(m), Some(ours)) if m.archive_id == ours => return Ok(()),
         (Some(m), Some(ours)) => return Err(claimed(m.archive_id, ours)),
-        (Some(m), None) if adopt => m.archive_id,
+        (Some(m), None) if adopt || joins(config) => m.archive_id,
         (Some(m), None) => return Err(claimed(m.archive_id, "none yet".into())),
         (None, Some(ours)) => ours,
         (None, None) => new_archive_id(&config.archive.data_dir),
@@ -290,12 +291,20 @@ pub async fn check_marker(
     };
     match ours {
         Some(ours) if ours == marker.archive_id => Ok(()),
+        // a node joining a shared index takes the marker's id at its first claim
+        None if joins(config) => Ok(()),
         ours => Err(StorageError::ColdTierClaimed {
             cold: cold.describe().to_string(),
             theirs: marker.archive_id,
             ours: ours.unwrap_or_else(|| "none yet".into()),
         }),
     }
+}
+
+/// Whether this node shares its index with other nodes (PostgreSQL): a node of such an
+/// archive without an id of its own joins the archive the cold tier's marker names.
+fn joins(config: &Config) -> bool {
+    config.index.backend == crate::config::IndexBackend::Postgres
 }
 
 /// A new archive id: 32 hex digits from the time, the process and the data directory.

@@ -193,6 +193,25 @@ impl Archive {
         self.dir.path().join("data")
     }
 
+    /// Another node of the same archive: its own data directory (hot disk) and ports,
+    /// this one's PostgreSQL index (`[index]` as this one's) and cold tier (`cold`, the
+    /// configuration text of a shared `[cold]`), with `extra` (its `[cluster]` section).
+    /// `None` without `STRATA_TEST_PG`: on RocksDB an archive is one node.
+    pub fn another_node(&self, name: &str, extra: &str) -> Option<Archive> {
+        let (host, port, db) = self.postgres.clone()?;
+        let node = Archive::with_config(name, extra);
+        let text = std::fs::read_to_string(&node.config).unwrap();
+        let (mine, _) = text.split_once("\n[index]").expect("an [index] section");
+        let shared = format!(
+            "{mine}\n[index]\nbackend = \"postgres\"\nurl = \"postgresql://postgres@{host}:{port}/{db}\"\n"
+        );
+        std::fs::write(&node.config, shared).unwrap();
+        Some(Archive {
+            postgres: Some((host, port, db)),
+            ..node
+        })
+    }
+
     /// Loses the index, as a disk or a database lost (for `reindex` tests): the RocksDB
     /// directory removed, or the PostgreSQL index table emptied.
     pub fn lose_index(&self) {
@@ -326,10 +345,32 @@ impl Server {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// `/metrics` (Prometheus text) with each series' `node` label checked — every
+    /// series carries the node's id (docs/scale-out.md) — and taken out, so that tests
+    /// read the series as a single node's.
     pub fn metrics(&self) -> String {
-        http_get(self.http_port, "/metrics")
+        let text = http_get(self.http_port, "/metrics")
             .expect("metrics answer")
-            .1
+            .1;
+        let mut out = String::new();
+        for line in text.lines() {
+            if line.is_empty() || line.starts_with('#') {
+                out.push_str(line);
+                out.push('\n');
+                continue;
+            }
+            let start = line
+                .find("node=\"")
+                .unwrap_or_else(|| panic!("a series without its node label: {line}"));
+            let end = start + 6 + line[start + 6..].find('"').unwrap() + 1;
+            let line = format!("{}{}", &line[..start], &line[end..])
+                .replace("{,", "{")
+                .replace(",}", "}")
+                .replace("{}", "");
+            out.push_str(&line);
+            out.push('\n');
+        }
+        out
     }
 
     /// Graceful stop (SIGTERM); asserts a clean exit.
