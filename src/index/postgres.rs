@@ -114,7 +114,8 @@ impl Statements {
 
 /// A PostgreSQL database holding the index's column families, as a [`KvEngine`].
 pub struct PgEngine {
-    rt: tokio::runtime::Runtime,
+    /// Always `Some` but while dropped (see the `Drop` impl).
+    rt: Option<tokio::runtime::Runtime>,
     pool: deadpool_postgres::Pool,
     sql: std::sync::Arc<Statements>,
     /// The connection of this process's writer while it holds the cluster write lock
@@ -158,7 +159,7 @@ impl PgEngine {
                 .map_err(|e| storage("pool", e))?
         };
         let engine = PgEngine {
-            rt,
+            rt: Some(rt),
             pool,
             sql: std::sync::Arc::new(Statements::on(TABLE)),
             writer: Mutex::new(None),
@@ -237,9 +238,12 @@ impl PgEngine {
         f: impl Future<Output = Result<T, IndexError>> + Send + 'static,
     ) -> Result<T, IndexError> {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        self.rt.spawn(async move {
-            let _ = tx.send(f.await);
-        });
+        self.rt
+            .as_ref()
+            .expect("the runtime lives as long as the engine")
+            .spawn(async move {
+                let _ = tx.send(f.await);
+            });
         rx.recv()
             .map_err(|_| IndexError::Storage("PostgreSQL: the call was dropped".into()))?
     }
@@ -351,6 +355,16 @@ impl PgEngine {
                 let _ = client.batch_execute("ROLLBACK").await;
                 Err(e)
             }
+        }
+    }
+}
+
+impl Drop for PgEngine {
+    /// Stops the engine's runtime without waiting: the last handle on an index may go in
+    /// an async context, where a runtime must not be dropped the blocking way.
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
         }
     }
 }

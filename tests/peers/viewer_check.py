@@ -16,6 +16,7 @@ import time
 
 from PIL import Image, ImageStat
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 
 
@@ -43,9 +44,14 @@ def main():
             report["canvases"] = len(canvases)
             best = 0.0
             for i, c in enumerate(canvases):
-                if c.size["width"] < 16 or c.size["height"] < 16:
+                # the viewer re-renders its viewports while loading: a canvas found a
+                # moment ago may be gone (stale); look again at the next round
+                try:
+                    if c.size["width"] < 16 or c.size["height"] < 16:
+                        continue
+                    png = c.screenshot_as_png
+                except StaleElementReferenceException:
                     continue
-                png = c.screenshot_as_png
                 img = Image.open(io.BytesIO(png)).convert("L")
                 stddev = ImageStat.Stat(img).stddev[0]
                 if stddev > best:
