@@ -162,11 +162,15 @@ impl Archive {
             tiering = tiering.with_metrics(metrics.tier.clone());
         }
         tiering.audit = audit.clone();
-        let (claim_config, claim_cold) = (config.clone(), cold.clone());
+        let (claim_config, claim_cold, claim_index) = (config.clone(), cold.clone(), index.clone());
         tiering.claim = Some(Arc::new(move || {
-            let (config, cold) = (claim_config.clone(), claim_cold.clone());
+            let (config, cold, index) = (
+                claim_config.clone(),
+                claim_cold.clone(),
+                claim_index.clone(),
+            );
             Box::pin(async move {
-                crate::storage::cold_tier::claim(&config, &cold, false)
+                crate::storage::cold_tier::claim(&config, &cold, false, Some(index.as_ref()))
                     .await
                     .map_err(|e| e.to_string())
             })

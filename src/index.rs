@@ -294,6 +294,11 @@ pub trait Governance {
         &self,
         issuers: &[(String, String, String)],
     ) -> Result<usize, IndexError>;
+    /// The id of the archive this index belongs to (the one its cold tier's marker
+    /// names), once claimed: the nodes sharing the index share it.
+    fn archive_id(&self) -> Result<Option<String>, IndexError>;
+    /// Records the archive's id (synced).
+    fn set_archive_id(&self, id: &str) -> Result<(), IndexError>;
     /// Records what a node says of itself ([`NodeRecord`], its heartbeat); not synced
     /// (a lost heartbeat is the next one late).
     fn set_node(&self, node: &NodeRecord) -> Result<(), IndexError>;

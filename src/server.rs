@@ -58,19 +58,21 @@ pub async fn run(
 
     // the audit chain head goes to the cold tier from time to time, and at the end
     let anchor_task = archive.audit.clone().map(|log| {
-        let (cold, every, lock_days, mut stop, config) = (
+        let (cold, every, lock_days, mut stop, config, index) = (
             archive.cold.clone(),
             config.audit.anchor_interval,
             config.audit.anchor_lock_days,
             shutdown_rx.clone(),
             config.clone(),
+            archive.index.clone(),
         );
         // never into a cold tier another archive claimed (its own anchors would then
         // look like a rewrite of its log)
         let anchor = move || {
-            let (log, cold, config) = (log.clone(), cold.clone(), config.clone());
+            let (log, cold, config, index) =
+                (log.clone(), cold.clone(), config.clone(), index.clone());
             async move {
-                crate::storage::cold_tier::check_marker(&config, &cold)
+                crate::storage::cold_tier::check_marker(&config, &cold, Some(index.as_ref()))
                     .await
                     .map_err(|e| e.to_string())?;
                 crate::audit::anchor(&log, &cold, lock_days).await
@@ -129,10 +131,16 @@ pub async fn run(
     tokio::spawn(async move { governed.sync_governance_or_log().await });
 
     // Say at once, and exactly, when the cold tier cannot be used (ingest goes on).
-    let (cold, claim_config) = (archive.cold.clone(), config.clone());
+    let (cold, claim_config, claim_index) =
+        (archive.cold.clone(), config.clone(), archive.index.clone());
     tokio::spawn(async move {
+        let marker = crate::storage::cold_tier::check_marker(
+            &claim_config,
+            &cold,
+            Some(claim_index.as_ref()),
+        );
         match cold.preflight().await {
-            Ok(()) => match crate::storage::cold_tier::check_marker(&claim_config, &cold).await {
+            Ok(()) => match marker.await {
                 Ok(()) => tracing::info!(cold = cold.describe(), "cold tier preflight passed"),
                 Err(e) => tracing::error!("COLD TIER NOT USABLE: {e}"),
             },

@@ -41,10 +41,20 @@ fn nodes_share_the_index_and_say_whether_they_are_alive() {
     assert!(server_a.metrics().contains("strata_active_associations"));
 
     if let Some(b) = a.another_node("cluster-b", &format!("{shared}node_id = \"node-b\"\n")) {
-        let server_b = b.start();
         let data = scratch("cluster-data");
         small_ct(data.path(), &["--studies", "1", "--instances", "3"]);
         run_ok(storescu(server_a.dicom_port).args(dcm_files(data.path())));
+        // a packs the study: the bucket is claimed for the archive (its id, in the
+        // index too); b, with no id of its own, joins it — its cold tier checks out
+        let study = a.ls_json()[0]["study_uid"].as_str().unwrap().to_string();
+        run_ok(&mut a.strata(&["tier", "move", &study, "--to", "cold"]));
+        let server_b = b.start();
+        let checked = run(&mut b.strata(&["tier", "status"]));
+        assert!(
+            checked.status.success(),
+            "{}",
+            String::from_utf8_lossy(&checked.stdout)
+        );
         // stored on a, found on b at once
         let (n, text) = findscu(
             server_b.dicom_port,

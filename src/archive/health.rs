@@ -97,9 +97,13 @@ impl Archive {
             // 404 either way (a HEAD answer has no body to say which)
             self.cold.check_bucket().await.map_err(|e| e.to_string())?;
             // a tier another archive claimed cannot take this one's packs
-            crate::storage::cold_tier::check_marker(&self.config, &self.cold)
-                .await
-                .map_err(|e| e.to_string())?;
+            crate::storage::cold_tier::check_marker(
+                &self.config,
+                &self.cold,
+                Some(self.index.as_ref()),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
             self.cold.head(&probe).await.map(|_| ()).or_else(|e| {
                 if e.is_not_found() {
                     Ok(())

@@ -49,7 +49,12 @@ impl Archive {
         let tiering = self.tiering.clone();
         let mut status = blocking(move || Ok(tiering.status_blocking()?)).await?;
         status.cold_check = match self.cold.preflight().await {
-            Ok(()) => match crate::storage::cold_tier::check_marker(&self.config, &self.cold).await
+            Ok(()) => match crate::storage::cold_tier::check_marker(
+                &self.config,
+                &self.cold,
+                Some(self.index.as_ref()),
+            )
+            .await
             {
                 Ok(()) => "ok".into(),
                 Err(e) => e.to_string(),

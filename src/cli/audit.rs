@@ -23,7 +23,7 @@ fn anchor_store(config: &Config) -> Result<strata_tiers::ColdStore> {
 /// Refuses to anchor into a cold tier another archive claimed (see
 /// `cold_tier::check_marker`).
 fn check_marker(config: &Config, cold: &strata_tiers::ColdStore) -> Result<()> {
-    runtime()?.block_on(strata::storage::cold_tier::check_marker(config, cold))?;
+    runtime()?.block_on(strata::storage::cold_tier::check_marker(config, cold, None))?;
     Ok(())
 }
 

@@ -15,6 +15,7 @@
 //! |---|---|---|
 //! | `meta` | `schema` | index schema version (u32 LE) |
 //! | `meta` | `tier_totals` | `TierTotals`: running totals of objects per tier, packs, queue |
+//! | `meta` | `archive_id` | the archive's id, as its cold tier's marker names it (UTF-8) |
 //! | `meta` | `migrated/<step>` | when a start-up migration step ran (ms since the epoch, u64 LE) |
 //! | `objects` | 32-byte object id | `ObjectRecord` |
 //! | `instances` | `study\0series\0sop` | `InstanceRecord` |
@@ -1438,6 +1439,20 @@ impl<E: KvEngine> Governance for KvIndex<E> {
         Ok(changed)
     }
 
+    fn archive_id(&self) -> Result<Option<String>, IndexError> {
+        Ok(self
+            .engine
+            .get(CF_META, ARCHIVE_ID_KEY)?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    fn set_archive_id(&self, id: &str) -> Result<(), IndexError> {
+        let _writer = self.writer()?;
+        let mut batch = Batch::default();
+        batch.put(CF_META, ARCHIVE_ID_KEY, id.as_bytes().to_vec());
+        self.engine.write(batch, true)
+    }
+
     fn set_node(&self, node: &NodeRecord) -> Result<(), IndexError> {
         let _writer = self.writer()?;
         let mut batch = Batch::default();
@@ -1549,6 +1564,9 @@ impl<E: KvEngine> Governance for KvIndex<E> {
         })
     }
 }
+
+/// Key of the archive's id in `meta` (the one its cold tier's marker names).
+const ARCHIVE_ID_KEY: &[u8] = b"archive_id";
 
 /// Key of the running [`TierTotals`] in `meta`.
 const TOTALS_KEY: &[u8] = b"tier_totals";

@@ -21,8 +21,10 @@
 //! `{"v":1,"format":"strata-cold-tier-marker","archive_id":"…"}`), the archive id being
 //! kept in `cold-tier.json`. A marker naming another archive is refused: two archives
 //! never share a prefix. `reindex` (a node restored from the bucket) adopts the marker's
-//! id, and so does a node joining an archive on a shared PostgreSQL index (its nodes
-//! share the index and the bucket: docs/scale-out.md) that has no id of its own yet.
+//! id. The id is kept in the index too: the nodes sharing one index (PostgreSQL:
+//! docs/scale-out.md) share it, so a node joining finds the bucket's marker naming its
+//! own archive, while another archive's index (another database) has another id, or
+//! none, and is refused as before.
 
 use super::{io, sync_dir, StorageError};
 use crate::config::Config;
@@ -198,6 +200,11 @@ async fn local_record(config: &Config) -> Result<Option<ColdTierRecord>, Storage
         })?
 }
 
+/// The archive id this node's record holds (`cold-tier.json`), if any.
+pub fn recorded_archive_id(data_dir: &Path) -> Result<Option<String>, StorageError> {
+    Ok(read_record(data_dir)?.and_then(|r| r.archive_id))
+}
+
 /// The cold tier's marker, if there is one.
 async fn read_marker(cold: &strata_tiers::ColdStore) -> Result<Option<Marker>, StorageError> {
     let failed = |action: &'static str, e: String| StorageError::Io {
@@ -225,9 +232,13 @@ pub async fn claim(
     config: &Config,
     cold: &strata_tiers::ColdStore,
     adopt: bool,
+    index: Option<&dyn crate::index::Index>,
 ) -> Result<(), StorageError> {
     let local = local_record(config).await?;
-    let ours = local.as_ref().and_then(|r| r.archive_id.clone());
+    let ours = match index_id(index)? {
+        Some(id) => Some(id),
+        None => local.as_ref().and_then(|r| r.archive_id.clone()),
+    };
     let claimed = |theirs: String, ours: String| StorageError::ColdTierClaimed {
         cold: cold.describe().to_string(),
         theirs,
@@ -236,7 +247,7 @@ pub async fn claim(
     let id = match (read_marker(cold).await?, ours) {
         (Some(m), Some(ours)) if m.archive_id == ours => return Ok(()),
         (Some(m), Some(ours)) => return Err(claimed(m.archive_id, ours)),
-        (Some(m), None) if adopt || joins(config) => m.archive_id,
+        (Some(m), None) if adopt => m.archive_id,
         (Some(m), None) => return Err(claimed(m.archive_id, "none yet".into())),
         (None, Some(ours)) => ours,
         (None, None) => new_archive_id(&config.archive.data_dir),
@@ -257,6 +268,12 @@ pub async fn claim(
                 path: path(&config.archive.data_dir),
                 source: std::io::Error::other(e.to_string()),
             })??;
+    }
+    if let Some(index) = index {
+        if index_id(Some(index))?.as_deref() != Some(id.as_str()) {
+            let set = || index.set_archive_id(&id);
+            blocking_here(set)?;
+        }
     }
     let marker = Marker {
         v: 1,
@@ -284,15 +301,17 @@ pub async fn claim(
 pub async fn check_marker(
     config: &Config,
     cold: &strata_tiers::ColdStore,
+    index: Option<&dyn crate::index::Index>,
 ) -> Result<(), StorageError> {
-    let ours = local_record(config).await?.and_then(|r| r.archive_id);
+    let ours = match index_id(index)? {
+        Some(id) => Some(id),
+        None => local_record(config).await?.and_then(|r| r.archive_id),
+    };
     let Some(marker) = read_marker(cold).await? else {
         return Ok(());
     };
     match ours {
         Some(ours) if ours == marker.archive_id => Ok(()),
-        // a node joining a shared index takes the marker's id at its first claim
-        None if joins(config) => Ok(()),
         ours => Err(StorageError::ColdTierClaimed {
             cold: cold.describe().to_string(),
             theirs: marker.archive_id,
@@ -301,10 +320,22 @@ pub async fn check_marker(
     }
 }
 
-/// Whether this node shares its index with other nodes (PostgreSQL): a node of such an
-/// archive without an id of its own joins the archive the cold tier's marker names.
-fn joins(config: &Config) -> bool {
-    config.index.backend == crate::config::IndexBackend::Postgres
+/// The archive id the index holds, if any (an index lookup; on a multi-threaded
+/// runtime in `block_in_place`).
+fn index_id(index: Option<&dyn crate::index::Index>) -> Result<Option<String>, StorageError> {
+    match index {
+        Some(index) => Ok(blocking_here(|| index.archive_id())?),
+        None => Ok(None),
+    }
+}
+
+/// Runs a short blocking call (an index lookup) from async code: in `block_in_place` on a
+/// multi-threaded runtime, else right here.
+fn blocking_here<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|rt| rt.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
 }
 
 /// A new archive id: 32 hex digits from the time, the process and the data directory.

@@ -78,7 +78,12 @@ pub fn reindex(
     // tier another archive claimed is refused
     {
         let cold = ColdStore::open(&config.cold_spec())?;
-        match super::runtime()?.block_on(super::cold_tier::claim(config, &cold, true)) {
+        match super::runtime()?.block_on(super::cold_tier::claim(
+            config,
+            &cold,
+            true,
+            old.as_deref(),
+        )) {
             Ok(()) => {}
             Err(e @ StorageError::ColdTierClaimed { .. }) => return Err(e),
             Err(e) => tracing::warn!(error = %e, "the cold tier's marker could not be checked"),
@@ -230,6 +235,14 @@ pub fn reindex(
             }
         }
         report.studies = rebuilt.studies()?.len();
+        // the archive's id goes with the index (the nodes sharing it share the id)
+        let id = match old.as_ref().map(|o| o.archive_id()).transpose()?.flatten() {
+            Some(id) => Some(id),
+            None => super::cold_tier::recorded_archive_id(data_dir)?,
+        };
+        if let Some(id) = id {
+            rebuilt.set_archive_id(&id)?;
+        }
         if let Some(old) = old.as_ref().filter(|_| had_index) {
             let mut missing = Vec::new();
             old.for_each_object(&mut |id, record| {
