@@ -161,14 +161,8 @@ impl RetrievalReader {
                 })
             }
             None => {
-                let mut head = vec![0u8; 64 * 1024];
-                let mut file =
-                    std::fs::File::open(&head_of).map_err(Error::io("open", &head_of))?;
-                let n = std::io::Read::read(&mut file, &mut head)
-                    .map_err(Error::io("read", &head_of))?;
-                let meta = crate::dicom::part10::read_foreign_meta(&head[..n]).map_err(|e| {
-                    Error::Internal(format!("stored object without a meta group: {e}"))
-                })?;
+                let (meta, _) = crate::dicom::part10::read_file_meta_blocking(&head_of)
+                    .map_err(Error::Internal)?;
                 let start = meta.dataset_offset as u64;
                 Ok((start, Vec::new(), start))
             }

@@ -160,17 +160,8 @@ pub fn coerce_file_head(
 ) -> Result<(u64, Vec<u8>, u64), String> {
     use std::io::{Read, Seek, SeekFrom};
     let io = |e: std::io::Error| format!("{}: {e}", path.display());
+    let (meta, meta_bytes) = super::part10::read_file_meta_blocking(path)?;
     let mut file = std::fs::File::open(path).map_err(io)?;
-    let mut meta_bytes = vec![0u8; 64 * 1024];
-    let mut filled = 0;
-    while filled < meta_bytes.len() {
-        match file.read(&mut meta_bytes[filled..]).map_err(io)? {
-            0 => break,
-            n => filled += n,
-        }
-    }
-    meta_bytes.truncate(filled);
-    let meta = read_foreign_meta(&meta_bytes).map_err(|e| e.to_string())?;
     let ts_uid = meta.transfer_syntax_uid.trim_end_matches('\0').trim();
     if Encoding::is_deflated(ts_uid) {
         return Err(format!("a deflated data set ({ts_uid}) is not coerced"));
@@ -237,6 +228,16 @@ mod tests {
     use super::*;
     use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
 
+    /// The trimmed text of `tag` in a data set read back.
+    fn text_of(obj: &dicom_object::DefaultDicomObject, tag: Tag) -> String {
+        obj.element(tag)
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+
     fn part10(ts: &str, name: &str) -> Vec<u8> {
         let mut obj = InMemDicomObject::new_empty();
         let put = |o: &mut InMemDicomObject, tag, vr, v: &str| {
@@ -290,14 +291,7 @@ mod tests {
             let sent = coerce_part10(&stored, &to).unwrap();
             // read back with dicom-object: the new identity, the rest as stored
             let obj = dicom_object::from_reader(&sent[128..]).unwrap();
-            let s = |tag| {
-                obj.element(tag)
-                    .unwrap()
-                    .to_str()
-                    .unwrap()
-                    .trim()
-                    .to_string()
-            };
+            let s = |tag| text_of(&obj, tag);
             assert_eq!(s(tags::PATIENT_ID), "ALICE-NEW", "{ts}");
             // ISO_IR 100 (Latin-1) as the data set declares (PS3.5 6.1)
             assert_eq!(s(tags::PATIENT_NAME), "MÜLLER^ANNA", "{ts}");
@@ -341,14 +335,7 @@ mod tests {
             "1.2.840.10008.1.2.1.99"
         );
         let obj = dicom_object::from_reader(&sent[128..]).unwrap();
-        let s = |tag| {
-            obj.element(tag)
-                .unwrap()
-                .to_str()
-                .unwrap()
-                .trim()
-                .to_string()
-        };
+        let s = |tag| text_of(&obj, tag);
         assert_eq!(s(tags::PATIENT_ID), "ALICE-NEW");
         assert_eq!(s(tags::PATIENT_NAME), "SMITH^ALICE");
         assert_eq!(s(tags::STUDY_INSTANCE_UID), "1.2.3");

@@ -134,6 +134,30 @@ impl std::error::Error for MetaError {}
 
 /// Reads the meta group of a Part-10 file given (at least) its first bytes. `head` must
 /// contain the whole meta group; 64 KiB is always enough for real files.
+/// The file meta of the Part-10 file at `path` ([`read_foreign_meta`] on its first 64
+/// KiB), and those bytes. Blocking. The error says what was wrong, with the path.
+pub fn read_file_meta_blocking(path: &std::path::Path) -> Result<(ForeignMeta, Vec<u8>), String> {
+    use std::io::Read;
+    let io = |e: std::io::Error| format!("{}: {e}", path.display());
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    let mut head = vec![0u8; 64 * 1024];
+    let mut filled = 0;
+    while filled < head.len() {
+        match file.read(&mut head[filled..]).map_err(io)? {
+            0 => break,
+            n => filled += n,
+        }
+    }
+    head.truncate(filled);
+    let meta = read_foreign_meta(&head).map_err(|e| {
+        format!(
+            "{}: stored object without a meta group: {e}",
+            path.display()
+        )
+    })?;
+    Ok((meta, head))
+}
+
 pub fn read_foreign_meta(head: &[u8]) -> Result<ForeignMeta, MetaError> {
     if head.len() < 132 || &head[128..132] != b"DICM" {
         return Err(MetaError::NotPart10);
