@@ -105,6 +105,7 @@ fn build(index: &RocksIndex, studies: usize, per_study: usize, template: Option<
                     received_at_ms: 0,
                     calling_ae: "BENCH".into(),
                     source: String::new(),
+                    node: String::new(),
                 },
             });
             if batch.len() == 10_000 {

@@ -49,6 +49,20 @@ pub struct ClusterConfig {
     /// shown down (`strata cluster status`).
     #[serde(with = "humantime_serde")]
     pub heartbeat: Duration,
+    /// A file holding the secret the nodes share (at least 32 bytes, not readable by
+    /// others): each node signs its requests to another node's internal route
+    /// (`/internal/objects/{id}`, docs/scale-out.md) with it. Empty: no internal route,
+    /// and an object hot only on another node is read from its cold copy.
+    pub secret_file: PathBuf,
+    /// The base URL other nodes reach this node's HTTP port at (`http://10.0.0.5:8042`);
+    /// empty: `http(s)://` + `[http] bind` (the host name when it binds every address)
+    /// + `:` + `[http] port`.
+    pub advertise_url: String,
+    /// How long a node's lease on a job (moving a study to cold, an orphan scan) lasts
+    /// unless renewed; the holder renews it every third of this while it works, so a
+    /// dead node's job is taken by another within this time.
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
 }
 
 impl Default for ClusterConfig {
@@ -57,6 +71,9 @@ impl Default for ClusterConfig {
             node_id: String::new(),
             ack_after: AckAfter::Local,
             heartbeat: Duration::from_secs(10),
+            secret_file: PathBuf::new(),
+            advertise_url: String::new(),
+            lease: Duration::from_secs(60),
         }
     }
 }
@@ -81,6 +98,68 @@ impl ClusterConfig {
             .filter(|h| !h.is_empty())
             .unwrap_or_else(|| "node".to_string())
     }
+
+    /// The shared secret of the nodes' internal route, from `secret_file`: `None` when
+    /// unset; refused when others may read the file or it holds under 32 bytes.
+    pub fn secret(&self) -> Result<Option<Vec<u8>>, ConfigError> {
+        if self.secret_file.as_os_str().is_empty() {
+            return Ok(None);
+        }
+        let secret = read_private_file(&self.secret_file, "[cluster] secret_file")?;
+        let secret = secret.trim_ascii_end().to_vec();
+        if secret.len() < 32 {
+            return Err(ConfigError::Invalid(format!(
+                "[cluster] secret_file {} holds {} bytes; it needs at least 32 (say, `head -c 48 /dev/urandom | base64`)",
+                self.secret_file.display(),
+                secret.len()
+            )));
+        }
+        Ok(Some(secret))
+    }
+
+    /// The base URL other nodes reach this node at (`advertise_url`, or one made of
+    /// `[http]`), without a trailing slash.
+    pub fn advertise(&self, http: &HttpConfig) -> String {
+        if !self.advertise_url.trim().is_empty() {
+            return self.advertise_url.trim().trim_end_matches('/').to_string();
+        }
+        let scheme = if http.tls { "https" } else { "http" };
+        let host = if http.bind.is_unspecified() {
+            self.node_host()
+        } else if http.bind.is_ipv6() {
+            format!("[{}]", http.bind)
+        } else {
+            http.bind.to_string()
+        };
+        format!("{scheme}://{host}:{}", http.port)
+    }
+
+    fn node_host(&self) -> String {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|h| h.trim().to_string())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "localhost".to_string())
+    }
+}
+
+/// The bytes of a file that holds a secret, refused when others may read it.
+fn read_private_file(path: &Path, what: &str) -> Result<Vec<u8>, ConfigError> {
+    let meta = std::fs::metadata(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    use std::os::unix::fs::PermissionsExt;
+    if meta.permissions().mode() & 0o077 != 0 {
+        return Err(ConfigError::Invalid(format!(
+            "{what} {} may be read by others: chmod 600 it",
+            path.display()
+        )));
+    }
+    std::fs::read(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// Where the index lives (`[index]`): RocksDB under the data directory (the embedded
@@ -123,21 +202,12 @@ impl IndexConfig {
         if self.password_file.as_os_str().is_empty() {
             return Ok(std::env::var("PGPASSWORD").ok().filter(|p| !p.is_empty()));
         }
-        let path = &self.password_file;
-        let meta = std::fs::metadata(path).map_err(|source| ConfigError::Read {
-            path: path.clone(),
-            source,
-        })?;
-        use std::os::unix::fs::PermissionsExt;
-        if meta.permissions().mode() & 0o077 != 0 {
-            return Err(ConfigError::Invalid(format!(
-                "[index] password_file {} may be read by others: chmod 600 it",
-                path.display()
-            )));
-        }
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.clone(),
-            source,
+        let bytes = read_private_file(&self.password_file, "[index] password_file")?;
+        let text = String::from_utf8(bytes).map_err(|_| {
+            ConfigError::Invalid(format!(
+                "[index] password_file {} is not UTF-8",
+                self.password_file.display()
+            ))
         })?;
         Ok(Some(text.trim_end_matches(['\n', '\r']).to_string()))
     }
@@ -835,6 +905,12 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "[cluster] ack_after = \"replicated\" is not built yet (docs/scale-out.md): use \"local\""
                     .into(),
+            ));
+        }
+        self.cluster.secret()?;
+        if self.cluster.lease < Duration::from_secs(3) {
+            return Err(ConfigError::Invalid(
+                "[cluster] lease must be at least 3s".into(),
             ));
         }
         if self.cluster.heartbeat.is_zero() {

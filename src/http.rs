@@ -8,12 +8,14 @@
 //! the caller's [`Principal`](crate::archive::Principal) and maps its typed error to a
 //! status with [`Error::http_status`](crate::archive::Error::http_status). DICOMweb and
 //! FHIR routes join here, on the same pattern (garage's `src/api/`: parse the request
-//! into a typed call once, call the use case, render the answer).
+//! into a typed call once, call the use case, render the answer). The nodes of a
+//! cluster fetch each other's hot objects on [`internal`].
 
 pub mod admin;
 pub mod auth;
 pub mod dicomweb;
 pub mod fhir;
+pub mod internal;
 pub mod viewer;
 pub mod wado_uri;
 
@@ -41,6 +43,7 @@ pub fn router(archive: Archive) -> Router {
         .merge(dicomweb::routes())
         .merge(wado_uri::routes())
         .merge(fhir::routes())
+        .merge(internal::routes())
         .merge(viewer::routes(&archive))
         .route_layer(axum::middleware::from_fn_with_state(
             archive.clone(),

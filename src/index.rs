@@ -57,9 +57,9 @@ pub use postgres::{PgEngine, PgIndex};
 pub use records::{issuers_agree, patient_key, split_patient_key};
 pub use records::{
     ColdCopy, CommitOutcome, Compression, FixityRecord, HoldRecord, InstanceEntry, InstanceRecord,
-    NewObject, NodeRecord, ObjectRecord, OtherPatient, PackRecord, PackedObject, PatientIdentity,
-    PatientLink, PatientRecord, Provenance, RejectionRecord, SeriesRecord, StudyRecord, Tier,
-    TierTotals, Tombstone, VersionRef,
+    LeaseRecord, NewObject, NodeRecord, ObjectRecord, OtherPatient, PackRecord, PackedObject,
+    PatientIdentity, PatientLink, PatientRecord, Provenance, RejectionRecord, SeriesRecord,
+    StudyRecord, Tier, TierTotals, Tombstone, VersionRef,
 };
 pub use rocks::{RocksEngine, RocksIndex};
 
@@ -188,8 +188,9 @@ pub trait Placement {
     fn pack(&self, pack_id: &ObjectId) -> Result<Option<PackRecord>, IndexError>;
     /// Every recorded pack.
     fn packs(&self) -> Result<Vec<(ObjectId, PackRecord)>, IndexError>;
-    /// Marks objects as having (`Hot`) or no longer having (`Cold`) a hot copy; synced.
-    fn set_tier(&self, ids: &[ObjectId], tier: Tier) -> Result<(), IndexError>;
+    /// Marks objects as having (`Hot`, on `node`'s hot disk: [`ObjectRecord::hot_node`])
+    /// or no longer having (`Cold`) a hot copy; synced.
+    fn set_tier(&self, ids: &[ObjectId], tier: Tier, node: Option<&str>) -> Result<(), IndexError>;
     /// Records the scrubber's latest check of an object (not synced: a lost record only
     /// means the object is checked again).
     fn record_fixity(&self, id: &ObjectId, record: &FixityRecord) -> Result<(), IndexError>;
@@ -223,6 +224,14 @@ pub trait WorkQueue {
     ) -> Result<Vec<(u64, String)>, IndexError>;
     /// Removes one access-queue entry (its work is done, or it is stale).
     fn dequeue(&self, at_ms: u64, study_uid: &str) -> Result<(), IndexError>;
+    /// Takes (or renews) the lease on `job` for `node` until `until_ms`, unless another
+    /// node holds it past `now_ms`; synced. Returns whether `node` holds it now. On a
+    /// shared index no two nodes hold one lease at once (docs/scale-out.md "Leases").
+    fn claim(&self, job: &str, node: &str, now_ms: u64, until_ms: u64) -> Result<bool, IndexError>;
+    /// Gives up `node`'s lease on `job` (nothing when another node holds it).
+    fn release(&self, job: &str, node: &str) -> Result<(), IndexError>;
+    /// Every lease recorded (expired ones too, until taken again or released).
+    fn leases(&self) -> Result<Vec<(String, LeaseRecord)>, IndexError>;
 }
 
 /// Deletions and legal holds.

@@ -50,6 +50,7 @@ pub mod index;
 pub mod ingest;
 pub mod metrics;
 pub mod oidc;
+pub mod peer;
 pub mod query;
 pub mod roles;
 pub mod server;

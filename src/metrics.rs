@@ -48,6 +48,8 @@ pub struct TierMetrics {
     /// Failed passes (`transient`: the cold tier failed) and studies not moved (`study`).
     pub failures: IntCounterVec,
     pub recall_seconds: Histogram,
+    /// Objects fetched, checked, from another node's hot disk (docs/scale-out.md).
+    pub peer_fetches: IntCounter,
     pub scrub_objects: IntCounter,
     pub scrub_bytes: IntCounter,
     pub scrub_failures: IntCounter,
@@ -108,6 +110,11 @@ impl TierMetrics {
                 ]),
             )
             .expect("metric"),
+            peer_fetches: IntCounter::new(
+                "strata_peer_fetches_total",
+                "Objects fetched and checked from another node's hot disk",
+            )
+            .expect("metric"),
             scrub_objects: IntCounter::new(
                 "strata_scrub_objects_total",
                 "Objects re-hashed by the scrubber",
@@ -144,6 +151,7 @@ impl TierMetrics {
             Box::new(t.evicted_objects.clone()),
             Box::new(t.failures.clone()),
             Box::new(t.recall_seconds.clone()),
+            Box::new(t.peer_fetches.clone()),
         ] {
             registry.register(c).expect("unique metric names");
         }

@@ -260,7 +260,8 @@ impl Storage {
         };
         let marker = data_dir.join(CLEAN_MARKER);
         if !marker.exists() {
-            let (adopted, quarantined) = adopt_orphans_blocking(&data_dir, &hot, index.as_ref())?;
+            let (adopted, quarantined) =
+                adopt_orphans_blocking(&data_dir, &hot, index.as_ref(), &config.cluster.node())?;
             report.adopted = adopted;
             report.quarantined = quarantined;
         } else {
@@ -339,6 +340,7 @@ pub fn index_objects_blocking(
     index: &dyn Index,
     ids: &[ObjectId],
     calling_ae: &str,
+    node: &str,
     mut progress: impl FnMut(),
 ) -> Result<(usize, Vec<PathBuf>), StorageError> {
     let mut quarantined = Vec::new();
@@ -385,6 +387,7 @@ pub fn index_objects_blocking(
                 received_at_ms,
                 calling_ae: calling_ae.into(),
                 source: String::new(),
+                node: node.to_string(),
             },
         });
         if batch.len() >= 256 {
@@ -426,6 +429,7 @@ fn adopt_orphans_blocking(
     data_dir: &Path,
     hot: &HotDisk,
     index: &dyn Index,
+    node: &str,
 ) -> Result<(usize, Vec<PathBuf>), StorageError> {
     let (ids, _strays) = hot.list_blocking()?;
     let mut orphans = Vec::new();
@@ -449,7 +453,8 @@ fn adopt_orphans_blocking(
         count = orphans.len(),
         "unclean stop: adopting objects the index lacks"
     );
-    let (adopted, unusable) = index_objects_blocking(hot, index, &orphans, "recovered", || {})?;
+    let (adopted, unusable) =
+        index_objects_blocking(hot, index, &orphans, "recovered", node, || {})?;
     // Orphans are not in the index, so nothing refers to them: quarantine now.
     let quarantined = unusable
         .iter()

@@ -15,6 +15,25 @@ fn status(archive: &Archive) -> (i32, serde_json::Value) {
     )
 }
 
+/// findscu on `port` finds one study per entry of `instances`, with that many
+/// NumberOfStudyRelatedInstances.
+fn finds_studies(port: u16, instances: &[&str]) {
+    let (n, text) = findscu(
+        port,
+        "-S",
+        &[
+            "QueryRetrieveLevel=STUDY",
+            "StudyInstanceUID",
+            "NumberOfStudyRelatedInstances",
+        ],
+    );
+    assert_eq!(n, instances.len(), "{text}");
+    assert_eq!(
+        crate::find::values(&text, "NumberOfStudyRelatedInstances"),
+        instances
+    );
+}
+
 fn node<'a>(nodes: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {
     nodes
         .as_array()
@@ -56,20 +75,7 @@ fn nodes_share_the_index_and_say_whether_they_are_alive() {
             String::from_utf8_lossy(&checked.stdout)
         );
         // stored on a, found on b at once
-        let (n, text) = findscu(
-            server_b.dicom_port,
-            "-S",
-            &[
-                "QueryRetrieveLevel=STUDY",
-                "StudyInstanceUID",
-                "NumberOfStudyRelatedInstances",
-            ],
-        );
-        assert_eq!(n, 1, "{text}");
-        assert_eq!(
-            crate::find::values(&text, "NumberOfStudyRelatedInstances"),
-            vec!["3"]
-        );
+        finds_studies(server_b.dicom_port, &["3"]);
         let (code, nodes) = status(&b);
         assert_eq!(code, 0, "{nodes}");
         assert_eq!(node(&nodes, "node-b")["alive"], true, "{nodes}");
@@ -87,4 +93,288 @@ fn nodes_share_the_index_and_say_whether_they_are_alive() {
     let (_, nodes) = status(&a);
     assert_eq!(node(&nodes, "node-a")["stopped"], true, "{nodes}");
     assert_eq!(node(&nodes, "node-a")["alive"], false, "{nodes}");
+}
+
+/// The `[cold]` and `[cluster]` sections three test nodes share: one cold tier, a
+/// one-second heartbeat, and the secret of their internal route (a file only its owner
+/// reads).
+fn shared_cluster(cold: &std::path::Path, secret_dir: &std::path::Path, extra: &str) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let secret = secret_dir.join("cluster.secret");
+    std::fs::write(
+        &secret,
+        "c2VjcmV0LXNoYXJlZC1ieS10aGUtdGVzdC1ub2Rlcy0wMTIzNDU2Nzg5\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    format!(
+        "\n[cold]\nurl = \"file://{}\"\n{extra}\n[cluster]\nheartbeat = \"1s\"\nlease = \"5s\"\nsecret_file = \"{}\"\n",
+        cold.display(),
+        secret.display()
+    )
+}
+
+/// The data set of a Part-10 file (the bytes after its meta group): what a C-STORE
+/// carries, whatever meta group the receiver writes.
+fn data_set(path: &std::path::Path) -> Vec<u8> {
+    let bytes = std::fs::read(path).unwrap();
+    let meta = strata::dicom::part10::read_foreign_meta(&bytes).unwrap();
+    bytes[meta.dataset_offset..].to_vec()
+}
+
+/// The blake3 (b3sum) of what `url` answers, downloaded into `file`.
+fn b3_of_download(url: &str, file: &std::path::Path) -> String {
+    run_ok(
+        std::process::Command::new("curl")
+            .args(["-s", "-f", "-o"])
+            .arg(file)
+            .arg(url),
+    );
+    let b3 = run_ok(
+        std::process::Command::new("b3sum")
+            .arg("--no-names")
+            .arg(file),
+    );
+    String::from_utf8_lossy(&b3.stdout).trim().to_string()
+}
+
+fn counter(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Issue 16: three nodes on one PostgreSQL index and one cold tier. DCMTK stores on
+/// node 1; findscu on node 2 finds everything at once; movescu from node 3 delivers the
+/// same data sets, which node 3 fetches from node 1's hot disk over the internal route
+/// (checked against their ids); WADO-URI on node 3 returns the stored objects (b3sum
+/// equals the id). The internal route refuses requests without a node token, with a
+/// token of another secret, and for another object.
+#[test]
+fn three_nodes_store_find_and_retrieve_from_each_others_hot_disks() {
+    let cold = scratch("three-cold");
+    let secrets = scratch("three-secret");
+    let dest_port = free_port();
+    let shared = shared_cluster(cold.path(), secrets.path(), "");
+    let a = Archive::with_config("three-a", &format!("{shared}node_id = \"node-1\"\n"));
+    let Some(b) = a.another_node("three-b", &format!("{shared}node_id = \"node-2\"\n")) else {
+        eprintln!("three nodes need a PostgreSQL index (STRATA_TEST_PG): skipped on RocksDB");
+        return;
+    };
+    let peer = format!(
+        "\n[[dicom.peers]]\nae_title = \"DEST\"\nhost = \"127.0.0.1\"\nport = {dest_port}\n"
+    );
+    // [[dicom.peers]] belongs to [dicom]: appended after the shared sections it would
+    // land in [cluster], so it goes first
+    let c = a
+        .another_node("three-c", &format!("{peer}{shared}node_id = \"node-3\"\n"))
+        .unwrap();
+    let (server_a, server_b, server_c) = (a.start(), b.start(), c.start());
+
+    let data = scratch("three-data");
+    small_ct(data.path(), &["--studies", "2", "--instances", "3"]);
+    let sent = dcm_files(data.path());
+    run_ok(storescu(server_a.dicom_port).args(&sent));
+
+    // found on node 2 at once
+    finds_studies(server_b.dicom_port, &["3", "3"]);
+
+    // moved from node 3: every data set as sent
+    let recv = c.dir.path().join("received");
+    let scp = crate::retrieve::Storescp::start(dest_port, &recv);
+    for study in a.ls_json().as_array().unwrap() {
+        let uid = study["study_uid"].as_str().unwrap();
+        let text = crate::retrieve::movescu(
+            server_c.dicom_port,
+            "DEST",
+            &[
+                "QueryRetrieveLevel=STUDY",
+                &format!("StudyInstanceUID={uid}"),
+            ],
+        );
+        assert!(text.contains("Final Move Response (Success)"), "{text}");
+    }
+    drop(scp);
+    let by_sop = |files: &[std::path::PathBuf]| -> std::collections::BTreeMap<String, Vec<u8>> {
+        files
+            .iter()
+            .map(|p| {
+                let sop = strata::dicom::header::read_header_blocking(p)
+                    .unwrap()
+                    .sop_instance_uid;
+                (sop, data_set(p))
+            })
+            .collect()
+    };
+    let received = by_sop(&walk(&recv));
+    assert_eq!(received.len(), 6);
+    assert!(
+        received == by_sop(&sent),
+        "node 3 moved other data sets than node 1 received"
+    );
+    let fetched = counter(&server_c.metrics(), "strata_peer_fetches_total");
+    assert!(fetched >= 6.0, "node 3 fetched from node 1: {fetched}");
+
+    // WADO-URI on node 3: the stored object, byte for byte
+    let shown = {
+        let out =
+            run_ok(&mut c.strata(&["show", &received.keys().next().unwrap().clone(), "--json"]));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let id = shown["versions"]
+        .as_array()
+        .map(|v| v.last().unwrap()["id"].clone());
+    let id = id.unwrap_or_else(|| shown["id"].clone());
+    let id = id
+        .as_str()
+        .unwrap_or_else(|| panic!("no id in {shown}"))
+        .to_string();
+    let wado = format!(
+        "http://127.0.0.1:{}/wado?requestType=WADO&studyUID={}&seriesUID={}&objectUID={}&contentType=application/dicom",
+        server_c.http_port,
+        shown["study_uid"].as_str().unwrap(),
+        shown["series_uid"].as_str().unwrap(),
+        shown["sop_instance_uid"].as_str().unwrap(),
+    );
+    let dcm = c.dir.path().join("wado.dcm");
+    assert_eq!(b3_of_download(&wado, &dcm), id);
+
+    // the internal route: a node token for this object only, made with the shared secret
+    let route = format!(
+        "http://127.0.0.1:{}/internal/objects/{id}",
+        server_a.http_port
+    );
+    let status = |args: &[&str]| -> String {
+        let out = run(std::process::Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+            .args(args)
+            .arg(&route));
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    assert_eq!(status(&[]), "401");
+    let other = strata::peer::Peers::new("intruder", &[9u8; 32]).unwrap();
+    let oid = strata_tiers::ObjectId::from_hex(&id).unwrap();
+    assert_eq!(
+        status(&[
+            "-H",
+            &format!("Authorization: Bearer {}", other.token(&oid))
+        ]),
+        "403"
+    );
+    let secret = std::fs::read(secrets.path().join("cluster.secret")).unwrap();
+    let node = strata::peer::Peers::new("node-x", secret.trim_ascii_end()).unwrap();
+    let elsewhere = strata_tiers::ObjectId::of_bytes(b"another object");
+    assert_eq!(
+        status(&[
+            "-H",
+            &format!("Authorization: Bearer {}", node.token(&elsewhere))
+        ]),
+        "403",
+        "a token opens its own object only"
+    );
+    assert_eq!(
+        status(&["-H", &format!("Authorization: Bearer {}", node.token(&oid))]),
+        "200"
+    );
+
+    // node 1 gone for good: what it held hot is unreadable elsewhere until it is in the
+    // bucket; once packed (by node 3, from node 1's disk), node 3 serves it from cold
+    for study in &a.study_uids() {
+        run_ok(&mut c.strata(&["tier", "move", study, "--to", "cold"]));
+    }
+    server_a.kill9();
+    std::fs::remove_dir_all(a.data_dir()).unwrap();
+    assert_eq!(b3_of_download(&wado, &dcm), id);
+    drop(server_b);
+}
+
+/// Issue 16: two nodes racing on tiering. Both run a policy pass every second over the
+/// same access queue; studies stored on either node, and one stored half on each, age
+/// after two seconds. Each study is packed exactly once (one pack per study in the
+/// bucket, one upload per study across both nodes' counters), every hot copy is
+/// evicted by the node that holds it, and `verify` is clean on both nodes.
+#[test]
+fn two_nodes_racing_on_tiering_pack_each_study_once() {
+    let cold = scratch("race-cold");
+    let secrets = scratch("race-secret");
+    let shared = shared_cluster(
+        cold.path(),
+        secrets.path(),
+        "\n[tiering]\nhot_max_age = \"2s\"\nscan_interval = \"1s\"\n",
+    );
+    let a = Archive::with_config("race-a", &format!("{shared}node_id = \"node-a\"\n"));
+    let Some(b) = a.another_node("race-b", &format!("{shared}node_id = \"node-b\"\n")) else {
+        eprintln!("two nodes need a PostgreSQL index (STRATA_TEST_PG): skipped on RocksDB");
+        return;
+    };
+    let (server_a, server_b) = (a.start(), b.start());
+    let (on_a, on_b, split) = (
+        scratch("race-a-data"),
+        scratch("race-b-data"),
+        scratch("race-split"),
+    );
+    small_ct(
+        on_a.path(),
+        &["--studies", "3", "--instances", "2", "--seed", "11"],
+    );
+    small_ct(
+        on_b.path(),
+        &["--studies", "3", "--instances", "2", "--seed", "12"],
+    );
+    small_ct(
+        split.path(),
+        &["--studies", "1", "--instances", "4", "--seed", "13"],
+    );
+    let halves = dcm_files(split.path());
+    run_ok(
+        storescu(server_a.dicom_port)
+            .args(dcm_files(on_a.path()))
+            .args(&halves[..2]),
+    );
+    run_ok(
+        storescu(server_b.dicom_port)
+            .args(dcm_files(on_b.path()))
+            .args(&halves[2..]),
+    );
+    let studies = a.ls_json().as_array().unwrap().len();
+    assert_eq!(studies, 7);
+
+    let status = || -> serde_json::Value {
+        let out = run_ok(&mut a.strata(&["tier", "status", "--json"]));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let s = status();
+        if s["studies_cold"] == studies as u64 && s["hot_objects"] == 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "not all cold: {s}");
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    let s = status();
+    assert_eq!(s["packs"], studies as u64, "one pack per study: {s}");
+    let packs = walk(cold.path())
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "tar"))
+        .count();
+    assert_eq!(packs, studies, "one pack per study in the bucket");
+    let uploads = counter(&server_a.metrics(), "strata_tier_pack_uploads_total")
+        + counter(&server_b.metrics(), "strata_tier_pack_uploads_total");
+    assert_eq!(
+        uploads as usize, studies,
+        "each study uploaded once across the nodes"
+    );
+    // each node evicted what it held: its hot disk has no object files left
+    for node in [&a, &b] {
+        let left: Vec<_> = walk(&node.data_dir().join("hot"))
+            .into_iter()
+            .filter(|p| !p.to_string_lossy().contains("tmp"))
+            .collect();
+        assert!(left.is_empty(), "hot files left: {left:?}");
+        let (clean, report) = node.verify_json();
+        assert!(clean, "{report}");
+    }
 }

@@ -308,6 +308,7 @@ fn c_cancel_stops_a_streaming_c_find() {
                     received_at_ms: 0,
                     calling_ae: "TEST".into(),
                     source: String::new(),
+                    node: String::new(),
                 },
             });
             if batch.len() == 5000 {

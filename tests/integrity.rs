@@ -339,14 +339,7 @@ pub(crate) fn imported_ct_studies(
 ) -> (std::path::PathBuf, Vec<String>) {
     let gen = small_ct_studies(archive, "gen", 3, 3, seed, start_date);
     run_ok(archive.strata(&["import"]).arg(&gen));
-    let studies = archive
-        .ls_json()
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["study_uid"].as_str().unwrap().to_string())
-        .collect();
-    (gen, studies)
+    (gen, archive.study_uids())
 }
 
 /// `studies` generated CT studies of `instances` 64x64 slices, one every 9 days from

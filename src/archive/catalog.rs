@@ -262,7 +262,11 @@ pub struct VersionView {
     pub received_at_ms: u64,
     /// `hot` (a file on hot disk) or `cold` (only in packs).
     pub tier: String,
-    /// The hot file, or the first cold copy as `key@offset`.
+    /// The node whose hot disk holds the hot file (`[cluster] node_id`; absent for
+    /// records from before nodes were named, and for cold-only objects).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hot_node: Option<String>,
+    /// The hot file (on `hot_node`), or the first cold copy as `key@offset`.
     pub location: String,
     /// Every verified copy in a cold pack.
     pub cold_copies: Vec<ColdCopyView>,
@@ -347,6 +351,7 @@ fn version_views(
                 size: v.size,
                 received_at_ms: v.received_at_ms,
                 tier: if hot_copy { "hot" } else { "cold" }.into(),
+                hot_node: rec.as_ref().and_then(|r| r.hot_node.clone()),
                 location,
                 cold_copies,
                 last_verified: index.fixity(&id)?,

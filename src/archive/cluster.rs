@@ -44,6 +44,7 @@ impl Archive {
             hot_used_bytes: used,
             hot_free_bytes: free,
             stopped,
+            url: config.cluster.advertise(&config.http),
         })?;
         Ok(())
     }

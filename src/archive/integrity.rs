@@ -322,8 +322,10 @@ fn verify_hot(
 ) -> Result<VerifyReport> {
     let index = archive.index.as_ref();
     let hot = &archive.hot;
+    // this node's hot disk: another node's objects are that node's to verify
+    let node = archive.node_id();
     let objects: Vec<&(ObjectId, ObjectRecord)> =
-        all.iter().filter(|(_, r)| r.tier == Tier::Hot).collect();
+        all.iter().filter(|(_, r)| r.hot_on(&node)).collect();
     let report = Mutex::new(VerifyReport::default());
     let next = AtomicUsize::new(0);
     let problem = |id: &ObjectId, rec: &ObjectRecord, detail: String| Problem {
@@ -462,11 +464,9 @@ fn repair(archive: &Archive, workers: usize) -> Result<(VerifyReport, RepairRepo
     // hot copies: corrupt or missing, restored from a cold copy; that includes files
     // recorded hot whose cold copy is safe (verify counts those as pending eviction)
     let mut gone_with_cold_copy = Vec::new();
+    let node = archive.node_id();
     index.for_each_object(&mut |id, r| {
-        if r.tier == crate::index::Tier::Hot
-            && !r.cold.is_empty()
-            && !archive.hot.path_of(&id).exists()
-        {
+        if r.hot_on(&node) && !r.cold.is_empty() && !archive.hot.path_of(&id).exists() {
             gone_with_cold_copy.push(Problem {
                 id: id.to_hex(),
                 path: archive.hot.path_of(&id).display().to_string(),
@@ -596,8 +596,9 @@ mod failure_reason {
 impl Archive {
     /// Storage commitment (PS3.4 J.3): an instance is committed only if it is indexed
     /// under the requested SOP class *and* its served object is durable right now — a
-    /// hot object re-hashes to its id, a cold-only one has recorded pack copies (read
-    /// back and verified before they were recorded). Otherwise FailureReason 0x0112 (no
+    /// hot object re-hashes to its id (on this node; one on another node's hot disk is
+    /// that node's to keep), a cold-only one has recorded pack copies (read back and
+    /// verified before they were recorded). Otherwise FailureReason 0x0112 (no
     /// such instance), 0x0119 (class conflict) or 0x0110 (missing or corrupt). Audited
     /// as `commitment` with the transaction and the counts.
     pub async fn commitment(
@@ -608,9 +609,10 @@ impl Archive {
     ) -> Result<Commitment> {
         let transaction = [transaction_uid.to_string()];
         self.authorize(principal, Role::Uploader, "commitment", &transaction)?;
-        let (index, hot) = (self.index.clone(), self.hot.clone());
+        let (index, hot, node) = (self.index.clone(), self.hot.clone(), self.node_id());
         let outcome =
-            super::blocking(move || Ok(commitment_blocking(index.as_ref(), &hot, refs))).await?;
+            super::blocking(move || Ok(commitment_blocking(index.as_ref(), &hot, &node, refs)))
+                .await?;
         self.audit(
             principal,
             "commitment",
@@ -629,6 +631,7 @@ impl Archive {
 fn commitment_blocking(
     index: &dyn Index,
     hot: &strata_tiers::HotDisk,
+    node: &str,
     refs: Vec<(String, String)>,
 ) -> Commitment {
     use failure_reason::*;
@@ -655,6 +658,8 @@ fn commitment_blocking(
             .and_then(|v| ObjectId::from_hex(&v.id))
             .is_some_and(|id| match index.object(&id) {
                 Ok(Some(r)) if r.tier == Tier::Cold => !r.cold.is_empty(),
+                // on another node's hot disk, which that node verifies
+                Ok(Some(r)) if r.hot_elsewhere(node).is_some() => true,
                 _ => hot
                     .rehash_blocking(&id)
                     .is_ok_and(|(actual, _)| actual == id),

@@ -120,9 +120,11 @@ impl RetrievalReader {
             return Ok(None);
         }
         let (hot, index, id) = (self.reader.hot.clone(), self.reader.index.clone(), item.id);
+        let node = self.reader.node.clone();
         enum Found {
             Hot(Option<(std::path::PathBuf, u64)>),
-            Cold(Vec<crate::index::ColdCopy>),
+            /// Not on this node's hot disk: staged from another node's, or from cold.
+            Elsewhere,
         }
         let found = blocking(move || {
             let path = hot.path_of(&id);
@@ -136,9 +138,7 @@ impl RetrievalReader {
                 });
             }
             Ok(match index.object(&id)? {
-                Some(r) if r.size > STREAM_ABOVE && r.tier == crate::index::Tier::Cold => {
-                    Found::Cold(r.cold)
-                }
+                Some(r) if r.size > STREAM_ABOVE && !r.hot_on(&node) => Found::Elsewhere,
                 _ => Found::Hot(None),
             })
         })
@@ -146,8 +146,8 @@ impl RetrievalReader {
         let (path, size, staged) = match found {
             Found::Hot(None) => return Ok(None),
             Found::Hot(Some((path, size))) => (path, size, None),
-            Found::Cold(copies) => {
-                let tmp = self.reader.stage_cold(&item.id, &copies).await?;
+            Found::Elsewhere => {
+                let tmp = self.reader.stage_elsewhere(&item.id).await?;
                 (tmp.path().to_path_buf(), tmp.len(), Some(tmp))
             }
         };

@@ -33,7 +33,7 @@ pub struct StoreStream {
 
 /// The provenance of an object stored by `principal` (kept in the index, not in the
 /// object's bytes).
-fn provenance(principal: &Principal, source: &str) -> Provenance {
+fn provenance(principal: &Principal, source: &str, node: String) -> Provenance {
     let (calling_ae, source) = match &principal.caller {
         Caller::Dicom {
             ae_title, address, ..
@@ -52,6 +52,7 @@ fn provenance(principal: &Principal, source: &str) -> Provenance {
         received_at_ms: crate::index::rocks::unix_ms_now(),
         calling_ae,
         source,
+        node,
     }
 }
 
@@ -104,7 +105,7 @@ impl Archive {
         let stored = self.ingest()?.store_part10_blocking(
             reader,
             expect_study,
-            provenance(principal, source),
+            provenance(principal, source, self.node_id()),
             actor,
         )?;
         self.after_store_blocking(principal, &stored)?;
@@ -230,7 +231,7 @@ impl StoreStream {
                 &ingest,
                 self.sop_class_uid,
                 self.sop_instance_uid,
-                provenance(&self.principal, &source),
+                provenance(&self.principal, &source, self.archive.node_id()),
                 self.principal.actor(),
             )
             .await?;

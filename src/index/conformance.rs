@@ -20,7 +20,7 @@ type Check = fn(&dyn Index);
 
 /// Runs every check, each against a fresh index from `make`.
 pub fn run_suite(make: &MakeIndex<'_>) {
-    let checks: [(&str, Check); 20] = [
+    let checks: [(&str, Check); 21] = [
         (
             "commit_counts_instances_versions_and_duplicates",
             commit_counts_instances_versions_and_duplicates,
@@ -59,6 +59,7 @@ pub fn run_suite(make: &MakeIndex<'_>) {
             "tombstone_instances_deletes_some_of_a_study",
             tombstone_instances_deletes_some_of_a_study,
         ),
+        ("leases", leases),
     ];
     for (name, check) in checks {
         let (index, _dir) = make();
@@ -113,6 +114,7 @@ pub fn object(study: &str, series: &str, sop: &str, payload: &[u8], at: u64) -> 
             received_at_ms: at,
             calling_ae: "TEST".into(),
             source: "127.0.0.1:1".into(),
+            node: String::new(),
         },
     }
 }
@@ -754,7 +756,9 @@ fn packs_and_tiers(index: &dyn Index) {
     );
 
     // set_tier
-    index.set_tier(&[a.id, b.id, stranger], Tier::Cold).unwrap();
+    index
+        .set_tier(&[a.id, b.id, stranger], Tier::Cold, None)
+        .unwrap();
     assert_eq!(index.object(&a.id).unwrap().unwrap().tier, Tier::Cold);
     assert_eq!(index.object(&b.id).unwrap().unwrap().tier, Tier::Cold);
     assert!(
@@ -778,7 +782,7 @@ fn packs_and_tiers(index: &dyn Index) {
         2,
         "a re-stored cold object is not counted twice"
     );
-    index.set_tier(&[a.id], Tier::Hot).unwrap();
+    index.set_tier(&[a.id], Tier::Hot, None).unwrap();
     assert_eq!(index.object(&a.id).unwrap().unwrap().tier, Tier::Hot);
 
     // drop_pack forgets the pack and its copies, not the other pack's
@@ -1260,7 +1264,7 @@ fn concurrent_writers_lose_no_update(index: &dyn Index) {
                 } else {
                     Tier::Cold
                 };
-                index.set_tier(ids, tier).unwrap();
+                index.set_tier(ids, tier, None).unwrap();
             }
         });
         s.spawn(move || {
@@ -1365,10 +1369,10 @@ fn tombstone_instances_deletes_some_of_a_study(index: &dyn Index) {
         ("9.1.9".to_string(), "9.1.9.9".to_string()),
     ];
     // a kept object only in the cold tier: refused, nothing changed
-    index.set_tier(&[a.id], Tier::Cold).unwrap();
+    index.set_tier(&[a.id], Tier::Cold, None).unwrap();
     assert!(index.tombstone_instances(&asked, &doomed).is_err());
     assert_eq!(index.study("9.1").unwrap().unwrap().instances, 3);
-    index.set_tier(&[a.id], Tier::Hot).unwrap();
+    index.set_tier(&[a.id], Tier::Hot, None).unwrap();
     let t = index.tombstone_instances(&asked, &doomed).unwrap();
     assert!(t.partial);
     assert_eq!(
@@ -1524,4 +1528,42 @@ fn patient_links_and_rejections(index: &dyn Index) {
         "a prefix is not a study"
     );
     assert_eq!(index.rejections().unwrap().len(), 1);
+}
+
+/// One node holds a lease at a time; it renews it, gives it up, or loses it by letting
+/// it expire; releasing another node's lease does nothing.
+fn leases(index: &dyn Index) {
+    let job = "tier/1.2.3";
+    assert!(index.claim(job, "a", 1_000, 61_000).unwrap());
+    assert!(!index.claim(job, "b", 2_000, 62_000).unwrap(), "held by a");
+    assert!(index.claim(job, "a", 30_000, 90_000).unwrap(), "a renews");
+    let leases = index.leases().unwrap();
+    assert_eq!(leases.len(), 1);
+    assert_eq!(leases[0].0, job);
+    assert_eq!(
+        (
+            leases[0].1.node.as_str(),
+            leases[0].1.taken_ms,
+            leases[0].1.until_ms
+        ),
+        ("a", 1_000, 90_000)
+    );
+    index.release(job, "b").unwrap();
+    assert!(
+        !index.claim(job, "b", 60_000, 120_000).unwrap(),
+        "b's release did nothing"
+    );
+    // expired: b takes it over
+    assert!(index.claim(job, "b", 90_001, 150_000).unwrap());
+    assert!(!index.claim(job, "a", 100_000, 160_000).unwrap());
+    index.release(job, "b").unwrap();
+    assert!(index.leases().unwrap().is_empty());
+    assert!(
+        index.claim(job, "a", 100_000, 160_000).unwrap(),
+        "free again"
+    );
+    assert!(
+        index.claim("tier/other", "b", 100_000, 160_000).unwrap(),
+        "leases are per job"
+    );
 }

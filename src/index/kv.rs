@@ -38,6 +38,7 @@
 //! | `hl7_messages` | message control id | what processing it gave (its ACK's text), for exactly-once |
 //! | `rejected` | `study\0series\0sop` | `RejectionRecord`: an instance an IOCM rejection note hides |
 //! | `nodes` | node id | `NodeRecord`: a node's last heartbeat (`strata cluster status`) |
+//! | `leases` | job name | `LeaseRecord`: which node holds a job until when ([`WorkQueue::claim`]) |
 //!
 //! `instance_metadata`, `patient_links`, `patient_aliases`, `hl7_messages`, `rejected` and `nodes` came after
 //! schema 1 without changing it: an index written before them lacks the families (a RocksDB primary creates it on opening; a secondary reads it as
@@ -72,9 +73,9 @@
 use super::records::{decode, encode, issuers_agree};
 use super::{
     unix_ms_now, Catalog, ColdCopy, CommitOutcome, FixityRecord, Governance, HoldRecord,
-    IndexError, InstanceEntry, InstanceRecord, NewObject, NodeRecord, ObjectRecord, OtherPatient,
-    PackRecord, PackedObject, PatientLink, PatientRecord, Placement, RejectionRecord, SecondaryKey,
-    SeriesRecord, StudyRecord, Tier, TierTotals, Tombstone, VersionRef, WorkQueue,
+    IndexError, InstanceEntry, InstanceRecord, LeaseRecord, NewObject, NodeRecord, ObjectRecord,
+    OtherPatient, PackRecord, PackedObject, PatientLink, PatientRecord, Placement, RejectionRecord,
+    SecondaryKey, SeriesRecord, StudyRecord, Tier, TierTotals, Tombstone, VersionRef, WorkQueue,
 };
 use serde::{de::DeserializeOwned, Serialize};
 use std::collections::{HashMap, HashSet};
@@ -117,9 +118,10 @@ pub const CF_PATIENT_ALIASES: &str = "patient_aliases";
 pub const CF_HL7_MESSAGES: &str = "hl7_messages";
 pub const CF_REJECTED: &str = "rejected";
 pub const CF_NODES: &str = "nodes";
+pub const CF_LEASES: &str = "leases";
 
 /// Every column family; an engine creates them all when it creates a store.
-pub const ALL_CFS: [&str; 24] = [
+pub const ALL_CFS: [&str; 25] = [
     CF_META,
     CF_OBJECTS,
     CF_INSTANCES,
@@ -144,6 +146,7 @@ pub const ALL_CFS: [&str; 24] = [
     CF_HL7_MESSAGES,
     CF_REJECTED,
     CF_NODES,
+    CF_LEASES,
 ];
 
 /// Called with each `(key, value)` of a scan; returns whether to go on.
@@ -681,6 +684,8 @@ impl<E: KvEngine> Catalog for KvIndex<E> {
                 // object sent again has its hot copy back.
                 if existing.tier == Tier::Cold {
                     existing.tier = Tier::Hot;
+                    existing.hot_node =
+                        (!obj.provenance.node.is_empty()).then(|| obj.provenance.node.clone());
                     pending.put(CF_OBJECTS, key.clone(), &existing);
                 }
                 // indexed before metadata records existed: it gets one now
@@ -931,6 +936,49 @@ impl<E: KvEngine> WorkQueue for KvIndex<E> {
         pending.delete(CF_ACCESS_QUEUE, queue_key(at_ms, study_uid));
         pending.write(false)
     }
+
+    fn claim(&self, job: &str, node: &str, now_ms: u64, until_ms: u64) -> Result<bool, IndexError> {
+        // read, decide and write under the writer lock: on a shared index that lock is
+        // cluster-wide, so two nodes never both take one lease
+        let _writer = self.writer()?;
+        let mut pending = self.pending();
+        let held: Option<LeaseRecord> = pending.get(CF_LEASES, job.as_bytes())?;
+        let taken_ms = match held {
+            Some(lease) if lease.node != node && lease.until_ms > now_ms => return Ok(false),
+            Some(lease) if lease.node == node => lease.taken_ms,
+            _ => now_ms,
+        };
+        pending.put(
+            CF_LEASES,
+            job.as_bytes().to_vec(),
+            &LeaseRecord {
+                node: node.to_string(),
+                taken_ms,
+                until_ms,
+            },
+        );
+        pending.write(true)?;
+        Ok(true)
+    }
+
+    fn release(&self, job: &str, node: &str) -> Result<(), IndexError> {
+        let _writer = self.writer()?;
+        let mut pending = self.pending();
+        let held: Option<LeaseRecord> = pending.get(CF_LEASES, job.as_bytes())?;
+        if held.is_some_and(|lease| lease.node == node) {
+            pending.delete(CF_LEASES, job.as_bytes().to_vec());
+            pending.write(true)?;
+        }
+        Ok(())
+    }
+
+    fn leases(&self) -> Result<Vec<(String, LeaseRecord)>, IndexError> {
+        Ok(self
+            .scan_records::<LeaseRecord>(CF_LEASES, b"")?
+            .into_iter()
+            .map(|(k, lease)| (String::from_utf8_lossy(&k).into_owned(), lease))
+            .collect())
+    }
 }
 
 impl<E: KvEngine> Placement for KvIndex<E> {
@@ -1009,14 +1057,19 @@ impl<E: KvEngine> Placement for KvIndex<E> {
             .collect())
     }
 
-    fn set_tier(&self, ids: &[ObjectId], tier: Tier) -> Result<(), IndexError> {
+    fn set_tier(&self, ids: &[ObjectId], tier: Tier, node: Option<&str>) -> Result<(), IndexError> {
         let _writer = self.writer()?;
         let mut pending = self.pending();
+        let holder = match tier {
+            Tier::Hot => node.filter(|n| !n.is_empty()).map(str::to_string),
+            Tier::Cold => None,
+        };
         for id in ids {
             let key = id.as_bytes().to_vec();
             if let Some(mut record) = pending.get::<ObjectRecord>(CF_OBJECTS, &key)? {
-                if record.tier != tier {
+                if record.tier != tier || record.hot_node != holder {
                     record.tier = tier;
+                    record.hot_node = holder.clone();
                     pending.put(CF_OBJECTS, key, &record);
                 }
             }
@@ -1607,6 +1660,8 @@ fn apply_new_object<E: KvEngine>(
             sop_class_uid: a.sop_class_uid.clone(),
             transfer_syntax_uid: a.transfer_syntax_uid.clone(),
             provenance: obj.provenance.clone(),
+            hot_node: (tier == Tier::Hot && !obj.provenance.node.is_empty())
+                .then(|| obj.provenance.node.clone()),
         },
     );
     if let Some(m) = &obj.metadata {

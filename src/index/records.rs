@@ -207,6 +207,10 @@ pub struct Provenance {
     pub calling_ae: String,
     /// Peer address (`ip:port`) or the imported file's path.
     pub source: String,
+    /// The node that received it (`[cluster] node_id`), whose hot disk its file went to;
+    /// empty in records written before nodes were named.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub node: String,
 }
 
 /// A persisted object to be indexed.
@@ -251,6 +255,29 @@ pub struct ObjectRecord {
     pub sop_class_uid: String,
     pub transfer_syntax_uid: String,
     pub provenance: Provenance,
+    /// While `tier` is `Hot`: the node whose hot disk holds the file (`[cluster]
+    /// node_id`). `None` in records written before nodes were named: the archive's one
+    /// node. Other nodes fetch it from that node (docs/scale-out.md "Reading another
+    /// node's objects").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hot_node: Option<String>,
+}
+
+impl ObjectRecord {
+    /// Whether the object's hot file is on `node`'s hot disk by this record: hot, and
+    /// held by `node` (or by no node named, the one node of an archive).
+    pub fn hot_on(&self, node: &str) -> bool {
+        self.tier == Tier::Hot && self.hot_node.as_deref().is_none_or(|n| n == node)
+    }
+
+    /// The other node whose hot disk holds the file, when it is hot there and not on
+    /// `node`.
+    pub fn hot_elsewhere(&self, node: &str) -> Option<&str> {
+        match (&self.tier, self.hot_node.as_deref()) {
+            (Tier::Hot, Some(holder)) if holder != node => Some(holder),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -478,6 +505,20 @@ pub struct NodeRecord {
     /// Whether it stopped cleanly (SIGTERM) rather than went silent.
     #[serde(default)]
     pub stopped: bool,
+    /// The base URL other nodes reach its HTTP port at (`[cluster] advertise_url`);
+    /// empty in records of builds before it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub url: String,
+}
+
+/// A node's lease on a job (a study to move to cold, the scrubber's cycle), in CF
+/// `leases` keyed by the job's name ([`crate::index::WorkQueue::claim`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseRecord {
+    pub node: String,
+    /// When the node first took it, and until when it holds it (ms since the epoch).
+    pub taken_ms: u64,
+    pub until_ms: u64,
 }
 
 impl NodeRecord {

@@ -219,8 +219,14 @@ pub fn reindex(
                 live.push(id);
             }
         }
-        let (indexed, quarantined) =
-            index_objects_blocking(&hot, rebuilt, &live, "reindex", || progress.inc(1))?;
+        let (indexed, quarantined) = index_objects_blocking(
+            &hot,
+            rebuilt,
+            &live,
+            "reindex",
+            &config.cluster.node(),
+            || progress.inc(1),
+        )?;
         report.indexed = indexed;
         unusable = quarantined;
         reindex_cold(config, rebuilt, &mut report)?;
@@ -527,6 +533,7 @@ fn reindex_cold(config: &Config, rebuilt: &dyn Index, report: &mut ReindexReport
                             received_at_ms: modified_ms.max(0) as u64,
                             calling_ae: "reindex".into(),
                             source: format!("cold:{key}"),
+                            node: String::new(),
                         },
                     },
                 );

@@ -38,6 +38,11 @@ pub enum TieringError {
     Unreadable { id: String, detail: String },
     #[error("study {0} is not in the archive")]
     UnknownStudy(String),
+    #[error(transparent)]
+    Peer(#[from] crate::peer::PeerError),
+    /// Another node holds the lease on this job (it is doing it).
+    #[error("another node holds the lease on {0}")]
+    LeasedElsewhere(String),
     #[error("{0}")]
     Other(String),
 }
@@ -79,6 +84,10 @@ pub struct Tiering {
     pub claimed: Arc<tokio::sync::OnceCell<()>>,
     /// When the last orphan scan ran (ms since the epoch; 0: not yet).
     pub last_orphan_scan_ms: Arc<std::sync::atomic::AtomicU64>,
+    /// This node (`[cluster] node_id`).
+    pub node: Arc<str>,
+    /// Fetches objects hot on other nodes (`[cluster] secret_file` set).
+    pub peers: Option<Arc<crate::peer::Peers>>,
 }
 
 impl Tiering {
@@ -92,13 +101,15 @@ impl Tiering {
             hot,
             cold,
             index,
-            config,
             busy: Arc::new(tokio::sync::Mutex::new(())),
             metrics: None,
             audit,
             claim: None,
             claimed: Arc::new(tokio::sync::OnceCell::new()),
             last_orphan_scan_ms: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+            node: config.cluster.node().into(),
+            peers: crate::peer::Peers::of_config(&config),
+            config,
         }
     }
 
@@ -114,7 +125,93 @@ impl Tiering {
             index: self.index.clone(),
             metrics: self.metrics.clone(),
             audit: self.audit.clone(),
+            node: self.node.clone(),
+            peers: self.peers.clone(),
         }
+    }
+}
+
+/// This node's lease on a job while it lives ([`Tiering::take_lease`]): renewed every
+/// third of `[cluster] lease` by a background task, released when dropped. A node that
+/// dies stops renewing, and its lease lapses within `[cluster] lease`.
+pub struct Lease {
+    job: String,
+    node: Arc<str>,
+    index: Arc<dyn Index>,
+    renewal: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.renewal.abort();
+        let (index, job, node) = (self.index.clone(), self.job.clone(), self.node.clone());
+        let release = move || {
+            if let Err(e) = index.release(&job, &node) {
+                tracing::warn!(job, error = %e, "cannot release a lease; it lapses by itself");
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => drop(rt.spawn_blocking(release)),
+            Err(_) => release(),
+        }
+    }
+}
+
+impl Tiering {
+    /// The nodes alive now by their heartbeats ([`crate::index::NodeRecord::alive`]).
+    pub async fn alive_nodes(&self) -> Result<std::collections::BTreeSet<String>, TieringError> {
+        let index = self.index.clone();
+        blocking(move || {
+            let now = crate::index::unix_ms_now();
+            Ok(index
+                .nodes()?
+                .into_iter()
+                .filter(|n| n.alive(now))
+                .map(|n| n.node_id)
+                .collect())
+        })
+        .await
+    }
+
+    /// Takes the lease on `job` for this node ([`crate::index::WorkQueue::claim`]), or
+    /// [`TieringError::LeasedElsewhere`] when another node holds it.
+    pub async fn take_lease(&self, job: &str) -> Result<Lease, TieringError> {
+        let term = self.config.cluster.lease;
+        let claim = {
+            let (index, job, node) = (self.index.clone(), job.to_string(), self.node.clone());
+            move || {
+                let now = crate::index::unix_ms_now();
+                index.claim(&job, &node, now, now + term.as_millis() as u64)
+            }
+        };
+        let first = claim.clone();
+        if !blocking(move || Ok(first()?)).await? {
+            return Err(TieringError::LeasedElsewhere(job.to_string()));
+        }
+        let renewal = tokio::spawn({
+            let job = job.to_string();
+            async move {
+                loop {
+                    tokio::time::sleep(term / 3).await;
+                    let renew = claim.clone();
+                    match tokio::task::spawn_blocking(renew).await {
+                        Ok(Ok(true)) => {}
+                        Ok(Ok(false)) => {
+                            tracing::error!(job, "lease lost to another node while working");
+                            return;
+                        }
+                        Ok(Err(e)) => tracing::warn!(job, error = %e, "cannot renew a lease"),
+                        Err(_) => return,
+                    }
+                }
+            }
+        });
+        Ok(Lease {
+            job: job.to_string(),
+            node: self.node.clone(),
+            index: self.index.clone(),
+            renewal,
+        })
     }
 }
 

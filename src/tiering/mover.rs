@@ -12,6 +12,11 @@
 //! 5. **delete** the hot files (each unlink followed by a directory fsync), then record
 //!    the objects as cold-only.
 //!
+//! On nodes sharing an index, a move holds the study's lease (`tier/<StudyInstanceUID>`,
+//! [`Tiering::take_lease`]) so that no two nodes pack one study; objects hot on another
+//! node are fetched from it to be packed, and each node deletes only its own hot files
+//! (the study stays queued while a live node still holds some).
+//!
 //! A crash after 2 or 3 leaves an unrecorded upload; the next pass rebuilds the same
 //! pack (same objects, same bytes, same key), finds it present, verifies and records
 //! it, so no pack is uploaded or counted twice. A crash in 5 leaves objects recorded
@@ -41,6 +46,10 @@ pub struct MoveReport {
     pub objects_recalled: usize,
     /// Packs moved to the archive storage class.
     pub packs_archived: usize,
+    /// Objects of the study (with cold copies now) still hot on other nodes' disks:
+    /// those nodes evict them when they take the study.
+    #[serde(default)]
+    pub hot_on_other_nodes: usize,
 }
 
 /// Every object (every kept version) of a study with its record.
@@ -70,6 +79,8 @@ impl Tiering {
     /// Copies the study's hot objects to cold, verifies, records, and deletes the hot
     /// copies. Idempotent: safe to run again after any interruption.
     pub async fn move_to_cold(&self, study_uid: &str) -> Result<MoveReport, TieringError> {
+        // one node at a time per study: no study is packed twice (docs/scale-out.md)
+        let _lease = self.take_lease(&format!("tier/{study_uid}")).await?;
         let mut report = MoveReport {
             study_uid: study_uid.to_string(),
             ..Default::default()
@@ -97,11 +108,20 @@ impl Tiering {
         let this = self.clone();
         let study = study_uid.to_string();
         let objects = blocking(move || study_objects_blocking(&this, &study)).await?;
-        let evict: Vec<ObjectId> = objects
+        // Only this node's hot files are deleted here; another node's are deleted by
+        // that node when it takes the study (the study stays queued until then).
+        let (mine, theirs): (Vec<_>, Vec<_>) = objects
             .iter()
             .filter(|(_, r)| r.tier == Tier::Hot && !r.cold.is_empty())
-            .map(|(id, _)| *id)
+            .partition(|(_, r)| r.hot_on(&self.node));
+        // a node that is down keeps its hot copies (readers use the cold ones meanwhile)
+        // and does not hold the study back
+        let alive = self.alive_nodes().await?;
+        let theirs: Vec<_> = theirs
+            .into_iter()
+            .filter(|(_, r)| r.hot_node.as_ref().is_some_and(|n| alive.contains(n)))
             .collect();
+        let evict: Vec<ObjectId> = mine.iter().map(|(id, _)| *id).collect();
         for (n, id) in evict.iter().enumerate() {
             self.hot.delete(id).await?;
             if n == 0 {
@@ -109,8 +129,9 @@ impl Tiering {
             }
         }
         let (index, ids) = (self.index.clone(), evict.clone());
-        blocking(move || Ok(index.set_tier(&ids, Tier::Cold)?)).await?;
+        blocking(move || Ok(index.set_tier(&ids, Tier::Cold, None)?)).await?;
         report.objects_evicted = evict.len();
+        report.hot_on_other_nodes = theirs.len();
         if let Some(m) = &self.metrics {
             m.uploads.inc_by(report.packs_recorded as u64);
             m.uploaded_bytes.inc_by(report.bytes_uploaded);
@@ -125,11 +146,23 @@ impl Tiering {
         study_uid: &str,
         objects: &[(ObjectId, ObjectRecord)],
     ) -> Result<(u64, usize), TieringError> {
+        // objects hot on another node's disk are staged here first (fetched, checked)
+        let mut staged = std::collections::HashMap::new();
+        let reader = self.reader();
+        for (id, r) in objects {
+            if !r.hot_on(&self.node) {
+                let tmp = reader.stage_elsewhere(id).await?;
+                staged.insert(*id, tmp);
+            }
+        }
         let sources: Vec<Source> = objects
             .iter()
             .map(|(id, r)| Source {
                 id: *id,
-                path: self.hot.path_of(id),
+                path: staged
+                    .get(id)
+                    .map(|tmp| tmp.path().to_path_buf())
+                    .unwrap_or_else(|| self.hot.path_of(id)),
                 study_uid: r.study_uid.clone(),
                 series_uid: r.series_uid.clone(),
                 sop_instance_uid: r.sop_instance_uid.clone(),
@@ -142,6 +175,7 @@ impl Tiering {
         let study = study_uid.to_string();
         let built =
             blocking(move || Ok(pack::build_blocking(&study, &sources, level, &tmp)?)).await?;
+        drop(staged);
 
         let (index, pack_id) = (self.index.clone(), built.id);
         if blocking(move || Ok(index.pack(&pack_id)?)).await?.is_some() {
@@ -227,7 +261,8 @@ impl Tiering {
             })
             .await?;
             let (index, marked) = (self.index.clone(), vec![*id]);
-            blocking(move || Ok(index.set_tier(&marked, Tier::Hot)?)).await?;
+            let node = self.node.clone();
+            blocking(move || Ok(index.set_tier(&marked, Tier::Hot, Some(&node))?)).await?;
             recalled.push(*id);
         }
         let mut batches: Vec<Vec<ObjectId>> = Vec::new();
@@ -264,7 +299,8 @@ impl Tiering {
                 ids.push(id);
             }
             let (index, marked) = (self.index.clone(), ids.clone());
-            blocking(move || Ok(index.set_tier(&marked, Tier::Hot)?)).await?;
+            let node = self.node.clone();
+            blocking(move || Ok(index.set_tier(&marked, Tier::Hot, Some(&node))?)).await?;
             recalled.extend(ids);
         }
         // back in the access queue: it ages again from now

@@ -37,6 +37,17 @@ pub struct ObjectReader {
     pub metrics: Option<TierMetrics>,
     /// Where restores of archived packs are recorded.
     pub audit: Option<crate::audit::AuditLog>,
+    /// This node (`[cluster] node_id`): objects hot on another node's disk are fetched
+    /// from it ([`crate::peer`]) when `peers` is set, else read from their cold copies.
+    pub node: Arc<str>,
+    pub peers: Option<Arc<crate::peer::Peers>>,
+}
+
+/// Where an object not on this node's hot disk is to be read from.
+struct Elsewhere {
+    /// The other node whose hot disk holds it, when fetching from nodes is on.
+    node: Option<String>,
+    cold: Vec<ColdCopy>,
 }
 
 /// Reads a hot file and checks it against its id. `None` when it is missing, unreadable
@@ -78,26 +89,83 @@ impl ObjectReader {
         }
     }
 
-    /// The object's Part-10 bytes, from hot disk or its cold pack.
+    /// Where to read an object that is not on this node's hot disk, by its record
+    /// (blocking).
+    fn elsewhere_blocking(&self, id: &ObjectId) -> Result<Elsewhere, TieringError> {
+        let record = self
+            .index
+            .object(id)?
+            .ok_or_else(|| TieringError::Unreadable {
+                id: id.to_hex(),
+                detail: "not in the index".into(),
+            })?;
+        let node = self
+            .peers
+            .as_ref()
+            .and(record.hot_elsewhere(&self.node))
+            .map(str::to_string);
+        Ok(Elsewhere {
+            node,
+            cold: record.cold,
+        })
+    }
+
+    /// The object's Part-10 bytes, from this node's hot disk, another node's, or its
+    /// cold pack.
     pub async fn read(&self, id: &ObjectId) -> Result<Vec<u8>, TieringError> {
-        let (hot, index, oid) = (self.hot.clone(), self.index.clone(), *id);
-        let (bytes, copies) = blocking(move || {
-            if let Some(bytes) = read_hot_blocking(&hot, &oid) {
-                return Ok((Some(bytes), Vec::new()));
+        let (this, oid) = (self.clone(), *id);
+        let found = blocking(move || {
+            if let Some(bytes) = read_hot_blocking(&this.hot, &oid) {
+                return Ok(Ok(bytes));
             }
-            let record = index
-                .object(&oid)?
-                .ok_or_else(|| TieringError::Unreadable {
-                    id: oid.to_hex(),
-                    detail: "not in the index".into(),
-                })?;
-            Ok((None, record.cold))
+            Ok(Err(this.elsewhere_blocking(&oid)?))
         })
         .await?;
-        if let Some(bytes) = bytes {
-            return Ok(bytes);
+        match found {
+            Ok(bytes) => Ok(bytes),
+            Err(elsewhere) => self.read_elsewhere(id, elsewhere).await,
         }
-        self.read_cold(id, &copies).await
+    }
+
+    /// Reads an object from the node that holds it, else (that failing) from its cold
+    /// copies.
+    async fn read_elsewhere(
+        &self,
+        id: &ObjectId,
+        elsewhere: Elsewhere,
+    ) -> Result<Vec<u8>, TieringError> {
+        if let Some(node) = &elsewhere.node {
+            match self.pipe_peer(id, node, Vec::new()).await {
+                Ok(bytes) => return Ok(bytes),
+                Err(e) if elsewhere.cold.is_empty() => return Err(e),
+                Err(e) => {
+                    tracing::warn!(object = %id, node, error = %e, "cannot fetch from the node that holds it; reading a cold copy")
+                }
+            }
+        }
+        self.read_cold(id, &elsewhere.cold).await
+    }
+
+    /// Streams object `id` from `node`'s hot disk into `sink`, checked against `id`
+    /// ([`crate::peer`]); like [`ObjectReader::pipe_copy`], the sink must not be used
+    /// on failure.
+    pub async fn pipe_peer<W: std::io::Write + Send + 'static>(
+        &self,
+        id: &ObjectId,
+        node: &str,
+        sink: W,
+    ) -> Result<W, TieringError> {
+        let peers = self
+            .peers
+            .as_ref()
+            .ok_or_else(|| TieringError::Other("fetching from other nodes is off".into()))?;
+        let stream = peers.fetch(self.index.clone(), node, id).await?;
+        let stream = stream.map(|chunk| chunk.map_err(TieringError::from));
+        let sink = drain_checked(stream, id, crate::index::Compression::None, sink).await?;
+        if let Some(m) = &self.metrics {
+            m.peer_fetches.inc();
+        }
+        Ok(sink)
     }
 
     /// Whether the object can be read now without reading it: a hot file, or one byte of
@@ -107,10 +175,13 @@ impl ObjectReader {
         if self.hot.path_of(id).exists() {
             return Ok(());
         }
-        let (index, oid) = (self.index.clone(), *id);
-        let copies =
-            blocking(move || Ok(index.object(&oid)?.map(|r| r.cold).unwrap_or_default())).await?;
-        let Some(copy) = copies.first() else {
+        let (this, oid) = (self.clone(), *id);
+        let elsewhere = blocking(move || this.elsewhere_blocking(&oid)).await?;
+        if elsewhere.node.is_some() {
+            // hot on another node: fetched from it (or, that failing, from cold) on read
+            return Ok(());
+        }
+        let Some(copy) = elsewhere.cold.first() else {
             return Err(TieringError::Unreadable {
                 id: id.to_hex(),
                 detail: "no hot file and no cold copy".into(),
@@ -158,65 +229,8 @@ impl ObjectReader {
             .await;
         let pending = matches!(&stream, Err(e) if e.is_pending_restore());
         self.note_restore(&pack, pending).await;
-        let mut stream = stream?;
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(8);
-        let (oid, compression) = (*id, copy.compression);
-        let writer = tokio::task::spawn_blocking(move || -> Result<W, TieringError> {
-            let corrupt = |reason: String| {
-                TieringError::Pack(super::pack::PackError::CorruptMember {
-                    name: oid.to_hex(),
-                    reason,
-                })
-            };
-            let mut out = HashingWriter {
-                inner: sink,
-                hasher: blake3::Hasher::new(),
-            };
-            let failed = |e: std::io::Error| corrupt(format!("write: {e}"));
-            match compression {
-                crate::index::Compression::None => {
-                    while let Some(chunk) = rx.blocking_recv() {
-                        std::io::Write::write_all(&mut out, &chunk).map_err(failed)?;
-                    }
-                }
-                crate::index::Compression::Zstd => {
-                    let mut decoder = zstd::stream::write::Decoder::new(&mut out)
-                        .map_err(|e| corrupt(format!("zstd: {e}")))?;
-                    while let Some(chunk) = rx.blocking_recv() {
-                        std::io::Write::write_all(&mut decoder, &chunk)
-                            .map_err(|e| corrupt(format!("zstd: {e}")))?;
-                    }
-                    std::io::Write::flush(&mut decoder)
-                        .map_err(|e| corrupt(format!("zstd: {e}")))?;
-                }
-            }
-            std::io::Write::flush(&mut out).map_err(failed)?;
-            let actual = ObjectId::from_hash(out.hasher.finalize());
-            if actual != oid {
-                return Err(corrupt(format!("its bytes hash to {actual}")));
-            }
-            Ok(out.inner)
-        });
-        let mut streamed = Ok(());
-        while let Some(chunk) = stream.next().await {
-            match chunk {
-                Ok(chunk) => {
-                    if tx.send(chunk).await.is_err() {
-                        break; // the writer failed: its error says why
-                    }
-                }
-                Err(e) => {
-                    streamed = Err(TieringError::from(e));
-                    break;
-                }
-            }
-        }
-        drop(tx);
-        let written = writer
-            .await
-            .map_err(|e| TieringError::Other(format!("the writer task failed: {e}")))?;
-        streamed?;
-        let sink = written?;
+        let stream = stream?.map(|chunk| chunk.map_err(TieringError::from));
+        let sink = drain_checked(stream, id, copy.compression, sink).await?;
         self.observe_recall(started);
         Ok(sink)
     }
@@ -236,6 +250,30 @@ impl ObjectReader {
             Ok(tmp)
         })
         .await
+    }
+
+    /// An object not on this node's hot disk landed whole in a tmp file on it, checked
+    /// against its id, in bounded memory: fetched from the node whose hot disk holds it
+    /// ([`ObjectReader::pipe_peer`]), else (that failing) staged from a cold copy
+    /// ([`ObjectReader::stage_cold`]).
+    pub async fn stage_elsewhere(
+        &self,
+        id: &ObjectId,
+    ) -> Result<strata_tiers::TmpObject, TieringError> {
+        let (this, oid) = (self.clone(), *id);
+        let elsewhere = blocking(move || this.elsewhere_blocking(&oid)).await?;
+        if let Some(node) = &elsewhere.node {
+            let hot = self.hot.clone();
+            let tmp = blocking(move || Ok(hot.create_tmp_blocking()?)).await?;
+            match self.pipe_peer(id, node, TmpSink(tmp)).await {
+                Ok(TmpSink(tmp)) => return Ok(tmp),
+                Err(e) if elsewhere.cold.is_empty() => return Err(e),
+                Err(e) => {
+                    tracing::warn!(object = %id, node, error = %e, "cannot fetch from the node that holds it; staging a cold copy")
+                }
+            }
+        }
+        self.stage_cold(id, &elsewhere.cold).await
     }
 
     /// One ranged GET of a pack member, decompressed and checked against `id`.
@@ -269,31 +307,40 @@ impl ObjectReader {
         // pack -> (offset, id, copy), for objects with no hot file
         let mut by_pack: BTreeMap<ObjectId, Vec<(u64, ObjectId, ColdCopy)>> = BTreeMap::new();
         for id in ids {
-            let (hot, index, oid) = (self.hot.clone(), self.index.clone(), *id);
+            let (this, oid) = (self.clone(), *id);
             let found = blocking(move || {
-                if let Some(bytes) = read_hot_blocking(&hot, &oid) {
+                if let Some(bytes) = read_hot_blocking(&this.hot, &oid) {
                     return Ok(Ok(bytes));
                 }
-                Ok(Err(index.object(&oid)?.map(|r| r.cold).unwrap_or_default()))
+                Ok(Err(this.elsewhere_blocking(&oid)?))
             })
             .await?;
             match found {
                 Ok(bytes) => visit(*id, bytes)?,
-                Err(copies) => match copies.first().and_then(|c| c.pack_id().map(|p| (p, c))) {
-                    Some((pack, copy)) => {
-                        by_pack
-                            .entry(pack)
-                            .or_default()
-                            .push((copy.offset, *id, copy.clone()))
+                Err(elsewhere) if elsewhere.node.is_some() => {
+                    match self.read_elsewhere(id, elsewhere).await {
+                        Ok(bytes) => visit(*id, bytes)?,
+                        Err(e) if e.is_pending_restore() || e.is_transient() => return Err(e),
+                        Err(e) => failed.push((*id, e)),
                     }
-                    None => failed.push((
-                        *id,
-                        TieringError::Unreadable {
-                            id: id.to_hex(),
-                            detail: "no hot file and no cold copy".into(),
-                        },
-                    )),
-                },
+                }
+                Err(Elsewhere { cold: copies, .. }) => {
+                    match copies.first().and_then(|c| c.pack_id().map(|p| (p, c))) {
+                        Some((pack, copy)) => {
+                            by_pack
+                                .entry(pack)
+                                .or_default()
+                                .push((copy.offset, *id, copy.clone()))
+                        }
+                        None => failed.push((
+                            *id,
+                            TieringError::Unreadable {
+                                id: id.to_hex(),
+                                detail: "no hot file and no cold copy".into(),
+                            },
+                        )),
+                    }
+                }
             }
         }
         for (pack, mut members) in by_pack {
@@ -475,6 +522,79 @@ where
         id: id.to_hex(),
         detail: last,
     })
+}
+
+/// Writes the chunks of `stream` — the stored bytes of object `id`, compressed as
+/// `compression` says — into `sink` on the blocking pool, a chunk at a time, hashing what
+/// comes out, and returns `sink` once the bytes hash to `id`. On any failure (the stream,
+/// the decompression, a hash mismatch) the sink has received bytes that must not be used.
+async fn drain_checked<W, S>(
+    mut stream: S,
+    id: &ObjectId,
+    compression: crate::index::Compression,
+    sink: W,
+) -> Result<W, TieringError>
+where
+    W: std::io::Write + Send + 'static,
+    S: futures::Stream<Item = Result<bytes::Bytes, TieringError>> + Unpin,
+{
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(8);
+    let oid = *id;
+    let writer = tokio::task::spawn_blocking(move || -> Result<W, TieringError> {
+        let corrupt = |reason: String| {
+            TieringError::Pack(super::pack::PackError::CorruptMember {
+                name: oid.to_hex(),
+                reason,
+            })
+        };
+        let mut out = HashingWriter {
+            inner: sink,
+            hasher: blake3::Hasher::new(),
+        };
+        let failed = |e: std::io::Error| corrupt(format!("write: {e}"));
+        match compression {
+            crate::index::Compression::None => {
+                while let Some(chunk) = rx.blocking_recv() {
+                    std::io::Write::write_all(&mut out, &chunk).map_err(failed)?;
+                }
+            }
+            crate::index::Compression::Zstd => {
+                let mut decoder = zstd::stream::write::Decoder::new(&mut out)
+                    .map_err(|e| corrupt(format!("zstd: {e}")))?;
+                while let Some(chunk) = rx.blocking_recv() {
+                    std::io::Write::write_all(&mut decoder, &chunk)
+                        .map_err(|e| corrupt(format!("zstd: {e}")))?;
+                }
+                std::io::Write::flush(&mut decoder).map_err(|e| corrupt(format!("zstd: {e}")))?;
+            }
+        }
+        std::io::Write::flush(&mut out).map_err(failed)?;
+        let actual = ObjectId::from_hash(out.hasher.finalize());
+        if actual != oid {
+            return Err(corrupt(format!("its bytes hash to {actual}")));
+        }
+        Ok(out.inner)
+    });
+    let mut streamed = Ok(());
+    while let Some(chunk) = stream.next().await {
+        match chunk {
+            Ok(chunk) => {
+                if tx.send(chunk).await.is_err() {
+                    break; // the writer failed: its error says why
+                }
+            }
+            Err(e) => {
+                streamed = Err(e);
+                break;
+            }
+        }
+    }
+    drop(tx);
+    let written = writer
+        .await
+        .map_err(|e| TieringError::Other(format!("the writer task failed: {e}")))?;
+    streamed?;
+    written
 }
 
 /// Hashes what it passes on (blake3), to check streamed bytes against their id.

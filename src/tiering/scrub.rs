@@ -5,11 +5,12 @@
 //! copy read (one ranged GET of its pack member) and checked against its id. Each check
 //! is recorded in the index (`fixity`: when, ok or not, what was wrong) and counted in
 //! the metrics; a failure is logged with the object, its location and its study, for
-//! `strata verify --repair` to act on. The scrubber never changes data.
+//! `strata verify --repair` to act on. The scrubber never changes data. Nodes that
+//! share an index split the objects among them ([`scrubs`]).
 
 use super::{blocking, Tiering, TieringError};
 use crate::index::rocks::unix_ms_now;
-use crate::index::{FixityRecord, ObjectRecord, Tier};
+use crate::index::{FixityRecord, ObjectRecord};
 use std::time::{Duration, Instant};
 use strata_tiers::ObjectId;
 use tokio::sync::watch;
@@ -32,7 +33,7 @@ async fn check(t: &Tiering, id: &ObjectId, record: &ObjectRecord) -> Checked {
     let mut unchecked = Vec::new();
     let mut copies_read = 0;
     let mut bytes = 0;
-    if record.tier == Tier::Hot {
+    if record.hot_on(&t.node) {
         let (hot, oid) = (t.hot.clone(), *id);
         match blocking(move || Ok(hot.rehash_blocking(&oid)?)).await {
             Ok((actual, size)) => {
@@ -110,6 +111,33 @@ async fn check(t: &Tiering, id: &ObjectId, record: &ObjectRecord) -> Checked {
     }
 }
 
+/// Whether `node` checks object `id` this cycle, of the `alive` nodes: its own hot
+/// objects; not those hot on another live node; and, of the rest (cold only, or hot on
+/// a node that is down), those for which `node` ranks first among the live nodes by
+/// blake3(node id, object id) (rendezvous hashing: a node that goes down has its share
+/// spread over the others at the next cycle). No live node recorded: every object.
+fn scrubs(node: &str, alive: &[String], id: &ObjectId, record: &ObjectRecord) -> bool {
+    if record.hot_on(node) {
+        return true;
+    }
+    if record
+        .hot_elsewhere(node)
+        .is_some_and(|holder| alive.iter().any(|n| n == holder))
+    {
+        return false;
+    }
+    let rank = |n: &str| {
+        let mut h = blake3::Hasher::new();
+        h.update(n.as_bytes());
+        h.update(id.as_bytes());
+        *h.finalize().as_bytes()
+    };
+    alive
+        .iter()
+        .max_by_key(|n| rank(n))
+        .is_none_or(|first| first == node)
+}
+
 /// Runs cycles until `stop` turns true.
 pub async fn run_scrubber(t: Tiering, mut stop: watch::Receiver<bool>) {
     let cfg = t.config.scrub.clone();
@@ -132,6 +160,17 @@ pub async fn run_scrubber(t: Tiering, mut stop: watch::Receiver<bool>) {
                 Vec::new()
             }
         };
+        // nodes sharing the index split the work (docs/scale-out.md): each checks what
+        // is hot on its own disk, and the cold-only objects the live nodes rank it first for
+        let alive: Vec<String> = t
+            .alive_nodes()
+            .await
+            .map(|nodes| nodes.into_iter().collect())
+            .unwrap_or_default();
+        let objects: Vec<_> = objects
+            .into_iter()
+            .filter(|(id, r)| scrubs(&t.node, &alive, id, r))
+            .collect();
         let cycle_started = Instant::now();
         let per_object = cfg.cycle.div_f64(objects.len().max(1) as f64);
         for (n, (id, _)) in objects.iter().enumerate() {
@@ -227,5 +266,73 @@ impl std::io::Write for Counted {
     }
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(hot_node: Option<&str>, tier: crate::index::Tier) -> ObjectRecord {
+        ObjectRecord {
+            size: 1,
+            tier,
+            cold: Vec::new(),
+            study_uid: String::new(),
+            series_uid: String::new(),
+            sop_instance_uid: String::new(),
+            sop_class_uid: String::new(),
+            transfer_syntax_uid: String::new(),
+            provenance: crate::index::Provenance {
+                received_at_ms: 0,
+                calling_ae: String::new(),
+                source: String::new(),
+                node: String::new(),
+            },
+            hot_node: hot_node.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn live_nodes_split_the_objects_each_once() {
+        use crate::index::Tier;
+        let alive: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+        let mut per_node = [0usize; 3];
+        for n in 0..300u32 {
+            let id = ObjectId::of_bytes(&n.to_le_bytes());
+            let cold = record(None, Tier::Cold);
+            let takers: Vec<usize> = (0..3)
+                .filter(|&i| scrubs(&alive[i], &alive, &id, &cold))
+                .collect();
+            assert_eq!(
+                takers.len(),
+                1,
+                "a cold-only object is checked by exactly one node"
+            );
+            per_node[takers[0]] += 1;
+            // hot on b: only b, while b is alive
+            let on_b = record(Some("b"), Tier::Hot);
+            assert!(scrubs("b", &alive, &id, &on_b));
+            assert!(!scrubs("a", &alive, &id, &on_b) && !scrubs("c", &alive, &id, &on_b));
+            // b down: one of a and c checks its cold copies
+            let without_b = vec!["a".to_string(), "c".to_string()];
+            let takers = ["a", "c"]
+                .iter()
+                .filter(|n| scrubs(n, &without_b, &id, &on_b))
+                .count();
+            assert_eq!(takers, 1);
+        }
+        assert!(
+            per_node.iter().all(|&n| n > 50),
+            "shares are even: {per_node:?}"
+        );
+        // a record from before nodes were named is the one node's own
+        let id = ObjectId::of_bytes(b"x");
+        assert!(scrubs(
+            "a",
+            &alive,
+            &id,
+            &record(None, crate::index::Tier::Hot)
+        ));
     }
 }

@@ -41,6 +41,9 @@ pub struct PassReport {
     pub uploads_aborted: usize,
     /// Studies that could not be moved, with the reason (they stay queued).
     pub failed: Vec<(String, String)>,
+    /// Due studies another node was moving (it held their lease).
+    #[serde(default)]
+    pub leased_elsewhere: usize,
 }
 
 /// Where the tiers stand (`strata tier status`).
@@ -161,8 +164,16 @@ impl Tiering {
             .load(std::sync::atomic::Ordering::Acquire);
         let every = self.config.tiering.orphan_scan_interval.as_millis() as u64;
         if orphans_now || last == 0 || now.saturating_sub(last) >= every {
-            report.orphans_deleted = self.collect_orphans(now).await?;
-            report.uploads_aborted = self.abort_stale_uploads(now).await?;
+            // one node scans the bucket at a time; another scans on its next turn
+            let lease = match self.take_lease("orphans").await {
+                Ok(lease) => Some(lease),
+                Err(TieringError::LeasedElsewhere(_)) => None,
+                Err(e) => return Err(e),
+            };
+            if lease.is_some() {
+                report.orphans_deleted = self.collect_orphans(now).await?;
+                report.uploads_aborted = self.abort_stale_uploads(now).await?;
+            }
             self.last_orphan_scan_ms
                 .store(now, std::sync::atomic::Ordering::Release);
         }
@@ -191,6 +202,12 @@ impl Tiering {
             return Ok(());
         }
         let outcome = self.move_to_cold(study).await;
+        if let Err(TieringError::LeasedElsewhere(_)) = &outcome {
+            // another node is moving it now; it stays queued for whoever finishes
+            handled.insert(study.to_string());
+            report.leased_elsewhere += 1;
+            return Ok(());
+        }
         if !matches!(&outcome, Ok(m) if m.packs_recorded + m.objects_evicted == 0) {
             self.audit_move(
                 crate::audit::Actor::system("tiering"),
@@ -205,6 +222,7 @@ impl Tiering {
         }
         match outcome {
             Ok(moved) => {
+                let held_elsewhere = moved.hot_on_other_nodes;
                 if moved.packs_recorded + moved.objects_evicted > 0 {
                     tracing::info!(
                         study = %study,
@@ -216,9 +234,11 @@ impl Tiering {
                     );
                     report.moved.push(moved);
                 }
-                let index = self.index.clone();
-                let uid = study.to_string();
-                blocking(move || Ok(index.dequeue(at, &uid)?)).await?;
+                if held_elsewhere == 0 {
+                    let index = self.index.clone();
+                    let uid = study.to_string();
+                    blocking(move || Ok(index.dequeue(at, &uid)?)).await?;
+                }
                 Ok(())
             }
             Err(e) if e.is_transient() => Err(e),

@@ -235,6 +235,16 @@ impl Archive {
         }
     }
 
+    /// The StudyInstanceUIDs `strata ls` lists.
+    pub fn study_uids(&self) -> Vec<String> {
+        self.ls_json()
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["study_uid"].as_str().unwrap().to_string())
+            .collect()
+    }
+
     pub fn strata(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(strata_bin());
         cmd.arg("--config").arg(&self.config).args(args);
