@@ -101,6 +101,7 @@ fn build(index: &RocksIndex, studies: usize, per_study: usize, template: Option<
                 },
                 dataset: None,
                 metadata: template.map(|t| t.record(&sop, &series_uid, &study_uid)),
+                replicate: false,
                 provenance: Provenance {
                     received_at_ms: 0,
                     calling_ae: "BENCH".into(),

@@ -122,7 +122,8 @@ impl Archive {
             config.ingest.max_commit_batch,
             metrics.clone(),
             audit.clone(),
-        );
+        )
+        .with_replication(config.replicates());
         let tiers = (&storage.data_dir, &storage.hot, &storage.cold, index);
         Ok(Self::assemble(config, tiers, audit, Some(ingest), metrics))
     }

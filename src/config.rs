@@ -42,8 +42,9 @@ pub struct ClusterConfig {
     /// disk's objects are known by it); empty: the host name.
     pub node_id: String,
     /// When a store is acknowledged: `local` (after this node's fsync and the index
-    /// commit). `replicated` (only once a second durable copy exists) is not built yet:
-    /// refused at start.
+    /// commit; a replica follows within a bounded lag on nodes that replicate), or
+    /// `replicated` (only once a replica in the cold tier is written, read back and
+    /// recorded: a second durable copy off this node's disk). docs/scale-out.md.
     pub ack_after: AckAfter,
     /// How often the node records that it is alive; one silent for three of these is
     /// shown down (`strata cluster status`).
@@ -84,6 +85,18 @@ impl Default for ClusterConfig {
 pub enum AckAfter {
     Local,
     Replicated,
+}
+
+impl Config {
+    /// Whether this node writes a replica of each object it receives to the cold tier
+    /// (docs/scale-out.md "Durability across nodes"): on a shared (PostgreSQL) index,
+    /// where another node must be able to serve what this one acked if its disk is lost,
+    /// and whenever `[cluster] ack_after = "replicated"`. An archive of one node on
+    /// RocksDB relies on its own disk until its studies age to cold.
+    pub fn replicates(&self) -> bool {
+        self.index.backend == IndexBackend::Postgres
+            || self.cluster.ack_after == AckAfter::Replicated
+    }
 }
 
 impl ClusterConfig {
@@ -901,9 +914,12 @@ impl Config {
                 )));
             }
         }
-        if self.cluster.ack_after == AckAfter::Replicated {
+        if self.cluster.ack_after == AckAfter::Replicated && self.cold.url.trim().is_empty() {
             return Err(ConfigError::Invalid(
-                "[cluster] ack_after = \"replicated\" is not built yet (docs/scale-out.md): use \"local\""
+                "[cluster] ack_after = \"replicated\" acknowledges once a second copy is in the \
+                 cold tier, and [cold] url is empty: the default cold tier is <data_dir>/cold, on \
+                 this node's own disk. Name the shared bucket (s3://bucket/prefix) or another \
+                 file system (file:///path)"
                     .into(),
             ));
         }

@@ -191,6 +191,19 @@ pub trait Placement {
     /// Marks objects as having (`Hot`, on `node`'s hot disk: [`ObjectRecord::hot_node`])
     /// or no longer having (`Cold`) a hot copy; synced.
     fn set_tier(&self, ids: &[ObjectId], tier: Tier, node: Option<&str>) -> Result<(), IndexError>;
+    /// Objects `node` has yet to replicate to the cold tier, with when each was
+    /// received (ms since the epoch), at most `limit`, in id order. Queued by `commit`
+    /// for objects whose [`NewObject::replicate`] is set, in the same batch.
+    fn replication_queue(
+        &self,
+        node: &str,
+        limit: usize,
+    ) -> Result<Vec<(ObjectId, u64)>, IndexError>;
+    /// Records that objects have (`replica`) or no longer have (they are in a recorded
+    /// pack, or gone) a verified replica in the cold tier, and takes them off `node`'s
+    /// replication queue either way; synced.
+    fn set_replicated(&self, node: &str, ids: &[ObjectId], replica: bool)
+        -> Result<(), IndexError>;
     /// Records the scrubber's latest check of an object (not synced: a lost record only
     /// means the object is checked again).
     fn record_fixity(&self, id: &ObjectId, record: &FixityRecord) -> Result<(), IndexError>;

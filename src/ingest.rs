@@ -135,6 +135,9 @@ pub struct Ingest {
     jobs: mpsc::Sender<CommitJob>,
     metrics: Metrics,
     committer: Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>,
+    /// Queue each new object for a replica in the cold tier in its commit
+    /// ([`NewObject::replicate`]).
+    replicate: bool,
 }
 
 impl Ingest {
@@ -176,7 +179,15 @@ impl Ingest {
             jobs: tx,
             metrics,
             committer: Arc::new(std::sync::Mutex::new(Some(handle))),
+            replicate: false,
         }
+    }
+
+    /// This pipeline, queueing each new object for a replica in the cold tier
+    /// (docs/scale-out.md "Durability across nodes").
+    pub fn with_replication(mut self, replicate: bool) -> Self {
+        self.replicate = replicate;
+        self
     }
 
     /// This pipeline, completing each instance's attributes with `policy`.
@@ -291,6 +302,7 @@ impl Ingest {
             provenance,
             dataset,
             metadata: crate::dicom::metadata::capture_blocking(written.tmp.path()),
+            replicate: self.replicate,
         };
         self.jobs
             .send(CommitJob {

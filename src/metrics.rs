@@ -50,6 +50,12 @@ pub struct TierMetrics {
     pub recall_seconds: Histogram,
     /// Objects fetched, checked, from another node's hot disk (docs/scale-out.md).
     pub peer_fetches: IntCounter,
+    /// Objects this node received that have no replica in the cold tier yet, and how
+    /// long the oldest of them has waited (seconds; 0 when none wait).
+    pub replication_pending: IntGauge,
+    pub replication_lag_seconds: prometheus::Gauge,
+    /// Replicas written, read back and recorded.
+    pub replicated_objects: IntCounter,
     pub scrub_objects: IntCounter,
     pub scrub_bytes: IntCounter,
     pub scrub_failures: IntCounter,
@@ -115,6 +121,21 @@ impl TierMetrics {
                 "Objects fetched and checked from another node's hot disk",
             )
             .expect("metric"),
+            replication_pending: IntGauge::new(
+                "strata_replication_pending",
+                "Objects received by this node with no replica in the cold tier yet",
+            )
+            .expect("metric"),
+            replication_lag_seconds: prometheus::Gauge::new(
+                "strata_replication_lag_seconds",
+                "How long the oldest object without a replica has waited (0: none waits)",
+            )
+            .expect("metric"),
+            replicated_objects: IntCounter::new(
+                "strata_replicated_objects_total",
+                "Replicas of objects written to the cold tier, read back and recorded",
+            )
+            .expect("metric"),
             scrub_objects: IntCounter::new(
                 "strata_scrub_objects_total",
                 "Objects re-hashed by the scrubber",
@@ -152,6 +173,9 @@ impl TierMetrics {
             Box::new(t.failures.clone()),
             Box::new(t.recall_seconds.clone()),
             Box::new(t.peer_fetches.clone()),
+            Box::new(t.replication_pending.clone()),
+            Box::new(t.replication_lag_seconds.clone()),
+            Box::new(t.replicated_objects.clone()),
         ] {
             registry.register(c).expect("unique metric names");
         }

@@ -162,6 +162,14 @@ pub async fn run(
             shutdown_rx.clone(),
         ))
     });
+    // replicas of what this node receives, within a bounded lag (docs/scale-out.md)
+    let replication_task = config.replicates().then(|| {
+        tokio::spawn(crate::tiering::replicate::run_replicator(
+            archive.tiering().clone(),
+            Arc::new(tokio::sync::Notify::new()),
+            shutdown_rx.clone(),
+        ))
+    });
     let scrub_task = config.scrub.enabled.then(|| {
         tokio::spawn(crate::tiering::scrub::run_scrubber(
             archive.tiering().clone(),
@@ -282,6 +290,11 @@ pub async fn run(
     }
     let _ = heartbeat_task.await;
     if let Some(task) = scrub_task {
+        task.abort();
+        let _ = task.await;
+    }
+    if let Some(task) = replication_task {
+        // a replica in progress is abandoned; the object stays queued
         task.abort();
         let _ = task.await;
     }

@@ -260,8 +260,13 @@ impl Storage {
         };
         let marker = data_dir.join(CLEAN_MARKER);
         if !marker.exists() {
-            let (adopted, quarantined) =
-                adopt_orphans_blocking(&data_dir, &hot, index.as_ref(), &config.cluster.node())?;
+            let (adopted, quarantined) = adopt_orphans_blocking(
+                &data_dir,
+                &hot,
+                index.as_ref(),
+                &config.cluster.node(),
+                config.replicates(),
+            )?;
             report.adopted = adopted;
             report.quarantined = quarantined;
         } else {
@@ -341,6 +346,7 @@ pub fn index_objects_blocking(
     ids: &[ObjectId],
     calling_ae: &str,
     node: &str,
+    replicate: bool,
     mut progress: impl FnMut(),
 ) -> Result<(usize, Vec<PathBuf>), StorageError> {
     let mut quarantined = Vec::new();
@@ -383,6 +389,7 @@ pub fn index_objects_blocking(
             attrs,
             dataset: None,
             metadata: crate::dicom::metadata::capture_blocking(&path),
+            replicate,
             provenance: Provenance {
                 received_at_ms,
                 calling_ae: calling_ae.into(),
@@ -430,6 +437,7 @@ fn adopt_orphans_blocking(
     hot: &HotDisk,
     index: &dyn Index,
     node: &str,
+    replicate: bool,
 ) -> Result<(usize, Vec<PathBuf>), StorageError> {
     let (ids, _strays) = hot.list_blocking()?;
     let mut orphans = Vec::new();
@@ -454,7 +462,7 @@ fn adopt_orphans_blocking(
         "unclean stop: adopting objects the index lacks"
     );
     let (adopted, unusable) =
-        index_objects_blocking(hot, index, &orphans, "recovered", node, || {})?;
+        index_objects_blocking(hot, index, &orphans, "recovered", node, replicate, || {})?;
     // Orphans are not in the index, so nothing refers to them: quarantine now.
     let quarantined = unusable
         .iter()

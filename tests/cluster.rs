@@ -138,6 +138,24 @@ fn b3_of_download(url: &str, file: &std::path::Path) -> String {
     String::from_utf8_lossy(&b3.stdout).trim().to_string()
 }
 
+/// SOP Instance UID -> data set, of Part-10 files.
+fn data_sets(files: &[std::path::PathBuf]) -> std::collections::BTreeMap<String, Vec<u8>> {
+    files
+        .iter()
+        .map(|p| {
+            let sop = strata::dicom::header::read_header_blocking(p)
+                .unwrap()
+                .sop_instance_uid;
+            (sop, data_set(p))
+        })
+        .collect()
+}
+
+/// A `[[dicom.peers]]` entry for the C-MOVE destination `DEST` (storescp) at `port`.
+fn dest_peer(port: u16) -> String {
+    format!("\n[[dicom.peers]]\nae_title = \"DEST\"\nhost = \"127.0.0.1\"\nport = {port}\n")
+}
+
 fn counter(metrics: &str, name: &str) -> f64 {
     metrics
         .lines()
@@ -163,11 +181,7 @@ fn three_nodes_store_find_and_retrieve_from_each_others_hot_disks() {
         eprintln!("three nodes need a PostgreSQL index (STRATA_TEST_PG): skipped on RocksDB");
         return;
     };
-    let peer = format!(
-        "\n[[dicom.peers]]\nae_title = \"DEST\"\nhost = \"127.0.0.1\"\nport = {dest_port}\n"
-    );
-    // [[dicom.peers]] belongs to [dicom]: appended after the shared sections it would
-    // land in [cluster], so it goes first
+    let peer = dest_peer(dest_port);
     let c = a
         .another_node("three-c", &format!("{peer}{shared}node_id = \"node-3\"\n"))
         .unwrap();
@@ -197,21 +211,10 @@ fn three_nodes_store_find_and_retrieve_from_each_others_hot_disks() {
         assert!(text.contains("Final Move Response (Success)"), "{text}");
     }
     drop(scp);
-    let by_sop = |files: &[std::path::PathBuf]| -> std::collections::BTreeMap<String, Vec<u8>> {
-        files
-            .iter()
-            .map(|p| {
-                let sop = strata::dicom::header::read_header_blocking(p)
-                    .unwrap()
-                    .sop_instance_uid;
-                (sop, data_set(p))
-            })
-            .collect()
-    };
-    let received = by_sop(&walk(&recv));
+    let received = data_sets(&walk(&recv));
     assert_eq!(received.len(), 6);
     assert!(
-        received == by_sop(&sent),
+        received == data_sets(&sent),
         "node 3 moved other data sets than node 1 received"
     );
     let fetched = counter(&server_c.metrics(), "strata_peer_fetches_total");
@@ -377,4 +380,127 @@ fn two_nodes_racing_on_tiering_pack_each_study_once() {
         let (clean, report) = node.verify_json();
         assert!(clean, "{report}");
     }
+}
+
+/// The SOP Instance UIDs node `archive`'s C-MOVE of every study it lists delivers to a
+/// fresh storescp, with the data sets received.
+fn moved_from(
+    archive: &Archive,
+    server: &Server,
+    dest_port: u16,
+    into: &std::path::Path,
+) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let scp = crate::retrieve::Storescp::start(dest_port, into);
+    for study in archive.study_uids() {
+        crate::retrieve::movescu(
+            server.dicom_port,
+            "DEST",
+            &[
+                "QueryRetrieveLevel=STUDY",
+                &format!("StudyInstanceUID={study}"),
+            ],
+        );
+    }
+    drop(scp);
+    data_sets(&walk(into))
+}
+
+/// Issue 16: `kill -9` of a node under a 4-association load. With
+/// `[cluster] ack_after = "replicated"`, every acknowledged instance is retrievable from
+/// another node — byte for byte — even once the dead node's data directory is deleted
+/// (it is read from its replica in the cold tier). With `local`, every acknowledged
+/// instance is retrievable from the other node once the dead node restarts, and the
+/// restarted node's replication lag returns to 0.
+#[test]
+fn a_node_killed_under_load_loses_no_acknowledged_instance() {
+    let cold = scratch("kill-cold");
+    let secrets = scratch("kill-secret");
+    let dest_port = free_port();
+    let peer = dest_peer(dest_port);
+    let shared = shared_cluster(cold.path(), secrets.path(), "");
+    let sent = dcm_files(ct_study());
+    let sent_sets = data_sets(&sent);
+    let replicated = Archive::with_config(
+        "kill-replicated",
+        &format!("{shared}node_id = \"node-r\"\nack_after = \"replicated\"\n"),
+    );
+    let Some(other) = replicated.another_node(
+        "kill-other",
+        &format!("{peer}{shared}node_id = \"node-o\"\n"),
+    ) else {
+        eprintln!("nodes need a PostgreSQL index (STRATA_TEST_PG): skipped on RocksDB");
+        return;
+    };
+    let server_other = other.start();
+
+    // replicated: the dead node's disk lost for good
+    let server = replicated.start();
+    let acked = crate::crash::send_and_crash(server.dicom_port, &sent, 40, || server.kill9());
+    std::fs::remove_dir_all(replicated.data_dir()).unwrap();
+    let received = moved_from(
+        &other,
+        &server_other,
+        dest_port,
+        &scratch("kill-r-recv").path().join("r"),
+    );
+    let lost: Vec<&String> = acked
+        .iter()
+        .filter(|s| !received.contains_key(*s))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "acknowledged, then lost with the node's disk: {lost:?}"
+    );
+    for sop in &acked {
+        assert!(
+            received[sop] == sent_sets[sop],
+            "{sop}: other data than sent"
+        );
+    }
+    let (clean, report) = other.verify_json();
+    assert!(clean, "{report}");
+
+    // local: the node restarts; what it acked is served by the other node, and its
+    // replicas catch up
+    let local = other
+        .another_node("kill-local", &format!("{shared}node_id = \"node-l\"\n"))
+        .unwrap();
+    // a fresh study set: the same objects are stored already
+    let fresh = scratch("kill-fresh");
+    small_ct(
+        fresh.path(),
+        &["--studies", "2", "--instances", "60", "--seed", "21"],
+    );
+    let fresh_files = dcm_files(fresh.path());
+    let server = local.start();
+    let acked =
+        crate::crash::send_and_crash(server.dicom_port, &fresh_files, 30, || server.kill9());
+    let server = local.start();
+    let received = moved_from(
+        &other,
+        &server_other,
+        dest_port,
+        &scratch("kill-l-recv").path().join("l"),
+    );
+    let lost: Vec<&String> = acked
+        .iter()
+        .filter(|s| !received.contains_key(*s))
+        .collect();
+    assert!(lost.is_empty(), "acknowledged, then lost: {lost:?}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let metrics = server.metrics();
+        let lag = counter(&metrics, "strata_replication_lag_seconds");
+        let pending = counter(&metrics, "strata_replication_pending");
+        if lag == 0.0 && pending == 0.0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "replication lag stays at {lag} s, {pending} waiting"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    let (clean, report) = local.verify_json();
+    assert!(clean, "{report}");
 }

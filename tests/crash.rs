@@ -9,16 +9,20 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-#[test]
-fn kill9_mid_send_loses_no_acknowledged_instance() {
-    let archive = Archive::new("crash-mid-send");
-    let server = archive.start();
-    let port = server.dicom_port.to_string();
-    let ct = dcm_files(ct_study());
+/// Sends `files` to `port` over four associations (pynetdicom, one process each) and,
+/// once `crash_after` stores were acknowledged, calls `crash` while the rest are in
+/// flight; returns the SOP Instance UIDs whose success response was received.
+pub(crate) fn send_and_crash(
+    port: u16,
+    files: &[std::path::PathBuf],
+    crash_after: usize,
+    crash: impl FnOnce(),
+) -> HashSet<String> {
+    let port = port.to_string();
     let acked: Arc<Mutex<HashSet<String>>> = Arc::default();
     let mut readers = Vec::new();
     let mut children = Vec::new();
-    for chunk in ct.chunks(ct.len() / 4) {
+    for chunk in files.chunks(files.len().div_ceil(4)) {
         let mut child = python("store_pynetdicom.py")
             .args([
                 "--host",
@@ -54,11 +58,11 @@ fn kill9_mid_send_loses_no_acknowledged_instance() {
     }
     // crash once a good number of stores were acknowledged, while the rest are in flight
     let deadline = Instant::now() + Duration::from_secs(120);
-    while acked.lock().unwrap().len() < 40 {
+    while acked.lock().unwrap().len() < crash_after {
         assert!(Instant::now() < deadline, "stores were too slow to start");
         std::thread::sleep(Duration::from_millis(5));
     }
-    server.kill9();
+    crash();
     for mut c in children {
         let _ = c.wait();
     }
@@ -67,10 +71,20 @@ fn kill9_mid_send_loses_no_acknowledged_instance() {
     }
     let acked = acked.lock().unwrap().clone();
     assert!(
-        acked.len() >= 40 && acked.len() < ct.len(),
+        acked.len() >= crash_after && acked.len() < files.len(),
         "the crash must land mid-send ({} acked)",
         acked.len()
     );
+    acked
+}
+
+#[test]
+fn kill9_mid_send_loses_no_acknowledged_instance() {
+    let archive = Archive::new("crash-mid-send");
+    let server = archive.start();
+    let ct = dcm_files(ct_study());
+    let port = server.dicom_port;
+    let acked = send_and_crash(port, &ct, 40, || server.kill9());
 
     // restart: start-up recovery runs, then every acknowledged instance must be present
     let server = archive.start();

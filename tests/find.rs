@@ -304,6 +304,7 @@ fn c_cancel_stops_a_streaming_c_find() {
                 },
                 dataset: None,
                 metadata: None,
+                replicate: false,
                 provenance: Provenance {
                     received_at_ms: 0,
                     calling_ae: "TEST".into(),

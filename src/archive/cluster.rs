@@ -33,8 +33,11 @@ impl Archive {
             Err(_) => (0, 0),
         };
         let config = &self.config;
+        let node = self.node_id();
+        let (pending, lag) =
+            crate::tiering::replicate::replication_lag_blocking(self.index.as_ref(), &node)?;
         self.index.set_node(&NodeRecord {
-            node_id: self.node_id(),
+            node_id: node,
             version: env!("CARGO_PKG_VERSION").to_string(),
             started_ms,
             heartbeat_ms: unix_ms_now(),
@@ -45,6 +48,8 @@ impl Archive {
             hot_free_bytes: free,
             stopped,
             url: config.cluster.advertise(&config.http),
+            replication_pending: pending as u64,
+            replication_lag_ms: lag,
         })?;
         Ok(())
     }

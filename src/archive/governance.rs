@@ -202,8 +202,8 @@ impl Archive {
         self.finish_deletion(principal, &tombstone, &packs).await
     }
 
-    /// The part of a deletion after its tombstone: the hot files and the packs it names
-    /// removed, then the `deleted` governance record and the audit record of the
+    /// The part of a deletion after its tombstone: the objects' replicas, the hot files
+    /// and the packs it names removed, then the `deleted` governance record and the audit record of the
     /// outcome. A crash in it leaves files the start-up recovery removes (their objects
     /// are marked deleted) and packs the tiering worker deletes as orphans.
     async fn finish_deletion(
@@ -218,14 +218,21 @@ impl Archive {
             objects: tombstone.objects.len(),
             ..Default::default()
         };
-        let (hot, ids) = (
-            self.hot.clone(),
-            tombstone
-                .objects
-                .iter()
-                .filter_map(|(_, _, id)| ObjectId::from_hex(id))
-                .collect::<Vec<_>>(),
-        );
+        let ids: Vec<ObjectId> = tombstone
+            .objects
+            .iter()
+            .filter_map(|(_, _, id)| ObjectId::from_hex(id))
+            .collect();
+        // replicas in the cold tier (nodes that replicate); deleting one that is not
+        // there is a no-op
+        if self.config.replicates() {
+            use strata_tiers::BlobStore;
+            let replicas = self.cold.replicas();
+            for id in &ids {
+                replicas.delete(id).await?;
+            }
+        }
+        let hot = self.hot.clone();
         report.hot_files_deleted = blocking(move || {
             let mut deleted = 0;
             for id in ids {

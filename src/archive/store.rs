@@ -109,7 +109,46 @@ impl Archive {
             actor,
         )?;
         self.after_store_blocking(principal, &stored)?;
-        Ok(stored)
+        let this = self.clone();
+        let replicate = async move { this.replicate_before_ack(&stored).await.map(|()| stored) };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => rt.block_on(replicate),
+            Err(_) => tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| Error::Internal(format!("a runtime for the replica: {e}")))?
+                .block_on(replicate),
+        }
+    }
+
+    /// With `[cluster] ack_after = "replicated"`: the stored object's replica in the
+    /// cold tier is written, read back and recorded before this returns
+    /// ([`crate::tiering::replicate`]); otherwise an error, and the store must not be
+    /// acknowledged (the object stays stored and queued, and a resend finds it stored and
+    /// replicates it). With `local`: nothing (the background replicator does it).
+    pub(crate) async fn replicate_before_ack(&self, stored: &Stored) -> Result<(), Error> {
+        if self.config.cluster.ack_after != crate::config::AckAfter::Replicated {
+            return Ok(());
+        }
+        let id = match stored.outcome {
+            CommitOutcome::SameDataSet { as_id } => as_id,
+            _ => stored.id,
+        };
+        self.tiering.replicate(&[id]).await?;
+        let (index, oid) = (self.index.clone(), id);
+        let replicated = blocking(move || {
+            Ok(index
+                .object(&oid)?
+                .is_some_and(|r| r.replica || !r.cold.is_empty()))
+        })
+        .await?;
+        if replicated {
+            Ok(())
+        } else {
+            Err(Error::Internal(format!(
+                "object {id} has no second copy yet ([cluster] ack_after = \"replicated\"): not acknowledged"
+            )))
+        }
     }
 
     /// What a new object sets going once durable: an IOCM rejection note is applied
@@ -240,6 +279,7 @@ impl StoreStream {
                 (self.archive.clone(), self.principal.clone(), stored.clone());
             blocking(move || archive.after_store_blocking(&principal, &done)).await?;
         }
+        self.archive.replicate_before_ack(&stored).await?;
         Ok(stored)
     }
 }

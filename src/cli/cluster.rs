@@ -16,8 +16,8 @@ pub fn status(config: &Config, json: bool) -> Result<i32> {
         print_json(&nodes)?;
     } else {
         println!(
-            "{:<20} {:<8} {:<25} {:>9} {:>14} {:>14}  VERSION",
-            "NODE", "STATE", "LAST HEARD", "SILENT s", "HOT USED", "HOT FREE"
+            "{:<20} {:<8} {:<25} {:>9} {:>14} {:>14} {:>9} {:>7}  VERSION",
+            "NODE", "STATE", "LAST HEARD", "SILENT s", "HOT USED", "HOT FREE", "UNREPL", "LAG s"
         );
         for n in &nodes {
             let state = match (n.alive, n.node.stopped) {
@@ -26,13 +26,15 @@ pub fn status(config: &Config, json: bool) -> Result<i32> {
                 (false, false) => "DOWN",
             };
             println!(
-                "{:<20} {:<8} {:<25} {:>9} {:>14} {:>14}  {}",
+                "{:<20} {:<8} {:<25} {:>9} {:>14} {:>14} {:>9} {:>7}  {}",
                 n.node.node_id,
                 state,
                 iso(n.node.heartbeat_ms),
                 n.silent_ms / 1000,
                 n.node.hot_used_bytes,
                 n.node.hot_free_bytes,
+                n.node.replication_pending,
+                n.node.replication_lag_ms / 1000,
                 n.node.version
             );
         }

@@ -20,7 +20,7 @@ type Check = fn(&dyn Index);
 
 /// Runs every check, each against a fresh index from `make`.
 pub fn run_suite(make: &MakeIndex<'_>) {
-    let checks: [(&str, Check); 21] = [
+    let checks: [(&str, Check); 22] = [
         (
             "commit_counts_instances_versions_and_duplicates",
             commit_counts_instances_versions_and_duplicates,
@@ -60,6 +60,7 @@ pub fn run_suite(make: &MakeIndex<'_>) {
             tombstone_instances_deletes_some_of_a_study,
         ),
         ("leases", leases),
+        ("replication_queue", replication_queue),
     ];
     for (name, check) in checks {
         let (index, _dir) = make();
@@ -110,6 +111,7 @@ pub fn object(study: &str, series: &str, sop: &str, payload: &[u8], at: u64) -> 
         },
         dataset: None,
         metadata: Some(format!("metadata of {sop}").into_bytes()),
+        replicate: false,
         provenance: Provenance {
             received_at_ms: at,
             calling_ae: "TEST".into(),
@@ -1566,4 +1568,43 @@ fn leases(index: &dyn Index) {
         index.claim("tier/other", "b", 100_000, 160_000).unwrap(),
         "leases are per job"
     );
+}
+
+/// A commit queues the objects it is asked to replicate, per receiving node, atomically
+/// with the objects; recording their replicas takes them off the queue.
+fn replication_queue(index: &dyn Index) {
+    let mut a = object("1.2.3", "1.2.3.1", "1.2.3.1.1", b"a", 10);
+    a.provenance.node = "n1".into();
+    a.replicate = true;
+    let mut b = object("1.2.3", "1.2.3.1", "1.2.3.1.2", b"b", 20);
+    b.provenance.node = "n2".into();
+    b.replicate = true;
+    let mut c = object("1.2.3", "1.2.3.1", "1.2.3.1.3", b"c", 30);
+    c.provenance.node = "n1".into();
+    index.commit(&[a.clone(), b.clone(), c.clone()]).unwrap();
+    assert_eq!(
+        index.replication_queue("n1", 100).unwrap(),
+        vec![(a.id, 10)]
+    );
+    assert_eq!(
+        index.replication_queue("n2", 100).unwrap(),
+        vec![(b.id, 20)]
+    );
+    assert_eq!(
+        index.object(&a.id).unwrap().unwrap().hot_node.as_deref(),
+        Some("n1")
+    );
+    assert!(!index.object(&a.id).unwrap().unwrap().replica);
+    index.set_replicated("n1", &[a.id], true).unwrap();
+    assert!(index.replication_queue("n1", 100).unwrap().is_empty());
+    assert!(index.object(&a.id).unwrap().unwrap().replica);
+    assert_eq!(
+        index.replication_queue("n2", 100).unwrap().len(),
+        1,
+        "n2's queue is its own"
+    );
+    // in a pack now: the replica is no longer counted on (and is deleted)
+    index.set_replicated("n1", &[a.id], false).unwrap();
+    assert!(!index.object(&a.id).unwrap().unwrap().replica);
+    assert!(index.replication_queue("n1", 100).unwrap().is_empty());
 }

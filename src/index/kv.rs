@@ -39,6 +39,7 @@
 //! | `rejected` | `study\0series\0sop` | `RejectionRecord`: an instance an IOCM rejection note hides |
 //! | `nodes` | node id | `NodeRecord`: a node's last heartbeat (`strata cluster status`) |
 //! | `leases` | job name | `LeaseRecord`: which node holds a job until when ([`WorkQueue::claim`]) |
+//! | `replication` | node id, 0, object id | u64 received at (ms): objects the node has yet to replicate to the cold tier |
 //!
 //! `instance_metadata`, `patient_links`, `patient_aliases`, `hl7_messages`, `rejected` and `nodes` came after
 //! schema 1 without changing it: an index written before them lacks the families (a RocksDB primary creates it on opening; a secondary reads it as
@@ -119,9 +120,10 @@ pub const CF_HL7_MESSAGES: &str = "hl7_messages";
 pub const CF_REJECTED: &str = "rejected";
 pub const CF_NODES: &str = "nodes";
 pub const CF_LEASES: &str = "leases";
+pub const CF_REPLICATION: &str = "replication";
 
 /// Every column family; an engine creates them all when it creates a store.
-pub const ALL_CFS: [&str; 25] = [
+pub const ALL_CFS: [&str; 26] = [
     CF_META,
     CF_OBJECTS,
     CF_INSTANCES,
@@ -147,6 +149,7 @@ pub const ALL_CFS: [&str; 25] = [
     CF_REJECTED,
     CF_NODES,
     CF_LEASES,
+    CF_REPLICATION,
 ];
 
 /// Called with each `(key, value)` of a scan; returns whether to go on.
@@ -1077,6 +1080,49 @@ impl<E: KvEngine> Placement for KvIndex<E> {
         pending.write(true)
     }
 
+    fn replication_queue(
+        &self,
+        node: &str,
+        limit: usize,
+    ) -> Result<Vec<(ObjectId, u64)>, IndexError> {
+        let mut prefix = node.as_bytes().to_vec();
+        prefix.push(0);
+        let mut out = Vec::new();
+        for (key, at) in self.scan_records::<u64>(CF_REPLICATION, &prefix)? {
+            if let Some(id) = key
+                .get(prefix.len()..)
+                .and_then(|b| <[u8; 32]>::try_from(b).ok())
+            {
+                out.push((ObjectId::from_bytes(id), at));
+            }
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    fn set_replicated(
+        &self,
+        node: &str,
+        ids: &[ObjectId],
+        replica: bool,
+    ) -> Result<(), IndexError> {
+        let _writer = self.writer()?;
+        let mut pending = self.pending();
+        for id in ids {
+            let key = id.as_bytes().to_vec();
+            if let Some(mut record) = pending.get::<ObjectRecord>(CF_OBJECTS, &key)? {
+                if record.replica != replica {
+                    record.replica = replica;
+                    pending.put(CF_OBJECTS, key, &record);
+                }
+            }
+            pending.delete(CF_REPLICATION, replication_key(node, id));
+        }
+        pending.write(true)
+    }
+
     fn record_fixity(&self, id: &ObjectId, record: &FixityRecord) -> Result<(), IndexError> {
         let _writer = self.writer()?;
         let mut batch = Batch::default();
@@ -1149,9 +1195,7 @@ impl<E: KvEngine> Governance for KvIndex<E> {
             }
             for v in &e.record.versions {
                 if let Some(id) = ObjectId::from_hex(&v.id) {
-                    pending.delete(CF_OBJECTS, id.as_bytes());
-                    pending.delete(CF_INSTANCE_METADATA, id.as_bytes());
-                    pending.put_raw(CF_DELETED_OBJECTS, id.as_bytes(), study.as_bytes());
+                    forget_object(&mut pending, &id, study);
                 }
             }
         }
@@ -1294,16 +1338,13 @@ impl<E: KvEngine> Governance for KvIndex<E> {
             for v in &e.record.versions {
                 bytes += v.size;
                 if let Some(id) = ObjectId::from_hex(&v.id) {
-                    if let Some(r) = self.get::<ObjectRecord>(CF_OBJECTS, id.as_bytes())? {
-                        for c in r.cold {
-                            if !t.packs.contains(&c.pack) {
-                                t.packs.push(c.pack);
-                            }
+                    let record = self.get::<ObjectRecord>(CF_OBJECTS, id.as_bytes())?;
+                    for c in record.iter().flat_map(|r| &r.cold) {
+                        if !t.packs.contains(&c.pack) {
+                            t.packs.push(c.pack.clone());
                         }
                     }
-                    pending.delete(CF_OBJECTS, id.as_bytes());
-                    pending.delete(CF_INSTANCE_METADATA, id.as_bytes());
-                    pending.put_raw(CF_DELETED_OBJECTS, id.as_bytes(), study.as_bytes());
+                    forget_object(&mut pending, &id, study);
                 }
             }
             let series = match series_left.remove(&e.series_uid) {
@@ -1632,6 +1673,22 @@ fn stored_totals<E: KvEngine>(engine: &E) -> Result<Option<TierTotals>, IndexErr
         .transpose()
 }
 
+/// A deleted object leaves the index: its record and metadata go, and it is marked
+/// deleted (with its study).
+fn forget_object<E: KvEngine>(pending: &mut PendingWrites<'_, E>, id: &ObjectId, study: &str) {
+    pending.delete(CF_OBJECTS, id.as_bytes());
+    pending.delete(CF_INSTANCE_METADATA, id.as_bytes());
+    pending.put_raw(CF_DELETED_OBJECTS, id.as_bytes(), study.as_bytes());
+}
+
+/// Key of an object in a node's replication queue: node id, 0, object id.
+fn replication_key(node: &str, id: &ObjectId) -> Vec<u8> {
+    let mut key = node.as_bytes().to_vec();
+    key.push(0);
+    key.extend_from_slice(id.as_bytes());
+    key
+}
+
 /// Adds one new object to the pending writes: the object record, its instance (new or a
 /// new version), and the series, study and patient records with their counters.
 fn apply_new_object<E: KvEngine>(
@@ -1662,8 +1719,16 @@ fn apply_new_object<E: KvEngine>(
             provenance: obj.provenance.clone(),
             hot_node: (tier == Tier::Hot && !obj.provenance.node.is_empty())
                 .then(|| obj.provenance.node.clone()),
+            replica: false,
         },
     );
+    if obj.replicate && tier == Tier::Hot {
+        p.put(
+            CF_REPLICATION,
+            replication_key(&obj.provenance.node, &obj.id),
+            &obj.provenance.received_at_ms,
+        );
+    }
     if let Some(m) = &obj.metadata {
         p.put_raw(CF_INSTANCE_METADATA, obj.id.as_bytes().to_vec(), m.clone());
     }

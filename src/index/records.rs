@@ -226,6 +226,9 @@ pub struct NewObject {
     /// The object's metadata record ([`crate::dicom::metadata`], encoded), kept beside
     /// its object record; `None` when it could not be captured.
     pub metadata: Option<Vec<u8>>,
+    /// Queue the object, in the same commit, for a replica in the cold tier by the node
+    /// that received it ([`crate::index::Placement::replication_queue`]).
+    pub replicate: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -261,6 +264,12 @@ pub struct ObjectRecord {
     /// node's objects").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hot_node: Option<String>,
+    /// A verified replica of the object itself is in the cold tier
+    /// (`objects/ab/<id>.dcm`, the Part-10 file as stored): written within a bounded lag
+    /// of the store on nodes that replicate (docs/scale-out.md "Durability across
+    /// nodes"), deleted once the object is in a recorded pack.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub replica: bool,
 }
 
 impl ObjectRecord {
@@ -509,6 +518,12 @@ pub struct NodeRecord {
     /// empty in records of builds before it.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub url: String,
+    /// Objects it received that have no replica in the cold tier yet, and how long the
+    /// oldest has waited (ms), as of this heartbeat (docs/scale-out.md).
+    #[serde(default)]
+    pub replication_pending: u64,
+    #[serde(default)]
+    pub replication_lag_ms: u64,
 }
 
 /// A node's lease on a job (a study to move to cold, the scrubber's cycle), in CF

@@ -39,6 +39,12 @@ pub struct ReindexReport {
     pub deleted_files: usize,
     /// Cold packs of deleted studies, skipped.
     pub deleted_packs: usize,
+    /// Replicas of single objects found in the cold tier (nodes that replicate), and
+    /// how many of their objects had no other copy (indexed from the replica alone).
+    #[serde(default)]
+    pub replicas: usize,
+    #[serde(default)]
+    pub replica_only_objects: usize,
     /// Objects of deleted studies that were stored again after the deletion (found in
     /// hot, or in cold after a finished deletion or in a pack it did not name): live.
     pub stored_again: usize,
@@ -225,6 +231,7 @@ pub fn reindex(
             &live,
             "reindex",
             &config.cluster.node(),
+            config.replicates(),
             || progress.inc(1),
         )?;
         report.indexed = indexed;
@@ -463,7 +470,7 @@ fn governance_records(config: &Config) -> Result<Vec<governance_log::GovernanceR
 /// Adds every pack in the cold tier to a rebuilt index: members already indexed from a
 /// hot file gain their cold copy; the others are indexed from the pack alone.
 fn reindex_cold(config: &Config, rebuilt: &dyn Index, report: &mut ReindexReport) -> Result<()> {
-    use crate::index::{NewObject, Provenance};
+    use crate::index::NewObject;
     let cold = ColdStore::open(&config.cold_spec())?;
     let rt = super::runtime()?;
     let tmp_dir = config.pack_tmp_dir();
@@ -523,19 +530,7 @@ fn reindex_cold(config: &Config, rebuilt: &dyn Index, report: &mut ReindexReport
                 })?;
                 news.insert(
                     id,
-                    NewObject {
-                        id,
-                        size: bytes.len() as u64,
-                        attrs,
-                        dataset: None,
-                        metadata: crate::dicom::metadata::capture_blocking(&scratch),
-                        provenance: Provenance {
-                            received_at_ms: modified_ms.max(0) as u64,
-                            calling_ae: "reindex".into(),
-                            source: format!("cold:{key}"),
-                            node: String::new(),
-                        },
-                    },
+                    found_in_cold(id, bytes.len() as u64, attrs, &scratch, modified_ms, &key),
                 );
                 Ok(())
             },
@@ -601,6 +596,102 @@ fn reindex_cold(config: &Config, rebuilt: &dyn Index, report: &mut ReindexReport
         members.retain(|m| !still_deleted.contains(&m.id));
         rebuilt.record_pack(&pack_id, &record, &members)?;
         report.packs += 1;
+    }
+    reindex_replicas(&cold, &rt, &tmp_dir, rebuilt, report)
+}
+
+/// An object `reindex` found in the cold tier only (in a pack, or a replica at `key`,
+/// last modified at `modified_ms`), its bytes in `scratch`.
+fn found_in_cold(
+    id: ObjectId,
+    size: u64,
+    attrs: crate::dicom::header::InstanceAttrs,
+    scratch: &std::path::Path,
+    modified_ms: i64,
+    key: &str,
+) -> crate::index::NewObject {
+    crate::index::NewObject {
+        id,
+        size,
+        attrs,
+        dataset: None,
+        metadata: crate::dicom::metadata::capture_blocking(scratch),
+        replicate: false,
+        provenance: crate::index::Provenance {
+            received_at_ms: modified_ms.max(0) as u64,
+            calling_ae: "reindex".into(),
+            source: format!("cold:{key}"),
+            node: String::new(),
+        },
+    }
+}
+
+/// Records the replicas of single objects in the cold tier: on objects indexed from hot
+/// disk or packs, and, for an object with no other copy (its node's disk lost before its
+/// study aged), the object itself, cold, from its replica (checked against its id). A
+/// replica of a deleted object finishes its deletion.
+fn reindex_replicas(
+    cold: &ColdStore,
+    rt: &tokio::runtime::Runtime,
+    tmp_dir: &std::path::Path,
+    rebuilt: &dyn Index,
+    report: &mut ReindexReport,
+) -> Result<()> {
+    use crate::index::Tier;
+    use futures::StreamExt;
+    use strata_tiers::BlobStore;
+    let replicas = cold.replicas();
+    for (id, _size, modified_ms) in rt.block_on(replicas.list_detailed())? {
+        if rebuilt.deleted_object(&id)?.is_some() && !rebuilt.has_object(&id)? {
+            rt.block_on(replicas.delete(&id))?;
+            continue;
+        }
+        report.replicas += 1;
+        if rebuilt.has_object(&id)? {
+            rebuilt.set_replicated("", &[id], true)?;
+            continue;
+        }
+        let scratch = tmp_dir.join(format!("replica-{}", std::process::id()));
+        let fetched: std::result::Result<u64, String> = rt.block_on(async {
+            let mut file = std::fs::File::create(&scratch).map_err(|e| e.to_string())?;
+            let mut stream = replicas
+                .stream_range(&id, None)
+                .await
+                .map_err(|e| e.to_string())?;
+            let (mut hasher, mut size) = (blake3::Hasher::new(), 0u64);
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk.map_err(|e| e.to_string())?;
+                hasher.update(&chunk);
+                size += chunk.len() as u64;
+                std::io::Write::write_all(&mut file, &chunk).map_err(|e| e.to_string())?;
+            }
+            let actual = ObjectId::from_hash(hasher.finalize());
+            if actual != id {
+                return Err(format!("its bytes hash to {actual}"));
+            }
+            Ok(size)
+        });
+        let indexed = fetched.and_then(|size| {
+            let attrs =
+                crate::dicom::header::read_header_blocking(&scratch).map_err(|e| e.to_string())?;
+            let key = replicas.key_of(&id);
+            let object = found_in_cold(id, size, attrs, &scratch, modified_ms, &key);
+            let index_err = |e: crate::index::IndexError| e.to_string();
+            rebuilt.commit(&[object]).map_err(index_err)?;
+            rebuilt
+                .set_tier(&[id], Tier::Cold, None)
+                .map_err(index_err)?;
+            rebuilt.set_replicated("", &[id], true).map_err(index_err)
+        });
+        let _ = std::fs::remove_file(&scratch);
+        match indexed {
+            Ok(()) => report.replica_only_objects += 1,
+            Err(reason) => {
+                let key = replicas.key_of(&id);
+                tracing::warn!(replica = %key, %reason, "reindex: replica skipped");
+                report.packs_skipped.push((key, reason));
+            }
+        }
     }
     Ok(())
 }

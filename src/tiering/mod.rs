@@ -8,6 +8,8 @@
 //!   record, and only then delete the hot copies — and back (recall to hot).
 //! - [`reader`]: reads an object from wherever it is: the hot file, or one ranged GET of
 //!   its pack member; a whole study streams from its packs.
+//! - [`replicate`]: replicas of single objects in the cold tier, before their study
+//!   ages into a pack (nodes sharing an index).
 //! - [`worker`]: the background policy loop in `strata serve` (age, watermarks,
 //!   archive class, orphan uploads) and the `strata tier` passes.
 //!
@@ -17,6 +19,7 @@
 pub mod mover;
 pub mod pack;
 pub mod reader;
+pub mod replicate;
 pub mod scrub;
 pub mod worker;
 
@@ -212,6 +215,47 @@ impl Tiering {
             index: self.index.clone(),
             renewal,
         })
+    }
+}
+
+/// Runs `pass` until `stop` turns true: after a pass that succeeds, waits `interval`;
+/// after one that fails, waits a backoff that doubles from a second up to
+/// `max_backoff`; a notified `trigger` cuts any wait short. `what` names the pass in the
+/// log.
+pub(crate) async fn run_passes<F, Fut>(
+    what: &str,
+    interval: std::time::Duration,
+    max_backoff: std::time::Duration,
+    trigger: Arc<tokio::sync::Notify>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    mut pass: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), TieringError>>,
+{
+    let second = std::time::Duration::from_secs(1);
+    let mut backoff = second;
+    loop {
+        let wait = match pass().await {
+            Ok(()) => {
+                backoff = second;
+                interval
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "{what} pass failed; backing off");
+                let wait = backoff;
+                backoff = (backoff * 2).min(max_backoff);
+                wait
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = trigger.notified() => {}
+            _ = stop.changed() => {}
+        }
+        if *stop.borrow() {
+            return;
+        }
     }
 }
 

@@ -104,7 +104,19 @@ impl Tiering {
             report.bytes_uploaded += bytes;
         }
 
-        // Step 5: every hot object now has a verified, recorded cold copy.
+        // Step 5: every hot object now has a verified, recorded cold copy; replicas
+        // written before the pack are no longer counted on, and go
+        let replicated: Vec<ObjectId> = {
+            let this = self.clone();
+            let study = study_uid.to_string();
+            blocking(move || study_objects_blocking(&this, &study))
+                .await?
+                .into_iter()
+                .filter(|(_, r)| r.replica && !r.cold.is_empty())
+                .map(|(id, _)| id)
+                .collect()
+        };
+        self.drop_replicas(&replicated).await?;
         let this = self.clone();
         let study = study_uid.to_string();
         let objects = blocking(move || study_objects_blocking(&this, &study)).await?;

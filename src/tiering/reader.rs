@@ -48,6 +48,15 @@ struct Elsewhere {
     /// The other node whose hot disk holds it, when fetching from nodes is on.
     node: Option<String>,
     cold: Vec<ColdCopy>,
+    /// A verified replica of the object is in the cold tier ([`super::replicate`]).
+    replica: bool,
+}
+
+impl Elsewhere {
+    /// Whether anything but the holder node can give the object.
+    fn in_cold(&self) -> bool {
+        !self.cold.is_empty() || self.replica
+    }
 }
 
 /// Reads a hot file and checks it against its id. `None` when it is missing, unreadable
@@ -107,6 +116,7 @@ impl ObjectReader {
         Ok(Elsewhere {
             node,
             cold: record.cold,
+            replica: record.replica,
         })
     }
 
@@ -137,13 +147,40 @@ impl ObjectReader {
         if let Some(node) = &elsewhere.node {
             match self.pipe_peer(id, node, Vec::new()).await {
                 Ok(bytes) => return Ok(bytes),
-                Err(e) if elsewhere.cold.is_empty() => return Err(e),
+                Err(e) if !elsewhere.in_cold() => return Err(e),
                 Err(e) => {
                     tracing::warn!(object = %id, node, error = %e, "cannot fetch from the node that holds it; reading a cold copy")
                 }
             }
         }
-        self.read_cold(id, &elsewhere.cold).await
+        if !elsewhere.replica {
+            return self.read_cold(id, &elsewhere.cold).await;
+        }
+        if !elsewhere.cold.is_empty() {
+            match self.read_cold(id, &elsewhere.cold).await {
+                Ok(bytes) => return Ok(bytes),
+                Err(e) if e.is_pending_restore() => return Err(e),
+                Err(e) => {
+                    tracing::warn!(object = %id, error = %e, "pack copies unreadable; reading the replica")
+                }
+            }
+        }
+        self.pipe_replica(id, Vec::new()).await
+    }
+
+    /// Streams the object's replica in the cold tier into `sink`, checked against `id`
+    /// (like [`ObjectReader::pipe_copy`]).
+    pub async fn pipe_replica<W: std::io::Write + Send + 'static>(
+        &self,
+        id: &ObjectId,
+        sink: W,
+    ) -> Result<W, TieringError> {
+        let started = std::time::Instant::now();
+        let stream = self.cold.replicas().stream_range(id, None).await?;
+        let stream = stream.map(|chunk| chunk.map_err(TieringError::from));
+        let sink = drain_checked(stream, id, crate::index::Compression::None, sink).await?;
+        self.observe_recall(started);
+        Ok(sink)
     }
 
     /// Streams object `id` from `node`'s hot disk into `sink`, checked against `id`
@@ -177,8 +214,9 @@ impl ObjectReader {
         }
         let (this, oid) = (self.clone(), *id);
         let elsewhere = blocking(move || this.elsewhere_blocking(&oid)).await?;
-        if elsewhere.node.is_some() {
-            // hot on another node: fetched from it (or, that failing, from cold) on read
+        if elsewhere.node.is_some() || (elsewhere.replica && elsewhere.cold.is_empty()) {
+            // hot on another node: fetched from it (or, that failing, from cold) on read;
+            // a replica is never in an archive class
             return Ok(());
         }
         let Some(copy) = elsewhere.cold.first() else {
@@ -267,11 +305,17 @@ impl ObjectReader {
             let tmp = blocking(move || Ok(hot.create_tmp_blocking()?)).await?;
             match self.pipe_peer(id, node, TmpSink(tmp)).await {
                 Ok(TmpSink(tmp)) => return Ok(tmp),
-                Err(e) if elsewhere.cold.is_empty() => return Err(e),
+                Err(e) if !elsewhere.in_cold() => return Err(e),
                 Err(e) => {
                     tracing::warn!(object = %id, node, error = %e, "cannot fetch from the node that holds it; staging a cold copy")
                 }
             }
+        }
+        if elsewhere.replica && elsewhere.cold.is_empty() {
+            let hot = self.hot.clone();
+            let tmp = blocking(move || Ok(hot.create_tmp_blocking()?)).await?;
+            let TmpSink(tmp) = self.pipe_replica(id, TmpSink(tmp)).await?;
+            return Ok(tmp);
         }
         self.stage_cold(id, &elsewhere.cold).await
     }
@@ -317,7 +361,10 @@ impl ObjectReader {
             .await?;
             match found {
                 Ok(bytes) => visit(*id, bytes)?,
-                Err(elsewhere) if elsewhere.node.is_some() => {
+                Err(elsewhere)
+                    if elsewhere.node.is_some()
+                        || (elsewhere.replica && elsewhere.cold.is_empty()) =>
+                {
                     match self.read_elsewhere(id, elsewhere).await {
                         Ok(bytes) => visit(*id, bytes)?,
                         Err(e) if e.is_pending_restore() || e.is_transient() => return Err(e),

@@ -2,7 +2,8 @@
 //! every tier once per `[scrub] cycle`, never reading faster than `max_mb_per_s`.
 //!
 //! A hot object is re-hashed from its file; an object with cold copies also has each
-//! copy read (one ranged GET of its pack member) and checked against its id. Each check
+//! copy read (one ranged GET of its pack member) and checked against its id, and so has
+//! its replica in the cold tier, if it has one. Each check
 //! is recorded in the index (`fixity`: when, ok or not, what was wrong) and counted in
 //! the metrics; a failure is logged with the object, its location and its study, for
 //! `strata verify --repair` to act on. The scrubber never changes data. Nodes that
@@ -97,6 +98,15 @@ async fn check(t: &Tiering, id: &ObjectId, record: &ObjectRecord) -> Checked {
                 "cold copy in pack {} at {}: {e}",
                 copy.pack, copy.offset
             )),
+        }
+    }
+    if record.replica {
+        match reader.pipe_replica(id, Counted(0)).await {
+            Ok(Counted(n)) => {
+                bytes += n;
+                copies_read += 1;
+            }
+            Err(e) => problems.push(format!("replica in the cold tier: {e}")),
         }
     }
     Checked {
@@ -290,6 +300,7 @@ mod tests {
                 node: String::new(),
             },
             hot_node: hot_node.map(str::to_string),
+            replica: false,
         }
     }
 

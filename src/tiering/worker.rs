@@ -23,7 +23,6 @@ use crate::index::rocks::unix_ms_now;
 use crate::index::Tier;
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Duration;
 use strata_tiers::cold::is_archive_class;
 use strata_tiers::BlobStore;
 use tokio::sync::{watch, Notify};
@@ -171,7 +170,8 @@ impl Tiering {
                 Err(e) => return Err(e),
             };
             if lease.is_some() {
-                report.orphans_deleted = self.collect_orphans(now).await?;
+                report.orphans_deleted =
+                    self.collect_orphans(now).await? + self.collect_orphan_replicas(now).await?;
                 report.uploads_aborted = self.abort_stale_uploads(now).await?;
             }
             self.last_orphan_scan_ms
@@ -507,44 +507,34 @@ pub async fn force_move_locked(
 /// The background loop of `strata serve`: a pass every `scan_interval`, or at once when
 /// `trigger` is notified, with backoff while the cold tier fails; stops when `stop`
 /// turns true.
-pub async fn run_worker(tiering: Tiering, trigger: Arc<Notify>, mut stop: watch::Receiver<bool>) {
+pub async fn run_worker(tiering: Tiering, trigger: Arc<Notify>, stop: watch::Receiver<bool>) {
     // the per-tier gauges from the first second, whatever the first pass meets
     tiering.publish_status().await;
-    let interval = tiering.config.tiering.scan_interval;
-    let max_backoff = tiering.config.tiering.max_backoff;
-    let mut backoff = Duration::from_secs(1);
-    loop {
-        let wait = match tiering.run_pass_with(false).await {
-            Ok(report) => {
-                backoff = Duration::from_secs(1);
-                for (study, reason) in &report.failed {
-                    tracing::warn!(study = %study, reason = %reason, "tiering: study not moved");
-                }
-                if let Some(m) = &tiering.metrics {
-                    m.failures
+    let t = &tiering.config.tiering;
+    super::run_passes(
+        "tiering",
+        t.scan_interval,
+        t.max_backoff,
+        trigger,
+        stop,
+        || async {
+            let outcome = tiering.run_pass_with(false).await;
+            if let Some(m) = &tiering.metrics {
+                match &outcome {
+                    Ok(report) => m
+                        .failures
                         .with_label_values(&["study"])
-                        .inc_by(report.failed.len() as u64);
+                        .inc_by(report.failed.len() as u64),
+                    Err(_) => m.failures.with_label_values(&["transient"]).inc(),
                 }
-                tiering.publish_status().await;
-                interval
             }
-            Err(e) => {
-                if let Some(m) = &tiering.metrics {
-                    m.failures.with_label_values(&["transient"]).inc();
-                }
-                tracing::warn!(error = %e, retry_in = ?backoff, "tiering pass failed; backing off");
-                let wait = backoff;
-                backoff = (backoff * 2).min(max_backoff);
-                wait
+            let report = outcome?;
+            for (study, reason) in &report.failed {
+                tracing::warn!(study = %study, reason = %reason, "tiering: study not moved");
             }
-        };
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = trigger.notified() => {}
-            _ = stop.changed() => {}
-        }
-        if *stop.borrow() {
-            return;
-        }
-    }
+            tiering.publish_status().await;
+            Ok(())
+        },
+    )
+    .await
 }

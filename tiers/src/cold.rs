@@ -10,7 +10,8 @@
 //! from the id alone, never from a caller-supplied string, and a retried upload of the
 //! same bytes lands on the same key (so a crash between upload and record leaves at most
 //! one stray object, which `list` finds). The `.tar` suffix says what the caller stores
-//! here (study packs); this module does not look inside.
+//! here (study packs); this module does not look inside. [`ColdStore::replicas`] is the
+//! same tier seen under `<prefix>/objects/ab/abcd….dcm`, for single objects as stored.
 //!
 //! ## Durability and trust
 //! `put` and [`ColdStore::put_file`] refuse bytes that do not hash to the id. Nothing here
@@ -91,6 +92,25 @@ impl std::fmt::Debug for S3Control {
     }
 }
 
+/// What a view of the cold tier holds: the folder its keys live under, and their suffix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Namespace {
+    dir: &'static str,
+    suffix: &'static str,
+}
+
+/// Study packs: `packs/ab/abcd….tar`.
+const PACKS: Namespace = Namespace {
+    dir: "packs",
+    suffix: ".tar",
+};
+
+/// Replicas of single objects, as stored (Part-10 files): `objects/ab/abcd….dcm`.
+const REPLICAS: Namespace = Namespace {
+    dir: "objects",
+    suffix: ".dcm",
+};
+
 /// The cold tier. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct ColdStore {
@@ -98,6 +118,7 @@ pub struct ColdStore {
     prefix: StorePath,
     s3: Option<S3Control>,
     describe: String,
+    namespace: Namespace,
 }
 
 fn remote(action: &'static str, key: &StorePath, e: object_store::Error) -> TierError {
@@ -197,6 +218,7 @@ impl ColdStore {
                 prefix: StorePath::default(),
                 s3: None,
                 describe: url.to_string(),
+                namespace: PACKS,
             });
         }
         if url == "memory:" {
@@ -256,6 +278,7 @@ impl ColdStore {
             prefix: StorePath::from(prefix.trim_matches('/')),
             s3: Some(control),
             describe: url.to_string(),
+            namespace: PACKS,
         })
     }
 
@@ -266,6 +289,7 @@ impl ColdStore {
             prefix: StorePath::default(),
             s3: None,
             describe: "memory:".into(),
+            namespace: PACKS,
         }
     }
 
@@ -279,9 +303,18 @@ impl ColdStore {
         self.s3.is_some()
     }
 
-    fn key(&self, id: &ObjectId) -> StorePath {
-        let hex = id.to_hex();
-        let name = format!("packs/{}/{hex}.tar", &hex[..2]);
+    /// The same tier, for replicas of single objects (`<prefix>/objects/ab/abcd….dcm`,
+    /// each a Part-10 file as stored: its blake3 is its id) instead of study packs. Every
+    /// operation of the returned store works on that namespace only; packs and replicas
+    /// never see each other's keys.
+    pub fn replicas(&self) -> ColdStore {
+        ColdStore {
+            namespace: REPLICAS,
+            ..self.clone()
+        }
+    }
+
+    fn under_prefix(&self, name: String) -> StorePath {
         if self.prefix.as_ref().is_empty() {
             StorePath::from(name)
         } else {
@@ -289,14 +322,20 @@ impl ColdStore {
         }
     }
 
+    fn key(&self, id: &ObjectId) -> StorePath {
+        let hex = id.to_hex();
+        let Namespace { dir, suffix } = self.namespace;
+        self.under_prefix(format!("{dir}/{}/{hex}{suffix}", &hex[..2]))
+    }
+
     /// The key of an object, as shown to operators (`strata show`).
     pub fn key_of(&self, id: &ObjectId) -> String {
         self.key(id).to_string()
     }
 
-    fn id_of_key(key: &StorePath) -> Option<ObjectId> {
+    fn id_of_key(&self, key: &StorePath) -> Option<ObjectId> {
         let name = key.filename()?;
-        ObjectId::from_hex(name.strip_suffix(".tar")?)
+        ObjectId::from_hex(name.strip_suffix(self.namespace.suffix)?)
     }
 
     fn class_attributes(&self, storage_class: Option<&str>) -> Attributes {
@@ -846,11 +885,7 @@ impl ColdStore {
     /// Every object in the tier with its size and modification time (ms since the epoch).
     /// Keys that are not Strata objects are skipped.
     pub async fn list_detailed(&self) -> Result<Vec<(ObjectId, u64, i64)>, TierError> {
-        let prefix = if self.prefix.as_ref().is_empty() {
-            StorePath::from("packs")
-        } else {
-            StorePath::from(format!("{}/packs", self.prefix))
-        };
+        let prefix = self.under_prefix(self.namespace.dir.to_string());
         let metas: Vec<_> = self
             .store
             .list(Some(&prefix))
@@ -860,7 +895,7 @@ impl ColdStore {
         Ok(metas
             .into_iter()
             .filter_map(|m| {
-                Self::id_of_key(&m.location)
+                self.id_of_key(&m.location)
                     .map(|id| (id, m.size, m.last_modified.timestamp_millis()))
             })
             .collect())
@@ -1012,6 +1047,35 @@ mod tests {
             ..Default::default()
         };
         crate::conformance::run_suite(&ColdStore::open(&spec).unwrap()).await;
+    }
+
+    #[tokio::test]
+    async fn replicas_are_a_namespace_of_their_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = ColdSpec {
+            url: format!("file://{}", dir.path().join("cold").display()),
+            ..Default::default()
+        };
+        let packs = ColdStore::open(&spec).unwrap();
+        let replicas = packs.replicas();
+        crate::conformance::run_suite(&replicas).await;
+        for id in replicas.list().await.unwrap() {
+            replicas.delete(&id).await.unwrap();
+        }
+        let bytes = Bytes::from_static(b"a Part-10 object");
+        let id = ObjectId::of_bytes(&bytes);
+        replicas.put(&id, bytes.clone()).await.unwrap();
+        assert!(
+            packs.list().await.unwrap().is_empty(),
+            "packs see no replica"
+        );
+        assert_eq!(replicas.list().await.unwrap(), vec![id]);
+        let hex = id.to_hex();
+        let file = dir
+            .path()
+            .join(format!("cold/objects/{}/{hex}.dcm", &hex[..2]));
+        assert_eq!(std::fs::read(file).unwrap(), bytes, "the object as stored");
+        assert_eq!(replicas.verify(&id).await.unwrap(), bytes.len() as u64);
     }
 
     #[tokio::test]
