@@ -199,6 +199,11 @@ pub trait Placement {
         node: &str,
         limit: usize,
     ) -> Result<Vec<(ObjectId, u64)>, IndexError>;
+    /// Deleted objects whose hot file is on `node`'s disk, for it to remove, at most
+    /// `limit` (queued by the deletion's tombstone, in the same batch).
+    fn purge_queue(&self, node: &str, limit: usize) -> Result<Vec<ObjectId>, IndexError>;
+    /// Takes objects off `node`'s purge queue (their hot files are removed); synced.
+    fn purged(&self, node: &str, ids: &[ObjectId]) -> Result<(), IndexError>;
     /// Records that objects have (`replica`) or no longer have (they are in a recorded
     /// pack, or gone) a verified replica in the cold tier, and takes them off `node`'s
     /// replication queue either way; synced.

@@ -170,6 +170,11 @@ pub async fn run(
             shutdown_rx.clone(),
         ))
     });
+    // hot files of objects deleted on any node
+    let purge_task = tokio::spawn(crate::tiering::purge::run_purger(
+        archive.tiering().clone(),
+        shutdown_rx.clone(),
+    ));
     let scrub_task = config.scrub.enabled.then(|| {
         tokio::spawn(crate::tiering::scrub::run_scrubber(
             archive.tiering().clone(),
@@ -293,6 +298,8 @@ pub async fn run(
         task.abort();
         let _ = task.await;
     }
+    purge_task.abort();
+    let _ = purge_task.await;
     if let Some(task) = replication_task {
         // a replica in progress is abandoned; the object stays queued
         task.abort();

@@ -372,10 +372,7 @@ fn two_nodes_racing_on_tiering_pack_each_study_once() {
     );
     // each node evicted what it held: its hot disk has no object files left
     for node in [&a, &b] {
-        let left: Vec<_> = walk(&node.data_dir().join("hot"))
-            .into_iter()
-            .filter(|p| !p.to_string_lossy().contains("tmp"))
-            .collect();
+        let left = hot_files(node);
         assert!(left.is_empty(), "hot files left: {left:?}");
         let (clean, report) = node.verify_json();
         assert!(clean, "{report}");
@@ -503,4 +500,68 @@ fn a_node_killed_under_load_loses_no_acknowledged_instance() {
     }
     let (clean, report) = local.verify_json();
     assert!(clean, "{report}");
+}
+
+/// The object files under a node's hot directory (not its tmp files).
+fn hot_files(node: &Archive) -> Vec<std::path::PathBuf> {
+    let hot = node.data_dir().join("hot");
+    walk(&hot)
+        .into_iter()
+        .filter(|p| !p.strip_prefix(&hot).is_ok_and(|rel| rel.starts_with("tmp")))
+        .collect()
+}
+
+/// Issue 16: a study stored on one node and deleted on another is gone from both hot
+/// disks (the deleting node's tombstone queues the removal for the node holding the
+/// files, whose purge pass removes them) and from the cold tier's replicas; `verify` is
+/// clean on both nodes.
+#[test]
+fn a_deletion_on_one_node_removes_the_hot_files_on_the_others() {
+    let cold = scratch("purge-cold");
+    let secrets = scratch("purge-secret");
+    let shared = shared_cluster(cold.path(), secrets.path(), "");
+    let a = Archive::with_config("purge-a", &format!("{shared}node_id = \"node-a\"\n"));
+    let Some(b) = a.another_node("purge-b", &format!("{shared}node_id = \"node-b\"\n")) else {
+        eprintln!("two nodes need a PostgreSQL index (STRATA_TEST_PG): skipped on RocksDB");
+        return;
+    };
+    let (server_a, _server_b) = (a.start(), b.start());
+    let data = scratch("purge-data");
+    small_ct(data.path(), &["--studies", "1", "--instances", "3"]);
+    run_ok(storescu(server_a.dicom_port).args(dcm_files(data.path())));
+    assert_eq!(hot_files(&a).len(), 3);
+    let replicas = || {
+        let dir = cold.path().join("objects");
+        if dir.exists() {
+            walk(&dir)
+        } else {
+            Vec::new()
+        }
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while replicas().len() < 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not replicated: {:?}",
+            replicas()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    let study = a.study_uids().remove(0);
+    run_ok(&mut b.strata(&["delete", &study, "--reason", "test: wrong patient"]));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !hot_files(&a).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node a kept the deleted study's files: {:?}",
+            hot_files(&a)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    assert!(replicas().is_empty(), "replicas left: {:?}", replicas());
+    assert!(a.study_uids().is_empty());
+    for node in [&a, &b] {
+        let (clean, report) = node.verify_json();
+        assert!(clean, "{report}");
+    }
 }

@@ -20,7 +20,7 @@ type Check = fn(&dyn Index);
 
 /// Runs every check, each against a fresh index from `make`.
 pub fn run_suite(make: &MakeIndex<'_>) {
-    let checks: [(&str, Check); 22] = [
+    let checks: [(&str, Check); 23] = [
         (
             "commit_counts_instances_versions_and_duplicates",
             commit_counts_instances_versions_and_duplicates,
@@ -61,6 +61,7 @@ pub fn run_suite(make: &MakeIndex<'_>) {
         ),
         ("leases", leases),
         ("replication_queue", replication_queue),
+        ("purge_queue", purge_queue),
     ];
     for (name, check) in checks {
         let (index, _dir) = make();
@@ -1607,4 +1608,37 @@ fn replication_queue(index: &dyn Index) {
     index.set_replicated("n1", &[a.id], false).unwrap();
     assert!(!index.object(&a.id).unwrap().unwrap().replica);
     assert!(index.replication_queue("n1", 100).unwrap().is_empty());
+}
+
+/// Deleting objects queues the removal of their hot files for the node that holds each
+/// (objects recorded before nodes were named are the deleting node's own: not queued).
+fn purge_queue(index: &dyn Index) {
+    let mut a = object("1.2.3", "1.2.3.1", "1.2.3.1.1", b"a", 10);
+    a.provenance.node = "n1".into();
+    let mut b = object("1.2.3", "1.2.3.1", "1.2.3.1.2", b"b", 20);
+    b.provenance.node = "n2".into();
+    let c = object("1.2.3", "1.2.3.1", "1.2.3.1.3", b"c", 30);
+    index.commit(&[a.clone(), b.clone(), c.clone()]).unwrap();
+    assert!(index.purge_queue("n1", 10).unwrap().is_empty());
+    index
+        .tombstone_study(&Tombstone {
+            study_uid: "1.2.3".into(),
+            patient_id: "P1".into(),
+            objects: Vec::new(),
+            packs: Vec::new(),
+            who: "tester".into(),
+            why: "purge".into(),
+            deleted_at_ms: 40,
+            partial: false,
+        })
+        .unwrap();
+    assert_eq!(index.purge_queue("n1", 10).unwrap(), vec![a.id]);
+    assert_eq!(index.purge_queue("n2", 10).unwrap(), vec![b.id]);
+    index.purged("n1", &[a.id]).unwrap();
+    assert!(index.purge_queue("n1", 10).unwrap().is_empty());
+    assert_eq!(
+        index.purge_queue("n2", 10).unwrap().len(),
+        1,
+        "n2's queue is its own"
+    );
 }

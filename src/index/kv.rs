@@ -40,6 +40,7 @@
 //! | `nodes` | node id | `NodeRecord`: a node's last heartbeat (`strata cluster status`) |
 //! | `leases` | job name | `LeaseRecord`: which node holds a job until when ([`WorkQueue::claim`]) |
 //! | `replication` | node id, 0, object id | u64 received at (ms): objects the node has yet to replicate to the cold tier |
+//! | `purges` | node id, 0, object id | the study UID: hot files of deleted objects that node has yet to remove |
 //!
 //! `instance_metadata`, `patient_links`, `patient_aliases`, `hl7_messages`, `rejected` and `nodes` came after
 //! schema 1 without changing it: an index written before them lacks the families (a RocksDB primary creates it on opening; a secondary reads it as
@@ -121,9 +122,10 @@ pub const CF_REJECTED: &str = "rejected";
 pub const CF_NODES: &str = "nodes";
 pub const CF_LEASES: &str = "leases";
 pub const CF_REPLICATION: &str = "replication";
+pub const CF_PURGES: &str = "purges";
 
 /// Every column family; an engine creates them all when it creates a store.
-pub const ALL_CFS: [&str; 26] = [
+pub const ALL_CFS: [&str; 27] = [
     CF_META,
     CF_OBJECTS,
     CF_INSTANCES,
@@ -150,6 +152,7 @@ pub const ALL_CFS: [&str; 26] = [
     CF_NODES,
     CF_LEASES,
     CF_REPLICATION,
+    CF_PURGES,
 ];
 
 /// Called with each `(key, value)` of a scan; returns whether to go on.
@@ -1102,6 +1105,31 @@ impl<E: KvEngine> Placement for KvIndex<E> {
         Ok(out)
     }
 
+    fn purge_queue(&self, node: &str, limit: usize) -> Result<Vec<ObjectId>, IndexError> {
+        let mut prefix = node.as_bytes().to_vec();
+        prefix.push(0);
+        let mut out = Vec::new();
+        self.scan_prefix(CF_PURGES, &prefix, &mut |key, _| {
+            if let Some(id) = key
+                .get(prefix.len()..)
+                .and_then(|b| <[u8; 32]>::try_from(b).ok())
+            {
+                out.push(ObjectId::from_bytes(id));
+            }
+            Ok(out.len() < limit)
+        })?;
+        Ok(out)
+    }
+
+    fn purged(&self, node: &str, ids: &[ObjectId]) -> Result<(), IndexError> {
+        let _writer = self.writer()?;
+        let mut pending = self.pending();
+        for id in ids {
+            pending.delete(CF_PURGES, replication_key(node, id));
+        }
+        pending.write(true)
+    }
+
     fn set_replicated(
         &self,
         node: &str,
@@ -1195,7 +1223,8 @@ impl<E: KvEngine> Governance for KvIndex<E> {
             }
             for v in &e.record.versions {
                 if let Some(id) = ObjectId::from_hex(&v.id) {
-                    forget_object(&mut pending, &id, study);
+                    let record = self.get::<ObjectRecord>(CF_OBJECTS, id.as_bytes())?;
+                    forget_object(&mut pending, &id, record.as_ref(), study);
                 }
             }
         }
@@ -1344,7 +1373,7 @@ impl<E: KvEngine> Governance for KvIndex<E> {
                             t.packs.push(c.pack.clone());
                         }
                     }
-                    forget_object(&mut pending, &id, study);
+                    forget_object(&mut pending, &id, record.as_ref(), study);
                 }
             }
             let series = match series_left.remove(&e.series_uid) {
@@ -1673,9 +1702,19 @@ fn stored_totals<E: KvEngine>(engine: &E) -> Result<Option<TierTotals>, IndexErr
         .transpose()
 }
 
-/// A deleted object leaves the index: its record and metadata go, and it is marked
-/// deleted (with its study).
-fn forget_object<E: KvEngine>(pending: &mut PendingWrites<'_, E>, id: &ObjectId, study: &str) {
+/// A deleted object leaves the index: its record and metadata go, it is marked deleted
+/// (with its study), and the node whose hot disk holds its file is asked to remove it
+/// (CF `purges`, [`Placement::purge_queue`]): the deleting node removes its own files at
+/// once, every node's purge pass the rest.
+fn forget_object<E: KvEngine>(
+    pending: &mut PendingWrites<'_, E>,
+    id: &ObjectId,
+    record: Option<&ObjectRecord>,
+    study: &str,
+) {
+    if let Some(node) = record.and_then(|r| r.hot_node.as_deref()) {
+        pending.put_raw(CF_PURGES, replication_key(node, id), study.as_bytes());
+    }
     pending.delete(CF_OBJECTS, id.as_bytes());
     pending.delete(CF_INSTANCE_METADATA, id.as_bytes());
     pending.put_raw(CF_DELETED_OBJECTS, id.as_bytes(), study.as_bytes());

@@ -8,6 +8,7 @@
 //!   record, and only then delete the hot copies — and back (recall to hot).
 //! - [`reader`]: reads an object from wherever it is: the hot file, or one ranged GET of
 //!   its pack member; a whole study streams from its packs.
+//! - [`purge`]: removes this node's hot files of objects deleted on any node.
 //! - [`replicate`]: replicas of single objects in the cold tier, before their study
 //!   ages into a pack (nodes sharing an index).
 //! - [`worker`]: the background policy loop in `strata serve` (age, watermarks,
@@ -18,6 +19,7 @@
 
 pub mod mover;
 pub mod pack;
+pub mod purge;
 pub mod reader;
 pub mod replicate;
 pub mod scrub;
