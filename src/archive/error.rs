@@ -115,6 +115,8 @@ impl Error {
             Error::NotFound(_) => 404,
             Error::Forbidden { .. } => 403,
             Error::Held { .. } => 409,
+            // another node is doing this job now (its lease): try again later
+            Error::Tiering(TieringError::LeasedElsewhere(_)) => 409,
             Error::Ingest(IngestError::ConflictingVersion(_)) => 409,
             Error::Ingest(IngestError::DatasetMismatch(_) | IngestError::Unparseable(_)) => 400,
             Error::Ingest(IngestError::OutOfSpace(_)) => 507,

@@ -468,7 +468,8 @@ impl Archive {
     /// Applies the retention rule `age` (`[retention] study_age` of the configuration
     /// the command was run with): deletes the studies whose StudyDate is older,
     /// except those under a legal hold; with `dry_run`, only says which. Studies without
-    /// a real StudyDate are never selected.
+    /// a real StudyDate are never selected. Deleting holds the `retention` lease: while
+    /// another node applies retention, this is [`crate::tiering::TieringError::LeasedElsewhere`] (409).
     pub async fn retention(
         &self,
         principal: &Principal,
@@ -554,6 +555,8 @@ impl Archive {
         if dry_run {
             return Ok(report);
         }
+        // one node applies retention at a time (docs/scale-out.md "Leases")
+        let _lease = self.tiering.take_lease("retention").await?;
         for (uid, date) in report.due.clone() {
             if report.held.contains(&uid) {
                 continue;
