@@ -124,6 +124,11 @@ pub trait Catalog {
     /// Every study, ordered by Study Instance UID.
     fn studies(&self) -> Result<Vec<(String, StudyRecord)>, IndexError>;
     fn study(&self, study_uid: &str) -> Result<Option<StudyRecord>, IndexError>;
+    /// The records of many studies at once, in `study_uids`' order (one round trip on a
+    /// networked engine; C-FIND's candidate studies).
+    fn studies_many(&self, study_uids: &[String]) -> Result<Vec<Option<StudyRecord>>, IndexError> {
+        study_uids.iter().map(|uid| self.study(uid)).collect()
+    }
     /// Visits every study in Study Instance UID order until `visit` returns false,
     /// without loading them all.
     fn for_each_study(
@@ -344,6 +349,11 @@ pub trait Governance {
         instances: &[(String, String, String)],
         rejection: &RejectionRecord,
     ) -> Result<(), IndexError>;
+    /// Whether any instance of the archive was ever rejected (a query need not look
+    /// for rejections study by study when none was).
+    fn any_rejections(&self) -> Result<bool, IndexError> {
+        Ok(!self.rejections()?.is_empty())
+    }
     /// The rejected instances of a study: `(series, sop, why)`.
     fn rejections_of_study(
         &self,

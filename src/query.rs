@@ -703,8 +703,13 @@ fn for_each_candidate_study(
         None
     };
     // a study every held instance of which a rejection note hid is not shown at all
+    // (looked for study by study only in an archive that has rejections)
+    let rejections = index.any_rejections()?;
     let mut failure = None;
     let mut visible = |uid: &str, s: StudyRecord| -> bool {
+        if !rejections {
+            return visit(uid, s);
+        }
         match wholly_rejected(index, uid) {
             Ok(true) => true,
             Ok(false) => visit(uid, s),
@@ -718,10 +723,13 @@ fn for_each_candidate_study(
         Some(mut uids) => {
             uids.sort();
             uids.dedup();
-            for uid in uids {
-                if let Some(s) = index.study(&uid)? {
-                    if !visible(&uid, s) {
-                        break;
+            // the records in a few round trips, not one per study
+            'chunks: for chunk in uids.chunks(256) {
+                for (uid, s) in chunk.iter().zip(index.studies_many(chunk)?) {
+                    if let Some(s) = s {
+                        if !visible(uid, s) {
+                            break 'chunks;
+                        }
                     }
                 }
             }

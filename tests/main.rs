@@ -8,6 +8,7 @@ mod cluster;
 mod cold_faults;
 mod crash;
 mod dicomweb;
+mod engines;
 mod fhir;
 mod find;
 mod full_disk;

@@ -803,6 +803,19 @@ impl<E: KvEngine> Catalog for KvIndex<E> {
         self.get(CF_STUDIES, study_uid.as_bytes())
     }
 
+    fn studies_many(&self, study_uids: &[String]) -> Result<Vec<Option<StudyRecord>>, IndexError> {
+        let keys: Vec<(&'static str, Vec<u8>)> = study_uids
+            .iter()
+            .map(|uid| (CF_STUDIES, uid.as_bytes().to_vec()))
+            .collect();
+        self.engine
+            .get_many(&keys)?
+            .into_iter()
+            .zip(&keys)
+            .map(|(v, (cf, k))| v.map(|v| decode_at(cf, k, &v)).transpose())
+            .collect()
+    }
+
     fn for_each_study(
         &self,
         visit: &mut dyn FnMut(&str, StudyRecord) -> bool,
@@ -1678,6 +1691,18 @@ impl<E: KvEngine> Governance for KvIndex<E> {
         self.engine.write(batch, true)?;
         self.rejections_present.store(true, Ordering::Release);
         Ok(())
+    }
+
+    fn any_rejections(&self) -> Result<bool, IndexError> {
+        if !self.rejections_present.load(Ordering::Acquire) {
+            return Ok(false);
+        }
+        let mut any = false;
+        self.engine.scan(CF_REJECTED, b"", &mut |_, _| {
+            any = true;
+            Ok(false)
+        })?;
+        Ok(any)
     }
 
     fn rejections_of_study(

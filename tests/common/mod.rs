@@ -104,6 +104,25 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A base port B below the kernel's ephemeral range (20000-32000) such that B..B+`span`
+/// and, with `grpc`, B+10000..B+10000+`span` are all free now (for the peer scripts that
+/// lay their ports out from a base: tests/peers/patroni.sh, seaweedfs.sh).
+pub fn free_port_range(span: u16, grpc: bool) -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let free = |p: u16| TcpListener::bind(("127.0.0.1", p)).is_ok();
+    let seed = (std::process::id() % 500) as u16 * 20;
+    for _ in 0..500 {
+        let step = NEXT.fetch_add(1, Ordering::Relaxed);
+        let base = 20000 + (seed + step * 20) % 2000;
+        if (base..base + span).all(free) && (!grpc || (base + 10000..base + 10000 + span).all(free))
+        {
+            return base;
+        }
+    }
+    panic!("no free port range of {span}")
+}
+
 /// A scratch directory under the cargo target dir (kept small; removed on drop).
 pub fn scratch(name: &str) -> tempfile::TempDir {
     let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
