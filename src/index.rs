@@ -349,6 +349,11 @@ pub trait Governance {
         instances: &[(String, String, String)],
         rejection: &RejectionRecord,
     ) -> Result<(), IndexError>;
+    /// Whether the archive holds any patient link (an identity the hospital changed): a
+    /// query need not look up each patient's current identity when it holds none.
+    fn any_patient_links(&self) -> Result<bool, IndexError> {
+        Ok(!self.patient_links()?.is_empty())
+    }
     /// Whether any instance of the archive was ever rejected (a query need not look
     /// for rejections study by study when none was).
     fn any_rejections(&self) -> Result<bool, IndexError> {

@@ -460,15 +460,22 @@ fn patient_attrs(p: PatientIdentity<'_>) -> Answer {
 }
 
 /// The views of a study (see [`StudyView`]); reads the study's series only when it has a
-/// patient conflict. A view with no series left is not shown.
+/// patient conflict. A view with no series left is not shown. `links`: whether the
+/// archive holds any patient link ([`crate::index::Governance::any_patient_links`]);
+/// without one, no identity changed and none is looked up.
 fn study_views(
     index: &dyn Index,
+    links: bool,
     uid: &str,
     s: &StudyRecord,
 ) -> Result<Vec<StudyView>, IndexError> {
+    let current_patient = |attrs: Answer| match links {
+        true => current_patient(index, attrs),
+        false => Ok(attrs),
+    };
     if s.other_patients.is_empty() {
         return Ok(vec![StudyView {
-            patient: current_patient(index, patient_attrs(s.identity()))?,
+            patient: current_patient(patient_attrs(s.identity()))?,
             series: s.series,
             instances: s.instances,
         }]);
@@ -493,7 +500,7 @@ fn study_views(
     // patients were merged are one
     let mut current: Vec<StudyView> = Vec::with_capacity(views.len());
     for v in views {
-        let patient = current_patient(index, v.patient)?;
+        let patient = current_patient(v.patient)?;
         match current
             .iter_mut()
             .find(|c| answer_key(&c.patient) == answer_key(&patient))
@@ -773,6 +780,8 @@ pub fn find_each(
     emit: &mut dyn FnMut(Answer) -> bool,
 ) -> Result<(), QueryError> {
     let storage = QueryError::Index;
+    // patients' identities are looked up only in an archive where one ever changed
+    let links = index.any_patient_links().map_err(storage)?;
     match query.level {
         Level::Patient => {
             if model != Model::PatientRoot {
@@ -784,7 +793,7 @@ pub fn find_each(
             let mut by_patient: BTreeMap<String, (Answer, u64, u64, u64)> = BTreeMap::new();
             let mut failure = None;
             for_each_candidate_study(index, query, &mut |uid, s| {
-                let views = match study_views(index, uid, &s) {
+                let views = match study_views(index, links, uid, &s) {
                     Ok(v) => v,
                     Err(e) => {
                         failure = Some(storage(e));
@@ -827,7 +836,7 @@ pub fn find_each(
             }
             let mut failure = None;
             for_each_candidate_study(index, query, &mut |uid, s| {
-                let views = match study_views(index, uid, &s) {
+                let views = match study_views(index, links, uid, &s) {
                     Ok(v) => v,
                     Err(e) => {
                         failure = Some(storage(e));
@@ -880,7 +889,7 @@ pub fn find_each(
             let mut failure = None;
             for_each_candidate_study(index, query, &mut |study_uid, study| {
                 // the study as seen under each of its patients, those that match
-                let study_level: Vec<Answer> = match study_views(index, study_uid, &study) {
+                let study_level: Vec<Answer> = match study_views(index, links, study_uid, &study) {
                     Ok(views) => views
                         .iter()
                         .map(|v| study_attrs(study_uid, &study, v))

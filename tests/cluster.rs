@@ -99,6 +99,12 @@ fn nodes_share_the_index_and_say_whether_they_are_alive() {
 /// one-second heartbeat, and the secret of their internal route (a file only its owner
 /// reads).
 fn shared_cluster(cold: &std::path::Path, secret_dir: &std::path::Path, extra: &str) -> String {
+    let cold = format!("[cold]\nurl = \"file://{}\"\n", cold.display());
+    shared_cluster_on(&cold, secret_dir, extra)
+}
+
+/// [`shared_cluster`] with the cold tier `cold` (a whole `[cold]` section: an S3 bucket).
+fn shared_cluster_on(cold: &str, secret_dir: &std::path::Path, extra: &str) -> String {
     use std::os::unix::fs::PermissionsExt;
     let secret = secret_dir.join("cluster.secret");
     std::fs::write(
@@ -108,8 +114,7 @@ fn shared_cluster(cold: &std::path::Path, secret_dir: &std::path::Path, extra: &
     .unwrap();
     std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
     format!(
-        "\n[cold]\nurl = \"file://{}\"\n{extra}\n[cluster]\nheartbeat = \"1s\"\nlease = \"5s\"\nsecret_file = \"{}\"\n",
-        cold.display(),
+        "\n{cold}{extra}\n[cluster]\nheartbeat = \"1s\"\nlease = \"5s\"\nsecret_file = \"{}\"\n",
         secret.display()
     )
 }
@@ -164,18 +169,20 @@ fn counter(metrics: &str, name: &str) -> f64 {
         .sum()
 }
 
-/// Issue 16: three nodes on one PostgreSQL index and one cold tier. DCMTK stores on
-/// node 1; findscu on node 2 finds everything at once; movescu from node 3 delivers the
+/// Issue 16: three nodes on one PostgreSQL index and one S3 bucket (moto) as their cold
+/// tier. DCMTK stores on node 1; findscu and QIDO-RS on node 2 find everything at once; movescu from node 3 delivers the
 /// same data sets, which node 3 fetches from node 1's hot disk over the internal route
 /// (checked against their ids); WADO-URI on node 3 returns the stored objects (b3sum
 /// equals the id). The internal route refuses requests without a node token, with a
 /// token of another secret, and for another object.
 #[test]
 fn three_nodes_store_find_and_retrieve_from_each_others_hot_disks() {
-    let cold = scratch("three-cold");
+    // one S3 bucket (moto) for the three nodes' cold tier
+    let moto = Moto::start();
+    moto.create_bucket("three");
     let secrets = scratch("three-secret");
     let dest_port = free_port();
-    let shared = shared_cluster(cold.path(), secrets.path(), "");
+    let shared = shared_cluster_on(&moto.cold_section("three", ""), secrets.path(), "");
     let a = Archive::with_config("three-a", &format!("{shared}node_id = \"node-1\"\n"));
     let Some(b) = a.another_node("three-b", &format!("{shared}node_id = \"node-2\"\n")) else {
         eprintln!("three nodes need a PostgreSQL index (STRATA_TEST_PG): skipped on RocksDB");
@@ -192,8 +199,12 @@ fn three_nodes_store_find_and_retrieve_from_each_others_hot_disks() {
     let sent = dcm_files(data.path());
     run_ok(storescu(server_a.dicom_port).args(&sent));
 
-    // found on node 2 at once
+    // found on node 2 at once, over DIMSE and over DICOMweb (QIDO-RS)
     finds_studies(server_b.dicom_port, &["3", "3"]);
+    let (code, body) = http_get(server_b.http_port, "/dicom-web/studies").unwrap();
+    assert_eq!(code, 200, "{body}");
+    let studies: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(studies.as_array().map(Vec::len), Some(2), "{body}");
 
     // moved from node 3: every data set as sent
     let recv = c.dir.path().join("received");

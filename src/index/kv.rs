@@ -1693,6 +1693,18 @@ impl<E: KvEngine> Governance for KvIndex<E> {
         Ok(())
     }
 
+    fn any_patient_links(&self) -> Result<bool, IndexError> {
+        if !self.links_present.load(Ordering::Acquire) {
+            return Ok(false);
+        }
+        let mut any = false;
+        self.engine.scan(CF_PATIENT_LINKS, b"", &mut |_, _| {
+            any = true;
+            Ok(false)
+        })?;
+        Ok(any)
+    }
+
     fn any_rejections(&self) -> Result<bool, IndexError> {
         if !self.rejections_present.load(Ordering::Acquire) {
             return Ok(false);
