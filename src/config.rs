@@ -188,6 +188,11 @@ pub struct IndexConfig {
     /// For `postgres`: a file holding the password (not world-readable); empty:
     /// `PGPASSWORD`, else none.
     pub password_file: PathBuf,
+    /// For `postgres` with `sslmode=require` (or `verify-ca`, `verify-full`) in `url`:
+    /// the CA certificates (PEM) the server's certificate must chain to; empty: the
+    /// system's roots. The server's certificate is always verified, and must name the
+    /// host dialled.
+    pub ca_file: PathBuf,
 }
 
 impl Default for IndexConfig {
@@ -196,6 +201,7 @@ impl Default for IndexConfig {
             backend: IndexBackend::Rocksdb,
             url: String::new(),
             password_file: PathBuf::new(),
+            ca_file: PathBuf::new(),
         }
     }
 }
@@ -211,6 +217,11 @@ pub enum IndexBackend {
 impl IndexConfig {
     /// The password of the PostgreSQL index: from `password_file` (refused when others
     /// may read it), else `PGPASSWORD`, else none.
+    /// The CA file of the PostgreSQL server's certificate, when set.
+    pub fn ca(&self) -> Option<&Path> {
+        (!self.ca_file.as_os_str().is_empty()).then_some(self.ca_file.as_path())
+    }
+
     pub fn password(&self) -> Result<Option<String>, ConfigError> {
         if self.password_file.as_os_str().is_empty() {
             return Ok(std::env::var("PGPASSWORD").ok().filter(|p| !p.is_empty()));

@@ -223,9 +223,10 @@ pub fn open_index(config: &Config, primary: bool) -> Result<Arc<dyn Index>, Stor
                 .index
                 .password()
                 .map_err(|e| StorageError::Index(IndexError::Storage(e.to_string())))?;
-            Arc::new(PgIndex::open_postgres(
+            Arc::new(PgIndex::open_postgres_with(
                 &config.index.url,
                 password.as_deref(),
+                config.index.ca(),
             )?)
         }
     })

@@ -314,3 +314,84 @@ fn a_seaweedfs_cluster_as_the_cold_tier_loses_nothing_with_a_volume_server_down(
     assert_eq!(String::from_utf8_lossy(&b3.stdout).trim(), id);
     server.stop();
 }
+
+/// The index's traffic over TLS: a PostgreSQL that takes TCP connections over TLS only
+/// (`hostssl`, a certificate from a test CA for localhost). With `sslmode=require` in the
+/// URL and `[index] ca_file` naming that CA, a node stores and finds through it, and the
+/// server sees its sessions encrypted (`pg_stat_ssl`). Without the CA (the system's
+/// roots do not know it) the node refuses to start, naming the certificate; without
+/// `sslmode`, the server refuses the plain connection and the node says so.
+#[test]
+fn the_index_travels_over_tls_when_its_url_asks() {
+    let dir = scratch("pg-tls");
+    let pg = dir.path().join("pg");
+    let port = free_port();
+    run_ok(
+        Command::new("bash")
+            .arg(repo_root().join("tests/peers/postgres.sh"))
+            .args(["start"])
+            .arg(&pg)
+            .args([&port.to_string(), "ssl"]),
+    );
+    struct Stop(PathBuf);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let _ = Command::new("bash")
+                .arg(repo_root().join("tests/peers/postgres.sh"))
+                .arg("stop")
+                .arg(&self.0)
+                .status();
+        }
+    }
+    let _stop = Stop(pg.clone());
+    let ca = PathBuf::from(format!("{}.ca.pem", pg.display()));
+    let url = format!("postgresql://postgres@localhost:{port}/postgres?sslmode=require");
+    let archive = Archive::new("pg-tls");
+    let with_index = |index: &str| {
+        let text = std::fs::read_to_string(&archive.config).unwrap();
+        let mine = text
+            .split_once("\n[index]")
+            .map_or(text.clone(), |(m, _)| m.to_string());
+        std::fs::write(&archive.config, format!("{mine}\n[index]\n{index}")).unwrap();
+    };
+
+    // TLS, the server verified against the CA: stores and finds
+    with_index(&format!(
+        "backend = \"postgres\"\nurl = \"{url}\"\nca_file = \"{}\"\n",
+        ca.display()
+    ));
+    let server = archive.start();
+    let data = scratch("pg-tls-data");
+    small_ct(data.path(), &["--studies", "1", "--instances", "3"]);
+    run_ok(storescu(server.dicom_port).args(dcm_files(data.path())));
+    assert_eq!(archive.total_instances(), 3);
+    let encrypted = run_ok(Command::new("psql").args([
+        &url,
+        "-Atc",
+        "SELECT count(*) FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) \
+         WHERE ssl AND application_name = 'strata'",
+    ]));
+    let sessions: u32 = String::from_utf8_lossy(&encrypted.stdout)
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(sessions > 0, "the node's sessions are encrypted");
+    server.stop();
+
+    // no CA for the server's certificate: refused, and said why
+    with_index(&format!("backend = \"postgres\"\nurl = \"{url}\"\n"));
+    let refused = run(&mut archive.strata(&["ls", "--json"]));
+    let why = String::from_utf8_lossy(&refused.stderr).to_lowercase();
+    assert!(!refused.status.success());
+    assert!(why.contains("certificate"), "{why}");
+    // no TLS asked: the server refuses the plain connection
+    let plain = url.replace("?sslmode=require", "");
+    with_index(&format!("backend = \"postgres\"\nurl = \"{plain}\"\n"));
+    let refused = run(&mut archive.strata(&["ls", "--json"]));
+    let why = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(
+        why.contains("no encryption") || why.contains("pg_hba"),
+        "{why}"
+    );
+}

@@ -67,13 +67,25 @@ const MIGRATIONS: [&str; 1] = ["CREATE TABLE IF NOT EXISTS strata_kv (
      CREATE TABLE IF NOT EXISTS strata_write_lock (id INT PRIMARY KEY);
      INSERT INTO strata_write_lock (id) VALUES (1) ON CONFLICT (id) DO NOTHING;"];
 
-fn storage(what: &str, e: impl std::fmt::Debug + std::fmt::Display + 'static) -> IndexError {
-    // a server error says what it is in its `DbError` (the `Display` is only "db error")
+fn storage(what: &str, e: impl std::error::Error + 'static) -> IndexError {
+    // a server error says what it is in its `DbError` (the `Display` is only "db error");
+    // anything else with its causes (a TLS handshake says why only in its source)
     let detail = (&e as &dyn std::any::Any)
         .downcast_ref::<tokio_postgres::Error>()
         .and_then(|e| e.as_db_error())
         .map(|db| format!("{} ({})", db.message(), db.code().code()))
-        .unwrap_or_else(|| e.to_string());
+        .unwrap_or_else(|| {
+            let mut detail = e.to_string();
+            let mut source = e.source();
+            while let Some(cause) = source {
+                let text = cause.to_string();
+                if !detail.contains(&text) {
+                    detail = format!("{detail}: {text}");
+                }
+                source = cause.source();
+            }
+            detail
+        });
     IndexError::Storage(format!("PostgreSQL: {what}: {detail}"))
 }
 
@@ -117,6 +129,21 @@ impl Statements {
     }
 }
 
+/// `url` with `sslmode=verify-ca|verify-full` said as `require` (what tokio-postgres
+/// knows; the certificate is verified either way), and whether it asks for TLS.
+fn ssl_mode(url: &str) -> (String, bool) {
+    let mode = url
+        .split(['?', '&', ' '])
+        .find_map(|part| part.strip_prefix("sslmode="))
+        .unwrap_or("");
+    let tls = matches!(mode, "require" | "verify-ca" | "verify-full");
+    let url = match mode {
+        "verify-ca" | "verify-full" => url.replace(&format!("sslmode={mode}"), "sslmode=require"),
+        _ => url.to_string(),
+    };
+    (url, tls)
+}
+
 /// A PostgreSQL database holding the index's column families, as a [`KvEngine`].
 pub struct PgEngine {
     /// Always `Some` but while dropped (see the `Drop` impl).
@@ -133,22 +160,49 @@ impl PgEngine {
     /// the schema to [`PG_SCHEMA_VERSION`]. A database whose schema is newer than this
     /// build is refused.
     pub fn open(url: &str, password: Option<&str>) -> Result<Self, IndexError> {
+        Self::open_with(url, password, None)
+    }
+
+    /// [`PgEngine::open`], with TLS when `url` asks for it (`sslmode=require`,
+    /// `verify-ca` or `verify-full`: the server's certificate verified against `ca_file`,
+    /// else the system's roots, and for the host dialled; [`crate::tls::verifying_client`]).
+    /// Without `sslmode` (or with `disable`, `allow`, `prefer`), no TLS: libpq's
+    /// opportunistic `prefer` is not followed, as an unverified TLS session would only
+    /// look safe.
+    pub fn open_with(
+        url: &str,
+        password: Option<&str>,
+        ca_file: Option<&std::path::Path>,
+    ) -> Result<Self, IndexError> {
+        let (url, tls) = ssl_mode(url);
         let mut config: tokio_postgres::Config = url
             .parse()
             .map_err(|e| storage("the [index] url is not a connection string", e))?;
+        config.ssl_mode(if tls {
+            tokio_postgres::config::SslMode::Require
+        } else {
+            tokio_postgres::config::SslMode::Disable
+        });
         if let Some(password) = password {
             config.password(password);
         }
         if config.get_application_name().is_none() {
             config.application_name("strata");
         }
-        let manager = deadpool_postgres::Manager::from_config(
-            config,
-            tokio_postgres::NoTls,
-            deadpool_postgres::ManagerConfig {
-                recycling_method: deadpool_postgres::RecyclingMethod::Fast,
-            },
-        );
+        let manager_config = deadpool_postgres::ManagerConfig {
+            recycling_method: deadpool_postgres::RecyclingMethod::Fast,
+        };
+        let manager = if tls {
+            let client = crate::tls::verifying_client(ca_file)
+                .map_err(|e| storage("TLS to PostgreSQL", e))?;
+            deadpool_postgres::Manager::from_config(
+                config,
+                tokio_postgres_rustls::MakeRustlsConnect::new((*client).clone()),
+                manager_config,
+            )
+        } else {
+            deadpool_postgres::Manager::from_config(config, tokio_postgres::NoTls, manager_config)
+        };
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("strata-pg")
@@ -189,8 +243,12 @@ impl PgEngine {
     /// An engine on a new, empty table beside the index's ([`REBUILD_TABLE`], dropped
     /// first if an interrupted `reindex` left one), for `reindex` to build into and
     /// then [`PgEngine::swap_into_place`].
-    pub fn open_rebuild(url: &str, password: Option<&str>) -> Result<Self, IndexError> {
-        let mut engine = Self::open(url, password)?;
+    pub fn open_rebuild(
+        url: &str,
+        password: Option<&str>,
+        ca_file: Option<&std::path::Path>,
+    ) -> Result<Self, IndexError> {
+        let mut engine = Self::open_with(url, password, ca_file)?;
         let pool = engine.pool.clone();
         engine.run(async move {
             let client = pool.get().await.map_err(|e| storage("connect", e))?;
@@ -525,10 +583,24 @@ impl KvIndex<PgEngine> {
         KvIndex::open(PgEngine::open(url, password)?, true)
     }
 
+    /// [`PgIndex::open_postgres`] over TLS when `url` asks for it
+    /// ([`PgEngine::open_with`]).
+    pub fn open_postgres_with(
+        url: &str,
+        password: Option<&str>,
+        ca_file: Option<&std::path::Path>,
+    ) -> Result<Self, IndexError> {
+        KvIndex::open(PgEngine::open_with(url, password, ca_file)?, true)
+    }
+
     /// A new, empty index beside the one at `url`, for `reindex`
     /// ([`PgEngine::open_rebuild`]).
-    pub fn open_postgres_rebuild(url: &str, password: Option<&str>) -> Result<Self, IndexError> {
-        KvIndex::open(PgEngine::open_rebuild(url, password)?, true)
+    pub fn open_postgres_rebuild(
+        url: &str,
+        password: Option<&str>,
+        ca_file: Option<&std::path::Path>,
+    ) -> Result<Self, IndexError> {
+        KvIndex::open(PgEngine::open_rebuild(url, password, ca_file)?, true)
     }
 }
 

@@ -310,6 +310,8 @@ enum Target {
     Postgres {
         url: String,
         password: Option<String>,
+        /// `[index] ca_file`, for TLS when the URL asks for it.
+        ca_file: Option<std::path::PathBuf>,
     },
 }
 
@@ -346,6 +348,7 @@ impl Target {
                     .index
                     .password()
                     .map_err(|e| StorageError::Index(IndexError::Storage(e.to_string())))?,
+                ca_file: config.index.ca().map(std::path::Path::to_path_buf),
             },
         })
     }
@@ -357,9 +360,15 @@ impl Target {
                 Some(Box::new(RocksIndex::open_primary(index_dir)?))
             }
             Target::Rocks { .. } => None,
-            Target::Postgres { url, password } => {
-                Some(Box::new(PgIndex::open_postgres(url, password.as_deref())?))
-            }
+            Target::Postgres {
+                url,
+                password,
+                ca_file,
+            } => Some(Box::new(PgIndex::open_postgres_with(
+                url,
+                password.as_deref(),
+                ca_file.as_deref(),
+            )?)),
         })
     }
 
@@ -369,9 +378,15 @@ impl Target {
             Target::Rocks { rebuild_dir, .. } => {
                 Rebuilt::Rocks(Box::new(RocksIndex::open_primary(rebuild_dir)?))
             }
-            Target::Postgres { url, password } => Rebuilt::Postgres(Box::new(
-                PgIndex::open_postgres_rebuild(url, password.as_deref())?,
-            )),
+            Target::Postgres {
+                url,
+                password,
+                ca_file,
+            } => Rebuilt::Postgres(Box::new(PgIndex::open_postgres_rebuild(
+                url,
+                password.as_deref(),
+                ca_file.as_deref(),
+            )?)),
         })
     }
 

@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # A throwaway PostgreSQL cluster on loopback for the tests (Debian postgresql-15; root
 # cannot run PostgreSQL, so it runs as the `postgres` user: ../shared/reference).
-#   postgres.sh start DIR PORT   initdb in DIR (created; owned by postgres), listen on
-#                                127.0.0.1:PORT, start, print the postmaster's pid
+#   postgres.sh start DIR PORT [ssl]
+#                                initdb in DIR (created; owned by postgres), listen on
+#                                127.0.0.1:PORT, start, print the postmaster's pid. With
+#                                `ssl`: a test CA (DIR.ca.pem) signs a server certificate
+#                                for localhost and 127.0.0.1, and connections over TCP
+#                                must use TLS (pg_hba hostssl only)
 #   postgres.sh stop DIR         stop that cluster by the pid in DIR/postmaster.pid
 # The data directory keeps the server's log (DIR/log).
 set -euo pipefail
@@ -24,6 +28,28 @@ port = $port
 unix_socket_directories = '$dir'
 max_connections = 200
 CONF
+  if [ "${4:-}" = ssl ]; then
+    # a CA of its own, and a server certificate it signs (localhost, 127.0.0.1)
+    openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=strata test CA" \
+      -keyout "$dir.ca.key" -out "$dir.ca.pem" >/dev/null 2>&1
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" \
+      -keyout "$dir/server.key" -out "$dir/server.csr" >/dev/null 2>&1
+    printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' >"$dir/san.ext"
+    openssl x509 -req -in "$dir/server.csr" -CA "$dir.ca.pem" -CAkey "$dir.ca.key" \
+      -CAcreateserial -days 2 -extfile "$dir/san.ext" -out "$dir/server.crt" >/dev/null 2>&1
+    chown postgres "$dir/server.key" "$dir/server.crt"
+    chmod 600 "$dir/server.key"
+    chmod 644 "$dir.ca.pem"
+    cat >>"$dir/postgresql.conf" <<CONF
+ssl = on
+ssl_cert_file = 'server.crt'
+ssl_key_file = 'server.key'
+CONF
+    cat >"$dir/pg_hba.conf" <<HBA
+local all all trust
+hostssl all all 127.0.0.1/32 trust
+HBA
+  fi
   as_postgres "'$bin/pg_ctl' -D '$dir' -l '$dir/log' -w start >/dev/null"
   head -1 "$dir/postmaster.pid"
   ;;
@@ -39,7 +65,7 @@ stop)
   kill -KILL "$pid" 2>/dev/null || true
   ;;
 *)
-  echo "usage: $0 start DIR PORT | stop DIR" >&2
+  echo "usage: $0 start DIR PORT [ssl] | stop DIR" >&2
   exit 2
   ;;
 esac
