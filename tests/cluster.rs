@@ -170,11 +170,12 @@ fn counter(metrics: &str, name: &str) -> f64 {
 }
 
 /// Issue 16: three nodes on one PostgreSQL index and one S3 bucket (moto) as their cold
-/// tier. DCMTK stores on node 1; findscu and QIDO-RS on node 2 find everything at once; movescu from node 3 delivers the
-/// same data sets, which node 3 fetches from node 1's hot disk over the internal route
-/// (checked against their ids); WADO-URI on node 3 returns the stored objects (b3sum
-/// equals the id). The internal route refuses requests without a node token, with a
-/// token of another secret, and for another object.
+/// tier. DCMTK stores on node 1; findscu and QIDO-RS on node 2 find everything at once;
+/// movescu from node 3 delivers the same data sets, which node 3 fetches from node 1's
+/// hot disk over the internal route (checked against their ids); WADO-URI and WADO-RS on
+/// node 3 return the stored object (b3sum equals the id). The internal route refuses
+/// requests without a node token, with a token of another secret, and for another
+/// object.
 #[test]
 fn three_nodes_store_find_and_retrieve_from_each_others_hot_disks() {
     // one S3 bucket (moto) for the three nodes' cold tier
@@ -254,6 +255,26 @@ fn three_nodes_store_find_and_retrieve_from_each_others_hot_disks() {
     );
     let dcm = c.dir.path().join("wado.dcm");
     assert_eq!(b3_of_download(&wado, &dcm), id);
+    // WADO-RS on node 3 too: the instance as stored (transfer-syntax=*), byte for byte
+    let wado_rs = format!(
+        "http://127.0.0.1:{}/dicom-web/studies/{}/series/{}/instances/{}",
+        server_c.http_port,
+        shown["study_uid"].as_str().unwrap(),
+        shown["series_uid"].as_str().unwrap(),
+        shown["sop_instance_uid"].as_str().unwrap(),
+    );
+    let script = format!(
+        "import sys, requests, blake3; sys.path.insert(0, {:?}); from dicomweb_check import parts; \
+         r = requests.get({wado_rs:?}, headers={{'Accept': 'multipart/related; type=\"application/dicom\"; transfer-syntax=*'}}); \
+         r.raise_for_status(); print(blake3.blake3(parts(r)[0][1]).hexdigest())",
+        repo_root().join("tests/peers").display().to_string()
+    );
+    let out = run_ok(std::process::Command::new("python3").args(["-c", &script]));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        id,
+        "WADO-RS on node 3"
+    );
 
     // the internal route: a node token for this object only, made with the shared secret
     let route = format!(
