@@ -240,18 +240,23 @@ def strata_run(label, files, nodes_n, pg, db, tag):
                 drained=drained, node_cpu=node_cpu, pg_cpu=pg_used)
 
 
-def orthanc_run(files, pg):
-    pg.createdb("orthanc_bench")
-    d = os.path.join(ROOT, "orthanc")
+def start_orthanc_pg(pg, db, name, dicom, http):
+    """A fresh Orthanc with its index in PostgreSQL database `db` (files on disk); its pid."""
+    pg.createdb(db)
+    d = os.path.join(ROOT, name)
     shutil.rmtree(d, ignore_errors=True)
     extra = {"Plugins": ["/usr/share/orthanc/plugins/libOrthancPostgreSQLIndex.so"],
              "PostgreSQL": {"EnableIndex": True, "EnableStorage": False, "Host": "127.0.0.1",
-                            "Port": pg.port, "Database": "orthanc_bench", "Username": "postgres",
+                            "Port": pg.port, "Database": db, "Username": "postgres",
                             "Password": "", "Lock": False}}
     env = dict(os.environ, ORTHANC_EXTRA_JSON=json.dumps(extra))
+    return int(run([f"{REPO}/scripts/start-orthanc.sh", d, str(dicom), str(http)], env=env,
+                   capture_output=True, text=True).stdout.split()[0])
+
+
+def orthanc_run(files, pg):
     dicom, http = BASE + 30, BASE + 31
-    pid = int(run([f"{REPO}/scripts/start-orthanc.sh", d, str(dicom), str(http)], env=env,
-                  capture_output=True, text=True).stdout.split()[0])
+    pid = start_orthanc_pg(pg, "orthanc_bench", "orthanc", dicom, http)
     pg_before, o_before = pg_cpu(pg.postmaster), cpu_seconds(pid)
     elapsed = send(files, [("ORTHANC", dicom)])
     o_cpu, pg_used = cpu_seconds(pid) - o_before, pg_cpu(pg.postmaster) - pg_before
@@ -354,16 +359,7 @@ def find(pg):
         run([sys.executable, f"{REPO}/tests/peers/gen_ct.py", "--out", small, "--studies", "2000",
              "--instances", "1", "--rows", "64", "--cols", "64", "--seed", "3"], stdout=subprocess.DEVNULL)
         open(small + ".complete", "w").close()
-    pg.createdb("orthanc_find")
-    d = os.path.join(ROOT, "orthanc-find")
-    shutil.rmtree(d, ignore_errors=True)
-    extra = {"Plugins": ["/usr/share/orthanc/plugins/libOrthancPostgreSQLIndex.so"],
-             "PostgreSQL": {"EnableIndex": True, "EnableStorage": False, "Host": "127.0.0.1",
-                            "Port": pg.port, "Database": "orthanc_find", "Username": "postgres",
-                            "Password": "", "Lock": False}}
-    pid = int(run([f"{REPO}/scripts/start-orthanc.sh", d, str(BASE + 42), str(BASE + 43)],
-                  env=dict(os.environ, ORTHANC_EXTRA_JSON=json.dumps(extra)),
-                  capture_output=True, text=True).stdout.split()[0])
+    pid = start_orthanc_pg(pg, "orthanc_find", "orthanc-find", BASE + 42, BASE + 43)
     run(["/usr/bin/storescu", "-aec", "ORTHANC", "+sd", "+r", "127.0.0.1", str(BASE + 42), small],
         env=dict(os.environ, TCP_NODELAY="1"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     print("| target | query (study level) | studies | matches/query | p50 | p99 |")

@@ -369,21 +369,48 @@ impl<E: KvEngine> KvIndex<E> {
     /// version of an empty store; a read replica accepts an empty one as it is.
     /// Reads whether the overlay families hold anything (one seek each).
     fn check_overlays(&self) -> Result<(), IndexError> {
-        let any = |cf: &'static str| -> Result<bool, IndexError> {
-            let mut found = false;
-            self.engine.scan(cf, b"", &mut |_, _| {
-                found = true;
-                Ok(false)
-            })?;
-            Ok(found)
-        };
         // another process may add links or rejections any time: never assume none
         let shared = self.engine.shared();
-        self.links_present
-            .store(shared || any(CF_PATIENT_LINKS)?, Ordering::Release);
+        self.links_present.store(
+            shared || self.holds_any(CF_PATIENT_LINKS)?,
+            Ordering::Release,
+        );
         self.rejections_present
-            .store(shared || any(CF_REJECTED)?, Ordering::Release);
+            .store(shared || self.holds_any(CF_REJECTED)?, Ordering::Release);
         Ok(())
+    }
+
+    /// Whether `cf` holds anything (one seek).
+    fn holds_any(&self, cf: &'static str) -> Result<bool, IndexError> {
+        let mut found = false;
+        self.engine.scan(cf, b"", &mut |_, _| {
+            found = true;
+            Ok(false)
+        })?;
+        Ok(found)
+    }
+
+    /// The first `limit` entries of `node`'s queue in `cf` (keys node id, 0, object
+    /// id: `replication`, `purges`), with their values.
+    fn node_queue(
+        &self,
+        cf: &'static str,
+        node: &str,
+        limit: usize,
+    ) -> Result<Vec<(ObjectId, Vec<u8>)>, IndexError> {
+        let mut prefix = node.as_bytes().to_vec();
+        prefix.push(0);
+        let mut out = Vec::new();
+        self.scan_prefix(cf, &prefix, &mut |key, value| {
+            if let Some(id) = key
+                .get(prefix.len()..)
+                .and_then(|b| <[u8; 32]>::try_from(b).ok())
+            {
+                out.push((ObjectId::from_bytes(id), value.to_vec()));
+            }
+            Ok(out.len() < limit)
+        })?;
+        Ok(out)
     }
 
     pub fn open(engine: E, writable: bool) -> Result<Self, IndexError> {
@@ -1153,37 +1180,18 @@ impl<E: KvEngine> Placement for KvIndex<E> {
         node: &str,
         limit: usize,
     ) -> Result<Vec<(ObjectId, u64)>, IndexError> {
-        let mut prefix = node.as_bytes().to_vec();
-        prefix.push(0);
-        let mut out = Vec::new();
-        for (key, at) in self.scan_records::<u64>(CF_REPLICATION, &prefix)? {
-            if let Some(id) = key
-                .get(prefix.len()..)
-                .and_then(|b| <[u8; 32]>::try_from(b).ok())
-            {
-                out.push((ObjectId::from_bytes(id), at));
-            }
-            if out.len() >= limit {
-                break;
-            }
-        }
-        Ok(out)
+        self.node_queue(CF_REPLICATION, node, limit)?
+            .into_iter()
+            .map(|(id, v)| Ok((id, decode_at(CF_REPLICATION, id.as_bytes(), &v)?)))
+            .collect()
     }
 
     fn purge_queue(&self, node: &str, limit: usize) -> Result<Vec<ObjectId>, IndexError> {
-        let mut prefix = node.as_bytes().to_vec();
-        prefix.push(0);
-        let mut out = Vec::new();
-        self.scan_prefix(CF_PURGES, &prefix, &mut |key, _| {
-            if let Some(id) = key
-                .get(prefix.len()..)
-                .and_then(|b| <[u8; 32]>::try_from(b).ok())
-            {
-                out.push(ObjectId::from_bytes(id));
-            }
-            Ok(out.len() < limit)
-        })?;
-        Ok(out)
+        Ok(self
+            .node_queue(CF_PURGES, node, limit)?
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect())
     }
 
     fn purged(&self, node: &str, ids: &[ObjectId]) -> Result<(), IndexError> {
@@ -1694,27 +1702,11 @@ impl<E: KvEngine> Governance for KvIndex<E> {
     }
 
     fn any_patient_links(&self) -> Result<bool, IndexError> {
-        if !self.links_present.load(Ordering::Acquire) {
-            return Ok(false);
-        }
-        let mut any = false;
-        self.engine.scan(CF_PATIENT_LINKS, b"", &mut |_, _| {
-            any = true;
-            Ok(false)
-        })?;
-        Ok(any)
+        Ok(self.links_present.load(Ordering::Acquire) && self.holds_any(CF_PATIENT_LINKS)?)
     }
 
     fn any_rejections(&self) -> Result<bool, IndexError> {
-        if !self.rejections_present.load(Ordering::Acquire) {
-            return Ok(false);
-        }
-        let mut any = false;
-        self.engine.scan(CF_REJECTED, b"", &mut |_, _| {
-            any = true;
-            Ok(false)
-        })?;
-        Ok(any)
+        Ok(self.rejections_present.load(Ordering::Acquire) && self.holds_any(CF_REJECTED)?)
     }
 
     fn rejections_of_study(

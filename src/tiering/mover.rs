@@ -106,20 +106,15 @@ impl Tiering {
 
         // Step 5: every hot object now has a verified, recorded cold copy; replicas
         // written before the pack are no longer counted on, and go
-        let replicated: Vec<ObjectId> = {
-            let this = self.clone();
-            let study = study_uid.to_string();
-            blocking(move || study_objects_blocking(&this, &study))
-                .await?
-                .into_iter()
-                .filter(|(_, r)| r.replica && !r.cold.is_empty())
-                .map(|(id, _)| id)
-                .collect()
-        };
-        self.drop_replicas(&replicated).await?;
         let this = self.clone();
         let study = study_uid.to_string();
         let objects = blocking(move || study_objects_blocking(&this, &study)).await?;
+        let replicated: Vec<ObjectId> = objects
+            .iter()
+            .filter(|(_, r)| r.replica && !r.cold.is_empty())
+            .map(|(id, _)| *id)
+            .collect();
+        self.drop_replicas(&replicated).await?;
         // Only this node's hot files are deleted here; another node's are deleted by
         // that node when it takes the study (the study stays queued until then).
         let (mine, theirs): (Vec<_>, Vec<_>) = objects
