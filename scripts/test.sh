@@ -12,11 +12,40 @@ cargo fmt --all --check
 cargo clippy --locked --workspace --all-targets -- -D warnings
 cargo test --locked --workspace
 # The end-to-end suites again on a PostgreSQL index ([index] backend = "postgres", the
-# index several nodes share): a throwaway cluster on loopback, stopped by pid on exit,
-# one database per test archive (tests/common: STRATA_TEST_PG).
+# index several nodes share) and with a real multi-node S3 cluster as the cold tier
+# (SeaweedFS: a master, two volume servers with replication, the S3 gateway) where the
+# first pass used moto: throwaway clusters on loopback, stopped by pid on exit. One
+# database per test archive (tests/common: STRATA_TEST_PG), one bucket per test
+# (tests/common: STRATA_TEST_S3, S3Server::start; tests needing moto's own features
+# start moto in both passes).
 pg_parent=$(mktemp -d /var/tmp/strata-pg-XXXXXX)
-pg_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-trap 'tests/peers/postgres.sh stop "$pg_parent/pg"; rm -rf "$pg_parent"' EXIT
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+# a base port with BASE..BASE+4 and BASE+10000..BASE+10004 free (seaweedfs.sh's ports)
+free_port_range() {
+  python3 - <<'PY'
+import random, socket
+for _ in range(200):
+    base = random.randrange(23000, 30000)
+    try:
+        socks = []
+        for p in [base + i for i in range(5)] + [base + 10000 + i for i in range(5)]:
+            s = socket.socket(); s.bind(("127.0.0.1", p)); socks.append(s)
+    except OSError:
+        continue
+    print(base)
+    break
+else:
+    raise SystemExit("no free port range")
+PY
+}
+cleanup() {
+  tests/peers/seaweedfs.sh stop "$pg_parent/s3" || true
+  tests/peers/postgres.sh stop "$pg_parent/pg"
+  rm -rf "$pg_parent"
+}
+trap cleanup EXIT
+pg_port=$(free_port)
 tests/peers/postgres.sh start "$pg_parent/pg" "$pg_port" >/dev/null
-STRATA_TEST_PG="postgresql://postgres@127.0.0.1:$pg_port" \
+s3_endpoint=$(tests/peers/seaweedfs.sh start "$pg_parent/s3" "$(free_port_range)" | sed -n 's/^S3_ENDPOINT=//p')
+STRATA_TEST_PG="postgresql://postgres@127.0.0.1:$pg_port" STRATA_TEST_S3="$s3_endpoint" \
   cargo test --locked --test integration -- store:: find:: retrieve:: tiering:: integrity:: cluster::

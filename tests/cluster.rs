@@ -169,8 +169,8 @@ fn counter(metrics: &str, name: &str) -> f64 {
         .sum()
 }
 
-/// Issue 16: three nodes on one PostgreSQL index and one S3 bucket (moto) as their cold
-/// tier. DCMTK stores on node 1; findscu and QIDO-RS on node 2 find everything at once;
+/// Issue 16: three nodes on one PostgreSQL index and one S3 bucket as their cold tier
+/// (in scripts/test.sh's PostgreSQL pass, a SeaweedFS cluster: `S3Server::start`). DCMTK stores on node 1; findscu and QIDO-RS on node 2 find everything at once;
 /// movescu from node 3 delivers the same data sets, which node 3 fetches from node 1's
 /// hot disk over the internal route (checked against their ids); WADO-URI and WADO-RS on
 /// node 3 return the stored object (b3sum equals the id). The internal route refuses
@@ -178,12 +178,12 @@ fn counter(metrics: &str, name: &str) -> f64 {
 /// object.
 #[test]
 fn three_nodes_store_find_and_retrieve_from_each_others_hot_disks() {
-    // one S3 bucket (moto) for the three nodes' cold tier
-    let moto = Moto::start();
-    moto.create_bucket("three");
+    // one S3 bucket for the three nodes' cold tier
+    let s3 = S3Server::start();
+    s3.create_bucket("three");
     let secrets = scratch("three-secret");
     let dest_port = free_port();
-    let shared = shared_cluster_on(&moto.cold_section("three", ""), secrets.path(), "");
+    let shared = shared_cluster_on(&s3.cold_section("three", ""), secrets.path(), "");
     let a = Archive::with_config("three-a", &format!("{shared}node_id = \"node-1\"\n"));
     let Some(b) = a.another_node("three-b", &format!("{shared}node_id = \"node-2\"\n")) else {
         eprintln!("three nodes need a PostgreSQL index (STRATA_TEST_PG): skipped on RocksDB");

@@ -72,7 +72,7 @@ impl Drop for FaultProxy {
 }
 
 /// Keys under `bucket` on moto, listed by an independent client (boto3).
-fn keys(moto: &Moto, bucket: &str) -> Vec<String> {
+fn keys(moto: &S3Server, bucket: &str) -> Vec<String> {
     let script = format!(
         "import boto3, json\nc = boto3.client('s3', endpoint_url='http://127.0.0.1:{}', aws_access_key_id='testing', aws_secret_access_key='testing', region_name='us-east-1')\nprint(json.dumps([o['Key'] for o in c.list_objects_v2(Bucket='{bucket}').get('Contents', [])]))",
         moto.port
@@ -95,7 +95,7 @@ fn only_study(archive: &Archive) -> String {
 /// virtual-hosted S3 would; Strata reaches it through HTTP_PROXY, without DNS.
 #[test]
 fn virtual_hosted_requests_address_the_configured_bucket() {
-    let moto = Moto::start();
+    let moto = S3Server::moto();
     moto.create_bucket("strata-cold");
     moto.create_bucket("site1");
     let dir = scratch("faults-vhost");
@@ -148,7 +148,7 @@ fn virtual_hosted_requests_address_the_configured_bucket() {
 /// says why; once the listing catches up, it rebuilds the same index.
 #[test]
 fn reindex_keeps_the_index_while_the_listing_lags() {
-    let moto = Moto::start();
+    let moto = S3Server::moto();
     moto.create_bucket("lagging");
     let dir = scratch("faults-list-lag");
     let proxy = FaultProxy::start(dir.path(), moto.port);
@@ -186,7 +186,7 @@ fn reindex_keeps_the_index_while_the_listing_lags() {
 /// aborts it; the move then succeeds.
 #[test]
 fn an_upload_cut_before_completion_is_found_and_aborted() {
-    let moto = Moto::start();
+    let moto = S3Server::moto();
     moto.create_bucket("cut");
     let dir = scratch("faults-multipart");
     let proxy = FaultProxy::start(dir.path(), moto.port);
@@ -241,7 +241,7 @@ fn an_upload_cut_before_completion_is_found_and_aborted() {
 /// with the scan due every pass and with the default (a day).
 #[test]
 fn background_passes_do_not_list_the_bucket_each_time() {
-    let moto = Moto::start();
+    let moto = S3Server::moto();
     moto.create_bucket("idle");
     let dir = scratch("faults-idle-lists");
     let proxy = FaultProxy::start(dir.path(), moto.port);

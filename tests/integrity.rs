@@ -571,7 +571,7 @@ fn retention_deletes_old_studies_except_held_ones() {
 /// retention, and `audit verify` checks the log against them.
 #[test]
 fn audit_anchors_are_locked_in_an_object_lock_bucket() {
-    let moto = Moto::start();
+    let moto = S3Server::moto();
     let boto = |code: &str| {
         let script = format!(
             "import boto3\ns3 = boto3.client('s3', endpoint_url='http://127.0.0.1:{}', aws_access_key_id='testing', aws_secret_access_key='testing', region_name='us-east-1')\n{code}",

@@ -1,4 +1,5 @@
-//! Tiering against the local-filesystem default and a real S3-compatible server (moto):
+//! Tiering against the local-filesystem default and real S3-compatible servers (moto, and
+//! in scripts/test.sh's second pass a SeaweedFS cluster: `S3Server::start`):
 //! studies age to cold and come back byte-identical, packs verify with standard tools
 //! alone, the index rebuilds from the cold tier alone, `kill -9` at each step of a move
 //! loses nothing, a failing endpoint only delays aging, bad packs are never trusted, and
@@ -182,13 +183,13 @@ fn local_cold_round_trip_and_reindex_from_the_cold_tier_alone() {
 
 #[test]
 fn s3_policy_ages_studies_and_retrieval_reads_them_from_packs() {
-    let moto = Moto::start();
-    moto.create_bucket("archive");
+    let s3 = S3Server::start();
+    s3.create_bucket("archive");
     let archive = Archive::with_config(
         "tier-s3",
         &format!(
             "{}\n[tiering]\nhot_max_age = \"2s\"\nscan_interval = \"1s\"\n",
-            moto.cold_section("archive", "")
+            s3.cold_section("archive", "")
         ),
     );
     let server = archive.start();
@@ -243,7 +244,7 @@ fn s3_policy_ages_studies_and_retrieval_reads_them_from_packs() {
         .to_string();
     assert!(key.starts_with("strata/packs/"), "{key}");
     let pack = archive.dir.path().join("downloaded.tar");
-    moto.download("archive", &key, &pack);
+    s3.download("archive", &key, &pack);
     pack_verifies_with_standard_tools(&pack, ct.len());
     let (clean, report) = archive.verify_json();
     assert!(clean, "{report}");
@@ -262,12 +263,30 @@ fn s3_policy_ages_studies_and_retrieval_reads_them_from_packs() {
 
 /// `kill -9` (the failpoint SIGKILLs the process) after upload, after verify, after the
 /// index commit and in the middle of the deletes; the next run completes the move with
-/// exactly one pack and every instance intact.
+/// exactly one pack and every instance intact. On the local-filesystem cold tier.
 #[test]
 fn kill9_at_each_step_of_a_move_loses_nothing() {
+    kill9_at_each_step("tier-kill", None, |_| String::new());
+}
+
+/// The same on S3: moto, or the SeaweedFS cluster of scripts/test.sh's second pass.
+#[test]
+fn kill9_at_each_step_of_a_move_to_s3_loses_nothing() {
+    let s3 = S3Server::start();
+    kill9_at_each_step("tier-kill-s3", Some(&s3), |step| {
+        let bucket = format!("kill-{step}-{}", std::process::id());
+        s3.create_bucket(&bucket);
+        s3.cold_section(&bucket, "")
+    });
+}
+
+/// For each failpoint step, an archive configured with `cold(step)` (on `s3`, or the
+/// local default): kill -9 at the step of a move to cold, then a move that completes; one
+/// pack recorded and stored, nothing lost, verify clean.
+fn kill9_at_each_step(name: &str, s3: Option<&S3Server>, cold: impl Fn(&str) -> String) {
     let ct = small_study(20);
     for step in ["after-upload", "after-verify", "after-commit", "mid-delete"] {
-        let archive = Archive::new(&format!("tier-kill-{step}"));
+        let archive = Archive::with_config(&format!("{name}-{step}"), &cold(step));
         run_ok(archive.strata(&["import"]).args(&ct));
         let study = only_study(&archive);
         let ids = object_ids(&archive, &study);
@@ -280,13 +299,24 @@ fn kill9_at_each_step_of_a_move_loses_nothing() {
         export_matches_ids(&archive, &study, &ids);
 
         move_study(&archive, &study, "cold");
-        assert_eq!(
-            local_packs(&archive).len(),
-            1,
-            "{step}: one pack, no duplicate"
-        );
         let status = tier_status(&archive);
-        assert_eq!(status["packs"], 1, "{step}: {status}");
+        assert_eq!(
+            status["packs"], 1,
+            "{step}: one pack, no duplicate: {status}"
+        );
+        let stored = match s3 {
+            Some(s3) => {
+                let url = status["cold_url"].as_str().unwrap();
+                let bucket = url["s3://".len()..].split('/').next().unwrap();
+                let out = s3.boto(&format!(
+                    "r = s3.list_objects_v2(Bucket='{bucket}', Prefix='strata/packs/')\n\
+                     print(sum(1 for o in r.get('Contents', []) if o['Key'].endswith('.tar')))"
+                ));
+                String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+            }
+            None => local_packs(&archive).len(),
+        };
+        assert_eq!(stored, 1, "{step}: one pack stored, no duplicate");
         assert_eq!(status["cold_only_objects"].as_u64(), Some(ct.len() as u64));
         assert_eq!(hot_files(&archive), 0, "{step}");
         let (clean, report) = archive.verify_json();
@@ -299,7 +329,7 @@ fn kill9_at_each_step_of_a_move_loses_nothing() {
 /// off, and it completes once the endpoint is back.
 #[test]
 fn a_cold_tier_outage_only_delays_aging() {
-    let mut moto = Moto::start();
+    let mut moto = S3Server::moto();
     moto.create_bucket("archive");
     let archive = Archive::with_config(
         "tier-outage",
@@ -346,7 +376,7 @@ fn a_cold_tier_outage_only_delays_aging() {
         server.log_text()
     );
 
-    let moto = Moto::start_on(port);
+    let moto = S3Server::moto_on(port);
     moto.create_bucket("archive");
     wait_for("readiness to return", Duration::from_secs(60), || {
         http_get(server.http_port, "/readyz").is_some_and(|(code, _)| code == 200)
@@ -427,7 +457,7 @@ fn damaged_packs_are_detected_and_never_trusted() {
 /// restore completed (at once on moto) the read succeeds.
 #[test]
 fn deep_archive_reads_report_pending_restore_then_succeed() {
-    let moto = Moto::start();
+    let moto = S3Server::moto();
     moto.create_bucket("deep");
     let archive = Archive::with_config(
         "tier-deep",
@@ -465,7 +495,7 @@ fn deep_archive_reads_report_pending_restore_then_succeed() {
 /// metadata is answered at once, from the metadata records, without a restore.
 #[test]
 fn wado_rs_answers_503_with_retry_after_while_a_pack_is_restored() {
-    let moto = Moto::start();
+    let moto = S3Server::moto();
     moto.create_bucket("deepweb");
     let archive = Archive::with_config(
         "tier-deep-web",
@@ -518,8 +548,8 @@ fn wado_rs_answers_503_with_retry_after_while_a_pack_is_restored() {
 /// pass) against the real S3-compatible server, plus a multipart upload.
 #[test]
 fn cold_store_on_s3_passes_the_conformance_suite() {
-    let moto = Moto::start();
-    moto.create_bucket("conformance");
+    let s3 = S3Server::start();
+    s3.create_bucket("conformance");
     let mut cmd = std::process::Command::new("true");
     with_test_credentials(&mut cmd);
     for (k, v) in cmd.get_envs() {
@@ -528,7 +558,7 @@ fn cold_store_on_s3_passes_the_conformance_suite() {
     }
     let spec = strata_tiers::ColdSpec {
         url: "s3://conformance/suite".into(),
-        endpoint: Some(format!("http://127.0.0.1:{}", moto.port)),
+        endpoint: Some(format!("http://127.0.0.1:{}", s3.port)),
         region: Some("us-east-1".into()),
         allow_http: true,
         path_style: true,
@@ -647,11 +677,12 @@ fn resent_cold_instances_and_unreadable_packs_are_kept() {
 
 /// Issue 12, a cold tier that explains itself: with the configured bucket missing, the
 /// server says so at start, in those words, and so does `strata tier status`; ingest
-/// goes on.
+/// goes on; a forced move fails naming it and creates no bucket (SeaweedFS would create
+/// one on the first PUT into it).
 #[test]
 fn a_missing_bucket_is_named_at_start_and_in_tier_status() {
-    let moto = Moto::start();
-    let archive = Archive::with_config("tier-preflight", &moto.cold_section("never-created", ""));
+    let s3 = S3Server::start();
+    let archive = Archive::with_config("tier-preflight", &s3.cold_section("never-created", ""));
     let server = archive.start();
     wait_for("the preflight's verdict", Duration::from_secs(30), || {
         server.log_text().contains("COLD TIER NOT USABLE")
@@ -682,9 +713,20 @@ fn a_missing_bucket_is_named_at_start_and_in_tier_status() {
     let out = run(&mut archive.strata(&["tier", "move", &study, "--to", "cold"]));
     assert!(!out.status.success());
     let msg = String::from_utf8_lossy(&out.stderr);
-    assert!(msg.contains("the bucket does not exist"), "{msg}");
+    // moto refuses the marker's read (NoSuchBucket); an engine that would create the
+    // bucket on the first PUT (SeaweedFS) is asked before that write
+    assert!(
+        msg.contains("does not exist") && msg.contains("never creates buckets"),
+        "{msg}"
+    );
     assert_eq!(hot_files(&archive), 2, "nothing moved, nothing lost");
     server.stop();
+    let out = s3.boto("print(sorted(b['Name'] for b in s3.list_buckets()['Buckets']))");
+    let buckets = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        !buckets.contains("never-created"),
+        "no bucket made: {buckets}"
+    );
 }
 
 /// Issue 12, cold-tier faults never cost truth: while an archived pack awaits its
@@ -692,7 +734,7 @@ fn a_missing_bucket_is_named_at_start_and_in_tier_status() {
 /// them — never "verified" (it used to record `ok: true` for objects it had not read).
 #[test]
 fn the_scrubber_never_calls_an_unread_archived_copy_verified() {
-    let moto = Moto::start();
+    let moto = S3Server::moto();
     moto.create_bucket("deep-scrub");
     let archive = Archive::with_config(
         "tier-deep-scrub",
@@ -786,28 +828,23 @@ fn reindex_keeps_the_index_when_a_recorded_pack_is_not_listed() {
 /// until it is gone, and the next policy pass after `orphan_grace` aborts it.
 #[test]
 fn incomplete_multipart_uploads_are_shown_then_aborted() {
-    let moto = Moto::start();
-    moto.create_bucket("uploads");
+    let s3 = S3Server::start();
+    s3.create_bucket("uploads");
     let archive = Archive::with_config(
         "tier-uploads",
         &format!(
             "{}\n[tiering]\norphan_grace = \"0s\"\n",
-            moto.cold_section("uploads", "")
+            s3.cold_section("uploads", "")
         ),
     );
     let ct = small_study(2);
     run_ok(archive.strata(&["import"]).args(&ct));
     // an upload begun as a pack upload would be, never completed
-    let script = format!(
-        "import boto3; c = boto3.client('s3', endpoint_url='http://127.0.0.1:{}', \
-         aws_access_key_id='testing', aws_secret_access_key='testing', region_name='us-east-1'); \
-         u = c.create_multipart_upload(Bucket='uploads', Key='strata/packs/ab/{}.tar'); \
-         c.upload_part(Bucket='uploads', Key='strata/packs/ab/{}.tar', UploadId=u['UploadId'], PartNumber=1, Body=b'x' * 1024)",
-        moto.port,
-        "ab".repeat(32),
-        "ab".repeat(32)
-    );
-    run_ok(std::process::Command::new("python3").args(["-c", &script]));
+    let key = format!("strata/packs/ab/{}.tar", "ab".repeat(32));
+    s3.boto(&format!(
+        "u = s3.create_multipart_upload(Bucket='uploads', Key='{key}')\n\
+         s3.upload_part(Bucket='uploads', Key='{key}', UploadId=u['UploadId'], PartNumber=1, Body=b'x' * 1024)"
+    ));
 
     assert_eq!(tier_status(&archive)["incomplete_uploads"], 1);
     let out = run(&mut archive.strata(&["verify", "--tier", "cold", "--json"]));
@@ -830,7 +867,7 @@ fn incomplete_multipart_uploads_are_shown_then_aborted() {
 /// succeeded).
 #[test]
 fn tier_metrics_are_published_at_start_even_with_the_cold_tier_down() {
-    let mut moto = Moto::start();
+    let mut moto = S3Server::moto();
     let section = moto.cold_section("never-up", "");
     moto.stop();
     let archive = Archive::with_config("tier-metrics-start", &section);
@@ -854,9 +891,9 @@ fn tier_metrics_are_published_at_start_even_with_the_cold_tier_down() {
 /// peers with one AE title).
 #[test]
 fn missing_credentials_and_unusable_settings_are_said_plainly() {
-    let moto = Moto::start();
-    moto.create_bucket("creds");
-    let archive = Archive::with_config("tier-creds", &moto.cold_section("creds", ""));
+    let s3 = S3Server::start();
+    s3.create_bucket("creds");
+    let archive = Archive::with_config("tier-creds", &s3.cold_section("creds", ""));
     let ct = small_study(2);
     run_ok(archive.strata(&["import"]).args(&ct));
     let study = only_study(&archive);

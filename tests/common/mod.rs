@@ -660,18 +660,46 @@ pub fn with_test_credentials(cmd: &mut Command) -> &mut Command {
         .env("AWS_EC2_METADATA_DISABLED", "true")
 }
 
-/// moto's S3-compatible server on loopback (in memory), stopped by pid on drop.
-pub struct Moto {
+/// An S3-compatible server on loopback for a test, with credentials testing / testing
+/// (`with_test_credentials`):
+/// - `S3Server::start()`: the S3 gateway `scripts/test.sh` shares among tests when
+///   `STRATA_TEST_S3` names it (`http://127.0.0.1:PORT`, a SeaweedFS cluster from
+///   tests/peers/seaweedfs.sh: a real multi-node S3 cluster), else a fresh moto server;
+/// - `S3Server::moto()`: always moto (in memory), for tests that need what only it offers:
+///   stopping the endpoint, archive storage classes restored at once, Object Lock.
+///
+/// A moto server is stopped by pid on drop; the shared gateway belongs to the script.
+pub struct S3Server {
     child: Option<Child>,
     pub port: u16,
+    /// "moto" or "seaweedfs".
+    pub engine: &'static str,
 }
 
-impl Moto {
+impl S3Server {
     pub fn start() -> Self {
-        Self::start_on(free_port())
+        match std::env::var("STRATA_TEST_S3") {
+            Ok(url) => {
+                let port = url
+                    .trim_end_matches('/')
+                    .rsplit_once(':')
+                    .and_then(|(_, p)| p.parse().ok())
+                    .expect("STRATA_TEST_S3: http://127.0.0.1:PORT");
+                S3Server {
+                    child: None,
+                    port,
+                    engine: "seaweedfs",
+                }
+            }
+            Err(_) => Self::moto(),
+        }
     }
 
-    pub fn start_on(port: u16) -> Self {
+    pub fn moto() -> Self {
+        Self::moto_on(free_port())
+    }
+
+    pub fn moto_on(port: u16) -> Self {
         let child = Command::new("python3")
             .args([
                 "-m",
@@ -685,9 +713,10 @@ impl Moto {
             .stderr(Stdio::null())
             .spawn()
             .expect("start moto_server (scripts/install-peers.sh installs moto[server])");
-        let moto = Moto {
+        let moto = S3Server {
             child: Some(child),
             port,
+            engine: "moto",
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         while http_get(port, "/").is_none() {
@@ -697,16 +726,22 @@ impl Moto {
         moto
     }
 
-    /// Creates a bucket (moto needs no signature for it).
-    pub fn create_bucket(&self, bucket: &str) {
-        let (code, body) =
-            http_request(self.port, "PUT", &format!("/{bucket}")).expect("moto answers");
-        assert_eq!(
-            code,
-            200,
-            "create bucket {bucket}: {}",
-            String::from_utf8_lossy(&body)
+    /// Runs Python `code` with `s3`, a boto3 client of this server (an independent client,
+    /// as an auditor would use); its output.
+    pub fn boto(&self, code: &str) -> Output {
+        let script = format!(
+            "import boto3\ns3 = boto3.client('s3', endpoint_url='http://127.0.0.1:{}', \
+             aws_access_key_id='testing', aws_secret_access_key='testing', \
+             region_name='us-east-1')\n{code}",
+            self.port
         );
+        run_ok(Command::new("python3").args(["-c", &script]))
+    }
+
+    /// Creates a bucket. On the shared gateway the name must be unique in the whole run
+    /// (no test may see another's objects): an existing bucket fails the test.
+    pub fn create_bucket(&self, bucket: &str) {
+        self.boto(&format!("s3.create_bucket(Bucket='{bucket}')"));
     }
 
     /// The `[cold]` section of a Strata config pointing at `bucket` on this server.
@@ -717,19 +752,17 @@ impl Moto {
         )
     }
 
-    /// Downloads an object with an independent client (boto3), as an auditor would.
+    /// Downloads an object with boto3.
     pub fn download(&self, bucket: &str, key: &str, dest: &Path) {
-        let script = format!(
-            "import boto3; boto3.client('s3', endpoint_url='http://127.0.0.1:{}', \
-             aws_access_key_id='testing', aws_secret_access_key='testing', \
-             region_name='us-east-1').download_file('{bucket}', '{key}', '{}')",
-            self.port,
+        self.boto(&format!(
+            "s3.download_file('{bucket}', '{key}', '{}')",
             dest.display()
-        );
-        run_ok(Command::new("python3").args(["-c", &script]));
+        ));
     }
 
+    /// Stops a moto server (the shared gateway cannot be stopped by a test).
     pub fn stop(&mut self) {
+        assert_eq!(self.engine, "moto", "only a test's own moto server stops");
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
@@ -737,9 +770,12 @@ impl Moto {
     }
 }
 
-impl Drop for Moto {
+impl Drop for S3Server {
     fn drop(&mut self) {
-        self.stop();
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 

@@ -82,6 +82,10 @@ pub const STORAGE_CLASSES: [&str; 5] = [
 struct S3Control {
     client: aws_sdk_s3::Client,
     bucket: String,
+    /// Set once a HeadBucket found the bucket, before this store's first write: some
+    /// engines (SeaweedFS) create a missing bucket on the first PUT into it, and Strata
+    /// never creates buckets (a mistyped name must not become a new bucket).
+    bucket_found: Arc<tokio::sync::OnceCell<()>>,
 }
 
 impl std::fmt::Debug for S3Control {
@@ -272,6 +276,7 @@ impl ColdStore {
         let control = S3Control {
             client: sdk_client(spec, &region, &s3),
             bucket: bucket.to_string(),
+            bucket_found: Arc::default(),
         };
         Ok(ColdStore {
             store: Arc::new(s3),
@@ -379,6 +384,7 @@ impl ColdStore {
                 .await
                 .map(|()| PutOutcome::Stored);
         }
+        self.bucket_for_writes().await?;
         let upload = self
             .store
             .put_multipart_opts(
@@ -431,12 +437,25 @@ impl ColdStore {
         }
     }
 
+    /// Before the first write of this store (and its clones): on S3, that the bucket
+    /// exists ([`ColdStore::check_bucket`]'s error otherwise). Once found, never asked
+    /// again.
+    async fn bucket_for_writes(&self) -> Result<(), TierError> {
+        if let Some(s3) = &self.s3 {
+            s3.bucket_found
+                .get_or_try_init(|| self.check_bucket())
+                .await?;
+        }
+        Ok(())
+    }
+
     async fn put_with(
         &self,
         key: &StorePath,
         bytes: Bytes,
         storage_class: Option<&str>,
     ) -> Result<(), TierError> {
+        self.bucket_for_writes().await?;
         let opts = PutOptions {
             mode: PutMode::Create,
             attributes: self.class_attributes(storage_class),
@@ -822,6 +841,7 @@ impl ColdStore {
             self.put_named(name, bytes).await?;
             return Ok(false);
         };
+        self.bucket_for_writes().await?;
         let key = self.named_key(name).to_string();
         let locked = s3
             .client
