@@ -6,11 +6,19 @@ every round's figures, then per receiver and association count the median instan
 and Strata's ratios computed within each round (same minute, same disk state) with their
 median, min and max.
 
+Each round also runs scripts/probe-floor.py on BENCH_ROOT's file system, right after the
+receivers, with the mean size of the generated instances as stored: the physical floor of
+one durable instance (loopback receive + pwrite over written space + one fdatasync) and
+the disk's synced sequential bandwidth. Strata at 1 association is reported against the
+floor, at 4 associations against the bandwidth (in instances/s of that size), each
+within its round.
+
 Usage: scripts/bench-ingest-rounds.py [N_INSTANCES=1000] [ROUNDS=3]
 Environment: as scripts/bench-ingest.sh (STRATA_BIN, BENCH_ROOT, ...).
 Exit status: non-zero if any round failed.
 """
 
+import json
 import os
 import statistics
 import subprocess
@@ -41,6 +49,20 @@ for r in range(rounds):
             if cells[0] == "strata" and cells[5] not in ("-", ""):
                 peak_rss.append(float(cells[5]))
             print(line)
+    data = os.path.join(os.environ.get("BENCH_ROOT", "/var/tmp/strata-bench"), f"data-{n}")
+    sizes = [os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(data) for f in fs if f.endswith(".dcm")]
+    # stored = sent + the fixed Part-10 preamble and meta group Strata writes (about the same)
+    size = int(sum(sizes) / len(sizes)) if sizes else 537_600
+    probe = subprocess.run([os.path.join(here, "probe-floor.py"), os.path.join(os.path.dirname(data), "probe"), str(size)],
+                           capture_output=True, text=True)
+    if probe.returncode == 0:
+        floor = json.loads(probe.stdout)
+        got["floor"] = floor
+        print(f"| floor | 1 | | {floor['floor_inst_s']:.1f} | | (one durable {size} B write: {floor['mean_ms']:.3f} ms mean) |")
+        print(f"| disk bandwidth | - | | {floor['bandwidth_inst_s']:.1f} | {floor['synced_mb_s']:.1f} | (synced sequential) |")
+    else:
+        failed = True
+        print(probe.stderr[-2000:])
     rates.append(got)
 
 print(f"\n### Median of {rounds} rounds, {n} CT instances\n")
@@ -58,6 +80,13 @@ for other in ("orthanc", "storescp"):
         vals = [g[("strata", a)] / g[(other, a)] for g in rates if ("strata", a) in g and (other, a) in g]
         if vals:
             print(f"| vs {other}, {a} association{'s' if a > 1 else ''} | {statistics.median(vals):.2f}x | {min(vals):.2f}x | {max(vals):.2f}x |")
+print("\n| Strata against the physical floor (within each round) | median | min | max |")
+print("|---|---:|---:|---:|")
+for a, key, what in ((1, "floor_inst_s", "1 association / one durable write's floor"),
+                     (4, "bandwidth_inst_s", "4 associations / synced bandwidth")):
+    vals = [g[("strata", a)] / g["floor"][key] for g in rates if ("strata", a) in g and "floor" in g]
+    if vals:
+        print(f"| {what} | {statistics.median(vals):.2f}x | {min(vals):.2f}x | {max(vals):.2f}x |")
 if peak_rss:
     print(f"\nStrata peak RSS (VmHWM), highest of all runs: {max(peak_rss):.1f} MiB")
 sys.exit(1 if failed else 0)
