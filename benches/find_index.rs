@@ -247,6 +247,21 @@ fn build(
     (s, count)
 }
 
+/// Issue 4's index: `studies` studies of `per_study` instances ([`Shape::Uniform`]).
+fn build_uniform(index: &dyn Index, studies: usize, per_study: usize, template: Option<&Template>) {
+    let whole = (0, 0);
+    let total = studies * per_study;
+    build(
+        index,
+        Shape::Uniform,
+        whole,
+        total,
+        per_study,
+        template,
+        |_, _| {},
+    );
+}
+
 /// Bytes of the files under `dir`, recursively.
 fn dir_bytes(dir: &std::path::Path) -> u64 {
     std::fs::read_dir(dir)
@@ -394,7 +409,7 @@ fn main() {
         let (next, count) = if only != "query" && done < total {
             std::fs::create_dir_all(&dir).expect("archive dir");
             let index = RocksIndex::open_primary(&dir.join("index")).expect("open index");
-            build(
+            let built = build(
                 &index,
                 shape,
                 (first, done),
@@ -406,7 +421,18 @@ fn main() {
                     std::fs::write(&tmp, serde_json::to_vec(&(s, c)).unwrap()).unwrap();
                     std::fs::rename(&tmp, &progress).unwrap();
                 },
-            )
+            );
+            // measured later without the bulk load's compactions competing
+            let started = Instant::now();
+            let settled = index
+                .engine()
+                .settle(std::time::Duration::from_secs(3600))
+                .expect("settle");
+            println!(
+                "compactions settled ({settled}) in {:.1} s",
+                started.elapsed().as_secs_f64()
+            );
+            built
         } else {
             (first, done)
         };
@@ -429,15 +455,7 @@ fn main() {
                 let index = PgIndex::open_postgres(&url, None).expect("open the PostgreSQL index");
                 let step = format!("bench-find-{studies}x{per_study}{suffix}");
                 if !index.migrated(&step).expect("meta") {
-                    build(
-                        &index,
-                        shape,
-                        (0, 0),
-                        studies * per_study,
-                        per_study,
-                        template.as_ref(),
-                        |_, _| {},
-                    );
+                    build_uniform(&index, studies, per_study, template.as_ref());
                     index.mark_migrated(&step).expect("meta");
                 }
                 let size = std::process::Command::new("psql")
@@ -467,15 +485,7 @@ fn main() {
                 if !complete.exists() {
                     let _ = std::fs::remove_dir_all(&dir);
                     let index = RocksIndex::open_primary(&dir.join("index")).expect("open index");
-                    build(
-                        &index,
-                        shape,
-                        (0, 0),
-                        studies * per_study,
-                        per_study,
-                        template.as_ref(),
-                        |_, _| {},
-                    );
+                    build_uniform(&index, studies, per_study, template.as_ref());
                     std::fs::write(&complete, b"").unwrap();
                 }
                 let bytes = dir_bytes(&dir.join("index"));

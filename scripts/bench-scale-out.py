@@ -35,6 +35,9 @@ import sys
 import time
 import urllib.request
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_strata import config_text, metric  # noqa: E402
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGET = os.environ.get("CARGO_TARGET_DIR", "/var/tmp/strata-target")
 STRATA = os.path.join(TARGET, "release", "strata")
@@ -170,16 +173,7 @@ class Node:
         self.dicom = dicom_port
         self.config = os.path.join(self.dir, "strata.toml")
         with open(self.config, "w") as f:
-            f.write(f"""[archive]
-data_dir = "{self.dir}/data"
-min_free_space_mb = 0
-[dicom]
-port = {dicom_port}
-bind = "127.0.0.1"
-[http]
-port = {http_port}
-bind = "127.0.0.1"
-[cold]
+            f.write(config_text(f"{self.dir}/data", dicom_port, http_port, f"""[cold]
 url = "file://{cold}"
 [tiering]
 hot_max_age = "100days"
@@ -187,7 +181,7 @@ hot_max_age = "100days"
 node_id = "{name}"
 heartbeat = "2s"
 secret_file = "{secret}"
-{index}""")
+{index}"""))
         self.log = open(os.path.join(self.dir, "serve.log"), "w")
         self.proc = subprocess.Popen([STRATA, "--config", self.config, "serve"],
                                      stdout=self.log, stderr=subprocess.STDOUT)
@@ -195,8 +189,7 @@ secret_file = "{secret}"
         wait_http(f"http://127.0.0.1:{http_port}/healthz")
 
     def metric(self, name):
-        text = urllib.request.urlopen(f"http://127.0.0.1:{self.http}/metrics", timeout=5).read().decode()
-        return sum(float(l.rsplit(" ", 1)[1]) for l in text.splitlines() if l.startswith(name))
+        return metric(self.http, name)
 
     def instances(self):
         out = run([STRATA, "--config", self.config, "ls", "--json"], capture_output=True).stdout

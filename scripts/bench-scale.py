@@ -42,7 +42,9 @@ import sys
 import time
 import urllib.request
 
-here = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, here := os.path.dirname(os.path.abspath(__file__)))
+from bench_strata import config_text, metric  # noqa: E402
+
 repo = os.path.dirname(here)
 total = int(sys.argv[1]) if len(sys.argv) > 1 else 10_000_000
 checkpoints = [int(c) for c in (sys.argv[2] if len(sys.argv) > 2 else f"0,1000000,{total}").split(",")]
@@ -75,20 +77,7 @@ template = next(os.path.join(d, f) for d, _, fs in os.walk(template_dir) for f i
 
 config = os.path.join(work, "strata.toml")
 with open(config, "w") as f:
-    f.write(f"""[archive]
-data_dir = "{data_dir}"
-min_free_space_mb = 0
-[dicom]
-port = {dicom_port}
-bind = "127.0.0.1"
-[http]
-port = {http_port}
-bind = "127.0.0.1"
-[scrub]
-enabled = false
-[tiering]
-enabled = false
-""")
+    f.write(config_text(data_dir, dicom_port, http_port, "[scrub]\nenabled = false\n[tiering]\nenabled = false\n"))
 
 
 def bench(env):
@@ -109,11 +98,6 @@ def ct_set(tag):
             "--studies", "5", "--instances", "200", "--seed", str(seed)], stdout=subprocess.DEVNULL)
         open(d + ".complete", "w").close()
     return sorted(os.path.join(p, f) for p, _, fs in os.walk(d) for f in fs if f.endswith(".dcm"))
-
-
-def metric(name):
-    text = urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics").read().decode()
-    return sum(float(m.group(1)) for m in re.finditer(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.M))
 
 
 def send(files, assoc):
@@ -157,10 +141,10 @@ for n, checkpoint in enumerate(checkpoints):
                 break
             except Exception:
                 time.sleep(0.1)
-        before = (metric("strata_cstore_duration_seconds_sum"), metric("strata_cstore_duration_seconds_count"))
+        before = (metric(http_port, "strata_cstore_duration_seconds_sum"), metric(http_port, "strata_cstore_duration_seconds_count"))
         tag = f"{checkpoint}-{int(time.time())}"
         one = send(ct_set(f"{tag}-1"), 1)
-        after = (metric("strata_cstore_duration_seconds_sum"), metric("strata_cstore_duration_seconds_count"))
+        after = (metric(http_port, "strata_cstore_duration_seconds_sum"), metric(http_port, "strata_cstore_duration_seconds_count"))
         cstore_ms = (after[0] - before[0]) / max(1, after[1] - before[1]) * 1000
         four = send(ct_set(f"{tag}-4"), 4)
         # an empty archive has no synthetic studies to look for: its queries are not timed
