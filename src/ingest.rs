@@ -989,10 +989,12 @@ impl ObjectWriter {
         provenance: Provenance,
         actor: Actor,
     ) -> Result<Stored, IngestError> {
+        let started = std::time::Instant::now();
         let (tmp, mut hasher) = self.settle().await?;
         let hot = self.hot.clone();
         let chunks = std::mem::take(&mut self.chunks);
         let ingest = ingest.clone();
+        let phases = ingest.metrics.commit_seconds.clone();
         let pending = tokio::task::spawn_blocking(move || {
             let mut tmp = tmp_with_room(&hot, tmp)?;
             for chunk in &chunks {
@@ -1014,7 +1016,15 @@ impl ObjectWriter {
         })
         .await
         .map_err(|e| IngestError::Storage(format!("writer task failed: {e}")))??;
-        pending.wait().await
+        let admitted = std::time::Instant::now();
+        phases
+            .with_label_values(&["admit"])
+            .observe((admitted - started).as_secs_f64());
+        let stored = pending.wait().await;
+        phases
+            .with_label_values(&["answer"])
+            .observe(admitted.elapsed().as_secs_f64());
+        stored
     }
 }
 

@@ -271,7 +271,10 @@ impl Metrics {
         let commit_seconds = HistogramVec::new(
             HistogramOpts::new(
                 "strata_commit_phase_seconds",
-                "Time per group commit phase: files (sync + rename) and index (synced batch)",
+                "Time per phase of a store. Per instance: receive (C-STORE-RQ to its last data \
+                 fragment), admit (tmp file finished, header checked, metadata record made, \
+                 handed to the group committer), answer (from then until durable, indexed \
+                 and audited). Per group commit: files (sync + rename), index (synced batch)",
             )
             .buckets(vec![
                 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5,

@@ -130,6 +130,10 @@ impl Receiving {
         peer: SocketAddr,
     ) -> Result<(), AssocError> {
         let metrics = ctx.archive.metrics().clone();
+        metrics
+            .commit_seconds
+            .with_label_values(&["receive"])
+            .observe(self.started.elapsed().as_secs_f64());
         let result = match (self.refusal, self.stream) {
             (Some(refusal), _) => Err(refusal),
             (None, None) => Err(refusal(Error::Ingest(IngestError::Storage(
