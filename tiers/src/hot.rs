@@ -346,12 +346,16 @@ impl HotDisk {
                 Err(e) => results.push(Err(e)),
             }
         }
-        // 3. directory entries: one fsync when only the objects' own directory changed,
-        //    else one syncfs (a flush per directory would cost more than one for all)
-        let dir_sync = match touched_dirs.as_slice() {
-            [] => Ok(()),
-            [only] => fsync_dir(only),
-            _ => self.syncfs_blocking(),
+        // 3. directory entries: an fsync of each directory that gained one (a new object's
+        //    own, and the parents of fan-out directories it created), up to
+        //    DIR_FSYNCS_BEFORE_SYNCFS of them; beyond that one syncfs. A syncfs also waits
+        //    for everything else dirty on the file system (the index's compactions, other
+        //    associations' tmp files): in a 5 M-instance archive it doubled the files
+        //    phase of a one-association store (0.44 -> 0.94 ms).
+        let dir_sync = if touched_dirs.len() <= DIR_FSYNCS_BEFORE_SYNCFS {
+            touched_dirs.iter().try_for_each(|d| fsync_dir(d))
+        } else {
+            self.syncfs_blocking()
         };
         if let Err(e) = dir_sync {
             let msg = e.to_string();
@@ -495,6 +499,9 @@ fn create_fanout_dir(
     }
     Ok(())
 }
+
+/// Directories a commit group syncs one by one before one syncfs is cheaper.
+const DIR_FSYNCS_BEFORE_SYNCFS: usize = 8;
 
 fn fsync_dir(dir: &Path) -> Result<(), TierError> {
     File::open(dir)
