@@ -311,6 +311,31 @@ fn study_query(keys: Vec<(u32, &[u8; 2], String)>) -> Query {
 /// Makes one query from a random study number.
 type QueryMaker = dyn Fn(usize) -> Query;
 
+/// Times `n` calls of `run` (which returns its matches) on values `prepare` makes outside
+/// the timed part, and prints one Markdown row: name, matches per query, p50, p99.
+fn time_kind<T>(
+    name: &str,
+    n: usize,
+    mut prepare: impl FnMut() -> T,
+    mut run: impl FnMut(T) -> usize,
+) {
+    let mut times = Vec::with_capacity(n);
+    let mut found = 0usize;
+    for _ in 0..n {
+        let value = prepare();
+        let t = Instant::now();
+        found += run(value);
+        times.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    let (p50, p99) = percentiles(times);
+    println!(
+        "| {name} | {:.1} | {:.2} ms | {:.2} ms |",
+        found as f64 / n as f64,
+        p50 / 1000.0,
+        p99 / 1000.0
+    );
+}
+
 fn percentiles(mut micros: Vec<f64>) -> (f64, f64) {
     micros.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let at = |p: f64| micros[((micros.len() as f64 - 1.0) * p).round() as usize];
@@ -525,21 +550,11 @@ fn main() {
         ),
     ];
     for (name, make) in kinds.iter() {
-        let mut times = Vec::with_capacity(1000);
-        let mut found = 0usize;
-        for _ in 0..1000 {
-            let q = make(next(studies));
-            let t = Instant::now();
-            let answers = find(index, Model::StudyRoot, &q).expect("query");
-            times.push(t.elapsed().as_secs_f64() * 1e6);
-            found += answers.len();
-        }
-        let (p50, p99) = percentiles(times);
-        println!(
-            "| {name} | {:.1} | {:.2} ms | {:.2} ms |",
-            found as f64 / 1000.0,
-            p50 / 1000.0,
-            p99 / 1000.0
+        time_kind(
+            name,
+            1000,
+            || make(next(studies)),
+            |q| find(index, Model::StudyRoot, &q).expect("query").len(),
         );
     }
 
@@ -569,21 +584,15 @@ fn find_over_dicom_kinds(
     let dicom_kinds = key_kinds(shape);
     let mut msg = 0u16;
     for (name, make) in dicom_kinds.iter() {
-        let mut times = Vec::with_capacity(1000);
-        let mut found = 0usize;
-        for _ in 0..1000 {
-            let (g, e, v) = make(next(studies));
-            msg = msg.wrapping_add(1);
-            let t = Instant::now();
-            found += find_over_dicom(&mut assoc, msg, identifier((g, e, &v)));
-            times.push(t.elapsed().as_secs_f64() * 1e6);
-        }
-        let (p50, p99) = percentiles(times);
-        println!(
-            "| {name} | {:.1} | {:.2} ms | {:.2} ms |",
-            found as f64 / 1000.0,
-            p50 / 1000.0,
-            p99 / 1000.0
+        time_kind(
+            name,
+            1000,
+            || {
+                let (g, e, v) = make(next(studies));
+                msg = msg.wrapping_add(1);
+                (msg, identifier((g, e, &v)))
+            },
+            |(msg, id)| find_over_dicom(&mut assoc, msg, id),
         );
     }
     let _ = assoc.release();
@@ -606,12 +615,11 @@ fn qido_kinds(port: &str, shape: Shape, studies: usize, next: &mut impl FnMut(us
     println!("|---|---:|---:|---:|");
     let kinds = key_kinds(shape);
     for (name, make) in kinds.iter() {
-        let mut times = Vec::with_capacity(300);
-        let mut found = 0usize;
-        for _ in 0..300 {
+        let prepare = || {
             let (g, e, v) = make(next(studies));
-            let url = format!("http://127.0.0.1:{port}/dicom-web/studies?{g:04X}{e:04X}={v}");
-            let t = Instant::now();
+            format!("http://127.0.0.1:{port}/dicom-web/studies?{g:04X}{e:04X}={v}")
+        };
+        time_kind(name, 300, prepare, |url| {
             let answers: Vec<serde_json::Value> = rt.block_on(async {
                 let r = client
                     .get(&url)
@@ -625,16 +633,8 @@ fn qido_kinds(port: &str, shape: Shape, studies: usize, next: &mut impl FnMut(us
                 assert!(r.status().is_success(), "{url}: {}", r.status());
                 r.json().await.expect("a JSON array")
             });
-            times.push(t.elapsed().as_secs_f64() * 1e6);
-            found += answers.len();
-        }
-        let (p50, p99) = percentiles(times);
-        println!(
-            "| {name} | {:.1} | {:.2} ms | {:.2} ms |",
-            found as f64 / 300.0,
-            p50 / 1000.0,
-            p99 / 1000.0
-        );
+            answers.len()
+        });
     }
 }
 
