@@ -115,6 +115,25 @@ impl Archive {
     fn writable(config: &Config, storage: &Storage, metrics: Metrics) -> Result<Self, Error> {
         let audit = open_audit(config)?;
         let index: Arc<dyn Index> = storage.index.clone();
+        let journal = if config.ingest.journal {
+            let opened = crate::storage::journal::Journal::open(
+                storage.hot.clone(),
+                index.clone(),
+                storage.journal_lsn,
+            );
+            match opened {
+                Ok(journal) => Some((
+                    journal,
+                    std::time::Duration::from_millis(config.ingest.journal_checkpoint_ms.max(1)),
+                )),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot open the ingest journal; every commit group is synced in place");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let ingest = Ingest::start(
             storage.hot.clone(),
             index.clone(),
@@ -122,6 +141,7 @@ impl Archive {
             config.ingest.max_commit_batch,
             metrics.clone(),
             audit.clone(),
+            journal,
         )
         .with_replication(config.replicates());
         let tiers = (&storage.data_dir, &storage.hot, &storage.cold, index);

@@ -634,6 +634,13 @@ pub struct IngestConfig {
     pub max_commit_batch: usize,
     /// Parallel workers for `strata import` (0 = number of CPUs).
     pub import_workers: usize,
+    /// Make small commit groups durable through the ingest journal: one `fdatasync` of a
+    /// preallocated segment instead of syncing each file, its directory and the index
+    /// (docs/architecture.md "The ingest journal"). Off: every group is synced in place.
+    pub journal: bool,
+    /// How often (milliseconds) the journal is checkpointed while stores come in: what
+    /// was applied since is synced in place and its segments freed for reuse.
+    pub journal_checkpoint_ms: u64,
 }
 
 /// The cold tier: where study packs go. Credentials are never read from here: they come
@@ -783,6 +790,8 @@ impl Default for IngestConfig {
         IngestConfig {
             max_commit_batch: 64,
             import_workers: 0,
+            journal: true,
+            journal_checkpoint_ms: 100,
         }
     }
 }

@@ -113,6 +113,18 @@ pub trait Catalog {
     /// Applies a group of newly persisted objects in one synced, atomic batch and says,
     /// per object, what it did. Objects already indexed are reported, not re-added.
     fn commit(&self, objects: &[NewObject]) -> Result<Vec<CommitOutcome>, IndexError>;
+    /// [`Catalog::commit`], visible to readers on return but durable only after the next
+    /// [`Catalog::sync`] (or any later synced write): for objects whose durability an
+    /// ingest journal already holds (`crate::storage::journal`), which replays them after
+    /// a crash. An engine that cannot defer durability commits synced (the default).
+    fn commit_unsynced(&self, objects: &[NewObject]) -> Result<Vec<CommitOutcome>, IndexError> {
+        self.commit(objects)
+    }
+    /// Makes every write that returned before it durable (RocksDB: `FlushWAL(sync)`).
+    /// No-op for an engine whose writes are all durable on return (the default).
+    fn sync(&self) -> Result<(), IndexError> {
+        Ok(())
+    }
     /// Whether an object with this id is indexed.
     fn has_object(&self, id: &ObjectId) -> Result<bool, IndexError>;
     fn object(&self, id: &ObjectId) -> Result<Option<ObjectRecord>, IndexError>;

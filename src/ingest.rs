@@ -24,6 +24,7 @@ use crate::dicom::part10::{
 };
 use crate::index::{CommitOutcome, Index, NewObject, Provenance};
 use crate::metrics::{Metrics, RejectReason};
+use crate::storage::journal::{self, Journal};
 use dicom_encoding::transfer_syntax::TransferSyntaxIndex;
 use std::io::Read;
 use std::sync::mpsc;
@@ -138,6 +139,39 @@ pub struct Ingest {
     /// Queue each new object for a replica in the cold tier in its commit
     /// ([`NewObject::replicate`]).
     replicate: bool,
+    /// The ingest journal and its checkpointer, when `[ingest] journal` is on.
+    journal: Option<Arc<Journal>>,
+    checkpointer: Arc<std::sync::Mutex<Option<Checkpointer>>>,
+}
+
+/// The thread that checkpoints the journal ([`Journal::checkpoint_blocking`]) every
+/// `[ingest] journal_checkpoint_ms` while records were applied since, and prepares the
+/// next segment ahead of the appender.
+struct Checkpointer {
+    stop: mpsc::Sender<()>,
+    handle: std::thread::JoinHandle<()>,
+}
+
+impl Checkpointer {
+    fn start(journal: Arc<Journal>, every: std::time::Duration) -> Self {
+        let (stop, stopped) = mpsc::channel::<()>();
+        let handle = std::thread::Builder::new()
+            .name("strata-checkpointer".into())
+            .spawn(move || {
+                while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
+                    if journal.behind() {
+                        if let Err(e) = journal.checkpoint_blocking() {
+                            tracing::error!(error = %e, "journal checkpoint failed (retried)");
+                        }
+                    }
+                    if let Err(e) = journal.prepare_ahead_blocking() {
+                        tracing::debug!(error = %e, "next journal segment not prepared yet");
+                    }
+                }
+            })
+            .expect("spawn checkpointer thread");
+        Checkpointer { stop, handle }
+    }
 }
 
 impl Ingest {
@@ -149,26 +183,30 @@ impl Ingest {
         max_batch: usize,
         metrics: Metrics,
         audit: Option<crate::audit::AuditLog>,
+        journal: Option<(Journal, std::time::Duration)>,
     ) -> Self {
+        let checkpointer = journal.map(|(journal, every)| {
+            let journal = Arc::new(journal);
+            (journal.clone(), Checkpointer::start(journal, every))
+        });
+        let (journal, checkpointer) = match checkpointer {
+            Some((journal, c)) => (Some(journal), Some(c)),
+            None => (None, None),
+        };
         let (tx, rx) = mpsc::channel::<CommitJob>();
-        let committer_hot = hot.clone();
-        let committer_metrics = metrics.clone();
-        let committer_index = index.clone();
         let failures = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let committer_failures = failures.clone();
+        let parts = CommitterParts {
+            hot: hot.clone(),
+            index: index.clone(),
+            max_batch: max_batch.max(1),
+            metrics: metrics.clone(),
+            failures: failures.clone(),
+            audit,
+            journal: journal.clone(),
+        };
         let handle = std::thread::Builder::new()
             .name("strata-committer".into())
-            .spawn(move || {
-                run_committer(
-                    rx,
-                    committer_hot,
-                    committer_index,
-                    max_batch.max(1),
-                    committer_metrics,
-                    committer_failures,
-                    audit,
-                )
-            })
+            .spawn(move || run_committer(rx, parts))
             .expect("spawn committer thread");
         Ingest {
             policy: None,
@@ -180,6 +218,8 @@ impl Ingest {
             metrics,
             committer: Arc::new(std::sync::Mutex::new(Some(handle))),
             replicate: false,
+            journal,
+            checkpointer: Arc::new(std::sync::Mutex::new(checkpointer)),
         }
     }
 
@@ -201,12 +241,28 @@ impl Ingest {
     /// committer alive).
     pub fn shutdown_blocking(self) {
         let Ingest {
-            jobs, committer, ..
+            jobs,
+            committer,
+            journal,
+            checkpointer,
+            ..
         } = self;
         drop(jobs);
         let handle = committer.lock().expect("committer handle lock").take();
         if let Some(handle) = handle {
             let _ = handle.join();
+        }
+        let checkpointer = checkpointer.lock().expect("checkpointer lock").take();
+        if let Some(c) = checkpointer {
+            let _ = c.stop.send(());
+            let _ = c.handle.join();
+        }
+        // everything applied made durable without the journal: the next start replays
+        // nothing (a failure here only means it will)
+        if let Some(journal) = journal {
+            if let Err(e) = journal.checkpoint_blocking() {
+                tracing::error!(error = %e, "final journal checkpoint failed; the next start replays");
+            }
         }
     }
 
@@ -560,27 +616,46 @@ struct DurableGroup {
     same_as: Vec<Option<ObjectId>>,
     actors: Vec<Actor>,
     replies: Vec<Reply>,
+    /// Set when the group's files were placed unsynced behind journal records: the
+    /// position after them, to mark applied once indexed.
+    journaled: Option<u64>,
+    /// Whether every file of the group is durable in place (no journal): its index
+    /// write is then synced.
+    synced: bool,
 }
 
 type Reply = tokio::sync::oneshot::Sender<Result<CommitOutcome, IngestError>>;
 
-/// The group committer: two threads in a pipeline. The files stage makes each group of
-/// waiting objects durable (one sync, renames, one sync) and passes it on; the index
-/// stage merges every durable group waiting into one synced RocksDB batch and answers.
-/// Per object the order is always files, then index, then answer; across objects the two
-/// syncs overlap, so throughput is bounded by the slower stage, not by their sum.
-fn run_committer(
-    rx: mpsc::Receiver<CommitJob>,
+/// What the group committer's two stages share.
+struct CommitterParts {
     hot: HotDisk,
     index: Arc<dyn Index>,
     max_batch: usize,
     metrics: Metrics,
     failures: Arc<std::sync::atomic::AtomicBool>,
     audit: Option<crate::audit::AuditLog>,
-) {
+    journal: Option<Arc<Journal>>,
+}
+
+/// The group committer: two threads in a pipeline. The files stage makes each group of
+/// waiting objects durable (one sync, renames, one sync) and passes it on; the index
+/// stage merges every durable group waiting into one synced RocksDB batch and answers.
+/// Per object the order is always files, then index, then answer; across objects the two
+/// syncs overlap, so throughput is bounded by the slower stage, not by their sum.
+fn run_committer(rx: mpsc::Receiver<CommitJob>, parts: CommitterParts) {
+    let CommitterParts {
+        hot,
+        index,
+        max_batch,
+        metrics,
+        failures,
+        audit,
+        journal,
+    } = parts;
     let (durable_tx, durable_rx) = mpsc::channel::<DurableGroup>();
     let index_stage = {
         let (index, metrics, failures) = (index.clone(), metrics.clone(), failures.clone());
+        let journal = journal.clone();
         std::thread::Builder::new()
             .name("strata-indexer".into())
             .spawn(move || {
@@ -591,6 +666,7 @@ fn run_committer(
                     &metrics,
                     &failures,
                     audit.as_ref(),
+                    journal.as_deref(),
                 )
             })
             .expect("spawn index stage thread")
@@ -604,7 +680,14 @@ fn run_committer(
             }
         }
         metrics.commit_batch_size.observe(jobs.len() as f64);
-        if let Some(group) = persist_group(jobs, &hot, index.as_ref(), &metrics, &failures) {
+        let stage = FilesStage {
+            hot: &hot,
+            index: index.as_ref(),
+            metrics: &metrics,
+            failures: &failures,
+            journal: journal.as_deref(),
+        };
+        if let Some(group) = stage.persist_group(jobs) {
             if durable_tx.send(group).is_err() {
                 break;
             }
@@ -697,77 +780,141 @@ fn store_event(
     event
 }
 
-/// Files stage: skip objects already indexed, make the rest durable under their ids.
-fn persist_group(
-    jobs: Vec<CommitJob>,
-    hot: &HotDisk,
-    index: &dyn Index,
-    metrics: &Metrics,
-    failures: &std::sync::atomic::AtomicBool,
-) -> Option<DurableGroup> {
-    let mut to_persist = Vec::with_capacity(jobs.len());
-    let mut waiting = Vec::with_capacity(jobs.len());
-    let mut same = Vec::new();
-    for job in jobs {
-        if let Some(as_id) = job.same_as {
-            same.push((job.object, as_id, job.actor, job.reply));
-            continue;
-        }
-        match index.has_object(&job.object.id) {
-            // indexed and on disk: a duplicate (if the file went missing, the new copy
-            // is persisted below and repairs it)
-            Ok(true) if hot.path_of(&job.object.id).exists() => {
-                metrics.duplicates.inc();
-                let _ = job.reply.send(Ok(CommitOutcome::AlreadyPresent));
+/// What the files stage works with.
+struct FilesStage<'a> {
+    hot: &'a HotDisk,
+    index: &'a dyn Index,
+    metrics: &'a Metrics,
+    failures: &'a std::sync::atomic::AtomicBool,
+    journal: Option<&'a Journal>,
+}
+
+impl FilesStage<'_> {
+    /// Files stage: skip objects already indexed, make the rest durable under their ids —
+    /// through the journal for a small group ([`journal::fits`]), else in place.
+    fn persist_group(&self, jobs: Vec<CommitJob>) -> Option<DurableGroup> {
+        let FilesStage {
+            hot,
+            index,
+            metrics,
+            failures,
+            ..
+        } = *self;
+        let mut to_persist = Vec::with_capacity(jobs.len());
+        let mut waiting = Vec::with_capacity(jobs.len());
+        let mut same = Vec::new();
+        for job in jobs {
+            if let Some(as_id) = job.same_as {
+                same.push((job.object, as_id, job.actor, job.reply));
+                continue;
             }
-            Ok(_) => {
-                to_persist.push((job.tmp, job.object.id));
-                waiting.push((job.object, job.actor, job.reply));
+            match index.has_object(&job.object.id) {
+                // indexed and on disk: a duplicate (if the file went missing, the new copy
+                // is persisted below and repairs it)
+                Ok(true) if hot.path_of(&job.object.id).exists() => {
+                    metrics.duplicates.inc();
+                    let _ = job.reply.send(Ok(CommitOutcome::AlreadyPresent));
+                }
+                Ok(_) => {
+                    to_persist.push((job.tmp, job.object.id));
+                    waiting.push((job.object, job.actor, job.reply));
+                }
+                Err(e) => {
+                    let _ = job.reply.send(Err(IngestError::Storage(e.to_string())));
+                }
+            }
+        }
+        let mut group = DurableGroup {
+            objects: Vec::with_capacity(waiting.len() + same.len()),
+            same_as: Vec::with_capacity(waiting.len() + same.len()),
+            actors: Vec::with_capacity(waiting.len() + same.len()),
+            replies: Vec::with_capacity(waiting.len() + same.len()),
+            journaled: None,
+            synced: true,
+        };
+        for (object, as_id, actor, reply) in same {
+            group.objects.push(object);
+            group.same_as.push(Some(as_id));
+            group.actors.push(actor);
+            group.replies.push(reply);
+        }
+        let persisted = if to_persist.is_empty() {
+            Vec::new()
+        } else {
+            let started = std::time::Instant::now();
+            let journaled = self.journal_blocking(&to_persist, &waiting);
+            let persisted = match journaled {
+                Some(end) => {
+                    group.journaled = Some(end);
+                    group.synced = false;
+                    let placed = hot.place_batch_unsynced_blocking(to_persist);
+                    crate::tiering::failpoint("journal-after-place");
+                    placed
+                }
+                None => hot.persist_batch_blocking(to_persist),
+            };
+            metrics
+                .commit_seconds
+                .with_label_values(&["files"])
+                .observe(started.elapsed().as_secs_f64());
+            persisted
+        };
+        for ((object, actor, reply), result) in waiting.into_iter().zip(persisted) {
+            match result {
+                Ok(_) => {
+                    group.objects.push(object);
+                    group.same_as.push(None);
+                    group.actors.push(actor);
+                    group.replies.push(reply);
+                }
+                Err(e) => {
+                    tracing::error!(id = %object.id, error = %e, "could not make an object durable");
+                    failures.store(true, std::sync::atomic::Ordering::Release);
+                    let _ = reply.send(Err(e.into()));
+                }
+            }
+        }
+        (!group.objects.is_empty()).then_some(group)
+    }
+
+    /// Appends the group to the journal when there is one and the group fits; the
+    /// position after its records, or `None` to make it durable in place (a journal
+    /// failure, such as a full disk for a new segment, falls back to that too).
+    fn journal_blocking(
+        &self,
+        to_persist: &[(TmpObject, ObjectId)],
+        waiting: &[(NewObject, Actor, Reply)],
+    ) -> Option<u64> {
+        let journal = self.journal?;
+        if !journal::fits(waiting.iter().map(|(o, _, _)| o.size)) {
+            return None;
+        }
+        let entries: Vec<journal::Entry<'_>> = to_persist
+            .iter()
+            .zip(waiting)
+            .map(|((tmp, _), (object, _, _))| journal::Entry {
+                object,
+                file: tmp.path(),
+            })
+            .collect();
+        let appended = journal.append_blocking(&entries);
+        let changed = journal.note_append(appended.is_ok());
+        match appended {
+            Ok(end) => {
+                if changed {
+                    tracing::info!("the ingest journal takes appends again");
+                }
+                crate::tiering::failpoint("journal-after-append");
+                Some(end)
             }
             Err(e) => {
-                let _ = job.reply.send(Err(IngestError::Storage(e.to_string())));
+                if changed {
+                    tracing::warn!(error = %e, "cannot append to the ingest journal; commit groups are synced in place until it can");
+                }
+                None
             }
         }
     }
-    let mut group = DurableGroup {
-        objects: Vec::with_capacity(waiting.len() + same.len()),
-        same_as: Vec::with_capacity(waiting.len() + same.len()),
-        actors: Vec::with_capacity(waiting.len() + same.len()),
-        replies: Vec::with_capacity(waiting.len() + same.len()),
-    };
-    for (object, as_id, actor, reply) in same {
-        group.objects.push(object);
-        group.same_as.push(Some(as_id));
-        group.actors.push(actor);
-        group.replies.push(reply);
-    }
-    let persisted = if to_persist.is_empty() {
-        Vec::new()
-    } else {
-        let started = std::time::Instant::now();
-        let persisted = hot.persist_batch_blocking(to_persist);
-        metrics
-            .commit_seconds
-            .with_label_values(&["files"])
-            .observe(started.elapsed().as_secs_f64());
-        persisted
-    };
-    for ((object, actor, reply), result) in waiting.into_iter().zip(persisted) {
-        match result {
-            Ok(_) => {
-                group.objects.push(object);
-                group.same_as.push(None);
-                group.actors.push(actor);
-                group.replies.push(reply);
-            }
-            Err(e) => {
-                tracing::error!(id = %object.id, error = %e, "could not make an object durable");
-                failures.store(true, std::sync::atomic::Ordering::Release);
-                let _ = reply.send(Err(e.into()));
-            }
-        }
-    }
-    (!group.objects.is_empty()).then_some(group)
 }
 
 /// Index stage: one synced batch for every durable group waiting, then the answers.
@@ -778,6 +925,7 @@ fn run_index_stage(
     metrics: &Metrics,
     failures: &std::sync::atomic::AtomicBool,
     audit: Option<&crate::audit::AuditLog>,
+    journal: Option<&Journal>,
 ) {
     while let Ok(mut group) = rx.recv() {
         while group.objects.len() < max_batch * 4 {
@@ -787,6 +935,8 @@ fn run_index_stage(
                     group.same_as.extend(more.same_as);
                     group.actors.extend(more.actors);
                     group.replies.extend(more.replies);
+                    group.journaled = group.journaled.max(more.journaled);
+                    group.synced &= more.synced;
                 }
                 Err(_) => break,
             }
@@ -802,9 +952,16 @@ fn run_index_stage(
             .collect();
         let committed = if to_index.is_empty() {
             Ok(Vec::new())
-        } else {
+        } else if group.synced {
             index.commit(&to_index)
+        } else {
+            // the journal holds these objects durably until the next checkpoint
+            index.commit_unsynced(&to_index)
         };
+        if let (Some(journal), Some(end), Ok(_)) = (journal, group.journaled, &committed) {
+            crate::tiering::failpoint("journal-after-index");
+            journal.mark_applied(end);
+        }
         metrics
             .commit_seconds
             .with_label_values(&["index"])

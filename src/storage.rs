@@ -19,6 +19,7 @@
 
 pub mod cold_tier;
 pub mod governance_log;
+pub mod journal;
 pub mod reindex;
 
 use crate::config::Config;
@@ -58,6 +59,8 @@ pub enum StorageError {
     },
     #[error(transparent)]
     Index(#[from] IndexError),
+    #[error("ingest journal replay: {0}")]
+    Journal(#[from] journal::JournalError),
     #[error(transparent)]
     Tier(#[from] strata_tiers::TierError),
     #[error("cannot start a runtime for the cold tier: {0}")]
@@ -206,6 +209,8 @@ pub struct Storage {
     pub hot: HotDisk,
     pub cold: ColdStore,
     pub index: Arc<dyn Index>,
+    /// Where the ingest journal goes on after start-up replay ([`journal::Replay::end`]).
+    pub journal_lsn: u64,
     _lock: ArchiveLock,
 }
 
@@ -238,6 +243,8 @@ pub struct RecoveryReport {
     pub tmp_swept: usize,
     pub adopted: usize,
     pub quarantined: Vec<PathBuf>,
+    /// What replaying the ingest journal did.
+    pub journal: journal::Replay,
 }
 
 impl Storage {
@@ -259,6 +266,10 @@ impl Storage {
             tmp_swept: hot.sweep_tmp_blocking()?,
             ..Default::default()
         };
+        // acknowledged objects whose durability only the journal holds, with their own
+        // provenance, before orphans are adopted as "recovered"
+        let replay = journal::replay_blocking(&hot, index.as_ref())?;
+        report.journal = replay.clone();
         let marker = data_dir.join(CLEAN_MARKER);
         if !marker.exists() {
             let (adopted, quarantined) = adopt_orphans_blocking(
@@ -280,6 +291,7 @@ impl Storage {
                 hot,
                 cold,
                 index,
+                journal_lsn: replay.end,
                 _lock: lock,
             },
             report,

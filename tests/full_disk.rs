@@ -135,6 +135,56 @@ fn full_disk_refuses_with_a700_and_recovers_when_space_returns() {
     server.stop();
 }
 
+/// Issue 17: a full disk while the ingest journal takes the stores. The hot tier (and
+/// its journal, `hot/journal`) sits on a 96 MiB tmpfs. Stores go through the journal;
+/// then the disk is filled to the brim: stores are refused with 0xA700 (no room for the
+/// object, nor for another journal segment) and the server keeps serving; with space
+/// back they succeed again. Then `kill -9` and a restart (the journal is replayed):
+/// every acknowledged instance is there and verify is clean.
+#[test]
+fn a_full_disk_during_journal_writes_refuses_and_loses_nothing() {
+    let archive = Archive::with_config("full-disk-journal", "");
+    let hot = archive.data_dir().join("hot");
+    let Some(_mount) = Mount::tmpfs(&hot, 96) else {
+        eprintln!("WARNING: no tmpfs: the full-disk journal test is NOT exercised");
+        return;
+    };
+    let server = archive.start();
+    let ct = dcm_files(ct_study());
+    let refs = |range: std::ops::Range<usize>| -> Vec<&Path> {
+        ct[range].iter().map(|p| p.as_path()).collect()
+    };
+    send(server.dicom_port, &refs(0..20), "0x0000");
+    let segments = std::fs::read_dir(hot.join("journal"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".seg")
+        })
+        .count();
+    assert!(segments >= 1, "the stores went through the journal");
+
+    let filler = fill(&hot, 256 << 10);
+    send(server.dicom_port, &refs(20..25), "0xA700");
+    assert!(server.echo_ok());
+
+    std::fs::remove_file(&filler).unwrap();
+    // more than the first segment holds: the journal needs another, for which there is
+    // no room (it then syncs the groups in place)
+    send(server.dicom_port, &refs(20..80), "0x0000");
+    assert_eq!(archive.total_instances(), 80);
+    server.kill9();
+
+    let server = archive.start();
+    assert_eq!(archive.total_instances(), 80);
+    let (clean, report) = archive.verify_json();
+    assert!(clean, "{report}");
+    server.stop();
+}
+
 /// Without mount rights: a floor far above the free space refuses every store with
 /// 0xA700 and writes nothing; with the floor lowered (a restart), the same store succeeds.
 fn floor_only_fallback(archive: &Archive) {

@@ -240,6 +240,16 @@ pub trait KvEngine: Send + Sync {
     }
     /// Applies `batch` atomically; durable on return if `sync`.
     fn write(&self, batch: Batch, sync: bool) -> Result<(), IndexError>;
+    /// Whether a write with `sync` false is durable after a later
+    /// [`KvEngine::sync_wal`] (a local log, as RocksDB's WAL). False by default: such an
+    /// engine is always written synced where durability is deferred.
+    fn defers_sync(&self) -> bool {
+        false
+    }
+    /// Makes every earlier write durable, for an engine that [`KvEngine::defers_sync`].
+    fn sync_wal(&self) -> Result<(), IndexError> {
+        Ok(())
+    }
     /// For a read replica: picks up what the primary wrote since. No-op by default.
     fn refresh(&self) -> Result<(), IndexError> {
         Ok(())
@@ -732,8 +742,13 @@ impl<E: KvEngine> PendingWrites<'_, E> {
     }
 }
 
-impl<E: KvEngine> Catalog for KvIndex<E> {
-    fn commit(&self, objects: &[NewObject]) -> Result<Vec<CommitOutcome>, IndexError> {
+impl<E: KvEngine> KvIndex<E> {
+    /// [`Catalog::commit`], its batch written synced or not.
+    fn commit_group(
+        &self,
+        objects: &[NewObject],
+        sync: bool,
+    ) -> Result<Vec<CommitOutcome>, IndexError> {
         let _writer = self.writer()?;
         let mut pending = self.pending();
         // what committing reads, in one round trip (several on a networked engine)
@@ -787,8 +802,22 @@ impl<E: KvEngine> Catalog for KvIndex<E> {
             pending.delete(CF_DELETED_OBJECTS, obj.id.as_bytes().to_vec());
             outcomes.push(apply_new_object(&mut pending, obj, Tier::Hot, Vec::new())?);
         }
-        pending.write(true)?;
+        pending.write(sync)?;
         Ok(outcomes)
+    }
+}
+
+impl<E: KvEngine> Catalog for KvIndex<E> {
+    fn commit(&self, objects: &[NewObject]) -> Result<Vec<CommitOutcome>, IndexError> {
+        self.commit_group(objects, true)
+    }
+
+    fn commit_unsynced(&self, objects: &[NewObject]) -> Result<Vec<CommitOutcome>, IndexError> {
+        self.commit_group(objects, !self.engine.defers_sync())
+    }
+
+    fn sync(&self) -> Result<(), IndexError> {
+        self.engine.sync_wal()
     }
 
     fn has_object(&self, id: &ObjectId) -> Result<bool, IndexError> {

@@ -226,6 +226,14 @@ impl KvEngine for RocksEngine {
         self.db.write_opt(wb, &wo).map_err(storage)
     }
 
+    fn defers_sync(&self) -> bool {
+        true
+    }
+
+    fn sync_wal(&self) -> Result<(), IndexError> {
+        self.db.flush_wal(true).map_err(storage)
+    }
+
     fn refresh(&self) -> Result<(), IndexError> {
         if self.secondary {
             self.db.try_catch_up_with_primary().map_err(storage)?;

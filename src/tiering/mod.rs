@@ -262,10 +262,19 @@ pub(crate) async fn run_passes<F, Fut>(
 }
 
 /// Fault injection for the crash tests: when `STRATA_FAILPOINT` names this point, the
-/// process kills itself with SIGKILL right here, exactly as `kill -9` would. Unset in
-/// normal operation, where this is one environment lookup per move step.
+/// process kills itself with SIGKILL right here, exactly as `kill -9` would — on the
+/// first pass, or after `STRATA_FAILPOINT_SKIP` passes. Unset in normal operation, where
+/// this is one environment lookup per step.
 pub fn failpoint(name: &str) {
+    static PASSES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     if std::env::var("STRATA_FAILPOINT").is_ok_and(|v| v == name) {
+        let skip: u64 = std::env::var("STRATA_FAILPOINT_SKIP")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        if PASSES.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < skip {
+            return;
+        }
         tracing::warn!(failpoint = name, "failpoint reached: killing the process");
         // SAFETY: kill(2) with our own pid has no memory-safety preconditions.
         unsafe {
