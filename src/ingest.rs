@@ -18,7 +18,9 @@
 
 use crate::audit::Actor;
 use crate::config::ConflictPolicy;
-use crate::dicom::header::{dataset_hash_blocking, read_header_blocking, InstanceAttrs};
+use crate::dicom::header::{
+    dataset_hash_blocking, read_header_blocking, read_header_from, InstanceAttrs,
+};
 use crate::dicom::part10::{
     bare_dataset_meta, object_prefix, read_foreign_meta, MetaError, UNKNOWN_UID,
 };
@@ -34,13 +36,19 @@ use strata_tiers::{HotDisk, ObjectId, TierError};
 
 /// The tmp file to go on writing — after re-checking the free-space floor, so a long
 /// data set cannot fill the disk — or a new one.
-fn tmp_with_room(hot: &HotDisk, tmp: Option<TmpObject>) -> Result<TmpObject, IngestError> {
+/// A new tmp file is written past the page cache, keeping up to `keep` bytes of the
+/// object in memory for the journal ([`HotDisk::create_direct_tmp_blocking`]).
+fn tmp_with_room(
+    hot: &HotDisk,
+    tmp: Option<TmpObject>,
+    keep: u64,
+) -> Result<TmpObject, IngestError> {
     match tmp {
         Some(t) => {
             hot.check_free_space_blocking()?;
             Ok(t)
         }
-        None => Ok(hot.create_tmp_blocking()?),
+        None => Ok(hot.create_direct_tmp_blocking(keep)?),
     }
 }
 
@@ -289,6 +297,12 @@ impl Ingest {
         ObjectWriter::new(
             self.hot.clone(),
             object_prefix(sop_class_uid, sop_instance_uid, transfer_syntax_uid),
+            // what the journal may take is kept in memory, so it is not read back
+            if self.journal.is_some() {
+                journal::MAX_GROUP
+            } else {
+                0
+            },
         )
     }
 
@@ -324,8 +338,13 @@ impl Ingest {
         provenance: Provenance,
         actor: Actor,
     ) -> Result<PendingCommit, IngestError> {
-        let mut attrs = read_header_blocking(written.tmp.path())
-            .map_err(|e| IngestError::Unparseable(e.to_string()))?;
+        // the object's bytes as still held in memory, else its file
+        let kept = written.tmp.kept();
+        let mut attrs = match &kept {
+            Some(parts) => read_header_from(Slices::new(parts)),
+            None => read_header_blocking(written.tmp.path()),
+        }
+        .map_err(|e| IngestError::Unparseable(e.to_string()))?;
         if attrs.sop_instance_uid != expected_sop_instance_uid {
             return Err(IngestError::DatasetMismatch(format!(
                 "dataset SOP Instance UID {} differs from the announced {}",
@@ -357,7 +376,10 @@ impl Ingest {
             attrs: attrs.clone(),
             provenance,
             dataset,
-            metadata: crate::dicom::metadata::capture_blocking(written.tmp.path()),
+            metadata: match &kept {
+                Some(parts) => crate::dicom::metadata::capture_from(Slices::new(parts)),
+                None => crate::dicom::metadata::capture_blocking(written.tmp.path()),
+            },
             replicate: self.replicate,
         };
         self.jobs
@@ -895,6 +917,7 @@ impl FilesStage<'_> {
             .map(|((tmp, _), (object, _, _))| journal::Entry {
                 object,
                 file: tmp.path(),
+                kept: tmp.kept(),
             })
             .collect();
         let appended = journal.append_blocking(&entries);
@@ -1063,6 +1086,54 @@ impl PendingCommit {
     }
 }
 
+/// Consecutive byte slices (an object kept in memory, [`TmpObject::kept`]) read and
+/// sought as one stream.
+struct Slices<'a> {
+    parts: &'a [&'a [u8]],
+    pos: u64,
+    len: u64,
+}
+
+impl<'a> Slices<'a> {
+    fn new(parts: &'a [&'a [u8]]) -> Self {
+        let len = parts.iter().map(|p| p.len() as u64).sum();
+        Slices { parts, pos: 0, len }
+    }
+}
+
+impl std::io::Read for Slices<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let mut start = 0u64;
+        for part in self.parts {
+            let end = start + part.len() as u64;
+            if self.pos < end {
+                let from = &part[(self.pos - start) as usize..];
+                let n = from.len().min(buf.len());
+                buf[..n].copy_from_slice(&from[..n]);
+                self.pos += n as u64;
+                return Ok(n);
+            }
+            start = end;
+        }
+        Ok(0)
+    }
+}
+
+impl std::io::Seek for Slices<'_> {
+    fn seek(&mut self, to: std::io::SeekFrom) -> std::io::Result<u64> {
+        let pos = match to {
+            std::io::SeekFrom::Start(p) => Some(p),
+            std::io::SeekFrom::End(d) => self.len.checked_add_signed(d),
+            std::io::SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+        };
+        let pos = pos.ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "seek before the start")
+        })?;
+        self.pos = pos;
+        Ok(pos)
+    }
+}
+
 /// A fully written tmp object with its id and size.
 #[derive(Debug)]
 pub struct WrittenObject {
@@ -1080,6 +1151,8 @@ type WriterState = (TmpObject, Box<blake3::Hasher>);
 /// write in flight, plus one chunk set filling).
 pub struct ObjectWriter {
     hot: HotDisk,
+    /// Bytes of the object its tmp file keeps in memory (see [`tmp_with_room`]).
+    keep: u64,
     /// The tmp file and hasher, when no write is in flight.
     idle: Option<(Option<TmpObject>, Box<blake3::Hasher>)>,
     in_flight: Option<tokio::task::JoinHandle<Result<WriterState, IngestError>>>,
@@ -1088,9 +1161,10 @@ pub struct ObjectWriter {
 }
 
 impl ObjectWriter {
-    fn new(hot: HotDisk, prefix: Vec<u8>) -> Self {
+    fn new(hot: HotDisk, prefix: Vec<u8>, keep: u64) -> Self {
         ObjectWriter {
             hot,
+            keep,
             idle: Some((None, Box::new(blake3::Hasher::new()))),
             in_flight: None,
             buffered: prefix.len(),
@@ -1121,11 +1195,11 @@ impl ObjectWriter {
     /// Starts writing the buffered chunks; returns once the previous write is done.
     async fn flush(&mut self) -> Result<(), IngestError> {
         let (tmp, mut hasher) = self.settle().await?;
-        let hot = self.hot.clone();
+        let (hot, keep) = (self.hot.clone(), self.keep);
         let chunks = std::mem::take(&mut self.chunks);
         self.buffered = 0;
         self.in_flight = Some(tokio::task::spawn_blocking(move || {
-            let mut tmp = tmp_with_room(&hot, tmp)?;
+            let mut tmp = tmp_with_room(&hot, tmp, keep)?;
             for chunk in &chunks {
                 hasher.update(chunk);
                 tmp.write_all_blocking(chunk)?;
@@ -1148,16 +1222,17 @@ impl ObjectWriter {
     ) -> Result<Stored, IngestError> {
         let started = std::time::Instant::now();
         let (tmp, mut hasher) = self.settle().await?;
-        let hot = self.hot.clone();
+        let (hot, keep) = (self.hot.clone(), self.keep);
         let chunks = std::mem::take(&mut self.chunks);
         let ingest = ingest.clone();
         let phases = ingest.metrics.commit_seconds.clone();
         let pending = tokio::task::spawn_blocking(move || {
-            let mut tmp = tmp_with_room(&hot, tmp)?;
+            let mut tmp = tmp_with_room(&hot, tmp, keep)?;
             for chunk in &chunks {
                 hasher.update(chunk);
                 tmp.write_all_blocking(chunk)?;
             }
+            tmp.complete_blocking()?;
             let written = WrittenObject {
                 id: ObjectId::from_hash(hasher.finalize()),
                 size: tmp.len(),

@@ -93,8 +93,15 @@ fn key(tag: Tag) -> u32 {
 
 /// Parses the header of a stored Part-10 object (and checks its framing).
 pub fn read_header_blocking(path: &Path) -> Result<InstanceAttrs, HeaderError> {
+    let file = std::fs::File::open(path).map_err(|e| HeaderError::Io(e.to_string()))?;
+    read_header_from(file)
+}
+
+/// [`read_header_blocking`] over a Part-10 object from any seekable reader (one held in
+/// memory, as ingest keeps it).
+pub fn read_header_from<R: Read + Seek>(reader: R) -> Result<InstanceAttrs, HeaderError> {
     let wanted: Vec<u32> = WANTED.iter().map(|t| key(*t)).collect();
-    let (transfer_syntax_uid, values) = with_dataset(path, |source, start, encoding| {
+    let (transfer_syntax_uid, values) = with_dataset(reader, |source, start, encoding| {
         walk_source(source, start, encoding, &wanted)
     })?;
     attrs_of(&values, transfer_syntax_uid)
@@ -103,20 +110,20 @@ pub fn read_header_blocking(path: &Path) -> Result<InstanceAttrs, HeaderError> {
 /// The data-set hash of a stored Part-10 object ([`super::framing::dataset_hash_source`];
 /// defined in `docs/formats.md`), read as a stream in bounded memory.
 pub fn dataset_hash_blocking(path: &Path) -> Result<[u8; 32], HeaderError> {
-    with_dataset(path, |source, start, encoding| {
+    let file = std::fs::File::open(path).map_err(|e| HeaderError::Io(e.to_string()))?;
+    with_dataset(file, |source, start, encoding| {
         dataset_hash_source(source, start, encoding)
     })
     .map(|(_, hash)| hash)
 }
 
-/// Opens a Part-10 file, reads its file meta information and hands its data set (inflated
-/// as a stream for deflated syntaxes, never more than [`MAX_INFLATED`] bytes) to `walk`.
+/// Reads a Part-10 object's file meta information and hands its data set (inflated as a
+/// stream for deflated syntaxes, never more than [`MAX_INFLATED`] bytes) to `walk`.
 /// Returns the transfer syntax and what `walk` returned.
-fn with_dataset<T>(
-    path: &Path,
+fn with_dataset<R: Read + Seek, T>(
+    mut file: R,
     walk: impl FnOnce(Box<dyn Source + '_>, u64, Encoding) -> Result<T, String>,
 ) -> Result<(String, T), HeaderError> {
-    let mut file = std::fs::File::open(path).map_err(|e| HeaderError::Io(e.to_string()))?;
     let mut head = vec![0u8; 16 * 1024];
     let mut filled = 0;
     while filled < head.len() {

@@ -62,9 +62,19 @@ impl InstanceMetadata {
         if part10.len() < 132 {
             return Err("not a Part-10 object".into());
         }
+        Self::of_reader(part10)
+    }
+
+    /// [`Self::of_file`] over a Part-10 object read as a stream (preamble included); reads
+    /// no further than its pixel data.
+    pub fn of_reader(mut part10: impl std::io::Read) -> Result<Self, String> {
+        let mut preamble = [0u8; 128];
+        part10
+            .read_exact(&mut preamble)
+            .map_err(|_| "not a Part-10 object".to_string())?;
         let obj = dicom_object::OpenFileOptions::new()
             .read_until(tags::PIXEL_DATA)
-            .from_reader(&part10[128..])
+            .from_reader(part10)
             .map_err(|e| format!("cannot parse the stored object: {e}"))?;
         Self::of_object(&obj)
     }
@@ -210,6 +220,18 @@ impl InstanceMetadata {
                 Some((*tag, text.join("\\")))
             })
             .collect()
+    }
+}
+
+/// [`capture_blocking`] from a whole Part-10 object read as a stream (one held in
+/// memory, as ingest keeps it).
+pub fn capture_from(part10: impl std::io::Read) -> Option<Vec<u8>> {
+    match InstanceMetadata::of_reader(part10) {
+        Ok(m) => Some(m.encode()),
+        Err(e) => {
+            tracing::warn!(error = %e, "no metadata record for this object");
+            None
+        }
     }
 }
 

@@ -175,10 +175,12 @@ fn check_of(fixed: &[u8], header: &[u8], metadata: &[u8]) -> [u8; 16] {
     out
 }
 
-/// One object to journal: its index record and the file holding its bytes.
+/// One object to journal: its index record and the file holding its bytes — or the
+/// bytes themselves, when still in memory ([`strata_tiers::TmpObject::kept`]).
 pub struct Entry<'a> {
     pub object: &'a NewObject,
     pub file: &'a Path,
+    pub kept: Option<Vec<&'a [u8]>>,
 }
 
 /// Whether a commit group goes through the journal ([`MAX_OBJECT`], [`MAX_GROUP`]).
@@ -291,7 +293,17 @@ impl Journal {
             head.extend_from_slice(metadata);
             let seg = segment_path(&self.dir, n);
             file.write_all_at(&head, off).map_err(io("write", &seg))?;
-            copy_object(entry.file, file, off + head.len() as u64, o.size, &seg)?;
+            let body = off + head.len() as u64;
+            match &entry.kept {
+                Some(parts) if parts.iter().map(|p| p.len() as u64).sum::<u64>() == o.size => {
+                    let mut at = body;
+                    for part in parts {
+                        file.write_all_at(part, at).map_err(io("write", &seg))?;
+                        at += part.len() as u64;
+                    }
+                }
+                _ => copy_object(entry.file, file, body, o.size, &seg)?,
+            }
             if !touched.contains(&n) {
                 touched.push(n);
             }
@@ -718,6 +730,7 @@ mod tests {
                     .append_blocking(&[Entry {
                         object: &o,
                         file: tmp.path(),
+                        kept: None,
                     }])
                     .unwrap();
                 f.hot.place_batch_unsynced_blocking(vec![(tmp, o.id)]);

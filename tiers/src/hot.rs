@@ -56,6 +56,156 @@ struct Inner {
     /// of the filesystem that happened since *this descriptor* was opened, so a fresh
     /// descriptor per call would miss errors of writeback started earlier.
     sync_handle: Arc<File>,
+    stages: Arc<StagePool>,
+}
+
+/// Bytes an object being received is gathered in before they go to disk past the page
+/// cache (`O_DIRECT`, [`HotDisk::create_direct_tmp_blocking`]); a multiple of
+/// [`DIRECT_ALIGN`].
+pub const DIRECT_STAGE: usize = 256 * 1024;
+
+/// The offset, length and memory alignment of an `O_DIRECT` write here: 4 KiB, the
+/// largest logical block size of the devices a hot tier sits on (ext4 and XFS accept
+/// any multiple of the device's own, usually 512 bytes).
+pub const DIRECT_ALIGN: usize = 4096;
+
+/// Staging buffers kept for reuse: a fresh buffer's pages are faulted in on first touch
+/// (about 7 µs per 4 KiB page on a virtual machine that returns freed memory to its
+/// host), so each one is allocated once and handed from object to object.
+const POOLED_STAGES: usize = 128;
+
+/// A staging buffer whose usable [`DIRECT_STAGE`] bytes start at a [`DIRECT_ALIGN`]
+/// boundary of its heap allocation (which does not move with the `Vec`).
+#[derive(Debug)]
+struct Stage {
+    buf: Vec<u8>,
+    start: usize,
+    filled: usize,
+}
+
+impl Stage {
+    fn new() -> Self {
+        let buf = vec![0u8; DIRECT_STAGE + DIRECT_ALIGN];
+        let start = buf.as_ptr().align_offset(DIRECT_ALIGN);
+        Stage {
+            buf,
+            start,
+            filled: 0,
+        }
+    }
+
+    fn filled(&self) -> &[u8] {
+        &self.buf[self.start..self.start + self.filled]
+    }
+
+    /// Copies as much of `data` as fits; returns how much.
+    fn take(&mut self, data: &[u8]) -> usize {
+        let space = &mut self.buf[self.start + self.filled..self.start + DIRECT_STAGE];
+        let n = space.len().min(data.len());
+        space[..n].copy_from_slice(&data[..n]);
+        self.filled += n;
+        n
+    }
+}
+
+/// The staging buffers of a hot tier, shared by its clones.
+#[derive(Debug, Default)]
+struct StagePool(std::sync::Mutex<Vec<Stage>>);
+
+impl StagePool {
+    fn get(&self) -> Stage {
+        let pooled = self.0.lock().map(|mut p| p.pop()).unwrap_or(None);
+        pooled.unwrap_or_else(Stage::new)
+    }
+
+    fn put(&self, mut stage: Stage) {
+        stage.filled = 0;
+        if let Ok(mut pool) = self.0.lock() {
+            if pool.len() < POOLED_STAGES {
+                pool.push(stage);
+            }
+        }
+    }
+}
+
+/// The `O_DIRECT` state of a tmp object: staged bytes not yet on disk.
+#[derive(Debug)]
+struct Direct {
+    stage: Stage,
+    /// Bytes already written to the file (a multiple of [`DIRECT_STAGE`]).
+    on_disk: u64,
+    /// Whether the descriptor still has `O_DIRECT` (cleared for the unaligned tail, or
+    /// after the file system refused an `O_DIRECT` write).
+    o_direct: bool,
+    pool: Arc<StagePool>,
+    /// Full stages already written, kept while the object stays within `keep` bytes.
+    kept: Vec<Stage>,
+    /// Bytes of the object to keep in memory after writing them (0: none).
+    keep: u64,
+}
+
+impl Direct {
+    /// After a full stage was written: keeps it (and takes a fresh one) while the object
+    /// stays within `keep`, else gives up keeping and reuses it.
+    fn next_stage(&mut self) {
+        if (self.kept.len() as u64 + 1) * DIRECT_STAGE as u64 <= self.keep {
+            let full = std::mem::replace(&mut self.stage, self.pool.get());
+            self.kept.push(full);
+            return;
+        }
+        self.keep = 0;
+        for stage in self.kept.drain(..) {
+            self.pool.put(stage);
+        }
+        self.stage.filled = 0;
+    }
+
+    /// Writes the first `n` staged bytes at the end of what is on disk: past the page
+    /// cache while `O_DIRECT` holds and `n` is aligned, else through it.
+    fn write(&mut self, file: &File, path: &Path, n: usize) -> Result<(), TierError> {
+        use std::os::unix::fs::FileExt;
+        if !n.is_multiple_of(DIRECT_ALIGN) {
+            self.buffered(file, path)?;
+        }
+        let result = file.write_all_at(&self.stage.filled()[..n], self.on_disk);
+        match result {
+            Err(e) if self.o_direct && e.raw_os_error() == Some(libc::EINVAL) => {
+                // a file system or device that takes no O_DIRECT write of this shape
+                self.buffered(file, path)?;
+                file.write_all_at(&self.stage.filled()[..n], self.on_disk)
+            }
+            other => other,
+        }
+        .map_err(|e| TierError::io("write", path, e))?;
+        self.on_disk += n as u64;
+        Ok(())
+    }
+
+    /// Clears `O_DIRECT` on the descriptor: later writes go through the page cache.
+    fn buffered(&mut self, file: &File, path: &Path) -> Result<(), TierError> {
+        if !self.o_direct {
+            return Ok(());
+        }
+        let fd = file.as_raw_fd();
+        // SAFETY: fcntl on a descriptor we own.
+        let rc = unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFL);
+            if flags < 0 {
+                flags
+            } else {
+                libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_DIRECT)
+            }
+        };
+        if rc < 0 {
+            return Err(TierError::io(
+                "clear O_DIRECT",
+                path,
+                std::io::Error::last_os_error(),
+            ));
+        }
+        self.o_direct = false;
+        Ok(())
+    }
 }
 
 /// An object being written. Its file is removed on drop unless it was persisted.
@@ -63,8 +213,13 @@ struct Inner {
 pub struct TmpObject {
     file: File,
     path: PathBuf,
+    /// Bytes accepted (on disk and staged).
     len: u64,
     armed: bool,
+    /// Set for a direct tmp object until [`TmpObject::complete_blocking`].
+    direct: Option<Box<Direct>>,
+    /// The object's bytes kept in memory (see [`TmpObject::kept`]), and their pool.
+    kept: Option<(Vec<Stage>, Arc<StagePool>)>,
 }
 
 impl TmpObject {
@@ -83,7 +238,24 @@ impl TmpObject {
     /// Appends bytes to the tmp file, and asks the kernel to start writing them to disk
     /// now (`sync_file_range(SYNC_FILE_RANGE_WRITE)`, a hint that does not wait), so the
     /// durability sync at commit finds most of the data already written.
+    ///
+    /// A direct tmp object ([`HotDisk::create_direct_tmp_blocking`]) instead gathers the
+    /// bytes in its staging buffer and writes each full one past the page cache; the
+    /// file holds all of them only after [`TmpObject::complete_blocking`].
     pub fn write_all_blocking(&mut self, buf: &[u8]) -> Result<(), TierError> {
+        if let Some(direct) = &mut self.direct {
+            let mut rest = buf;
+            while !rest.is_empty() {
+                let n = direct.stage.take(rest);
+                rest = &rest[n..];
+                if direct.stage.filled == DIRECT_STAGE {
+                    direct.write(&self.file, &self.path, DIRECT_STAGE)?;
+                    direct.next_stage();
+                }
+            }
+            self.len += buf.len() as u64;
+            return Ok(());
+        }
         self.file
             .write_all(buf)
             .map_err(|e| TierError::io("write", &self.path, e))?;
@@ -100,6 +272,50 @@ impl TmpObject {
         Ok(())
     }
 
+    /// Writes what a direct tmp object still stages: its aligned part past the page cache,
+    /// the last partial block through it. Afterwards the file holds every byte written,
+    /// for readers of [`TmpObject::path`] and for the sync that makes it durable. A no-op
+    /// for a buffered tmp object and when called again.
+    pub fn complete_blocking(&mut self) -> Result<(), TierError> {
+        let Some(mut direct) = self.direct.take() else {
+            return Ok(());
+        };
+        let filled = direct.stage.filled;
+        let aligned = filled - filled % DIRECT_ALIGN;
+        let result = (|| {
+            if aligned > 0 {
+                direct.write(&self.file, &self.path, aligned)?;
+            }
+            if filled > aligned {
+                let tail = direct.stage.filled()[aligned..filled].to_vec();
+                direct.buffered(&self.file, &self.path)?;
+                use std::os::unix::fs::FileExt;
+                self.file
+                    .write_all_at(&tail, direct.on_disk)
+                    .map_err(|e| TierError::io("write", &self.path, e))?;
+            }
+            Ok(())
+        })();
+        if result.is_ok() && direct.keep > 0 && self.len <= direct.keep {
+            direct.kept.push(direct.stage);
+            self.kept = Some((direct.kept, direct.pool));
+        } else {
+            for stage in direct.kept.into_iter().chain([direct.stage]) {
+                direct.pool.put(stage);
+            }
+        }
+        result
+    }
+
+    /// The object's bytes, in order, when it was written by a direct tmp object asked to
+    /// keep them ([`HotDisk::create_direct_tmp_blocking`]) and stayed within that size;
+    /// after [`TmpObject::complete_blocking`].
+    pub fn kept(&self) -> Option<Vec<&[u8]>> {
+        self.kept
+            .as_ref()
+            .map(|(stages, _)| stages.iter().map(|s| s.filled()).collect())
+    }
+
     /// Opens the tmp file again for reading (e.g. to parse what was received).
     pub fn reopen_blocking(&self) -> Result<File, TierError> {
         File::open(&self.path).map_err(|e| TierError::io("reopen", &self.path, e))
@@ -108,6 +324,16 @@ impl TmpObject {
 
 impl Drop for TmpObject {
     fn drop(&mut self) {
+        if let Some(direct) = self.direct.take() {
+            for stage in direct.kept.into_iter().chain([direct.stage]) {
+                direct.pool.put(stage);
+            }
+        }
+        if let Some((stages, pool)) = self.kept.take() {
+            for stage in stages {
+                pool.put(stage);
+            }
+        }
         if self.armed {
             let _ = fs::remove_file(&self.path);
         }
@@ -146,6 +372,7 @@ impl HotDisk {
                 tmp,
                 free_space_floor: 0,
                 sync_handle,
+                stages: Arc::default(),
             }),
         })
     }
@@ -163,6 +390,7 @@ impl HotDisk {
                 objects,
                 free_space_floor: 0,
                 sync_handle,
+                stages: Arc::default(),
             }),
         })
     }
@@ -177,6 +405,7 @@ impl HotDisk {
                 tmp: inner.tmp.clone(),
                 free_space_floor: floor,
                 sync_handle: inner.sync_handle.clone(),
+                stages: inner.stages.clone(),
             }),
         }
     }
@@ -258,22 +487,69 @@ impl HotDisk {
 
     /// Creates a new tmp file for an incoming object.
     pub fn create_tmp_blocking(&self) -> Result<TmpObject, TierError> {
+        self.new_tmp_blocking(false, 0)
+    }
+
+    /// Creates a new tmp file whose bytes go to disk past the page cache (`O_DIRECT`,
+    /// open(2)), [`DIRECT_STAGE`] bytes at a time from a reused aligned buffer; the
+    /// last partial block goes through the page cache at
+    /// [`TmpObject::complete_blocking`]. Filling fresh page-cache pages costs more than
+    /// the disk write itself on a virtual machine (docs/benchmarks.md, "Where a
+    /// one-association store spends its time"); it also keeps a large ingest from
+    /// evicting what readers use. Where the file system refuses `O_DIRECT` the object
+    /// is written through the page cache, as [`HotDisk::create_tmp_blocking`] does.
+    ///
+    /// An object of at most `keep` bytes stays in memory too, in those buffers, until the
+    /// tmp object is dropped ([`TmpObject::kept`]): for a caller that writes it again
+    /// (the ingest journal) without reading it back from the disk.
+    pub fn create_direct_tmp_blocking(&self, keep: u64) -> Result<TmpObject, TierError> {
+        self.new_tmp_blocking(true, keep)
+    }
+
+    fn new_tmp_blocking(&self, direct: bool, keep: u64) -> Result<TmpObject, TierError> {
+        use std::os::unix::fs::OpenOptionsExt;
         self.check_free_space_blocking()?;
         let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
         let path = self
             .inner
             .tmp
             .join(format!("{}.{}.tmp", std::process::id(), n));
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .map_err(|e| TierError::io("create tmp file", &path, e))?;
+        let open = |flags: i32| {
+            OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .custom_flags(flags)
+                .open(&path)
+        };
+        let (file, o_direct) = match direct.then(|| open(libc::O_DIRECT)) {
+            Some(Ok(file)) => (file, true),
+            // EINVAL: this file system has no O_DIRECT (tmpfs before 6.6, some FUSE)
+            Some(Err(e)) if e.raw_os_error() == Some(libc::EINVAL) => (
+                open(0).map_err(|e| TierError::io("create tmp file", &path, e))?,
+                false,
+            ),
+            Some(Err(e)) => return Err(TierError::io("create tmp file", &path, e)),
+            None => (
+                open(0).map_err(|e| TierError::io("create tmp file", &path, e))?,
+                false,
+            ),
+        };
         Ok(TmpObject {
             file,
             path,
             len: 0,
             armed: true,
+            direct: direct.then(|| {
+                Box::new(Direct {
+                    stage: self.inner.stages.get(),
+                    on_disk: 0,
+                    o_direct,
+                    pool: self.inner.stages.clone(),
+                    kept: Vec::new(),
+                    keep,
+                })
+            }),
+            kept: None,
         })
     }
 
@@ -285,6 +561,10 @@ impl HotDisk {
     ) -> Vec<Result<PutOutcome, TierError>> {
         if items.is_empty() {
             return Vec::new();
+        }
+        let mut items = items;
+        if let Err(e) = complete_all(&mut items) {
+            return fail_all(items.len(), &e);
         }
         let single = items.len() == 1;
         // 1. file data
@@ -348,6 +628,10 @@ impl HotDisk {
         &self,
         items: Vec<(TmpObject, ObjectId)>,
     ) -> Vec<Result<PutOutcome, TierError>> {
+        let mut items = items;
+        if let Err(e) = complete_all(&mut items) {
+            return fail_all(items.len(), &e);
+        }
         self.rename_batch_blocking(items).0
     }
 
@@ -528,6 +812,27 @@ fn create_fanout_dir(
     Ok(())
 }
 
+/// Writes what direct tmp objects still stage ([`TmpObject::complete_blocking`]).
+fn complete_all(items: &mut [(TmpObject, ObjectId)]) -> Result<(), TierError> {
+    items
+        .iter_mut()
+        .try_for_each(|(tmp, _)| tmp.complete_blocking())
+}
+
+/// `n` results, each the failure `e` of the whole batch.
+fn fail_all(n: usize, e: &TierError) -> Vec<Result<PutOutcome, TierError>> {
+    let msg = e.to_string();
+    (0..n)
+        .map(|_| {
+            Err(TierError::io(
+                "write",
+                Path::new(""),
+                std::io::Error::other(msg.clone()),
+            ))
+        })
+        .collect()
+}
+
 /// Directories a commit group syncs one by one before one syncfs is cheaper.
 const DIR_FSYNCS_BEFORE_SYNCFS: usize = 8;
 
@@ -636,6 +941,51 @@ mod tests {
         let (ids, strays) = hot.list_blocking().unwrap();
         assert_eq!(ids.len(), 2);
         assert!(strays.is_empty());
+    }
+
+    /// A direct tmp object holds exactly the bytes written, whatever their sizes and
+    /// however they are cut (aligned stages past the page cache, the tail through it);
+    /// it keeps them in memory while they fit in `keep`, and no more once they do not.
+    #[test]
+    fn direct_tmp_objects_hold_and_keep_exactly_what_was_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let hot = HotDisk::open(dir.path()).unwrap();
+        let keep = 4 * DIRECT_STAGE as u64;
+        for size in [
+            0,
+            1,
+            DIRECT_ALIGN - 1,
+            DIRECT_ALIGN,
+            DIRECT_STAGE - 1,
+            DIRECT_STAGE,
+            DIRECT_STAGE + 7,
+            3 * DIRECT_STAGE + DIRECT_ALIGN + 3,
+            4 * DIRECT_STAGE,
+            4 * DIRECT_STAGE + 1,
+            9 * DIRECT_STAGE + 5,
+        ] {
+            let bytes: Vec<u8> = (0..size).map(|i| (i * 7 + size) as u8).collect();
+            let mut tmp = hot.create_direct_tmp_blocking(keep).unwrap();
+            // in uneven pieces, as P-DATA arrives
+            for piece in bytes.chunks(100_003) {
+                tmp.write_all_blocking(piece).unwrap();
+            }
+            tmp.complete_blocking().unwrap();
+            tmp.complete_blocking().unwrap(); // idempotent
+            assert_eq!(tmp.len(), size as u64);
+            assert_eq!(std::fs::read(tmp.path()).unwrap(), bytes, "size {size}");
+            match tmp.kept() {
+                Some(parts) => {
+                    assert!(size as u64 <= keep, "size {size} kept beyond {keep}");
+                    assert_eq!(parts.concat(), bytes, "size {size}");
+                }
+                None => assert!(size as u64 > keep, "size {size} not kept"),
+            }
+            let id = ObjectId::of_bytes(&bytes);
+            let r = hot.persist_batch_blocking(vec![(tmp, id)]);
+            assert!(r[0].is_ok(), "{r:?}");
+            assert_eq!(hot.rehash_blocking(&id).unwrap(), (id, size as u64));
+        }
     }
 
     #[test]
