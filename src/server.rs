@@ -252,6 +252,7 @@ pub async fn run(
         shutdown: shutdown_rx.clone(),
         principal: crate::archive::Principal::system("dimse"),
         outbound_tls,
+        socket: None,
     };
     // one cap on the associations of both DICOM ports
     let limit = Arc::new(tokio::sync::Semaphore::new(config.dicom.max_associations));

@@ -66,6 +66,7 @@ impl Pending {
 
 /// Serves one TCP connection until release, abort, error, timeout or shutdown.
 pub async fn serve_association(mut ctx: AssocContext, stream: TcpStream, peer: SocketAddr) {
+    ctx.socket = Some(std::os::fd::AsRawFd::as_raw_fd(&stream));
     let opts = server_options(&ctx.config);
     let metrics = ctx.archive.metrics().clone();
     // one deadline for the whole negotiation
@@ -125,6 +126,7 @@ pub async fn serve_tls_association(
     peer: SocketAddr,
     tls: std::sync::Arc<rustls::ServerConfig>,
 ) {
+    ctx.socket = Some(std::os::fd::AsRawFd::as_raw_fd(&stream));
     let opts = server_options(&ctx.config).tls_config(tls);
     let metrics = ctx.archive.metrics().clone();
     let deadline = tokio::time::Instant::now() + ctx.config.read_timeout;
@@ -240,6 +242,7 @@ async fn run_messages<S: Link>(
         } else {
             ctx.config.idle_timeout
         };
+        super::context::quick_ack(ctx.socket);
         let pdu = tokio::select! {
             r = tokio::time::timeout(wait, assoc.receive()) => match r {
                 Err(_) => return Ok(End::Abort(format!("no PDU for {wait:?}"))),
