@@ -29,6 +29,7 @@ n = sys.argv[1] if len(sys.argv) > 1 else "1000"
 rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 3
 receivers = ["strata", "orthanc", "storescp"]
 rates = []  # per round: {(receiver, assoc): inst/s}
+phases = {}  # (assoc, phase) -> [ms per round]
 peak_rss = []
 failed = False
 for r in range(rounds):
@@ -49,6 +50,12 @@ for r in range(rounds):
             if cells[0] == "strata" and cells[5] not in ("-", ""):
                 peak_rss.append(float(cells[5]))
             print(line)
+        if line.startswith("Strata phases, "):
+            print(line)
+            assoc = int(line.split()[2])
+            for pair in line.rsplit(": ", 1)[1].split():
+                name, ms = pair.split("=")
+                phases.setdefault((assoc, name), []).append(float(ms))
     data = os.path.join(os.environ.get("BENCH_ROOT", "/var/tmp/strata-bench"), f"data-{n}")
     sizes = [os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(data) for f in fs if f.endswith(".dcm")]
     # stored = sent + the fixed Part-10 preamble and meta group Strata writes (about the same)
@@ -89,4 +96,11 @@ for a, key, what in ((1, "floor_inst_s", "1 association / one durable write's fl
         print(f"| {what} | {statistics.median(vals):.2f}x | {min(vals):.2f}x | {max(vals):.2f}x |")
 if peak_rss:
     print(f"\nStrata peak RSS (VmHWM), highest of all runs: {max(peak_rss):.1f} MiB")
+if phases:
+    print("\n| Strata phase (strata_commit_phase_seconds), median ms | 1 association | 4 associations |")
+    print("|---|---:|---:|")
+    for name in ("receive", "admit", "answer", "files", "index"):
+        cells = [f"{statistics.median(phases[(a, name)]):.3f}" if (a, name) in phases else "-" for a in (1, 4)]
+        per = "per instance" if name in ("receive", "admit", "answer") else "per commit group"
+        print(f"| {name} ({per}) | {cells[0]} | {cells[1]} |")
 sys.exit(1 if failed else 0)

@@ -190,7 +190,7 @@ vmhwm_mib() {  # pid -> peak RSS in MiB (or "?")
 }
 
 # ---------------------------------------------------------------- results
-declare -A IPS MBS SECS RSS STATUS
+declare -A IPS MBS SECS RSS STATUS PHASES
 FAILED=0
 record() {  # receiver nassoc status [rss]
     local key="$1/$2"
@@ -205,6 +205,18 @@ record() {  # receiver nassoc status [rss]
         FAILED=1
         log "$1, $2 assoc: $3"
     fi
+}
+
+# phases HTTP_PORT -> "receive=0.512 admit=0.460 ..." from strata_commit_phase_seconds:
+# ms per instance (receive, admit, answer) or per commit group (files, index)
+phases() {
+    curl -s --max-time 5 "http://127.0.0.1:$1/metrics" | awk '
+        /^strata_commit_phase_seconds_(sum|count)/ {
+            match($0, /phase="[a-z]+"/); p = substr($0, RSTART + 7, RLENGTH - 8)
+            if ($0 ~ /_sum/) s[p] = $NF; else c[p] = $NF
+        }
+        END { n = split("receive admit answer files index", order, " ")
+              for (i = 1; i <= n; i++) { p = order[i]; if (c[p] > 0) printf "%s=%.3f ", p, 1000 * s[p] / c[p] } }'
 }
 
 fresh_dir() { rm -rf "$1"; mkdir -p "$1"; }
@@ -299,6 +311,7 @@ EOF
         sleep 0.1
     done
     send STRATA "$STRATA_DICOM_PORT" "$nassoc" "$tag" || st="FAILED: storescu"
+    PHASES["strata/$nassoc"]=$(phases "$STRATA_HTTP_PORT")
     rss=$(vmhwm_mib "$pid")
     stop_pid "$pid" 60
     forget_server "$pid"
@@ -355,6 +368,10 @@ for nassoc in 1 4; do
     fi
 done
 echo "Strata peak RSS (VmHWM): $peak MiB"
+for nassoc in 1 4; do
+    [[ -z ${PHASES["strata/$nassoc"]:-} ]] ||
+        echo "Strata phases, $nassoc association(s), ms (strata_commit_phase_seconds: receive/admit/answer per instance, files/index per group): ${PHASES["strata/$nassoc"]}"
+done
 echo
 echo "Notes: MB = 10^6 bytes; storescp does not fsync, Orthanc runs with SyncStorageArea=true;"
 echo "each receiver advertises its own max PDU (storescp/Orthanc: 16 KiB)."
