@@ -433,7 +433,11 @@ fn main() {
         shape = Shape::Realistic;
         let (next, count) = if only != "query" && done < total {
             std::fs::create_dir_all(&dir).expect("archive dir");
-            let index = RocksIndex::open_primary(&dir.join("index")).expect("open index");
+            // a bulk load: a large block cache (FILL_CACHE_MB, default 4096) for the
+            // generator only; `strata serve` on the archive keeps its bounded one
+            let cache_mb = env("FILL_CACHE_MB", 4096);
+            let index = RocksIndex::open_primary_cached(&dir.join("index"), cache_mb << 20)
+                .expect("open index");
             let built = build(
                 &index,
                 shape,

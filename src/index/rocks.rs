@@ -71,15 +71,19 @@ impl RocksEngine {
         opts
     }
 
-    fn shared_cache() -> Result<rocksdb::Cache, IndexError> {
-        rocksdb::Cache::new_lru_cache(BLOCK_CACHE_BYTES).map_err(storage)
-    }
-
     /// Opens (creating if needed) the database for writing. RocksDB's own LOCK file makes
     /// a second writer fail; the archive lock above it gives the friendlier message.
     pub fn open_primary(path: &Path) -> Result<Self, IndexError> {
+        Self::open_primary_cached(path, BLOCK_CACHE_BYTES)
+    }
+
+    /// [`RocksEngine::open_primary`] with a block cache of `cache_bytes` instead of
+    /// [`BLOCK_CACHE_BYTES`]: for a bulk load by a tool that owns the archive for a while
+    /// (the scale benchmark's generator, whose random lookups over tens of millions of
+    /// keys would otherwise read most index blocks from the disk).
+    pub fn open_primary_cached(path: &Path, cache_bytes: usize) -> Result<Self, IndexError> {
         let opts = Self::options();
-        let cache = Self::shared_cache()?;
+        let cache = rocksdb::Cache::new_lru_cache(cache_bytes).map_err(storage)?;
         let cfs = ALL_CFS
             .iter()
             .map(|n| ColumnFamilyDescriptor::new(*n, Self::family_options(&cache)));
@@ -119,7 +123,7 @@ impl RocksEngine {
         // only the families the primary has: one written before a family was added
         // lacks it until a primary opens it (reads of it then find nothing)
         let existing = DB::list_cf(&opts, path).map_err(storage)?;
-        let cache = Self::shared_cache()?;
+        let cache = rocksdb::Cache::new_lru_cache(BLOCK_CACHE_BYTES).map_err(storage)?;
         let cfs = ALL_CFS
             .iter()
             .filter(|cf| existing.iter().any(|e| e == *cf))
@@ -247,6 +251,12 @@ impl KvIndex<RocksEngine> {
     /// of a new index and refuses one it cannot read. See [`RocksEngine::open_primary`].
     pub fn open_primary(path: &Path) -> Result<Self, IndexError> {
         KvIndex::open(RocksEngine::open_primary(path)?, true)
+    }
+
+    /// [`KvIndex::open_primary`] with a block cache of `cache_bytes`
+    /// ([`RocksEngine::open_primary_cached`]).
+    pub fn open_primary_cached(path: &Path, cache_bytes: usize) -> Result<Self, IndexError> {
+        KvIndex::open(RocksEngine::open_primary_cached(path, cache_bytes)?, true)
     }
 
     /// Opens the index as a read-only RocksDB secondary; works while a primary runs.
