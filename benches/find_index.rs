@@ -26,7 +26,8 @@
 //! modality, about 100 instances per study on average, ~2.5 studies per patient, ~14
 //! studies a day from 2006, every instance with a metadata record when
 //! `METADATA_TEMPLATE` is set). `<data_dir>/synthetic.json` records how far it got (a run
-//! stopped half-way goes on from there). With `ONLY=fill` it only fills; with
+//! stopped half-way goes on from there). With `ONLY=compact` it only rewrites the index's
+//! files with the current table options. With `ONLY=fill` it only fills; with
 //! `ONLY=query` it never fills, only queries (in process on a secondary, then the server
 //! with `FIND_PORT` and `QIDO_PORT`). `QIDO_PORT=<port>` times the same three kinds as
 //! QIDO-RS study searches (`GET /dicom-web/studies?…`, application/dicom+json) over one
@@ -431,6 +432,20 @@ fn main() {
             .and_then(|b| serde_json::from_slice::<(usize, usize)>(&b).ok())
             .unwrap_or((0, 0));
         shape = Shape::Realistic;
+        if only == "compact" {
+            // rewrite the index's files with the current table options, then stop
+            let cache_mb = env("FILL_CACHE_MB", 4096);
+            let index = RocksIndex::open_primary_cached(&dir.join("index"), cache_mb << 20)
+                .expect("open index");
+            let started = Instant::now();
+            index.engine().compact_all().expect("compact");
+            index
+                .engine()
+                .settle(std::time::Duration::from_secs(3600))
+                .expect("settle");
+            println!("compacted in {:.1} s", started.elapsed().as_secs_f64());
+            return;
+        }
         let (next, count) = if only != "query" && done < total {
             std::fs::create_dir_all(&dir).expect("archive dir");
             // a bulk load: a large block cache (FILL_CACHE_MB, default 4096) for the

@@ -537,11 +537,11 @@ pub fn replay_blocking(hot: &HotDisk, index: &dyn Index) -> Result<Replay, Journ
             }
         }
         let (_, file) = open.as_ref().expect("segment open");
-        match read_record(file, lsn, hot)? {
+        match read_record(file, lsn, hot, index)? {
             Some((object, len, rewritten)) => {
                 report.records += 1;
                 report.rewritten += usize::from(rewritten);
-                objects.push(object);
+                objects.extend(object);
                 lsn += len;
             }
             None => {
@@ -560,11 +560,12 @@ pub fn replay_blocking(hot: &HotDisk, index: &dyn Index) -> Result<Replay, Journ
         }
     }
     for chunk in objects.chunks(256) {
-        let missing: Vec<NewObject> = chunk
-            .iter()
-            .filter(|o| !index.has_object(&o.id).unwrap_or(false))
-            .cloned()
-            .collect();
+        let mut missing: Vec<NewObject> = Vec::new();
+        for o in chunk {
+            if !index.has_object(&o.id)? {
+                missing.push(o.clone());
+            }
+        }
         if !missing.is_empty() {
             index.commit(&missing)?;
             report.indexed += missing.len();
@@ -600,12 +601,16 @@ fn read_fixed(file: &File, lsn: u64) -> Option<[u8; FIXED]> {
 }
 
 /// Reads and checks the record at `lsn`; makes its object's file whole (rewriting it
-/// when missing or torn). `None` when no valid record is there.
+/// when missing or torn) unless the index says the object left the hot disk since —
+/// deleted (a tombstone) or moved to the cold tier — in which case nothing of it is
+/// restored (the returned object is then `None`). `None` when no valid record is there.
+#[allow(clippy::type_complexity)]
 fn read_record(
     file: &File,
     lsn: u64,
     hot: &HotDisk,
-) -> Result<Option<(NewObject, u64, bool)>, JournalError> {
+    index: &dyn Index,
+) -> Result<Option<(Option<NewObject>, u64, bool)>, JournalError> {
     let Some(fixed) = read_fixed(file, lsn) else {
         return Ok(None);
     };
@@ -646,6 +651,15 @@ fn read_record(
     if ObjectId::from_hash(hasher.finalize()) != id {
         return Ok(None);
     }
+    // after the record was written the object may have been deleted or aged out of the
+    // hot tier (and the checkpoint not yet passed it): never bring it back
+    let left_hot = index.deleted_object(&id)?.is_some()
+        || index
+            .object(&id)?
+            .is_some_and(|r| r.tier != crate::index::Tier::Hot);
+    if left_hot {
+        return Ok(Some((None, len, false)));
+    }
     let whole = match hot.rehash_blocking(&id) {
         Ok((found, size)) => found == id && size == b,
         Err(_) => false,
@@ -677,7 +691,7 @@ fn read_record(
         metadata: (m > 0).then(|| meta[h as usize..].to_vec()),
         replicate: header.replicate,
     };
-    Ok(Some((object, len, !whole)))
+    Ok(Some((Some(object), len, !whole)))
 }
 
 #[cfg(test)]
@@ -823,6 +837,40 @@ mod tests {
         // hold old records
         let replay = replay_blocking(&f.hot, f.index.as_ref()).unwrap();
         assert_eq!((replay.records, replay.end), (0, end), "{replay:?}");
+    }
+
+    #[test]
+    fn an_object_deleted_after_its_record_is_not_brought_back() {
+        let f = fixture();
+        let journal = Journal::open(f.hot.clone(), f.index.clone(), 0).unwrap();
+        let objects = store(&f, &journal, (0, 2, 30_000), true);
+        // the study is deleted (tombstones, files removed) before any checkpoint
+        f.index
+            .tombstone_study(&crate::index::Tombstone {
+                study_uid: "1.2.3".into(),
+                patient_id: "P1".into(),
+                objects: Vec::new(),
+                packs: Vec::new(),
+                who: "test".into(),
+                why: "a deletion before the checkpoint".into(),
+                deleted_at_ms: 1,
+                partial: false,
+            })
+            .unwrap();
+        for (o, _) in &objects {
+            std::fs::remove_file(f.hot.path_of(&o.id)).unwrap();
+        }
+        drop(journal);
+        let replay = replay_blocking(&f.hot, f.index.as_ref()).unwrap();
+        assert_eq!(
+            (replay.records, replay.rewritten, replay.indexed),
+            (2, 0, 0),
+            "{replay:?}"
+        );
+        for (o, _) in &objects {
+            assert!(!f.hot.path_of(&o.id).exists());
+            assert!(!f.index.has_object(&o.id).unwrap());
+        }
     }
 
     #[test]
