@@ -534,13 +534,15 @@ fn a_node_killed_under_load_loses_no_acknowledged_instance() {
     assert!(clean, "{report}");
 }
 
-/// The object files under a node's hot directory (not its tmp files).
+/// The object files on a node's hot disk (`hot/objects`: not its tmp files, nor its
+/// ingest journal).
 fn hot_files(node: &Archive) -> Vec<std::path::PathBuf> {
-    let hot = node.data_dir().join("hot");
-    walk(&hot)
-        .into_iter()
-        .filter(|p| !p.strip_prefix(&hot).is_ok_and(|rel| rel.starts_with("tmp")))
-        .collect()
+    let objects = node.data_dir().join("hot/objects");
+    if objects.exists() {
+        walk(&objects)
+    } else {
+        Vec::new()
+    }
 }
 
 /// Issue 16: a study stored on one node and deleted on another is gone from both hot
