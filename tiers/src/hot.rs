@@ -118,6 +118,12 @@ impl StagePool {
         pooled.unwrap_or_else(Stage::new)
     }
 
+    fn put_all(&self, stages: impl IntoIterator<Item = Stage>) {
+        for stage in stages {
+            self.put(stage);
+        }
+    }
+
     fn put(&self, mut stage: Stage) {
         stage.filled = 0;
         if let Ok(mut pool) = self.0.lock() {
@@ -300,9 +306,9 @@ impl TmpObject {
             direct.kept.push(direct.stage);
             self.kept = Some((direct.kept, direct.pool));
         } else {
-            for stage in direct.kept.into_iter().chain([direct.stage]) {
-                direct.pool.put(stage);
-            }
+            direct
+                .pool
+                .put_all(direct.kept.into_iter().chain([direct.stage]));
         }
         result
     }
@@ -325,14 +331,12 @@ impl TmpObject {
 impl Drop for TmpObject {
     fn drop(&mut self) {
         if let Some(direct) = self.direct.take() {
-            for stage in direct.kept.into_iter().chain([direct.stage]) {
-                direct.pool.put(stage);
-            }
+            direct
+                .pool
+                .put_all(direct.kept.into_iter().chain([direct.stage]));
         }
         if let Some((stages, pool)) = self.kept.take() {
-            for stage in stages {
-                pool.put(stage);
-            }
+            pool.put_all(stages);
         }
         if self.armed {
             let _ = fs::remove_file(&self.path);
@@ -564,7 +568,7 @@ impl HotDisk {
         }
         let mut items = items;
         if let Err(e) = complete_all(&mut items) {
-            return fail_all(items.len(), &e);
+            return fail_all(items.len(), "write", Path::new(""), &e);
         }
         let single = items.len() == 1;
         // 1. file data
@@ -578,17 +582,7 @@ impl HotDisk {
             self.syncfs_blocking()
         };
         if let Err(e) = data_sync {
-            let msg = e.to_string();
-            return items
-                .into_iter()
-                .map(|_| {
-                    Err(TierError::io(
-                        "sync",
-                        &self.inner.root,
-                        std::io::Error::other(msg.clone()),
-                    ))
-                })
-                .collect();
+            return fail_all(items.len(), "sync", &self.inner.root, &e);
         }
         // 2. renames
         let (results, touched_dirs) = self.rename_batch_blocking(items);
@@ -630,7 +624,7 @@ impl HotDisk {
     ) -> Vec<Result<PutOutcome, TierError>> {
         let mut items = items;
         if let Err(e) = complete_all(&mut items) {
-            return fail_all(items.len(), &e);
+            return fail_all(items.len(), "write", Path::new(""), &e);
         }
         self.rename_batch_blocking(items).0
     }
@@ -819,14 +813,19 @@ fn complete_all(items: &mut [(TmpObject, ObjectId)]) -> Result<(), TierError> {
         .try_for_each(|(tmp, _)| tmp.complete_blocking())
 }
 
-/// `n` results, each the failure `e` of the whole batch.
-fn fail_all(n: usize, e: &TierError) -> Vec<Result<PutOutcome, TierError>> {
+/// `n` results, each the failure `e` of the whole batch (as `action` on `path`).
+fn fail_all(
+    n: usize,
+    action: &'static str,
+    path: &Path,
+    e: &TierError,
+) -> Vec<Result<PutOutcome, TierError>> {
     let msg = e.to_string();
     (0..n)
         .map(|_| {
             Err(TierError::io(
-                "write",
-                Path::new(""),
+                action,
+                path,
                 std::io::Error::other(msg.clone()),
             ))
         })
