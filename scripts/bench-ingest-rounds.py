@@ -99,7 +99,7 @@ if peak_rss:
 if phases:
     print("\n| Strata phase (strata_commit_phase_seconds), median ms | 1 association | 4 associations |")
     print("|---|---:|---:|")
-    for name in ("receive", "admit", "answer", "files", "index"):
+    for name in ("receive", "admit", "answer", "files", "place", "index"):
         cells = [f"{statistics.median(phases[(a, name)]):.3f}" if (a, name) in phases else "-" for a in (1, 4)]
         per = "per instance" if name in ("receive", "admit", "answer") else "per commit group"
         print(f"| {name} ({per}) | {cells[0]} | {cells[1]} |")

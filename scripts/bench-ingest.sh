@@ -208,14 +208,14 @@ record() {  # receiver nassoc status [rss]
 }
 
 # phases HTTP_PORT -> "receive=0.512 admit=0.460 ..." from strata_commit_phase_seconds:
-# ms per instance (receive, admit, answer) or per commit group (files, index)
+# ms per instance (receive, admit, answer) or per commit group (files, place, index)
 phases() {
     curl -s --max-time 5 "http://127.0.0.1:$1/metrics" | awk '
         /^strata_commit_phase_seconds_(sum|count)/ {
             match($0, /phase="[a-z]+"/); p = substr($0, RSTART + 7, RLENGTH - 8)
             if ($0 ~ /_sum/) s[p] = $NF; else c[p] = $NF
         }
-        END { n = split("receive admit answer files index", order, " ")
+        END { n = split("receive admit answer files place index", order, " ")
               for (i = 1; i <= n; i++) { p = order[i]; if (c[p] > 0) printf "%s=%.3f ", p, 1000 * s[p] / c[p] } }'
 }
 
@@ -370,7 +370,7 @@ done
 echo "Strata peak RSS (VmHWM): $peak MiB"
 for nassoc in 1 4; do
     [[ -z ${PHASES["strata/$nassoc"]:-} ]] ||
-        echo "Strata phases, $nassoc association(s), ms (strata_commit_phase_seconds: receive/admit/answer per instance, files/index per group): ${PHASES["strata/$nassoc"]}"
+        echo "Strata phases, $nassoc association(s), ms (strata_commit_phase_seconds: receive/admit/answer per instance, files/place/index per group): ${PHASES["strata/$nassoc"]}"
 done
 echo
 echo "Notes: MB = 10^6 bytes; storescp does not fsync, Orthanc runs with SyncStorageArea=true;"

@@ -1,16 +1,22 @@
 //! # Ingest: received bytes → durable, indexed object (DESIGN promises 1–3)
 //!
 //! 1. [`ObjectWriter`] streams the deterministic Part-10 prefix and then the dataset, as
-//!    it arrives, into a hot-tier tmp file while hashing it with blake3. At most one
-//!    chunk ([`FLUSH_AT`]) is buffered: an instance is never held in memory whole.
-//! 2. [`Ingest::admit_blocking`] parses only the header of the tmp file (stopping before
-//!    pixel data), checks it against what the sender claimed, and hands the object to
-//!    the group committer.
-//! 3. The group committer takes every object waiting, makes their files durable (sync,
-//!    rename into place, sync the directory entries), then indexes them in one synced
-//!    RocksDB batch, and only then answers each caller. Concurrent stores thus share
-//!    syncs: that is the group commit. Its two stages (files, index) run on two threads
-//!    as a pipeline, so one group's index sync overlaps the next group's file sync.
+//!    it arrives, into a hot-tier tmp object while hashing it with blake3. An object the
+//!    ingest journal can take (up to [`journal::MAX_GROUP`]) is hashed and gathered in
+//!    reused staging buffers as each chunk arrives, on the receiving task (a copy, no
+//!    system call), and written to its file only once whole (step 2); a larger one goes
+//!    to its file [`FLUSH_AT`] bytes at a time, and is never held in memory whole.
+//! 2. [`Ingest::submit_blocking`] parses only the header (stopping before pixel data),
+//!    checks it against what the sender claimed, and hands the object to the group
+//!    committer; the same thread then writes a gathered object to its tmp file
+//!    ([`strata_tiers::hot::DeferredWrite`]) while the committer journals it from memory.
+//! 3. The group committer takes every object waiting and makes it durable — a small
+//!    group by one append to the ingest journal and one `fdatasync`, then renames the
+//!    files into place (once each file is written) and indexes them unsynced; a large
+//!    group or one the journal cannot take by syncing the files, renaming them, syncing
+//!    the directory entries and one synced index batch — and only then answers each
+//!    caller. Concurrent stores thus share syncs: that is the group commit. Its two
+//!    stages (files, index) run on two threads as a pipeline.
 //!
 //! Only after the committer answers may the caller acknowledge (C-STORE-RSP success).
 //! A crash before that leaves a tmp file (swept at start-up) or a complete object that
@@ -287,22 +293,31 @@ impl Ingest {
         &self.metrics
     }
 
-    /// A writer for an object received over the network.
+    /// Bytes of an object received over the network kept in memory: what the journal
+    /// may take, so that it is not read back (0 without a journal).
+    pub fn keep(&self) -> u64 {
+        if self.journal.is_some() {
+            journal::MAX_GROUP
+        } else {
+            0
+        }
+    }
+
+    /// A writer for an object received over the network, into `tmp` when the caller
+    /// made it already (a direct tmp object keeping [`Ingest::keep`] bytes, made on a
+    /// thread that may block).
     pub fn writer(
         &self,
         sop_class_uid: &str,
         sop_instance_uid: &str,
         transfer_syntax_uid: &str,
+        tmp: Option<TmpObject>,
     ) -> ObjectWriter {
         ObjectWriter::new(
             self.hot.clone(),
             object_prefix(sop_class_uid, sop_instance_uid, transfer_syntax_uid),
-            // what the journal may take is kept in memory, so it is not read back
-            if self.journal.is_some() {
-                journal::MAX_GROUP
-            } else {
-                0
-            },
+            self.keep(),
+            tmp,
         )
     }
 
@@ -421,7 +436,11 @@ impl Ingest {
         if versions.iter().any(|v| v.id == written.id.to_hex()) {
             return Screen::Unknown; // the same bytes: the committer says "already present"
         }
-        let dataset = match dataset_hash_blocking(written.tmp.path()) {
+        let hashed = match written.tmp.kept() {
+            Some(parts) => crate::dicom::header::dataset_hash_from(Slices::new(&parts)),
+            None => dataset_hash_blocking(written.tmp.path()),
+        };
+        let dataset = match hashed {
             Ok(hash) => to_hex(&hash),
             Err(e) => {
                 tracing::warn!(sop_instance_uid = %attrs.sop_instance_uid, error = %e,
@@ -644,6 +663,74 @@ struct DurableGroup {
     /// Whether every file of the group is durable in place (no journal): its index
     /// write is then synced.
     synced: bool,
+    /// Per object: a journaled object's tmp file, which the index stage renames into
+    /// place once it is written ([`DurableGroup::place_blocking`]).
+    unplaced: Vec<Option<TmpObject>>,
+}
+
+impl DurableGroup {
+    /// Adds another group's objects to this one.
+    fn merge(&mut self, more: DurableGroup) {
+        self.objects.extend(more.objects);
+        self.same_as.extend(more.same_as);
+        self.actors.extend(more.actors);
+        self.replies.extend(more.replies);
+        self.unplaced.extend(more.unplaced);
+        self.journaled = self.journaled.max(more.journaled);
+        self.synced &= more.synced;
+    }
+
+    /// Renames the journaled objects' tmp files into place, each once it is written (its
+    /// [`strata_tiers::hot::DeferredWrite`] may still run; no sync: the journal holds
+    /// the bytes). An object whose file could not be written or placed is answered with
+    /// that failure and leaves the group. Returns whether there was anything to place.
+    fn place_blocking(&mut self, hot: &HotDisk, failures: &std::sync::atomic::AtomicBool) -> bool {
+        let at: Vec<usize> = (0..self.objects.len())
+            .filter(|&i| self.unplaced[i].is_some())
+            .collect();
+        if at.is_empty() {
+            return false;
+        }
+        let items = at
+            .iter()
+            .map(|&i| (self.unplaced[i].take().expect("some"), self.objects[i].id))
+            .collect();
+        let placed = hot.place_batch_unsynced_blocking(items);
+        crate::tiering::failpoint("journal-after-place");
+        let mut failed: std::collections::HashMap<usize, TierError> = at
+            .into_iter()
+            .zip(placed)
+            .filter_map(|(i, r)| r.err().map(|e| (i, e)))
+            .collect();
+        if failed.is_empty() {
+            return true;
+        }
+        failures.store(true, std::sync::atomic::Ordering::Release);
+        let n = self.objects.len();
+        let entries = std::mem::take(&mut self.objects)
+            .into_iter()
+            .zip(std::mem::take(&mut self.same_as))
+            .zip(std::mem::take(&mut self.actors))
+            .zip(std::mem::take(&mut self.replies))
+            .zip(std::mem::take(&mut self.unplaced));
+        for (i, ((((object, same), actor), reply), unplaced)) in entries.enumerate() {
+            match failed.remove(&i) {
+                Some(e) => {
+                    tracing::error!(id = %object.id, error = %e, "could not place a journaled object");
+                    let _ = reply.send(Err(e.into()));
+                }
+                None => {
+                    self.objects.push(object);
+                    self.same_as.push(same);
+                    self.actors.push(actor);
+                    self.replies.push(reply);
+                    self.unplaced.push(unplaced);
+                }
+            }
+        }
+        debug_assert!(self.objects.len() < n);
+        true
+    }
 }
 
 type Reply = tokio::sync::oneshot::Sender<Result<CommitOutcome, IngestError>>;
@@ -660,8 +747,9 @@ struct CommitterParts {
 }
 
 /// The group committer: two threads in a pipeline. The files stage makes each group of
-/// waiting objects durable (one sync, renames, one sync) and passes it on; the index
-/// stage merges every durable group waiting into one synced RocksDB batch and answers.
+/// waiting objects durable (one journal append and sync; or in place: one sync, renames,
+/// one sync) and passes it on; the index stage merges every durable group waiting,
+/// places journaled files, writes one RocksDB batch and answers.
 /// Per object the order is always files, then index, then answer; across objects the two
 /// syncs overlap, so throughput is bounded by the slower stage, not by their sum.
 fn run_committer(rx: mpsc::Receiver<CommitJob>, parts: CommitterParts) {
@@ -676,21 +764,18 @@ fn run_committer(rx: mpsc::Receiver<CommitJob>, parts: CommitterParts) {
     } = parts;
     let (durable_tx, durable_rx) = mpsc::channel::<DurableGroup>();
     let index_stage = {
-        let (index, metrics, failures) = (index.clone(), metrics.clone(), failures.clone());
-        let journal = journal.clone();
+        let parts = CommitterParts {
+            hot: hot.clone(),
+            index: index.clone(),
+            max_batch,
+            metrics: metrics.clone(),
+            failures: failures.clone(),
+            audit,
+            journal: journal.clone(),
+        };
         std::thread::Builder::new()
             .name("strata-indexer".into())
-            .spawn(move || {
-                run_index_stage(
-                    durable_rx,
-                    index.as_ref(),
-                    max_batch,
-                    &metrics,
-                    &failures,
-                    audit.as_ref(),
-                    journal.as_deref(),
-                )
-            })
+            .spawn(move || run_index_stage(durable_rx, &parts))
             .expect("spawn index stage thread")
     };
     while let Ok(first) = rx.recv() {
@@ -853,14 +938,16 @@ impl FilesStage<'_> {
             replies: Vec::with_capacity(waiting.len() + same.len()),
             journaled: None,
             synced: true,
+            unplaced: Vec::with_capacity(waiting.len() + same.len()),
         };
         for (object, as_id, actor, reply) in same {
             group.objects.push(object);
             group.same_as.push(Some(as_id));
             group.actors.push(actor);
             group.replies.push(reply);
+            group.unplaced.push(None);
         }
-        let persisted = if to_persist.is_empty() {
+        let persisted: Vec<Result<Option<TmpObject>, TierError>> = if to_persist.is_empty() {
             Vec::new()
         } else {
             let started = std::time::Instant::now();
@@ -869,11 +956,18 @@ impl FilesStage<'_> {
                 Some(end) => {
                     group.journaled = Some(end);
                     group.synced = false;
-                    let placed = hot.place_batch_unsynced_blocking(to_persist);
-                    crate::tiering::failpoint("journal-after-place");
-                    placed
+                    // placed by the index stage, each once its file is written, while
+                    // this stage journals the next group
+                    to_persist
+                        .into_iter()
+                        .map(|(tmp, _)| Ok(Some(tmp)))
+                        .collect()
                 }
-                None => hot.persist_batch_blocking(to_persist),
+                None => hot
+                    .persist_batch_blocking(to_persist)
+                    .into_iter()
+                    .map(|r| r.map(|_| None))
+                    .collect(),
             };
             metrics
                 .commit_seconds
@@ -883,11 +977,12 @@ impl FilesStage<'_> {
         };
         for ((object, actor, reply), result) in waiting.into_iter().zip(persisted) {
             match result {
-                Ok(_) => {
+                Ok(unplaced) => {
                     group.objects.push(object);
                     group.same_as.push(None);
                     group.actors.push(actor);
                     group.replies.push(reply);
+                    group.unplaced.push(unplaced);
                 }
                 Err(e) => {
                     tracing::error!(id = %object.id, error = %e, "could not make an object durable");
@@ -940,28 +1035,36 @@ impl FilesStage<'_> {
     }
 }
 
-/// Index stage: one synced batch for every durable group waiting, then the answers.
-fn run_index_stage(
-    rx: mpsc::Receiver<DurableGroup>,
-    index: &dyn Index,
-    max_batch: usize,
-    metrics: &Metrics,
-    failures: &std::sync::atomic::AtomicBool,
-    audit: Option<&crate::audit::AuditLog>,
-    journal: Option<&Journal>,
-) {
+/// Index stage: for every durable group waiting, the journaled files renamed into place
+/// (each once written), one index batch (synced unless the journal holds the group),
+/// then the answers.
+fn run_index_stage(rx: mpsc::Receiver<DurableGroup>, parts: &CommitterParts) {
+    let (hot, index, max_batch, metrics) = (
+        &parts.hot,
+        parts.index.as_ref(),
+        parts.max_batch,
+        &parts.metrics,
+    );
+    let (failures, audit, journal) = (
+        parts.failures.as_ref(),
+        parts.audit.as_ref(),
+        parts.journal.as_deref(),
+    );
     while let Ok(mut group) = rx.recv() {
         while group.objects.len() < max_batch * 4 {
             match rx.try_recv() {
-                Ok(more) => {
-                    group.objects.extend(more.objects);
-                    group.same_as.extend(more.same_as);
-                    group.actors.extend(more.actors);
-                    group.replies.extend(more.replies);
-                    group.journaled = group.journaled.max(more.journaled);
-                    group.synced &= more.synced;
-                }
+                Ok(more) => group.merge(more),
                 Err(_) => break,
+            }
+        }
+        let started = std::time::Instant::now();
+        if group.place_blocking(hot, failures) {
+            metrics
+                .commit_seconds
+                .with_label_values(&["place"])
+                .observe(started.elapsed().as_secs_f64());
+            if group.objects.is_empty() {
+                continue;
             }
         }
         let started = std::time::Instant::now();
@@ -1146,9 +1249,10 @@ pub struct WrittenObject {
 type WriterState = (TmpObject, Box<blake3::Hasher>);
 
 /// Streams an object into a tmp file from async code. Received chunks are kept as they
-/// came (no copy) until [`FLUSH_AT`] bytes are waiting; they are then hashed and written
-/// on the blocking pool *while the next chunks arrive* (double buffering: at most one
-/// write in flight, plus one chunk set filling).
+/// came (no copy) until [`FLUSH_AT`] bytes are waiting; they are then hashed and staged
+/// (written, for an object past what is kept in memory) on the blocking pool *while the
+/// next chunks arrive* (double buffering: at most one such task in flight, plus one
+/// chunk set filling).
 pub struct ObjectWriter {
     hot: HotDisk,
     /// Bytes of the object its tmp file keeps in memory (see [`tmp_with_room`]).
@@ -1161,18 +1265,44 @@ pub struct ObjectWriter {
 }
 
 impl ObjectWriter {
-    fn new(hot: HotDisk, prefix: Vec<u8>, keep: u64) -> Self {
-        ObjectWriter {
+    fn new(hot: HotDisk, prefix: Vec<u8>, keep: u64, tmp: Option<TmpObject>) -> Self {
+        let mut writer = ObjectWriter {
             hot,
             keep,
-            idle: Some((None, Box::new(blake3::Hasher::new()))),
+            idle: Some((tmp, Box::new(blake3::Hasher::new()))),
             in_flight: None,
-            buffered: prefix.len(),
-            chunks: vec![prefix],
+            buffered: 0,
+            chunks: Vec::new(),
+        };
+        if !writer.keep_now(&prefix) {
+            writer.buffered = prefix.len();
+            writer.chunks.push(prefix);
         }
+        writer
+    }
+
+    /// Hashes and stages `data` at once, on the caller's thread, when the object is
+    /// still kept whole in memory (nothing queued, nothing in flight, within `keep`):
+    /// a copy into reused buffers ([`TmpObject::try_keep`]), no system call. False when
+    /// `data` must take the queued path.
+    fn keep_now(&mut self, data: &[u8]) -> bool {
+        if self.in_flight.is_some() || !self.chunks.is_empty() {
+            return false;
+        }
+        let Some((Some(tmp), hasher)) = self.idle.as_mut() else {
+            return false;
+        };
+        if !tmp.try_keep(data) {
+            return false;
+        }
+        hasher.update(data);
+        true
     }
 
     pub async fn write(&mut self, data: Vec<u8>) -> Result<(), IngestError> {
+        if self.keep_now(&data) {
+            return Ok(());
+        }
         self.buffered += data.len();
         self.chunks.push(data);
         if self.buffered >= FLUSH_AT {
@@ -1226,29 +1356,36 @@ impl ObjectWriter {
         let chunks = std::mem::take(&mut self.chunks);
         let ingest = ingest.clone();
         let phases = ingest.metrics.commit_seconds.clone();
-        let pending = tokio::task::spawn_blocking(move || {
+        let (pending, admitted) = tokio::task::spawn_blocking(move || {
             let mut tmp = tmp_with_room(&hot, tmp, keep)?;
             for chunk in &chunks {
                 hasher.update(chunk);
                 tmp.write_all_blocking(chunk)?;
             }
-            tmp.complete_blocking()?;
+            // an object the journal takes from memory is written to its file here, while
+            // the committer journals it (the committer waits for this write before it
+            // renames the file into place)
+            let deferred = tmp.defer_write_blocking()?;
             let written = WrittenObject {
                 id: ObjectId::from_hash(hasher.finalize()),
                 size: tmp.len(),
                 tmp,
             };
-            ingest.submit_blocking(
+            let submitted = ingest.submit_blocking(
                 written,
                 &expected_sop_class_uid,
                 &expected_sop_instance_uid,
                 provenance,
                 actor,
-            )
+            );
+            let admitted = std::time::Instant::now();
+            if let (Ok(_), Some(write)) = (&submitted, deferred) {
+                write.run_blocking();
+            }
+            submitted.map(|pending| (pending, admitted))
         })
         .await
         .map_err(|e| IngestError::Storage(format!("writer task failed: {e}")))??;
-        let admitted = std::time::Instant::now();
         phases
             .with_label_values(&["admit"])
             .observe((admitted - started).as_secs_f64());
@@ -1288,5 +1425,68 @@ impl BlockingObjectWriter {
             size: self.tmp.len(),
             tmp: self.tmp,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The index stage's placing of journaled files: an object whose deferred write
+    //! failed is answered with that failure and leaves the group; the others are placed.
+    use super::*;
+    use crate::index::conformance::object;
+
+    #[test]
+    fn a_failed_deferred_write_refuses_its_object_and_places_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let hot = HotDisk::open(dir.path()).unwrap();
+        let mut group = DurableGroup {
+            objects: Vec::new(),
+            same_as: Vec::new(),
+            actors: Vec::new(),
+            replies: Vec::new(),
+            journaled: Some(1),
+            synced: false,
+            unplaced: Vec::new(),
+        };
+        let mut answers = Vec::new();
+        for (i, write) in [true, false, true].into_iter().enumerate() {
+            let payload = format!("object {i}").into_bytes();
+            let mut tmp = hot.create_direct_tmp_blocking(1 << 20).unwrap();
+            tmp.write_all_blocking(&payload).unwrap();
+            let deferred = tmp.defer_write_blocking().unwrap().expect("kept");
+            if write {
+                deferred.run_blocking();
+            } else {
+                drop(deferred); // abandoned: as a write that failed
+            }
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            group
+                .objects
+                .push(object("1.2", "1.2.1", &format!("1.2.1.{i}"), &payload, 0));
+            group.same_as.push(None);
+            group.actors.push(Actor::system("test"));
+            group.replies.push(reply);
+            group.unplaced.push(Some(tmp));
+            answers.push(answer);
+        }
+        let failures = std::sync::atomic::AtomicBool::new(false);
+        assert!(group.place_blocking(&hot, &failures));
+        assert!(failures.load(std::sync::atomic::Ordering::Acquire));
+        let kept: Vec<&str> = group
+            .objects
+            .iter()
+            .map(|o| o.attrs.sop_instance_uid.as_str())
+            .collect();
+        assert_eq!(kept, ["1.2.1.0", "1.2.1.2"]);
+        assert_eq!(group.replies.len(), 2);
+        assert!(group.unplaced.iter().all(Option::is_none));
+        for o in &group.objects {
+            assert_eq!(hot.rehash_blocking(&o.id).unwrap().0, o.id);
+        }
+        let refused = answers.remove(1).blocking_recv().unwrap();
+        assert!(refused.is_err(), "{refused:?}");
+        assert!(!hot.path_of(&ObjectId::of_bytes(b"object 1")).exists());
+        // nothing left to place: a second call does nothing
+        assert!(!group.place_blocking(&hot, &failures));
     }
 }

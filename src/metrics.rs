@@ -274,7 +274,9 @@ impl Metrics {
                 "Time per phase of a store. Per instance: receive (C-STORE-RQ to its last data \
                  fragment), admit (tmp file finished, header checked, metadata record made, \
                  handed to the group committer), answer (from then until durable, indexed \
-                 and audited). Per group commit: files (sync + rename), index (synced batch)",
+                 and audited). Per group commit: files (journal append + fdatasync, or sync + \
+                 rename in place), place (journaled files renamed once written), index \
+                 (batch)",
             )
             .buckets(vec![
                 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5,

@@ -74,14 +74,24 @@ impl Archive {
             &[sop_instance_uid.to_string()],
         )?;
         let ingest = self.ingest()?.clone();
-        let hot = ingest.hot().clone();
-        blocking(move || Ok(hot.check_free_space_blocking()?)).await?;
+        let (hot, keep) = (ingest.hot().clone(), ingest.keep());
+        // the tmp object is made here, off the async threads, so that an object kept in
+        // memory is then received without another hop (ObjectWriter::write)
+        let tmp = blocking(move || {
+            if keep > 0 {
+                Ok(Some(hot.create_direct_tmp_blocking(keep)?))
+            } else {
+                hot.check_free_space_blocking()?;
+                Ok(None)
+            }
+        })
+        .await?;
         Ok(StoreStream {
             archive: self.clone(),
             principal: principal.clone(),
             sop_class_uid: sop_class_uid.to_string(),
             sop_instance_uid: sop_instance_uid.to_string(),
-            writer: ingest.writer(sop_class_uid, sop_instance_uid, transfer_syntax_uid),
+            writer: ingest.writer(sop_class_uid, sop_instance_uid, transfer_syntax_uid, tmp),
         })
     }
 

@@ -111,7 +111,13 @@ pub fn read_header_from<R: Read + Seek>(reader: R) -> Result<InstanceAttrs, Head
 /// defined in `docs/formats.md`), read as a stream in bounded memory.
 pub fn dataset_hash_blocking(path: &Path) -> Result<[u8; 32], HeaderError> {
     let file = std::fs::File::open(path).map_err(|e| HeaderError::Io(e.to_string()))?;
-    with_dataset(file, |source, start, encoding| {
+    dataset_hash_from(file)
+}
+
+/// [`dataset_hash_blocking`] over a Part-10 object from any seekable reader (one held in
+/// memory, as ingest keeps it).
+pub fn dataset_hash_from<R: Read + Seek>(reader: R) -> Result<[u8; 32], HeaderError> {
+    with_dataset(reader, |source, start, encoding| {
         dataset_hash_source(source, start, encoding)
     })
     .map(|(_, hash)| hash)

@@ -96,12 +96,24 @@ pub fn wait_for_port(port: u16) {
     }
 }
 
+/// A port that is free now, from 10000-19999: below the kernel's ephemeral range
+/// (32768-60999), which every outgoing connection of every test draws its source port
+/// from. A port from `bind(0)` comes from that range and, once the probe socket is closed,
+/// a client's `connect` may take it before the server under test binds it ("Address
+/// already in use"). Ports are handed out once per test process (a counter seeded by the
+/// pid, so concurrent test processes start far apart).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let seed = (std::process::id() % 100) as u16 * 97;
+    for _ in 0..10000 {
+        let step = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = 10000 + (seed + step) % 10000;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in 10000-19999")
 }
 
 /// A base port B below the kernel's ephemeral range (20000-32000) such that B..B+`span`

@@ -134,56 +134,58 @@ impl StagePool {
     }
 }
 
-/// The `O_DIRECT` state of a tmp object: staged bytes not yet on disk.
-#[derive(Debug)]
-struct Direct {
-    stage: Stage,
-    /// Bytes already written to the file (a multiple of [`DIRECT_STAGE`]).
+/// Where the next bytes of a direct tmp object go: the offset past what is on disk, and
+/// whether its descriptor still has `O_DIRECT`.
+#[derive(Debug, Clone, Copy)]
+struct Placement {
+    /// Bytes already written to the file.
     on_disk: u64,
-    /// Whether the descriptor still has `O_DIRECT` (cleared for the unaligned tail, or
+    /// Whether the descriptor still has `O_DIRECT` (cleared for an unaligned tail, or
     /// after the file system refused an `O_DIRECT` write).
     o_direct: bool,
-    pool: Arc<StagePool>,
-    /// Full stages already written, kept while the object stays within `keep` bytes.
-    kept: Vec<Stage>,
-    /// Bytes of the object to keep in memory after writing them (0: none).
-    keep: u64,
 }
 
-impl Direct {
-    /// After a full stage was written: keeps it (and takes a fresh one) while the object
-    /// stays within `keep`, else gives up keeping and reuses it.
-    fn next_stage(&mut self) {
-        if (self.kept.len() as u64 + 1) * DIRECT_STAGE as u64 <= self.keep {
-            let full = std::mem::replace(&mut self.stage, self.pool.get());
-            self.kept.push(full);
-            return;
-        }
-        self.keep = 0;
-        for stage in self.kept.drain(..) {
-            self.pool.put(stage);
-        }
-        self.stage.filled = 0;
-    }
-
-    /// Writes the first `n` staged bytes at the end of what is on disk: past the page
-    /// cache while `O_DIRECT` holds and `n` is aligned, else through it.
-    fn write(&mut self, file: &File, path: &Path, n: usize) -> Result<(), TierError> {
+impl Placement {
+    /// Writes `bytes` (a staging buffer's, so aligned in memory) at the end of what is on
+    /// disk: past the page cache while `O_DIRECT` holds and the length is aligned, else
+    /// through it.
+    fn write(&mut self, file: &File, path: &Path, bytes: &[u8]) -> Result<(), TierError> {
         use std::os::unix::fs::FileExt;
-        if !n.is_multiple_of(DIRECT_ALIGN) {
+        if !bytes.len().is_multiple_of(DIRECT_ALIGN) {
             self.buffered(file, path)?;
         }
-        let result = file.write_all_at(&self.stage.filled()[..n], self.on_disk);
+        let result = file.write_all_at(bytes, self.on_disk);
         match result {
             Err(e) if self.o_direct && e.raw_os_error() == Some(libc::EINVAL) => {
                 // a file system or device that takes no O_DIRECT write of this shape
                 self.buffered(file, path)?;
-                file.write_all_at(&self.stage.filled()[..n], self.on_disk)
+                file.write_all_at(bytes, self.on_disk)
             }
             other => other,
         }
         .map_err(|e| TierError::io("write", path, e))?;
-        self.on_disk += n as u64;
+        self.on_disk += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Writes every stage in order: each one's aligned part past the page cache, an
+    /// unaligned tail (only the last stage has one) through it.
+    fn write_stages(
+        &mut self,
+        file: &File,
+        path: &Path,
+        stages: &[Stage],
+    ) -> Result<(), TierError> {
+        for stage in stages {
+            let bytes = stage.filled();
+            let aligned = bytes.len() - bytes.len() % DIRECT_ALIGN;
+            if aligned > 0 {
+                self.write(file, path, &bytes[..aligned])?;
+            }
+            if aligned < bytes.len() {
+                self.write(file, path, &bytes[aligned..])?;
+            }
+        }
         Ok(())
     }
 
@@ -214,6 +216,129 @@ impl Direct {
     }
 }
 
+/// The `O_DIRECT` state of a tmp object: staged bytes not yet on disk.
+///
+/// While the object stays within `keep` bytes nothing is written: full stages are kept
+/// in memory, and the whole object is written at the end, by
+/// [`TmpObject::complete_blocking`] or by a [`DeferredWrite`] on another thread. Once it
+/// grows past `keep`, what was kept is written and each later full stage is written as
+/// it fills.
+#[derive(Debug)]
+struct Direct {
+    stage: Stage,
+    at: Placement,
+    pool: Arc<StagePool>,
+    /// Full stages not yet written, kept while the object stays within `keep`.
+    kept: Vec<Stage>,
+    /// Bytes of the object to keep in memory (0: none).
+    keep: u64,
+}
+
+impl Direct {
+    /// The current stage is full: keeps it (and takes a fresh one) while the object stays
+    /// within `keep`; else writes what was kept, then it, and keeps nothing more.
+    fn stage_full(&mut self, file: &File, path: &Path) -> Result<(), TierError> {
+        if (self.kept.len() as u64 + 1) * DIRECT_STAGE as u64 <= self.keep {
+            let full = std::mem::replace(&mut self.stage, self.pool.get());
+            self.kept.push(full);
+            return Ok(());
+        }
+        self.keep = 0;
+        let kept = std::mem::take(&mut self.kept);
+        self.at.write_stages(file, path, &kept)?;
+        self.pool.put_all(kept);
+        self.at.write(file, path, self.stage.filled())?;
+        self.stage.filled = 0;
+        Ok(())
+    }
+}
+
+/// The bytes of an object kept in memory, shared by its tmp object and a
+/// [`DeferredWrite`]; the buffers go back to their pool when the last holder drops them.
+#[derive(Debug)]
+struct Kept {
+    stages: Vec<Stage>,
+    pool: Arc<StagePool>,
+}
+
+impl Drop for Kept {
+    fn drop(&mut self) {
+        self.pool.put_all(self.stages.drain(..));
+    }
+}
+
+/// The outcome of a [`DeferredWrite`], which its tmp object waits for.
+/// How a deferred write ended: a failure as its OS error code and message.
+type WriteOutcome = Result<(), (Option<i32>, String)>;
+
+#[derive(Debug, Default)]
+struct WriteDone {
+    result: std::sync::Mutex<Option<WriteOutcome>>,
+    ready: std::sync::Condvar,
+}
+
+impl WriteDone {
+    fn set(&self, result: Result<(), TierError>) {
+        let mut slot = self.result.lock().unwrap_or_else(|p| p.into_inner());
+        *slot = Some(result.map_err(|e| (os_code(&e), e.to_string())));
+        self.ready.notify_all();
+    }
+
+    /// Waits for the outcome; a failure comes back as a write failure of `path` with the
+    /// same OS error code.
+    fn wait(&self, path: &Path) -> Result<(), TierError> {
+        let mut slot = self.result.lock().unwrap_or_else(|p| p.into_inner());
+        while slot.is_none() {
+            slot = self.ready.wait(slot).unwrap_or_else(|p| p.into_inner());
+        }
+        match slot.as_ref().expect("set") {
+            Ok(()) => Ok(()),
+            Err((code, msg)) => {
+                tracing::debug!(path = %path.display(), error = %msg, "deferred write failed");
+                Err(TierError::io("write", path, same_error(*code, msg)))
+            }
+        }
+    }
+}
+
+/// The write of a kept object's bytes to its tmp file, split off the tmp object
+/// ([`TmpObject::defer_write_blocking`]) so that another thread does it while the tmp
+/// object goes on (to a journal that writes the same bytes from memory, say). The tmp
+/// object's [`TmpObject::complete_blocking`] — and so every persist or place of it —
+/// waits for this write and fails with it. Dropped without running, it fails too.
+#[derive(Debug)]
+pub struct DeferredWrite {
+    file: File,
+    path: PathBuf,
+    at: Placement,
+    kept: Arc<Kept>,
+    done: Option<Arc<WriteDone>>,
+}
+
+impl DeferredWrite {
+    /// Writes the object to its tmp file (no sync) and tells the tmp object how it went.
+    pub fn run_blocking(mut self) {
+        let result = self
+            .at
+            .write_stages(&self.file, &self.path, &self.kept.stages);
+        if let Some(done) = self.done.take() {
+            done.set(result);
+        }
+    }
+}
+
+impl Drop for DeferredWrite {
+    fn drop(&mut self) {
+        if let Some(done) = self.done.take() {
+            done.set(Err(TierError::io(
+                "write",
+                &self.path,
+                std::io::Error::other("the object's deferred write was abandoned"),
+            )));
+        }
+    }
+}
+
 /// An object being written. Its file is removed on drop unless it was persisted.
 #[derive(Debug)]
 pub struct TmpObject {
@@ -224,8 +349,10 @@ pub struct TmpObject {
     armed: bool,
     /// Set for a direct tmp object until [`TmpObject::complete_blocking`].
     direct: Option<Box<Direct>>,
-    /// The object's bytes kept in memory (see [`TmpObject::kept`]), and their pool.
-    kept: Option<(Vec<Stage>, Arc<StagePool>)>,
+    /// The object's bytes kept in memory (see [`TmpObject::kept`]).
+    kept: Option<Arc<Kept>>,
+    /// The write another thread does for it ([`TmpObject::defer_write_blocking`]).
+    deferred: Option<Arc<WriteDone>>,
 }
 
 impl TmpObject {
@@ -246,8 +373,9 @@ impl TmpObject {
     /// durability sync at commit finds most of the data already written.
     ///
     /// A direct tmp object ([`HotDisk::create_direct_tmp_blocking`]) instead gathers the
-    /// bytes in its staging buffer and writes each full one past the page cache; the
-    /// file holds all of them only after [`TmpObject::complete_blocking`].
+    /// bytes in its staging buffers: within its `keep` size it writes nothing yet, beyond
+    /// it each full buffer goes to disk past the page cache; the file holds every byte
+    /// only after [`TmpObject::complete_blocking`].
     pub fn write_all_blocking(&mut self, buf: &[u8]) -> Result<(), TierError> {
         if let Some(direct) = &mut self.direct {
             let mut rest = buf;
@@ -255,8 +383,7 @@ impl TmpObject {
                 let n = direct.stage.take(rest);
                 rest = &rest[n..];
                 if direct.stage.filled == DIRECT_STAGE {
-                    direct.write(&self.file, &self.path, DIRECT_STAGE)?;
-                    direct.next_stage();
+                    direct.stage_full(&self.file, &self.path)?;
                 }
             }
             self.len += buf.len() as u64;
@@ -278,48 +405,107 @@ impl TmpObject {
         Ok(())
     }
 
-    /// Writes what a direct tmp object still stages: its aligned part past the page cache,
-    /// the last partial block through it. Afterwards the file holds every byte written,
-    /// for readers of [`TmpObject::path`] and for the sync that makes it durable. A no-op
-    /// for a buffered tmp object and when called again.
+    /// Takes `buf` into memory, with no system call, when this is a direct tmp object that
+    /// stays within its `keep` size with it (nothing of it written yet); returns whether
+    /// it did. Otherwise nothing is taken: write it with
+    /// [`TmpObject::write_all_blocking`]. (For async callers: copying into reused
+    /// staging buffers never blocks.)
+    pub fn try_keep(&mut self, buf: &[u8]) -> bool {
+        let Some(direct) = &mut self.direct else {
+            return false;
+        };
+        if direct.at.on_disk > 0 || self.len + buf.len() as u64 > direct.keep {
+            return false;
+        }
+        let mut rest = buf;
+        while !rest.is_empty() {
+            let n = direct.stage.take(rest);
+            rest = &rest[n..];
+            if direct.stage.filled == DIRECT_STAGE {
+                let full = std::mem::replace(&mut direct.stage, direct.pool.get());
+                direct.kept.push(full);
+            }
+        }
+        self.len += buf.len() as u64;
+        true
+    }
+
+    /// Writes what a direct tmp object still stages: the aligned part past the page
+    /// cache, the last partial block through it — or, after
+    /// [`TmpObject::defer_write_blocking`], waits for that write and fails with it.
+    /// Afterwards the file holds every byte written, for readers of
+    /// [`TmpObject::path`] and for the sync that makes it durable. A no-op for a buffered
+    /// tmp object and when called again.
     pub fn complete_blocking(&mut self) -> Result<(), TierError> {
-        let Some(mut direct) = self.direct.take() else {
+        if let Some(done) = self.deferred.take() {
+            let result = done.wait(&self.path);
+            if result.is_err() {
+                // it stays failed for every later caller
+                self.deferred = Some(done);
+            }
+            return result;
+        }
+        let Some(direct) = self.direct.take() else {
             return Ok(());
         };
-        let filled = direct.stage.filled;
-        let aligned = filled - filled % DIRECT_ALIGN;
-        let result = (|| {
-            if aligned > 0 {
-                direct.write(&self.file, &self.path, aligned)?;
-            }
-            if filled > aligned {
-                let tail = direct.stage.filled()[aligned..filled].to_vec();
-                direct.buffered(&self.file, &self.path)?;
-                use std::os::unix::fs::FileExt;
-                self.file
-                    .write_all_at(&tail, direct.on_disk)
-                    .map_err(|e| TierError::io("write", &self.path, e))?;
-            }
-            Ok(())
-        })();
-        if result.is_ok() && direct.keep > 0 && self.len <= direct.keep {
-            direct.kept.push(direct.stage);
-            self.kept = Some((direct.kept, direct.pool));
-        } else {
-            direct
-                .pool
-                .put_all(direct.kept.into_iter().chain([direct.stage]));
+        let Direct {
+            stage,
+            mut at,
+            pool,
+            mut kept,
+            keep,
+        } = *direct;
+        kept.push(stage);
+        let result = at.write_stages(&self.file, &self.path, &kept);
+        let kept = Kept { stages: kept, pool };
+        if result.is_ok() && keep > 0 && self.len <= keep {
+            self.kept = Some(Arc::new(kept));
         }
         result
     }
 
+    /// For a direct tmp object still within its `keep` size (nothing written yet): hands
+    /// the write of its bytes to the returned [`DeferredWrite`], for another thread to
+    /// run, and keeps them readable here through [`TmpObject::kept`] at once. Any other
+    /// tmp object is completed here ([`TmpObject::complete_blocking`]) and `None` comes
+    /// back.
+    pub fn defer_write_blocking(&mut self) -> Result<Option<DeferredWrite>, TierError> {
+        match &self.direct {
+            Some(d) if d.keep > 0 && self.len <= d.keep && d.at.on_disk == 0 => {}
+            _ => return self.complete_blocking().map(|()| None),
+        }
+        let file = self
+            .file
+            .try_clone()
+            .map_err(|e| TierError::io("dup", &self.path, e))?;
+        let Direct {
+            stage,
+            at,
+            pool,
+            mut kept,
+            ..
+        } = *self.direct.take().expect("matched above");
+        kept.push(stage);
+        let kept = Arc::new(Kept { stages: kept, pool });
+        let done = Arc::new(WriteDone::default());
+        self.kept = Some(kept.clone());
+        self.deferred = Some(done.clone());
+        Ok(Some(DeferredWrite {
+            file,
+            path: self.path.clone(),
+            at,
+            kept,
+            done: Some(done),
+        }))
+    }
+
     /// The object's bytes, in order, when it was written by a direct tmp object asked to
     /// keep them ([`HotDisk::create_direct_tmp_blocking`]) and stayed within that size;
-    /// after [`TmpObject::complete_blocking`].
+    /// after [`TmpObject::complete_blocking`] or [`TmpObject::defer_write_blocking`].
     pub fn kept(&self) -> Option<Vec<&[u8]>> {
         self.kept
             .as_ref()
-            .map(|(stages, _)| stages.iter().map(|s| s.filled()).collect())
+            .map(|k| k.stages.iter().map(|s| s.filled()).collect())
     }
 
     /// Opens the tmp file again for reading (e.g. to parse what was received).
@@ -334,9 +520,6 @@ impl Drop for TmpObject {
             direct
                 .pool
                 .put_all(direct.kept.into_iter().chain([direct.stage]));
-        }
-        if let Some((stages, pool)) = self.kept.take() {
-            pool.put_all(stages);
         }
         if self.armed {
             let _ = fs::remove_file(&self.path);
@@ -503,9 +686,12 @@ impl HotDisk {
     /// evicting what readers use. Where the file system refuses `O_DIRECT` the object
     /// is written through the page cache, as [`HotDisk::create_tmp_blocking`] does.
     ///
-    /// An object of at most `keep` bytes stays in memory too, in those buffers, until the
-    /// tmp object is dropped ([`TmpObject::kept`]): for a caller that writes it again
-    /// (the ingest journal) without reading it back from the disk.
+    /// An object of at most `keep` bytes stays in memory, in those buffers, until the tmp
+    /// object is dropped ([`TmpObject::kept`]): for a caller that writes it again (the
+    /// ingest journal) without reading it back from the disk. Such an object is written
+    /// to its file only once it is whole — at [`TmpObject::complete_blocking`], or by the
+    /// [`DeferredWrite`] of [`TmpObject::defer_write_blocking`] on another thread — so
+    /// receiving it never waits for the disk.
     pub fn create_direct_tmp_blocking(&self, keep: u64) -> Result<TmpObject, TierError> {
         self.new_tmp_blocking(true, keep)
     }
@@ -546,14 +732,17 @@ impl HotDisk {
             direct: direct.then(|| {
                 Box::new(Direct {
                     stage: self.inner.stages.get(),
-                    on_disk: 0,
-                    o_direct,
+                    at: Placement {
+                        on_disk: 0,
+                        o_direct,
+                    },
                     pool: self.inner.stages.clone(),
                     kept: Vec::new(),
                     keep,
                 })
             }),
             kept: None,
+            deferred: None,
         })
     }
 
@@ -563,13 +752,14 @@ impl HotDisk {
         &self,
         items: Vec<(TmpObject, ObjectId)>,
     ) -> Vec<Result<PutOutcome, TierError>> {
-        if items.is_empty() {
-            return Vec::new();
-        }
-        let mut items = items;
-        if let Err(e) = complete_all(&mut items) {
-            return fail_all(items.len(), "write", Path::new(""), &e);
-        }
+        with_completed(items, |items| self.persist_completed_blocking(items))
+    }
+
+    /// [`HotDisk::persist_batch_blocking`] for tmp objects whose files hold all their bytes.
+    fn persist_completed_blocking(
+        &self,
+        items: Vec<(TmpObject, ObjectId)>,
+    ) -> Vec<Result<PutOutcome, TierError>> {
         let single = items.len() == 1;
         // 1. file data
         let data_sync = if single {
@@ -622,11 +812,7 @@ impl HotDisk {
         &self,
         items: Vec<(TmpObject, ObjectId)>,
     ) -> Vec<Result<PutOutcome, TierError>> {
-        let mut items = items;
-        if let Err(e) = complete_all(&mut items) {
-            return fail_all(items.len(), "write", Path::new(""), &e);
-        }
-        self.rename_batch_blocking(items).0
+        with_completed(items, |items| self.rename_batch_blocking(items).0)
     }
 
     /// Makes everything written to the hot file system durable (`syncfs(2)`): data,
@@ -806,11 +992,55 @@ fn create_fanout_dir(
     Ok(())
 }
 
-/// Writes what direct tmp objects still stage ([`TmpObject::complete_blocking`]).
-fn complete_all(items: &mut [(TmpObject, ObjectId)]) -> Result<(), TierError> {
-    items
-        .iter_mut()
-        .try_for_each(|(tmp, _)| tmp.complete_blocking())
+/// Completes each tmp object ([`TmpObject::complete_blocking`]: what it still stages, or
+/// its deferred write); one that fails gets that error as its result (its tmp file is
+/// dropped), the others go on to `then`, which returns one result for each of them.
+fn with_completed(
+    items: Vec<(TmpObject, ObjectId)>,
+    then: impl FnOnce(Vec<(TmpObject, ObjectId)>) -> Vec<Result<PutOutcome, TierError>>,
+) -> Vec<Result<PutOutcome, TierError>> {
+    let mut failed = Vec::with_capacity(items.len());
+    let mut ready = Vec::with_capacity(items.len());
+    for (mut tmp, id) in items {
+        match tmp.complete_blocking() {
+            Ok(()) => {
+                failed.push(None);
+                ready.push((tmp, id));
+            }
+            Err(e) => failed.push(Some(e)),
+        }
+    }
+    let mut done = if ready.is_empty() {
+        Vec::new()
+    } else {
+        then(ready)
+    }
+    .into_iter();
+    failed
+        .into_iter()
+        .map(|f| match f {
+            Some(e) => Err(e),
+            None => done.next().expect("one result per completed object"),
+        })
+        .collect()
+}
+
+/// The OS error code of a failure, for passing it on (so that
+/// [`TierError::is_out_of_space`] still answers for a copy of it).
+fn os_code(e: &TierError) -> Option<i32> {
+    match e {
+        TierError::Io { source, .. } if source.raw_os_error().is_some() => source.raw_os_error(),
+        e if e.is_out_of_space() => Some(libc::ENOSPC),
+        _ => None,
+    }
+}
+
+/// An I/O error standing for a failure described by its OS error code or message.
+fn same_error(code: Option<i32>, msg: &str) -> std::io::Error {
+    match code {
+        Some(code) => std::io::Error::from_raw_os_error(code),
+        None => std::io::Error::other(msg.to_string()),
+    }
 }
 
 /// `n` results, each the failure `e` of the whole batch (as `action` on `path`).
@@ -820,15 +1050,9 @@ fn fail_all(
     path: &Path,
     e: &TierError,
 ) -> Vec<Result<PutOutcome, TierError>> {
-    let msg = e.to_string();
+    let (code, msg) = (os_code(e), e.to_string());
     (0..n)
-        .map(|_| {
-            Err(TierError::io(
-                action,
-                path,
-                std::io::Error::other(msg.clone()),
-            ))
-        })
+        .map(|_| Err(TierError::io(action, path, same_error(code, &msg))))
         .collect()
 }
 
@@ -985,6 +1209,56 @@ mod tests {
             assert!(r[0].is_ok(), "{r:?}");
             assert_eq!(hot.rehash_blocking(&id).unwrap(), (id, size as u64));
         }
+    }
+
+    /// A kept object's write handed to another thread: its bytes are readable from
+    /// memory at once, persisting it waits for the write, and an abandoned or failed
+    /// write fails the persist (nothing is placed under the id).
+    #[test]
+    fn a_deferred_write_is_waited_for_and_its_failure_fails_the_persist() {
+        let dir = tempfile::tempdir().unwrap();
+        let hot = HotDisk::open(dir.path()).unwrap();
+        let keep = 4 * DIRECT_STAGE as u64;
+        for size in [0, 1, DIRECT_STAGE, 2 * DIRECT_STAGE + 13, 4 * DIRECT_STAGE] {
+            let bytes: Vec<u8> = (0..size).map(|i| (i * 13 + size) as u8).collect();
+            let mut tmp = hot.create_direct_tmp_blocking(keep).unwrap();
+            for (i, piece) in bytes.chunks(16_384).enumerate() {
+                if i % 2 == 0 {
+                    assert!(tmp.try_keep(piece), "size {size}: within keep");
+                } else {
+                    tmp.write_all_blocking(piece).unwrap();
+                }
+            }
+            // nothing on disk yet: receiving never waited for it
+            assert_eq!(fs::metadata(tmp.path()).unwrap().len(), 0, "size {size}");
+            let write = tmp.defer_write_blocking().unwrap().expect("deferred");
+            assert_eq!(tmp.kept().unwrap().concat(), bytes, "size {size}");
+            let writer = std::thread::spawn(move || {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                write.run_blocking();
+            });
+            let id = ObjectId::of_bytes(&bytes);
+            let r = hot.persist_batch_blocking(vec![(tmp, id)]);
+            writer.join().unwrap();
+            assert!(r[0].is_ok(), "{r:?}");
+            assert_eq!(hot.rehash_blocking(&id).unwrap(), (id, size as u64));
+        }
+        // abandoned: the persist fails and leaves nothing under the id
+        let mut tmp = hot.create_direct_tmp_blocking(keep).unwrap();
+        tmp.write_all_blocking(b"never written").unwrap();
+        drop(tmp.defer_write_blocking().unwrap().expect("deferred"));
+        let id = ObjectId::of_bytes(b"never written");
+        let r = hot.persist_batch_blocking(vec![(tmp, id)]);
+        assert!(r[0].is_err(), "{r:?}");
+        assert!(!hot.path_of(&id).exists());
+        // past `keep` nothing is deferred: completed in place
+        let big = vec![7u8; 4 * DIRECT_STAGE + 1];
+        let mut tmp = hot.create_direct_tmp_blocking(keep).unwrap();
+        assert!(!tmp.try_keep(&big), "beyond keep: not taken");
+        tmp.write_all_blocking(&big).unwrap();
+        assert!(tmp.defer_write_blocking().unwrap().is_none());
+        assert_eq!(std::fs::read(tmp.path()).unwrap(), big);
+        assert!(tmp.kept().is_none());
     }
 
     #[test]
