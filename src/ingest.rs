@@ -37,7 +37,7 @@ use dicom_encoding::transfer_syntax::TransferSyntaxIndex;
 use std::io::Read;
 use std::sync::mpsc;
 use std::sync::Arc;
-use strata_tiers::hot::TmpObject;
+use strata_tiers::hot::{DeferredWrite, TmpObject};
 use strata_tiers::{HotDisk, ObjectId, TierError};
 
 /// The tmp file to go on writing — after re-checking the free-space floor, so a long
@@ -321,26 +321,6 @@ impl Ingest {
         )
     }
 
-    /// Checks a fully written tmp object against what the sender claimed and commits it.
-    /// Blocks until the object is durable and indexed (or refused).
-    pub fn admit_blocking(
-        &self,
-        written: WrittenObject,
-        expected_sop_class_uid: &str,
-        expected_sop_instance_uid: &str,
-        provenance: Provenance,
-        actor: Actor,
-    ) -> Result<Stored, IngestError> {
-        self.submit_blocking(
-            written,
-            expected_sop_class_uid,
-            expected_sop_instance_uid,
-            provenance,
-            actor,
-        )?
-        .wait_blocking()
-    }
-
     /// Checks a fully written tmp object (one pass: framing and header values) against
     /// what the sender claimed and hands it to the group committer. The returned
     /// [`PendingCommit`] resolves once the object is durable, indexed and audited (as
@@ -548,6 +528,7 @@ impl Ingest {
                 &meta.sop_instance_uid,
                 &meta.transfer_syntax_uid,
             ),
+            self.keep(),
         )?;
         writer.write(&head[meta.dataset_offset..])?;
         let mut buf = vec![0u8; FLUSH_AT];
@@ -560,13 +541,17 @@ impl Ingest {
             }
             writer.write(&buf[..n])?;
         }
-        let written = writer.finish();
+        let (written, deferred) = writer.finish()?;
         // PS3.10 7.1: the file meta's Media Storage SOP Class/Instance UIDs must be the
         // data set's own. When a file's disagree, the data set is what is stored — as a
         // C-STORE of it would be (one acceptance rule for every path) — so the object is
         // framed under the data set's UIDs.
         let bare = meta.sop_instance_uid == UNKNOWN_UID;
-        let attrs = read_header_blocking(written.tmp.path()).map_err(|e| {
+        let attrs = match written.tmp.kept() {
+            Some(parts) => read_header_from(Slices::new(&parts)),
+            None => read_header_blocking(written.tmp.path()),
+        }
+        .map_err(|e| {
             IngestError::Unparseable(if bare {
                 format!(
                     "{}; read as a bare data set in {}: {e}",
@@ -587,11 +572,12 @@ impl Ingest {
                 attrs.study_uid
             )));
         }
-        let written = if (&attrs.sop_class_uid, &attrs.sop_instance_uid)
+        let (written, deferred) = if (&attrs.sop_class_uid, &attrs.sop_instance_uid)
             == (&meta.sop_class_uid, &meta.sop_instance_uid)
         {
-            written
+            (written, deferred)
         } else {
+            drop(deferred); // this framing is not kept
             if !bare {
                 tracing::warn!(
                     media_storage_sop_instance_uid = meta.sop_instance_uid,
@@ -615,38 +601,80 @@ impl Ingest {
                 ),
             )?
         };
-        self.admit_blocking(
+        let (pending, _) = self.submit_and_write_blocking(
             written,
+            deferred,
             &attrs.sop_class_uid,
             &attrs.sop_instance_uid,
             provenance,
             actor,
-        )
+        )?;
+        pending.wait_blocking()
+    }
+
+    /// Hands a written object to the group committer ([`Ingest::submit_blocking`]) and
+    /// then, on this thread, writes its tmp file if that was deferred (while the
+    /// committer journals it from memory); returns the pending commit and when it was
+    /// handed on. A refused object's deferred write is dropped unrun.
+    fn submit_and_write_blocking(
+        &self,
+        written: WrittenObject,
+        deferred: Option<DeferredWrite>,
+        expected_sop_class_uid: &str,
+        expected_sop_instance_uid: &str,
+        provenance: Provenance,
+        actor: Actor,
+    ) -> Result<(PendingCommit, std::time::Instant), IngestError> {
+        let submitted = self.submit_blocking(
+            written,
+            expected_sop_class_uid,
+            expected_sop_instance_uid,
+            provenance,
+            actor,
+        );
+        let admitted = std::time::Instant::now();
+        if let (Ok(_), Some(write)) = (&submitted, deferred) {
+            write.run_blocking();
+        }
+        submitted.map(|pending| (pending, admitted))
     }
 
     /// A new tmp object: `prefix`, then the data set of `written` (which starts at
-    /// `old_prefix`). The old tmp file is removed.
+    /// `old_prefix`), read from memory when it is kept there. The old tmp file is
+    /// removed.
     fn reframe_blocking(
         &self,
         written: WrittenObject,
         old_prefix: u64,
         prefix: Vec<u8>,
-    ) -> Result<WrittenObject, IngestError> {
+    ) -> Result<(WrittenObject, Option<DeferredWrite>), IngestError> {
         use std::io::{Seek, SeekFrom};
         let storage = |e: std::io::Error| IngestError::Storage(format!("re-frame: {e}"));
-        let mut from = std::fs::File::open(written.tmp.path()).map_err(storage)?;
-        from.seek(SeekFrom::Start(old_prefix)).map_err(storage)?;
-        let mut writer = BlockingObjectWriter::new(&self.hot, prefix)?;
-        let mut buf = vec![0u8; FLUSH_AT];
-        loop {
-            let n = from.read(&mut buf).map_err(storage)?;
-            if n == 0 {
-                break;
+        let mut writer = BlockingObjectWriter::new(&self.hot, prefix, self.keep())?;
+        let mut copy = |from: &mut dyn Read| -> Result<(), IngestError> {
+            let mut buf = vec![0u8; FLUSH_AT];
+            loop {
+                let n = from.read(&mut buf).map_err(storage)?;
+                if n == 0 {
+                    return Ok(());
+                }
+                writer.write(&buf[..n])?;
             }
-            writer.write(&buf[..n])?;
+        };
+        match written.tmp.kept() {
+            Some(parts) => {
+                let mut from = Slices::new(&parts);
+                from.seek(SeekFrom::Start(old_prefix)).map_err(storage)?;
+                copy(&mut from)?;
+            }
+            None => {
+                let mut from = std::fs::File::open(written.tmp.path()).map_err(storage)?;
+                from.seek(SeekFrom::Start(old_prefix)).map_err(storage)?;
+                copy(&mut from)?;
+            }
         }
         drop(written);
-        Ok(writer.finish())
+        writer.finish()
     }
 }
 
@@ -1283,8 +1311,9 @@ impl ObjectWriter {
 
     /// Hashes and stages `data` at once, on the caller's thread, when the object is
     /// still kept whole in memory (nothing queued, nothing in flight, within `keep`):
-    /// a copy into reused buffers ([`TmpObject::try_keep`]), no system call. False when
-    /// `data` must take the queued path.
+    /// a copy into reused buffers ([`TmpObject::try_keep`]); a stage that fills is
+    /// written to the tmp file on the blocking pool meanwhile
+    /// ([`strata_tiers::hot::EarlyWrite`]). False when `data` must take the queued path.
     fn keep_now(&mut self, data: &[u8]) -> bool {
         if self.in_flight.is_some() || !self.chunks.is_empty() {
             return false;
@@ -1292,10 +1321,15 @@ impl ObjectWriter {
         let Some((Some(tmp), hasher)) = self.idle.as_mut() else {
             return false;
         };
-        if !tmp.try_keep(data) {
+        let mut early = Vec::new();
+        if !tmp.try_keep(data, &mut early) {
             return false;
         }
         hasher.update(data);
+        // each full stage starts for the disk now, while the rest arrives
+        for write in early {
+            tokio::task::spawn_blocking(move || write.run_blocking());
+        }
         true
     }
 
@@ -1371,18 +1405,14 @@ impl ObjectWriter {
                 size: tmp.len(),
                 tmp,
             };
-            let submitted = ingest.submit_blocking(
+            ingest.submit_and_write_blocking(
                 written,
+                deferred,
                 &expected_sop_class_uid,
                 &expected_sop_instance_uid,
                 provenance,
                 actor,
-            );
-            let admitted = std::time::Instant::now();
-            if let (Ok(_), Some(write)) = (&submitted, deferred) {
-                write.run_blocking();
-            }
-            submitted.map(|pending| (pending, admitted))
+            )
         })
         .await
         .map_err(|e| IngestError::Storage(format!("writer task failed: {e}")))??;
@@ -1397,16 +1427,24 @@ impl ObjectWriter {
     }
 }
 
-/// The same as [`ObjectWriter`] for threads that may block (import, reindex).
+/// The same as [`ObjectWriter`] for threads that may block (import, STOW-RS).
 pub struct BlockingObjectWriter {
     tmp: TmpObject,
     hasher: blake3::Hasher,
 }
 
 impl BlockingObjectWriter {
-    pub fn new(hot: &HotDisk, prefix: Vec<u8>) -> Result<Self, IngestError> {
+    /// A writer whose object is kept in memory while it stays within `keep` bytes
+    /// ([`Ingest::keep`]; written at [`BlockingObjectWriter::finish`] or later, past the
+    /// page cache), or written through the page cache as it comes (`keep` 0).
+    pub fn new(hot: &HotDisk, prefix: Vec<u8>, keep: u64) -> Result<Self, IngestError> {
+        let tmp = if keep > 0 {
+            hot.create_direct_tmp_blocking(keep)?
+        } else {
+            hot.create_tmp_blocking()?
+        };
         let mut w = BlockingObjectWriter {
-            tmp: hot.create_tmp_blocking()?,
+            tmp,
             hasher: blake3::Hasher::new(),
         };
         w.write(&prefix)?;
@@ -1419,12 +1457,19 @@ impl BlockingObjectWriter {
         Ok(())
     }
 
-    pub fn finish(self) -> WrittenObject {
-        WrittenObject {
-            id: ObjectId::from_hash(self.hasher.finalize()),
-            size: self.tmp.len(),
-            tmp: self.tmp,
-        }
+    /// The object written, and — for one kept in memory — the write of its tmp file,
+    /// deferred for the caller to run once the object is handed on (see
+    /// [`TmpObject::defer_write_blocking`]); otherwise its file is complete.
+    pub fn finish(mut self) -> Result<(WrittenObject, Option<DeferredWrite>), IngestError> {
+        let deferred = self.tmp.defer_write_blocking()?;
+        Ok((
+            WrittenObject {
+                id: ObjectId::from_hash(self.hasher.finalize()),
+                size: self.tmp.len(),
+                tmp: self.tmp,
+            },
+            deferred,
+        ))
     }
 }
 

@@ -94,6 +94,16 @@ impl Stage {
         }
     }
 
+    /// A placeholder holding no buffer (for moving a stage out of a struct being
+    /// dismantled); never filled nor pooled.
+    fn empty() -> Self {
+        Stage {
+            buf: Vec::new(),
+            start: 0,
+            filled: 0,
+        }
+    }
+
     fn filled(&self) -> &[u8] {
         &self.buf[self.start..self.start + self.filled]
     }
@@ -124,7 +134,16 @@ impl StagePool {
         }
     }
 
+    /// Takes back the stages no one else holds (a stage an early write still holds is
+    /// freed by it instead).
+    fn put_shared(&self, stages: Vec<Arc<Stage>>) {
+        self.put_all(stages.into_iter().filter_map(|s| Arc::try_unwrap(s).ok()));
+    }
+
     fn put(&self, mut stage: Stage) {
+        if stage.buf.is_empty() {
+            return; // a placeholder (Stage::empty)
+        }
         stage.filled = 0;
         if let Ok(mut pool) = self.0.lock() {
             if pool.len() < POOLED_STAGES {
@@ -174,7 +193,7 @@ impl Placement {
         &mut self,
         file: &File,
         path: &Path,
-        stages: &[Stage],
+        stages: &[Arc<Stage>],
     ) -> Result<(), TierError> {
         for stage in stages {
             let bytes = stage.filled();
@@ -218,8 +237,9 @@ impl Placement {
 
 /// The `O_DIRECT` state of a tmp object: staged bytes not yet on disk.
 ///
-/// While the object stays within `keep` bytes nothing is written: full stages are kept
-/// in memory, and the whole object is written at the end, by
+/// While the object stays within `keep` bytes it is kept in memory: full stages are
+/// kept, each also handed to an [`EarlyWrite`] when it fills through
+/// [`TmpObject::try_keep`], and the rest is written at the end, by
 /// [`TmpObject::complete_blocking`] or by a [`DeferredWrite`] on another thread. Once it
 /// grows past `keep`, what was kept is written and each later full stage is written as
 /// it fills.
@@ -228,8 +248,10 @@ struct Direct {
     stage: Stage,
     at: Placement,
     pool: Arc<StagePool>,
-    /// Full stages not yet written, kept while the object stays within `keep`.
-    kept: Vec<Stage>,
+    /// Full stages, kept while the object stays within `keep`.
+    kept: Vec<Arc<Stage>>,
+    /// The early writes of the first `early.len()` kept stages.
+    early: Vec<Arc<WriteDone>>,
     /// Bytes of the object to keep in memory (0: none).
     keep: u64,
 }
@@ -239,38 +261,58 @@ impl Direct {
     /// within `keep`; else writes what was kept, then it, and keeps nothing more.
     fn stage_full(&mut self, file: &File, path: &Path) -> Result<(), TierError> {
         if (self.kept.len() as u64 + 1) * DIRECT_STAGE as u64 <= self.keep {
-            let full = std::mem::replace(&mut self.stage, self.pool.get());
+            let full = Arc::new(std::mem::replace(&mut self.stage, self.pool.get()));
             self.kept.push(full);
             return Ok(());
         }
         self.keep = 0;
         let kept = std::mem::take(&mut self.kept);
-        self.at.write_stages(file, path, &kept)?;
-        self.pool.put_all(kept);
+        let early = std::mem::take(&mut self.early);
+        self.write_rest(file, path, &kept, &early)?;
+        self.pool.put_shared(kept);
         self.at.write(file, path, self.stage.filled())?;
         self.stage.filled = 0;
         Ok(())
     }
+
+    /// Writes the `stages` of the object that no early write took (those after the first
+    /// `early.len()`), then waits for the early writes: afterwards all of `stages` is on
+    /// disk, or the first failure is returned.
+    fn write_rest(
+        &mut self,
+        file: &File,
+        path: &Path,
+        stages: &[Arc<Stage>],
+        early: &[Arc<WriteDone>],
+    ) -> Result<(), TierError> {
+        // while kept, nothing was written but by the early writes (a prefix)
+        self.at.on_disk = self.at.on_disk.max((early.len() * DIRECT_STAGE) as u64);
+        let written = self.at.write_stages(file, path, &stages[early.len()..]);
+        let waited = early.iter().try_for_each(|done| done.wait(path));
+        written.and(waited)
+    }
 }
 
-/// The bytes of an object kept in memory, shared by its tmp object and a
-/// [`DeferredWrite`]; the buffers go back to their pool when the last holder drops them.
+/// The bytes of an object kept in memory, shared by its tmp object, its early writes and
+/// a [`DeferredWrite`]; the buffers go back to their pool when the last holder drops
+/// them.
 #[derive(Debug)]
 struct Kept {
-    stages: Vec<Stage>,
+    stages: Vec<Arc<Stage>>,
     pool: Arc<StagePool>,
 }
 
 impl Drop for Kept {
     fn drop(&mut self) {
-        self.pool.put_all(self.stages.drain(..));
+        self.pool.put_shared(std::mem::take(&mut self.stages));
     }
 }
 
-/// The outcome of a [`DeferredWrite`], which its tmp object waits for.
-/// How a deferred write ended: a failure as its OS error code and message.
+/// How a deferred or early write ended: a failure as its OS error code and message.
 type WriteOutcome = Result<(), (Option<i32>, String)>;
 
+/// The outcome of a [`DeferredWrite`] or an [`EarlyWrite`], which its tmp object waits
+/// for.
 #[derive(Debug, Default)]
 struct WriteDone {
     result: std::sync::Mutex<Option<WriteOutcome>>,
@@ -312,17 +354,70 @@ pub struct DeferredWrite {
     path: PathBuf,
     at: Placement,
     kept: Arc<Kept>,
+    /// The early writes of the first stages, to wait for.
+    early: Vec<Arc<WriteDone>>,
     done: Option<Arc<WriteDone>>,
 }
 
 impl DeferredWrite {
-    /// Writes the object to its tmp file (no sync) and tells the tmp object how it went.
+    /// Writes what no early write took of the object to its tmp file (no sync), waits
+    /// for the early writes, and tells the tmp object how it went.
     pub fn run_blocking(mut self) {
-        let result = self
+        let early = self.early.len();
+        self.at.on_disk = (early * DIRECT_STAGE) as u64;
+        let written = self
             .at
-            .write_stages(&self.file, &self.path, &self.kept.stages);
+            .write_stages(&self.file, &self.path, &self.kept.stages[early..]);
+        let waited = self.early.iter().try_for_each(|d| d.wait(&self.path));
+        if let Some(done) = self.done.take() {
+            done.set(written.and(waited));
+        }
+    }
+}
+
+/// The write of one full stage of a kept object, started as soon as it filled
+/// ([`TmpObject::try_keep`]) so that most of the object is on its way to the disk while
+/// the rest arrives; for a thread that may block. Its tmp object (or its
+/// [`DeferredWrite`]) waits for it. Dropped without running, it fails.
+#[derive(Debug)]
+pub struct EarlyWrite {
+    file: File,
+    path: PathBuf,
+    offset: u64,
+    stage: Option<Arc<Stage>>,
+    done: Option<Arc<WriteDone>>,
+}
+
+impl EarlyWrite {
+    /// Writes the stage at its offset, past the page cache (no sync).
+    pub fn run_blocking(mut self) {
+        use std::os::unix::fs::FileExt;
+        let stage = self.stage.take().expect("run once");
+        let result = match self.file.write_all_at(stage.filled(), self.offset) {
+            // a file system or device that takes no O_DIRECT write of this shape
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => OpenOptions::new()
+                .write(true)
+                .open(&self.path)
+                .and_then(|f| f.write_all_at(stage.filled(), self.offset)),
+            other => other,
+        }
+        .map_err(|e| TierError::io("write", &self.path, e));
+        // the stage goes back before the waiter wakes (Kept then finds it unshared)
+        drop(stage);
         if let Some(done) = self.done.take() {
             done.set(result);
+        }
+    }
+}
+
+impl Drop for EarlyWrite {
+    fn drop(&mut self) {
+        if let Some(done) = self.done.take() {
+            done.set(Err(TierError::io(
+                "write",
+                &self.path,
+                std::io::Error::other("an early write was abandoned"),
+            )));
         }
     }
 }
@@ -410,7 +505,10 @@ impl TmpObject {
     /// it did. Otherwise nothing is taken: write it with
     /// [`TmpObject::write_all_blocking`]. (For async callers: copying into reused
     /// staging buffers never blocks.)
-    pub fn try_keep(&mut self, buf: &[u8]) -> bool {
+    ///
+    /// Each stage that fills here comes back in `early` as an [`EarlyWrite`] (while the
+    /// descriptor has `O_DIRECT`), for the caller to run on a thread that may block.
+    pub fn try_keep(&mut self, buf: &[u8], early: &mut Vec<EarlyWrite>) -> bool {
         let Some(direct) = &mut self.direct else {
             return false;
         };
@@ -422,8 +520,23 @@ impl TmpObject {
             let n = direct.stage.take(rest);
             rest = &rest[n..];
             if direct.stage.filled == DIRECT_STAGE {
-                let full = std::mem::replace(&mut direct.stage, direct.pool.get());
-                direct.kept.push(full);
+                let full = Arc::new(std::mem::replace(&mut direct.stage, direct.pool.get()));
+                let index = direct.kept.len();
+                direct.kept.push(full.clone());
+                // early writes cover a prefix of the kept stages
+                if direct.at.o_direct && direct.early.len() == index {
+                    if let Ok(file) = self.file.try_clone() {
+                        let done = Arc::new(WriteDone::default());
+                        direct.early.push(done.clone());
+                        early.push(EarlyWrite {
+                            file,
+                            path: self.path.clone(),
+                            offset: (index * DIRECT_STAGE) as u64,
+                            stage: Some(full),
+                            done: Some(done),
+                        });
+                    }
+                }
             }
         }
         self.len += buf.len() as u64;
@@ -448,17 +561,19 @@ impl TmpObject {
         let Some(direct) = self.direct.take() else {
             return Ok(());
         };
-        let Direct {
-            stage,
-            mut at,
-            pool,
-            mut kept,
-            keep,
-        } = *direct;
-        kept.push(stage);
-        let result = at.write_stages(&self.file, &self.path, &kept);
-        let kept = Kept { stages: kept, pool };
-        if result.is_ok() && keep > 0 && self.len <= keep {
+        let mut direct = *direct;
+        let mut kept = std::mem::take(&mut direct.kept);
+        kept.push(Arc::new(std::mem::replace(
+            &mut direct.stage,
+            Stage::empty(),
+        )));
+        let early = std::mem::take(&mut direct.early);
+        let result = direct.write_rest(&self.file, &self.path, &kept, &early);
+        let kept = Kept {
+            stages: kept,
+            pool: direct.pool.clone(),
+        };
+        if result.is_ok() && direct.keep > 0 && self.len <= direct.keep {
             self.kept = Some(Arc::new(kept));
         }
         result
@@ -478,23 +593,25 @@ impl TmpObject {
             .file
             .try_clone()
             .map_err(|e| TierError::io("dup", &self.path, e))?;
-        let Direct {
-            stage,
-            at,
-            pool,
-            mut kept,
-            ..
-        } = *self.direct.take().expect("matched above");
-        kept.push(stage);
-        let kept = Arc::new(Kept { stages: kept, pool });
+        let mut direct = *self.direct.take().expect("matched above");
+        let mut kept = std::mem::take(&mut direct.kept);
+        kept.push(Arc::new(std::mem::replace(
+            &mut direct.stage,
+            Stage::empty(),
+        )));
+        let kept = Arc::new(Kept {
+            stages: kept,
+            pool: direct.pool.clone(),
+        });
         let done = Arc::new(WriteDone::default());
         self.kept = Some(kept.clone());
         self.deferred = Some(done.clone());
         Ok(Some(DeferredWrite {
             file,
             path: self.path.clone(),
-            at,
+            at: direct.at,
             kept,
+            early: std::mem::take(&mut direct.early),
             done: Some(done),
         }))
     }
@@ -516,10 +633,10 @@ impl TmpObject {
 
 impl Drop for TmpObject {
     fn drop(&mut self) {
-        if let Some(direct) = self.direct.take() {
-            direct
-                .pool
-                .put_all(direct.kept.into_iter().chain([direct.stage]));
+        if let Some(mut direct) = self.direct.take() {
+            let stage = std::mem::replace(&mut direct.stage, Stage::empty());
+            direct.pool.put_shared(std::mem::take(&mut direct.kept));
+            direct.pool.put(stage);
         }
         if self.armed {
             let _ = fs::remove_file(&self.path);
@@ -738,6 +855,7 @@ impl HotDisk {
                     },
                     pool: self.inner.stages.clone(),
                     kept: Vec::new(),
+                    early: Vec::new(),
                     keep,
                 })
             }),
@@ -1222,24 +1340,33 @@ mod tests {
         for size in [0, 1, DIRECT_STAGE, 2 * DIRECT_STAGE + 13, 4 * DIRECT_STAGE] {
             let bytes: Vec<u8> = (0..size).map(|i| (i * 13 + size) as u8).collect();
             let mut tmp = hot.create_direct_tmp_blocking(keep).unwrap();
+            let mut early = Vec::new();
             for (i, piece) in bytes.chunks(16_384).enumerate() {
                 if i % 2 == 0 {
-                    assert!(tmp.try_keep(piece), "size {size}: within keep");
+                    assert!(tmp.try_keep(piece, &mut early), "size {size}: within keep");
                 } else {
                     tmp.write_all_blocking(piece).unwrap();
                 }
             }
-            // nothing on disk yet: receiving never waited for it
-            assert_eq!(fs::metadata(tmp.path()).unwrap().len(), 0, "size {size}");
+            // receiving never waited for the disk: the full stages that filled through
+            // try_keep are handed out as early writes, the rest is written at the end
             let write = tmp.defer_write_blocking().unwrap().expect("deferred");
             assert_eq!(tmp.kept().unwrap().concat(), bytes, "size {size}");
             let writer = std::thread::spawn(move || {
+                // the early writes last, after the deferred write began waiting for them
                 std::thread::sleep(std::time::Duration::from_millis(20));
                 write.run_blocking();
+            });
+            let early_writer = std::thread::spawn(move || {
+                std::thread::sleep(std::time::Duration::from_millis(40));
+                for w in early {
+                    w.run_blocking();
+                }
             });
             let id = ObjectId::of_bytes(&bytes);
             let r = hot.persist_batch_blocking(vec![(tmp, id)]);
             writer.join().unwrap();
+            early_writer.join().unwrap();
             assert!(r[0].is_ok(), "{r:?}");
             assert_eq!(hot.rehash_blocking(&id).unwrap(), (id, size as u64));
         }
@@ -1251,10 +1378,31 @@ mod tests {
         let r = hot.persist_batch_blocking(vec![(tmp, id)]);
         assert!(r[0].is_err(), "{r:?}");
         assert!(!hot.path_of(&id).exists());
+        // an abandoned early write fails the deferred write that waits for it, and also
+        // a completion in place once the object grows past `keep`
+        let bytes = vec![3u8; DIRECT_STAGE + 10];
+        for past_keep in [false, true] {
+            let mut tmp = hot.create_direct_tmp_blocking(keep).unwrap();
+            let mut early = Vec::new();
+            assert!(tmp.try_keep(&bytes, &mut early));
+            assert_eq!(early.len(), 1);
+            drop(early);
+            let r = if past_keep {
+                tmp.write_all_blocking(&vec![4u8; 4 * DIRECT_STAGE])
+            } else {
+                let write = tmp.defer_write_blocking().unwrap().expect("deferred");
+                write.run_blocking();
+                tmp.complete_blocking()
+            };
+            assert!(r.is_err(), "past keep {past_keep}: {r:?}");
+        }
         // past `keep` nothing is deferred: completed in place
         let big = vec![7u8; 4 * DIRECT_STAGE + 1];
         let mut tmp = hot.create_direct_tmp_blocking(keep).unwrap();
-        assert!(!tmp.try_keep(&big), "beyond keep: not taken");
+        assert!(
+            !tmp.try_keep(&big, &mut Vec::new()),
+            "beyond keep: not taken"
+        );
         tmp.write_all_blocking(&big).unwrap();
         assert!(tmp.defer_write_blocking().unwrap().is_none());
         assert_eq!(std::fs::read(tmp.path()).unwrap(), big);
