@@ -28,7 +28,13 @@ DATA=$ROOT/move-data-$N
 BASE=${BENCH_PORT_BASE:-41700}
 S_DICOM=$BASE S_HTTP=$((BASE + 1)) O_DICOM=$((BASE + 2)) O_HTTP=$((BASE + 3))
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
+# stop what we started, by pid, and wait until it is gone (a next run reuses the ports)
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do
+    for _ in $(seq 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+  done
+}
 trap cleanup EXIT
 
 cargo build --release --locked --bin strata >&2

@@ -412,25 +412,28 @@ impl EarlyWrite {
 
 impl Drop for EarlyWrite {
     fn drop(&mut self) {
-        if let Some(done) = self.done.take() {
-            done.set(Err(TierError::io(
-                "write",
-                &self.path,
-                std::io::Error::other("an early write was abandoned"),
-            )));
-        }
+        abandon(&mut self.done, &self.path, "an early write was abandoned");
     }
 }
 
 impl Drop for DeferredWrite {
     fn drop(&mut self) {
-        if let Some(done) = self.done.take() {
-            done.set(Err(TierError::io(
-                "write",
-                &self.path,
-                std::io::Error::other("the object's deferred write was abandoned"),
-            )));
-        }
+        abandon(
+            &mut self.done,
+            &self.path,
+            "the object's deferred write was abandoned",
+        );
+    }
+}
+
+/// Fails a write dropped before it ran (its tmp object then fails to complete).
+fn abandon(done: &mut Option<Arc<WriteDone>>, path: &Path, why: &'static str) {
+    if let Some(done) = done.take() {
+        done.set(Err(TierError::io(
+            "write",
+            path,
+            std::io::Error::other(why),
+        )));
     }
 }
 
