@@ -1661,6 +1661,32 @@ static STOW_SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(ST
 
 /// PS3.18 10.5.3: each part stored through the ingest pipeline (durable before it is
 /// listed), the answer naming each instance stored and each that failed, with why.
+/// The most of a refused request's body [`drained`] reads, and for how long.
+const DRAIN_BYTES: usize = 64 << 20;
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// `refusal`, sent once what is left of the refused request's `body` has been read and
+/// dropped (up to [`DRAIN_BYTES`], for at most [`DRAIN_TIME`]). A server that answers
+/// and closes while the client is still sending resets the connection, and the client
+/// may then lose the answer (RFC 9112 section 9.6, the "lingering close"): a STOW-RS
+/// client posting a study with a wrong Content-Type saw no status at all. Nothing read
+/// here is kept.
+async fn drained(body: Body, refusal: Response) -> Response {
+    use futures::StreamExt;
+    let mut stream = body.into_data_stream();
+    let mut read = 0usize;
+    let _ = tokio::time::timeout(DRAIN_TIME, async {
+        while let Some(Ok(chunk)) = stream.next().await {
+            read += chunk.len();
+            if read > DRAIN_BYTES {
+                break;
+            }
+        }
+    })
+    .await;
+    refusal
+}
+
 async fn stow(
     archive: Archive,
     peer: WebCaller,
@@ -1670,14 +1696,14 @@ async fn stow(
 ) -> Response {
     let boundary = match stow_boundary(&headers) {
         Ok(b) => b,
-        Err((status, why)) => return fail(status, why),
+        Err((status, why)) => return drained(body, fail(status, why)).await,
     };
     let base = base_url(&archive, &headers);
     let who = peer.principal(SERVICE);
-    // a caller who may not store is refused whole (403), before the body is read
+    // a caller who may not store is refused whole (403), before the body is stored
     let study_uids: Vec<String> = study.iter().cloned().collect();
     if let Err(e) = archive.authorize(&who, Role::Uploader, "store", &study_uids) {
-        return failed(e);
+        return drained(body, failed(e)).await;
     }
     // a STOW-RS request is at most `max_object_mb` in all: multer buffers what precedes
     // a boundary, so an unbounded body must not reach it
