@@ -208,6 +208,23 @@ impl Placement {
         Ok(())
     }
 
+    /// Writes the `stages` of a kept object that no early write took (those after the
+    /// first `early.len()`), then waits for the early writes: afterwards all of `stages`
+    /// is on disk, or the first failure is returned.
+    fn write_rest(
+        &mut self,
+        file: &File,
+        path: &Path,
+        stages: &[Arc<Stage>],
+        early: &[Arc<WriteDone>],
+    ) -> Result<(), TierError> {
+        // while kept, nothing was written but by the early writes (a prefix)
+        self.on_disk = self.on_disk.max((early.len() * DIRECT_STAGE) as u64);
+        let written = self.write_stages(file, path, &stages[early.len()..]);
+        let waited = early.iter().try_for_each(|done| done.wait(path));
+        written.and(waited)
+    }
+
     /// Clears `O_DIRECT` on the descriptor: later writes go through the page cache.
     fn buffered(&mut self, file: &File, path: &Path) -> Result<(), TierError> {
         if !self.o_direct {
@@ -268,28 +285,11 @@ impl Direct {
         self.keep = 0;
         let kept = std::mem::take(&mut self.kept);
         let early = std::mem::take(&mut self.early);
-        self.write_rest(file, path, &kept, &early)?;
+        self.at.write_rest(file, path, &kept, &early)?;
         self.pool.put_shared(kept);
         self.at.write(file, path, self.stage.filled())?;
         self.stage.filled = 0;
         Ok(())
-    }
-
-    /// Writes the `stages` of the object that no early write took (those after the first
-    /// `early.len()`), then waits for the early writes: afterwards all of `stages` is on
-    /// disk, or the first failure is returned.
-    fn write_rest(
-        &mut self,
-        file: &File,
-        path: &Path,
-        stages: &[Arc<Stage>],
-        early: &[Arc<WriteDone>],
-    ) -> Result<(), TierError> {
-        // while kept, nothing was written but by the early writes (a prefix)
-        self.at.on_disk = self.at.on_disk.max((early.len() * DIRECT_STAGE) as u64);
-        let written = self.at.write_stages(file, path, &stages[early.len()..]);
-        let waited = early.iter().try_for_each(|done| done.wait(path));
-        written.and(waited)
     }
 }
 
@@ -363,14 +363,11 @@ impl DeferredWrite {
     /// Writes what no early write took of the object to its tmp file (no sync), waits
     /// for the early writes, and tells the tmp object how it went.
     pub fn run_blocking(mut self) {
-        let early = self.early.len();
-        self.at.on_disk = (early * DIRECT_STAGE) as u64;
-        let written = self
+        let result = self
             .at
-            .write_stages(&self.file, &self.path, &self.kept.stages[early..]);
-        let waited = self.early.iter().try_for_each(|d| d.wait(&self.path));
+            .write_rest(&self.file, &self.path, &self.kept.stages, &self.early);
         if let Some(done) = self.done.take() {
-            done.set(written.and(waited));
+            done.set(result);
         }
     }
 }
@@ -571,7 +568,7 @@ impl TmpObject {
             Stage::empty(),
         )));
         let early = std::mem::take(&mut direct.early);
-        let result = direct.write_rest(&self.file, &self.path, &kept, &early);
+        let result = direct.at.write_rest(&self.file, &self.path, &kept, &early);
         let kept = Kept {
             stages: kept,
             pool: direct.pool.clone(),
