@@ -12,8 +12,7 @@
 //!
 //! [`RetrievalReader::read`] returns an object's Part-10 bytes whole, checked against its
 //! id; a large object sent as stored is streamed from a file instead — its hot file, or
-//! its cold copy staged on hot disk ([`RetrievalReader::file_to_stream`]) — in bounded
-//! memory.
+//! its cold copy staged on hot disk ([`RetrievalReader::open`]) — in bounded memory.
 
 use super::principal::Role;
 use super::{blocking, Archive, Error, Principal};
@@ -85,67 +84,70 @@ impl RetrievalReader {
     /// identity the hospital has replaced.
     pub async fn read_item(&self, item: &RetrieveItem) -> Result<Vec<u8>, Error> {
         let bytes = self.read(&item.id).await?;
-        let Some(patient) = item.patient.clone() else {
+        if item.patient.is_none() {
             return Ok(bytes);
-        };
-        let id = item.id;
-        blocking(move || {
-            crate::dicom::coerce::coerce_part10(&bytes, &patient).map_err(|e| {
-                Error::Internal(format!(
-                    "object {id}: cannot coerce its patient module: {e}"
-                ))
-            })
-        })
-        .await
+        }
+        let (patient, id) = (item.patient.clone(), item.id);
+        blocking(move || coerced(bytes, patient.as_deref(), &id)).await
     }
 
-    /// For an object larger than [`STREAM_ABOVE`] that goes in its own transfer syntax
-    /// (`target`): a file to stream its data set from, in bounded memory — its hot file
-    /// after re-hashing it against its id, or, when it is cold only, the object staged
-    /// from its pack into a tmp file on hot disk (checked on the way,
-    /// [`ObjectReader::stage_cold`]; removed when the [`StreamFile`] is dropped). An
-    /// object whose patient is known by another identity now goes with its header up to
-    /// group 0011 coerced in memory ([`StreamFile::head`],
-    /// [`crate::dicom::coerce::coerce_file_head`]) and the rest — the pixel data —
-    /// streamed as stored. `Ok(None)`: read it whole instead (small, converted, or a hot
-    /// copy that does not check out — the whole read says what is wrong). An error: the
-    /// cold copies could not be read (an archived pack answers
+    /// An item ready to go in `target`, read the cheapest way ([`Opened`]):
+    /// - in its own syntax, an object larger than [`STREAM_ABOVE`] is a file to stream
+    ///   its data set from, in bounded memory — its hot file after re-hashing it against
+    ///   its id, or, when it is not on this node's hot disk, the object staged into a
+    ///   tmp file on it, checked on the way ([`ObjectReader::stage_elsewhere`]; removed
+    ///   when the [`StreamFile`] is dropped). An object whose patient is known by
+    ///   another identity now goes with its header up to group 0011 coerced in memory
+    ///   ([`StreamFile::head`], [`crate::dicom::coerce::coerce_file_head`]) and the
+    ///   rest — the pixel data — streamed as stored;
+    /// - anything else is read whole ([`RetrievalReader::read_item`]); a smaller hot
+    ///   file is read, checked and coerced in the same blocking call that finds it (one
+    ///   hand-off to the blocking pool per object, not two). Converting to `target` is
+    ///   the caller's.
+    ///
+    /// A hot copy that does not check out is read whole from its other copies (the read
+    /// says what is wrong). An error: no copy could be read (an archived pack answers
     /// [`Error::is_pending_restore`]), or the object cannot be coerced.
-    pub async fn file_to_stream(
-        &self,
-        item: &RetrieveItem,
-        target: &str,
-    ) -> Result<Option<StreamFile>, Error> {
+    pub async fn open(&self, item: &RetrieveItem, target: &str) -> Result<Opened, Error> {
+        // read_item's future is boxed: nested in callers' futures, its depth overflowed
+        // the compiler's layout recursion limit
         if target != item.transfer_syntax_uid {
-            return Ok(None);
+            return Ok(Opened::Whole(Box::pin(self.read_item(item)).await?));
         }
-        let (hot, index, id) = (self.reader.hot.clone(), self.reader.index.clone(), item.id);
-        let node = self.reader.node.clone();
+        let (reader, index, id) = (self.reader.clone(), self.reader.index.clone(), item.id);
+        let patient = item.patient.clone();
         enum Found {
-            Hot(Option<(std::path::PathBuf, u64)>),
-            /// Not on this node's hot disk: staged from another node's, or from cold.
+            Whole(Vec<u8>),
+            Hot(std::path::PathBuf, u64),
+            /// Large, and not on this node's hot disk: staged from another node's, or
+            /// from cold.
             Elsewhere,
+            ReadWhole,
         }
         let found = blocking(move || {
-            let path = hot.path_of(&id);
+            let path = reader.hot.path_of(&id);
             if let Ok(m) = std::fs::metadata(&path) {
                 if m.len() <= STREAM_ABOVE {
-                    return Ok(Found::Hot(None));
+                    return match crate::tiering::reader::read_hot_blocking(&reader.hot, &id) {
+                        Some(bytes) => Ok(Found::Whole(coerced(bytes, patient.as_deref(), &id)?)),
+                        None => Ok(Found::ReadWhole),
+                    };
                 }
-                return Ok(match hot.rehash_blocking(&id) {
-                    Ok((actual, _)) if actual == id => Found::Hot(Some((path, m.len()))),
-                    _ => Found::Hot(None),
+                return Ok(match reader.hot.rehash_blocking(&id) {
+                    Ok((actual, _)) if actual == id => Found::Hot(path, m.len()),
+                    _ => Found::ReadWhole,
                 });
             }
             Ok(match index.object(&id)? {
-                Some(r) if r.size > STREAM_ABOVE && !r.hot_on(&node) => Found::Elsewhere,
-                _ => Found::Hot(None),
+                Some(r) if r.size > STREAM_ABOVE && !r.hot_on(&reader.node) => Found::Elsewhere,
+                _ => Found::ReadWhole,
             })
         })
         .await?;
         let (path, size, staged) = match found {
-            Found::Hot(None) => return Ok(None),
-            Found::Hot(Some((path, size))) => (path, size, None),
+            Found::Whole(bytes) => return Ok(Opened::Whole(bytes)),
+            Found::ReadWhole => return Ok(Opened::Whole(Box::pin(self.read_item(item)).await?)),
+            Found::Hot(path, size) => (path, size, None),
             Found::Elsewhere => {
                 let tmp = self.reader.stage_elsewhere(&item.id).await?;
                 (tmp.path().to_path_buf(), tmp.len(), Some(tmp))
@@ -168,7 +170,7 @@ impl RetrievalReader {
             }
         })
         .await?;
-        Ok(Some(StreamFile {
+        Ok(Opened::File(StreamFile {
             path,
             dataset_start,
             head,
@@ -177,6 +179,32 @@ impl RetrievalReader {
             _staged: staged,
         }))
     }
+}
+
+/// `bytes` (a Part-10 object) with its patient module coerced to `patient`, when given
+/// (blocking; see [`RetrievalReader::read_item`]).
+fn coerced(
+    bytes: Vec<u8>,
+    patient: Option<&PatientModule>,
+    id: &ObjectId,
+) -> Result<Vec<u8>, Error> {
+    let Some(patient) = patient else {
+        return Ok(bytes);
+    };
+    crate::dicom::coerce::coerce_part10(&bytes, patient).map_err(|e| {
+        Error::Internal(format!(
+            "object {id}: cannot coerce its patient module: {e}"
+        ))
+    })
+}
+
+/// An item as [`RetrievalReader::open`] found it.
+pub enum Opened {
+    /// A large object in its own syntax: its data set streamed from a checked file.
+    File(StreamFile),
+    /// The object's Part-10 bytes, checked against its id (patient module coerced when
+    /// the patient's identity changed), still in its stored syntax.
+    Whole(Vec<u8>),
 }
 
 /// A file a large object's data set is streamed from: [`StreamFile::head`], then `len`

@@ -25,7 +25,7 @@ use super::command::{field, status, tag, Command, ResponseBuilder};
 use super::context::{cancel_requested, AssocContext, Association, Link, Message};
 use super::pdv::{pdv_limit, send_command, send_data};
 use super::AssocError;
-use crate::archive::retrieve::{RetrievalReader, RetrieveItem};
+use crate::archive::retrieve::{Opened, RetrievalReader, RetrieveItem};
 use crate::archive::Error;
 use crate::dicom::transcode::{convertible_to_native, dataset_in, NATIVE};
 use crate::query::{Model, Query};
@@ -356,12 +356,12 @@ async fn send_item<A: AsyncAssociation<S> + Send, S: Link>(
     // cold copy staged on hot disk (bounded memory); anything else is read, checked and
     // converted in memory
     let payload = match reader
-        .file_to_stream(item, target)
+        .open(item, target)
         .await
         .map_err(|e| SubOpError::Object(format!("read object {}: {e}", item.id)))?
     {
-        Some(file) => Payload::File(file),
-        None => Payload::Bytes(dataset_for(reader, item, target).await?),
+        Opened::File(file) => Payload::File(file),
+        Opened::Whole(bytes) => Payload::Bytes(dataset_for(bytes, item, target).await?),
     };
     store_one(
         dest,
@@ -458,17 +458,13 @@ fn proposals(stored: &str) -> Vec<String> {
     out
 }
 
-/// Reads the object through the retrieval (hot file, or one ranged GET of its cold
-/// pack member), then [`dataset_in`] on the blocking pool.
+/// The data set an object's Part-10 `bytes` (as read by [`RetrievalReader::open`]) go
+/// out with in `target`: [`dataset_in`] on the blocking pool.
 async fn dataset_for(
-    reader: &RetrievalReader,
+    bytes: Vec<u8>,
     item: &RetrieveItem,
     target: &str,
 ) -> Result<Vec<u8>, SubOpError> {
-    let bytes = reader
-        .read_item(item)
-        .await
-        .map_err(|e| SubOpError::Object(format!("read object {}: {e}", item.id)))?;
     let (stored, target) = (item.transfer_syntax_uid.clone(), target.to_string());
     tokio::task::spawn_blocking(move || dataset_in(bytes, &stored, &target))
         .await

@@ -16,7 +16,7 @@
 //!   `transfer-syntax=*` (its bytes hash to the object id), else in the syntax asked
 //!   (Explicit VR Little Endian by default, PS3.18 8.7.3.5.2), converted when needed
 //!   ([`crate::dicom::transcode`]). Parts are streamed one object at a time (large objects
-//!   from a file, [`crate::archive::retrieve::RetrievalReader::file_to_stream`]).
+//!   from a file, [`crate::archive::retrieve::RetrievalReader::open`]).
 //!   `…/metadata` answers the DICOM JSON of each instance (dicom-json), bulk data left
 //!   out.
 //! - **STOW-RS** (PS3.18 10.5): `POST /studies` and `/studies/{study}` with
@@ -733,9 +733,13 @@ async fn prepare_part(
     item: &crate::archive::retrieve::RetrieveItem,
     target: &str,
 ) -> Result<Prepared, String> {
-    match reader.file_to_stream(item, target).await {
-        Ok(Some(file)) => Ok(Prepared::File(file)),
-        Ok(None) => part_bytes(reader, item, target).await.map(Prepared::Bytes),
+    use crate::archive::retrieve::Opened;
+    if target != item.transfer_syntax_uid {
+        return part_bytes(reader, item, target).await.map(Prepared::Bytes);
+    }
+    match reader.open(item, target).await {
+        Ok(Opened::File(file)) => Ok(Prepared::File(file)),
+        Ok(Opened::Whole(bytes)) => Ok(Prepared::Bytes(bytes)),
         Err(e) => Err(e.to_string()),
     }
 }
@@ -974,16 +978,16 @@ async fn metadata_from_object(
             format!("object {} could not be read: {e}", item.id),
         )
     };
+    use crate::archive::retrieve::Opened;
     let parsed = match reader
-        .file_to_stream(item, &item.transfer_syntax_uid)
+        .open(item, &item.transfer_syntax_uid)
         .await
         .map_err(failed)?
     {
-        Some(file) => {
+        Opened::File(file) => {
             tokio::task::spawn_blocking(move || InstanceMetadata::of_file(&file.path)).await
         }
-        None => {
-            let bytes = reader.read_item(item).await.map_err(failed)?;
+        Opened::Whole(bytes) => {
             tokio::task::spawn_blocking(move || InstanceMetadata::of_part10(&bytes)).await
         }
     };

@@ -506,7 +506,21 @@ pub fn unpack_member(
             });
             match known {
                 Some(size) if size <= MAX_MEMBER_BYTES => {
-                    zstd::bulk::decompress(stored, size as usize).map_err(corrupt)?
+                    // one decompression context per thread, reused: making one per
+                    // member cost a few per cent of a study's retrieve from cold
+                    thread_local! {
+                        static DCTX: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+                            const { std::cell::RefCell::new(None) };
+                    }
+                    DCTX.with(|cell| {
+                        let mut slot = cell.borrow_mut();
+                        let dctx = match slot.as_mut() {
+                            Some(d) => d,
+                            None => slot.insert(zstd::bulk::Decompressor::new()?),
+                        };
+                        dctx.decompress(stored, size as usize)
+                    })
+                    .map_err(corrupt)?
                 }
                 _ => {
                     let mut out = Vec::with_capacity(stored.len() * 4);

@@ -28,6 +28,8 @@ use strata_tiers::{ColdStore, HotDisk, ObjectId, TierError};
 
 /// Pack members being decompressed at once while a study streams.
 const UNPACK_AHEAD: usize = 8;
+/// Bytes of a pack span downloaded ahead of the member being unpacked.
+const DOWNLOAD_AHEAD: usize = 4 << 20;
 
 #[derive(Clone)]
 pub struct ObjectReader {
@@ -62,7 +64,7 @@ impl Elsewhere {
 /// Reads a hot file and checks it against its id. `None` when it is missing, unreadable
 /// or corrupt (logged): the caller then reads a cold copy. Hot bytes are never served
 /// unchecked.
-fn read_hot_blocking(hot: &HotDisk, id: &ObjectId) -> Option<Vec<u8>> {
+pub(crate) fn read_hot_blocking(hot: &HotDisk, id: &ObjectId) -> Option<Vec<u8>> {
     let path = hot.path_of(id);
     match std::fs::read(&path) {
         Ok(bytes) if ObjectId::of_bytes(&bytes) == *id => Some(bytes),
@@ -439,11 +441,20 @@ impl ObjectReader {
         self.note_restore(pack, pending).await;
         let mut stream = stream?;
         // Keep the download going while members are decompressed, checked and handed
-        // out: a separate task drains the response into a bounded channel.
-        let (tx, mut rx) = tokio::sync::mpsc::channel(256);
+        // out: a separate task drains the response into a channel holding at most
+        // DOWNLOAD_AHEAD bytes (chunk sizes differ: a few KiB from S3, 256 KiB from a
+        // file:// tier).
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let room = Arc::new(tokio::sync::Semaphore::new(DOWNLOAD_AHEAD));
+        let download_room = room.clone();
         let download = tokio::spawn(async move {
             while let Some(chunk) = stream.next().await {
-                if tx.send(chunk).await.is_err() {
+                let len = chunk.as_ref().map_or(0, |c| c.len().min(DOWNLOAD_AHEAD));
+                match download_room.acquire_many(len as u32).await {
+                    Ok(permit) => permit.forget(),
+                    Err(_) => break,
+                }
+                if tx.send((chunk, len)).is_err() {
                     break;
                 }
             }
@@ -491,7 +502,10 @@ impl ObjectReader {
                 buf_start += gap as u64;
             }
             match rx.recv().await {
-                Some(chunk) => buf.extend_from_slice(&chunk?),
+                Some((chunk, len)) => {
+                    room.add_permits(len);
+                    buf.extend_from_slice(&chunk?)
+                }
                 None => {
                     return Err(TieringError::Tier(TierError::InvalidRange {
                         id: *pack,
