@@ -84,11 +84,7 @@ impl RetrievalReader {
     /// identity the hospital has replaced.
     pub async fn read_item(&self, item: &RetrieveItem) -> Result<Vec<u8>, Error> {
         let bytes = self.read(&item.id).await?;
-        if item.patient.is_none() {
-            return Ok(bytes);
-        }
-        let (patient, id) = (item.patient.clone(), item.id);
-        blocking(move || coerced(bytes, patient.as_deref(), &id)).await
+        coerced_item(bytes, item).await
     }
 
     /// An item ready to go in `target`, read the cheapest way ([`Opened`]):
@@ -122,6 +118,8 @@ impl RetrievalReader {
             /// Large, and not on this node's hot disk: staged from another node's, or
             /// from cold.
             Elsewhere,
+            /// Small, and not on this node's hot disk: read whole from where it is.
+            SmallElsewhere(crate::tiering::reader::Elsewhere),
             ReadWhole,
         }
         let found = blocking(move || {
@@ -139,14 +137,20 @@ impl RetrievalReader {
                 });
             }
             Ok(match index.object(&id)? {
-                Some(r) if r.size > STREAM_ABOVE && !r.hot_on(&reader.node) => Found::Elsewhere,
-                _ => Found::ReadWhole,
+                Some(r) if r.hot_on(&reader.node) => Found::ReadWhole,
+                Some(r) if r.size > STREAM_ABOVE => Found::Elsewhere,
+                Some(r) => Found::SmallElsewhere(reader.elsewhere_of(r)),
+                None => Found::ReadWhole,
             })
         })
         .await?;
         let (path, size, staged) = match found {
             Found::Whole(bytes) => return Ok(Opened::Whole(bytes)),
             Found::ReadWhole => return Ok(Opened::Whole(Box::pin(self.read_item(item)).await?)),
+            Found::SmallElsewhere(elsewhere) => {
+                let bytes = Box::pin(self.reader.read_elsewhere(&item.id, elsewhere)).await?;
+                return Ok(Opened::Whole(coerced_item(bytes, item).await?));
+            }
             Found::Hot(path, size) => (path, size, None),
             Found::Elsewhere => {
                 let tmp = self.reader.stage_elsewhere(&item.id).await?;
@@ -196,6 +200,16 @@ fn coerced(
             "object {id}: cannot coerce its patient module: {e}"
         ))
     })
+}
+
+/// An item's Part-10 `bytes` with its patient module coerced ([`coerced`]) on the
+/// blocking pool when its patient's identity changed; as they are otherwise.
+async fn coerced_item(bytes: Vec<u8>, item: &RetrieveItem) -> Result<Vec<u8>, Error> {
+    if item.patient.is_none() {
+        return Ok(bytes);
+    }
+    let (patient, id) = (item.patient.clone(), item.id);
+    blocking(move || coerced(bytes, patient.as_deref(), &id)).await
 }
 
 /// An item as [`RetrievalReader::open`] found it.

@@ -46,7 +46,7 @@ pub struct ObjectReader {
 }
 
 /// Where an object not on this node's hot disk is to be read from.
-struct Elsewhere {
+pub(crate) struct Elsewhere {
     /// The other node whose hot disk holds it, when fetching from nodes is on.
     node: Option<String>,
     cold: Vec<ColdCopy>,
@@ -110,16 +110,21 @@ impl ObjectReader {
                 id: id.to_hex(),
                 detail: "not in the index".into(),
             })?;
+        Ok(self.elsewhere_of(record))
+    }
+
+    /// Where to read an object that is not on this node's hot disk, by its `record`.
+    pub(crate) fn elsewhere_of(&self, record: crate::index::ObjectRecord) -> Elsewhere {
         let node = self
             .peers
             .as_ref()
             .and(record.hot_elsewhere(&self.node))
             .map(str::to_string);
-        Ok(Elsewhere {
+        Elsewhere {
             node,
             cold: record.cold,
             replica: record.replica,
-        })
+        }
     }
 
     /// The object's Part-10 bytes, from this node's hot disk, another node's, or its
@@ -141,7 +146,7 @@ impl ObjectReader {
 
     /// Reads an object from the node that holds it, else (that failing) from its cold
     /// copies.
-    async fn read_elsewhere(
+    pub(crate) async fn read_elsewhere(
         &self,
         id: &ObjectId,
         elsewhere: Elsewhere,
@@ -322,12 +327,24 @@ impl ObjectReader {
         self.stage_cold(id, &elsewhere.cold).await
     }
 
-    /// One ranged GET of a pack member, decompressed and checked against `id`.
+    /// One ranged GET of a pack member, decompressed and checked against `id`. From a
+    /// `file://` tier, the read, the decompression and the check are one blocking call.
     pub async fn read_copy(&self, id: &ObjectId, copy: &ColdCopy) -> Result<Vec<u8>, TieringError> {
         let pack = copy
             .pack_id()
             .ok_or_else(|| TieringError::Other(format!("bad pack id {:?}", copy.pack)))?;
         let started = std::time::Instant::now();
+        if self.cold.is_local() {
+            let (cold, oid, compression) = (self.cold.clone(), *id, copy.compression);
+            let range = copy.offset..copy.offset + copy.stored_size;
+            let bytes = blocking(move || {
+                let stored = cold.read_range_local_blocking(&pack, range)?;
+                Ok(unpack_member(&oid, &stored, compression, None)?)
+            })
+            .await?;
+            self.observe_recall(started);
+            return Ok(bytes);
+        }
         let stored = self
             .cold
             .read_range(&pack, copy.offset..copy.offset + copy.stored_size)

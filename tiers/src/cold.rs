@@ -174,6 +174,9 @@ const REPLICAS: Namespace = Namespace {
 #[derive(Debug, Clone)]
 pub struct ColdStore {
     store: Arc<dyn ObjectStore>,
+    /// The same store when it is a `file://` tier, for reads on the calling thread
+    /// ([`ColdStore::read_range_local_blocking`]).
+    local: Option<Arc<LocalFileSystem>>,
     prefix: StorePath,
     s3: Option<S3Control>,
     describe: String,
@@ -269,11 +272,14 @@ impl ColdStore {
         if let Some(path) = url.strip_prefix("file://") {
             let dir = Path::new(path);
             std::fs::create_dir_all(dir).map_err(|e| TierError::io("create", dir, e))?;
-            let fs = LocalFileSystem::new_with_prefix(dir)
-                .map_err(|e| TierError::config(format!("cold directory {path}: {e}")))?
-                .with_fsync(true);
+            let fs = Arc::new(
+                LocalFileSystem::new_with_prefix(dir)
+                    .map_err(|e| TierError::config(format!("cold directory {path}: {e}")))?
+                    .with_fsync(true),
+            );
             return Ok(ColdStore {
-                store: Arc::new(fs),
+                store: fs.clone(),
+                local: Some(fs),
                 prefix: StorePath::default(),
                 s3: None,
                 describe: url.to_string(),
@@ -335,6 +341,7 @@ impl ColdStore {
         };
         Ok(ColdStore {
             store: Arc::new(s3),
+            local: None,
             prefix: StorePath::from(prefix.trim_matches('/')),
             s3: Some(control),
             describe: url.to_string(),
@@ -346,6 +353,7 @@ impl ColdStore {
     pub fn in_memory() -> Self {
         ColdStore {
             store: Arc::new(InMemory::new()),
+            local: None,
             prefix: StorePath::default(),
             s3: None,
             describe: "memory:".into(),
@@ -607,6 +615,63 @@ impl ColdStore {
                 Ok(stream.map_err(move |e| remote("read", &key, e)).boxed())
             }
         }
+    }
+
+    /// Whether this is a `file://` tier, which
+    /// [`ColdStore::read_range_local_blocking`] reads.
+    pub fn is_local(&self) -> bool {
+        self.local.is_some()
+    }
+
+    /// Reads `range` of an object of a `file://` tier exactly, on the calling thread
+    /// (blocking): one open and positioned reads, so a caller already on the blocking
+    /// pool reads a pack member without the two hand-offs of [`ColdStore::read_range`]
+    /// (object_store opens, then reads, each on a blocking thread of its own). Errors:
+    /// [`TierError::RemoteNotFound`] for a missing object, [`TierError::InvalidRange`]
+    /// past its end, [`TierError::Unsupported`] on any other tier.
+    pub fn read_range_local_blocking(
+        &self,
+        id: &ObjectId,
+        range: Range<u64>,
+    ) -> Result<Vec<u8>, TierError> {
+        use std::os::unix::fs::FileExt;
+        let local = self.local.as_ref().ok_or_else(|| {
+            TierError::Unsupported(format!("{} is not a file:// tier", self.describe))
+        })?;
+        let key = self.key(id);
+        let path = local
+            .path_to_filesystem(&key)
+            .map_err(|e| remote("read", &key, e))?;
+        let file = std::fs::File::open(&path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => TierError::RemoteNotFound {
+                key: key.to_string(),
+            },
+            _ => TierError::io("open", &path, e),
+        })?;
+        let invalid = |size| TierError::InvalidRange {
+            id: *id,
+            start: range.start,
+            end: range.end,
+            size,
+        };
+        let want = usize::try_from(
+            range
+                .end
+                .checked_sub(range.start)
+                .ok_or_else(|| invalid(0))?,
+        )
+        .map_err(|_| invalid(0))?;
+        let mut buf = vec![0u8; want];
+        let mut got = 0;
+        while got < want {
+            match file.read_at(&mut buf[got..], range.start + got as u64) {
+                Ok(0) => return Err(invalid(range.start + got as u64)),
+                Ok(n) => got += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(TierError::io("read", &path, e)),
+            }
+        }
+        Ok(buf)
     }
 
     /// Reads `range` exactly: one ranged GET.
@@ -1183,6 +1248,26 @@ mod tests {
         // a range past the end of the file is refused, as object_store's own stream does
         let past = store.read_range(&id, 10..bytes.len() as u64 + 5).await;
         assert!(past.is_err(), "{past:?}");
+
+        // the same reads on the calling thread agree with object_store's
+        assert!(store.is_local() && !ColdStore::in_memory().is_local());
+        assert_eq!(
+            store.read_range_local_blocking(&id, start..end).unwrap(),
+            store.read_range(&id, start..end).await.unwrap()
+        );
+        assert!(matches!(
+            store.read_range_local_blocking(&id, 10..bytes.len() as u64 + 5),
+            Err(TierError::InvalidRange { size, .. }) if size == bytes.len() as u64
+        ));
+        let missing = ObjectId::of_bytes(b"never stored");
+        assert!(matches!(
+            store.read_range_local_blocking(&missing, 0..1),
+            Err(TierError::RemoteNotFound { .. })
+        ));
+        assert!(matches!(
+            ColdStore::in_memory().read_range_local_blocking(&id, 0..1),
+            Err(TierError::Unsupported(_))
+        ));
     }
 
     #[tokio::test]
