@@ -843,3 +843,67 @@ fn attributes_outside_the_index_are_matched_from_metadata_records_and_survive_re
     check(&server);
     server.stop();
 }
+
+/// Each C-FIND pending response whose command and identifier fit the requester's maximum
+/// PDU length goes as one P-DATA-TF holding a command PDV and a data PDV, each marked
+/// last (PS3.8 9.3.5: a P-DATA-TF carries one or more PDVs; PS3.8 E.2: each PDV's
+/// control header says command or data set, and last fragment); with a maximum too
+/// small for both, the command and the identifier come in PDUs of their own, the
+/// identifier fragmented within the limit (PS3.8 9.3.1). pynetdicom reads the same
+/// matches either way.
+#[test]
+fn find_responses_share_one_pdu_when_they_fit_and_split_when_they_do_not() {
+    let archive = Archive::new("find-pdus");
+    let dir = archive.dir.path().join("ct");
+    small_ct(
+        &dir,
+        &["--studies", "3", "--instances", "1", "--seed", "31"],
+    );
+    run_ok(archive.strata(&["import"]).args(dcm_files(&dir)));
+    let server = archive.start();
+    let port = server.dicom_port.to_string();
+    let run = |max_pdu: &str| -> serde_json::Value {
+        let out = run_ok(python("find_pdus.py").args(["--port", &port, "--max-pdu", max_pdu]));
+        serde_json::from_slice(&out.stdout).expect("find_pdus.py prints JSON")
+    };
+    let pdvs = |v: &serde_json::Value| -> Vec<Vec<(String, bool, u64)>> {
+        serde_json::from_value(v["pdus"].clone()).unwrap()
+    };
+
+    let roomy = run("16384");
+    let pdus = pdvs(&roomy);
+    assert_eq!(roomy["matches"].as_array().unwrap().len(), 3, "{roomy}");
+    // three pending responses of two PDVs each, then the final response alone
+    assert_eq!(pdus.len(), 4, "{pdus:?}");
+    for pending in &pdus[..3] {
+        let kinds: Vec<(&str, bool)> = pending
+            .iter()
+            .map(|(k, last, _)| (k.as_str(), *last))
+            .collect();
+        assert_eq!(kinds, [("command", true), ("data", true)], "{pdus:?}");
+    }
+    assert_eq!(pdus[3].len(), 1, "{pdus:?}");
+    assert_eq!(pdus[3][0].0, "command");
+
+    // a limit below one identifier: the command alone, then the identifier in fragments
+    // of at most max - 6 bytes, the last one marked
+    let tight = run("128");
+    assert_eq!(
+        tight["matches"], roomy["matches"],
+        "the same matches either way"
+    );
+    let pdus = pdvs(&tight);
+    assert!(
+        pdus.iter().all(|p| p.len() == 1),
+        "one PDV per PDU: {pdus:?}"
+    );
+    assert!(
+        pdus.iter().all(|p| p[0].2 <= 122),
+        "within the limit: {pdus:?}"
+    );
+    let data_last = pdus.iter().filter(|p| p[0].0 == "data" && p[0].1).count();
+    assert_eq!(data_last, 3, "one complete identifier per match: {pdus:?}");
+    assert!(pdus.len() > 3 * 3, "identifiers fragmented: {pdus:?}");
+    assert!(server.echo_ok());
+    server.stop();
+}

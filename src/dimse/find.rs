@@ -6,7 +6,7 @@
 
 use super::command::{field, status, tag, ResponseBuilder};
 use super::context::{cancel_requested, AssocContext, Association, Link, Message};
-use super::pdv::{pdv_limit, send_command, send_data};
+use super::pdv::{pdv_limit, send_command, send_message};
 use super::AssocError;
 use crate::archive::Error;
 use crate::dicom::part10::long_length_vr;
@@ -162,12 +162,11 @@ pub async fn run_find<S: Link>(
             .uid(tag::AFFECTED_SOP_CLASS_UID, &req.sop_class)
             .u16(tag::COMMAND_DATA_SET_TYPE, 0x0001)
             .encode();
-        send_command(assoc, req.pc_id, rsp).await?;
         let id = encode_identifier(
             &identifier_for(&query, &answer, level, &ctx.config.ae_title),
             &req.transfer_syntax,
         );
-        send_data(assoc, req.pc_id, &id, max_pdv).await?;
+        send_message(assoc, req.pc_id, rsp, id, max_pdv).await?;
         sent += 1;
     }
     if let Err(e) = found.finish().await {

@@ -37,6 +37,43 @@ pub async fn send_command<A: AsyncAssociation<S> + Send, S: Link>(
         .map_err(AssocError::send("command"))
 }
 
+/// Sends a message whose command set and data set fit in one P-DATA-TF together (the
+/// two PDVs and their 6-byte headers within the peer's maximum PDU length, `max_pdv`
+/// being [`pdv_limit`] of it) as one PDU holding a command PDV and a data PDV, each with
+/// its last-fragment flag (PS3.8 9.3.5: a P-DATA-TF carries one or more PDVs; PS3.8 E.2:
+/// each PDV's control header says whether it holds command or data set bytes); a larger
+/// one as
+/// [`send_command`] then [`send_data`]. One write per C-FIND match instead of two: a
+/// study search returning a hundred studies sent two hundred PDUs, each waking the
+/// peer.
+pub async fn send_message<A: AsyncAssociation<S> + Send, S: Link>(
+    assoc: &mut A,
+    pc_id: u8,
+    command: Vec<u8>,
+    data: Vec<u8>,
+    max_pdv: usize,
+) -> Result<(), AssocError> {
+    if command.len() + 6 + data.len() > max_pdv.clamp(1, UNLIMITED_PDV) {
+        send_command(assoc, pc_id, command).await?;
+        return send_data(assoc, pc_id, &data, max_pdv).await;
+    }
+    let pdv = |value_type, data| PDataValue {
+        presentation_context_id: pc_id,
+        value_type,
+        is_last: true,
+        data,
+    };
+    let pdu = Pdu::PData {
+        data: vec![
+            pdv(PDataValueType::Command, command),
+            pdv(PDataValueType::Data, data),
+        ],
+    };
+    AsyncAssociation::send(assoc, &pdu)
+        .await
+        .map_err(AssocError::send("message"))
+}
+
 /// Sends a data set in PDVs of at most `max_pdv` bytes (see [`pdv_limit`]); the last
 /// one carries the last-fragment flag. An empty data set is one empty last PDV.
 pub async fn send_data<A: AsyncAssociation<S> + Send, S: Link>(
