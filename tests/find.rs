@@ -277,7 +277,8 @@ fn findscu_queries_every_level_of_both_models() {
 }
 
 /// A C-CANCEL in the middle of a large result stream stops it with 0xFE00 (Cancel), long
-/// before all matches were sent, and the association goes on to release.
+/// before all matches were sent, and the association goes on to release. Read to the
+/// end, the same search delivers every match once.
 #[test]
 fn c_cancel_stops_a_streaming_c_find() {
     use strata::index::{NewObject, Provenance};
@@ -321,6 +322,19 @@ fn c_cancel_stops_a_streaming_c_find() {
     std::fs::create_dir_all(archive.data_dir()).unwrap();
     std::fs::write(archive.data_dir().join("clean-shutdown"), b"").unwrap();
     let server = archive.start();
+    // read to the end, every match arrives once: the search hands them over in batches
+    // once the reader falls behind (src/archive/find.rs), and DCMTK reads each pending
+    // response from one P-DATA-TF of two PDVs
+    let (pending, text) = findscu(
+        server.dicom_port,
+        "-S",
+        &["QueryRetrieveLevel=STUDY", "StudyInstanceUID"],
+    );
+    assert_eq!(pending, 20_000);
+    let mut uids = values(&text, "StudyInstanceUID");
+    uids.sort();
+    uids.dedup();
+    assert_eq!(uids.len(), 20_000, "each study once");
     let out = run_ok(python("find_cancel.py").args([
         "--port",
         &server.dicom_port.to_string(),
