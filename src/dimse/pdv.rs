@@ -42,10 +42,8 @@ pub async fn send_command<A: AsyncAssociation<S> + Send, S: Link>(
 /// being [`pdv_limit`] of it) as one PDU holding a command PDV and a data PDV, each with
 /// its last-fragment flag (PS3.8 9.3.5: a P-DATA-TF carries one or more PDVs; PS3.8 E.2:
 /// each PDV's control header says whether it holds command or data set bytes); a larger
-/// one as
-/// [`send_command`] then [`send_data`]. One write per C-FIND match instead of two: a
-/// study search returning a hundred studies sent two hundred PDUs, each waking the
-/// peer.
+/// one as [`send_command`] then [`send_data`]. One write per C-FIND match instead of
+/// two: a study search returning a hundred studies sent two hundred PDUs.
 pub async fn send_message<A: AsyncAssociation<S> + Send, S: Link>(
     assoc: &mut A,
     pc_id: u8,

@@ -1663,8 +1663,6 @@ fn named_in(head: &[u8]) -> (String, String) {
 const STOW_PARTS_AT_ONCE: usize = 32;
 static STOW_SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(STOW_PARTS_AT_ONCE);
 
-/// PS3.18 10.5.3: each part stored through the ingest pipeline (durable before it is
-/// listed), the answer naming each instance stored and each that failed, with why.
 /// The most of a refused request's body [`drained`] reads, and for how long.
 const DRAIN_BYTES: usize = 64 << 20;
 const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(5);
@@ -1691,6 +1689,8 @@ async fn drained(body: Body, refusal: Response) -> Response {
     refusal
 }
 
+/// PS3.18 10.5.3: each part stored through the ingest pipeline (durable before it is
+/// listed), the answer naming each instance stored and each that failed, with why.
 async fn stow(
     archive: Archive,
     peer: WebCaller,

@@ -69,22 +69,10 @@ fn file_chunks(
             }
             let want = (end - at).min(FILE_CHUNK) as usize;
             let task_path = path.clone();
+            // a file shorter than the range ends the stream early, as object_store's
+            // does; the caller compares what it got with what it asked for
             let chunk = tokio::task::spawn_blocking(move || {
-                use std::os::unix::fs::FileExt;
-                // a file shorter than the range ends the stream early, as object_store's
-                // does; the caller compares what it got with what it asked for
-                let mut buf = vec![0u8; want];
-                let mut got = 0;
-                while got < want {
-                    match file.read_at(&mut buf[got..], at + got as u64) {
-                        Ok(0) => break,
-                        Ok(n) => got += n,
-                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                        Err(e) => return Err(TierError::io("read", &task_path, e)),
-                    }
-                }
-                buf.truncate(got);
-                Ok(buf)
+                read_at_most(&file, want, at).map_err(|e| TierError::io("read", &task_path, e))
             })
             .await
             .map_err(|e| TierError::io("read", &path, std::io::Error::other(e)))??;
@@ -100,6 +88,24 @@ fn file_chunks(
         }
     })
     .boxed()
+}
+
+/// Up to `len` bytes of `file` from `offset` (positioned reads, `pread`): fewer only
+/// where the file ends first.
+fn read_at_most(file: &std::fs::File, len: usize, offset: u64) -> std::io::Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; len];
+    let mut got = 0;
+    while got < len {
+        match file.read_at(&mut buf[got..], offset + got as u64) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(got);
+    Ok(buf)
 }
 
 /// Where the cold tier lives. `url` is `file:///path`, `s3://bucket/prefix` or `memory:`.
@@ -634,7 +640,6 @@ impl ColdStore {
         id: &ObjectId,
         range: Range<u64>,
     ) -> Result<Vec<u8>, TierError> {
-        use std::os::unix::fs::FileExt;
         let local = self.local.as_ref().ok_or_else(|| {
             TierError::Unsupported(format!("{} is not a file:// tier", self.describe))
         })?;
@@ -661,15 +666,10 @@ impl ColdStore {
                 .ok_or_else(|| invalid(0))?,
         )
         .map_err(|_| invalid(0))?;
-        let mut buf = vec![0u8; want];
-        let mut got = 0;
-        while got < want {
-            match file.read_at(&mut buf[got..], range.start + got as u64) {
-                Ok(0) => return Err(invalid(range.start + got as u64)),
-                Ok(n) => got += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(TierError::io("read", &path, e)),
-            }
+        let buf =
+            read_at_most(&file, want, range.start).map_err(|e| TierError::io("read", &path, e))?;
+        if buf.len() < want {
+            return Err(invalid(range.start + buf.len() as u64));
         }
         Ok(buf)
     }
