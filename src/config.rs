@@ -667,6 +667,11 @@ pub struct ColdConfig {
     /// requests); "0s" asks at every probe.
     #[serde(with = "humantime_serde")]
     pub readiness_interval: Duration,
+    /// The most of a pack (MiB, as stored) one ranged GET reads for a retrieval: the
+    /// member asked for and those of the same pack the retrieval reads around it
+    /// ([`crate::tiering::ahead`]); 0 reads each member by itself. A `file://` tier
+    /// always reads members singly.
+    pub read_window_mb: u64,
 }
 
 /// When studies move between tiers.
@@ -719,6 +724,7 @@ impl Default for ColdConfig {
             storage_class: "STANDARD".into(),
             request_timeout: Duration::from_secs(30),
             readiness_interval: Duration::from_secs(30),
+            read_window_mb: 8,
         }
     }
 }

@@ -5,6 +5,7 @@
 //! could not list, an upload cut before its completion is found and aborted.
 
 use crate::common::*;
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::{Child, Command};
 
@@ -277,4 +278,168 @@ fn background_passes_do_not_list_the_bucket_each_time() {
         "the scan due every pass lists each time: {every_pass}"
     );
     assert!(daily <= 2, "with the default, once at start: {daily}");
+}
+
+/// The parts of a `multipart/related` body, split on the boundary its first line names.
+fn multipart_parts(body: &[u8]) -> Vec<Vec<u8>> {
+    let eol = body
+        .windows(2)
+        .position(|w| w == b"\r\n")
+        .expect("a boundary line");
+    let delimiter = [b"\r\n".as_slice(), &body[..eol]].concat();
+    let mut parts = Vec::new();
+    let mut at = eol + 2;
+    loop {
+        let head_end = at
+            + body[at..]
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .expect("part headers");
+        let content = head_end + 4;
+        let end = content
+            + body[content..]
+                .windows(delimiter.len())
+                .position(|w| w == delimiter.as_slice())
+                .expect("a closing delimiter");
+        parts.push(body[content..end].to_vec());
+        at = end + delimiter.len();
+        if body[at..].starts_with(b"--") {
+            return parts;
+        }
+        at += 2;
+    }
+}
+
+/// The ranged GETs of packs in the proxy's log from line `from` on: (first byte, length).
+fn pack_range_gets(proxy: &FaultProxy, from: usize) -> Vec<(u64, u64)> {
+    proxy
+        .requests()
+        .lines()
+        .skip(from)
+        .filter(|l| l.starts_with("GET ") && l.contains("/packs/"))
+        .filter_map(|l| {
+            let range = l.split(" range=bytes=").nth(1)?.split(' ').next()?;
+            let (a, b) = range.split_once('-')?;
+            let (a, b): (u64, u64) = (a.parse().ok()?, b.parse().ok()?);
+            Some((a, b - a + 1))
+        })
+        .collect()
+}
+
+/// Issue 13: a study read from an S3 cold tier costs one ranged GET per window of its
+/// pack (at most 8 MiB of it), not one per instance, over WADO-RS and C-GET alike; what
+/// comes back is byte-identical to what was stored (each part hashes to its object id).
+/// A window GET that fails (503 on long ranges, from the proxy) costs nothing but speed:
+/// its members are read singly, and the answer is the same.
+#[test]
+fn a_cold_study_is_read_a_pack_window_at_a_time_and_singly_when_a_window_fails() {
+    let moto = S3Server::moto();
+    moto.create_bucket("windows");
+    let dir = scratch("faults-windows");
+    let proxy = FaultProxy::start(dir.path(), moto.port);
+    let archive = Archive::with_config(
+        "faults-windows-archive",
+        // (the scrubber's own reads of each member would mix with the ones counted)
+        &(proxy.cold_section("windows", "") + "\n[scrub]\nenabled = false\n"),
+    );
+    let ct: Vec<PathBuf> = dcm_files(ct_study()).into_iter().take(100).collect();
+    run_ok(archive.strata(&["import"]).args(&ct));
+    let study = only_study(&archive);
+    run_ok(&mut archive.strata(&["tier", "move", &study, "--to", "cold"]));
+    let out = run_ok(&mut archive.strata(&["show", &study, "--json"]));
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ids: BTreeSet<String> = shown["series"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|s| s["instances"].as_array().unwrap().iter())
+        .map(|i| {
+            i["versions"].as_array().unwrap().last().unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(ids.len(), 100);
+    let server = archive.start();
+    let wado = |label: &str| {
+        let (code, body) = http_request(
+            server.http_port,
+            "GET",
+            &format!("/dicom-web/studies/{study}"),
+        )
+        .expect("WADO-RS answers");
+        assert_eq!(code, 200, "{label}: {}", String::from_utf8_lossy(&body));
+        let got: BTreeSet<String> = multipart_parts(&body)
+            .iter()
+            .map(|p| blake3::hash(p).to_hex().to_string())
+            .collect();
+        assert_eq!(got, ids, "{label}: each stored object, byte-identical");
+    };
+
+    // WADO-RS: a probe of one byte, then windows of at most 8 MiB
+    let from = proxy.requests().lines().count();
+    wado("from windows");
+    let gets = pack_range_gets(&proxy, from);
+    let windows: Vec<_> = gets.iter().filter(|g| g.1 > 1).collect();
+    assert!(
+        !windows.is_empty() && windows.len() <= 4,
+        "100 instances (~12 MB of pack) in a few windows, not a GET each: {gets:?}"
+    );
+    assert!(windows.iter().all(|g| g.1 <= 8 << 20), "{gets:?}");
+    // the instances go in pack order: no byte of the pack is fetched twice
+    let mut spans: Vec<(u64, u64)> = windows.iter().map(|g| **g).collect();
+    spans.sort();
+    assert!(
+        spans.windows(2).all(|w| w[0].0 + w[0].1 <= w[1].0),
+        "windows do not overlap: {gets:?}"
+    );
+    // a member's mean size in the pack (the windows cover every member, once)
+    let member = spans.iter().map(|s| s.1).sum::<u64>() / 100;
+
+    // C-GET (DCMTK getscu): the same, through the same reader
+    let from = proxy.requests().lines().count();
+    let got_dir = dir.path().join("got");
+    std::fs::create_dir_all(&got_dir).unwrap();
+    let out = run(dcmtk("getscu")
+        .args(["-S", "-aec", "STRATA", "-od"])
+        .arg(&got_dir)
+        .args(["-k", "QueryRetrieveLevel=STUDY", "-k"])
+        .arg(format!("StudyInstanceUID={study}"))
+        .arg("127.0.0.1")
+        .arg(server.dicom_port.to_string()));
+    assert_eq!(
+        std::fs::read_dir(&got_dir).unwrap().count(),
+        100,
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let gets = pack_range_gets(&proxy, from);
+    assert!(
+        !gets.is_empty() && gets.len() <= 4,
+        "C-GET reads the pack a window at a time: {gets:?}"
+    );
+
+    // every window GET fails: each member is read singly, and the answer is the same
+    proxy.set(serde_json::json!({"fail_ranges_over": member * 3 / 2}));
+    let from = proxy.requests().lines().count();
+    wado("singly, after failed windows");
+    let log: Vec<String> = proxy
+        .requests()
+        .lines()
+        .skip(from)
+        .map(str::to_string)
+        .collect();
+    assert!(
+        log.iter().any(|l| l.contains("(injected)")),
+        "a window was tried: {log:?}"
+    );
+    let singles = pack_range_gets(&proxy, from)
+        .into_iter()
+        .filter(|g| g.1 > 1 && g.1 <= member * 3 / 2)
+        .count();
+    assert!(singles >= 100, "each member read by itself: {log:?}");
+    assert!(server.echo_ok());
+    server.stop();
 }

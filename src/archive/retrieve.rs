@@ -13,6 +13,8 @@
 //! [`RetrievalReader::read`] returns an object's Part-10 bytes whole, checked against its
 //! id; a large object sent as stored is streamed from a file instead — its hot file, or
 //! its cold copy staged on hot disk ([`RetrievalReader::open`]) — in bounded memory.
+//! Objects read from a remote cold tier come a pack window at a time: the members of
+//! one pack the retrieval reads next, with one ranged GET ([`PackReadAhead`]).
 
 use super::principal::Role;
 use super::{blocking, Archive, Error, Principal};
@@ -20,6 +22,7 @@ use crate::dicom::coerce::PatientModule;
 use crate::dicom::metadata::InstanceMetadata;
 use crate::index::{Index, InstanceEntry};
 use crate::query::{tags as qtags, Level, Query};
+use crate::tiering::ahead::PackReadAhead;
 use crate::tiering::reader::ObjectReader;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -46,6 +49,8 @@ pub struct RetrieveItem {
 #[derive(Clone)]
 pub struct RetrievalReader {
     reader: ObjectReader,
+    /// The retrieval's pack windows: cold members it reads next come with one GET.
+    ahead: Arc<PackReadAhead>,
 }
 
 impl RetrievalReader {
@@ -73,8 +78,28 @@ impl RetrievalReader {
 
     /// The object's Part-10 bytes, from hot disk or its cold pack, checked against its
     /// id. An archived pack answers [`Error::is_pending_restore`].
+    ///
+    /// An object read from a remote cold tier comes from a window of its pack fetched
+    /// with the members of the same pack this retrieval reads next
+    /// ([`PackReadAhead`]), else by itself.
     pub async fn read(&self, id: &ObjectId) -> Result<Vec<u8>, Error> {
-        Ok(self.reader.read(id).await?)
+        match self.reader.find(id).await? {
+            Ok(bytes) => Ok(bytes),
+            Err(elsewhere) => self.read_elsewhere(id, elsewhere).await,
+        }
+    }
+
+    /// An object not on this node's hot disk: from a pack window when one applies, else
+    /// by itself ([`ObjectReader::read_elsewhere`]: the holder node, then every copy).
+    async fn read_elsewhere(
+        &self,
+        id: &ObjectId,
+        elsewhere: crate::tiering::reader::Elsewhere,
+    ) -> Result<Vec<u8>, Error> {
+        if let Some(bytes) = self.ahead.read(&self.reader, id, &elsewhere).await {
+            return Ok(bytes);
+        }
+        Ok(Box::pin(self.reader.read_elsewhere(id, elsewhere)).await?)
     }
 
     /// The Part-10 bytes an item goes out with: [`RetrievalReader::read`], with the
@@ -148,7 +173,7 @@ impl RetrievalReader {
             Found::Whole(bytes) => return Ok(Opened::Whole(bytes)),
             Found::ReadWhole => return Ok(Opened::Whole(Box::pin(self.read_item(item)).await?)),
             Found::SmallElsewhere(elsewhere) => {
-                let bytes = Box::pin(self.reader.read_elsewhere(&item.id, elsewhere)).await?;
+                let bytes = Box::pin(self.read_elsewhere(&item.id, elsewhere)).await?;
                 return Ok(Opened::Whole(coerced_item(bytes, item).await?));
             }
             Found::Hot(path, size) => (path, size, None),
@@ -248,6 +273,7 @@ pub struct Retrieval {
     principal: Principal,
     what: String,
     items: Arc<Vec<RetrieveItem>>,
+    ahead: Arc<PackReadAhead>,
     finished: bool,
 }
 
@@ -267,7 +293,17 @@ impl Archive {
         self.authorize(principal, Role::Viewer, "retrieve", &[])?;
         let (index, q) = (self.index.clone(), query.clone());
         let patient = principal.grant.patient.clone();
-        let items = blocking(move || resolve(index.as_ref(), &q, patient.as_deref())).await?;
+        let items = blocking(move || {
+            let mut items = resolve(index.as_ref(), &q, patient.as_deref())?;
+            // each study's instances in the order its packs hold them (by object id,
+            // docs/formats.md), so that a study read from the cold tier goes through
+            // each pack once, front to back, a window at a time (PackReadAhead)
+            for study in items.chunk_by_mut(|a, b| a.study_uid == b.study_uid) {
+                study.sort_by_key(|i| i.id);
+            }
+            Ok(items)
+        })
+        .await?;
         if !items.is_empty() {
             // on record before any pixel data goes (fail closed: [audit] fail_closed)
             let studies: BTreeSet<&str> = items.iter().map(|i| i.study_uid.as_str()).collect();
@@ -282,6 +318,7 @@ impl Archive {
             archive: self.clone(),
             principal: principal.clone(),
             what: what.to_string(),
+            ahead: Arc::new(PackReadAhead::new(items.iter().map(|i| i.id).collect())),
             items: Arc::new(items),
             finished: false,
         })
@@ -296,6 +333,7 @@ impl Retrieval {
     pub fn reader(&self) -> RetrievalReader {
         RetrievalReader {
             reader: self.archive.reader.clone(),
+            ahead: self.ahead.clone(),
         }
     }
 

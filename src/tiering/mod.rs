@@ -8,6 +8,8 @@
 //!   record, and only then delete the hot copies — and back (recall to hot).
 //! - [`reader`]: reads an object from wherever it is: the hot file, or one ranged GET of
 //!   its pack member; a whole study streams from its packs.
+//! - [`ahead`]: pack windows — the members of one pack a retrieval reads next, fetched
+//!   with one ranged GET.
 //! - [`purge`]: removes this node's hot files of objects deleted on any node.
 //! - [`replicate`]: replicas of single objects in the cold tier, before their study
 //!   ages into a pack (nodes sharing an index).
@@ -17,6 +19,7 @@
 //! Every step of a move is idempotent and ordered so that a crash anywhere leaves at
 //! least one verified copy, and the next pass finishes the move (see [`mover`]).
 
+pub mod ahead;
 pub mod mover;
 pub mod pack;
 pub mod purge;
@@ -132,6 +135,7 @@ impl Tiering {
             audit: self.audit.clone(),
             node: self.node.clone(),
             peers: self.peers.clone(),
+            window_bytes: self.config.cold.read_window_mb.saturating_mul(1 << 20),
         }
     }
 }

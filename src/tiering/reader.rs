@@ -43,15 +43,18 @@ pub struct ObjectReader {
     /// from it ([`crate::peer`]) when `peers` is set, else read from their cold copies.
     pub node: Arc<str>,
     pub peers: Option<Arc<crate::peer::Peers>>,
+    /// The most bytes of a pack a retrieval's window reads at once (`[cold]
+    /// read_window_mb`; 0: none, see [`super::ahead`]).
+    pub window_bytes: u64,
 }
 
 /// Where an object not on this node's hot disk is to be read from.
 pub(crate) struct Elsewhere {
     /// The other node whose hot disk holds it, when fetching from nodes is on.
-    node: Option<String>,
-    cold: Vec<ColdCopy>,
+    pub(super) node: Option<String>,
+    pub(super) cold: Vec<ColdCopy>,
     /// A verified replica of the object is in the cold tier ([`super::replicate`]).
-    replica: bool,
+    pub(super) replica: bool,
 }
 
 impl Elsewhere {
@@ -94,7 +97,7 @@ impl ObjectReader {
         }
     }
 
-    fn observe_recall(&self, started: std::time::Instant) {
+    pub(super) fn observe_recall(&self, started: std::time::Instant) {
         if let Some(m) = &self.metrics {
             m.recall_seconds.observe(started.elapsed().as_secs_f64());
         }
@@ -130,18 +133,26 @@ impl ObjectReader {
     /// The object's Part-10 bytes, from this node's hot disk, another node's, or its
     /// cold pack.
     pub async fn read(&self, id: &ObjectId) -> Result<Vec<u8>, TieringError> {
+        match self.find(id).await? {
+            Ok(bytes) => Ok(bytes),
+            Err(elsewhere) => self.read_elsewhere(id, elsewhere).await,
+        }
+    }
+
+    /// The object's bytes when this node's hot file holds them (checked), else where to
+    /// read it from (one blocking call).
+    pub(crate) async fn find(
+        &self,
+        id: &ObjectId,
+    ) -> Result<Result<Vec<u8>, Elsewhere>, TieringError> {
         let (this, oid) = (self.clone(), *id);
-        let found = blocking(move || {
+        blocking(move || {
             if let Some(bytes) = read_hot_blocking(&this.hot, &oid) {
                 return Ok(Ok(bytes));
             }
             Ok(Err(this.elsewhere_blocking(&oid)?))
         })
-        .await?;
-        match found {
-            Ok(bytes) => Ok(bytes),
-            Err(elsewhere) => self.read_elsewhere(id, elsewhere).await,
-        }
+        .await
     }
 
     /// Reads an object from the node that holds it, else (that failing) from its cold

@@ -5,13 +5,15 @@ on every request so that a test switches them on and off while Strata runs:
 
   {"vhost_domain": "s3.example.test",  # Host "<bucket>.s3.example.test" -> path style
    "hide_new_from_list": 3600,         # ListObjects omits keys written in the last N s
-   "fail_complete_and_abort": true}    # CompleteMultipartUpload and AbortMultipartUpload
+   "fail_complete_and_abort": true,    # CompleteMultipartUpload and AbortMultipartUpload
                                        # answer 503 (an outage between the parts and
                                        # their completion)
+   "fail_ranges_over": 1048576}        # a ranged GET of more than N bytes answers 503
 
 It also serves as a plain HTTP proxy (absolute-form request targets), so that clients
 given HTTP_PROXY reach virtual-hosted names without DNS. Every request is appended to
-the log file as `METHOD host path -> status`.
+the log file as `METHOD host path -> status`, with ` range=bytes=A-B` before the arrow
+for a ranged GET.
 
 Usage: s3_fault_proxy.py --listen PORT --upstream PORT --control FILE --log FILE
 """
@@ -79,7 +81,9 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(payload)
-        log.write(f"{self.command} {self.host} {self.path_only} -> {status}{note}\n")
+        rng = self.headers.get("Range")
+        rng = f" range={rng}" if rng else ""
+        log.write(f"{self.command} {self.host} {self.path_only}{rng} -> {status}{note}\n")
 
     def handle_any(self):
         c = control()
@@ -102,6 +106,13 @@ class Handler(BaseHTTPRequestHandler):
                 self.command == "POST" or self.command == "DELETE"):
             self.answer(503, [("Content-Type", "application/xml")],
                         error_xml("ServiceUnavailable", "injected outage"), " (injected)")
+            return
+
+        over = c.get("fail_ranges_over")
+        m = re.fullmatch(r"bytes=(\d+)-(\d+)", self.headers.get("Range", ""))
+        if over is not None and self.command == "GET" and m and int(m.group(2)) - int(m.group(1)) + 1 > over:
+            self.answer(503, [("Content-Type", "application/xml")],
+                        error_xml("SlowDown", "injected fault on a long range"), " (injected)")
             return
 
         headers = {k: v for k, v in self.headers.items()
