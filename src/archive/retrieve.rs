@@ -263,6 +263,71 @@ pub struct StreamFile {
     _staged: Option<strata_tiers::TmpObject>,
 }
 
+/// How many items of a retrieval are prepared ahead of the one being sent, and how many
+/// bytes of them at most (an item larger than that is prepared alone).
+pub const READ_AHEAD: usize = 4;
+pub const READ_AHEAD_BYTES: u64 = 16 << 20;
+
+/// Prepares the items of a retrieval a few ahead of the one being sent (reading them —
+/// hot: re-hashed; cold: fetched, decompressed, verified — and whatever the adapter
+/// does next), so that reading overlaps sending: at most [`READ_AHEAD`] items and
+/// [`READ_AHEAD_BYTES`] of them (by [`RetrieveItem::size`]) in flight, each on its own
+/// task. Items come out in order. Dropping it stops the preparations still ahead.
+pub struct ReadAhead<T> {
+    items: Arc<Vec<RetrieveItem>>,
+    prepare: Box<dyn Fn(RetrieveItem) -> futures::future::BoxFuture<'static, T> + Send + Sync>,
+    ahead: std::collections::VecDeque<(usize, tokio::task::JoinHandle<T>)>,
+    next: usize,
+    in_flight: u64,
+}
+
+impl<T: Send + 'static> ReadAhead<T> {
+    /// Over `items`, in order, each made into a `T` by `prepare`.
+    pub fn new<F, Fut>(items: Arc<Vec<RetrieveItem>>, prepare: F) -> Self
+    where
+        F: Fn(RetrieveItem) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = T> + Send + 'static,
+    {
+        ReadAhead {
+            items,
+            prepare: Box::new(move |item| Box::pin(prepare(item))),
+            ahead: std::collections::VecDeque::new(),
+            next: 0,
+            in_flight: 0,
+        }
+    }
+
+    /// The next item's index and what `prepare` made of it; `None` after the last. An
+    /// `Err` says why its task ended without an answer (it panicked).
+    pub async fn next(&mut self) -> Option<(usize, Result<T, String>)> {
+        let items = self.items.clone();
+        while self.next < items.len()
+            && self.ahead.len() < READ_AHEAD
+            && (self.ahead.is_empty() || self.in_flight + items[self.next].size <= READ_AHEAD_BYTES)
+        {
+            let item = items[self.next].clone();
+            self.in_flight += item.size;
+            self.ahead
+                .push_back((self.next, tokio::spawn((self.prepare)(item))));
+            self.next += 1;
+        }
+        let (i, handle) = self.ahead.pop_front()?;
+        self.in_flight -= items[i].size;
+        Some((
+            i,
+            handle.await.map_err(|e| format!("read task failed: {e}")),
+        ))
+    }
+}
+
+impl<T> Drop for ReadAhead<T> {
+    fn drop(&mut self) {
+        for (_, handle) in &self.ahead {
+            handle.abort();
+        }
+    }
+}
+
 /// Objects larger than this (bytes) are streamed from their hot file when they go as
 /// stored, instead of read whole: a multi-frame of gigabytes costs a few PDVs of memory.
 pub const STREAM_ABOVE: u64 = 64 << 20;

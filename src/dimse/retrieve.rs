@@ -347,25 +347,10 @@ async fn send_item<A: AsyncAssociation<S> + Send, S: Link>(
     max_pdv: usize,
     cancel_seen: &mut bool,
 ) -> Result<u16, SubOpError> {
-    let (pc_id, _, target) = context_for(accepted, item).ok_or_else(|| SubOpError::NoContext {
-        sop_class: item.sop_class_uid.clone(),
-        transfer_syntax: item.transfer_syntax_uid.clone(),
-        convertible: convertible_to_native(&item.transfer_syntax_uid),
-    })?;
-    // a large object that goes as stored is streamed from a file — its hot file, or its
-    // cold copy staged on hot disk (bounded memory); anything else is read, checked and
-    // converted in memory
-    let payload = match reader
-        .open(item, target)
-        .await
-        .map_err(|e| SubOpError::Object(format!("read object {}: {e}", item.id)))?
-    {
-        Opened::File(file) => Payload::File(file),
-        Opened::Whole(bytes) => Payload::Bytes(dataset_for(bytes, item, target).await?),
-    };
+    let (pc_id, payload) = payload_for(reader, accepted, item).await?;
     store_one(
         dest,
-        *pc_id,
+        pc_id,
         message_id,
         item,
         &payload,
@@ -374,6 +359,32 @@ async fn send_item<A: AsyncAssociation<S> + Send, S: Link>(
         cancel_seen,
     )
     .await
+}
+
+/// The presentation context an item goes on and its data set, read (and converted)
+/// for it: a large object that goes as stored is streamed from a file — its hot file,
+/// or its cold copy staged on hot disk (bounded memory); anything else is read, checked
+/// and converted in memory. An error when no accepted context fits, or the object
+/// cannot be read or converted.
+async fn payload_for(
+    reader: &RetrievalReader,
+    accepted: &[(u8, String, String)],
+    item: &RetrieveItem,
+) -> Result<(u8, Payload), SubOpError> {
+    let (pc_id, _, target) = context_for(accepted, item).ok_or_else(|| SubOpError::NoContext {
+        sop_class: item.sop_class_uid.clone(),
+        transfer_syntax: item.transfer_syntax_uid.clone(),
+        convertible: convertible_to_native(&item.transfer_syntax_uid),
+    })?;
+    let payload = match reader
+        .open(item, target)
+        .await
+        .map_err(|e| SubOpError::Object(format!("read object {}: {e}", item.id)))?
+    {
+        Opened::File(file) => Payload::File(file),
+        Opened::Whole(bytes) => Payload::Bytes(dataset_for(bytes, item, target).await?),
+    };
+    Ok((*pc_id, payload))
 }
 
 /// What a C-STORE sub-operation sends as its data set.
@@ -738,29 +749,41 @@ pub async fn run_get<S: Link>(
     let items = retrieval.items().clone();
     let reader = retrieval.reader();
     counters.remaining = items.len();
-    let accepted = accepted_contexts(assoc.presentation_contexts());
+    let accepted = Arc::new(accepted_contexts(assoc.presentation_contexts()));
     let max = pdv_limit(assoc.requestor_max_pdu_length());
     let mut failed_uids = Vec::new();
     let mut cancel_seen = false;
     let mut message_id: u16 = 0;
-    for item in items.iter() {
+    // objects are read a few ahead of the one being sent (ReadAhead; dropping it on an
+    // early return stops those reads)
+    let mut ahead = crate::archive::retrieve::ReadAhead::new(items.clone(), move |item| {
+        let (reader, accepted) = (reader.clone(), accepted.clone());
+        async move { payload_for(&reader, &accepted, &item).await }
+    });
+    while let Some((i, prepared)) = ahead.next().await {
+        let item = &items[i];
         if cancel_seen || cancel_requested(assoc).await? {
             retrieval.finish(counters.completed, counters.failed).await;
             let rsp = retrieve_rsp(&req, status::CANCEL, &counters, false, "");
             return send_command(assoc, req.pc_id, rsp).await;
         }
         message_id = message_id.wrapping_add(1);
-        let outcome = send_item(
-            assoc,
-            &reader,
-            &accepted,
-            item,
-            message_id,
-            None,
-            max,
-            &mut cancel_seen,
-        )
-        .await;
+        let outcome = match prepared.map_err(SubOpError::Object).and_then(|r| r) {
+            Ok((pc_id, payload)) => {
+                store_one(
+                    assoc,
+                    pc_id,
+                    message_id,
+                    item,
+                    &payload,
+                    None,
+                    max,
+                    &mut cancel_seen,
+                )
+                .await
+            }
+            Err(e) => Err(e),
+        };
         match outcome {
             Err(SubOpError::Broken(e)) => {
                 tracing::warn!(sop = item.sop_instance_uid, error = %e, "C-GET association broken");

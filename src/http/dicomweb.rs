@@ -628,41 +628,24 @@ async fn retrieve(archive: Archive, peer: WebCaller, headers: HeaderMap, query: 
         let items = retrieval.items().clone();
         let reader = retrieval.reader();
         let (mut sent, mut failed) = (0usize, 0usize);
-        // objects are read (hot: re-hashed; cold: fetched, decompressed, verified) a few
-        // ahead of the one being sent, so reading overlaps sending: at most
-        // READ_AHEAD objects and READ_AHEAD_BYTES of them in flight (a larger one alone)
-        let mut ahead: std::collections::VecDeque<(usize, tokio::task::JoinHandle<_>)> =
-            std::collections::VecDeque::new();
-        let (mut next, mut in_flight) = (0usize, 0u64);
-        loop {
-            while next < items.len()
-                && ahead.len() < READ_AHEAD
-                && (ahead.is_empty() || in_flight + items[next].size <= READ_AHEAD_BYTES)
-            {
-                let (reader, item) = (reader.clone(), items[next].clone());
-                let target = target_syntax(syntax.as_deref(), &item);
-                in_flight += item.size;
-                ahead.push_back((
-                    next,
-                    tokio::spawn(async move { prepare_part(&reader, &item, &target).await }),
-                ));
-                next += 1;
-            }
-            let Some((i, handle)) = ahead.pop_front() else {
-                break;
-            };
+        // objects are read a few ahead of the one being sent (ReadAhead; dropping it on
+        // an early return stops those reads)
+        let wanted = syntax.clone();
+        let mut ahead = crate::archive::retrieve::ReadAhead::new(items.clone(), move |item| {
+            let (reader, target) = (reader.clone(), target_syntax(wanted.as_deref(), &item));
+            async move { prepare_part(&reader, &item, &target).await }
+        });
+        while let Some((i, prepared)) = ahead.next().await {
             let item = &items[i];
-            in_flight -= item.size;
             let target = target_syntax(syntax.as_deref(), item);
             let head = format!(
                 "--{boundary}\r\nContent-Type: application/dicom; transfer-syntax={target}\r\n\r\n"
             );
-            let prepared = handle.await.map_err(|e| e.to_string()).and_then(|r| r);
+            let prepared = prepared.and_then(|r| r);
             let body: Result<Vec<Bytes>, String> = match prepared {
                 Ok(Prepared::File(file)) => {
                     // the whole Part-10 file from disk: meta group, then the data set
                     if tx.send(Ok(Bytes::from(head))).await.is_err() {
-                        abort_all(ahead);
                         retrieval.finish(sent, failed).await;
                         return;
                     }
@@ -688,7 +671,6 @@ async fn retrieve(archive: Archive, peer: WebCaller, headers: HeaderMap, query: 
                 Ok(chunks) => {
                     for chunk in chunks {
                         if tx.send(Ok(chunk)).await.is_err() {
-                            abort_all(ahead);
                             retrieval.finish(sent, failed).await;
                             return;
                         }
@@ -699,7 +681,7 @@ async fn retrieve(archive: Archive, peer: WebCaller, headers: HeaderMap, query: 
                     // sees a truncated multipart body, and the audit record says why
                     tracing::warn!(object = %item.id, error = %e, "WADO-RS: object not sent");
                     failed += 1;
-                    abort_all(ahead);
+                    drop(ahead);
                     let _ = tx.send(Err(std::io::Error::other(e))).await;
                     retrieval.finish(sent, failed).await;
                     return;
@@ -713,11 +695,6 @@ async fn retrieve(archive: Archive, peer: WebCaller, headers: HeaderMap, query: 
     });
     streamed(content_type, rx)
 }
-
-/// How many objects of a WADO-RS answer are read ahead of the one being sent, and how
-/// many bytes of them at most (an object larger than that is read alone).
-const READ_AHEAD: usize = 4;
-const READ_AHEAD_BYTES: u64 = 16 << 20;
 
 /// An object ready to go in a multipart answer.
 enum Prepared {
@@ -741,13 +718,6 @@ async fn prepare_part(
         Ok(Opened::File(file)) => Ok(Prepared::File(file)),
         Ok(Opened::Whole(bytes)) => Ok(Prepared::Bytes(bytes)),
         Err(e) => Err(e.to_string()),
-    }
-}
-
-/// Stops the reads still ahead of an answer that ends early.
-fn abort_all<T>(ahead: std::collections::VecDeque<(usize, tokio::task::JoinHandle<T>)>) {
-    for (_, handle) in ahead {
-        handle.abort();
     }
 }
 
