@@ -14,7 +14,8 @@
 //!   running at once ask in any order, and [`PLAN_AHEAD`] after): those with no hot copy
 //!   on this node (nor on a node it fetches from) whose first cold copy is in the same
 //!   pack, and that no window holds yet. A retrieval reads each study in pack order (by
-//!   object id), so consecutive windows cover consecutive spans of a pack.
+//!   object id), so consecutive windows cover consecutive spans of a pack. Each record is
+//!   looked up once per retrieval (on PostgreSQL a query each), however often planned.
 //! - Anything that goes wrong with a window (the GET fails, the pack awaits a restore, a
 //!   member does not check) sends the member back to the single read
 //!   ([`ObjectReader::read_elsewhere`]), which tries every copy and says what is wrong.
@@ -55,6 +56,9 @@ struct State {
     windows: VecDeque<Arc<Window>>,
     /// Objects planned into a window or read singly: no later window holds them.
     claimed: HashSet<ObjectId>,
+    /// Each object looked up so far: its first cold copy, `None` when it has none or
+    /// is hot here (or on a node this one fetches from).
+    known: HashMap<ObjectId, Option<ColdCopy>>,
 }
 
 /// A span of one pack, `start..end`, and the members read from it.
@@ -151,34 +155,41 @@ impl PackReadAhead {
             .chain(at + 1..(at + 1 + PLAN_AHEAD).min(self.order.len()))
             .map(|i| self.order[i])
             .collect();
+        // each object's record is looked up once per retrieval, however often planned
+        let missing: Vec<ObjectId> = wanted
+            .iter()
+            .filter(|oid| !state.known.contains_key(*oid))
+            .copied()
+            .collect();
         let (index, node, fetches) = (
             reader.index.clone(),
             reader.node.clone(),
             reader.peers.is_some(),
         );
-        let planned = blocking(move || {
-            let mut copies = Vec::new();
-            for oid in wanted {
-                let Some(record) = index.object(&oid)? else {
-                    continue;
-                };
-                if record.hot_on(&node) || (fetches && record.hot_elsewhere(&node).is_some()) {
-                    continue;
-                }
-                if let Some(copy) = record.cold.into_iter().next() {
-                    copies.push((oid, copy));
-                }
+        let looked_up = blocking(move || {
+            let mut copies = Vec::with_capacity(missing.len());
+            for oid in missing {
+                let copy = index.object(&oid)?.and_then(|record| {
+                    let hot =
+                        record.hot_on(&node) || (fetches && record.hot_elsewhere(&node).is_some());
+                    (!hot).then(|| record.cold.into_iter().next()).flatten()
+                });
+                copies.push((oid, copy));
             }
             Ok(copies)
         })
         .await;
-        let planned = match planned {
-            Ok(planned) => planned,
+        match looked_up {
+            Ok(copies) => state.known.extend(copies),
             Err(e) => {
                 tracing::debug!(object = %id, error = %e, "pack window not planned");
                 return None;
             }
-        };
+        }
+        let planned: Vec<(ObjectId, ColdCopy)> = wanted
+            .iter()
+            .filter_map(|oid| Some((*oid, state.known.get(oid)?.clone()?)))
+            .collect();
         let candidates = planned.len();
         let claimed = |oid: &ObjectId| state.claimed.contains(oid);
         let Some(window) = plan(pack, id, reader.window_bytes, planned, claimed) else {
