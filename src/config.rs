@@ -669,8 +669,8 @@ pub struct ColdConfig {
     pub readiness_interval: Duration,
     /// The most of a pack (MiB, as stored) one ranged GET reads for a retrieval: the
     /// member asked for and those of the same pack the retrieval reads around it
-    /// ([`crate::tiering::ahead`]); 0 reads each member by itself. A `file://` tier
-    /// always reads members singly.
+    /// ([`crate::tiering::ahead`]); 0 reads each member by itself; at most 64 (more is
+    /// taken as 64). A `file://` tier always reads members singly.
     pub read_window_mb: u64,
 }
 

@@ -49,8 +49,9 @@ pub struct RetrieveItem {
 #[derive(Clone)]
 pub struct RetrievalReader {
     reader: ObjectReader,
-    /// The retrieval's pack windows: cold members it reads next come with one GET.
-    ahead: Arc<PackReadAhead>,
+    /// The retrieval's pack windows ([`Retrieval::in_pack_order`]): cold members it
+    /// reads next come with one GET.
+    ahead: Option<Arc<PackReadAhead>>,
 }
 
 impl RetrievalReader {
@@ -80,8 +81,8 @@ impl RetrievalReader {
     /// id. An archived pack answers [`Error::is_pending_restore`].
     ///
     /// An object read from a remote cold tier comes from a window of its pack fetched
-    /// with the members of the same pack this retrieval reads next
-    /// ([`PackReadAhead`]), else by itself.
+    /// with the members of the same pack this retrieval reads next ([`PackReadAhead`],
+    /// after [`Retrieval::in_pack_order`]), else by itself.
     pub async fn read(&self, id: &ObjectId) -> Result<Vec<u8>, Error> {
         match self.reader.find(id).await? {
             Ok(bytes) => Ok(bytes),
@@ -96,8 +97,10 @@ impl RetrievalReader {
         id: &ObjectId,
         elsewhere: crate::tiering::reader::Elsewhere,
     ) -> Result<Vec<u8>, Error> {
-        if let Some(bytes) = self.ahead.read(&self.reader, id, &elsewhere).await {
-            return Ok(bytes);
+        if let Some(ahead) = &self.ahead {
+            if let Some(bytes) = ahead.read(&self.reader, id, &elsewhere).await {
+                return Ok(bytes);
+            }
         }
         Ok(Box::pin(self.reader.read_elsewhere(id, elsewhere)).await?)
     }
@@ -271,10 +274,13 @@ pub const READ_AHEAD_BYTES: u64 = 16 << 20;
 /// Prepares the items of a retrieval a few ahead of the one being sent (reading them —
 /// hot: re-hashed; cold: fetched, decompressed, verified — and whatever the adapter
 /// does next), so that reading overlaps sending: at most [`READ_AHEAD`] items and
-/// [`READ_AHEAD_BYTES`] of them (by [`RetrieveItem::size`]) in flight, each on its own
-/// task. Items come out in order. Dropping it stops the preparations still ahead.
+/// [`READ_AHEAD_BYTES`] of them (by the weight the adapter gives each: its size as
+/// stored, or the whole budget for one it converts, whose size it cannot know ahead)
+/// in flight, each on its own task. Items come out in order. Dropping it stops the
+/// preparations still ahead.
 pub struct ReadAhead<T> {
     items: Arc<Vec<RetrieveItem>>,
+    weights: Vec<u64>,
     prepare: Box<dyn Fn(RetrieveItem) -> futures::future::BoxFuture<'static, T> + Send + Sync>,
     ahead: std::collections::VecDeque<(usize, tokio::task::JoinHandle<T>)>,
     next: usize,
@@ -282,13 +288,19 @@ pub struct ReadAhead<T> {
 }
 
 impl<T: Send + 'static> ReadAhead<T> {
-    /// Over `items`, in order, each made into a `T` by `prepare`.
-    pub fn new<F, Fut>(items: Arc<Vec<RetrieveItem>>, prepare: F) -> Self
+    /// Over `items`, in order, each weighing `weight(item)` bytes and made into a `T` by
+    /// `prepare`.
+    pub fn new<F, Fut>(
+        items: Arc<Vec<RetrieveItem>>,
+        weight: impl Fn(&RetrieveItem) -> u64,
+        prepare: F,
+    ) -> Self
     where
         F: Fn(RetrieveItem) -> Fut + Send + Sync + 'static,
         Fut: std::future::Future<Output = T> + Send + 'static,
     {
         ReadAhead {
+            weights: items.iter().map(weight).collect(),
             items,
             prepare: Box::new(move |item| Box::pin(prepare(item))),
             ahead: std::collections::VecDeque::new(),
@@ -303,16 +315,17 @@ impl<T: Send + 'static> ReadAhead<T> {
         let items = self.items.clone();
         while self.next < items.len()
             && self.ahead.len() < READ_AHEAD
-            && (self.ahead.is_empty() || self.in_flight + items[self.next].size <= READ_AHEAD_BYTES)
+            && (self.ahead.is_empty()
+                || self.in_flight + self.weights[self.next] <= READ_AHEAD_BYTES)
         {
             let item = items[self.next].clone();
-            self.in_flight += item.size;
+            self.in_flight += self.weights[self.next];
             self.ahead
                 .push_back((self.next, tokio::spawn((self.prepare)(item))));
             self.next += 1;
         }
         let (i, handle) = self.ahead.pop_front()?;
-        self.in_flight -= items[i].size;
+        self.in_flight -= self.weights[i];
         Some((
             i,
             handle.await.map_err(|e| format!("read task failed: {e}")),
@@ -338,7 +351,9 @@ pub struct Retrieval {
     principal: Principal,
     what: String,
     items: Arc<Vec<RetrieveItem>>,
-    ahead: Arc<PackReadAhead>,
+    /// Pack windows, for a retrieval that sends everything it names
+    /// ([`Retrieval::in_pack_order`]).
+    ahead: Option<Arc<PackReadAhead>>,
     finished: bool,
 }
 
@@ -358,17 +373,7 @@ impl Archive {
         self.authorize(principal, Role::Viewer, "retrieve", &[])?;
         let (index, q) = (self.index.clone(), query.clone());
         let patient = principal.grant.patient.clone();
-        let items = blocking(move || {
-            let mut items = resolve(index.as_ref(), &q, patient.as_deref())?;
-            // each study's instances in the order its packs hold them (by object id,
-            // docs/formats.md), so that a study read from the cold tier goes through
-            // each pack once, front to back, a window at a time (PackReadAhead)
-            for study in items.chunk_by_mut(|a, b| a.study_uid == b.study_uid) {
-                study.sort_by_key(|i| i.id);
-            }
-            Ok(items)
-        })
-        .await?;
+        let items = blocking(move || resolve(index.as_ref(), &q, patient.as_deref())).await?;
         if !items.is_empty() {
             // on record before any pixel data goes (fail closed: [audit] fail_closed)
             let studies: BTreeSet<&str> = items.iter().map(|i| i.study_uid.as_str()).collect();
@@ -383,7 +388,7 @@ impl Archive {
             archive: self.clone(),
             principal: principal.clone(),
             what: what.to_string(),
-            ahead: Arc::new(PackReadAhead::new(items.iter().map(|i| i.id).collect())),
+            ahead: None,
             items: Arc::new(items),
             finished: false,
         })
@@ -393,6 +398,25 @@ impl Archive {
 impl Retrieval {
     pub fn items(&self) -> &Arc<Vec<RetrieveItem>> {
         &self.items
+    }
+
+    /// For an adapter that sends every item (WADO-RS retrieve and rendered, C-MOVE,
+    /// C-GET): each run of one study's items in the order its packs hold them (by object
+    /// id, docs/formats.md), and readers that read cold members a pack window at a time
+    /// ([`PackReadAhead`]), so that a study read from a remote cold tier goes through
+    /// each pack front to back, one ranged GET per window. Without it (a thumbnail,
+    /// metadata) items keep the index's order and cold members are read singly.
+    pub fn in_pack_order(mut self) -> Self {
+        let mut items = self.items.as_ref().clone();
+        for study in items.chunk_by_mut(|a, b| a.study_uid == b.study_uid) {
+            study.sort_by_key(|i| i.id);
+        }
+        self.ahead = Some(Arc::new(PackReadAhead::new(
+            items.iter().map(|i| i.id).collect(),
+            STREAM_ABOVE,
+        )));
+        self.items = Arc::new(items);
+        self
     }
 
     pub fn reader(&self) -> RetrievalReader {

@@ -600,7 +600,7 @@ pub async fn run_move<S: Link>(
     };
     let what = format!("C-MOVE to {destination}");
     let retrieval = match ctx.archive.retrieve(&ctx.principal, &query, &what).await {
-        Ok(r) => r,
+        Ok(r) => r.in_pack_order(),
         Err(e) => {
             let rsp = retrieve_rsp(&req, e.dimse_status(), &counters, false, &e.to_string());
             return send_command(assoc, req.pc_id, rsp).await;
@@ -740,7 +740,7 @@ pub async fn run_get<S: Link>(
         return Ok(());
     };
     let retrieval = match ctx.archive.retrieve(&ctx.principal, &query, "C-GET").await {
-        Ok(r) => r,
+        Ok(r) => r.in_pack_order(),
         Err(e) => {
             let rsp = retrieve_rsp(&req, e.dimse_status(), &counters, false, &e.to_string());
             return send_command(assoc, req.pc_id, rsp).await;
@@ -756,13 +756,19 @@ pub async fn run_get<S: Link>(
     let mut message_id: u16 = 0;
     // objects are read a few ahead of the one being sent (ReadAhead; dropping it on an
     // early return stops those reads)
-    let mut ahead = crate::archive::retrieve::ReadAhead::new(items.clone(), move |item| {
+    let converted = accepted.clone();
+    let weight = move |item: &RetrieveItem| match context_for(&converted, item) {
+        Some((_, _, target)) if *target == item.transfer_syntax_uid => item.size,
+        _ => crate::archive::retrieve::READ_AHEAD_BYTES,
+    };
+    let mut ahead = crate::archive::retrieve::ReadAhead::new(items.clone(), weight, move |item| {
         let (reader, accepted) = (reader.clone(), accepted.clone());
         async move { payload_for(&reader, &accepted, &item).await }
     });
     while let Some((i, prepared)) = ahead.next().await {
         let item = &items[i];
         if cancel_seen || cancel_requested(assoc).await? {
+            drop(ahead);
             retrieval.finish(counters.completed, counters.failed).await;
             let rsp = retrieve_rsp(&req, status::CANCEL, &counters, false, "");
             return send_command(assoc, req.pc_id, rsp).await;

@@ -617,7 +617,7 @@ async fn retrieve(archive: Archive, peer: WebCaller, headers: HeaderMap, query: 
         Err(e) => return fail(StatusCode::NOT_ACCEPTABLE, e),
     };
     let retrieval = match open_retrieval(&archive, peer, &query, "WADO-RS").await {
-        Ok(r) => r,
+        Ok(r) => r.in_pack_order(),
         Err(r) => return *r,
     };
     let boundary = new_boundary();
@@ -630,11 +630,19 @@ async fn retrieve(archive: Archive, peer: WebCaller, headers: HeaderMap, query: 
         let (mut sent, mut failed) = (0usize, 0usize);
         // objects are read a few ahead of the one being sent (ReadAhead; dropping it on
         // an early return stops those reads)
-        let wanted = syntax.clone();
-        let mut ahead = crate::archive::retrieve::ReadAhead::new(items.clone(), move |item| {
-            let (reader, target) = (reader.clone(), target_syntax(wanted.as_deref(), &item));
-            async move { prepare_part(&reader, &item, &target).await }
-        });
+        let (wanted, asked) = (syntax.clone(), syntax.clone());
+        let weight = move |item: &crate::archive::retrieve::RetrieveItem| {
+            if target_syntax(asked.as_deref(), item) == item.transfer_syntax_uid {
+                item.size
+            } else {
+                crate::archive::retrieve::READ_AHEAD_BYTES
+            }
+        };
+        let mut ahead =
+            crate::archive::retrieve::ReadAhead::new(items.clone(), weight, move |item| {
+                let (reader, target) = (reader.clone(), target_syntax(wanted.as_deref(), &item));
+                async move { prepare_part(&reader, &item, &target).await }
+            });
         while let Some((i, prepared)) = ahead.next().await {
             let item = &items[i];
             let target = target_syntax(syntax.as_deref(), item);
@@ -646,6 +654,7 @@ async fn retrieve(archive: Archive, peer: WebCaller, headers: HeaderMap, query: 
                 Ok(Prepared::File(file)) => {
                     // the whole Part-10 file from disk: meta group, then the data set
                     if tx.send(Ok(Bytes::from(head))).await.is_err() {
+                        drop(ahead);
                         retrieval.finish(sent, failed).await;
                         return;
                     }
@@ -671,6 +680,7 @@ async fn retrieve(archive: Archive, peer: WebCaller, headers: HeaderMap, query: 
                 Ok(chunks) => {
                     for chunk in chunks {
                         if tx.send(Ok(chunk)).await.is_err() {
+                            drop(ahead);
                             retrieval.finish(sent, failed).await;
                             return;
                         }
@@ -1456,7 +1466,7 @@ async fn rendered_many(
     };
     let query = Query::from_keys(level, &path_keys(&path));
     let retrieval = match open_retrieval(&archive, peer, &query, "WADO-RS rendered").await {
-        Ok(r) => r,
+        Ok(r) => r.in_pack_order(),
         Err(r) => return *r,
     };
     let boundary = new_boundary();

@@ -29,7 +29,6 @@ use super::reader::{Elsewhere, ObjectReader};
 use crate::index::ColdCopy;
 use bytes::Bytes;
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use strata_tiers::ObjectId;
 
@@ -46,6 +45,7 @@ pub const PLAN_BEHIND: usize = 16;
 pub struct PackReadAhead {
     /// The objects of the retrieval, in the order it reads them.
     order: Vec<ObjectId>,
+    largest: u64,
     positions: OnceLock<HashMap<ObjectId, usize>>,
     state: tokio::sync::Mutex<State>,
 }
@@ -67,16 +67,20 @@ struct Window {
     start: u64,
     end: u64,
     members: HashMap<ObjectId, ColdCopy>,
-    taken: AtomicUsize,
+    /// Members read from it so far (an object a retrieval names twice counts once).
+    taken: std::sync::Mutex<HashSet<ObjectId>>,
     /// The span's bytes once fetched; `None` when the GET failed.
     bytes: tokio::sync::OnceCell<Option<Bytes>>,
 }
 
 impl PackReadAhead {
-    /// For a retrieval reading `order`, in that order.
-    pub fn new(order: Vec<ObjectId>) -> Self {
+    /// For a retrieval reading `order`, in that order; objects larger than `largest`
+    /// (bytes, Part-10) are read another way (streamed from a staged copy) and never
+    /// planned into a window.
+    pub fn new(order: Vec<ObjectId>, largest: u64) -> Self {
         PackReadAhead {
             order,
+            largest,
             positions: OnceLock::new(),
             state: tokio::sync::Mutex::new(State::default()),
         }
@@ -103,7 +107,7 @@ impl PackReadAhead {
             .get_or_init(|| window.fetch(reader))
             .await
             .clone();
-        self.taken(&window).await;
+        self.taken(&window, id).await;
         let bytes = bytes?;
         let member = window.members.get(id)?;
         let from = (member.offset - window.start) as usize;
@@ -125,13 +129,16 @@ impl PackReadAhead {
         id: &ObjectId,
         pack: ObjectId,
     ) -> Option<Arc<Window>> {
-        let mut state = self.state.lock().await;
-        if let Some(w) = state
-            .windows
-            .iter()
-            .find(|w| w.pack == pack && w.members.contains_key(id))
-        {
-            return Some(w.clone());
+        let held = |state: &State| {
+            state
+                .windows
+                .iter()
+                .find(|w| w.pack == pack && w.members.contains_key(id))
+                .cloned()
+        };
+        let state = self.state.lock().await;
+        if let Some(w) = held(&state) {
+            return Some(w);
         }
         let Some(at) = self
             .positions
@@ -155,16 +162,19 @@ impl PackReadAhead {
             .chain(at + 1..(at + 1 + PLAN_AHEAD).min(self.order.len()))
             .map(|i| self.order[i])
             .collect();
-        // each object's record is looked up once per retrieval, however often planned
+        // each object's record is looked up once per retrieval, however often planned,
+        // and without holding the lock (other readers take their members meanwhile)
         let missing: Vec<ObjectId> = wanted
             .iter()
             .filter(|oid| !state.known.contains_key(*oid))
             .copied()
             .collect();
-        let (index, node, fetches) = (
+        drop(state);
+        let (index, node, fetches, largest) = (
             reader.index.clone(),
             reader.node.clone(),
             reader.peers.is_some(),
+            self.largest,
         );
         let looked_up = blocking(move || {
             let mut copies = Vec::with_capacity(missing.len());
@@ -172,19 +182,28 @@ impl PackReadAhead {
                 let copy = index.object(&oid)?.and_then(|record| {
                     let hot =
                         record.hot_on(&node) || (fetches && record.hot_elsewhere(&node).is_some());
-                    (!hot).then(|| record.cold.into_iter().next()).flatten()
+                    // an object streamed from a staged copy is never read from a window
+                    let staged = record.size > largest;
+                    (!hot && !staged)
+                        .then(|| record.cold.into_iter().next())
+                        .flatten()
                 });
                 copies.push((oid, copy));
             }
             Ok(copies)
         })
         .await;
+        let mut state = self.state.lock().await;
         match looked_up {
             Ok(copies) => state.known.extend(copies),
             Err(e) => {
                 tracing::debug!(object = %id, error = %e, "pack window not planned");
                 return None;
             }
+        }
+        // another reader may have planned a window holding it meanwhile
+        if let Some(w) = held(&state) {
+            return Some(w);
         }
         let planned: Vec<(ObjectId, ColdCopy)> = wanted
             .iter()
@@ -207,9 +226,14 @@ impl PackReadAhead {
         Some(window)
     }
 
-    /// Counts a member of `window` taken; the window goes once all were.
-    async fn taken(&self, window: &Arc<Window>) {
-        if window.taken.fetch_add(1, Ordering::AcqRel) + 1 >= window.members.len() {
+    /// Notes `id` taken from `window`; the window goes once each member was.
+    async fn taken(&self, window: &Arc<Window>, id: &ObjectId) {
+        let all = {
+            let mut taken = window.taken.lock().unwrap_or_else(|p| p.into_inner());
+            taken.insert(*id);
+            taken.len() >= window.members.len()
+        };
+        if all {
             self.state
                 .lock()
                 .await
@@ -262,7 +286,7 @@ fn plan(
         start,
         end,
         members,
-        taken: AtomicUsize::new(0),
+        taken: std::sync::Mutex::new(HashSet::new()),
         bytes: tokio::sync::OnceCell::new(),
     })
 }

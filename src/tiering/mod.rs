@@ -135,7 +135,7 @@ impl Tiering {
             audit: self.audit.clone(),
             node: self.node.clone(),
             peers: self.peers.clone(),
-            window_bytes: self.config.cold.read_window_mb.saturating_mul(1 << 20),
+            window_bytes: self.config.cold.read_window_mb.min(64) << 20,
         }
     }
 }

@@ -79,11 +79,12 @@ class Handler(BaseHTTPRequestHandler):
                 self.send_header(k, v)
         self.send_header("Content-Length", str(len(payload)))
         self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(payload)
+        # logged before the body goes: a client that has its answer finds it in the log
         rng = self.headers.get("Range")
         rng = f" range={rng}" if rng else ""
         log.write(f"{self.command} {self.host} {self.path_only}{rng} -> {status}{note}\n")
+        if self.command != "HEAD":
+            self.wfile.write(payload)
 
     def handle_any(self):
         c = control()
