@@ -1477,20 +1477,25 @@ async fn rendered_many(
         let items = retrieval.items().clone();
         let reader = retrieval.reader();
         let (mut sent, mut failed) = (0usize, 0usize);
-        for item in items.iter() {
-            let image = match reader.read(&item.id).await {
-                Ok(bytes) => {
-                    let options = options.clone();
+        // instances are read and rendered a few ahead of the one being sent, on both
+        // cores (ReadAhead; dropping it on an early return stops those)
+        let mut ahead = crate::archive::retrieve::ReadAhead::new(
+            items.clone(),
+            |item| item.size,
+            move |item| {
+                let (reader, options) = (reader.clone(), options.clone());
+                async move {
+                    let bytes = reader.read(&item.id).await.map_err(|e| e.to_string())?;
                     tokio::task::spawn_blocking(move || {
                         crate::dicom::render::render(&bytes, 1, format, &options)
                     })
                     .await
-                    .map_err(|e| e.to_string())
-                    .and_then(|r| r)
+                    .map_err(|e| e.to_string())?
                 }
-                Err(e) => Err(e.to_string()),
-            };
-            let Ok(image) = image else {
+            },
+        );
+        while let Some((_, image)) = ahead.next().await {
+            let Ok(Ok(image)) = image else {
                 failed += 1;
                 continue;
             };
@@ -1501,6 +1506,7 @@ async fn rendered_many(
                 Bytes::from_static(b"\r\n"),
             ] {
                 if tx.send(Ok(chunk)).await.is_err() {
+                    drop(ahead);
                     retrieval.finish(sent, failed).await;
                     return;
                 }
