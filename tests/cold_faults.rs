@@ -353,20 +353,7 @@ fn a_cold_study_is_read_a_pack_window_at_a_time_and_singly_when_a_window_fails()
     run_ok(archive.strata(&["import"]).args(&ct));
     let study = only_study(&archive);
     run_ok(&mut archive.strata(&["tier", "move", &study, "--to", "cold"]));
-    let out = run_ok(&mut archive.strata(&["show", &study, "--json"]));
-    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let ids: BTreeSet<String> = shown["series"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|s| s["instances"].as_array().unwrap().iter())
-        .map(|i| {
-            i["versions"].as_array().unwrap().last().unwrap()["id"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
-        .collect();
+    let ids: BTreeSet<String> = object_ids(&archive, &study).into_values().collect();
     assert_eq!(ids.len(), 100);
     let server = archive.start();
     let wado = |label: &str| {

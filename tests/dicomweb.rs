@@ -18,23 +18,6 @@ fn curl(args: &[&str], url: &str) -> (u16, String) {
     (code.trim().parse().unwrap_or(0), body.to_string())
 }
 
-/// SOP Instance UID -> object id (served version), from `strata show --json`.
-fn object_ids(archive: &Archive, study: &str) -> BTreeMap<String, String> {
-    let out = run_ok(&mut archive.strata(&["show", study, "--json"]));
-    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let mut ids = BTreeMap::new();
-    for series in shown["series"].as_array().unwrap() {
-        for i in series["instances"].as_array().unwrap() {
-            let versions = i["versions"].as_array().unwrap();
-            ids.insert(
-                i["sop_instance_uid"].as_str().unwrap().to_string(),
-                versions.last().unwrap()["id"].as_str().unwrap().to_string(),
-            );
-        }
-    }
-    ids
-}
-
 #[test]
 fn dicomweb_client_stores_finds_and_retrieves_byte_identical_objects() {
     let archive = Archive::new("dicomweb");

@@ -807,3 +807,20 @@ pub fn http_request(port: u16, method: &str, path: &str) -> Option<(u16, Vec<u8>
     let code = head.split_whitespace().nth(1)?.parse().ok()?;
     Some((code, resp[split + 4..].to_vec()))
 }
+
+/// SOP Instance UID -> object id (served version), from `strata show --json`.
+pub fn object_ids(archive: &Archive, study: &str) -> std::collections::BTreeMap<String, String> {
+    let out = run_ok(&mut archive.strata(&["show", study, "--json"]));
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut ids = std::collections::BTreeMap::new();
+    for series in shown["series"].as_array().unwrap() {
+        for i in series["instances"].as_array().unwrap() {
+            let versions = i["versions"].as_array().unwrap();
+            ids.insert(
+                i["sop_instance_uid"].as_str().unwrap().to_string(),
+                versions.last().unwrap()["id"].as_str().unwrap().to_string(),
+            );
+        }
+    }
+    ids
+}
