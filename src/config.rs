@@ -105,11 +105,7 @@ impl ClusterConfig {
         if !self.node_id.trim().is_empty() {
             return self.node_id.trim().to_string();
         }
-        std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .ok()
-            .map(|h| h.trim().to_string())
-            .filter(|h| !h.is_empty())
-            .unwrap_or_else(|| "node".to_string())
+        host_name().unwrap_or_else(|| "node".to_string())
     }
 
     /// The shared secret of the nodes' internal route, from `secret_file`: `None` when
@@ -148,12 +144,22 @@ impl ClusterConfig {
     }
 
     fn node_host(&self) -> String {
+        host_name().unwrap_or_else(|| "localhost".to_string())
+    }
+}
+
+/// The machine's host name (`/proc/sys/kernel/hostname`), read once per process: every
+/// store's provenance names its node, and a renamed host is a new node only after a
+/// restart.
+fn host_name() -> Option<String> {
+    static HOST: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    HOST.get_or_init(|| {
         std::fs::read_to_string("/proc/sys/kernel/hostname")
             .ok()
             .map(|h| h.trim().to_string())
             .filter(|h| !h.is_empty())
-            .unwrap_or_else(|| "localhost".to_string())
-    }
+    })
+    .clone()
 }
 
 /// The bytes of a file that holds a secret, refused when others may read it.

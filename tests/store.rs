@@ -190,6 +190,39 @@ fn storescu_ct_study_and_pydicom_samples_round_trip() {
     let (clean, report) = archive.verify_json();
     assert!(clean, "verify: {report}");
     assert!(server.metrics().contains("strata_instances_stored_total"));
+
+    // The metadata records captured at ingest (from the objects kept in memory as they
+    // arrived over C-STORE) are the ones `reindex` captures from the stored files: every
+    // study's WADO-RS metadata (PS3.18 10.4.1.1.2, DICOM JSON as PS3.18 Annex F) is the
+    // same before and after.
+    let studies: Vec<String> = archive
+        .ls_json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["study_uid"].as_str().unwrap().to_string())
+        .collect();
+    let metadata = |server: &Server| -> Vec<serde_json::Value> {
+        studies
+            .iter()
+            .map(|s| {
+                let path = format!("/dicom-web/studies/{s}/metadata");
+                let (code, body) = http_get(server.http_port, &path).unwrap();
+                assert_eq!(code, 200, "{path}: {body}");
+                serde_json::from_str(&body).unwrap()
+            })
+            .collect()
+    };
+    let captured = metadata(&server);
+    server.stop();
+    run_ok(&mut archive.strata(&["reindex"]));
+    let server = archive.start();
+    for (study, (ingested, rebuilt)) in studies.iter().zip(captured.iter().zip(metadata(&server))) {
+        assert_eq!(
+            ingested, &rebuilt,
+            "study {study}: metadata captured at ingest vs by reindex"
+        );
+    }
     server.stop();
 }
 
