@@ -7,8 +7,14 @@
 #    window of up to 8 MiB of pack) and without (`read_window_mb = 0`: one GET per
 #    instance), alternating over ROUNDS rounds (default 3) on the same archive, the
 #    server restarted for each; medians and the ratio windows / single.
-# Usage: scripts/bench-cold-read.sh [N=1000] [ROUNDS=3]
+# With S3_DELAY_MS=D (default 0), Strata reaches SeaweedFS through
+# tests/peers/s3_fault_proxy.py, which during the retrievals holds every request D ms
+# before forwarding it: a distant S3 endpoint's round trip (bandwidth is not limited).
+# The moves to cold go through it undelayed (the archive records its cold tier's
+# endpoint, so both must name the same one).
+# Usage: [S3_DELAY_MS=D] scripts/bench-cold-read.sh [N=1000] [ROUNDS=3]
 set -euo pipefail
+shopt -s inherit_errexit  # a failed retrieval inside $(measure) stops the run
 cd "$(dirname "$0")/.."
 N=${1:-1000}
 ROUNDS=${2:-3}
@@ -18,8 +24,10 @@ ROOT=${BENCH_ROOT:-/var/tmp/strata-bench}
 WORK=$ROOT/cold-read
 DATA=$ROOT/move-data-$N
 BASE=${BENCH_PORT_BASE:-24300}
-S_DICOM=$((BASE + 5)) S_HTTP=$((BASE + 6))
+S_DICOM=$((BASE + 5)) S_HTTP=$((BASE + 6)) PROXY=$((BASE + 7))
+DELAY=${S3_DELAY_MS:-0}
 pid=""
+proxy_pid=""
 stop_strata() {
   if [ -n "$pid" ]; then
     kill "$pid" 2>/dev/null || true
@@ -29,6 +37,7 @@ stop_strata() {
 }
 cleanup() {
   stop_strata
+  if [ -n "$proxy_pid" ]; then kill "$proxy_pid" 2>/dev/null || true; fi
   tests/peers/seaweedfs.sh stop "$WORK/s3" >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
@@ -42,7 +51,7 @@ if [ ! -f "$DATA.complete" ]; then
 fi
 rm -rf "$WORK" && mkdir -p "$WORK"
 eval "$(tests/peers/seaweedfs.sh start "$WORK/s3" "$BASE" | grep -E '^(S3_ENDPOINT|AWS_[A-Z_]+)=' | sed 's/^/export /')"
-config() {
+config() { # WINDOW_MB
   cat > "$WORK/strata.toml" <<TOML
 [archive]
 data_dir = "$WORK/strata-data"
@@ -59,11 +68,20 @@ enabled = false
 enabled = false
 [cold]
 url = "s3://strata-test/bench"
-endpoint = "$S3_ENDPOINT"
+endpoint = "$READ_ENDPOINT"
 allow_http = true
 read_window_mb = $1
 TOML
 }
+READ_ENDPOINT=$S3_ENDPOINT
+if [ "$DELAY" != 0 ]; then
+  echo '{"delay_ms": 0, "keep_host": true}' > "$WORK/proxy.json"
+  python3 tests/peers/s3_fault_proxy.py --listen "$PROXY" --upstream "${S3_ENDPOINT##*:}" \
+    --control "$WORK/proxy.json" --log "$WORK/proxy.log" &
+  proxy_pid=$!
+  READ_ENDPOINT="http://127.0.0.1:$PROXY"
+  for _ in $(seq 100); do curl -s -o /dev/null "$READ_ENDPOINT/" && break; sleep 0.1; done
+fi
 config 8
 find "$DATA" -name '*.dcm' -print0 | xargs -0 "$STRATA" --config "$WORK/strata.toml" import >/dev/null
 UIDS=$("$STRATA" --config "$WORK/strata.toml" ls --json | python3 -c 'import json,sys; print(" ".join(s["study_uid"] for s in json.load(sys.stdin)))')
@@ -103,6 +121,9 @@ PY
   stop_strata
 }
 
+if [ "$DELAY" != 0 ]; then
+  echo "{\"delay_ms\": $DELAY, \"keep_host\": true}" > "$WORK/proxy.json"
+fi
 results=""
 for r in $(seq "$ROUNDS"); do
   # alternate which goes first
@@ -117,7 +138,9 @@ python3 - "$N" <<PY
 import statistics, sys
 rows = [l.split() for l in """$results""".strip().splitlines()]
 med = lambda w, i: statistics.median(float(r[i]) for r in rows if r[0] == w)
-print(f"\nRetrieval from an S3 cold tier (SeaweedFS on loopback), {sys.argv[1]} CT instances, "
+delay = int("$DELAY")
+where = f", every request held {delay} ms" if delay else ""
+print(f"\nRetrieval from an S3 cold tier (SeaweedFS on loopback{where}), {sys.argv[1]} CT instances, "
       f"medians of $ROUNDS rounds\n")
 print("| from cold | pack windows (8 MiB) | one GET per instance | ratio |")
 print("|---|---:|---:|---:|")

@@ -8,7 +8,12 @@ on every request so that a test switches them on and off while Strata runs:
    "fail_complete_and_abort": true,    # CompleteMultipartUpload and AbortMultipartUpload
                                        # answer 503 (an outage between the parts and
                                        # their completion)
-   "fail_ranges_over": 1048576}        # a ranged GET of more than N bytes answers 503
+   "fail_ranges_over": 1048576,        # a ranged GET of more than N bytes answers 503
+   "delay_ms": 20,                     # every request waits N ms before it is forwarded
+                                       # (a distant endpoint's round trip)
+   "keep_host": true}                  # forward the Host header as received (for an
+                                       # upstream that checks SigV4 signatures, which
+                                       # cover it), not the upstream's address
 
 It also serves as a plain HTTP proxy (absolute-form request targets), so that clients
 given HTTP_PROXY reach virtual-hosted names without DNS. Every request is appended to
@@ -88,6 +93,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def handle_any(self):
         c = control()
+        if c.get("delay_ms"):
+            time.sleep(c["delay_ms"] / 1000)
         target = self.path
         self.host = self.headers.get("Host", "")
         if target.startswith("http://"):  # absolute form: we are the client's proxy
@@ -118,7 +125,7 @@ class Handler(BaseHTTPRequestHandler):
 
         headers = {k: v for k, v in self.headers.items()
                    if k.lower() not in ("host", "proxy-connection", "transfer-encoding")}
-        headers["Host"] = f"127.0.0.1:{args.upstream}"
+        headers["Host"] = self.headers["Host"] if c.get("keep_host") else f"127.0.0.1:{args.upstream}"
         if payload or self.command in ("PUT", "POST"):
             headers["Content-Length"] = str(len(payload))
         up = http.client.HTTPConnection("127.0.0.1", args.upstream, timeout=60)
