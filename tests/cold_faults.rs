@@ -56,6 +56,15 @@ impl FaultProxy {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The log's lines from line `from` on.
+    fn requests_since(&self, from: usize) -> Vec<String> {
+        self.requests()
+            .lines()
+            .skip(from)
+            .map(str::to_string)
+            .collect()
+    }
+
     /// A `[cold]` section for `bucket` reached through the proxy, path style.
     fn cold_section(&self, bucket: &str, extra: &str) -> String {
         format!(
@@ -336,8 +345,10 @@ fn pack_range_gets(proxy: &FaultProxy, from: usize) -> Vec<(u64, u64)> {
 /// Issue 13: a study read from an S3 cold tier costs one ranged GET per window of its
 /// pack (at most 8 MiB of it), not one per instance, over WADO-RS and C-GET alike; what
 /// comes back is byte-identical to what was stored (each part hashes to its object id).
-/// A window GET that fails (503 on long ranges, from the proxy) costs nothing but speed:
-/// its members are read singly, and the answer is the same.
+/// The next window's GET is under way while one is read (the proxy releases the first
+/// window only when another arrives). A window GET that fails (503 on long ranges, from
+/// the proxy) costs nothing but speed: its members are read singly, and the answer is
+/// the same.
 #[test]
 fn a_cold_study_is_read_a_pack_window_at_a_time_and_singly_when_a_window_fails() {
     let moto = S3Server::moto();
@@ -414,16 +425,32 @@ fn a_cold_study_is_read_a_pack_window_at_a_time_and_singly_when_a_window_fails()
     );
     assert!(disjoint(&gets), "C-GET's windows do not overlap: {gets:?}");
 
+    // The next window is on its way while one is read: the proxy holds the first window
+    // GET until another window GET arrives (at most 20 s, then 503). Were the windows
+    // fetched one after the other, the held one would fail and its members be read
+    // singly.
+    proxy.set(serde_json::json!({"hold_long_range_until_another": {"over": 1, "seconds": 20}}));
+    let from = proxy.requests().lines().count();
+    wado("with the next window fetched ahead");
+    let log = proxy.requests_since(from);
+    assert!(
+        !log.iter().any(|l| l.contains("(injected)")),
+        "the first window was released by the next one's GET: {log:?}"
+    );
+    let windows: Vec<(u64, u64)> = pack_range_gets(&proxy, from)
+        .into_iter()
+        .filter(|g| g.1 > 1)
+        .collect();
+    assert!(
+        (2..=4).contains(&windows.len()) && disjoint(&windows),
+        "{windows:?}"
+    );
+
     // every window GET fails: each member is read singly, and the answer is the same
     proxy.set(serde_json::json!({"fail_ranges_over": member * 3 / 2}));
     let from = proxy.requests().lines().count();
     wado("singly, after failed windows");
-    let log: Vec<String> = proxy
-        .requests()
-        .lines()
-        .skip(from)
-        .map(str::to_string)
-        .collect();
+    let log = proxy.requests_since(from);
     assert!(
         log.iter().any(|l| l.contains("(injected)")),
         "a window was tried: {log:?}"

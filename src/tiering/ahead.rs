@@ -19,8 +19,14 @@
 //! - Anything that goes wrong with a window (the GET fails, the pack awaits a restore, a
 //!   member does not check) sends the member back to the single read
 //!   ([`ObjectReader::read_elsewhere`]), which tries every copy and says what is wrong.
-//! - Memory: at most [`WINDOWS`] windows per retrieval; a window is dropped once each of
-//!   its members was taken, or when a newer one needs its place.
+//! - The next window is fetched while this one is read: when a reader first takes a
+//!   member of a window, the window for the first object after it in the retrieval's
+//!   order that no window holds is planned and its GET started in the background (one
+//!   such step per window, never a chain), so that a distant endpoint's round trip is
+//!   paid once per retrieval rather than once per window.
+//! - Memory: at most [`WINDOWS`] windows per retrieval (the one being read, the one
+//!   fetched ahead, and one still being finished by slower readers); a window is dropped
+//!   once each of its members was taken, or when a newer one needs its place.
 //! - A `file://` tier is read member by member: a positioned read costs no round trip.
 
 use super::blocking;
@@ -29,6 +35,7 @@ use super::reader::{Elsewhere, ObjectReader};
 use crate::index::ColdCopy;
 use bytes::Bytes;
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use strata_tiers::ObjectId;
 
@@ -71,6 +78,8 @@ struct Window {
     taken: std::sync::Mutex<HashSet<ObjectId>>,
     /// The span's bytes once fetched; `None` when the GET failed.
     bytes: tokio::sync::OnceCell<Option<Bytes>>,
+    /// Set once the window after it was asked for ([`PackReadAhead::fetch_next`]).
+    next_started: AtomicBool,
 }
 
 impl PackReadAhead {
@@ -91,7 +100,7 @@ impl PackReadAhead {
     /// a `file://` tier, an object held by another node, no cold copy, or no other
     /// member of its pack coming next.
     pub(crate) async fn read(
-        &self,
+        self: &Arc<Self>,
         reader: &ObjectReader,
         id: &ObjectId,
         elsewhere: &Elsewhere,
@@ -102,6 +111,7 @@ impl PackReadAhead {
         let copy = elsewhere.cold.first()?;
         let pack = copy.pack_id()?;
         let window = self.window_for(reader, id, pack).await?;
+        self.fetch_next(&window, reader);
         let bytes = window
             .bytes
             .get_or_init(|| window.fetch(reader))
@@ -170,29 +180,7 @@ impl PackReadAhead {
             .copied()
             .collect();
         drop(state);
-        let (index, node, fetches, largest) = (
-            reader.index.clone(),
-            reader.node.clone(),
-            reader.peers.is_some(),
-            self.largest,
-        );
-        let looked_up = blocking(move || {
-            let mut copies = Vec::with_capacity(missing.len());
-            for oid in missing {
-                let copy = index.object(&oid)?.and_then(|record| {
-                    let hot =
-                        record.hot_on(&node) || (fetches && record.hot_elsewhere(&node).is_some());
-                    // an object streamed from a staged copy is never read from a window
-                    let staged = record.size > largest;
-                    (!hot && !staged)
-                        .then(|| record.cold.into_iter().next())
-                        .flatten()
-                });
-                copies.push((oid, copy));
-            }
-            Ok(copies)
-        })
-        .await;
+        let looked_up = self.look_up(reader, missing).await;
         let mut state = self.state.lock().await;
         match looked_up {
             Ok(copies) => state.known.extend(copies),
@@ -224,6 +212,95 @@ impl PackReadAhead {
             state.windows.pop_front();
         }
         Some(window)
+    }
+
+    /// Each object's first cold copy, `None` when it has none, is hot on this node (or on
+    /// a node this one fetches from), or is larger than a window takes.
+    async fn look_up(
+        &self,
+        reader: &ObjectReader,
+        ids: Vec<ObjectId>,
+    ) -> Result<Vec<(ObjectId, Option<ColdCopy>)>, super::TieringError> {
+        let (index, node, fetches, largest) = (
+            reader.index.clone(),
+            reader.node.clone(),
+            reader.peers.is_some(),
+            self.largest,
+        );
+        blocking(move || {
+            let mut copies = Vec::with_capacity(ids.len());
+            for oid in ids {
+                let copy = index.object(&oid)?.and_then(|record| {
+                    let hot =
+                        record.hot_on(&node) || (fetches && record.hot_elsewhere(&node).is_some());
+                    // an object streamed from a staged copy is never read from a window
+                    let staged = record.size > largest;
+                    (!hot && !staged)
+                        .then(|| record.cold.into_iter().next())
+                        .flatten()
+                });
+                copies.push((oid, copy));
+            }
+            Ok(copies)
+        })
+        .await
+    }
+
+    /// Once per window: plans, in the background, the window for the first object after
+    /// `window`'s members in the retrieval's order that no window holds (nor was read
+    /// singly) and starts its GET, so that it is on its way while `window` is read.
+    fn fetch_next(self: &Arc<Self>, window: &Window, reader: &ObjectReader) {
+        if window.next_started.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Some(positions) = self.positions.get() else {
+            return;
+        };
+        let Some(last) = window.members.keys().filter_map(|m| positions.get(m)).max() else {
+            return;
+        };
+        let (this, reader, after) = (self.clone(), reader.clone(), *last);
+        tokio::spawn(async move {
+            let Some(next) = this.next_unclaimed(&reader, after).await else {
+                return;
+            };
+            let Some(pack) = next.1.pack_id() else {
+                return;
+            };
+            if let Some(w) = this.window_for(&reader, &next.0, pack).await {
+                w.bytes.get_or_init(|| w.fetch(&reader)).await;
+            }
+        });
+    }
+
+    /// The first object after position `after` in the retrieval's order (within
+    /// [`PLAN_AHEAD`]) that no window holds nor was read singly, with its first cold
+    /// copy; `None` when there is none or it has no cold copy to read a window from.
+    async fn next_unclaimed(
+        &self,
+        reader: &ObjectReader,
+        after: usize,
+    ) -> Option<(ObjectId, ColdCopy)> {
+        let next = {
+            let state = self.state.lock().await;
+            *self
+                .order
+                .iter()
+                .skip(after + 1)
+                .take(PLAN_AHEAD)
+                .find(|oid| !state.claimed.contains(*oid))?
+        };
+        let known = self.state.lock().await.known.get(&next).cloned();
+        let copy = match known {
+            Some(copy) => copy,
+            None => {
+                let found = self.look_up(reader, vec![next]).await.ok()?;
+                let mut state = self.state.lock().await;
+                state.known.extend(found.iter().cloned());
+                found.into_iter().next()?.1
+            }
+        };
+        Some((next, copy?))
     }
 
     /// Notes `id` taken from `window`; the window goes once each member was.
@@ -288,6 +365,7 @@ fn plan(
         members,
         taken: std::sync::Mutex::new(HashSet::new()),
         bytes: tokio::sync::OnceCell::new(),
+        next_started: AtomicBool::new(false),
     })
 }
 

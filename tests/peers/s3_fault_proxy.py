@@ -11,9 +11,13 @@ on every request so that a test switches them on and off while Strata runs:
    "fail_ranges_over": 1048576,        # a ranged GET of more than N bytes answers 503
    "delay_ms": 20,                     # every request waits N ms before it is forwarded
                                        # (a distant endpoint's round trip)
-   "keep_host": true}                  # forward the Host header as received (for an
+   "keep_host": true,                  # forward the Host header as received (for an
                                        # upstream that checks SigV4 signatures, which
                                        # cover it), not the upstream's address
+   "hold_long_range_until_another": {"over": 1, "seconds": 20}}
+                                       # the first ranged GET of more than `over` bytes
+                                       # waits until another one arrives; none within
+                                       # `seconds`: it answers 503 (once per setting)
 
 It also serves as a plain HTTP proxy (absolute-form request targets), so that clients
 given HTTP_PROXY reach virtual-hosted names without DNS. Every request is appended to
@@ -41,6 +45,7 @@ args = ap.parse_args()
 
 lock = threading.Lock()
 written = {}  # "/bucket/key" -> time it was written (PUT or completed upload)
+hold = {"setting": None, "count": 0, "another": threading.Event()}
 log = open(args.log, "a", buffering=1)
 
 
@@ -118,6 +123,20 @@ class Handler(BaseHTTPRequestHandler):
 
         over = c.get("fail_ranges_over")
         m = re.fullmatch(r"bytes=(\d+)-(\d+)", self.headers.get("Range", ""))
+        held = c.get("hold_long_range_until_another")
+        if held and self.command == "GET" and m and int(m.group(2)) - int(m.group(1)) + 1 > held["over"]:
+            with lock:
+                setting = json.dumps(held, sort_keys=True)
+                if hold["setting"] != setting:
+                    hold.update(setting=setting, count=0, another=threading.Event())
+                hold["count"] += 1
+                first, another = hold["count"] == 1, hold["another"]
+            if not first:
+                another.set()
+            elif not another.wait(held["seconds"]):
+                self.answer(503, [("Content-Type", "application/xml")],
+                            error_xml("SlowDown", "held: no other long range came"), " (injected)")
+                return
         if over is not None and self.command == "GET" and m and int(m.group(2)) - int(m.group(1)) + 1 > over:
             self.answer(503, [("Content-Type", "application/xml")],
                         error_xml("SlowDown", "injected fault on a long range"), " (injected)")
