@@ -23,7 +23,8 @@ export TCP_NODELAY=1
 ROOT=${BENCH_ROOT:-/var/tmp/strata-bench}
 WORK=$ROOT/cold-read
 DATA=$ROOT/move-data-$N
-BASE=${BENCH_PORT_BASE:-24300}
+# (BASE..BASE+7 and SeaweedFS's gRPC ports BASE+10000.., below the ephemeral range)
+BASE=${BENCH_PORT_BASE:-22300}
 S_DICOM=$((BASE + 5)) S_HTTP=$((BASE + 6)) PROXY=$((BASE + 7))
 DELAY=${S3_DELAY_MS:-0}
 pid=""

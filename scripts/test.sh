@@ -20,12 +20,15 @@ cargo test --locked --workspace
 # start moto in both passes).
 pg_parent=$(mktemp -d /var/tmp/strata-pg-XXXXXX)
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-# a base port with BASE..BASE+4 and BASE+10000..BASE+10004 free (seaweedfs.sh's ports)
+# a base port with BASE..BASE+4 and BASE+10000..BASE+10004 free (seaweedfs.sh's ports),
+# all below the kernel's ephemeral range (ip_local_port_range, 32768 on): a port in it
+# that is free now may be taken as an outgoing connection's local port before SeaweedFS
+# binds it (a volume server then fails with "address already in use")
 free_port_range() {
   python3 - <<'PY'
 import random, socket
 for _ in range(200):
-    base = random.randrange(23000, 30000)
+    base = random.randrange(22000, 22760)
     try:
         socks = []
         for p in [base + i for i in range(5)] + [base + 10000 + i for i in range(5)]:
