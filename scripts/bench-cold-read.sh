@@ -9,7 +9,8 @@
 #    server restarted for each; medians and the ratio windows / single.
 # With S3_DELAY_MS=D (default 0), Strata reaches SeaweedFS through
 # tests/peers/s3_fault_proxy.py, which during the retrievals holds every request D ms
-# before forwarding it: a distant S3 endpoint's round trip (bandwidth is not limited).
+# before forwarding it: a distant S3 endpoint's round trip (no bandwidth limit is set,
+# but the proxy is Python and buffers each answer: its own throughput counts too).
 # The moves to cold go through it undelayed (the archive records its cold tier's
 # endpoint, so both must name the same one).
 # Usage: [S3_DELAY_MS=D] scripts/bench-cold-read.sh [N=1000] [ROUNDS=3]
@@ -24,7 +25,7 @@ ROOT=${BENCH_ROOT:-/var/tmp/strata-bench}
 WORK=$ROOT/cold-read
 DATA=$ROOT/move-data-$N
 # (BASE..BASE+7 and SeaweedFS's gRPC ports BASE+10000.., below the ephemeral range)
-BASE=${BENCH_PORT_BASE:-22300}
+BASE=${BENCH_PORT_BASE:-21400}
 S_DICOM=$((BASE + 5)) S_HTTP=$((BASE + 6)) PROXY=$((BASE + 7))
 DELAY=${S3_DELAY_MS:-0}
 pid=""
@@ -82,6 +83,7 @@ if [ "$DELAY" != 0 ]; then
   proxy_pid=$!
   READ_ENDPOINT="http://127.0.0.1:$PROXY"
   for _ in $(seq 100); do curl -s -o /dev/null "$READ_ENDPOINT/" && break; sleep 0.1; done
+  curl -s -o /dev/null "$READ_ENDPOINT/" || { echo "the S3 proxy did not start" >&2; exit 1; }
 fi
 config 8
 find "$DATA" -name '*.dcm' -print0 | xargs -0 "$STRATA" --config "$WORK/strata.toml" import >/dev/null
@@ -92,7 +94,10 @@ done
 
 measure() { # WINDOW_MB: prints "wado_mb_s cget_mb_s"
   config "$1"
-  "$STRATA" --config "$WORK/strata.toml" serve 2>>"$WORK/strata.log" &
+  # (in the $(measure) subshell: stop this server whichever way it ends, and keep its
+  # output off the subshell's stdout, which the caller reads to its end)
+  trap stop_strata EXIT
+  "$STRATA" --config "$WORK/strata.toml" serve >>"$WORK/strata.log" 2>&1 &
   pid=$!
   for _ in $(seq 100); do curl -sf "http://127.0.0.1:$S_HTTP/healthz" >/dev/null && break; sleep 0.1; done
   python3 - "$S_HTTP" "$S_DICOM" "$WORK" $UIDS <<'PY'

@@ -426,10 +426,11 @@ fn a_cold_study_is_read_a_pack_window_at_a_time_and_singly_when_a_window_fails()
     assert!(disjoint(&gets), "C-GET's windows do not overlap: {gets:?}");
 
     // The next window is on its way while one is read: the proxy holds the first window
-    // GET until another window GET arrives (at most 20 s, then 503). Were the windows
-    // fetched one after the other, the held one would fail and its members be read
-    // singly.
-    proxy.set(serde_json::json!({"hold_long_range_until_another": {"over": 1, "seconds": 20}}));
+    // GET until another GET of more than one byte arrives (at most 3 s, below the
+    // tier's 5 s request timeout, then 503). Were the windows fetched one after the
+    // other, nothing else would come meanwhile: the held one would fail and its members
+    // be read singly.
+    proxy.set(serde_json::json!({"hold_long_range_until_another": {"over": 1, "seconds": 3}}));
     let from = proxy.requests().lines().count();
     wado("with the next window fetched ahead");
     let log = proxy.requests_since(from);

@@ -194,7 +194,9 @@ fn storescu_ct_study_and_pydicom_samples_round_trip() {
     // The metadata records captured at ingest (from the objects kept in memory as they
     // arrived over C-STORE) are the ones `reindex` captures from the stored files: every
     // study's WADO-RS metadata (PS3.18 10.4.1.1.2, DICOM JSON as PS3.18 Annex F) is the
-    // same before and after.
+    // same before and after. (Instances sent in several encodings are left out: which
+    // version is served after `reindex` follows the files' times, which two stores in
+    // the same millisecond may tie.)
     let studies: Vec<String> = archive
         .ls_json()
         .as_array()
@@ -202,14 +204,20 @@ fn storescu_ct_study_and_pydicom_samples_round_trip() {
         .iter()
         .map(|s| s["study_uid"].as_str().unwrap().to_string())
         .collect();
-    let metadata = |server: &Server| -> Vec<serde_json::Value> {
+    let metadata = |server: &Server| -> Vec<Vec<serde_json::Value>> {
         studies
             .iter()
             .map(|s| {
                 let path = format!("/dicom-web/studies/{s}/metadata");
                 let (code, body) = http_get(server.http_port, &path).unwrap();
                 assert_eq!(code, 200, "{path}: {body}");
-                serde_json::from_str(&body).unwrap()
+                let all: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
+                all.into_iter()
+                    .filter(|i| {
+                        let sop = i["00080018"]["Value"][0].as_str().unwrap_or_default();
+                        by_sop.get(sop).is_none_or(|files| files.len() == 1)
+                    })
+                    .collect()
             })
             .collect()
     };

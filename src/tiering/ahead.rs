@@ -19,14 +19,15 @@
 //! - Anything that goes wrong with a window (the GET fails, the pack awaits a restore, a
 //!   member does not check) sends the member back to the single read
 //!   ([`ObjectReader::read_elsewhere`]), which tries every copy and says what is wrong.
-//! - The next window is fetched while this one is read: when a reader first takes a
-//!   member of a window, the window for the first object after it in the retrieval's
-//!   order that no window holds is planned and its GET started in the background (one
-//!   such step per window, never a chain), so that a distant endpoint's round trip is
-//!   paid once per retrieval rather than once per window.
-//! - Memory: at most [`WINDOWS`] windows per retrieval (the one being read, the one
-//!   fetched ahead, and one still being finished by slower readers); a window is dropped
-//!   once each of its members was taken, or when a newer one needs its place.
+//! - The next window is fetched while this one is read: when a reader first asks for a
+//!   member of a window, and the first object after the window's members in the
+//!   retrieval's order (skipping objects read from the hot tier) is in no window yet, the
+//!   window for that object is planned and its GET started in the background. This
+//!   happens once per window, never in a chain, and at most one window ahead; the next
+//!   window's round trip then overlaps the reading of this one.
+//! - Memory: at most [`WINDOWS`] windows per retrieval (32 MiB by default); a window is
+//!   dropped once each of its members was taken, or when a newer one needs its place
+//!   (a dropped window lives on while a reader still cuts its member from it).
 //! - A `file://` tier is read member by member: a positioned read costs no round trip.
 
 use super::blocking;
@@ -39,8 +40,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use strata_tiers::ObjectId;
 
-/// Windows one retrieval keeps at once.
-pub const WINDOWS: usize = 3;
+/// Windows one retrieval keeps at once: the one fetched ahead, and up to three that its
+/// readers (a few at once, in any order) are still cutting members from.
+pub const WINDOWS: usize = 4;
 /// Objects after the one asked for, in the retrieval's order, looked at when a window
 /// is planned.
 pub const PLAN_AHEAD: usize = 64;
@@ -214,8 +216,9 @@ impl PackReadAhead {
         Some(window)
     }
 
-    /// Each object's first cold copy, `None` when it has none, is hot on this node (or on
-    /// a node this one fetches from), or is larger than a window takes.
+    /// Each object's first cold copy; `None` when it has none, is hot on this node (or on
+    /// a node this one fetches from), or is larger than `largest` (streamed from a staged
+    /// copy instead).
     async fn look_up(
         &self,
         reader: &ObjectReader,
@@ -246,9 +249,11 @@ impl PackReadAhead {
         .await
     }
 
-    /// Once per window: plans, in the background, the window for the first object after
-    /// `window`'s members in the retrieval's order that no window holds (nor was read
-    /// singly) and starts its GET, so that it is on its way while `window` is read.
+    /// Once per window: plans, in the background, the window for the first cold object
+    /// after `window`'s members in the retrieval's order, unless a window holds it already
+    /// (or it was read singly), and starts its GET, so that it is on its way while
+    /// `window` is read. The task holds the retrieval weakly: a retrieval dropped before
+    /// the GET starts costs nothing more.
     fn fetch_next(self: &Arc<Self>, window: &Window, reader: &ObjectReader) {
         if window.next_started.swap(true, Ordering::AcqRel) {
             return;
@@ -259,48 +264,54 @@ impl PackReadAhead {
         let Some(last) = window.members.keys().filter_map(|m| positions.get(m)).max() else {
             return;
         };
-        let (this, reader, after) = (self.clone(), reader.clone(), *last);
-        tokio::spawn(async move {
-            let Some(next) = this.next_unclaimed(&reader, after).await else {
+        let (this, reader, after) = (Arc::downgrade(self), reader.clone(), *last);
+        let task = async move {
+            let Some(this) = this.upgrade() else {
                 return;
             };
-            let Some(pack) = next.1.pack_id() else {
+            let Some((next, copy)) = this.next_cold(&reader, after).await else {
                 return;
             };
-            if let Some(w) = this.window_for(&reader, &next.0, pack).await {
+            let Some(pack) = copy.pack_id() else {
+                return;
+            };
+            if let Some(w) = this.window_for(&reader, &next, pack).await {
                 w.bytes.get_or_init(|| w.fetch(&reader)).await;
             }
-        });
+        };
+        tokio::spawn(tracing::Instrument::in_current_span(task));
     }
 
     /// The first object after position `after` in the retrieval's order (within
-    /// [`PLAN_AHEAD`]) that no window holds nor was read singly, with its first cold
-    /// copy; `None` when there is none or it has no cold copy to read a window from.
-    async fn next_unclaimed(
-        &self,
-        reader: &ObjectReader,
-        after: usize,
-    ) -> Option<(ObjectId, ColdCopy)> {
-        let next = {
+    /// [`PLAN_AHEAD`]) that has a cold copy to read from, with that copy (looked up
+    /// in the index when not yet known); `None` when there is none, or when it is in a
+    /// window already or was read singly (the next window is under way: nothing to
+    /// fetch ahead).
+    async fn next_cold(&self, reader: &ObjectReader, after: usize) -> Option<(ObjectId, ColdCopy)> {
+        let end = (after + 1 + PLAN_AHEAD).min(self.order.len());
+        let next = self.order.get(after + 1..end)?;
+        let missing: Vec<ObjectId> = {
             let state = self.state.lock().await;
-            *self
-                .order
-                .iter()
-                .skip(after + 1)
-                .take(PLAN_AHEAD)
-                .find(|oid| !state.claimed.contains(*oid))?
+            next.iter()
+                .filter(|oid| !state.known.contains_key(*oid))
+                .copied()
+                .collect()
         };
-        let known = self.state.lock().await.known.get(&next).cloned();
-        let copy = match known {
-            Some(copy) => copy,
-            None => {
-                let found = self.look_up(reader, vec![next]).await.ok()?;
-                let mut state = self.state.lock().await;
-                state.known.extend(found.iter().cloned());
-                found.into_iter().next()?.1
+        if !missing.is_empty() {
+            let found = self.look_up(reader, missing).await.ok()?;
+            self.state.lock().await.known.extend(found);
+        }
+        let state = self.state.lock().await;
+        for oid in next {
+            if state.claimed.contains(oid) {
+                return None;
             }
-        };
-        Some((next, copy?))
+            // an object read from the hot tier (or with no cold copy) is skipped
+            if let Some(Some(copy)) = state.known.get(oid) {
+                return Some((*oid, copy.clone()));
+            }
+        }
+        None
     }
 
     /// Notes `id` taken from `window`; the window goes once each member was.

@@ -17,7 +17,8 @@ on every request so that a test switches them on and off while Strata runs:
    "hold_long_range_until_another": {"over": 1, "seconds": 20}}
                                        # the first ranged GET of more than `over` bytes
                                        # waits until another one arrives; none within
-                                       # `seconds`: it answers 503 (once per setting)
+                                       # `seconds`: it answers 503 (once for each
+                                       # distinct setting in the proxy's life)
 
 It also serves as a plain HTTP proxy (absolute-form request targets), so that clients
 given HTTP_PROXY reach virtual-hosted names without DNS. Every request is appended to
@@ -144,7 +145,8 @@ class Handler(BaseHTTPRequestHandler):
 
         headers = {k: v for k, v in self.headers.items()
                    if k.lower() not in ("host", "proxy-connection", "transfer-encoding")}
-        headers["Host"] = self.headers["Host"] if c.get("keep_host") else f"127.0.0.1:{args.upstream}"
+        upstream = f"127.0.0.1:{args.upstream}"
+        headers["Host"] = self.headers.get("Host", upstream) if c.get("keep_host") else upstream
         if payload or self.command in ("PUT", "POST"):
             headers["Content-Length"] = str(len(payload))
         up = http.client.HTTPConnection("127.0.0.1", args.upstream, timeout=60)
