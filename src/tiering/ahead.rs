@@ -174,23 +174,12 @@ impl PackReadAhead {
             .chain(at + 1..(at + 1 + PLAN_AHEAD).min(self.order.len()))
             .map(|i| self.order[i])
             .collect();
-        // each object's record is looked up once per retrieval, however often planned,
-        // and without holding the lock (other readers take their members meanwhile)
-        let missing: Vec<ObjectId> = wanted
-            .iter()
-            .filter(|oid| !state.known.contains_key(*oid))
-            .copied()
-            .collect();
         drop(state);
-        let looked_up = self.look_up(reader, missing).await;
-        let mut state = self.state.lock().await;
-        match looked_up {
-            Ok(copies) => state.known.extend(copies),
-            Err(e) => {
-                tracing::debug!(object = %id, error = %e, "pack window not planned");
-                return None;
-            }
+        if let Err(e) = self.learn(reader, &wanted).await {
+            tracing::debug!(object = %id, error = %e, "pack window not planned");
+            return None;
         }
+        let mut state = self.state.lock().await;
         // another reader may have planned a window holding it meanwhile
         if let Some(w) = held(&state) {
             return Some(w);
@@ -216,23 +205,35 @@ impl PackReadAhead {
         Some(window)
     }
 
-    /// Each object's first cold copy; `None` when it has none, is hot on this node (or on
-    /// a node this one fetches from), or is larger than `largest` (streamed from a staged
-    /// copy instead).
-    async fn look_up(
+    /// Records in `known` each of `ids` not known yet: its first cold copy; `None` when
+    /// it has none, is hot on this node (or on a node this one fetches from), or is
+    /// larger than `largest` (streamed from a staged copy instead). Each record is thus
+    /// looked up once per retrieval, however often planned, and without holding the
+    /// lock (other readers take their members meanwhile).
+    async fn learn(
         &self,
         reader: &ObjectReader,
-        ids: Vec<ObjectId>,
-    ) -> Result<Vec<(ObjectId, Option<ColdCopy>)>, super::TieringError> {
+        ids: &[ObjectId],
+    ) -> Result<(), super::TieringError> {
+        let missing: Vec<ObjectId> = {
+            let state = self.state.lock().await;
+            ids.iter()
+                .filter(|oid| !state.known.contains_key(*oid))
+                .copied()
+                .collect()
+        };
+        if missing.is_empty() {
+            return Ok(());
+        }
         let (index, node, fetches, largest) = (
             reader.index.clone(),
             reader.node.clone(),
             reader.peers.is_some(),
             self.largest,
         );
-        blocking(move || {
-            let mut copies = Vec::with_capacity(ids.len());
-            for oid in ids {
+        let found = blocking(move || {
+            let mut copies = Vec::with_capacity(missing.len());
+            for oid in missing {
                 let copy = index.object(&oid)?.and_then(|record| {
                     let hot =
                         record.hot_on(&node) || (fetches && record.hot_elsewhere(&node).is_some());
@@ -246,7 +247,9 @@ impl PackReadAhead {
             }
             Ok(copies)
         })
-        .await
+        .await?;
+        self.state.lock().await.known.extend(found);
+        Ok(())
     }
 
     /// Once per window: plans, in the background, the window for the first cold object
@@ -290,17 +293,7 @@ impl PackReadAhead {
     async fn next_cold(&self, reader: &ObjectReader, after: usize) -> Option<(ObjectId, ColdCopy)> {
         let end = (after + 1 + PLAN_AHEAD).min(self.order.len());
         let next = self.order.get(after + 1..end)?;
-        let missing: Vec<ObjectId> = {
-            let state = self.state.lock().await;
-            next.iter()
-                .filter(|oid| !state.known.contains_key(*oid))
-                .copied()
-                .collect()
-        };
-        if !missing.is_empty() {
-            let found = self.look_up(reader, missing).await.ok()?;
-            self.state.lock().await.known.extend(found);
-        }
+        self.learn(reader, next).await.ok()?;
         let state = self.state.lock().await;
         for oid in next {
             if state.claimed.contains(oid) {
