@@ -19,7 +19,23 @@ cargo test --locked --workspace
 # (tests/common: STRATA_TEST_S3, S3Server::start; tests needing moto's own features
 # start moto in both passes).
 pg_parent=$(mktemp -d /var/tmp/strata-pg-XXXXXX)
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+# PostgreSQL's port: free now and below the ephemeral range too (8000-9999: under the
+# tests' own free_port() range, 10000-19999, and SeaweedFS's below)
+free_port() {
+  python3 - <<'PY'
+import random, socket
+for _ in range(200):
+    port = random.randrange(8000, 10000)
+    try:
+        socket.socket().bind(("127.0.0.1", port))
+    except OSError:
+        continue
+    print(port)
+    break
+else:
+    raise SystemExit("no free port in 8000-9999")
+PY
+}
 # a base port with BASE..BASE+4 and BASE+10000..BASE+10004 free (seaweedfs.sh's ports),
 # all below the kernel's ephemeral range (ip_local_port_range, 32768 on): a port in it
 # that is free now may be taken as an outgoing connection's local port before SeaweedFS
