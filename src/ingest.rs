@@ -129,6 +129,32 @@ struct CommitJob {
     /// Who stored it, for the audit record the committer writes before the answer.
     actor: Actor,
     reply: Reply,
+    /// The object's metadata record when it is captured after the hand-off, while the
+    /// committer journals the object ([`LateMetadata`]); taken once the group is durable.
+    metadata_later: Option<mpsc::Receiver<Option<Vec<u8>>>>,
+}
+
+/// The metadata record of an object kept in memory, captured by the submitting thread
+/// after it handed the object on ([`Ingest::submit_blocking`]), so that the capture
+/// (dicom-object's parse, dicom-json, zstd: a few tenths of a millisecond of CPU) runs
+/// while the committer waits for the journal's `fdatasync`, not before it. The journal
+/// record goes without it (metadata length 0: replay captures it again from the
+/// object, docs/formats.md); the index record gets it.
+pub(crate) struct LateMetadata {
+    kept: strata_tiers::hot::KeptBytes,
+    tx: mpsc::SyncSender<Option<Vec<u8>>>,
+}
+
+impl LateMetadata {
+    /// Captures the record and hands it to the committer. Dropped unrun, the object is
+    /// indexed without a record (read from the object when asked for, as for objects
+    /// stored before records existed).
+    pub(crate) fn capture(self) {
+        let parts = self.kept.parts();
+        let _ = self
+            .tx
+            .send(crate::dicom::metadata::capture_from(Slices::new(&parts)));
+    }
 }
 
 /// Completes an instance's attributes before it is committed, by the archive's policy
@@ -324,15 +350,16 @@ impl Ingest {
     /// Checks a fully written tmp object (one pass: framing and header values) against
     /// what the sender claimed and hands it to the group committer. The returned
     /// [`PendingCommit`] resolves once the object is durable, indexed and audited (as
-    /// stored by `actor`).
-    pub fn submit_blocking(
+    /// stored by `actor`), and only after the returned [`LateMetadata`], if any, was
+    /// captured or dropped: the caller runs it next, on its own thread.
+    fn submit_blocking(
         &self,
         written: WrittenObject,
         expected_sop_class_uid: &str,
         expected_sop_instance_uid: &str,
         provenance: Provenance,
         actor: Actor,
-    ) -> Result<PendingCommit, IngestError> {
+    ) -> Result<(PendingCommit, Option<LateMetadata>), IngestError> {
         // the object's bytes as still held in memory, else its file
         let kept = written.tmp.kept();
         let mut attrs = match &kept {
@@ -360,6 +387,12 @@ impl Ingest {
             self.refuse_conflicting_version(&attrs, &written.id)?;
         }
         let (reply, answer) = tokio::sync::oneshot::channel();
+        // kept in memory: captured after the hand-off; else from the file, now (the
+        // committer renames it)
+        let late = written.tmp.kept_bytes().map(|kept| {
+            let (tx, rx) = mpsc::sync_channel(1);
+            (LateMetadata { kept, tx }, rx)
+        });
         let (dataset, same_as) = match screened {
             Screen::Unknown => (None, None),
             Screen::Other { dataset } => (Some(dataset), None),
@@ -371,12 +404,13 @@ impl Ingest {
             attrs: attrs.clone(),
             provenance,
             dataset,
-            metadata: match &kept {
-                Some(parts) => crate::dicom::metadata::capture_from(Slices::new(parts)),
+            metadata: match &late {
+                Some(_) => None,
                 None => crate::dicom::metadata::capture_blocking(written.tmp.path()),
             },
             replicate: self.replicate,
         };
+        let (late, metadata_later) = late.unzip();
         self.jobs
             .send(CommitJob {
                 tmp: written.tmp,
@@ -384,9 +418,10 @@ impl Ingest {
                 same_as,
                 actor,
                 reply,
+                metadata_later,
             })
             .map_err(|_| IngestError::Storage("the committer has stopped".into()))?;
-        Ok(PendingCommit {
+        let pending = PendingCommit {
             answer,
             stored: Stored {
                 id: written.id,
@@ -394,7 +429,8 @@ impl Ingest {
                 outcome: CommitOutcome::Stored,
                 attrs,
             },
-        })
+        };
+        Ok((pending, late))
     }
 
     /// Whether a written object's SOP Instance UID is already stored under other bytes and,
@@ -613,8 +649,9 @@ impl Ingest {
     }
 
     /// Hands a written object to the group committer ([`Ingest::submit_blocking`]) and
-    /// then, on this thread, writes its tmp file if that was deferred (while the
-    /// committer journals it from memory); returns the pending commit and when it was
+    /// then, on this thread, writes its tmp file if that was deferred and captures its
+    /// metadata record if that was left for later ([`LateMetadata`]), both while the
+    /// committer journals it from memory; returns the pending commit and when it was
     /// handed on. A refused object's deferred write is dropped unrun.
     fn submit_and_write_blocking(
         &self,
@@ -633,10 +670,14 @@ impl Ingest {
             actor,
         );
         let admitted = std::time::Instant::now();
-        if let (Ok(_), Some(write)) = (&submitted, deferred) {
+        let (pending, late) = submitted?;
+        if let Some(late) = late {
+            late.capture();
+        }
+        if let Some(write) = deferred {
             write.run_blocking();
         }
-        submitted.map(|pending| (pending, admitted))
+        Ok((pending, admitted))
     }
 
     /// A new tmp object: `prefix`, then the data set of `written` (which starts at
@@ -937,6 +978,7 @@ impl FilesStage<'_> {
         } = *self;
         let mut to_persist = Vec::with_capacity(jobs.len());
         let mut waiting = Vec::with_capacity(jobs.len());
+        let mut later = Vec::with_capacity(jobs.len());
         let mut same = Vec::new();
         for job in jobs {
             if let Some(as_id) = job.same_as {
@@ -953,6 +995,7 @@ impl FilesStage<'_> {
                 Ok(_) => {
                     to_persist.push((job.tmp, job.object.id));
                     waiting.push((job.object, job.actor, job.reply));
+                    later.push(job.metadata_later);
                 }
                 Err(e) => {
                     let _ = job.reply.send(Err(IngestError::Storage(e.to_string())));
@@ -1003,9 +1046,15 @@ impl FilesStage<'_> {
                 .observe(started.elapsed().as_secs_f64());
             persisted
         };
-        for ((object, actor, reply), result) in waiting.into_iter().zip(persisted) {
+        for (((mut object, actor, reply), result), later) in
+            waiting.into_iter().zip(persisted).zip(later)
+        {
             match result {
                 Ok(unplaced) => {
+                    // captured while the group was made durable ([`LateMetadata`])
+                    if let Some(rx) = later {
+                        object.metadata = rx.recv().ok().flatten();
+                    }
                     group.objects.push(object);
                     group.same_as.push(None);
                     group.actors.push(actor);

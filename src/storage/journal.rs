@@ -31,7 +31,9 @@
 //!                     segment names an older one, so it never checks)
 //! 16  u32             header length H (JSON: id, size, attrs, provenance, dataset,
 //!                     replicate)
-//! 20  u32             metadata length M (the object's metadata record, as indexed)
+//! 20  u32             metadata length M (the object's metadata record, as indexed;
+//!                     0: not in the record — ingest captures it while the group is
+//!                     synced — and replay captures it again from the object's bytes)
 //! 24  u64             object length B
 //! 32  [u8; 16]        blake3(bytes 0..32 ‖ header ‖ metadata), first 16 bytes
 //! 48  header, metadata, then the object's B bytes (they must hash to its id)
@@ -688,7 +690,13 @@ fn read_record(
         attrs: header.attrs,
         provenance: header.provenance,
         dataset: header.dataset,
-        metadata: (m > 0).then(|| meta[h as usize..].to_vec()),
+        // a record without the metadata record (captured while the group was synced,
+        // crate::ingest::LateMetadata): captured again from the object, now whole
+        metadata: if m > 0 {
+            Some(meta[h as usize..].to_vec())
+        } else {
+            crate::dicom::metadata::capture_blocking(&hot.path_of(&id))
+        },
         replicate: header.replicate,
     };
     Ok(Some((Some(object), len, !whole)))

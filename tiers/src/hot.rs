@@ -302,6 +302,24 @@ struct Kept {
     pool: Arc<StagePool>,
 }
 
+impl Kept {
+    fn parts(&self) -> Vec<&[u8]> {
+        self.stages.iter().map(|s| s.filled()).collect()
+    }
+}
+
+/// An object's bytes kept in memory ([`TmpObject::kept_bytes`]), shared: the buffers go
+/// back to their pool once the last holder drops them. Never written to again.
+#[derive(Debug, Clone)]
+pub struct KeptBytes(Arc<Kept>);
+
+impl KeptBytes {
+    /// The bytes, in order, as slices of the staging buffers.
+    pub fn parts(&self) -> Vec<&[u8]> {
+        self.0.parts()
+    }
+}
+
 impl Drop for Kept {
     fn drop(&mut self) {
         self.pool.put_shared(std::mem::take(&mut self.stages));
@@ -620,9 +638,13 @@ impl TmpObject {
     /// keep them ([`HotDisk::create_direct_tmp_blocking`]) and stayed within that size;
     /// after [`TmpObject::complete_blocking`] or [`TmpObject::defer_write_blocking`].
     pub fn kept(&self) -> Option<Vec<&[u8]>> {
-        self.kept
-            .as_ref()
-            .map(|k| k.stages.iter().map(|s| s.filled()).collect())
+        self.kept.as_deref().map(Kept::parts)
+    }
+
+    /// A hold on the bytes [`TmpObject::kept`] returns that outlives this tmp object
+    /// (moved on to be journaled and placed): another thread reads them meanwhile.
+    pub fn kept_bytes(&self) -> Option<KeptBytes> {
+        self.kept.clone().map(KeptBytes)
     }
 
     /// Opens the tmp file again for reading (e.g. to parse what was received).
