@@ -1,14 +1,15 @@
 #!/usr/bin/env python3
-"""A/B ingest of two Strata binaries: one association, the binaries alternating.
+"""A/B ingest of two Strata binaries, alternating.
 
-Usage: scripts/ab-ingest.py BIN_A BIN_B [PAIRS=6] [N_INSTANCES=1000]
+Usage: scripts/ab-ingest.py BIN_A BIN_B [PAIRS=6] [N_INSTANCES=1000] [ASSOCIATIONS=1]
 
 For each pair, each binary in turn (A first in odd pairs, B first in even ones) gets a
 fresh archive in a new directory under $BENCH_ROOT/ab (the old ones are deleted only at
 the end: on ext4 without a journal a just-deleted inode is skipped by a linear scan
 when new files are made, which would tax the next run), is sent the N generated CT
 instances of $BENCH_ROOT/data-N (scripts/bench-ingest.sh makes them) by DCMTK
-storescu over one association with TCP_NODELAY=1, and is stopped by pid. Per run it
+storescu with TCP_NODELAY=1 (over one association, or ASSOCIATIONS storescu processes
+in parallel, each sending a contiguous share), and is stopped by pid. Per run it
 prints instances/s (wall time around storescu), the server's CPU per instance
 (/proc/PID/stat utime+stime) and the means of strata_commit_phase_seconds; at the
 end the median of each binary and of the pairs' changes, and how many pairs B won.
@@ -33,6 +34,7 @@ if len(sys.argv) < 3:
 bins = {"A": os.path.abspath(sys.argv[1]), "B": os.path.abspath(sys.argv[2])}
 pairs = int(sys.argv[3]) if len(sys.argv) > 3 else 6
 n = int(sys.argv[4]) if len(sys.argv) > 4 else 1000
+assocs = int(sys.argv[5]) if len(sys.argv) > 5 else 1
 root = os.environ.get("BENCH_ROOT", "/var/tmp/strata-bench")
 data = os.path.join(root, f"data-{n}")
 port = int(os.environ.get("BENCH_PORT_BASE", "45100"))
@@ -73,12 +75,18 @@ def run(tag, binary):
         else:
             sys.exit(f"{binary} did not become healthy: {d}/serve.log")
         env = dict(os.environ, TCP_NODELAY="1")
+        share = -(-len(files) // assocs)
         started = time.monotonic()
-        subprocess.run(
-            ["/usr/bin/storescu", "-aet", "ABSCU", "-aec", "STRATA", "127.0.0.1", str(port)]
-            + files,
-            env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
+        senders = [
+            subprocess.Popen(
+                ["/usr/bin/storescu", "-aet", "ABSCU", "-aec", "STRATA", "127.0.0.1",
+                 str(port)] + files[i:i + share],
+                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )
+            for i in range(0, len(files), share)
+        ]
+        if any(s.wait() != 0 for s in senders):
+            sys.exit(f"storescu failed against {binary}: {d}/serve.log")
         elapsed = time.monotonic() - started
         metrics = http("/metrics")
         with open(f"/proc/{server.pid}/stat") as f:

@@ -8,7 +8,8 @@
 //!    to its file [`FLUSH_AT`] bytes at a time, and is never held in memory whole.
 //! 2. [`Ingest::submit_blocking`] parses only the header (stopping before pixel data),
 //!    checks it against what the sender claimed, and hands the object to the group
-//!    committer; the same thread then writes a gathered object to its tmp file
+//!    committer; the same thread then captures a gathered object's metadata record
+//!    ([`LateMetadata`]) and writes it to its tmp file
 //!    ([`strata_tiers::hot::DeferredWrite`]) while the committer journals it from memory.
 //! 3. The group committer takes every object waiting and makes it durable — a small
 //!    group by one append to the ingest journal and one `fdatasync`, then renames the
@@ -130,7 +131,7 @@ struct CommitJob {
     actor: Actor,
     reply: Reply,
     /// The object's metadata record when it is captured after the hand-off, while the
-    /// committer journals the object ([`LateMetadata`]); taken once the group is durable.
+    /// committer journals the object ([`LateMetadata`]); the index stage takes it.
     metadata_later: Option<mpsc::Receiver<Option<Vec<u8>>>>,
 }
 
@@ -387,9 +388,11 @@ impl Ingest {
             self.refuse_conflicting_version(&attrs, &written.id)?;
         }
         let (reply, answer) = tokio::sync::oneshot::channel();
-        // kept in memory: captured after the hand-off; else from the file, now (the
+        // The metadata record: none for a data set stored already (not indexed); kept
+        // in memory, captured after the hand-off; else from the file, now (the
         // committer renames it)
-        let late = written.tmp.kept_bytes().map(|kept| {
+        let same = matches!(screened, Screen::Same { .. });
+        let late = written.tmp.kept_bytes().filter(|_| !same).map(|kept| {
             let (tx, rx) = mpsc::sync_channel(1);
             (LateMetadata { kept, tx }, rx)
         });
@@ -405,8 +408,8 @@ impl Ingest {
             provenance,
             dataset,
             metadata: match &late {
-                Some(_) => None,
-                None => crate::dicom::metadata::capture_blocking(written.tmp.path()),
+                None if !same => crate::dicom::metadata::capture_blocking(written.tmp.path()),
+                _ => None,
             },
             replicate: self.replicate,
         };
@@ -735,9 +738,25 @@ struct DurableGroup {
     /// Per object: a journaled object's tmp file, which the index stage renames into
     /// place once it is written ([`DurableGroup::place_blocking`]).
     unplaced: Vec<Option<TmpObject>>,
+    /// Per object: its metadata record when it is still being captured
+    /// ([`LateMetadata`]), taken by the index stage ([`DurableGroup::take_metadata`]),
+    /// so the files stage goes on to the next group meanwhile. Empty once taken.
+    later: Vec<Option<mpsc::Receiver<Option<Vec<u8>>>>>,
 }
 
 impl DurableGroup {
+    /// Waits for the metadata records still being captured and puts each in its index
+    /// record (a capture that ended without one leaves it out: the object is then read
+    /// when its metadata is asked for).
+    fn take_metadata(&mut self) {
+        debug_assert_eq!(self.later.len(), self.objects.len(), "one entry per object");
+        for (object, later) in self.objects.iter_mut().zip(self.later.drain(..)) {
+            if let Some(rx) = later {
+                object.metadata = rx.recv().ok().flatten();
+            }
+        }
+    }
+
     /// Adds another group's objects to this one.
     fn merge(&mut self, more: DurableGroup) {
         self.objects.extend(more.objects);
@@ -745,6 +764,7 @@ impl DurableGroup {
         self.actors.extend(more.actors);
         self.replies.extend(more.replies);
         self.unplaced.extend(more.unplaced);
+        self.later.extend(more.later);
         self.journaled = self.journaled.max(more.journaled);
         self.synced &= more.synced;
     }
@@ -1010,6 +1030,7 @@ impl FilesStage<'_> {
             journaled: None,
             synced: true,
             unplaced: Vec::with_capacity(waiting.len() + same.len()),
+            later: Vec::with_capacity(waiting.len() + same.len()),
         };
         for (object, as_id, actor, reply) in same {
             group.objects.push(object);
@@ -1017,6 +1038,7 @@ impl FilesStage<'_> {
             group.actors.push(actor);
             group.replies.push(reply);
             group.unplaced.push(None);
+            group.later.push(None);
         }
         let persisted: Vec<Result<Option<TmpObject>, TierError>> = if to_persist.is_empty() {
             Vec::new()
@@ -1046,15 +1068,12 @@ impl FilesStage<'_> {
                 .observe(started.elapsed().as_secs_f64());
             persisted
         };
-        for (((mut object, actor, reply), result), later) in
+        for (((object, actor, reply), result), later) in
             waiting.into_iter().zip(persisted).zip(later)
         {
             match result {
                 Ok(unplaced) => {
-                    // captured while the group was made durable ([`LateMetadata`])
-                    if let Some(rx) = later {
-                        object.metadata = rx.recv().ok().flatten();
-                    }
+                    group.later.push(later);
                     group.objects.push(object);
                     group.same_as.push(None);
                     group.actors.push(actor);
@@ -1134,6 +1153,9 @@ fn run_index_stage(rx: mpsc::Receiver<DurableGroup>, parts: &CommitterParts) {
                 Err(_) => break,
             }
         }
+        // captured while the group was made durable ([`LateMetadata`]); before
+        // place_blocking, which may drop objects from the group
+        group.take_metadata();
         let started = std::time::Instant::now();
         if group.place_blocking(hot, failures) {
             metrics
@@ -1541,6 +1563,7 @@ mod tests {
             journaled: Some(1),
             synced: false,
             unplaced: Vec::new(),
+            later: Vec::new(),
         };
         let mut answers = Vec::new();
         for (i, write) in [true, false, true].into_iter().enumerate() {

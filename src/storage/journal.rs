@@ -33,7 +33,8 @@
 //!                     replicate)
 //! 20  u32             metadata length M (the object's metadata record, as indexed;
 //!                     0: not in the record — ingest captures it while the group is
-//!                     synced — and replay captures it again from the object's bytes)
+//!                     synced, or none could be captured — and a replay that indexes
+//!                     the object captures it from the object's bytes)
 //! 24  u64             object length B
 //! 32  [u8; 16]        blake3(bytes 0..32 ‖ header ‖ metadata), first 16 bytes
 //! 48  header, metadata, then the object's B bytes (they must hash to its id)
@@ -565,7 +566,11 @@ pub fn replay_blocking(hot: &HotDisk, index: &dyn Index) -> Result<Replay, Journ
         let mut missing: Vec<NewObject> = Vec::new();
         for o in chunk {
             if !index.has_object(&o.id)? {
-                missing.push(o.clone());
+                let mut o = o.clone();
+                if o.metadata.is_none() {
+                    o.metadata = crate::dicom::metadata::capture_blocking(&hot.path_of(&o.id));
+                }
+                missing.push(o);
             }
         }
         if !missing.is_empty() {
@@ -690,13 +695,9 @@ fn read_record(
         attrs: header.attrs,
         provenance: header.provenance,
         dataset: header.dataset,
-        // a record without the metadata record (captured while the group was synced,
-        // crate::ingest::LateMetadata): captured again from the object, now whole
-        metadata: if m > 0 {
-            Some(meta[h as usize..].to_vec())
-        } else {
-            crate::dicom::metadata::capture_blocking(&hot.path_of(&id))
-        },
+        // none in the record (crate::ingest::LateMetadata): captured from the object,
+        // now whole, if the replay indexes it
+        metadata: (m > 0).then(|| meta[h as usize..].to_vec()),
         replicate: header.replicate,
     };
     Ok(Some((Some(object), len, !whole)))
