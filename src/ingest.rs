@@ -132,8 +132,12 @@ struct CommitJob {
     reply: Reply,
     /// The object's metadata record when it is captured after the hand-off, while the
     /// committer journals the object ([`LateMetadata`]); the index stage takes it.
-    metadata_later: Option<mpsc::Receiver<Option<Vec<u8>>>>,
+    metadata_later: Option<LateRecord>,
 }
+
+/// Where the committer receives a [`LateMetadata`]'s record (`None`: none could be
+/// captured).
+type LateRecord = mpsc::Receiver<Option<Vec<u8>>>;
 
 /// The metadata record of an object kept in memory, captured by the submitting thread
 /// after it handed the object on ([`Ingest::submit_blocking`]), so that the capture
@@ -741,7 +745,7 @@ struct DurableGroup {
     /// Per object: its metadata record when it is still being captured
     /// ([`LateMetadata`]), taken by the index stage ([`DurableGroup::take_metadata`]),
     /// so the files stage goes on to the next group meanwhile. Empty once taken.
-    later: Vec<Option<mpsc::Receiver<Option<Vec<u8>>>>>,
+    later: Vec<Option<LateRecord>>,
 }
 
 impl DurableGroup {
